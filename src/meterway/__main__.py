@@ -1,0 +1,3 @@
+from meterway.cli.main import main
+
+raise SystemExit(main())

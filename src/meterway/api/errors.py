@@ -1,0 +1,70 @@
+"""The one place where exceptions become HTTP: a status and a body in the client's API format, or,
+once a stream has started and its status is sent, an error event in that stream's own format.
+
+OpenAI routes answer `{"error": {"message", "type", "param", "code"}}`; the Anthropic route answers
+`{"type": "error", "error": {"type", "message"}}`. Messages name deployments, never keys.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+
+from meterway.errors import MeterwayError, RateLimited, UpstreamError
+from meterway.providers.base import Api
+
+log = logging.getLogger("meterway.api")
+
+# Anthropic's error types by status (its API reference lists these).
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    529: "overloaded_error",
+}
+
+
+def as_meterway_error(exc: BaseException, request_id: str) -> MeterwayError:
+    """Any exception as one of ours; an unexpected one is logged once, with its traceback, and
+    reaches the client as a 500 that carries the request id and nothing internal."""
+    if isinstance(exc, MeterwayError):
+        return exc
+    log.error("unexpected error in request %s", request_id, exc_info=exc)
+    return MeterwayError(f"Internal error; quote request id {request_id} when reporting it.")
+
+
+def _openai_type(err: MeterwayError) -> str:
+    if isinstance(err, UpstreamError) and err.upstream_type and err.http_status() < 500:
+        return err.upstream_type
+    return err.error_type
+
+
+def body_for(err: MeterwayError, api: Api | None) -> bytes:
+    status = err.http_status()
+    if api is Api.MESSAGES:
+        kind = _ANTHROPIC_TYPES.get(status, "api_error")
+        return orjson.dumps({"type": "error", "error": {"type": kind, "message": err.message}})
+    return orjson.dumps(
+        {"error": {"message": err.message, "type": _openai_type(err), "param": err.param, "code": err.code}}
+    )
+
+
+def render(err: MeterwayError, api: Api | None) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """Status, extra headers and body for an error raised before the response started."""
+    headers: list[tuple[bytes, bytes]] = []
+    if isinstance(err, RateLimited) and err.retry_after is not None:
+        headers.append((b"retry-after", str(max(1, round(err.retry_after))).encode()))
+    return err.http_status(), headers, body_for(err, api)
+
+
+def stream_error_event(err: MeterwayError, api: Api) -> bytes:
+    """The last event of a stream that failed after its first byte: clients' SDKs raise on it."""
+    body = body_for(err, api)
+    if api is Api.MESSAGES:
+        return b"event: error\ndata: " + body + b"\n\n"
+    return b"data: " + body + b"\n\n"

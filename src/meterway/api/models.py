@@ -1,0 +1,25 @@
+"""`GET /v1/models` and `GET /v1/models/{id}` in OpenAI's list format, built once at startup."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+
+from meterway.config.settings import Settings
+
+
+class ModelList:
+    def __init__(self, settings: Settings) -> None:
+        created = int(time.time())
+        self._entries: dict[str, dict[str, Any]] = {}
+        for d in settings.deployments:
+            self._entries.setdefault(
+                d.model_name, {"id": d.model_name, "object": "model", "created": created, "owned_by": d.family}
+            )
+        self.body = orjson.dumps({"object": "list", "data": list(self._entries.values())})
+
+    def one(self, model_id: str) -> bytes | None:
+        entry = self._entries.get(model_id)
+        return None if entry is None else orjson.dumps(entry)

@@ -1,0 +1,213 @@
+"""The request path of every model endpoint, from the first header to the last byte.
+
+    authenticate -> read body -> decode head -> route -> hooks.before
+      -> provider.build_request -> upstream (or the in-process mock) -> parse / relay
+      -> hooks.after (always) -> last bytes to the client
+
+Errors raised anywhere on it reach `api.errors`: as a status and body while the response has not
+started, as an error event in the stream's own format once it has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, cast
+
+import aiohttp
+
+from meterway.api import errors
+from meterway.api.asgi import Incoming, Message, Receive, Responder, Scope, Send, read_body, request_id_for
+from meterway.auth import bearer_token
+from meterway.context import RequestContext
+from meterway.errors import MeterwayError, UnsupportedOperation, UpstreamError
+from meterway.providers.base import Api, Call, LocalProvider, Provider, RequestHead, StreamRelay, UpstreamRequest
+from meterway.providers.transport import map_client_error
+
+if TYPE_CHECKING:
+    from meterway.app import Services
+    from meterway.config.settings import Deployment
+
+log = logging.getLogger("meterway.proxy")
+
+HeadDecoder = Callable[[bytes], RequestHead]
+
+
+async def handle(services: Services, api: Api, decode: HeadDecoder, scope: Scope, receive: Receive, send: Send) -> None:
+    incoming = Incoming(scope["headers"])
+    rid = request_id_for(incoming)
+    responder = Responder(send, rid)
+    ctx = RequestContext.start(rid, api)
+    try:
+        ctx.principal = services.auth.authenticate(
+            bearer_token(incoming.authorization, incoming.x_api_key, incoming.api_key)
+        )
+        body = await read_body(receive, incoming, services.settings.max_body_bytes)
+        head = decode(body)
+        ctx.model_group, ctx.stream, ctx.user = head.model, head.stream, head.user
+        deployment = services.router.pick(head.model)
+        ctx.deployment = deployment
+        if not deployment.provider.supports(api):
+            raise UnsupportedOperation(
+                f"Model '{head.model}' (deployment '{deployment.id}', provider {deployment.family}) "
+                f"does not serve the {api.value} endpoint.",
+                param="model",
+            )
+        await _with_hooks(services, ctx, Call(api, body, head, rid), deployment, responder, receive)
+    except Exception as exc:
+        err = errors.as_meterway_error(exc, rid)
+        ctx.error = err
+        if not responder.started:
+            status, extra, payload = errors.render(err, api)
+            await responder.whole(status, payload, extra=extra)
+        else:  # only reachable through a bug: streams end their own failures in-stream
+            log.error("request %s failed after its response started: %s", rid, err.message)
+    finally:
+        ctx.status_code = responder.status
+        ctx.ended_ns = time.perf_counter_ns()
+
+
+async def _with_hooks(
+    services: Services, ctx: RequestContext, call: Call, deployment: Deployment, responder: Responder, receive: Receive
+) -> None:
+    hooks = services.hooks
+    if not hooks:
+        return await forward(services, ctx, call, deployment, responder, receive)
+    ran = []
+    try:
+        for hook in hooks:
+            await hook.before(ctx)
+            ran.append(hook)
+        await forward(services, ctx, call, deployment, responder, receive)
+    finally:
+        for hook in reversed(ran):
+            await hook.after(ctx)
+
+
+async def forward(
+    services: Services, ctx: RequestContext, call: Call, deployment: Deployment, responder: Responder, receive: Receive
+) -> None:
+    provider = deployment.provider
+    request = provider.build_request(call)
+    if provider.local:
+        return await _local(ctx, call, cast(LocalProvider, provider), request, responder)
+    timeout = deployment.stream_timeout if request.stream else deployment.timeout
+    try:
+        resp = await services.http.request(
+            request.method, request.url, data=request.body, headers=request.headers, timeout=timeout
+        )
+    except (aiohttp.ClientError, TimeoutError) as e:
+        raise map_client_error(e, provider.label) from None
+    try:
+        if resp.status >= 400 or not request.stream:
+            try:
+                data = await resp.read()
+            except (aiohttp.ClientError, TimeoutError) as e:
+                raise map_client_error(e, provider.label) from None
+            if resp.status >= 400:
+                raise provider.map_error(call, resp.status, data)
+            parsed = provider.parse_response(call, data)
+            ctx.usage = parsed.usage
+            return await responder.whole(200, parsed.body, parsed.content_type.encode())
+        if not resp.content_type.startswith("text/event-stream"):
+            raise UpstreamError(
+                f"Upstream deployment '{provider.label}' answered a stream request with {resp.content_type}.",
+                deployment=provider.label,
+            )
+        await _relay(ctx, call, provider, resp, responder, receive)
+    finally:
+        resp.release()
+
+
+class _Watch:
+    """Watches for the client leaving mid-stream and then stops reading the upstream at once."""
+
+    __slots__ = ("finished", "left", "resp", "task")
+
+    def __init__(self, resp: aiohttp.ClientResponse, receive: Receive) -> None:
+        self.resp = resp
+        self.finished = False
+        self.left = False
+        self.task = asyncio.ensure_future(receive())
+        self.task.add_done_callback(self._on_message)
+
+    def _on_message(self, task: asyncio.Task[Message]) -> None:
+        if self.finished or task.cancelled():
+            return
+        self.left = True
+        self.resp.close()
+
+    def stop(self) -> None:
+        self.finished = True
+        if not self.task.done():
+            self.task.cancel()
+
+
+async def _relay(
+    ctx: RequestContext,
+    call: Call,
+    provider: Provider,
+    resp: aiohttp.ClientResponse,
+    responder: Responder,
+    receive: Receive,
+) -> None:
+    relay = provider.open_stream(call)
+    await responder.start_stream()
+    watch = _Watch(resp, receive)
+    try:
+        async for data in resp.content.iter_any():
+            out = relay.feed(data)
+            if out:
+                if ctx.first_byte_ns is None:
+                    ctx.first_byte_ns = time.perf_counter_ns()
+                await responder.chunk(out)
+        if watch.left:
+            ctx.client_aborted = True
+            return
+        watch.finished = True
+        closing = relay.finish()
+        ctx.usage = relay.usage
+        await responder.end(closing)
+    except (aiohttp.ClientError, TimeoutError) as e:
+        if watch.left:
+            ctx.client_aborted = True
+            return
+        await _fail_stream(ctx, call, relay, map_client_error(e, provider.label), responder)
+    except MeterwayError as e:
+        await _fail_stream(ctx, call, relay, e, responder)
+    finally:
+        watch.stop()
+
+
+async def _fail_stream(
+    ctx: RequestContext, call: Call, relay: StreamRelay, err: MeterwayError, responder: Responder
+) -> None:
+    ctx.error = err
+    ctx.usage = relay.usage
+    log.warning("stream %s ended by an upstream failure: %s", ctx.request_id, err.message)
+    await responder.end(errors.stream_error_event(err, call.api))
+
+
+async def _local(
+    ctx: RequestContext, call: Call, provider: LocalProvider, request: UpstreamRequest, responder: Responder
+) -> None:
+    answer = provider.answer(call, request)
+    if answer.status >= 400:
+        raise provider.map_error(call, answer.status, answer.body)
+    if not call.head.stream:
+        parsed = provider.parse_response(call, answer.body)
+        ctx.usage = parsed.usage
+        return await responder.whole(200, parsed.body, parsed.content_type.encode())
+    relay = provider.open_stream(call)
+    await responder.start_stream()
+    for data in answer.chunks:
+        out = relay.feed(data)
+        if out:
+            if ctx.first_byte_ns is None:
+                ctx.first_byte_ns = time.perf_counter_ns()
+            await responder.chunk(out)
+    closing = relay.finish()
+    ctx.usage = relay.usage
+    await responder.end(closing)

@@ -1,0 +1,144 @@
+"""The application: `Services` (everything built once) and the ASGI app that serves them.
+
+Stores, clients and caches are built in `open_services`, opened and closed by the ASGI lifespan,
+and passed along; nothing on the request path reaches for module-level state. The model routes
+are plain ASGI callables found in one dict lookup; anything else falls through to 404.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import aiohttp
+
+from meterway.api import errors, heads, health, proxy
+from meterway.api.asgi import Incoming, Receive, Responder, Scope, Send, request_id_for
+from meterway.api.models import ModelList
+from meterway.auth import Authenticator, bearer_token
+from meterway.config.settings import Settings
+from meterway.context import Hook
+from meterway.errors import MeterwayError, ModelNotFound, RouteNotFound
+from meterway.providers.base import Api
+from meterway.providers.transport import new_session
+from meterway.routing import Router
+
+log = logging.getLogger("meterway")
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    settings: Settings
+    http: aiohttp.ClientSession  # one per worker: pooled, keep-alive
+    auth: Authenticator
+    router: Router
+    models: ModelList
+    hooks: tuple[Hook, ...] = ()
+
+
+@asynccontextmanager
+async def open_services(settings: Settings) -> AsyncIterator[Services]:
+    session = new_session(settings.upstream_pool_size)
+    try:
+        yield Services(
+            settings=settings,
+            http=session,
+            auth=Authenticator(settings.master_key),
+            router=Router(settings.deployments),
+            models=ModelList(settings),
+        )
+    finally:
+        await session.close()
+
+
+Handler = Callable[["Services", Scope, Receive, Send], Awaitable[None]]
+
+_MODEL_ROUTES: dict[str, tuple[Api, proxy.HeadDecoder]] = {
+    "/chat/completions": (Api.CHAT, heads.chat),
+    "/completions": (Api.COMPLETIONS, heads.completion),
+    "/embeddings": (Api.EMBEDDINGS, heads.embedding),
+    "/messages": (Api.MESSAGES, heads.messages),
+    # paths some clients use for the same endpoints
+    "/engines/chat/completions": (Api.CHAT, heads.chat),
+    "/openai/chat/completions": (Api.CHAT, heads.chat),
+}
+_LIVE = frozenset({"/health/live", "/health/liveliness", "/health/liveness"})
+_READY = frozenset({"/health/ready", "/health/readiness", "/health"})
+
+
+class Gateway:
+    """The ASGI application. Paths are served with and without the `/v1` prefix, as LiteLLM does."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.services: Services | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        if path in _LIVE:
+            return await health.live(scope, receive, send)
+        if path.startswith("/v1/"):
+            path = path[3:]
+        route = _MODEL_ROUTES.get(path)
+        services = self.services
+        if route is not None and services is not None:
+            if scope["method"] != "POST":
+                return await self._error(scope, send, RouteNotFound(f"Use POST for {path}.", status=405), route[0])
+            api, decode = route
+            return await proxy.handle(services, api, decode, scope, receive, send)
+        if path in _READY:
+            return await health.ready(services, scope, receive, send)
+        if services is not None and (path == "/models" or path.startswith("/models/")):
+            return await self._models(services, scope, send, path)
+        if services is None:
+            return await self._error(scope, send, RouteNotFound("The gateway is starting.", status=503), None)
+        return await self._error(scope, send, RouteNotFound(f"No route for {scope['method']} {scope['path']}."), None)
+
+    async def _models(self, services: Services, scope: Scope, send: Send, path: str) -> None:
+        incoming = Incoming(scope["headers"])
+        responder = Responder(send, request_id_for(incoming))
+        try:
+            services.auth.authenticate(bearer_token(incoming.authorization, incoming.x_api_key, incoming.api_key))
+            if path == "/models":
+                return await responder.whole(200, services.models.body)
+            model_id = path[len("/models/") :]
+            body = services.models.one(model_id)
+            if body is None:
+                raise ModelNotFound(model_id, services.router.model_names)
+            await responder.whole(200, body)
+        except MeterwayError as err:
+            status, extra, payload = errors.render(err, None)
+            await responder.whole(status, payload, extra=extra)
+
+    async def _error(self, scope: Scope, send: Send, err: MeterwayError, api: Api | None) -> None:
+        responder = Responder(send, request_id_for(Incoming(scope["headers"])))
+        status, extra, payload = errors.render(err, api)
+        await responder.whole(status, payload, extra=extra)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        message = await receive()
+        assert message["type"] == "lifespan.startup"
+        try:
+            async with open_services(self.settings) as services:
+                self.services = services
+                await send({"type": "lifespan.startup.complete"})
+                message = await receive()
+                self.services = None
+        except Exception as e:
+            log.exception("startup failed")
+            await send({"type": "lifespan.startup.failed", "message": str(e)})
+            return
+        await send({"type": "lifespan.shutdown.complete"})
+
+
+def create_app(settings: Settings) -> Gateway:
+    return Gateway(settings)

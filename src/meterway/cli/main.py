@@ -1,0 +1,172 @@
+"""The `meterway` command: serve, check-config.
+
+Errors a person can fix (a bad config, a missing variable) are printed as one readable line and
+exit with status 1; nothing here prints a traceback for them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from meterway import __version__
+from meterway.config.load import (
+    config_path_from_env,
+    demo_settings,
+    generate_master_key,
+    load_settings,
+)
+from meterway.config.secret import Secret
+from meterway.config.settings import Settings
+from meterway.errors import ConfigError
+
+log = logging.getLogger("meterway")
+
+_DEMO_ENV = "METERWAY_DEMO"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="meterway", description="A self-hosted LLM gateway that meters every token.")
+    p.add_argument("--version", action="version", version=f"meterway {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", help="LiteLLM-format YAML config (default: $METERWAY_CONFIG or $CONFIG_FILE_PATH)")
+    serve.add_argument("--host", default="0.0.0.0")
+    serve.add_argument("--port", type=int, default=4000)
+    serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--access-log", action="store_true", help="log every request (costs throughput)")
+
+    check = sub.add_parser("check-config", help="validate a config and print its models, secrets masked")
+    check.add_argument("--config", help="config file (default: $METERWAY_CONFIG or $CONFIG_FILE_PATH)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, str(getattr(args, "log_level", "info")).upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        if args.command == "serve":
+            return serve(args)
+        return check_config(args)
+    except ConfigError as e:
+        print(f"meterway: config error: {e.message}", file=sys.stderr)
+        return 1
+
+
+def _settings(config: str | None) -> Settings:
+    path = config or config_path_from_env()
+    if path:
+        return load_settings(path)
+    return demo_settings()
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    if args.workers < 1:
+        print("meterway: --workers must be at least 1", file=sys.stderr)
+        return 1
+    settings = _settings(args.config)
+    for warning in settings.warnings:
+        log.warning("config: %s", warning)
+    master = settings.master_key
+    if master is None:
+        # Never serve open by accident: a config without a master key gets one for this run.
+        master = Secret(generate_master_key())
+        settings = _with_key(settings, master)
+        print(f"meterway: no master key configured; generated one for this run: {master.reveal()}", file=sys.stderr)
+    if settings.demo:
+        print(
+            "meterway: demo mode (no config): model 'demo' on the built-in mock provider.\n"
+            f"meterway: master key: {master.reveal()}",
+            file=sys.stderr,
+        )
+    log.info(
+        "serving %d model(s) on http://%s:%d with %d worker(s)",
+        len(settings.model_names()),
+        args.host,
+        args.port,
+        args.workers,
+    )
+    common = {
+        "host": args.host,
+        "port": args.port,
+        "loop": "uvloop",
+        "http": "httptools",
+        "lifespan": "on",
+        "log_level": args.log_level,
+        "access_log": args.access_log,
+        "server_header": False,
+    }
+    if args.workers == 1:
+        from meterway.app import create_app
+
+        uvicorn.run(create_app(settings), **common)
+        return 0
+    # Worker processes rebuild the settings from the environment: the same file, the same key.
+    os.environ["METERWAY_MASTER_KEY"] = master.reveal()
+    if settings.source:
+        os.environ["METERWAY_CONFIG"] = os.path.abspath(settings.source)
+    else:
+        os.environ[_DEMO_ENV] = "1"
+    uvicorn.run("meterway.cli.main:app_from_env", factory=True, workers=args.workers, **common)
+    return 0
+
+
+def app_from_env() -> object:
+    """Builds the app in a worker process (`--workers N`) from what `serve` put in the environment."""
+    from meterway.app import create_app
+    from meterway.config.load import master_key_from_env
+
+    if os.environ.get(_DEMO_ENV) == "1":
+        return create_app(demo_settings())
+    settings = _settings(None)
+    key = master_key_from_env()
+    if settings.master_key is None and key is not None:
+        settings = _with_key(settings, key)
+    return create_app(settings)
+
+
+def _with_key(settings: Settings, key: Secret) -> Settings:
+    from dataclasses import replace
+
+    return replace(settings, master_key=key)
+
+
+def check_config(args: argparse.Namespace) -> int:
+    path = args.config or config_path_from_env()
+    if not path:
+        print("meterway: check-config needs --config PATH (or METERWAY_CONFIG)", file=sys.stderr)
+        return 1
+    settings = load_settings(path)
+    print(f"config: {path}")
+    print(
+        f"master key: {settings.master_key.masked() if settings.master_key else '(not set: one is generated at serve)'}"
+    )
+    print(f"max request body: {settings.max_body_bytes} bytes")
+    print(f"models: {len(settings.model_names())}, deployments: {len(settings.deployments)}")
+    for d in settings.deployments:
+        key = d.api_key.masked() if d.api_key else "(none)"
+        prices = d.prices
+        price = (
+            f"in {prices.input_per_token}/tok out {prices.output_per_token}/tok"
+            if prices.input_per_token is not None or prices.output_per_token is not None
+            else "no price"
+        )
+        print(
+            f"  - {d.model_name}: deployment {d.id} -> {d.family}/{d.upstream_model} at {d.api_base or '(in process)'}"
+            f" key {key} timeout {d.timeout.total}s, {price}"
+        )
+    for warning in settings.warnings:
+        print(f"warning: {warning}")
+    print("ok")
+    return 0

@@ -1,0 +1,350 @@
+"""Reads LiteLLM's config format into frozen Settings, so users copy their config over.
+
+Everything is resolved here, once: `os.environ/NAME` references, provider prefixes and their
+default base URLs and keys, timeouts, prices as Decimals, the provider object of each deployment.
+The request path then reads attributes, never the YAML. A bad config fails here, before serving,
+with a message that names the entry and the field; a known setting we do not act on yet gives one
+warning and is ignored, so a real LiteLLM config still starts.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+from meterway.config.secret import Secret
+from meterway.config.settings import DEFAULT_MAX_BODY_BYTES, DEFAULT_TIMEOUT_S, Deployment, Prices, Settings
+from meterway.errors import ConfigError
+from meterway.providers import registry
+
+ENV_PREFIX = "os.environ/"
+
+TOP_LEVEL = {
+    "model_list",
+    "general_settings",
+    "litellm_settings",
+    "router_settings",
+    "environment_variables",
+    "include",
+}
+
+# Keys of litellm_params acted on. Others are reported once as ignored.
+PARAMS = {
+    "model",
+    "api_base",
+    "base_url",
+    "api_key",
+    "api_version",
+    "timeout",
+    "stream_timeout",
+    "rpm",
+    "tpm",
+    "weight",
+    "extra_headers",
+    "headers",
+    "organization",
+    "input_cost_per_token",
+    "output_cost_per_token",
+    "cache_read_input_token_cost",
+    "cache_creation_input_token_cost",
+}
+# Keys of litellm_params that only matter to later features (routing, retries): no warning needed.
+PARAMS_QUIET = {"max_retries", "order", "mock_response", "drop_params", "custom_llm_provider"}
+GENERAL = {"master_key", "max_request_size_mb"}
+LITELLM = {"request_timeout"}
+
+
+def config_path_from_env(env: Mapping[str, str] = os.environ) -> str | None:
+    """`METERWAY_CONFIG`, else `CONFIG_FILE_PATH` as LiteLLM deployments set it."""
+    return env.get("METERWAY_CONFIG") or env.get("CONFIG_FILE_PATH") or None
+
+
+def master_key_from_env(env: Mapping[str, str] = os.environ) -> Secret | None:
+    value = env.get("METERWAY_MASTER_KEY") or env.get("LITELLM_MASTER_KEY")
+    return Secret(value) if value else None
+
+
+def generate_master_key() -> str:
+    return "sk-" + secrets.token_urlsafe(32)
+
+
+def demo_settings(master_key: Secret | None = None) -> Settings:
+    """No config at all: one model `demo` on the built-in mock provider, so a fresh install answers."""
+    data = {"model_list": [{"model_name": "demo", "litellm_params": {"model": "mock/demo"}}]}
+    key = master_key or master_key_from_env() or Secret(generate_master_key())
+    return parse_config(data, source=None, master_key=key, demo=True)
+
+
+def load_settings(path: str | os.PathLike[str]) -> Settings:
+    data = read_yaml(Path(path))
+    return parse_config(data, source=str(path))
+
+
+def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping (model_list, general_settings, ...)")
+    for include in _as_list(data.pop("include", None) or [], "include"):
+        if not isinstance(include, str):
+            raise ConfigError(f"{path}: include entries must be file names")
+        child = (path.parent / include).resolve()
+        if child in seen:
+            raise ConfigError(f"{path}: include loop through {child}")
+        extra = read_yaml(child, (*seen, path.resolve()))
+        for key, value in extra.items():
+            if key == "model_list":
+                data["model_list"] = _as_list(data.get("model_list") or [], "model_list") + _as_list(value, key)
+            else:
+                data.setdefault(key, value)
+    return data
+
+
+def _as_list(value: Any, where: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise ConfigError(f"{where} must be a list")
+    return value
+
+
+def resolve_env(value: Any, where: str, env: Mapping[str, str]) -> Any:
+    """Replaces every `os.environ/NAME` string; a missing variable is an error naming it."""
+    if isinstance(value, str) and value.startswith(ENV_PREFIX):
+        name = value[len(ENV_PREFIX) :]
+        if name not in env:
+            raise ConfigError(f"{where}: environment variable {name} is not set")
+        return env[name]
+    if isinstance(value, dict):
+        return {k: resolve_env(v, f"{where}.{k}", env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [resolve_env(v, f"{where}[{i}]", env) for i, v in enumerate(value)]
+    return value
+
+
+def parse_config(
+    data: Mapping[str, Any],
+    *,
+    source: str | None,
+    master_key: Secret | None = None,
+    demo: bool = False,
+    env: Mapping[str, str] | None = None,
+) -> Settings:
+    env = os.environ if env is None else env
+    warnings: list[str] = []
+    for key in data:
+        if key not in TOP_LEVEL:
+            warnings.append(f"{key}: not a setting meterway knows; ignored")
+
+    env_vars = data.get("environment_variables") or {}
+    if not isinstance(env_vars, dict):
+        raise ConfigError("environment_variables must be a mapping of NAME: value")
+    if env_vars:
+        # LiteLLM sets these for the process; so do we, before anything reads the environment.
+        env = {**env, **{str(k): str(v) for k, v in env_vars.items()}}
+        for k, v in env_vars.items():
+            os.environ[str(k)] = str(v)
+
+    general = _section(data, "general_settings", env)
+    litellm_settings = _section(data, "litellm_settings", env)
+    router = _section(data, "router_settings", env)
+    warnings += [f"general_settings.{k}: not supported yet; ignored" for k in general if k not in GENERAL]
+    warnings += [f"litellm_settings.{k}: not supported yet; ignored" for k in litellm_settings if k not in LITELLM]
+    warnings += [f"router_settings.{k}: not supported yet; ignored" for k in router]
+
+    default_timeout = DEFAULT_TIMEOUT_S
+    if "request_timeout" in litellm_settings:
+        default_timeout = _positive(litellm_settings["request_timeout"], "litellm_settings.request_timeout")
+
+    raw_list = data.get("model_list")
+    if raw_list is None:
+        raw_list = []
+    if not isinstance(raw_list, list):
+        raise ConfigError("model_list must be a list of {model_name, litellm_params} entries")
+    deployments: list[Deployment] = []
+    ids: set[str] = set()
+    per_group: dict[str, int] = {}
+    for i, entry in enumerate(raw_list):
+        dep = _deployment(entry, i, env, default_timeout, per_group, warnings)
+        if dep.id in ids:
+            raise ConfigError(f"model_list[{i}]: model_info.id '{dep.id}' is used by another entry")
+        ids.add(dep.id)
+        deployments.append(dep)
+
+    master = master_key
+    if master is None and general.get("master_key") is not None:
+        mk = general["master_key"]
+        if not isinstance(mk, str) or not mk:
+            raise ConfigError("general_settings.master_key must be a non-empty string")
+        master = Secret(mk)
+    if master is None:
+        master = master_key_from_env(env)
+
+    max_body = DEFAULT_MAX_BODY_BYTES
+    if "max_request_size_mb" in general:
+        max_body = int(_positive(general["max_request_size_mb"], "general_settings.max_request_size_mb") * 1024 * 1024)
+
+    return Settings(
+        deployments=tuple(deployments),
+        master_key=master,
+        max_body_bytes=max_body,
+        demo=demo,
+        source=source,
+        warnings=tuple(warnings),
+    )
+
+
+def _section(data: Mapping[str, Any], name: str, env: Mapping[str, str]) -> dict[str, Any]:
+    value = data.get(name)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{name} must be a mapping")
+    resolved: dict[str, Any] = resolve_env(value, name, env)
+    return resolved
+
+
+def _deployment(
+    entry: Any,
+    index: int,
+    env: Mapping[str, str],
+    default_timeout: float,
+    per_group: dict[str, int],
+    warnings: list[str],
+) -> Deployment:
+    where = f"model_list[{index}]"
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where}: each entry must be a mapping with model_name and litellm_params")
+    name = entry.get("model_name")
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{where}: model_name is required and must be a string")
+    where = f"{where} (model_name: {name})"
+    params = entry.get("litellm_params")
+    if not isinstance(params, dict):
+        raise ConfigError(f"{where}: litellm_params is required and must be a mapping")
+    params = resolve_env(params, f"{where}: litellm_params", env)
+    info = entry.get("model_info") or {}
+    if not isinstance(info, dict):
+        raise ConfigError(f"{where}: model_info must be a mapping")
+    info = resolve_env(info, f"{where}: model_info", env)
+
+    model = params.get("model")
+    if not isinstance(model, str) or not model:
+        raise ConfigError(f"{where}: litellm_params.model is required (e.g. openai/gpt-4o)")
+    for key in params:
+        if key not in PARAMS and key not in PARAMS_QUIET:
+            warnings.append(f"{where}: litellm_params.{key} not supported yet; ignored")
+
+    api_base = params.get("api_base") or params.get("base_url")
+    if api_base is not None and (not isinstance(api_base, str) or not api_base.startswith(("http://", "https://"))):
+        raise ConfigError(f"{where}: litellm_params.api_base must be an http(s) URL, got {api_base!r}")
+    api_key = params.get("api_key")
+    if api_key is not None and not isinstance(api_key, str):
+        raise ConfigError(f"{where}: litellm_params.api_key must be a string")
+    api_version = params.get("api_version")
+    if api_version is not None and not isinstance(api_version, str):
+        raise ConfigError(f"{where}: litellm_params.api_version must be a string")
+
+    headers: dict[str, str] = {}
+    for hkey in ("headers", "extra_headers"):
+        value = params.get(hkey)
+        if value is None:
+            continue
+        if not isinstance(value, dict) or not all(isinstance(v, str | int | float) for v in value.values()):
+            raise ConfigError(f"{where}: litellm_params.{hkey} must be a mapping of header names to strings")
+        headers.update({str(k): str(v) for k, v in value.items()})
+    if isinstance(params.get("organization"), str):
+        headers["OpenAI-Organization"] = params["organization"]
+
+    try:
+        resolved = registry.resolve(model, api_base, Secret(api_key) if api_key else None)
+    except ConfigError as e:
+        raise ConfigError(
+            f"{where}: litellm_params.model: {e.message}"
+            if e.param is None
+            else f"{where}: litellm_params.{e.param}: {e.message}"
+        ) from None
+
+    n = per_group.get(name, 0)
+    per_group[name] = n + 1
+    dep_id = str(info.get("id") or (name if n == 0 else f"{name}#{n}"))
+    provider = registry.build(resolved, label=dep_id, api_version=api_version, extra_headers=headers)
+
+    timeout = (
+        _positive(params["timeout"], f"{where}: litellm_params.timeout") if "timeout" in params else default_timeout
+    )
+    stream_timeout = (
+        _positive(params["stream_timeout"], f"{where}: litellm_params.stream_timeout")
+        if "stream_timeout" in params
+        else timeout
+    )
+    connect = min(timeout, 10.0)
+
+    def price(key: str) -> Decimal | None:
+        value = info.get(key, params.get(key))
+        return None if value is None else _decimal(value, f"{where}: model_info.{key}")
+
+    return Deployment(
+        id=dep_id,
+        model_name=name,
+        family=resolved.family,
+        upstream_model=resolved.upstream_model,
+        api_base=resolved.api_base,
+        api_key=resolved.api_key,
+        provider=provider,
+        timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=connect),
+        stream_timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=stream_timeout),
+        prices=Prices(
+            input_per_token=price("input_cost_per_token"),
+            output_per_token=price("output_cost_per_token"),
+            cache_read_per_token=price("cache_read_input_token_cost"),
+            cache_write_per_token=price("cache_creation_input_token_cost"),
+        ),
+        rpm=_count(params.get("rpm"), f"{where}: litellm_params.rpm"),
+        tpm=_count(params.get("tpm"), f"{where}: litellm_params.tpm"),
+        weight=_positive(params["weight"], f"{where}: litellm_params.weight") if "weight" in params else 1.0,
+        model_info=info,
+    )
+
+
+def _positive(value: Any, where: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where} must be a number, got {value!r}") from None
+    if isinstance(value, bool) or not number > 0:
+        raise ConfigError(f"{where} must be a positive number, got {value!r}")
+    return number
+
+
+def _count(value: Any, where: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{where} must be a non-negative integer, got {value!r}")
+    return value
+
+
+def _decimal(value: Any, where: str) -> Decimal:
+    if isinstance(value, bool):
+        raise ConfigError(f"{where} must be a number, got {value!r}")
+    try:
+        d = Decimal(str(value))
+    except InvalidOperation:
+        raise ConfigError(f"{where} must be a number, got {value!r}") from None
+    if d < 0 or not d.is_finite():
+        raise ConfigError(f"{where} must be a non-negative number, got {value!r}")
+    return d

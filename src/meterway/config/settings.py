@@ -1,0 +1,60 @@
+"""The resolved configuration: frozen, checked before the gateway serves, read on every request."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import aiohttp
+
+from meterway.config.secret import Secret
+from meterway.providers.base import Provider
+
+DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
+DEFAULT_TIMEOUT_S = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Prices:
+    """USD per token, as exact decimals; None where the config gives no price."""
+
+    input_per_token: Decimal | None = None
+    output_per_token: Decimal | None = None
+    cache_read_per_token: Decimal | None = None
+    cache_write_per_token: Decimal | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    """One entry of `model_list`: everything the request path needs, parsed at load."""
+
+    id: str
+    model_name: str
+    family: str
+    upstream_model: str
+    api_base: str | None
+    api_key: Secret | None
+    provider: Provider
+    timeout: aiohttp.ClientTimeout  # non-streaming: the whole call
+    stream_timeout: aiohttp.ClientTimeout  # streaming: the connect, then the wait for each chunk
+    prices: Prices = Prices()
+    rpm: int | None = None
+    tpm: int | None = None
+    weight: float = 1.0
+    model_info: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    deployments: tuple[Deployment, ...]
+    master_key: Secret | None
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    demo: bool = False
+    source: str | None = None  # the config file, for messages
+    warnings: tuple[str, ...] = ()
+    upstream_pool_size: int = 1024
+
+    def model_names(self) -> list[str]:
+        return list(dict.fromkeys(d.model_name for d in self.deployments))

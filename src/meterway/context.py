@@ -1,0 +1,54 @@
+"""The per-request context: what later stages (limits, ledger, telemetry) need to know about a request.
+
+One `RequestContext` is made when a request arrives and handed along the path. Each stage fills in
+its part: auth the principal, routing the deployment, the proxy the timings, usage and outcome.
+Hooks see it before the upstream call and after the response ended, whatever the outcome.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from meterway.auth import Principal
+    from meterway.config.settings import Deployment
+    from meterway.errors import MeterwayError
+    from meterway.providers.base import Api, Usage
+
+
+@dataclass(slots=True)
+class RequestContext:
+    request_id: str
+    api: Api
+    started_ns: int
+    principal: Principal | None = None
+    model_group: str | None = None
+    deployment: Deployment | None = None
+    stream: bool = False
+    user: str | None = None  # the request's `user`: the customer, for billing later
+    usage: Usage | None = None
+    status_code: int = 0
+    first_byte_ns: int | None = None
+    ended_ns: int | None = None
+    error: MeterwayError | None = None
+    client_aborted: bool = False
+
+    @classmethod
+    def start(cls, request_id: str, api: Api) -> RequestContext:
+        return cls(request_id, api, time.perf_counter_ns())
+
+    @property
+    def latency_ms(self) -> float | None:
+        return None if self.ended_ns is None else (self.ended_ns - self.started_ns) / 1e6
+
+
+class Hook(Protocol):
+    """A stage around the upstream call. `before` runs in order and may raise (to refuse the
+    request); `after` runs in reverse order for every hook whose `before` ran, in `finally`, so a
+    reservation made before is always settled, whatever happened."""
+
+    async def before(self, ctx: RequestContext) -> None: ...
+
+    async def after(self, ctx: RequestContext) -> None: ...

@@ -1,0 +1,156 @@
+"""The exception tree of meterway.
+
+Every failure a request can meet is one of these types. Any module may raise them; only
+`meterway.api.errors` turns them into HTTP (a status, a body in the client's API format, or an
+error event inside a stream that has already started). Nothing here imports HTTP code, so the
+CLI and background tasks share the same vocabulary.
+
+    MeterwayError                       500 internal_error
+    ├── ConfigError                     (startup only; never reaches a client)
+    ├── BadRequest                      400 invalid_request_error
+    │   ├── UnsupportedOperation        400 a deployment cannot serve this endpoint
+    │   └── BodyTooLarge                413
+    ├── AuthenticationFailed            401 authentication_error
+    ├── PermissionDenied                403 permission_error
+    ├── ModelNotFound                   404 not_found_error (lists the models the caller may use)
+    ├── RouteNotFound                   404 / 405
+    ├── RateLimited                     429 rate_limit_error (retry_after)
+    ├── ServiceUnavailable              503 (e.g. the gateway is not ready)
+    └── UpstreamError                   the upstream answered with an error: its 4xx, or 502
+        ├── UpstreamTimeout             504
+        └── UpstreamUnreachable         502 naming the deployment, never its key
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class MeterwayError(Exception):
+    """Base of every error meterway raises on purpose. `status` and `error_type` are per class;
+    `message`, `param` and `code` are per instance, as in OpenAI's error body."""
+
+    status: ClassVar[int] = 500
+    error_type: ClassVar[str] = "internal_error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+
+    def http_status(self) -> int:
+        """The status sent to the client; per instance because an upstream 4xx keeps its own."""
+        return self.status
+
+
+class ConfigError(MeterwayError):
+    """The configuration cannot be used. The message names the entry and the field."""
+
+    error_type = "config_error"
+
+
+class BadRequest(MeterwayError):
+    status = 400
+    error_type = "invalid_request_error"
+
+
+class UnsupportedOperation(BadRequest):
+    """The chosen deployment's provider cannot serve this endpoint (e.g. embeddings on anthropic/)."""
+
+
+class BodyTooLarge(BadRequest):
+    status = 413
+
+
+class AuthenticationFailed(MeterwayError):
+    status = 401
+    error_type = "authentication_error"
+
+    def __init__(self, message: str = "Invalid or missing API key.", **kw: str | None) -> None:
+        super().__init__(message, code=kw.get("code") or "invalid_api_key", param=kw.get("param"))
+
+
+class PermissionDenied(MeterwayError):
+    status = 403
+    error_type = "permission_error"
+
+
+class ModelNotFound(MeterwayError):
+    status = 404
+    error_type = "not_found_error"
+
+    def __init__(self, model: str, available: list[str]) -> None:
+        shown = ", ".join(available) if available else "(none)"
+        super().__init__(
+            f"The model '{model}' does not exist or you do not have access to it. Available models: {shown}",
+            param="model",
+            code="model_not_found",
+        )
+        self.model = model
+        self.available = available
+
+
+class RouteNotFound(MeterwayError):
+    status = 404
+    error_type = "not_found_error"
+
+    def __init__(self, message: str, *, status: int = 404) -> None:
+        super().__init__(message)
+        self._status = status
+
+    def http_status(self) -> int:
+        return self._status
+
+
+class RateLimited(MeterwayError):
+    status = 429
+    error_type = "rate_limit_error"
+
+    def __init__(self, message: str, *, retry_after: float | None = None, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
+
+
+class ServiceUnavailable(MeterwayError):
+    status = 503
+    error_type = "service_unavailable"
+
+
+class UpstreamError(MeterwayError):
+    """The upstream answered with an error. A 4xx is the caller's fault and keeps its status and
+    message; a 5xx is ours to hide behind a 502."""
+
+    status = 502
+    error_type = "upstream_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        deployment: str,
+        upstream_status: int | None = None,
+        error_type: str | None = None,
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message, param=param, code=code)
+        self.deployment = deployment
+        self.upstream_status = upstream_status
+        self.upstream_type = error_type
+
+    def http_status(self) -> int:
+        s = self.upstream_status
+        if s is not None and 400 <= s < 500:
+            return s
+        return self.status
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    error_type = "timeout"
+
+
+class UpstreamUnreachable(UpstreamError):
+    status = 502
+    error_type = "upstream_unreachable"

@@ -1,0 +1,190 @@
+"""Anthropic's Messages API as an upstream.
+
+A client on `/v1/messages` passes through (only the model name may change). A client on
+`/v1/chat/completions` is translated both ways by `anthropic_format`: request, answer and each
+stream event, with usage (including cache reads and writes) read from Anthropic's own figures.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+import orjson
+from yarl import URL
+
+from meterway.config.secret import Secret
+from meterway.errors import BadRequest, UpstreamError
+from meterway.providers import anthropic_format as fmt
+from meterway.providers import sse
+from meterway.providers.base import Api, Call, Parsed, StreamRelay, UpstreamRequest, Usage
+from meterway.providers.openai import error_from_body
+
+DEFAULT_API_BASE = "https://api.anthropic.com"
+API_VERSION = "2023-06-01"
+
+
+class _WireUsage(msgspec.Struct):
+    input_tokens: int | None = 0
+    output_tokens: int | None = 0
+    cache_read_input_tokens: int | None = 0
+    cache_creation_input_tokens: int | None = 0
+
+
+class _Envelope(msgspec.Struct):
+    usage: _WireUsage | None = None
+
+
+class _StartEvent(msgspec.Struct):
+    message: _Envelope | None = None
+
+
+_envelope = msgspec.json.Decoder(_Envelope)
+_start = msgspec.json.Decoder(_StartEvent)
+
+
+def usage_from_anthropic(u: _WireUsage | None, output_tokens: int | None = None) -> Usage | None:
+    if u is None:
+        return None
+    read = u.cache_read_input_tokens or 0
+    write = u.cache_creation_input_tokens or 0
+    prompt = (u.input_tokens or 0) + read + write
+    completion = output_tokens if output_tokens is not None else (u.output_tokens or 0)
+    return Usage(prompt, completion, prompt + completion, cached_tokens=read, cache_write_tokens=write)
+
+
+def usage_from_openai_dict(u: dict[str, Any] | None) -> Usage | None:
+    if not u:
+        return None
+    prompt, completion = int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0)
+    return Usage(
+        prompt,
+        completion,
+        int(u.get("total_tokens") or prompt + completion),
+        cached_tokens=int(u.get("cache_read_input_tokens") or 0),
+        cache_write_tokens=int(u.get("cache_creation_input_tokens") or 0),
+    )
+
+
+class MessagesPassthroughRelay:
+    """Relays Anthropic events untouched and reads usage from message_start and message_delta."""
+
+    __slots__ = ("_input", "_output", "_split", "usage")
+
+    def __init__(self) -> None:
+        self._split = sse.EventSplitter()
+        self._input: _WireUsage | None = None
+        self._output: int | None = None
+        self.usage: Usage | None = None
+
+    def feed(self, data: bytes) -> bytes:
+        for raw in self._split.feed(data):
+            if b"message_start" in raw or b"message_delta" in raw:
+                self._meter(sse.parse_event(raw))
+        return data
+
+    def _meter(self, event: sse.Event) -> None:
+        try:
+            if event.name == "message_start":
+                start = _start.decode(event.data).message
+                self._input = start.usage if start else None
+            elif event.name == "message_delta":
+                u = _envelope.decode(event.data).usage
+                if u is not None:
+                    self._output = u.output_tokens
+        except msgspec.DecodeError:
+            return
+
+    def finish(self) -> bytes:
+        self.usage = usage_from_anthropic(self._input or _WireUsage(), self._output)
+        return b""
+
+
+class ChatFromMessagesRelay:
+    """Anthropic events in, OpenAI chat chunks out, one translator state per stream."""
+
+    __slots__ = ("_split", "_stream", "usage")
+
+    def __init__(self, model: str, include_usage: bool, created: int) -> None:
+        self._split = sse.EventSplitter()
+        self._stream = fmt.MessagesToChatStream(model, include_usage, created)
+        self.usage: Usage | None = None
+
+    def feed(self, data: bytes) -> bytes:
+        out: list[bytes] = []
+        for raw in self._split.feed(data):
+            event = sse.parse_event(raw)
+            if not event.data:
+                continue
+            try:
+                payload = orjson.loads(event.data)
+            except orjson.JSONDecodeError:
+                continue
+            for chunk in self._stream.feed(event.name, payload):
+                out.append(sse.format_data(orjson.dumps(chunk)))
+        return b"".join(out)
+
+    def finish(self) -> bytes:
+        self.usage = usage_from_openai_dict(self._stream.usage)
+        return sse.DONE
+
+
+class AnthropicProvider:
+    family = "anthropic"
+    local = False
+
+    def __init__(
+        self,
+        *,
+        label: str,
+        upstream_model: str,
+        api_base: str | None,
+        api_key: Secret | None,
+        extra_headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.label = label
+        self.upstream_model = upstream_model
+        base = (api_base or DEFAULT_API_BASE).rstrip("/")
+        self.url = URL(base + ("/messages" if base.endswith("/v1") else "/v1/messages"))
+        headers = {"Content-Type": "application/json", "anthropic-version": API_VERSION}
+        if api_key:
+            headers["x-api-key"] = api_key.reveal()
+        headers.update(extra_headers or {})
+        self.headers = headers
+
+    def supports(self, api: Api) -> bool:
+        return api in (Api.CHAT, Api.MESSAGES)
+
+    def build_request(self, call: Call) -> UpstreamRequest:
+        if call.api is Api.MESSAGES:
+            body = call.body
+            if call.head.model != self.upstream_model:
+                obj = orjson.loads(body)
+                obj["model"] = self.upstream_model
+                body = orjson.dumps(obj)
+        else:
+            try:
+                body = orjson.dumps(fmt.chat_to_messages_request(orjson.loads(call.body), self.upstream_model))
+            except fmt.TranslationError as e:
+                raise BadRequest(str(e), param=e.param) from None
+        return UpstreamRequest("POST", self.url, self.headers, body, call.head.stream)
+
+    def parse_response(self, call: Call, body: bytes) -> Parsed:
+        if call.api is Api.MESSAGES:
+            try:
+                usage = usage_from_anthropic(_envelope.decode(body).usage)
+            except msgspec.DecodeError:
+                usage = None
+            return Parsed(body, usage)
+        chat = fmt.messages_response_to_chat(orjson.loads(body), call.head.model)
+        return Parsed(orjson.dumps(chat), usage_from_openai_dict(chat.get("usage")))
+
+    def open_stream(self, call: Call) -> StreamRelay:
+        if call.api is Api.MESSAGES:
+            return MessagesPassthroughRelay()
+        return ChatFromMessagesRelay(call.head.model, call.head.include_usage, int(time.time()))
+
+    def map_error(self, call: Call, status: int, body: bytes) -> UpstreamError:
+        return error_from_body(status, body, self.label)

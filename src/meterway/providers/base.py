@@ -1,0 +1,128 @@
+"""The one small interface every provider family implements, and the values that cross it.
+
+A provider translates between the client's API and one upstream family. It does no I/O and keeps
+no state beyond its deployment's resolved URL, headers and model name: the shared transport in
+`meterway.providers.transport` does the HTTP, so a new family is one module of pure translation
+that can be unit-tested offline.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from yarl import URL
+
+    from meterway.errors import UpstreamError
+
+
+class Api(enum.Enum):
+    """The client-facing endpoint a request came in on. It fixes the body and error formats."""
+
+    CHAT = "chat"
+    COMPLETIONS = "completions"
+    EMBEDDINGS = "embeddings"
+    MESSAGES = "messages"  # Anthropic Messages API
+
+
+@dataclass(slots=True)
+class Usage:
+    """Tokens as the provider reported them (or, later, as counted). `prompt_tokens` includes
+    cached tokens, as OpenAI reports it; the cache figures say how many of them were cheaper."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens read from the provider's cache
+    cache_write_tokens: int = 0  # prompt tokens written to it (Anthropic bills these apart)
+    reasoning_tokens: int = 0  # part of completion_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class RequestHead:
+    """The few fields of a request body the gateway itself needs. Everything else in the body
+    passes through as bytes, undecoded."""
+
+    model: str
+    stream: bool = False
+    include_usage: bool = False  # what the client asked for in stream_options
+    user: str | None = None
+
+
+@dataclass(slots=True)
+class Call:
+    """One request as a provider sees it: the client's API, its raw body and the decoded head."""
+
+    api: Api
+    body: bytes
+    head: RequestHead
+    request_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamRequest:
+    method: str
+    url: URL
+    headers: Mapping[str, str]
+    body: bytes
+    stream: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    """An upstream answer turned into what the client receives: body bytes in the client's format."""
+
+    body: bytes
+    usage: Usage | None
+    content_type: str = "application/json"
+
+
+class StreamRelay(Protocol):
+    """State for one stream. `feed` takes upstream bytes as they arrive and returns the bytes to
+    relay to the client now (possibly empty: a partial event is held back until it completes);
+    `finish` is called once the upstream ended normally and returns the closing bytes."""
+
+    usage: Usage | None
+
+    def feed(self, data: bytes) -> bytes: ...
+
+    def finish(self) -> bytes: ...
+
+
+class Provider(Protocol):
+    """Translate between the client's API and one upstream family for one deployment."""
+
+    family: str
+    label: str  # the deployment's name in errors and logs (never its key)
+    upstream_model: str
+    local: bool  # True when it answers in process (`LocalProvider.answer`), with no HTTP
+
+    def supports(self, api: Api) -> bool: ...
+
+    def build_request(self, call: Call) -> UpstreamRequest: ...
+
+    def parse_response(self, call: Call, body: bytes) -> Parsed: ...
+
+    def open_stream(self, call: Call) -> StreamRelay: ...
+
+    def map_error(self, call: Call, status: int, body: bytes) -> UpstreamError: ...
+
+
+@dataclass(frozen=True, slots=True)
+class LocalAnswer:
+    """What an in-process provider produces instead of an HTTP answer: upstream-format bytes
+    (one body, or the SSE chunks of a stream), fed to the same parse path as a real upstream's."""
+
+    status: int
+    body: bytes = b""
+    chunks: tuple[bytes, ...] = field(default=())
+
+
+@runtime_checkable
+class LocalProvider(Provider, Protocol):
+    """A provider that answers in process (the demo `mock`): no network, same translation path."""
+
+    def answer(self, call: Call, request: UpstreamRequest) -> LocalAnswer: ...

@@ -1,0 +1,111 @@
+"""Serves the Anthropic Messages API from any provider that speaks OpenAI chat.
+
+Wraps the deployment's own provider: the Messages request becomes a chat request, the chat answer
+(or each chat chunk) becomes a Messages answer (or Messages events). The inner provider does
+everything else as usual, so an OpenAI-compatible, Azure or mock deployment answers `/v1/messages`.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+from meterway.errors import BadRequest, UpstreamError
+from meterway.providers import anthropic_format as fmt
+from meterway.providers import sse
+from meterway.providers.anthropic import usage_from_openai_dict
+from meterway.providers.base import (
+    Api,
+    Call,
+    LocalAnswer,
+    LocalProvider,
+    Parsed,
+    Provider,
+    RequestHead,
+    StreamRelay,
+    UpstreamRequest,
+    Usage,
+)
+
+
+class MessagesFromChatRelay:
+    """Chat chunks from the inner relay in, Anthropic events out."""
+
+    __slots__ = ("_inner", "_split", "_stream", "usage")
+
+    def __init__(self, inner: StreamRelay, model: str, message_id: str) -> None:
+        self._inner = inner
+        self._split = sse.EventSplitter()
+        self._stream = fmt.ChatToMessagesStream(model, message_id)
+        self.usage: Usage | None = None
+
+    def _translate(self, data: bytes) -> bytes:
+        out: list[bytes] = []
+        for raw in self._split.feed(data):
+            event = sse.parse_event(raw)
+            if not event.data or event.data == b"[DONE]":
+                continue
+            try:
+                chunk = orjson.loads(event.data)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(chunk, dict):
+                out.extend(fmt.to_anthropic_sse(name, data) for name, data in self._stream.feed(chunk))
+        return b"".join(out)
+
+    def feed(self, data: bytes) -> bytes:
+        return self._translate(self._inner.feed(data))
+
+    def finish(self) -> bytes:
+        head = self._translate(self._inner.finish())
+        tail = b"".join(fmt.to_anthropic_sse(name, data) for name, data in self._stream.finish())
+        self.usage = self._inner.usage or usage_from_openai_dict(self._stream.usage)
+        return head + tail
+
+
+class MessagesAdapter:
+    """A provider for `Api.MESSAGES` built on another provider's `Api.CHAT`."""
+
+    def __init__(self, inner: Provider) -> None:
+        self.inner = inner
+        self.family = inner.family
+        self.upstream_model = inner.upstream_model
+        self.label = inner.label
+        self.local = inner.local
+
+    def supports(self, api: Api) -> bool:
+        return api is Api.MESSAGES or self.inner.supports(api)
+
+    def _inner_call(self, call: Call, body: bytes = b"") -> Call:
+        # The translated body always asks for usage, so the inner relay never strips it.
+        head = RequestHead(self.upstream_model, call.head.stream, True, call.head.user)
+        return Call(Api.CHAT, body, head, call.request_id)
+
+    def build_request(self, call: Call) -> UpstreamRequest:
+        if call.api is not Api.MESSAGES:
+            return self.inner.build_request(call)
+        try:
+            chat = fmt.messages_to_chat_request(orjson.loads(call.body), self.upstream_model)
+        except fmt.TranslationError as e:
+            raise BadRequest(str(e), param=e.param) from None
+        return self.inner.build_request(self._inner_call(call, orjson.dumps(chat)))
+
+    def parse_response(self, call: Call, body: bytes) -> Parsed:
+        if call.api is not Api.MESSAGES:
+            return self.inner.parse_response(call, body)
+        parsed = self.inner.parse_response(self._inner_call(call), body)
+        message = fmt.chat_response_to_messages(orjson.loads(parsed.body), call.head.model)
+        return Parsed(orjson.dumps(message), parsed.usage)
+
+    def open_stream(self, call: Call) -> StreamRelay:
+        if call.api is not Api.MESSAGES:
+            return self.inner.open_stream(call)
+        inner = self.inner.open_stream(self._inner_call(call))
+        return MessagesFromChatRelay(inner, call.head.model, "msg_" + call.request_id)
+
+    def answer(self, call: Call, request: UpstreamRequest) -> LocalAnswer:
+        assert isinstance(self.inner, LocalProvider)
+        inner_call = self._inner_call(call) if call.api is Api.MESSAGES else call
+        return self.inner.answer(inner_call, request)
+
+    def map_error(self, call: Call, status: int, body: bytes) -> UpstreamError:
+        return self.inner.map_error(call, status, body)

@@ -1,0 +1,219 @@
+"""The built-in demo provider: answers in process, with no network and no API key.
+
+It exists so that `meterway serve` answers on a fresh machine, and so that tests and benchmarks
+have an upstream that costs nothing. Replies are deterministic (the same request gives the same
+answer), usage figures are realistic (about four characters a token), streams come as one chunk a
+word, and embeddings have a fixed dimension. It speaks the OpenAI format, so everything after it
+(metering, stream relays, the Anthropic adapter) runs exactly as for a real upstream.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import struct
+import time
+from typing import Any
+
+import orjson
+from yarl import URL
+
+from meterway.errors import BadRequest
+from meterway.providers import sse
+from meterway.providers.base import Api, Call, LocalAnswer, UpstreamRequest
+from meterway.providers.openai import OpenAIProvider
+
+EMBEDDING_DIMENSIONS = 64
+_REPLY = "This is the meterway demo model answering. You said: "
+
+
+def _tokens(text: str) -> int:
+    return max(1, (len(text) + 3) // 4)
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
+
+
+def _vector(text: str, dimensions: int) -> list[float]:
+    seed = hashlib.sha256(text.encode()).digest()
+    raw = (seed * (dimensions * 4 // len(seed) + 1))[: dimensions * 4]
+    values = [b / 255.0 - 0.5 for b in raw[::4]]
+    norm = sum(v * v for v in values) ** 0.5 or 1.0
+    return [round(v / norm, 6) for v in values]
+
+
+class MockProvider(OpenAIProvider):
+    family = "mock"
+    local = True
+
+    def __init__(self, *, label: str, upstream_model: str) -> None:
+        super().__init__(label=label, upstream_model=upstream_model, api_base="mock://local", api_key=None)
+
+    def _build_urls(self, base: str) -> dict[Api, URL]:
+        return {api: URL(f"{base}/{api.value}") for api in (Api.CHAT, Api.COMPLETIONS, Api.EMBEDDINGS)}
+
+    def answer(self, call: Call, request: UpstreamRequest) -> LocalAnswer:
+        body = orjson.loads(request.body)
+        if call.api is Api.EMBEDDINGS:
+            return LocalAnswer(200, orjson.dumps(self._embeddings(body)))
+        chat = call.api is Api.CHAT
+        prompt, reply, tool = self._reply(body, chat)
+        limit = body.get("max_tokens") or body.get("max_completion_tokens")
+        words = reply.split(" ")
+        if isinstance(limit, int) and limit > 0 and _tokens(reply) > limit:
+            words = words[: max(1, limit)]
+            reply, finish = " ".join(words), "length"
+        else:
+            finish = "tool_calls" if tool else "stop"
+        usage = {
+            "prompt_tokens": _tokens(prompt),
+            "completion_tokens": _tokens(reply) if not tool else 12,
+            "total_tokens": 0,
+        }
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        ident = "mock-" + hashlib.sha256(request.body).hexdigest()[:24]
+        created = int(time.time())
+        if not call.head.stream:
+            return LocalAnswer(200, orjson.dumps(self._whole(chat, ident, created, reply, tool, finish, usage)))
+        return LocalAnswer(200, chunks=self._chunks(body, chat, ident, created, words, tool, finish, usage))
+
+    def _reply(self, body: dict[str, Any], chat: bool) -> tuple[str, str, dict[str, Any] | None]:
+        if not chat:
+            prompt = body.get("prompt", "")
+            text = prompt if isinstance(prompt, str) else " ".join(map(str, prompt))
+            return text, _REPLY + text[:60], None
+        messages = body.get("messages") or []
+        prompt = " ".join(_text_of(m.get("content")) for m in messages if isinstance(m, dict))
+        last = next((_text_of(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
+        tools = body.get("tools") or []
+        choice = body.get("tool_choice", "auto")
+        if tools and choice != "none":
+            fn = tools[0].get("function", {})
+            if isinstance(choice, dict):
+                fn = {"name": choice.get("function", {}).get("name", fn.get("name"))}
+            required = (fn.get("parameters") or {}).get("required") or []
+            args = orjson.dumps({name: "demo" for name in required}).decode()
+            return (
+                prompt,
+                "",
+                {"id": "call_mock_1", "type": "function", "function": {"name": fn.get("name"), "arguments": args}},
+            )
+        reply = _REPLY + last[:60]
+        fmt = (body.get("response_format") or {}).get("type")
+        if fmt in ("json_object", "json_schema"):
+            reply = orjson.dumps({"reply": reply}).decode()
+        return prompt, reply, None
+
+    def _whole(
+        self,
+        chat: bool,
+        ident: str,
+        created: int,
+        reply: str,
+        tool: dict[str, Any] | None,
+        finish: str,
+        usage: dict[str, int],
+    ) -> dict[str, Any]:
+        if chat:
+            message: dict[str, Any] = {"role": "assistant", "content": reply or None}
+            if tool:
+                message["tool_calls"] = [tool]
+            choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": finish, "logprobs": None}
+            kind = "chat.completion"
+        else:
+            choice = {"index": 0, "text": reply, "finish_reason": finish, "logprobs": None}
+            kind = "text_completion"
+        return {
+            "id": ident,
+            "object": kind,
+            "created": created,
+            "model": self.upstream_model,
+            "choices": [choice],
+            "usage": usage,
+        }
+
+    def _chunks(
+        self,
+        body: dict[str, Any],
+        chat: bool,
+        ident: str,
+        created: int,
+        words: list[str],
+        tool: dict[str, Any] | None,
+        finish: str,
+        usage: dict[str, int],
+    ) -> tuple[bytes, ...]:
+        kind = "chat.completion.chunk" if chat else "text_completion"
+        with_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+
+        def chunk(delta: dict[str, Any] | str, reason: str | None = None) -> bytes:
+            if chat:
+                choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": reason}
+            else:
+                choice = {"index": 0, "text": delta, "finish_reason": reason}
+            obj: dict[str, Any] = {
+                "id": ident,
+                "object": kind,
+                "created": created,
+                "model": self.upstream_model,
+                "choices": [choice],
+            }
+            if with_usage:
+                obj["usage"] = None
+            return sse.format_data(orjson.dumps(obj))
+
+        out: list[bytes] = []
+        if chat:
+            out.append(chunk({"role": "assistant", "content": ""}))
+        if tool:
+            out.append(chunk({"tool_calls": [{"index": 0, **tool}]}))
+        else:
+            for i, word in enumerate(words):
+                piece = word if i == 0 else " " + word
+                out.append(chunk({"content": piece} if chat else piece))
+        out.append(chunk({} if chat else "", finish))
+        if with_usage:
+            out.append(
+                sse.format_data(
+                    orjson.dumps(
+                        {
+                            "id": ident,
+                            "object": kind,
+                            "created": created,
+                            "model": self.upstream_model,
+                            "choices": [],
+                            "usage": usage,
+                        }
+                    )
+                )
+            )
+        out.append(sse.DONE)
+        return tuple(out)
+
+    def _embeddings(self, body: dict[str, Any]) -> dict[str, Any]:
+        raw = body.get("input")
+        items: list[Any] = raw if isinstance(raw, list) and raw and not isinstance(raw[0], int) else [raw]
+        dims = body.get("dimensions") or EMBEDDING_DIMENSIONS
+        if not isinstance(dims, int) or not 1 <= dims <= 4096:
+            raise BadRequest("dimensions must be an integer between 1 and 4096", param="dimensions")
+        data = []
+        tokens = 0
+        for i, item in enumerate(items):
+            text = item if isinstance(item, str) else " ".join(map(str, item))
+            tokens += len(item) if isinstance(item, list) else _tokens(text)
+            vec = _vector(text, dims)
+            emb: Any = vec
+            if body.get("encoding_format") == "base64":
+                emb = base64.b64encode(struct.pack(f"<{dims}f", *vec)).decode()
+            data.append({"object": "embedding", "index": i, "embedding": emb})
+        return {
+            "object": "list",
+            "data": data,
+            "model": self.upstream_model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }

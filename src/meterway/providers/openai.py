@@ -1,0 +1,248 @@
+"""Every OpenAI-compatible upstream: OpenAI itself, vLLM, TGI, KServe, Ollama, LM Studio, OpenRouter...
+
+The client already speaks this format, so the body passes through as the bytes it came in. It is
+decoded and re-encoded only when something must change: the upstream model name differs from the
+name the client used, or a stream must ask for usage the client did not ask for (the gateway meters
+every stream; the usage event is then dropped again before it reaches that client).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import msgspec
+import orjson
+from yarl import URL
+
+from meterway.config.secret import Secret
+from meterway.errors import UpstreamError
+from meterway.providers import sse
+from meterway.providers.base import Api, Call, Parsed, StreamRelay, UpstreamRequest, Usage
+
+# ---------------------------------------------------------------- usage, decoded without building the rest
+
+
+class _PromptDetails(msgspec.Struct):
+    cached_tokens: int | None = None
+
+
+class _CompletionDetails(msgspec.Struct):
+    reasoning_tokens: int | None = None
+
+
+class _WireUsage(msgspec.Struct):
+    prompt_tokens: int | None = 0
+    completion_tokens: int | None = 0
+    total_tokens: int | None = 0
+    prompt_tokens_details: _PromptDetails | None = None
+    completion_tokens_details: _CompletionDetails | None = None
+
+
+class _Envelope(msgspec.Struct):
+    usage: _WireUsage | None = None
+
+
+class _WireError(msgspec.Struct):
+    message: str | None = None
+    type: str | None = None
+    param: str | None = None
+    code: str | int | None = None
+
+
+class _ErrorEnvelope(msgspec.Struct):
+    error: _WireError | str | None = None
+    message: str | None = None
+    detail: str | None = None
+
+
+_envelope = msgspec.json.Decoder(_Envelope)
+_error_envelope = msgspec.json.Decoder(_ErrorEnvelope)
+
+
+def usage_from_wire(u: _WireUsage) -> Usage:
+    prompt = u.prompt_tokens or 0
+    completion = u.completion_tokens or 0
+    return Usage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=u.total_tokens or prompt + completion,
+        cached_tokens=(u.prompt_tokens_details.cached_tokens or 0) if u.prompt_tokens_details else 0,
+        reasoning_tokens=(u.completion_tokens_details.reasoning_tokens or 0) if u.completion_tokens_details else 0,
+    )
+
+
+def decode_usage(body: bytes) -> Usage | None:
+    """The `usage` of an OpenAI-format answer or chunk; every other field is skipped, not built."""
+    try:
+        u = _envelope.decode(body).usage
+    except msgspec.DecodeError:
+        return None
+    return usage_from_wire(u) if u is not None else None
+
+
+def usage_from_tail(tail: bytes) -> Usage | None:
+    """The usage of a stream, read from its last few KB: OpenAI sends it in the last event before
+    [DONE]. `"usage":{` cannot occur inside a JSON string (the quote would be escaped)."""
+    i = tail.rfind(b'"usage":{')
+    if i < 0:
+        return None
+    start = tail.rfind(b"data:", 0, i)
+    if start < 0:
+        return None
+    end = tail.find(b"\n\n", i)
+    return decode_usage(tail[start + 5 : end if end > 0 else len(tail)])
+
+
+def error_from_body(status: int, body: bytes, deployment: str) -> UpstreamError:
+    """An upstream error answer as an UpstreamError, keeping the upstream's message, type and code."""
+    message = type_ = param = code = None
+    try:
+        env = _error_envelope.decode(body)
+    except msgspec.DecodeError:
+        env = None
+    if env is not None:
+        if isinstance(env.error, _WireError):
+            message, type_, param = env.error.message, env.error.type, env.error.param
+            code = None if env.error.code is None else str(env.error.code)
+        elif isinstance(env.error, str):
+            message = env.error
+        message = message or env.message or env.detail
+    if not message:
+        text = body[:200].decode("utf-8", "replace").strip()
+        message = text or f"HTTP {status}"
+    if status >= 500:
+        message = f"Upstream deployment '{deployment}' failed with HTTP {status}: {message}"
+    return UpstreamError(
+        message, deployment=deployment, upstream_status=status, error_type=type_, param=param, code=code
+    )
+
+
+# ---------------------------------------------------------------- streams
+
+_TAIL = 8192
+
+
+class PassthroughRelay:
+    """The client asked for what the upstream sends: relay bytes untouched, keep a tail to meter."""
+
+    __slots__ = ("_tail", "usage")
+
+    def __init__(self) -> None:
+        self._tail = b""
+        self.usage: Usage | None = None
+
+    def feed(self, data: bytes) -> bytes:
+        tail = self._tail + data
+        self._tail = tail[-_TAIL:] if len(tail) > _TAIL else tail
+        return data
+
+    def finish(self) -> bytes:
+        self.usage = usage_from_tail(self._tail)
+        return b""
+
+
+class UsageStrippingRelay:
+    """The gateway asked for usage the client did not ask for: the usage-only event is metered and
+    dropped, and the `"usage":null` the upstream then adds to every chunk is removed again, so the
+    client receives the stream it asked for."""
+
+    __slots__ = ("_split", "usage")
+
+    def __init__(self) -> None:
+        self._split = sse.EventSplitter()
+        self.usage: Usage | None = None
+
+    def feed(self, data: bytes) -> bytes:
+        out: list[bytes] = []
+        for raw in self._split.feed(data):
+            if b'"usage":{' in raw or b'"usage": {' in raw:
+                event = sse.parse_event(raw)
+                if _is_usage_only(event.data):
+                    self.usage = decode_usage(event.data)
+                    continue
+            out.append(raw.replace(b',"usage":null', b"").replace(b', "usage": null', b"") + b"\n\n")
+        return b"".join(out)
+
+    def finish(self) -> bytes:
+        rest = self._split.rest()
+        return rest + b"\n\n" if rest else b""
+
+
+class _Choices(msgspec.Struct):
+    choices: list[msgspec.Raw] | None = None
+
+
+_choices = msgspec.json.Decoder(_Choices)
+
+
+def _is_usage_only(data: bytes) -> bool:
+    try:
+        return not _choices.decode(data).choices
+    except msgspec.DecodeError:
+        return False
+
+
+# ---------------------------------------------------------------- the provider
+
+_PATHS = {Api.CHAT: "/chat/completions", Api.COMPLETIONS: "/completions", Api.EMBEDDINGS: "/embeddings"}
+_METERED_STREAMS = (Api.CHAT, Api.COMPLETIONS)
+
+
+class OpenAIProvider:
+    """One OpenAI-compatible deployment: resolved URLs and headers, built once at config load."""
+
+    family = "openai"
+    local = False
+
+    def __init__(
+        self,
+        *,
+        label: str,
+        upstream_model: str,
+        api_base: str,
+        api_key: Secret | None,
+        extra_headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.label = label
+        self.upstream_model = upstream_model
+        self.urls = self._build_urls(api_base.rstrip("/"))
+        headers = {"Content-Type": "application/json"}
+        headers.update(self._auth_headers(api_key))
+        headers.update(extra_headers or {})
+        self.headers = headers
+
+    def _build_urls(self, base: str) -> dict[Api, URL]:
+        return {api: URL(base + path) for api, path in _PATHS.items()}
+
+    def _auth_headers(self, api_key: Secret | None) -> dict[str, str]:
+        return {"Authorization": "Bearer " + api_key.reveal()} if api_key else {}
+
+    def supports(self, api: Api) -> bool:
+        return api in self.urls
+
+    def _needs_usage(self, call: Call) -> bool:
+        return call.head.stream and not call.head.include_usage and call.api in _METERED_STREAMS
+
+    def upstream_body(self, call: Call) -> bytes:
+        """The body as the upstream needs it; the client's own bytes whenever nothing must change."""
+        inject = self._needs_usage(call)
+        if call.head.model == self.upstream_model and not inject:
+            return call.body
+        obj = orjson.loads(call.body)
+        obj["model"] = self.upstream_model
+        if inject:
+            options = obj.get("stream_options")
+            obj["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+        return orjson.dumps(obj)
+
+    def build_request(self, call: Call) -> UpstreamRequest:
+        return UpstreamRequest("POST", self.urls[call.api], self.headers, self.upstream_body(call), call.head.stream)
+
+    def parse_response(self, call: Call, body: bytes) -> Parsed:
+        return Parsed(body, decode_usage(body))
+
+    def open_stream(self, call: Call) -> StreamRelay:
+        return UsageStrippingRelay() if self._needs_usage(call) else PassthroughRelay()
+
+    def map_error(self, call: Call, status: int, body: bytes) -> UpstreamError:
+        return error_from_body(status, body, self.label)
