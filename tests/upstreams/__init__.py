@@ -1,0 +1,1 @@
+"""Stand-in upstream servers used by meterway's end-to-end tests."""
