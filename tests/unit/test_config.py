@@ -29,6 +29,7 @@ def test_litellm_quickstart_config_loads_with_one_warning_per_ignored_setting(mo
     assert s.model_names() == ["gpt-4o", "vllm-models"]
     assert [d.id for d in s.deployments] == ["gpt-4o", "gpt-4o#1", "vllm-models"]
     eu, ca, vllm = s.deployments
+    assert ca.upstream_model == "gpt-4o-ca" and ca.api_key is not None and ca.api_key.reveal() == "ca-key-123456789"
     assert eu.family == "azure" and eu.upstream_model == "gpt-4o-eu" and eu.api_key is not None
     assert eu.api_key.reveal() == "eu-key-123456789" and eu.rpm == 6
     assert vllm.upstream_model == "facebook/opt-125m" and vllm.api_base == "http://0.0.0.0:4000/v1"
@@ -52,16 +53,16 @@ def test_azure_deployment_builds_deployment_url_with_api_version_and_api_key_hea
     )
     s = load_settings(FIXTURES / "azure_and_settings.yaml")
     france = s.deployments[2]
-    inner = france.provider.inner if isinstance(france.provider, MessagesAdapter) else france.provider
-    assert isinstance(inner, AzureProvider)
+    inner = france.provider
+    assert isinstance(inner, AzureProvider) and isinstance(france.messages_provider, MessagesAdapter)
     assert str(inner.urls[Api.CHAT]) == (
         "https://openai-france-1234.openai.azure.com/openai/deployments/gpt-turbo/chat/completions"
         "?api-version=2023-05-15"
     )
     assert inner.headers["api-key"] == "f" * 20 and "Authorization" not in inner.headers
     europe = s.deployments[0].provider
-    assert isinstance(europe, MessagesAdapter)
-    assert str(europe.inner.urls[Api.EMBEDDINGS]).endswith("/gpt-35-turbo/embeddings?api-version=2024-10-21")  # type: ignore[attr-defined]
+    assert isinstance(europe, AzureProvider)
+    assert str(europe.urls[Api.EMBEDDINGS]).endswith("/gpt-35-turbo/embeddings?api-version=2024-10-21")
     assert "general_settings.database_url: not supported yet; ignored" in s.warnings
 
 
@@ -93,9 +94,10 @@ def test_provider_prefixes_resolve_to_their_public_base_urls(monkeypatch: pytest
     by_name = {d.model_name: d for d in s.deployments}
     assert by_name["router-model"].upstream_model == "meta-llama/llama-3-70b-instruct"
     ollama = by_name["local-llama"].provider
-    assert isinstance(ollama, MessagesAdapter) and isinstance(ollama.inner, OpenAIProvider)
-    assert str(ollama.inner.urls[Api.CHAT]) == "http://localhost:11434/v1/chat/completions"
-    assert isinstance(by_name["claude-sonnet"].provider, AnthropicProvider)
+    assert isinstance(ollama, OpenAIProvider)
+    assert str(ollama.urls[Api.CHAT]) == "http://localhost:11434/v1/chat/completions"
+    claude = by_name["claude-sonnet"]
+    assert isinstance(claude.provider, AnthropicProvider) and claude.messages_provider is claude.provider
     assert by_name["gpt-4o"].prices.input_per_token == Decimal("0.0000025")
     assert by_name["gpt-4o"].timeout.total == 60 and by_name["gpt-4o"].stream_timeout.sock_read == 30
     # keys come from each provider's usual environment variable when the config names none

@@ -49,7 +49,7 @@ async def handle(services: Services, api: Api, decode: HeadDecoder, scope: Scope
         ctx.model_group, ctx.stream, ctx.user = head.model, head.stream, head.user
         deployment = services.router.pick(head.model)
         ctx.deployment = deployment
-        if not deployment.provider.supports(api):
+        if not deployment.provider_for(api).supports(api):
             raise UnsupportedOperation(
                 f"Model '{head.model}' (deployment '{deployment.id}', provider {deployment.family}) "
                 f"does not serve the {api.value} endpoint.",
@@ -89,7 +89,7 @@ async def _with_hooks(
 async def forward(
     services: Services, ctx: RequestContext, call: Call, deployment: Deployment, responder: Responder, receive: Receive
 ) -> None:
-    provider = deployment.provider
+    provider = deployment.provider_for(call.api)
     request = provider.build_request(call)
     if provider.local:
         return await _local(ctx, call, cast(LocalProvider, provider), request, responder)
@@ -155,30 +155,37 @@ async def _relay(
 ) -> None:
     relay = provider.open_stream(call)
     await responder.start_stream()
-    watch = _Watch(resp, receive)
+    content = resp.content
+    # The watcher costs a task; a stream the upstream has already delivered whole (a short answer,
+    # a cache) ends before a departed client could matter, so only a stream still arriving gets one.
+    watch: _Watch | None = None
     try:
-        async for data in resp.content.iter_any():
+        async for data in content.iter_any():
             out = relay.feed(data)
             if out:
                 if ctx.first_byte_ns is None:
                     ctx.first_byte_ns = time.perf_counter_ns()
                 await responder.chunk(out)
-        if watch.left:
-            ctx.client_aborted = True
-            return
-        watch.finished = True
+            if watch is None and not content.is_eof():
+                watch = _Watch(resp, receive)
+        if watch is not None:
+            if watch.left:
+                ctx.client_aborted = True
+                return
+            watch.finished = True
         closing = relay.finish()
         ctx.usage = relay.usage
         await responder.end(closing)
     except (aiohttp.ClientError, TimeoutError) as e:
-        if watch.left:
+        if watch is not None and watch.left:
             ctx.client_aborted = True
             return
         await _fail_stream(ctx, call, relay, map_client_error(e, provider.label), responder)
     except MeterwayError as e:
         await _fail_stream(ctx, call, relay, e, responder)
     finally:
-        watch.stop()
+        if watch is not None:
+            watch.stop()
 
 
 async def _fail_stream(

@@ -305,6 +305,7 @@ def _deployment(
         api_base=resolved.api_base,
         api_key=resolved.api_key,
         provider=provider,
+        messages_provider=registry.for_messages(provider),
         timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=connect),
         stream_timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=stream_timeout),
         prices=Prices(

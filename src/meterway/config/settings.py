@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 
 from meterway.config.secret import Secret
-from meterway.providers.base import Provider
+from meterway.providers.base import Api, Provider
 
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
 DEFAULT_TIMEOUT_S = 600.0
@@ -36,7 +36,8 @@ class Deployment:
     upstream_model: str
     api_base: str | None
     api_key: Secret | None
-    provider: Provider
+    provider: Provider  # serves the OpenAI routes
+    messages_provider: Provider  # serves /v1/messages: the same, or an adapter over its chat
     timeout: aiohttp.ClientTimeout  # non-streaming: the whole call
     stream_timeout: aiohttp.ClientTimeout  # streaming: the connect, then the wait for each chunk
     prices: Prices = Prices()
@@ -44,6 +45,9 @@ class Deployment:
     tpm: int | None = None
     weight: float = 1.0
     model_info: Mapping[str, Any] = field(default_factory=dict)
+
+    def provider_for(self, api: Api) -> Provider:
+        return self.messages_provider if api is Api.MESSAGES else self.provider
 
 
 @dataclass(frozen=True, slots=True)

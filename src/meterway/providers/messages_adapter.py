@@ -63,7 +63,7 @@ class MessagesFromChatRelay:
 
 
 class MessagesAdapter:
-    """A provider for `Api.MESSAGES` built on another provider's `Api.CHAT`."""
+    """A provider for `Api.MESSAGES` (and only that) built on another provider's `Api.CHAT`."""
 
     def __init__(self, inner: Provider) -> None:
         self.inner = inner
@@ -73,7 +73,7 @@ class MessagesAdapter:
         self.local = inner.local
 
     def supports(self, api: Api) -> bool:
-        return api is Api.MESSAGES or self.inner.supports(api)
+        return api is Api.MESSAGES
 
     def _inner_call(self, call: Call, body: bytes = b"") -> Call:
         # The translated body always asks for usage, so the inner relay never strips it.
@@ -81,8 +81,6 @@ class MessagesAdapter:
         return Call(Api.CHAT, body, head, call.request_id)
 
     def build_request(self, call: Call) -> UpstreamRequest:
-        if call.api is not Api.MESSAGES:
-            return self.inner.build_request(call)
         try:
             chat = fmt.messages_to_chat_request(orjson.loads(call.body), self.upstream_model)
         except fmt.TranslationError as e:
@@ -90,22 +88,17 @@ class MessagesAdapter:
         return self.inner.build_request(self._inner_call(call, orjson.dumps(chat)))
 
     def parse_response(self, call: Call, body: bytes) -> Parsed:
-        if call.api is not Api.MESSAGES:
-            return self.inner.parse_response(call, body)
         parsed = self.inner.parse_response(self._inner_call(call), body)
         message = fmt.chat_response_to_messages(orjson.loads(parsed.body), call.head.model)
         return Parsed(orjson.dumps(message), parsed.usage)
 
     def open_stream(self, call: Call) -> StreamRelay:
-        if call.api is not Api.MESSAGES:
-            return self.inner.open_stream(call)
         inner = self.inner.open_stream(self._inner_call(call))
         return MessagesFromChatRelay(inner, call.head.model, "msg_" + call.request_id)
 
     def answer(self, call: Call, request: UpstreamRequest) -> LocalAnswer:
         assert isinstance(self.inner, LocalProvider)
-        inner_call = self._inner_call(call) if call.api is Api.MESSAGES else call
-        return self.inner.answer(inner_call, request)
+        return self.inner.answer(self._inner_call(call), request)
 
     def map_error(self, call: Call, status: int, body: bytes) -> UpstreamError:
         return self.inner.map_error(call, status, body)

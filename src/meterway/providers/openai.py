@@ -8,6 +8,7 @@ every stream; the usage event is then dropped again before it reaches that clien
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Mapping
 
 import msgspec
@@ -123,21 +124,26 @@ _TAIL = 8192
 
 
 class PassthroughRelay:
-    """The client asked for what the upstream sends: relay bytes untouched, keep a tail to meter."""
+    """The client asked for what the upstream sends: relay bytes untouched. The last chunks are
+    kept by reference (no copying per chunk) and joined once, at the end, to read the usage."""
 
-    __slots__ = ("_tail", "usage")
+    __slots__ = ("_kept", "_size", "usage")
 
     def __init__(self) -> None:
-        self._tail = b""
+        self._kept: deque[bytes] = deque()
+        self._size = 0
         self.usage: Usage | None = None
 
     def feed(self, data: bytes) -> bytes:
-        tail = self._tail + data
-        self._tail = tail[-_TAIL:] if len(tail) > _TAIL else tail
+        kept = self._kept
+        kept.append(data)
+        self._size += len(data)
+        while self._size - len(kept[0]) >= _TAIL:
+            self._size -= len(kept.popleft())
         return data
 
     def finish(self) -> bytes:
-        self.usage = usage_from_tail(self._tail)
+        self.usage = usage_from_tail(b"".join(self._kept))
         return b""
 
 

@@ -151,6 +151,9 @@ def build(
             api_key=resolved.api_key,
             extra_headers=extra_headers,
         )
-    if not provider.supports(Api.MESSAGES):
-        provider = MessagesAdapter(provider)
     return provider
+
+
+def for_messages(provider: Provider) -> Provider:
+    """The provider that serves `/v1/messages` for a deployment: its own, or an adapter over its chat."""
+    return provider if provider.supports(Api.MESSAGES) else MessagesAdapter(provider)
