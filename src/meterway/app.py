@@ -39,7 +39,7 @@ class Services:
 
 
 @asynccontextmanager
-async def open_services(settings: Settings) -> AsyncIterator[Services]:
+async def open_services(settings: Settings, hooks: tuple[Hook, ...] = ()) -> AsyncIterator[Services]:
     session = new_session(settings.upstream_pool_size)
     try:
         yield Services(
@@ -48,6 +48,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             auth=Authenticator(settings.master_key),
             router=Router(settings.deployments),
             models=ModelList(settings),
+            hooks=hooks,
         )
     finally:
         await session.close()
@@ -71,8 +72,9 @@ _READY = frozenset({"/health/ready", "/health/readiness", "/health"})
 class Gateway:
     """The ASGI application. Paths are served with and without the `/v1` prefix, as LiteLLM does."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, hooks: tuple[Hook, ...] = ()) -> None:
         self.settings = settings
+        self.hooks = hooks
         self.services: Services | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -128,7 +130,7 @@ class Gateway:
         message = await receive()
         assert message["type"] == "lifespan.startup"
         try:
-            async with open_services(self.settings) as services:
+            async with open_services(self.settings, self.hooks) as services:
                 self.services = services
                 await send({"type": "lifespan.startup.complete"})
                 message = await receive()
@@ -140,5 +142,5 @@ class Gateway:
         await send({"type": "lifespan.shutdown.complete"})
 
 
-def create_app(settings: Settings) -> Gateway:
-    return Gateway(settings)
+def create_app(settings: Settings, hooks: tuple[Hook, ...] = ()) -> Gateway:
+    return Gateway(settings, hooks)

@@ -46,8 +46,9 @@ class RequestContext:
 
 class Hook(Protocol):
     """A stage around the upstream call. `before` runs in order and may raise (to refuse the
-    request); `after` runs in reverse order for every hook whose `before` ran, in `finally`, so a
-    reservation made before is always settled, whatever happened."""
+    request: the error is rendered like any other); `after` runs in reverse order for every hook
+    whose `before` ran, in `finally`, once the response has ended, with the status, error, usage
+    and timings filled in, so a reservation made before is always settled, whatever happened."""
 
     async def before(self, ctx: RequestContext) -> None: ...
 

@@ -3,10 +3,22 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import openai
 import pytest
 
 from tests.support.gateway import RunningGateway, free_socket, run_gateway
 from tests.upstreams.standin import StandIn
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather for a city",
+            "parameters": {"type": "object", "properties": {"location": {"type": "string"}}, "required": ["location"]},
+        },
+    }
+]
 
 UPSTREAM_KEY = "sk-upstream-secret-do-not-leak-42"
 ANTHROPIC_KEY = "sk-ant-upstream-secret-do-not-leak"
@@ -88,3 +100,9 @@ def e2e_config(base: str) -> dict[str, Any]:
 def gateway(standin: StandIn) -> Iterator[RunningGateway]:
     with run_gateway(e2e_config(standin.base_url)) as gw:
         yield gw
+
+
+@pytest.fixture
+def client(gateway: RunningGateway) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=gateway.v1, api_key=gateway.key, max_retries=0) as c:
+        yield c

@@ -10,31 +10,14 @@ import openai
 import orjson
 import pytest
 
-from tests.e2e.conftest import ANTHROPIC_KEY
+from tests.e2e.conftest import ANTHROPIC_KEY, TOOLS
 from tests.support.gateway import RunningGateway
 from tests.upstreams.standin import CACHE_READ_TOKENS, StandIn, reply_for
-
-TOOLS_OPENAI = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "Weather for a city",
-            "parameters": {"type": "object", "properties": {"location": {"type": "string"}}, "required": ["location"]},
-        },
-    }
-]
 
 
 @pytest.fixture
 def claude_client(gateway: RunningGateway) -> Iterator[anthropic.Anthropic]:
     with anthropic.Anthropic(base_url=gateway.url, api_key=gateway.key, max_retries=0) as c:
-        yield c
-
-
-@pytest.fixture
-def client(gateway: RunningGateway) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=gateway.v1, api_key=gateway.key, max_retries=0) as c:
         yield c
 
 
@@ -69,9 +52,7 @@ def test_anthropic_sdk_tool_use_on_openai_upstream(claude_client: anthropic.Anth
         model="gpt-test",
         max_tokens=100,
         messages=[{"role": "user", "content": "Weather in Paris?"}],
-        tools=[
-            {"name": "get_weather", "description": "Weather", "input_schema": TOOLS_OPENAI[0]["function"]["parameters"]}
-        ],  # type: ignore[index]
+        tools=[{"name": "get_weather", "description": "Weather", "input_schema": TOOLS[0]["function"]["parameters"]}],  # type: ignore[index]
     )
     block = msg.content[-1]
     assert msg.stop_reason == "tool_use" and block.type == "tool_use"
@@ -131,7 +112,7 @@ def test_openai_tools_and_tool_results_translate_to_anthropic(client: openai.Ope
     first = client.chat.completions.create(
         model="claude",
         messages=[{"role": "user", "content": "Weather in Paris?"}],
-        tools=TOOLS_OPENAI,  # type: ignore[arg-type]
+        tools=TOOLS,  # type: ignore[arg-type]
     )
     call = first.choices[0].message.tool_calls[0]  # type: ignore[index]
     assert first.choices[0].finish_reason == "tool_calls" and orjson.loads(call.function.arguments) == {
@@ -140,7 +121,7 @@ def test_openai_tools_and_tool_results_translate_to_anthropic(client: openai.Ope
     assert upstream.last.json["tools"][0]["input_schema"]["required"] == ["location"]
     client.chat.completions.create(
         model="claude",
-        tools=TOOLS_OPENAI,  # type: ignore[arg-type]
+        tools=TOOLS,  # type: ignore[arg-type]
         messages=[
             {"role": "user", "content": "Weather in Paris?"},
             {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},

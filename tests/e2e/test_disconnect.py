@@ -74,12 +74,19 @@ def slow() -> Iterator[SlowUpstream]:
 
 
 def test_client_leaving_mid_stream_closes_the_upstream_at_once(slow: SlowUpstream) -> None:
-    config = {"model_list": [{"model_name": "slow", "litellm_params": {"model": "openai/slow", "api_base": slow.url,
-                                                                        "api_key": "k"}}]}
+    config = {
+        "model_list": [
+            {"model_name": "slow", "litellm_params": {"model": "openai/slow", "api_base": slow.url, "api_key": "k"}}
+        ]
+    }
     with run_gateway(config) as gw:
-        with httpx.stream("POST", gw.v1 + "/chat/completions", headers={"Authorization": f"Bearer {gw.key}"},
-                          json={"model": "slow", "stream": True, "messages": [{"role": "user", "content": "x"}]},
-                          timeout=10) as r:
+        with httpx.stream(
+            "POST",
+            gw.v1 + "/chat/completions",
+            headers={"Authorization": f"Bearer {gw.key}"},
+            json={"model": "slow", "stream": True, "messages": [{"role": "user", "content": "x"}]},
+            timeout=10,
+        ) as r:
             got: list[str] = []
             for line in r.iter_lines():
                 if line.startswith("data:"):

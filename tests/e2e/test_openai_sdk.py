@@ -4,33 +4,16 @@ from __future__ import annotations
 
 import base64
 import struct
-from collections.abc import Iterator
 
 import openai
 import orjson
 import pytest
 
-from tests.e2e.conftest import UPSTREAM_KEY
+from tests.e2e.conftest import TOOLS, UPSTREAM_KEY
 from tests.support.gateway import RunningGateway
 from tests.upstreams.standin import StandIn, embedding_for, reply_for
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is the weather in Paris?"}]
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "Weather for a city",
-            "parameters": {"type": "object", "properties": {"location": {"type": "string"}}, "required": ["location"]},
-        },
-    }
-]
-
-
-@pytest.fixture
-def client(gateway: RunningGateway) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=gateway.v1, api_key=gateway.key, max_retries=0) as c:
-        yield c
 
 
 def test_chat_completion_is_forwarded_with_upstream_model_and_key(client: openai.OpenAI, upstream: StandIn) -> None:

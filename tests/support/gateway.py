@@ -16,6 +16,7 @@ import uvicorn
 from meterway.app import Gateway, create_app
 from meterway.config.load import parse_config
 from meterway.config.settings import Settings
+from meterway.context import Hook
 
 MASTER_KEY = "sk-test-master-0123456789"
 
@@ -48,9 +49,11 @@ def settings_for(config: Mapping[str, Any], master_key: str = MASTER_KEY) -> Set
 
 
 @contextmanager
-def run_gateway(config: Mapping[str, Any] | Settings, master_key: str = MASTER_KEY) -> Iterator[RunningGateway]:
+def run_gateway(
+    config: Mapping[str, Any] | Settings, master_key: str = MASTER_KEY, hooks: tuple[Hook, ...] = ()
+) -> Iterator[RunningGateway]:
     settings = config if isinstance(config, Settings) else settings_for(config, master_key)
-    app = create_app(settings)
+    app = create_app(settings, hooks)
     sock = free_socket()
     port = sock.getsockname()[1]
     server = uvicorn.Server(

@@ -1,8 +1,8 @@
 """The request path of every model endpoint, from the first header to the last byte.
 
-    authenticate -> read body -> decode head -> route -> hooks.before
-      -> provider.build_request -> upstream (or the in-process mock) -> parse / relay
-      -> hooks.after (always) -> last bytes to the client
+    authenticate -> read body -> decode head -> route -> hooks.before (in order)
+      -> provider.build_request -> upstream (or the in-process mock) -> parse / relay -> last bytes
+      -> hooks.after (reverse order, always, with the final status, error and usage)
 
 Errors raised anywhere on it reach `api.errors`: as a status and body while the response has not
 started, as an error event in the stream's own format once it has.
@@ -21,7 +21,7 @@ import aiohttp
 from meterway.api import errors
 from meterway.api.asgi import Incoming, Message, Receive, Responder, Scope, Send, read_body, request_id_for
 from meterway.auth import bearer_token
-from meterway.context import RequestContext
+from meterway.context import Hook, RequestContext
 from meterway.errors import MeterwayError, UnsupportedOperation, UpstreamError
 from meterway.providers.base import Api, Call, LocalProvider, Provider, RequestHead, StreamRelay, UpstreamRequest
 from meterway.providers.transport import map_client_error
@@ -40,6 +40,7 @@ async def handle(services: Services, api: Api, decode: HeadDecoder, scope: Scope
     rid = request_id_for(incoming)
     responder = Responder(send, rid)
     ctx = RequestContext.start(rid, api)
+    ran: list[Hook] = []
     try:
         ctx.principal = services.auth.authenticate(
             bearer_token(incoming.authorization, incoming.x_api_key, incoming.api_key)
@@ -55,7 +56,10 @@ async def handle(services: Services, api: Api, decode: HeadDecoder, scope: Scope
                 f"does not serve the {api.value} endpoint.",
                 param="model",
             )
-        await _with_hooks(services, ctx, Call(api, body, head, rid), deployment, responder, receive)
+        for hook in services.hooks:
+            await hook.before(ctx)
+            ran.append(hook)
+        await forward(services, ctx, Call(api, body, head, rid), deployment, responder, receive)
     except Exception as exc:
         err = errors.as_meterway_error(exc, rid)
         ctx.error = err
@@ -67,23 +71,11 @@ async def handle(services: Services, api: Api, decode: HeadDecoder, scope: Scope
     finally:
         ctx.status_code = responder.status
         ctx.ended_ns = time.perf_counter_ns()
-
-
-async def _with_hooks(
-    services: Services, ctx: RequestContext, call: Call, deployment: Deployment, responder: Responder, receive: Receive
-) -> None:
-    hooks = services.hooks
-    if not hooks:
-        return await forward(services, ctx, call, deployment, responder, receive)
-    ran = []
-    try:
-        for hook in hooks:
-            await hook.before(ctx)
-            ran.append(hook)
-        await forward(services, ctx, call, deployment, responder, receive)
-    finally:
         for hook in reversed(ran):
-            await hook.after(ctx)
+            try:
+                await hook.after(ctx)
+            except Exception:  # one stage's failure must not skip the others' settling
+                log.exception("hook %s failed after request %s", type(hook).__name__, rid)
 
 
 async def forward(
