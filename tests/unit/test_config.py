@@ -63,7 +63,8 @@ def test_azure_deployment_builds_deployment_url_with_api_version_and_api_key_hea
     europe = s.deployments[0].provider
     assert isinstance(europe, AzureProvider)
     assert str(europe.urls[Api.EMBEDDINGS]).endswith("/gpt-35-turbo/embeddings?api-version=2024-10-21")
-    assert "general_settings.database_url: not supported yet; ignored" in s.warnings
+    assert s.database_url.reveal() == "postgresql://u:p@db/x"
+    assert not any("database_url" in w for w in s.warnings) and "u:p@db" not in repr(s)
 
 
 def test_provider_prefixes_resolve_to_their_public_base_urls(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -41,6 +41,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--access-log", action="store_true", help="log every request (costs throughput)")
 
+    migrate = sub.add_parser("migrate", help="create or bring the database schema up to date (idempotent)")
+    migrate.add_argument("--config", help="config file whose general_settings.database_url to use")
+    migrate.add_argument("--database-url", help="overrides the config and DATABASE_URL")
+    migrate.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the database (default 30)")
+
     check = sub.add_parser("check-config", help="validate a config and print its models, secrets masked")
     check.add_argument("--config", help="config file (default: $METERWAY_CONFIG or $CONFIG_FILE_PATH)")
     return p
@@ -56,6 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return serve(args)
+        if args.command == "migrate":
+            return migrate(args)
         return check_config(args)
     except ConfigError as e:
         print(f"meterway: config error: {e.message}", file=sys.stderr)
@@ -140,6 +147,38 @@ def _with_key(settings: Settings, key: Secret) -> Settings:
     from dataclasses import replace
 
     return replace(settings, master_key=key)
+
+
+def migrate(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from meterway.store.engine import DatabaseUnavailable, create_engine, wait_for_database
+    from meterway.store.migrate import migrate as run_migrations
+    from meterway.store.url import parse, where
+
+    if args.wait < 0:
+        print("meterway: --wait must not be negative", file=sys.stderr)
+        return 1
+    url = args.database_url or _settings(args.config).database_url.reveal()
+    parsed = parse(url)
+
+    async def run() -> str:
+        engine = create_engine(parsed)
+        try:
+            await wait_for_database(engine, args.wait)
+            done = await run_migrations(engine)
+        finally:
+            await engine.dispose()
+        if done.before == done.after:
+            return f"database at {where(parsed)} is up to date (revision {done.after})"
+        return f"database at {where(parsed)} migrated from {done.before or 'empty'} to {done.after}"
+
+    try:
+        print(asyncio.run(run()))
+    except DatabaseUnavailable as e:
+        print(f"meterway: {e.message}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def check_config(args: argparse.Namespace) -> int:

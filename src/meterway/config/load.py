@@ -20,7 +20,14 @@ import aiohttp
 import yaml
 
 from meterway.config.secret import Secret
-from meterway.config.settings import DEFAULT_MAX_BODY_BYTES, DEFAULT_TIMEOUT_S, Deployment, Prices, Settings
+from meterway.config.settings import (
+    DEFAULT_DATABASE_URL,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_TIMEOUT_S,
+    Deployment,
+    Prices,
+    Settings,
+)
 from meterway.errors import ConfigError
 from meterway.providers import registry
 
@@ -57,7 +64,7 @@ PARAMS = {
 }
 # Keys of litellm_params that only matter to later features (routing, retries): no warning needed.
 PARAMS_QUIET = {"max_retries", "order", "mock_response", "drop_params", "custom_llm_provider"}
-GENERAL = {"master_key", "max_request_size_mb"}
+GENERAL = {"master_key", "max_request_size_mb", "database_url"}
 LITELLM = {"request_timeout"}
 
 
@@ -197,8 +204,13 @@ def parse_config(
     if "max_request_size_mb" in general:
         max_body = int(_positive(general["max_request_size_mb"], "general_settings.max_request_size_mb") * 1024 * 1024)
 
+    database_url = general.get("database_url") or env.get("DATABASE_URL") or DEFAULT_DATABASE_URL
+    if not isinstance(database_url, str):
+        raise ConfigError("general_settings.database_url must be a string")
+
     return Settings(
         deployments=tuple(deployments),
+        database_url=Secret(database_url),
         master_key=master,
         max_body_bytes=max_body,
         demo=demo,

@@ -14,6 +14,7 @@ from meterway.providers.base import Api, Provider
 
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
 DEFAULT_TIMEOUT_S = 600.0
+DEFAULT_DATABASE_URL = "sqlite:///./meterway.db"
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +60,7 @@ class Settings:
     source: str | None = None  # the config file, for messages
     warnings: tuple[str, ...] = ()
     upstream_pool_size: int = 1024
+    database_url: Secret = field(default_factory=lambda: Secret(DEFAULT_DATABASE_URL))  # may hold a password
 
     def model_names(self) -> list[str]:
         return list(dict.fromkeys(d.model_name for d in self.deployments))

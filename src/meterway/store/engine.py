@@ -1,0 +1,72 @@
+"""The async engine, and waiting for the database before anything else uses it.
+
+An init container or a pod that starts before its database must wait, but not forever and not
+in silence: `wait_for_database` retries with a bounded backoff and then fails with one message
+naming host and port (never the password) and the last reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from sqlalchemy import event, text
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from meterway.errors import MeterwayError
+from meterway.store.url import where
+
+log = logging.getLogger("meterway.store")
+
+
+class DatabaseUnavailable(MeterwayError):
+    status = 503
+    error_type = "database_unavailable"
+
+
+def create_engine(url: URL) -> AsyncEngine:
+    if url.drivername.startswith("sqlite"):
+        engine = create_async_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _pragmas(dbapi_connection, _record):  # type: ignore[no-untyped-def]
+            # WAL lets readers run beside the writer; foreign keys are off in SQLite unless asked.
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        return engine
+    return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True, connect_args={"timeout": 5})
+
+
+async def wait_for_database(engine: AsyncEngine, timeout_s: float) -> None:
+    """Returns once `SELECT 1` succeeds; raises DatabaseUnavailable after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.2
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            async with engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+            return
+        except Exception as e:  # any driver error: refused, unknown host, auth, missing database
+            reason = _reason(e)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise DatabaseUnavailable(
+                    f"database at {where(engine.url)} is not reachable after {attempt} attempts "
+                    f"in {timeout_s:g}s: {reason}"
+                ) from None
+            log.warning("waiting for database at %s (%s); retrying", where(engine.url), reason)
+            await asyncio.sleep(min(delay, left))
+            delay = min(delay * 2, 5.0)
+
+
+def _reason(e: BaseException) -> str:
+    inner = getattr(e, "orig", None) or e
+    text_ = str(inner).strip().splitlines()[0] if str(inner).strip() else inner.__class__.__name__
+    return f"{inner.__class__.__name__}: {text_}"[:300]

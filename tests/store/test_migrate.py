@@ -1,0 +1,152 @@
+"""`meterway migrate` on SQLite and real PostgreSQL: idempotent, forward from an earlier revision,
+clear about an unreachable or malformed database."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from meterway.cli.main import main
+from meterway.store.engine import create_engine
+from meterway.store.migrate import head, migrate
+from meterway.store.tables import metadata
+from meterway.store.url import parse
+from tests.support.databases import pg_url  # noqa: F401  (fixture)
+from tests.support.gateway import free_socket
+
+
+def _sqlite(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'meterway.db'}"
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "METERWAY_CONFIG", "CONFIG_FILE_PATH")}
+    return subprocess.run(
+        [sys.executable, "-m", "meterway", "migrate", *args], capture_output=True, text=True, timeout=60, env=env
+    )
+
+
+def _tables(url: str) -> set[str]:
+    async def run() -> set[str]:
+        engine = create_engine(parse(url))
+        try:
+            async with engine.connect() as conn:
+                return set(await conn.run_sync(lambda c: sa.inspect(c).get_table_names()))
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
+def _drift(url: str) -> list[object]:
+    """Differences between the tables the code uses and the schema the migrations built."""
+
+    async def run() -> list[object]:
+        engine = create_engine(parse(url))
+        try:
+            async with engine.connect() as conn:
+                return await conn.run_sync(
+                    lambda c: compare_metadata(MigrationContext.configure(c, opts={"compare_type": True}), metadata)
+                )
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_migrate_twice_creates_then_changes_nothing(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    url = _sqlite(tmp_path) if backend == "sqlite" else request.getfixturevalue("pg_url")
+    first = _cli("--database-url", url)
+    assert first.returncode == 0, first.stderr
+    assert f"migrated from empty to {head()}" in first.stdout
+    assert {"mw_users", "mw_teams", "mw_team_members", "mw_customers", "mw_keys"} <= _tables(url)
+    second = _cli("--database-url", url)
+    assert second.returncode == 0 and f"up to date (revision {head()})" in second.stdout
+    assert _drift(url) == []
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_migrate_brings_a_database_at_the_previous_revision_forward_keeping_its_rows(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    url = _sqlite(tmp_path) if backend == "sqlite" else request.getfixturevalue("pg_url")
+
+    async def prepare() -> None:
+        engine = create_engine(parse(url))
+        try:
+            await migrate(engine, "0001")
+            async with engine.begin() as conn:
+                await conn.execute(
+                    sa.text(
+                        "INSERT INTO mw_users (user_id, user_role, models, metadata) "
+                        "VALUES ('u-1', 'internal_user', '[]', '{}')"
+                    )
+                )
+        finally:
+            await engine.dispose()
+
+    asyncio.run(prepare())
+    assert "mw_keys" not in _tables(url)
+    done = _cli("--database-url", url)
+    assert done.returncode == 0 and f"migrated from 0001 to {head()}" in done.stdout, done.stderr
+    assert "mw_keys" in _tables(url)
+
+    async def users() -> list[str]:
+        engine = create_engine(parse(url))
+        try:
+            async with engine.connect() as conn:
+                return list((await conn.execute(sa.text("SELECT user_id FROM mw_users"))).scalars())
+        finally:
+            await engine.dispose()
+
+    assert asyncio.run(users()) == ["u-1"]
+
+
+def test_unreachable_database_fails_within_the_wait_naming_host_and_port_not_password() -> None:
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    started = time.monotonic()
+    done = _cli("--database-url", f"postgresql://meter:s3cret-pw@127.0.0.1:{port}/meterway", "--wait", "1.5")
+    elapsed = time.monotonic() - started
+    assert done.returncode == 1
+    assert f"127.0.0.1:{port}" in done.stderr and "not reachable" in done.stderr
+    assert "s3cret-pw" not in done.stderr + done.stdout and "Traceback" not in done.stderr
+    assert elapsed < 20
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://meter:s3cret-pw@db:5432:5432/meterway",
+        "postgresql://meter:s3cret-pw@db%3A5432/meterway",
+        "mysql://meter:s3cret-pw@db/meterway",
+    ],
+)
+def test_malformed_database_url_is_reported_as_such_at_once(url: str) -> None:
+    started = time.monotonic()
+    done = _cli("--database-url", url, "--wait", "30")
+    assert done.returncode == 1
+    assert "malformed database URL" in done.stderr or "unsupported database URL" in done.stderr
+    assert "s3cret-pw" not in done.stderr and "waiting" not in done.stderr
+    assert time.monotonic() - started < 15, "a malformed URL must not be waited for"
+
+
+def test_migrate_reads_database_url_from_the_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "c.yaml"
+    db = tmp_path / "from-config.db"
+    cfg.write_text(f"general_settings:\n  database_url: sqlite:///{db}\n")
+    assert main(["migrate", "--config", str(cfg)]) == 0
+    assert db.exists() and f"SQLite file {db}" in capsys.readouterr().out
