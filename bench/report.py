@@ -295,8 +295,13 @@ def main() -> int:
             "How the multiple is computed: *meterway / LiteLLM (via floor)* = (meterway RPS / floor RPS, this run) "
             f"x (floor RPS / LiteLLM RPS, {REF_LABEL.split('(', 1)[1].rstrip(')')}, the harness's "
             f"`results/{os.path.basename(os.path.normpath(ref_dir))}`). LiteLLM{' ' + ref_version if ref_version else ''}"
-            " was not run in this run: the floor, measured in both runs, carries the comparison over. "
-            f'Floor / LiteLLM in that run: {ratios}. The "{REF_LABEL} RPS" column is LiteLLM\'s figure as '
+            + (
+                " was also measured in this run (the columns marked *this run*); the stored run carries the"
+                " comparison over through the floor, measured in both. "
+                if s_ll
+                else " was not run in this run: the floor, measured in both runs, carries the comparison over. "
+            )
+            + f'Floor / LiteLLM in that run: {ratios}. The "{REF_LABEL} RPS" column is LiteLLM\'s figure as '
             f"measured there ({ref_load}concurrency {ref_concs} only), not on this run's machine state."
         )
     else:
