@@ -32,6 +32,7 @@ class MeterwayError(Exception):
 
     status: ClassVar[int] = 500
     error_type: ClassVar[str] = "internal_error"
+    retry_after: float | None = None  # seconds, sent as Retry-After when set
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)

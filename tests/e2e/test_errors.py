@@ -125,10 +125,13 @@ def test_upstream_4xx_keeps_its_status_and_message(http: httpx.Client, upstream:
     assert err["param"] == "temperature" and err["code"] == "invalid_value"
 
 
-def test_upstream_429_stays_a_429(http: httpx.Client, upstream: StandIn) -> None:
-    upstream.script_fail(429, {"error": {"message": "slow down", "type": "rate_limit_error"}})
+def test_upstream_429_stays_a_429_with_its_retry_after(http: httpx.Client, upstream: StandIn) -> None:
+    upstream.script_fail(
+        429, {"error": {"message": "slow down", "type": "rate_limit_error"}}, headers={"Retry-After": "17"}
+    )
     r = http.post("/chat/completions", json=CHAT)
     assert r.status_code == 429 and error_of(r)["message"] == "slow down"
+    assert r.headers["retry-after"] == "17"
 
 
 def test_upstream_5xx_is_502_naming_the_deployment(http: httpx.Client, upstream: StandIn) -> None:

@@ -11,7 +11,7 @@ import logging
 
 import orjson
 
-from meterway.errors import MeterwayError, RateLimited, UpstreamError
+from meterway.errors import MeterwayError, UpstreamError
 from meterway.providers.base import Api
 
 log = logging.getLogger("meterway.api")
@@ -57,7 +57,7 @@ def body_for(err: MeterwayError, api: Api | None) -> bytes:
 def render(err: MeterwayError, api: Api | None) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     """Status, extra headers and body for an error raised before the response started."""
     headers: list[tuple[bytes, bytes]] = []
-    if isinstance(err, RateLimited) and err.retry_after is not None:
+    if err.retry_after is not None:
         headers.append((b"retry-after", str(max(1, round(err.retry_after))).encode()))
     return err.http_status(), headers, body_for(err, api)
 

@@ -99,7 +99,9 @@ async def forward(
             except (aiohttp.ClientError, TimeoutError) as e:
                 raise map_client_error(e, provider.label) from None
             if resp.status >= 400:
-                raise provider.map_error(call, resp.status, data)
+                err = provider.map_error(call, resp.status, data)
+                err.retry_after = _retry_after(resp.headers.get("Retry-After"))
+                raise err
             parsed = provider.parse_response(call, data)
             ctx.usage = parsed.usage
             return await responder.whole(200, parsed.body, parsed.content_type.encode())
@@ -111,6 +113,18 @@ async def forward(
         await _relay(ctx, call, provider, resp, responder, receive)
     finally:
         resp.release()
+
+
+def _retry_after(value: str | None) -> float | None:
+    """An upstream's Retry-After in seconds, passed on so clients back off as the provider asked.
+    The HTTP-date form is not passed on; no provider in use sends it."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if seconds >= 0 else None
 
 
 class _Watch:
