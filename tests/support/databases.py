@@ -10,6 +10,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import asyncpg
 import pytest
@@ -33,7 +34,9 @@ async def _admin(sql: str) -> None:
 
 
 def _run(sql: str) -> None:
-    asyncio.run(_admin(sql))
+    """In a thread of its own, so that async tests (whose loop is already running) can use it."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(lambda: asyncio.run(_admin(sql))).result()
 
 
 @pytest.fixture

@@ -1,0 +1,134 @@
+"""Virtual keys in the database, by digest. The key itself never reaches this module's callers'
+storage: `create` takes the key, stores its digest and forgets it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from meterway.auth.keys import digest, display_name
+from meterway.store.tables import keys
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    token: str  # the digest
+    key_name: str
+    key_alias: str | None = None
+    models: tuple[str, ...] = ()
+    expires: datetime | None = None
+    blocked: bool = False
+    user_id: str | None = None
+    team_id: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    max_budget: Decimal | None = None
+    budget_duration: str | None = None
+    spend: Decimal = Decimal(0)
+    rpm_limit: int | None = None
+    tpm_limit: int | None = None
+    max_parallel_requests: int | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+    def expired(self, now: datetime | None = None) -> bool:
+        if self.expires is None:
+            return False
+        expires = self.expires if self.expires.tzinfo else self.expires.replace(tzinfo=UTC)
+        return expires <= (now or datetime.now(UTC))
+
+
+_FIELDS = (
+    "key_alias",
+    "models",
+    "expires",
+    "blocked",
+    "user_id",
+    "team_id",
+    "metadata",
+    "max_budget",
+    "budget_duration",
+    "rpm_limit",
+    "tpm_limit",
+    "max_parallel_requests",
+)
+
+
+def _record(row: sa.Row[Any]) -> KeyRecord:
+    m = row._mapping
+    return KeyRecord(
+        token=m["token"],
+        key_name=m["key_name"],
+        key_alias=m["key_alias"],
+        models=tuple(m["models"] or ()),
+        expires=m["expires"],
+        blocked=bool(m["blocked"]),
+        user_id=m["user_id"],
+        team_id=m["team_id"],
+        metadata=dict(m["metadata"] or {}),
+        max_budget=m["max_budget"],
+        budget_duration=m["budget_duration"],
+        spend=m["spend"] if m["spend"] is not None else Decimal(0),
+        rpm_limit=m["rpm_limit"],
+        tpm_limit=m["tpm_limit"],
+        max_parallel_requests=m["max_parallel_requests"],
+        created_at=m["created_at"],
+        updated_at=m["updated_at"],
+    )
+
+
+class KeyStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def create(self, key: str, **values: Any) -> KeyRecord:
+        unknown = set(values) - set(_FIELDS)
+        if unknown:
+            raise TypeError(f"unknown key fields: {sorted(unknown)}")
+        row = {"models": [], "metadata": {}, **values, "token": digest(key), "key_name": display_name(key)}
+        if "models" in values:
+            row["models"] = list(values["models"])
+        async with self._engine.begin() as conn:
+            await conn.execute(keys.insert().values(**row))
+        found = await self.get(row["token"])
+        assert found is not None
+        return found
+
+    async def get(self, key_or_digest: str) -> KeyRecord | None:
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(keys.select().where(keys.c.token == digest(key_or_digest)))).first()
+        return None if row is None else _record(row)
+
+    async def list(
+        self, *, user_id: str | None = None, team_id: str | None = None, limit: int = 100, offset: int = 0
+    ) -> Sequence[KeyRecord]:
+        query = keys.select().order_by(keys.c.created_at, keys.c.token).limit(limit).offset(offset)
+        if user_id is not None:
+            query = query.where(keys.c.user_id == user_id)
+        if team_id is not None:
+            query = query.where(keys.c.team_id == team_id)
+        async with self._engine.connect() as conn:
+            return [_record(row) for row in await conn.execute(query)]
+
+    async def update(self, key_or_digest: str, **values: Any) -> KeyRecord | None:
+        unknown = set(values) - set(_FIELDS)
+        if unknown:
+            raise TypeError(f"unknown key fields: {sorted(unknown)}")
+        token = digest(key_or_digest)
+        if "models" in values:
+            values["models"] = list(values["models"])
+        async with self._engine.begin() as conn:
+            done = await conn.execute(
+                keys.update().where(keys.c.token == token).values(**values, updated_at=sa.func.now())
+            )
+        return await self.get(token) if done.rowcount else None
+
+    async def delete(self, key_or_digest: str) -> bool:
+        async with self._engine.begin() as conn:
+            done = await conn.execute(keys.delete().where(keys.c.token == digest(key_or_digest)))
+        return bool(done.rowcount)
