@@ -7,23 +7,32 @@ are plain ASGI callables found in one dict lookup; anything else falls through t
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import importlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC
+from functools import partial
+from typing import TYPE_CHECKING
 
 import aiohttp
 
 from meterway.api import errors, heads, health, proxy
 from meterway.api.asgi import Incoming, Receive, Responder, Scope, Send, request_id_for
 from meterway.api.models import ModelList
-from meterway.auth import Authenticator, bearer_token
+from meterway.auth import Authenticator, KeyCache, Principal, bearer_token
 from meterway.config.settings import Settings
 from meterway.context import Hook
-from meterway.errors import MeterwayError, ModelNotFound, RouteNotFound
+from meterway.errors import MeterwayError, ModelNotFound, RouteNotFound, ServiceUnavailable
 from meterway.providers.base import Api
 from meterway.providers.transport import new_session
 from meterway.routing import Router
+
+if TYPE_CHECKING:
+    from meterway.store.runtime import Store
 
 log = logging.getLogger("meterway")
 
@@ -76,6 +85,8 @@ class Gateway:
         self.settings = settings
         self.hooks = hooks
         self.services: Services | None = None
+        self.store: Store | None = None
+        self.store_state = "opening"  # "open", or the reason it could not be opened
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -98,7 +109,7 @@ class Gateway:
             api, decode = route
             return await proxy.handle(services, api, decode, scope, receive, send)
         if path in _READY:
-            return await health.ready(services, scope, receive, send)
+            return await health.ready(services, self.store_state, scope, receive, send)
         if services is not None and (path == "/models" or path.startswith("/models/")):
             return await self._models(services, scope, send, path)
         if services is None:
@@ -109,13 +120,16 @@ class Gateway:
         incoming = Incoming(scope["headers"])
         responder = Responder(send, request_id_for(incoming))
         try:
-            services.auth.authenticate(bearer_token(incoming.authorization, incoming.x_api_key, incoming.api_key))
+            principal = await services.auth.authenticate(
+                bearer_token(incoming.authorization, incoming.x_api_key, incoming.api_key)
+            )
             if path == "/models":
-                return await responder.whole(200, services.models.body)
+                return await responder.whole(200, services.models.listing(principal.models))
             model_id = path[len("/models/") :]
             body = services.models.one(model_id)
             if body is None:
-                raise ModelNotFound(model_id, services.router.model_names)
+                raise ModelNotFound(model_id, principal.visible(services.router.model_names))
+            principal.check_model(model_id)
             await responder.whole(200, body)
         except MeterwayError as err:
             status, extra, payload = errors.render(err, None)
@@ -132,14 +146,62 @@ class Gateway:
         try:
             async with open_services(self.settings, self.hooks) as services:
                 self.services = services
+                opening = asyncio.create_task(self._open_store(services))
                 await send({"type": "lifespan.startup.complete"})
                 message = await receive()
                 self.services = None
+                opening.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await opening
+                if self.store is not None:
+                    await self.store.close()
         except Exception as e:
             log.exception("startup failed")
             await send({"type": "lifespan.startup.failed", "message": str(e)})
             return
         await send({"type": "lifespan.shutdown.complete"})
+
+    async def _open_store(self, services: Services) -> None:
+        """Opens (and migrates) the store beside serving: liveness and the master key do not wait
+        for SQLAlchemy's import or the database; readiness and virtual keys do."""
+        settings = self.settings
+        try:
+            runtime = await asyncio.to_thread(importlib.import_module, "meterway.store.runtime")
+            store: Store = await runtime.Store.open(
+                settings.database_url.reveal(),
+                wait_s=settings.database_wait_s,
+                run_migrations=settings.migrate_at_start,
+            )
+        except MeterwayError as e:
+            self.store_state = e.message
+            log.error("store not opened: %s", e.message)
+            return
+        self.store = store
+        services.auth.keys = KeyCache(partial(_principal_for, store))
+        self.store_state = "open"
+
+
+async def _principal_for(store: Store, key_digest: str) -> Principal | None:
+    try:
+        record = await store.keys.get(key_digest)
+    except Exception as e:  # the database went away: the caller may retry, it is not their fault
+        log.warning("key lookup failed: %s", e.__class__.__name__)
+        raise ServiceUnavailable("The key store is unavailable; retry shortly.") from None
+    if record is None:
+        return None
+    expires = record.expires
+    if expires is not None and expires.tzinfo is None:
+        expires = expires.replace(tzinfo=UTC)
+    return Principal(
+        key_id=record.token,
+        role="key",
+        models=record.models,
+        key_alias=record.key_alias,
+        user_id=record.user_id,
+        team_id=record.team_id,
+        blocked=record.blocked,
+        expires=expires,
+    )
 
 
 def create_app(settings: Settings, hooks: tuple[Hook, ...] = ()) -> Gateway:

@@ -68,8 +68,8 @@ class AuthenticationFailed(MeterwayError):
     status = 401
     error_type = "authentication_error"
 
-    def __init__(self, message: str = "Invalid or missing API key.", **kw: str | None) -> None:
-        super().__init__(message, code=kw.get("code") or "invalid_api_key", param=kw.get("param"))
+    def __init__(self, message: str = "Invalid or missing API key.", *, code: str = "invalid_api_key") -> None:
+        super().__init__(message, code=code)
 
 
 class PermissionDenied(MeterwayError):

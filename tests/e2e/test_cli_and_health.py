@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,6 +46,8 @@ class Served:
 
 def _serve(args: list[str], env: dict[str, str]) -> Iterator[Served]:
     port = _port()
+    scratch = tempfile.mkdtemp(prefix="meterway-serve-")
+    env = {"DATABASE_URL": f"sqlite:///{scratch}/meterway.db", **env}
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -86,6 +90,19 @@ def _serve(args: list[str], env: dict[str, str]) -> Iterator[Served]:
         for stream in (proc.stdout, proc.stderr):
             if stream:
                 stream.close()
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _ready(url: str, within_s: float = 20.0) -> dict[str, object]:
+    """Readiness waits for the store (opened and migrated beside serving): poll it, bounded."""
+    deadline = time.monotonic() + within_s
+    while True:
+        r = httpx.get(url + "/health/ready")
+        if r.status_code == 200:
+            return r.json()  # type: ignore[no-any-return]
+        assert r.status_code == 503 and r.json()["status"] == "starting", r.text
+        assert time.monotonic() < deadline, "not ready in time"
+        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -113,7 +130,7 @@ def test_demo_mode_answers_with_the_printed_key() -> None:
         )
         assert r.status_code == 200 and "hello" in r.json()["choices"][0]["message"]["content"]
         assert httpx.get(served.url + "/v1/models", headers=headers).json()["data"][0]["id"] == "demo"
-        assert httpx.get(served.url + "/health/ready").json()["status"] == "ready"
+        assert _ready(served.url)["store"] == "open"
 
 
 def test_serve_reads_the_config_named_by_litellm_variable(tmp_path: Path) -> None:

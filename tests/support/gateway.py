@@ -4,6 +4,7 @@ background thread, built from a config dict, so tests talk to it over real HTTP.
 from __future__ import annotations
 
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -52,6 +53,11 @@ def settings_for(config: Mapping[str, Any], master_key: str = MASTER_KEY) -> Set
 def run_gateway(
     config: Mapping[str, Any] | Settings, master_key: str = MASTER_KEY, hooks: tuple[Hook, ...] = ()
 ) -> Iterator[RunningGateway]:
+    scratch = tempfile.TemporaryDirectory(prefix="meterway-test-")
+    if not isinstance(config, Settings):
+        general = dict(config.get("general_settings") or {})
+        general.setdefault("database_url", f"sqlite:///{scratch.name}/meterway.db")
+        config = {**config, "general_settings": general}
     settings = config if isinstance(config, Settings) else settings_for(config, master_key)
     app = create_app(settings, hooks)
     sock = free_socket()
@@ -61,10 +67,10 @@ def run_gateway(
     )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
+    deadline = time.monotonic() + 20
+    while not server.started or app.store_state == "opening":
         if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("gateway did not start")
+            raise RuntimeError(f"gateway did not start (store: {app.store_state})")
         time.sleep(0.01)
     try:
         key = settings.master_key.reveal() if settings.master_key else master_key
@@ -73,3 +79,4 @@ def run_gateway(
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
+        scratch.cleanup()

@@ -26,12 +26,17 @@ async def live(scope: Scope, receive: Receive, send: Send) -> None:
     await send(_BODY)
 
 
-async def ready(services: Services | None, scope: Scope, receive: Receive, send: Send) -> None:
+async def ready(services: Services | None, store: str, scope: Scope, receive: Receive, send: Send) -> None:
     if services is None:
         status, body = 503, orjson.dumps({"status": "starting"})
+    elif store != "open":
+        status, body = (
+            503,
+            orjson.dumps({"status": "starting" if store == "opening" else "unavailable", "store": store}),
+        )
     else:
         status = 200
-        body = orjson.dumps({"status": "ready", "models": len(services.router.model_names)})
+        body = orjson.dumps({"status": "ready", "models": len(services.router.model_names), "store": store})
     await send(
         {
             "type": "http.response.start",

@@ -20,6 +20,12 @@ class ModelList:
             )
         self.body = orjson.dumps({"object": "list", "data": list(self._entries.values())})
 
+    def listing(self, allowed: tuple[str, ...]) -> bytes:
+        """All models, or those a restricted key may use (built per call: rare, and not on the hot path)."""
+        if not allowed or "all-proxy-models" in allowed:
+            return self.body
+        return orjson.dumps({"object": "list", "data": [e for n, e in self._entries.items() if n in allowed]})
+
     def one(self, model_id: str) -> bytes | None:
         entry = self._entries.get(model_id)
         return None if entry is None else orjson.dumps(entry)

@@ -22,7 +22,7 @@ from meterway.api import errors
 from meterway.api.asgi import Incoming, Message, Receive, Responder, Scope, Send, read_body, request_id_for
 from meterway.auth import bearer_token
 from meterway.context import Hook, RequestContext
-from meterway.errors import MeterwayError, UnsupportedOperation, UpstreamError
+from meterway.errors import MeterwayError, ModelNotFound, UnsupportedOperation, UpstreamError
 from meterway.providers.base import Api, Call, LocalProvider, Provider, RequestHead, StreamRelay, UpstreamRequest
 from meterway.providers.transport import map_client_error
 
@@ -42,13 +42,19 @@ async def handle(services: Services, api: Api, decode: HeadDecoder, scope: Scope
     ctx = RequestContext.start(rid, api)
     ran: list[Hook] = []
     try:
-        ctx.principal = services.auth.authenticate(
+        principal = await services.auth.authenticate(
             bearer_token(incoming.authorization, incoming.x_api_key, incoming.api_key)
         )
+        ctx.principal = principal
         body = await read_body(receive, incoming, services.settings.max_body_bytes)
         head = decode(body)
         ctx.model_group, ctx.stream, ctx.user = head.model, head.stream, head.user
-        deployment = services.router.pick(head.model)
+        if principal.models:
+            principal.check_model(head.model)
+        try:
+            deployment = services.router.pick(head.model)
+        except ModelNotFound as e:
+            raise ModelNotFound(head.model, principal.visible(e.available)) from None
         ctx.deployment = deployment
         if not deployment.provider_for(api).supports(api):
             raise UnsupportedOperation(

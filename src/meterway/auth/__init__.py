@@ -1,11 +1,21 @@
-"""Who is calling. For now only the master key; virtual keys plug in behind `authenticate`."""
+"""Who is calling: the master key, or a virtual key looked up by digest through a short cache.
+
+The master key is compared in constant time with no I/O. A virtual key costs a database read
+the first time it is seen and then at most once a second (the cache's time to live), so a
+blocked, expired or deleted key stops working on every replica within about a second.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
+from meterway.auth.keys import digest
 from meterway.config.secret import Secret
-from meterway.errors import AuthenticationFailed
+from meterway.errors import AuthenticationFailed, PermissionDenied, ServiceUnavailable
 
 
 @dataclass(frozen=True, slots=True)
@@ -13,7 +23,33 @@ class Principal:
     """The identity a request acts as. `key_id` is a digest or a name, never the key itself."""
 
     key_id: str
-    role: str  # "proxy_admin" for the master key
+    role: str  # "proxy_admin" for the master key, "key" for a virtual key
+    models: tuple[str, ...] = ()  # allowed model names; empty means all
+    key_alias: str | None = None
+    user_id: str | None = None
+    team_id: str | None = None
+    blocked: bool = False
+    expires: datetime | None = None  # timezone-aware
+
+    def check_usable(self) -> None:
+        """Blocked and expired are checked on every request, not when cached: expiry passes by itself."""
+        if self.blocked:
+            raise AuthenticationFailed("This key is blocked.", code="key_blocked")
+        if self.expires is not None and self.expires <= datetime.now(UTC):
+            raise AuthenticationFailed(f"This key expired at {self.expires.isoformat()}.", code="key_expired")
+
+    def visible(self, names: list[str]) -> list[str]:
+        if not self.models or "all-proxy-models" in self.models:
+            return names
+        return [n for n in names if n in self.models]
+
+    def check_model(self, model: str) -> None:
+        if self.models and model not in self.models and "all-proxy-models" not in self.models:
+            raise PermissionDenied(
+                f"This key may not use model '{model}'. Allowed: {', '.join(self.models)}",
+                param="model",
+                code="model_not_allowed",
+            )
 
 
 MASTER = Principal(key_id="master", role="proxy_admin")
@@ -29,13 +65,58 @@ def bearer_token(authorization: bytes | None, x_api_key: bytes | None, api_key: 
     return x_api_key or api_key or None
 
 
+KeyLookup = Callable[[str], Awaitable["Principal | None"]]  # digest -> principal (None: unknown key)
+
+
+class KeyCache:
+    """Digest -> Principal (or None for an unknown key), each entry kept `ttl_s` seconds. Concurrent
+    misses for one digest share a single lookup."""
+
+    def __init__(self, lookup: KeyLookup, ttl_s: float = 1.0) -> None:
+        self._lookup = lookup
+        self._ttl = ttl_s
+        self._entries: dict[str, tuple[float, Principal | None]] = {}
+        self._pending: dict[str, asyncio.Future[Principal | None]] = {}
+
+    async def get(self, key_digest: str) -> Principal | None:
+        entry = self._entries.get(key_digest)
+        now = time.monotonic()
+        if entry is not None and entry[0] > now:
+            return entry[1]
+        pending = self._pending.get(key_digest)
+        if pending is not None:
+            return await pending
+        future: asyncio.Future[Principal | None] = asyncio.get_running_loop().create_future()
+        self._pending[key_digest] = future
+        try:
+            principal = await self._lookup(key_digest)
+        except BaseException as e:
+            future.set_exception(e)
+            future.exception()  # consumed here; waiters re-raise it
+            raise
+        finally:
+            del self._pending[key_digest]
+        if len(self._entries) > 100_000:  # unknown keys must not grow the cache without bound
+            self._entries.clear()
+        self._entries[key_digest] = (time.monotonic() + self._ttl, principal)
+        future.set_result(principal)
+        return principal
+
+
 class Authenticator:
     def __init__(self, master_key: Secret | None) -> None:
         self._master = master_key
+        self.keys: KeyCache | None = None  # set once the store is open
 
-    def authenticate(self, token: bytes | None) -> Principal:
+    async def authenticate(self, token: bytes | None) -> Principal:
         if token is None:
             raise AuthenticationFailed("Missing API key. Send it as 'Authorization: Bearer <key>'.")
         if self._master is not None and self._master.matches(token):
             return MASTER
-        raise AuthenticationFailed("Invalid API key.")
+        if self.keys is None:
+            raise ServiceUnavailable("The key store is still opening; only the master key works yet.")
+        principal = await self.keys.get(digest(token))
+        if principal is None:
+            raise AuthenticationFailed("Invalid API key.")
+        principal.check_usable()
+        return principal

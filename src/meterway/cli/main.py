@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 
 from meterway import __version__
 from meterway.config.load import (
@@ -21,11 +22,12 @@ from meterway.config.load import (
 )
 from meterway.config.secret import Secret
 from meterway.config.settings import Settings
-from meterway.errors import ConfigError
+from meterway.errors import ConfigError, MeterwayError
 
 log = logging.getLogger("meterway")
 
 _DEMO_ENV = "METERWAY_DEMO"
+_NO_MIGRATE_ENV = "METERWAY_NO_MIGRATE"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--access-log", action="store_true", help="log every request (costs throughput)")
+    serve.add_argument("--no-migrate", action="store_true", help="do not apply database migrations at start")
 
     migrate = sub.add_parser("migrate", help="create or bring the database schema up to date (idempotent)")
     migrate.add_argument("--config", help="config file whose general_settings.database_url to use")
@@ -66,6 +69,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return check_config(args)
     except ConfigError as e:
         print(f"meterway: config error: {e.message}", file=sys.stderr)
+        return 1
+    except MeterwayError as e:  # e.g. the database did not answer in time
+        print(f"meterway: {e.message}", file=sys.stderr)
         return 1
 
 
@@ -97,6 +103,22 @@ def serve(args: argparse.Namespace) -> int:
             f"meterway: master key: {master.reveal()}",
             file=sys.stderr,
         )
+    if args.no_migrate:
+        settings = replace(settings, migrate_at_start=False)
+    elif args.workers > 1:
+        # Migrate once, here, before the workers start: they then only open the store.
+        import asyncio
+
+        from meterway.store.runtime import Store
+
+        async def migrate_once() -> None:
+            store = await Store.open(
+                settings.database_url.reveal(), wait_s=settings.database_wait_s, run_migrations=True
+            )
+            await store.close()
+
+        asyncio.run(migrate_once())
+        os.environ[_NO_MIGRATE_ENV] = "1"
     log.info(
         "serving %d model(s) on http://%s:%d with %d worker(s)",
         len(settings.model_names()),
@@ -134,18 +156,16 @@ def app_from_env() -> object:
     from meterway.app import create_app
     from meterway.config.load import master_key_from_env
 
-    if os.environ.get(_DEMO_ENV) == "1":
-        return create_app(demo_settings())
-    settings = _settings(None)
+    settings = demo_settings() if os.environ.get(_DEMO_ENV) == "1" else _settings(None)
     key = master_key_from_env()
     if settings.master_key is None and key is not None:
         settings = _with_key(settings, key)
+    if os.environ.get(_NO_MIGRATE_ENV) == "1":
+        settings = replace(settings, migrate_at_start=False)
     return create_app(settings)
 
 
 def _with_key(settings: Settings, key: Secret) -> Settings:
-    from dataclasses import replace
-
     return replace(settings, master_key=key)
 
 

@@ -61,6 +61,8 @@ class Settings:
     warnings: tuple[str, ...] = ()
     upstream_pool_size: int = 1024
     database_url: Secret = field(default_factory=lambda: Secret(DEFAULT_DATABASE_URL))  # may hold a password
+    database_wait_s: float = 30.0  # how long a starting gateway waits for its database
+    migrate_at_start: bool = True
 
     def model_names(self) -> list[str]:
         return list(dict.fromkeys(d.model_name for d in self.deployments))

@@ -14,10 +14,12 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+MIGRATION_LOCK = 0x6D657465  # any constant shared by every meterway process
 
 
 def _config(connection: Connection | None = None) -> Config:
@@ -50,6 +52,9 @@ async def current_revision(engine: AsyncEngine) -> str | None:
 
 async def migrate(engine: AsyncEngine, target: str = "head") -> Migrated:
     def run(connection: Connection) -> Migrated:
+        if connection.dialect.name == "postgresql":
+            # Replicas starting together migrate one after the other; the lock ends with the transaction.
+            connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK})
         before = _current(connection)
         command.upgrade(_config(connection), target)
         return Migrated(before, _current(connection))

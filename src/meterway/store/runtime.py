@@ -1,0 +1,44 @@
+"""The store as the running gateway uses it: opened once per worker, in the background.
+
+Importing SQLAlchemy and opening (and migrating) the database takes longer than a liveness probe
+may wait, so the gateway answers `/health/live` and master-key requests at once and opens the
+store beside them; `/health/ready` and virtual keys wait for it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from meterway.store.engine import create_engine, wait_for_database
+from meterway.store.keys import KeyStore
+from meterway.store.migrate import migrate
+from meterway.store.url import parse, where
+
+log = logging.getLogger("meterway.store")
+
+
+class Store:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.keys = KeyStore(engine)
+
+    @classmethod
+    async def open(cls, url: str, *, wait_s: float, run_migrations: bool) -> Store:
+        parsed = parse(url)
+        engine = create_engine(parsed)
+        try:
+            await wait_for_database(engine, wait_s)
+            if run_migrations:
+                done = await migrate(engine)
+                if done.before != done.after:
+                    log.info("database at %s migrated from %s to %s", where(parsed), done.before, done.after)
+        except BaseException:
+            await engine.dispose()
+            raise
+        log.info("store open: %s", where(parsed))
+        return cls(engine)
+
+    async def close(self) -> None:
+        await self.engine.dispose()

@@ -1,0 +1,97 @@
+"""Virtual keys on the request path, through the `openai` SDK. Keys are written straight into the
+gateway's database (the management API comes later), the way a second replica would see them."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import openai
+import pytest
+
+from meterway.auth.keys import new_key
+from meterway.store.engine import create_engine
+from meterway.store.keys import KeyStore
+from meterway.store.url import parse
+from tests.support.gateway import RunningGateway
+
+MESSAGES: Any = [{"role": "user", "content": "hi"}]
+
+
+def _store_op(gw: RunningGateway, op: str, key: str, **values: Any) -> None:
+    async def run() -> None:
+        engine = create_engine(parse(gw.settings.database_url.reveal()))
+        try:
+            store = KeyStore(engine)
+            if op == "create":
+                await store.create(key, **values)
+            else:
+                await store.update(key, **values)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run())
+
+
+def _client(gw: RunningGateway, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gw.v1, api_key=key, max_retries=0)
+
+
+@pytest.fixture
+def keyed(gateway: RunningGateway) -> Iterator[tuple[RunningGateway, str]]:
+    key = new_key()
+    _store_op(gateway, "create", key, models=["gpt-test", "demo", "unconfigured-model"], key_alias="team-a")
+    yield gateway, key
+
+
+def test_a_stored_key_works(keyed: tuple[RunningGateway, str], upstream: object) -> None:
+    gw, key = keyed
+    with _client(gw, key) as client:
+        r = client.chat.completions.create(model="gpt-test", messages=MESSAGES)
+        assert r.choices[0].message.content
+
+
+def test_a_model_outside_the_keys_list_is_403_naming_it(keyed: tuple[RunningGateway, str]) -> None:
+    gw, key = keyed
+    with _client(gw, key) as client, pytest.raises(openai.PermissionDeniedError) as e:
+        client.chat.completions.create(model="claude", messages=MESSAGES)
+    assert "claude" in e.value.message and e.value.code == "model_not_allowed"
+
+
+def test_models_list_and_404_show_only_what_the_key_may_use(keyed: tuple[RunningGateway, str]) -> None:
+    gw, key = keyed
+    with _client(gw, key) as client:
+        assert sorted(m.id for m in client.models.list()) == ["demo", "gpt-test"]
+        with pytest.raises(openai.NotFoundError) as e:
+            client.chat.completions.create(model="unconfigured-model", messages=MESSAGES)
+    assert "claude" not in e.value.message and "gpt-test" in e.value.message
+
+
+def test_unknown_blocked_and_expired_keys_are_401(gateway: RunningGateway) -> None:
+    blocked, expired = new_key(), new_key()
+    _store_op(gateway, "create", blocked, blocked=True)
+    _store_op(gateway, "create", expired, expires=datetime.now(UTC) - timedelta(seconds=5))
+    for key, code in ((new_key(), "invalid_api_key"), (blocked, "key_blocked"), (expired, "key_expired")):
+        with _client(gateway, key) as client, pytest.raises(openai.AuthenticationError) as e:
+            client.chat.completions.create(model="demo", messages=MESSAGES)
+        assert e.value.code == code
+
+
+def test_blocking_a_key_in_the_database_takes_effect_within_the_cache_lifetime(gateway: RunningGateway) -> None:
+    key = new_key()
+    _store_op(gateway, "create", key)
+    with _client(gateway, key) as client:
+        client.chat.completions.create(model="demo", messages=MESSAGES)  # now cached as usable
+        _store_op(gateway, "update", key, blocked=True)
+        blocked_at = time.monotonic()
+        while True:
+            try:
+                client.chat.completions.create(model="demo", messages=MESSAGES)
+            except openai.AuthenticationError:
+                break
+            assert time.monotonic() - blocked_at < 3.0, "the block was not seen"
+            time.sleep(0.05)
+    assert time.monotonic() - blocked_at < 2.0
