@@ -114,6 +114,12 @@ def test_migrate_brings_a_database_at_the_previous_revision_forward_keeping_its_
     assert asyncio.run(users()) == ["u-1"]
 
 
+def test_the_revision_the_code_expects_is_the_newest_migration() -> None:
+    from meterway.store import revision
+
+    assert head() == revision.HEAD
+
+
 def test_unreachable_database_fails_within_the_wait_naming_host_and_port_not_password() -> None:
     sock = free_socket()
     port = sock.getsockname()[1]
@@ -150,3 +156,22 @@ def test_migrate_reads_database_url_from_the_config(tmp_path: Path, capsys: pyte
     cfg.write_text(f"general_settings:\n  database_url: sqlite:///{db}\n")
     assert main(["migrate", "--config", str(cfg)]) == 0
     assert db.exists() and f"SQLite file {db}" in capsys.readouterr().out
+
+
+def test_store_opens_without_migrating_when_current_and_refuses_an_old_schema_with_no_migrate(tmp_path: Path) -> None:
+    from meterway.store.runtime import Store
+
+    url = _sqlite(tmp_path)
+
+    async def run() -> None:
+        engine = create_engine(parse(url))
+        await migrate(engine, "0001")
+        await engine.dispose()
+        with pytest.raises(Exception, match=r"revision 0001, this version needs 0002: run `meterway migrate`"):
+            await Store.open(url, wait_s=1, run_migrations=False)
+        store = await Store.open(url, wait_s=1, run_migrations=True)
+        await store.close()
+        again = await Store.open(url, wait_s=1, run_migrations=False)
+        await again.close()
+
+    asyncio.run(run())

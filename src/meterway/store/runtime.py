@@ -11,9 +11,9 @@ import logging
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from meterway.store.engine import create_engine, wait_for_database
+from meterway.store import revision
+from meterway.store.engine import DatabaseUnavailable, create_engine, wait_for_database
 from meterway.store.keys import KeyStore
-from meterway.store.migrate import migrate
 from meterway.store.url import parse, where
 
 log = logging.getLogger("meterway.store")
@@ -30,10 +30,17 @@ class Store:
         engine = create_engine(parsed)
         try:
             await wait_for_database(engine, wait_s)
-            if run_migrations:
+            at = await revision.current(engine)
+            if at != revision.HEAD:
+                if not run_migrations:
+                    raise DatabaseUnavailable(
+                        f"database at {where(parsed)} is at revision {at or 'empty'}, this version needs "
+                        f"{revision.HEAD}: run `meterway migrate` (or serve without --no-migrate)"
+                    )
+                from meterway.store.migrate import migrate  # imports Alembic: only when there is work
+
                 done = await migrate(engine)
-                if done.before != done.after:
-                    log.info("database at %s migrated from %s to %s", where(parsed), done.before, done.after)
+                log.info("database at %s migrated from %s to %s", where(parsed), done.before, done.after)
         except BaseException:
             await engine.dispose()
             raise
