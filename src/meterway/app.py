@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
-from meterway.api import errors, heads, health, proxy
+from meterway.api import errors, heads, health, management, proxy
 from meterway.api.asgi import Incoming, Receive, Responder, Scope, Send, request_id_for
 from meterway.api.models import ModelList
 from meterway.auth import Authenticator, KeyCache, Principal, bearer_token
@@ -87,6 +87,7 @@ class Gateway:
         self.services: Services | None = None
         self.store: Store | None = None
         self.store_state = "opening"  # "open", or the reason it could not be opened
+        self.key_routes: management.KeyRoutes | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -108,6 +109,9 @@ class Gateway:
                 return await self._error(scope, send, RouteNotFound(f"Use POST for {path}.", status=405), route[0])
             api, decode = route
             return await proxy.handle(services, api, decode, scope, receive, send)
+        handler = management.ROUTES.get((scope["method"], path))
+        if handler is not None and services is not None:
+            return await management.handle(services, self.key_routes, handler, scope, receive, send)
         if path in _READY:
             return await health.ready(services, self.store_state, scope, receive, send)
         if services is not None and (path == "/models" or path.startswith("/models/")):
@@ -177,7 +181,9 @@ class Gateway:
             log.error("store not opened: %s", e.message)
             return
         self.store = store
-        services.auth.keys = KeyCache(partial(_principal_for, store))
+        cache = KeyCache(partial(_principal_for, store))
+        services.auth.keys = cache
+        self.key_routes = management.KeyRoutes(store, cache)
         self.store_state = "open"
 
 

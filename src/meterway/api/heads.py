@@ -65,7 +65,7 @@ _embedding = msgspec.json.Decoder(_Embedding)
 _messages = msgspec.json.Decoder(_Messages)
 
 
-def _invalid(e: msgspec.DecodeError) -> BadRequest:
+def decode_error(e: msgspec.DecodeError) -> BadRequest:
     text = str(e)
     if not isinstance(e, msgspec.ValidationError):
         return BadRequest(f"Request body is not valid JSON: {text}")
@@ -97,7 +97,7 @@ def chat(body: bytes) -> RequestHead:
     try:
         c = _chat.decode(body)
     except msgspec.DecodeError as e:
-        raise _invalid(e) from None
+        raise decode_error(e) from None
     _nonempty_model(c.model)
     _array(c.messages, "messages")
     usage = bool(c.stream_options and c.stream_options.include_usage)
@@ -108,7 +108,7 @@ def completion(body: bytes) -> RequestHead:
     try:
         c = _completion.decode(body)
     except msgspec.DecodeError as e:
-        raise _invalid(e) from None
+        raise decode_error(e) from None
     _nonempty_model(c.model)
     usage = bool(c.stream_options and c.stream_options.include_usage)
     return RequestHead(c.model, bool(c.stream), usage, c.user)
@@ -118,7 +118,7 @@ def embedding(body: bytes) -> RequestHead:
     try:
         e = _embedding.decode(body)
     except msgspec.DecodeError as err:
-        raise _invalid(err) from None
+        raise decode_error(err) from None
     _nonempty_model(e.model)
     data = bytes(e.input).lstrip()
     if data in (b'""', b"[]") or data.startswith((b"null", b"{", b"true", b"false")):
@@ -130,7 +130,7 @@ def messages(body: bytes) -> RequestHead:
     try:
         m = _messages.decode(body)
     except msgspec.DecodeError as e:
-        raise _invalid(e) from None
+        raise decode_error(e) from None
     _nonempty_model(m.model)
     _array(m.messages, "messages")
     if m.max_tokens < 1:

@@ -102,6 +102,10 @@ class KeyCache:
         future.set_result(principal)
         return principal
 
+    def forget(self, key_digest: str) -> None:
+        """Drops one entry: a change made on this replica is seen here at once (others within the TTL)."""
+        self._entries.pop(key_digest, None)
+
 
 class Authenticator:
     def __init__(self, master_key: Secret | None) -> None:

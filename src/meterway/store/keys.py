@@ -115,6 +115,15 @@ class KeyStore:
         async with self._engine.connect() as conn:
             return [_record(row) for row in await conn.execute(query)]
 
+    async def count(self, *, user_id: str | None = None, team_id: str | None = None) -> int:
+        query = sa.select(sa.func.count()).select_from(keys)
+        if user_id is not None:
+            query = query.where(keys.c.user_id == user_id)
+        if team_id is not None:
+            query = query.where(keys.c.team_id == team_id)
+        async with self._engine.connect() as conn:
+            return int((await conn.execute(query)).scalar_one())
+
     async def update(self, key_or_digest: str, **values: Any) -> KeyRecord | None:
         unknown = set(values) - set(_FIELDS)
         if unknown:

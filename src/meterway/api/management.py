@@ -1,0 +1,271 @@
+"""Key management with LiteLLM's paths and payloads (`/key/generate`, `/key/info`, …), so scripts
+written against the LiteLLM proxy keep working. Not on the request path: plain and simple.
+
+For now only the master key may manage keys; users, teams and their roles come next.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
+
+import msgspec
+import orjson
+
+from meterway.api import errors
+from meterway.api.asgi import Incoming, Receive, Responder, Scope, Send, read_body, request_id_for
+from meterway.api.heads import decode_error
+from meterway.auth import KeyCache, bearer_token
+from meterway.auth.keys import PREFIX, digest, new_key
+from meterway.config.durations import parse_duration
+from meterway.errors import BadRequest, MeterwayError, PermissionDenied, RouteNotFound, ServiceUnavailable
+
+if TYPE_CHECKING:
+    from sqlalchemy.exc import IntegrityError
+
+    from meterway.app import Services
+    from meterway.store.keys import KeyRecord
+    from meterway.store.runtime import Store
+
+
+class _KeyFields(msgspec.Struct):
+    key_alias: str | None = None
+    duration: str | None = None
+    models: list[str] | None = None
+    max_budget: float | None = None
+    budget_duration: str | None = None
+    user_id: str | None = None
+    team_id: str | None = None
+    metadata: dict[str, Any] | None = None
+    rpm_limit: int | None = None
+    tpm_limit: int | None = None
+    max_parallel_requests: int | None = None
+    blocked: bool | None = None
+
+
+class _Generate(_KeyFields):
+    key: str | None = None  # a key chosen by the caller instead of a generated one
+
+
+class _Update(_KeyFields):
+    key: str = ""
+
+
+class _KeyRef(msgspec.Struct):
+    key: str
+
+
+class _Delete(msgspec.Struct):
+    keys: list[str]
+
+
+def _decode(body: bytes, kind: type[msgspec.Struct]) -> Any:
+    try:
+        return msgspec.json.decode(body or b"{}", type=kind)
+    except msgspec.DecodeError as e:
+        raise decode_error(e) from None
+
+
+def _values(fields: _KeyFields, *, only_set: bool) -> dict[str, Any]:
+    """The store's column values from a request, checked: names the field on any bad value."""
+    out: dict[str, Any] = {}
+    for name in ("key_alias", "models", "user_id", "team_id", "metadata", "blocked", "budget_duration"):
+        value = getattr(fields, name)
+        if value is not None or not only_set:
+            out[name] = value
+    for name in ("rpm_limit", "tpm_limit", "max_parallel_requests"):
+        value = getattr(fields, name)
+        if value is not None and value < 0:
+            raise BadRequest(f"'{name}' must not be negative.", param=name)
+        if value is not None or not only_set:
+            out[name] = value
+    if fields.max_budget is not None:
+        if fields.max_budget < 0:
+            raise BadRequest("'max_budget' must not be negative.", param="max_budget")
+        out["max_budget"] = Decimal(repr(fields.max_budget))
+    if fields.budget_duration is not None:
+        parse_duration(fields.budget_duration, "budget_duration")
+    if fields.duration is not None:
+        out["expires"] = datetime.now(UTC) + parse_duration(fields.duration, "duration")
+    if not only_set:
+        out["models"] = out.get("models") or []
+        out["metadata"] = out.get("metadata") or {}
+        out["blocked"] = bool(out.get("blocked"))
+    return out
+
+
+def _info(record: KeyRecord) -> dict[str, Any]:
+    expires = record.expires
+    if expires is not None and expires.tzinfo is None:
+        expires = expires.replace(tzinfo=UTC)
+    return {
+        "token": record.token,
+        "key_name": record.key_name,
+        "key_alias": record.key_alias,
+        "models": list(record.models),
+        "expires": expires.isoformat() if expires else None,
+        "blocked": record.blocked,
+        "user_id": record.user_id,
+        "team_id": record.team_id,
+        "metadata": dict(record.metadata),
+        "max_budget": float(record.max_budget) if record.max_budget is not None else None,
+        "budget_duration": record.budget_duration,
+        "spend": float(record.spend),
+        "rpm_limit": record.rpm_limit,
+        "tpm_limit": record.tpm_limit,
+        "max_parallel_requests": record.max_parallel_requests,
+        "created_at": record.created_at.isoformat() if record.created_at else None,
+        "updated_at": record.updated_at.isoformat() if record.updated_at else None,
+    }
+
+
+def _team_error(e: IntegrityError, team_id: str | None) -> MeterwayError:
+    if team_id is not None and "foreign" in str(e.orig).lower():
+        return BadRequest(f"team_id '{team_id}' does not exist.", param="team_id", code="unknown_team")
+    return BadRequest("A key with this value already exists.", param="key", code="duplicate_key")
+
+
+class KeyRoutes:
+    """Handlers for `/key/*`, given the open store and the key cache to invalidate."""
+
+    def __init__(self, store: Store, cache: KeyCache) -> None:
+        self.store = store
+        self.cache = cache
+
+    async def generate(self, body: bytes, query: dict[str, str]) -> dict[str, Any]:
+        req: _Generate = _decode(body, _Generate)
+        key = req.key or new_key()
+        if not key.startswith(PREFIX) or len(key) < 20:
+            raise BadRequest("A chosen 'key' must start with 'sk-' and be at least 20 characters.", param="key")
+        values = _values(req, only_set=False)
+        from sqlalchemy.exc import IntegrityError  # the store is open, so SQLAlchemy is loaded already
+
+        try:
+            record = await self.store.keys.create(key, **values)
+        except IntegrityError as e:
+            raise _team_error(e, req.team_id) from None
+        self.cache.forget(record.token)
+        return {"key": key, **_info(record), "token_id": record.token}
+
+    async def info(self, body: bytes, query: dict[str, str]) -> dict[str, Any]:
+        ref = query.get("key")
+        if not ref:
+            raise BadRequest("Pass the key (or its token) as ?key=.", param="key")
+        record = await self._get(ref)
+        return {"key": ref, "info": _info(record)}
+
+    async def update(self, body: bytes, query: dict[str, str]) -> dict[str, Any]:
+        req: _Update = _decode(body, _Update)
+        if not req.key:
+            raise BadRequest("Missing required parameter: 'key'.", param="key")
+        from sqlalchemy.exc import IntegrityError
+
+        try:
+            record = await self.store.keys.update(req.key, **_values(req, only_set=True))
+        except IntegrityError as e:
+            raise _team_error(e, req.team_id) from None
+        if record is None:
+            raise RouteNotFound(f"Key {_shown(req.key)} not found.")
+        self.cache.forget(record.token)
+        return _info(record)
+
+    async def block(self, body: bytes, query: dict[str, str]) -> dict[str, Any]:
+        return await self._set_blocked(body, True)
+
+    async def unblock(self, body: bytes, query: dict[str, str]) -> dict[str, Any]:
+        return await self._set_blocked(body, False)
+
+    async def _set_blocked(self, body: bytes, blocked: bool) -> dict[str, Any]:
+        ref: _KeyRef = _decode(body, _KeyRef)
+        record = await self.store.keys.update(ref.key, blocked=blocked)
+        if record is None:
+            raise RouteNotFound(f"Key {_shown(ref.key)} not found.")
+        self.cache.forget(record.token)
+        return _info(record)
+
+    async def delete(self, body: bytes, query: dict[str, str]) -> dict[str, Any]:
+        req: _Delete = _decode(body, _Delete)
+        missing = [k for k in req.keys if await self.store.keys.get(k) is None]
+        if missing:
+            raise RouteNotFound(f"Key(s) not found: {', '.join(_shown(k) for k in missing)}")
+        for k in req.keys:
+            await self.store.keys.delete(k)
+            self.cache.forget(digest(k))
+        return {"deleted_keys": req.keys}
+
+    async def list(self, body: bytes, query: dict[str, str]) -> dict[str, Any]:
+        page = _int(query, "page", 1, 1)
+        size = _int(query, "size", 10, 1, 100)
+        records = await self.store.keys.list(
+            user_id=query.get("user_id"), team_id=query.get("team_id"), limit=size, offset=(page - 1) * size
+        )
+        full = query.get("return_full_object", "false").lower() == "true"
+        total = await self.store.keys.count(user_id=query.get("user_id"), team_id=query.get("team_id"))
+        return {
+            "keys": [_info(r) if full else r.token for r in records],
+            "total_count": total,
+            "current_page": page,
+            "total_pages": max(1, -(-total // size)),
+        }
+
+    async def _get(self, ref: str) -> KeyRecord:
+        record = await self.store.keys.get(ref)
+        if record is None:
+            raise RouteNotFound(f"Key {_shown(ref)} not found.")
+        return record
+
+
+def _shown(ref: str) -> str:
+    return f"{ref[:3]}...{ref[-4:]}" if ref.startswith(PREFIX) else ref[:12]
+
+
+def _int(query: dict[str, str], name: str, default: int, low: int, high: int | None = None) -> int:
+    raw = query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"'{name}' must be an integer.", param=name) from None
+    if value < low or (high is not None and value > high):
+        raise BadRequest(f"'{name}' must be between {low} and {high or 'any'}.", param=name)
+    return value
+
+
+Handler = Callable[[KeyRoutes, bytes, dict[str, str]], Awaitable[dict[str, Any]]]
+
+ROUTES: dict[tuple[str, str], Handler] = {
+    ("POST", "/key/generate"): KeyRoutes.generate,
+    ("GET", "/key/info"): KeyRoutes.info,
+    ("POST", "/key/update"): KeyRoutes.update,
+    ("POST", "/key/delete"): KeyRoutes.delete,
+    ("POST", "/key/block"): KeyRoutes.block,
+    ("POST", "/key/unblock"): KeyRoutes.unblock,
+    ("GET", "/key/list"): KeyRoutes.list,
+}
+
+
+async def handle(
+    services: Services, routes: KeyRoutes | None, handler: Handler, scope: Scope, receive: Receive, send: Send
+) -> None:
+    incoming = Incoming(scope["headers"])
+    responder = Responder(send, request_id_for(incoming))
+    try:
+        principal = await services.auth.authenticate(
+            bearer_token(incoming.authorization, incoming.x_api_key, incoming.api_key)
+        )
+        if principal.role != "proxy_admin":
+            raise PermissionDenied("Managing keys needs the master key (or a proxy_admin user's key).")
+        if routes is None:
+            raise ServiceUnavailable("The key store is still opening.")
+        body = await read_body(receive, incoming, services.settings.max_body_bytes)
+        query = {k: v[-1] for k, v in parse_qs(scope.get("query_string", b"").decode()).items()}
+        result = await handler(routes, body, query)
+        await responder.whole(200, orjson.dumps(result))
+    except Exception as exc:
+        err = errors.as_meterway_error(exc, "management")
+        status, extra, payload = errors.render(err, None)
+        await responder.whole(status, payload, extra=extra)
