@@ -74,6 +74,7 @@ _MODEL_ROUTES: dict[str, tuple[Api, proxy.HeadDecoder]] = {
     "/engines/chat/completions": (Api.CHAT, heads.chat),
     "/openai/chat/completions": (Api.CHAT, heads.chat),
 }
+_MANAGEMENT = management.all_routes()
 _LIVE = frozenset({"/health/live", "/health/liveliness", "/health/liveness"})
 _READY = frozenset({"/health/ready", "/health/readiness", "/health"})
 
@@ -109,7 +110,7 @@ class Gateway:
                 return await self._error(scope, send, RouteNotFound(f"Use POST for {path}.", status=405), route[0])
             api, decode = route
             return await proxy.handle(services, api, decode, scope, receive, send)
-        handler = management.ROUTES.get((scope["method"], path))
+        handler = _MANAGEMENT.get((scope["method"], path))
         if handler is not None and services is not None:
             return await management.handle(services, self.key_routes, handler, scope, receive, send)
         if path in _READY:

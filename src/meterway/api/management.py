@@ -62,7 +62,7 @@ class _Delete(msgspec.Struct):
     keys: list[str]
 
 
-def _decode(body: bytes, kind: type[msgspec.Struct]) -> Any:
+def decode_body(body: bytes, kind: type[msgspec.Struct]) -> Any:
     try:
         return msgspec.json.decode(body or b"{}", type=kind)
     except msgspec.DecodeError as e:
@@ -97,7 +97,7 @@ def _values(fields: _KeyFields, *, only_set: bool) -> dict[str, Any]:
     return out
 
 
-def _info(record: KeyRecord) -> dict[str, Any]:
+def key_info(record: KeyRecord) -> dict[str, Any]:
     expires = record.expires
     if expires is not None and expires.tzinfo is None:
         expires = expires.replace(tzinfo=UTC)
@@ -136,7 +136,7 @@ class KeyRoutes:
         self.cache = cache
 
     async def generate(self, body: bytes, query: dict[str, str]) -> dict[str, Any]:
-        req: _Generate = _decode(body, _Generate)
+        req: _Generate = decode_body(body, _Generate)
         key = req.key or new_key()
         if not key.startswith(PREFIX) or len(key) < 20:
             raise BadRequest("A chosen 'key' must start with 'sk-' and be at least 20 characters.", param="key")
@@ -148,17 +148,17 @@ class KeyRoutes:
         except IntegrityError as e:
             raise _team_error(e, req.team_id) from None
         self.cache.forget(record.token)
-        return {"key": key, **_info(record), "token_id": record.token}
+        return {"key": key, **key_info(record), "token_id": record.token}
 
     async def info(self, body: bytes, query: dict[str, str]) -> dict[str, Any]:
         ref = query.get("key")
         if not ref:
             raise BadRequest("Pass the key (or its token) as ?key=.", param="key")
         record = await self._get(ref)
-        return {"key": ref, "info": _info(record)}
+        return {"key": ref, "info": key_info(record)}
 
     async def update(self, body: bytes, query: dict[str, str]) -> dict[str, Any]:
-        req: _Update = _decode(body, _Update)
+        req: _Update = decode_body(body, _Update)
         if not req.key:
             raise BadRequest("Missing required parameter: 'key'.", param="key")
         from sqlalchemy.exc import IntegrityError
@@ -170,7 +170,7 @@ class KeyRoutes:
         if record is None:
             raise RouteNotFound(f"Key {_shown(req.key)} not found.")
         self.cache.forget(record.token)
-        return _info(record)
+        return key_info(record)
 
     async def block(self, body: bytes, query: dict[str, str]) -> dict[str, Any]:
         return await self._set_blocked(body, True)
@@ -179,15 +179,15 @@ class KeyRoutes:
         return await self._set_blocked(body, False)
 
     async def _set_blocked(self, body: bytes, blocked: bool) -> dict[str, Any]:
-        ref: _KeyRef = _decode(body, _KeyRef)
+        ref: _KeyRef = decode_body(body, _KeyRef)
         record = await self.store.keys.update(ref.key, blocked=blocked)
         if record is None:
             raise RouteNotFound(f"Key {_shown(ref.key)} not found.")
         self.cache.forget(record.token)
-        return _info(record)
+        return key_info(record)
 
     async def delete(self, body: bytes, query: dict[str, str]) -> dict[str, Any]:
-        req: _Delete = _decode(body, _Delete)
+        req: _Delete = decode_body(body, _Delete)
         missing = [k for k in req.keys if await self.store.keys.get(k) is None]
         if missing:
             raise RouteNotFound(f"Key(s) not found: {', '.join(_shown(k) for k in missing)}")
@@ -197,15 +197,15 @@ class KeyRoutes:
         return {"deleted_keys": req.keys}
 
     async def list(self, body: bytes, query: dict[str, str]) -> dict[str, Any]:
-        page = _int(query, "page", 1, 1)
-        size = _int(query, "size", 10, 1, 100)
+        page = query_int(query, "page", 1, 1)
+        size = query_int(query, "size", 10, 1, 100)
         records = await self.store.keys.list(
             user_id=query.get("user_id"), team_id=query.get("team_id"), limit=size, offset=(page - 1) * size
         )
         full = query.get("return_full_object", "false").lower() == "true"
         total = await self.store.keys.count(user_id=query.get("user_id"), team_id=query.get("team_id"))
         return {
-            "keys": [_info(r) if full else r.token for r in records],
+            "keys": [key_info(r) if full else r.token for r in records],
             "total_count": total,
             "current_page": page,
             "total_pages": max(1, -(-total // size)),
@@ -222,7 +222,7 @@ def _shown(ref: str) -> str:
     return f"{ref[:3]}...{ref[-4:]}" if ref.startswith(PREFIX) else ref[:12]
 
 
-def _int(query: dict[str, str], name: str, default: int, low: int, high: int | None = None) -> int:
+def query_int(query: dict[str, str], name: str, default: int, low: int, high: int | None = None) -> int:
     raw = query.get(name)
     if raw is None:
         return default
@@ -235,7 +235,7 @@ def _int(query: dict[str, str], name: str, default: int, low: int, high: int | N
     return value
 
 
-Handler = Callable[[KeyRoutes, bytes, dict[str, str]], Awaitable[dict[str, Any]]]
+Handler = Callable[[KeyRoutes, bytes, dict[str, str]], Awaitable[Any]]  # -> a JSON-able dict or list
 
 ROUTES: dict[tuple[str, str], Handler] = {
     ("POST", "/key/generate"): KeyRoutes.generate,
@@ -248,6 +248,12 @@ ROUTES: dict[tuple[str, str], Handler] = {
 }
 
 
+def all_routes() -> dict[tuple[str, str], Handler]:
+    from meterway.api import tenancy
+
+    return {**ROUTES, **tenancy.ROUTES}
+
+
 async def handle(
     services: Services, routes: KeyRoutes | None, handler: Handler, scope: Scope, receive: Receive, send: Send
 ) -> None:
@@ -258,7 +264,7 @@ async def handle(
             bearer_token(incoming.authorization, incoming.x_api_key, incoming.api_key)
         )
         if principal.role != "proxy_admin":
-            raise PermissionDenied("Managing keys needs the master key (or a proxy_admin user's key).")
+            raise PermissionDenied("Management calls need the master key (or a proxy_admin user's key).")
         if routes is None:
             raise ServiceUnavailable("The key store is still opening.")
         body = await read_body(receive, incoming, services.settings.max_body_bytes)

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from meterway.store import revision
 from meterway.store.engine import DatabaseUnavailable, create_engine, wait_for_database
+from meterway.store.entities import customer_store, team_store, user_store
 from meterway.store.keys import KeyStore
 from meterway.store.url import parse, where
 
@@ -23,6 +24,9 @@ class Store:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self.keys = KeyStore(engine)
+        self.users = user_store(engine)
+        self.teams = team_store(engine)
+        self.customers = customer_store(engine)
 
     @classmethod
     async def open(cls, url: str, *, wait_s: float, run_migrations: bool) -> Store:

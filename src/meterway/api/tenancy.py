@@ -1,0 +1,312 @@
+"""Users, teams and customers with LiteLLM's paths and payloads (`/user/new`, `/team/member_add`,
+`/customer/info`, … and `/end_user/*` as another name for `/customer/*`). Master key only for now."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Literal
+
+import msgspec
+
+from meterway.api.management import Handler, KeyRoutes, decode_body, key_info, query_int
+from meterway.auth.keys import new_key
+from meterway.config.durations import parse_duration
+from meterway.errors import BadRequest, RouteNotFound
+
+if TYPE_CHECKING:
+    from meterway.store.entities import Row
+
+Role = Literal["proxy_admin", "proxy_admin_viewer", "internal_user", "internal_user_viewer"]
+
+
+class _Limits(msgspec.Struct):
+    models: list[str] | None = None
+    max_budget: float | None = None
+    budget_duration: str | None = None
+    rpm_limit: int | None = None
+    tpm_limit: int | None = None
+    max_parallel_requests: int | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class _Member(msgspec.Struct):
+    user_id: str
+    role: Literal["admin", "user"] = "user"
+
+
+class _Team(_Limits):
+    team_id: str | None = None
+    team_alias: str | None = None
+    blocked: bool | None = None
+    members_with_roles: list[_Member] | None = None
+
+
+class _User(_Limits):
+    user_id: str | None = None
+    user_email: str | None = None
+    user_role: Role | None = None
+    auto_create_key: bool = True
+
+
+class _Customer(_Limits):
+    user_id: str | None = None  # LiteLLM's name for the customer's id (the request's `user`)
+    alias: str | None = None
+    blocked: bool | None = None
+    billing_external_customer_id: str | None = None
+    billing_external_subscription_id: str | None = None
+
+
+class _MemberAdd(msgspec.Struct):
+    team_id: str
+    member: _Member | list[_Member]
+
+
+class _MemberDelete(msgspec.Struct):
+    team_id: str
+    user_id: str
+
+
+class _Ids(msgspec.Struct):
+    team_ids: list[str] | None = None
+    user_ids: list[str] | None = None
+
+
+_LIMIT_FIELDS = ("models", "budget_duration", "rpm_limit", "tpm_limit", "max_parallel_requests", "metadata")
+
+
+def _values(req: _Limits, extra: tuple[str, ...], *, skip: frozenset[str] = frozenset()) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in (*_LIMIT_FIELDS, *extra):
+        if name in skip:
+            continue
+        value = getattr(req, name)
+        if value is None:
+            continue
+        if name in ("rpm_limit", "tpm_limit", "max_parallel_requests") and value < 0:
+            raise BadRequest(f"'{name}' must not be negative.", param=name)
+        out[name] = value
+    if req.budget_duration is not None:
+        parse_duration(req.budget_duration, "budget_duration")
+    if req.max_budget is not None:
+        if req.max_budget < 0:
+            raise BadRequest("'max_budget' must not be negative.", param="max_budget")
+        out["max_budget"] = Decimal(repr(req.max_budget))
+    return out
+
+
+def _plain(row: Row) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in row.items():
+        if isinstance(v, Decimal):
+            out[k] = float(v)
+        elif isinstance(v, datetime):
+            out[k] = v.isoformat()
+        else:
+            out[k] = v
+    return out
+
+
+def _required(value: str | None, name: str) -> str:
+    if not value:
+        raise BadRequest(f"Missing required parameter: '{name}'.", param=name)
+    return value
+
+
+# ---------------------------------------------------------------- teams
+
+
+async def team_new(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:
+    req: _Team = decode_body(body, _Team)
+    teams = r.store.teams
+    team_id = req.team_id or str(uuid.uuid4())
+    if await teams.get(team_id) is not None:
+        raise BadRequest(f"Team '{team_id}' already exists.", param="team_id", code="duplicate_team")
+    await teams.create(team_id, **_values(req, ("team_alias", "blocked")))
+    if req.members_with_roles:
+        await teams.add_members(team_id, [(m.user_id, m.role) for m in req.members_with_roles])
+    return await _team(r, team_id)
+
+
+async def _team(r: KeyRoutes, team_id: str) -> dict[str, Any]:
+    row = await r.store.teams.get(team_id)
+    if row is None:
+        raise RouteNotFound(f"Team '{team_id}' not found.")
+    return {**_plain(row), "members_with_roles": await r.store.teams.members(team_id)}
+
+
+async def team_info(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:
+    team_id = _required(query.get("team_id"), "team_id")
+    info = await _team(r, team_id)
+    keys = await r.store.keys.list(team_id=team_id, limit=1000)
+    return {"team_id": team_id, "team_info": info, "keys": [key_info(k) for k in keys]}
+
+
+async def team_update(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:
+    req: _Team = decode_body(body, _Team)
+    team_id = _required(req.team_id, "team_id")
+    if await r.store.teams.update(team_id, **_values(req, ("team_alias", "blocked"))) is None:
+        raise RouteNotFound(f"Team '{team_id}' not found.")
+    return await _team(r, team_id)
+
+
+async def team_delete(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:
+    ids = decode_body(body, _Ids).team_ids or []
+    missing = [t for t in ids if await r.store.teams.get(t) is None]
+    if missing or not ids:
+        raise RouteNotFound(f"Team(s) not found: {', '.join(missing) or '(none given)'}")
+    for t in ids:
+        await r.store.teams.delete(t)
+    return {"deleted_teams": ids}
+
+
+async def team_list(r: KeyRoutes, body: bytes, query: dict[str, str]) -> list[dict[str, Any]]:
+    return [await _team(r, row["team_id"]) for row in await r.store.teams.list(limit=1000)]
+
+
+async def team_member_add(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:
+    req: _MemberAdd = decode_body(body, _MemberAdd)
+    await _team(r, req.team_id)
+    members = req.member if isinstance(req.member, list) else [req.member]
+    await r.store.teams.add_members(req.team_id, [(m.user_id, m.role) for m in members])
+    return await _team(r, req.team_id)
+
+
+async def team_member_delete(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:
+    req: _MemberDelete = decode_body(body, _MemberDelete)
+    await _team(r, req.team_id)
+    if not await r.store.teams.remove_member(req.team_id, req.user_id):
+        raise RouteNotFound(f"User '{req.user_id}' is not a member of team '{req.team_id}'.")
+    return await _team(r, req.team_id)
+
+
+# ---------------------------------------------------------------- users
+
+
+async def user_new(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:
+    req: _User = decode_body(body, _User)
+    user_id = req.user_id or str(uuid.uuid4())
+    if await r.store.users.get(user_id) is not None:
+        raise BadRequest(f"User '{user_id}' already exists.", param="user_id", code="duplicate_user")
+    values = _values(req, ("user_email", "user_role"))
+    row = await r.store.users.create(user_id, **values)
+    out = _plain(row)
+    if req.auto_create_key:
+        # As LiteLLM does: a new user gets a key of its own, shown once, limited like the user.
+        key = new_key()
+        await r.store.keys.create(key, user_id=user_id, models=values.get("models") or [])
+        out["key"] = key
+    return out
+
+
+async def user_info(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:
+    user_id = _required(query.get("user_id"), "user_id")
+    row = await r.store.users.get(user_id)
+    if row is None:
+        raise RouteNotFound(f"User '{user_id}' not found.")
+    keys = await r.store.keys.list(user_id=user_id, limit=1000)
+    return {"user_id": user_id, "user_info": _plain(row), "keys": [key_info(k) for k in keys]}
+
+
+async def user_update(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:
+    req: _User = decode_body(body, _User)
+    user_id = _required(req.user_id, "user_id")
+    row = await r.store.users.update(user_id, **_values(req, ("user_email", "user_role")))
+    if row is None:
+        raise RouteNotFound(f"User '{user_id}' not found.")
+    return _plain(row)
+
+
+async def user_delete(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:
+    ids = decode_body(body, _Ids).user_ids or []
+    missing = [u for u in ids if await r.store.users.get(u) is None]
+    if missing or not ids:
+        raise RouteNotFound(f"User(s) not found: {', '.join(missing) or '(none given)'}")
+    for u in ids:
+        await r.store.users.delete(u)
+    return {"deleted_users": ids}
+
+
+async def user_list(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:
+    page = query_int(query, "page", 1, 1)
+    size = query_int(query, "page_size", 25, 1, 100)
+    rows = await r.store.users.list(limit=size, offset=(page - 1) * size)
+    return {"users": [_plain(u) for u in rows], "page": page, "page_size": size}
+
+
+# ---------------------------------------------------------------- customers (end users)
+
+_CUSTOMER_EXTRA = ("alias", "blocked", "billing_external_customer_id", "billing_external_subscription_id")
+
+
+async def customer_new(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:
+    req: _Customer = decode_body(body, _Customer)
+    customer_id = _required(req.user_id, "user_id")
+    if await r.store.customers.get(customer_id) is not None:
+        raise BadRequest(f"Customer '{customer_id}' already exists.", param="user_id", code="duplicate_customer")
+    row = await r.store.customers.create(customer_id, **_values(req, _CUSTOMER_EXTRA, skip=frozenset({"models"})))
+    return _customer(row)
+
+
+def _customer(row: Row) -> dict[str, Any]:
+    out = _plain(row)
+    out["user_id"] = out["customer_id"]  # LiteLLM's field name for the same id
+    return out
+
+
+async def customer_info(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:
+    customer_id = _required(query.get("end_user_id") or query.get("user_id"), "end_user_id")
+    row = await r.store.customers.get(customer_id)
+    if row is None:
+        raise RouteNotFound(f"Customer '{customer_id}' not found.")
+    return _customer(row)
+
+
+async def customer_update(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:
+    req: _Customer = decode_body(body, _Customer)
+    customer_id = _required(req.user_id, "user_id")
+    row = await r.store.customers.update(customer_id, **_values(req, _CUSTOMER_EXTRA, skip=frozenset({"models"})))
+    if row is None:
+        raise RouteNotFound(f"Customer '{customer_id}' not found.")
+    return _customer(row)
+
+
+async def customer_delete(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:
+    ids = decode_body(body, _Ids).user_ids or []
+    missing = [c for c in ids if await r.store.customers.get(c) is None]
+    if missing or not ids:
+        raise RouteNotFound(f"Customer(s) not found: {', '.join(missing) or '(none given)'}")
+    for c in ids:
+        await r.store.customers.delete(c)
+    return {"deleted_customers": ids}
+
+
+async def customer_list(r: KeyRoutes, body: bytes, query: dict[str, str]) -> list[dict[str, Any]]:
+    return [_customer(row) for row in await r.store.customers.list(limit=1000)]
+
+
+ROUTES: dict[tuple[str, str], Handler] = {
+    ("POST", "/team/new"): team_new,
+    ("GET", "/team/info"): team_info,
+    ("POST", "/team/update"): team_update,
+    ("POST", "/team/delete"): team_delete,
+    ("GET", "/team/list"): team_list,
+    ("POST", "/team/member_add"): team_member_add,
+    ("POST", "/team/member_delete"): team_member_delete,
+    ("POST", "/user/new"): user_new,
+    ("GET", "/user/info"): user_info,
+    ("POST", "/user/update"): user_update,
+    ("POST", "/user/delete"): user_delete,
+    ("GET", "/user/list"): user_list,
+}
+for _prefix in ("/customer", "/end_user"):
+    ROUTES.update(
+        {
+            ("POST", f"{_prefix}/new"): customer_new,
+            ("GET", f"{_prefix}/info"): customer_info,
+            ("POST", f"{_prefix}/update"): customer_update,
+            ("POST", f"{_prefix}/delete"): customer_delete,
+            ("GET", f"{_prefix}/list"): customer_list,
+        }
+    )
