@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from meterway import __version__
+from meterway.cli import admin
 from meterway.config.load import (
     config_path_from_env,
     demo_settings,
@@ -49,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     migrate.add_argument("--database-url", help="overrides the config and DATABASE_URL")
     migrate.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the database (default 30)")
 
+    admin.add_commands(sub)
+
     check = sub.add_parser("check-config", help="validate a config and print its models, secrets masked")
     check.add_argument("--config", help="config file (default: $METERWAY_CONFIG or $CONFIG_FILE_PATH)")
     return p
@@ -57,7 +60,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(
-        level=getattr(logging, str(getattr(args, "log_level", "info")).upper()),
+        # serve logs at --log-level; one-shot commands print their result and only warnings besides
+        level=getattr(logging, str(getattr(args, "log_level", "warning")).upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
@@ -66,6 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return serve(args)
         if args.command == "migrate":
             return migrate(args)
+        if args.command in ("keys", "users", "teams", "customers"):
+            return admin.run(args)
         return check_config(args)
     except ConfigError as e:
         print(f"meterway: config error: {e.message}", file=sys.stderr)

@@ -44,7 +44,7 @@ class Store:
                 from meterway.store.migrate import migrate  # imports Alembic: only when there is work
 
                 done = await migrate(engine)
-                log.info("database at %s migrated from %s to %s", where(parsed), done.before, done.after)
+                log.info("database at %s migrated from %s to %s", where(parsed), done.before or "empty", done.after)
         except BaseException:
             await engine.dispose()
             raise

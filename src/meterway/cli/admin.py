@@ -1,0 +1,243 @@
+"""`meterway keys|users|teams|customers …`: the management calls, run against the database
+directly (no server needed). Each command builds the same JSON body the HTTP API takes and calls
+the same handler, so the CLI and the API cannot disagree."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from meterway.config.load import config_path_from_env, load_settings
+from meterway.config.settings import DEFAULT_DATABASE_URL
+
+Body = dict[str, Any]
+_LIMIT_FLAGS = (
+    ("--max-budget", "max_budget", float),
+    ("--budget-duration", "budget_duration", str),
+    ("--rpm", "rpm_limit", int),
+    ("--tpm", "tpm_limit", int),
+    ("--parallel", "max_parallel_requests", int),
+)
+
+
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    keys = _group(sub, "keys", "virtual keys")
+    create = _command(keys, "create", "make a key (shown once)", limits=True)
+    _key_fields(create)
+    _command(keys, "list", "list keys (their digests and names)", paged=True)
+    _command(keys, "info", "one key's settings").add_argument("key", help="the key or its digest")
+    update = _command(keys, "update", "change a key's settings", limits=True)
+    update.add_argument("key")
+    _key_fields(update)
+    for name, text in (
+        ("block", "refuse the key until unblocked"),
+        ("unblock", "accept the key again"),
+        ("revoke", "delete the key for good"),
+    ):
+        _command(keys, name, text).add_argument("key")
+
+    for group, what, id_flag in (
+        ("users", "users", "user_id"),
+        ("teams", "teams", "team_id"),
+        ("customers", "customers (the request's user field)", "user_id"),
+    ):
+        g = _group(sub, group, what)
+        new = _command(g, "create", f"create one of the {group}", limits=True)
+        new.add_argument("id", nargs="?" if group != "customers" else None, help=id_flag)
+        new.add_argument("--models", help="comma-separated model names")
+        if group == "users":
+            new.add_argument("--email")
+            new.add_argument(
+                "--role", choices=["proxy_admin", "proxy_admin_viewer", "internal_user", "internal_user_viewer"]
+            )
+        if group == "teams":
+            new.add_argument("--alias")
+        if group == "customers":
+            new.add_argument("--alias")
+        _command(g, "list", f"list {group}")
+        _command(g, "info", f"one of the {group}").add_argument("id")
+        _command(g, "delete", f"delete one of the {group}").add_argument("id")
+
+
+def _group(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, what: str) -> Any:
+    p = sub.add_parser(name, help=f"manage {what} in the database (no server needed)")
+    return p.add_subparsers(dest="action", required=True)
+
+
+def _command(group: Any, name: str, text: str, *, limits: bool = False, paged: bool = False) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = group.add_parser(name, help=text)
+    p.add_argument("--config", help="config file whose database_url to use")
+    p.add_argument("--database-url", help="overrides the config and DATABASE_URL")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    if limits:
+        for flag, _, kind in _LIMIT_FLAGS:
+            p.add_argument(flag, type=kind)
+        p.add_argument("--metadata", help="a JSON object")
+    if paged:
+        p.add_argument("--user-id")
+        p.add_argument("--team-id")
+        p.add_argument("--page", type=int, default=1)
+        p.add_argument("--size", type=int, default=50)
+    return p
+
+
+def _key_fields(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--models", help="comma-separated model names (default: all)")
+    p.add_argument("--duration", help="lifetime, e.g. 30d; the key expires after it")
+    p.add_argument("--alias")
+    p.add_argument("--user-id")
+    p.add_argument("--team-id")
+
+
+def _limits(args: argparse.Namespace) -> Body:
+    body: Body = {field: getattr(args, flag[2:].replace("-", "_")) for flag, field, _ in _LIMIT_FLAGS}
+    if getattr(args, "metadata", None):
+        try:
+            body["metadata"] = orjson.loads(args.metadata)
+        except orjson.JSONDecodeError:
+            from meterway.errors import BadRequest
+
+            raise BadRequest("--metadata must be a JSON object", param="metadata") from None
+    if getattr(args, "models", None):
+        body["models"] = [m.strip() for m in args.models.split(",") if m.strip()]
+    return {k: v for k, v in body.items() if v is not None}
+
+
+def run(args: argparse.Namespace) -> int:
+    result = asyncio.run(_run(args))
+    if args.json:
+        print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(_table(result))
+    return 0
+
+
+async def _run(args: argparse.Namespace) -> Any:
+    from meterway.api import management, tenancy
+    from meterway.auth import KeyCache
+    from meterway.store.runtime import Store
+
+    url = args.database_url or (
+        load_settings(args.config or config_path_from_env()).database_url.reveal()  # type: ignore[arg-type]
+        if (args.config or config_path_from_env())
+        else _env_url()
+    )
+    store = await Store.open(url, wait_s=10, run_migrations=True)
+
+    async def nothing(_: str) -> None:
+        return None
+
+    routes = management.KeyRoutes(store, KeyCache(nothing))
+    try:
+        handler, body, query = _call(args, management, tenancy)
+        return await handler(routes, orjson.dumps(body), query)
+    finally:
+        await store.close()
+
+
+def _env_url() -> str:
+    import os
+
+    return os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
+
+
+def _call(args: argparse.Namespace, management: Any, tenancy: Any) -> tuple[Callable[..., Any], Body, dict[str, str]]:
+    group, action = args.command, args.action
+    if group == "keys":
+        k = management.KeyRoutes
+        fields = {
+            "key_alias": getattr(args, "alias", None),
+            "duration": getattr(args, "duration", None),
+            "user_id": getattr(args, "user_id", None),
+            "team_id": getattr(args, "team_id", None),
+        }
+        fields = {n: v for n, v in fields.items() if v is not None}
+        if action == "create":
+            return k.generate, {**fields, **_limits(args)}, {}
+        if action == "update":
+            return k.update, {"key": args.key, **fields, **_limits(args)}, {}
+        if action == "list":
+            query = {"page": str(args.page), "size": str(args.size), "return_full_object": "true"}
+            query.update({n: v for n, v in (("user_id", args.user_id), ("team_id", args.team_id)) if v})
+            return k.list, {}, query
+        if action == "info":
+            return k.info, {}, {"key": args.key}
+        if action in ("block", "unblock"):
+            return getattr(k, action), {"key": args.key}, {}
+        return k.delete, {"keys": [args.key]}, {}
+    prefix = {"users": "user", "teams": "team", "customers": "customer"}[group]
+    routes = tenancy.ROUTES
+    id_field = "team_id" if group == "teams" else "user_id"
+    if action == "create":
+        body: Body = {**_limits(args)}
+        if args.id:
+            body[id_field] = args.id
+        for flag, field in (
+            ("email", "user_email"),
+            ("role", "user_role"),
+            ("alias", "team_alias" if group == "teams" else "alias"),
+        ):
+            if getattr(args, flag, None):
+                body[field] = getattr(args, flag)
+        return routes[("POST", f"/{prefix}/new")], body, {}
+    if action == "list":
+        return routes[("GET", f"/{prefix}/list")], {}, {}
+    if action == "info":
+        query_field = "end_user_id" if group == "customers" else id_field
+        return routes[("GET", f"/{prefix}/info")], {}, {query_field: args.id}
+    return routes[("POST", f"/{prefix}/delete")], {f"{prefix if group != 'customers' else 'user'}_ids": [args.id]}, {}
+
+
+_COLUMNS = (
+    "key",
+    "token",
+    "key_name",
+    "key_alias",
+    "user_id",
+    "team_id",
+    "customer_id",
+    "team_alias",
+    "user_email",
+    "user_role",
+    "alias",
+    "models",
+    "max_budget",
+    "spend",
+    "expires",
+    "blocked",
+    "rpm_limit",
+    "tpm_limit",
+)
+
+
+def _table(result: Any) -> str:
+    """A readable table of the result's rows (a list, `keys`/`users` of a page, or one object)."""
+    if isinstance(result, dict):
+        for name in ("keys", "users"):
+            if isinstance(result.get(name), list):
+                result = result[name]
+                break
+        else:
+            inner = result.get("info") or result.get("user_info") or result.get("team_info")
+            result = [{**result, **inner} if isinstance(inner, dict) else result]
+    rows = [r for r in result if isinstance(r, dict)] if isinstance(result, list) else []
+    if not rows:
+        return "(none)" if isinstance(result, list) else str(result)
+    cols = [c for c in _COLUMNS if any(r.get(c) not in (None, [], "") for r in rows)]
+    cells = [[_cell(r.get(c)) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, list):
+        return ",".join(map(str, value)) or "(all)"
+    return str(value)
