@@ -191,6 +191,7 @@ class Gateway:
 async def _principal_for(store: Store, key_digest: str) -> Principal | None:
     try:
         record = await store.keys.get(key_digest)
+        user = await store.users.get(record.user_id) if record is not None and record.user_id else None
     except Exception as e:  # the database went away: the caller may retry, it is not their fault
         log.warning("key lookup failed: %s", e.__class__.__name__)
         raise ServiceUnavailable("The key store is unavailable; retry shortly.") from None
@@ -199,9 +200,10 @@ async def _principal_for(store: Store, key_digest: str) -> Principal | None:
     expires = record.expires
     if expires is not None and expires.tzinfo is None:
         expires = expires.replace(tzinfo=UTC)
+    role = str(user["user_role"]) if user is not None else "key"  # a user's key acts with the user's role
     return Principal(
         key_id=record.token,
-        role="key",
+        role=role,
         models=record.models,
         key_alias=record.key_alias,
         user_id=record.user_id,

@@ -1,7 +1,7 @@
 """Key management with LiteLLM's paths and payloads (`/key/generate`, `/key/info`, …), so scripts
 written against the LiteLLM proxy keep working. Not on the request path: plain and simple.
 
-For now only the master key may manage keys; users, teams and their roles come next.
+Who may call what is decided in `authorize`, with LiteLLM's role names.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import orjson
 from meterway.api import errors
 from meterway.api.asgi import Incoming, Receive, Responder, Scope, Send, read_body, request_id_for
 from meterway.api.heads import decode_error
-from meterway.auth import KeyCache, bearer_token
+from meterway.auth import KeyCache, Principal, bearer_token
 from meterway.auth.keys import PREFIX, digest, new_key
 from meterway.config.durations import parse_duration
 from meterway.errors import BadRequest, MeterwayError, PermissionDenied, RouteNotFound, ServiceUnavailable
@@ -254,6 +254,40 @@ def all_routes() -> dict[tuple[str, str], Handler]:
     return {**ROUTES, **tenancy.ROUTES}
 
 
+_OWN_KEY_CALLS = {
+    # what a user's own key may do, by role: internal users manage their own keys, viewers read them
+    "internal_user": frozenset({"/key/generate", "/key/list", "/key/info", "/key/delete"}),
+    "internal_user_viewer": frozenset({"/key/list", "/key/info"}),
+}
+
+
+async def authorize(
+    principal: Principal, method: str, path: str, body: bytes, query: dict[str, str], routes: KeyRoutes
+) -> tuple[bytes, dict[str, str]]:
+    """Who may call what, with LiteLLM's role names. Returns the body and query to use: an internal
+    user's calls are narrowed to its own keys rather than trusted to name them."""
+    role = principal.role
+    if role == "proxy_admin" or (role == "proxy_admin_viewer" and method == "GET"):
+        return body, query
+    allowed = _OWN_KEY_CALLS.get(role, frozenset())
+    if path not in allowed or principal.user_id is None:
+        raise PermissionDenied(f"A key with role '{role}' may not call {method} {path}.")
+    own = principal.user_id
+    if path == "/key/list":
+        return body, {**query, "user_id": own}
+    if path == "/key/generate":
+        req: dict[str, Any] = orjson.loads(body or b"{}") if body else {}
+        if not isinstance(req, dict) or req.get("user_id") not in (None, own):
+            raise PermissionDenied("You may create keys only for yourself.", param="user_id")
+        return orjson.dumps({**req, "user_id": own}), query
+    refs = [query.get("key", "")] if path == "/key/info" else decode_body(body, _Delete).keys
+    for ref in refs:
+        record = await routes.store.keys.get(ref) if ref else None
+        if record is not None and record.user_id != own:
+            raise PermissionDenied("That key is not yours.", param="key")
+    return body, query
+
+
 async def handle(
     services: Services, routes: KeyRoutes | None, handler: Handler, scope: Scope, receive: Receive, send: Send
 ) -> None:
@@ -263,12 +297,13 @@ async def handle(
         principal = await services.auth.authenticate(
             bearer_token(incoming.authorization, incoming.x_api_key, incoming.api_key)
         )
-        if principal.role != "proxy_admin":
-            raise PermissionDenied("Management calls need the master key (or a proxy_admin user's key).")
         if routes is None:
             raise ServiceUnavailable("The key store is still opening.")
         body = await read_body(receive, incoming, services.settings.max_body_bytes)
         query = {k: v[-1] for k, v in parse_qs(scope.get("query_string", b"").decode()).items()}
+        body, query = await authorize(
+            principal, scope["method"], scope["path"].removeprefix("/v1"), body, query, routes
+        )
         result = await handler(routes, body, query)
         await responder.whole(200, orjson.dumps(result))
     except Exception as exc:
