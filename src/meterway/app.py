@@ -27,6 +27,9 @@ from meterway.auth import Authenticator, KeyCache, Principal, bearer_token
 from meterway.config.settings import Settings
 from meterway.context import Hook
 from meterway.errors import MeterwayError, ModelNotFound, RouteNotFound, ServiceUnavailable
+from meterway.limits import Limiter
+from meterway.limits.hook import LimitsHook
+from meterway.limits.memory import MemoryLimiter
 from meterway.providers.base import Api
 from meterway.providers.transport import new_session
 from meterway.routing import Router
@@ -50,6 +53,18 @@ class Services:
 @asynccontextmanager
 async def open_services(settings: Settings, hooks: tuple[Hook, ...] = ()) -> AsyncIterator[Services]:
     session = new_session(settings.upstream_pool_size)
+    redis_client = None
+    limiter: Limiter
+    if settings.redis_url is not None:
+        import redis.asyncio  # only where Redis is configured
+
+        from meterway.limits.redis import RedisLimiter
+
+        redis_client = redis.asyncio.from_url(settings.redis_url.reveal())
+        limiter = RedisLimiter(redis_client)
+    else:
+        limiter = MemoryLimiter()
+    hooks = (LimitsHook(limiter), *hooks)
     try:
         yield Services(
             settings=settings,
@@ -61,6 +76,8 @@ async def open_services(settings: Settings, hooks: tuple[Hook, ...] = ()) -> Asy
         )
     finally:
         await session.close()
+        if redis_client is not None:
+            await redis_client.aclose()
 
 
 Handler = Callable[["Services", Scope, Receive, Send], Awaitable[None]]
@@ -210,6 +227,9 @@ async def _principal_for(store: Store, key_digest: str) -> Principal | None:
         team_id=record.team_id,
         blocked=record.blocked,
         expires=expires,
+        rpm_limit=record.rpm_limit,
+        tpm_limit=record.tpm_limit,
+        max_parallel_requests=record.max_parallel_requests,
     )
 
 

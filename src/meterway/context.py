@@ -34,6 +34,7 @@ class RequestContext:
     ended_ns: int | None = None
     error: MeterwayError | None = None
     client_aborted: bool = False
+    limit_grant: object | None = None  # what the limits stage reserved, to give back after
 
     @classmethod
     def start(cls, request_id: str, api: Api) -> RequestContext:

@@ -108,9 +108,17 @@ class RateLimited(MeterwayError):
     status = 429
     error_type = "rate_limit_error"
 
-    def __init__(self, message: str, *, retry_after: float | None = None, code: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        code: str | None = None,
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> None:
         super().__init__(message, code=code)
         self.retry_after = retry_after
+        self.headers = headers  # x-ratelimit-* for the client
 
 
 class ServiceUnavailable(MeterwayError):

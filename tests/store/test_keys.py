@@ -17,7 +17,6 @@ from meterway.store.engine import create_engine
 from meterway.store.keys import KeyStore
 from meterway.store.migrate import migrate
 from meterway.store.url import parse
-from tests.support.databases import pg_url  # noqa: F401  (fixture)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

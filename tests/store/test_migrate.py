@@ -20,7 +20,6 @@ from meterway.store.engine import create_engine
 from meterway.store.migrate import head, migrate
 from meterway.store.tables import metadata
 from meterway.store.url import parse
-from tests.support.databases import pg_url  # noqa: F401  (fixture)
 from tests.support.gateway import free_socket
 
 

@@ -11,7 +11,7 @@ import logging
 
 import orjson
 
-from meterway.errors import MeterwayError, UpstreamError
+from meterway.errors import MeterwayError, RateLimited, UpstreamError
 from meterway.providers.base import Api
 
 log = logging.getLogger("meterway.api")
@@ -59,6 +59,8 @@ def render(err: MeterwayError, api: Api | None) -> tuple[int, list[tuple[bytes, 
     headers: list[tuple[bytes, bytes]] = []
     if err.retry_after is not None:
         headers.append((b"retry-after", str(max(1, round(err.retry_after))).encode()))
+    if isinstance(err, RateLimited):
+        headers.extend((name.encode(), value.encode()) for name, value in err.headers)
     return err.http_status(), headers, body_for(err, api)
 
 

@@ -30,6 +30,9 @@ class Principal:
     team_id: str | None = None
     blocked: bool = False
     expires: datetime | None = None  # timezone-aware
+    rpm_limit: int | None = None
+    tpm_limit: int | None = None
+    max_parallel_requests: int | None = None
 
     def check_usable(self) -> None:
         """Blocked and expired are checked on every request, not when cached: expiry passes by itself."""

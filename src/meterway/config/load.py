@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import yaml
@@ -64,7 +65,7 @@ PARAMS = {
 }
 # Keys of litellm_params that only matter to later features (routing, retries): no warning needed.
 PARAMS_QUIET = {"max_retries", "order", "mock_response", "drop_params", "custom_llm_provider"}
-GENERAL = {"master_key", "max_request_size_mb", "database_url"}
+GENERAL = {"master_key", "max_request_size_mb", "database_url", "redis_url"}
 LITELLM = {"request_timeout"}
 
 
@@ -208,8 +209,13 @@ def parse_config(
     if not isinstance(database_url, str):
         raise ConfigError("general_settings.database_url must be a string")
 
+    redis_url = general.get("redis_url") or env.get("REDIS_URL") or _redis_from_parts(env)
+    if redis_url is not None and not isinstance(redis_url, str):
+        raise ConfigError("general_settings.redis_url must be a string")
+
     return Settings(
         deployments=tuple(deployments),
+        redis_url=Secret(redis_url) if redis_url else None,
         database_url=Secret(database_url),
         master_key=master,
         max_body_bytes=max_body,
@@ -217,6 +223,16 @@ def parse_config(
         source=source,
         warnings=tuple(warnings),
     )
+
+
+def _redis_from_parts(env: Mapping[str, str]) -> str | None:
+    """REDIS_HOST / REDIS_PORT / REDIS_PASSWORD, as LiteLLM deployments set them."""
+    host = env.get("REDIS_HOST")
+    if not host:
+        return None
+    password = env.get("REDIS_PASSWORD")
+    auth = f":{quote(password, safe='')}@" if password else ""
+    return f"redis://{auth}{host}:{env.get('REDIS_PORT') or 6379}/0"
 
 
 def _section(data: Mapping[str, Any], name: str, env: Mapping[str, str]) -> dict[str, Any]:

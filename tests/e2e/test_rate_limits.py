@@ -1,0 +1,85 @@
+"""Rate limits of a key through the real SDK: rpm and requests in flight, in one gateway and
+across two gateways that share Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.support.gateway import RunningGateway, run_gateway
+from tests.unit.test_limiters import away_from_window_edge
+from tests.upstreams.standin import StandIn
+
+MESSAGES: Any = [{"role": "user", "content": "hi"}]
+
+
+def _key(gw: RunningGateway, **limits: int) -> str:
+    r = httpx.post(gw.url + "/key/generate", json=limits, headers={"Authorization": f"Bearer {gw.key}"})
+    assert r.status_code == 200, r.text
+    return str(r.json()["key"])
+
+
+def test_rpm_limit_answers_429_with_retry_after_and_ratelimit_headers(gateway: RunningGateway) -> None:
+    asyncio.run(away_from_window_edge())
+    key = _key(gateway, rpm_limit=3)
+    with openai.OpenAI(base_url=gateway.v1, api_key=key, max_retries=0) as client:
+        for _ in range(3):
+            client.chat.completions.create(model="demo", messages=MESSAGES)
+        with pytest.raises(openai.RateLimitError) as e:
+            client.chat.completions.create(model="demo", messages=MESSAGES)
+    headers = e.value.response.headers
+    assert 1 <= int(headers["retry-after"]) <= 60
+    assert headers["x-ratelimit-limit-requests"] == "3" and headers["x-ratelimit-remaining-requests"] == "0"
+    assert e.value.code == "rate_limit_exceeded" and "rpm_limit is 3" in e.value.message
+
+
+def test_parallel_limit_refuses_the_extra_request_and_frees_its_slot_after(
+    gateway: RunningGateway, upstream: StandIn
+) -> None:
+    key = _key(gateway, max_parallel_requests=1)
+    upstream.script_delay(1.0)
+    headers = {"Authorization": f"Bearer {key}"}
+    body = {"model": "gpt-test", "messages": MESSAGES}
+    with ThreadPoolExecutor(2) as pool:
+        slow = pool.submit(httpx.post, gateway.v1 + "/chat/completions", json=body, headers=headers, timeout=10)
+        time.sleep(0.3)
+        second = httpx.post(gateway.v1 + "/chat/completions", json=body, headers=headers, timeout=10)
+        assert second.status_code == 429 and "max_parallel_requests is 1" in second.json()["error"]["message"]
+        assert slow.result().status_code == 200
+    # the slot came back: failures and successes alike leave nothing reserved
+    upstream.script_fail(500, {"error": {"message": "boom"}})
+    assert httpx.post(gateway.v1 + "/chat/completions", json=body, headers=headers).status_code == 502
+    for _ in range(3):
+        assert httpx.post(gateway.v1 + "/chat/completions", json=body, headers=headers).status_code == 200
+
+
+def test_rpm_limit_holds_exactly_across_two_gateways_sharing_redis(tmp_path: Path, redis_url: str) -> None:
+    asyncio.run(away_from_window_edge())
+    db = f"sqlite:///{tmp_path / 'shared.db'}"
+    config = {
+        "model_list": [{"model_name": "demo", "litellm_params": {"model": "mock/demo"}}],
+        "general_settings": {"database_url": db, "redis_url": redis_url},
+    }
+    with run_gateway(config) as one, run_gateway(config) as two:
+        key = _key(one, rpm_limit=30)
+
+        def call(i: int) -> int:
+            gw = one if i % 2 else two
+            r = httpx.post(
+                gw.v1 + "/chat/completions",
+                json={"model": "demo", "messages": MESSAGES},
+                headers={"Authorization": f"Bearer {key}"},
+                timeout=10,
+            )
+            return r.status_code
+
+        with ThreadPoolExecutor(8) as pool:
+            statuses = list(pool.map(call, range(50)))
+    assert statuses.count(200) == 30 and statuses.count(429) == 20
