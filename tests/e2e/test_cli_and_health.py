@@ -147,7 +147,8 @@ def test_serve_reads_the_config_named_by_litellm_variable(tmp_path: Path) -> Non
 def test_serve_with_two_workers_answers(tmp_path: Path) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text("model_list:\n  - model_name: m\n    litellm_params: {model: mock/x}\n")
-    for served in _serve(["--config", str(cfg), "--workers", "2"], {"METERWAY_MASTER_KEY": "sk-two-workers"}):
+    env = {"METERWAY_MASTER_KEY": "sk-two-workers", "REDIS_URL": "", "REDIS_HOST": ""}
+    for served in _serve(["--config", str(cfg), "--workers", "2"], env):
         for _ in range(4):
             r = httpx.post(
                 served.url + "/v1/embeddings",
@@ -155,6 +156,9 @@ def test_serve_with_two_workers_answers(tmp_path: Path) -> None:
                 headers={"Authorization": "Bearer sk-two-workers"},
             )
             assert r.status_code == 200
+        served.proc.terminate()
+        _, err = served.proc.communicate(timeout=10)
+        assert "rate limits are counted per worker" in err, "two workers without Redis must say so"
 
 
 def test_check_config_prints_models_with_secrets_masked(monkeypatch: pytest.MonkeyPatch) -> None:

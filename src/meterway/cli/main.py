@@ -109,6 +109,13 @@ def serve(args: argparse.Namespace) -> int:
             f"meterway: master key: {master.reveal()}",
             file=sys.stderr,
         )
+    if args.workers > 1 and settings.redis_url is None:
+        log.warning(
+            "no Redis configured: rate limits are counted per worker, so %d workers admit up to %d times a "
+            "limit; set general_settings.redis_url or REDIS_URL to make them exact",
+            args.workers,
+            args.workers,
+        )
     if args.no_migrate:
         settings = replace(settings, migrate_at_start=False)
     elif args.workers > 1:
