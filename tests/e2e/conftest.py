@@ -3,6 +3,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
@@ -105,4 +106,11 @@ def gateway(standin: StandIn) -> Iterator[RunningGateway]:
 @pytest.fixture
 def client(gateway: RunningGateway) -> Iterator[openai.OpenAI]:
     with openai.OpenAI(base_url=gateway.v1, api_key=gateway.key, max_retries=0) as c:
+        yield c
+
+
+@pytest.fixture
+def admin(gateway: RunningGateway) -> Iterator[httpx.Client]:
+    """An HTTP client on the shared gateway, authenticated with the master key."""
+    with httpx.Client(base_url=gateway.url, headers={"Authorization": f"Bearer {gateway.key}"}, timeout=10) as c:
         yield c

@@ -2,18 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import httpx
-import pytest
 
 from tests.support.gateway import RunningGateway
-
-
-@pytest.fixture
-def admin(gateway: RunningGateway) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=gateway.url, headers={"Authorization": f"Bearer {gateway.key}"}, timeout=10) as c:
-        yield c
 
 
 def _as(gw: RunningGateway, key: str) -> httpx.Client:

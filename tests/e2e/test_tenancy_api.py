@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import httpx
 import openai
 import pytest
 
 from tests.support.gateway import RunningGateway
-
-
-@pytest.fixture
-def admin(gateway: RunningGateway) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=gateway.url, headers={"Authorization": f"Bearer {gateway.key}"}, timeout=10) as c:
-        yield c
 
 
 def test_team_then_a_key_for_it_as_in_litellm_examples(admin: httpx.Client, gateway: RunningGateway) -> None:

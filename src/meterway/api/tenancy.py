@@ -16,7 +16,7 @@ from meterway.config.durations import parse_duration
 from meterway.errors import BadRequest, RouteNotFound
 
 if TYPE_CHECKING:
-    from meterway.store.entities import Row
+    from meterway.store.entities import EntityStore, Row
 
 Role = Literal["proxy_admin", "proxy_admin_viewer", "internal_user", "internal_user_viewer"]
 
@@ -114,6 +114,17 @@ def _required(value: str | None, name: str) -> str:
     return value
 
 
+async def _delete_all(store: EntityStore, ids: list[str] | None, what: str) -> list[str]:
+    """Deletes every id, or none: an unknown id fails the whole call, naming it."""
+    ids = ids or []
+    missing = [i for i in ids if await store.get(i) is None]
+    if missing or not ids:
+        raise RouteNotFound(f"{what}(s) not found: {', '.join(missing) or '(none given)'}")
+    for i in ids:
+        await store.delete(i)
+    return ids
+
+
 # ---------------------------------------------------------------- teams
 
 
@@ -152,12 +163,7 @@ async def team_update(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[
 
 
 async def team_delete(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:
-    ids = decode_body(body, _Ids).team_ids or []
-    missing = [t for t in ids if await r.store.teams.get(t) is None]
-    if missing or not ids:
-        raise RouteNotFound(f"Team(s) not found: {', '.join(missing) or '(none given)'}")
-    for t in ids:
-        await r.store.teams.delete(t)
+    ids = await _delete_all(r.store.teams, decode_body(body, _Ids).team_ids, "Team")
     return {"deleted_teams": ids}
 
 
@@ -219,12 +225,7 @@ async def user_update(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[
 
 
 async def user_delete(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:
-    ids = decode_body(body, _Ids).user_ids or []
-    missing = [u for u in ids if await r.store.users.get(u) is None]
-    if missing or not ids:
-        raise RouteNotFound(f"User(s) not found: {', '.join(missing) or '(none given)'}")
-    for u in ids:
-        await r.store.users.delete(u)
+    ids = await _delete_all(r.store.users, decode_body(body, _Ids).user_ids, "User")
     return {"deleted_users": ids}
 
 
@@ -273,12 +274,7 @@ async def customer_update(r: KeyRoutes, body: bytes, query: dict[str, str]) -> d
 
 
 async def customer_delete(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:
-    ids = decode_body(body, _Ids).user_ids or []
-    missing = [c for c in ids if await r.store.customers.get(c) is None]
-    if missing or not ids:
-        raise RouteNotFound(f"Customer(s) not found: {', '.join(missing) or '(none given)'}")
-    for c in ids:
-        await r.store.customers.delete(c)
+    ids = await _delete_all(r.store.customers, decode_body(body, _Ids).user_ids, "Customer")
     return {"deleted_customers": ids}
 
 
