@@ -34,6 +34,25 @@ def test_internal_user_manages_only_its_own_keys(admin: httpx.Client, gateway: R
             assert c.request(method, path, json={}).status_code == 403
 
 
+def test_an_internal_users_new_key_reaches_no_further_than_its_own(
+    admin: httpx.Client, gateway: RunningGateway
+) -> None:
+    admin.post("/user/delete", json={"user_ids": ["lim-roles"]})
+    key = admin.post(
+        "/user/new", json={"user_id": "lim-roles", "user_role": "internal_user", "models": ["demo"]}
+    ).json()["key"]
+    admin.post("/team/delete", json={"team_ids": ["team-lim"]})
+    admin.post("/team/new", json={"team_id": "team-lim"})
+    with _as(gateway, key) as c:
+        assert c.post("/key/generate", json={"models": ["gpt-test"]}).status_code == 403
+        made = c.post("/key/generate", json={})
+        assert made.status_code == 200 and made.json()["models"] == ["demo"], "inherits its maker's models"
+        assert c.post("/key/generate", json={"team_id": "team-lim"}).status_code == 403
+    admin.post("/team/member_add", json={"team_id": "team-lim", "member": {"user_id": "lim-roles"}})
+    with _as(gateway, key) as c:
+        assert c.post("/key/generate", json={"team_id": "team-lim"}).status_code == 200
+
+
 def test_viewers_read_but_do_not_write(admin: httpx.Client, gateway: RunningGateway) -> None:
     viewer = _user(admin, "vic-roles", "proxy_admin_viewer")
     with _as(gateway, viewer) as c:

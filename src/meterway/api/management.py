@@ -279,7 +279,16 @@ async def authorize(
         req: dict[str, Any] = orjson.loads(body or b"{}") if body else {}
         if not isinstance(req, dict) or req.get("user_id") not in (None, own):
             raise PermissionDenied("You may create keys only for yourself.", param="user_id")
-        return orjson.dumps({**req, "user_id": own}), query
+        # A key made by a key may not reach further than the key that made it.
+        models = req.get("models") or []
+        if principal.models and "all-proxy-models" not in principal.models:
+            if not isinstance(models, list) or any(m not in principal.models for m in models):
+                raise PermissionDenied("A new key may use only models your own key may use.", param="models")
+            models = models or list(principal.models)
+        team_id = req.get("team_id")
+        if team_id is not None and own not in {m["user_id"] for m in await routes.store.teams.members(str(team_id))}:
+            raise PermissionDenied(f"You are not a member of team '{team_id}'.", param="team_id")
+        return orjson.dumps({**req, "user_id": own, "models": models}), query
     refs = [query.get("key", "")] if path == "/key/info" else decode_body(body, _Delete).keys
     for ref in refs:
         record = await routes.store.keys.get(ref) if ref else None
