@@ -106,6 +106,7 @@ class Gateway:
         self.store: Store | None = None
         self.store_state = "opening"  # "open", or the reason it could not be opened
         self.key_routes: management.KeyRoutes | None = None
+        self._openapi: bytes | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -130,6 +131,12 @@ class Gateway:
         handler = _MANAGEMENT.get((scope["method"], path))
         if handler is not None and services is not None:
             return await management.handle(services, self.key_routes, handler, scope, receive, send)
+        if path == "/openapi.json" and scope["method"] == "GET":
+            if self._openapi is None:
+                from meterway.api import openapi
+
+                self._openapi = openapi.document()
+            return await Responder(send, request_id_for(Incoming(scope["headers"]))).whole(200, self._openapi)
         if path in _READY:
             return await health.ready(services, self.store_state, scope, receive, send)
         if services is not None and (path == "/models" or path.startswith("/models/")):

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from meterway.store.runtime import Store
 
 
-class _KeyFields(msgspec.Struct):
+class KeyFields(msgspec.Struct):
     key_alias: str | None = None
     duration: str | None = None
     models: list[str] | None = None
@@ -46,19 +46,19 @@ class _KeyFields(msgspec.Struct):
     blocked: bool | None = None
 
 
-class _Generate(_KeyFields):
+class KeyGenerateRequest(KeyFields):
     key: str | None = None  # a key chosen by the caller instead of a generated one
 
 
-class _Update(_KeyFields):
+class KeyUpdateRequest(KeyFields):
     key: str = ""
 
 
-class _KeyRef(msgspec.Struct):
+class KeyRefRequest(msgspec.Struct):
     key: str
 
 
-class _Delete(msgspec.Struct):
+class KeyDeleteRequest(msgspec.Struct):
     keys: list[str]
 
 
@@ -69,7 +69,7 @@ def decode_body(body: bytes, kind: type[msgspec.Struct]) -> Any:
         raise decode_error(e) from None
 
 
-def _values(fields: _KeyFields, *, only_set: bool) -> dict[str, Any]:
+def _values(fields: KeyFields, *, only_set: bool) -> dict[str, Any]:
     """The store's column values from a request, checked: names the field on any bad value."""
     out: dict[str, Any] = {}
     for name in ("key_alias", "models", "user_id", "team_id", "metadata", "blocked", "budget_duration"):
@@ -136,7 +136,7 @@ class KeyRoutes:
         self.cache = cache
 
     async def generate(self, body: bytes, query: dict[str, str]) -> dict[str, Any]:
-        req: _Generate = decode_body(body, _Generate)
+        req: KeyGenerateRequest = decode_body(body, KeyGenerateRequest)
         key = req.key or new_key()
         if not key.startswith(PREFIX) or len(key) < 20:
             raise BadRequest("A chosen 'key' must start with 'sk-' and be at least 20 characters.", param="key")
@@ -158,7 +158,7 @@ class KeyRoutes:
         return {"key": ref, "info": key_info(record)}
 
     async def update(self, body: bytes, query: dict[str, str]) -> dict[str, Any]:
-        req: _Update = decode_body(body, _Update)
+        req: KeyUpdateRequest = decode_body(body, KeyUpdateRequest)
         if not req.key:
             raise BadRequest("Missing required parameter: 'key'.", param="key")
         from sqlalchemy.exc import IntegrityError
@@ -179,7 +179,7 @@ class KeyRoutes:
         return await self._set_blocked(body, False)
 
     async def _set_blocked(self, body: bytes, blocked: bool) -> dict[str, Any]:
-        ref: _KeyRef = decode_body(body, _KeyRef)
+        ref: KeyRefRequest = decode_body(body, KeyRefRequest)
         record = await self.store.keys.update(ref.key, blocked=blocked)
         if record is None:
             raise RouteNotFound(f"Key {_shown(ref.key)} not found.")
@@ -187,7 +187,7 @@ class KeyRoutes:
         return key_info(record)
 
     async def delete(self, body: bytes, query: dict[str, str]) -> dict[str, Any]:
-        req: _Delete = decode_body(body, _Delete)
+        req: KeyDeleteRequest = decode_body(body, KeyDeleteRequest)
         missing = [k for k in req.keys if await self.store.keys.get(k) is None]
         if missing:
             raise RouteNotFound(f"Key(s) not found: {', '.join(_shown(k) for k in missing)}")
@@ -289,7 +289,7 @@ async def authorize(
         if team_id is not None and own not in {m["user_id"] for m in await routes.store.teams.members(str(team_id))}:
             raise PermissionDenied(f"You are not a member of team '{team_id}'.", param="team_id")
         return orjson.dumps({**req, "user_id": own, "models": models}), query
-    refs = [query.get("key", "")] if path == "/key/info" else decode_body(body, _Delete).keys
+    refs = [query.get("key", "")] if path == "/key/info" else decode_body(body, KeyDeleteRequest).keys
     for ref in refs:
         record = await routes.store.keys.get(ref) if ref else None
         if record is not None and record.user_id != own:

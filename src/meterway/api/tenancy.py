@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 Role = Literal["proxy_admin", "proxy_admin_viewer", "internal_user", "internal_user_viewer"]
 
 
-class _Limits(msgspec.Struct):
+class LimitFields(msgspec.Struct):
     models: list[str] | None = None
     max_budget: float | None = None
     budget_duration: str | None = None
@@ -31,26 +31,26 @@ class _Limits(msgspec.Struct):
     metadata: dict[str, Any] | None = None
 
 
-class _Member(msgspec.Struct):
+class TeamMember(msgspec.Struct):
     user_id: str
     role: Literal["admin", "user"] = "user"
 
 
-class _Team(_Limits):
+class TeamRequest(LimitFields):
     team_id: str | None = None
     team_alias: str | None = None
     blocked: bool | None = None
-    members_with_roles: list[_Member] | None = None
+    members_with_roles: list[TeamMember] | None = None
 
 
-class _User(_Limits):
+class UserRequest(LimitFields):
     user_id: str | None = None
     user_email: str | None = None
     user_role: Role | None = None
     auto_create_key: bool = True
 
 
-class _Customer(_Limits):
+class CustomerRequest(LimitFields):
     user_id: str | None = None  # LiteLLM's name for the customer's id (the request's `user`)
     alias: str | None = None
     blocked: bool | None = None
@@ -58,17 +58,17 @@ class _Customer(_Limits):
     billing_external_subscription_id: str | None = None
 
 
-class _MemberAdd(msgspec.Struct):
+class MemberAddRequest(msgspec.Struct):
     team_id: str
-    member: _Member | list[_Member]
+    member: TeamMember | list[TeamMember]
 
 
-class _MemberDelete(msgspec.Struct):
+class MemberDeleteRequest(msgspec.Struct):
     team_id: str
     user_id: str
 
 
-class _Ids(msgspec.Struct):
+class IdsRequest(msgspec.Struct):
     team_ids: list[str] | None = None
     user_ids: list[str] | None = None
 
@@ -76,7 +76,7 @@ class _Ids(msgspec.Struct):
 _LIMIT_FIELDS = ("models", "budget_duration", "rpm_limit", "tpm_limit", "max_parallel_requests", "metadata")
 
 
-def _values(req: _Limits, extra: tuple[str, ...], *, skip: frozenset[str] = frozenset()) -> dict[str, Any]:
+def _values(req: LimitFields, extra: tuple[str, ...], *, skip: frozenset[str] = frozenset()) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name in (*_LIMIT_FIELDS, *extra):
         if name in skip:
@@ -129,7 +129,7 @@ async def _delete_all(store: EntityStore, ids: list[str] | None, what: str) -> l
 
 
 async def team_new(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:
-    req: _Team = decode_body(body, _Team)
+    req: TeamRequest = decode_body(body, TeamRequest)
     teams = r.store.teams
     team_id = req.team_id or str(uuid.uuid4())
     if await teams.get(team_id) is not None:
@@ -155,7 +155,7 @@ async def team_info(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[st
 
 
 async def team_update(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:
-    req: _Team = decode_body(body, _Team)
+    req: TeamRequest = decode_body(body, TeamRequest)
     team_id = _required(req.team_id, "team_id")
     if await r.store.teams.update(team_id, **_values(req, ("team_alias", "blocked"))) is None:
         raise RouteNotFound(f"Team '{team_id}' not found.")
@@ -163,7 +163,7 @@ async def team_update(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[
 
 
 async def team_delete(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:
-    ids = await _delete_all(r.store.teams, decode_body(body, _Ids).team_ids, "Team")
+    ids = await _delete_all(r.store.teams, decode_body(body, IdsRequest).team_ids, "Team")
     return {"deleted_teams": ids}
 
 
@@ -172,7 +172,7 @@ async def team_list(r: KeyRoutes, body: bytes, query: dict[str, str]) -> list[di
 
 
 async def team_member_add(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:
-    req: _MemberAdd = decode_body(body, _MemberAdd)
+    req: MemberAddRequest = decode_body(body, MemberAddRequest)
     await _team(r, req.team_id)
     members = req.member if isinstance(req.member, list) else [req.member]
     await r.store.teams.add_members(req.team_id, [(m.user_id, m.role) for m in members])
@@ -180,7 +180,7 @@ async def team_member_add(r: KeyRoutes, body: bytes, query: dict[str, str]) -> d
 
 
 async def team_member_delete(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:
-    req: _MemberDelete = decode_body(body, _MemberDelete)
+    req: MemberDeleteRequest = decode_body(body, MemberDeleteRequest)
     await _team(r, req.team_id)
     if not await r.store.teams.remove_member(req.team_id, req.user_id):
         raise RouteNotFound(f"User '{req.user_id}' is not a member of team '{req.team_id}'.")
@@ -191,7 +191,7 @@ async def team_member_delete(r: KeyRoutes, body: bytes, query: dict[str, str]) -
 
 
 async def user_new(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:
-    req: _User = decode_body(body, _User)
+    req: UserRequest = decode_body(body, UserRequest)
     user_id = req.user_id or str(uuid.uuid4())
     if await r.store.users.get(user_id) is not None:
         raise BadRequest(f"User '{user_id}' already exists.", param="user_id", code="duplicate_user")
@@ -216,7 +216,7 @@ async def user_info(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[st
 
 
 async def user_update(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:
-    req: _User = decode_body(body, _User)
+    req: UserRequest = decode_body(body, UserRequest)
     user_id = _required(req.user_id, "user_id")
     row = await r.store.users.update(user_id, **_values(req, ("user_email", "user_role")))
     if row is None:
@@ -225,7 +225,7 @@ async def user_update(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[
 
 
 async def user_delete(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:
-    ids = await _delete_all(r.store.users, decode_body(body, _Ids).user_ids, "User")
+    ids = await _delete_all(r.store.users, decode_body(body, IdsRequest).user_ids, "User")
     return {"deleted_users": ids}
 
 
@@ -242,7 +242,7 @@ _CUSTOMER_EXTRA = ("alias", "blocked", "billing_external_customer_id", "billing_
 
 
 async def customer_new(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:
-    req: _Customer = decode_body(body, _Customer)
+    req: CustomerRequest = decode_body(body, CustomerRequest)
     customer_id = _required(req.user_id, "user_id")
     if await r.store.customers.get(customer_id) is not None:
         raise BadRequest(f"Customer '{customer_id}' already exists.", param="user_id", code="duplicate_customer")
@@ -265,7 +265,7 @@ async def customer_info(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dic
 
 
 async def customer_update(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:
-    req: _Customer = decode_body(body, _Customer)
+    req: CustomerRequest = decode_body(body, CustomerRequest)
     customer_id = _required(req.user_id, "user_id")
     row = await r.store.customers.update(customer_id, **_values(req, _CUSTOMER_EXTRA, skip=frozenset({"models"})))
     if row is None:
@@ -274,7 +274,7 @@ async def customer_update(r: KeyRoutes, body: bytes, query: dict[str, str]) -> d
 
 
 async def customer_delete(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:
-    ids = await _delete_all(r.store.customers, decode_body(body, _Ids).user_ids, "Customer")
+    ids = await _delete_all(r.store.customers, decode_body(body, IdsRequest).user_ids, "Customer")
     return {"deleted_customers": ids}
 
 

@@ -1,0 +1,96 @@
+"""`GET /openapi.json`: the management API described from the same structs that decode its bodies,
+so the document cannot drift from what the handlers accept."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import orjson
+
+from meterway import __version__
+from meterway.api import management as m
+from meterway.api import tenancy as t
+
+Query = tuple[str, ...]
+
+# (method, path, summary, request body type or None, query parameters)
+OPERATIONS: list[tuple[str, str, str, type[msgspec.Struct] | None, Query]] = [
+    ("POST", "/key/generate", "Create a virtual key; the key is shown once", m.KeyGenerateRequest, ()),
+    ("GET", "/key/info", "A key's settings (never the key itself)", None, ("key",)),
+    ("POST", "/key/update", "Change a key's settings", m.KeyUpdateRequest, ()),
+    ("POST", "/key/block", "Refuse a key until it is unblocked", m.KeyRefRequest, ()),
+    ("POST", "/key/unblock", "Accept a blocked key again", m.KeyRefRequest, ()),
+    ("POST", "/key/delete", "Delete keys", m.KeyDeleteRequest, ()),
+    ("GET", "/key/list", "Keys, a page at a time", None, ("page", "size", "user_id", "team_id", "return_full_object")),
+    ("POST", "/team/new", "Create a team", t.TeamRequest, ()),
+    ("GET", "/team/info", "A team, its members and keys", None, ("team_id",)),
+    ("POST", "/team/update", "Change a team", t.TeamRequest, ()),
+    ("POST", "/team/delete", "Delete teams", t.IdsRequest, ()),
+    ("GET", "/team/list", "All teams", None, ()),
+    ("POST", "/team/member_add", "Add or re-role members", t.MemberAddRequest, ()),
+    ("POST", "/team/member_delete", "Remove a member", t.MemberDeleteRequest, ()),
+    ("POST", "/user/new", "Create a user (and a key of its own)", t.UserRequest, ()),
+    ("GET", "/user/info", "A user and its keys", None, ("user_id",)),
+    ("POST", "/user/update", "Change a user", t.UserRequest, ()),
+    ("POST", "/user/delete", "Delete users", t.IdsRequest, ()),
+    ("GET", "/user/list", "Users, a page at a time", None, ("page", "page_size")),
+    ("POST", "/customer/new", "Create a customer (also under /end_user/)", t.CustomerRequest, ()),
+    ("GET", "/customer/info", "A customer", None, ("end_user_id",)),
+    ("POST", "/customer/update", "Change a customer", t.CustomerRequest, ()),
+    ("POST", "/customer/delete", "Delete customers", t.IdsRequest, ()),
+    ("GET", "/customer/list", "All customers", None, ()),
+]
+
+_ERROR = {
+    "type": "object",
+    "properties": {
+        "error": {
+            "type": "object",
+            "properties": {k: {"type": ["string", "null"]} for k in ("message", "type", "param", "code")},
+        }
+    },
+}
+
+
+def document() -> bytes:
+    types = [op[3] for op in OPERATIONS if op[3] is not None]
+    (refs, schemas) = msgspec.json.schema_components(types, ref_template="#/components/schemas/{name}")
+    ref_of = dict(zip(types, refs, strict=True))
+    paths: dict[str, dict[str, Any]] = {}
+    for method, path, summary, body, query in OPERATIONS:
+        op: dict[str, Any] = {
+            "summary": summary,
+            "security": [{"bearer": []}],
+            "responses": {
+                "200": {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}},
+                **{
+                    code: {
+                        "description": text,
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+                    }
+                    for code, text in (
+                        ("400", "Invalid request, naming the field"),
+                        ("401", "Missing or wrong key"),
+                        ("403", "Not allowed for this key's role"),
+                        ("404", "Unknown id"),
+                    )
+                },
+            },
+        }
+        if body is not None:
+            op["requestBody"] = {"required": True, "content": {"application/json": {"schema": ref_of[body]}}}
+        if query:
+            op["parameters"] = [{"name": q, "in": "query", "schema": {"type": "string"}} for q in query]
+        paths.setdefault(path, {})[method.lower()] = op
+    return orjson.dumps(
+        {
+            "openapi": "3.1.0",
+            "info": {"title": "meterway management API", "version": __version__},
+            "paths": paths,
+            "components": {
+                "schemas": {**schemas, "Error": _ERROR},
+                "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            },
+        }
+    )
