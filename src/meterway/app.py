@@ -208,7 +208,7 @@ class Gateway:
         self.store = store
         cache = KeyCache(partial(_principal_for, store))
         services.auth.keys = cache
-        self.key_routes = management.KeyRoutes(store, cache)
+        self.key_routes = management.KeyRoutes(store, cache, settings.salt_key or settings.master_key)
         self.store_state = "open"
 
 

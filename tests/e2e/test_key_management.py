@@ -104,3 +104,28 @@ def test_only_the_master_key_manages_keys(admin: httpx.Client, gateway: RunningG
     r = httpx.post(gateway.url + "/key/generate", json={}, headers={"Authorization": f"Bearer {key}"})
     assert r.status_code == 403 and r.json()["error"]["type"] == "permission_error"
     assert httpx.post(gateway.url + "/key/generate", json={}).status_code == 401
+
+
+def test_regenerate_keeps_settings_honours_the_grace_period_and_is_idempotent(
+    admin: httpx.Client, gateway: RunningGateway
+) -> None:
+    old = admin.post("/key/generate", json={"models": ["demo"], "key_alias": "rotating", "rpm_limit": 50}).json()
+    first = admin.post("/key/regenerate", json={"key": old["key"], "grace_period": "1h"})
+    assert first.status_code == 200, first.text
+    new = first.json()
+    assert new["key"] != old["key"] and new["models"] == ["demo"] and new["rpm_limit"] == 50
+    assert new["key_alias"] == "rotating" and new["regenerated_from"] == old["token"]
+    again = admin.post("/key/regenerate", json={"key": old["key"], "grace_period": "1h"}).json()
+    assert again["key"] == new["key"], "a retried regeneration returns the same new key"
+    assert _chat(gateway, new["key"]).choices and _chat(gateway, old["key"]).choices  # both, within the grace
+    expires = datetime.fromisoformat(admin.get("/key/info", params={"key": old["key"]}).json()["info"]["expires"])
+    assert timedelta(minutes=59) < expires - datetime.now(UTC) <= timedelta(hours=1)
+
+
+def test_regenerate_without_grace_retires_the_old_key_at_once(admin: httpx.Client, gateway: RunningGateway) -> None:
+    old = admin.post("/key/generate", json={}).json()
+    new = admin.post("/key/regenerate", json={"key": old["key"]}).json()
+    with pytest.raises(openai.AuthenticationError):
+        _chat(gateway, old["key"])
+    assert _chat(gateway, new["key"]).choices
+    assert admin.post("/key/regenerate", json={"key": "sk-not-a-key-at-all-here"}).status_code == 404

@@ -19,8 +19,9 @@ from meterway.api import errors
 from meterway.api.asgi import Incoming, Receive, Responder, Scope, Send, read_body, request_id_for
 from meterway.api.heads import decode_error
 from meterway.auth import KeyCache, Principal, bearer_token
-from meterway.auth.keys import PREFIX, digest, new_key
+from meterway.auth.keys import PREFIX, derive_key, digest, new_key
 from meterway.config.durations import parse_duration
+from meterway.config.secret import Secret
 from meterway.errors import BadRequest, MeterwayError, PermissionDenied, RouteNotFound, ServiceUnavailable
 
 if TYPE_CHECKING:
@@ -56,6 +57,11 @@ class KeyUpdateRequest(KeyFields):
 
 class KeyRefRequest(msgspec.Struct):
     key: str
+
+
+class KeyRegenerateRequest(msgspec.Struct):
+    key: str
+    grace_period: str | None = None  # how long the old key keeps working, e.g. 24h; default: not at all
 
 
 class KeyDeleteRequest(msgspec.Struct):
@@ -131,9 +137,51 @@ def _team_error(e: IntegrityError, team_id: str | None) -> MeterwayError:
 class KeyRoutes:
     """Handlers for `/key/*`, given the open store and the key cache to invalidate."""
 
-    def __init__(self, store: Store, cache: KeyCache) -> None:
+    def __init__(self, store: Store, cache: KeyCache, secret: Secret | None = None) -> None:
         self.store = store
         self.cache = cache
+        self.secret = secret  # derives regenerated keys, so that a retried regeneration gives the same key
+
+    async def regenerate(self, body: bytes, query: dict[str, str]) -> dict[str, Any]:
+        """A new key with the old key's settings; the old one keeps working for `grace_period`.
+        Idempotent: the new key is derived from the old key's digest and the server's secret, so a
+        retried call (after a lost answer) returns the same new key instead of a second one."""
+        req: KeyRegenerateRequest = decode_body(body, KeyRegenerateRequest)
+        if self.secret is None:
+            raise ServiceUnavailable("Regenerating keys needs a master key (or METERWAY_SALT_KEY) to derive them.")
+        old = await self._get(req.key)
+        grace = parse_duration(req.grace_period, "grace_period") if req.grace_period else None
+        new = derive_key(self.secret, old.token)
+        existing = await self.store.keys.get(new)
+        if existing is not None:
+            return {"key": new, **key_info(existing), "token_id": existing.token, "regenerated_from": old.token}
+        settings = {
+            name: getattr(old, name)
+            for name in (
+                "key_alias",
+                "models",
+                "expires",
+                "user_id",
+                "team_id",
+                "max_budget",
+                "budget_duration",
+                "rpm_limit",
+                "tpm_limit",
+                "max_parallel_requests",
+            )
+        }
+        settings["metadata"] = {k: v for k, v in old.metadata.items() if k != "regenerated_to"}
+        record = await self.store.keys.create(new, **settings, blocked=False)
+        retire = datetime.now(UTC) + grace if grace else datetime.now(UTC)
+        if old.expires is not None:  # a grace period never lengthens the old key's life
+            retire = min(retire, old.expires if old.expires.tzinfo else old.expires.replace(tzinfo=UTC))
+        await self.store.keys.update(
+            old.token,
+            expires=retire,
+            metadata={**old.metadata, "regenerated_to": record.token},
+        )
+        self.cache.forget(old.token)
+        return {"key": new, **key_info(record), "token_id": record.token, "regenerated_from": old.token}
 
     async def generate(self, body: bytes, query: dict[str, str]) -> dict[str, Any]:
         req: KeyGenerateRequest = decode_body(body, KeyGenerateRequest)
@@ -245,6 +293,7 @@ ROUTES: dict[tuple[str, str], Handler] = {
     ("POST", "/key/block"): KeyRoutes.block,
     ("POST", "/key/unblock"): KeyRoutes.unblock,
     ("GET", "/key/list"): KeyRoutes.list,
+    ("POST", "/key/regenerate"): KeyRoutes.regenerate,
 }
 
 

@@ -22,6 +22,7 @@ OPERATIONS: list[tuple[str, str, str, type[msgspec.Struct] | None, Query]] = [
     ("POST", "/key/block", "Refuse a key until it is unblocked", m.KeyRefRequest, ()),
     ("POST", "/key/unblock", "Accept a blocked key again", m.KeyRefRequest, ()),
     ("POST", "/key/delete", "Delete keys", m.KeyDeleteRequest, ()),
+    ("POST", "/key/regenerate", "Replace a key; the old one works for grace_period", m.KeyRegenerateRequest, ()),
     ("GET", "/key/list", "Keys, a page at a time", None, ("page", "size", "user_id", "team_id", "return_full_object")),
     ("POST", "/team/new", "Create a team", t.TeamRequest, ()),
     ("GET", "/team/info", "A team, its members and keys", None, ("team_id",)),

@@ -7,8 +7,12 @@ A key is shown once, when it is made; afterwards it is known by its digest and a
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
 import secrets
+
+from meterway.config.secret import Secret
 
 PREFIX = "sk-"
 
@@ -24,6 +28,13 @@ def digest(key: str | bytes) -> str:
     if len(text) == 64 and not text.startswith(PREFIX) and all(c in "0123456789abcdef" for c in text):
         return text
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def derive_key(secret: Secret, from_digest: str) -> str:
+    """The key that replaces the key with digest `from_digest`: random to anyone without the
+    server's secret, and the same every time, so a retried regeneration is idempotent."""
+    mac = hmac.new(secret.reveal().encode(), b"regenerate:" + from_digest.encode(), hashlib.sha256).digest()
+    return PREFIX + base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
 
 
 def display_name(key: str) -> str:

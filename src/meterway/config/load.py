@@ -216,6 +216,7 @@ def parse_config(
     return Settings(
         deployments=tuple(deployments),
         redis_url=Secret(redis_url) if redis_url else None,
+        salt_key=Secret(salt) if (salt := env.get("METERWAY_SALT_KEY") or env.get("LITELLM_SALT_KEY")) else None,
         database_url=Secret(database_url),
         master_key=master,
         max_body_bytes=max_body,

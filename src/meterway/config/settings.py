@@ -63,6 +63,7 @@ class Settings:
     database_url: Secret = field(default_factory=lambda: Secret(DEFAULT_DATABASE_URL))  # may hold a password
     database_wait_s: float = 30.0  # how long a starting gateway waits for its database
     migrate_at_start: bool = True
+    salt_key: Secret | None = None  # METERWAY_SALT_KEY / LITELLM_SALT_KEY: derives regenerated keys
     redis_url: Secret | None = None  # limits counted in Redis (across replicas) when set
 
     def model_names(self) -> list[str]:
