@@ -16,18 +16,18 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
 from meterway.api import errors, heads, health, management, proxy
 from meterway.api.asgi import Incoming, Receive, Responder, Scope, Send, request_id_for
 from meterway.api.models import ModelList
-from meterway.auth import Authenticator, KeyCache, Principal, bearer_token
+from meterway.auth import Authenticator, KeyCache, Principal, TTLCache, bearer_token
 from meterway.config.settings import Settings
 from meterway.context import Hook
 from meterway.errors import MeterwayError, ModelNotFound, RouteNotFound, ServiceUnavailable
-from meterway.limits import Limiter
+from meterway.limits import Limiter, LimitSpec
 from meterway.limits.hook import LimitsHook
 from meterway.limits.memory import MemoryLimiter
 from meterway.providers.base import Api
@@ -208,6 +208,9 @@ class Gateway:
         self.store = store
         cache = KeyCache(partial(_principal_for, store))
         services.auth.keys = cache
+        for hook in services.hooks:
+            if isinstance(hook, LimitsHook):
+                hook.customers = TTLCache(partial(_customer_limits, store))
         self.key_routes = management.KeyRoutes(store, cache, settings.salt_key or settings.master_key)
         self.store_state = "open"
 
@@ -216,6 +219,7 @@ async def _principal_for(store: Store, key_digest: str) -> Principal | None:
     try:
         record = await store.keys.get(key_digest)
         user = await store.users.get(record.user_id) if record is not None and record.user_id else None
+        team = await store.teams.get(record.team_id) if record is not None and record.team_id else None
     except Exception as e:  # the database went away: the caller may retry, it is not their fault
         log.warning("key lookup failed: %s", e.__class__.__name__)
         raise ServiceUnavailable("The key store is unavailable; retry shortly.") from None
@@ -234,10 +238,34 @@ async def _principal_for(store: Store, key_digest: str) -> Principal | None:
         team_id=record.team_id,
         blocked=record.blocked,
         expires=expires,
-        rpm_limit=record.rpm_limit,
-        tpm_limit=record.tpm_limit,
-        max_parallel_requests=record.max_parallel_requests,
+        limits=tuple(
+            spec
+            for spec in (
+                LimitSpec("key", record.token, record.rpm_limit, record.max_parallel_requests),
+                _spec("user", user, "user_id"),
+                _spec("team", team, "team_id"),
+            )
+            if spec is not None and (spec.rpm_limit is not None or spec.max_parallel_requests is not None)
+        ),
     )
+
+
+def _spec(scope: str, row: dict[str, Any] | None, id_column: str) -> LimitSpec | None:
+    if row is None:
+        return None
+    return LimitSpec(scope, str(row[id_column]), row["rpm_limit"], row["max_parallel_requests"])
+
+
+async def _customer_limits(store: Store, customer_id: str) -> LimitSpec | None:
+    try:
+        row = await store.customers.get(customer_id)
+    except Exception as e:
+        log.warning("customer lookup failed: %s", e.__class__.__name__)
+        raise ServiceUnavailable("The customer store is unavailable; retry shortly.") from None
+    spec = _spec("customer", row, "customer_id")
+    if spec is None or (spec.rpm_limit is None and spec.max_parallel_requests is None):
+        return None
+    return spec
 
 
 def create_app(settings: Settings, hooks: tuple[Hook, ...] = ()) -> Gateway:

@@ -83,3 +83,30 @@ def test_rpm_limit_holds_exactly_across_two_gateways_sharing_redis(tmp_path: Pat
         with ThreadPoolExecutor(8) as pool:
             statuses = list(pool.map(call, range(50)))
     assert statuses.count(200) == 30 and statuses.count(429) == 20
+
+
+def _post(gw: RunningGateway, key: str, **extra: Any) -> int:
+    r = httpx.post(
+        gw.v1 + "/chat/completions",
+        json={"model": "demo", "messages": MESSAGES, **extra},
+        headers={"Authorization": f"Bearer {key}"},
+    )
+    return r.status_code
+
+
+def test_a_teams_limit_is_shared_by_all_its_keys(gateway: RunningGateway, admin: httpx.Client) -> None:
+    asyncio.run(away_from_window_edge())
+    admin.post("/team/delete", json={"team_ids": ["team-rpm"]})
+    assert admin.post("/team/new", json={"team_id": "team-rpm", "rpm_limit": 3}).status_code == 200
+    a = admin.post("/key/generate", json={"team_id": "team-rpm"}).json()["key"]
+    b = admin.post("/key/generate", json={"team_id": "team-rpm"}).json()["key"]
+    assert [_post(gateway, k) for k in (a, b, a, b)] == [200, 200, 200, 429]
+
+
+def test_a_customers_limit_follows_the_user_field(gateway: RunningGateway, admin: httpx.Client) -> None:
+    asyncio.run(away_from_window_edge())
+    admin.post("/customer/delete", json={"user_ids": ["cust-rpm"]})
+    assert admin.post("/customer/new", json={"user_id": "cust-rpm", "rpm_limit": 2}).status_code == 200
+    key = admin.post("/key/generate", json={}).json()["key"]
+    assert [_post(gateway, key, user="cust-rpm") for _ in range(3)] == [200, 200, 429]
+    assert _post(gateway, key, user="someone-else") == 200 and _post(gateway, key) == 200

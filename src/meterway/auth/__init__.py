@@ -12,10 +12,12 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Generic, TypeVar
 
 from meterway.auth.keys import digest
 from meterway.config.secret import Secret
 from meterway.errors import AuthenticationFailed, PermissionDenied, ServiceUnavailable
+from meterway.limits import LimitSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,9 +32,7 @@ class Principal:
     team_id: str | None = None
     blocked: bool = False
     expires: datetime | None = None  # timezone-aware
-    rpm_limit: int | None = None
-    tpm_limit: int | None = None
-    max_parallel_requests: int | None = None
+    limits: tuple[LimitSpec, ...] = ()  # rate limits of the key, its user and its team
 
     def check_usable(self) -> None:
         """Blocked and expired are checked on every request, not when cached: expiry passes by itself."""
@@ -68,46 +68,49 @@ def bearer_token(authorization: bytes | None, x_api_key: bytes | None, api_key: 
     return x_api_key or api_key or None
 
 
-KeyLookup = Callable[[str], Awaitable["Principal | None"]]  # digest -> principal (None: unknown key)
+T = TypeVar("T")
 
 
-class KeyCache:
-    """Digest -> Principal (or None for an unknown key), each entry kept `ttl_s` seconds. Concurrent
-    misses for one digest share a single lookup."""
+class TTLCache(Generic[T]):
+    """Id -> value (or None for an unknown id), each entry kept `ttl_s` seconds. Concurrent misses
+    for one id share a single lookup; failed lookups are not cached."""
 
-    def __init__(self, lookup: KeyLookup, ttl_s: float = 1.0) -> None:
+    def __init__(self, lookup: Callable[[str], Awaitable[T | None]], ttl_s: float = 1.0) -> None:
         self._lookup = lookup
         self._ttl = ttl_s
-        self._entries: dict[str, tuple[float, Principal | None]] = {}
-        self._pending: dict[str, asyncio.Future[Principal | None]] = {}
+        self._entries: dict[str, tuple[float, T | None]] = {}
+        self._pending: dict[str, asyncio.Future[T | None]] = {}
 
-    async def get(self, key_digest: str) -> Principal | None:
-        entry = self._entries.get(key_digest)
+    async def get(self, ident: str) -> T | None:
+        entry = self._entries.get(ident)
         now = time.monotonic()
         if entry is not None and entry[0] > now:
             return entry[1]
-        pending = self._pending.get(key_digest)
+        pending = self._pending.get(ident)
         if pending is not None:
             return await pending
-        future: asyncio.Future[Principal | None] = asyncio.get_running_loop().create_future()
-        self._pending[key_digest] = future
+        future: asyncio.Future[T | None] = asyncio.get_running_loop().create_future()
+        self._pending[ident] = future
         try:
-            principal = await self._lookup(key_digest)
+            value = await self._lookup(ident)
         except BaseException as e:
             future.set_exception(e)
             future.exception()  # consumed here; waiters re-raise it
             raise
         finally:
-            del self._pending[key_digest]
-        if len(self._entries) > 100_000:  # unknown keys must not grow the cache without bound
+            del self._pending[ident]
+        if len(self._entries) > 100_000:  # unknown ids must not grow the cache without bound
             self._entries.clear()
-        self._entries[key_digest] = (time.monotonic() + self._ttl, principal)
-        future.set_result(principal)
-        return principal
+        self._entries[ident] = (time.monotonic() + self._ttl, value)
+        future.set_result(value)
+        return value
 
-    def forget(self, key_digest: str) -> None:
+    def forget(self, ident: str) -> None:
         """Drops one entry: a change made on this replica is seen here at once (others within the TTL)."""
-        self._entries.pop(key_digest, None)
+        self._entries.pop(ident, None)
+
+
+KeyCache = TTLCache[Principal]  # key digest -> the principal it authenticates as
 
 
 class Authenticator:

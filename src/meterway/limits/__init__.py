@@ -16,6 +16,31 @@ Kind = Literal["rpm", "parallel"]
 
 
 @dataclass(frozen=True, slots=True)
+class LimitSpec:
+    """The rate limits one entity (a key, user, team or customer) carries."""
+
+    scope: str  # "key", "user", "team", "customer"
+    ident: str
+    rpm_limit: int | None = None
+    max_parallel_requests: int | None = None
+
+    def asks(self) -> list[Ask]:
+        out = []
+        if self.rpm_limit is not None:
+            out.append(Ask(f"{self.scope}:{self.ident}:rpm", self.rpm_limit, "rpm", f"{self.scope} rpm_limit"))
+        if self.max_parallel_requests is not None:
+            out.append(
+                Ask(
+                    f"{self.scope}:{self.ident}:parallel",
+                    self.max_parallel_requests,
+                    "parallel",
+                    f"{self.scope} max_parallel_requests",
+                )
+            )
+        return out
+
+
+@dataclass(frozen=True, slots=True)
 class Ask:
     counter: str  # e.g. "key:<digest>:rpm"
     limit: int

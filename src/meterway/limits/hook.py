@@ -3,31 +3,34 @@ gives back its parallel slots after the response, whatever happened."""
 
 from __future__ import annotations
 
+from meterway.auth import TTLCache
 from meterway.context import RequestContext
 from meterway.errors import RateLimited
-from meterway.limits import Ask, Grant, Limiter, Refusal
+from meterway.limits import Grant, Limiter, LimitSpec, Refusal
 
 
 class LimitsHook:
-    def __init__(self, limiter: Limiter) -> None:
+    def __init__(self, limiter: Limiter, customers: TTLCache[LimitSpec] | None = None) -> None:
         self.limiter = limiter
+        self.customers = customers  # the request's `user` -> that customer's limits, once the store is open
 
     async def before(self, ctx: RequestContext) -> None:
         p = ctx.principal
-        if p is None or (p.rpm_limit is None and p.max_parallel_requests is None):
+        if p is None:
             return
-        asks: list[Ask] = []
-        if p.rpm_limit is not None:
-            asks.append(Ask(f"key:{p.key_id}:rpm", p.rpm_limit, "rpm", "rpm_limit"))
-        if p.max_parallel_requests is not None:
-            asks.append(Ask(f"key:{p.key_id}:parallel", p.max_parallel_requests, "parallel", "max_parallel_requests"))
+        asks = [ask for spec in p.limits for ask in spec.asks()]
+        if ctx.user and self.customers is not None:
+            customer = await self.customers.get(ctx.user)
+            if customer is not None:
+                asks += customer.asks()
+        if not asks:
+            return
         result = await self.limiter.reserve(asks, ctx.request_id)
         if isinstance(result, Refusal):
             ask = result.ask
             what = "requests per minute" if ask.kind == "rpm" else "requests in flight"
             raise RateLimited(
-                f"Rate limit reached for this key: {ask.name} is {ask.limit} {what}. "
-                f"Retry in {result.retry_after:.1f}s.",
+                f"Rate limit reached: {ask.name} is {ask.limit} {what}. Retry in {result.retry_after:.1f}s.",
                 retry_after=result.retry_after,
                 code="rate_limit_exceeded",
                 headers=(
