@@ -60,7 +60,9 @@ async def open_services(settings: Settings, hooks: tuple[Hook, ...] = ()) -> Asy
 
         from meterway.limits.redis import RedisLimiter
 
-        redis_client = redis.asyncio.from_url(settings.redis_url.reveal())
+        # A bounded pool that waits for a free connection instead of failing under load.
+        pool = redis.asyncio.BlockingConnectionPool.from_url(settings.redis_url.reveal(), max_connections=64, timeout=5)
+        redis_client = redis.asyncio.Redis.from_pool(pool)  # closing the client closes the pool
         limiter = RedisLimiter(redis_client)
     else:
         limiter = MemoryLimiter()

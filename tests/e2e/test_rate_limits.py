@@ -110,3 +110,32 @@ def test_a_customers_limit_follows_the_user_field(gateway: RunningGateway, admin
     key = admin.post("/key/generate", json={}).json()["key"]
     assert [_post(gateway, key, user="cust-rpm") for _ in range(3)] == [200, 200, 429]
     assert _post(gateway, key, user="someone-else") == 200 and _post(gateway, key) == 200
+
+
+def test_many_concurrent_requests_with_limits_in_redis_all_succeed(tmp_path: Path, redis_url: str) -> None:
+    """The Redis pool waits for a free connection under load instead of failing requests."""
+    import aiohttp
+
+    config = {
+        "model_list": [{"model_name": "demo", "litellm_params": {"model": "mock/demo"}}],
+        "general_settings": {"database_url": f"sqlite:///{tmp_path / 'c.db'}", "redis_url": redis_url},
+    }
+    with run_gateway(config) as gw:
+        key = _key(gw, rpm_limit=1_000_000, max_parallel_requests=10_000)
+
+        async def burst() -> list[int]:
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
+                async def one() -> int:
+                    async with session.post(
+                        gw.v1 + "/chat/completions",
+                        json={"model": "demo", "messages": MESSAGES},
+                        headers={"Authorization": f"Bearer {key}"},
+                    ) as r:
+                        await r.read()
+                        return r.status
+
+                return await asyncio.gather(*(one() for _ in range(300)))
+
+        statuses = asyncio.run(burst())
+    assert statuses.count(200) == 300, sorted(set(statuses))

@@ -3,8 +3,12 @@ of a request and takes them all, or takes none and says which one refused."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
+from redis.exceptions import RedisError
+
+from meterway.errors import ServiceUnavailable
 from meterway.limits import Ask, Grant, Refusal
 
 WINDOW_S = 60
@@ -66,7 +70,13 @@ class RedisLimiter:
         argv: list[Any] = [int(time.time() * 1000), WINDOW_S, lease, self._lease_ttl_ms]
         for a in asks:
             argv += [a.kind, a.limit]
-        result = await self._script(keys=keys, args=argv)
+        try:
+            result = await self._script(keys=keys, args=argv)
+        except RedisError as e:
+            # Fail closed: a limit that cannot be checked is not waived (the caller may retry).
+            raise ServiceUnavailable(
+                f"The rate-limit store is unavailable ({e.__class__.__name__}); retry shortly."
+            ) from None
         if int(result[0]) == 0:
             return Refusal(asks[int(result[1]) - 1], max(int(result[2]), 1) / 1000)
         parallel = tuple(k for k, a in zip(keys, asks, strict=True) if a.kind == "parallel")
@@ -77,4 +87,5 @@ class RedisLimiter:
             pipe = self._client.pipeline(transaction=False)
             for key in grant.parallel:
                 pipe.zrem(key, grant.lease)
-            await pipe.execute()
+            with contextlib.suppress(RedisError):  # else the lease lapses when its time to live runs out
+                await pipe.execute()
