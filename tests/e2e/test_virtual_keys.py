@@ -7,8 +7,10 @@ import asyncio
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
@@ -95,3 +97,28 @@ def test_blocking_a_key_in_the_database_takes_effect_within_the_cache_lifetime(g
             assert time.monotonic() - blocked_at < 3.0, "the block was not seen"
             time.sleep(0.05)
     assert time.monotonic() - blocked_at < 2.0
+
+
+def test_a_key_blocked_through_one_gateway_is_refused_by_another_within_a_second(tmp_path: Path) -> None:
+    from tests.support.gateway import run_gateway
+
+    db = f"sqlite:///{tmp_path / 'shared.db'}"
+    config = {
+        "model_list": [{"model_name": "demo", "litellm_params": {"model": "mock/demo"}}],
+        "general_settings": {"database_url": db},
+    }
+    with run_gateway(config) as one, run_gateway(config) as two:
+        master = {"Authorization": f"Bearer {one.key}"}
+        key = httpx.post(one.url + "/key/generate", json={}, headers=master).json()["key"]
+        with _client(two, key) as client:
+            client.chat.completions.create(model="demo", messages=MESSAGES)  # cached as usable on `two`
+            assert httpx.post(one.url + "/key/block", json={"key": key}, headers=master).status_code == 200
+            blocked_at = time.monotonic()
+            while True:
+                try:
+                    client.chat.completions.create(model="demo", messages=MESSAGES)
+                except openai.AuthenticationError:
+                    break
+                assert time.monotonic() - blocked_at < 3.0, "the other gateway never saw the block"
+                time.sleep(0.02)
+    assert time.monotonic() - blocked_at < 1.0

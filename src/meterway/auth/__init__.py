@@ -1,8 +1,8 @@
 """Who is calling: the master key, or a virtual key looked up by digest through a short cache.
 
 The master key is compared in constant time with no I/O. A virtual key costs a database read
-the first time it is seen and then at most once a second (the cache's time to live), so a
-blocked, expired or deleted key stops working on every replica within about a second.
+the first time it is seen and then at most twice a second (the cache's time to live), so a
+blocked, expired or deleted key stops working on every replica within a second.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ class TTLCache(Generic[T]):
     """Id -> value (or None for an unknown id), each entry kept `ttl_s` seconds. Concurrent misses
     for one id share a single lookup; failed lookups are not cached."""
 
-    def __init__(self, lookup: Callable[[str], Awaitable[T | None]], ttl_s: float = 1.0) -> None:
+    def __init__(self, lookup: Callable[[str], Awaitable[T | None]], ttl_s: float = 0.5) -> None:
         self._lookup = lookup
         self._ttl = ttl_s
         self._entries: dict[str, tuple[float, T | None]] = {}
