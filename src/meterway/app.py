@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import importlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC
@@ -24,10 +24,12 @@ from meterway.api import errors, heads, health, management, proxy
 from meterway.api.asgi import Incoming, Receive, Responder, Scope, Send, request_id_for
 from meterway.api.models import ModelList
 from meterway.auth import Authenticator, KeyCache, Principal, TTLCache, bearer_token
+from meterway.config.durations import parse_duration
 from meterway.config.settings import Settings
 from meterway.context import Hook
 from meterway.errors import MeterwayError, ModelNotFound, RouteNotFound, ServiceUnavailable
-from meterway.limits import Limiter, LimitSpec
+from meterway.ledger import pricing
+from meterway.limits import Budget, Limiter, LimitSpec
 from meterway.limits.hook import LimitsHook
 from meterway.limits.memory import MemoryLimiter
 from meterway.providers.base import Api
@@ -63,10 +65,15 @@ async def open_services(settings: Settings, hooks: tuple[Hook, ...] = ()) -> Asy
         # A bounded pool that waits for a free connection instead of failing under load.
         pool = redis.asyncio.BlockingConnectionPool.from_url(settings.redis_url.reveal(), max_connections=64, timeout=5)
         redis_client = redis.asyncio.Redis.from_pool(pool)  # closing the client closes the pool
-        limiter = RedisLimiter(redis_client)
+        limiter = RedisLimiter(redis_client, settings.redis_prefix + "limits:", settings.lease_ttl_s)
     else:
-        limiter = MemoryLimiter()
-    hooks = (LimitsHook(limiter), *hooks)
+        limiter = MemoryLimiter(settings.lease_ttl_s)
+    limits = LimitsHook(
+        limiter,
+        default_output_tokens=settings.budget_default_output_tokens,
+        clamp_max_tokens=settings.budget_clamp_max_tokens,
+    )
+    hooks = (limits, *hooks)
     try:
         yield Services(
             settings=settings,
@@ -213,6 +220,7 @@ class Gateway:
         for hook in services.hooks:
             if isinstance(hook, LimitsHook):
                 hook.customers = TTLCache(partial(_customer_limits, store))
+                hook.spend = store.spend
         self.key_routes = management.KeyRoutes(store, cache, settings.salt_key or settings.master_key)
         self.store_state = "open"
 
@@ -243,19 +251,47 @@ async def _principal_for(store: Store, key_digest: str) -> Principal | None:
         limits=tuple(
             spec
             for spec in (
-                LimitSpec("key", record.token, record.rpm_limit, record.max_parallel_requests),
-                _spec("user", user, "user_id"),
-                _spec("team", team, "team_id"),
+                _spec("key", record.token, vars_of(record)),
+                _spec("user", record.user_id, user),
+                _spec("team", record.team_id, team),
             )
-            if spec is not None and (spec.rpm_limit is not None or spec.max_parallel_requests is not None)
+            if spec is not None
         ),
     )
 
 
-def _spec(scope: str, row: dict[str, Any] | None, id_column: str) -> LimitSpec | None:
-    if row is None:
+def vars_of(record: object) -> dict[str, Any]:
+    return {name: getattr(record, name) for name in LIMIT_COLUMNS}
+
+
+LIMIT_COLUMNS = (
+    "rpm_limit",
+    "tpm_limit",
+    "max_parallel_requests",
+    "max_budget",
+    "spend",
+    "budget_duration",
+    "budget_reset_at",
+)
+
+
+def _spec(scope: str, ident: str | None, row: Mapping[str, Any] | None) -> LimitSpec | None:
+    """An entity's limits and budget, as the limiter counts them."""
+    if row is None or ident is None:
         return None
-    return LimitSpec(scope, str(row[id_column]), row["rpm_limit"], row["max_parallel_requests"])
+    budget = None
+    if row["max_budget"] is not None or row["budget_duration"]:
+        reset_at = row["budget_reset_at"]
+        if reset_at is not None and reset_at.tzinfo is None:
+            reset_at = reset_at.replace(tzinfo=UTC)  # SQLite keeps no zone; the store writes UTC
+        duration = row["budget_duration"]
+        budget = Budget(
+            max_budget=pricing.units(row["max_budget"]) if row["max_budget"] is not None else None,
+            spend=pricing.units(row["spend"] or 0),
+            duration_s=int(parse_duration(duration, "budget_duration").total_seconds()) if duration else None,
+            reset_at=reset_at.timestamp() if reset_at is not None else None,
+        )
+    return LimitSpec(scope, ident, row["rpm_limit"], row["max_parallel_requests"], row["tpm_limit"], budget)
 
 
 async def _customer_limits(store: Store, customer_id: str) -> LimitSpec | None:
@@ -264,10 +300,7 @@ async def _customer_limits(store: Store, customer_id: str) -> LimitSpec | None:
     except Exception as e:
         log.warning("customer lookup failed: %s", e.__class__.__name__)
         raise ServiceUnavailable("The customer store is unavailable; retry shortly.") from None
-    spec = _spec("customer", row, "customer_id")
-    if spec is None or (spec.rpm_limit is None and spec.max_parallel_requests is None):
-        return None
-    return spec
+    return _spec("customer", customer_id, row)
 
 
 def create_app(settings: Settings, hooks: tuple[Hook, ...] = ()) -> Gateway:

@@ -15,7 +15,8 @@ if TYPE_CHECKING:
     from meterway.auth import Principal
     from meterway.config.settings import Deployment
     from meterway.errors import MeterwayError
-    from meterway.providers.base import Api, Usage
+    from meterway.limits import LimitSpec
+    from meterway.providers.base import Api, RequestHead, Usage
 
 
 @dataclass(slots=True)
@@ -35,6 +36,9 @@ class RequestContext:
     error: MeterwayError | None = None
     client_aborted: bool = False
     limit_grant: object | None = None  # what the limits stage reserved, to give back after
+    charged: tuple[LimitSpec, ...] = ()  # the key, user, team and customer the cost is added to
+    body: bytes = b""  # the request body as it will be sent on (a hook may rewrite it)
+    head: RequestHead | None = None
 
     @classmethod
     def start(cls, request_id: str, api: Api) -> RequestContext:

@@ -9,6 +9,7 @@ CLI and background tasks share the same vocabulary.
     ├── ConfigError                     (startup only; never reaches a client)
     ├── BadRequest                      400 invalid_request_error
     │   ├── UnsupportedOperation        400 a deployment cannot serve this endpoint
+    │   ├── BudgetExceeded              400 budget_exceeded (spend and limit in the message)
     │   └── BodyTooLarge                413
     ├── AuthenticationFailed            401 authentication_error
     ├── PermissionDenied                403 permission_error
@@ -58,6 +59,16 @@ class BadRequest(MeterwayError):
 
 class UnsupportedOperation(BadRequest):
     """The chosen deployment's provider cannot serve this endpoint (e.g. embeddings on anthropic/)."""
+
+
+class BudgetExceeded(BadRequest):
+    """A budget of the key, its user, its team or the customer cannot pay for the request. 400,
+    not 429, as LiteLLM answers it: waiting does not help before the budget resets."""
+
+    error_type = "budget_exceeded"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="budget_exceeded")
 
 
 class BodyTooLarge(BadRequest):

@@ -5,10 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,16 +15,12 @@ import aiohttp
 import httpx
 import pytest
 
-from tests.support.gateway import free_socket
+from tests.support.serve import Served
+from tests.support.serve import port as _port
+from tests.support.serve import ready as _ready
+from tests.support.serve import serve as _serve
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "litellm"
-
-
-def _port() -> int:
-    sock = free_socket()
-    port: int = sock.getsockname()[1]
-    sock.close()
-    return port
 
 
 def _meterway(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -37,72 +31,6 @@ def _meterway(*args: str, env: dict[str, str] | None = None) -> subprocess.Compl
         timeout=60,
         env={**os.environ, **(env or {})},
     )
-
-
-class Served:
-    def __init__(self, proc: subprocess.Popen[str], url: str) -> None:
-        self.proc, self.url = proc, url
-
-
-def _serve(args: list[str], env: dict[str, str]) -> Iterator[Served]:
-    port = _port()
-    scratch = tempfile.mkdtemp(prefix="meterway-serve-")
-    env = {"DATABASE_URL": f"sqlite:///{scratch}/meterway.db", **env}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "meterway",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-            *args,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, **env},
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(url + "/health/live", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"meterway serve did not come up: {proc.communicate()[1][-2000:]}")
-            time.sleep(0.05)
-        yield Served(proc, url)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        for stream in (proc.stdout, proc.stderr):
-            if stream:
-                stream.close()
-        shutil.rmtree(scratch, ignore_errors=True)
-
-
-def _ready(url: str, within_s: float = 20.0) -> dict[str, object]:
-    """Readiness waits for the store (opened and migrated beside serving): poll it, bounded."""
-    deadline = time.monotonic() + within_s
-    while True:
-        r = httpx.get(url + "/health/ready")
-        if r.status_code == 200:
-            return r.json()  # type: ignore[no-any-return]
-        assert r.status_code == 503 and r.json()["status"] == "starting", r.text
-        assert time.monotonic() < deadline, "not ready in time"
-        time.sleep(0.05)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio
 
-from meterway.limits import Ask, Grant, Limiter, Refusal
+from meterway.limits import Ask, Budget, Grant, Limiter, LimitSpec, Refusal
 from meterway.limits.memory import MemoryLimiter
 from meterway.limits.redis import RedisLimiter
 
@@ -25,7 +25,7 @@ async def away_from_window_edge() -> None:
 
 
 @pytest.fixture(params=["memory", "redis"])
-async def limiter(request: pytest.FixtureRequest) -> AsyncIterator[Limiter]:
+async def limiter(request: pytest.FixtureRequest) -> AsyncIterator[MemoryLimiter | RedisLimiter]:
     if request.param == "memory":
         yield MemoryLimiter(lease_ttl_s=0.5)
         return
@@ -48,7 +48,7 @@ async def test_parallel_slots_are_given_back_and_lapse_when_never_released(limit
     a, b = await limiter.reserve([PAR], "a"), await limiter.reserve([PAR], "b")
     assert isinstance(a, Grant) and isinstance(b, Grant)
     assert isinstance(await limiter.reserve([PAR], "c"), Refusal)
-    await limiter.release(a)
+    await limiter.settle(a, 0, 0)
     assert isinstance(await limiter.reserve([PAR], "d"), Grant)
     await asyncio.sleep(0.6)  # b and d are never released, as if their worker had died: their leases lapse
     assert isinstance(await limiter.reserve([PAR], "e"), Grant)
@@ -62,7 +62,7 @@ async def test_a_refusal_takes_nothing(limiter: Limiter) -> None:
     assert isinstance(first, Grant)
     refused = await limiter.reserve([rpm, tight], "y")
     assert isinstance(refused, Refusal) and refused.ask == tight
-    await limiter.release(first)
+    await limiter.settle(first, 0, 0)
     assert isinstance(await limiter.reserve([rpm, tight], "z"), Grant), "the refused request used no rpm unit"
 
 
@@ -71,3 +71,76 @@ async def test_concurrent_requests_get_exactly_the_limit(limiter: Limiter) -> No
     ask = Ask("k3:rpm", 30, "rpm", "rpm_limit")
     results = await asyncio.gather(*(limiter.reserve([ask], f"r{i}") for i in range(100)))
     assert sum(isinstance(r, Grant) for r in results) == 30
+
+
+async def _reserved(limiter: MemoryLimiter | RedisLimiter, counter: str) -> int:
+    held = limiter.reserved(counter)
+    return held if isinstance(held, int) else await held
+
+
+async def test_tpm_admits_while_under_the_limit_and_settles_to_the_tokens_used(limiter: Limiter) -> None:
+    await away_from_window_edge()
+    tpm = Ask("k4:tpm", 1000, "tpm", "tpm_limit", amount=600)
+    first = await limiter.reserve([tpm], "a")
+    second = await limiter.reserve([tpm], "b")  # 600 used < 1000: admitted, may overshoot by one estimate
+    assert isinstance(first, Grant) and isinstance(second, Grant)
+    refused = await limiter.reserve([tpm], "c")
+    assert isinstance(refused, Refusal) and refused.used == 1200 and refused.retry_after is not None
+    await limiter.settle(first, 100, 0)  # the estimate was 600, the answer used 100
+    await limiter.settle(second, 100, 0)
+    assert isinstance(await limiter.reserve([tpm], "d"), Grant), "200 of 1000 used after settling"
+
+
+async def test_budget_reserves_the_estimate_and_settles_to_the_cost(limiter: MemoryLimiter | RedisLimiter) -> None:
+    budget = Ask("k5:budget:all", 100, "budget", "key max_budget", amount=40)
+    a, b = await limiter.reserve([budget], "a"), await limiter.reserve([budget], "b")
+    assert isinstance(a, Grant) and isinstance(b, Grant) and a.remaining == {"key max_budget": 60}
+    refused = await limiter.reserve([budget], "c")
+    assert isinstance(refused, Refusal) and (refused.used, refused.reserved) == (0, 80)
+    assert refused.retry_after is None
+    await limiter.settle(a, 0, 10)
+    assert await _reserved(limiter, budget.counter) == 40
+    c = await limiter.reserve([budget], "c")  # spent 10 + reserved 40 + 40 = 90
+    assert isinstance(c, Grant)
+    await limiter.settle(b, 0, 35)
+    await limiter.settle(c, 0, 40)
+    assert await _reserved(limiter, budget.counter) == 0
+    spent = await limiter.reserve([Ask(budget.counter, 100, "budget", "key max_budget", amount=16)], "d")
+    assert isinstance(spent, Refusal) and spent.used == 85, "85 spent: a request that may cost 16 does not fit"
+    assert isinstance(await limiter.reserve([Ask(budget.counter, 100, "budget", "n", amount=15)], "e"), Grant)
+
+
+async def test_budget_counter_never_starts_below_the_stored_spend(limiter: Limiter) -> None:
+    ask = Ask("k6:budget:all", 100, "budget", "key max_budget", amount=1, floor=100)
+    refused = await limiter.reserve([ask], "a")
+    assert isinstance(refused, Refusal) and refused.used == 100
+
+
+async def test_a_dead_requests_budget_reservation_lapses(limiter: MemoryLimiter | RedisLimiter) -> None:
+    ask = Ask("k7:budget:all", 100, "budget", "key max_budget", amount=100)
+    assert isinstance(await limiter.reserve([ask], "dies"), Grant)  # never settled
+    assert isinstance(await limiter.reserve([ask], "waits"), Refusal)
+    await asyncio.sleep(0.6)
+    assert isinstance(await limiter.reserve([ask], "after"), Grant)
+
+
+async def test_concurrent_budget_reservations_never_exceed_the_budget(limiter: MemoryLimiter | RedisLimiter) -> None:
+    ask = Ask("k8:budget:all", 1000, "budget", "key max_budget", amount=100)
+    results = await asyncio.gather(*(limiter.reserve([ask], f"r{i}") for i in range(50)))
+    grants = [r for r in results if isinstance(r, Grant)]
+    assert len(grants) == 10
+    await asyncio.gather(*(limiter.settle(g, 0, 100) for g in grants))
+    assert await _reserved(limiter, ask.counter) == 0
+    assert isinstance(await limiter.reserve([ask], "more"), Refusal)
+
+
+def test_budget_periods_follow_each_other_from_the_stored_reset_time() -> None:
+    day = 86400
+    budget = Budget(max_budget=100, spend=70, duration_s=day, reset_at=10 * day)
+    assert budget.period(9.5 * day) == (10 * day, 70), "before the reset: the stored spend counts"
+    assert budget.period(10 * day) == (11 * day, 0), "at the reset a new period starts from zero"
+    assert budget.period(13.2 * day) == (14 * day, 0)
+    assert Budget(max_budget=100, spend=5).period(123.0) == (None, 5)
+    spec = LimitSpec("key", "d1", budget=budget)
+    (ask,) = spec.asks(12.5 * day, tokens=10, cost=7)
+    assert ask.counter == f"key:d1:budget:{13 * day}" and ask.floor == 0 and ask.amount == 7

@@ -30,6 +30,8 @@ class _Chat(msgspec.Struct):
     stream: bool | None = None
     stream_options: _StreamOptions | None = None
     user: str | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
 
 
 class _Completion(msgspec.Struct):
@@ -38,6 +40,7 @@ class _Completion(msgspec.Struct):
     stream: bool | None = None
     stream_options: _StreamOptions | None = None
     user: str | None = None
+    max_tokens: int | None = None
 
 
 class _Embedding(msgspec.Struct):
@@ -88,6 +91,12 @@ def _array(raw: msgspec.Raw, field: str) -> None:
         raise BadRequest(f"'{field}' must not be empty.", param=field, code="empty_array")
 
 
+def _max_tokens(value: int | None, field: str) -> int | None:
+    if value is not None and value < 1:
+        raise BadRequest(f"'{field}' must be at least 1.", param=field)
+    return value
+
+
 def _nonempty_model(model: str) -> None:
     if not model:
         raise BadRequest("'model' must not be empty.", param="model")
@@ -101,7 +110,8 @@ def chat(body: bytes) -> RequestHead:
     _nonempty_model(c.model)
     _array(c.messages, "messages")
     usage = bool(c.stream_options and c.stream_options.include_usage)
-    return RequestHead(c.model, bool(c.stream), usage, c.user)
+    cap = _max_tokens(c.max_completion_tokens, "max_completion_tokens") or _max_tokens(c.max_tokens, "max_tokens")
+    return RequestHead(c.model, bool(c.stream), usage, c.user, cap)
 
 
 def completion(body: bytes) -> RequestHead:
@@ -111,7 +121,7 @@ def completion(body: bytes) -> RequestHead:
         raise decode_error(e) from None
     _nonempty_model(c.model)
     usage = bool(c.stream_options and c.stream_options.include_usage)
-    return RequestHead(c.model, bool(c.stream), usage, c.user)
+    return RequestHead(c.model, bool(c.stream), usage, c.user, _max_tokens(c.max_tokens, "max_tokens"))
 
 
 def embedding(body: bytes) -> RequestHead:
@@ -135,4 +145,4 @@ def messages(body: bytes) -> RequestHead:
     _array(m.messages, "messages")
     if m.max_tokens < 1:
         raise BadRequest("'max_tokens' must be at least 1.", param="max_tokens")
-    return RequestHead(m.model, bool(m.stream), True, m.metadata.user_id if m.metadata else None)
+    return RequestHead(m.model, bool(m.stream), True, m.metadata.user_id if m.metadata else None, m.max_tokens)

@@ -49,6 +49,7 @@ async def handle(services: Services, api: Api, decode: HeadDecoder, scope: Scope
         body = await read_body(receive, incoming, services.settings.max_body_bytes)
         head = decode(body)
         ctx.model_group, ctx.stream, ctx.user = head.model, head.stream, head.user
+        ctx.body, ctx.head = body, head
         if principal.models:
             principal.check_model(head.model)
         try:
@@ -65,7 +66,7 @@ async def handle(services: Services, api: Api, decode: HeadDecoder, scope: Scope
         for hook in services.hooks:
             await hook.before(ctx)
             ran.append(hook)
-        await forward(services, ctx, Call(api, body, head, rid), deployment, responder, receive)
+        await forward(services, ctx, Call(api, ctx.body, ctx.head, rid), deployment, responder, receive)
     except Exception as exc:
         err = errors.as_meterway_error(exc, rid)
         ctx.error = err

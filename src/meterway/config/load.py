@@ -65,7 +65,16 @@ PARAMS = {
 }
 # Keys of litellm_params that only matter to later features (routing, retries): no warning needed.
 PARAMS_QUIET = {"max_retries", "order", "mock_response", "drop_params", "custom_llm_provider"}
-GENERAL = {"master_key", "max_request_size_mb", "database_url", "redis_url"}
+GENERAL = {
+    "master_key",
+    "max_request_size_mb",
+    "database_url",
+    "redis_url",
+    "redis_prefix",
+    "budget_clamp_max_tokens",
+    "budget_default_output_tokens",
+    "lease_ttl_seconds",
+}
 LITELLM = {"request_timeout"}
 
 
@@ -213,8 +222,23 @@ def parse_config(
     if redis_url is not None and not isinstance(redis_url, str):
         raise ConfigError("general_settings.redis_url must be a string")
 
+    redis_prefix = general.get("redis_prefix", "meterway:")
+    if not isinstance(redis_prefix, str):
+        raise ConfigError("general_settings.redis_prefix must be a string")
+    clamp = general.get("budget_clamp_max_tokens", False)
+    if not isinstance(clamp, bool):
+        raise ConfigError("general_settings.budget_clamp_max_tokens must be true or false")
+    output_tokens = general.get("budget_default_output_tokens", 4096)
+    if not isinstance(output_tokens, int) or isinstance(output_tokens, bool) or output_tokens < 0:
+        raise ConfigError("general_settings.budget_default_output_tokens must be a whole number of tokens, 0 or more")
+    lease_ttl = float(_positive(general.get("lease_ttl_seconds", 660), "general_settings.lease_ttl_seconds"))
+
     return Settings(
         deployments=tuple(deployments),
+        redis_prefix=redis_prefix,
+        budget_clamp_max_tokens=clamp,
+        budget_default_output_tokens=output_tokens,
+        lease_ttl_s=lease_ttl,
         redis_url=Secret(redis_url) if redis_url else None,
         salt_key=Secret(salt) if (salt := env.get("METERWAY_SALT_KEY") or env.get("LITELLM_SALT_KEY")) else None,
         database_url=Secret(database_url),

@@ -65,6 +65,10 @@ class Settings:
     migrate_at_start: bool = True
     salt_key: Secret | None = None  # METERWAY_SALT_KEY / LITELLM_SALT_KEY: derives regenerated keys
     redis_url: Secret | None = None  # limits counted in Redis (across replicas) when set
+    redis_prefix: str = "meterway:"  # every Redis key meterway writes starts with it
+    budget_clamp_max_tokens: bool = False  # lower max_tokens to what a budget can pay, instead of refusing
+    budget_default_output_tokens: int = 4096  # output reserved for a request that sets no max_tokens
+    lease_ttl_s: float = 660.0  # how long a reservation outlives a replica that died holding it
 
     def model_names(self) -> list[str]:
         return list(dict.fromkeys(d.model_name for d in self.deployments))

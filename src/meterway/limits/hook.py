@@ -1,47 +1,171 @@
-"""The limits stage on the request path: takes the request's units before the upstream call,
-gives back its parallel slots after the response, whatever happened."""
+"""The limits stage on the request path.
+
+Before the upstream call it reserves the request's share of every limit of its key, user, team
+and customer: the tokens and the cost it may use at most (its prompt, estimated from the body,
+plus its output cap at the deployment's prices). After the response, whatever happened, it
+settles them to what was used and adds the cost to the spend of each of those entities in the
+store. Concurrent requests therefore cannot spend past a budget by more than one request's
+estimation error, and no path leaves anything reserved.
+"""
 
 from __future__ import annotations
 
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Protocol
+
+import orjson
+
 from meterway.auth import TTLCache
 from meterway.context import RequestContext
-from meterway.errors import RateLimited
-from meterway.limits import Grant, Limiter, LimitSpec, Refusal
+from meterway.errors import BudgetExceeded, RateLimited
+from meterway.ledger import pricing
+from meterway.limits import Grant, Limiter, LimitSpec, Refusal, SpendTarget
+from meterway.providers.base import Api
+
+
+class SpendSink(Protocol):
+    async def add(self, targets: Sequence[SpendTarget], amount: int) -> None: ...
 
 
 class LimitsHook:
-    def __init__(self, limiter: Limiter, customers: TTLCache[LimitSpec] | None = None) -> None:
+    def __init__(self, limiter: Limiter, *, default_output_tokens: int = 4096, clamp_max_tokens: bool = False) -> None:
         self.limiter = limiter
-        self.customers = customers  # the request's `user` -> that customer's limits, once the store is open
+        self.default_output_tokens = default_output_tokens
+        self.clamp_max_tokens = clamp_max_tokens
+        self.customers: TTLCache[LimitSpec] | None = (
+            None  # the request's `user` -> that customer, once the store is open
+        )
+        self.spend: SpendSink | None = None  # where settled cost is written, once the store is open
 
     async def before(self, ctx: RequestContext) -> None:
         p = ctx.principal
         if p is None:
             return
-        asks = [ask for spec in p.limits for ask in spec.asks()]
+        specs = list(p.limits)
         if ctx.user and self.customers is not None:
             customer = await self.customers.get(ctx.user)
             if customer is not None:
-                asks += customer.asks()
-        if not asks:
+                specs.append(customer)
+        ctx.charged = tuple(specs)
+        limited = [s for s in specs if s.limited]
+        if not limited:
             return
-        result = await self.limiter.reserve(asks, ctx.request_id)
-        if isinstance(result, Refusal):
-            ask = result.ask
-            what = "requests per minute" if ask.kind == "rpm" else "requests in flight"
-            raise RateLimited(
-                f"Rate limit reached: {ask.name} is {ask.limit} {what}. Retry in {result.retry_after:.1f}s.",
-                retry_after=result.retry_after,
-                code="rate_limit_exceeded",
-                headers=(
-                    ("x-ratelimit-limit-requests", str(ask.limit)),
-                    ("x-ratelimit-remaining-requests", "0"),
-                    ("x-ratelimit-reset-requests", f"{result.retry_after:.3f}s"),
-                ),
-            )
-        ctx.limit_grant = result
+        now = time.time()
+        tokens = cost = 0
+        costed = any(s.costed for s in limited)
+        for attempt in range(3):  # a clamped request asks again, with its lower cap
+            if costed:
+                tokens, cost = self._estimate(ctx)
+            asks = [a for s in limited for a in s.asks(now, tokens, cost)]
+            result = await self.limiter.reserve(asks, ctx.request_id)
+            if isinstance(result, Grant):
+                ctx.limit_grant = result
+                return
+            clamped = attempt < 2 and result.ask.kind == "budget" and self.clamp_max_tokens and self._clamp(ctx, result)
+            if not clamped:
+                raise _refused(result)
 
     async def after(self, ctx: RequestContext) -> None:
+        cost = 0
+        tokens = 0
+        if ctx.deployment is not None:
+            usage = ctx.usage
+            if usage is not None:
+                tokens = usage.total_tokens or usage.prompt_tokens + usage.completion_tokens
+                cost = pricing.units(pricing.cost(ctx.deployment.prices, usage))
+            elif ctx.client_aborted:
+                # The upstream was sent the prompt; without its count, the prompt estimate stands.
+                tokens = self._prompt_tokens(ctx)
+                cost = pricing.units(pricing.estimate(ctx.deployment.prices, tokens, 0))
         grant = ctx.limit_grant
-        if isinstance(grant, Grant) and grant.parallel:
-            await self.limiter.release(grant)
+        if isinstance(grant, Grant) and grant.unsettled:
+            await self.limiter.settle(grant, tokens, cost)
+        if cost > 0 and self.spend is not None and ctx.charged:
+            now = time.time()
+            targets = [
+                SpendTarget(s.scope, s.ident, s.budget.period(now)[0] if s.budget is not None else None)
+                for s in ctx.charged
+            ]
+            await self.spend.add(targets, cost)
+
+    def _prompt_tokens(self, ctx: RequestContext) -> int:
+        return pricing.prompt_tokens_upper_estimate(ctx.body)
+
+    def _output_cap(self, ctx: RequestContext) -> int:
+        if ctx.api is Api.EMBEDDINGS:
+            return 0
+        if ctx.head is not None and ctx.head.max_tokens is not None:
+            return ctx.head.max_tokens
+        info = ctx.deployment.model_info if ctx.deployment is not None else {}
+        cap = info.get("max_output_tokens") or info.get("max_tokens")
+        return min(int(cap), self.default_output_tokens) if isinstance(cap, int) else self.default_output_tokens
+
+    def _estimate(self, ctx: RequestContext) -> tuple[int, int]:
+        """The most tokens and cost (money units) the request may use."""
+        prompt = self._prompt_tokens(ctx)
+        output = self._output_cap(ctx)
+        if ctx.deployment is None:
+            return prompt + output, 0
+        return prompt + output, pricing.units(pricing.estimate(ctx.deployment.prices, prompt, output))
+
+    def _clamp(self, ctx: RequestContext, refusal: Refusal) -> bool:
+        """Lowers the request's output cap to what the refusing budget can still pay for; False
+        when even one output token would not fit (then the request is refused)."""
+        if ctx.deployment is None or ctx.api is Api.EMBEDDINGS or ctx.head is None:
+            return False
+        prices = ctx.deployment.prices
+        out_price = pricing.units_exact(prices.output_per_token)
+        left = refusal.ask.limit - refusal.used - refusal.reserved
+        prompt_cost = pricing.units(pricing.estimate(prices, self._prompt_tokens(ctx), 0))
+        if out_price <= 0 or left - prompt_cost <= 0:
+            return False
+        affordable = math.floor((left - prompt_cost) / out_price)
+        if affordable < 1 or affordable >= self._output_cap(ctx):
+            return False
+        body = orjson.loads(ctx.body)
+        field = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+        body[field] = affordable
+        ctx.body = orjson.dumps(body)
+        ctx.head = replace(ctx.head, max_tokens=affordable)
+        return True
+
+
+def _refused(refusal: Refusal) -> Exception:
+    ask = refusal.ask
+    if ask.kind == "budget":
+        message = f"Budget exceeded: {ask.name} is {pricing.usd(ask.limit)} USD, spent {pricing.usd(refusal.used)} USD"
+        if refusal.reserved:
+            message += f" ({pricing.usd(refusal.reserved)} USD reserved by requests in flight)"
+        if refusal.used < ask.limit:
+            message += f"; this request may cost up to {pricing.usd(ask.amount)} USD (lower max_tokens to fit)"
+        if ask.expires is not None:
+            message += f". The budget resets at {datetime.fromtimestamp(ask.expires, UTC).isoformat()}"
+        return BudgetExceeded(message + ".")
+    retry = refusal.retry_after or 1.0
+    if ask.kind == "tpm":
+        return RateLimited(
+            f"Rate limit reached: {ask.name} is {ask.limit} tokens per minute, {refusal.used} used. "
+            f"Retry in {retry:.1f}s.",
+            retry_after=retry,
+            code="rate_limit_exceeded",
+            headers=(
+                ("x-ratelimit-limit-tokens", str(ask.limit)),
+                ("x-ratelimit-remaining-tokens", "0"),
+                ("x-ratelimit-reset-tokens", f"{retry:.3f}s"),
+            ),
+        )
+    what = "requests per minute" if ask.kind == "rpm" else "requests in flight"
+    return RateLimited(
+        f"Rate limit reached: {ask.name} is {ask.limit} {what}. Retry in {retry:.1f}s.",
+        retry_after=retry,
+        code="rate_limit_exceeded",
+        headers=(
+            ("x-ratelimit-limit-requests", str(ask.limit)),
+            ("x-ratelimit-remaining-requests", "0"),
+            ("x-ratelimit-reset-requests", f"{retry:.3f}s"),
+        ),
+    )

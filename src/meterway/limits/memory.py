@@ -1,4 +1,7 @@
-"""Limits counted in this process: exact for one worker, per worker when there are several."""
+"""Limits counted in this process: exact for one worker, per worker when there are several.
+
+A budget's spend is the larger of what this worker counted and what the store last read, so
+workers sharing a database see each other's settled spend within the key cache's time to live."""
 
 from __future__ import annotations
 
@@ -10,10 +13,20 @@ WINDOW_S = 60.0
 
 
 class MemoryLimiter:
-    def __init__(self, lease_ttl_s: float = 600.0) -> None:
-        self._windows: dict[str, tuple[float, int]] = {}  # counter -> (window start, count)
-        self._leases: dict[str, dict[str, float]] = {}  # counter -> lease -> expiry
+    def __init__(self, lease_ttl_s: float = 660.0) -> None:
+        self._windows: dict[str, tuple[float, int]] = {}  # rpm/tpm counter -> (window start, used)
+        self._leases: dict[str, dict[str, tuple[float, int]]] = {}  # counter -> lease -> (expiry, amount)
+        self._spent: dict[str, int] = {}  # budget counter -> spend settled in its period
         self._lease_ttl = lease_ttl_s
+
+    def _held(self, counter: str, now: float) -> dict[str, tuple[float, int]]:
+        held = {k: v for k, v in self._leases.get(counter, {}).items() if v[0] > now}
+        self._leases[counter] = held
+        return held
+
+    def _used(self, counter: str, window: float) -> int:
+        start, used = self._windows.get(counter, (window, 0))
+        return used if start == window else 0
 
     async def reserve(self, asks: list[Ask], lease: str) -> Grant | Refusal:
         # No await between checking and taking: on one event loop this is atomic.
@@ -22,27 +35,47 @@ class MemoryLimiter:
         remaining: dict[str, int] = {}
         for ask in asks:
             if ask.kind == "rpm":
-                start, count = self._windows.get(ask.counter, (window, 0))
-                used = count if start == window else 0
+                used = self._used(ask.counter, window)
                 if used + 1 > ask.limit:
-                    return Refusal(ask, window + WINDOW_S - now)
+                    return Refusal(ask, window + WINDOW_S - now, used)
                 remaining[ask.name] = ask.limit - used - 1
-            else:
-                held = {k: t for k, t in self._leases.get(ask.counter, {}).items() if t > now}
-                self._leases[ask.counter] = held
+            elif ask.kind == "tpm":
+                used = self._used(ask.counter, window)
+                if used >= ask.limit:
+                    return Refusal(ask, window + WINDOW_S - now, used)
+                remaining[ask.name] = max(ask.limit - used - ask.amount, 0)
+            elif ask.kind == "parallel":
+                held = self._held(ask.counter, now)
                 if len(held) + 1 > ask.limit:
-                    return Refusal(ask, 1.0)
+                    return Refusal(ask, 1.0, len(held))
                 remaining[ask.name] = ask.limit - len(held) - 1
-        parallel = []
-        for ask in asks:
-            if ask.kind == "rpm":
-                start, count = self._windows.get(ask.counter, (window, 0))
-                self._windows[ask.counter] = (window, (count if start == window else 0) + 1)
             else:
-                self._leases[ask.counter][lease] = now + self._lease_ttl
-                parallel.append(ask.counter)
-        return Grant(lease, tuple(parallel), remaining)
+                spent = max(self._spent.get(ask.counter, 0), ask.floor)
+                self._spent[ask.counter] = spent
+                reserved = sum(amount for _, amount in self._held(ask.counter, now).values())
+                if spent >= ask.limit or spent + reserved + ask.amount > ask.limit:
+                    return Refusal(ask, None, spent, reserved)
+                remaining[ask.name] = ask.limit - spent - reserved - ask.amount
+        for ask in asks:
+            if ask.kind in ("rpm", "tpm"):
+                self._windows[ask.counter] = (window, self._used(ask.counter, window) + ask.amount)
+            else:
+                self._leases[ask.counter][lease] = (now + self._lease_ttl, ask.amount)
+        return Grant(lease, tuple(asks), int(window * 1000), remaining)
 
-    async def release(self, grant: Grant) -> None:
-        for counter in grant.parallel:
-            self._leases.get(counter, {}).pop(grant.lease, None)
+    async def settle(self, grant: Grant, tokens: int, cost: int) -> None:
+        for ask in grant.asks:
+            if ask.kind == "parallel":
+                self._leases.get(ask.counter, {}).pop(grant.lease, None)
+            elif ask.kind == "tpm":
+                start, used = self._windows.get(ask.counter, (0.0, 0))
+                if int(start * 1000) == grant.window:
+                    self._windows[ask.counter] = (start, max(used + tokens - ask.amount, 0))
+            elif ask.kind == "budget":
+                self._leases.get(ask.counter, {}).pop(grant.lease, None)
+                self._spent[ask.counter] = max(self._spent.get(ask.counter, 0), ask.floor) + cost
+
+    def reserved(self, counter: str) -> int:
+        """Units held by requests in flight (slots, or budget reserved): zero when none leaked."""
+        held = self._held(counter, time.time())
+        return sum(amount for _, amount in held.values())

@@ -50,6 +50,7 @@ class RequestHead:
     stream: bool = False
     include_usage: bool = False  # what the client asked for in stream_options
     user: str | None = None
+    max_tokens: int | None = None  # the output cap the client set (max_completion_tokens or max_tokens)
 
 
 @dataclass(slots=True)

@@ -7,11 +7,13 @@ maps), so one class serves them, told which table and id column it works on.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from meterway.config.durations import parse_duration
 from meterway.store.tables import customers, team_members, teams, users
 
 Row = dict[str, Any]
@@ -20,6 +22,14 @@ Row = dict[str, Any]
 def _plain_keys(row: sa.Row[Any]) -> Row:
     # Column names come back as `quoted_name`, a str subclass that JSON encoders refuse.
     return {str(k): v for k, v in row._mapping.items()}
+
+
+def start_budget_period(values: dict[str, Any]) -> dict[str, Any]:
+    """A budget duration set (anew) starts its first period now: `budget_reset_at` is its end."""
+    duration = values.get("budget_duration")
+    if duration:
+        values = {**values, "budget_reset_at": datetime.now(UTC) + parse_duration(duration, "budget_duration")}
+    return values
 
 
 class EntityStore:
@@ -36,7 +46,7 @@ class EntityStore:
 
     async def create(self, entity_id: str, **values: Any) -> Row:
         self._check(values)
-        row = {"metadata": {}, **values, self.id.name: entity_id}
+        row = {"metadata": {}, **start_budget_period(values), self.id.name: entity_id}
         if "models" in self.fields:
             row.setdefault("models", [])
         async with self._engine.begin() as conn:
@@ -52,6 +62,7 @@ class EntityStore:
 
     async def update(self, entity_id: str, **values: Any) -> Row | None:
         self._check(values)
+        values = start_budget_period(values)
         async with self._engine.begin() as conn:
             done = await conn.execute(
                 self.table.update().where(self.id == entity_id).values(**values, updated_at=sa.func.now())

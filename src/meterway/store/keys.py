@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from meterway.auth.keys import digest, display_name
+from meterway.store.entities import start_budget_period
 from meterway.store.tables import keys
 
 
@@ -29,6 +30,7 @@ class KeyRecord:
     metadata: Mapping[str, Any] = field(default_factory=dict)
     max_budget: Decimal | None = None
     budget_duration: str | None = None
+    budget_reset_at: datetime | None = None
     spend: Decimal = Decimal(0)
     rpm_limit: int | None = None
     tpm_limit: int | None = None
@@ -73,6 +75,7 @@ def _record(row: sa.Row[Any]) -> KeyRecord:
         metadata=dict(m["metadata"] or {}),
         max_budget=m["max_budget"],
         budget_duration=m["budget_duration"],
+        budget_reset_at=m["budget_reset_at"],
         spend=m["spend"] if m["spend"] is not None else Decimal(0),
         rpm_limit=m["rpm_limit"],
         tpm_limit=m["tpm_limit"],
@@ -90,7 +93,13 @@ class KeyStore:
         unknown = set(values) - set(_FIELDS)
         if unknown:
             raise TypeError(f"unknown key fields: {sorted(unknown)}")
-        row = {"models": [], "metadata": {}, **values, "token": digest(key), "key_name": display_name(key)}
+        row = {
+            "models": [],
+            "metadata": {},
+            **start_budget_period(values),
+            "token": digest(key),
+            "key_name": display_name(key),
+        }
         if "models" in values:
             row["models"] = list(values["models"])
         async with self._engine.begin() as conn:
@@ -131,6 +140,7 @@ class KeyStore:
         token = digest(key_or_digest)
         if "models" in values:
             values["models"] = list(values["models"])
+        values = start_budget_period(values)
         async with self._engine.begin() as conn:
             done = await conn.execute(
                 keys.update().where(keys.c.token == token).values(**values, updated_at=sa.func.now())

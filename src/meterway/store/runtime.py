@@ -15,6 +15,7 @@ from meterway.store import revision
 from meterway.store.engine import DatabaseUnavailable, create_engine, wait_for_database
 from meterway.store.entities import customer_store, team_store, user_store
 from meterway.store.keys import KeyStore
+from meterway.store.spend import SpendWriter
 from meterway.store.url import parse, where
 
 log = logging.getLogger("meterway.store")
@@ -27,6 +28,7 @@ class Store:
         self.users = user_store(engine)
         self.teams = team_store(engine)
         self.customers = customer_store(engine)
+        self.spend = SpendWriter(engine)
 
     @classmethod
     async def open(cls, url: str, *, wait_s: float, run_migrations: bool) -> Store:
@@ -52,4 +54,5 @@ class Store:
         return cls(engine)
 
     async def close(self) -> None:
+        await self.spend.flush()
         await self.engine.dispose()

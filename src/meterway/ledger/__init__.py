@@ -1,0 +1,1 @@
+"""The usage ledger: what each request used and what it cost."""

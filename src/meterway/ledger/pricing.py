@@ -1,0 +1,76 @@
+"""What a request costs, and what it may cost at most before it has run.
+
+Amounts are integers of 1e-10 USD (`store.types.MONEY_UNIT`), the unit the store keeps money in
+and the limiters count in: sums of integers are exact everywhere, Lua in Redis included. A price
+is rounded up to the unit, so an estimate never comes out below the true cost of its tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from decimal import ROUND_CEILING, Decimal
+
+from meterway.config.settings import Prices
+from meterway.providers.base import Usage
+
+MONEY_UNIT = Decimal("1e-10")
+
+
+def units(usd: Decimal | float | None) -> int:
+    """USD as whole money units, rounded up."""
+    if usd is None:
+        return 0
+    return int((Decimal(str(usd)) / MONEY_UNIT).to_integral_value(ROUND_CEILING))
+
+
+def units_exact(price: Decimal | None) -> Decimal:
+    """A per-token price in money units, unrounded (a token may cost a fraction of a unit)."""
+    return Decimal(0) if price is None else price / MONEY_UNIT
+
+
+def usd(amount: int) -> Decimal:
+    return (Decimal(amount) * MONEY_UNIT).normalize()
+
+
+def prompt_tokens_upper_estimate(body: bytes) -> int:
+    """Prompt tokens a request body may hold, without a tokenizer: one token per three bytes of
+    its JSON. Tokenizers of today's models average three to four bytes of English text per token,
+    and the JSON framing is counted as well, so this over-estimates ordinary prompts; the
+    reservation made from it is settled to the provider's own count afterwards."""
+    return math.ceil(len(body) / 3)
+
+
+def cost(prices: Prices, usage: Usage | None) -> Decimal:
+    """The exact cost of reported usage. Cached prompt tokens are priced at the cache rates where
+    the deployment has them, else as ordinary input; reasoning tokens are part of the output."""
+    if usage is None:
+        return Decimal(0)
+    total = Decimal(0)
+    cached = usage.cached_tokens
+    written = usage.cache_write_tokens
+    plain_input = usage.prompt_tokens
+    if prices.cache_read_per_token is not None and cached:
+        total += cached * prices.cache_read_per_token
+        plain_input -= cached
+    if prices.cache_write_per_token is not None and written:
+        total += written * prices.cache_write_per_token
+        plain_input -= written
+    if prices.input_per_token is not None:
+        total += max(plain_input, 0) * prices.input_per_token
+    if prices.output_per_token is not None:
+        total += usage.completion_tokens * prices.output_per_token
+    return total
+
+
+def estimate(prices: Prices, prompt_tokens: int, output_tokens: int) -> Decimal:
+    """The most a request may cost: every prompt token at the input price (or the dearer cache
+    write price) and its whole output allowance at the output price."""
+    input_price = max(
+        (p for p in (prices.input_per_token, prices.cache_write_per_token) if p is not None), default=None
+    )
+    total = Decimal(0)
+    if input_price is not None:
+        total += prompt_tokens * input_price
+    if prices.output_per_token is not None:
+        total += output_tokens * prices.output_per_token
+    return total

@@ -1,0 +1,220 @@
+"""Reservations across replicas: two `meterway serve` processes sharing PostgreSQL and Redis.
+
+Each request reserves its maximum cost before the upstream call and settles to its real cost
+after; these tests check the three promises that makes: concurrent requests cannot overspend a
+budget, a replica killed mid-request does not block the budget past the lease's time to live, and
+no outcome (success, upstream error, client abort) leaves anything reserved.
+
+Prices: 0.0001 USD per input and 0.01 USD per output token. The stand-in answers "hi" with 4 prompt
+and 7 completion tokens: 0.0704 USD; with max_tokens 7 a request reserves about 0.0725 USD.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager, suppress
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+import yaml
+
+from tests.support.serve import Served, ready, serve
+from tests.upstreams.standin import Script, StandIn
+
+MASTER = "sk-reservations-master-key"
+COST = Decimal("0.0704")
+BODY = {"model": "priced", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 7}
+
+
+@contextmanager
+def two_replicas(
+    tmp_path: Path, standin: StandIn, pg_url: str, redis_url: str, prefix: str, lease_ttl: float
+) -> Iterator[tuple[Served, Served]]:
+    config = {
+        "model_list": [
+            {
+                "model_name": name,
+                "litellm_params": {
+                    "model": "openai/priced-upstream",
+                    "api_base": base,
+                    "api_key": "sk-upstream",
+                    "input_cost_per_token": 0.0001,
+                    "output_cost_per_token": 0.01,
+                },
+            }
+            for name, base in (("priced", standin.base_url + "/v1"), ("broken", "http://127.0.0.1:9/v1"))
+        ],
+        "general_settings": {
+            "master_key": MASTER,
+            "database_url": pg_url,
+            "redis_url": redis_url,
+            "redis_prefix": prefix,
+            "lease_ttl_seconds": lease_ttl,
+        },
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {"METERWAY_CONFIG": str(path), "METERWAY_MASTER_KEY": "", "LITELLM_MASTER_KEY": ""}
+    with ExitStack() as stack:
+        one = stack.enter_context(contextmanager(serve)([], env))
+        two = stack.enter_context(contextmanager(serve)([], env))
+        ready(one.url), ready(two.url)
+        yield one, two
+
+
+def _key(served: Served, **fields: Any) -> tuple[str, str]:
+    r = httpx.post(served.url + "/key/generate", json=fields, headers={"Authorization": f"Bearer {MASTER}"})
+    assert r.status_code == 200, r.text
+    return r.json()["key"], r.json()["token"]
+
+
+def _settled_spend(served: Served, key: str, expected: Decimal | None = None) -> Decimal:
+    """The key's spend in PostgreSQL once the settling after the last responses is written."""
+    deadline = time.monotonic() + 5
+    while True:
+        r = httpx.get(served.url + f"/key/info?key={key}", headers={"Authorization": f"Bearer {MASTER}"})
+        spend = Decimal(str(r.json()["info"]["spend"]))
+        if expected is None or spend == expected or time.monotonic() > deadline:
+            return spend
+        time.sleep(0.05)
+
+
+def _redis_budget(redis_url: str, prefix: str, digest: str) -> dict[str, int]:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        values = client.hgetall(f"{prefix}limits:key:{digest}:budget:all")
+        return {k.decode(): int(v) for k, v in values.items() if not k.startswith(b"l:")}
+    finally:
+        client.close()
+
+
+async def _burst(replicas: tuple[Served, Served], key: str, n: int) -> list[httpx.Response]:
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=30) as client:
+        return list(
+            await asyncio.gather(
+                *(client.post(replicas[i % 2].url + "/v1/chat/completions", json=BODY) for i in range(n))
+            )
+        )
+
+
+def test_fifty_concurrent_requests_cannot_overspend_a_budget_that_covers_ten(
+    tmp_path: Path, upstream: StandIn, pg_url: str, redis_url: str, redis_prefix: str
+) -> None:
+    budget = 10 * COST
+    upstream.set_default(Script(delay=0.3))  # the requests overlap: all are in flight together
+    with two_replicas(tmp_path, upstream, pg_url, redis_url, redis_prefix, lease_ttl=60) as replicas:
+        key, digest = _key(replicas[0], max_budget=float(budget))
+        responses = asyncio.run(_burst(replicas, key, 50))
+        ok = sum(r.status_code == 200 for r in responses)
+        refused = [r for r in responses if r.status_code == 400]
+        assert ok + len(refused) == 50, [r.text for r in responses if r.status_code not in (200, 400)]
+        assert all(r.json()["error"]["type"] == "budget_exceeded" for r in refused)
+        spend = _settled_spend(replicas[1], key, ok * COST)
+        assert spend == ok * COST, "every served request is settled at its real cost"
+        assert spend <= budget + COST
+        assert ok >= 5, f"only {ok} served: reservations should admit what the budget covers"
+        assert _redis_budget(redis_url, redis_prefix, digest)["reserved"] == 0
+
+
+def test_a_replica_killed_mid_request_blocks_the_budget_only_until_its_lease_expires(
+    tmp_path: Path, upstream: StandIn, pg_url: str, redis_url: str, redis_prefix: str
+) -> None:
+    ttl = 2.0
+    with two_replicas(tmp_path, upstream, pg_url, redis_url, redis_prefix, lease_ttl=ttl) as (doomed, survivor):
+        key, _ = _key(doomed, max_budget=0.1)  # one request's reservation at a time
+        headers = {"Authorization": f"Bearer {key}"}
+        upstream.script(Script(delay=20))
+        hanging = threading.Thread(
+            target=lambda: _ignore(
+                lambda: httpx.post(doomed.url + "/v1/chat/completions", json=BODY, headers=headers, timeout=30)
+            )
+        )
+        hanging.start()
+        upstream.wait_for_received(1)
+        killed_at = time.monotonic()
+        os.kill(doomed.proc.pid, signal.SIGKILL)
+        blocked = httpx.post(survivor.url + "/v1/chat/completions", json=BODY, headers=headers)
+        assert blocked.status_code == 400 and "reserved by requests in flight" in blocked.json()["error"]["message"]
+        deadline = killed_at + ttl + 5
+        while True:
+            r = httpx.post(survivor.url + "/v1/chat/completions", json=BODY, headers=headers)
+            if r.status_code == 200:
+                break
+            assert r.status_code == 400 and time.monotonic() < deadline, r.text
+            time.sleep(0.1)
+        assert time.monotonic() - killed_at >= ttl * 0.9, "the lease was not released early"
+        hanging.join(timeout=30)
+
+
+def _ignore(call: Any) -> None:
+    with suppress(httpx.HTTPError):
+        call()
+
+
+async def _mixed(replicas: tuple[Served, Served], key: str, total: int) -> dict[str, int]:
+    """`total` requests, 20 at a time, of four kinds: answered, answered as a stream, upstream
+    unreachable, and a stream the client abandons after its first bytes. The stand-in also fails
+    some of them with a 500 (whichever arrive while its failures are queued)."""
+    outcomes: dict[str, int] = {}
+    queue = iter(range(total))
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=30) as client:
+
+        async def one(i: int) -> None:
+            base = replicas[i % 2].url + "/v1/chat/completions"
+            kind = ("plain", "stream", "unreachable", "abort")[i % 4]
+            body = {
+                **BODY,
+                "model": "broken" if kind == "unreachable" else "priced",
+                "stream": kind in ("stream", "abort"),
+            }
+            if kind == "abort":
+                async with client.stream("POST", base, json=body) as r:
+                    async for _ in r.aiter_raw():
+                        break  # leave with the stream unfinished
+                status = r.status_code
+            else:
+                status = (await client.post(base, json=body)).status_code
+            outcomes[f"{kind}:{status}"] = outcomes.get(f"{kind}:{status}", 0) + 1
+
+        async def worker() -> None:
+            for i in queue:
+                await one(i)
+
+        await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(20))), timeout=240)
+    return outcomes
+
+
+def test_a_thousand_mixed_requests_leave_nothing_reserved(
+    tmp_path: Path, upstream: StandIn, pg_url: str, redis_url: str, redis_prefix: str
+) -> None:
+    upstream.script_fail(500, {"error": {"message": "upstream failed", "type": "server_error"}}, times=150)
+    upstream.set_default(Script(delay=0.002))
+    with two_replicas(tmp_path, upstream, pg_url, redis_url, redis_prefix, lease_ttl=600) as replicas:
+        key, digest = _key(replicas[0], max_budget=1000.0, max_parallel_requests=50, tpm_limit=10_000_000)
+        outcomes = asyncio.run(_mixed(replicas, key, 1000))
+        assert sum(outcomes.values()) == 1000
+        for kind in ("plain:200", "stream:200", "unreachable:502", "abort:200", "plain:502"):
+            assert outcomes.get(kind, 0) > 0, outcomes
+        client = redis.Redis.from_url(redis_url)
+        try:
+            deadline = time.monotonic() + 5
+            while True:  # the last requests settle just after their responses ended
+                budget = _redis_budget(redis_url, redis_prefix, digest)
+                slots = client.zcard(f"{redis_prefix}limits:key:{digest}:parallel")
+                if (budget["reserved"], slots) == (0, 0) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+        finally:
+            client.close()
+        assert budget["reserved"] == 0 and slots == 0, (budget, slots)
+        spend = _settled_spend(replicas[0], key, Decimal(budget["spent"]) * Decimal("1e-10"))
+        assert spend == Decimal(budget["spent"]) * Decimal("1e-10"), "the store and the counters agree on spend"
+        assert spend > 0
