@@ -24,6 +24,7 @@ from meterway.api import errors, heads, health, management, proxy
 from meterway.api.asgi import Incoming, Receive, Responder, Scope, Send, request_id_for
 from meterway.api.models import ModelList
 from meterway.auth import Authenticator, KeyCache, Principal, TTLCache, bearer_token
+from meterway.auth.changes import Changes
 from meterway.config.durations import parse_duration
 from meterway.config.settings import Settings
 from meterway.context import Hook
@@ -50,6 +51,7 @@ class Services:
     router: Router
     models: ModelList
     hooks: tuple[Hook, ...] = ()
+    redis: Any | None = None  # a client on the configured Redis, shared by limits and change announcements
 
 
 @asynccontextmanager
@@ -82,6 +84,7 @@ async def open_services(settings: Settings, hooks: tuple[Hook, ...] = ()) -> Asy
             router=Router(settings.deployments),
             models=ModelList(settings),
             hooks=hooks,
+            redis=redis_client,
         )
     finally:
         await session.close()
@@ -115,7 +118,9 @@ class Gateway:
         self.store: Store | None = None
         self.store_state = "opening"  # "open", or the reason it could not be opened
         self.key_routes: management.KeyRoutes | None = None
+        self.changes: Changes | None = None
         self._openapi: bytes | None = None
+        self._listening: asyncio.Task[None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -162,7 +167,7 @@ class Gateway:
                 bearer_token(incoming.authorization, incoming.x_api_key, incoming.api_key)
             )
             if path == "/models":
-                return await responder.whole(200, services.models.listing(principal.models))
+                return await responder.whole(200, services.models.listing(principal))
             model_id = path[len("/models/") :]
             body = services.models.one(model_id)
             if body is None:
@@ -191,6 +196,10 @@ class Gateway:
                 opening.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await opening
+                if self._listening is not None:
+                    self._listening.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await self._listening
                 if self.store is not None:
                     await self.store.close()
         except Exception as e:
@@ -217,11 +226,15 @@ class Gateway:
         self.store = store
         cache = KeyCache(partial(_principal_for, store))
         services.auth.keys = cache
+        customers: TTLCache[LimitSpec] = TTLCache(partial(_customer_limits, store))
         for hook in services.hooks:
             if isinstance(hook, LimitsHook):
-                hook.customers = TTLCache(partial(_customer_limits, store))
+                hook.customers = customers
                 hook.spend = store.spend
-        self.key_routes = management.KeyRoutes(store, cache, settings.salt_key or settings.master_key)
+        self.changes = Changes(cache, customers, services.redis, settings.redis_prefix + "changes")
+        if services.redis is not None:
+            self._listening = asyncio.create_task(self.changes.listen())
+        self.key_routes = management.KeyRoutes(store, self.changes, settings.salt_key or settings.master_key)
         self.store_state = "open"
 
 
@@ -247,6 +260,8 @@ async def _principal_for(store: Store, key_digest: str) -> Principal | None:
         user_id=record.user_id,
         team_id=record.team_id,
         blocked=record.blocked,
+        team_blocked=bool(team["blocked"]) if team is not None else False,
+        team_models=tuple(team["models"] or ()) if team is not None else (),
         expires=expires,
         limits=tuple(
             spec
@@ -291,7 +306,8 @@ def _spec(scope: str, ident: str | None, row: Mapping[str, Any] | None) -> Limit
             duration_s=int(parse_duration(duration, "budget_duration").total_seconds()) if duration else None,
             reset_at=reset_at.timestamp() if reset_at is not None else None,
         )
-    return LimitSpec(scope, ident, row["rpm_limit"], row["max_parallel_requests"], row["tpm_limit"], budget)
+    blocked = bool(row.get("blocked")) if scope == "customer" else False
+    return LimitSpec(scope, ident, row["rpm_limit"], row["max_parallel_requests"], row["tpm_limit"], budget, blocked)
 
 
 async def _customer_limits(store: Store, customer_id: str) -> LimitSpec | None:

@@ -18,7 +18,8 @@ import orjson
 from meterway.api import errors
 from meterway.api.asgi import Incoming, Receive, Responder, Scope, Send, read_body, request_id_for
 from meterway.api.heads import decode_error
-from meterway.auth import KeyCache, Principal, bearer_token
+from meterway.auth import Principal, bearer_token
+from meterway.auth.changes import Changes
 from meterway.auth.keys import PREFIX, derive_key, digest, new_key
 from meterway.config.durations import parse_duration
 from meterway.config.secret import Secret
@@ -135,11 +136,12 @@ def _team_error(e: IntegrityError, team_id: str | None) -> MeterwayError:
 
 
 class KeyRoutes:
-    """Handlers for `/key/*`, given the open store and the key cache to invalidate."""
+    """Handlers for `/key/*` (and, in `tenancy`, the other entities), given the open store and
+    where to announce changes so that every replica's caches drop what they made stale."""
 
-    def __init__(self, store: Store, cache: KeyCache, secret: Secret | None = None) -> None:
+    def __init__(self, store: Store, changes: Changes, secret: Secret | None = None) -> None:
         self.store = store
-        self.cache = cache
+        self.changes = changes
         self.secret = secret  # derives regenerated keys, so that a retried regeneration gives the same key
 
     async def regenerate(self, body: bytes, query: dict[str, str]) -> dict[str, Any]:
@@ -180,7 +182,7 @@ class KeyRoutes:
             expires=retire,
             metadata={**old.metadata, "regenerated_to": record.token},
         )
-        self.cache.forget(old.token)
+        await self.changes.changed("key", old.token)
         return {"key": new, **key_info(record), "token_id": record.token, "regenerated_from": old.token}
 
     async def generate(self, body: bytes, query: dict[str, str]) -> dict[str, Any]:
@@ -195,7 +197,7 @@ class KeyRoutes:
             record = await self.store.keys.create(key, **values)
         except IntegrityError as e:
             raise _team_error(e, req.team_id) from None
-        self.cache.forget(record.token)
+        await self.changes.changed("key", record.token)
         return {"key": key, **key_info(record), "token_id": record.token}
 
     async def info(self, body: bytes, query: dict[str, str]) -> dict[str, Any]:
@@ -217,7 +219,7 @@ class KeyRoutes:
             raise _team_error(e, req.team_id) from None
         if record is None:
             raise RouteNotFound(f"Key {_shown(req.key)} not found.")
-        self.cache.forget(record.token)
+        await self.changes.changed("key", record.token)
         return key_info(record)
 
     async def block(self, body: bytes, query: dict[str, str]) -> dict[str, Any]:
@@ -231,7 +233,7 @@ class KeyRoutes:
         record = await self.store.keys.update(ref.key, blocked=blocked)
         if record is None:
             raise RouteNotFound(f"Key {_shown(ref.key)} not found.")
-        self.cache.forget(record.token)
+        await self.changes.changed("key", record.token)
         return key_info(record)
 
     async def delete(self, body: bytes, query: dict[str, str]) -> dict[str, Any]:
@@ -241,7 +243,7 @@ class KeyRoutes:
             raise RouteNotFound(f"Key(s) not found: {', '.join(_shown(k) for k in missing)}")
         for k in req.keys:
             await self.store.keys.delete(k)
-            self.cache.forget(digest(k))
+            await self.changes.changed("key", digest(k))
         return {"deleted_keys": req.keys}
 
     async def list(self, body: bytes, query: dict[str, str]) -> dict[str, Any]:

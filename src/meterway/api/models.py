@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from meterway.config.settings import Settings
+
+if TYPE_CHECKING:
+    from meterway.auth import Principal
 
 
 class ModelList:
@@ -20,11 +23,12 @@ class ModelList:
             )
         self.body = orjson.dumps({"object": "list", "data": list(self._entries.values())})
 
-    def listing(self, allowed: tuple[str, ...]) -> bytes:
+    def listing(self, principal: Principal) -> bytes:
         """All models, or those a restricted key may use (built per call: rare, and not on the hot path)."""
-        if not allowed or "all-proxy-models" in allowed:
+        if not principal.models and not principal.team_models:
             return self.body
-        return orjson.dumps({"object": "list", "data": [e for n, e in self._entries.items() if n in allowed]})
+        visible = set(principal.visible(list(self._entries)))
+        return orjson.dumps({"object": "list", "data": [e for n, e in self._entries.items() if n in visible]})
 
     def one(self, model_id: str) -> bytes | None:
         entry = self._entries.get(model_id)

@@ -50,7 +50,7 @@ async def handle(services: Services, api: Api, decode: HeadDecoder, scope: Scope
         head = decode(body)
         ctx.model_group, ctx.stream, ctx.user = head.model, head.stream, head.user
         ctx.body, ctx.head = body, head
-        if principal.models:
+        if principal.models or principal.team_models:
             principal.check_model(head.model)
         try:
             deployment = services.router.pick(head.model)
@@ -66,7 +66,7 @@ async def handle(services: Services, api: Api, decode: HeadDecoder, scope: Scope
         for hook in services.hooks:
             await hook.before(ctx)
             ran.append(hook)
-        await forward(services, ctx, Call(api, ctx.body, ctx.head, rid), deployment, responder, receive)
+        await forward(services, ctx, Call(api, ctx.body, ctx.head or head, rid), deployment, responder, receive)
     except Exception as exc:
         err = errors.as_meterway_error(exc, rid)
         ctx.error = err

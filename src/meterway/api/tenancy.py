@@ -114,7 +114,7 @@ def _required(value: str | None, name: str) -> str:
     return value
 
 
-async def _delete_all(store: EntityStore, ids: list[str] | None, what: str) -> list[str]:
+async def _delete_all(r: KeyRoutes, store: EntityStore, ids: list[str] | None, what: str) -> list[str]:
     """Deletes every id, or none: an unknown id fails the whole call, naming it."""
     ids = ids or []
     missing = [i for i in ids if await store.get(i) is None]
@@ -122,6 +122,7 @@ async def _delete_all(store: EntityStore, ids: list[str] | None, what: str) -> l
         raise RouteNotFound(f"{what}(s) not found: {', '.join(missing) or '(none given)'}")
     for i in ids:
         await store.delete(i)
+        await r.changes.changed(what.lower(), i)
     return ids
 
 
@@ -137,6 +138,7 @@ async def team_new(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str
     await teams.create(team_id, **_values(req, ("team_alias", "blocked")))
     if req.members_with_roles:
         await teams.add_members(team_id, [(m.user_id, m.role) for m in req.members_with_roles])
+    await r.changes.changed("team", team_id)
     return await _team(r, team_id)
 
 
@@ -159,11 +161,12 @@ async def team_update(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[
     team_id = _required(req.team_id, "team_id")
     if await r.store.teams.update(team_id, **_values(req, ("team_alias", "blocked"))) is None:
         raise RouteNotFound(f"Team '{team_id}' not found.")
+    await r.changes.changed("team", team_id)
     return await _team(r, team_id)
 
 
 async def team_delete(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:
-    ids = await _delete_all(r.store.teams, decode_body(body, IdsRequest).team_ids, "Team")
+    ids = await _delete_all(r, r.store.teams, decode_body(body, IdsRequest).team_ids, "Team")
     return {"deleted_teams": ids}
 
 
@@ -176,6 +179,7 @@ async def team_member_add(r: KeyRoutes, body: bytes, query: dict[str, str]) -> d
     await _team(r, req.team_id)
     members = req.member if isinstance(req.member, list) else [req.member]
     await r.store.teams.add_members(req.team_id, [(m.user_id, m.role) for m in members])
+    await r.changes.changed("team", req.team_id)
     return await _team(r, req.team_id)
 
 
@@ -184,6 +188,7 @@ async def team_member_delete(r: KeyRoutes, body: bytes, query: dict[str, str]) -
     await _team(r, req.team_id)
     if not await r.store.teams.remove_member(req.team_id, req.user_id):
         raise RouteNotFound(f"User '{req.user_id}' is not a member of team '{req.team_id}'.")
+    await r.changes.changed("team", req.team_id)
     return await _team(r, req.team_id)
 
 
@@ -197,6 +202,7 @@ async def user_new(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str
         raise BadRequest(f"User '{user_id}' already exists.", param="user_id", code="duplicate_user")
     values = _values(req, ("user_email", "user_role"))
     row = await r.store.users.create(user_id, **values)
+    await r.changes.changed("user", user_id)  # its keys act with its role from now on
     out = _plain(row)
     if req.auto_create_key:
         # As LiteLLM does: a new user gets a key of its own, shown once, limited like the user.
@@ -221,11 +227,12 @@ async def user_update(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[
     row = await r.store.users.update(user_id, **_values(req, ("user_email", "user_role")))
     if row is None:
         raise RouteNotFound(f"User '{user_id}' not found.")
+    await r.changes.changed("user", user_id)
     return _plain(row)
 
 
 async def user_delete(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:
-    ids = await _delete_all(r.store.users, decode_body(body, IdsRequest).user_ids, "User")
+    ids = await _delete_all(r, r.store.users, decode_body(body, IdsRequest).user_ids, "User")
     return {"deleted_users": ids}
 
 
@@ -247,6 +254,7 @@ async def customer_new(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict
     if await r.store.customers.get(customer_id) is not None:
         raise BadRequest(f"Customer '{customer_id}' already exists.", param="user_id", code="duplicate_customer")
     row = await r.store.customers.create(customer_id, **_values(req, _CUSTOMER_EXTRA, skip=frozenset({"models"})))
+    await r.changes.changed("customer", customer_id)  # it may be cached as unknown
     return _customer(row)
 
 
@@ -270,11 +278,12 @@ async def customer_update(r: KeyRoutes, body: bytes, query: dict[str, str]) -> d
     row = await r.store.customers.update(customer_id, **_values(req, _CUSTOMER_EXTRA, skip=frozenset({"models"})))
     if row is None:
         raise RouteNotFound(f"Customer '{customer_id}' not found.")
+    await r.changes.changed("customer", customer_id)
     return _customer(row)
 
 
 async def customer_delete(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:
-    ids = await _delete_all(r.store.customers, decode_body(body, IdsRequest).user_ids, "Customer")
+    ids = await _delete_all(r, r.store.customers, decode_body(body, IdsRequest).user_ids, "Customer")
     return {"deleted_customers": ids}
 
 

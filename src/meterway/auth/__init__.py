@@ -1,8 +1,9 @@
 """Who is calling: the master key, or a virtual key looked up by digest through a short cache.
 
 The master key is compared in constant time with no I/O. A virtual key costs a database read
-the first time it is seen and then at most twice a second (the cache's time to live), so a
-blocked, expired or deleted key stops working on every replica within a second.
+the first time it is seen; after that it is served from a cache that changes are announced to
+(`auth.changes`), so a blocked, expired or deleted key stops working on every replica within a
+second.
 """
 
 from __future__ import annotations
@@ -32,27 +33,35 @@ class Principal:
     team_id: str | None = None
     blocked: bool = False
     expires: datetime | None = None  # timezone-aware
-    limits: tuple[LimitSpec, ...] = ()  # rate limits of the key, its user and its team
+    limits: tuple[LimitSpec, ...] = ()  # limits and budgets of the key, its user and its team
+    team_models: tuple[str, ...] = ()  # the team's allowed models; empty means all
+    team_blocked: bool = False
 
     def check_usable(self) -> None:
         """Blocked and expired are checked on every request, not when cached: expiry passes by itself."""
         if self.blocked:
             raise AuthenticationFailed("This key is blocked.", code="key_blocked")
+        if self.team_blocked:
+            raise AuthenticationFailed(f"This key's team '{self.team_id}' is blocked.", code="team_blocked")
         if self.expires is not None and self.expires <= datetime.now(UTC):
             raise AuthenticationFailed(f"This key expired at {self.expires.isoformat()}.", code="key_expired")
 
     def visible(self, names: list[str]) -> list[str]:
-        if not self.models or "all-proxy-models" in self.models:
-            return names
-        return [n for n in names if n in self.models]
+        return [n for n in names if _allows(self.models, n) and _allows(self.team_models, n)]
 
     def check_model(self, model: str) -> None:
-        if self.models and model not in self.models and "all-proxy-models" not in self.models:
-            raise PermissionDenied(
-                f"This key may not use model '{model}'. Allowed: {', '.join(self.models)}",
-                param="model",
-                code="model_not_allowed",
-            )
+        """The model must be allowed by the key and by its team (each: empty list means all)."""
+        for allowed, whose in ((self.models, "key"), (self.team_models, "team")):
+            if not _allows(allowed, model):
+                raise PermissionDenied(
+                    f"This {whose} may not use model '{model}'. Allowed: {', '.join(allowed)}",
+                    param="model",
+                    code="model_not_allowed",
+                )
+
+
+def _allows(allowed: tuple[str, ...], model: str) -> bool:
+    return not allowed or model in allowed or "all-proxy-models" in allowed
 
 
 MASTER = Principal(key_id="master", role="proxy_admin")
@@ -77,7 +86,7 @@ class TTLCache(Generic[T]):
 
     def __init__(self, lookup: Callable[[str], Awaitable[T | None]], ttl_s: float = 0.5) -> None:
         self._lookup = lookup
-        self._ttl = ttl_s
+        self.ttl_s = ttl_s  # changed while change announcements are heard (auth.changes)
         self._entries: dict[str, tuple[float, T | None]] = {}
         self._pending: dict[str, asyncio.Future[T | None]] = {}
 
@@ -101,13 +110,16 @@ class TTLCache(Generic[T]):
             del self._pending[ident]
         if len(self._entries) > 100_000:  # unknown ids must not grow the cache without bound
             self._entries.clear()
-        self._entries[ident] = (time.monotonic() + self._ttl, value)
+        self._entries[ident] = (time.monotonic() + self.ttl_s, value)
         future.set_result(value)
         return value
 
     def forget(self, ident: str) -> None:
         """Drops one entry: a change made on this replica is seen here at once (others within the TTL)."""
         self._entries.pop(ident, None)
+
+    def clear(self) -> None:
+        self._entries.clear()
 
 
 KeyCache = TTLCache[Principal]  # key digest -> the principal it authenticates as

@@ -118,25 +118,34 @@ def run(args: argparse.Namespace) -> int:
 
 async def _run(args: argparse.Namespace) -> Any:
     from meterway.api import management, tenancy
-    from meterway.auth import KeyCache
+    from meterway.auth.changes import Changes
     from meterway.store.runtime import Store
 
-    url = args.database_url or (
-        load_settings(args.config or config_path_from_env()).database_url.reveal()  # type: ignore[arg-type]
-        if (args.config or config_path_from_env())
-        else _env_url()
-    )
+    config = args.config or config_path_from_env()
+    settings = load_settings(config) if config else None
+    url = args.database_url or (settings.database_url.reveal() if settings is not None else _env_url())
     store = await Store.open(url, wait_s=10, run_migrations=True)
+    redis_url = settings.redis_url.reveal() if settings is not None and settings.redis_url else _env_redis()
+    client = None
+    if redis_url:  # running gateways hear of the change at once, not when their caches expire
+        import redis.asyncio
 
-    async def nothing(_: str) -> None:
-        return None
-
-    routes = management.KeyRoutes(store, KeyCache(nothing))
+        client = redis.asyncio.Redis.from_url(redis_url, socket_connect_timeout=2)
+    prefix = settings.redis_prefix if settings is not None else "meterway:"
+    routes = management.KeyRoutes(store, Changes(redis=client, channel=prefix + "changes"))
     try:
         handler, body, query = _call(args, management, tenancy)
         return await handler(routes, orjson.dumps(body), query)
     finally:
         await store.close()
+        if client is not None:
+            await client.aclose()
+
+
+def _env_redis() -> str | None:
+    import os
+
+    return os.environ.get("REDIS_URL") or None
 
 
 def _env_url() -> str:

@@ -55,6 +55,7 @@ class LimitSpec:
     max_parallel_requests: int | None = None
     tpm_limit: int | None = None
     budget: Budget | None = None
+    blocked: bool = False  # customers: a blocked customer's requests are refused
 
     @property
     def limited(self) -> bool:

@@ -21,7 +21,7 @@ import orjson
 
 from meterway.auth import TTLCache
 from meterway.context import RequestContext
-from meterway.errors import BudgetExceeded, RateLimited
+from meterway.errors import BudgetExceeded, PermissionDenied, RateLimited
 from meterway.ledger import pricing
 from meterway.limits import Grant, Limiter, LimitSpec, Refusal, SpendTarget
 from meterway.providers.base import Api
@@ -49,6 +49,8 @@ class LimitsHook:
         if ctx.user and self.customers is not None:
             customer = await self.customers.get(ctx.user)
             if customer is not None:
+                if customer.blocked:
+                    raise PermissionDenied(f"Customer '{ctx.user}' is blocked.", param="user", code="customer_blocked")
                 specs.append(customer)
         ctx.charged = tuple(specs)
         limited = [s for s in specs if s.limited]
