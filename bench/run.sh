@@ -10,6 +10,10 @@
 #   floor    the pass-through floor, variant a of floor/variants.sh
 #            (floor/asgi_raw.py on uvicorn), 1 worker
 #   meterway `meterway serve --config bench/config.yaml`, 1 worker
+#   keyed    meterway again, with Redis (BENCH_REDIS_URL) and a virtual key
+#            carrying a budget and rpm/tpm/parallel limits too high to refuse
+#            anything: every request reserves and settles in Redis and adds
+#            its cost to the key's spend in the store (SQLite in OUT_DIR)
 #   litellm  only with RUN_LITELLM=1 and a LiteLLM venv: the harness's
 #            run_litellm.sh (startup + load), 1 worker
 # then bench/report.py prints the table and writes it to <out>/report.md.
@@ -24,7 +28,8 @@
 #   BENCH_VENV=/tmp/bench-venv (mock)   LITELLM_VENV=/tmp/litellm-venv
 #   MOCK_PORT=18090 MW_PORT=18100 FLOOR_PORT=18101
 #   LITELLM_PORT=18102 LITELLM_MOCK_PORT=18091 (run_litellm.sh starts its own mock)
-#   STARTUP_RUNS=3  RUN_LITELLM=0  STEPS="startup direct floor meterway litellm report"
+#   STARTUP_RUNS=3  RUN_LITELLM=0  STEPS="startup direct floor meterway keyed litellm report"
+#   BENCH_REDIS_URL=redis://127.0.0.1:6379/0 (keyed; a new key each run, so runs never share counters)
 #   PYTHON=python3 (runs the stdlib-only harness scripts and report.py)
 # Missing wrk or mock venv: runs the harness's setup.sh with WITH_LITELLM=0
 # (SKIP_SETUP=1 to never do that; run_bench.py then falls back to pyload).
@@ -58,7 +63,8 @@ LITELLM_MOCK_PORT=${LITELLM_MOCK_PORT:-18091}
 STARTUP_RUNS=${STARTUP_RUNS:-3}
 RUN_LITELLM=${RUN_LITELLM:-0}
 SKIP_SETUP=${SKIP_SETUP:-0}
-STEPS=${STEPS:-startup direct floor meterway litellm report}
+STEPS=${STEPS:-startup direct floor meterway keyed litellm report}
+BENCH_REDIS_URL=${BENCH_REDIS_URL:-redis://127.0.0.1:6379/0}
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 OUT_DIR=${OUT_DIR:-$BENCH_DIR/out/$STAMP}
 
@@ -287,6 +293,31 @@ if has meterway; then
     mw_rc=1
     echo "run.sh: meterway did not come up; its log:" >&2
     tail -n 30 "$OUT_DIR/meterway.log" >&2 || true
+  fi
+  stop_pid "$GW_PID"; GW_PID=""
+fi
+
+if has keyed; then
+  log "load: meterway with a virtual key, limits and budget in Redis ($BENCH_REDIS_URL)"
+  mkdir -p "$OUT_DIR/keyed-db"
+  DATABASE_URL="sqlite:///$OUT_DIR/keyed-db/meterway.db" REDIS_URL="$BENCH_REDIS_URL" \
+    "${MW_CMD[@]}" >> "$OUT_DIR/meterway-keyed.log" 2>&1 &
+  GW_PID=$!
+  if wait_200 "http://127.0.0.1:$MW_PORT/health/ready" 60; then
+    KEYED_KEY=$(curl -s -X POST "http://127.0.0.1:$MW_PORT/key/generate" -H "Authorization: Bearer sk-bench" \
+      -H 'Content-Type: application/json' \
+      -d '{"key_alias": "bench", "max_budget": 1000000, "budget_duration": "30d", "rpm_limit": 100000000,
+           "tpm_limit": 10000000000, "max_parallel_requests": 100000}' \
+      | "$PY" -c 'import json, sys; print(json.load(sys.stdin)["key"])')
+    run_step "$OUT_DIR/keyed.out" "$PY" "$SHARED_BENCH/run_bench.py" \
+      --base-url "http://127.0.0.1:$MW_PORT/v1" --key "$KEYED_KEY" --label meterway-keyed \
+      --pid "$GW_PID" --upstream-pid "$MOCK_PID" --out "$OUT_DIR/keyed" || mw_rc=$?
+    curl -s "http://127.0.0.1:$MW_PORT/key/info?key=$KEYED_KEY" -H "Authorization: Bearer sk-bench" \
+      > "$OUT_DIR/keyed/key-info.json" || true
+  else
+    mw_rc=1
+    echo "run.sh: meterway (keyed) did not become ready; its log:" >&2
+    tail -n 30 "$OUT_DIR/meterway-keyed.log" >&2 || true
   fi
   stop_pid "$GW_PID"; GW_PID=""
 fi

@@ -20,7 +20,8 @@ def units(usd: Decimal | float | None) -> int:
     """USD as whole money units, rounded up."""
     if usd is None:
         return 0
-    return int((Decimal(str(usd)) / MONEY_UNIT).to_integral_value(ROUND_CEILING))
+    value = usd if isinstance(usd, Decimal) else Decimal(str(usd))
+    return int((value / MONEY_UNIT).to_integral_value(ROUND_CEILING))
 
 
 def units_exact(price: Decimal | None) -> Decimal:

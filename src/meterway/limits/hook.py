@@ -72,27 +72,37 @@ class LimitsHook:
                 raise _refused(result)
 
     async def after(self, ctx: RequestContext) -> None:
-        cost = 0
-        tokens = 0
-        if ctx.deployment is not None:
-            usage = ctx.usage
-            if usage is not None:
-                tokens = usage.total_tokens or usage.prompt_tokens + usage.completion_tokens
-                cost = pricing.units(pricing.cost(ctx.deployment.prices, usage))
-            elif ctx.client_aborted:
-                # The upstream was sent the prompt; without its count, the prompt estimate stands.
-                tokens = self._prompt_tokens(ctx)
-                cost = pricing.units(pricing.estimate(ctx.deployment.prices, tokens, 0))
         grant = ctx.limit_grant
-        if isinstance(grant, Grant) and grant.unsettled:
+        settle = isinstance(grant, Grant) and grant.unsettled
+        charge = self.spend is not None and bool(ctx.charged)
+        if not (settle or charge):
+            return  # e.g. the master key with no customer: nothing reserved, nobody to charge
+        tokens, cost = self._used(ctx)
+        if settle:
+            assert isinstance(grant, Grant)
             await self.limiter.settle(grant, tokens, cost)
-        if cost > 0 and self.spend is not None and ctx.charged:
+        if cost > 0 and charge:
+            assert self.spend is not None
             now = time.time()
             targets = [
                 SpendTarget(s.scope, s.ident, s.budget.period(now)[0] if s.budget is not None else None)
                 for s in ctx.charged
             ]
             await self.spend.add(targets, cost)
+
+    def _used(self, ctx: RequestContext) -> tuple[int, int]:
+        """The tokens and cost (money units) the request used, as the provider reported them."""
+        if ctx.deployment is None:
+            return 0, 0
+        usage = ctx.usage
+        if usage is not None:
+            tokens = usage.total_tokens or usage.prompt_tokens + usage.completion_tokens
+            return tokens, pricing.units(pricing.cost(ctx.deployment.prices, usage))
+        if ctx.client_aborted:
+            # The upstream was sent the prompt; without its count, the prompt estimate stands.
+            tokens = self._prompt_tokens(ctx)
+            return tokens, pricing.units(pricing.estimate(ctx.deployment.prices, tokens, 0))
+        return 0, 0
 
     def _prompt_tokens(self, ctx: RequestContext) -> int:
         return pricing.prompt_tokens_upper_estimate(ctx.body)
