@@ -9,6 +9,7 @@ OUT_DIR is a bench/out/<UTC stamp>/ folder written by bench/run.sh:
   floor/startup.json       its cold starts            (measure_startup.py)
   meterway/summary.json    meterway, 1 worker
   meterway/startup.json
+  keyed/summary.json       meterway with a virtual key, budget and limits in Redis (optional)
   litellm/                 only with RUN_LITELLM=1: run_litellm.sh's folder
                            (litellm/summary.json, startup.json)
   run.json                 host, versions and settings of the run
@@ -192,6 +193,7 @@ def main() -> int:
     s_floor = read_json(os.path.join(od, "floor", "summary.json"))
     s_mw = read_json(os.path.join(od, "meterway", "summary.json"))
     s_ll = read_json(os.path.join(od, "litellm", "litellm", "summary.json"))
+    s_keyed = read_json(os.path.join(od, "keyed", "summary.json"))
     st_floor = read_json(os.path.join(od, "floor", "startup.json"))
     st_mw = read_json(os.path.join(od, "meterway", "startup.json"))
     st_ll = read_json(os.path.join(od, "litellm", "startup.json"))
@@ -307,6 +309,29 @@ def main() -> int:
     else:
         w(f"(Reference run {ref_dir} not found: no LiteLLM reference column.)")
     w("")
+
+    # ---- keyed: a virtual key with budget and limits counted in Redis
+    K = index(s_keyed)
+    if K:
+        w("With a virtual key (budget, rpm, tpm and parallel limits, all counted in Redis, spend written")
+        w("to the store) against the master key (no limits) and the floor, same run:")
+        w("")
+        w(
+            "| scenario | conc | RPS floor / master key / virtual key | virtual key % of floor | p50 ms master / virtual | "
+            "added p50 ms by the key | CPU ms/req master / virtual | virtual key errors / requests |"
+        )
+        w("|---|---:|---:|---:|---:|---:|---:|---:|")
+        for k in sorted(K, key=cell_order):
+            f, m, kk = F.get(k), M.get(k), K.get(k)
+            pct = ratio(g(kk, "rps"), g(f, "rps"))
+            w(
+                f"| {k[0]} | {k[1]} | {f_rps(g(f, 'rps'))} / {f_rps(g(m, 'rps'))} / {f_rps(g(kk, 'rps'))} "
+                f"| {f_pct(pct * 100 if pct is not None else None)} "
+                f"| {trio(g(m, 'p50_ms'), g(kk, 'p50_ms'))} | {f_ms(sub(g(kk, 'p50_ms'), g(m, 'p50_ms')))} "
+                f"| {trio(g(m, 'gateway_cpu_ms_per_req'), g(kk, 'gateway_cpu_ms_per_req'), fmt=lambda x: f_num(x, 3))} "
+                f"| {kk['errors_total']} / {kk['requests_total']} |"
+            )
+        w("")
 
     # ---- startup
     w("| target | start to first 200, median s (runs) | idle RSS MB, median |")
