@@ -27,6 +27,7 @@ import redis
 import yaml
 
 from tests.support.serve import Served, ready, serve
+from tests.unit.test_limiters import away_from_window_edge
 from tests.upstreams.standin import Script, StandIn
 
 MASTER = "sk-reservations-master-key"
@@ -122,6 +123,25 @@ def test_fifty_concurrent_requests_cannot_overspend_a_budget_that_covers_ten(
         assert spend <= budget + COST
         assert ok >= 5, f"only {ok} served: reservations should admit what the budget covers"
         assert _redis_budget(redis_url, redis_prefix, digest)["reserved"] == 0
+
+
+def test_rpm_30_admits_exactly_30_across_both_and_a_block_on_one_is_refused_by_the_other(
+    tmp_path: Path, upstream: StandIn, pg_url: str, redis_url: str, redis_prefix: str
+) -> None:
+    asyncio.run(away_from_window_edge())
+    with two_replicas(tmp_path, upstream, pg_url, redis_url, redis_prefix, lease_ttl=60) as (one, two):
+        key, _ = _key(one, rpm_limit=30)
+        responses = asyncio.run(_burst((one, two), key, 50))
+        assert sorted(r.status_code for r in responses) == [200] * 30 + [429] * 20
+        other, _ = _key(one)
+        headers = {"Authorization": f"Bearer {other}"}
+        assert httpx.post(two.url + "/v1/chat/completions", json=BODY, headers=headers).status_code == 200
+        blocked = httpx.post(one.url + "/key/block", json={"key": other}, headers={"Authorization": f"Bearer {MASTER}"})
+        assert blocked.status_code == 200
+        started = time.monotonic()
+        while httpx.post(two.url + "/v1/chat/completions", json=BODY, headers=headers).status_code != 401:
+            assert time.monotonic() - started < 1.0, "the block was not seen by the other replica within 1 s"
+            time.sleep(0.02)
 
 
 def test_a_replica_killed_mid_request_blocks_the_budget_only_until_its_lease_expires(
