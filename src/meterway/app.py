@@ -13,7 +13,7 @@ import importlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -30,6 +30,7 @@ from meterway.config.settings import Settings
 from meterway.context import Hook
 from meterway.errors import MeterwayError, ModelNotFound, RouteNotFound, ServiceUnavailable
 from meterway.ledger import pricing
+from meterway.ledger.recorder import Ledger
 from meterway.limits import Budget, Limiter, LimitSpec
 from meterway.limits.hook import LimitsHook
 from meterway.limits.memory import MemoryLimiter
@@ -52,6 +53,7 @@ class Services:
     models: ModelList
     hooks: tuple[Hook, ...] = ()
     redis: Any | None = None  # a client on the configured Redis, shared by limits and change announcements
+    ledger: Ledger = field(default_factory=Ledger)
 
 
 @asynccontextmanager
@@ -85,6 +87,7 @@ async def open_services(settings: Settings, hooks: tuple[Hook, ...] = ()) -> Asy
             models=ModelList(settings),
             hooks=hooks,
             redis=redis_client,
+            ledger=Ledger(capacity=settings.ledger_queue_size),
         )
     finally:
         await session.close()
@@ -143,6 +146,8 @@ class Gateway:
             api, decode = route
             return await proxy.handle(services, api, decode, scope, receive, send)
         handler = _MANAGEMENT.get((scope["method"], path))
+        if handler is None and path.endswith("/invoice-preview") and scope["method"] == "GET":
+            handler = _invoice_handler(path)
         if handler is not None and services is not None:
             return await management.handle(services, self.key_routes, handler, scope, receive, send)
         if path == "/openapi.json" and scope["method"] == "GET":
@@ -192,6 +197,7 @@ class Gateway:
                 opening = asyncio.create_task(self._open_store(services))
                 await send({"type": "lifespan.startup.complete"})
                 message = await receive()
+                await services.ledger.flush(self.settings.shutdown_flush_s)
                 self.services = None
                 opening.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -230,11 +236,12 @@ class Gateway:
         for hook in services.hooks:
             if isinstance(hook, LimitsHook):
                 hook.customers = customers
-                hook.spend = store.spend
         self.changes = Changes(cache, customers, services.redis, settings.redis_prefix + "changes")
         if services.redis is not None:
             self._listening = asyncio.create_task(self.changes.listen())
         self.key_routes = management.KeyRoutes(store, self.changes, settings.salt_key or settings.master_key)
+        services.ledger.write = store.ledger.write
+        services.ledger.kick()  # rows of requests served while the store was opening
         self.store_state = "open"
 
 
@@ -317,6 +324,20 @@ async def _customer_limits(store: Store, customer_id: str) -> LimitSpec | None:
         log.warning("customer lookup failed: %s", e.__class__.__name__)
         raise ServiceUnavailable("The customer store is unavailable; retry shortly.") from None
     return _spec("customer", customer_id, row)
+
+
+def _invoice_handler(path: str) -> management.Handler | None:
+    """`/customer/{id}/invoice-preview` (also under `/end_user/`)."""
+    for prefix in ("/customer/", "/end_user/"):
+        if path.startswith(prefix):
+            from urllib.parse import unquote
+
+            from meterway.api import reports
+
+            customer_id = unquote(path[len(prefix) : -len("/invoice-preview")])
+            if customer_id and "/" not in customer_id:
+                return lambda routes, body, query: reports.invoice_preview(routes, customer_id, query)
+    return None
 
 
 def create_app(settings: Settings, hooks: tuple[Hook, ...] = ()) -> Gateway:

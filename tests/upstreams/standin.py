@@ -141,6 +141,7 @@ class Script:
     break_after: int | None = None
     drop: bool = False
     path: str | None = None
+    no_usage: bool = False  # OpenAI chat: answer without usage, even when the request asks for it
 
     def applies_to(self, path: str) -> bool:
         return self.path is None or self.path in path
@@ -794,9 +795,10 @@ class StandIn:
         completion_id = f"chatcmpl-standin-{next(self._ids)}"
         created = int(time.time())
         headers = self._openai_headers()
+        no_usage = call.script is not None and call.script.no_usage
 
         if payload.get("stream") is True:
-            include_usage = _include_usage(payload)
+            include_usage = _include_usage(payload) and not no_usage
 
             def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
                 data: dict[str, Any] = {
@@ -856,6 +858,8 @@ class StandIn:
             "service_tier": "default",
             "system_fingerprint": SYSTEM_FINGERPRINT,
         }
+        if no_usage:
+            del body["usage"]
         return await self._json(call, body, usage=usage, headers=headers)
 
     async def _completions(self, call: _Call) -> web.StreamResponse:

@@ -36,7 +36,16 @@ async def ready(services: Services | None, store: str, scope: Scope, receive: Re
         )
     else:
         status = 200
-        body = orjson.dumps({"status": "ready", "models": len(services.router.model_names), "store": store})
+        ledger = services.ledger
+        details: dict[str, object] = {
+            "status": "ready",
+            "models": len(services.router.model_names),
+            "store": store,
+            "ledger": {"waiting": ledger.waiting, "capacity": ledger.capacity, "estimated_rows": ledger.estimated_rows},
+        }
+        if services.settings.unpriced_models:  # their requests are recorded with cost NULL
+            details["unpriced_models"] = list(services.settings.unpriced_models)
+        body = orjson.dumps(details)
     await send(
         {
             "type": "http.response.start",

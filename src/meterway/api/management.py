@@ -18,6 +18,7 @@ import orjson
 from meterway.api import errors
 from meterway.api.asgi import Incoming, Receive, Responder, Scope, Send, read_body, request_id_for
 from meterway.api.heads import decode_error
+from meterway.api.reports import Reply
 from meterway.auth import Principal, bearer_token
 from meterway.auth.changes import Changes
 from meterway.auth.keys import PREFIX, derive_key, digest, new_key
@@ -300,11 +301,12 @@ ROUTES: dict[tuple[str, str], Handler] = {
 
 
 def all_routes() -> dict[tuple[str, str], Handler]:
-    from meterway.api import tenancy
+    from meterway.api import reports, tenancy
 
-    return {**ROUTES, **tenancy.ROUTES}
+    return {**ROUTES, **tenancy.ROUTES, **reports.ROUTES}
 
 
+_OWN_USAGE = frozenset({"/spend/logs", "/usage", "/global/spend/report"})  # an internal user sees its own
 _OWN_KEY_CALLS = {
     # what a user's own key may do, by role: internal users manage their own keys, viewers read them
     "internal_user": frozenset({"/key/generate", "/key/list", "/key/info", "/key/delete"}),
@@ -320,6 +322,8 @@ async def authorize(
     role = principal.role
     if role == "proxy_admin" or (role == "proxy_admin_viewer" and method == "GET"):
         return body, query
+    if path in _OWN_USAGE and role in _OWN_KEY_CALLS and principal.user_id is not None and method == "GET":
+        return body, {**query, "user_id": principal.user_id}
     allowed = _OWN_KEY_CALLS.get(role, frozenset())
     if path not in allowed or principal.user_id is None:
         raise PermissionDenied(f"A key with role '{role}' may not call {method} {path}.")
@@ -361,11 +365,20 @@ async def handle(
             raise ServiceUnavailable("The key store is still opening.")
         body = await read_body(receive, incoming, services.settings.max_body_bytes)
         query = {k: v[-1] for k, v in parse_qs(scope.get("query_string", b"").decode()).items()}
+        if "format" not in query:  # reports answer CSV or HTML when asked in the Accept header
+            accept = next((v for n, v in scope["headers"] if n == b"accept"), b"")
+            if b"text/csv" in accept:
+                query["format"] = "csv"
+            elif b"text/html" in accept and b"application/json" not in accept:
+                query["format"] = "html"
         body, query = await authorize(
             principal, scope["method"], scope["path"].removeprefix("/v1"), body, query, routes
         )
         result = await handler(routes, body, query)
-        await responder.whole(200, orjson.dumps(result))
+        if isinstance(result, Reply):
+            await responder.whole(200, result.body, result.content_type)
+        else:
+            await responder.whole(200, orjson.dumps(result))
     except Exception as exc:
         err = errors.as_meterway_error(exc, "management")
         status, extra, payload = errors.render(err, None)

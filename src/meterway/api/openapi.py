@@ -41,6 +41,45 @@ OPERATIONS: list[tuple[str, str, str, type[msgspec.Struct] | None, Query]] = [
     ("POST", "/customer/update", "Change a customer", t.CustomerRequest, ()),
     ("POST", "/customer/delete", "Delete customers", t.IdsRequest, ()),
     ("GET", "/customer/list", "All customers", None, ()),
+    (
+        "GET",
+        "/spend/logs",
+        "Ledger rows, newest first",
+        None,
+        (
+            "api_key",
+            "user_id",
+            "request_id",
+            "start_date",
+            "end_date",
+            "team_id",
+            "customer_id",
+            "model",
+            "page",
+            "page_size",
+        ),
+    ),
+    (
+        "GET",
+        "/usage",
+        "Usage totals by any grouping (JSON, or CSV with format=csv)",
+        None,
+        ("group_by", "start", "end", "customer_id", "api_key", "user_id", "team_id", "model", "format"),
+    ),
+    (
+        "GET",
+        "/global/spend/report",
+        "Daily spend per team, customer or key",
+        None,
+        ("group_by", "start_date", "end_date"),
+    ),
+    (
+        "GET",
+        "/customer/{customer_id}/invoice-preview",
+        "A customer's invoice preview for a month (JSON, CSV or HTML)",
+        None,
+        ("period", "format"),
+    ),
 ]
 
 _ERROR = {
@@ -81,8 +120,14 @@ def document() -> bytes:
         }
         if body is not None:
             op["requestBody"] = {"required": True, "content": {"application/json": {"schema": ref_of[body]}}}
-        if query:
-            op["parameters"] = [{"name": q, "in": "query", "schema": {"type": "string"}} for q in query]
+        params = [
+            {"name": name.strip("{}"), "in": "path", "required": True, "schema": {"type": "string"}}
+            for name in path.split("/")
+            if name.startswith("{")
+        ]
+        params += [{"name": q, "in": "query", "schema": {"type": "string"}} for q in query]
+        if params:
+            op["parameters"] = params
         paths.setdefault(path, {})[method.lower()] = op
     return orjson.dumps(
         {

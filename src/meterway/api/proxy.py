@@ -1,8 +1,13 @@
 """The request path of every model endpoint, from the first header to the last byte.
 
-    authenticate -> read body -> decode head -> route -> hooks.before (in order)
-      -> provider.build_request -> upstream (or the in-process mock) -> parse / relay -> last bytes
+    ledger.admit -> authenticate -> read body -> decode head -> route -> hooks.before (in order)
+      -> provider.build_request -> upstream (or the in-process mock) -> parse / relay
+      -> ledger.record (the row is committed) -> last bytes
       -> hooks.after (reverse order, always, with the final status, error and usage)
+
+Every request, served or refused, gets one ledger row, committed before its last bytes go out: a
+body is sent whole after it, a stream's final event (`[DONE]`, `message_stop`) is held back until
+it (`sse.Finale`).
 
 Errors raised anywhere on it reach `api.errors`: as a status and body while the response has not
 started, as an error event in the stream's own format once it has.
@@ -23,7 +28,18 @@ from meterway.api.asgi import Incoming, Message, Receive, Responder, Scope, Send
 from meterway.auth import bearer_token
 from meterway.context import Hook, RequestContext
 from meterway.errors import MeterwayError, ModelNotFound, UnsupportedOperation, UpstreamError
-from meterway.providers.base import Api, Call, LocalProvider, Provider, RequestHead, StreamRelay, UpstreamRequest
+from meterway.providers import sse
+from meterway.providers.base import (
+    Api,
+    Call,
+    LocalProvider,
+    Parsed,
+    Provider,
+    RequestHead,
+    StreamRelay,
+    UpstreamRequest,
+    Usage,
+)
 from meterway.providers.transport import map_client_error
 
 if TYPE_CHECKING:
@@ -41,7 +57,9 @@ async def handle(services: Services, api: Api, decode: HeadDecoder, scope: Scope
     responder = Responder(send, rid)
     ctx = RequestContext.start(rid, api)
     ran: list[Hook] = []
+    ledger = services.ledger
     try:
+        ledger.admit(ctx)
         principal = await services.auth.authenticate(
             bearer_token(incoming.authorization, incoming.x_api_key, incoming.api_key)
         )
@@ -72,12 +90,16 @@ async def handle(services: Services, api: Api, decode: HeadDecoder, scope: Scope
         ctx.error = err
         if not responder.started:
             status, extra, payload = errors.render(err, api)
+            ctx.status_code = status
+            await ledger.record(ctx)
             await responder.whole(status, payload, extra=extra)
         else:  # only reachable through a bug: streams end their own failures in-stream
             log.error("request %s failed after its response started: %s", rid, err.message)
     finally:
-        ctx.status_code = responder.status
-        ctx.ended_ns = time.perf_counter_ns()
+        ctx.status_code = ctx.status_code or responder.status
+        if ctx.ended_ns is None:
+            ctx.ended_ns = time.perf_counter_ns()
+        await ledger.record(ctx)  # a client that left mid-stream (or a bug): recorded here, once
         for hook in reversed(ran):
             try:
                 await hook.after(ctx)
@@ -91,8 +113,10 @@ async def forward(
     provider = deployment.provider_for(call.api)
     request = provider.build_request(call)
     if provider.local:
-        return await _local(ctx, call, cast(LocalProvider, provider), request, responder)
+        ctx.forwarded = True
+        return await _local(services, ctx, call, cast(LocalProvider, provider), request, responder)
     timeout = deployment.stream_timeout if request.stream else deployment.timeout
+    ctx.forwarded = True
     try:
         resp = await services.http.request(
             request.method, request.url, data=request.body, headers=request.headers, timeout=timeout
@@ -110,14 +134,13 @@ async def forward(
                 err.retry_after = _retry_after(resp.headers.get("Retry-After"))
                 raise err
             parsed = provider.parse_response(call, data)
-            ctx.usage = parsed.usage
-            return await responder.whole(200, parsed.body, parsed.content_type.encode())
+            return await _answer(services, ctx, parsed, responder)
         if not resp.content_type.startswith("text/event-stream"):
             raise UpstreamError(
                 f"Upstream deployment '{provider.label}' answered a stream request with {resp.content_type}.",
                 deployment=provider.label,
             )
-        await _relay(ctx, call, provider, resp, responder, receive)
+        await _relay(services, ctx, call, provider, resp, responder, receive)
     finally:
         resp.release()
 
@@ -158,7 +181,32 @@ class _Watch:
             self.task.cancel()
 
 
+async def _answer(services: Services, ctx: RequestContext, parsed: Parsed, responder: Responder) -> None:
+    ctx.usage, ctx.answer, ctx.status_code = parsed.usage, parsed.body, 200
+    await services.ledger.record(ctx)
+    await responder.whole(200, parsed.body, parsed.content_type.encode())
+
+
+_DELIVERED_MAX = 16_384  # chunks of a stream kept (by reference) to count its tokens if usage is missing
+
+
+def _deliver(ctx: RequestContext, out: bytes) -> None:
+    if ctx.first_byte_ns is None:
+        ctx.first_byte_ns = time.perf_counter_ns()
+    if len(ctx.delivered) < _DELIVERED_MAX:
+        ctx.delivered.append(out)
+
+
+async def _end_stream(
+    services: Services, ctx: RequestContext, usage: Usage | None, final: bytes, responder: Responder
+) -> None:
+    ctx.usage, ctx.status_code = usage, 200
+    await services.ledger.record(ctx)
+    await responder.end(final)
+
+
 async def _relay(
+    services: Services,
     ctx: RequestContext,
     call: Call,
     provider: Provider,
@@ -167,6 +215,7 @@ async def _relay(
     receive: Receive,
 ) -> None:
     relay = provider.open_stream(call)
+    finale = sse.Finale(anthropic=call.api is Api.MESSAGES)
     await responder.start_stream()
     content = resp.content
     # The watcher costs a task; a stream the upstream has already delivered whole (a short answer,
@@ -174,60 +223,63 @@ async def _relay(
     watch: _Watch | None = None
     try:
         async for data in content.iter_any():
-            out = relay.feed(data)
+            out = finale.feed(relay.feed(data))
             if out:
-                if ctx.first_byte_ns is None:
-                    ctx.first_byte_ns = time.perf_counter_ns()
+                _deliver(ctx, out)
                 await responder.chunk(out)
             if watch is None and not content.is_eof():
                 watch = _Watch(resp, receive)
         if watch is not None:
             if watch.left:
                 ctx.client_aborted = True
+                ctx.usage = relay.usage
                 return
             watch.finished = True
         closing = relay.finish()
-        ctx.usage = relay.usage
-        await responder.end(closing)
+        await _end_stream(services, ctx, relay.usage, finale.finish(closing), responder)
     except (aiohttp.ClientError, TimeoutError) as e:
         if watch is not None and watch.left:
             ctx.client_aborted = True
+            ctx.usage = relay.usage
             return
-        await _fail_stream(ctx, call, relay, map_client_error(e, provider.label), responder)
+        await _fail_stream(services, ctx, call, relay, map_client_error(e, provider.label), responder)
     except MeterwayError as e:
-        await _fail_stream(ctx, call, relay, e, responder)
+        await _fail_stream(services, ctx, call, relay, e, responder)
     finally:
         if watch is not None:
             watch.stop()
 
 
 async def _fail_stream(
-    ctx: RequestContext, call: Call, relay: StreamRelay, err: MeterwayError, responder: Responder
+    services: Services, ctx: RequestContext, call: Call, relay: StreamRelay, err: MeterwayError, responder: Responder
 ) -> None:
     ctx.error = err
     ctx.usage = relay.usage
+    ctx.status_code = responder.status
     log.warning("stream %s ended by an upstream failure: %s", ctx.request_id, err.message)
+    await services.ledger.record(ctx)
     await responder.end(errors.stream_error_event(err, call.api))
 
 
 async def _local(
-    ctx: RequestContext, call: Call, provider: LocalProvider, request: UpstreamRequest, responder: Responder
+    services: Services,
+    ctx: RequestContext,
+    call: Call,
+    provider: LocalProvider,
+    request: UpstreamRequest,
+    responder: Responder,
 ) -> None:
     answer = provider.answer(call, request)
     if answer.status >= 400:
         raise provider.map_error(call, answer.status, answer.body)
     if not call.head.stream:
-        parsed = provider.parse_response(call, answer.body)
-        ctx.usage = parsed.usage
-        return await responder.whole(200, parsed.body, parsed.content_type.encode())
+        return await _answer(services, ctx, provider.parse_response(call, answer.body), responder)
     relay = provider.open_stream(call)
+    finale = sse.Finale(anthropic=call.api is Api.MESSAGES)
     await responder.start_stream()
     for data in answer.chunks:
-        out = relay.feed(data)
+        out = finale.feed(relay.feed(data))
         if out:
-            if ctx.first_byte_ns is None:
-                ctx.first_byte_ns = time.perf_counter_ns()
+            _deliver(ctx, out)
             await responder.chunk(out)
-    closing = relay.finish()
-    ctx.usage = relay.usage
-    await responder.end(closing)
+    await _end_stream(services, ctx, relay.usage, finale.finish(relay.finish()), responder)

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
@@ -118,6 +119,16 @@ def run(args: argparse.Namespace) -> int:
 
 async def _run(args: argparse.Namespace) -> Any:
     from meterway.api import management, tenancy
+
+    async with open_routes(args) as routes:
+        handler, body, query = _call(args, management, tenancy)
+        return await handler(routes, orjson.dumps(body), query)
+
+
+@contextlib.asynccontextmanager
+async def open_routes(args: argparse.Namespace) -> AsyncIterator[Any]:
+    """The store named by --database-url, the config or DATABASE_URL, and the handlers over it."""
+    from meterway.api import management
     from meterway.auth.changes import Changes
     from meterway.store.runtime import Store
 
@@ -132,10 +143,8 @@ async def _run(args: argparse.Namespace) -> Any:
 
         client = redis.asyncio.Redis.from_url(redis_url, socket_connect_timeout=2)
     prefix = settings.redis_prefix if settings is not None else "meterway:"
-    routes = management.KeyRoutes(store, Changes(redis=client, channel=prefix + "changes"))
     try:
-        handler, body, query = _call(args, management, tenancy)
-        return await handler(routes, orjson.dumps(body), query)
+        yield management.KeyRoutes(store, Changes(redis=client, channel=prefix + "changes"))
     finally:
         await store.close()
         if client is not None:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from meterway import __version__
-from meterway.cli import admin
+from meterway.cli import admin, reports
 from meterway.config.load import (
     config_path_from_env,
     demo_settings,
@@ -51,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     migrate.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the database (default 30)")
 
     admin.add_commands(sub)
+    reports.add_commands(sub)
 
     check = sub.add_parser("check-config", help="validate a config and print its models, secrets masked")
     check.add_argument("--config", help="config file (default: $METERWAY_CONFIG or $CONFIG_FILE_PATH)")
@@ -72,6 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return migrate(args)
         if args.command in ("keys", "users", "teams", "customers"):
             return admin.run(args)
+        if args.command in ("usage", "invoice"):
+            return reports.run(args)
         return check_config(args)
     except ConfigError as e:
         print(f"meterway: config error: {e.message}", file=sys.stderr)
@@ -148,6 +151,8 @@ def serve(args: argparse.Namespace) -> int:
         "log_level": args.log_level,
         "access_log": args.access_log,
         "server_header": False,
+        # SIGTERM: stop accepting, let requests in flight finish, then the lifespan writes the ledger
+        "timeout_graceful_shutdown": 30,
     }
     if args.workers == 1:
         from meterway.app import create_app

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Mapping
+from dataclasses import replace
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from meterway.config.settings import (
     Settings,
 )
 from meterway.errors import ConfigError
+from meterway.ledger import prices
 from meterway.providers import registry
 
 ENV_PREFIX = "os.environ/"
@@ -74,6 +76,7 @@ GENERAL = {
     "budget_clamp_max_tokens",
     "budget_default_output_tokens",
     "lease_ttl_seconds",
+    "ledger_queue_size",
 }
 LITELLM = {"request_timeout"}
 
@@ -194,10 +197,19 @@ def parse_config(
     deployments: list[Deployment] = []
     ids: set[str] = set()
     per_group: dict[str, int] = {}
+    table = prices.load()
+    unpriced: list[str] = []
     for i, entry in enumerate(raw_list):
         dep = _deployment(entry, i, env, default_timeout, per_group, warnings)
         if dep.id in ids:
             raise ConfigError(f"model_list[{i}]: model_info.id '{dep.id}' is used by another entry")
+        dep = _priced(dep, table)
+        if not prices.is_priced(dep.prices):
+            unpriced.append(dep.id)
+            warnings.append(
+                f"model_list[{i}] ({dep.id}, {dep.upstream_model}): no known price; its requests are recorded "
+                "with cost NULL until model_info sets input_cost_per_token and output_cost_per_token"
+            )
         ids.add(dep.id)
         deployments.append(dep)
 
@@ -232,6 +244,9 @@ def parse_config(
     if not isinstance(output_tokens, int) or isinstance(output_tokens, bool) or output_tokens < 0:
         raise ConfigError("general_settings.budget_default_output_tokens must be a whole number of tokens, 0 or more")
     lease_ttl = float(_positive(general.get("lease_ttl_seconds", 660), "general_settings.lease_ttl_seconds"))
+    queue = general.get("ledger_queue_size", 10_000)
+    if not isinstance(queue, int) or isinstance(queue, bool) or queue < 1:
+        raise ConfigError("general_settings.ledger_queue_size must be a whole number, 1 or more")
 
     return Settings(
         deployments=tuple(deployments),
@@ -239,6 +254,8 @@ def parse_config(
         budget_clamp_max_tokens=clamp,
         budget_default_output_tokens=output_tokens,
         lease_ttl_s=lease_ttl,
+        ledger_queue_size=queue,
+        unpriced_models=tuple(unpriced),
         redis_url=Secret(redis_url) if redis_url else None,
         salt_key=Secret(salt) if (salt := env.get("METERWAY_SALT_KEY") or env.get("LITELLM_SALT_KEY")) else None,
         database_url=Secret(database_url),
@@ -372,6 +389,17 @@ def _deployment(
         weight=_positive(params["weight"], f"{where}: litellm_params.weight") if "weight" in params else 1.0,
         model_info=info,
     )
+
+
+def _priced(dep: Deployment, table: prices.PriceTable) -> Deployment:
+    """The deployment's own prices, each missing one taken from the bundled table; the built-in
+    demo provider costs nothing."""
+    if dep.family == "mock":
+        known: Prices | None = Prices(Decimal(0), Decimal(0))
+    else:
+        known = table.find(dep.upstream_model, dep.model_name)
+    merged = prices.merged(dep.prices, known)
+    return dep if merged == dep.prices else replace(dep, prices=merged)
 
 
 def _positive(value: Any, where: str) -> float:

@@ -69,6 +69,9 @@ class Settings:
     budget_clamp_max_tokens: bool = False  # lower max_tokens to what a budget can pay, instead of refusing
     budget_default_output_tokens: int = 4096  # output reserved for a request that sets no max_tokens
     lease_ttl_s: float = 660.0  # how long a reservation outlives a replica that died holding it
+    ledger_queue_size: int = 10_000  # ledger rows that may wait for the database before requests get 503
+    shutdown_flush_s: float = 30.0  # at shutdown, how long queued ledger rows may take to be written
+    unpriced_models: tuple[str, ...] = ()  # deployments with no known price: their cost is NULL
 
     def model_names(self) -> list[str]:
         return list(dict.fromkeys(d.model_name for d in self.deployments))

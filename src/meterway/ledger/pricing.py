@@ -75,3 +75,43 @@ def estimate(prices: Prices, prompt_tokens: int, output_tokens: int) -> Decimal:
     if prices.output_per_token is not None:
         total += output_tokens * prices.output_per_token
     return total
+
+
+UnitPrices = tuple[int | None, int | None, int | None, int | None]  # input, output, cache read, cache write
+
+
+def unit_prices(prices: Prices) -> UnitPrices:
+    """Per-token prices in money units, as the ledger records them and invoices multiply them."""
+    return (
+        units(prices.input_per_token) if prices.input_per_token is not None else None,
+        units(prices.output_per_token) if prices.output_per_token is not None else None,
+        units(prices.cache_read_per_token) if prices.cache_read_per_token is not None else None,
+        units(prices.cache_write_per_token) if prices.cache_write_per_token is not None else None,
+    )
+
+
+def quantities(usage: Usage, price: UnitPrices) -> dict[str, int]:
+    """Tokens per billed type: cached and cache-written prompt tokens count apart only where they
+    have a price of their own (else as input), reasoning tokens as output."""
+    cached = usage.cached_tokens if price[2] is not None else 0
+    written = usage.cache_write_tokens if price[3] is not None else 0
+    return {
+        "input": max(usage.prompt_tokens - cached - written, 0),
+        "cached_input": cached,
+        "cache_write": written,
+        "output": usage.completion_tokens,
+    }
+
+
+def cost_units(usage: Usage | None, price: UnitPrices) -> int:
+    """The cost of reported usage in money units: Σ quantity x unit price, exactly what an invoice
+    of the same rows adds up to."""
+    if usage is None:
+        return 0
+    q = quantities(usage, price)
+    return (
+        q["input"] * (price[0] or 0)
+        + q["output"] * (price[1] or 0)
+        + q["cached_input"] * (price[2] or 0)
+        + q["cache_write"] * (price[3] or 0)
+    )

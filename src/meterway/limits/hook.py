@@ -3,8 +3,8 @@
 Before the upstream call it reserves the request's share of every limit of its key, user, team
 and customer: the tokens and the cost it may use at most (its prompt, estimated from the body,
 plus its output cap at the deployment's prices). After the response, whatever happened, it
-settles them to what was used and adds the cost to the spend of each of those entities in the
-store. Concurrent requests therefore cannot spend past a budget by more than one request's
+settles them to what the ledger recorded for the request (the ledger also adds the cost to the
+spend of those entities, in the same transaction as the row). Concurrent requests therefore cannot spend past a budget by more than one request's
 estimation error, and no path leaves anything reserved.
 """
 
@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Protocol
 
 import orjson
 
@@ -23,12 +21,8 @@ from meterway.auth import TTLCache
 from meterway.context import RequestContext
 from meterway.errors import BudgetExceeded, PermissionDenied, RateLimited
 from meterway.ledger import pricing
-from meterway.limits import Grant, Limiter, LimitSpec, Refusal, SpendTarget
+from meterway.limits import Grant, Limiter, LimitSpec, Refusal
 from meterway.providers.base import Api
-
-
-class SpendSink(Protocol):
-    async def add(self, targets: Sequence[SpendTarget], amount: int) -> None: ...
 
 
 class LimitsHook:
@@ -36,10 +30,8 @@ class LimitsHook:
         self.limiter = limiter
         self.default_output_tokens = default_output_tokens
         self.clamp_max_tokens = clamp_max_tokens
-        self.customers: TTLCache[LimitSpec] | None = (
-            None  # the request's `user` -> that customer, once the store is open
-        )
-        self.spend: SpendSink | None = None  # where settled cost is written, once the store is open
+        # the request's `user` -> that customer's limits, once the store is open
+        self.customers: TTLCache[LimitSpec] | None = None
 
     async def before(self, ctx: RequestContext) -> None:
         p = ctx.principal
@@ -72,37 +64,10 @@ class LimitsHook:
                 raise _refused(result)
 
     async def after(self, ctx: RequestContext) -> None:
+        """Settles the reservation to what the ledger recorded (tokens reported or counted, cost)."""
         grant = ctx.limit_grant
-        settle = isinstance(grant, Grant) and grant.unsettled
-        charge = self.spend is not None and bool(ctx.charged)
-        if not (settle or charge):
-            return  # e.g. the master key with no customer: nothing reserved, nobody to charge
-        tokens, cost = self._used(ctx)
-        if settle:
-            assert isinstance(grant, Grant)
-            await self.limiter.settle(grant, tokens, cost)
-        if cost > 0 and charge:
-            assert self.spend is not None
-            now = time.time()
-            targets = [
-                SpendTarget(s.scope, s.ident, s.budget.period(now)[0] if s.budget is not None else None)
-                for s in ctx.charged
-            ]
-            await self.spend.add(targets, cost)
-
-    def _used(self, ctx: RequestContext) -> tuple[int, int]:
-        """The tokens and cost (money units) the request used, as the provider reported them."""
-        if ctx.deployment is None:
-            return 0, 0
-        usage = ctx.usage
-        if usage is not None:
-            tokens = usage.total_tokens or usage.prompt_tokens + usage.completion_tokens
-            return tokens, pricing.units(pricing.cost(ctx.deployment.prices, usage))
-        if ctx.client_aborted:
-            # The upstream was sent the prompt; without its count, the prompt estimate stands.
-            tokens = self._prompt_tokens(ctx)
-            return tokens, pricing.units(pricing.estimate(ctx.deployment.prices, tokens, 0))
-        return 0, 0
+        if isinstance(grant, Grant) and grant.unsettled:
+            await self.limiter.settle(grant, ctx.tokens_used, ctx.cost_units or 0)
 
     def _prompt_tokens(self, ctx: RequestContext) -> int:
         return pricing.prompt_tokens_upper_estimate(ctx.body)

@@ -68,3 +68,65 @@ def format_data(payload: bytes) -> bytes:
 
 
 DONE = b"data: [DONE]\n\n"
+
+
+class Finale:
+    """Holds back a stream's final event (`data: [DONE]` for OpenAI clients, `message_stop` for
+    Anthropic ones) until `finish`, so the gateway can commit the request's ledger row before the
+    client sees its stream end. It also holds an unfinished trailing event until the read that
+    completes it (a client can do nothing with half an event), so a final event split across
+    reads is still caught."""
+
+    __slots__ = ("_anthropic", "_held", "_marker")
+
+    def __init__(self, anthropic: bool) -> None:
+        self._anthropic = anthropic
+        self._marker = b"message_stop" if anthropic else b"[DONE]"
+        self._held = b""
+
+    def feed(self, data: bytes) -> bytes:
+        if self._held:
+            data = self._held + data
+            self._held = b""
+        at = data.find(self._marker)
+        while at >= 0:
+            start = _event_start(data, at)
+            end = _event_end(data, at)
+            if self._is_final(data[start:end]):
+                self._held = data[start:]
+                return data[:start]
+            at = data.find(self._marker, end)
+        cut = _last_boundary(data)
+        if cut < len(data):
+            self._held = data[cut:]
+            return data[:cut]
+        return data
+
+    def finish(self, closing: bytes = b"") -> bytes:
+        """The held bytes and the relay's closing bytes: what goes out last."""
+        held, self._held = self._held, b""
+        return held + closing
+
+    def _is_final(self, event: bytes) -> bool:
+        event = event.strip()
+        if self._anthropic:
+            return event.startswith(b"event: message_stop") or b'"type":"message_stop"' in event
+        return event in (b"data: [DONE]", b"data:[DONE]")
+
+
+def _event_start(data: bytes, at: int) -> int:
+    a = data.rfind(b"\n\n", 0, at)
+    b = data.rfind(b"\r\n\r\n", 0, at)
+    return max(a + 2 if a >= 0 else 0, b + 4 if b >= 0 else 0)
+
+
+def _event_end(data: bytes, at: int) -> int:
+    ends = [i for i in (data.find(b"\n\n", at), data.find(b"\r\n\r\n", at)) if i >= 0]
+    return min(ends) if ends else len(data)
+
+
+def _last_boundary(data: bytes) -> int:
+    """Where the last complete event ends (0 if none has)."""
+    a = data.rfind(b"\n\n")
+    b = data.rfind(b"\r\n\r\n")
+    return max(a + 2 if a >= 0 else 0, b + 4 if b >= 0 else 0)

@@ -15,7 +15,8 @@ from meterway.store import revision
 from meterway.store.engine import DatabaseUnavailable, create_engine, wait_for_database
 from meterway.store.entities import customer_store, team_store, user_store
 from meterway.store.keys import KeyStore
-from meterway.store.spend import SpendWriter
+from meterway.store.ledger import LedgerStore
+from meterway.store.reports import Reports
 from meterway.store.url import parse, where
 
 log = logging.getLogger("meterway.store")
@@ -28,7 +29,8 @@ class Store:
         self.users = user_store(engine)
         self.teams = team_store(engine)
         self.customers = customer_store(engine)
-        self.spend = SpendWriter(engine)
+        self.ledger = LedgerStore(engine)
+        self.reports = Reports(engine)
 
     @classmethod
     async def open(cls, url: str, *, wait_s: float, run_migrations: bool) -> Store:
@@ -54,5 +56,4 @@ class Store:
         return cls(engine)
 
     async def close(self) -> None:
-        await self.spend.flush()
         await self.engine.dispose()

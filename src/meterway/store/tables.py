@@ -5,14 +5,18 @@ from __future__ import annotations
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
     DateTime,
+    Float,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
     Table,
+    UniqueConstraint,
     func,
 )
 
@@ -108,4 +112,100 @@ keys = Table(
     Column("metadata", JSON, nullable=False, default=dict),
     *_limits(),
     *_times(),
+)
+
+
+def _tokens() -> list[Column[object]]:
+    return [
+        Column(name, Integer, nullable=False, server_default="0")
+        for name in (
+            "prompt_tokens",  # includes cached and cache-written prompt tokens, as OpenAI counts them
+            "completion_tokens",  # includes reasoning tokens
+            "cached_tokens",
+            "cache_write_tokens",
+            "reasoning_tokens",
+        )
+    ]
+
+
+def _unit_prices(nullable: bool) -> list[Column[object]]:
+    """Per-token prices the row was charged at (money units): NULL in the ledger where unknown,
+    -1 in rollups (a column of a unique key cannot be NULL and still match)."""
+    return [
+        Column(name, BigInteger, nullable=nullable, server_default=None if nullable else "-1")
+        for name in ("price_input", "price_output", "price_cache_read", "price_cache_write")
+    ]
+
+
+# One row per model request, written before its response completes (see docs/ledger.md).
+ledger = Table(
+    "mw_ledger",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("request_id", String(128), nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("ended_at", DateTime(timezone=True), nullable=False),
+    Column("endpoint", String(16), nullable=False),
+    Column("key_id", String(64), nullable=True),  # key digest, "master", or NULL when unauthenticated
+    Column("key_alias", String(255), nullable=True),
+    Column("user_id", String(255), nullable=True),
+    Column("team_id", String(255), nullable=True),
+    Column("customer_id", String(255), nullable=True),  # the request's `user`
+    Column("model_group", String(255), nullable=True),
+    Column("deployment_id", String(255), nullable=True),
+    Column("upstream_model", String(255), nullable=True),
+    Column("stream", Boolean, nullable=False, server_default="0"),
+    *_tokens(),
+    Column("total_tokens", Integer, nullable=False, server_default="0"),
+    Column("tokens_estimated", Boolean, nullable=False, server_default="0"),
+    *_unit_prices(nullable=True),
+    Column("cost", Money(), nullable=True),  # NULL: the model has no known price (never a silent 0)
+    Column("status", String(16), nullable=False),  # success, upstream_error, client_aborted, rejected
+    Column("http_status", Integer, nullable=False),
+    Column("error_type", String(64), nullable=True),
+    Column("latency_ms", Float, nullable=False),
+    Column("ttft_ms", Float, nullable=True),
+    Column("tags", JSON, nullable=False, default=list),
+    Column("metadata", JSON, nullable=False, default=dict),
+    Index("ix_mw_ledger_request_id", "request_id"),
+    Index("ix_mw_ledger_started_at", "started_at"),
+    Index("ix_mw_ledger_customer_id_started_at", "customer_id", "started_at"),
+    Index("ix_mw_ledger_key_id_started_at", "key_id", "started_at"),
+    Index("ix_mw_ledger_user_id_started_at", "user_id", "started_at"),
+    Index("ix_mw_ledger_team_id_started_at", "team_id", "started_at"),
+    Index("ix_mw_ledger_model_group_started_at", "model_group", "started_at"),
+)
+
+# Totals per UTC day and every reporting dimension, kept in the same transaction as the ledger
+# rows they sum, so reports over days and months read thousands of rows, not millions.
+# Dimensions absent from a row are '' (not NULL), so that the unique key matches them.
+usage_daily = Table(
+    "mw_usage_daily",
+    metadata,
+    Column("day", String(10), nullable=False),  # YYYY-MM-DD, UTC
+    *(
+        Column(name, String(255), nullable=False, server_default="")
+        for name in ("customer_id", "key_id", "user_id", "team_id", "model_group")
+    ),
+    *_unit_prices(nullable=False),
+    Column("requests", Integer, nullable=False, server_default="0"),
+    Column("errors", Integer, nullable=False, server_default="0"),
+    Column("unpriced", Integer, nullable=False, server_default="0"),  # requests with cost NULL
+    *_tokens(),
+    Column("cost", Money(), nullable=False, server_default="0"),
+    UniqueConstraint(
+        "day",
+        "customer_id",
+        "key_id",
+        "user_id",
+        "team_id",
+        "model_group",
+        "price_input",
+        "price_output",
+        "price_cache_read",
+        "price_cache_write",
+        name="uq_mw_usage_daily_group",
+    ),
+    Index("ix_mw_usage_daily_customer_id_day", "customer_id", "day"),
+    Index("ix_mw_usage_daily_day_model_group", "day", "model_group"),
 )

@@ -1,0 +1,305 @@
+"""Usage reports over HTTP: request logs, totals by any grouping, a customer's invoice preview.
+
+Admins (the master key, `proxy_admin`, `proxy_admin_viewer`) see everything; an internal user's
+key sees only its own user's usage (the filter is forced, not trusted). Amounts are exact decimal
+strings of USD. `/usage` and the invoice answer CSV (`format=csv` or `Accept: text/csv`) and the
+invoice also a printable HTML page (`format=html`).
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from meterway.auth.keys import digest
+from meterway.errors import BadRequest, RouteNotFound
+from meterway.ledger import DIMENSIONS, TIMES, Filters
+from meterway.ledger.pricing import usd
+
+if TYPE_CHECKING:
+    from meterway.api.management import KeyRoutes
+
+
+def query_int(query: dict[str, str], name: str, default: int, low: int, high: int | None = None) -> int:
+    from meterway.api.management import query_int as parse
+
+    return parse(query, name, default, low, high)
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A handler's answer that is not JSON."""
+
+    body: bytes
+    content_type: bytes
+
+
+def _day(value: str | None, name: str, default: date) -> date:
+    if not value:
+        return default
+    try:
+        return date.fromisoformat(value[:10])
+    except ValueError:
+        raise BadRequest(f"'{name}' must be a date, YYYY-MM-DD; got {value!r}.", param=name) from None
+
+
+def _filters(query: dict[str, str], *, start: str = "start", end: str = "end") -> Filters:
+    today = datetime.now(UTC).date()
+    first = _day(query.get(start) or query.get("start_date"), start, today - timedelta(days=30))
+    last = _day(query.get(end) or query.get("end_date"), end, today)
+    if last < first:
+        raise BadRequest(f"'{end}' ({last}) is before '{start}' ({first}).", param=end)
+    key = query.get("api_key") or query.get("key")
+    return Filters(
+        first,
+        last,
+        customer_id=query.get("customer_id") or query.get("end_user_id") or query.get("customer"),
+        key_id=digest(key) if key and key != "master" else key,
+        user_id=query.get("user_id"),
+        team_id=query.get("team_id"),
+        model=query.get("model"),
+        request_id=query.get("request_id"),
+    )
+
+
+def _format(query: dict[str, str]) -> str:
+    fmt = query.get("format", "json").lower()
+    if fmt not in ("json", "csv", "html"):
+        raise BadRequest(f"'format' must be json, csv or html; got {fmt!r}.", param="format")
+    return fmt
+
+
+def _money(units: int | None) -> str | None:
+    return None if units is None else format(usd(units), "f")
+
+
+def _csv(columns: list[str], rows: list[dict[str, Any]]) -> Reply:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return Reply(out.getvalue().encode(), b"text/csv; charset=utf-8")
+
+
+async def spend_logs(r: KeyRoutes, body: bytes, query: dict[str, str]) -> Any:
+    """LiteLLM's `/spend/logs`: one object per request, newest first, paged."""
+    page = query_int(query, "page", 1, 1)
+    size = query_int(query, "page_size", 100, 1, 1000)
+    total, rows = await r.store.reports.logs(_filters(query), limit=size, offset=(page - 1) * size)
+    return {
+        "data": [_log(row) for row in rows],
+        "total": total,
+        "page": page,
+        "page_size": size,
+        "total_pages": max(1, -(-total // size)),
+    }
+
+
+def _log(row: dict[str, Any]) -> dict[str, Any]:
+    cost = row["cost"]
+    return {
+        "request_id": row["request_id"],
+        "call_type": row["endpoint"],
+        "api_key": row["key_id"],
+        "key_alias": row["key_alias"],
+        "user": row["user_id"],
+        "team_id": row["team_id"],
+        "end_user": row["customer_id"],
+        "model": row["model_group"],
+        "model_id": row["deployment_id"],
+        "upstream_model": row["upstream_model"],
+        "stream": row["stream"],
+        "prompt_tokens": row["prompt_tokens"],
+        "completion_tokens": row["completion_tokens"],
+        "total_tokens": row["total_tokens"],
+        "cached_tokens": row["cached_tokens"],
+        "cache_write_tokens": row["cache_write_tokens"],
+        "reasoning_tokens": row["reasoning_tokens"],
+        "tokens_estimated": row["tokens_estimated"],
+        "spend": float(cost) if cost is not None else None,
+        "cost": format(cost, "f") if cost is not None else None,
+        "status": row["status"],
+        "http_status": row["http_status"],
+        "error_type": row["error_type"],
+        "startTime": _iso(row["started_at"]),
+        "endTime": _iso(row["ended_at"]),
+        "latency_ms": row["latency_ms"],
+        "ttft_ms": row["ttft_ms"],
+        "request_tags": row["tags"],
+        "metadata": row["metadata"],
+    }
+
+
+def _iso(value: datetime) -> str:
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+
+
+async def usage(r: KeyRoutes, body: bytes, query: dict[str, str]) -> Any:
+    group_by = [g.strip() for g in query.get("group_by", "").split(",") if g.strip()]
+    unknown = [g for g in group_by if g not in DIMENSIONS and g not in TIMES]
+    if unknown or len([g for g in group_by if g in TIMES]) > 1:
+        raise BadRequest(
+            "'group_by' takes customer, key, user, team, model and one of hour, day, month; "
+            f"got {query.get('group_by')!r}.",
+            param="group_by",
+        )
+    filters = _filters(query)
+    rows = await r.store.reports.usage(group_by, filters)
+    out = [_usage_row(row, group_by) for row in rows]
+    if _format(query) == "csv":
+        return _csv([*group_by, *_USAGE_COLUMNS], out)
+    totals = _usage_row(
+        {m: sum(row[m] or 0 for row in rows) for m in ("requests", "errors", "unpriced", *_TOKENS, "cost")}, []
+    )
+    return {
+        "group_by": group_by,
+        "start": filters.start.isoformat(),
+        "end": filters.end.isoformat(),
+        "rows": out,
+        "totals": totals,
+    }
+
+
+_TOKENS = ("prompt_tokens", "completion_tokens", "cached_tokens", "cache_write_tokens", "reasoning_tokens")
+_USAGE_COLUMNS = ["requests", "errors", "unpriced", *_TOKENS, "total_tokens", "cost"]
+
+
+def _usage_row(row: dict[str, Any], group_by: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {g: row[g] for g in group_by}
+    for m in ("requests", "errors", "unpriced", *_TOKENS):
+        out[m] = row[m] or 0
+    out["total_tokens"] = out["prompt_tokens"] + out["completion_tokens"]
+    out["cost"] = _money(row["cost"] or 0)
+    return out
+
+
+async def global_spend_report(r: KeyRoutes, body: bytes, query: dict[str, str]) -> Any:
+    """LiteLLM's `/global/spend/report`: per day, the spend of each team, customer or key, with
+    its models."""
+    by = query.get("group_by", "team")
+    dimension = {"team": "team", "customer": "customer", "api_key": "key"}.get(by)
+    if dimension is None:
+        raise BadRequest(f"'group_by' must be team, customer or api_key; got {by!r}.", param="group_by")
+    rows = await r.store.reports.usage(["day", dimension, "model"], _filters(query, start="start_date", end="end_date"))
+    days: dict[str, dict[str, dict[str, Any]]] = {}
+    for row in rows:
+        groups = days.setdefault(row["day"], {})
+        name = row[dimension] or None
+        g = groups.setdefault(name or "", {"total_spend": 0, "metadata": []})
+        g["total_spend"] += row["cost"] or 0
+        g["metadata"].append(
+            {
+                "model": row["model"],
+                "spend": float(usd(row["cost"] or 0)),
+                "total_tokens": (row["prompt_tokens"] or 0) + (row["completion_tokens"] or 0),
+            }
+        )
+    label = {"team": "team_name", "customer": "customer", "key": "api_key"}[dimension]
+    plural = {"team": "teams", "customer": "customers", "key": "api_keys"}[dimension]
+    return [
+        {
+            "group_by_day": day,
+            plural: [
+                {label: name or None, "total_spend": float(usd(g["total_spend"])), "metadata": g["metadata"]}
+                for name, g in groups.items()
+            ],
+        }
+        for day, groups in sorted(days.items())
+    ]
+
+
+async def invoice_preview(r: KeyRoutes, customer_id: str, query: dict[str, str]) -> Any:
+    period = query.get("period") or datetime.now(UTC).strftime("%Y-%m")
+    try:
+        first = date.fromisoformat(period + "-01")
+    except ValueError:
+        raise BadRequest(f"'period' must be a month, YYYY-MM; got {period!r}.", param="period") from None
+    last = (first.replace(day=28) + timedelta(days=4)).replace(day=1) - timedelta(days=1)
+    customer = await r.store.customers.get(customer_id)
+    groups = await r.store.reports.invoice_groups(customer_id, first, last)
+    if customer is None and not groups:
+        raise RouteNotFound(f"Customer '{customer_id}' not found.")
+    lines = invoice_lines(groups)
+    total = sum(line["amount_units"] for line in lines if line["amount_units"] is not None)
+    unpriced = [line["model"] for line in lines if line["unit_price"] is None]
+    shown = [{k: v for k, v in line.items() if k != "amount_units"} for line in lines]
+    doc: dict[str, Any] = {
+        "customer_id": customer_id,
+        "period": period,
+        "start": first.isoformat(),
+        "end": last.isoformat(),
+        "currency": "USD",
+        "lines": shown,
+        "total": _money(total),
+        "unpriced_models": sorted(set(unpriced)),
+    }
+    fmt = _format(query)
+    if fmt == "csv":
+        return _csv(["model", "token_type", "quantity", "unit_price", "amount"], shown)
+    if fmt == "html":
+        return Reply(_invoice_html(doc).encode(), b"text/html; charset=utf-8")
+    return doc
+
+
+def invoice_lines(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One line per model, token type and unit price; amount = quantity x unit price, exactly."""
+    lines: list[dict[str, Any]] = []
+    for g in groups:
+        p_in, p_out, p_read, p_write = (
+            None if g[p] is None or g[p] < 0 else g[p]
+            for p in ("price_input", "price_output", "price_cache_read", "price_cache_write")
+        )
+        cached = g["cached_tokens"] if p_read is not None else 0
+        written = g["cache_write_tokens"] if p_write is not None else 0
+        for token_type, quantity, price in (
+            ("input", max(g["prompt_tokens"] - cached - written, 0), p_in),
+            ("cached_input", cached, p_read),
+            ("cache_write", written, p_write),
+            ("output", g["completion_tokens"], p_out),
+        ):
+            if not quantity:
+                continue
+            amount = quantity * price if price is not None else None
+            lines.append(
+                {
+                    "model": g["model_group"],
+                    "token_type": token_type,
+                    "quantity": quantity,
+                    "unit_price": format(usd(price), "f") if price is not None else None,
+                    "amount": _money(amount),
+                    "amount_units": amount,
+                }
+            )
+    return lines
+
+
+def _invoice_html(doc: dict[str, Any]) -> str:
+    e = html.escape
+    rows = "".join(
+        f"<tr><td>{e(str(x['model']))}</td><td>{e(x['token_type'])}</td><td class=n>{x['quantity']:,}</td>"
+        f"<td class=n>{e(x['unit_price'] or 'no price')}</td><td class=n>{e(x['amount'] or '-')}</td></tr>"
+        for x in doc["lines"]
+    )
+    return (
+        "<!doctype html><html><head><meta charset=utf-8>"
+        f"<title>Invoice preview {e(doc['customer_id'])} {e(doc['period'])}</title>"
+        "<style>body{font:14px system-ui,sans-serif;margin:2em}table{border-collapse:collapse}"
+        "td,th{padding:4px 10px;border-bottom:1px solid #ddd}.n{text-align:right}"
+        "@media print{body{margin:0}}</style></head><body>"
+        f"<h1>Invoice preview</h1><p>Customer <b>{e(doc['customer_id'])}</b>, {e(doc['start'])} to {e(doc['end'])}"
+        " (UTC). Amounts in USD. A preview: the invoice itself is issued by the billing system.</p>"
+        "<table><tr><th>model</th><th>tokens</th><th class=n>quantity</th><th class=n>unit price</th>"
+        f"<th class=n>amount</th></tr>{rows}<tr><th colspan=4 class=n>total</th>"
+        f"<th class=n>{e(doc['total'])}</th></tr></table></body></html>"
+    )
+
+
+ROUTES = {
+    ("GET", "/spend/logs"): spend_logs,
+    ("GET", "/usage"): usage,
+    ("GET", "/global/spend/report"): global_spend_report,
+}

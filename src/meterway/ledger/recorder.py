@@ -1,0 +1,258 @@
+"""The ledger on the request path: every model request becomes one row, committed before the
+response's last bytes go out.
+
+`admit` is called when a request arrives and refuses it (503) when too many rows already wait to
+be written: a request is never served unmetered. `record` is called once per request, just before
+its last bytes (a body, a stream's `[DONE]` or `message_stop`, an error): it takes the tokens the
+provider reported (or counts them, marking the row estimated), prices them, and waits for the row
+to be committed. Rows of requests finishing together are committed together (a group commit).
+If a commit fails, its rows stay queued and are retried until they are written; their responses
+go out meanwhile (the outage is logged), and `admit` bounds how many can wait. The contract is in
+docs/ledger.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from meterway.config.settings import Deployment
+from meterway.context import RequestContext
+from meterway.errors import ServiceUnavailable, UpstreamError
+from meterway.ledger import Entry, pricing
+from meterway.ledger.prices import is_priced
+from meterway.ledger.tokens import TokenCounter
+from meterway.limits import SpendTarget
+from meterway.providers.base import Usage
+
+log = logging.getLogger("meterway.ledger")
+
+Write = Callable[[Sequence[Entry]], Awaitable[None]]
+
+BATCH = 500
+RETRY_FIRST_S = 0.1
+RETRY_MAX_S = 2.0
+
+
+class Ledger:
+    def __init__(self, *, capacity: int = 10_000, counter: TokenCounter | None = None) -> None:
+        self.capacity = capacity  # requests admitted and not yet written, at most
+        self.counter = counter or TokenCounter()
+        self.write: Write | None = None  # set once the store is open; rows wait until then
+        self.estimated_rows = 0  # rows whose tokens were counted here, not reported (a metric)
+        self._warned: set[str] = set()  # deployments already warned about for missing usage
+        self._admitted = 0
+        self._queue: deque[tuple[Entry, asyncio.Future[None]]] = deque()
+        self._task: asyncio.Task[None] | None = None
+        self._healthy = True
+        self._prices: dict[str, pricing.UnitPrices | None] = {}  # deployment id -> unit prices, or None: unpriced
+
+    @property
+    def waiting(self) -> int:
+        return len(self._queue)
+
+    def admit(self, ctx: RequestContext) -> None:
+        if self._admitted >= self.capacity:
+            raise ServiceUnavailable(
+                f"{self._admitted} requests are waiting for the usage ledger to be written; retry shortly."
+            )
+        self._admitted += 1
+        ctx.admitted = True
+
+    async def record(self, ctx: RequestContext) -> None:
+        """Writes the request's row; returns once it is committed (or queued, during an outage)."""
+        if not ctx.admitted or ctx.recorded:
+            return
+        ctx.recorded = True
+        try:
+            entry = await self._entry(ctx)
+        except Exception:
+            self._admitted -= 1
+            log.exception("request %s could not be turned into a ledger row", ctx.request_id)
+            return
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append((entry, done))
+        if self._task is None:
+            self._task = asyncio.create_task(self._drain())
+        if not self._healthy or self.write is None:
+            return  # the store is failing (or still opening): the row waits in the queue, the response goes
+        await asyncio.shield(done)
+
+    async def flush(self, timeout_s: float) -> bool:
+        """Waits (bounded) until every queued row is written: at shutdown. False if some are left."""
+        if self.write is None:  # the store never opened: nothing can be written
+            if self._queue:
+                log.error("%d ledger rows could not be written: the store is not open", len(self._queue))
+            return not self._queue
+        deadline = time.monotonic() + timeout_s
+        while self._queue and time.monotonic() < deadline:
+            if self._task is None:
+                self._task = asyncio.create_task(self._drain())
+            await asyncio.sleep(0.01)
+        if self._queue:
+            log.error("%d ledger rows could not be written before shutdown", len(self._queue))
+        return not self._queue
+
+    def kick(self) -> None:
+        """Starts writing what waits (e.g. once the store has opened)."""
+        if self._queue and self._task is None:
+            self._task = asyncio.create_task(self._drain())
+
+    async def _drain(self) -> None:
+        delay = RETRY_FIRST_S
+        try:
+            while self._queue:
+                batch = [self._queue[i] for i in range(min(len(self._queue), BATCH))]
+                if self.write is None:  # the store is still opening: the rows wait for it
+                    _release(batch)
+                    return
+                try:
+                    await self.write([entry for entry, _ in batch])
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:
+                    if self._healthy:
+                        log.error("ledger write failed (%s: %s); rows kept and retried", e.__class__.__name__, e)
+                    self._healthy = False
+                    _release(batch)  # their responses go out; the rows stay queued
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, RETRY_MAX_S)
+                    continue
+                if not self._healthy:
+                    log.warning("ledger writes resumed; %d rows still queued", len(self._queue) - len(batch))
+                self._healthy = True
+                delay = RETRY_FIRST_S
+                for _ in batch:
+                    self._queue.popleft()
+                self._admitted -= len(batch)
+                _release(batch)
+        finally:
+            self._task = None
+
+    async def _entry(self, ctx: RequestContext) -> Entry:
+        now = time.time()
+        usage, estimated = await self._usage(ctx)
+        dep = ctx.deployment
+        unit = self._unit_prices(dep) if dep is not None else None
+        cost_units = pricing.cost_units(usage, unit) if unit is not None else None
+        if unit is None:
+            unit = (None, None, None, None)
+        ctx.cost_units = cost_units or 0
+        ctx.tokens_used = usage.total_tokens if usage is not None else 0
+        if ctx.ended_ns is None:
+            ctx.ended_ns = time.perf_counter_ns()
+        principal = ctx.principal
+        tags, metadata = _tags_and_metadata(ctx.body)
+        row: dict[str, Any] = {
+            "request_id": ctx.request_id,
+            "started_at": datetime.fromtimestamp(ctx.started_at, UTC),
+            "ended_at": datetime.fromtimestamp(now, UTC),
+            "endpoint": ctx.api.value,
+            "key_id": principal.key_id if principal is not None else None,
+            "key_alias": principal.key_alias if principal is not None else None,
+            "user_id": principal.user_id if principal is not None else None,
+            "team_id": principal.team_id if principal is not None else None,
+            "customer_id": ctx.user,
+            "model_group": ctx.model_group,
+            "deployment_id": dep.id if dep is not None else None,
+            "upstream_model": dep.upstream_model if dep is not None else None,
+            "stream": ctx.stream,
+            "prompt_tokens": usage.prompt_tokens if usage else 0,
+            "completion_tokens": usage.completion_tokens if usage else 0,
+            "cached_tokens": usage.cached_tokens if usage else 0,
+            "cache_write_tokens": usage.cache_write_tokens if usage else 0,
+            "reasoning_tokens": usage.reasoning_tokens if usage else 0,
+            "total_tokens": usage.total_tokens if usage else 0,
+            "tokens_estimated": estimated,
+            "price_input": unit[0],
+            "price_output": unit[1],
+            "price_cache_read": unit[2],
+            "price_cache_write": unit[3],
+            "cost": pricing.usd(cost_units) if cost_units is not None else None,
+            "status": _status(ctx),
+            "http_status": ctx.status_code,
+            "error_type": ctx.error.error_type if ctx.error is not None else None,
+            "latency_ms": (ctx.ended_ns - ctx.started_ns) / 1e6,
+            "ttft_ms": (ctx.first_byte_ns - ctx.started_ns) / 1e6 if ctx.first_byte_ns is not None else None,
+            "tags": tags,
+            "metadata": metadata,
+        }
+        spend: tuple[SpendTarget, ...] = ()
+        if cost_units:
+            spend = tuple(
+                SpendTarget(s.scope, s.ident, s.budget.period(now)[0] if s.budget is not None else None)
+                for s in ctx.charged
+            )
+        return Entry(row, cost_units, spend)
+
+    def _unit_prices(self, dep: Deployment) -> pricing.UnitPrices | None:
+        if dep.id not in self._prices:
+            self._prices[dep.id] = pricing.unit_prices(dep.prices) if is_priced(dep.prices) else None
+        return self._prices[dep.id]
+
+    async def _usage(self, ctx: RequestContext) -> tuple[Usage | None, bool]:
+        """The provider's usage, or tokens counted here for a request that reached the upstream."""
+        if ctx.usage is not None or ctx.deployment is None or not ctx.forwarded:
+            return ctx.usage, False
+        if ctx.error is not None and not ctx.client_aborted and not ctx.delivered:
+            return None, False  # an upstream error before any answer: nothing was produced
+        api, body, delivered, answer = ctx.api, ctx.body, list(ctx.delivered), ctx.answer
+        counter = self.counter
+
+        def count() -> Usage:
+            prompt = counter.prompt(api, body)
+            completion = counter.streamed(api, delivered) if delivered else counter.completion(api, answer)
+            return Usage(prompt, completion, prompt + completion)
+
+        usage = await asyncio.to_thread(count)
+        self.estimated_rows += 1
+        dep = ctx.deployment.id
+        if not ctx.client_aborted and dep not in self._warned:
+            self._warned.add(dep)
+            log.warning(
+                "deployment %s reported no usage for a %s request; its tokens are counted by meterway and "
+                "the rows marked estimated (a billing incident: check the provider)",
+                dep,
+                "streamed" if ctx.stream else "plain",
+            )
+        return usage, True
+
+
+def _release(batch: list[tuple[Entry, asyncio.Future[None]]]) -> None:
+    for _, done in batch:
+        if not done.done():
+            done.set_result(None)
+
+
+def _status(ctx: RequestContext) -> str:
+    if ctx.client_aborted:
+        return "client_aborted"
+    if isinstance(ctx.error, UpstreamError):
+        return "upstream_error"
+    if ctx.error is not None or not 200 <= ctx.status_code < 300:
+        return "rejected"
+    return "success"
+
+
+def _tags_and_metadata(body: bytes) -> tuple[list[Any], dict[str, Any]]:
+    """Request tags and metadata, as LiteLLM clients send them (`metadata.tags`, or `tags`). The
+    body is parsed only when it carries either."""
+    if b'"tags"' not in body and b'"metadata"' not in body:
+        return [], {}
+    try:
+        request = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return [], {}
+    if not isinstance(request, dict):
+        return [], {}
+    found = request.get("metadata")
+    metadata: dict[str, Any] = found if isinstance(found, dict) else {}
+    tags = request.get("tags") or metadata.get("tags") or []
+    return [str(t) for t in tags] if isinstance(tags, list) else [], metadata
