@@ -20,7 +20,7 @@ import yaml
 
 from tests.support.gateway import free_socket, run_gateway
 from tests.support.serve import ready, serve
-from tests.upstreams.standin import StandIn
+from tests.upstreams.standin import Script, StandIn
 
 MASTER = "sk-durability-master-key"
 HI = [{"role": "user", "content": "hi"}]
@@ -103,6 +103,34 @@ def test_a_gateway_killed_under_load_has_exactly_one_row_per_completed_response(
     assert not missing, f"{len(missing)} completed responses have no ledger row, e.g. {sorted(missing)[:3]}"
     assert max(rows.values()) == 1, "a request has two rows"
     _rollup_matches(pg_url)
+
+
+def test_sigterm_lets_a_request_in_flight_finish_and_writes_its_row(
+    tmp_path: Path, upstream: StandIn, pg_url: str
+) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(_config(upstream, pg_url)))
+    env = {"METERWAY_CONFIG": str(path), "METERWAY_MASTER_KEY": "", "LITELLM_MASTER_KEY": ""}
+    upstream.script(Script(delay=1.5))
+    result: list[httpx.Response] = []
+    with contextmanager(serve)([], env) as gw:
+        ready(gw.url)
+        body = {"model": "priced", "messages": HI}
+        headers = {"Authorization": f"Bearer {MASTER}", "x-request-id": "in-flight-at-sigterm"}
+        slow = threading.Thread(
+            target=lambda: result.append(
+                httpx.post(gw.url + "/v1/chat/completions", json=body, headers=headers, timeout=10)
+            )
+        )
+        slow.start()
+        upstream.wait_for_received(1)
+        gw.proc.send_signal(signal.SIGTERM)
+        slow.join(10)
+        # uvicorn shuts down gracefully, then re-raises the signal: the exit status says SIGTERM
+        assert gw.proc.wait(20) in (0, -signal.SIGTERM)
+    assert result and result[0].status_code == 200
+    rows = asyncio.run(_rows(pg_url, "SELECT request_id FROM mw_ledger WHERE request_id = 'in-flight-at-sigterm'"))
+    assert len(rows) == 1
 
 
 def _rollup_matches(pg_url: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import os
@@ -11,7 +12,9 @@ import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
+import asyncpg
 import httpx
 import openai
 import pytest
@@ -24,10 +27,14 @@ UNIT = Decimal("1e-10")
 MONTH = datetime.now(UTC).strftime("%Y-%m")
 
 
-@pytest.fixture(scope="module")
-def reported(standin: StandIn) -> Iterator[RunningGateway]:
-    """A gateway with a known mix of traffic: two customers, two models, plain and streamed."""
-    with run_gateway(metered_config(standin.base_url)) as gw:
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def reported(request: pytest.FixtureRequest, standin: StandIn) -> Iterator[RunningGateway]:
+    """A gateway with a known mix of traffic: two customers, two models, plain and streamed; on
+    the embedded SQLite store and on PostgreSQL."""
+    config = metered_config(standin.base_url)
+    if request.param == "postgresql":
+        config["general_settings"]["database_url"] = request.getfixturevalue("module_pg_url")
+    with run_gateway(config) as gw:
         with openai.OpenAI(base_url=gw.v1, api_key=gw.key, max_retries=0) as client:
             for i in range(6):
                 customer = ("acme", "globex")[i % 2]
@@ -41,9 +48,22 @@ def reported(standin: StandIn) -> Iterator[RunningGateway]:
         yield gw
 
 
-def _db(gw: RunningGateway) -> sqlite3.Connection:
-    path = gw.settings.database_url.reveal().removeprefix("sqlite:///")
-    return sqlite3.connect(path)
+def _sql(gw: RunningGateway, query: str) -> list[tuple[Any, ...]]:
+    """Runs the test's own SQL on the gateway's database. `{day}` is the UTC day of started_at."""
+    url = gw.settings.database_url.reveal()
+    if url.startswith("sqlite"):
+        with sqlite3.connect(url.removeprefix("sqlite:///")) as db:
+            return db.execute(query.format(day="substr(started_at, 1, 10)")).fetchall()
+
+    async def fetch() -> list[tuple[Any, ...]]:
+        conn = await asyncpg.connect(url)
+        try:
+            day = "to_char(started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+            return [tuple(r) for r in await conn.fetch(query.format(day=day))]
+        finally:
+            await conn.close()
+
+    return asyncio.run(fetch())
 
 
 def _get(gw: RunningGateway, path: str, key: str | None = None, **params: str) -> httpx.Response:
@@ -54,12 +74,12 @@ def test_usage_totals_equal_the_sum_of_the_rows(reported: RunningGateway) -> Non
     r = _get(reported, "/usage", group_by="customer,model,day")
     assert r.status_code == 200, r.text
     got = {(x["customer"], x["model"], x["day"]): x for x in r.json()["rows"]}
-    with _db(reported) as db:
-        expected = db.execute(
-            "SELECT coalesce(customer_id, ''), model_group, substr(started_at, 1, 10), count(*), "
-            "sum(prompt_tokens), sum(completion_tokens), sum(coalesce(cost, 0)) "
-            "FROM mw_ledger GROUP BY 1, 2, 3"
-        ).fetchall()
+    expected = _sql(
+        reported,
+        "SELECT coalesce(customer_id, ''), model_group, {day}, count(*), "
+        "sum(prompt_tokens), sum(completion_tokens), sum(coalesce(cost, 0)) "
+        "FROM mw_ledger GROUP BY 1, 2, 3",
+    )
     assert len(got) == len(expected) and expected
     for customer, model, day, n, prompt, completion, cost in expected:
         row = got[(customer, model, day)]
@@ -97,8 +117,7 @@ def test_invoice_total_is_the_sum_of_quantity_times_unit_price(reported: Running
     priced = [line for line in invoice["lines"] if line["unit_price"] is not None]
     assert priced and all(Decimal(x["amount"]) == x["quantity"] * Decimal(x["unit_price"]) for x in priced)
     assert Decimal(invoice["total"]) == sum(Decimal(x["amount"]) for x in priced)
-    with _db(reported) as db:
-        (cost,) = db.execute("SELECT sum(cost) FROM mw_ledger WHERE customer_id = 'acme'").fetchone()
+    ((cost,),) = _sql(reported, "SELECT sum(cost) FROM mw_ledger WHERE customer_id = 'acme'")
     assert Decimal(invoice["total"]) == Decimal(cost) * UNIT
     assert invoice["unpriced_models"] == ["unpriced"], "the unpriced model's lines say so"
     page = _get(reported, "/customer/acme/invoice-preview", period=MONTH, format="html")

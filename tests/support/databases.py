@@ -42,6 +42,16 @@ def _run(sql: str) -> None:
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     """A fresh, empty PostgreSQL database for this test, as a postgresql:// URL."""
+    yield from _fresh_database()
+
+
+@pytest.fixture(scope="module")
+def module_pg_url() -> Iterator[str]:
+    """The same, shared by the tests of one module (for a module-scoped gateway)."""
+    yield from _fresh_database()
+
+
+def _fresh_database() -> Iterator[str]:
     name = "mw_test_" + uuid.uuid4().hex[:12]
     try:
         _run(f'CREATE DATABASE "{name}"')
