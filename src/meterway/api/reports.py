@@ -49,7 +49,9 @@ def _day(value: str | None, name: str, default: date) -> date:
 
 def _filters(query: dict[str, str], *, start: str = "start", end: str = "end") -> Filters:
     today = datetime.now(UTC).date()
-    first = _day(query.get(start) or query.get("start_date"), start, today - timedelta(days=30))
+    # a request looked up by its id is found whenever it was made; other reports cover 30 days
+    since = date(1970, 1, 1) if query.get("request_id") else today - timedelta(days=30)
+    first = _day(query.get(start) or query.get("start_date"), start, since)
     last = _day(query.get(end) or query.get("end_date"), end, today)
     if last < first:
         raise BadRequest(f"'{end}' ({last}) is before '{start}' ({first}).", param=end)
