@@ -1,0 +1,605 @@
+"""A stand-in Lago API for meterway's billing tests, written from `shared/lago/CONTRACT.md`.
+
+`LagoStandIn` runs an aiohttp server on a loopback port in a background thread. It answers the
+endpoints meterway uses, under `/api/v1`, with Lago's bodies and error shapes (section numbers
+refer to the contract):
+
+* auth: `Authorization: <anything> <key>`, the second token compared (§1); 401 otherwise;
+* bodies must be JSON and carry their root key (§1), else 400;
+* events: single and batch, Postgres-store duplicate semantics (§4): the unique key is
+  (external_subscription_id, transaction_id); a single duplicate is 422 `value_already_exist`; a
+  batch is validated whole, then any index whose id is stored already or repeats in the batch is
+  listed and nothing of the batch is stored; at most 100 events per batch;
+* timestamps: Unix seconds as int, float or numeric string; anything else 422 `invalid_format`;
+* customers (upsert), subscriptions (idempotent), billable metrics (sum_agg with filters), plans
+  (charges by metric lago_id, per-filter amounts as strings) and `current_usage` (§5): fees per
+  filter, `units x amount` rounded half-up to cents per fee; events before a subscription's start
+  or of an unknown code/subscription are stored (200) but never billed;
+* unrouted paths: 404 `resource_not_found`.
+
+Faults for tests: `fail_next(n, status)` answers errors; `drop_next(n, after_commit=...)` cuts the
+connection before or after storing; `down()` / `up()` refuse every request by cutting connections;
+`lose(transaction_id)` forgets a stored event (to make reconciliation see a difference).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from typing import Any
+
+from aiohttp import web
+
+from tests.support.gateway import free_socket
+
+BATCH_MAX = 100
+ALL_VALUES = "__ALL_FILTER_VALUES__"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _iso(ts: Decimal) -> str:
+    return datetime.fromtimestamp(float(ts), UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _error(status: int, error: str, code: str | None = None, details: Any = None) -> web.Response:
+    body: dict[str, Any] = {"status": status, "error": error}
+    if code is not None:
+        body["code"] = code
+    if details is not None:
+        body["error_details"] = details
+    return web.json_response(body, status=status)
+
+
+def _not_found(resource: str) -> web.Response:
+    return _error(404, "Not Found", f"{resource}_not_found")
+
+
+def _invalid(details: dict[str, Any]) -> web.Response:
+    return _error(422, "Unprocessable Entity", "validation_errors", details)
+
+
+@dataclass
+class StoredEvent:
+    lago_id: str
+    transaction_id: str
+    external_subscription_id: str | None
+    code: str | None
+    timestamp: Decimal
+    properties: dict[str, Any]
+    precise_total_amount_cents: str | None
+    created_at: str
+
+    def serialize(self) -> dict[str, Any]:
+        return {
+            "lago_id": self.lago_id,
+            "transaction_id": self.transaction_id,
+            "lago_customer_id": None,
+            "code": self.code,
+            "timestamp": _iso(self.timestamp),
+            "precise_total_amount_cents": self.precise_total_amount_cents,
+            "properties": self.properties,
+            "lago_subscription_id": None,
+            "external_subscription_id": self.external_subscription_id,
+            "created_at": self.created_at,
+        }
+
+
+@dataclass
+class Faults:
+    fail: list[int] = field(default_factory=list)  # statuses for the next requests to /events*
+    drop_before: int = 0  # next N event posts: connection cut before storing
+    drop_after: int = 0  # next N event posts: stored, then the connection cut before the answer
+    down: bool = False
+
+
+class LagoStandIn:
+    def __init__(self, api_key: str = "lago-test-key") -> None:
+        self.api_key = api_key
+        self.events: list[StoredEvent] = []
+        self.customers: dict[str, dict[str, Any]] = {}
+        self.subscriptions: dict[str, dict[str, Any]] = {}
+        self.metrics: dict[str, dict[str, Any]] = {}
+        self.plans: dict[str, dict[str, Any]] = {}
+        self.requests: list[tuple[str, str]] = []  # (method, path) of every request
+        self.faults = Faults()
+        self._lock = threading.Lock()
+        self._sock = free_socket()
+        self.port: int = self._sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._ready = threading.Event()
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def __enter__(self) -> LagoStandIn:
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        app = web.Application(middlewares=[self._middleware])
+        r = app.router
+        r.add_post("/api/v1/events", self._event)
+        r.add_post("/api/v1/events/batch", self._batch)
+        r.add_get("/api/v1/events", self._events)
+        r.add_get("/api/v1/events/{transaction_id}", self._find_event)
+        r.add_post("/api/v1/customers", self._customer)
+        r.add_get("/api/v1/customers/{external_id}", self._get_customer)
+        r.add_get("/api/v1/customers/{external_id}/current_usage", self._current_usage)
+        r.add_post("/api/v1/subscriptions", self._subscription)
+        r.add_get("/api/v1/subscriptions", self._subscriptions)
+        r.add_post("/api/v1/billable_metrics", self._metric)
+        r.add_get("/api/v1/billable_metrics/{code}", self._get_metric)
+        r.add_post("/api/v1/plans", self._plan)
+        r.add_get("/api/v1/plans/{code}", self._get_plan)
+        runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        self._loop.run_until_complete(runner.setup())
+        self._loop.run_until_complete(web.SockSite(runner, self._sock).start())
+        self._ready.set()
+        self._loop.run_forever()
+        self._loop.run_until_complete(runner.cleanup())
+        self._loop.close()
+
+    # ---------------------------------------------------------------- faults and inspection
+
+    def fail_next(self, n: int, status: int = 500) -> None:
+        with self._lock:
+            self.faults.fail.extend([status] * n)
+
+    def drop_next(self, n: int = 1, *, after_commit: bool) -> None:
+        with self._lock:
+            if after_commit:
+                self.faults.drop_after += n
+            else:
+                self.faults.drop_before += n
+
+    def down(self) -> None:
+        self.faults.down = True
+
+    def up(self) -> None:
+        self.faults.down = False
+
+    def lose(self, transaction_id: str) -> None:
+        with self._lock:
+            self.events = [e for e in self.events if e.transaction_id != transaction_id]
+
+    def transaction_ids(self) -> list[str]:
+        with self._lock:
+            return [e.transaction_id for e in self.events]
+
+    # ---------------------------------------------------------------- plumbing
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Callable[..., Any]) -> web.StreamResponse:
+        self.requests.append((request.method, request.path))
+        if self.faults.down:
+            _cut(request)
+            return web.Response(status=503)
+        if request.match_info.http_exception is not None:  # unrouted: answered before auth, as Lago does
+            return _not_found("resource")
+        token = (request.headers.get("Authorization") or "").split(" ")
+        if len(token) < 2 or token[1] != self.api_key:
+            return _error(401, "Unauthorized")
+        if request.path.startswith("/api/v1/events") and request.method == "POST":
+            with self._lock:
+                status = self.faults.fail.pop(0) if self.faults.fail else None
+                drop = self.faults.drop_before > 0
+                if drop:
+                    self.faults.drop_before -= 1
+            if status is not None:
+                return _error(status, "Internal Server Error" if status >= 500 else "Error")
+            if drop:
+                _cut(request)
+                return web.Response(status=503)
+        response: web.StreamResponse = await handler(request)
+        if request.path.startswith("/api/v1/events") and request.method == "POST" and response.status == 200:
+            with self._lock:
+                drop = self.faults.drop_after > 0
+                if drop:
+                    self.faults.drop_after -= 1
+            if drop:  # stored already: the client never learns it
+                _cut(request)
+        return response
+
+    async def _body(self, request: web.Request, root: str) -> Any:
+        if not (request.content_type or "").endswith("json"):
+            return None
+        try:
+            data = await request.json()
+        except ValueError:
+            return None
+        return data.get(root) if isinstance(data, dict) else None
+
+    # ---------------------------------------------------------------- events
+
+    def _validate(self, raw: Any) -> tuple[dict[str, list[str]], StoredEvent | None]:
+        if not isinstance(raw, dict):
+            return {"event": ["value_is_invalid"]}, None
+        errors: dict[str, list[str]] = {}
+        tid = raw.get("transaction_id")
+        if not isinstance(tid, str) or not tid:
+            errors["transaction_id"] = ["value_is_mandatory"]
+        ts = raw.get("timestamp")
+        stamp = Decimal(str(datetime.now(UTC).timestamp()))
+        if ts is not None:
+            try:
+                if isinstance(ts, bool) or not isinstance(ts, int | float | str):
+                    raise InvalidOperation
+                stamp = Decimal(str(ts))
+                if not stamp.is_finite():
+                    raise InvalidOperation
+            except InvalidOperation:
+                errors["timestamp"] = ["invalid_format"]
+        if errors:
+            return errors, None
+        properties = raw.get("properties") if isinstance(raw.get("properties"), dict) else {}
+        return {}, StoredEvent(
+            lago_id=str(uuid.uuid4()),
+            transaction_id=str(tid),
+            external_subscription_id=raw.get("external_subscription_id"),
+            code=raw.get("code"),
+            timestamp=stamp,
+            properties=properties,
+            precise_total_amount_cents=raw.get("precise_total_amount_cents"),
+            created_at=_now(),
+        )
+
+    def _exists(self, event: StoredEvent) -> bool:
+        if event.external_subscription_id is None:  # NULLs are distinct in the unique index
+            return False
+        return any(
+            e.transaction_id == event.transaction_id and e.external_subscription_id == event.external_subscription_id
+            for e in self.events
+        )
+
+    async def _event(self, request: web.Request) -> web.Response:
+        raw = await self._body(request, "event")
+        if raw is None:
+            return _error(400, "BadRequest: param is missing or the value is empty or invalid: event")
+        errors, event = self._validate(raw)
+        if errors or event is None:
+            return _invalid(errors)
+        with self._lock:
+            if self._exists(event):
+                return _invalid({"transaction_id": ["value_already_exist"]})
+            self.events.append(event)
+        return web.json_response({"event": event.serialize()})
+
+    async def _batch(self, request: web.Request) -> web.Response:
+        raw = await self._body(request, "events")
+        if not isinstance(raw, list) or not raw:
+            return _invalid({"events": ["no_events"]})
+        if len(raw) > BATCH_MAX:
+            return _invalid({"events": ["too_many_events"]})
+        checked = [self._validate(item) for item in raw]
+        invalid = {str(i): errors for i, (errors, _) in enumerate(checked) if errors}
+        if invalid:
+            return _invalid(invalid)
+        events = [e for _, e in checked if e is not None]
+        with self._lock:
+            seen: set[tuple[str | None, str]] = set()
+            taken: dict[str, Any] = {}
+            for i, event in enumerate(events):
+                key = (event.external_subscription_id, event.transaction_id)
+                repeated = any(event.transaction_id == t for _, t in seen)  # even for another subscription
+                if self._exists(event) or repeated:
+                    taken[str(i)] = {"transaction_id": ["value_already_exist"]}
+                seen.add(key)
+            if taken:
+                return _invalid(taken)
+            self.events.extend(events)
+        return web.json_response({"events": [e.serialize() for e in events]})
+
+    async def _events(self, request: web.Request) -> web.Response:
+        q = request.query
+        page, per_page = int(q.get("page", 1)), int(q.get("per_page", 100))
+        with self._lock:
+            found = [
+                e
+                for e in self.events
+                if (not q.get("code") or e.code == q["code"])
+                and (
+                    not q.get("external_subscription_id") or e.external_subscription_id == q["external_subscription_id"]
+                )
+            ]
+        chunk = found[(page - 1) * per_page : page * per_page]
+        pages = max(1, -(-len(found) // per_page))
+        meta = {
+            "current_page": page,
+            "next_page": page + 1 if page < pages else None,
+            "prev_page": page - 1 if page > 1 else None,
+            "total_pages": pages,
+            "total_count": len(found),
+        }
+        return web.json_response({"events": [e.serialize() for e in chunk], "meta": meta})
+
+    async def _find_event(self, request: web.Request) -> web.Response:
+        tid = request.match_info["transaction_id"]
+        with self._lock:
+            found = next((e for e in self.events if e.transaction_id == tid), None)
+        if found is None:
+            return _not_found("event")
+        return web.json_response({"event": found.serialize()})
+
+    # ---------------------------------------------------------------- customers and subscriptions
+
+    async def _customer(self, request: web.Request) -> web.Response:
+        raw = await self._body(request, "customer")
+        if not isinstance(raw, dict):
+            return _error(400, "BadRequest: param is missing or the value is empty or invalid: customer")
+        external_id = raw.get("external_id")
+        if not external_id:
+            return _invalid({"external_id": ["value_is_mandatory"]})
+        existing = self.customers.get(external_id)
+        now = _now()
+        customer = existing or {
+            "lago_id": str(uuid.uuid4()),
+            "external_id": external_id,
+            "sequential_id": len(self.customers) + 1,
+            "slug": f"LAG-{len(self.customers) + 1:04d}",
+            "created_at": now,
+            "applicable_timezone": "UTC",
+            "currency": None,
+            "name": None,
+        }
+        customer.update({k: v for k, v in raw.items() if k != "external_id"})
+        customer["updated_at"] = now
+        self.customers[external_id] = customer
+        return web.json_response({"customer": customer})
+
+    async def _get_customer(self, request: web.Request) -> web.Response:
+        customer = self.customers.get(request.match_info["external_id"])
+        return web.json_response({"customer": customer}) if customer else _not_found("customer")
+
+    async def _subscription(self, request: web.Request) -> web.Response:
+        raw = await self._body(request, "subscription")
+        if not isinstance(raw, dict):
+            return _error(400, "BadRequest: param is missing or the value is empty or invalid: subscription")
+        customer_id, plan_code = raw.get("external_customer_id"), raw.get("plan_code")
+        if not customer_id:
+            return _invalid({"external_customer_id": ["value_is_mandatory"]})
+        plan = self.plans.get(str(plan_code))
+        if plan is None:
+            return _not_found("plan")
+        external_id = raw.get("external_id") or str(uuid.uuid4())
+        existing = self.subscriptions.get(external_id)
+        if existing is not None:
+            if existing["external_customer_id"] != customer_id:
+                return _invalid({"external_id": ["value_already_exist"]})
+            if existing["plan_code"] == plan_code:
+                return web.json_response({"subscription": existing})
+        if customer_id not in self.customers:
+            self.customers[customer_id] = {"lago_id": str(uuid.uuid4()), "external_id": customer_id, "currency": None}
+        started = raw.get("subscription_at") or _now()
+        sub = {
+            "lago_id": str(uuid.uuid4()),
+            "external_id": external_id,
+            "external_customer_id": customer_id,
+            "plan_code": plan_code,
+            "status": "active",
+            "started_at": started,
+            "subscription_at": started,
+            "billing_time": raw.get("billing_time", "calendar"),
+            "created_at": _now(),
+            "plan": plan,
+        }
+        self.subscriptions[external_id] = sub
+        return web.json_response({"subscription": sub})
+
+    async def _subscriptions(self, request: web.Request) -> web.Response:
+        q = request.query
+        subs = [
+            s
+            for s in self.subscriptions.values()
+            if (not q.get("external_customer_id") or s["external_customer_id"] == q["external_customer_id"])
+            and (not q.get("plan_code") or s["plan_code"] == q["plan_code"])
+        ]
+        meta = {"current_page": 1, "next_page": None, "prev_page": None, "total_pages": 1, "total_count": len(subs)}
+        return web.json_response({"subscriptions": subs, "meta": meta})
+
+    # ---------------------------------------------------------------- metrics, plans, usage
+
+    async def _metric(self, request: web.Request) -> web.Response:
+        raw = await self._body(request, "billable_metric")
+        if not isinstance(raw, dict):
+            return _error(400, "BadRequest: param is missing or the value is empty or invalid: billable_metric")
+        code = raw.get("code")
+        errors: dict[str, list[str]] = {}
+        if not code:
+            errors["code"] = ["value_is_mandatory"]
+        elif code in self.metrics:
+            errors["code"] = ["value_already_exist"]
+        aggregation = raw.get("aggregation_type")
+        if aggregation not in ("count_agg", "sum_agg", "max_agg", "unique_count_agg", "weighted_sum_agg", "latest_agg"):
+            errors["aggregation_type"] = ["value_is_invalid"]
+        if aggregation != "count_agg" and not raw.get("field_name"):
+            errors["field_name"] = ["value_is_mandatory"]
+        if errors:
+            return _invalid(errors)
+        metric = {
+            "lago_id": str(uuid.uuid4()),
+            "name": raw.get("name") or code,
+            "code": code,
+            "description": raw.get("description"),
+            "aggregation_type": aggregation,
+            "field_name": raw.get("field_name"),
+            "recurring": bool(raw.get("recurring")),
+            "filters": [{"key": f["key"], "values": sorted(f["values"])} for f in raw.get("filters") or []],
+            "created_at": _now(),
+        }
+        self.metrics[str(code)] = metric
+        return web.json_response({"billable_metric": metric})
+
+    async def _get_metric(self, request: web.Request) -> web.Response:
+        metric = self.metrics.get(request.match_info["code"])
+        return web.json_response({"billable_metric": metric}) if metric else _not_found("billable_metric")
+
+    async def _plan(self, request: web.Request) -> web.Response:
+        raw = await self._body(request, "plan")
+        if not isinstance(raw, dict):
+            return _error(400, "BadRequest: param is missing or the value is empty or invalid: plan")
+        by_id = {m["lago_id"]: m for m in self.metrics.values()}
+        charges = []
+        for charge in raw.get("charges") or []:
+            metric = by_id.get(charge.get("billable_metric_id"))
+            if metric is None:
+                return _not_found("billable_metrics")
+            amount = (charge.get("properties") or {}).get("amount", "0")
+            if not isinstance(amount, str):
+                return _invalid({"amount": ["invalid_amount"]})
+            filters = []
+            for f in charge.get("filters") or []:
+                famount = (f.get("properties") or {}).get("amount")
+                if not isinstance(famount, str):
+                    return _invalid({"amount": ["invalid_amount"]})
+                filters.append({"lago_id": str(uuid.uuid4()), "values": f["values"], "properties": {"amount": famount}})
+            charges.append(
+                {
+                    "lago_id": str(uuid.uuid4()),
+                    "billable_metric_id": metric["lago_id"],
+                    "billable_metric_code": metric["code"],
+                    "charge_model": charge.get("charge_model", "standard"),
+                    "properties": {"amount": amount},
+                    "filters": filters,
+                }
+            )
+        plan = {
+            "lago_id": str(uuid.uuid4()),
+            "name": raw.get("name"),
+            "code": raw.get("code"),
+            "interval": raw.get("interval", "monthly"),
+            "amount_cents": raw.get("amount_cents", 0),
+            "amount_currency": raw.get("amount_currency", "USD"),
+            "pay_in_advance": raw.get("pay_in_advance", False),
+            "charges": charges,
+            "created_at": _now(),
+        }
+        self.plans[str(raw.get("code"))] = plan
+        return web.json_response({"plan": plan})
+
+    async def _get_plan(self, request: web.Request) -> web.Response:
+        plan = self.plans.get(request.match_info["code"])
+        return web.json_response({"plan": plan}) if plan else _not_found("plan")
+
+    async def _current_usage(self, request: web.Request) -> web.Response:
+        customer_id = request.match_info["external_id"]
+        if customer_id not in self.customers:
+            return _not_found("customer")
+        sub = self.subscriptions.get(request.query.get("external_subscription_id", ""))
+        if sub is None or sub["external_customer_id"] != customer_id or sub["status"] != "active":
+            return _error(405, "Method Not Allowed", "no_active_subscription")
+        started = Decimal(str(datetime.fromisoformat(str(sub["started_at"]).replace("Z", "+00:00")).timestamp()))
+        with self._lock:
+            events = [
+                e for e in self.events if e.external_subscription_id == sub["external_id"] and e.timestamp >= started
+            ]
+        usage = [_charge_usage(charge, self.metrics, events) for charge in sub["plan"]["charges"]]
+        total = sum(c["amount_cents"] for c in usage)
+        return web.json_response(
+            {
+                "customer_usage": {
+                    "from_datetime": sub["started_at"],
+                    "to_datetime": _now(),
+                    "issuing_date": datetime.now(UTC).date().isoformat(),
+                    "currency": sub["plan"]["amount_currency"],
+                    "amount_cents": total,
+                    "taxes_amount_cents": 0,
+                    "total_amount_cents": total,
+                    "lago_invoice_id": None,
+                    "charges_usage": usage,
+                }
+            }
+        )
+
+
+def _charge_usage(charge: dict[str, Any], metrics: dict[str, Any], events: list[StoredEvent]) -> dict[str, Any]:
+    metric = metrics[charge["billable_metric_code"]]
+    declared = {f["key"]: set(f["values"]) for f in metric["filters"]}
+    mine = [e for e in events if e.code == metric["code"]]
+
+    def value(e: StoredEvent) -> Decimal:
+        raw = e.properties.get(metric["field_name"])
+        text = str(raw) if isinstance(raw, int | float | str) and not isinstance(raw, bool) else ""
+        try:
+            return Decimal(text) if text and text.lstrip("-").replace(".", "", 1).isdigit() else Decimal(0)
+        except InvalidOperation:
+            return Decimal(0)
+
+    def matches(e: StoredEvent, values: dict[str, list[str]]) -> bool:
+        for key, wanted in values.items():
+            allowed = declared.get(key, set()) if ALL_VALUES in wanted else set(wanted)
+            if e.properties.get(key) not in allowed or e.properties.get(key) not in declared.get(key, set()):
+                return False
+        return True
+
+    filters_out = []
+    claimed: set[str] = set()
+    for f in charge["filters"]:
+        hit = [e for e in mine if matches(e, f["values"])]
+        claimed.update(e.lago_id for e in hit)
+        units = sum((value(e) for e in hit), Decimal(0))
+        cents = _cents(units, f["properties"]["amount"])
+        filters_out.append(
+            {
+                "values": f["values"],
+                "units": _units(units),
+                "total_aggregated_units": _units(units),
+                "events_count": len(hit),
+                "amount_cents": cents,
+            }
+        )
+    rest = [e for e in mine if e.lago_id not in claimed]
+    rest_units = sum((value(e) for e in rest), Decimal(0))
+    rest_cents = _cents(rest_units, charge["properties"]["amount"])
+    filters_out.append(
+        {
+            "values": {},
+            "units": _units(rest_units),
+            "total_aggregated_units": _units(rest_units),
+            "events_count": len(rest),
+            "amount_cents": rest_cents,
+        }
+    )
+    units = sum((value(e) for e in mine), Decimal(0))
+    return {
+        "units": _units(units),
+        "total_aggregated_units": _units(units),
+        "events_count": len(mine),
+        "amount_cents": sum(f["amount_cents"] for f in filters_out),
+        "amount_currency": "USD",
+        "charge": {"lago_id": charge["lago_id"], "charge_model": charge["charge_model"]},
+        "billable_metric": {k: metric[k] for k in ("lago_id", "name", "code", "aggregation_type")},
+        "filters": filters_out,
+        "grouped_usage": [],
+    }
+
+
+def _units(units: Decimal) -> str:
+    """A decimal as Lago prints a BigDecimal: `3800.0`, `12.5`."""
+    text = format(units.normalize(), "f")
+    return text if "." in text else text + ".0"
+
+
+def _cents(units: Decimal, amount: str) -> int:
+    """One fee: units x amount, rounded half-up to whole cents."""
+    return int((units * Decimal(amount) * 100).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def _cut(request: web.Request) -> None:
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
