@@ -251,7 +251,7 @@ def test_a_database_cut_loses_no_row_and_refuses_beyond_the_queue_bound(upstream
             statuses = [call(r) for r in during]
             assert statuses == [200] * 20 + [503] * 5, statuses
             waiting = httpx.get(gw.url + "/health/ready").json()
-            assert waiting["ledger"]["waiting"] == 20
+            assert waiting["ledger"]["waiting"] == 20 and waiting["ledger"]["writing"] is False
             proxy.set_cut(False)
             deadline = time.monotonic() + 20
             while httpx.get(gw.url + "/health/ready").json()["ledger"]["waiting"]:

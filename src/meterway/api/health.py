@@ -41,7 +41,12 @@ async def ready(services: Services | None, store: str, scope: Scope, receive: Re
             "status": "ready",
             "models": len(services.router.model_names),
             "store": store,
-            "ledger": {"waiting": ledger.waiting, "capacity": ledger.capacity, "estimated_rows": ledger.estimated_rows},
+            "ledger": {
+                "writing": ledger.healthy,
+                "waiting": ledger.waiting,
+                "capacity": ledger.capacity,
+                "estimated_rows": ledger.estimated_rows,
+            },
         }
         if services.settings.unpriced_models:  # their requests are recorded with cost NULL
             details["unpriced_models"] = list(services.settings.unpriced_models)

@@ -55,6 +55,11 @@ class Ledger:
         self._prices: dict[str, pricing.UnitPrices | None] = {}  # deployment id -> unit prices, or None: unpriced
 
     @property
+    def healthy(self) -> bool:
+        """False while writes to the store fail (rows are queued and retried meanwhile)."""
+        return self._healthy
+
+    @property
     def waiting(self) -> int:
         return len(self._queue)
 

@@ -7,6 +7,7 @@ store beside them; `/health/ready` and virtual keys wait for it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -56,4 +57,5 @@ class Store:
         return cls(engine)
 
     async def close(self) -> None:
+        await asyncio.to_thread(self.ledger.close)
         await self.engine.dispose()
