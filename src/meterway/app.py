@@ -240,6 +240,7 @@ class Gateway:
         if services.redis is not None:
             self._listening = asyncio.create_task(self.changes.listen())
         self.key_routes = management.KeyRoutes(store, self.changes, settings.salt_key or settings.master_key)
+        store.ledger.export = settings.billing is not None  # billable rows enqueue their export
         services.ledger.write = store.ledger.write
         services.ledger.kick()  # rows of requests served while the store was opening
         self.store_state = "open"

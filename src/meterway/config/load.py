@@ -21,6 +21,7 @@ from urllib.parse import quote
 import aiohttp
 import yaml
 
+from meterway.config.billing import parse_billing
 from meterway.config.secret import Secret
 from meterway.config.settings import (
     DEFAULT_DATABASE_URL,
@@ -37,6 +38,7 @@ from meterway.providers import registry
 ENV_PREFIX = "os.environ/"
 
 TOP_LEVEL = {
+    "billing",
     "model_list",
     "general_settings",
     "litellm_settings",
@@ -248,8 +250,11 @@ def parse_config(
     if not isinstance(queue, int) or isinstance(queue, bool) or queue < 1:
         raise ConfigError("general_settings.ledger_queue_size must be a whole number, 1 or more")
 
+    billing = parse_billing(_section(data, "billing", env), env)
+
     return Settings(
         deployments=tuple(deployments),
+        billing=billing,
         redis_prefix=redis_prefix,
         budget_clamp_max_tokens=clamp,
         budget_default_output_tokens=output_tokens,

@@ -9,6 +9,7 @@ from typing import Any
 
 import aiohttp
 
+from meterway.config.billing import Billing
 from meterway.config.secret import Secret
 from meterway.providers.base import Api, Provider
 
@@ -72,6 +73,7 @@ class Settings:
     ledger_queue_size: int = 10_000  # ledger rows that may wait for the database before requests get 503
     shutdown_flush_s: float = 30.0  # at shutdown, how long queued ledger rows may take to be written
     unpriced_models: tuple[str, ...] = ()  # deployments with no known price: their cost is NULL
+    billing: Billing | None = None  # usage export to Lago, when configured
 
     def model_names(self) -> list[str]:
         return list(dict.fromkeys(d.model_name for d in self.deployments))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
@@ -156,6 +157,7 @@ class Ledger:
         principal = ctx.principal
         tags, metadata = _tags_and_metadata(ctx.body)
         row: dict[str, Any] = {
+            "uid": uuid.uuid4().hex,  # the base of the row's Lago transaction ids: never made twice
             "request_id": ctx.request_id,
             "started_at": datetime.fromtimestamp(ctx.started_at, UTC),
             "ended_at": datetime.fromtimestamp(now, UTC),

@@ -63,6 +63,9 @@ def _sql(mark: Callable[[int], str]) -> dict[str, str]:
             f"ON CONFLICT ({group}) DO UPDATE SET {add}"
         ),
     }
+    out["outbox"] = (
+        f"INSERT INTO mw_billing_outbox (ledger_uid, status, attempts, created_at) VALUES ({mark(0)}, 'pending', 0, {mark(1)})"
+    )
     for scope, (table, column) in _TABLES.items():
         # plain: (amount, id); periodic: (amount, end, id), `end` being the current period's end
         out[f"{scope}:plain"] = f"UPDATE {table} SET spend = spend + {mark(0)} WHERE {column} = {mark(1)}"
@@ -77,6 +80,7 @@ def _sql(mark: Callable[[int], str]) -> dict[str, str]:
 class LedgerStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
+        self.export = False  # set when billing is on: each billable row enqueues its export
         self._sqlite = engine.dialect.name == "sqlite"
         if self._sqlite:
             self._path = str(engine.url.database)
@@ -88,8 +92,11 @@ class LedgerStore:
 
     async def write(self, entries: Sequence[Entry]) -> None:
         rows, groups, spend = _prepare(entries)
+        outbox = [(e.row["uid"], e.row["ended_at"]) for e in entries if self.export and _billable(e)]
         if self._sqlite:
-            await asyncio.get_running_loop().run_in_executor(self._executor, self._write_sqlite, rows, groups, spend)
+            await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._write_sqlite, rows, groups, spend, outbox
+            )
             return
         async with self._engine.connect() as conn:
             raw = await conn.get_raw_connection()
@@ -99,8 +106,12 @@ class LedgerStore:
                 await pg.executemany(self._sql["rollup"], groups)
                 for (scope, periodic), params in spend.items():
                     await pg.executemany(self._sql[f"{scope}:{periodic}"], params)
+                if outbox:
+                    await pg.executemany(self._sql["outbox"], outbox)
 
-    def _write_sqlite(self, rows: list[list[Any]], groups: list[tuple[Any, ...]], spend: _Spend) -> None:
+    def _write_sqlite(
+        self, rows: list[list[Any]], groups: list[tuple[Any, ...]], spend: _Spend, outbox: list[tuple[Any, ...]]
+    ) -> None:
         if self._db is None:
             db = sqlite3.connect(self._path, isolation_level=None, timeout=30, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
@@ -113,6 +124,8 @@ class LedgerStore:
             db.executemany(self._sql["rollup"], groups)
             for (scope, periodic), params in spend.items():
                 db.executemany(self._sql[f"{scope}:{periodic}"], [_sqlite_times(p) for p in params])
+            if outbox:
+                db.executemany(self._sql["outbox"], [_sqlite_times(p) for p in outbox])
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -163,6 +176,11 @@ def _prepare(entries: Sequence[Entry]) -> tuple[list[list[Any]], list[tuple[Any,
         else:
             spend.setdefault((scope, "periodic"), []).append((amount, datetime.fromtimestamp(period_end, UTC), ident))
     return rows, [(*group, *sums) for group, sums in rollup.items()], spend
+
+
+def _billable(e: Entry) -> bool:
+    """A row worth an event: tokens were used (served, or delivered before the client left)."""
+    return e.row["total_tokens"] > 0 and e.row["status"] in ("success", "client_aborted")
 
 
 def _pg_row(row: list[Any]) -> list[Any]:

@@ -16,6 +16,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     UniqueConstraint,
     func,
 )
@@ -174,6 +175,26 @@ ledger = Table(
     Index("ix_mw_ledger_user_id_started_at", "user_id", "started_at"),
     Index("ix_mw_ledger_team_id_started_at", "team_id", "started_at"),
     Index("ix_mw_ledger_model_group_started_at", "model_group", "started_at"),
+    # added by migration 0004: unique per row, made when the row is, the base of its Lago transaction ids
+    Column("uid", String(32), nullable=True),
+    Index("ix_mw_ledger_uid", "uid", unique=True),
+)
+
+# A ledger row's export to Lago, inserted in the row's own transaction when billing is on, so no
+# event can be lost between the ledger and the sender (see docs/billing.md).
+billing_outbox = Table(
+    "mw_billing_outbox",
+    metadata,
+    Column("ledger_uid", String(32), primary_key=True),
+    Column("status", String(16), nullable=False, server_default="pending"),  # pending, sent, parked
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=True),
+    Column("claimed_until", DateTime(timezone=True), nullable=True),  # a sender holds the row until then
+    Column("reason", Text, nullable=True),  # why a row is parked, readable
+    Column("lago_error", JSON, nullable=True),  # Lago's error body, as it answered
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("sent_at", DateTime(timezone=True), nullable=True),
+    Index("ix_mw_billing_outbox_status_next_attempt_at", "status", "next_attempt_at"),
 )
 
 # Totals per UTC day and every reporting dimension, kept in the same transaction as the ledger

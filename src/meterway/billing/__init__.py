@@ -1,0 +1,1 @@
+"""Billing export: ledger rows turned into Lago events, exactly once (docs/billing.md)."""

@@ -1,0 +1,99 @@
+"""The `billing` section, and LiteLLM's `LAGO_*` environment variables as its users set them.
+
+    billing:
+      api_base: https://api.getlago.com      # or LAGO_API_BASE
+      api_key: os.environ/LAGO_API_KEY         # or LAGO_API_KEY
+      event_code: llm_tokens                   # or LAGO_API_EVENT_CODE
+      charge_by: end_user_id                   # or LAGO_API_CHARGE_BY: end_user_id | user_id | team_id | key
+      split_by_token_type: false
+      default_external_subscription_id: null  # catches requests that name nobody to charge
+      tags: [project]                          # request metadata keys copied into event properties
+      run_sender: true                         # send from `meterway serve` (else `meterway billing worker`)
+
+With no section, `LAGO_API_BASE` and `LAGO_API_KEY` alone turn export on, as they do for LiteLLM.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from meterway.config.secret import Secret
+from meterway.errors import ConfigError
+
+# LiteLLM's names for who is charged, and meterway's
+CHARGE_BY = {
+    "end_user_id": "customer",
+    "customer": "customer",
+    "user_id": "user",
+    "user": "user",
+    "team_id": "team",
+    "team": "team",
+    "key": "key",
+}
+FIELDS = {
+    "api_base",
+    "api_key",
+    "event_code",
+    "charge_by",
+    "split_by_token_type",
+    "default_external_subscription_id",
+    "tags",
+    "run_sender",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Billing:
+    api_base: str  # without /api/v1
+    api_key: Secret
+    event_code: str = "llm_tokens"
+    charge_by: str = "customer"  # customer, user, team or key
+    split_by_token_type: bool = False
+    default_external_subscription_id: str | None = None
+    tags: tuple[str, ...] = ()
+    run_sender: bool = True
+
+
+def parse_billing(section: Mapping[str, Any], env: Mapping[str, str]) -> Billing | None:
+    unknown = sorted(set(section) - FIELDS)
+    if unknown:
+        raise ConfigError(f"billing.{unknown[0]}: not a billing setting; expected one of {', '.join(sorted(FIELDS))}")
+    api_base = section.get("api_base") or env.get("LAGO_API_BASE")
+    api_key = section.get("api_key") or env.get("LAGO_API_KEY")
+    if not section and not (api_base and api_key):
+        return None  # export is off
+    if not api_base:
+        raise ConfigError("billing.api_base (or LAGO_API_BASE) is required to export usage to Lago")
+    if not isinstance(api_base, str) or not api_base.startswith(("http://", "https://")):
+        raise ConfigError(f"billing.api_base must be an http(s) URL, got {api_base!r}")
+    if not api_key or not isinstance(api_key, str):
+        raise ConfigError("billing.api_key (or LAGO_API_KEY) is required to export usage to Lago")
+    charge_by = section.get("charge_by") or env.get("LAGO_API_CHARGE_BY") or "end_user_id"
+    if charge_by not in CHARGE_BY:
+        raise ConfigError(f"billing.charge_by must be end_user_id, user_id, team_id or key, got {charge_by!r}")
+    code = section.get("event_code") or env.get("LAGO_API_EVENT_CODE") or "llm_tokens"
+    if not isinstance(code, str):
+        raise ConfigError("billing.event_code must be a string")
+    tags = section.get("tags") or []
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise ConfigError("billing.tags must be a list of metadata keys")
+    for name in ("split_by_token_type", "run_sender"):
+        if name in section and not isinstance(section[name], bool):
+            raise ConfigError(f"billing.{name} must be true or false")
+    default_sub = section.get("default_external_subscription_id")
+    if default_sub is not None and not isinstance(default_sub, str):
+        raise ConfigError("billing.default_external_subscription_id must be a string")
+    base = api_base.rstrip("/")
+    base = base.removesuffix("/api/v1")
+    return Billing(
+        api_base=base,
+        api_key=Secret(api_key),
+        event_code=code,
+        charge_by=CHARGE_BY[charge_by],
+        split_by_token_type=bool(section.get("split_by_token_type", False)),
+        default_external_subscription_id=default_sub,
+        tags=tuple(tags),
+        run_sender=bool(section.get("run_sender", True)),
+    )

@@ -1,0 +1,61 @@
+"""With billing on, every billable ledger row enqueues its export in the row's own transaction."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+import openai
+import pytest
+
+from tests.lago.standin import LagoStandIn
+from tests.support.gateway import RunningGateway, run_gateway
+from tests.upstreams.standin import StandIn
+
+HI: Any = [{"role": "user", "content": "hi"}]
+
+
+def _config(standin: StandIn, billing: dict[str, Any] | None) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "model_list": [
+            {
+                "model_name": "priced",
+                "litellm_params": {
+                    "model": "openai/priced-up",
+                    "api_base": standin.base_url + "/v1",
+                    "api_key": "sk-up",
+                    "input_cost_per_token": 0.000001,
+                    "output_cost_per_token": 0.000002,
+                },
+            }
+        ]
+    }
+    if billing is not None:
+        config["billing"] = billing
+    return config
+
+
+def _rows(gw: RunningGateway, sql: str) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(gw.settings.database_url.reveal().removeprefix("sqlite:///")) as db:
+        return db.execute(sql).fetchall()
+
+
+@pytest.mark.parametrize("billing_on", [True, False])
+def test_billable_rows_and_only_they_are_enqueued(upstream: StandIn, billing_on: bool) -> None:
+    with LagoStandIn() as lago:
+        billing = {"api_base": lago.url, "api_key": lago.api_key, "run_sender": False} if billing_on else None
+        with run_gateway(_config(upstream, billing)) as gw:
+            with openai.OpenAI(base_url=gw.v1, api_key=gw.key, max_retries=0) as client:
+                client.chat.completions.create(model="priced", messages=HI, user="acme")
+                list(client.chat.completions.create(model="priced", messages=HI, user="acme", stream=True))
+                upstream.script_fail(500, {"error": {"message": "boom"}})
+                with pytest.raises(openai.APIStatusError):
+                    client.chat.completions.create(model="priced", messages=HI, user="acme")
+            ledger = _rows(gw, "SELECT uid, status FROM mw_ledger ORDER BY id")
+            outbox = _rows(gw, "SELECT ledger_uid, status, attempts FROM mw_billing_outbox")
+    assert [status for _, status in ledger] == ["success", "success", "upstream_error"]
+    assert all(uid and len(uid) == 32 for uid, _ in ledger) and len({uid for uid, _ in ledger}) == 3
+    if billing_on:
+        assert sorted(outbox) == sorted((uid, "pending", 0) for uid, status in ledger if status == "success")
+    else:
+        assert outbox == []

@@ -1,0 +1,64 @@
+"""The `billing` section and LiteLLM's LAGO_* variables."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from meterway.config.load import parse_config
+from meterway.errors import ConfigError
+
+MODELS: dict[str, Any] = {"model_list": [{"model_name": "demo", "litellm_params": {"model": "mock/demo"}}]}
+
+
+def test_without_billing_settings_export_is_off() -> None:
+    assert parse_config(MODELS, source=None, env={}).billing is None
+
+
+def test_litellm_lago_variables_alone_turn_export_on() -> None:
+    env = {
+        "LAGO_API_BASE": "http://lago.internal:3000/api/v1/",
+        "LAGO_API_KEY": "lago-key",
+        "LAGO_API_EVENT_CODE": "openai_tokens",
+        "LAGO_API_CHARGE_BY": "team_id",
+    }
+    billing = parse_config(MODELS, source=None, env=env).billing
+    assert billing is not None
+    assert billing.api_base == "http://lago.internal:3000" and billing.api_key.reveal() == "lago-key"
+    assert (billing.event_code, billing.charge_by) == ("openai_tokens", "team")
+    assert billing.run_sender and not billing.split_by_token_type
+
+
+def test_the_section_wins_over_the_environment_and_is_checked() -> None:
+    config = {
+        **MODELS,
+        "billing": {
+            "api_base": "https://api.getlago.com",
+            "api_key": "from-config",
+            "charge_by": "end_user_id",
+            "split_by_token_type": True,
+            "default_external_subscription_id": "sub_default",
+            "tags": ["project"],
+        },
+    }
+    billing = parse_config(config, source=None, env={"LAGO_API_KEY": "from-env", "LAGO_API_CHARGE_BY": "key"}).billing
+    assert billing is not None and billing.api_key.reveal() == "from-config" and billing.charge_by == "customer"
+    assert billing.split_by_token_type and billing.default_external_subscription_id == "sub_default"
+    assert billing.tags == ("project",)
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ({"api_key": "k"}, "billing.api_base"),
+        ({"api_base": "lago:3000", "api_key": "k"}, "http(s) URL"),
+        ({"api_base": "http://lago"}, "billing.api_key"),
+        ({"api_base": "http://lago", "api_key": "k", "charge_by": "org"}, "charge_by"),
+        ({"api_base": "http://lago", "api_key": "k", "colour": "red"}, "billing.colour"),
+        ({"api_base": "http://lago", "api_key": "k", "split_by_token_type": "yes"}, "split_by_token_type"),
+    ],
+)
+def test_bad_billing_settings_are_refused_naming_the_field(section: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse_config({**MODELS, "billing": section}, source=None, env={})
