@@ -39,6 +39,7 @@ from meterway.providers.transport import new_session
 from meterway.routing import Router
 
 if TYPE_CHECKING:
+    from meterway.billing.sender import Sender
     from meterway.store.runtime import Store
 
 log = logging.getLogger("meterway")
@@ -124,6 +125,8 @@ class Gateway:
         self.changes: Changes | None = None
         self._openapi: bytes | None = None
         self._listening: asyncio.Task[None] | None = None
+        self._sending: asyncio.Task[None] | None = None
+        self.sender: Sender | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -202,10 +205,11 @@ class Gateway:
                 opening.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await opening
-                if self._listening is not None:
-                    self._listening.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await self._listening
+                for task in (self._listening, self._sending):
+                    if task is not None:
+                        task.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await task
                 if self.store is not None:
                     await self.store.close()
         except Exception as e:
@@ -241,6 +245,11 @@ class Gateway:
             self._listening = asyncio.create_task(self.changes.listen())
         self.key_routes = management.KeyRoutes(store, self.changes, settings.salt_key or settings.master_key)
         store.ledger.export = settings.billing is not None  # billable rows enqueue their export
+        if settings.billing is not None and settings.billing.run_sender:
+            from meterway.billing.sender import Sender
+
+            self.sender = Sender(settings.billing, store.outbox, services.http)
+            self._sending = asyncio.create_task(self.sender.run())
         services.ledger.write = store.ledger.write
         services.ledger.kick()  # rows of requests served while the store was opening
         self.store_state = "open"

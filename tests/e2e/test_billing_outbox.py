@@ -10,26 +10,14 @@ import pytest
 
 from tests.lago.standin import LagoStandIn
 from tests.support.gateway import RunningGateway, run_gateway
+from tests.support.models import priced
 from tests.upstreams.standin import StandIn
 
 HI: Any = [{"role": "user", "content": "hi"}]
 
 
 def _config(standin: StandIn, billing: dict[str, Any] | None) -> dict[str, Any]:
-    config: dict[str, Any] = {
-        "model_list": [
-            {
-                "model_name": "priced",
-                "litellm_params": {
-                    "model": "openai/priced-up",
-                    "api_base": standin.base_url + "/v1",
-                    "api_key": "sk-up",
-                    "input_cost_per_token": 0.000001,
-                    "output_cost_per_token": 0.000002,
-                },
-            }
-        ]
-    }
+    config: dict[str, Any] = {"model_list": [priced(standin.base_url)]}
     if billing is not None:
         config["billing"] = billing
     return config

@@ -19,6 +19,7 @@ import httpx
 import yaml
 
 from tests.support.gateway import free_socket, run_gateway
+from tests.support.models import priced
 from tests.support.serve import ready, serve
 from tests.upstreams.standin import Script, StandIn
 
@@ -28,18 +29,7 @@ HI = [{"role": "user", "content": "hi"}]
 
 def _config(standin: StandIn, database_url: str, **general: Any) -> dict[str, Any]:
     return {
-        "model_list": [
-            {
-                "model_name": "priced",
-                "litellm_params": {
-                    "model": "openai/priced-up",
-                    "api_base": standin.base_url + "/v1",
-                    "api_key": "sk-up",
-                    "input_cost_per_token": 0.000001,
-                    "output_cost_per_token": 0.000002,
-                },
-            }
-        ],
+        "model_list": [priced(standin.base_url)],
         "general_settings": {"master_key": MASTER, "database_url": database_url, **general},
     }
 

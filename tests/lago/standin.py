@@ -603,3 +603,25 @@ def _cut(request: web.Request) -> None:
     transport = request.transport
     if transport is not None:
         transport.abort()
+
+
+def payg_plan(metric_lago_id: str, amount: str, filters: list[Any] | None = None) -> Any:
+    """A monthly pay-as-you-go plan with one standard charge on the metric (for the real client)."""
+    from lago_python_client.models import Charge, Plan
+
+    return Plan(
+        name="Pay as you go",
+        code="payg",
+        interval="monthly",
+        amount_cents=0,
+        amount_currency="USD",
+        pay_in_advance=False,
+        charges=[
+            Charge(
+                billable_metric_id=metric_lago_id,
+                charge_model="standard",
+                properties={"amount": amount},
+                filters=filters or [],
+            )
+        ],
+    )

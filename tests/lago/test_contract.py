@@ -15,15 +15,13 @@ from lago_python_client.models import (
     BatchEvent,
     BillableMetric,
     BillableMetricFilter,
-    Charge,
     ChargeFilter,
     Customer,
     Event,
-    Plan,
     Subscription,
 )
 
-from tests.lago.standin import LagoStandIn
+from tests.lago.standin import LagoStandIn, payg_plan
 
 START = int(datetime(2026, 1, 1, tzinfo=UTC).timestamp())
 
@@ -53,23 +51,12 @@ def _setup(client: Client) -> None:
     )
     assert metric is not None
     client.plans.create(
-        Plan(
-            name="Pay as you go",
-            code="payg",
-            interval="monthly",
-            amount_cents=0,
-            amount_currency="USD",
-            pay_in_advance=False,
-            charges=[
-                Charge(
-                    billable_metric_id=metric.lago_id,
-                    charge_model="standard",
-                    properties={"amount": "0.00001"},
-                    filters=[
-                        ChargeFilter(values={"model": ["gpt-4o"], "type": ["input"]}, properties={"amount": "0.0025"}),
-                        ChargeFilter(values={"model": ["gpt-4o"], "type": ["output"]}, properties={"amount": "0.01"}),
-                    ],
-                )
+        payg_plan(
+            metric.lago_id,
+            "0.00001",
+            [
+                ChargeFilter(values={"model": ["gpt-4o"], "type": ["input"]}, properties={"amount": "0.0025"}),
+                ChargeFilter(values={"model": ["gpt-4o"], "type": ["output"]}, properties={"amount": "0.01"}),
             ],
         )
     )

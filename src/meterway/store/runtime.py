@@ -17,6 +17,7 @@ from meterway.store.engine import DatabaseUnavailable, create_engine, wait_for_d
 from meterway.store.entities import customer_store, team_store, user_store
 from meterway.store.keys import KeyStore
 from meterway.store.ledger import LedgerStore
+from meterway.store.outbox import OutboxStore
 from meterway.store.reports import Reports
 from meterway.store.url import parse, where
 
@@ -32,6 +33,7 @@ class Store:
         self.customers = customer_store(engine)
         self.ledger = LedgerStore(engine)
         self.reports = Reports(engine)
+        self.outbox = OutboxStore(engine)
 
     @classmethod
     async def open(cls, url: str, *, wait_s: float, run_migrations: bool) -> Store:

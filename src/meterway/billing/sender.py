@@ -1,0 +1,136 @@
+"""The sender: pending exports to Lago's batch endpoint, exactly once.
+
+Each round claims up to 100 due rows, turns them into events (parking the rows that name nobody
+to charge) and posts them in one batch. Lago's answers, as the contract describes them:
+
+- 200: every event is stored; the rows are sent.
+- 422 listing indexes: nothing of the batch was stored. An index whose `transaction_id` already
+  exists was delivered before (a lost answer): its row counts as sent. An index with any other
+  error is invalid: its row is parked with Lago's answer. Every other event is resent at once,
+  without its bad neighbours.
+- anything else (5xx, 429, a timeout, a dropped connection, 401/403/404): the rows stay pending
+  and are tried again after an exponential backoff with jitter, for as long as it takes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from typing import Any
+
+import aiohttp
+import orjson
+
+from meterway.billing.events import Parked, events_for, subscription_for
+from meterway.config.billing import Billing
+from meterway.store.outbox import OutboxStore
+
+log = logging.getLogger("meterway.billing")
+
+BATCH = 100  # Lago's default LAGO_EVENTS_BATCH_MAX_LENGTH
+HOLD_S = 60.0  # a claim outlives a stuck send by this much
+BACKOFF_FIRST_S = 0.5
+BACKOFF_MAX_S = 60.0
+DUPLICATE = {"transaction_id": ["value_already_exist"]}
+
+
+class Sender:
+    def __init__(self, billing: Billing, outbox: OutboxStore, session: aiohttp.ClientSession) -> None:
+        self.billing = billing
+        self.outbox = outbox
+        self.session = session
+        self.url = billing.api_base + "/api/v1/events/batch"
+        self.delivered = 0  # events Lago stored (or already had)
+        self.parked = 0
+        self.failures = 0
+
+    async def run(self, idle_s: float = 0.2) -> None:
+        """Sends until cancelled; waits `idle_s` when nothing is due."""
+        while True:
+            try:
+                if await self.round() == 0:
+                    await asyncio.sleep(idle_s)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("billing sender round failed; retrying")
+                await asyncio.sleep(1.0)
+
+    async def round(self) -> int:
+        rows = await self.outbox.claim(BATCH, HOLD_S)
+        if not rows:
+            return 0
+        mapped: dict[str, str] = {}
+        if self.billing.charge_by == "customer":
+            mapped = await self.outbox.subscriptions(sorted({str(r["customer_id"]) for r in rows if r["customer_id"]}))
+        events: list[tuple[str, dict[str, Any]]] = []  # (row uid, event)
+        for row in rows:
+            sub = subscription_for(row, self.billing, mapped)
+            if isinstance(sub, Parked):
+                await self.outbox.park(row["uid"], sub.reason)
+                self.parked += 1
+                continue
+            events += [(row["uid"], e) for e in events_for(row, sub, self.billing)]
+        await self._send(events, attempts=max((r.get("attempts", 0) for r in rows), default=0))
+        return len(rows)
+
+    async def _send(self, events: list[tuple[str, dict[str, Any]]], attempts: int) -> None:
+        pending = events
+        for _ in range(3):  # a split batch is resent at once, at most twice more
+            if not pending:
+                return
+            status, body = await self._post([e for _, e in pending])
+            uids = sorted({uid for uid, _ in pending})
+            if status == 200:
+                self.delivered += len(pending)
+                await self.outbox.sent(uids)
+                return
+            details = body.get("error_details") if isinstance(body, dict) else None
+            if status != 422 or not isinstance(details, dict) or not all(k.isdigit() for k in details):
+                self.failures += 1
+                delay = min(BACKOFF_FIRST_S * 2**attempts, BACKOFF_MAX_S) * random.uniform(0.5, 1.0)
+                await self.outbox.retry(uids, delay, f"Lago answered {status or 'nothing'}; retrying")
+                log.warning(
+                    "billing batch of %d events not delivered (%s); retry in %.1fs", len(pending), status, delay
+                )
+                return
+            bad: dict[str, Any] = {}
+            duplicate: set[int] = set()
+            for index, errors in details.items():
+                uid = pending[int(index)][0]
+                if errors == DUPLICATE:
+                    duplicate.add(int(index))
+                else:
+                    bad[uid] = errors
+            for uid, errors in bad.items():
+                await self.outbox.park(
+                    uid, "Lago rejected the event as invalid", {"status": 422, "error_details": errors}
+                )
+                self.parked += 1
+            self.delivered += len(duplicate)
+            kept = [(uid, e) for i, (uid, e) in enumerate(pending) if i not in duplicate and uid not in bad]
+            done = {uid for i, (uid, _) in enumerate(pending) if i in duplicate} - {uid for uid, _ in kept} - set(bad)
+            await self.outbox.sent(sorted(done))
+            pending = kept
+        if pending:
+            await self.outbox.retry(sorted({uid for uid, _ in pending}), BACKOFF_FIRST_S, "batch split too often")
+
+    async def _post(self, events: list[dict[str, Any]]) -> tuple[int, Any]:
+        """Lago's status and parsed body; status 0 when there was no answer."""
+        headers = {"Authorization": f"Bearer {self.billing.api_key.reveal()}", "Content-Type": "application/json"}
+        try:
+            async with self.session.post(
+                self.url,
+                data=orjson.dumps({"events": events}),
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=30),
+            ) as resp:
+                raw = await resp.read()
+                try:
+                    return resp.status, orjson.loads(raw) if raw else None
+                except orjson.JSONDecodeError:
+                    return resp.status, None
+        except (aiohttp.ClientError, TimeoutError) as e:
+            log.warning("billing: no answer from Lago (%s)", e.__class__.__name__)
+            return 0, None

@@ -1,0 +1,137 @@
+"""The billing outbox: claiming pending exports, and recording how each ended.
+
+A sender claims a batch by stamping `claimed_until` on it in one statement; on PostgreSQL the
+candidate rows are locked with `FOR UPDATE SKIP LOCKED`, so senders on several replicas never
+claim the same row. SQLite has one writer at a time, which gives the same guarantee. A claim
+runs out by itself: a sender killed mid-batch leaves its rows to the next one after `hold_s`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from meterway.store.tables import billing_outbox, customers, ledger
+
+_DUE = (
+    "status = 'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= :now) "
+    "AND (claimed_until IS NULL OR claimed_until < :now)"
+)
+
+
+class OutboxStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        lock = " FOR UPDATE SKIP LOCKED" if engine.dialect.name == "postgresql" else ""
+        self._claim = sa.text(
+            "UPDATE mw_billing_outbox SET claimed_until = :until WHERE ledger_uid IN "
+            f"(SELECT ledger_uid FROM mw_billing_outbox WHERE {_DUE} ORDER BY created_at LIMIT :n{lock}) "
+            "RETURNING ledger_uid"
+        ).bindparams(
+            sa.bindparam("now", type_=sa.DateTime(timezone=True)),
+            sa.bindparam("until", type_=sa.DateTime(timezone=True)),
+        )
+
+    async def claim(self, limit: int, hold_s: float) -> list[dict[str, Any]]:
+        """Up to `limit` due rows, claimed for `hold_s` seconds, with their ledger rows."""
+        now = datetime.now(UTC)
+        async with self._engine.begin() as conn:
+            uids = [
+                r[0]
+                for r in await conn.execute(
+                    self._claim, {"now": now, "until": now + timedelta(seconds=hold_s), "n": limit}
+                )
+            ]
+            if not uids:
+                return []
+            query = (
+                sa.select(ledger, billing_outbox.c.attempts)
+                .join(billing_outbox, billing_outbox.c.ledger_uid == ledger.c.uid)
+                .where(ledger.c.uid.in_(uids))
+            )
+            rows = (await conn.execute(query)).mappings().all()
+        return [{str(k): v for k, v in r.items()} for r in rows]
+
+    async def subscriptions(self, customer_ids: Sequence[str]) -> dict[str, str]:
+        """Customers that carry their own Lago subscription id."""
+        if not customer_ids:
+            return {}
+        query = sa.select(customers.c.customer_id, customers.c.billing_external_subscription_id).where(
+            customers.c.customer_id.in_(list(customer_ids)), customers.c.billing_external_subscription_id.is_not(None)
+        )
+        async with self._engine.connect() as conn:
+            return {str(r[0]): str(r[1]) for r in await conn.execute(query)}
+
+    async def sent(self, uids: Sequence[str]) -> None:
+        await self._update(uids, status="sent", sent_at=datetime.now(UTC), claimed_until=None)
+
+    async def park(self, uid: str, reason: str, error: Any = None) -> None:
+        await self._update([uid], status="parked", reason=reason, lago_error=error, claimed_until=None)
+
+    async def retry(self, uids: Sequence[str], delay_s: float, reason: str) -> None:
+        """Back to pending after `delay_s`, one attempt more."""
+        if not uids:
+            return
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                billing_outbox.update()
+                .where(billing_outbox.c.ledger_uid.in_(list(uids)))
+                .values(
+                    attempts=billing_outbox.c.attempts + 1,
+                    next_attempt_at=datetime.now(UTC) + timedelta(seconds=delay_s),
+                    claimed_until=None,
+                    reason=reason,
+                )
+            )
+
+    async def reprocess(self, *, reason: str | None = None, since: datetime | None = None) -> int:
+        """Parked rows back to pending (keeping their transaction ids): after a mapping is fixed."""
+        query = billing_outbox.update().where(billing_outbox.c.status == "parked")
+        if reason:
+            query = query.where(billing_outbox.c.reason.contains(reason))
+        if since is not None:
+            query = query.where(billing_outbox.c.created_at >= since)
+        async with self._engine.begin() as conn:
+            done = await conn.execute(query.values(status="pending", next_attempt_at=None, claimed_until=None))
+        return int(done.rowcount)
+
+    async def status(self) -> dict[str, Any]:
+        async with self._engine.connect() as conn:
+            counts: dict[str, int] = dict(
+                (
+                    await conn.execute(
+                        sa.select(billing_outbox.c.status, sa.func.count()).group_by(billing_outbox.c.status)
+                    )
+                ).all()
+            )
+            parked = (
+                await conn.execute(
+                    sa.select(billing_outbox.c.reason, sa.func.count())
+                    .where(billing_outbox.c.status == "parked")
+                    .group_by(billing_outbox.c.reason)
+                )
+            ).all()
+            oldest = (
+                await conn.execute(
+                    sa.select(sa.func.min(billing_outbox.c.created_at)).where(billing_outbox.c.status == "pending")
+                )
+            ).scalar()
+        return {
+            "pending": int(counts.get("pending", 0)),
+            "sent": int(counts.get("sent", 0)),
+            "parked": int(counts.get("parked", 0)),
+            "parked_by_reason": {str(r): int(n) for r, n in parked},
+            "oldest_pending": oldest.isoformat() if oldest is not None else None,
+        }
+
+    async def _update(self, uids: Sequence[str], **values: Any) -> None:
+        if not uids:
+            return
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                billing_outbox.update().where(billing_outbox.c.ledger_uid.in_(list(uids))).values(**values)
+            )

@@ -1,0 +1,120 @@
+"""Usage exported to the Lago stand-in over real HTTP: every billable row once, whatever Lago does.
+
+Each scenario ends the same way: the transaction ids in Lago are exactly the billable ledger
+rows' uids, none twice."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import openai
+import pytest
+from lago_python_client.client import Client
+from lago_python_client.models import BillableMetric, Customer, Subscription
+
+from tests.lago.standin import LagoStandIn, payg_plan
+from tests.support.gateway import RunningGateway, run_gateway
+from tests.support.models import priced
+from tests.upstreams.standin import StandIn
+
+HI: Any = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture
+def lago() -> Iterator[LagoStandIn]:
+    with LagoStandIn() as stand_in:
+        client = Client(api_key=stand_in.api_key, api_url=stand_in.url)
+        metric = client.billable_metrics.create(
+            BillableMetric(name="LLM tokens", code="llm_tokens", aggregation_type="sum_agg", field_name="total_tokens")
+        )
+        assert metric is not None
+        client.plans.create(payg_plan(metric.lago_id, "0.001"))
+        client.customers.create(Customer(external_id="acme", currency="USD"))
+        started = (datetime.now(UTC) - timedelta(days=1)).isoformat()
+        client.subscriptions.create(
+            Subscription(external_customer_id="acme", plan_code="payg", external_id="acme", subscription_at=started)
+        )
+        yield stand_in
+
+
+def _config(standin: StandIn, lago: LagoStandIn) -> dict[str, Any]:
+    return {
+        "model_list": [priced(standin.base_url)],
+        "billing": {"api_base": lago.url, "api_key": lago.api_key, "charge_by": "end_user_id"},
+    }
+
+
+def _sql(gw: RunningGateway, query: str) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(gw.settings.database_url.reveal().removeprefix("sqlite:///")) as db:
+        return db.execute(query).fetchall()
+
+
+def _settled(gw: RunningGateway, within_s: float = 15) -> None:
+    deadline = time.monotonic() + within_s
+    while _sql(gw, "SELECT count(*) FROM mw_billing_outbox WHERE status = 'pending'")[0][0]:
+        assert time.monotonic() < deadline, "exports still pending"
+        time.sleep(0.05)
+
+
+def _traffic(gw: RunningGateway, n: int, user: str | None = "acme") -> None:
+    extra = {"user": user} if user else {}
+    with openai.OpenAI(base_url=gw.v1, api_key=gw.key, max_retries=0) as client:
+        for i in range(n):
+            if i % 2:
+                list(client.chat.completions.create(model="priced", messages=HI, stream=True, **extra))
+            else:
+                client.chat.completions.create(model="priced", messages=HI, **extra)
+
+
+def _exact(gw: RunningGateway, lago: LagoStandIn) -> None:
+    expected = {r[0] for r in _sql(gw, "SELECT uid FROM mw_ledger WHERE customer_id = 'acme' AND total_tokens > 0")}
+    got = lago.transaction_ids()
+    assert len(got) == len(set(got)), "a transaction id reached Lago twice"
+    assert set(got) == expected
+
+
+def test_every_billable_row_reaches_lago_once(upstream: StandIn, lago: LagoStandIn) -> None:
+    with run_gateway(_config(upstream, lago)) as gw:
+        _traffic(gw, 20)
+        _settled(gw)
+        _exact(gw, lago)
+        event = lago.events[0]
+        assert event.code == "llm_tokens" and event.external_subscription_id == "acme"
+        assert set(event.properties) == {"model", "prompt_tokens", "completion_tokens", "total_tokens", "cost"}
+
+
+def test_lago_failing_and_losing_answers_bills_nothing_twice(upstream: StandIn, lago: LagoStandIn) -> None:
+    lago.fail_next(2, 500)
+    lago.drop_next(1, after_commit=True)  # stored, but the sender never hears it
+    lago.drop_next(1, after_commit=False)
+    with run_gateway(_config(upstream, lago)) as gw:
+        _traffic(gw, 12)
+        _settled(gw, within_s=30)
+        _exact(gw, lago)
+
+
+def test_a_batch_with_an_already_stored_event_still_delivers_the_others(upstream: StandIn, lago: LagoStandIn) -> None:
+    with run_gateway(_config(upstream, lago)) as gw:
+        _traffic(gw, 3)
+        _settled(gw)
+        # as if an earlier send had been stored but not acknowledged: put one row back to pending
+        uid = lago.transaction_ids()[0]
+        with sqlite3.connect(gw.settings.database_url.reveal().removeprefix("sqlite:///")) as db:
+            db.execute("UPDATE mw_billing_outbox SET status = 'pending', sent_at = NULL WHERE ledger_uid = ?", (uid,))
+        _traffic(gw, 3)
+        _settled(gw)
+        _exact(gw, lago)
+
+
+def test_a_request_naming_no_customer_is_parked_with_its_reason(upstream: StandIn, lago: LagoStandIn) -> None:
+    with run_gateway(_config(upstream, lago)) as gw:
+        _traffic(gw, 1, user=None)
+        _traffic(gw, 1)
+        _settled(gw)
+        parked = _sql(gw, "SELECT reason FROM mw_billing_outbox WHERE status = 'parked'")
+        assert parked == [("no customer (the request's `user` field) on the request while charging by customer",)]
+        _exact(gw, lago)
