@@ -250,6 +250,7 @@ class Gateway:
 
             self.sender = Sender(settings.billing, store.outbox, services.http)
             self._sending = asyncio.create_task(self.sender.run())
+            self.key_routes.sender = self.sender
         services.ledger.write = store.ledger.write
         services.ledger.kick()  # rows of requests served while the store was opening
         self.store_state = "open"

@@ -5,12 +5,16 @@ rows' uids, none twice."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 import openai
 import pytest
 from lago_python_client.client import Client
@@ -118,3 +122,41 @@ def test_a_request_naming_no_customer_is_parked_with_its_reason(upstream: StandI
         parked = _sql(gw, "SELECT reason FROM mw_billing_outbox WHERE status = 'parked'")
         assert parked == [("no customer (the request's `user` field) on the request while charging by customer",)]
         _exact(gw, lago)
+
+
+def test_a_customer_without_a_lago_subscription_is_parked_then_delivered_after_mapping(
+    upstream: StandIn, lago: LagoStandIn
+) -> None:
+    with run_gateway(_config(upstream, lago)) as gw:
+        admin = {"Authorization": f"Bearer {gw.key}"}
+        httpx.post(gw.url + "/customer/new", json={"user_id": "bob"}, headers=admin).raise_for_status()
+        _traffic(gw, 2, user="bob")  # Lago has no subscription 'bob': it would take the events and never bill them
+        _settled(gw)
+        status = httpx.get(gw.url + "/billing/status", headers=admin).json()
+        assert status["parked"] == 2 and status["parked_by_reason"] == {"no active Lago subscription 'bob'": 2}
+        assert lago.transaction_ids() == []
+        cli = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "meterway",
+                "billing",
+                "status",
+                "--database-url",
+                gw.settings.database_url.reveal(),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={k: v for k, v in os.environ.items() if k not in ("METERWAY_CONFIG", "CONFIG_FILE_PATH")},
+        )
+        assert cli.returncode == 0 and "no active Lago subscription 'bob'" in cli.stdout
+        # map bob onto acme's subscription, then send the parked events again
+        update = {"user_id": "bob", "billing_external_subscription_id": "acme"}
+        httpx.post(gw.url + "/customer/update", json=update, headers=admin).raise_for_status()
+        again = httpx.post(gw.url + "/billing/reprocess", json={"reason": "subscription"}, headers=admin).json()
+        assert again == {"reprocessed": 2}
+        _settled(gw)
+        bob = {r[0] for r in _sql(gw, "SELECT uid FROM mw_ledger WHERE customer_id = 'bob'")}
+        assert set(lago.transaction_ids()) == bob and len(lago.transaction_ids()) == 2
+        assert {e.external_subscription_id for e in lago.events} == {"acme"}

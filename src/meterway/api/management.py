@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from sqlalchemy.exc import IntegrityError
 
     from meterway.app import Services
+    from meterway.billing.sender import Sender
     from meterway.store.keys import KeyRecord
     from meterway.store.runtime import Store
 
@@ -143,6 +144,7 @@ class KeyRoutes:
     def __init__(self, store: Store, changes: Changes, secret: Secret | None = None) -> None:
         self.store = store
         self.changes = changes
+        self.sender: Sender | None = None  # the billing sender of this process, when it runs one
         self.secret = secret  # derives regenerated keys, so that a retried regeneration gives the same key
 
     async def regenerate(self, body: bytes, query: dict[str, str]) -> dict[str, Any]:
@@ -301,9 +303,9 @@ ROUTES: dict[tuple[str, str], Handler] = {
 
 
 def all_routes() -> dict[tuple[str, str], Handler]:
-    from meterway.api import reports, tenancy
+    from meterway.api import billing, reports, tenancy
 
-    return {**ROUTES, **tenancy.ROUTES, **reports.ROUTES}
+    return {**ROUTES, **tenancy.ROUTES, **reports.ROUTES, **billing.ROUTES}
 
 
 _OWN_USAGE = frozenset({"/spend/logs", "/usage", "/global/spend/report"})  # an internal user sees its own

@@ -9,6 +9,7 @@ import msgspec
 import orjson
 
 from meterway import __version__
+from meterway.api import billing as b
 from meterway.api import management as m
 from meterway.api import tenancy as t
 
@@ -73,6 +74,8 @@ OPERATIONS: list[tuple[str, str, str, type[msgspec.Struct] | None, Query]] = [
         None,
         ("group_by", "start_date", "end_date"),
     ),
+    ("GET", "/billing/status", "Billing exports: pending, sent, parked (by reason)", None, ()),
+    ("POST", "/billing/reprocess", "Parked billing exports sent again", b.ReprocessRequest, ()),
     (
         "GET",
         "/customer/{customer_id}/invoice-preview",

@@ -1,7 +1,8 @@
 """The sender: pending exports to Lago's batch endpoint, exactly once.
 
 Each round claims up to 100 due rows, turns them into events (parking the rows that name nobody
-to charge) and posts them in one batch. Lago's answers, as the contract describes them:
+to charge, or a subscription Lago does not have active: Lago would accept their events and never
+bill them) and posts them in one batch. Lago's answers, as the contract describes them:
 
 - 200: every event is stored; the rows are sent.
 - 422 listing indexes: nothing of the batch was stored. An index whose `transaction_id` already
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from typing import Any
 
 import aiohttp
@@ -33,6 +35,7 @@ HOLD_S = 60.0  # a claim outlives a stuck send by this much
 BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 60.0
 DUPLICATE = {"transaction_id": ["value_already_exist"]}
+SUBSCRIPTIONS_TTL_S = 30.0
 
 
 class Sender:
@@ -44,6 +47,39 @@ class Sender:
         self.delivered = 0  # events Lago stored (or already had)
         self.parked = 0
         self.failures = 0
+        self._active: set[str] = set()  # subscriptions Lago has active, as last listed
+        self._listed_at = float("-inf")
+
+    async def _subscriptions(self) -> set[str] | None:
+        """Lago's active subscription ids, listed at most every SUBSCRIPTIONS_TTL_S (None: Lago did
+        not answer; the rows then wait rather than be parked for Lago's outage)."""
+        now = time.monotonic()
+        if now - self._listed_at < SUBSCRIPTIONS_TTL_S:
+            return self._active
+        headers = {"Authorization": f"Bearer {self.billing.api_key.reveal()}"}
+        found: set[str] = set()
+        page = 1
+        try:
+            while page:
+                async with self.session.get(
+                    self.billing.api_base + "/api/v1/subscriptions",
+                    params={"page": str(page), "per_page": "100", "status[]": "active"},
+                    headers=headers,
+                    timeout=aiohttp.ClientTimeout(total=30),
+                ) as resp:
+                    if resp.status != 200:
+                        return None
+                    body = await resp.json()
+                found.update(str(sub["external_id"]) for sub in body.get("subscriptions", []))
+                page = (body.get("meta") or {}).get("next_page") or 0
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return None
+        self._active, self._listed_at = found, now
+        return found
+
+    def forget_subscriptions(self) -> None:
+        """The next round lists them again (after a reprocess: the mapping may have changed)."""
+        self._listed_at = float("-inf")
 
     async def run(self, idle_s: float = 0.2) -> None:
         """Sends until cancelled; waits `idle_s` when nothing is due."""
@@ -64,9 +100,16 @@ class Sender:
         mapped: dict[str, str] = {}
         if self.billing.charge_by == "customer":
             mapped = await self.outbox.subscriptions(sorted({str(r["customer_id"]) for r in rows if r["customer_id"]}))
+        active = await self._subscriptions()
+        if active is None:  # Lago is not answering: try again later, park nothing for it
+            await self.outbox.retry([r["uid"] for r in rows], BACKOFF_FIRST_S * 4, "Lago did not list subscriptions")
+            return len(rows)
         events: list[tuple[str, dict[str, Any]]] = []  # (row uid, event)
         for row in rows:
             sub = subscription_for(row, self.billing, mapped)
+            if not isinstance(sub, Parked) and sub not in active:
+                # Lago would answer 200 and never bill it (contract section 4)
+                sub = Parked(f"no active Lago subscription '{sub}'")
             if isinstance(sub, Parked):
                 await self.outbox.park(row["uid"], sub.reason)
                 self.parked += 1

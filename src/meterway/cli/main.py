@@ -73,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return migrate(args)
         if args.command in ("keys", "users", "teams", "customers"):
             return admin.run(args)
-        if args.command in ("usage", "invoice"):
+        if args.command in ("usage", "invoice", "billing"):
             return reports.run(args)
         return check_config(args)
     except ConfigError as e:

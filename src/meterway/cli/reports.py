@@ -1,5 +1,5 @@
-"""`meterway usage` and `meterway invoice`: the usage reports, read from the database directly
-through the same handlers as `GET /usage` and `GET /customer/{id}/invoice-preview`."""
+"""`meterway usage`, `meterway invoice` and `meterway billing status|reprocess`: read from (and
+written to) the database directly, through the same handlers as the HTTP API."""
 
 from __future__ import annotations
 
@@ -24,9 +24,17 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     invoice.add_argument("customer")
     invoice.add_argument("--period", help="YYYY-MM (default: this month)")
     invoice.add_argument("--format", choices=["table", "json", "csv", "html"], default="table")
-    for p in (usage, invoice):
+    billing = sub.add_parser("billing", help="billing export to Lago: status, reprocess")
+    actions = billing.add_subparsers(dest="action", required=True)
+    status = actions.add_parser("status", help="exports pending, sent and parked (with reasons)")
+    reprocess = actions.add_parser("reprocess", help="send parked exports again, after fixing their mapping")
+    reprocess.add_argument("--reason", help="only those whose reason contains this")
+    reprocess.add_argument("--since", help="only those recorded from this day, YYYY-MM-DD")
+    for p in (usage, invoice, status, reprocess):
         p.add_argument("--config", help="config file whose database_url to use")
         p.add_argument("--database-url", help="overrides the config and DATABASE_URL")
+    for p in (status, reprocess):
+        p.add_argument("--format", choices=["table", "json"], default="table")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,10 +49,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _run(args: argparse.Namespace) -> Any:
-    from meterway.api import reports
+    from meterway.api import billing, reports
 
     fmt = "json" if args.format == "table" else args.format
     async with admin.open_routes(args) as routes:
+        if args.command == "billing":
+            if args.action == "status":
+                return await billing.status(routes, b"", {})
+            body = {k: v for k, v in (("reason", args.reason), ("since", args.since)) if v}
+            return await billing.reprocess(routes, orjson.dumps(body), {})
         if args.command == "usage":
             query = {"group_by": args.by, "format": fmt}
             for name, value in (
@@ -66,6 +79,11 @@ async def _run(args: argparse.Namespace) -> Any:
 
 
 def _table(command: str, result: dict[str, Any]) -> str:
+    if command == "billing":
+        lines = [f"{k}: {v}" for k, v in result.items() if not isinstance(v, dict)]
+        for reason, n in (result.get("parked_by_reason") or {}).items():
+            lines.append(f"  parked {n}: {reason}")
+        return "\n".join(lines)
     if command == "usage":
         rows = [*result["rows"], {**{g: "total" for g in result["group_by"][:1]}, **result["totals"]}]
         cols = [*result["group_by"], "requests", "prompt_tokens", "completion_tokens", "total_tokens", "cost"]

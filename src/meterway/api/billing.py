@@ -1,0 +1,47 @@
+"""`GET /billing/status` and `POST /billing/reprocess`: what waits, what was sent, what is parked
+and why; and parked exports sent again once their mapping is fixed (same transaction ids)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from meterway.api.management import decode_body
+from meterway.errors import BadRequest
+
+if TYPE_CHECKING:
+    from meterway.api.management import KeyRoutes
+
+
+class ReprocessRequest(msgspec.Struct):
+    reason: str | None = None  # only parked rows whose reason contains this
+    since: str | None = None  # only rows recorded from this day (YYYY-MM-DD) or time (ISO 8601)
+
+
+async def status(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:
+    out = await r.store.outbox.status()
+    sender = r.sender
+    if sender is not None:
+        out["sender"] = {"delivered": sender.delivered, "parked": sender.parked, "failed_batches": sender.failures}
+    return out
+
+
+async def reprocess(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:
+    req: ReprocessRequest = decode_body(body, ReprocessRequest)
+    since = None
+    if req.since:
+        try:
+            since = datetime.fromisoformat(req.since)
+        except ValueError:
+            raise BadRequest(f"'since' must be a date or an ISO 8601 time; got {req.since!r}.", param="since") from None
+        if since.tzinfo is None:
+            since = since.replace(tzinfo=UTC)
+    count = await r.store.outbox.reprocess(reason=req.reason, since=since)
+    if r.sender is not None:
+        r.sender.forget_subscriptions()
+    return {"reprocessed": count}
+
+
+ROUTES = {("GET", "/billing/status"): status, ("POST", "/billing/reprocess"): reprocess}
