@@ -160,3 +160,33 @@ def test_a_customer_without_a_lago_subscription_is_parked_then_delivered_after_m
         bob = {r[0] for r in _sql(gw, "SELECT uid FROM mw_ledger WHERE customer_id = 'bob'")}
         assert set(lago.transaction_ids()) == bob and len(lago.transaction_ids()) == 2
         assert {e.external_subscription_id for e in lago.events} == {"acme"}
+
+
+def test_reconcile_matches_then_reports_an_event_lago_lost(upstream: StandIn, lago: LagoStandIn) -> None:
+    with run_gateway(_config(upstream, lago)) as gw:
+        _traffic(gw, 6)
+        _settled(gw)
+        admin = {"Authorization": f"Bearer {gw.key}"}
+        period = datetime.now(UTC).strftime("%Y-%m")
+        report = httpx.get(gw.url + "/billing/reconcile", params={"period": period}, headers=admin).json()
+        (sub,) = report["subscriptions"]
+        assert report["match"] is True and sub["ledger_events"] == sub["lago_events"] == 6
+        assert sub["ledger_tokens"] == sub["lago_tokens"] > 0
+
+        def cli() -> subprocess.CompletedProcess[str]:
+            env = {k: v for k, v in os.environ.items() if k not in ("METERWAY_CONFIG", "CONFIG_FILE_PATH")}
+            env.update(LAGO_API_BASE=lago.url, LAGO_API_KEY=lago.api_key)
+            database = gw.settings.database_url.reveal()
+            command = ["billing", "reconcile", "--period", period, "--database-url", database]
+            return subprocess.run(
+                [sys.executable, "-m", "meterway", *command], capture_output=True, text=True, timeout=60, env=env
+            )
+
+        ok = cli()
+        assert ok.returncode == 0 and "everything matches" in ok.stdout, ok.stdout + ok.stderr
+        lost = lago.transaction_ids()[2]
+        lago.lose(lost)
+        report = httpx.get(gw.url + "/billing/reconcile", params={"period": period}, headers=admin).json()
+        assert report["match"] is False and report["subscriptions"][0]["missing_in_lago"] == [lost]
+        bad = cli()
+        assert bad.returncode == 1 and lost in bad.stdout

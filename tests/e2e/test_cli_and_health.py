@@ -155,6 +155,8 @@ def test_liveness_answers_while_the_gateway_is_saturated(tmp_path: Path) -> None
     cfg = tmp_path / "c.yaml"
     cfg.write_text("model_list:\n  - model_name: m\n    litellm_params: {model: mock/x}\n")
     for served_gw in _serve(["--config", str(cfg)], {"METERWAY_MASTER_KEY": "sk-load"}):
+        # Traffic arrives once the pod is ready, as a Service sends it (the store opens before that)
+        _ready(served_gw.url)
         served, probes, statuses = asyncio.run(_saturate_and_probe(served_gw.url, "sk-load"))
         assert served > 500, "the load must actually have kept the gateway busy"
         assert statuses and all(s == 200 for s in statuses)

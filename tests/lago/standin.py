@@ -588,6 +588,12 @@ def _charge_usage(charge: dict[str, Any], metrics: dict[str, Any], events: list[
     }
 
 
+def _epoch(value: str | None) -> Decimal | None:
+    if not value:
+        return None
+    return Decimal(str(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()))
+
+
 def _units(units: Decimal) -> str:
     """A decimal as Lago prints a BigDecimal: `3800.0`, `12.5`."""
     text = format(units.normalize(), "f")

@@ -1,5 +1,6 @@
-"""`GET /billing/status` and `POST /billing/reprocess`: what waits, what was sent, what is parked
-and why; and parked exports sent again once their mapping is fixed (same transaction ids)."""
+"""`GET /billing/status`, `POST /billing/reprocess`, `GET /billing/reconcile`: what waits, what
+was sent, what is parked and why; parked exports sent again once their mapping is fixed (same
+transaction ids); and the month's ledger compared with what Lago holds."""
 
 from __future__ import annotations
 
@@ -44,4 +45,22 @@ async def reprocess(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[st
     return {"reprocessed": count}
 
 
-ROUTES = {("GET", "/billing/status"): status, ("POST", "/billing/reprocess"): reprocess}
+async def reconcile(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:
+    """The month's ledger against Lago, per subscription (see billing.reconcile)."""
+    from meterway.billing.reconcile import reconcile as compare
+
+    sender = r.sender
+    if sender is None:
+        raise BadRequest("Billing export is not configured on this gateway (see docs/billing.md).")
+    period = query.get("period") or datetime.now(UTC).strftime("%Y-%m")
+    try:
+        return await compare(sender.billing, r.store.outbox, sender.session, period, query.get("customer"))
+    except ValueError:
+        raise BadRequest(f"'period' must be a month, YYYY-MM; got {period!r}.", param="period") from None
+
+
+ROUTES = {
+    ("GET", "/billing/status"): status,
+    ("POST", "/billing/reprocess"): reprocess,
+    ("GET", "/billing/reconcile"): reconcile,
+}

@@ -76,6 +76,7 @@ OPERATIONS: list[tuple[str, str, str, type[msgspec.Struct] | None, Query]] = [
     ),
     ("GET", "/billing/status", "Billing exports: pending, sent, parked (by reason)", None, ()),
     ("POST", "/billing/reprocess", "Parked billing exports sent again", b.ReprocessRequest, ()),
+    ("GET", "/billing/reconcile", "A month's ledger against Lago's events", None, ("period", "customer")),
     (
         "GET",
         "/customer/{customer_id}/invoice-preview",

@@ -30,15 +30,23 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     reprocess = actions.add_parser("reprocess", help="send parked exports again, after fixing their mapping")
     reprocess.add_argument("--reason", help="only those whose reason contains this")
     reprocess.add_argument("--since", help="only those recorded from this day, YYYY-MM-DD")
-    for p in (usage, invoice, status, reprocess):
+    rec = actions.add_parser("reconcile", help="the month's ledger against Lago; exit 0 only when they match")
+    rec.add_argument("--period", help="YYYY-MM (default: this month)")
+    rec.add_argument("--customer", help="only this customer")
+    for p in (usage, invoice, status, reprocess, rec):
         p.add_argument("--config", help="config file whose database_url to use")
         p.add_argument("--database-url", help="overrides the config and DATABASE_URL")
-    for p in (status, reprocess):
+    for p in (status, reprocess, rec):
         p.add_argument("--format", choices=["table", "json"], default="table")
 
 
 def run(args: argparse.Namespace) -> int:
     result = asyncio.run(_run(args))
+    if args.command == "billing" and args.action == "reconcile":
+        print(
+            orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() if args.format == "json" else _differences(result)
+        )
+        return 0 if result["match"] else 1
     if isinstance(result, bytes):
         print(result.decode(), end="")
     elif args.format == "json":
@@ -56,6 +64,8 @@ async def _run(args: argparse.Namespace) -> Any:
         if args.command == "billing":
             if args.action == "status":
                 return await billing.status(routes, b"", {})
+            if args.action == "reconcile":
+                return await _reconcile(args, routes)
             body = {k: v for k, v in (("reason", args.reason), ("since", args.since)) if v}
             return await billing.reprocess(routes, orjson.dumps(body), {})
         if args.command == "usage":
@@ -95,3 +105,42 @@ def _table(command: str, result: dict[str, Any]) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
     return "\n".join(line.rstrip() for line in lines)
+
+
+async def _reconcile(args: argparse.Namespace, routes: Any) -> Any:
+    import os
+    from datetime import UTC, datetime
+
+    import aiohttp
+
+    from meterway.billing.reconcile import reconcile
+    from meterway.config.billing import parse_billing
+    from meterway.config.load import config_path_from_env, load_settings
+    from meterway.errors import BadRequest
+
+    config = args.config or config_path_from_env()
+    billing = load_settings(config).billing if config else parse_billing({}, os.environ)
+    if billing is None:
+        raise BadRequest("Billing export is not configured: set a billing section or LAGO_API_BASE and LAGO_API_KEY.")
+    period = args.period or datetime.now(UTC).strftime("%Y-%m")
+    async with aiohttp.ClientSession() as session:
+        try:
+            return await reconcile(billing, routes.store.outbox, session, period, args.customer)
+        except ValueError:
+            raise BadRequest(f"--period must be a month, YYYY-MM; got {period!r}.", param="period") from None
+
+
+def _differences(result: dict[str, Any]) -> str:
+    lines = [f"period {result['period']}: {'everything matches' if result['match'] else 'DIFFERENCES'}"]
+    for s in result["subscriptions"]:
+        lines.append(
+            f"  {s['external_subscription_id']} ({s['code']}): ledger {s['ledger_events']} events / "
+            f"{s['ledger_tokens']} tokens, Lago {s['lago_events']} events / {s['lago_tokens']} tokens"
+        )
+        if s["missing_count"]:
+            lines.append(f"    missing in Lago ({s['missing_count']}): {', '.join(s['missing_in_lago'])}")
+        if s["unexpected_count"]:
+            lines.append(f"    unexpected in Lago ({s['unexpected_count']}): {', '.join(s['unexpected_in_lago'])}")
+    if result["parked_rows"]:
+        lines.append(f"  parked (not billed, see billing status): {result['parked_rows']}")
+    return "\n".join(lines)

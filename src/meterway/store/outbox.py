@@ -56,6 +56,16 @@ class OutboxStore:
             rows = (await conn.execute(query)).mappings().all()
         return [{str(k): v for k, v in r.items()} for r in rows]
 
+    async def rows_between(self, start: datetime, end: datetime) -> list[dict[str, Any]]:
+        """Ledger rows with an export, ended in [start, end), with their export's status."""
+        query = (
+            sa.select(ledger, billing_outbox.c.status.label("outbox_status"))
+            .join(billing_outbox, billing_outbox.c.ledger_uid == ledger.c.uid)
+            .where(ledger.c.ended_at >= start, ledger.c.ended_at < end)
+        )
+        async with self._engine.connect() as conn:
+            return [{str(k): v for k, v in r.items()} for r in (await conn.execute(query)).mappings().all()]
+
     async def subscriptions(self, customer_ids: Sequence[str]) -> dict[str, str]:
         """Customers that carry their own Lago subscription id."""
         if not customer_ids:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -20,6 +21,9 @@ from meterway.store.ledger import LedgerStore
 from meterway.store.outbox import OutboxStore
 from meterway.store.reports import Reports
 from meterway.store.url import parse, where
+
+if TYPE_CHECKING:
+    from meterway.store.migrate import Migrated
 
 log = logging.getLogger("meterway.store")
 
@@ -48,9 +52,7 @@ class Store:
                         f"database at {where(parsed)} is at revision {at or 'empty'}, this version needs "
                         f"{revision.HEAD}: run `meterway migrate` (or serve without --no-migrate)"
                     )
-                from meterway.store.migrate import migrate  # imports Alembic: only when there is work
-
-                done = await migrate(engine)
+                done = await asyncio.to_thread(_migrate_apart, url)
                 log.info("database at %s migrated from %s to %s", where(parsed), done.before or "empty", done.after)
         except BaseException:
             await engine.dispose()
@@ -61,3 +63,19 @@ class Store:
     async def close(self) -> None:
         await asyncio.to_thread(self.ledger.close)
         await self.engine.dispose()
+
+
+def _migrate_apart(url: str) -> Migrated:
+    """Alembic does its (synchronous, Python-heavy) work on the thread that runs it, which for an
+    async engine is the event loop's. It runs here instead, in a thread with an engine and a loop
+    of its own, so the gateway keeps answering (liveness above all) while a database migrates."""
+    from meterway.store.migrate import migrate  # imports Alembic: only when there is work
+
+    async def run() -> Migrated:
+        engine = create_engine(parse(url))
+        try:
+            return await migrate(engine)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
