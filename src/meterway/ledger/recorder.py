@@ -182,7 +182,7 @@ class Ledger:
             "price_output": unit[1],
             "price_cache_read": unit[2],
             "price_cache_write": unit[3],
-            "cost": pricing.usd(cost_units) if cost_units is not None else None,
+            "cost": cost_units,  # money units (1e-10 USD); None: the model has no known price
             "status": _status(ctx),
             "http_status": ctx.status_code,
             "error_type": ctx.error.error_type if ctx.error is not None else None,

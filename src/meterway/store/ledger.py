@@ -153,7 +153,7 @@ def _prepare(entries: Sequence[Entry]) -> tuple[list[list[Any]], list[tuple[Any,
     amounts: dict[SpendRow, int] = {}
     for e in entries:
         row = e.row
-        rows.append([e.cost_units if name == "cost" else row[name] for name in _ROW_COLUMNS])
+        rows.append([row[name] for name in _ROW_COLUMNS])
         day = row["started_at"].astimezone(UTC).strftime("%Y-%m-%d")
         group = (day, *(row[d] or "" for d in _DIMENSIONS), *(-1 if row[p] is None else row[p] for p in _PRICES))
         sums = rollup.get(group)
