@@ -41,28 +41,6 @@ def prompt_tokens_upper_estimate(body: bytes) -> int:
     return math.ceil(len(body) / 3)
 
 
-def cost(prices: Prices, usage: Usage | None) -> Decimal:
-    """The exact cost of reported usage. Cached prompt tokens are priced at the cache rates where
-    the deployment has them, else as ordinary input; reasoning tokens are part of the output."""
-    if usage is None:
-        return Decimal(0)
-    total = Decimal(0)
-    cached = usage.cached_tokens
-    written = usage.cache_write_tokens
-    plain_input = usage.prompt_tokens
-    if prices.cache_read_per_token is not None and cached:
-        total += cached * prices.cache_read_per_token
-        plain_input -= cached
-    if prices.cache_write_per_token is not None and written:
-        total += written * prices.cache_write_per_token
-        plain_input -= written
-    if prices.input_per_token is not None:
-        total += max(plain_input, 0) * prices.input_per_token
-    if prices.output_per_token is not None:
-        total += usage.completion_tokens * prices.output_per_token
-    return total
-
-
 def estimate(prices: Prices, prompt_tokens: int, output_tokens: int) -> Decimal:
     """The most a request may cost: every prompt token at the input price (or the dearer cache
     write price) and its whole output allowance at the output price."""
