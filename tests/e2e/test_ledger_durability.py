@@ -34,6 +34,13 @@ def _config(standin: StandIn, database_url: str, **general: Any) -> dict[str, An
     }
 
 
+def _serve_env(tmp_path: Path, standin: StandIn, pg_url: str) -> dict[str, str]:
+    """The environment for `meterway serve` on that config (and no master key from outside)."""
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(_config(standin, pg_url)))
+    return {"METERWAY_CONFIG": str(path), "METERWAY_MASTER_KEY": "", "LITELLM_MASTER_KEY": ""}
+
+
 async def _rows(pg_url: str, sql: str) -> list[Any]:
     conn = await asyncpg.connect(pg_url.replace("postgresql+asyncpg", "postgresql"))
     try:
@@ -70,9 +77,7 @@ async def _load(url: str, completed: set[str], stop: threading.Event, deadline_s
 def test_a_gateway_killed_under_load_has_exactly_one_row_per_completed_response(
     tmp_path: Path, upstream: StandIn, pg_url: str
 ) -> None:
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(_config(upstream, pg_url)))
-    env = {"METERWAY_CONFIG": str(path), "METERWAY_MASTER_KEY": "", "LITELLM_MASTER_KEY": ""}
+    env = _serve_env(tmp_path, upstream, pg_url)
     completed: set[str] = set()
     stop = threading.Event()
     with contextmanager(serve)([], env) as gw:
@@ -98,9 +103,7 @@ def test_a_gateway_killed_under_load_has_exactly_one_row_per_completed_response(
 def test_sigterm_lets_a_request_in_flight_finish_and_writes_its_row(
     tmp_path: Path, upstream: StandIn, pg_url: str
 ) -> None:
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(_config(upstream, pg_url)))
-    env = {"METERWAY_CONFIG": str(path), "METERWAY_MASTER_KEY": "", "LITELLM_MASTER_KEY": ""}
+    env = _serve_env(tmp_path, upstream, pg_url)
     upstream.script(Script(delay=1.5))
     result: list[httpx.Response] = []
     with contextmanager(serve)([], env) as gw:

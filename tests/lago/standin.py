@@ -58,6 +58,16 @@ def _error(status: int, error: str, code: str | None = None, details: Any = None
     return web.json_response(body, status=status)
 
 
+def _found(root: str, value: dict[str, Any] | None) -> web.Response:
+    """`{root: value}`, or Lago's 404 `<root>_not_found`."""
+    return web.json_response({root: value}) if value else _not_found(root)
+
+
+def _missing(root: str) -> web.Response:
+    """A body without its root key (section 1)."""
+    return _error(400, f"BadRequest: param is missing or the value is empty or invalid: {root}")
+
+
 def _not_found(resource: str) -> web.Response:
     return _error(404, "Not Found", f"{resource}_not_found")
 
@@ -269,7 +279,7 @@ class LagoStandIn:
     async def _event(self, request: web.Request) -> web.Response:
         raw = await self._body(request, "event")
         if raw is None:
-            return _error(400, "BadRequest: param is missing or the value is empty or invalid: event")
+            return _missing("event")
         errors, event = self._validate(raw)
         if errors or event is None:
             return _invalid(errors)
@@ -340,7 +350,7 @@ class LagoStandIn:
     async def _customer(self, request: web.Request) -> web.Response:
         raw = await self._body(request, "customer")
         if not isinstance(raw, dict):
-            return _error(400, "BadRequest: param is missing or the value is empty or invalid: customer")
+            return _missing("customer")
         external_id = raw.get("external_id")
         if not external_id:
             return _invalid({"external_id": ["value_is_mandatory"]})
@@ -362,13 +372,12 @@ class LagoStandIn:
         return web.json_response({"customer": customer})
 
     async def _get_customer(self, request: web.Request) -> web.Response:
-        customer = self.customers.get(request.match_info["external_id"])
-        return web.json_response({"customer": customer}) if customer else _not_found("customer")
+        return _found("customer", self.customers.get(request.match_info["external_id"]))
 
     async def _subscription(self, request: web.Request) -> web.Response:
         raw = await self._body(request, "subscription")
         if not isinstance(raw, dict):
-            return _error(400, "BadRequest: param is missing or the value is empty or invalid: subscription")
+            return _missing("subscription")
         customer_id, plan_code = raw.get("external_customer_id"), raw.get("plan_code")
         if not customer_id:
             return _invalid({"external_customer_id": ["value_is_mandatory"]})
@@ -416,7 +425,7 @@ class LagoStandIn:
     async def _metric(self, request: web.Request) -> web.Response:
         raw = await self._body(request, "billable_metric")
         if not isinstance(raw, dict):
-            return _error(400, "BadRequest: param is missing or the value is empty or invalid: billable_metric")
+            return _missing("billable_metric")
         code = raw.get("code")
         errors: dict[str, list[str]] = {}
         if not code:
@@ -445,13 +454,12 @@ class LagoStandIn:
         return web.json_response({"billable_metric": metric})
 
     async def _get_metric(self, request: web.Request) -> web.Response:
-        metric = self.metrics.get(request.match_info["code"])
-        return web.json_response({"billable_metric": metric}) if metric else _not_found("billable_metric")
+        return _found("billable_metric", self.metrics.get(request.match_info["code"]))
 
     async def _plan(self, request: web.Request) -> web.Response:
         raw = await self._body(request, "plan")
         if not isinstance(raw, dict):
-            return _error(400, "BadRequest: param is missing or the value is empty or invalid: plan")
+            return _missing("plan")
         by_id = {m["lago_id"]: m for m in self.metrics.values()}
         charges = []
         for charge in raw.get("charges") or []:
@@ -492,8 +500,7 @@ class LagoStandIn:
         return web.json_response({"plan": plan})
 
     async def _get_plan(self, request: web.Request) -> web.Response:
-        plan = self.plans.get(request.match_info["code"])
-        return web.json_response({"plan": plan}) if plan else _not_found("plan")
+        return _found("plan", self.plans.get(request.match_info["code"]))
 
     async def _current_usage(self, request: web.Request) -> web.Response:
         customer_id = request.match_info["external_id"]

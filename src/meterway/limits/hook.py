@@ -124,25 +124,17 @@ def _refused(refusal: Refusal) -> Exception:
         return BudgetExceeded(message + ".")
     retry = refusal.retry_after or 1.0
     if ask.kind == "tpm":
-        return RateLimited(
-            f"Rate limit reached: {ask.name} is {ask.limit} tokens per minute, {refusal.used} used. "
-            f"Retry in {retry:.1f}s.",
-            retry_after=retry,
-            code="rate_limit_exceeded",
-            headers=(
-                ("x-ratelimit-limit-tokens", str(ask.limit)),
-                ("x-ratelimit-remaining-tokens", "0"),
-                ("x-ratelimit-reset-tokens", f"{retry:.3f}s"),
-            ),
-        )
-    what = "requests per minute" if ask.kind == "rpm" else "requests in flight"
+        unit, text = "tokens", f"{ask.limit} tokens per minute, {refusal.used} used"
+    else:
+        unit = "requests"
+        text = f"{ask.limit} {'requests per minute' if ask.kind == 'rpm' else 'requests in flight'}"
     return RateLimited(
-        f"Rate limit reached: {ask.name} is {ask.limit} {what}. Retry in {retry:.1f}s.",
+        f"Rate limit reached: {ask.name} is {text}. Retry in {retry:.1f}s.",
         retry_after=retry,
         code="rate_limit_exceeded",
         headers=(
-            ("x-ratelimit-limit-requests", str(ask.limit)),
-            ("x-ratelimit-remaining-requests", "0"),
-            ("x-ratelimit-reset-requests", f"{retry:.3f}s"),
+            (f"x-ratelimit-limit-{unit}", str(ask.limit)),
+            (f"x-ratelimit-remaining-{unit}", "0"),
+            (f"x-ratelimit-reset-{unit}", f"{retry:.3f}s"),
         ),
     )
