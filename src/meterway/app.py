@@ -245,6 +245,10 @@ class Gateway:
             self._listening = asyncio.create_task(self.changes.listen())
         self.key_routes = management.KeyRoutes(store, self.changes, settings.salt_key or settings.master_key)
         store.ledger.export = settings.billing is not None  # billable rows enqueue their export
+        if settings.billing is not None:
+            from meterway.billing.setup import BillingLink
+
+            self.key_routes.billing = BillingLink(settings.billing, services.http, tuple(settings.model_names()))
         if settings.billing is not None and settings.billing.run_sender:
             from meterway.billing.sender import Sender
 

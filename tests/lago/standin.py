@@ -11,7 +11,9 @@ refer to the contract):
   batch is validated whole, then any index whose id is stored already or repeats in the batch is
   listed and nothing of the batch is stored; at most 100 events per batch;
 * timestamps: Unix seconds as int, float or numeric string; anything else 422 `invalid_format`;
-* customers (upsert), subscriptions (idempotent), billable metrics (sum_agg with filters), plans
+* customers (upsert), subscriptions (idempotent), billable metrics (sum_agg with filters; created
+  and, as Lago's public API reference has it beyond the contract's subset, updated with
+  `PUT /billable_metrics/{code}`, only the keys sent changing), plans
   (charges by metric lago_id, per-filter amounts as strings) and `current_usage` (§5): fees per
   filter, `units x amount` rounded half-up to cents per fee; events before a subscription's start
   or of an unknown code/subscription are stored (200) but never billed;
@@ -39,6 +41,7 @@ from tests.support.gateway import free_socket
 
 BATCH_MAX = 100
 ALL_VALUES = "__ALL_FILTER_VALUES__"
+AGGREGATIONS = ("count_agg", "sum_agg", "max_agg", "unique_count_agg", "weighted_sum_agg", "latest_agg")
 
 
 def _now() -> str:
@@ -154,6 +157,7 @@ class LagoStandIn:
         r.add_get("/api/v1/subscriptions", self._subscriptions)
         r.add_post("/api/v1/billable_metrics", self._metric)
         r.add_get("/api/v1/billable_metrics/{code}", self._get_metric)
+        r.add_put("/api/v1/billable_metrics/{code}", self._update_metric)
         r.add_post("/api/v1/plans", self._plan)
         r.add_get("/api/v1/plans/{code}", self._get_plan)
         runner = web.AppRunner(app, handle_signals=False, access_log=None)
@@ -433,7 +437,7 @@ class LagoStandIn:
         elif code in self.metrics:
             errors["code"] = ["value_already_exist"]
         aggregation = raw.get("aggregation_type")
-        if aggregation not in ("count_agg", "sum_agg", "max_agg", "unique_count_agg", "weighted_sum_agg", "latest_agg"):
+        if aggregation not in AGGREGATIONS:
             errors["aggregation_type"] = ["value_is_invalid"]
         if aggregation != "count_agg" and not raw.get("field_name"):
             errors["field_name"] = ["value_is_mandatory"]
@@ -455,6 +459,23 @@ class LagoStandIn:
 
     async def _get_metric(self, request: web.Request) -> web.Response:
         return _found("billable_metric", self.metrics.get(request.match_info["code"]))
+
+    async def _update_metric(self, request: web.Request) -> web.Response:
+        """PUT: only the keys sent change; `filters`, when sent, replaces the metric's filters."""
+        metric = self.metrics.get(request.match_info["code"])
+        if metric is None:
+            return _not_found("billable_metric")
+        raw = await self._body(request, "billable_metric")
+        if not isinstance(raw, dict):
+            return _missing("billable_metric")
+        if "aggregation_type" in raw and raw["aggregation_type"] not in AGGREGATIONS:
+            return _invalid({"aggregation_type": ["value_is_invalid"]})
+        for name in ("name", "description", "aggregation_type", "field_name", "recurring"):
+            if name in raw:
+                metric[name] = raw[name]
+        if "filters" in raw:
+            metric["filters"] = [{"key": f["key"], "values": sorted(f["values"])} for f in raw["filters"] or []]
+        return web.json_response({"billable_metric": metric})
 
     async def _plan(self, request: web.Request) -> web.Response:
         raw = await self._body(request, "plan")

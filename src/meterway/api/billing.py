@@ -1,6 +1,7 @@
-"""`GET /billing/status`, `POST /billing/reprocess`, `GET /billing/reconcile`: what waits, what
-was sent, what is parked and why; parked exports sent again once their mapping is fixed (same
-transaction ids); and the month's ledger compared with what Lago holds."""
+"""`GET /billing/status`, `POST /billing/reprocess`, `GET /billing/reconcile`, `GET /billing/check`
+and `POST /billing/setup`: what waits, what was sent, what is parked and why; parked exports sent
+again once their mapping is fixed (same transaction ids); the month's ledger compared with what
+Lago holds; and Lago made ready for the events (billing.setup)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from meterway.errors import BadRequest
 
 if TYPE_CHECKING:
     from meterway.api.management import KeyRoutes
+    from meterway.billing.setup import BillingLink
 
 
 class ReprocessRequest(msgspec.Struct):
@@ -45,22 +47,58 @@ async def reprocess(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[st
     return {"reprocessed": count}
 
 
+def _link(r: KeyRoutes) -> BillingLink:
+    if r.billing is None:
+        raise BadRequest("Billing export is not configured on this gateway (see docs/billing.md).")
+    return r.billing
+
+
 async def reconcile(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:
     """The month's ledger against Lago, per subscription (see billing.reconcile)."""
     from meterway.billing.reconcile import reconcile as compare
 
-    sender = r.sender
-    if sender is None:
-        raise BadRequest("Billing export is not configured on this gateway (see docs/billing.md).")
+    link = _link(r)
     period = query.get("period") or datetime.now(UTC).strftime("%Y-%m")
     try:
-        return await compare(sender.billing, r.store.outbox, sender.session, period, query.get("customer"))
+        return await compare(link.billing, r.store.outbox, link.session, period, query.get("customer"))
     except ValueError:
         raise BadRequest(f"'period' must be a month, YYYY-MM; got {period!r}.", param="period") from None
+
+
+async def _models(r: KeyRoutes, link: BillingLink) -> list[str]:
+    """The models served (configured, and any the ledger has seen)."""
+    return sorted({*link.models, *await r.store.outbox.models()})
+
+
+async def check(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:
+    """Lago's URL and key, and that the billable metric counts every model served."""
+    from meterway.billing import setup as steps
+
+    link = _link(r)
+    return (await steps.check(link.billing, link.session, await _models(r, link))).as_dict()
+
+
+class SetupRequest(msgspec.Struct):
+    customers: bool = False  # also create the Lago customer and subscription of customers with a plan
+
+
+async def setup(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:
+    """Creates or completes the billable metric; optionally subscribes customers with a plan."""
+    from meterway.billing import setup as steps
+
+    req: SetupRequest = decode_body(body, SetupRequest)
+    link = _link(r)
+    customers = await r.store.outbox.planned_customers() if req.customers else []
+    done = await steps.setup(link.billing, link.session, await _models(r, link), customers)
+    if r.sender is not None:
+        r.sender.forget_subscriptions()  # new subscriptions may now exist
+    return done.as_dict()
 
 
 ROUTES = {
     ("GET", "/billing/status"): status,
     ("POST", "/billing/reprocess"): reprocess,
     ("GET", "/billing/reconcile"): reconcile,
+    ("GET", "/billing/check"): check,
+    ("POST", "/billing/setup"): setup,
 }

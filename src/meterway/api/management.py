@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
     from meterway.app import Services
     from meterway.billing.sender import Sender
+    from meterway.billing.setup import BillingLink
     from meterway.store.keys import KeyRecord
     from meterway.store.runtime import Store
 
@@ -48,6 +49,8 @@ class KeyFields(msgspec.Struct):
     tpm_limit: int | None = None
     max_parallel_requests: int | None = None
     blocked: bool | None = None
+    billing_external_customer_id: str | None = None
+    billing_external_subscription_id: str | None = None
 
 
 class KeyGenerateRequest(KeyFields):
@@ -81,7 +84,17 @@ def decode_body(body: bytes, kind: type[msgspec.Struct]) -> Any:
 def _values(fields: KeyFields, *, only_set: bool) -> dict[str, Any]:
     """The store's column values from a request, checked: names the field on any bad value."""
     out: dict[str, Any] = {}
-    for name in ("key_alias", "models", "user_id", "team_id", "metadata", "blocked", "budget_duration"):
+    for name in (
+        "key_alias",
+        "models",
+        "user_id",
+        "team_id",
+        "metadata",
+        "blocked",
+        "budget_duration",
+        "billing_external_customer_id",
+        "billing_external_subscription_id",
+    ):
         value = getattr(fields, name)
         if value is not None or not only_set:
             out[name] = value
@@ -126,6 +139,8 @@ def key_info(record: KeyRecord) -> dict[str, Any]:
         "rpm_limit": record.rpm_limit,
         "tpm_limit": record.tpm_limit,
         "max_parallel_requests": record.max_parallel_requests,
+        "billing_external_customer_id": record.billing_external_customer_id,
+        "billing_external_subscription_id": record.billing_external_subscription_id,
         "created_at": record.created_at.isoformat() if record.created_at else None,
         "updated_at": record.updated_at.isoformat() if record.updated_at else None,
     }
@@ -145,6 +160,7 @@ class KeyRoutes:
         self.store = store
         self.changes = changes
         self.sender: Sender | None = None  # the billing sender of this process, when it runs one
+        self.billing: BillingLink | None = None  # Lago, when billing export is configured
         self.secret = secret  # derives regenerated keys, so that a retried regeneration gives the same key
 
     async def regenerate(self, body: bytes, query: dict[str, str]) -> dict[str, Any]:
@@ -173,6 +189,8 @@ class KeyRoutes:
                 "rpm_limit",
                 "tpm_limit",
                 "max_parallel_requests",
+                "billing_external_customer_id",
+                "billing_external_subscription_id",
             )
         }
         settings["metadata"] = {k: v for k, v in old.metadata.items() if k != "regenerated_to"}

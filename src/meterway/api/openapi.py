@@ -77,6 +77,8 @@ OPERATIONS: list[tuple[str, str, str, type[msgspec.Struct] | None, Query]] = [
     ("GET", "/billing/status", "Billing exports: pending, sent, parked (by reason)", None, ()),
     ("POST", "/billing/reprocess", "Parked billing exports sent again", b.ReprocessRequest, ()),
     ("GET", "/billing/reconcile", "A month's ledger against Lago's events", None, ("period", "customer")),
+    ("GET", "/billing/check", "Lago's URL, key and billable metric checked", None, ()),
+    ("POST", "/billing/setup", "The billable metric created or completed in Lago", b.SetupRequest, ()),
     (
         "GET",
         "/customer/{customer_id}/invoice-preview",

@@ -29,6 +29,9 @@ class LimitFields(msgspec.Struct):
     tpm_limit: int | None = None
     max_parallel_requests: int | None = None
     metadata: dict[str, Any] | None = None
+    # the Lago customer and subscription this entity is billed under (default: its own id)
+    billing_external_customer_id: str | None = None
+    billing_external_subscription_id: str | None = None
 
 
 class TeamMember(msgspec.Struct):
@@ -54,8 +57,7 @@ class CustomerRequest(LimitFields):
     user_id: str | None = None  # LiteLLM's name for the customer's id (the request's `user`)
     alias: str | None = None
     blocked: bool | None = None
-    billing_external_customer_id: str | None = None
-    billing_external_subscription_id: str | None = None
+    billing_plan_code: str | None = None  # the Lago plan `meterway billing setup` subscribes it to
 
 
 class MemberAddRequest(msgspec.Struct):
@@ -73,7 +75,16 @@ class IdsRequest(msgspec.Struct):
     user_ids: list[str] | None = None
 
 
-_LIMIT_FIELDS = ("models", "budget_duration", "rpm_limit", "tpm_limit", "max_parallel_requests", "metadata")
+_LIMIT_FIELDS = (
+    "models",
+    "budget_duration",
+    "rpm_limit",
+    "tpm_limit",
+    "max_parallel_requests",
+    "metadata",
+    "billing_external_customer_id",
+    "billing_external_subscription_id",
+)
 
 
 def _values(req: LimitFields, extra: tuple[str, ...], *, skip: frozenset[str] = frozenset()) -> dict[str, Any]:
@@ -245,7 +256,7 @@ async def user_list(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[st
 
 # ---------------------------------------------------------------- customers (end users)
 
-_CUSTOMER_EXTRA = ("alias", "blocked", "billing_external_customer_id", "billing_external_subscription_id")
+_CUSTOMER_EXTRA = ("alias", "blocked", "billing_plan_code")
 
 
 async def customer_new(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from typing import Any
 from meterway.config.billing import Billing
 
 # which ledger column names the charged entity, by `charge_by`
-_CHARGED = {"customer": "customer_id", "user": "user_id", "team": "team_id", "key": "key_id"}
+CHARGED = {"customer": "customer_id", "user": "user_id", "team": "team_id", "key": "key_id"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +29,7 @@ class Parked:
 def subscription_for(row: Mapping[str, Any], billing: Billing, mapped: Mapping[str, str]) -> str | Parked:
     """The Lago `external_subscription_id` to charge: the entity's own mapping when it has one,
     else its id (as LiteLLM does), else the configured default."""
-    entity = row.get(_CHARGED[billing.charge_by])
+    entity = row.get(CHARGED[billing.charge_by])
     if entity:
         return mapped.get(str(entity), str(entity))
     if billing.default_external_subscription_id:

@@ -15,7 +15,7 @@ from typing import Any
 
 import aiohttp
 
-from meterway.billing.events import Parked, events_for, subscription_for
+from meterway.billing.events import CHARGED, Parked, events_for, subscription_for
 from meterway.config.billing import Billing
 from meterway.store.outbox import OutboxStore
 
@@ -33,7 +33,8 @@ async def reconcile(
 ) -> dict[str, Any]:
     start, end = month(period)
     rows = await outbox.rows_between(start, end)
-    mapped = await outbox.subscriptions(sorted({str(r["customer_id"]) for r in rows if r["customer_id"]}))
+    column = CHARGED[billing.charge_by]
+    mapped = await outbox.subscriptions(billing.charge_by, sorted({str(r[column]) for r in rows if r[column]}))
     expected: dict[str, dict[str, int]] = defaultdict(dict)  # subscription -> transaction id -> tokens
     parked = 0
     for row in rows:

@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from meterway.billing.events import Parked, events_for, subscription_for
+from meterway.billing.events import CHARGED, Parked, events_for, subscription_for
 from meterway.config.billing import Billing
 from meterway.store.outbox import OutboxStore
 
@@ -97,9 +97,10 @@ class Sender:
         rows = await self.outbox.claim(BATCH, HOLD_S)
         if not rows:
             return 0
-        mapped: dict[str, str] = {}
-        if self.billing.charge_by == "customer":
-            mapped = await self.outbox.subscriptions(sorted({str(r["customer_id"]) for r in rows if r["customer_id"]}))
+        column = CHARGED[self.billing.charge_by]
+        mapped = await self.outbox.subscriptions(
+            self.billing.charge_by, sorted({str(r[column]) for r in rows if r[column]})
+        )
         active = await self._subscriptions()
         if active is None:  # Lago is not answering: try again later, park nothing for it
             await self.outbox.retry([r["uid"] for r in rows], BACKOFF_FIRST_S * 4, "Lago did not list subscriptions")

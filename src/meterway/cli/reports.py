@@ -1,5 +1,6 @@
-"""`meterway usage`, `meterway invoice` and `meterway billing status|reprocess`: read from (and
-written to) the database directly, through the same handlers as the HTTP API."""
+"""`meterway usage`, `meterway invoice` and `meterway billing status|reprocess|reconcile|check|setup`:
+read from (and written to) the database directly, through the same handlers as the HTTP API; and
+`meterway billing worker`, the sender on its own."""
 
 from __future__ import annotations
 
@@ -24,7 +25,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     invoice.add_argument("customer")
     invoice.add_argument("--period", help="YYYY-MM (default: this month)")
     invoice.add_argument("--format", choices=["table", "json", "csv", "html"], default="table")
-    billing = sub.add_parser("billing", help="billing export to Lago: status, reprocess")
+    billing = sub.add_parser(
+        "billing", help="billing export to Lago: status, reprocess, reconcile, check, setup, worker"
+    )
     actions = billing.add_subparsers(dest="action", required=True)
     status = actions.add_parser("status", help="exports pending, sent and parked (with reasons)")
     reprocess = actions.add_parser("reprocess", help="send parked exports again, after fixing their mapping")
@@ -33,20 +36,32 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     rec = actions.add_parser("reconcile", help="the month's ledger against Lago; exit 0 only when they match")
     rec.add_argument("--period", help="YYYY-MM (default: this month)")
     rec.add_argument("--customer", help="only this customer")
-    for p in (usage, invoice, status, reprocess, rec):
-        p.add_argument("--config", help="config file whose database_url to use")
+    check = actions.add_parser("check", help="Lago's URL and key, and the billable metric; exit 0 only when all hold")
+    setup = actions.add_parser("setup", help="create or complete the billable metric in Lago (idempotent)")
+    setup.add_argument(
+        "--customers", action="store_true", help="also subscribe customers that have a billing_plan_code"
+    )
+    worker = actions.add_parser("worker", help="send pending exports to Lago until stopped (SIGTERM or Ctrl-C)")
+    worker.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    for p in (usage, invoice, status, reprocess, rec, check, setup, worker):
+        p.add_argument("--config", help="config file whose database_url (and billing section) to use")
         p.add_argument("--database-url", help="overrides the config and DATABASE_URL")
-    for p in (status, reprocess, rec):
+    for p in (status, reprocess, rec, check, setup):
         p.add_argument("--format", choices=["table", "json"], default="table")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.command == "billing" and args.action == "worker":
+        return _worker(args)
     result = asyncio.run(_run(args))
-    if args.command == "billing" and args.action == "reconcile":
-        print(
-            orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() if args.format == "json" else _differences(result)
-        )
-        return 0 if result["match"] else 1
+    if args.command == "billing" and args.action in ("reconcile", "check", "setup"):
+        if args.format == "json":
+            print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+        elif args.action == "reconcile":
+            print(_differences(result))
+        else:
+            print(_steps(result))
+        return 0 if result.get("match", result.get("ok")) else 1
     if isinstance(result, bytes):
         print(result.decode(), end="")
     elif args.format == "json":
@@ -64,8 +79,8 @@ async def _run(args: argparse.Namespace) -> Any:
         if args.command == "billing":
             if args.action == "status":
                 return await billing.status(routes, b"", {})
-            if args.action == "reconcile":
-                return await _reconcile(args, routes)
+            if args.action in ("reconcile", "check", "setup"):
+                return await _with_lago(args, routes)
             body = {k: v for k, v in (("reason", args.reason), ("since", args.since)) if v}
             return await billing.reprocess(routes, orjson.dumps(body), {})
         if args.command == "usage":
@@ -107,27 +122,74 @@ def _table(command: str, result: dict[str, Any]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-async def _reconcile(args: argparse.Namespace, routes: Any) -> Any:
+def _billing(args: argparse.Namespace) -> tuple[Any, list[str]]:
+    """The billing settings (the config's section, else the `LAGO_*` variables) and the
+    configured model names."""
     import os
-    from datetime import UTC, datetime
 
-    import aiohttp
-
-    from meterway.billing.reconcile import reconcile
     from meterway.config.billing import parse_billing
     from meterway.config.load import config_path_from_env, load_settings
     from meterway.errors import BadRequest
 
     config = args.config or config_path_from_env()
-    billing = load_settings(config).billing if config else parse_billing({}, os.environ)
+    settings = load_settings(config) if config else None
+    billing = settings.billing if settings is not None else parse_billing({}, os.environ)
     if billing is None:
         raise BadRequest("Billing export is not configured: set a billing section or LAGO_API_BASE and LAGO_API_KEY.")
-    period = args.period or datetime.now(UTC).strftime("%Y-%m")
+    return billing, settings.model_names() if settings is not None else []
+
+
+async def _with_lago(args: argparse.Namespace, routes: Any) -> Any:
+    import aiohttp
+
+    from meterway.api import billing as handlers
+    from meterway.billing.setup import BillingLink
+
+    billing, models = _billing(args)
     async with aiohttp.ClientSession() as session:
-        try:
-            return await reconcile(billing, routes.store.outbox, session, period, args.customer)
-        except ValueError:
-            raise BadRequest(f"--period must be a month, YYYY-MM; got {period!r}.", param="period") from None
+        routes.billing = BillingLink(billing, session, tuple(models))
+        if args.action == "check":
+            return await handlers.check(routes, b"", {})
+        if args.action == "setup":
+            return await handlers.setup(routes, orjson.dumps({"customers": args.customers}), {})
+        query = {k: v for k, v in (("period", args.period), ("customer", args.customer)) if v}
+        return await handlers.reconcile(routes, b"", query)
+
+
+def _worker(args: argparse.Namespace) -> int:
+    """The sender alone, for deployments that run `billing.run_sender: false` on their gateways
+    (several workers may run at once: rows are claimed, never sent twice)."""
+    import contextlib
+    import logging
+    import signal
+
+    import aiohttp
+
+    from meterway.billing.sender import Sender
+
+    billing, _ = _billing(args)
+    log = logging.getLogger("meterway.billing")
+
+    async def work() -> None:
+        async with admin.open_routes(args) as routes, aiohttp.ClientSession() as session:
+            sender = Sender(billing, routes.store.outbox, session)
+            task = asyncio.create_task(sender.run())
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, task.cancel)
+            log.info("billing worker sending to %s as event code '%s'", billing.api_base, billing.event_code)
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            log.info("billing worker stopped: %d events delivered, %d rows parked", sender.delivered, sender.parked)
+
+    asyncio.run(work())
+    return 0
+
+
+def _steps(result: dict[str, Any]) -> str:
+    lines = [f"{'ok ' if s['ok'] else 'FAIL'} {s['name']}: {s['detail']}" for s in result["steps"]]
+    lines.append("everything is ready" if result["ok"] else "not ready: see FAIL above")
+    return "\n".join(lines)
 
 
 def _differences(result: dict[str, Any]) -> str:

@@ -35,6 +35,8 @@ class KeyRecord:
     rpm_limit: int | None = None
     tpm_limit: int | None = None
     max_parallel_requests: int | None = None
+    billing_external_customer_id: str | None = None  # Lago's ids when charging by key; else the digest
+    billing_external_subscription_id: str | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
 
@@ -58,6 +60,8 @@ _FIELDS = (
     "rpm_limit",
     "tpm_limit",
     "max_parallel_requests",
+    "billing_external_customer_id",
+    "billing_external_subscription_id",
 )
 
 
@@ -80,6 +84,8 @@ def _record(row: sa.Row[Any]) -> KeyRecord:
         rpm_limit=m["rpm_limit"],
         tpm_limit=m["tpm_limit"],
         max_parallel_requests=m["max_parallel_requests"],
+        billing_external_customer_id=m["billing_external_customer_id"],
+        billing_external_subscription_id=m["billing_external_subscription_id"],
         created_at=m["created_at"],
         updated_at=m["updated_at"],
     )

@@ -15,8 +15,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from meterway.store.tables import billing_outbox, customers, ledger
+from meterway.store.tables import billing_outbox, customers, keys, ledger, teams, usage_daily, users
 
+# the table of the entity charged, by `billing.charge_by`
+_CHARGED = {"customer": customers, "user": users, "team": teams, "key": keys}
 _DUE = (
     "status = 'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= :now) "
     "AND (claimed_until IS NULL OR claimed_until < :now)"
@@ -66,15 +68,32 @@ class OutboxStore:
         async with self._engine.connect() as conn:
             return [{str(k): v for k, v in r.items()} for r in (await conn.execute(query)).mappings().all()]
 
-    async def subscriptions(self, customer_ids: Sequence[str]) -> dict[str, str]:
-        """Customers that carry their own Lago subscription id."""
-        if not customer_ids:
+    async def subscriptions(self, charge_by: str, ids: Sequence[str]) -> dict[str, str]:
+        """The charged entities (customers, users, teams or keys, by `charge_by`) among `ids` that
+        carry their own Lago subscription id."""
+        if not ids:
             return {}
-        query = sa.select(customers.c.customer_id, customers.c.billing_external_subscription_id).where(
-            customers.c.customer_id.in_(list(customer_ids)), customers.c.billing_external_subscription_id.is_not(None)
+        table = _CHARGED[charge_by]
+        column = table.primary_key.columns.values()[0]
+        query = sa.select(column, table.c.billing_external_subscription_id).where(
+            column.in_(list(ids)), table.c.billing_external_subscription_id.is_not(None)
         )
         async with self._engine.connect() as conn:
             return {str(r[0]): str(r[1]) for r in await conn.execute(query)}
+
+    async def models(self) -> list[str]:
+        """Every model (group) the ledger has rows for, read from the daily rollup (small at any
+        ledger size): their names must be on the billable metric's `model` filter for Lago to
+        price their events."""
+        query = sa.select(usage_daily.c.model_group).where(usage_daily.c.model_group != "").distinct()
+        async with self._engine.connect() as conn:
+            return sorted(str(r[0]) for r in await conn.execute(query))
+
+    async def planned_customers(self) -> list[dict[str, Any]]:
+        """Customers that name the Lago plan `billing setup` subscribes them to."""
+        query = sa.select(customers).where(customers.c.billing_plan_code.is_not(None)).order_by(customers.c.customer_id)
+        async with self._engine.connect() as conn:
+            return [dict(r) for r in (await conn.execute(query)).mappings().all()]
 
     async def sent(self, uids: Sequence[str]) -> None:
         await self._update(uids, status="sent", sent_at=datetime.now(UTC), claimed_until=None)

@@ -1,0 +1,258 @@
+"""Lago made ready for meterway's events (`billing check`, `billing setup`), the other event shapes
+(split by token type, charged by user with its own mapping), the sender on its own (`billing
+worker`), and export turned on by LiteLLM's `LAGO_*` variables alone: all against the Lago
+stand-in over real HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import yaml
+from lago_python_client.client import Client
+from lago_python_client.models import BillableMetric, Customer, Subscription
+
+from tests.lago.standin import LagoStandIn, payg_plan
+from tests.support.gateway import RunningGateway, run_gateway
+from tests.support.models import priced
+from tests.support.serve import serve
+from tests.upstreams.standin import StandIn
+
+HI: Any = [{"role": "user", "content": "hi"}]
+
+
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in ("METERWAY_CONFIG", "CONFIG_FILE_PATH") and "LAGO" not in k}
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "meterway", *args], capture_output=True, text=True, timeout=60, env=env or _env()
+    )
+
+
+def _config(upstream: StandIn, lago: LagoStandIn, **billing: Any) -> dict[str, Any]:
+    second = {**priced(upstream.base_url), "model_name": "priced-mini"}
+    return {
+        "model_list": [priced(upstream.base_url), second],
+        "billing": {"api_base": lago.url, "api_key": lago.api_key, "charge_by": "end_user_id", **billing},
+    }
+
+
+def _sql(gw: RunningGateway, query: str) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(gw.settings.database_url.reveal().removeprefix("sqlite:///")) as db:
+        return db.execute(query).fetchall()
+
+
+def _settled(database: str, within_s: float = 15) -> None:
+    deadline = time.monotonic() + within_s
+    path = database.removeprefix("sqlite:///")
+    while True:
+        with sqlite3.connect(path) as db:
+            if not db.execute("SELECT count(*) FROM mw_billing_outbox WHERE status = 'pending'").fetchone()[0]:
+                return
+        assert time.monotonic() < deadline, "exports still pending"
+        time.sleep(0.05)
+
+
+def _chat(base_url: str, key: str, n: int, user: str | None = "acme", model: str = "priced") -> None:
+    extra = {"user": user} if user else {}
+    with openai.OpenAI(base_url=base_url, api_key=key, max_retries=0) as client:
+        for _ in range(n):
+            client.chat.completions.create(model=model, messages=HI, **extra)
+
+
+def _subscribe(lago: LagoStandIn, customer: str, metric_code: str = "llm_tokens") -> None:
+    client = Client(api_key=lago.api_key, api_url=lago.url)
+    metric = client.billable_metrics.find(metric_code)
+    client.plans.create(payg_plan(metric.lago_id, "0.001"))
+    client.customers.create(Customer(external_id=customer, currency="USD"))
+    started = (datetime.now(UTC) - timedelta(days=1)).isoformat()
+    client.subscriptions.create(
+        Subscription(external_customer_id=customer, plan_code="payg", external_id=customer, subscription_at=started)
+    )
+
+
+@pytest.fixture
+def lago() -> Iterator[LagoStandIn]:
+    with LagoStandIn() as stand_in:
+        yield stand_in
+
+
+def test_setup_creates_the_metric_check_then_passes_and_a_new_model_is_added(
+    upstream: StandIn, lago: LagoStandIn, tmp_path: Path
+) -> None:
+    config = _config(upstream, lago)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    db = ["--config", str(path), "--database-url", f"sqlite:///{tmp_path}/meterway.db"]
+
+    before = _cli("billing", "check", *db)
+    assert before.returncode == 1 and "no billable metric 'llm_tokens'" in before.stdout, before.stdout + before.stderr
+    created = _cli("billing", "setup", *db)
+    assert created.returncode == 0 and "created 'llm_tokens'" in created.stdout, created.stdout + created.stderr
+    metric = lago.metrics["llm_tokens"]
+    assert metric["aggregation_type"] == "sum_agg" and metric["field_name"] == "total_tokens"
+    assert metric["filters"] == [{"key": "model", "values": ["priced", "priced-mini"]}]
+    assert _cli("billing", "check", *db).returncode == 0
+
+    again = _cli("billing", "setup", "--format", "json", *db)  # idempotent: nothing to change
+    assert again.returncode == 0 and "added to the metric" not in again.stdout
+    assert lago.metrics["llm_tokens"]["lago_id"] == metric["lago_id"]
+
+    config["model_list"].append({**priced(upstream.base_url), "model_name": "priced-large"})
+    path.write_text(yaml.safe_dump(config))
+    stale = _cli("billing", "check", *db)
+    assert stale.returncode == 1 and "does not list priced-large" in stale.stdout, stale.stdout
+    fixed = _cli("billing", "setup", *db)
+    assert fixed.returncode == 0 and "model: priced-large" in fixed.stdout, fixed.stdout
+    assert lago.metrics["llm_tokens"]["filters"] == [
+        {"key": "model", "values": ["priced", "priced-large", "priced-mini"]}
+    ]
+
+
+def test_check_names_a_wrong_key_and_an_unreachable_lago(upstream: StandIn, lago: LagoStandIn, tmp_path: Path) -> None:
+    env = {**_env(), "LAGO_API_BASE": lago.url, "LAGO_API_KEY": "not-the-key"}
+    db = ["--database-url", f"sqlite:///{tmp_path}/meterway.db"]
+    wrong = _cli("billing", "check", *db, env=env)
+    assert wrong.returncode == 1 and "Lago refused the API key (401)" in wrong.stdout, wrong.stdout + wrong.stderr
+    lago.down()
+    gone = _cli("billing", "check", *db, env={**env, "LAGO_API_KEY": lago.api_key})
+    assert gone.returncode == 1 and "did not answer" in gone.stdout, gone.stdout + gone.stderr
+
+
+def test_setup_subscribes_customers_with_a_plan_and_their_usage_is_billed(upstream: StandIn, lago: LagoStandIn) -> None:
+    with run_gateway(_config(upstream, lago)) as gw:
+        admin = {"Authorization": f"Bearer {gw.key}"}
+        assert httpx.get(gw.url + "/billing/check", headers=admin).json()["ok"] is False
+        assert httpx.post(gw.url + "/billing/setup", json={}, headers=admin).json()["ok"] is True
+        client = Client(api_key=lago.api_key, api_url=lago.url)
+        client.plans.create(payg_plan(lago.metrics["llm_tokens"]["lago_id"], "0.001"))
+        new = {"user_id": "globex", "alias": "Globex", "billing_plan_code": "payg"}
+        httpx.post(gw.url + "/customer/new", json=new, headers=admin).raise_for_status()
+        for _ in range(2):  # the second run finds everything in place
+            done = httpx.post(gw.url + "/billing/setup", json={"customers": True}, headers=admin).json()
+            assert done["ok"] is True, done
+        subs = [s for s in lago.subscriptions.values() if s["external_customer_id"] == "globex"]
+        assert len(subs) == 1 and subs[0]["external_id"] == "globex" and subs[0]["plan_code"] == "payg"
+        assert lago.customers["globex"]["name"] == "Globex"
+        _chat(gw.v1, gw.key, 3, user="globex")
+        _settled(gw.settings.database_url.reveal())
+        uids = {r[0] for r in _sql(gw, "SELECT uid FROM mw_ledger WHERE customer_id = 'globex'")}
+        assert set(lago.transaction_ids()) == uids and len(uids) == 3
+
+
+def test_events_split_by_token_type_carry_one_event_per_type(upstream: StandIn, lago: LagoStandIn) -> None:
+    with run_gateway(_config(upstream, lago, split_by_token_type=True)) as gw:
+        admin = {"Authorization": f"Bearer {gw.key}"}
+        assert httpx.post(gw.url + "/billing/setup", json={}, headers=admin).json()["ok"] is True
+        metric = lago.metrics["llm_tokens"]
+        assert metric["field_name"] == "tokens"
+        assert metric["filters"] == [
+            {"key": "model", "values": ["priced", "priced-mini"]},
+            {"key": "type", "values": ["cache_write", "cached_input", "input", "output", "reasoning"]},
+        ]
+        _subscribe(lago, "acme")
+        _chat(gw.v1, gw.key, 4)
+        _settled(gw.settings.database_url.reveal())
+        rows = _sql(gw, "SELECT uid, prompt_tokens, completion_tokens FROM mw_ledger WHERE customer_id = 'acme'")
+        expected = {}
+        for uid, prompt, completion in rows:
+            expected[f"{uid}:input"] = prompt
+            expected[f"{uid}:output"] = completion
+        got = {e.transaction_id: e for e in lago.events}
+        assert set(got) == set(expected) and len(lago.transaction_ids()) == len(expected)
+        for tid, event in got.items():
+            kind = tid.rsplit(":", 1)[1]
+            assert event.properties == {"type": kind, "model": "priced", "tokens": expected[tid]}
+        period = datetime.now(UTC).strftime("%Y-%m")
+        report = httpx.get(gw.url + "/billing/reconcile", params={"period": period}, headers=admin).json()
+        assert report["match"] is True and report["subscriptions"][0]["lago_events"] == len(expected)
+
+
+def test_charging_by_user_uses_the_users_own_subscription(upstream: StandIn, lago: LagoStandIn) -> None:
+    with run_gateway(_config(upstream, lago, charge_by="user_id")) as gw:
+        admin = {"Authorization": f"Bearer {gw.key}"}
+        httpx.post(gw.url + "/billing/setup", json={}, headers=admin).raise_for_status()
+        _subscribe(lago, "initech")
+        user = {"user_id": "peter", "billing_external_subscription_id": "initech", "auto_create_key": False}
+        httpx.post(gw.url + "/user/new", json=user, headers=admin).raise_for_status()
+        key = httpx.post(gw.url + "/key/generate", json={"user_id": "peter"}, headers=admin).json()["key"]
+        _chat(gw.v1, key, 2, user=None)
+        _settled(gw.settings.database_url.reveal())
+        assert {e.external_subscription_id for e in lago.events} == {"initech"} and len(lago.events) == 2
+
+
+@contextmanager
+def _config_file(config: dict[str, Any]) -> Iterator[str]:
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        yaml.safe_dump(config, f)
+    try:
+        yield f.name
+    finally:
+        os.unlink(f.name)
+
+
+def test_the_worker_sends_what_gateways_without_a_sender_recorded(upstream: StandIn, lago: LagoStandIn) -> None:
+    with run_gateway(_config(upstream, lago, run_sender=False)) as gw:
+        admin = {"Authorization": f"Bearer {gw.key}"}
+        httpx.post(gw.url + "/billing/setup", json={}, headers=admin).raise_for_status()
+        _subscribe(lago, "acme")
+        _chat(gw.v1, gw.key, 5)
+        time.sleep(0.5)
+        assert lago.events == [] and len(_sql(gw, "SELECT 1 FROM mw_billing_outbox WHERE status = 'pending'")) == 5
+        database = gw.settings.database_url.reveal()
+        with _config_file(_config(upstream, lago)) as path:
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "meterway", "billing", "worker", "--config", path, "--database-url", database],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=_env(),
+            )
+            try:
+                _settled(database, within_s=30)
+            finally:
+                worker.send_signal(signal.SIGTERM)
+                _, err = worker.communicate(timeout=30)
+        assert worker.returncode == 0, err
+        assert "5 events delivered" in err
+        uids = {r[0] for r in _sql(gw, "SELECT uid FROM mw_ledger")}
+        assert set(lago.transaction_ids()) == uids and len(lago.transaction_ids()) == 5
+
+
+def test_litellm_lago_variables_alone_turn_export_on(upstream: StandIn, lago: LagoStandIn) -> None:
+    client = Client(api_key=lago.api_key, api_url=lago.url)
+    client.billable_metrics.create(
+        BillableMetric(name="LLM tokens", code="llm_tokens", aggregation_type="sum_agg", field_name="total_tokens")
+    )
+    _subscribe(lago, "acme")
+    with _config_file({"model_list": [priced(upstream.base_url)]}) as path:
+        env = {
+            **_env(),
+            "LAGO_API_BASE": lago.url,
+            "LAGO_API_KEY": lago.api_key,
+            "LAGO_API_EVENT_CODE": "llm_tokens",
+            "LAGO_API_CHARGE_BY": "end_user_id",
+            "METERWAY_MASTER_KEY": "sk-master-env",
+        }
+        for served in serve(["--config", path], env):
+            _chat(served.url + "/v1", "sk-master-env", 3)
+            deadline = time.monotonic() + 15
+            while len(lago.events) < 3:
+                assert time.monotonic() < deadline, "events did not reach Lago"
+                time.sleep(0.05)
+            assert {e.external_subscription_id for e in lago.events} == {"acme"} and len(lago.events) == 3
