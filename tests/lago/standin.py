@@ -117,6 +117,8 @@ class LagoStandIn:
     def __init__(self, api_key: str = "lago-test-key") -> None:
         self.api_key = api_key
         self.events: list[StoredEvent] = []
+        self._stored: set[tuple[str, str]] = set()  # (subscription, transaction id): the unique index
+        self.on_store: Callable[[str], object] | None = None  # called with each stored transaction id
         self.customers: dict[str, dict[str, Any]] = {}
         self.subscriptions: dict[str, dict[str, Any]] = {}
         self.metrics: dict[str, dict[str, Any]] = {}
@@ -190,6 +192,7 @@ class LagoStandIn:
     def lose(self, transaction_id: str) -> None:
         with self._lock:
             self.events = [e for e in self.events if e.transaction_id != transaction_id]
+            self._stored = {k for k in self._stored if k[1] != transaction_id}
 
     def transaction_ids(self) -> list[str]:
         with self._lock:
@@ -275,10 +278,16 @@ class LagoStandIn:
     def _exists(self, event: StoredEvent) -> bool:
         if event.external_subscription_id is None:  # NULLs are distinct in the unique index
             return False
-        return any(
-            e.transaction_id == event.transaction_id and e.external_subscription_id == event.external_subscription_id
-            for e in self.events
-        )
+        return (event.external_subscription_id, event.transaction_id) in self._stored
+
+    def _store(self, events: list[StoredEvent]) -> None:
+        """Keeps events (under the lock) and their unique index."""
+        self.events.extend(events)
+        for e in events:
+            if e.external_subscription_id is not None:
+                self._stored.add((e.external_subscription_id, e.transaction_id))
+            if self.on_store is not None:
+                self.on_store(e.transaction_id)
 
     async def _event(self, request: web.Request) -> web.Response:
         raw = await self._body(request, "event")
@@ -290,7 +299,7 @@ class LagoStandIn:
         with self._lock:
             if self._exists(event):
                 return _invalid({"transaction_id": ["value_already_exist"]})
-            self.events.append(event)
+            self._store([event])
         return web.json_response({"event": event.serialize()})
 
     async def _batch(self, request: web.Request) -> web.Response:
@@ -315,7 +324,7 @@ class LagoStandIn:
                 seen.add(key)
             if taken:
                 return _invalid(taken)
-            self.events.extend(events)
+            self._store(events)
         return web.json_response({"events": [e.serialize() for e in events]})
 
     async def _events(self, request: web.Request) -> web.Response:

@@ -36,6 +36,7 @@ BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 60.0
 DUPLICATE = {"transaction_id": ["value_already_exist"]}
 SUBSCRIPTIONS_TTL_S = 30.0
+LANES = 4  # batches in flight: a round trip to Lago (and two to the database) per batch would cap one lane
 
 
 class Sender:
@@ -81,8 +82,14 @@ class Sender:
         """The next round lists them again (after a reprocess: the mapping may have changed)."""
         self._listed_at = float("-inf")
 
-    async def run(self, idle_s: float = 0.2) -> None:
-        """Sends until cancelled; waits `idle_s` when nothing is due."""
+    async def run(self, idle_s: float = 0.2, lanes: int = LANES) -> None:
+        """Sends until cancelled, `lanes` batches in flight at once (each lane claims its own rows,
+        so none is sent by two); a lane waits `idle_s` when nothing is due."""
+        async with asyncio.TaskGroup() as group:
+            for _ in range(lanes):
+                group.create_task(self._lane(idle_s))
+
+    async def _lane(self, idle_s: float) -> None:
         while True:
             try:
                 if await self.round() == 0:

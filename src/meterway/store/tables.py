@@ -19,6 +19,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    text,
 )
 
 from meterway.store.types import Money
@@ -202,6 +203,13 @@ billing_outbox = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("sent_at", DateTime(timezone=True), nullable=True),
     Index("ix_mw_billing_outbox_status_next_attempt_at", "status", "next_attempt_at"),
+    # claims take the oldest pending rows: in index order, never a sort of the whole backlog
+    Index(
+        "ix_mw_billing_outbox_pending",
+        "created_at",
+        postgresql_where=text("status = 'pending'"),
+        sqlite_where=text("status = 'pending'"),
+    ),
 )
 
 # Totals per UTC day and every reporting dimension, kept in the same transaction as the ledger
