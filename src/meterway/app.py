@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import importlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from meterway.limits.memory import MemoryLimiter
 from meterway.providers.base import Api
 from meterway.providers.transport import new_session
 from meterway.routing import Router
+from meterway.telemetry.metrics import Metrics
 
 if TYPE_CHECKING:
     from meterway.billing.sender import Sender
@@ -55,6 +57,7 @@ class Services:
     hooks: tuple[Hook, ...] = ()
     redis: Any | None = None  # a client on the configured Redis, shared by limits and change announcements
     ledger: Ledger = field(default_factory=Ledger)
+    metrics: Metrics = field(default_factory=Metrics)
 
 
 @asynccontextmanager
@@ -79,6 +82,14 @@ async def open_services(settings: Settings, hooks: tuple[Hook, ...] = ()) -> Asy
         clamp_max_tokens=settings.budget_clamp_max_tokens,
     )
     hooks = (limits, *hooks)
+    metrics = Metrics()
+    ledger = Ledger(capacity=settings.ledger_queue_size)
+
+    def committed(seconds: float, waiting: int) -> None:
+        metrics.ledger_commit.observe(seconds)
+        metrics.ledger_waiting.set(waiting)
+
+    ledger.on_commit = committed
     try:
         yield Services(
             settings=settings,
@@ -88,7 +99,8 @@ async def open_services(settings: Settings, hooks: tuple[Hook, ...] = ()) -> Asy
             models=ModelList(settings),
             hooks=hooks,
             redis=redis_client,
-            ledger=Ledger(capacity=settings.ledger_queue_size),
+            ledger=ledger,
+            metrics=metrics,
         )
     finally:
         await session.close()
@@ -110,6 +122,8 @@ _MODEL_ROUTES: dict[str, tuple[Api, proxy.HeadDecoder]] = {
 _MANAGEMENT = management.all_routes()
 _LIVE = frozenset({"/health/live", "/health/liveliness", "/health/liveness"})
 _READY = frozenset({"/health/ready", "/health/readiness", "/health"})
+_METRICS = frozenset({"/metrics", "/health/metrics"})
+BACKLOG_TTL_S = 5.0  # the billing outbox is read for metrics at most this often
 
 
 class Gateway:
@@ -127,6 +141,7 @@ class Gateway:
         self._listening: asyncio.Task[None] | None = None
         self._sending: asyncio.Task[None] | None = None
         self.sender: Sender | None = None
+        self._backlog_at = float("-inf")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -161,6 +176,8 @@ class Gateway:
             return await Responder(send, request_id_for(Incoming(scope["headers"]))).whole(200, self._openapi)
         if path in _READY:
             return await health.ready(services, self.store_state, scope, receive, send)
+        if path in _METRICS and services is not None and scope["method"] == "GET":
+            return await self._metrics(services, scope, send)
         if services is not None and (path == "/models" or path.startswith("/models/")):
             return await self._models(services, scope, send, path)
         if services is None:
@@ -185,6 +202,25 @@ class Gateway:
         except MeterwayError as err:
             status, extra, payload = errors.render(err, None)
             await responder.whole(status, payload, extra=extra)
+
+    async def _metrics(self, services: Services, scope: Scope, send: Send) -> None:
+        """Prometheus exposition; the billing outbox's backlog is read at most every few seconds
+        (a scrape must stay cheap whatever the outbox's size)."""
+        metrics = services.metrics
+        store = self.store
+        now = time.monotonic()
+        if store is not None and self.settings.billing is not None and now - self._backlog_at > BACKLOG_TTL_S:
+            self._backlog_at = now
+            try:
+                pending, parked, age = await store.outbox.backlog()
+            except Exception as e:  # the database is away: the other metrics still answer
+                log.warning("billing backlog not read for metrics: %s", e.__class__.__name__)
+            else:
+                metrics.outbox_pending.set(pending)
+                metrics.outbox_parked.set(parked)
+                metrics.outbox_lag.set(age or 0.0)
+        body, content_type = metrics.render()
+        await Responder(send, request_id_for(Incoming(scope["headers"]))).whole(200, body, content_type.encode())
 
     async def _error(self, scope: Scope, send: Send, err: MeterwayError, api: Api | None) -> None:
         responder = Responder(send, request_id_for(Incoming(scope["headers"])))

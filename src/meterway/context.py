@@ -47,6 +47,7 @@ class RequestContext:
     recorded: bool = False  # its row has been handed to the ledger (exactly once)
     cost_units: int | None = None  # set by the ledger: the cost, in money units
     tokens_used: int = 0  # set by the ledger: the tokens, reported or counted
+    counted: Usage | None = None  # set by the ledger: the usage it recorded (reported or counted)
 
     @classmethod
     def start(cls, request_id: str, api: Api) -> RequestContext:

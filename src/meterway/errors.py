@@ -126,10 +126,12 @@ class RateLimited(MeterwayError):
         retry_after: float | None = None,
         code: str | None = None,
         headers: tuple[tuple[str, str], ...] = (),
+        limit: str | None = None,
     ) -> None:
         super().__init__(message, code=code)
         self.retry_after = retry_after
         self.headers = headers  # x-ratelimit-* for the client
+        self.limit = limit  # which limit refused: rpm, tpm or parallel (a metric label)
 
 
 class ServiceUnavailable(MeterwayError):

@@ -100,6 +100,7 @@ async def handle(services: Services, api: Api, decode: HeadDecoder, scope: Scope
         if ctx.ended_ns is None:
             ctx.ended_ns = time.perf_counter_ns()
         await ledger.record(ctx)  # a client that left mid-stream (or a bug): recorded here, once
+        services.metrics.observe(ctx)
         for hook in reversed(ran):
             try:
                 await hook.after(ctx)

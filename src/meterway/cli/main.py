@@ -161,6 +161,19 @@ def serve(args: argparse.Namespace) -> int:
         return 0
     # Worker processes rebuild the settings from the environment: the same file, the same key.
     os.environ["METERWAY_MASTER_KEY"] = master.reveal()
+    # Metrics of all workers are summed from files in one directory, fresh for this run (a file
+    # left by an earlier run would add its counts to this one's).
+    import glob
+    import tempfile
+
+    metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if metrics_dir:
+        os.makedirs(metrics_dir, exist_ok=True)
+        for stale in glob.glob(os.path.join(metrics_dir, "*.db")):
+            os.remove(stale)
+    else:
+        metrics_dir = tempfile.mkdtemp(prefix="meterway-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     if settings.source:
         os.environ["METERWAY_CONFIG"] = os.path.abspath(settings.source)
     else:

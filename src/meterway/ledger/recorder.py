@@ -47,6 +47,8 @@ class Ledger:
         self.capacity = capacity  # requests admitted and not yet written, at most
         self.counter = counter or TokenCounter()
         self.write: Write | None = None  # set once the store is open; rows wait until then
+        # told each commit's duration and the rows still waiting after it (metrics)
+        self.on_commit: Callable[[float, int], None] | None = None
         self.estimated_rows = 0  # rows whose tokens were counted here, not reported (a metric)
         self._warned: set[str] = set()  # deployments already warned about for missing usage
         self._admitted = 0
@@ -119,6 +121,7 @@ class Ledger:
                 if self.write is None:  # the store is still opening: the rows wait for it
                     _release(batch)
                     return
+                started = time.perf_counter()
                 try:
                     await self.write([entry for entry, _ in batch])
                 except asyncio.CancelledError:
@@ -135,6 +138,8 @@ class Ledger:
                     log.warning("ledger writes resumed; %d rows still queued", len(self._queue) - len(batch))
                 self._healthy = True
                 delay = RETRY_FIRST_S
+                if self.on_commit is not None:
+                    self.on_commit(time.perf_counter() - started, len(self._queue) - len(batch))
                 for _ in batch:
                     self._queue.popleft()
                 self._admitted -= len(batch)
@@ -152,6 +157,7 @@ class Ledger:
             unit = (None, None, None, None)
         ctx.cost_units = cost_units or 0
         ctx.tokens_used = usage.total_tokens if usage is not None else 0
+        ctx.counted = usage
         if ctx.ended_ns is None:
             ctx.ended_ns = time.perf_counter_ns()
         principal = ctx.principal

@@ -132,6 +132,7 @@ def _refused(refusal: Refusal) -> Exception:
         f"Rate limit reached: {ask.name} is {text}. Retry in {retry:.1f}s.",
         retry_after=retry,
         code="rate_limit_exceeded",
+        limit=ask.kind,
         headers=(
             (f"x-ratelimit-limit-{unit}", str(ask.limit)),
             (f"x-ratelimit-remaining-{unit}", "0"),

@@ -157,6 +157,19 @@ class OutboxStore:
             "oldest_pending": oldest.isoformat() if oldest is not None else None,
         }
 
+    async def backlog(self) -> tuple[int, int, float | None]:
+        """Pending and parked counts and the age in seconds of the oldest pending export, read
+        through the indexes (cheap whatever the outbox's size): for metrics."""
+        c = billing_outbox.c
+        async with self._engine.connect() as conn:
+            pending = (await conn.execute(sa.select(sa.func.count()).where(c.status == "pending"))).scalar_one()
+            parked = (await conn.execute(sa.select(sa.func.count()).where(c.status == "parked"))).scalar_one()
+            oldest = (await conn.execute(sa.select(sa.func.min(c.created_at)).where(c.status == "pending"))).scalar()
+        if oldest is not None and oldest.tzinfo is None:
+            oldest = oldest.replace(tzinfo=UTC)  # SQLite keeps no zone; the outbox is written in UTC
+        age = (datetime.now(UTC) - oldest).total_seconds() if oldest is not None else None
+        return int(pending), int(parked), age
+
     async def _update(self, uids: Sequence[str], **values: Any) -> None:
         if not uids:
             return

@@ -1,0 +1,193 @@
+"""Prometheus metrics: what the gateway served, what it cost, what it refused, and how its ledger
+and billing export keep up. Exposed at `GET /metrics` (and `/health/metrics`).
+
+With several workers (`serve --workers N`) every worker writes its values to files in one
+directory (`PROMETHEUS_MULTIPROC_DIR`, which `serve` sets to a fresh directory before the
+workers start) and a scrape, answered by any worker, sums them all: a counter never goes back
+when a scrape lands on another worker.
+
+Label cardinality is bounded: `team` and `customer` labels take at most `max_label_values`
+distinct values per worker (the first seen); later ones are counted under `other`. Model and
+deployment labels come from the configuration, so they are bounded by it (names a client sends
+that are not configured are refused before they reach a metric).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+if TYPE_CHECKING:
+    from meterway.context import RequestContext
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+OTHER = "other"
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
+USD_PER_UNIT = 1e-10  # ledger money units
+
+
+class Bounded:
+    """At most `limit` distinct label values; the rest are `other`."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._seen: set[str] = set()
+
+    def __call__(self, value: str | None) -> str:
+        if not value:
+            return ""
+        if value in self._seen:
+            return value
+        if len(self._seen) >= self.limit:
+            return OTHER
+        self._seen.add(value)
+        return value
+
+
+class Metrics:
+    """Every metric of one process, registered on a registry of its own (no global state)."""
+
+    def __init__(self, max_label_values: int = 100) -> None:
+        self.multiprocess = bool(os.environ.get(MULTIPROC_ENV))
+        # in multiprocess mode values live in files; the registry is only for the single-process case
+        registry = None if self.multiprocess else CollectorRegistry(auto_describe=True)
+        self.registry = registry
+        self.teams = Bounded(max_label_values)
+        self.customers = Bounded(max_label_values)
+        self.requests = Counter(
+            "meterway_requests", "Model requests answered", ["endpoint", "model", "status"], registry=registry
+        )
+        self.duration = Histogram(
+            "meterway_request_duration_seconds",
+            "Time from a request's arrival to its last byte",
+            ["endpoint", "model"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.ttft = Histogram(
+            "meterway_time_to_first_token_seconds",
+            "Time from a streamed request's arrival to its first byte",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.tokens = Counter("meterway_tokens", "Tokens used, by model", ["model", "type"], registry=registry)
+        self.cost = Counter(
+            "meterway_cost_usd", "Cost of the requests served, by model (USD)", ["model"], registry=registry
+        )
+        self.team_tokens = Counter("meterway_team_tokens", "Tokens used, by team", ["team", "type"], registry=registry)
+        self.team_cost = Counter("meterway_team_cost_usd", "Cost by team (USD)", ["team"], registry=registry)
+        self.customer_tokens = Counter(
+            "meterway_customer_tokens", "Tokens used, by customer", ["customer", "type"], registry=registry
+        )
+        self.customer_cost = Counter(
+            "meterway_customer_cost_usd", "Cost by customer (USD)", ["customer"], registry=registry
+        )
+        self.rejections = Counter(
+            "meterway_limit_rejections", "Requests refused by a limit, budget or block", ["reason"], registry=registry
+        )
+        self.upstream_errors = Counter(
+            "meterway_upstream_errors",
+            "Failed upstream calls, by deployment",
+            ["deployment", "error_type"],
+            registry=registry,
+        )
+        self.ledger_waiting = Gauge(
+            "meterway_ledger_queue_rows",
+            "Ledger rows waiting to be committed",
+            multiprocess_mode="livesum",
+            registry=registry,
+        )
+        self.ledger_commit = Histogram(
+            "meterway_ledger_commit_seconds",
+            "Time to commit a group of ledger rows",
+            buckets=COMMIT_BUCKETS,
+            registry=registry,
+        )
+        self.billing_delivered = Counter(
+            "meterway_billing_events_delivered", "Events Lago stored (or already had)", registry=registry
+        )
+        self.billing_parked = Counter(
+            "meterway_billing_rows_parked", "Ledger rows parked by the sender", registry=registry
+        )
+        self.billing_failures = Counter(
+            "meterway_billing_failed_batches", "Batches Lago did not take, to be retried", registry=registry
+        )
+        self.outbox_pending = Gauge(
+            "meterway_billing_outbox_pending",
+            "Exports waiting to be sent",
+            multiprocess_mode="mostrecent",
+            registry=registry,
+        )
+        self.outbox_parked = Gauge(
+            "meterway_billing_outbox_parked", "Exports parked", multiprocess_mode="mostrecent", registry=registry
+        )
+        self.outbox_lag = Gauge(
+            "meterway_billing_export_lag_seconds",
+            "Age of the oldest pending export",
+            multiprocess_mode="mostrecent",
+            registry=registry,
+        )
+
+    def observe(self, ctx: RequestContext) -> None:
+        """One finished request: called once, after its ledger row was made."""
+        endpoint = ctx.api.value
+        model = ctx.model_group if ctx.deployment is not None else ""
+        self.requests.labels(endpoint, model, str(ctx.status_code)).inc()
+        if ctx.ended_ns is not None:
+            self.duration.labels(endpoint, model).observe((ctx.ended_ns - ctx.started_ns) / 1e9)
+        if ctx.stream and ctx.first_byte_ns is not None:
+            self.ttft.labels(model).observe((ctx.first_byte_ns - ctx.started_ns) / 1e9)
+        err = ctx.error
+        if err is not None:
+            reason = _rejection(err)
+            if reason is not None:
+                self.rejections.labels(reason).inc()
+            elif ctx.forwarded and ctx.deployment is not None and err.status >= 500:
+                self.upstream_errors.labels(ctx.deployment.id, err.error_type).inc()
+        usage = ctx.counted
+        if usage is None or not usage.total_tokens:
+            return
+        inp, out = usage.prompt_tokens, usage.completion_tokens
+        cost = (ctx.cost_units or 0) * USD_PER_UNIT
+        self.tokens.labels(model, "input").inc(inp)
+        self.tokens.labels(model, "output").inc(out)
+        self.cost.labels(model).inc(cost)
+        principal = ctx.principal
+        team = self.teams(principal.team_id if principal is not None else None)
+        if team:
+            self.team_tokens.labels(team, "input").inc(inp)
+            self.team_tokens.labels(team, "output").inc(out)
+            self.team_cost.labels(team).inc(cost)
+        customer = self.customers(ctx.user)
+        if customer:
+            self.customer_tokens.labels(customer, "input").inc(inp)
+            self.customer_tokens.labels(customer, "output").inc(out)
+            self.customer_cost.labels(customer).inc(cost)
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition text (summed over workers in multiprocess mode) and its content type."""
+        if self.registry is not None:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+def _rejection(err: object) -> str | None:
+    """Why a limit refused the request, or None when the error was not a limit's."""
+    from meterway.errors import BudgetExceeded, PermissionDenied, RateLimited
+
+    if isinstance(err, BudgetExceeded):
+        return "budget"
+    if isinstance(err, RateLimited):
+        return err.limit or "rate_limit"
+    if isinstance(err, PermissionDenied) and err.code in ("customer_blocked",):
+        return "blocked"
+    return None
