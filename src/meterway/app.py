@@ -43,6 +43,7 @@ from meterway.telemetry.metrics import Metrics
 if TYPE_CHECKING:
     from meterway.billing.sender import Sender
     from meterway.store.runtime import Store
+    from meterway.telemetry.tracing import Tracing
 
 log = logging.getLogger("meterway")
 
@@ -58,6 +59,7 @@ class Services:
     redis: Any | None = None  # a client on the configured Redis, shared by limits and change announcements
     ledger: Ledger = field(default_factory=Ledger)
     metrics: Metrics = field(default_factory=Metrics)
+    tracing: Tracing | None = None  # when traces are on
 
 
 @asynccontextmanager
@@ -82,7 +84,13 @@ async def open_services(settings: Settings, hooks: tuple[Hook, ...] = ()) -> Asy
         clamp_max_tokens=settings.budget_clamp_max_tokens,
     )
     hooks = (limits, *hooks)
-    metrics = Metrics()
+    metrics = Metrics(settings.telemetry.metrics_max_label_values)
+    tracing = None
+    if settings.telemetry.traces:
+        from meterway import __version__
+        from meterway.telemetry.tracing import Tracing
+
+        tracing = Tracing(settings.telemetry, __version__)
     ledger = Ledger(capacity=settings.ledger_queue_size)
 
     def committed(seconds: float, waiting: int) -> None:
@@ -101,9 +109,12 @@ async def open_services(settings: Settings, hooks: tuple[Hook, ...] = ()) -> Asy
             redis=redis_client,
             ledger=ledger,
             metrics=metrics,
+            tracing=tracing,
         )
     finally:
         await session.close()
+        if tracing is not None:  # queued spans flushed, bounded by the exporter's timeout
+            await asyncio.to_thread(tracing.shutdown)
         if redis_client is not None:
             await redis_client.aclose()
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
     from meterway.auth import Principal
     from meterway.config.settings import Deployment
     from meterway.errors import MeterwayError
@@ -48,6 +50,9 @@ class RequestContext:
     cost_units: int | None = None  # set by the ledger: the cost, in money units
     tokens_used: int = 0  # set by the ledger: the tokens, reported or counted
     counted: Usage | None = None  # set by the ledger: the usage it recorded (reported or counted)
+    ledger_uid: str | None = None  # set by the ledger: its row's uid
+    upstream_status: int = 0  # the upstream's HTTP status, once it answered
+    span: Span | None = None  # the request's server span, when traces are on
 
     @classmethod
     def start(cls, request_id: str, api: Api) -> RequestContext:

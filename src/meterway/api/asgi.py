@@ -29,7 +29,16 @@ _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
 class Incoming:
     """The request headers the gateway reads, found in one pass over the ASGI header list."""
 
-    __slots__ = ("anthropic_version", "api_key", "authorization", "content_length", "request_id", "x_api_key")
+    __slots__ = (
+        "anthropic_version",
+        "api_key",
+        "authorization",
+        "content_length",
+        "request_id",
+        "traceparent",
+        "tracestate",
+        "x_api_key",
+    )
 
     def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
         self.authorization: bytes | None = None
@@ -38,6 +47,8 @@ class Incoming:
         self.request_id: bytes | None = None
         self.content_length: bytes | None = None
         self.anthropic_version: bytes | None = None
+        self.traceparent: bytes | None = None  # W3C trace context: the client's trace continues
+        self.tracestate: bytes | None = None
         for name, value in raw:
             if name == b"authorization":
                 self.authorization = value
@@ -51,6 +62,10 @@ class Incoming:
                 self.api_key = value
             elif name == b"anthropic-version":
                 self.anthropic_version = value
+            elif name == b"traceparent":
+                self.traceparent = value
+            elif name == b"tracestate":
+                self.tracestate = value
 
 
 def request_id_for(incoming: Incoming) -> str:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, cast
 
 import aiohttp
@@ -41,6 +41,7 @@ from meterway.providers.base import (
     Usage,
 )
 from meterway.providers.transport import map_client_error
+from meterway.telemetry import logs
 
 if TYPE_CHECKING:
     from meterway.app import Services
@@ -58,6 +59,10 @@ async def handle(services: Services, api: Api, decode: HeadDecoder, scope: Scope
     ctx = RequestContext.start(rid, api)
     ran: list[Hook] = []
     ledger = services.ledger
+    tracing = services.tracing
+    if tracing is not None:
+        ctx.span = tracing.start(ctx, incoming.traceparent, incoming.tracestate)
+    current = logs.CURRENT.set(ctx)  # log lines of this request carry its ids
     try:
         ledger.admit(ctx)
         principal = await services.auth.authenticate(
@@ -101,6 +106,9 @@ async def handle(services: Services, api: Api, decode: HeadDecoder, scope: Scope
             ctx.ended_ns = time.perf_counter_ns()
         await ledger.record(ctx)  # a client that left mid-stream (or a bug): recorded here, once
         services.metrics.observe(ctx)
+        if tracing is not None and ctx.span is not None:
+            tracing.end(ctx, ctx.span)
+        logs.CURRENT.reset(current)
         for hook in reversed(ran):
             try:
                 await hook.after(ctx)
@@ -118,12 +126,40 @@ async def forward(
         return await _local(services, ctx, call, cast(LocalProvider, provider), request, responder)
     timeout = deployment.stream_timeout if request.stream else deployment.timeout
     ctx.forwarded = True
+    tracing = services.tracing
+    if tracing is None or ctx.span is None:
+        return await _call(services, ctx, call, provider, request, request.headers, timeout, responder, receive)
+    span, carrier = tracing.upstream(ctx, ctx.span, request.url)
+    failed: BaseException | None = None
+    try:
+        headers = {**request.headers, **carrier}  # the trace goes on upstream
+        await _call(services, ctx, call, provider, request, headers, timeout, responder, receive)
+    except BaseException as e:
+        failed = e
+        raise
+    finally:
+        tracing.end_upstream(span, ctx.upstream_status, failed)
+
+
+async def _call(
+    services: Services,
+    ctx: RequestContext,
+    call: Call,
+    provider: Provider,
+    request: UpstreamRequest,
+    headers: Mapping[str, str],
+    limit: aiohttp.ClientTimeout,
+    responder: Responder,
+    receive: Receive,
+) -> None:
+    """One upstream call: the answer parsed and sent whole, or the stream relayed."""
     try:
         resp = await services.http.request(
-            request.method, request.url, data=request.body, headers=request.headers, timeout=timeout
+            request.method, request.url, data=request.body, headers=headers, timeout=limit
         )
     except (aiohttp.ClientError, TimeoutError) as e:
         raise map_client_error(e, provider.label) from None
+    ctx.upstream_status = resp.status
     try:
         if resp.status >= 400 or not request.stream:
             try:

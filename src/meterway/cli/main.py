@@ -24,11 +24,14 @@ from meterway.config.load import (
 from meterway.config.secret import Secret
 from meterway.config.settings import Settings
 from meterway.errors import ConfigError, MeterwayError
+from meterway.telemetry import logs
+from meterway.telemetry.logs import level_from_env
 
 log = logging.getLogger("meterway")
 
 _DEMO_ENV = "METERWAY_DEMO"
 _NO_MIGRATE_ENV = "METERWAY_NO_MIGRATE"
+_LOG_FORMAT_ENV = "METERWAY_LOG_FORMAT"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -41,7 +44,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="0.0.0.0")
     serve.add_argument("--port", type=int, default=4000)
     serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
-    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--log-level", choices=["debug", "info", "warning", "error"], help="default: $METERWAY_LOG_LEVEL or info"
+    )
+    serve.add_argument("--log-format", choices=["text", "json"], default=None, help="default: text")
     serve.add_argument("--access-log", action="store_true", help="log every request (costs throughput)")
     serve.add_argument("--no-migrate", action="store_true", help="do not apply database migrations at start")
 
@@ -60,12 +66,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        # serve logs at --log-level; one-shot commands print their result and only warnings besides
-        level=getattr(logging, str(getattr(args, "log_level", "warning")).upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    # serve logs at --log-level (or the environment's); one-shot commands print their result and
+    # only warnings besides
+    long_running = args.command == "serve" or getattr(args, "action", None) == "worker"
+    args.log_level = getattr(args, "log_level", None) or level_from_env(default="info" if long_running else "warning")
+    args.log_format = getattr(args, "log_format", None) or os.environ.get(_LOG_FORMAT_ENV) or "text"
+    logs.configure(args.log_level, args.log_format)
     try:
         if args.command == "serve":
             return serve(args)
@@ -149,6 +155,7 @@ def serve(args: argparse.Namespace) -> int:
         "http": "httptools",
         "lifespan": "on",
         "log_level": args.log_level,
+        "log_config": None,  # uvicorn's loggers propagate to ours: one format, request ids included
         "access_log": args.access_log,
         "server_header": False,
         # SIGTERM: stop accepting, let requests in flight finish, then the lifespan writes the ledger
@@ -161,6 +168,8 @@ def serve(args: argparse.Namespace) -> int:
         return 0
     # Worker processes rebuild the settings from the environment: the same file, the same key.
     os.environ["METERWAY_MASTER_KEY"] = master.reveal()
+    os.environ["METERWAY_LOG_LEVEL"] = args.log_level
+    os.environ[_LOG_FORMAT_ENV] = args.log_format
     # Metrics of all workers are summed from files in one directory, fresh for this run (a file
     # left by an earlier run would add its counts to this one's).
     import glob
@@ -187,6 +196,7 @@ def app_from_env() -> object:
     from meterway.app import create_app
     from meterway.config.load import master_key_from_env
 
+    logs.configure(level_from_env(), os.environ.get(_LOG_FORMAT_ENV) or "text")  # a fresh process
     settings = demo_settings() if os.environ.get(_DEMO_ENV) == "1" else _settings(None)
     key = master_key_from_env()
     if settings.master_key is None and key is not None:

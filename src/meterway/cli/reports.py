@@ -42,7 +42,10 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "--customers", action="store_true", help="also subscribe customers that have a billing_plan_code"
     )
     worker = actions.add_parser("worker", help="send pending exports to Lago until stopped (SIGTERM or Ctrl-C)")
-    worker.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    worker.add_argument(
+        "--log-level", choices=["debug", "info", "warning", "error"], help="default: $METERWAY_LOG_LEVEL or info"
+    )
+    worker.add_argument("--log-format", choices=["text", "json"], default=None, help="default: text")
     for p in (usage, invoice, status, reprocess, rec, check, setup, worker):
         p.add_argument("--config", help="config file whose database_url (and billing section) to use")
         p.add_argument("--database-url", help="overrides the config and DATABASE_URL")

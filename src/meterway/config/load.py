@@ -31,6 +31,7 @@ from meterway.config.settings import (
     Prices,
     Settings,
 )
+from meterway.config.telemetry import parse_telemetry
 from meterway.errors import ConfigError
 from meterway.ledger import prices
 from meterway.providers import registry
@@ -39,6 +40,7 @@ ENV_PREFIX = "os.environ/"
 
 TOP_LEVEL = {
     "billing",
+    "telemetry",
     "model_list",
     "general_settings",
     "litellm_settings",
@@ -80,7 +82,10 @@ GENERAL = {
     "lease_ttl_seconds",
     "ledger_queue_size",
 }
-LITELLM = {"request_timeout"}
+LITELLM = {"request_timeout", "callbacks", "success_callback"}
+# LiteLLM callbacks meterway covers itself: otel (traces), prometheus (/metrics is always on),
+# lago (the billing section, or the LAGO_* variables)
+CALLBACKS = {"otel", "prometheus", "lago"}
 
 
 def config_path_from_env(env: Mapping[str, str] = os.environ) -> str | None:
@@ -251,10 +256,21 @@ def parse_config(
         raise ConfigError("general_settings.ledger_queue_size must be a whole number, 1 or more")
 
     billing = parse_billing(_section(data, "billing", env), env)
+    callbacks: list[Any] = []
+    for name in ("callbacks", "success_callback"):
+        value = litellm_settings.get(name) or []
+        if not isinstance(value, list):
+            raise ConfigError(f"litellm_settings.{name} must be a list of callback names")
+        callbacks += value
+    warnings += [
+        f"litellm_settings.callbacks: '{c}' is not supported; ignored" for c in callbacks if str(c) not in CALLBACKS
+    ]
+    telemetry = parse_telemetry(_section(data, "telemetry", env), callbacks, env)
 
     return Settings(
         deployments=tuple(deployments),
         billing=billing,
+        telemetry=telemetry,
         redis_prefix=redis_prefix,
         budget_clamp_max_tokens=clamp,
         budget_default_output_tokens=output_tokens,

@@ -11,6 +11,7 @@ import aiohttp
 
 from meterway.config.billing import Billing
 from meterway.config.secret import Secret
+from meterway.config.telemetry import Telemetry
 from meterway.providers.base import Api, Provider
 
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
@@ -74,6 +75,7 @@ class Settings:
     shutdown_flush_s: float = 30.0  # at shutdown, how long queued ledger rows may take to be written
     unpriced_models: tuple[str, ...] = ()  # deployments with no known price: their cost is NULL
     billing: Billing | None = None  # usage export to Lago, when configured
+    telemetry: Telemetry = field(default_factory=Telemetry)  # traces and metrics settings
 
     def model_names(self) -> list[str]:
         return list(dict.fromkeys(d.model_name for d in self.deployments))

@@ -161,9 +161,11 @@ class Ledger:
         if ctx.ended_ns is None:
             ctx.ended_ns = time.perf_counter_ns()
         principal = ctx.principal
+        uid = uuid.uuid4().hex  # the base of the row's Lago transaction ids: never made twice
+        ctx.ledger_uid = uid
         tags, metadata = _tags_and_metadata(ctx.body)
         row: dict[str, Any] = {
-            "uid": uuid.uuid4().hex,  # the base of the row's Lago transaction ids: never made twice
+            "uid": uid,
             "request_id": ctx.request_id,
             "started_at": datetime.fromtimestamp(ctx.started_at, UTC),
             "ended_at": datetime.fromtimestamp(now, UTC),
