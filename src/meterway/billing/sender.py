@@ -11,6 +11,10 @@ bill them) and posts them in one batch. Lago's answers, as the contract describe
   without its bad neighbours.
 - anything else (5xx, 429, a timeout, a dropped connection, 401/403/404): the rows stay pending
   and are tried again after an exponential backoff with jitter, for as long as it takes.
+
+A claim lasts `billing.claim_timeout_s`; the round's calls to Lago share half of it. So Lago's
+answer to a batch can only come while its rows are still claimed: no other sender can take and
+resend them meanwhile, and rows are marked sent only on that answer.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from meterway.store.outbox import OutboxStore
 log = logging.getLogger("meterway.billing")
 
 BATCH = 100  # Lago's default LAGO_EVENTS_BATCH_MAX_LENGTH
-HOLD_S = 60.0  # a claim outlives a stuck send by this much
+LAGO_TIMEOUT_S = 30.0  # one call to Lago, at most (less when the claim has less left)
 BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 60.0
 DUPLICATE = {"transaction_id": ["value_already_exist"]}
@@ -45,12 +49,13 @@ class Sender:
         self.session = session
         self.url = billing.api_base + "/api/v1/events/batch"
         self.delivered = 0  # events Lago stored (or already had)
+        self.duplicates = 0  # of those, events Lago already had: an earlier answer was lost
         self.parked = 0
         self.failures = 0
         self._active: set[str] = set()  # subscriptions Lago has active, as last listed
         self._listed_at = float("-inf")
 
-    async def _subscriptions(self) -> set[str] | None:
+    async def _subscriptions(self, deadline: float) -> set[str] | None:
         """Lago's active subscription ids, listed at most every SUBSCRIPTIONS_TTL_S (None: Lago did
         not answer; the rows then wait rather than be parked for Lago's outage)."""
         now = time.monotonic()
@@ -65,7 +70,7 @@ class Sender:
                     self.billing.api_base + "/api/v1/subscriptions",
                     params={"page": str(page), "per_page": "100", "status[]": "active"},
                     headers=headers,
-                    timeout=aiohttp.ClientTimeout(total=30),
+                    timeout=_timeout(deadline),
                 ) as resp:
                     if resp.status != 200:
                         return None
@@ -94,13 +99,15 @@ class Sender:
                 await asyncio.sleep(1.0)
 
     async def round(self) -> int:
-        rows = await self.outbox.claim(BATCH, HOLD_S)
+        hold = self.billing.claim_timeout_s
+        deadline = time.monotonic() + hold / 2  # every answer from Lago comes while the claim holds
+        rows = await self.outbox.claim(BATCH, hold)
         if not rows:
             return 0
         mapped: dict[str, str] = {}
         if self.billing.charge_by == "customer":
             mapped = await self.outbox.subscriptions(sorted({str(r["customer_id"]) for r in rows if r["customer_id"]}))
-        active = await self._subscriptions()
+        active = await self._subscriptions(deadline)
         if active is None:  # Lago is not answering: try again later, park nothing for it
             await self.outbox.retry([r["uid"] for r in rows], BACKOFF_FIRST_S * 4, "Lago did not list subscriptions")
             return len(rows)
@@ -115,15 +122,15 @@ class Sender:
                 self.parked += 1
                 continue
             events += [(row["uid"], e) for e in events_for(row, sub, self.billing)]
-        await self._send(events, attempts=max((r.get("attempts", 0) for r in rows), default=0))
+        await self._send(events, max((r.get("attempts", 0) for r in rows), default=0), deadline)
         return len(rows)
 
-    async def _send(self, events: list[tuple[str, dict[str, Any]]], attempts: int) -> None:
+    async def _send(self, events: list[tuple[str, dict[str, Any]]], attempts: int, deadline: float) -> None:
         pending = events
         for _ in range(3):  # a split batch is resent at once, at most twice more
             if not pending:
                 return
-            status, body = await self._post([e for _, e in pending])
+            status, body = await self._post([e for _, e in pending], deadline)
             uids = sorted({uid for uid, _ in pending})
             if status == 200:
                 self.delivered += len(pending)
@@ -152,6 +159,7 @@ class Sender:
                 )
                 self.parked += 1
             self.delivered += len(duplicate)
+            self.duplicates += len(duplicate)
             kept = [(uid, e) for i, (uid, e) in enumerate(pending) if i not in duplicate and uid not in bad]
             done = {uid for i, (uid, _) in enumerate(pending) if i in duplicate} - {uid for uid, _ in kept} - set(bad)
             await self.outbox.sent(sorted(done))
@@ -159,15 +167,17 @@ class Sender:
         if pending:
             await self.outbox.retry(sorted({uid for uid, _ in pending}), BACKOFF_FIRST_S, "batch split too often")
 
-    async def _post(self, events: list[dict[str, Any]]) -> tuple[int, Any]:
-        """Lago's status and parsed body; status 0 when there was no answer."""
+    async def _post(self, events: list[dict[str, Any]], deadline: float) -> tuple[int, Any]:
+        """Lago's status and parsed body; status 0 when there was no answer (in time)."""
+        if deadline <= time.monotonic():
+            return 0, None  # the claim is running out: no new call whose answer could come too late
         headers = {"Authorization": f"Bearer {self.billing.api_key.reveal()}", "Content-Type": "application/json"}
         try:
             async with self.session.post(
                 self.url,
                 data=orjson.dumps({"events": events}),
                 headers=headers,
-                timeout=aiohttp.ClientTimeout(total=30),
+                timeout=_timeout(deadline),
             ) as resp:
                 raw = await resp.read()
                 try:
@@ -177,3 +187,8 @@ class Sender:
         except (aiohttp.ClientError, TimeoutError) as e:
             log.warning("billing: no answer from Lago (%s)", e.__class__.__name__)
             return 0, None
+
+
+def _timeout(deadline: float) -> aiohttp.ClientTimeout:
+    """What is left of the round's time for Lago, at most LAGO_TIMEOUT_S."""
+    return aiohttp.ClientTimeout(total=max(min(LAGO_TIMEOUT_S, deadline - time.monotonic()), 0.001))
