@@ -110,6 +110,7 @@ class OutboxStore:
         return int(done.rowcount)
 
     async def status(self) -> dict[str, Any]:
+        """Counts by status, parked rows by reason, and the export lag."""
         async with self._engine.connect() as conn:
             counts: dict[str, int] = dict(
                 (
@@ -130,12 +131,18 @@ class OutboxStore:
                     sa.select(sa.func.min(billing_outbox.c.created_at)).where(billing_outbox.c.status == "pending")
                 )
             ).scalar()
+        if oldest is not None and oldest.tzinfo is None:
+            oldest = oldest.replace(tzinfo=UTC)  # SQLite keeps no zone; rows are stamped in UTC
         return {
             "pending": int(counts.get("pending", 0)),
             "sent": int(counts.get("sent", 0)),
             "parked": int(counts.get("parked", 0)),
             "parked_by_reason": {str(r): int(n) for r, n in parked},
             "oldest_pending": oldest.isoformat() if oldest is not None else None,
+            # the export lag: how long the oldest row still to send has waited (0 when none waits)
+            "oldest_pending_age_seconds": (
+                round(max((datetime.now(UTC) - oldest).total_seconds(), 0.0), 3) if oldest is not None else 0.0
+            ),
         }
 
     async def _update(self, uids: Sequence[str], **values: Any) -> None:
