@@ -299,7 +299,7 @@ class Gateway:
         if settings.billing is not None and settings.billing.run_sender:
             from meterway.billing.sender import Sender
 
-            self.sender = Sender(settings.billing, store.outbox, services.http)
+            self.sender = Sender(settings.billing, store.outbox, services.http, services.metrics)
             self._sending = asyncio.create_task(self.sender.run())
             self.key_routes.sender = self.sender
         services.ledger.write = store.ledger.write

@@ -10,39 +10,18 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import openai
-import pytest
-from lago_python_client.client import Client
-from lago_python_client.models import BillableMetric, Customer, Subscription
 
-from tests.lago.standin import LagoStandIn, payg_plan
+from tests.lago.standin import LagoStandIn
 from tests.support.gateway import RunningGateway, run_gateway
 from tests.support.models import priced
 from tests.upstreams.standin import StandIn
 
 HI: Any = [{"role": "user", "content": "hi"}]
-
-
-@pytest.fixture
-def lago() -> Iterator[LagoStandIn]:
-    with LagoStandIn() as stand_in:
-        client = Client(api_key=stand_in.api_key, api_url=stand_in.url)
-        metric = client.billable_metrics.create(
-            BillableMetric(name="LLM tokens", code="llm_tokens", aggregation_type="sum_agg", field_name="total_tokens")
-        )
-        assert metric is not None
-        client.plans.create(payg_plan(metric.lago_id, "0.001"))
-        client.customers.create(Customer(external_id="acme", currency="USD"))
-        started = (datetime.now(UTC) - timedelta(days=1)).isoformat()
-        client.subscriptions.create(
-            Subscription(external_customer_id="acme", plan_code="payg", external_id="acme", subscription_at=started)
-        )
-        yield stand_in
 
 
 def _config(standin: StandIn, lago: LagoStandIn) -> dict[str, Any]:

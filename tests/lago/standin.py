@@ -19,9 +19,23 @@ refer to the contract):
   or of an unknown code/subscription are stored (200) but never billed;
 * unrouted paths: 404 `resource_not_found`.
 
-Faults for tests: `fail_next(n, status)` answers errors; `drop_next(n, after_commit=...)` cuts the
-connection before or after storing; `down()` / `up()` refuse every request by cutting connections;
-`lose(transaction_id)` forgets a stored event (to make reconciliation see a difference).
+Faults for tests (on event posts unless said otherwise):
+
+* `fail_next(n, status)` answers the next n with an error, storing nothing;
+* `fail_every(n, status)` answers every n-th with an error, storing nothing (`fail_every(0)` stops);
+* `drop_next(n, after_commit=...)` cuts the connection before storing, or after storing and before
+  the answer;
+* `stall_next(n, seconds, after_commit=...)` holds the next n for up to `seconds`: before storing
+  (a post whose client has left by then is not stored, as a request abandoned before Lago's
+  commit), or after storing, before the answer (the client may never get it); `holding` counts
+  the posts held right now, so a test can act while a send is in flight;
+* `down()` / `up()` refuse every request, on every path, by cutting connections;
+* `lose(transaction_id)` forgets a stored event (to make reconciliation see a difference).
+
+Every event post that reaches the store is recorded in `posts` (its transaction ids, whether it
+was stored, which ids were refused as already stored, whether its client got the answer), so a
+test can tell a legitimate resend (the answer was lost) from a double delivery
+(`double_deliveries()`: an id sent again after Lago had answered that it stored it).
 """
 
 from __future__ import annotations
@@ -106,10 +120,32 @@ class StoredEvent:
 
 
 @dataclass
+class Post:
+    """An event post that reached the store, and what came of it."""
+
+    transaction_ids: tuple[str, ...]
+    stored: bool = False
+    already_stored: tuple[str, ...] = ()  # ids answered `value_already_exist` (stored before, or repeated)
+    answered: bool = True  # False when the client never got the answer (cut, or gone while held)
+
+
+POST = web.RequestKey("post", Post)  # the record of an event post, for the middleware
+
+
+@dataclass
+class Stall:
+    seconds: float
+    after_commit: bool
+
+
+@dataclass
 class Faults:
     fail: list[int] = field(default_factory=list)  # statuses for the next requests to /events*
+    fail_every: int = 0  # every N-th event post: `fail_every_status`
+    fail_every_status: int = 500
     drop_before: int = 0  # next N event posts: connection cut before storing
     drop_after: int = 0  # next N event posts: stored, then the connection cut before the answer
+    stall: list[Stall] = field(default_factory=list)  # the next event posts, held
     down: bool = False
 
 
@@ -124,7 +160,10 @@ class LagoStandIn:
         self.metrics: dict[str, dict[str, Any]] = {}
         self.plans: dict[str, dict[str, Any]] = {}
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request
+        self.posts: list[Post] = []  # every event post that reached the store
+        self.holding = 0  # event posts held by `stall_next` right now
         self.faults = Faults()
+        self._event_posts = 0
         self._lock = threading.Lock()
         self._sock = free_socket()
         self.port: int = self._sock.getsockname()[1]
@@ -176,6 +215,14 @@ class LagoStandIn:
         with self._lock:
             self.faults.fail.extend([status] * n)
 
+    def fail_every(self, n: int, status: int = 500) -> None:
+        with self._lock:
+            self.faults.fail_every, self.faults.fail_every_status = n, status
+
+    def stall_next(self, n: int = 1, seconds: float = 30.0, *, after_commit: bool) -> None:
+        with self._lock:
+            self.faults.stall.extend([Stall(seconds, after_commit)] * n)
+
     def drop_next(self, n: int = 1, *, after_commit: bool) -> None:
         with self._lock:
             if after_commit:
@@ -198,6 +245,19 @@ class LagoStandIn:
         with self._lock:
             return [e.transaction_id for e in self.events]
 
+    def double_deliveries(self) -> list[str]:
+        """Ids sent again after a post carrying them was stored and its answer reached the client:
+        a sender that resends only what it never heard back about has none."""
+        confirmed: set[str] = set()
+        again: list[str] = []
+        with self._lock:
+            posts = list(self.posts)
+        for post in posts:
+            again += [t for t in post.transaction_ids if t in confirmed]
+            if post.stored and post.answered:
+                confirmed.update(post.transaction_ids)
+        return again
+
     # ---------------------------------------------------------------- plumbing
 
     @web.middleware
@@ -211,26 +271,57 @@ class LagoStandIn:
         token = (request.headers.get("Authorization") or "").split(" ")
         if len(token) < 2 or token[1] != self.api_key:
             return _error(401, "Unauthorized")
-        if request.path.startswith("/api/v1/events") and request.method == "POST":
+        posting = request.path.startswith("/api/v1/events") and request.method == "POST"
+        stall: Stall | None = None
+        if posting:
             with self._lock:
+                self._event_posts += 1
                 status = self.faults.fail.pop(0) if self.faults.fail else None
+                every = self.faults.fail_every
+                if status is None and every and self._event_posts % every == 0:
+                    status = self.faults.fail_every_status
                 drop = self.faults.drop_before > 0
                 if drop:
                     self.faults.drop_before -= 1
+                if status is None and not drop and self.faults.stall:
+                    stall = self.faults.stall.pop(0)
             if status is not None:
                 return _error(status, "Internal Server Error" if status >= 500 else "Error")
             if drop:
                 _cut(request)
                 return web.Response(status=503)
+            if stall is not None and not stall.after_commit and not await self._hold(request, stall.seconds):
+                return web.Response(status=503)  # the client left before the commit: nothing stored
         response: web.StreamResponse = await handler(request)
-        if request.path.startswith("/api/v1/events") and request.method == "POST" and response.status == 200:
+        if posting and response.status == 200:
             with self._lock:
                 drop = self.faults.drop_after > 0
                 if drop:
                     self.faults.drop_after -= 1
             if drop:  # stored already: the client never learns it
                 _cut(request)
+                answered = False
+            elif stall is not None and stall.after_commit:
+                answered = await self._hold(request, stall.seconds)
+            else:
+                answered = True
+            post = request.get(POST)
+            if post is not None:
+                post.answered = answered
         return response
+
+    async def _hold(self, request: web.Request, seconds: float) -> bool:
+        """Waits `seconds`, or until the client leaves; True when the client is still there."""
+        self.holding += 1
+        try:
+            deadline = asyncio.get_running_loop().time() + seconds
+            while asyncio.get_running_loop().time() < deadline:
+                if _gone(request):
+                    return False
+                await asyncio.sleep(0.02)
+            return not _gone(request)
+        finally:
+            self.holding -= 1
 
     async def _body(self, request: web.Request, root: str) -> Any:
         if not (request.content_type or "").endswith("json"):
@@ -296,10 +387,15 @@ class LagoStandIn:
         errors, event = self._validate(raw)
         if errors or event is None:
             return _invalid(errors)
+        post = Post((event.transaction_id,))
+        request[POST] = post
         with self._lock:
+            self.posts.append(post)
             if self._exists(event):
+                post.already_stored = post.transaction_ids
                 return _invalid({"transaction_id": ["value_already_exist"]})
             self._store([event])
+            post.stored = True
         return web.json_response({"event": event.serialize()})
 
     async def _batch(self, request: web.Request) -> web.Response:
@@ -313,7 +409,10 @@ class LagoStandIn:
         if invalid:
             return _invalid(invalid)
         events = [e for _, e in checked if e is not None]
+        post = Post(tuple(e.transaction_id for e in events))
+        request[POST] = post
         with self._lock:
+            self.posts.append(post)
             seen: set[tuple[str | None, str]] = set()
             taken: dict[str, Any] = {}
             for i, event in enumerate(events):
@@ -323,8 +422,10 @@ class LagoStandIn:
                     taken[str(i)] = {"transaction_id": ["value_already_exist"]}
                 seen.add(key)
             if taken:
+                post.already_stored = tuple(events[int(i)].transaction_id for i in taken)
                 return _invalid(taken)
             self._store(events)
+            post.stored = True
         return web.json_response({"events": [e.serialize() for e in events]})
 
     async def _events(self, request: web.Request) -> web.Response:
@@ -640,6 +741,11 @@ def _units(units: Decimal) -> str:
 def _cents(units: Decimal, amount: str) -> int:
     """One fee: units x amount, rounded half-up to whole cents."""
     return int((units * Decimal(amount) * 100).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def _gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 def _cut(request: web.Request) -> None:

@@ -28,6 +28,7 @@ def test_litellm_lago_variables_alone_turn_export_on() -> None:
     assert billing.api_base == "http://lago.internal:3000" and billing.api_key.reveal() == "lago-key"
     assert (billing.event_code, billing.charge_by) == ("openai_tokens", "team")
     assert billing.run_sender and not billing.split_by_token_type
+    assert billing.claim_timeout_s == 60.0
 
 
 def test_the_section_wins_over_the_environment_and_is_checked() -> None:
@@ -40,12 +41,13 @@ def test_the_section_wins_over_the_environment_and_is_checked() -> None:
             "split_by_token_type": True,
             "default_external_subscription_id": "sub_default",
             "tags": ["project"],
+            "claim_timeout_seconds": 5,
         },
     }
     billing = parse_config(config, source=None, env={"LAGO_API_KEY": "from-env", "LAGO_API_CHARGE_BY": "key"}).billing
     assert billing is not None and billing.api_key.reveal() == "from-config" and billing.charge_by == "customer"
     assert billing.split_by_token_type and billing.default_external_subscription_id == "sub_default"
-    assert billing.tags == ("project",)
+    assert billing.tags == ("project",) and billing.claim_timeout_s == 5.0
 
 
 @pytest.mark.parametrize(
@@ -57,6 +59,9 @@ def test_the_section_wins_over_the_environment_and_is_checked() -> None:
         ({"api_base": "http://lago", "api_key": "k", "charge_by": "org"}, "charge_by"),
         ({"api_base": "http://lago", "api_key": "k", "colour": "red"}, "billing.colour"),
         ({"api_base": "http://lago", "api_key": "k", "split_by_token_type": "yes"}, "split_by_token_type"),
+        ({"api_base": "http://lago", "api_key": "k", "claim_timeout_seconds": 0.5}, "claim_timeout_seconds"),
+        ({"api_base": "http://lago", "api_key": "k", "claim_timeout_seconds": "60"}, "claim_timeout_seconds"),
+        ({"api_base": "http://lago", "api_key": "k", "claim_timeout_seconds": True}, "claim_timeout_seconds"),
     ],
 )
 def test_bad_billing_settings_are_refused_naming_the_field(section: dict[str, Any], message: str) -> None:

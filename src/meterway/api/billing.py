@@ -27,7 +27,12 @@ async def status(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, 
     out = await r.store.outbox.status()
     sender = r.sender
     if sender is not None:
-        out["sender"] = {"delivered": sender.delivered, "parked": sender.parked, "failed_batches": sender.failures}
+        out["sender"] = {  # this process's sender since it started
+            "delivered": sender.delivered,
+            "duplicates": sender.duplicates,
+            "parked": sender.parked,
+            "failed_batches": sender.failures,
+        }
     return out
 
 

@@ -11,6 +11,10 @@ bill them) and posts them in one batch. Lago's answers, as the contract describe
   without its bad neighbours.
 - anything else (5xx, 429, a timeout, a dropped connection, 401/403/404): the rows stay pending
   and are tried again after an exponential backoff with jitter, for as long as it takes.
+
+A claim lasts `billing.claim_timeout_s`; the round's calls to Lago share half of it. So Lago's
+answer to a batch can only come while its rows are still claimed: no other sender can take and
+resend them meanwhile, and rows are marked sent only on that answer.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import asyncio
 import logging
 import random
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import orjson
@@ -28,10 +32,13 @@ from meterway.billing.events import CHARGED, Parked, events_for, subscription_fo
 from meterway.config.billing import Billing
 from meterway.store.outbox import OutboxStore
 
+if TYPE_CHECKING:
+    from meterway.telemetry.metrics import Metrics
+
 log = logging.getLogger("meterway.billing")
 
 BATCH = 100  # Lago's default LAGO_EVENTS_BATCH_MAX_LENGTH
-HOLD_S = 60.0  # a claim outlives a stuck send by this much
+LAGO_TIMEOUT_S = 30.0  # one call to Lago, at most (less when the claim has less left)
 BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 60.0
 DUPLICATE = {"transaction_id": ["value_already_exist"]}
@@ -40,18 +47,23 @@ LANES = 4  # batches in flight: a round trip to Lago (and two to the database) p
 
 
 class Sender:
-    def __init__(self, billing: Billing, outbox: OutboxStore, session: aiohttp.ClientSession) -> None:
+    def __init__(
+        self, billing: Billing, outbox: OutboxStore, session: aiohttp.ClientSession, metrics: Metrics | None = None
+    ) -> None:
+        self.metrics = metrics
         self.billing = billing
         self.outbox = outbox
         self.session = session
         self.url = billing.api_base + "/api/v1/events/batch"
         self.delivered = 0  # events Lago stored (or already had)
+        self.duplicates = 0  # of those, events Lago already had: an earlier answer was lost
         self.parked = 0
         self.failures = 0
+        self._failing = False  # the last batch was not taken: rows wait in backoff
         self._active: set[str] = set()  # subscriptions Lago has active, as last listed
         self._listed_at = float("-inf")
 
-    async def _subscriptions(self) -> set[str] | None:
+    async def _subscriptions(self, deadline: float) -> set[str] | None:
         """Lago's active subscription ids, listed at most every SUBSCRIPTIONS_TTL_S (None: Lago did
         not answer; the rows then wait rather than be parked for Lago's outage)."""
         now = time.monotonic()
@@ -66,7 +78,7 @@ class Sender:
                     self.billing.api_base + "/api/v1/subscriptions",
                     params={"page": str(page), "per_page": "100", "status[]": "active"},
                     headers=headers,
-                    timeout=aiohttp.ClientTimeout(total=30),
+                    timeout=_timeout(deadline),
                 ) as resp:
                     if resp.status != 200:
                         return None
@@ -101,14 +113,16 @@ class Sender:
                 await asyncio.sleep(1.0)
 
     async def round(self) -> int:
-        rows = await self.outbox.claim(BATCH, HOLD_S)
+        hold = self.billing.claim_timeout_s
+        deadline = time.monotonic() + hold / 2  # every answer from Lago comes while the claim holds
+        rows = await self.outbox.claim(BATCH, hold)
         if not rows:
             return 0
         column = CHARGED[self.billing.charge_by]
         mapped = await self.outbox.subscriptions(
             self.billing.charge_by, sorted({str(r[column]) for r in rows if r[column]})
         )
-        active = await self._subscriptions()
+        active = await self._subscriptions(deadline)
         if active is None:  # Lago is not answering: try again later, park nothing for it
             await self.outbox.retry([r["uid"] for r in rows], BACKOFF_FIRST_S * 4, "Lago did not list subscriptions")
             return len(rows)
@@ -120,26 +134,30 @@ class Sender:
                 sub = Parked(f"no active Lago subscription '{sub}'")
             if isinstance(sub, Parked):
                 await self.outbox.park(row["uid"], sub.reason)
-                self.parked += 1
+                self._count("parked", 1)
                 continue
             events += [(row["uid"], e) for e in events_for(row, sub, self.billing)]
-        await self._send(events, attempts=max((r.get("attempts", 0) for r in rows), default=0))
+        await self._send(events, max((r.get("attempts", 0) for r in rows), default=0), deadline)
         return len(rows)
 
-    async def _send(self, events: list[tuple[str, dict[str, Any]]], attempts: int) -> None:
+    async def _send(self, events: list[tuple[str, dict[str, Any]]], attempts: int, deadline: float) -> None:
         pending = events
         for _ in range(3):  # a split batch is resent at once, at most twice more
             if not pending:
                 return
-            status, body = await self._post([e for _, e in pending])
+            status, body = await self._post([e for _, e in pending], deadline)
             uids = sorted({uid for uid, _ in pending})
             if status == 200:
-                self.delivered += len(pending)
+                self._count("delivered", len(pending))
                 await self.outbox.sent(uids)
+                if self._failing:  # Lago is back: rows waiting out a backoff go now, not in a minute
+                    self._failing = False
+                    await self.outbox.wake()
                 return
             details = body.get("error_details") if isinstance(body, dict) else None
             if status != 422 or not isinstance(details, dict) or not all(k.isdigit() for k in details):
-                self.failures += 1
+                self._count("failures", 1)
+                self._failing = True
                 delay = min(BACKOFF_FIRST_S * 2**attempts, BACKOFF_MAX_S) * random.uniform(0.5, 1.0)
                 await self.outbox.retry(uids, delay, f"Lago answered {status or 'nothing'}; retrying")
                 log.warning(
@@ -158,8 +176,9 @@ class Sender:
                 await self.outbox.park(
                     uid, "Lago rejected the event as invalid", {"status": 422, "error_details": errors}
                 )
-                self.parked += 1
-            self.delivered += len(duplicate)
+                self._count("parked", 1)
+            self._count("delivered", len(duplicate))
+            self.duplicates += len(duplicate)
             kept = [(uid, e) for i, (uid, e) in enumerate(pending) if i not in duplicate and uid not in bad]
             done = {uid for i, (uid, _) in enumerate(pending) if i in duplicate} - {uid for uid, _ in kept} - set(bad)
             await self.outbox.sent(sorted(done))
@@ -167,15 +186,28 @@ class Sender:
         if pending:
             await self.outbox.retry(sorted({uid for uid, _ in pending}), BACKOFF_FIRST_S, "batch split too often")
 
-    async def _post(self, events: list[dict[str, Any]]) -> tuple[int, Any]:
-        """Lago's status and parsed body; status 0 when there was no answer."""
+    def _count(self, what: str, n: int) -> None:
+        """This sender's own totals (shown by /billing/status) and the metrics."""
+        setattr(self, what, getattr(self, what) + n)
+        if self.metrics is not None and n:
+            counter = {
+                "delivered": self.metrics.billing_delivered,
+                "parked": self.metrics.billing_parked,
+                "failures": self.metrics.billing_failures,
+            }[what]
+            counter.inc(n)
+
+    async def _post(self, events: list[dict[str, Any]], deadline: float) -> tuple[int, Any]:
+        """Lago's status and parsed body; status 0 when there was no answer (in time)."""
+        if deadline <= time.monotonic():
+            return 0, None  # the claim is running out: no new call whose answer could come too late
         headers = {"Authorization": f"Bearer {self.billing.api_key.reveal()}", "Content-Type": "application/json"}
         try:
             async with self.session.post(
                 self.url,
                 data=orjson.dumps({"events": events}),
                 headers=headers,
-                timeout=aiohttp.ClientTimeout(total=30),
+                timeout=_timeout(deadline),
             ) as resp:
                 raw = await resp.read()
                 try:
@@ -185,3 +217,8 @@ class Sender:
         except (aiohttp.ClientError, TimeoutError) as e:
             log.warning("billing: no answer from Lago (%s)", e.__class__.__name__)
             return 0, None
+
+
+def _timeout(deadline: float) -> aiohttp.ClientTimeout:
+    """What is left of the round's time for Lago, at most LAGO_TIMEOUT_S."""
+    return aiohttp.ClientTimeout(total=max(min(LAGO_TIMEOUT_S, deadline - time.monotonic()), 0.001))

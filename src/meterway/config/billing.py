@@ -9,8 +9,15 @@
       default_external_subscription_id: null  # catches requests that name nobody to charge
       tags: [project]                          # request metadata keys copied into event properties
       run_sender: true                         # send from `meterway serve` (else `meterway billing worker`)
+      claim_timeout_seconds: 60                # how long a sender holds the rows it took (1 to 86400)
 
 With no section, `LAGO_API_BASE` and `LAGO_API_KEY` alone turn export on, as they do for LiteLLM.
+
+`claim_timeout_seconds` is how long a batch a sender claimed stays its own: if that sender dies
+mid-send, another one (a restarted process, another replica) takes the rows over only after it.
+A round's calls to Lago are given half of it in all, so a live sender's claim never lapses while
+Lago's answer may still come. Shorter means a faster take-over after a crash and less time for
+Lago to answer.
 """
 
 from __future__ import annotations
@@ -41,7 +48,9 @@ FIELDS = {
     "default_external_subscription_id",
     "tags",
     "run_sender",
+    "claim_timeout_seconds",
 }
+CLAIM_TIMEOUT_S = (1.0, 86_400.0)  # the bounds of claim_timeout_seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +63,7 @@ class Billing:
     default_external_subscription_id: str | None = None
     tags: tuple[str, ...] = ()
     run_sender: bool = True
+    claim_timeout_s: float = 60.0
 
 
 def parse_billing(section: Mapping[str, Any], env: Mapping[str, str]) -> Billing | None:
@@ -85,6 +95,10 @@ def parse_billing(section: Mapping[str, Any], env: Mapping[str, str]) -> Billing
     default_sub = section.get("default_external_subscription_id")
     if default_sub is not None and not isinstance(default_sub, str):
         raise ConfigError("billing.default_external_subscription_id must be a string")
+    claim = section.get("claim_timeout_seconds", 60)
+    low, high = CLAIM_TIMEOUT_S
+    if isinstance(claim, bool) or not isinstance(claim, int | float) or not low <= claim <= high:
+        raise ConfigError(f"billing.claim_timeout_seconds must be seconds from 1 to 86400; got {claim!r}")
     base = api_base.rstrip("/")
     base = base.removesuffix("/api/v1")
     return Billing(
@@ -96,4 +110,5 @@ def parse_billing(section: Mapping[str, Any], env: Mapping[str, str]) -> Billing
         default_external_subscription_id=default_sub,
         tags=tuple(tags),
         run_sender=bool(section.get("run_sender", True)),
+        claim_timeout_s=float(claim),
     )

@@ -129,6 +129,7 @@ class OutboxStore:
         return int(done.rowcount)
 
     async def status(self) -> dict[str, Any]:
+        """Counts by status, parked rows by reason, and the export lag."""
         async with self._engine.connect() as conn:
             counts: dict[str, int] = dict(
                 (
@@ -149,13 +150,27 @@ class OutboxStore:
                     sa.select(sa.func.min(billing_outbox.c.created_at)).where(billing_outbox.c.status == "pending")
                 )
             ).scalar()
+        if oldest is not None and oldest.tzinfo is None:
+            oldest = oldest.replace(tzinfo=UTC)  # SQLite keeps no zone; rows are stamped in UTC
         return {
             "pending": int(counts.get("pending", 0)),
             "sent": int(counts.get("sent", 0)),
             "parked": int(counts.get("parked", 0)),
             "parked_by_reason": {str(r): int(n) for r, n in parked},
             "oldest_pending": oldest.isoformat() if oldest is not None else None,
+            # the export lag: how long the oldest row still to send has waited (0 when none waits)
+            "oldest_pending_age_seconds": (
+                round(max((datetime.now(UTC) - oldest).total_seconds(), 0.0), 3) if oldest is not None else 0.0
+            ),
         }
+
+    async def wake(self) -> int:
+        """Pending rows waiting out a backoff become due now (Lago answers again)."""
+        c = billing_outbox.c
+        query = billing_outbox.update().where(c.status == "pending", c.next_attempt_at > datetime.now(UTC))
+        async with self._engine.begin() as conn:
+            done = await conn.execute(query.values(next_attempt_at=None))
+        return int(done.rowcount)
 
     async def backlog(self) -> tuple[int, int, float | None]:
         """Pending and parked counts and the age in seconds of the oldest pending export, read
