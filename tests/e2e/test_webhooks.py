@@ -253,6 +253,10 @@ def test_the_example_event_becomes_one_webhook_row_charged_to_its_customer_and_r
         assert spend(gw, "mw_customers", "customer_id", "customer-123") == 37_500_000
         daily = sql(gw, "SELECT requests, prompt_tokens, cost FROM mw_usage_daily WHERE customer_id = 'customer-123'")
         assert daily == [(1, 100, 37_500_000)]
+        logs = httpx.get(gw.url + "/spend/logs", params={"request_id": "req-abc123"}, headers=admin(gw)).json()
+        assert [(e["source"], e["end_user"], e["total_tokens"]) for e in logs["data"]] == [
+            ("webhook", "customer-123", 250)
+        ]
         settled(gw)
         assert lago.transaction_ids() == [uid_for("req-abc123")]
         (event,) = lago.events
@@ -467,6 +471,7 @@ def test_an_event_without_cost_is_priced_from_the_bundled_table(lago: LagoStandI
         (example(total_tokens=10), 422, "total_tokens must be at least tokens_input + tokens_output (250)"),
         (example(timestamp="yesterday"), 422, "timestamp must be epoch seconds or an ISO 8601 time"),
         (example(event_type="refund"), 422, "event_type must be 'usage'"),
+        ({"request_id": "r-9", "model": "gpt-4o"}, 422, "tokens_input must be a non-negative integer"),
         (example(request_id="r" * 129), 422, "request_id must be a string of at most 128 characters"),
         (standard_logging_payload(prompt_tokens=None), 422, "prompt_tokens must be a non-negative integer"),
         (standard_logging_payload(id=""), 422, "id is required"),

@@ -153,7 +153,7 @@ def parse_all(events: Sequence[Any], now: float) -> list[Reported]:
 
 def detect(raw: Mapping[str, Any], where: str = "") -> Format:
     """Which payload an event is, from fields only that payload has."""
-    if "tokens_input" in raw or "tokens_output" in raw or "event_type" in raw:
+    if "tokens_input" in raw or "tokens_output" in raw or "event_type" in raw or "request_id" in raw:
         return "usage_event"
     if "call_type" in raw or "startTime" in raw or "response_cost" in raw or ("id" in raw and "prompt_tokens" in raw):
         return "litellm"
