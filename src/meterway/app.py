@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from meterway.api import errors, heads, health, management, proxy
+from meterway.api import errors, heads, health, management, proxy, webhooks
 from meterway.api.asgi import Incoming, Receive, Responder, Scope, Send, request_id_for
 from meterway.api.models import ModelList
 from meterway.auth import Authenticator, KeyCache, Principal, TTLCache, bearer_token
@@ -153,6 +153,7 @@ class Gateway:
         self._sending: asyncio.Task[None] | None = None
         self.sender: Sender | None = None
         self._backlog_at = float("-inf")
+        self.webhooks: webhooks.Webhooks | None = None  # usage reported by other proxies, once the store is open
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -179,6 +180,8 @@ class Gateway:
             handler = _invoice_handler(path)
         if handler is not None and services is not None:
             return await management.handle(services, self.key_routes, handler, scope, receive, send)
+        if path in webhooks.INGEST and scope["method"] == "POST" and services is not None:
+            return await webhooks.handle(self.webhooks, self.settings.max_body_bytes, scope, receive, send)
         if path == "/openapi.json" and scope["method"] == "GET":
             if self._openapi is None:
                 from meterway.api import openapi
@@ -302,6 +305,8 @@ class Gateway:
             self.sender = Sender(settings.billing, store.outbox, services.http, services.metrics)
             self._sending = asyncio.create_task(self.sender.run())
             self.key_routes.sender = self.sender
+        self.webhooks = webhooks.Webhooks(settings, store, services.http)
+        self.key_routes.webhooks = self.webhooks
         services.ledger.write = store.ledger.write
         services.ledger.kick()  # rows of requests served while the store was opening
         self.store_state = "open"

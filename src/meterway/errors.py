@@ -10,7 +10,8 @@ CLI and background tasks share the same vocabulary.
     ├── BadRequest                      400 invalid_request_error
     │   ├── UnsupportedOperation        400 a deployment cannot serve this endpoint
     │   ├── BudgetExceeded              400 budget_exceeded (spend and limit in the message)
-    │   └── BodyTooLarge                413
+    │   ├── BodyTooLarge                413
+    │   └── Unprocessable               422 well-formed JSON, but a field's value is unusable (named)
     ├── AuthenticationFailed            401 authentication_error
     ├── PermissionDenied                403 permission_error
     ├── ModelNotFound                   404 not_found_error (lists the models the caller may use)
@@ -73,6 +74,13 @@ class BudgetExceeded(BadRequest):
 
 class BodyTooLarge(BadRequest):
     status = 413
+
+
+class Unprocessable(BadRequest):
+    """The body is well-formed JSON, but a field cannot be used as it is (e.g. a reported usage
+    event with negative tokens). `param` names the field, with its index within a batch."""
+
+    status = 422
 
 
 class AuthenticationFailed(MeterwayError):

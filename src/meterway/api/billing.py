@@ -36,17 +36,20 @@ async def status(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, 
     return out
 
 
+def parse_since(text: str | None) -> datetime | None:
+    """A reprocess request's `since`: a day or an ISO 8601 time, UTC unless it says otherwise."""
+    if not text:
+        return None
+    try:
+        since = datetime.fromisoformat(text)
+    except ValueError:
+        raise BadRequest(f"'since' must be a date or an ISO 8601 time; got {text!r}.", param="since") from None
+    return since if since.tzinfo is not None else since.replace(tzinfo=UTC)
+
+
 async def reprocess(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:
     req: ReprocessRequest = decode_body(body, ReprocessRequest)
-    since = None
-    if req.since:
-        try:
-            since = datetime.fromisoformat(req.since)
-        except ValueError:
-            raise BadRequest(f"'since' must be a date or an ISO 8601 time; got {req.since!r}.", param="since") from None
-        if since.tzinfo is None:
-            since = since.replace(tzinfo=UTC)
-    count = await r.store.outbox.reprocess(reason=req.reason, since=since)
+    count = await r.store.outbox.reprocess(reason=req.reason, since=parse_since(req.since))
     if r.sender is not None:
         r.sender.forget_subscriptions()
     return {"reprocessed": count}

@@ -29,6 +29,7 @@ from meterway.errors import BadRequest, MeterwayError, PermissionDenied, RouteNo
 if TYPE_CHECKING:
     from sqlalchemy.exc import IntegrityError
 
+    from meterway.api.webhooks import Webhooks
     from meterway.app import Services
     from meterway.billing.sender import Sender
     from meterway.billing.setup import BillingLink
@@ -161,6 +162,7 @@ class KeyRoutes:
         self.changes = changes
         self.sender: Sender | None = None  # the billing sender of this process, when it runs one
         self.billing: BillingLink | None = None  # Lago, when billing export is configured
+        self.webhooks: Webhooks | None = None  # the usage webhooks of this process, once the store is open
         self.secret = secret  # derives regenerated keys, so that a retried regeneration gives the same key
 
     async def regenerate(self, body: bytes, query: dict[str, str]) -> dict[str, Any]:
@@ -321,9 +323,9 @@ ROUTES: dict[tuple[str, str], Handler] = {
 
 
 def all_routes() -> dict[tuple[str, str], Handler]:
-    from meterway.api import billing, reports, tenancy
+    from meterway.api import billing, reports, tenancy, webhooks
 
-    return {**ROUTES, **tenancy.ROUTES, **reports.ROUTES, **billing.ROUTES}
+    return {**ROUTES, **tenancy.ROUTES, **reports.ROUTES, **billing.ROUTES, **webhooks.ROUTES}
 
 
 _OWN_USAGE = frozenset({"/spend/logs", "/usage", "/global/spend/report"})  # an internal user sees its own

@@ -12,6 +12,7 @@ from meterway import __version__
 from meterway.api import billing as b
 from meterway.api import management as m
 from meterway.api import tenancy as t
+from meterway.api import webhooks as w
 
 Query = tuple[str, ...]
 
@@ -79,6 +80,9 @@ OPERATIONS: list[tuple[str, str, str, type[msgspec.Struct] | None, Query]] = [
     ("GET", "/billing/reconcile", "A month's ledger against Lago's events", None, ("period", "customer")),
     ("GET", "/billing/check", "Lago's URL, key and billable metric checked", None, ()),
     ("POST", "/billing/setup", "The billable metric created or completed in Lago", b.SetupRequest, ()),
+    ("GET", "/webhooks/stats", "Reported usage: received, accepted, duplicates, rejected; rows and exports", None, ()),
+    ("GET", "/webhooks/validate", "Whether reported usage can reach Lago (URL, key, billable metric)", None, ()),
+    ("POST", "/webhooks/reprocess", "Parked exports of reported usage sent again", w.WebhookReprocessRequest, ()),
     (
         "GET",
         "/customer/{customer_id}/invoice-preview",
@@ -87,6 +91,22 @@ OPERATIONS: list[tuple[str, str, str, type[msgspec.Struct] | None, Query]] = [
         ("period", "format"),
     ),
 ]
+
+# Usage reported by another proxy: authenticated by the webhook secret, bodies checked by hand
+# (two payload formats, told apart per event; see docs/webhooks.md).
+INGEST: list[tuple[str, str]] = [
+    ("/webhooks/usage", "Usage of one request (or a list) reported by another proxy; a single event is answered alone"),
+    ("/webhooks/usage/batch", 'Usage of many requests: a list or {"events": [...]}, stored whole or not at all'),
+]
+_EVENTS = {
+    "description": 'A usage event or LiteLLM\'s StandardLoggingPayload; one, a list, or {"events": [...]} '
+    "(at most 1000 events)",
+    "oneOf": [
+        {"type": "object"},
+        {"type": "array", "items": {"type": "object"}},
+        {"type": "object", "properties": {"events": {"type": "array", "items": {"type": "object"}}}},
+    ],
+}
 
 _ERROR = {
     "type": "object",
@@ -135,14 +155,44 @@ def document() -> bytes:
         if params:
             op["parameters"] = params
         paths.setdefault(path, {})[method.lower()] = op
+    for path, summary in INGEST:
+        paths[path] = {
+            "post": {
+                "summary": summary,
+                "security": [{"webhookSecret": []}, {"bearer": []}],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ReportedUsage"}}},
+                },
+                "responses": {
+                    "200": {"description": "Stored (accepted) or stored before (duplicate), per event"},
+                    **{
+                        code: {
+                            "description": text,
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+                        }
+                        for code, text in (
+                            ("400", "Not JSON, or not an event, a list or {events}"),
+                            ("401", "Missing or wrong webhook secret"),
+                            ("413", "Body too large"),
+                            ("422", "An event's field is unusable, named with its index; nothing was stored"),
+                            ("503", "Not stored; send it again"),
+                        )
+                    },
+                },
+            }
+        }
     return orjson.dumps(
         {
             "openapi": "3.1.0",
             "info": {"title": "meterway management API", "version": __version__},
             "paths": paths,
             "components": {
-                "schemas": {**schemas, "Error": _ERROR},
-                "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+                "schemas": {**schemas, "Error": _ERROR, "ReportedUsage": _EVENTS},
+                "securitySchemes": {
+                    "bearer": {"type": "http", "scheme": "bearer"},
+                    "webhookSecret": {"type": "apiKey", "in": "header", "name": "X-Webhook-Secret"},
+                },
             },
         }
     )

@@ -133,6 +133,7 @@ def _log(row: dict[str, Any]) -> dict[str, Any]:
         "ttft_ms": row["ttft_ms"],
         "request_tags": row["tags"],
         "metadata": row["metadata"],
+        "source": row["source"],  # gateway, or webhook: reported by another proxy
     }
 
 

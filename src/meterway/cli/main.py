@@ -252,6 +252,8 @@ def check_config(args: argparse.Namespace) -> int:
     print(
         f"master key: {settings.master_key.masked() if settings.master_key else '(not set: one is generated at serve)'}"
     )
+    secret = settings.webhook_secret
+    print(f"webhook secret: {secret.masked() if secret else '(not set: usage webhooks take the master key only)'}")
     print(f"max request body: {settings.max_body_bytes} bytes")
     print(f"models: {len(settings.model_names())}, deployments: {len(settings.deployments)}")
     for d in settings.deployments:

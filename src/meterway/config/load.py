@@ -81,6 +81,7 @@ GENERAL = {
     "budget_default_output_tokens",
     "lease_ttl_seconds",
     "ledger_queue_size",
+    "webhook_secret",
 }
 LITELLM = {"request_timeout", "callbacks", "success_callback"}
 # LiteLLM callbacks meterway covers itself: otel (traces), prometheus (/metrics is always on),
@@ -255,6 +256,10 @@ def parse_config(
     if not isinstance(queue, int) or isinstance(queue, bool) or queue < 1:
         raise ConfigError("general_settings.ledger_queue_size must be a whole number, 1 or more")
 
+    webhook_secret = general.get("webhook_secret") or env.get("METERWAY_WEBHOOK_SECRET") or None
+    if webhook_secret is not None and (not isinstance(webhook_secret, str) or len(webhook_secret) < 16):
+        raise ConfigError("general_settings.webhook_secret must be a string of at least 16 characters")
+
     billing = parse_billing(_section(data, "billing", env), env)
     callbacks: list[Any] = []
     for name in ("callbacks", "success_callback"):
@@ -271,6 +276,7 @@ def parse_config(
         deployments=tuple(deployments),
         billing=billing,
         telemetry=telemetry,
+        webhook_secret=Secret(webhook_secret) if webhook_secret else None,
         redis_prefix=redis_prefix,
         budget_clamp_max_tokens=clamp,
         budget_default_output_tokens=output_tokens,

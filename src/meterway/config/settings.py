@@ -76,6 +76,7 @@ class Settings:
     unpriced_models: tuple[str, ...] = ()  # deployments with no known price: their cost is NULL
     billing: Billing | None = None  # usage export to Lago, when configured
     telemetry: Telemetry = field(default_factory=Telemetry)  # traces and metrics settings
+    webhook_secret: Secret | None = None  # general_settings.webhook_secret / METERWAY_WEBHOOK_SECRET: usage webhooks
 
     def model_names(self) -> list[str]:
         return list(dict.fromkeys(d.model_name for d in self.deployments))

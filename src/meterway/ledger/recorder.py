@@ -166,6 +166,7 @@ class Ledger:
         tags, metadata = _tags_and_metadata(ctx.body)
         row: dict[str, Any] = {
             "uid": uid,
+            "source": "gateway",
             "request_id": ctx.request_id,
             "started_at": datetime.fromtimestamp(ctx.started_at, UTC),
             "ended_at": datetime.fromtimestamp(now, UTC),

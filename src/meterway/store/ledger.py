@@ -21,16 +21,17 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from meterway.ledger import Entry
-from meterway.store.tables import ledger, usage_daily
+from meterway.store.tables import customers, keys, ledger, teams, usage_daily, users
 
 _TABLES = {
     "key": ("mw_keys", "token"),
@@ -38,6 +39,7 @@ _TABLES = {
     "team": ("mw_teams", "team_id"),
     "customer": ("mw_customers", "customer_id"),
 }
+_ENTITIES = {"key": keys, "user": users, "team": teams, "customer": customers}
 _DIMENSIONS = ("customer_id", "key_id", "user_id", "team_id", "model_group")
 _PRICES = ("price_input", "price_output", "price_cache_read", "price_cache_write")
 _TOKENS = ("prompt_tokens", "completion_tokens", "cached_tokens", "cache_write_tokens", "reasoning_tokens")
@@ -48,6 +50,7 @@ _ROLLUP_COLUMNS = (*_GROUP, *_MEASURES)
 assert set(_ROLLUP_COLUMNS) == {c.name for c in usage_daily.c}, "the rollup's SQL must name every column"
 
 SpendRow = tuple[str, str, float | None]  # scope, id, period end
+Budgeted = tuple[str | None, datetime | None]  # an entity's budget_duration and budget_reset_at
 
 
 def _sql(mark: Callable[[int], str]) -> dict[str, str]:
@@ -57,6 +60,8 @@ def _sql(mark: Callable[[int], str]) -> dict[str, str]:
     add = ", ".join(f"{m} = mw_usage_daily.{m} + excluded.{m}" for m in _MEASURES)
     out = {
         "rows": f"INSERT INTO mw_ledger ({', '.join(_ROW_COLUMNS)}) VALUES ({rows})",
+        # reported rows: a uid already present (a resent request id) inserts nothing
+        "rows_once": f"INSERT INTO mw_ledger ({', '.join(_ROW_COLUMNS)}) VALUES ({rows}) ON CONFLICT (uid) DO NOTHING",
         "rollup": (
             f"INSERT INTO mw_usage_daily ({', '.join(_ROLLUP_COLUMNS)}) "
             f"VALUES ({', '.join(mark(i) for i in range(len(_ROLLUP_COLUMNS)))}) "
@@ -92,7 +97,7 @@ class LedgerStore:
 
     async def write(self, entries: Sequence[Entry]) -> None:
         rows, groups, spend = _prepare(entries)
-        outbox = [(e.row["uid"], e.row["ended_at"]) for e in entries if self.export and _billable(e)]
+        outbox = self._outbox(entries)
         if self._sqlite:
             await asyncio.get_running_loop().run_in_executor(
                 self._executor, self._write_sqlite, rows, groups, spend, outbox
@@ -109,15 +114,19 @@ class LedgerStore:
                 if outbox:
                     await pg.executemany(self._sql["outbox"], outbox)
 
-    def _write_sqlite(
-        self, rows: list[list[Any]], groups: list[tuple[Any, ...]], spend: _Spend, outbox: list[tuple[Any, ...]]
-    ) -> None:
+    def _connection(self) -> sqlite3.Connection:
+        """The writer thread's own connection, opened on first use."""
         if self._db is None:
             db = sqlite3.connect(self._path, isolation_level=None, timeout=30, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             self._db = db
-        db = self._db
+        return self._db
+
+    def _write_sqlite(
+        self, rows: list[list[Any]], groups: list[tuple[Any, ...]], spend: _Spend, outbox: list[tuple[Any, ...]]
+    ) -> None:
+        db = self._connection()
         db.execute("BEGIN IMMEDIATE")
         try:
             db.executemany(self._sql["rows"], [_sqlite_row(r) for r in rows])
@@ -130,6 +139,87 @@ class LedgerStore:
         except BaseException:
             db.execute("ROLLBACK")
             raise
+
+    async def write_once(self, entries: Sequence[Entry]) -> set[str]:
+        """Rows whose `uid` may already be stored (usage reported again by another proxy): each is
+        inserted unless its uid exists, and only the inserted ones add to the rollup, to spend and
+        to the outbox, in the same single transaction. Returns the uids inserted. Two callers
+        racing with the same uid get one row: the unique index decides, and the loser's
+        transaction sees the winner's row once it commits (PostgreSQL) or waits for the one
+        writer (SQLite). Rows go in uid order and rollup groups in key order, so two batches
+        overlapping on PostgreSQL take their locks in the same order instead of deadlocking. Off
+        the request path: a statement per row is fine here, where the gateway's `write` uses
+        executemany."""
+        if not entries:
+            return set()
+        entries = sorted(entries, key=lambda e: str(e.row["uid"]))
+        rows = _prepare(entries)[0]
+        if self._sqlite:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._write_once_sqlite, entries, rows
+            )
+        inserted: list[Entry] = []
+        async with self._engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            pg: Any = raw.driver_connection
+            async with pg.transaction():
+                for entry, row in zip(entries, rows, strict=True):
+                    status = await pg.execute(self._sql["rows_once"], *_pg_row(row))
+                    if status.endswith(" 1"):  # "INSERT 0 1": inserted; "INSERT 0 0": the uid exists
+                        inserted.append(entry)
+                _, groups, spend = _prepare(inserted)
+                if groups:
+                    await pg.executemany(self._sql["rollup"], sorted(groups))
+                for (scope, periodic), params in spend.items():
+                    await pg.executemany(self._sql[f"{scope}:{periodic}"], params)
+                outbox = self._outbox(inserted)
+                if outbox:
+                    await pg.executemany(self._sql["outbox"], outbox)
+        return {e.row["uid"] for e in inserted}
+
+    def _write_once_sqlite(self, entries: Sequence[Entry], rows: list[list[Any]]) -> set[str]:
+        db = self._connection()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            inserted = [
+                entry
+                for entry, row in zip(entries, rows, strict=True)
+                if db.execute(self._sql["rows_once"], _sqlite_row(row)).rowcount == 1
+            ]
+            _, groups, spend = _prepare(inserted)
+            db.executemany(self._sql["rollup"], groups)
+            for (scope, periodic), params in spend.items():
+                db.executemany(self._sql[f"{scope}:{periodic}"], [_sqlite_times(p) for p in params])
+            db.executemany(self._sql["outbox"], [_sqlite_times(p) for p in self._outbox(inserted)])
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return {e.row["uid"] for e in inserted}
+
+    def _outbox(self, entries: Sequence[Entry]) -> list[tuple[Any, ...]]:
+        """The exports to enqueue with `entries`: none while billing is off."""
+        return [(e.row["uid"], e.row["ended_at"]) for e in entries if self.export and _billable(e)]
+
+    async def budget_periods(self, wanted: Mapping[str, Collection[str]]) -> dict[tuple[str, str], Budgeted]:
+        """`budget_duration` and `budget_reset_at` of the named keys, users, teams and customers
+        that exist (scope -> ids), so that spend reported for them lands in the right budget
+        period, as the gateway's own rows do. Entities that do not exist are left out."""
+        found: dict[tuple[str, str], Budgeted] = {}
+        async with self._engine.connect() as conn:
+            for scope, ids in wanted.items():
+                if not ids:
+                    continue
+                table = _ENTITIES[scope]
+                column = table.c[_TABLES[scope][1]]
+                query = sa.select(column, table.c.budget_duration, table.c.budget_reset_at).where(
+                    column.in_(sorted(ids))
+                )
+                for ident, duration, reset_at in await conn.execute(query):
+                    if reset_at is not None and reset_at.tzinfo is None:
+                        reset_at = reset_at.replace(tzinfo=UTC)  # SQLite keeps no zone; the store writes UTC
+                    found[(scope, str(ident))] = (duration, reset_at)
+        return found
 
     def close(self) -> None:
         if self._sqlite:
@@ -148,6 +238,7 @@ _TIMES = {"started_at", "ended_at"}
 
 
 def _prepare(entries: Sequence[Entry]) -> tuple[list[list[Any]], list[tuple[Any, ...]], _Spend]:
+    """The rows' values, their rollup groups and the spend they add, in one pass (per request)."""
     rows: list[list[Any]] = []
     rollup: dict[tuple[Any, ...], list[int]] = {}
     amounts: dict[SpendRow, int] = {}

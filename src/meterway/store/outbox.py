@@ -117,13 +117,20 @@ class OutboxStore:
                 )
             )
 
-    async def reprocess(self, *, reason: str | None = None, since: datetime | None = None) -> int:
-        """Parked rows back to pending (keeping their transaction ids): after a mapping is fixed."""
+    async def reprocess(
+        self, *, reason: str | None = None, since: datetime | None = None, source: str | None = None
+    ) -> int:
+        """Parked rows back to pending (keeping their transaction ids): after a mapping is fixed.
+        `source` narrows it to the exports of ledger rows from there (e.g. `webhook`)."""
         query = billing_outbox.update().where(billing_outbox.c.status == "parked")
         if reason:
             query = query.where(billing_outbox.c.reason.contains(reason))
         if since is not None:
             query = query.where(billing_outbox.c.created_at >= since)
+        if source is not None:
+            query = query.where(
+                billing_outbox.c.ledger_uid.in_(sa.select(ledger.c.uid).where(ledger.c.source == source))
+            )
         async with self._engine.begin() as conn:
             done = await conn.execute(query.values(status="pending", next_attempt_at=None, claimed_until=None))
         return int(done.rowcount)
@@ -184,6 +191,24 @@ class OutboxStore:
             oldest = oldest.replace(tzinfo=UTC)  # SQLite keeps no zone; the outbox is written in UTC
         age = (datetime.now(UTC) - oldest).total_seconds() if oldest is not None else None
         return int(pending), int(parked), age
+
+    async def source_counts(self, source: str) -> dict[str, int]:
+        """Ledger rows from `source`, and their exports by status (rows not billable, or recorded
+        while billing was off, have none)."""
+        async with self._engine.connect() as conn:
+            rows = (
+                await conn.execute(sa.select(sa.func.count()).select_from(ledger).where(ledger.c.source == source))
+            ).scalar_one()
+            by_status = (
+                await conn.execute(
+                    sa.select(billing_outbox.c.status, sa.func.count())
+                    .join(ledger, ledger.c.uid == billing_outbox.c.ledger_uid)
+                    .where(ledger.c.source == source)
+                    .group_by(billing_outbox.c.status)
+                )
+            ).all()
+        counts = {str(status): int(n) for status, n in by_status}
+        return {"rows": int(rows), **{s: counts.get(s, 0) for s in ("pending", "sent", "parked")}}
 
     async def _update(self, uids: Sequence[str], **values: Any) -> None:
         if not uids:

@@ -186,6 +186,15 @@ ledger = Table(
     # added by migration 0004: unique per row, made when the row is, the base of its Lago transaction ids
     Column("uid", String(32), nullable=True),
     Index("ix_mw_ledger_uid", "uid", unique=True),
+    # added by migration 0006: "gateway" (served here) or "webhook" (reported by another proxy)
+    Column("source", String(16), nullable=False, server_default="gateway"),
+    # partial: only the few rows that did not come through the gateway, to count and re-queue them
+    Index(
+        "ix_mw_ledger_source",
+        "source",
+        postgresql_where=text("source <> 'gateway'"),
+        sqlite_where=text("source <> 'gateway'"),
+    ),
 )
 
 # A ledger row's export to Lago, inserted in the row's own transaction when billing is on, so no
