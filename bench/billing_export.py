@@ -80,6 +80,7 @@ def _row(i: int, now: datetime) -> dict[str, Any]:
         "ttft_ms": None,
         "tags": [],
         "metadata": {},
+        "source": "gateway",
     }
 
 

@@ -1,8 +1,10 @@
 """The sender: pending exports to Lago's batch endpoint, exactly once.
 
-Each round claims up to 100 due rows, turns them into events (parking the rows that name nobody
+Each round claims up to 500 due rows, turns them into events (parking the rows that name nobody
 to charge, or a subscription Lago does not have active: Lago would accept their events and never
-bill them) and posts them in one batch. Lago's answers, as the contract describes them:
+bill them), posts them as batches of at most 100 events at once (a row's events always in one
+batch) and marks the delivered rows sent in one statement. Two rounds run at once. Lago's answers,
+as the contract describes them:
 
 - 200: every event is stored; the rows are sent.
 - 422 listing indexes: nothing of the batch was stored. An index whose `transaction_id` already
@@ -23,12 +25,13 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import orjson
 
-from meterway.billing.events import CHARGED, Parked, events_for, subscription_for
+from meterway.billing.events import Parked, events_for, subscription_for
 from meterway.config.billing import Billing
 from meterway.store.outbox import OutboxStore
 
@@ -43,7 +46,9 @@ BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 60.0
 DUPLICATE = {"transaction_id": ["value_already_exist"]}
 SUBSCRIPTIONS_TTL_S = 30.0
-LANES = 4  # batches in flight: a round trip to Lago (and two to the database) per batch would cap one lane
+MAPPING_TTL_S = 5.0  # a new billing_external_subscription_id is used within this long
+CLAIM = 500  # rows per round: sent as batches of BATCH events at once, then marked sent together
+LANES = 2  # rounds in flight: one waits on the database while the other waits on Lago
 
 
 class Sender:
@@ -62,6 +67,8 @@ class Sender:
         self._failing = False  # the last batch was not taken: rows wait in backoff
         self._active: set[str] = set()  # subscriptions Lago has active, as last listed
         self._listed_at = float("-inf")
+        self._mapping: Mapping[str, str] = {}  # charged entity -> its own Lago subscription id
+        self._mapped_at = float("-inf")
 
     async def _subscriptions(self, deadline: float) -> set[str] | None:
         """Lago's active subscription ids, listed at most every SUBSCRIPTIONS_TTL_S (None: Lago did
@@ -93,6 +100,7 @@ class Sender:
     def forget_subscriptions(self) -> None:
         """The next round lists them again (after a reprocess: the mapping may have changed)."""
         self._listed_at = float("-inf")
+        self._mapped_at = float("-inf")
 
     async def run(self, idle_s: float = 0.2, lanes: int = LANES) -> None:
         """Sends until cancelled, `lanes` batches in flight at once (each lane claims its own rows,
@@ -115,18 +123,15 @@ class Sender:
     async def round(self) -> int:
         hold = self.billing.claim_timeout_s
         deadline = time.monotonic() + hold / 2  # every answer from Lago comes while the claim holds
-        rows = await self.outbox.claim(BATCH, hold)
+        rows = await self.outbox.claim(CLAIM, hold)
         if not rows:
             return 0
-        column = CHARGED[self.billing.charge_by]
-        mapped = await self.outbox.subscriptions(
-            self.billing.charge_by, sorted({str(r[column]) for r in rows if r[column]})
-        )
+        mapped = await self._mapped()
         active = await self._subscriptions(deadline)
         if active is None:  # Lago is not answering: try again later, park nothing for it
             await self.outbox.retry([r["uid"] for r in rows], BACKOFF_FIRST_S * 4, "Lago did not list subscriptions")
             return len(rows)
-        events: list[tuple[str, dict[str, Any]]] = []  # (row uid, event)
+        groups: list[list[tuple[str, dict[str, Any]]]] = []  # each row's events: (row uid, event)
         for row in rows:
             sub = subscription_for(row, self.billing, mapped)
             if not isinstance(sub, Parked) and sub not in active:
@@ -136,34 +141,41 @@ class Sender:
                 await self.outbox.park(row["uid"], sub.reason)
                 self._count("parked", 1)
                 continue
-            events += [(row["uid"], e) for e in events_for(row, sub, self.billing)]
-        await self._send(events, max((r.get("attempts", 0) for r in rows), default=0), deadline)
+            groups.append([(row["uid"], e) for e in events_for(row, sub, self.billing)])
+        outcomes = await asyncio.gather(*(self._send(batch, deadline) for batch in _pack(groups)))
+        sent = sorted({uid for done, _, _ in outcomes for uid in done})
+        await self.outbox.sent(sent)
+        if sent and self._failing:  # Lago is back: rows waiting out a backoff go now, not in a minute
+            self._failing = False
+            await self.outbox.wake()
+        retry = sorted({uid for _, again, _ in outcomes for uid in again})
+        if retry:
+            attempts = max((r.get("attempts", 0) for r in rows), default=0)
+            delay = min(BACKOFF_FIRST_S * 2**attempts, BACKOFF_MAX_S) * random.uniform(0.5, 1.0)
+            reason = next(why for _, again, why in outcomes if again)
+            await self.outbox.retry(retry, delay, reason)
+            log.warning("billing: %d rows not delivered (%s); retry in %.1fs", len(retry), reason, delay)
         return len(rows)
 
-    async def _send(self, events: list[tuple[str, dict[str, Any]]], attempts: int, deadline: float) -> None:
+    async def _send(
+        self, events: list[tuple[str, dict[str, Any]]], deadline: float
+    ) -> tuple[list[str], list[str], str]:
+        """One batch: the rows Lago now has (to mark sent), the rows to try again later and why.
+        Invalid rows are parked here."""
         pending = events
+        done: set[str] = set()
         for _ in range(3):  # a split batch is resent at once, at most twice more
             if not pending:
-                return
+                return sorted(done), [], ""
             status, body = await self._post([e for _, e in pending], deadline)
-            uids = sorted({uid for uid, _ in pending})
             if status == 200:
                 self._count("delivered", len(pending))
-                await self.outbox.sent(uids)
-                if self._failing:  # Lago is back: rows waiting out a backoff go now, not in a minute
-                    self._failing = False
-                    await self.outbox.wake()
-                return
+                return sorted(done | {uid for uid, _ in pending}), [], ""
             details = body.get("error_details") if isinstance(body, dict) else None
             if status != 422 or not isinstance(details, dict) or not all(k.isdigit() for k in details):
                 self._count("failures", 1)
                 self._failing = True
-                delay = min(BACKOFF_FIRST_S * 2**attempts, BACKOFF_MAX_S) * random.uniform(0.5, 1.0)
-                await self.outbox.retry(uids, delay, f"Lago answered {status or 'nothing'}; retrying")
-                log.warning(
-                    "billing batch of %d events not delivered (%s); retry in %.1fs", len(pending), status, delay
-                )
-                return
+                return sorted(done), sorted({uid for uid, _ in pending}), f"Lago answered {status or 'nothing'}"
             bad: dict[str, Any] = {}
             duplicate: set[int] = set()
             for index, errors in details.items():
@@ -180,11 +192,17 @@ class Sender:
             self._count("delivered", len(duplicate))
             self.duplicates += len(duplicate)
             kept = [(uid, e) for i, (uid, e) in enumerate(pending) if i not in duplicate and uid not in bad]
-            done = {uid for i, (uid, _) in enumerate(pending) if i in duplicate} - {uid for uid, _ in kept} - set(bad)
-            await self.outbox.sent(sorted(done))
+            done |= {uid for i, (uid, _) in enumerate(pending) if i in duplicate} - {uid for uid, _ in kept} - set(bad)
             pending = kept
-        if pending:
-            await self.outbox.retry(sorted({uid for uid, _ in pending}), BACKOFF_FIRST_S, "batch split too often")
+        return sorted(done), sorted({uid for uid, _ in pending}), "batch split too often"
+
+    async def _mapped(self) -> Mapping[str, str]:
+        """Entities with their own Lago subscription id, read at most every MAPPING_TTL_S."""
+        now = time.monotonic()
+        if now - self._mapped_at >= MAPPING_TTL_S:
+            self._mapping = await self.outbox.mapped(self.billing.charge_by)
+            self._mapped_at = now
+        return self._mapping
 
     def _count(self, what: str, n: int) -> None:
         """This sender's own totals (shown by /billing/status) and the metrics."""
@@ -222,3 +240,18 @@ class Sender:
 def _timeout(deadline: float) -> aiohttp.ClientTimeout:
     """What is left of the round's time for Lago, at most LAGO_TIMEOUT_S."""
     return aiohttp.ClientTimeout(total=max(min(LAGO_TIMEOUT_S, deadline - time.monotonic()), 0.001))
+
+
+def _pack(groups: list[list[tuple[str, dict[str, Any]]]]) -> list[list[tuple[str, dict[str, Any]]]]:
+    """Batches of at most BATCH events, a row's events (one per token type) kept in one batch so a
+    row is sent only when all of them are."""
+    batches: list[list[tuple[str, dict[str, Any]]]] = []
+    current: list[tuple[str, dict[str, Any]]] = []
+    for group in groups:
+        if current and len(current) + len(group) > BATCH:
+            batches.append(current)
+            current = []
+        current += group
+    if current:
+        batches.append(current)
+    return batches

@@ -28,26 +28,39 @@ _DUE = (
 class OutboxStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
-        lock = " FOR UPDATE SKIP LOCKED" if engine.dialect.name == "postgresql" else ""
-        self._claim = sa.text(
+        self._pg = engine.dialect.name == "postgresql"
+        lock = " FOR UPDATE SKIP LOCKED" if self._pg else ""
+        update = (
             "UPDATE mw_billing_outbox SET claimed_until = :until WHERE ledger_uid IN "
             f"(SELECT ledger_uid FROM mw_billing_outbox WHERE {_DUE} ORDER BY created_at LIMIT :n{lock}) "
-            "RETURNING ledger_uid"
-        ).bindparams(
+            "RETURNING ledger_uid, attempts"
+        )
+        times = (
             sa.bindparam("now", type_=sa.DateTime(timezone=True)),
             sa.bindparam("until", type_=sa.DateTime(timezone=True)),
+        )
+        self._claim = sa.text(update).bindparams(*times)
+        # PostgreSQL claims and reads the ledger rows in one statement (one round trip, not four)
+        names = ", ".join(f"l.{c.name}" for c in ledger.c)
+        self._claim_rows = (
+            sa.text(
+                f"WITH claimed AS ({update}) SELECT {names}, claimed.attempts FROM claimed "
+                "JOIN mw_ledger l ON l.uid = claimed.ledger_uid"
+            )
+            .bindparams(*times)
+            .columns(*ledger.c, sa.column("attempts", sa.Integer))
         )
 
     async def claim(self, limit: int, hold_s: float) -> list[dict[str, Any]]:
         """Up to `limit` due rows, claimed for `hold_s` seconds, with their ledger rows."""
         now = datetime.now(UTC)
+        params = {"now": now, "until": now + timedelta(seconds=hold_s), "n": limit}
+        if self._pg:
+            async with self._engine.begin() as conn:
+                found = (await conn.execute(self._claim_rows, params)).mappings().all()
+            return [{str(k): v for k, v in r.items()} for r in found]
         async with self._engine.begin() as conn:
-            uids = [
-                r[0]
-                for r in await conn.execute(
-                    self._claim, {"now": now, "until": now + timedelta(seconds=hold_s), "n": limit}
-                )
-            ]
+            uids = [r[0] for r in await conn.execute(self._claim, params)]
             if not uids:
                 return []
             query = (
@@ -67,6 +80,17 @@ class OutboxStore:
         )
         async with self._engine.connect() as conn:
             return [{str(k): v for k, v in r.items()} for r in (await conn.execute(query)).mappings().all()]
+
+    async def mapped(self, charge_by: str) -> dict[str, str]:
+        """Every charged entity (customers, users, teams or keys, by `charge_by`) that carries its
+        own Lago subscription id: few, read whole and cached by the sender."""
+        table = _CHARGED[charge_by]
+        column = table.primary_key.columns.values()[0]
+        query = sa.select(column, table.c.billing_external_subscription_id).where(
+            table.c.billing_external_subscription_id.is_not(None)
+        )
+        async with self._engine.connect() as conn:
+            return {str(r[0]): str(r[1]) for r in await conn.execute(query)}
 
     async def subscriptions(self, charge_by: str, ids: Sequence[str]) -> dict[str, str]:
         """The charged entities (customers, users, teams or keys, by `charge_by`) among `ids` that
