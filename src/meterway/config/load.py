@@ -234,7 +234,9 @@ def parse_config(
     if "max_request_size_mb" in general:
         max_body = int(_positive(general["max_request_size_mb"], "general_settings.max_request_size_mb") * 1024 * 1024)
 
-    database_url = general.get("database_url") or env.get("DATABASE_URL") or DEFAULT_DATABASE_URL
+    database_url = (
+        general.get("database_url") or env.get("DATABASE_URL") or _database_from_parts(env) or DEFAULT_DATABASE_URL
+    )
     if not isinstance(database_url, str):
         raise ConfigError("general_settings.database_url must be a string")
 
@@ -292,6 +294,28 @@ def parse_config(
         source=source,
         warnings=tuple(warnings),
     )
+
+
+def _database_from_parts(env: Mapping[str, str]) -> str | None:
+    """DATABASE_HOST, DATABASE_PORT, DATABASE_USERNAME (or DATABASE_USER), DATABASE_PASSWORD and
+    DATABASE_NAME, as a Kubernetes Secret hands a PostgreSQL password over. The parts are URL-quoted
+    here, so a password with `@`, `/` or `%` works as written. The port is added only when
+    DATABASE_PORT is set; a host that carries one as well is refused by name, not tried as
+    `host:5432:5432`."""
+    host = env.get("DATABASE_HOST")
+    if not host:
+        return None
+    user = env.get("DATABASE_USERNAME") or env.get("DATABASE_USER") or ""
+    password = env.get("DATABASE_PASSWORD")
+    auth = quote(user, safe="") + (f":{quote(password, safe='')}" if password else "")
+    port = env.get("DATABASE_PORT")
+    if port and ":" in host.rsplit("]", 1)[-1]:
+        raise ConfigError(
+            f"DATABASE_HOST '{host}' carries a port and DATABASE_PORT is set too; "
+            "give the host alone in DATABASE_HOST and the port in DATABASE_PORT"
+        )
+    where = host + (f":{port}" if port else "")
+    return f"postgresql://{auth + '@' if auth else ''}{where}/{quote(env.get('DATABASE_NAME') or 'meterway', safe='')}"
 
 
 def _redis_from_parts(env: Mapping[str, str]) -> str | None:
