@@ -134,6 +134,7 @@ _MANAGEMENT = management.all_routes()
 _LIVE = frozenset({"/health/live", "/health/liveliness", "/health/liveness"})
 _READY = frozenset({"/health/ready", "/health/readiness", "/health"})
 _METRICS = frozenset({"/metrics", "/health/metrics"})
+SENDER_STOP_S = 5.0  # at shutdown, the billing sender's round in flight may finish within this
 BACKLOG_TTL_S = 5.0  # the billing outbox is read for metrics at most this often
 
 
@@ -153,6 +154,7 @@ class Gateway:
         self._sending: asyncio.Task[None] | None = None
         self.sender: Sender | None = None
         self._backlog_at = float("-inf")
+        self.readiness = health.Readiness()
         self.webhooks: webhooks.Webhooks | None = None  # usage reported by other proxies, once the store is open
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -189,7 +191,9 @@ class Gateway:
                 self._openapi = openapi.document()
             return await Responder(send, request_id_for(Incoming(scope["headers"]))).whole(200, self._openapi)
         if path in _READY:
-            return await health.ready(services, self.store_state, scope, receive, send)
+            return await health.ready(self.readiness, services, self.store, self.store_state, send)
+        if path == "/health/startup":
+            return await health.startup(services, self.store_state, scope, receive, send)
         if path in _METRICS and services is not None and scope["method"] == "GET":
             return await self._metrics(services, scope, send)
         if services is not None and (path == "/models" or path.startswith("/models/")):
@@ -255,6 +259,11 @@ class Gateway:
                 opening.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await opening
+                if self.sender is not None and self._sending is not None:
+                    # a batch on its way to Lago is answered and marked, not left to its claim's expiry
+                    self.sender.stop()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(asyncio.shield(self._sending), SENDER_STOP_S)
                 for task in (self._listening, self._sending):
                     if task is not None:
                         task.cancel()

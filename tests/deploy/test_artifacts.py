@@ -257,7 +257,7 @@ def test_probes_answer_slowly_before_a_restart_and_ask_the_right_routes(helm: Mo
         assert probe["timeoutSeconds"] >= 3, f"{name} times out after {probe['timeoutSeconds']} s"
     assert probes["livenessProbe"]["failureThreshold"] >= 3
     assert probes["livenessProbe"]["httpGet"]["path"] in _LIVE
-    assert probes["startupProbe"]["httpGet"]["path"] in _LIVE
+    assert probes["startupProbe"]["httpGet"]["path"] == "/health/startup"
     assert probes["readinessProbe"]["httpGet"]["path"] in _READY
 
 

@@ -142,6 +142,7 @@ class Script:
     drop: bool = False
     path: str | None = None
     no_usage: bool = False  # OpenAI chat: answer without usage, even when the request asks for it
+    event_gap: float = 0.0  # seconds between a stream's events (a stream still going when a test acts)
 
     def applies_to(self, path: str) -> bool:
         return self.path is None or self.path in path
@@ -715,7 +716,7 @@ class StandIn:
                 if limit is None and index == len(frames) - 1:
                     record.completed = True
                 await response.write(f"{prefix}data: {text}\n\n".encode())
-                await asyncio.sleep(0)
+                await asyncio.sleep(call.script.event_gap if call.script is not None else 0)
             if limit is not None:
                 _abort(call.request)
                 return response

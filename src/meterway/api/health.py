@@ -1,8 +1,12 @@
 """Probes. Liveness does no I/O and no allocation beyond its reply: a probe that waits behind work
-gets a healthy pod restarted. Readiness says whether the services are open."""
+gets a healthy pod restarted. Startup says whether the store is open (migrations done). Readiness
+says whether the database and Redis answer now, within short timeouts."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 import orjson
@@ -11,6 +15,7 @@ from meterway.api.asgi import Receive, Scope, Send
 
 if TYPE_CHECKING:
     from meterway.app import Services
+    from meterway.store.runtime import Store
 
 LIVE = b'{"status":"ok"}'
 _START = {
@@ -26,31 +31,82 @@ async def live(scope: Scope, receive: Receive, send: Send) -> None:
     await send(_BODY)
 
 
-async def ready(services: Services | None, store: str, scope: Scope, receive: Receive, send: Send) -> None:
-    if services is None:
-        status, body = 503, orjson.dumps({"status": "starting"})
-    elif store != "open":
-        status, body = (
-            503,
-            orjson.dumps({"status": "starting" if store == "opening" else "unavailable", "store": store}),
-        )
-    else:
-        status = 200
-        ledger = services.ledger
-        details: dict[str, object] = {
-            "status": "ready",
-            "models": len(services.router.model_names),
-            "store": store,
-            "ledger": {
-                "writing": ledger.healthy,
-                "waiting": ledger.waiting,
-                "capacity": ledger.capacity,
-                "estimated_rows": ledger.estimated_rows,
-            },
-        }
-        if services.settings.unpriced_models:  # their requests are recorded with cost NULL
-            details["unpriced_models"] = list(services.settings.unpriced_models)
-        body = orjson.dumps(details)
+async def startup(services: Services | None, store: str, scope: Scope, receive: Receive, send: Send) -> None:
+    """Started: the store is open (migrated). No I/O: a startup probe may poll it often."""
+    ok = services is not None and store == "open"
+    body = orjson.dumps({"status": "started" if ok else "starting", "store": store})
+    await _reply(send, 200 if ok else 503, body)
+
+
+class Readiness:
+    """Readiness checks the database and Redis with short timeouts, at most once per `ttl_s`:
+    probes arriving meanwhile (several kubelets, a load balancer) share one check, and a database
+    that stopped answering is reported within `timeout_s`, not after a driver's long connect."""
+
+    def __init__(self, ttl_s: float = 1.0, timeout_s: float = 1.0) -> None:
+        self.ttl_s = ttl_s
+        self.timeout_s = timeout_s
+        self._at = float("-inf")
+        self._answer: tuple[int, dict[str, object]] = (503, {"status": "starting"})
+        self._checking: asyncio.Task[tuple[int, dict[str, object]]] | None = None
+
+    async def answer(self, services: Services | None, store: Store | None, state: str) -> tuple[int, bytes]:
+        if services is None:
+            return 503, orjson.dumps({"status": "starting"})
+        if state != "open" or store is None:
+            return 503, orjson.dumps({"status": "starting" if state == "opening" else "unavailable", "store": state})
+        if time.monotonic() - self._at >= self.ttl_s:
+            if self._checking is None:
+                self._checking = asyncio.ensure_future(self._check(services, store))
+            try:
+                self._answer = await asyncio.shield(self._checking)
+            finally:
+                self._checking = None
+            self._at = time.monotonic()
+        status, details = self._answer
+        return status, orjson.dumps({**details, **_ledger(services)})
+
+    async def _check(self, services: Services, store: Store) -> tuple[int, dict[str, object]]:
+        database = await self._probe(store.ping())
+        details: dict[str, object] = {"store": "open", "database": database}
+        if services.redis is not None:
+            details["redis"] = await self._probe(services.redis.ping())
+        ok = all(details.get(k, "ok") == "ok" for k in ("database", "redis"))
+        details = {"status": "ready" if ok else "unavailable", **details}
+        return (200 if ok else 503), details
+
+    async def _probe(self, check: Awaitable[object]) -> str:
+        try:
+            await asyncio.wait_for(check, self.timeout_s)
+        except TimeoutError:
+            return f"no answer within {self.timeout_s:g}s"
+        except Exception as e:
+            return f"unreachable ({e.__class__.__name__})"
+        return "ok"
+
+
+def _ledger(services: Services) -> dict[str, object]:
+    ledger = services.ledger
+    out: dict[str, object] = {
+        "models": len(services.router.model_names),
+        "ledger": {
+            "writing": ledger.healthy,
+            "waiting": ledger.waiting,
+            "capacity": ledger.capacity,
+            "estimated_rows": ledger.estimated_rows,
+        },
+    }
+    if services.settings.unpriced_models:  # their requests are recorded with cost NULL
+        out["unpriced_models"] = list(services.settings.unpriced_models)
+    return out
+
+
+async def ready(readiness: Readiness, services: Services | None, store: Store | None, state: str, send: Send) -> None:
+    status, body = await readiness.answer(services, store, state)
+    await _reply(send, status, body)
+
+
+async def _reply(send: Send, status: int, body: bytes) -> None:
     await send(
         {
             "type": "http.response.start",

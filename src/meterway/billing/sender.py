@@ -65,6 +65,7 @@ class Sender:
         self.parked = 0
         self.failures = 0
         self._failing = False  # the last batch was not taken: rows wait in backoff
+        self._stopping = False
         self._active: set[str] = set()  # subscriptions Lago has active, as last listed
         self._listed_at = float("-inf")
         self._mapping: Mapping[str, str] = {}  # charged entity -> its own Lago subscription id
@@ -109,8 +110,12 @@ class Sender:
             for _ in range(lanes):
                 group.create_task(self._lane(idle_s))
 
+    def stop(self) -> None:
+        """Lanes finish the round they are in (its rows marked sent or put back), then return."""
+        self._stopping = True
+
     async def _lane(self, idle_s: float) -> None:
-        while True:
+        while not self._stopping:
             try:
                 if await self.round() == 0:
                     await asyncio.sleep(idle_s)

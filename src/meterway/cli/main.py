@@ -162,8 +162,14 @@ def serve(args: argparse.Namespace) -> int:
         "timeout_graceful_shutdown": 30,
     }
     if args.workers == 1:
+        import signal
+
         from meterway.app import create_app
 
+        # uvicorn drains on SIGTERM (stops accepting, finishes requests and streams in flight,
+        # then the lifespan flushes ledger, outbox and traces) and re-raises the signal once done;
+        # this handler receives it then, so a drained stop exits 0, as orchestrators expect.
+        signal.signal(signal.SIGTERM, lambda *_: log.info("stopped on SIGTERM after draining"))
         uvicorn.run(create_app(settings), **common)
         return 0
     # Worker processes rebuild the settings from the environment: the same file, the same key.

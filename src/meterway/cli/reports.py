@@ -178,8 +178,8 @@ def _worker(args: argparse.Namespace) -> int:
             sender = Sender(billing, routes.store.outbox, session)
             task = asyncio.create_task(sender.run())
             loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, task.cancel)
+            for sig in (signal.SIGTERM, signal.SIGINT):  # the round in flight finishes, then the worker stops
+                loop.add_signal_handler(sig, sender.stop)
             log.info("billing worker sending to %s as event code '%s'", billing.api_base, billing.event_code)
             with contextlib.suppress(asyncio.CancelledError):
                 await task

@@ -11,6 +11,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from meterway.store import revision
@@ -59,6 +60,11 @@ class Store:
             raise
         log.info("store open: %s", where(parsed))
         return cls(engine)
+
+    async def ping(self) -> None:
+        """One round trip to the database (readiness)."""
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
 
     async def close(self) -> None:
         await asyncio.to_thread(self.ledger.close)
