@@ -155,7 +155,7 @@ class Sender:
             await self.outbox.wake()
         retry = sorted({uid for _, again, _ in outcomes for uid in again})
         if retry:
-            attempts = max((r.get("attempts", 0) for r in rows), default=0)
+            attempts = max((r.get("export_attempts", 0) for r in rows), default=0)
             delay = min(BACKOFF_FIRST_S * 2**attempts, BACKOFF_MAX_S) * random.uniform(0.5, 1.0)
             reason = next(why for _, again, why in outcomes if again)
             await self.outbox.retry(retry, delay, reason)

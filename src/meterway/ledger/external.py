@@ -511,6 +511,8 @@ def entry_for(reported: Reported, pricer: Pricer, spend: tuple[SpendTarget, ...]
         "reasoning_tokens": usage.reasoning_tokens,
         "total_tokens": usage.total_tokens,
         "tokens_estimated": False,
+        "attempts": 1,  # the reporting proxy's retries are its own
+        "cache_hit": False,
         "price_input": unit[0],
         "price_output": unit[1],
         "price_cache_read": unit[2],

@@ -44,15 +44,16 @@ class OutboxStore:
         names = ", ".join(f"l.{c.name}" for c in ledger.c)
         self._claim_rows = (
             sa.text(
-                f"WITH claimed AS ({update}) SELECT {names}, claimed.attempts FROM claimed "
+                f"WITH claimed AS ({update}) SELECT {names}, claimed.attempts AS export_attempts FROM claimed "
                 "JOIN mw_ledger l ON l.uid = claimed.ledger_uid"
             )
             .bindparams(*times)
-            .columns(*ledger.c, sa.column("attempts", sa.Integer))
+            .columns(*ledger.c, sa.column("export_attempts", sa.Integer))
         )
 
     async def claim(self, limit: int, hold_s: float) -> list[dict[str, Any]]:
-        """Up to `limit` due rows, claimed for `hold_s` seconds, with their ledger rows."""
+        """Up to `limit` due rows, claimed for `hold_s` seconds, with their ledger rows; the export's
+        own attempts are `export_attempts` (the ledger's `attempts` are upstream attempts)."""
         now = datetime.now(UTC)
         params = {"now": now, "until": now + timedelta(seconds=hold_s), "n": limit}
         if self._pg:
@@ -64,7 +65,7 @@ class OutboxStore:
             if not uids:
                 return []
             query = (
-                sa.select(ledger, billing_outbox.c.attempts)
+                sa.select(ledger, billing_outbox.c.attempts.label("export_attempts"))
                 .join(billing_outbox, billing_outbox.c.ledger_uid == ledger.c.uid)
                 .where(ledger.c.uid.in_(uids))
             )

@@ -195,6 +195,10 @@ ledger = Table(
         postgresql_where=text("source <> 'gateway'"),
         sqlite_where=text("source <> 'gateway'"),
     ),
+    # added by migration 0007: upstream attempts (retries and fallbacks add to 1; 0 for a cache hit)
+    Column("attempts", Integer, nullable=False, server_default="1"),
+    # and whether the response cache answered it
+    Column("cache_hit", Boolean, nullable=False, server_default="0"),
 )
 
 # A ledger row's export to Lago, inserted in the row's own transaction when billing is on, so no
