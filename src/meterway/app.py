@@ -103,7 +103,9 @@ async def open_services(settings: Settings, hooks: tuple[Hook, ...] = ()) -> Asy
             settings=settings,
             http=session,
             auth=Authenticator(settings.master_key),
-            router=Router(settings.deployments),
+            router=Router(
+                settings.deployments, settings.routing, redis=redis_client, prefix=settings.redis_prefix + "router:"
+            ),
             models=ModelList(settings),
             hooks=hooks,
             redis=redis_client,
@@ -152,6 +154,7 @@ class Gateway:
         self._openapi: bytes | None = None
         self._listening: asyncio.Task[None] | None = None
         self._sending: asyncio.Task[None] | None = None
+        self._cooling: asyncio.Task[None] | None = None  # takes in other replicas' cooldowns
         self.sender: Sender | None = None
         self._backlog_at = float("-inf")
         self.readiness = health.Readiness()
@@ -251,6 +254,9 @@ class Gateway:
         try:
             async with open_services(self.settings, self.hooks) as services:
                 self.services = services
+                if services.redis is not None and services.router.shares_cooldowns:
+                    ids = [d.id for d in self.settings.deployments]
+                    self._cooling = asyncio.create_task(services.router.cooldowns.listen(ids))
                 opening = asyncio.create_task(self._open_store(services))
                 await send({"type": "lifespan.startup.complete"})
                 message = await receive()
@@ -264,7 +270,7 @@ class Gateway:
                     self.sender.stop()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(asyncio.shield(self._sending), SENDER_STOP_S)
-                for task in (self._listening, self._sending):
+                for task in (self._listening, self._sending, self._cooling):
                     if task is not None:
                         task.cancel()
                         with contextlib.suppress(asyncio.CancelledError):

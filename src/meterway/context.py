@@ -53,6 +53,8 @@ class RequestContext:
     ledger_uid: str | None = None  # set by the ledger: its row's uid
     upstream_status: int = 0  # the upstream's HTTP status, once it answered
     span: Span | None = None  # the request's server span, when traces are on
+    attempts: int = 1  # upstream attempts made (retries and fallbacks add to it)
+    cache_hit: bool = False  # answered from the response cache, without an upstream call
 
     @classmethod
     def start(cls, request_id: str, api: Api) -> RequestContext:

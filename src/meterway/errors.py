@@ -17,6 +17,7 @@ CLI and background tasks share the same vocabulary.
     ├── ModelNotFound                   404 not_found_error (lists the models the caller may use)
     ├── RouteNotFound                   404 / 405
     ├── RateLimited                     429 rate_limit_error (retry_after)
+    ├── NoDeploymentAvailable           429 every deployment of the group cools down or is at its rpm/tpm
     ├── ServiceUnavailable              503 (e.g. the gateway is not ready)
     └── UpstreamError                   the upstream answered with an error: its 4xx, or 502
         ├── UpstreamTimeout             504
@@ -140,6 +141,22 @@ class RateLimited(MeterwayError):
         self.retry_after = retry_after
         self.headers = headers  # x-ratelimit-* for the client
         self.limit = limit  # which limit refused: rpm, tpm or parallel (a metric label)
+
+
+class NoDeploymentAvailable(MeterwayError):
+    """Every deployment of a model group (and of its fallbacks) is cooling down after failures or
+    has used its rpm/tpm for the minute. 429 with Retry-After: waiting helps."""
+
+    status = 429
+    error_type = "rate_limit_error"
+
+    def __init__(self, model: str, retry_after: float | None) -> None:
+        super().__init__(
+            f"No deployment of model '{model}' is available now: each is cooling down after failures or "
+            "at its rate limit. Retry shortly.",
+            code="no_deployment_available",
+        )
+        self.retry_after = retry_after
 
 
 class ServiceUnavailable(MeterwayError):

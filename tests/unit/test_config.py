@@ -109,7 +109,8 @@ def test_provider_prefixes_resolve_to_their_public_base_urls(monkeypatch: pytest
     # keys come from each provider's usual environment variable when the config names none
     assert by_name["llama-groq"].api_key is not None and by_name["llama-groq"].api_key.reveal() == "gsk-xxxxxxxx"
     ignored = {w.split(":")[0] for w in s.warnings if not w.startswith("model_list[")}
-    assert ignored == {"router_settings.routing_strategy", "router_settings.num_retries"}
+    assert ignored == set()  # router_settings.routing_strategy and num_retries are acted on
+    assert s.routing.strategy == "simple-shuffle" and s.routing.num_retries == 2
     # open models on open servers have no price in the bundled table: said once each, cost NULL
     assert set(s.unpriced_models) == {d.id for d in s.deployments if d.prices.input_per_token is None}
     assert "claude-sonnet" not in s.unpriced_models and "gpt-4o" not in s.unpriced_models

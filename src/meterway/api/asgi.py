@@ -108,13 +108,16 @@ class Responder:
     """Sends one response. Every response carries `x-request-id`; `started` tells the error path
     whether a status can still be chosen or only an in-stream error event is left."""
 
-    __slots__ = ("_rid", "_send", "started", "status")
+    __slots__ = ("_rid", "_send", "extra", "started", "status")
 
     def __init__(self, send: Send, request_id: str) -> None:
         self._send = send
         self._rid = request_id.encode()
         self.started = False
         self.status = 0
+        self.extra: tuple[
+            tuple[bytes, bytes], ...
+        ] = ()  # sent with every response: which deployment, how many attempts
 
     async def whole(
         self, status: int, body: bytes, content_type: bytes = JSON, extra: list[tuple[bytes, bytes]] | None = None
@@ -126,6 +129,8 @@ class Responder:
         ]
         if extra:
             headers.extend(extra)
+        if self.extra:
+            headers.extend(self.extra)
         self.started = True
         self.status = status
         await self._send({"type": "http.response.start", "status": status, "headers": headers})
@@ -134,17 +139,10 @@ class Responder:
     async def start_stream(self, status: int = 200, content_type: bytes = EVENT_STREAM) -> None:
         self.started = True
         self.status = status
-        await self._send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", content_type),
-                    (b"cache-control", b"no-cache"),
-                    (b"x-request-id", self._rid),
-                ],
-            }
-        )
+        headers = [(b"content-type", content_type), (b"cache-control", b"no-cache"), (b"x-request-id", self._rid)]
+        if self.extra:
+            headers.extend(self.extra)
+        await self._send({"type": "http.response.start", "status": status, "headers": headers})
 
     async def chunk(self, data: bytes) -> None:
         await self._send({"type": "http.response.body", "body": data, "more_body": True})

@@ -27,7 +27,7 @@ from meterway.api import errors
 from meterway.api.asgi import Incoming, Message, Receive, Responder, Scope, Send, read_body, request_id_for
 from meterway.auth import bearer_token
 from meterway.context import Hook, RequestContext
-from meterway.errors import MeterwayError, ModelNotFound, UnsupportedOperation, UpstreamError
+from meterway.errors import MeterwayError, ModelNotFound, NoDeploymentAvailable, UnsupportedOperation, UpstreamError
 from meterway.providers import sse
 from meterway.providers.base import (
     Api,
@@ -41,6 +41,7 @@ from meterway.providers.base import (
     Usage,
 )
 from meterway.providers.transport import map_client_error
+from meterway.routing import Group, Router, retry_kind
 from meterway.telemetry import logs
 
 if TYPE_CHECKING:
@@ -76,9 +77,15 @@ async def handle(services: Services, api: Api, decode: HeadDecoder, scope: Scope
         if principal.models or principal.team_models:
             principal.check_model(head.model)
         try:
-            deployment = services.router.pick(head.model)
+            group = services.router.group(head.model)
         except ModelNotFound as e:
             raise ModelNotFound(head.model, principal.visible(e.available)) from None
+        visited: set[str] = set()
+        if group.plain:
+            deployment = group.deployments[0]
+            responder.extra = group.headers
+        else:
+            group, deployment = await _first(services.router, group, visited)
         ctx.deployment = deployment
         if not deployment.provider_for(api).supports(api):
             raise UnsupportedOperation(
@@ -89,7 +96,11 @@ async def handle(services: Services, api: Api, decode: HeadDecoder, scope: Scope
         for hook in services.hooks:
             await hook.before(ctx)
             ran.append(hook)
-        await forward(services, ctx, Call(api, ctx.body, ctx.head or head, rid), deployment, responder, receive)
+        call = Call(api, ctx.body, ctx.head or head, rid)
+        if group.plain:
+            await forward(services, ctx, call, deployment, responder, receive)
+        else:
+            await _routed(services, ctx, call, group, deployment, visited, responder, receive)
     except Exception as exc:
         err = errors.as_meterway_error(exc, rid)
         ctx.error = err
@@ -114,6 +125,112 @@ async def handle(services: Services, api: Api, decode: HeadDecoder, scope: Scope
                 await hook.after(ctx)
             except Exception:  # one stage's failure must not skip the others' settling
                 log.exception("hook %s failed after request %s", type(hook).__name__, rid)
+
+
+async def _first(router: Router, group: Group, visited: set[str]) -> tuple[Group, Deployment]:
+    """The first deployment to try: from the group, else (all cooling down or at their limits) from
+    its fallbacks in order."""
+    visited.add(group.name)
+    deployment = await router.choose(group)
+    if deployment is not None:
+        return group, deployment
+    found = await _fallback(router, group.name, "retry", visited)
+    if found is None:
+        raise NoDeploymentAvailable(group.name, router.retry_after(group))
+    return found
+
+
+async def _fallback(router: Router, model: str, kind: str, visited: set[str]) -> tuple[Group, Deployment] | None:
+    for name in router.fallbacks_for(model, kind):
+        if name in visited:
+            continue
+        visited.add(name)
+        group = router.group(name)
+        deployment = await router.choose(group)
+        if deployment is not None:
+            return group, deployment
+    return None
+
+
+async def _routed(
+    services: Services,
+    ctx: RequestContext,
+    call: Call,
+    group: Group,
+    deployment: Deployment,
+    visited: set[str],
+    responder: Responder,
+    receive: Receive,
+) -> None:
+    """Attempts until one answers: retries within the group (another deployment when there is one,
+    else the same after a backoff), then the fallback groups in order. An attempt is retried only
+    while nothing has reached the client; each gets its own client span and, when it fails, its
+    upstream error metric and its count towards the deployment's cooldown."""
+    router = services.router
+    policy = router.policy
+    model = ctx.model_group or group.name
+    retries = policy.num_retries
+    tried: list[str] = []
+    attempts = 0
+    while True:
+        attempts += 1
+        ctx.deployment, ctx.attempts = deployment, attempts
+        responder.extra = router.headers(deployment, attempts)
+        tried.append(deployment.id)
+        current = deployment
+        started = time.perf_counter_ns()
+        ok = False
+        if router.tracks:
+            router.started(deployment)
+        try:
+            await forward(services, ctx, call, deployment, responder, receive)
+            ok = True
+            return
+        except MeterwayError as err:
+            kind = None if responder.started else retry_kind(err)
+            if kind is None:
+                raise
+            await router.failed(group, deployment, err)
+            following: Deployment | None = None
+            if kind == "retry" and retries > 0:
+                retries -= 1
+                following = await router.choose(group, tried)
+                if following is not None and following.id == deployment.id:
+                    await asyncio.sleep(_backoff(policy.retry_backoff_s, len(tried), err.retry_after))
+            if following is None:
+                found = await _fallback(router, model, kind, visited)
+                if found is None:
+                    raise
+                group, following = found
+                retries, tried = policy.num_retries, []
+            log.info(
+                "request %s: attempt %d on %s failed (%s); trying %s",
+                ctx.request_id,
+                attempts,
+                deployment.id,
+                err.message,
+                following.id,
+            )
+            services.metrics.attempt_failed(deployment.id, err)
+            ctx.upstream_status = 0
+            deployment = following
+        finally:
+            if router.tracks:
+                end = ctx.first_byte_ns or time.perf_counter_ns()
+                usage = ctx.usage
+                await router.finished(
+                    current,
+                    (end - started) / 1e9 if ok else None,
+                    usage.total_tokens if ok and usage is not None else 0,
+                )
+
+
+MAX_BACKOFF_S = 5.0
+
+
+def _backoff(base: float, attempt: int, retry_after: float | None) -> float:
+    """Exponential from `base`, at least what the upstream asked for in Retry-After, at most 5 s."""
+    return min(max(base * 2.0 ** (attempt - 1), retry_after or 0.0), MAX_BACKOFF_S)
 
 
 async def forward(
@@ -239,6 +356,8 @@ async def _end_stream(
 ) -> None:
     ctx.usage, ctx.status_code = usage, 200
     await services.ledger.record(ctx)
+    if not responder.started:  # an upstream stream that produced nothing before its end
+        await responder.start_stream()
     await responder.end(final)
 
 
@@ -253,7 +372,6 @@ async def _relay(
 ) -> None:
     relay = provider.open_stream(call)
     finale = sse.Finale(anthropic=call.api is Api.MESSAGES)
-    await responder.start_stream()
     content = resp.content
     # The watcher costs a task; a stream the upstream has already delivered whole (a short answer,
     # a cache) ends before a departed client could matter, so only a stream still arriving gets one.
@@ -262,6 +380,8 @@ async def _relay(
         async for data in content.iter_any():
             out = finale.feed(relay.feed(data))
             if out:
+                if not responder.started:  # the status goes out with the first bytes: until then a retry may
+                    await responder.start_stream()
                 _deliver(ctx, out)
                 await responder.chunk(out)
             if watch is None and not content.is_eof():
@@ -279,8 +399,12 @@ async def _relay(
             ctx.client_aborted = True
             ctx.usage = relay.usage
             return
+        if not responder.started:  # nothing reached the client: a status error, which may be retried
+            raise map_client_error(e, provider.label) from None
         await _fail_stream(services, ctx, call, relay, map_client_error(e, provider.label), responder)
     except MeterwayError as e:
+        if not responder.started:
+            raise
         await _fail_stream(services, ctx, call, relay, e, responder)
     finally:
         if watch is not None:

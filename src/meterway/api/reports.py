@@ -134,6 +134,8 @@ def _log(row: dict[str, Any]) -> dict[str, Any]:
         "request_tags": row["tags"],
         "metadata": row["metadata"],
         "source": row["source"],  # gateway, or webhook: reported by another proxy
+        "attempts": row["attempts"],  # upstream attempts: retries and fallbacks add to 1; 0 for a cache hit
+        "cache_hit": bool(row["cache_hit"]),
     }
 
 

@@ -22,6 +22,7 @@ import aiohttp
 import yaml
 
 from meterway.config.billing import parse_billing
+from meterway.config.routing import ROUTER_KEYS, parse_routing
 from meterway.config.secret import Secret
 from meterway.config.settings import (
     DEFAULT_DATABASE_URL,
@@ -191,11 +192,16 @@ def parse_config(
     router = _section(data, "router_settings", env)
     warnings += [f"general_settings.{k}: not supported yet; ignored" for k in general if k not in GENERAL]
     warnings += [f"litellm_settings.{k}: not supported yet; ignored" for k in litellm_settings if k not in LITELLM]
-    warnings += [f"router_settings.{k}: not supported yet; ignored" for k in router]
+    warnings += [f"router_settings.{k}: not supported yet; ignored" for k in router if k not in ROUTER_KEYS]
 
     default_timeout = DEFAULT_TIMEOUT_S
     if "request_timeout" in litellm_settings:
         default_timeout = _positive(litellm_settings["request_timeout"], "litellm_settings.request_timeout")
+    elif "timeout" in router:
+        default_timeout = _positive(router["timeout"], "router_settings.timeout")
+    default_stream_timeout = (
+        _positive(router["stream_timeout"], "router_settings.stream_timeout") if "stream_timeout" in router else None
+    )
 
     raw_list = data.get("model_list")
     if raw_list is None:
@@ -208,7 +214,7 @@ def parse_config(
     table = prices.load()
     unpriced: list[str] = []
     for i, entry in enumerate(raw_list):
-        dep = _deployment(entry, i, env, default_timeout, per_group, warnings)
+        dep = _deployment(entry, i, env, default_timeout, default_stream_timeout, per_group, warnings)
         if dep.id in ids:
             raise ConfigError(f"model_list[{i}]: model_info.id '{dep.id}' is used by another entry")
         dep = _priced(dep, table)
@@ -273,9 +279,11 @@ def parse_config(
         f"litellm_settings.callbacks: '{c}' is not supported; ignored" for c in callbacks if str(c) not in CALLBACKS
     ]
     telemetry = parse_telemetry(_section(data, "telemetry", env), callbacks, env)
+    routing = parse_routing(router, {d.model_name for d in deployments})
 
     return Settings(
         deployments=tuple(deployments),
+        routing=routing,
         billing=billing,
         telemetry=telemetry,
         webhook_secret=Secret(webhook_secret) if webhook_secret else None,
@@ -343,6 +351,7 @@ def _deployment(
     index: int,
     env: Mapping[str, str],
     default_timeout: float,
+    default_stream_timeout: float | None,
     per_group: dict[str, int],
     warnings: list[str],
 ) -> Deployment:
@@ -410,7 +419,7 @@ def _deployment(
     stream_timeout = (
         _positive(params["stream_timeout"], f"{where}: litellm_params.stream_timeout")
         if "stream_timeout" in params
-        else timeout
+        else default_stream_timeout or timeout
     )
     connect = min(timeout, 10.0)
 

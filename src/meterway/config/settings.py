@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 
 from meterway.config.billing import Billing
+from meterway.config.routing import RoutingPolicy
 from meterway.config.secret import Secret
 from meterway.config.telemetry import Telemetry
 from meterway.providers.base import Api, Provider
@@ -76,6 +77,7 @@ class Settings:
     unpriced_models: tuple[str, ...] = ()  # deployments with no known price: their cost is NULL
     billing: Billing | None = None  # usage export to Lago, when configured
     telemetry: Telemetry = field(default_factory=Telemetry)  # traces and metrics settings
+    routing: RoutingPolicy = field(default_factory=RoutingPolicy)  # router_settings: strategy, retries, fallbacks
     webhook_secret: Secret | None = None  # general_settings.webhook_secret / METERWAY_WEBHOOK_SECRET: usage webhooks
 
     def model_names(self) -> list[str]:

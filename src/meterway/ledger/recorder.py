@@ -199,6 +199,8 @@ class Ledger:
             "ttft_ms": (ctx.first_byte_ns - ctx.started_ns) / 1e6 if ctx.first_byte_ns is not None else None,
             "tags": tags,
             "metadata": metadata,
+            "attempts": ctx.attempts,
+            "cache_hit": ctx.cache_hit,
         }
         spend: tuple[SpendTarget, ...] = ()
         if cost_units:

@@ -1,30 +1,210 @@
-"""Model name -> the deployments serving it -> one pick. Weighted random for now; strategies later."""
+"""Model name -> the deployments serving it -> one pick, by the configured strategy.
+
+`router_settings.routing_strategy` takes LiteLLM's names:
+
+    simple-shuffle           random, weighted by `weight` (or by `rpm`, else `tpm`, when no weight is set)
+    least-busy               fewest requests in flight on this replica
+    latency-based-routing    lowest recent latency (time to first byte for streams), measured here
+    usage-based-routing-v2   fewest tokens used this minute, under each deployment's rpm/tpm
+                             (counted in Redis across replicas when Redis is configured)
+
+Deployments cooling down after failures (`routing.cooldown`) are left out of every pick. A group
+of one deployment with no retries or fallbacks is "plain": the request path takes its one
+deployment without asking anything here, so it costs what it did before the router existed.
+What to retry and where to fall back is decided in `retry_kind` and `Router.fallbacks_for`; the
+loop that does it is in `api.proxy`.
+"""
 
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
+from meterway.config.routing import RoutingPolicy
 from meterway.config.settings import Deployment
-from meterway.errors import ModelNotFound
+from meterway.errors import MeterwayError, ModelNotFound, UpstreamError
+from meterway.routing.cooldown import Cooldowns
+from meterway.routing.usage import Usage
+
+LATENCY_DECAY = 0.3  # weight of the newest latency sample in the moving average
+
+Headers = tuple[tuple[bytes, bytes], ...]
+
+_CONTEXT_CODES = frozenset({"context_length_exceeded", "context_window_exceeded", "string_above_max_length"})
+_CONTEXT_WORDS = ("context length", "context window", "maximum context", "too many tokens", "prompt is too long")
+_POLICY_CODES = frozenset({"content_policy_violation", "content_filter"})
+_POLICY_WORDS = ("content policy", "content management policy", "content_filter", "safety system")
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    name: str
+    deployments: tuple[Deployment, ...]
+    weights: tuple[float, ...]
+    plain: bool  # one deployment, no retries, no fallbacks: the request path skips the router
+    headers: Headers  # for a plain group: its deployment, one attempt
+
+
+def retry_kind(err: MeterwayError) -> str | None:
+    """What an attempt's failure allows: "retry" (5xx, 429, 408, timeouts, connection errors: another
+    attempt may succeed), "context_window" or "content_policy" (a 400 that another model group may
+    take), or None (the caller's own error: passed on as it is)."""
+    if not isinstance(err, UpstreamError):
+        return None
+    status = err.upstream_status
+    if status is None or status >= 500 or status in (408, 429):
+        return "retry"
+    if status != 400:
+        return None
+    message = err.message.lower()
+    if err.code in _CONTEXT_CODES or any(w in message for w in _CONTEXT_WORDS):
+        return "context_window"
+    if err.code in _POLICY_CODES or any(w in message for w in _POLICY_WORDS):
+        return "content_policy"
+    return None
 
 
 class Router:
-    def __init__(self, deployments: tuple[Deployment, ...], rng: random.Random | None = None) -> None:
-        groups: dict[str, list[Deployment]] = {}
+    def __init__(
+        self,
+        deployments: tuple[Deployment, ...],
+        policy: RoutingPolicy | None = None,
+        *,
+        redis: Any | None = None,
+        prefix: str = "meterway:",
+        rng: random.Random | None = None,
+    ) -> None:
+        self.policy = policy = policy or RoutingPolicy()
+        grouped: dict[str, list[Deployment]] = {}
         for d in deployments:
-            groups.setdefault(d.model_name, []).append(d)
-        self._groups = {name: tuple(ds) for name, ds in groups.items()}
-        self._weights = {name: [d.weight for d in ds] for name, ds in self._groups.items()}
+            grouped.setdefault(d.model_name, []).append(d)
+        self._groups = {name: self._group(name, tuple(ds)) for name, ds in grouped.items()}
         self._rng = rng or random.Random()
+        self.cooldowns = Cooldowns(policy.allowed_fails, policy.cooldown_s if policy.cooldowns else 0.0, redis, prefix)
+        self.usage = Usage(redis, prefix + "router:") if policy.strategy == "usage-based-routing-v2" else None
+        self._busy: dict[str, int] = {}  # least-busy: requests in flight per deployment
+        self._latency: dict[str, float] = {}  # latency-based: moving average, seconds
+        self._headers: dict[str, Headers] = {d.id: route_headers(d, 1) for d in deployments}
+        self.tracks = policy.strategy in ("least-busy", "latency-based-routing", "usage-based-routing-v2")
+
+    def _group(self, name: str, ds: tuple[Deployment, ...]) -> Group:
+        p = self.policy
+        plain = (
+            len(ds) == 1
+            and p.num_retries == 0
+            and not any(
+                name in f or "*" in f for f in (p.fallbacks, p.context_window_fallbacks, p.content_policy_fallbacks)
+            )
+            and p.strategy != "usage-based-routing-v2"
+        )
+        return Group(name, ds, _weights(ds), plain, route_headers(ds[0], 1))
+
+    @property
+    def shares_cooldowns(self) -> bool:
+        """Whether any group can cool a deployment down (only groups of several do)."""
+        return self.cooldowns.cooldown_s > 0 and any(len(g.deployments) > 1 for g in self._groups.values())
 
     @property
     def model_names(self) -> list[str]:
         return list(self._groups)
 
-    def pick(self, model: str) -> Deployment:
+    def group(self, model: str) -> Group:
         group = self._groups.get(model)
         if group is None:
             raise ModelNotFound(model, self.model_names)
-        if len(group) == 1:
-            return group[0]
-        return self._rng.choices(group, weights=self._weights[model])[0]
+        return group
+
+    def pick(self, model: str) -> Deployment:
+        """A pick that waits for nothing: cooldowns apply, usage counts do not."""
+        group = self.group(model)
+        if len(group.deployments) == 1:
+            return group.deployments[0]
+        return self._rng.choices(group.deployments, weights=group.weights)[0]
+
+    def headers(self, deployment: Deployment, attempts: int) -> Headers:
+        return self._headers[deployment.id] if attempts == 1 else route_headers(deployment, attempts)
+
+    async def choose(self, group: Group, tried: Sequence[str] = ()) -> Deployment | None:
+        """The next deployment to try: not cooling down, one not tried yet if there is one, chosen by
+        the strategy. None when none is available (all cooling down, or at their rpm/tpm)."""
+        ds = group.deployments
+        weights = group.weights
+        cooldowns = self.cooldowns
+        if cooldowns.active() and len(ds) > 1:
+            kept = [i for i, d in enumerate(ds) if not cooldowns.cooling(d.id)]
+            if not kept:
+                return None
+            if len(kept) < len(ds):
+                ds = tuple(ds[i] for i in kept)
+                weights = tuple(weights[i] for i in kept)
+        if tried and len(ds) > 1:
+            fresh = [i for i, d in enumerate(ds) if d.id not in tried]
+            if fresh:
+                ds = tuple(ds[i] for i in fresh)
+                weights = tuple(weights[i] for i in fresh)
+        strategy = self.policy.strategy
+        if strategy == "usage-based-routing-v2":
+            assert self.usage is not None
+            return await self.usage.take(ds)
+        if len(ds) == 1:
+            return ds[0]
+        if strategy == "least-busy":
+            return self._lowest(ds, self._busy, 0)
+        if strategy == "latency-based-routing":
+            return self._lowest(ds, self._latency, 0.0)
+        return self._rng.choices(ds, weights=weights)[0]
+
+    def _lowest(self, ds: Sequence[Deployment], values: dict[str, Any], default: float) -> Deployment:
+        best = min(values.get(d.id, default) for d in ds)
+        return self._rng.choice([d for d in ds if values.get(d.id, default) == best])
+
+    def retry_after(self, group: Group) -> float:
+        return self.cooldowns.remaining_s(d.id for d in group.deployments) or self.policy.cooldown_s or 1.0
+
+    def fallbacks_for(self, model: str, kind: str) -> tuple[str, ...]:
+        p = self.policy
+        table = {
+            "retry": p.fallbacks,
+            "context_window": p.context_window_fallbacks or p.fallbacks,
+            "content_policy": p.content_policy_fallbacks or p.fallbacks,
+        }[kind]
+        return table.get(model) or table.get("*") or ()
+
+    def started(self, deployment: Deployment) -> None:
+        if self.policy.strategy == "least-busy":
+            self._busy[deployment.id] = self._busy.get(deployment.id, 0) + 1
+
+    async def finished(self, deployment: Deployment, seconds: float | None, tokens: int) -> None:
+        """After an attempt: in-flight count, latency sample (None: it failed) and tokens used."""
+        strategy = self.policy.strategy
+        if strategy == "least-busy":
+            self._busy[deployment.id] -= 1
+        elif strategy == "latency-based-routing":
+            before = self._latency.get(deployment.id)
+            sample = seconds if seconds is not None else 2 * max(self._latency.values(), default=1.0)
+            self._latency[deployment.id] = sample if before is None else before + LATENCY_DECAY * (sample - before)
+        elif self.usage is not None:
+            await self.usage.add_tokens(deployment.id, tokens)
+
+    async def failed(self, group: Group, deployment: Deployment, err: MeterwayError) -> None:
+        """Counts the failure towards a cooldown; a group of one is never cooled (nothing else could
+        serve it)."""
+        if len(group.deployments) > 1 and isinstance(err, UpstreamError):
+            await self.cooldowns.failed(deployment.id, err.upstream_status)
+
+
+def route_headers(deployment: Deployment, attempts: int) -> Headers:
+    return ((b"x-meterway-deployment", deployment.id.encode()), (b"x-meterway-attempts", b"%d" % attempts))
+
+
+def _weights(ds: tuple[Deployment, ...]) -> tuple[float, ...]:
+    """`weight` where any is set; else `rpm`, else `tpm`, when every deployment has one; else equal."""
+    if any(d.weight != 1.0 for d in ds):
+        return tuple(d.weight for d in ds)
+    if all(d.rpm for d in ds):
+        return tuple(float(d.rpm or 0) for d in ds)
+    if all(d.tpm for d in ds):
+        return tuple(float(d.tpm or 0) for d in ds)
+    return tuple(1.0 for _ in ds)

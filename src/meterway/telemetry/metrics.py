@@ -22,6 +22,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 if TYPE_CHECKING:
     from meterway.context import RequestContext
+    from meterway.errors import MeterwayError
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 OTHER = "other"
@@ -132,6 +133,11 @@ class Metrics:
             multiprocess_mode="mostrecent",
             registry=registry,
         )
+
+    def attempt_failed(self, deployment_id: str, err: MeterwayError) -> None:
+        """An attempt that failed and was retried or fell back; the request's last failure, if it
+        fails, is counted by `observe`."""
+        self.upstream_errors.labels(deployment_id, err.error_type).inc()
 
     def observe(self, ctx: RequestContext) -> None:
         """One finished request: called once, after its ledger row was made."""
