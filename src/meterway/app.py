@@ -42,6 +42,7 @@ from meterway.telemetry.metrics import Metrics
 
 if TYPE_CHECKING:
     from meterway.billing.sender import Sender
+    from meterway.cache import ResponseCache
     from meterway.store.runtime import Store
     from meterway.telemetry.tracing import Tracing
 
@@ -60,6 +61,7 @@ class Services:
     ledger: Ledger = field(default_factory=Ledger)
     metrics: Metrics = field(default_factory=Metrics)
     tracing: Tracing | None = None  # when traces are on
+    cache: ResponseCache | None = None  # the response cache, when litellm_settings.cache is on
 
 
 @asynccontextmanager
@@ -92,6 +94,13 @@ async def open_services(settings: Settings, hooks: tuple[Hook, ...] = ()) -> Asy
 
         tracing = Tracing(settings.telemetry, __version__)
     ledger = Ledger(capacity=settings.ledger_queue_size)
+    cache = None
+    if settings.cache is not None:
+        from meterway.cache import LocalStore, RedisStore, ResponseCache
+
+        store = RedisStore(redis_client) if settings.cache.type == "redis" else LocalStore()
+        cache = ResponseCache(settings.cache, store, settings.redis_prefix + "cache")
+        ledger.cache_hit_ratio = settings.cache.hit_cost_ratio
 
     def committed(seconds: float, waiting: int) -> None:
         metrics.ledger_commit.observe(seconds)
@@ -112,6 +121,7 @@ async def open_services(settings: Settings, hooks: tuple[Hook, ...] = ()) -> Asy
             ledger=ledger,
             metrics=metrics,
             tracing=tracing,
+            cache=cache,
         )
     finally:
         await session.close()

@@ -33,6 +33,7 @@ class Incoming:
         "anthropic_version",
         "api_key",
         "authorization",
+        "cache_control",
         "content_length",
         "request_id",
         "traceparent",
@@ -49,6 +50,7 @@ class Incoming:
         self.anthropic_version: bytes | None = None
         self.traceparent: bytes | None = None  # W3C trace context: the client's trace continues
         self.tracestate: bytes | None = None
+        self.cache_control: bytes | None = None  # no-cache / no-store: the response cache is skipped
         for name, value in raw:
             if name == b"authorization":
                 self.authorization = value
@@ -66,6 +68,8 @@ class Incoming:
                 self.traceparent = value
             elif name == b"tracestate":
                 self.tracestate = value
+            elif name == b"cache-control":
+                self.cache_control = value
 
 
 def request_id_for(incoming: Incoming) -> str:
@@ -108,16 +112,16 @@ class Responder:
     """Sends one response. Every response carries `x-request-id`; `started` tells the error path
     whether a status can still be chosen or only an in-stream error event is left."""
 
-    __slots__ = ("_rid", "_send", "extra", "started", "status")
+    __slots__ = ("_rid", "_send", "cache", "extra", "started", "status")
 
     def __init__(self, send: Send, request_id: str) -> None:
         self._send = send
         self._rid = request_id.encode()
         self.started = False
         self.status = 0
-        self.extra: tuple[
-            tuple[bytes, bytes], ...
-        ] = ()  # sent with every response: which deployment, how many attempts
+        # sent with the response: which deployment answered, in how many attempts; cache hit or miss
+        self.extra: tuple[tuple[bytes, bytes], ...] = ()
+        self.cache: bytes | None = None
 
     async def whole(
         self, status: int, body: bytes, content_type: bytes = JSON, extra: list[tuple[bytes, bytes]] | None = None
@@ -131,6 +135,8 @@ class Responder:
             headers.extend(extra)
         if self.extra:
             headers.extend(self.extra)
+        if self.cache is not None:
+            headers.append((b"x-meterway-cache", self.cache))
         self.started = True
         self.status = status
         await self._send({"type": "http.response.start", "status": status, "headers": headers})
@@ -142,6 +148,8 @@ class Responder:
         headers = [(b"content-type", content_type), (b"cache-control", b"no-cache"), (b"x-request-id", self._rid)]
         if self.extra:
             headers.extend(self.extra)
+        if self.cache is not None:
+            headers.append((b"x-meterway-cache", self.cache))
         await self._send({"type": "http.response.start", "status": status, "headers": headers})
 
     async def chunk(self, data: bytes) -> None:

@@ -26,6 +26,9 @@ import aiohttp
 from meterway.api import errors
 from meterway.api.asgi import Incoming, Message, Receive, Responder, Scope, Send, read_body, request_id_for
 from meterway.auth import bearer_token
+from meterway.cache import Entry as CacheEntry
+from meterway.cache import control as cache_control_of
+from meterway.cache import events as cache_events
 from meterway.context import Hook, RequestContext
 from meterway.errors import MeterwayError, ModelNotFound, NoDeploymentAvailable, UnsupportedOperation, UpstreamError
 from meterway.providers import sse
@@ -46,6 +49,7 @@ from meterway.telemetry import logs
 
 if TYPE_CHECKING:
     from meterway.app import Services
+    from meterway.cache import ResponseCache
     from meterway.config.settings import Deployment
 
 log = logging.getLogger("meterway.proxy")
@@ -80,6 +84,14 @@ async def handle(services: Services, api: Api, decode: HeadDecoder, scope: Scope
             group = services.router.group(head.model)
         except ModelNotFound as e:
             raise ModelNotFound(head.model, principal.visible(e.available)) from None
+        cache = services.cache
+        key: str | None = None
+        ttl: float | None = None
+        if cache is not None:
+            key, ttl, hit = await _look_up(cache, api, head.model, body, incoming.cache_control)
+            if hit is not None:
+                return await _serve_hit(services, ctx, group, hit, responder, ran)
+            responder.cache = b"miss"
         visited: set[str] = set()
         if group.plain:
             deployment = group.deployments[0]
@@ -101,6 +113,8 @@ async def handle(services: Services, api: Api, decode: HeadDecoder, scope: Scope
             await forward(services, ctx, call, deployment, responder, receive)
         else:
             await _routed(services, ctx, call, group, deployment, visited, responder, receive)
+        if key is not None and ctx.status_code == 200 and ctx.error is None and not ctx.client_aborted:
+            await _store(cache, ctx, key, ttl)  # type: ignore[arg-type]  # a key is only made with a cache
     except Exception as exc:
         err = errors.as_meterway_error(exc, rid)
         ctx.error = err
@@ -125,6 +139,67 @@ async def handle(services: Services, api: Api, decode: HeadDecoder, scope: Scope
                 await hook.after(ctx)
             except Exception:  # one stage's failure must not skip the others' settling
                 log.exception("hook %s failed after request %s", type(hook).__name__, rid)
+
+
+async def _look_up(
+    cache: ResponseCache, api: Api, model: str, body: bytes, cache_control: bytes | None
+) -> tuple[str | None, float | None, CacheEntry | None]:
+    """The key to store the answer under (None: not stored), its time to live, and a hit."""
+    asked = cache_control_of(body, cache_control)
+    if not (asked.read or asked.write):
+        return None, None, None
+    key = cache.key(api, model, body)
+    if key is None:
+        return None, None, None
+    hit = None
+    if asked.read:
+        try:
+            hit = await cache.get(key)
+        except Exception as e:  # the cache is an optimisation: without it the request goes upstream
+            log.warning("response cache unreadable (%s); answering from upstream", e.__class__.__name__)
+    return (key if asked.write else None), asked.ttl_s, hit
+
+
+async def _serve_hit(
+    services: Services, ctx: RequestContext, group: Group, hit: CacheEntry, responder: Responder, ran: list[Hook]
+) -> None:
+    """A cached answer, metered like any other (the ledger marks it a hit, priced as configured),
+    after the same limits; a stream is replayed event by event, its last one after the commit."""
+    router = services.router
+    deployment = router.deployment(hit.deployment_id) or group.deployments[0]
+    ctx.deployment, ctx.cache_hit, ctx.attempts, ctx.usage = deployment, True, 0, hit.usage
+    responder.cache = b"hit"
+    responder.extra = router.headers(deployment, 0)
+    for hook in services.hooks:
+        await hook.before(ctx)
+        ran.append(hook)
+    if not hit.stream:
+        ctx.answer = hit.body
+        return await _answer(services, ctx, Parsed(hit.body, hit.usage, hit.content_type), responder)
+    parts = cache_events(hit.body)
+    last = parts.pop() if parts else b""
+    await responder.start_stream()
+    for part in parts:
+        _deliver(ctx, part)
+        await responder.chunk(part)
+    await _end_stream(services, ctx, hit.usage, last, responder)
+
+
+async def _store(cache: ResponseCache, ctx: RequestContext, key: str, ttl: float | None) -> None:
+    """Keeps a whole answer, once the client has it. A stream longer than what is kept of it for
+    counting is not cached (its events are not all known here)."""
+    if ctx.stream:
+        if len(ctx.delivered) >= _DELIVERED_MAX:
+            return
+        entry = CacheEntry(b"".join(ctx.delivered) + ctx.closing, True, "text/event-stream", ctx.usage, None)
+    else:
+        entry = CacheEntry(ctx.answer, False, "application/json", ctx.usage, None)
+    dep = ctx.deployment
+    entry = CacheEntry(entry.body, entry.stream, entry.content_type, entry.usage, dep.id if dep else None)
+    try:
+        await cache.put(key, entry, ttl)
+    except Exception as e:
+        log.warning("response cache not written (%s)", e.__class__.__name__)
 
 
 async def _first(router: Router, group: Group, visited: set[str]) -> tuple[Group, Deployment]:
@@ -354,7 +429,7 @@ def _deliver(ctx: RequestContext, out: bytes) -> None:
 async def _end_stream(
     services: Services, ctx: RequestContext, usage: Usage | None, final: bytes, responder: Responder
 ) -> None:
-    ctx.usage, ctx.status_code = usage, 200
+    ctx.usage, ctx.status_code, ctx.closing = usage, 200, final
     await services.ledger.record(ctx)
     if not responder.started:  # an upstream stream that produced nothing before its end
         await responder.start_stream()

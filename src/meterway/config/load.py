@@ -21,6 +21,7 @@ from urllib.parse import quote
 import aiohttp
 import yaml
 
+from meterway.cache import CacheSettings
 from meterway.config.billing import parse_billing
 from meterway.config.routing import ROUTER_KEYS, parse_routing
 from meterway.config.secret import Secret
@@ -84,7 +85,8 @@ GENERAL = {
     "ledger_queue_size",
     "webhook_secret",
 }
-LITELLM = {"request_timeout", "callbacks", "success_callback"}
+LITELLM = {"request_timeout", "callbacks", "success_callback", "cache", "cache_params"}
+CACHE_PARAMS = {"type", "ttl", "namespace", "host", "port", "password", "hit_cost_ratio", "supported_call_types"}
 # LiteLLM callbacks meterway covers itself: otel (traces), prometheus (/metrics is always on),
 # lago (the billing section, or the LAGO_* variables)
 CALLBACKS = {"otel", "prometheus", "lago"}
@@ -250,6 +252,14 @@ def parse_config(
     if redis_url is not None and not isinstance(redis_url, str):
         raise ConfigError("general_settings.redis_url must be a string")
 
+    cache, cache_redis = _cache(litellm_settings, warnings)
+    redis_url = redis_url or cache_redis
+    if cache is not None and cache.type == "redis" and not redis_url:
+        raise ConfigError(
+            "litellm_settings.cache_params.type is redis, but no Redis is configured "
+            "(general_settings.redis_url, REDIS_URL, or cache_params.host)"
+        )
+
     redis_prefix = general.get("redis_prefix", "meterway:")
     if not isinstance(redis_prefix, str):
         raise ConfigError("general_settings.redis_prefix must be a string")
@@ -284,6 +294,7 @@ def parse_config(
     return Settings(
         deployments=tuple(deployments),
         routing=routing,
+        cache=cache,
         billing=billing,
         telemetry=telemetry,
         webhook_secret=Secret(webhook_secret) if webhook_secret else None,
@@ -302,6 +313,37 @@ def parse_config(
         source=source,
         warnings=tuple(warnings),
     )
+
+
+def _cache(litellm_settings: Mapping[str, Any], warnings: list[str]) -> tuple[CacheSettings | None, str | None]:
+    """`litellm_settings.cache` and `cache_params`; also a Redis URL when only cache_params names one."""
+    enabled = litellm_settings.get("cache", False)
+    if not isinstance(enabled, bool):
+        raise ConfigError("litellm_settings.cache must be true or false")
+    params = litellm_settings.get("cache_params") or {}
+    if not isinstance(params, dict):
+        raise ConfigError("litellm_settings.cache_params must be a mapping")
+    if not enabled:
+        return None, None
+    warnings += [
+        f"litellm_settings.cache_params.{k}: not supported yet; ignored" for k in params if k not in CACHE_PARAMS
+    ]
+    kind = params.get("type", "redis" if params.get("host") else "local")
+    if kind not in ("redis", "local"):
+        raise ConfigError(f"litellm_settings.cache_params.type: '{kind}' is not supported (redis or local)")
+    namespace = params.get("namespace")
+    if namespace is not None and not isinstance(namespace, str):
+        raise ConfigError("litellm_settings.cache_params.namespace must be a string")
+    ratio = _decimal(params.get("hit_cost_ratio", 0), "litellm_settings.cache_params.hit_cost_ratio")
+    if ratio > 1:
+        raise ConfigError("litellm_settings.cache_params.hit_cost_ratio must be between 0 and 1")
+    ttl = _positive(params["ttl"], "litellm_settings.cache_params.ttl") if "ttl" in params else 600.0
+    url = None
+    if params.get("host"):
+        password = params.get("password")
+        auth = f":{quote(str(password), safe='')}@" if password else ""
+        url = f"redis://{auth}{params['host']}:{params.get('port', 6379)}"
+    return CacheSettings(type=kind, ttl_s=ttl, namespace=namespace, hit_cost_ratio=ratio), url
 
 
 def _database_from_parts(env: Mapping[str, str]) -> str | None:

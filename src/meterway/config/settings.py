@@ -9,6 +9,7 @@ from typing import Any
 
 import aiohttp
 
+from meterway.cache import CacheSettings
 from meterway.config.billing import Billing
 from meterway.config.routing import RoutingPolicy
 from meterway.config.secret import Secret
@@ -78,6 +79,7 @@ class Settings:
     billing: Billing | None = None  # usage export to Lago, when configured
     telemetry: Telemetry = field(default_factory=Telemetry)  # traces and metrics settings
     routing: RoutingPolicy = field(default_factory=RoutingPolicy)  # router_settings: strategy, retries, fallbacks
+    cache: CacheSettings | None = None  # litellm_settings.cache: the response cache, when on
     webhook_secret: Secret | None = None  # general_settings.webhook_secret / METERWAY_WEBHOOK_SECRET: usage webhooks
 
     def model_names(self) -> list[str]:

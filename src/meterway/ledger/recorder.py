@@ -20,6 +20,7 @@ import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -56,6 +57,7 @@ class Ledger:
         self._task: asyncio.Task[None] | None = None
         self._healthy = True
         self._prices: dict[str, pricing.UnitPrices | None] = {}  # deployment id -> unit prices, or None: unpriced
+        self.cache_hit_ratio = Decimal(0)  # a response-cache hit's cost, as a fraction of the upstream price
 
     @property
     def healthy(self) -> bool:
@@ -153,6 +155,8 @@ class Ledger:
         dep = ctx.deployment
         unit = self._unit_prices(dep) if dep is not None else None
         cost_units = pricing.cost_units(usage, unit) if unit is not None else None
+        if ctx.cache_hit and cost_units is not None:
+            cost_units = int(cost_units * self.cache_hit_ratio)
         if unit is None:
             unit = (None, None, None, None)
         ctx.cost_units = cost_units or 0

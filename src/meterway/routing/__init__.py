@@ -87,6 +87,7 @@ class Router:
         self._busy: dict[str, int] = {}  # least-busy: requests in flight per deployment
         self._latency: dict[str, float] = {}  # latency-based: moving average, seconds
         self._headers: dict[str, Headers] = {d.id: route_headers(d, 1) for d in deployments}
+        self._by_id = {d.id: d for d in deployments}
         self.tracks = policy.strategy in ("least-busy", "latency-based-routing", "usage-based-routing-v2")
 
     def _group(self, name: str, ds: tuple[Deployment, ...]) -> Group:
@@ -122,6 +123,9 @@ class Router:
         if len(group.deployments) == 1:
             return group.deployments[0]
         return self._rng.choices(group.deployments, weights=group.weights)[0]
+
+    def deployment(self, ident: str | None) -> Deployment | None:
+        return None if ident is None else self._by_id.get(ident)
 
     def headers(self, deployment: Deployment, attempts: int) -> Headers:
         return self._headers[deployment.id] if attempts == 1 else route_headers(deployment, attempts)
