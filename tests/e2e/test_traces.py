@@ -125,3 +125,35 @@ def test_traces_are_off_without_an_endpoint_or_the_otel_callback(upstream: Stand
     config = {"model_list": [priced(upstream.base_url)], "litellm_settings": {"callbacks": ["otel"]}}
     with run_gateway(config) as gw:
         assert gw.app.services is not None and gw.app.services.tracing is not None
+
+
+def test_each_upstream_attempt_has_its_own_client_span(receiver: OtlpReceiver, upstream: StandIn) -> None:
+    from tests.upstreams.standin import Script
+
+    with StandIn() as down:
+        down.set_default(Script(status=500, body={"error": {"message": "down", "type": "server_error"}}))
+        config = {
+            "model_list": [
+                {
+                    "model_name": "p",
+                    "litellm_params": {"model": "openai/x", "api_base": down.base_url + "/v1", "api_key": "k"},
+                },
+                {
+                    "model_name": "b",
+                    "litellm_params": {"model": "openai/y", "api_base": upstream.base_url + "/v1", "api_key": "k"},
+                },
+            ],
+            "router_settings": {"num_retries": 1, "retry_after": 0.01, "fallbacks": [{"p": ["b"]}]},
+        }
+        with run_gateway(config) as gw:
+            r = httpx.post(
+                gw.v1 + "/chat/completions",
+                json={"model": "p", "messages": HI},
+                headers={"Authorization": f"Bearer {gw.key}"},
+            )
+            assert r.status_code == 200 and r.headers["x-meterway-attempts"] == "3"
+            spans = receiver.wait_for(4)
+    (server,) = [s for s in spans if s.kind == SERVER]
+    clients = [s for s in spans if s.kind == CLIENT and s.parent_span_id == server.span_id]  # in the order they ended
+    assert [c.attributes["meterway.deployment"] for c in clients] == ["p", "p", "b"]
+    assert [c.attributes["http.response.status_code"] for c in clients] == [500, 500, 200]
