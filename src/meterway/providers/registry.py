@@ -16,6 +16,10 @@ from meterway.providers.anthropic import DEFAULT_API_BASE as ANTHROPIC_BASE
 from meterway.providers.anthropic import AnthropicProvider
 from meterway.providers.azure import AzureProvider
 from meterway.providers.base import Api, Provider
+from meterway.providers.cohere import DEFAULT_API_BASE as COHERE_BASE
+from meterway.providers.cohere import CohereProvider
+from meterway.providers.gemini import DEFAULT_API_BASE as GEMINI_BASE
+from meterway.providers.gemini import GeminiProvider
 from meterway.providers.messages_adapter import MessagesAdapter
 from meterway.providers.mock import MockProvider
 from meterway.providers.openai import OpenAIProvider
@@ -23,7 +27,7 @@ from meterway.providers.openai import OpenAIProvider
 
 @dataclass(frozen=True, slots=True)
 class Alias:
-    module: str  # "openai", "azure", "anthropic" or "mock": the module that serves it
+    module: str  # "openai", "azure", "anthropic", "cohere", "gemini" or "mock": the module that serves it
     api_base: str | None  # default base URL; None means api_base must be configured
     key_env: tuple[str, ...] = ()
     base_env: tuple[str, ...] = ()
@@ -66,6 +70,9 @@ ALIASES: Mapping[str, Alias] = {
     "anthropic": Alias(
         "anthropic", ANTHROPIC_BASE, ("ANTHROPIC_API_KEY",), ("ANTHROPIC_API_BASE", "ANTHROPIC_BASE_URL")
     ),
+    "cohere": Alias("cohere", COHERE_BASE, ("COHERE_API_KEY", "CO_API_KEY"), ("COHERE_API_BASE",)),
+    "cohere_chat": Alias("cohere", COHERE_BASE, ("COHERE_API_KEY", "CO_API_KEY"), ("COHERE_API_BASE",)),
+    "gemini": Alias("gemini", GEMINI_BASE, ("GEMINI_API_KEY", "GOOGLE_API_KEY"), ("GEMINI_API_BASE",)),
     "mock": Alias("mock", None),
 }
 
@@ -126,6 +133,15 @@ def build(
         provider = MockProvider(label=label, upstream_model=resolved.upstream_model)
     elif module == "anthropic":
         provider = AnthropicProvider(
+            label=label,
+            upstream_model=resolved.upstream_model,
+            api_base=resolved.api_base,
+            api_key=resolved.api_key,
+            extra_headers=extra_headers,
+        )
+    elif module in ("cohere", "gemini"):
+        family = CohereProvider if module == "cohere" else GeminiProvider
+        provider = family(
             label=label,
             upstream_model=resolved.upstream_model,
             api_base=resolved.api_base,

@@ -36,7 +36,14 @@ log = logging.getLogger("meterway.telemetry")
 # gen_ai.operation.name by endpoint
 OPERATION = {Api.CHAT: "chat", Api.MESSAGES: "chat", Api.COMPLETIONS: "text_completion", Api.EMBEDDINGS: "embeddings"}
 # gen_ai.provider.name by provider family (the semantic conventions' well-known values)
-PROVIDER = {"openai": "openai", "azure": "azure.ai.openai", "anthropic": "anthropic", "mock": "meterway.mock"}
+PROVIDER = {
+    "openai": "openai",
+    "azure": "azure.ai.openai",
+    "anthropic": "anthropic",
+    "cohere": "cohere",
+    "gemini": "gcp.gemini",
+    "mock": "meterway.mock",
+}
 CONTENT_MAX = 16_384  # bytes of prompt or completion kept on a span, when content is captured
 USD_PER_UNIT = 1e-10
 

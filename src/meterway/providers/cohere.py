@@ -1,0 +1,344 @@
+"""Cohere's v2 API as an upstream: `/v2/chat` (plain, streamed, with tools) and `/v2/embed`.
+
+Clients speak OpenAI's chat and embeddings; this module translates the request, the answer and
+each stream event (Cohere's `message-start`, `content-delta`, `tool-call-*`, `message-end`) both
+ways. Usage is read from `usage.billed_units` (what Cohere bills), else `usage.tokens`. For
+embeddings, LiteLLM's `input_type` field picks Cohere's input type (`search_document` unless set).
+"""
+
+from __future__ import annotations
+
+import base64
+import struct
+import time
+import uuid
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from yarl import URL
+
+from meterway.errors import BadRequest, UpstreamError
+from meterway.providers import sse
+from meterway.providers.base import Api, Call, Parsed, StreamRelay, UpstreamRequest, Usage
+from meterway.providers.openai import error_from_body
+
+if TYPE_CHECKING:
+    from meterway.config.secret import Secret
+
+DEFAULT_API_BASE = "https://api.cohere.com"
+INPUT_TYPES = ("search_document", "search_query", "classification", "clustering", "image")
+
+FINISH = {
+    "COMPLETE": "stop",
+    "STOP_SEQUENCE": "stop",
+    "MAX_TOKENS": "length",
+    "TOOL_CALL": "tool_calls",
+    "ERROR_TOXIC": "content_filter",
+}
+# OpenAI chat parameters and their Cohere names; others are not sent
+PARAMS = {
+    "temperature": "temperature",
+    "top_p": "p",
+    "seed": "seed",
+    "frequency_penalty": "frequency_penalty",
+    "presence_penalty": "presence_penalty",
+    "max_tokens": "max_tokens",
+    "max_completion_tokens": "max_tokens",
+}
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return ""
+
+
+def _content(content: Any) -> Any:
+    """User content: a string, or Cohere's parts (text and image_url take OpenAI's shape)."""
+    if not isinstance(content, list):
+        return content if isinstance(content, str) else ""
+    parts = [p for p in content if isinstance(p, dict) and p.get("type") in ("text", "image_url")]
+    return parts
+
+
+def chat_request(request: Mapping[str, Any], model: str, stream: bool) -> dict[str, Any]:
+    messages: list[dict[str, Any]] = []
+    for m in request.get("messages") or []:
+        if not isinstance(m, dict):
+            raise BadRequest("Each message must be an object.", param="messages")
+        role = m.get("role")
+        if role in ("system", "developer"):
+            messages.append({"role": "system", "content": _text(m.get("content"))})
+        elif role == "user":
+            messages.append({"role": "user", "content": _content(m.get("content"))})
+        elif role == "assistant":
+            out: dict[str, Any] = {"role": "assistant"}
+            text = _text(m.get("content"))
+            if text:
+                out["content"] = text
+            calls = m.get("tool_calls")
+            if calls:
+                out["tool_calls"] = [
+                    {
+                        "id": c.get("id"),
+                        "type": "function",
+                        "function": {
+                            "name": c.get("function", {}).get("name"),
+                            "arguments": c.get("function", {}).get("arguments") or "{}",
+                        },
+                    }
+                    for c in calls
+                ]
+            messages.append(out)
+        elif role == "tool":
+            messages.append({"role": "tool", "tool_call_id": m.get("tool_call_id"), "content": _text(m.get("content"))})
+        else:
+            raise BadRequest(f"Message role '{role}' is not supported by Cohere.", param="messages")
+    body: dict[str, Any] = {"model": model, "messages": messages, "stream": stream}
+    for name, theirs in PARAMS.items():
+        if request.get(name) is not None:
+            body[theirs] = request[name]
+    stop = request.get("stop")
+    if stop is not None:
+        body["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+    if request.get("tools"):
+        body["tools"] = [
+            {"type": "function", "function": t["function"]}
+            for t in request["tools"]
+            if isinstance(t, dict) and "function" in t
+        ]
+    choice = request.get("tool_choice")
+    if choice == "required" or isinstance(choice, dict):
+        body["tool_choice"] = "REQUIRED"
+    elif choice == "none":
+        body["tool_choice"] = "NONE"
+    fmt = request.get("response_format")
+    if isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema"):
+        wanted: dict[str, Any] = {"type": "json_object"}
+        schema = (fmt.get("json_schema") or {}).get("schema")
+        if schema:
+            wanted["json_schema"] = schema
+        body["response_format"] = wanted
+    return body
+
+
+def usage_of(u: Any) -> Usage | None:
+    if not isinstance(u, dict):
+        return None
+    counts = u.get("billed_units") or u.get("tokens") or {}
+    prompt, completion = int(counts.get("input_tokens") or 0), int(counts.get("output_tokens") or 0)
+    return Usage(prompt, completion, prompt + completion)
+
+
+def _openai_usage(usage: Usage | None) -> dict[str, int] | None:
+    if usage is None:
+        return None
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+    }
+
+
+def chat_response(answer: Mapping[str, Any], model: str) -> tuple[dict[str, Any], Usage | None]:
+    message = answer.get("message") or {}
+    text = "".join(p.get("text", "") for p in message.get("content") or [] if p.get("type") == "text")
+    out: dict[str, Any] = {"role": "assistant", "content": text or None}
+    calls = message.get("tool_calls")
+    if calls:
+        out["tool_calls"] = [
+            {
+                "id": c.get("id"),
+                "type": "function",
+                "function": {"name": c["function"]["name"], "arguments": c["function"].get("arguments") or "{}"},
+            }
+            for c in calls
+        ]
+    usage = usage_of(answer.get("usage"))
+    chat = {
+        "id": answer.get("id") or f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "message": out, "finish_reason": FINISH.get(answer.get("finish_reason", ""), "stop")}],
+        "usage": _openai_usage(usage),
+    }
+    return chat, usage
+
+
+class ChatRelay:
+    """Cohere's events in, OpenAI chat chunks out, one state per stream."""
+
+    __slots__ = ("_created", "_id", "_include_usage", "_model", "_split", "usage")
+
+    def __init__(self, model: str, include_usage: bool) -> None:
+        self._split = sse.EventSplitter()
+        self._model = model
+        self._include_usage = include_usage
+        self._created = int(time.time())
+        self._id = f"chatcmpl-{uuid.uuid4().hex}"
+        self.usage: Usage | None = None
+
+    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
+        chunk = {
+            "id": self._id,
+            "object": "chat.completion.chunk",
+            "created": self._created,
+            "model": self._model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
+        return sse.format_data(orjson.dumps(chunk))
+
+    def feed(self, data: bytes) -> bytes:
+        out: list[bytes] = []
+        for raw in self._split.feed(data):
+            event = sse.parse_event(raw)
+            if not event.data:
+                continue
+            try:
+                payload = orjson.loads(event.data)
+            except orjson.JSONDecodeError:
+                continue
+            out += self._translate(payload)
+        return b"".join(out)
+
+    def _translate(self, e: dict[str, Any]) -> list[bytes]:
+        kind = e.get("type")
+        message = (e.get("delta") or {}).get("message") or {}
+        if kind == "message-start":
+            self._id = e.get("id") or self._id
+            return [self._chunk({"role": "assistant", "content": ""})]
+        if kind == "content-delta":
+            text = (message.get("content") or {}).get("text")
+            return [self._chunk({"content": text})] if text else []
+        if kind in ("tool-call-start", "tool-call-delta"):
+            call = message.get("tool_calls") or {}
+            function = call.get("function") or {}
+            item: dict[str, Any] = {"index": e.get("index", 0)}
+            if kind == "tool-call-start":
+                item.update(id=call.get("id"), type="function")
+                item["function"] = {"name": function.get("name"), "arguments": function.get("arguments") or ""}
+            else:
+                item["function"] = {"arguments": function.get("arguments") or ""}
+            return [self._chunk({"tool_calls": [item]})]
+        if kind == "message-end":
+            delta = e.get("delta") or {}
+            self.usage = usage_of(delta.get("usage"))
+            out = [self._chunk({}, FINISH.get(delta.get("finish_reason", ""), "stop"))]
+            if self._include_usage and self.usage is not None:
+                chunk = {
+                    "id": self._id,
+                    "object": "chat.completion.chunk",
+                    "created": self._created,
+                    "model": self._model,
+                    "choices": [],
+                    "usage": _openai_usage(self.usage),
+                }
+                out.append(sse.format_data(orjson.dumps(chunk)))
+            return out
+        return []
+
+    def finish(self) -> bytes:
+        return sse.DONE
+
+
+def embed_request(request: Mapping[str, Any], model: str) -> dict[str, Any]:
+    texts = request.get("input")
+    if isinstance(texts, str):
+        texts = [texts]
+    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        raise BadRequest("Cohere embeddings take text input: a string or a list of strings.", param="input")
+    input_type = request.get("input_type") or "search_document"
+    if input_type not in INPUT_TYPES:
+        raise BadRequest(f"input_type must be one of {', '.join(INPUT_TYPES)}.", param="input_type")
+    body: dict[str, Any] = {"model": model, "texts": texts, "input_type": input_type, "embedding_types": ["float"]}
+    if request.get("dimensions"):
+        body["output_dimension"] = request["dimensions"]
+    return body
+
+
+def embed_response(answer: Mapping[str, Any], model: str, base64_out: bool) -> tuple[dict[str, Any], Usage | None]:
+    vectors = answer.get("embeddings") or {}
+    if isinstance(vectors, dict):
+        vectors = vectors.get("float") or []
+    data = [
+        {
+            "object": "embedding",
+            "index": i,
+            "embedding": base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode() if base64_out else v,
+        }
+        for i, v in enumerate(vectors)
+    ]
+    billed = ((answer.get("meta") or {}).get("billed_units") or {}).get("input_tokens")
+    usage = Usage(int(billed), 0, int(billed)) if billed is not None else None
+    tokens = usage.prompt_tokens if usage else 0
+    return {
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }, usage
+
+
+class CohereProvider:
+    family = "cohere"
+    local = False
+
+    def __init__(
+        self,
+        *,
+        label: str,
+        upstream_model: str,
+        api_base: str | None,
+        api_key: Secret | None,
+        extra_headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.label = label
+        self.upstream_model = upstream_model
+        base = (api_base or DEFAULT_API_BASE).rstrip("/")
+        base = base if base.endswith("/v2") else base + "/v2"
+        self.urls = {Api.CHAT: URL(base + "/chat"), Api.EMBEDDINGS: URL(base + "/embed")}
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key.reveal()}"
+        headers.update(extra_headers or {})
+        self.headers = headers
+
+    def supports(self, api: Api) -> bool:
+        return api in self.urls
+
+    def build_request(self, call: Call) -> UpstreamRequest:
+        request = _decode(call.body)
+        if call.api is Api.EMBEDDINGS:
+            body = embed_request(request, self.upstream_model)
+        else:
+            body = chat_request(request, self.upstream_model, call.head.stream)
+        return UpstreamRequest("POST", self.urls[call.api], self.headers, orjson.dumps(body), call.head.stream)
+
+    def parse_response(self, call: Call, body: bytes) -> Parsed:
+        answer = orjson.loads(body)
+        if call.api is Api.EMBEDDINGS:
+            wants_base64 = b'"base64"' in call.body and _decode(call.body).get("encoding_format") == "base64"
+            out, usage = embed_response(answer, call.head.model, wants_base64)
+        else:
+            out, usage = chat_response(answer, call.head.model)
+        return Parsed(orjson.dumps(out), usage)
+
+    def open_stream(self, call: Call) -> StreamRelay:
+        return ChatRelay(call.head.model, call.head.include_usage)
+
+    def map_error(self, call: Call, status: int, body: bytes) -> UpstreamError:
+        return error_from_body(status, body, self.label)
+
+
+def _decode(body: bytes) -> dict[str, Any]:
+    try:
+        request = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise BadRequest("The request body is not valid JSON.") from None
+    if not isinstance(request, dict):
+        raise BadRequest("The request body must be a JSON object.")
+    return request

@@ -1,0 +1,394 @@
+"""Google's Gemini API (generativelanguage.googleapis.com) as an upstream, with API-key auth.
+
+Chat goes to `models/{model}:generateContent`, streams to `:streamGenerateContent?alt=sse` (each
+event a partial `GenerateContentResponse`), embeddings to `:embedContent` (one input) or
+`:batchEmbedContents` (several). OpenAI's messages become `contents` (assistant -> `model`, tool
+results -> `functionResponse` parts named after the call they answer) and `systemInstruction`;
+tools become `functionDeclarations`. Usage comes from `usageMetadata`: thinking tokens count as
+output (they are billed so) and as reasoning; cached content as cached prompt tokens. Gemini's
+embedding answers carry no usage, so the ledger counts those tokens itself (marked estimated).
+"""
+
+from __future__ import annotations
+
+import base64
+import struct
+import time
+import uuid
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from yarl import URL
+
+from meterway.errors import BadRequest, UpstreamError
+from meterway.providers import sse
+from meterway.providers.base import Api, Call, Parsed, StreamRelay, UpstreamRequest, Usage
+from meterway.providers.openai import error_from_body
+
+if TYPE_CHECKING:
+    from meterway.config.secret import Secret
+
+DEFAULT_API_BASE = "https://generativelanguage.googleapis.com/v1beta"
+
+FINISH = {
+    "STOP": "stop",
+    "MAX_TOKENS": "length",
+    "SAFETY": "content_filter",
+    "RECITATION": "content_filter",
+    "BLOCKLIST": "content_filter",
+    "PROHIBITED_CONTENT": "content_filter",
+    "SPII": "content_filter",
+}
+GENERATION = {
+    "temperature": "temperature",
+    "top_p": "topP",
+    "max_tokens": "maxOutputTokens",
+    "max_completion_tokens": "maxOutputTokens",
+    "n": "candidateCount",
+    "seed": "seed",
+    "presence_penalty": "presencePenalty",
+    "frequency_penalty": "frequencyPenalty",
+}
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return ""
+
+
+def _parts(content: Any) -> list[dict[str, Any]]:
+    if isinstance(content, str):
+        return [{"text": content}]
+    parts: list[dict[str, Any]] = []
+    for p in content if isinstance(content, list) else []:
+        if not isinstance(p, dict):
+            continue
+        if p.get("type") == "text":
+            parts.append({"text": p.get("text", "")})
+        elif p.get("type") == "image_url":
+            url = (p.get("image_url") or {}).get("url", "")
+            if url.startswith("data:") and ";base64," in url:
+                mime, _, data = url[5:].partition(";base64,")
+                parts.append({"inlineData": {"mimeType": mime, "data": data}})
+            else:
+                parts.append({"fileData": {"fileUri": url}})
+    return parts
+
+
+def chat_request(request: Mapping[str, Any]) -> dict[str, Any]:
+    system: list[dict[str, Any]] = []
+    contents: list[dict[str, Any]] = []
+    names: dict[str, str] = {}  # tool call id -> function name, for the results that answer them
+
+    def add(role: str, parts: list[dict[str, Any]]) -> None:
+        if contents and contents[-1]["role"] == role:  # Gemini wants turns to alternate
+            contents[-1]["parts"].extend(parts)
+        else:
+            contents.append({"role": role, "parts": parts})
+
+    for m in request.get("messages") or []:
+        if not isinstance(m, dict):
+            raise BadRequest("Each message must be an object.", param="messages")
+        role = m.get("role")
+        if role in ("system", "developer"):
+            system.append({"text": _text(m.get("content"))})
+        elif role == "user":
+            add("user", _parts(m.get("content")))
+        elif role == "assistant":
+            parts: list[dict[str, Any]] = [{"text": t}] if (t := _text(m.get("content"))) else []
+            for c in m.get("tool_calls") or []:
+                function = c.get("function") or {}
+                names[str(c.get("id"))] = function.get("name", "")
+                try:
+                    args = orjson.loads(function.get("arguments") or "{}")
+                except orjson.JSONDecodeError:
+                    raise BadRequest("tool_calls arguments must be JSON.", param="messages") from None
+                parts.append({"functionCall": {"name": function.get("name"), "args": args}})
+            add("model", parts)
+        elif role == "tool":
+            text = _text(m.get("content"))
+            try:
+                result = orjson.loads(text)
+            except orjson.JSONDecodeError:
+                result = None
+            response = result if isinstance(result, dict) else {"content": text}
+            name = names.get(str(m.get("tool_call_id")), m.get("name") or "")
+            add("user", [{"functionResponse": {"name": name, "response": response}}])
+        else:
+            raise BadRequest(f"Message role '{role}' is not supported by Gemini.", param="messages")
+    body: dict[str, Any] = {"contents": contents}
+    if system:
+        body["systemInstruction"] = {"parts": system}
+    config: dict[str, Any] = {
+        theirs: request[ours] for ours, theirs in GENERATION.items() if request.get(ours) is not None
+    }
+    stop = request.get("stop")
+    if stop is not None:
+        config["stopSequences"] = [stop] if isinstance(stop, str) else list(stop)
+    fmt = request.get("response_format")
+    if isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema"):
+        config["responseMimeType"] = "application/json"
+        schema = (fmt.get("json_schema") or {}).get("schema")
+        if schema:
+            config["responseJsonSchema"] = schema
+    if config:
+        body["generationConfig"] = config
+    tools = [t["function"] for t in request.get("tools") or [] if isinstance(t, dict) and "function" in t]
+    if tools:
+        body["tools"] = [{"functionDeclarations": tools}]
+    choice = request.get("tool_choice")
+    if choice in ("none", "auto", "required") or isinstance(choice, dict):
+        mode = {"none": "NONE", "auto": "AUTO"}.get(choice, "ANY") if isinstance(choice, str) else "ANY"
+        calling: dict[str, Any] = {"mode": mode}
+        if isinstance(choice, dict):
+            calling["allowedFunctionNames"] = [(choice.get("function") or {}).get("name")]
+        body["toolConfig"] = {"functionCallingConfig": calling}
+    return body
+
+
+def usage_of(meta: Any) -> Usage | None:
+    if not isinstance(meta, dict):
+        return None
+    prompt = int(meta.get("promptTokenCount") or 0)
+    thoughts = int(meta.get("thoughtsTokenCount") or 0)
+    completion = int(meta.get("candidatesTokenCount") or 0) + thoughts
+    total = int(meta.get("totalTokenCount") or prompt + completion)
+    return Usage(
+        prompt,
+        completion,
+        total,
+        cached_tokens=int(meta.get("cachedContentTokenCount") or 0),
+        reasoning_tokens=thoughts,
+    )
+
+
+def _openai_usage(usage: Usage) -> dict[str, Any]:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+        "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
+    }
+
+
+def _message(parts: list[Any], first_call: int) -> tuple[str, list[dict[str, Any]]]:
+    """A candidate's text (thoughts left out) and its function calls as OpenAI tool calls."""
+    text = "".join(p.get("text", "") for p in parts if isinstance(p, dict) and "text" in p and not p.get("thought"))
+    calls = [
+        {
+            "index": first_call + i,
+            "id": p["functionCall"].get("id") or f"call_{uuid.uuid4().hex[:24]}",
+            "type": "function",
+            "function": {
+                "name": p["functionCall"].get("name"),
+                "arguments": orjson.dumps(p["functionCall"].get("args") or {}).decode(),
+            },
+        }
+        for i, p in enumerate(q for q in parts if isinstance(q, dict) and "functionCall" in q)
+    ]
+    return text, calls
+
+
+def _finish(reason: str | None, calls: bool) -> str | None:
+    if reason is None:
+        return None
+    return "tool_calls" if calls and reason == "STOP" else FINISH.get(reason, "stop")
+
+
+def chat_response(answer: Mapping[str, Any], model: str) -> tuple[dict[str, Any], Usage | None]:
+    choices = []
+    for i, candidate in enumerate(answer.get("candidates") or []):
+        text, calls = _message((candidate.get("content") or {}).get("parts") or [], 0)
+        message: dict[str, Any] = {"role": "assistant", "content": text or None}
+        if calls:
+            message["tool_calls"] = [{k: v for k, v in c.items() if k != "index"} for c in calls]
+        choices.append(
+            {
+                "index": candidate.get("index", i),
+                "message": message,
+                "finish_reason": _finish(candidate.get("finishReason") or "STOP", bool(calls)),
+            }
+        )
+    usage = usage_of(answer.get("usageMetadata"))
+    return {
+        "id": answer.get("responseId") or f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": choices,
+        "usage": _openai_usage(usage) if usage else None,
+    }, usage
+
+
+class ChatRelay:
+    """Partial GenerateContentResponses in, OpenAI chat chunks out; usage from the last that has it."""
+
+    __slots__ = ("_calls", "_created", "_id", "_include_usage", "_model", "_split", "_started", "usage")
+
+    def __init__(self, model: str, include_usage: bool) -> None:
+        self._split = sse.EventSplitter()
+        self._model = model
+        self._include_usage = include_usage
+        self._created = int(time.time())
+        self._id = f"chatcmpl-{uuid.uuid4().hex}"
+        self._started: set[int] = set()
+        self._calls: dict[int, int] = {}  # candidate -> tool calls sent so far
+        self.usage: Usage | None = None
+
+    def _chunk(self, choices: list[dict[str, Any]], usage: Usage | None = None) -> bytes:
+        chunk: dict[str, Any] = {
+            "id": self._id,
+            "object": "chat.completion.chunk",
+            "created": self._created,
+            "model": self._model,
+            "choices": choices,
+        }
+        if usage is not None:
+            chunk["usage"] = _openai_usage(usage)
+        return sse.format_data(orjson.dumps(chunk))
+
+    def feed(self, data: bytes) -> bytes:
+        out: list[bytes] = []
+        for raw in self._split.feed(data):
+            event = sse.parse_event(raw)
+            if not event.data:
+                continue
+            try:
+                payload = orjson.loads(event.data)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(payload, dict):
+                out += self._translate(payload)
+        return b"".join(out)
+
+    def _translate(self, e: dict[str, Any]) -> list[bytes]:
+        if e.get("usageMetadata"):
+            self.usage = usage_of(e["usageMetadata"])
+        choices = []
+        for i, candidate in enumerate(e.get("candidates") or []):
+            index = candidate.get("index", i)
+            sent = self._calls.get(index, 0)
+            text, calls = _message((candidate.get("content") or {}).get("parts") or [], sent)
+            delta: dict[str, Any] = {}
+            if index not in self._started:
+                self._started.add(index)
+                delta["role"] = "assistant"
+            if text:
+                delta["content"] = text
+            if calls:
+                delta["tool_calls"] = calls
+                self._calls[index] = sent + len(calls)
+            finish = _finish(candidate.get("finishReason"), bool(self._calls.get(index)))
+            if delta or finish:
+                choices.append({"index": index, "delta": delta, "finish_reason": finish})
+        return [self._chunk(choices)] if choices else []
+
+    def finish(self) -> bytes:
+        if self._include_usage and self.usage is not None:
+            return self._chunk([], self.usage) + sse.DONE
+        return sse.DONE
+
+
+def _texts(request: Mapping[str, Any]) -> list[str]:
+    value = request.get("input")
+    texts = [value] if isinstance(value, str) else value
+    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        raise BadRequest("Gemini embeddings take text input: a string or a list of strings.", param="input")
+    return texts
+
+
+class GeminiProvider:
+    family = "gemini"
+    local = False
+
+    def __init__(
+        self,
+        *,
+        label: str,
+        upstream_model: str,
+        api_base: str | None,
+        api_key: Secret | None,
+        extra_headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.label = label
+        self.upstream_model = upstream_model
+        base = (api_base or DEFAULT_API_BASE).rstrip("/")
+        if not base.rstrip("/").endswith(("/v1beta", "/v1")):
+            base += "/v1beta"
+        model = upstream_model.removeprefix("models/")
+        self._resource = f"models/{model}"
+        root = f"{base}/{self._resource}"
+        self.urls = {
+            "chat": URL(root + ":generateContent"),
+            "stream": URL(root + ":streamGenerateContent").with_query(alt="sse"),
+            "embed": URL(root + ":embedContent"),
+            "batch": URL(root + ":batchEmbedContents"),
+        }
+        headers = {"Content-Type": "application/json"}
+        if api_key:
+            headers["x-goog-api-key"] = api_key.reveal()
+        headers.update(extra_headers or {})
+        self.headers = headers
+
+    def supports(self, api: Api) -> bool:
+        return api in (Api.CHAT, Api.EMBEDDINGS)
+
+    def build_request(self, call: Call) -> UpstreamRequest:
+        request = _decode(call.body)
+        if call.api is Api.EMBEDDINGS:
+            texts = _texts(request)
+            extra: dict[str, Any] = {}
+            if request.get("dimensions"):
+                extra["outputDimensionality"] = request["dimensions"]
+            if request.get("task_type"):
+                extra["taskType"] = request["task_type"]
+            if isinstance(request.get("input"), str):
+                body: dict[str, Any] = {"content": {"parts": [{"text": texts[0]}]}, **extra}
+                return UpstreamRequest("POST", self.urls["embed"], self.headers, orjson.dumps(body), False)
+            body = {
+                "requests": [{"model": self._resource, "content": {"parts": [{"text": t}]}, **extra} for t in texts]
+            }
+            return UpstreamRequest("POST", self.urls["batch"], self.headers, orjson.dumps(body), False)
+        url = self.urls["stream" if call.head.stream else "chat"]
+        return UpstreamRequest("POST", url, self.headers, orjson.dumps(chat_request(request)), call.head.stream)
+
+    def parse_response(self, call: Call, body: bytes) -> Parsed:
+        answer = orjson.loads(body)
+        if call.api is not Api.EMBEDDINGS:
+            out, usage = chat_response(answer, call.head.model)
+            return Parsed(orjson.dumps(out), usage)
+        found = answer.get("embeddings") or ([answer["embedding"]] if "embedding" in answer else [])
+        wants_base64 = b'"base64"' in call.body and _decode(call.body).get("encoding_format") == "base64"
+        data = []
+        for i, e in enumerate(found):
+            v = e.get("values") or []
+            vector: Any = base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode() if wants_base64 else v
+            data.append({"object": "embedding", "index": i, "embedding": vector})
+        out = {
+            "object": "list",
+            "data": data,
+            "model": call.head.model,
+            "usage": {"prompt_tokens": 0, "total_tokens": 0},
+        }
+        return Parsed(orjson.dumps(out), None)
+
+    def open_stream(self, call: Call) -> StreamRelay:
+        return ChatRelay(call.head.model, call.head.include_usage)
+
+    def map_error(self, call: Call, status: int, body: bytes) -> UpstreamError:
+        return error_from_body(status, body, self.label)
+
+
+def _decode(body: bytes) -> dict[str, Any]:
+    try:
+        request = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise BadRequest("The request body is not valid JSON.") from None
+    if not isinstance(request, dict):
+        raise BadRequest("The request body must be a JSON object.")
+    return request
