@@ -92,11 +92,12 @@ async def handle(services: Services, api: Api, decode: HeadDecoder, scope: Scope
             if hit is not None:
                 return await _serve_hit(services, ctx, group, hit, responder, ran)
             responder.cache = b"miss"
-        visited: set[str] = set()
+        visited: set[str] | None = None  # groups tried: made only when routing can fall back
         if group.plain:
             deployment = group.deployments[0]
             responder.extra = group.headers
         else:
+            visited = set()
             group, deployment = await _first(services.router, group, visited)
         ctx.deployment = deployment
         if not deployment.provider_for(api).supports(api):
@@ -109,7 +110,7 @@ async def handle(services: Services, api: Api, decode: HeadDecoder, scope: Scope
             await hook.before(ctx)
             ran.append(hook)
         call = Call(api, ctx.body, ctx.head or head, rid)
-        if group.plain:
+        if visited is None:
             await forward(services, ctx, call, deployment, responder, receive)
         else:
             await _routed(services, ctx, call, group, deployment, visited, responder, receive)
