@@ -165,6 +165,7 @@ class Gateway:
         self._listening: asyncio.Task[None] | None = None
         self._sending: asyncio.Task[None] | None = None
         self._cooling: asyncio.Task[None] | None = None  # takes in other replicas' cooldowns
+        self._watching: asyncio.Task[None] | None = None  # takes in other replicas' model changes
         self.sender: Sender | None = None
         self._backlog_at = float("-inf")
         self.readiness = health.Readiness()
@@ -280,7 +281,7 @@ class Gateway:
                     self.sender.stop()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(asyncio.shield(self._sending), SENDER_STOP_S)
-                for task in (self._listening, self._sending, self._cooling):
+                for task in (self._listening, self._sending, self._cooling, self._watching):
                     if task is not None:
                         task.cancel()
                         with contextlib.suppress(asyncio.CancelledError):
@@ -332,9 +333,40 @@ class Gateway:
             self.key_routes.sender = self.sender
         self.webhooks = webhooks.Webhooks(settings, store, services.http)
         self.key_routes.webhooks = self.webhooks
+        await self._open_models(services, store)
         services.ledger.write = store.ledger.write
         services.ledger.kick()  # rows of requests served while the store was opening
         self.store_state = "open"
+
+    async def _open_models(self, services: Services, store: Store) -> None:
+        """Models in the database (STORE_MODEL_IN_DB): served from now on, and watched for other
+        replicas' changes. Without it `/model/info` still lists the config file's."""
+        from meterway.routing.runtime import RuntimeModels
+        from meterway.store.models import ModelStore, Sealer
+
+        settings = self.settings
+        key = settings.salt_key or settings.master_key
+        if settings.store_models and key is None:
+            log.error("STORE_MODEL_IN_DB needs METERWAY_SALT_KEY (or a master key) to encrypt credentials")
+        sealer = Sealer(key) if key is not None else None
+        runtime = RuntimeModels(
+            settings,
+            ModelStore(store.engine, sealer) if sealer is not None else None,
+            services.router,
+            services.models,
+            services.ledger,
+            services.redis,
+            settings.redis_prefix + "models",
+            writable=settings.store_models and sealer is not None,
+        )
+        if runtime.writable:
+            try:
+                await runtime.reload()
+            except Exception:
+                log.exception("stored models could not be read; serving the config file's")
+            self._watching = asyncio.create_task(runtime.watch())
+        assert self.key_routes is not None
+        self.key_routes.models = runtime
 
 
 async def _principal_for(store: Store, key_digest: str) -> Principal | None:

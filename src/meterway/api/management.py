@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from meterway.app import Services
     from meterway.billing.sender import Sender
     from meterway.billing.setup import BillingLink
+    from meterway.routing.runtime import RuntimeModels
     from meterway.store.keys import KeyRecord
     from meterway.store.runtime import Store
 
@@ -163,6 +164,7 @@ class KeyRoutes:
         self.sender: Sender | None = None  # the billing sender of this process, when it runs one
         self.billing: BillingLink | None = None  # Lago, when billing export is configured
         self.webhooks: Webhooks | None = None  # the usage webhooks of this process, once the store is open
+        self.models: RuntimeModels | None = None  # /model/*: deployments in the database
         self.secret = secret  # derives regenerated keys, so that a retried regeneration gives the same key
 
     async def regenerate(self, body: bytes, query: dict[str, str]) -> dict[str, Any]:
@@ -323,9 +325,9 @@ ROUTES: dict[tuple[str, str], Handler] = {
 
 
 def all_routes() -> dict[tuple[str, str], Handler]:
-    from meterway.api import billing, reports, tenancy, webhooks
+    from meterway.api import billing, model_admin, reports, tenancy, webhooks
 
-    return {**ROUTES, **tenancy.ROUTES, **reports.ROUTES, **billing.ROUTES, **webhooks.ROUTES}
+    return {**ROUTES, **tenancy.ROUTES, **reports.ROUTES, **billing.ROUTES, **webhooks.ROUTES, **model_admin.ROUTES}
 
 
 _OWN_USAGE = frozenset({"/spend/logs", "/usage", "/global/spend/report"})  # an internal user sees its own

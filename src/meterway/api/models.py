@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from meterway.config.settings import Settings
+from meterway.config.settings import Deployment, Settings
 
 if TYPE_CHECKING:
     from meterway.auth import Principal
@@ -15,13 +15,18 @@ if TYPE_CHECKING:
 
 class ModelList:
     def __init__(self, settings: Settings) -> None:
-        created = int(time.time())
-        self._entries: dict[str, dict[str, Any]] = {}
-        for d in settings.deployments:
-            self._entries.setdefault(
-                d.model_name, {"id": d.model_name, "object": "model", "created": created, "owned_by": d.family}
+        self._created = int(time.time())
+        self.rebuild(settings.deployments)
+
+    def rebuild(self, deployments: tuple[Deployment, ...]) -> None:
+        """The listing for these deployments (at start, and when models change at runtime)."""
+        entries: dict[str, dict[str, Any]] = {}
+        for d in deployments:
+            entries.setdefault(
+                d.model_name, {"id": d.model_name, "object": "model", "created": self._created, "owned_by": d.family}
             )
-        self.body = orjson.dumps({"object": "list", "data": list(self._entries.values())})
+        self._entries = entries
+        self.body = orjson.dumps({"object": "list", "data": list(entries.values())})
 
     def listing(self, principal: Principal) -> bytes:
         """All models, or those a restricted key may use (built per call: rare, and not on the hot path)."""

@@ -84,6 +84,7 @@ GENERAL = {
     "lease_ttl_seconds",
     "ledger_queue_size",
     "webhook_secret",
+    "store_model_in_db",
 }
 LITELLM = {"request_timeout", "callbacks", "success_callback", "cache", "cache_params"}
 CACHE_PARAMS = {"type", "ttl", "namespace", "host", "port", "password", "hit_cost_ratio", "supported_call_types"}
@@ -289,12 +290,19 @@ def parse_config(
         f"litellm_settings.callbacks: '{c}' is not supported; ignored" for c in callbacks if str(c) not in CALLBACKS
     ]
     telemetry = parse_telemetry(_section(data, "telemetry", env), callbacks, env)
+    store_models = general.get("store_model_in_db", env.get("STORE_MODEL_IN_DB", False))
+    if isinstance(store_models, str):
+        store_models = store_models.strip().lower() in ("1", "true", "yes", "on")
+    if not isinstance(store_models, bool):
+        raise ConfigError("general_settings.store_model_in_db must be true or false")
     routing = parse_routing(router, {d.model_name for d in deployments})
 
     return Settings(
         deployments=tuple(deployments),
         routing=routing,
         cache=cache,
+        store_models=store_models,
+        default_timeout_s=default_timeout,
         billing=billing,
         telemetry=telemetry,
         webhook_secret=Secret(webhook_secret) if webhook_secret else None,
@@ -313,6 +321,15 @@ def parse_config(
         source=source,
         warnings=tuple(warnings),
     )
+
+
+def runtime_deployment(entry: Mapping[str, Any], settings: Settings, where: str) -> Deployment:
+    """A deployment added at runtime (`/model/new`), resolved and checked as a config entry is;
+    its warnings (an ignored parameter, no known price) are returned to the caller, not logged."""
+    warnings: list[str] = []
+    stream = settings.routing.stream_timeout_s
+    dep = _deployment(dict(entry), 0, os.environ, settings.default_timeout_s, stream, {}, warnings)
+    return _priced(dep, prices.load())
 
 
 def _cache(litellm_settings: Mapping[str, Any], warnings: list[str]) -> tuple[CacheSettings | None, str | None]:

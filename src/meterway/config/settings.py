@@ -80,6 +80,8 @@ class Settings:
     telemetry: Telemetry = field(default_factory=Telemetry)  # traces and metrics settings
     routing: RoutingPolicy = field(default_factory=RoutingPolicy)  # router_settings: strategy, retries, fallbacks
     cache: CacheSettings | None = None  # litellm_settings.cache: the response cache, when on
+    store_models: bool = False  # STORE_MODEL_IN_DB: /model/new and friends store deployments in the database
+    default_timeout_s: float = DEFAULT_TIMEOUT_S  # for deployments (also those added at runtime) that set none
     webhook_secret: Secret | None = None  # general_settings.webhook_secret / METERWAY_WEBHOOK_SECRET: usage webhooks
 
     def model_names(self) -> list[str]:

@@ -59,6 +59,10 @@ class Ledger:
         self._prices: dict[str, pricing.UnitPrices | None] = {}  # deployment id -> unit prices, or None: unpriced
         self.cache_hit_ratio = Decimal(0)  # a response-cache hit's cost, as a fraction of the upstream price
 
+    def forget_prices(self) -> None:
+        """Deployments changed (models managed at runtime): prices are looked up afresh."""
+        self._prices.clear()
+
     @property
     def healthy(self) -> bool:
         """False while writes to the store fail (rows are queued and retried meanwhile)."""

@@ -77,18 +77,24 @@ class Router:
         rng: random.Random | None = None,
     ) -> None:
         self.policy = policy = policy or RoutingPolicy()
-        grouped: dict[str, list[Deployment]] = {}
-        for d in deployments:
-            grouped.setdefault(d.model_name, []).append(d)
-        self._groups = {name: self._group(name, tuple(ds)) for name, ds in grouped.items()}
+        self.replace(deployments)
         self._rng = rng or random.Random()
         self.cooldowns = Cooldowns(policy.allowed_fails, policy.cooldown_s if policy.cooldowns else 0.0, redis, prefix)
         self.usage = Usage(redis, prefix + "router:") if policy.strategy == "usage-based-routing-v2" else None
         self._busy: dict[str, int] = {}  # least-busy: requests in flight per deployment
         self._latency: dict[str, float] = {}  # latency-based: moving average, seconds
+        self.tracks = policy.strategy in ("least-busy", "latency-based-routing", "usage-based-routing-v2")
+
+    def replace(self, deployments: tuple[Deployment, ...]) -> None:
+        """Serves these deployments from now on (models added or removed at runtime). The maps are
+        swapped whole, so a request in flight keeps the deployment it picked."""
+        grouped: dict[str, list[Deployment]] = {}
+        for d in deployments:
+            grouped.setdefault(d.model_name, []).append(d)
+        self.deployments = deployments
+        self._groups = {name: self._group(name, tuple(ds)) for name, ds in grouped.items()}
         self._headers: dict[str, Headers] = {d.id: route_headers(d, 1) for d in deployments}
         self._by_id = {d.id: d for d in deployments}
-        self.tracks = policy.strategy in ("least-busy", "latency-based-routing", "usage-based-routing-v2")
 
     def _group(self, name: str, ds: tuple[Deployment, ...]) -> Group:
         p = self.policy

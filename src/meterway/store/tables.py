@@ -258,3 +258,16 @@ usage_daily = Table(
     Index("ix_mw_usage_daily_customer_id_day", "customer_id", "day"),
     Index("ix_mw_usage_daily_day_model_group", "day", "model_group"),
 )
+
+# Deployments added at runtime (`/model/new`, with STORE_MODEL_IN_DB), added by migration 0008.
+# `litellm_params` holds the deployment's parameters, credentials included, as one Fernet token
+# (see `meterway.store.models`): nothing in this table can call a provider without the salt key.
+models = Table(
+    "mw_models",
+    metadata,
+    Column("model_id", String(255), primary_key=True),
+    Column("model_name", String(255), nullable=False, index=True),
+    Column("litellm_params", Text, nullable=False),  # encrypted JSON
+    Column("model_info", JSON, nullable=False, default=dict),
+    *_times(),
+)
