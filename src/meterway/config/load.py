@@ -87,7 +87,7 @@ GENERAL = {
     "store_model_in_db",
 }
 LITELLM = {"request_timeout", "callbacks", "success_callback", "cache", "cache_params"}
-CACHE_PARAMS = {"type", "ttl", "namespace", "host", "port", "password", "hit_cost_ratio", "supported_call_types"}
+CACHE_PARAMS = {"type", "ttl", "namespace", "host", "port", "password", "hit_cost_ratio"}
 # LiteLLM callbacks meterway covers itself: otel (traces), prometheus (/metrics is always on),
 # lago (the billing section, or the LAGO_* variables)
 CALLBACKS = {"otel", "prometheus", "lago"}
