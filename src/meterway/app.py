@@ -342,22 +342,26 @@ class Gateway:
         """Models in the database (STORE_MODEL_IN_DB): served from now on, and watched for other
         replicas' changes. Without it `/model/info` still lists the config file's."""
         from meterway.routing.runtime import RuntimeModels
-        from meterway.store.models import ModelStore, Sealer
+        from meterway.store.models import ModelStore
 
         settings = self.settings
         key = settings.salt_key or settings.master_key
+        models_store = None
         if settings.store_models and key is None:
             log.error("STORE_MODEL_IN_DB needs METERWAY_SALT_KEY (or a master key) to encrypt credentials")
-        sealer = Sealer(key) if key is not None else None
+        elif settings.store_models and key is not None:
+            from meterway.store.sealing import Sealer
+
+            models_store = ModelStore(store.engine, Sealer(key))
         runtime = RuntimeModels(
             settings,
-            ModelStore(store.engine, sealer) if sealer is not None else None,
+            models_store,
             services.router,
             services.models,
             services.ledger,
             services.redis,
             settings.redis_prefix + "models",
-            writable=settings.store_models and sealer is not None,
+            writable=models_store is not None,
         )
         if runtime.writable:
             try:

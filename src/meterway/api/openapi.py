@@ -13,6 +13,7 @@ from meterway.api import billing as b
 from meterway.api import management as m
 from meterway.api import tenancy as t
 from meterway.api import webhooks as w
+from meterway.routing import runtime as r
 
 Query = tuple[str, ...]
 
@@ -83,6 +84,16 @@ OPERATIONS: list[tuple[str, str, str, type[msgspec.Struct] | None, Query]] = [
     ("GET", "/webhooks/stats", "Reported usage: received, accepted, duplicates, rejected; rows and exports", None, ()),
     ("GET", "/webhooks/validate", "Whether reported usage can reach Lago (URL, key, billable metric)", None, ()),
     ("POST", "/webhooks/reprocess", "Parked exports of reported usage sent again", w.WebhookReprocessRequest, ()),
+    (
+        "POST",
+        "/model/new",
+        "Add a deployment (STORE_MODEL_IN_DB); its credentials are stored encrypted",
+        r.ModelNew,
+        (),
+    ),
+    ("POST", "/model/update", "Change a stored deployment (model_info.id); given fields are merged", r.ModelUpdate, ()),
+    ("POST", "/model/delete", "Delete a stored deployment", r.ModelDelete, ()),
+    ("GET", "/model/info", "Every deployment, credentials left out", None, ("litellm_model_id",)),
     (
         "GET",
         "/customer/{customer_id}/invoice-preview",

@@ -168,12 +168,13 @@ async def _serve_hit(
     after the same limits; a stream is replayed event by event, its last one after the commit."""
     router = services.router
     deployment = router.deployment(hit.deployment_id) or group.deployments[0]
-    ctx.deployment, ctx.cache_hit, ctx.attempts, ctx.usage = deployment, True, 0, hit.usage
-    responder.cache = b"hit"
-    responder.extra = router.headers(deployment, 0)
+    ctx.deployment = deployment
     for hook in services.hooks:
         await hook.before(ctx)
         ran.append(hook)
+    ctx.cache_hit, ctx.attempts, ctx.usage = True, 0, hit.usage  # only once the limits let it through
+    responder.cache = b"hit"
+    responder.extra = router.headers(deployment, 0)
     if not hit.stream:
         ctx.answer = hit.body
         return await _answer(services, ctx, Parsed(hit.body, hit.usage, hit.content_type), responder)
@@ -266,7 +267,8 @@ async def _routed(
             kind = None if responder.started else retry_kind(err)
             if kind is None:
                 raise
-            await router.failed(group, deployment, err)
+            if kind == "retry":  # a prompt too long or refused says nothing about the deployment
+                await router.failed(group, deployment, err)
             following: Deployment | None = None
             if kind == "retry" and retries > 0:
                 retries -= 1

@@ -123,13 +123,6 @@ class Router:
             raise ModelNotFound(model, self.model_names)
         return group
 
-    def pick(self, model: str) -> Deployment:
-        """A pick that waits for nothing: cooldowns apply, usage counts do not."""
-        group = self.group(model)
-        if len(group.deployments) == 1:
-            return group.deployments[0]
-        return self._rng.choices(group.deployments, weights=group.weights)[0]
-
     def deployment(self, ident: str | None) -> Deployment | None:
         return None if ident is None else self._by_id.get(ident)
 

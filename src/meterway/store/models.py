@@ -1,52 +1,27 @@
-"""Deployments stored in the database (`/model/new` with STORE_MODEL_IN_DB), their parameters
-encrypted at rest.
-
-`litellm_params` (the provider, base URL, API key, prices) is sealed as one Fernet token
-(AES-128-CBC with an HMAC-SHA256, from `cryptography`) under a key derived with HKDF-SHA256 from
-the salt key (METERWAY_SALT_KEY, else LITELLM_SALT_KEY). A database dump without the salt key
-reveals model names and ids, never a credential. Changing the salt key makes stored models
-unreadable: they are logged and skipped, not served.
+"""Deployments stored in the database (`/model/new` with STORE_MODEL_IN_DB), their
+`litellm_params` (provider, base URL, API key, prices) sealed at rest by `store.sealing`. A
+database dump without the salt key reveals model names and ids, never a credential. Changing the
+salt key makes stored models unreadable: they are logged and skipped, not served.
 """
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import orjson
 import sqlalchemy as sa
-from cryptography.fernet import Fernet, InvalidToken
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from meterway.config.secret import Secret
 from meterway.store.tables import models
+
+if TYPE_CHECKING:
+    from meterway.store.sealing import Sealer
 
 
 class Unreadable(Exception):
     """A stored model sealed under another salt key (or damaged)."""
-
-
-class Sealer:
-    def __init__(self, salt_key: Secret) -> None:
-        kdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=b"meterway/models", info=b"litellm_params")
-        self._fernet = Fernet(base64.urlsafe_b64encode(kdf.derive(salt_key.reveal().encode())))
-
-    def seal(self, params: Mapping[str, Any]) -> str:
-        return self._fernet.encrypt(orjson.dumps(params)).decode()
-
-    def open(self, token: str) -> dict[str, Any]:
-        try:
-            value = orjson.loads(self._fernet.decrypt(token.encode()))
-        except (InvalidToken, orjson.JSONDecodeError):
-            raise Unreadable("sealed under another salt key") from None
-        if not isinstance(value, dict):
-            raise Unreadable("not a mapping")
-        return value
 
 
 @dataclass(frozen=True, slots=True)
