@@ -20,13 +20,15 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from meterway.config.routing import RoutingPolicy
 from meterway.config.settings import Deployment
 from meterway.errors import MeterwayError, ModelNotFound, UpstreamError
 from meterway.routing.cooldown import Cooldowns
-from meterway.routing.usage import Usage
+
+if TYPE_CHECKING:
+    from meterway.routing.usage import Usage
 
 LATENCY_DECAY = 0.3  # weight of the newest latency sample in the moving average
 
@@ -73,14 +75,18 @@ class Router:
         policy: RoutingPolicy | None = None,
         *,
         redis: Any | None = None,
-        prefix: str = "meterway:",
+        prefix: str = "meterway:router:",  # Redis keys and channels of cooldowns and usage counts
         rng: random.Random | None = None,
     ) -> None:
         self.policy = policy = policy or RoutingPolicy()
         self.replace(deployments)
         self._rng = rng or random.Random()
         self.cooldowns = Cooldowns(policy.allowed_fails, policy.cooldown_s if policy.cooldowns else 0.0, redis, prefix)
-        self.usage = Usage(redis, prefix + "router:") if policy.strategy == "usage-based-routing-v2" else None
+        self.usage: Usage | None = None
+        if policy.strategy == "usage-based-routing-v2":
+            from meterway.routing.usage import Usage  # imports redis: only where this strategy is used
+
+            self.usage = Usage(redis, prefix)
         self._busy: dict[str, int] = {}  # least-busy: requests in flight per deployment
         self._latency: dict[str, float] = {}  # latency-based: moving average, seconds
         self.tracks = policy.strategy in ("least-busy", "latency-based-routing", "usage-based-routing-v2")

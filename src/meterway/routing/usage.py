@@ -9,11 +9,16 @@ Tokens are added when the answer's usage is known.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from meterway.config.settings import Deployment
+
+log = logging.getLogger("meterway.routing")
 
 WINDOW_MS = 60_000
 
@@ -67,7 +72,11 @@ class Usage:
         for d in candidates:
             keys += [f"{self._prefix}{d.id}:rpm:{window}", f"{self._prefix}{d.id}:tpm:{window}"]
             args += [-1 if d.rpm is None else d.rpm, -1 if d.tpm is None else d.tpm]
-        index = int(await self._script(keys=keys, args=args))
+        try:
+            index = int(await self._script(keys=keys, args=args))
+        except RedisError as e:  # counted here until Redis is back: limits per replica, not none
+            log.warning("usage-based routing counts in process: Redis failed (%s)", e.__class__.__name__)
+            return self._take_here(candidates, window)
         return candidates[index - 1] if index > 0 else None
 
     def _take_here(self, candidates: Sequence[Deployment], window: int) -> Deployment | None:
@@ -96,7 +105,10 @@ class Usage:
             self._counts[key] = self._counts.get(key, 0) + tokens
             return
         name = f"{self._prefix}{deployment_id}:tpm:{window}"
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.incrby(name, tokens)
-            pipe.pexpire(name, 2 * WINDOW_MS)
-            await pipe.execute()
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.incrby(name, tokens)
+                pipe.pexpire(name, 2 * WINDOW_MS)
+                await pipe.execute()
+        except RedisError as e:
+            log.warning("tokens of %s not counted in Redis (%s)", deployment_id, e.__class__.__name__)
