@@ -146,3 +146,16 @@ def test_router_settings_are_read_and_checked() -> None:
         deployments({}, router={"fallbacks": [{"m": ["gpt-5"]}]})
     with pytest.raises(ConfigError, match="routing_strategy"):
         deployments({}, router={"routing_strategy": "fastest"})
+
+
+def test_routing_keys_in_litellm_settings_count_too_and_router_settings_wins() -> None:
+    data: dict[str, Any] = {
+        "model_list": [
+            {"model_name": n, "litellm_params": {"model": f"openai/{n}", "api_key": "k"}} for n in ("a", "b")
+        ],
+        "litellm_settings": {"num_retries": 3, "fallbacks": [{"a": ["b"]}], "allowed_fails": 1},
+        "router_settings": {"num_retries": 1},
+    }
+    s = parse_config(data, source=None, env={})
+    assert (s.routing.num_retries, s.routing.fallbacks, s.routing.allowed_fails) == (1, {"a": ("b",)}, 1)
+    assert not [w for w in s.warnings if "litellm_settings" in w]

@@ -86,7 +86,17 @@ GENERAL = {
     "webhook_secret",
     "store_model_in_db",
 }
-LITELLM = {"request_timeout", "callbacks", "success_callback", "cache", "cache_params"}
+# Routing keys LiteLLM also reads from litellm_settings (its docs show both); router_settings wins.
+LITELLM_ROUTING = {
+    "num_retries",
+    "retry_after",
+    "fallbacks",
+    "context_window_fallbacks",
+    "content_policy_fallbacks",
+    "allowed_fails",
+    "cooldown_time",
+}
+LITELLM = {"request_timeout", "callbacks", "success_callback", "cache", "cache_params", *LITELLM_ROUTING}
 CACHE_PARAMS = {"type", "ttl", "namespace", "host", "port", "password", "hit_cost_ratio"}
 # LiteLLM callbacks meterway covers itself: otel (traces), prometheus (/metrics is always on),
 # lago (the billing section, or the LAGO_* variables)
@@ -295,7 +305,8 @@ def parse_config(
         store_models = store_models.strip().lower() in ("1", "true", "yes", "on")
     if not isinstance(store_models, bool):
         raise ConfigError("general_settings.store_model_in_db must be true or false")
-    routing = parse_routing(router, {d.model_name for d in deployments})
+    routing_keys = {k: v for k, v in litellm_settings.items() if k in LITELLM_ROUTING} | router
+    routing = parse_routing(routing_keys, {d.model_name for d in deployments})
 
     return Settings(
         deployments=tuple(deployments),
