@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from meterway import __version__
-from meterway.cli import admin, reports
+from meterway.cli import admin, importer, reports
 from meterway.config.load import (
     config_path_from_env,
     demo_settings,
@@ -58,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
 
     admin.add_commands(sub)
     reports.add_commands(sub)
+    importer.add_commands(sub)
 
     check = sub.add_parser("check-config", help="validate a config and print its models, secrets masked")
     check.add_argument("--config", help="config file (default: $METERWAY_CONFIG or $CONFIG_FILE_PATH)")
@@ -84,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return admin.run(args)
         if args.command in ("usage", "invoice", "billing"):
             return reports.run(args)
+        if args.command == "import":
+            return importer.run(args)
         return check_config(args)
     except ConfigError as e:
         print(f"meterway: config error: {e.message}", file=sys.stderr)
