@@ -315,3 +315,24 @@ def test_imported_keys_work_with_their_budgets_models_and_history(
     newer = _import(litellm_db.url, pg_url, capsys)
     assert f"spend logs: {LOGS + 7} found, imported 5, {LOGS} already in meterway" in newer
     assert snapshot()[-1] == before[-1] + 5
+
+
+def test_import_into_sqlite_with_billing_export_queues_the_billable_rows_once(
+    litellm_db: Filled, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sqlite3
+
+    target = f"sqlite:///{tmp_path}/meterway.db"
+    since = ("--export-to-billing", "--since", (NOW - timedelta(days=10)).isoformat())
+    out = _import(litellm_db.url, target, capsys, *since)
+    with sqlite3.connect(tmp_path / "meterway.db") as db:
+        rows, billable = db.execute(
+            "SELECT count(*), sum(total_tokens > 0 AND status = 'success') FROM mw_ledger WHERE source = 'imported'"
+        ).fetchone()
+        queued = db.execute("SELECT count(*) FROM mw_billing_outbox").fetchone()[0]
+    assert 0 < rows < LOGS  # only the days since --since
+    assert f"imported {rows}" in out
+    assert queued == billable > 0
+    assert _import(litellm_db.url, target, capsys, *since).endswith("nothing new: meterway already has everything\n")
+    with sqlite3.connect(tmp_path / "meterway.db") as db:
+        assert db.execute("SELECT count(*) FROM mw_billing_outbox").fetchone()[0] == queued

@@ -9,7 +9,7 @@ import os
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from meterway.errors import ConfigError
+from meterway.errors import BadRequest
 
 if TYPE_CHECKING:  # the importer loads only when a command runs
     from meterway.importer.run import Options, Report
@@ -42,7 +42,7 @@ def _since(text: str | None) -> datetime | None:
     try:
         when = datetime.fromisoformat(text)
     except ValueError:
-        raise ConfigError(f"--since {text!r} is not a date or time (e.g. 2026-10-01 or 2026-10-01T12:00)") from None
+        raise BadRequest(f"--since {text!r} is not a date or time (e.g. 2026-10-01 or 2026-10-01T12:00)") from None
     return when.replace(tzinfo=UTC) if when.tzinfo is None else when
 
 
@@ -109,7 +109,7 @@ def render(report: Report) -> str:
             f"  {name}: {t.found} found, {verb} {t.new}, {t.present} already in meterway (kept as they are)"
             + (f", {t.skipped} not importable" if t.skipped else "")
         )
-    lines.append(f"  cost of the spend logs {verb}: {report.new_cost} USD")
+    lines.append(f"  cost of the spend logs {'to import' if report.dry_run else 'imported'}: {report.new_cost:f} USD")
     if report.models:
         lines.append(
             f"models stored in LiteLLM's database: {len(report.models)}, not imported (meterway serves the models "

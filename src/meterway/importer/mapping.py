@@ -50,6 +50,7 @@ class Mapped:
     ident: str
     values: Values
     notes: tuple[str, ...] = ()
+    label: str = ""  # how a report names the row, when not by its id (keys: alias and digest prefix)
 
 
 @dataclass
@@ -189,7 +190,8 @@ def key(src: SourceRow, budgets: Mapping[str, SourceRow], teams: Iterable[str]) 
         "spend": _spend(src, notes),
         **_budget(src, budgets.get(src.get("budget_id") or ""), notes),
     }
-    return Mapped(token, values, tuple(notes.items))
+    label = f"{alias or name} ({token[:12]}…)"
+    return Mapped(token, values, tuple(notes.items), label)
 
 
 def user(src: SourceRow) -> Mapped | Skipped:

@@ -27,6 +27,12 @@ from meterway.store.runtime import Store
 from meterway.store.tables import customers, keys, ledger, team_members, teams, users
 
 _CHUNK = 1000
+_SOURCE_TABLES = {
+    "mw_teams": "LiteLLM_TeamTable",
+    "mw_users": "LiteLLM_UserTable",
+    "mw_customers": "LiteLLM_EndUserTable",
+    "mw_keys": "LiteLLM_VerificationToken",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,15 +116,20 @@ async def import_litellm(source: LiteLLMSource, store: Store | None, options: Op
         ("customers", customers, "customer_id", mapped_customers),
         ("keys", keys, "token", mapped_keys),
     )
+    new: list[tuple[str, Mapped]] = []
     if store is None:
-        for name, _, _, rows in entities:
+        for name, table, _, rows in entities:
             report.tally(name).new += len(rows)
+            new += [(table.name, r) for r in rows]
         report.tally("team members").new += len(found_members)
     else:
         async with store.engine.connect() if options.dry_run else store.engine.begin() as conn:
             for name, table, column, rows in entities:
-                await _insert_new(conn, report.tally(name), table, table.c[column], rows, options.dry_run)
+                added = await _insert_new(conn, report.tally(name), table, table.c[column], rows, options.dry_run)
+                new += [(table.name, r) for r in added]
             await _insert_members(conn, report.tally("team members"), found_members, options.dry_run)
+    # only rows imported now: a row imported earlier was reported then
+    report.notes += [Skipped(_SOURCE_TABLES[t], r.label or r.ident, n) for t, r in new for n in r.notes]
 
     aliases = {str(k["token"]): str(k["key_alias"]) for k in src_keys if k.get("token") and k.get("key_alias")}
     await _spend_logs(source, store, options, aliases, report)
@@ -145,7 +156,6 @@ def _collect(report: Report, name: str, table: str, results: Iterable[Mapped | S
             report.skipped.append(Skipped(table, result.ident, "appears twice"))
             continue
         seen.add(result.ident)
-        report.notes += [Skipped(table, result.ident, note) for note in result.notes]
         out.append(result)
     return out
 
@@ -165,14 +175,16 @@ async def _insert_new(
     column: sa.ColumnElement[Any],
     rows: Sequence[Mapped],
     dry_run: bool,
-) -> None:
+) -> list[Mapped]:
+    """Inserts the rows meterway does not have yet (or only counts them, in a dry run); returns them."""
     present = await _existing(conn, column, [r.ident for r in rows])
-    new = [r.values for r in rows if r.ident not in present]
+    new = [r for r in rows if r.ident not in present]
     tally.present += len(rows) - len(new)
     tally.new += len(new)
     if new and not dry_run:
         for i in range(0, len(new), _CHUNK):
-            await conn.execute(table.insert(), new[i : i + _CHUNK])
+            await conn.execute(table.insert(), [r.values for r in new[i : i + _CHUNK]])
+    return new
 
 
 async def _insert_members(
@@ -218,6 +230,7 @@ async def _spend_logs(
         tally.new += len(new)
         tally.present += len(entries) - len(new)
         report.new_cost += sum((pricing.usd(e.cost_units or 0) for e in new), Decimal(0))
+    report.new_cost = report.new_cost.normalize()
 
 
 def _stored_model(src: SourceRow, salt_key: str | None) -> StoredModel:
