@@ -151,3 +151,10 @@ def test_aes_gcm_values_of_newer_litellm_releases_decrypt() -> None:
     nonce = os.urandom(12)
     sealed = nonce + nacl.bindings.crypto_aead_aes256gcm_encrypt(b"sk-upstream", None, nonce, key)
     assert decrypt("v2:gcm:" + base64.urlsafe_b64encode(sealed).decode(), SALT) == "sk-upstream"
+
+
+def test_all_team_models_leaves_the_key_to_its_teams_list() -> None:
+    alone = mapping.key(_key(models=["all-team-models"], team_id="t"), {}, {"t"})
+    mixed = mapping.key(_key(models=["all-team-models", "gpt-4o"], team_id="t"), {}, {"t"})
+    assert isinstance(alone, Mapped) and alone.values["models"] == [] and alone.notes == ()
+    assert isinstance(mixed, Mapped) and mixed.values["models"] == ["gpt-4o"] and len(mixed.notes) == 1

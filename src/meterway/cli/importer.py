@@ -9,12 +9,16 @@ import os
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from meterway.errors import BadRequest
+from meterway.errors import BadRequest, MeterwayError
 
 if TYPE_CHECKING:  # the importer loads only when a command runs
     from meterway.importer.run import Options, Report
 
 _SHOWN_PER_KIND = 50  # rows listed per reason kind before "and N more"
+
+
+class ImportInterrupted(MeterwayError):
+    """meterway's database failed mid-import; the message says what to do."""
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -67,7 +71,16 @@ def run(args: argparse.Namespace) -> int:
         salt_key=args.salt_key or os.environ.get("LITELLM_SALT_KEY") or None,
         export_to_billing=args.export_to_billing,
     )
-    report = asyncio.run(_run(args.source_url, _target_url(args), options))
+    import sqlalchemy.exc
+
+    try:
+        report = asyncio.run(_run(args.source_url, _target_url(args), options))
+    except (sqlalchemy.exc.DBAPIError, OSError) as e:
+        reason = getattr(e, "orig", None) or e
+        raise ImportInterrupted(
+            f"writing meterway's database failed ({reason.__class__.__name__}: {str(reason).splitlines()[0][:200]}); "
+            "what was written is kept, and running the import again completes it"
+        ) from None
     print(render(report))
     return 0
 

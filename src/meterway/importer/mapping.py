@@ -172,6 +172,13 @@ def key(src: SourceRow, budgets: Mapping[str, SourceRow], teams: Iterable[str]) 
     if user_id is not None and len(user_id) > _ID:
         notes.add("its user id is too long; imported without a user")
         user_id = None
+    models = _models(src.get("models"))
+    if "all-team-models" in models:
+        # LiteLLM's "whatever the team may use": meterway checks the team's list on every request
+        # anyway, so the key itself needs no list
+        models = [m for m in models if m != "all-team-models"]
+        if models:
+            notes.add("all-team-models dropped from its model list; the team's list still applies")
     alias = src.get("key_alias") or None
     name = src.get("key_name") or "(imported)"
     metadata = _metadata(src.get("metadata"))
@@ -181,7 +188,7 @@ def key(src: SourceRow, budgets: Mapping[str, SourceRow], teams: Iterable[str]) 
         "token": token,
         "key_name": str(name)[:_KEY_NAME],
         "key_alias": str(alias)[:_ID] if alias else None,
-        "models": _models(src.get("models")),
+        "models": models,
         "expires": utc(src.get("expires")),
         "blocked": bool(src.get("blocked")),
         "user_id": user_id,

@@ -161,19 +161,18 @@ class LiteLLMSource:
         parts = [f'"{c}"' if c in have else f'NULL AS "{c}"' for c in COLUMNS[table]]
         return f'SELECT {", ".join(parts)} FROM "{table}"'
 
+    async def _fetch(self, sql: str, *args: Any) -> list[dict[str, Any]]:
+        try:
+            records = await self._conn.fetch(sql, *args)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+            raise SourceUnreadable(f"reading the LiteLLM database at {self.shown} failed: {e}") from None
+        return [{k: _decoded(v) for k, v in r.items()} for r in records]
+
     async def rows(self, table: str) -> list[dict[str, Any]]:
         """Every row of a small table (keys, users, teams, ...); none when the table is absent."""
         if table not in self._present:
             return []
-        records = await self._conn.fetch(self._select(table))
-        return [{k: _decoded(v) for k, v in r.items()} for r in records]
-
-    async def count_spend_logs(self, since: datetime | None) -> int:
-        if SPEND_LOGS not in self._present:
-            return 0
-        where_since = ' WHERE "startTime" >= $1' if since is not None else ""
-        args = [since] if since is not None else []
-        return int(await self._conn.fetchval(f'SELECT count(*) FROM "{SPEND_LOGS}"{where_since}', *args))
+        return await self._fetch(self._select(table))
 
     async def spend_logs(self, since: datetime | None, page: int = 1000) -> AsyncIterator[Sequence[dict[str, Any]]]:
         """Spend logs from `since` (naive UTC, as LiteLLM stores times) on, a page at a time."""
@@ -192,10 +191,10 @@ class LiteLLMSource:
                 conditions.append(f'("startTime", request_id) > (${len(args) - 1}, ${len(args)})')
             sql = base + (" WHERE " + " AND ".join(conditions) if conditions else "")
             sql += f' ORDER BY "startTime", request_id LIMIT {int(page)}'
-            records = await self._conn.fetch(sql, *args)
+            records = await self._fetch(sql, *args)
             if not records:
                 return
-            yield [{k: _decoded(v) for k, v in r.items()} for r in records]
+            yield records
             last = records[-1]
             after = (last["startTime"], last["request_id"])
 
@@ -222,23 +221,23 @@ async def open_source(url: str, timeout_s: float = 10.0) -> AsyncIterator[LiteLL
     except (OSError, TimeoutError, asyncpg.PostgresError) as e:
         raise SourceUnreadable(f"cannot connect to the LiteLLM database at {shown}: {e}") from None
     try:
-        async with conn.transaction(isolation="repeatable_read", readonly=True):
-            found = await conn.fetch(
-                "SELECT table_name, column_name FROM information_schema.columns "
-                "WHERE table_schema = current_schema() AND table_name = ANY($1::text[])",
-                list(COLUMNS),
+        # one snapshot for the whole import; read-only, so nothing can be written by mistake
+        snapshot = conn.transaction(isolation="repeatable_read", readonly=True)
+        await snapshot.start()
+        source = LiteLLMSource(conn, {}, shown)
+        present: dict[str, set[str]] = {}
+        for r in await source._fetch(
+            "SELECT table_name, column_name FROM information_schema.columns "
+            "WHERE table_schema = current_schema() AND table_name = ANY($1::text[])",
+            list(COLUMNS),
+        ):
+            present.setdefault(r["table_name"], set()).add(r["column_name"])
+        missing = [t for t in REQUIRED if t not in present]
+        if missing:
+            raise SourceUnreadable(
+                f"{shown} has no table {', '.join(missing)}: is it the LiteLLM proxy's database "
+                "(DATABASE_URL of the proxy), and has the proxy created its schema?"
             )
-            present: dict[str, set[str]] = {}
-            for r in found:
-                present.setdefault(r["table_name"], set()).add(r["column_name"])
-            missing = [t for t in REQUIRED if t not in present]
-            if missing:
-                raise SourceUnreadable(
-                    f"{shown} has no table {', '.join(missing)}: is it the LiteLLM proxy's database "
-                    "(DATABASE_URL of the proxy), and has the proxy created its schema?"
-                )
-            yield LiteLLMSource(conn, {t: frozenset(c) for t, c in present.items()}, shown)
-    except asyncpg.PostgresError as e:
-        raise SourceUnreadable(f"reading the LiteLLM database at {shown} failed: {e}") from None
+        yield LiteLLMSource(conn, {t: frozenset(c) for t, c in present.items()}, shown)
     finally:
-        await conn.close()
+        await conn.close()  # ends the read-only transaction with it
