@@ -14,8 +14,6 @@ from meterway.errors import BadRequest, MeterwayError
 if TYPE_CHECKING:  # the importer loads only when a command runs
     from meterway.importer.run import Options, Report
 
-_SHOWN_PER_KIND = 50  # rows listed per reason kind before "and N more"
-
 
 class ImportInterrupted(MeterwayError):
     """meterway's database failed mid-import; the message says what to do."""
@@ -133,14 +131,8 @@ def render(report: Report) -> str:
                 f"  - {m.model_name} (id {m.model_id}): model {m.model or '?'}, api_base {m.api_base or '(default)'}; "
                 f"credentials {m.credentials}"
             )
-    by_table: dict[str, int] = {}
-    for s in report.skipped:
-        by_table[s.table] = by_table.get(s.table, 0) + 1
-        if by_table[s.table] <= _SHOWN_PER_KIND:
-            lines.append(f"not imported: {s.table} {s.ident}: {s.reason}")
-    for table, n in by_table.items():
-        if n > _SHOWN_PER_KIND:
-            lines.append(f"not imported: {table}: and {n - _SHOWN_PER_KIND} more")
+    # every one, however many: the point of a dry run is to see them all (grep the output)
+    lines += [f"not imported: {s.table} {s.ident}: {s.reason}" for s in report.skipped]
     lines += [f"changed: {s.table} {s.ident}: {s.reason}" for s in report.notes]
     if not report.dry_run:
         lines.append("done" if report.changed else "nothing new: meterway already has everything")
