@@ -9,6 +9,7 @@ import os
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from meterway.config.secret import Secret
 from meterway.errors import BadRequest, MeterwayError
 
 if TYPE_CHECKING:  # the importer loads only when a command runs
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     options = Options(
         dry_run=args.dry_run,
         since=_since(args.since),
-        salt_key=args.salt_key or os.environ.get("LITELLM_SALT_KEY") or None,
+        salt_key=Secret(salt) if (salt := args.salt_key or os.environ.get("LITELLM_SALT_KEY")) else None,
         export_to_billing=args.export_to_billing,
     )
     import sqlalchemy.exc

@@ -18,6 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from meterway.config.secret import Secret
 from meterway.importer import mapping
 from meterway.importer.crypto import NotDecryptable, decrypt
 from meterway.importer.mapping import Mapped, Skipped
@@ -39,7 +40,7 @@ _SOURCE_TABLES = {
 class Options:
     dry_run: bool = False
     since: datetime | None = None  # spend logs from this time on (UTC)
-    salt_key: str | None = None  # LiteLLM's LITELLM_SALT_KEY (or its master key, when it had none)
+    salt_key: Secret | None = None  # LiteLLM's LITELLM_SALT_KEY (or its master key, when it had none)
     export_to_billing: bool = False  # enqueue imported rows for Lago, as if served here
     page: int = 1000
 
@@ -235,7 +236,7 @@ async def _spend_logs(
     report.new_cost = report.new_cost.normalize()
 
 
-def _stored_model(src: SourceRow, salt_key: str | None) -> StoredModel:
+def _stored_model(src: SourceRow, salt_key: Secret | None) -> StoredModel:
     params = src.get("litellm_params")
     params = params if isinstance(params, Mapping) else {}
     model_id, name = str(src.get("model_id")), str(src.get("model_name"))
@@ -246,7 +247,7 @@ def _stored_model(src: SourceRow, salt_key: str | None) -> StoredModel:
     failed: list[str] = []
     for k in encrypted:
         try:
-            plain[k] = decrypt(params[k], salt_key)
+            plain[k] = decrypt(params[k], salt_key.reveal())
         except NotDecryptable:
             failed.append(k)
     if failed and not plain:
