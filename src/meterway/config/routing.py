@@ -30,11 +30,6 @@ ROUTER_KEYS = {
     "allowed_fails",
     "cooldown_time",
     "disable_cooldowns",
-    # read from general_settings/redis_url already: the router shares the gateway's Redis
-    "redis_host",
-    "redis_port",
-    "redis_password",
-    "redis_url",
 }
 
 DEFAULT_ALLOWED_FAILS = 3  # LiteLLM's default: failures per minute a deployment may have
