@@ -77,6 +77,9 @@ class Settings:
     billing: Billing | None = None  # usage export to Lago, when configured
     telemetry: Telemetry = field(default_factory=Telemetry)  # traces and metrics settings
     webhook_secret: Secret | None = None  # general_settings.webhook_secret / METERWAY_WEBHOOK_SECRET: usage webhooks
+    ui_username: str | None = None  # UI_USERNAME: an admin login for the web UI, as LiteLLM deployments set it
+    ui_password: Secret | None = None  # UI_PASSWORD: its password (the UI refuses the username without one)
+    ui_session_s: int = 12 * 3600  # UI_SESSION_HOURS: how long a UI login lasts
 
     def model_names(self) -> list[str]:
         return list(dict.fromkeys(d.model_name for d in self.deployments))
