@@ -329,11 +329,10 @@ class AdminUI:
             ctx, viewer, "GET", "/spend/logs", {**this_month, "status": "rejected", "page_size": "1"}
         )
         health = await self._health(ctx, viewer) if viewer.admin_view else None
-        chart = {
-            "labels": [r["day"] for r in daily["rows"]],
-            "series": [{"label": "spend (USD)", "data": [float(r["cost"]) for r in daily["rows"]]}],
-            "kind": "line",
-        }
+        spent = {str(r["day"]): float(r["cost"]) for r in daily["rows"]}
+        days = [(today - timedelta(days=n)).isoformat() for n in range(29, -1, -1)]  # every day, spent or not
+        series = [{"label": "spend (USD)", "data": [spent.get(d, 0.0) for d in days]}]
+        chart = {"kind": "line", "labels": days, "series": series}
         await self.page(
             ctx,
             "overview.html",

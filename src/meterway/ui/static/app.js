@@ -14,6 +14,10 @@
 
   var palette = ["#2563eb", "#16a34a", "#dc2626", "#9333ea", "#ea580c", "#0891b2", "#4b5563", "#ca8a04"];
 
+  function dollars(value) {
+    return "$" + Number(value).toLocaleString("en-US", { maximumSignificantDigits: 4 });
+  }
+
   function drawCharts(root) {
     if (typeof Chart === "undefined") return;
     root.querySelectorAll("canvas[data-chart]").forEach(function (canvas) {
@@ -36,7 +40,7 @@
           maintainAspectRatio: false,
           animation: false,
           plugins: { legend: { display: spec.series.length > 1 } },
-          scales: { y: { beginAtZero: true } },
+          scales: { y: { beginAtZero: true, ticks: { callback: dollars } } },
         },
       });
     });
