@@ -12,7 +12,7 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     TIKTOKEN_CACHE_DIR=""
 WORKDIR /build
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY src ./src
 # The wheel first, so the runtime gets exactly what `pip install meterway` would get; then the
 # virtualenv, whose path is the same in both stages because both start from the same base.
