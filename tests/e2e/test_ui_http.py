@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import httpx
+import openai
 import pytest
 
 from meterway.config.secret import Secret
@@ -202,3 +203,26 @@ def _digest(match: re.Match[str]) -> str:
     from meterway.auth.keys import digest
 
     return digest(match.group(1))
+
+
+def test_static_files_carry_their_type_and_cache_headers_and_stay_in_their_folder(gw: RunningGateway) -> None:
+    with httpx.Client(base_url=gw.url, timeout=10) as anonymous:
+        css = anonymous.get("/ui/static/app.css")
+        assert css.headers["content-type"] == "text/css; charset=utf-8"
+        assert css.headers["cache-control"] == "public, max-age=3600"
+        for script in ("app.js", "vendor/htmx.min.js", "vendor/chart.umd.min.js"):
+            reply = anonymous.get(f"/ui/static/{script}")
+            assert reply.status_code == 200 and reply.headers["content-type"].startswith("text/javascript"), script
+        assert anonymous.get("/ui/static/vendor/htmx.min.js").headers["cache-control"] == "public, max-age=604800"
+        for outside in (
+            "%2e%2e/session.py",
+            "%2e%2e/templates/base.html",
+            "vendor/htmx.min.js.integrity",
+            "nothing.js",
+        ):
+            assert anonymous.get(f"/ui/static/{outside}").status_code == 404, outside
+
+
+def test_model_requests_never_build_the_ui(gateway: RunningGateway, client: openai.OpenAI) -> None:
+    client.chat.completions.create(model="demo", messages=[{"role": "user", "content": "hi"}])
+    assert gateway.app.ui is None  # the UI is built on the first /ui request, never on the request path
