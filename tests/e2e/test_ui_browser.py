@@ -119,6 +119,10 @@ def test_a_key_made_in_the_ui_is_metered_reported_and_blocked(upstream: StandIn,
         page.locator("canvas[data-chart]").wait_for()
         assert page.locator("[data-test=today-spend]").get_attribute("data-exact") == usage["totals"]["cost"]
         _shot(page, "overview")
+        page.set_viewport_size({"width": 390, "height": 844})  # a phone
+        page.wait_for_function("document.documentElement.scrollWidth <= 390")  # the chart has followed
+        _shot(page, "overview-phone")
+        page.set_viewport_size({"width": 1280, "height": 860})
         page.get_by_role("link", name="Usage").click()
         page.get_by_role("checkbox", name="model").check()
         page.get_by_label("Per").select_option("day")

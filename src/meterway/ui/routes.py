@@ -50,6 +50,7 @@ STATIC_MAX_AGE = 3600  # our own CSS and JS: revalidated hourly (they change wit
 VENDOR_MAX_AGE = 7 * 86400  # pinned third-party files: the version is fixed at install time
 ADMIN_ROLES = frozenset({"proxy_admin", "proxy_admin_viewer"})
 KEY_PAGE_SIZE = 25
+USAGE_FILTERS = ("customer_id", "user_id", "team_id", "model", "key")  # the usage explorer's narrowing fields
 SEARCH_PAGES = 20  # a key search reads at most this many pages of 100 keys
 
 
@@ -344,7 +345,7 @@ class AdminUI:
             top_customers=_top(customers["rows"], "customer"),
             errors=errors["total"],
             rejected=rejected["total"],
-            rejections=_rejections(ctx.services),
+            rejections=_rejections(ctx.services) if viewer.admin_view else {},
             health=health,
         )
 
@@ -557,7 +558,7 @@ class AdminUI:
             "start": q.get("start") or (today - timedelta(days=29)).isoformat(),
             "end": q.get("end") or today.isoformat(),
         }
-        for name in ("customer_id", "user_id", "team_id", "model", "key"):
+        for name in USAGE_FILTERS:
             if q.get(name):
                 query[name] = q[name]
         return query
@@ -852,7 +853,7 @@ def _dims(request: Request) -> list[str]:
 
 def _usage_link(request: Request) -> dict[str, str | None]:
     q = request.query
-    out: dict[str, str | None] = {k: q.get(k) for k in ("time", "start", "end", "customer_id", "model", "key")}
+    out: dict[str, str | None] = {k: q.get(k) for k in ("time", "start", "end", *USAGE_FILTERS)}
     out["dims"] = ",".join(_dims(request))
     return out
 
