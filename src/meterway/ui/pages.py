@@ -229,12 +229,15 @@ async def customers(ui: AdminUI, request: Request, viewer: Viewer, ctx: Context)
     _admins_only(viewer)
     rows = await ui.call(ctx, viewer, "GET", "/customer/list")
     spend = await _spend_by(ui, ctx, viewer, "customer")
+    known = {row["customer_id"] for row in rows}
+    unrecorded = sorted((cid, r) for cid, r in spend.items() if cid not in known)  # named by requests only
     await ui.page(
         ctx,
         "customers.html",
         viewer,
         customers=rows,
         spend=spend,
+        unrecorded=unrecorded,
         notice=request.query.get("notice"),
         period=datetime.now(UTC).strftime("%Y-%m"),
     )

@@ -32,7 +32,7 @@
           labels: spec.labels,
           datasets: spec.series.map(function (s, i) {
             var color = palette[i % palette.length];
-            return { label: s.label, data: s.data, borderColor: color, backgroundColor: color + "99", tension: 0.2, pointRadius: 2 };
+            return { label: s.label, data: s.data, borderColor: color, backgroundColor: color + "99", tension: 0.2, pointRadius: 2, maxBarThickness: 56 };
           }),
         },
         options: {
