@@ -143,8 +143,16 @@ def test_a_key_made_in_the_ui_is_metered_reported_and_blocked(upstream: StandIn,
         assert rows and {"model", "day", "cost", "total_tokens"} <= set(rows[0])
         assert sum(Decimal(r["cost"]) for r in rows) == Decimal(usage["totals"]["cost"])
 
-        # block the key in the UI: the next SDK request is refused
+        # the key search narrows the table in place (htmx), and finds the key by its alias
         page.get_by_role("link", name="Keys").click()
+        search = page.get_by_label("Search keys")
+        search.fill("no-such-key")
+        page.get_by_text("No keys match").wait_for()
+        search.fill("browser")
+        page.locator("#key-table tr", has_text="browser-key").wait_for()
+        assert page.url.endswith("/ui/keys")  # no page load: the table was swapped
+
+        # block the key in the UI: the next SDK request is refused
         _shot(page, "keys")
         page.get_by_role("button", name="Block browser-key").click()
         page.get_by_text("Key blocked.").wait_for()

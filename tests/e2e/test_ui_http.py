@@ -226,3 +226,13 @@ def test_static_files_carry_their_type_and_cache_headers_and_stay_in_their_folde
 def test_model_requests_never_build_the_ui(gateway: RunningGateway, client: openai.OpenAI) -> None:
     client.chat.completions.create(model="demo", messages=[{"role": "user", "content": "hi"}])
     assert gateway.app.ui is None  # the UI is built on the first /ui request, never on the request path
+
+
+def test_a_refused_change_shows_the_apis_message_on_an_error_page(gw: RunningGateway) -> None:
+    with login(gw, key=gw.key) as client:
+        token = _csrf(client.get("/ui/teams").text)
+        assert client.post("/ui/teams/save", data={"csrf": token, "team_id": "twice"}).status_code == 303
+        again = client.post("/ui/teams/save", data={"csrf": token, "team_id": "twice"})
+        assert again.status_code == 400 and "Team &#39;twice&#39; already exists." in again.text
+        bad = client.post("/ui/keys/new", data={"csrf": token, "metadata": "[1, 2]"})
+        assert bad.status_code == 400 and "must be a JSON object" in bad.text

@@ -9,6 +9,7 @@ once, on the page that answers its creation or regeneration.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import importlib.resources
 import logging
@@ -45,6 +46,7 @@ log = logging.getLogger("meterway.ui")
 LOGIN_COOKIE = "meterway_ui_login"  # a nonce the login form's CSRF token is bound to
 STATIC_MAX_AGE = 3600  # our own CSS and JS: revalidated hourly (they change with the gateway's version)
 VENDOR_MAX_AGE = 7 * 86400  # pinned third-party files: the version is fixed at install time
+FAILED_LOGIN_DELAY_S = 0.5
 ADMIN_ROLES = frozenset({"proxy_admin", "proxy_admin_viewer"})
 
 
@@ -218,6 +220,7 @@ class AdminUI:
                     session = self.sessions.issue("key", digest(secret), name)
         if session is None:
             log.info("ui login refused")
+            await asyncio.sleep(FAILED_LOGIN_DELAY_S)  # each guess of a password costs the guesser time
             return await self._login_page(request, send, "Those credentials are not valid for the UI.", 401)
         cookie = cookie_header(COOKIE, session[1], max_age=self.sessions.lifetime_s, secure=request.tls)
         done = cookie_header(LOGIN_COOKIE, "", max_age=0, secure=request.tls)
