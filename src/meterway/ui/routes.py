@@ -47,6 +47,7 @@ LOGIN_COOKIE = "meterway_ui_login"  # a nonce the login form's CSRF token is bou
 STATIC_MAX_AGE = 3600  # our own CSS and JS: revalidated hourly (they change with the gateway's version)
 VENDOR_MAX_AGE = 7 * 86400  # pinned third-party files: the version is fixed at install time
 FAILED_LOGIN_DELAY_S = 0.5
+VENDOR_FILES = ("htmx.min.js", "chart.umd.min.js")  # fetched by setup.py at install
 ADMIN_ROLES = frozenset({"proxy_admin", "proxy_admin_viewer"})
 
 
@@ -108,6 +109,10 @@ class AdminUI:
         self.env.filters["money"] = values.money
         self.env.filters["num"] = values.count
         self.env.filters["when"] = values.when
+        vendor = self.static_dir / "vendor"
+        self.scripts_missing = [n for n in VENDOR_FILES if not (vendor / n).is_file()]  # installed offline
+        if self.scripts_missing:
+            log.warning("admin UI scripts not installed (%s): no charts", ", ".join(self.scripts_missing))
         self.handlers = management.all_routes()
         self.pages = pages.PAGES
 
@@ -230,6 +235,7 @@ class AdminUI:
 
     def render(self, template: str, viewer: Viewer | None, **values: Any) -> bytes:
         values.setdefault("notice", None)
+        values.setdefault("scripts_missing", self.scripts_missing)
         values.setdefault("active", template.split(".")[0].split("_")[0])
         page = self.env.get_template(template)
         return page.render(viewer=viewer, nav=_nav(viewer), **values).encode()
