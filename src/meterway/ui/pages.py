@@ -9,13 +9,14 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from meterway.api import management, reports
+from meterway.api import reports
 from meterway.errors import PermissionDenied, RouteNotFound
 from meterway.ledger import DIMENSIONS, TIMES
 from meterway.ui import values
 from meterway.ui.web import Request, redirect, respond, with_query
 
 if TYPE_CHECKING:
+    from meterway.api.management import KeyRoutes
     from meterway.app import Services
     from meterway.ui.routes import AdminUI, Context, Page, Viewer
 
@@ -407,9 +408,11 @@ async def invoice(ui: AdminUI, request: Request, viewer: Viewer, ctx: Context) -
         raise RouteNotFound("Choose a customer for the invoice preview.")
     period = request.query.get("period") or datetime.now(UTC).strftime("%Y-%m")
     path = f"/customer/{customer_id}/invoice-preview"
-    query, body = {"period": period}, b""
-    _, query = await management.authorize(viewer.principal, "GET", path, body, query, ctx.routes)
-    doc = await reports.invoice_preview(ctx.routes, customer_id, query)
+
+    async def preview(routes: KeyRoutes, body: bytes, query: dict[str, str]) -> Any:
+        return await reports.invoice_preview(routes, customer_id, query)
+
+    doc = await ui.call(ctx, viewer, "GET", path, {"period": period}, handler=preview)
     await ui.page(ctx, "invoice.html", viewer, doc=doc)
 
 
@@ -427,7 +430,7 @@ async def models(ui: AdminUI, request: Request, viewer: Viewer, ctx: Context) ->
             "id": d.id,
             "family": d.family,
             "upstream": d.upstream_model,
-            "api_base": d.api_base,
+            "api_base": values.without_credentials(d.api_base),
             "input": values.per_million(d.prices.input_per_token),
             "output": values.per_million(d.prices.output_per_token),
             "cache_read": values.per_million(d.prices.cache_read_per_token),

@@ -251,9 +251,11 @@ class AdminUI:
         path: str,
         query: dict[str, str] | None = None,
         body: dict[str, Any] | None = None,
+        handler: management.Handler | None = None,
     ) -> Any:
-        """One management/report/billing handler, in-process, under the viewer's role check."""
-        handler = self.handlers[(method, path)]
+        """One management/report/billing handler, in-process, under the viewer's role check.
+        `handler` is for the API's paths with a parameter in them (an invoice's customer)."""
+        handler = handler or self.handlers[(method, path)]
         raw = orjson.dumps(body) if body is not None else b""
         raw, checked = await management.authorize(viewer.principal, method, path, raw, dict(query or {}), ctx.routes)
         return await handler(ctx.routes, raw, checked)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
@@ -133,3 +134,13 @@ def usage_link(request: Request) -> dict[str, str | None]:
     out: dict[str, str | None] = {k: q.get(k) for k in ("time", "start", "end", *USAGE_FILTERS)}
     out["dims"] = ",".join(dimensions(request))
     return out
+
+
+def without_credentials(url: str | None) -> str | None:
+    """A deployment's base URL as shown: any user and password in it left out."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
