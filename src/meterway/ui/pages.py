@@ -4,6 +4,8 @@ changed, except where a new key must be shown once."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -33,18 +35,25 @@ class UnknownPage(RouteNotFound):
 
 async def overview(ui: AdminUI, request: Request, viewer: Viewer, ctx: Context) -> None:
     today = datetime.now(UTC).date()
-    month_start = today.replace(day=1)
-    span = {"start": (today - timedelta(days=29)).isoformat(), "end": today.isoformat()}
-    day = await ui.call(ctx, viewer, "GET", "/usage", {"start": today.isoformat(), "end": today.isoformat()})
-    month = await ui.call(ctx, viewer, "GET", "/usage", {"start": month_start.isoformat(), "end": today.isoformat()})
-    daily = await ui.call(ctx, viewer, "GET", "/usage", {**span, "group_by": "day"})
-    this_month = {"start": month_start.isoformat(), "end": today.isoformat()}
-    models = await ui.call(ctx, viewer, "GET", "/usage", {**this_month, "group_by": "model"})
-    customers = await ui.call(ctx, viewer, "GET", "/usage", {**this_month, "group_by": "customer"})
-    errors = await ui.call(
-        ctx, viewer, "GET", "/spend/logs", {**this_month, "status": "upstream_error", "page_size": "1"}
+    this_day = {"start": today.isoformat(), "end": today.isoformat()}
+    this_month = {"start": today.replace(day=1).isoformat(), "end": today.isoformat()}
+    last_30 = {"start": (today - timedelta(days=29)).isoformat(), "end": today.isoformat()}
+
+    def usage(query: dict[str, str]) -> Awaitable[Any]:
+        return ui.call(ctx, viewer, "GET", "/usage", query)
+
+    def count(status: str) -> Awaitable[Any]:
+        return ui.call(ctx, viewer, "GET", "/spend/logs", {**this_month, "status": status, "page_size": "1"})
+
+    day, month, daily, models, customers, errors, rejected = await asyncio.gather(
+        usage(this_day),
+        usage(this_month),
+        usage({**last_30, "group_by": "day"}),
+        usage({**this_month, "group_by": "model"}),
+        usage({**this_month, "group_by": "customer"}),
+        count("upstream_error"),
+        count("rejected"),
     )
-    rejected = await ui.call(ctx, viewer, "GET", "/spend/logs", {**this_month, "status": "rejected", "page_size": "1"})
     health = await _health(ui, ctx, viewer) if viewer.admin_view else None
     spent = {str(r["day"]): float(r["cost"]) for r in daily["rows"]}
     days = [(today - timedelta(days=n)).isoformat() for n in range(29, -1, -1)]  # every day, spent or not
