@@ -9,5 +9,5 @@ os.environ.pop("OPENAI_API_KEY", None)
 os.environ.pop("ANTHROPIC_API_KEY", None)
 
 # Fixtures for real PostgreSQL and Redis, available to every test.
-from tests.support.databases import module_pg_url, pg_url  # noqa: F401
+from tests.support.databases import module_pg_url, pg_url, second_pg_url  # noqa: F401
 from tests.support.redis_server import redis_prefix, redis_url  # noqa: F401

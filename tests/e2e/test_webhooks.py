@@ -591,7 +591,7 @@ def test_validate_checks_billing_lago_the_key_and_the_metric(lago: LagoStandIn, 
         assert good["webhook_secret"] == "configured"
     with run_gateway(config(lago, upstream, event_code="no_such_metric")) as gw:
         missing = httpx.get(gw.url + "/webhooks/validate", headers=admin(gw)).json()
-        assert missing["ok"] is False and missing["checks"]["billable_metric"]["detail"] == "not found"
+        assert missing["ok"] is False and "no billable metric" in missing["checks"]["billable_metric"]["detail"]
     with run_gateway(config(lago, upstream, api_key="wrong-lago-key")) as gw:
         bad_key = httpx.get(gw.url + "/webhooks/validate", headers=admin(gw)).json()
         assert bad_key["ok"] is False and bad_key["checks"]["api_key_accepted"]["ok"] is False

@@ -45,6 +45,12 @@ def pg_url() -> Iterator[str]:
     yield from _fresh_database()
 
 
+@pytest.fixture
+def second_pg_url() -> Iterator[str]:
+    """Another fresh database for the same test (e.g. a LiteLLM proxy's, imported from)."""
+    yield from _fresh_database()
+
+
 @pytest.fixture(scope="module")
 def module_pg_url() -> Iterator[str]:
     """The same, shared by the tests of one module (for a module-scoped gateway)."""

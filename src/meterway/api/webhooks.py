@@ -27,6 +27,7 @@ from meterway.api.asgi import Incoming, Receive, Responder, Scope, Send, read_bo
 from meterway.api.billing import parse_since
 from meterway.api.management import decode_body
 from meterway.auth import bearer_token
+from meterway.billing import setup
 from meterway.errors import AuthenticationFailed, BadRequest, ServiceUnavailable, Unprocessable
 from meterway.ledger import external, prices
 from meterway.ledger.external import Pricer, Reported
@@ -40,7 +41,8 @@ log = logging.getLogger("meterway.webhooks")
 
 INGEST = frozenset({"/webhooks/usage", "/webhooks/usage/batch"})
 _SECRET_HEADER = b"x-webhook-secret"
-_LAGO_TIMEOUT = aiohttp.ClientTimeout(total=10)
+# `billing check` step names -> the names usage-webhook services answer `/webhooks/validate` with
+_CHECK_NAMES = {"lago": "lago_reachable", "api_key": "api_key_accepted"}
 
 
 @dataclass(slots=True)
@@ -152,23 +154,11 @@ class Webhooks:
             checks["billing_configured"]["detail"] = (
                 "no billing section or LAGO_API_BASE/LAGO_API_KEY (docs/billing.md)"
             )
-        else:
-            url = f"{billing.api_base}/api/v1/billable_metrics/{billing.event_code}"
-            headers = {"Authorization": f"Bearer {billing.api_key.reveal()}"}
-            started = time.perf_counter()
-            try:
-                async with self.http.get(url, headers=headers, timeout=_LAGO_TIMEOUT) as resp:
-                    status = resp.status
-            except (aiohttp.ClientError, TimeoutError) as e:
-                checks["lago_reachable"] = {"ok": False, "detail": f"{billing.api_base}: {e.__class__.__name__}"}
-            else:
-                ms = round((time.perf_counter() - started) * 1000)
-                checks["lago_reachable"] = {"ok": True, "detail": f"{billing.api_base} answered {status} in {ms} ms"}
-                checks["api_key_accepted"] = {"ok": status not in (401, 403), "detail": f"HTTP {status}"}
-                if status not in (401, 403):
-                    exists = status == 200
-                    detail = "exists" if exists else "not found" if status == 404 else f"HTTP {status}"
-                    checks["billable_metric"] = {"ok": exists, "code": billing.event_code, "detail": detail}
+        else:  # the same checks as `meterway billing check`, under the names such services use
+            models = sorted({*self.settings.model_names(), *await self.store.outbox.models()})
+            outcome = await setup.check(billing, self.http, models)
+            for step in outcome.steps:
+                checks[_CHECK_NAMES.get(step.name, step.name)] = {"ok": step.ok, "detail": step.detail}
         try:
             await self.store.outbox.source_counts(external.SOURCE)
             checks["ledger"] = {"ok": True}

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from meterway import __version__
-from meterway.cli import admin, reports
+from meterway.cli import admin, importer, reports
 from meterway.config.load import (
     config_path_from_env,
     demo_settings,
@@ -58,9 +58,13 @@ def _parser() -> argparse.ArgumentParser:
 
     admin.add_commands(sub)
     reports.add_commands(sub)
+    importer.add_commands(sub)
 
     check = sub.add_parser("check-config", help="validate a config and print its models, secrets masked")
     check.add_argument("--config", help="config file (default: $METERWAY_CONFIG or $CONFIG_FILE_PATH)")
+    check.add_argument(
+        "--litellm", metavar="PATH", help="a LiteLLM proxy config: every setting, whether meterway honours it, and why"
+    )
     return p
 
 
@@ -81,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return admin.run(args)
         if args.command in ("usage", "invoice", "billing"):
             return reports.run(args)
+        if args.command == "import":
+            return importer.run(args)
         return check_config(args)
     except ConfigError as e:
         print(f"meterway: config error: {e.message}", file=sys.stderr)
@@ -249,6 +255,8 @@ def migrate(args: argparse.Namespace) -> int:
 
 
 def check_config(args: argparse.Namespace) -> int:
+    if args.litellm:
+        return check_litellm(args.litellm)
     path = args.config or config_path_from_env()
     if not path:
         print("meterway: check-config needs --config PATH (or METERWAY_CONFIG)", file=sys.stderr)
@@ -278,3 +286,15 @@ def check_config(args: argparse.Namespace) -> int:
         print(f"warning: {warning}")
     print("ok")
     return 0
+
+
+def check_litellm(path: str) -> int:
+    """Exit 0 when meterway would start with the LiteLLM config as it is, 1 when not."""
+    from pathlib import Path
+
+    from meterway.config import litellm_check
+    from meterway.config.load import read_yaml
+
+    found = litellm_check.review(read_yaml(Path(path)))
+    print(litellm_check.render(found, path))
+    return 0 if found.starts else 1

@@ -107,6 +107,11 @@ def uid_for(request_id: str) -> str:
     return UID_PREFIX + hashlib.sha256(request_id.encode()).hexdigest()[: 32 - len(UID_PREFIX)]
 
 
+def endpoint_of(call_type: str) -> str:
+    """The ledger's endpoint for one of LiteLLM's call types (others kept as LiteLLM names them)."""
+    return _ENDPOINTS.get(call_type, call_type[:16] or "unknown")
+
+
 def events_of(doc: Any) -> tuple[list[Any], bool]:
     """The events a decoded body carries, and whether it was one event alone: an object is one
     event, `{"events": [...]}` and a bare list (LiteLLM's `json_array`) are a batch."""
@@ -245,7 +250,7 @@ def _litellm(f: _Fields) -> Reported:
         started_at=started,
         ended_at=ended,
         ttft_ms=(first - started) * 1000 if first is not None and started <= first <= ended else None,
-        endpoint=_ENDPOINTS.get(call_type, call_type[:16] or "unknown"),
+        endpoint=endpoint_of(call_type),
         customer_id=f.text("end_user") or meta.text("user_api_key_end_user_id"),
         user_id=meta.text("user_api_key_user_id"),
         team_id=meta.text("user_api_key_team_id") or meta.text("team_id"),

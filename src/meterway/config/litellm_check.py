@@ -1,0 +1,251 @@
+"""What meterway makes of a LiteLLM proxy config, setting by setting: `check-config --litellm`.
+
+A team about to switch wants to know, before it does, which of its settings keep working and which
+meterway would ignore, and why. `review` walks the config and gives every setting a verdict; it
+reads no environment (a referenced `os.environ/NAME` is reviewed as a reference), and then tries
+the real loader (`parse_config`) with placeholders for unset variables, so the last line says
+whether `meterway serve` would start with the file as it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from meterway.config import load
+from meterway.errors import ConfigError
+from meterway.providers import registry
+
+Verdict = Literal["honoured", "ignored", "refused"]
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    path: str  # e.g. general_settings.alerting, model_list[2] (gpt-4o).litellm_params.rpm
+    verdict: Verdict  # honoured: acted on; ignored: accepted, no effect; refused: meterway will not start with it
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
+class Review:
+    findings: tuple[Finding, ...]
+    starts: bool  # whether `meterway serve` would start with this config
+    problem: str | None  # why not, when it would not
+
+    def count(self, verdict: Verdict) -> int:
+        return sum(1 for f in self.findings if f.verdict == verdict)
+
+
+_PARAM_WHY = {
+    "model": "the provider and upstream model",
+    "api_base": "the upstream URL",
+    "base_url": "the upstream URL",
+    "api_key": "the upstream key (printed masked)",
+    "api_version": "Azure's api-version",
+    "timeout": "the whole call's timeout",
+    "stream_timeout": "the wait between stream chunks",
+    "rpm": "kept for routing weights",
+    "tpm": "kept for routing weights",
+    "weight": "the deployment's share of picks",
+    "extra_headers": "sent upstream",
+    "headers": "sent upstream",
+    "organization": "sent as OpenAI-Organization",
+    "input_cost_per_token": "the price rows are charged at",
+    "output_cost_per_token": "the price rows are charged at",
+    "cache_read_input_token_cost": "the price rows are charged at",
+    "cache_creation_input_token_cost": "the price rows are charged at",
+}
+_QUIET_WHY = {
+    "max_retries": "meterway does not retry upstream calls yet",
+    "order": "deployments are picked by weight; no priority order yet",
+    "mock_response": "use the built-in mock provider (model: mock/NAME) instead",
+    "drop_params": "meterway forwards the body as sent; the upstream decides on unknown parameters",
+    "custom_llm_provider": "the provider is read from the model prefix",
+}
+_SAMPLING = {"temperature", "max_tokens", "seed", "top_p", "stop", "frequency_penalty", "presence_penalty"}
+_GENERAL_WHY = {
+    "master_key": "the admin key (LITELLM_MASTER_KEY is read too)",
+    "database_url": "meterway's own database (its schema, not LiteLLM's: use `meterway import litellm`)",
+    "max_request_size_mb": "bigger bodies get 413",
+}
+_GENERAL_IGNORED = {
+    "alerting": "meterway sends no Slack or email alerts; alert on /metrics (Prometheus) instead",
+    "alerting_threshold": "no alerting; see /metrics",
+    "store_model_in_db": "models come from config.yaml only; models stored in a database land with issue 9",
+    "proxy_batch_write_at": "every request's row is committed before its response completes; nothing waits for a batch",
+    "database_connection_pool_limit": "the pool is sized by meterway",
+    "disable_spend_logs": "the ledger is always written: it is what budgets and billing read",
+    "custom_auth": "meterway runs no user code for authentication",
+    "background_health_checks": "readiness is /health/ready; no upstream polling",
+    "health_check_interval": "no upstream polling",
+    "enforce_user_param": "not enforced; a request without `user` is billed to its key",
+    "use_redis_transaction_buffer": "spend is written in the ledger's own transaction; no buffer",
+    "otel": "set telemetry.otlp_endpoint (or OTEL_EXPORTER_OTLP_ENDPOINT) for traces",
+}
+_LITELLM_WHY = {
+    "request_timeout": "the default timeout of every deployment",
+}
+_LITELLM_IGNORED = {
+    "drop_params": "meterway forwards the body as sent; the upstream decides on unknown parameters",
+    "set_verbose": "use --log-level debug",
+    "json_logs": "use --log-format json",
+    "num_retries": "no retries yet: a failed call is answered with the upstream's error",
+    "fallbacks": "no fallbacks yet (routing comes later)",
+    "context_window_fallbacks": "no fallbacks yet (routing comes later)",
+    "allowed_fails": "no cooldowns yet (routing comes later)",
+    "cache": "no response cache",
+    "cache_params": "no response cache",
+    "max_budget": "set budgets on keys, users, teams or customers",
+    "turn_off_message_logging": "meterway never stores prompts or completions",
+}
+_CALLBACK_WHY = {
+    "prometheus": "/metrics is always on",
+    "otel": "traces go to the OTLP endpoint of the telemetry section",
+    "lago": "billing export (the billing section or LAGO_* variables)",
+}
+
+
+def _param_findings(where: str, params: Mapping[str, Any]) -> Iterator[Finding]:
+    for key in params:
+        path = f"{where}.litellm_params.{key}"
+        if key in _PARAM_WHY:
+            yield Finding(path, "honoured", _PARAM_WHY[key])
+        elif key in _QUIET_WHY:
+            yield Finding(path, "ignored", _QUIET_WHY[key])
+        elif key in _SAMPLING:
+            yield Finding(path, "ignored", "defaults for request parameters are not applied; clients send their own")
+        elif key.startswith(("aws_", "vertex_")) or key in ("azure_ad_token", "tenant_id", "client_id"):
+            yield Finding(path, "ignored", "credentials of a kind meterway does not use; give api_key instead")
+        else:
+            yield Finding(path, "ignored", "not a parameter meterway acts on")
+
+
+def _model_findings(index: int, entry: Any) -> Iterator[Finding]:
+    if not isinstance(entry, Mapping):
+        yield Finding(
+            f"model_list[{index}]", "refused", "an entry must be a mapping with model_name and litellm_params"
+        )
+        return
+    name = entry.get("model_name")
+    where = f"model_list[{index}] ({name})"
+    params = entry.get("litellm_params")
+    if not isinstance(params, Mapping) or not isinstance(params.get("model"), str):
+        yield Finding(where, "refused", "litellm_params.model is required")
+        return
+    model = str(params["model"])
+    if "*" in model or name == "*":
+        yield Finding(where, "refused", "wildcard models are not served: list each model by name")
+        return
+    try:
+        family, upstream = registry.split_model(model)
+        api_base = params.get("api_base") or params.get("base_url")
+        if isinstance(api_base, str) and not api_base.startswith(("http://", "https://", load.ENV_PREFIX)):
+            raise ConfigError(f"api_base must be an http(s) URL, got {api_base!r}")
+        if api_base is None and registry.ALIASES[family].api_base is None and family != "mock":
+            raise ConfigError(f"provider '{family}' needs api_base (no public default)")
+    except ConfigError as e:
+        yield Finding(where, "refused", e.message)  # its other settings are moot
+        return
+    yield Finding(where, "honoured", f"served as {family}/{upstream}")
+    yield from _param_findings(where, params)
+    info = entry.get("model_info")
+    for key in info if isinstance(info, Mapping) else ():
+        path = f"{where}.model_info.{key}"
+        if key == "id":
+            yield Finding(path, "honoured", "names the deployment")
+        elif key in _PARAM_WHY and key.endswith(("_per_token", "_token_cost")):
+            yield Finding(path, "honoured", "the price rows are charged at")
+        else:
+            yield Finding(path, "ignored", "descriptive only; returned by /model/info")
+    for key in entry:
+        if key not in ("model_name", "litellm_params", "model_info"):
+            yield Finding(f"{where}.{key}", "ignored", "not read at this level (rpm and tpm belong in litellm_params)")
+
+
+def review(data: Mapping[str, Any]) -> Review:
+    findings: list[Finding] = []
+    for key in data:
+        if key not in load.TOP_LEVEL:
+            findings.append(Finding(str(key), "ignored", "not a section meterway reads"))
+    models = data.get("model_list") or []
+    for i, entry in enumerate(models if isinstance(models, list) else []):
+        findings += _model_findings(i, entry)
+    general = data.get("general_settings") or {}
+    for key in general if isinstance(general, Mapping) else ():
+        path = f"general_settings.{key}"
+        if key in load.GENERAL:
+            findings.append(Finding(path, "honoured", _GENERAL_WHY.get(key, "meterway's own setting")))
+        else:
+            findings.append(Finding(path, "ignored", _GENERAL_IGNORED.get(key, "not supported")))
+    litellm = data.get("litellm_settings") or {}
+    for key in litellm if isinstance(litellm, Mapping) else ():
+        path = f"litellm_settings.{key}"
+        if key in ("callbacks", "success_callback"):
+            callbacks = litellm[key] if isinstance(litellm[key], list) else []
+            for c in callbacks:
+                if str(c) in _CALLBACK_WHY:
+                    findings.append(Finding(f"{path}: {c}", "honoured", _CALLBACK_WHY[str(c)]))
+                else:
+                    findings.append(Finding(f"{path}: {c}", "ignored", "meterway does not send logs to this service"))
+        elif key in _LITELLM_WHY:
+            findings.append(Finding(path, "honoured", _LITELLM_WHY[key]))
+        else:
+            findings.append(Finding(path, "ignored", _LITELLM_IGNORED.get(key, "not supported")))
+    router = data.get("router_settings") or {}
+    for key in router if isinstance(router, Mapping) else ():
+        why = (
+            "Redis comes from general_settings.redis_url, REDIS_URL or REDIS_HOST/REDIS_PORT/REDIS_PASSWORD"
+            if str(key).startswith("redis_")
+            else "a model name's deployments are picked at random by weight; routing settings come later"
+        )
+        findings.append(Finding(f"router_settings.{key}", "ignored", why))
+    env_vars = data.get("environment_variables") or {}
+    for key in env_vars if isinstance(env_vars, Mapping) else ():
+        findings.append(Finding(f"environment_variables.{key}", "honoured", "set for the process at start"))
+    starts, problem = _loads(data)
+    return Review(tuple(findings), starts, problem)
+
+
+def _references(value: Any) -> Iterator[str]:
+    if isinstance(value, str) and value.startswith(load.ENV_PREFIX):
+        yield value[len(load.ENV_PREFIX) :]
+    elif isinstance(value, Mapping):
+        for v in value.values():
+            yield from _references(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _references(v)
+
+
+def _loads(data: Mapping[str, Any]) -> tuple[bool, str | None]:
+    """Whether the real loader takes the file, with a placeholder URL for each unset variable it
+    names (so a config from the docs is judged on its shape, not on this machine's environment)."""
+    import os
+
+    env = {name: "https://placeholder.invalid" for name in _references(data)}
+    env.update(os.environ)
+    env_vars = data.get("environment_variables") or {}
+    if isinstance(env_vars, Mapping):
+        env.update({str(k): str(v) for k, v in env_vars.items()})
+    quiet = {k: v for k, v in data.items() if k != "environment_variables"}  # never set them in this process
+    try:
+        load.parse_config(quiet, source=None, env=env)
+    except ConfigError as e:
+        return False, e.message
+    return True, None
+
+
+def render(review_: Review, path: str) -> str:
+    lines = [f"LiteLLM config: {path}"]
+    width = max((len(f.verdict) for f in review_.findings), default=8)
+    lines += [f"{f.verdict:<{width}}  {f.path}: {f.why}" for f in review_.findings]
+    lines.append(
+        f"{review_.count('honoured')} honoured, {review_.count('ignored')} ignored, {review_.count('refused')} refused"
+    )
+    lines.append(
+        "meterway would start with this config"
+        if review_.starts
+        else f"meterway would not start with this config: {review_.problem}"
+    )
+    return "\n".join(lines)

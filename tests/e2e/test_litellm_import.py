@@ -1,0 +1,338 @@
+"""`meterway import litellm` from a LiteLLM proxy's PostgreSQL database into a fresh meterway one,
+then a gateway on the result: the LiteLLM keys work unchanged, with their spend, budgets and model
+lists; the imported history adds up; a second import changes nothing; a later one brings only
+what is new.
+
+The LiteLLM tables are created from `tests/fixtures/litellm_schema.sql` (LiteLLM 1.106.2's Prisma
+schema) and filled as a proxy in use would have them. The stored model's credentials are
+encrypted with LiteLLM's own function, so the importer is checked against the real scheme.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import openai
+import orjson
+import pytest
+
+from meterway.cli.main import main
+from tests.support.gateway import run_gateway
+from tests.upstreams.standin import StandIn
+
+SCHEMA = Path(__file__).parent.parent / "fixtures" / "litellm_schema.sql"
+SALT_KEY = "sk-litellm-salt-key-for-tests"
+NOW = datetime.now(UTC).replace(tzinfo=None, microsecond=0)  # LiteLLM's columns hold naive UTC
+LOGS = 3000
+
+# keys as their holders have them; LiteLLM stores only the digests
+NEARLY_SPENT = "sk-alpha-nearly-spent-0001"  # budget 1.00 USD, 0.99 spent
+ROOMY = "sk-alpha-roomy-0002"  # budget 100 USD, 1.25 spent, model list ["priced"]
+BLOCKED = "sk-blocked-0003"
+ORPHAN = "sk-orphan-team-0004"  # names a team that LiteLLM has no row for
+
+
+def _digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _litellm_encrypt(value: str) -> str:
+    """As the LiteLLM proxy stores a model's parameter (its own secret-box function)."""
+    from litellm.proxy.common_utils.encrypt_decrypt_utils import encrypt_value
+
+    return base64.urlsafe_b64encode(encrypt_value(value, SALT_KEY)).decode()
+
+
+@dataclass
+class Filled:
+    url: str
+    logs: list[tuple[str, Decimal]]  # request id, spend: the importable rows
+
+
+async def _fill(url: str) -> Filled:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(SCHEMA.read_text())
+        await conn.execute(
+            'INSERT INTO "LiteLLM_BudgetTable" (budget_id, max_budget, rpm_limit, tpm_limit, budget_duration, '
+            "budget_reset_at, created_by, updated_by) VALUES "
+            "('b-gold', 50.0, 120, 200000, '30d', $1, 'admin', 'admin'), ('b-org', 5000, NULL, NULL, NULL, NULL, "
+            "'admin', 'admin')",
+            NOW + timedelta(days=12),
+        )
+        await conn.execute(
+            'INSERT INTO "LiteLLM_OrganizationTable" (organization_id, organization_alias, budget_id, models, '
+            "created_by, updated_by) VALUES ('org-acme', 'Acme Corp', 'b-org', '{}', 'admin', 'admin')"
+        )
+        await conn.execute(
+            'INSERT INTO "LiteLLM_TeamTable" (team_id, team_alias, organization_id, admins, members, '
+            "members_with_roles, metadata, max_budget, spend, models, rpm_limit, budget_duration, budget_reset_at) "
+            "VALUES ('team-alpha', 'Alpha', 'org-acme', '{}', '{}', $1, '{\"cost_center\": \"42\"}', 1000, 12.5, "
+            "'{priced,other}', 500, '1mo', $2), "
+            "('team-beta', 'Beta', NULL, '{carol}', '{}', '[]', '{}', NULL, 0, '{}', NULL, NULL, NULL)",
+            orjson.dumps([{"user_id": "alice", "role": "admin"}, {"user_id": "bob", "role": "user"}]).decode(),
+            NOW + timedelta(days=20),
+        )
+        await conn.execute(
+            'INSERT INTO "LiteLLM_UserTable" (user_id, user_alias, teams, user_role, max_budget, spend, user_email, '
+            "models) VALUES ('alice', 'Alice', '{team-alpha}', 'proxy_admin', NULL, 3.5, 'alice@example.com', '{}'), "
+            "('bob', NULL, '{team-alpha}', 'internal_user', 20, 0.75, 'bob@example.com', '{}'), "
+            "('carol', NULL, '{}', 'customer', NULL, 0, NULL, '{}')"
+        )
+        await conn.execute(
+            "INSERT INTO \"LiteLLM_TeamMembership\" (user_id, team_id, spend) VALUES ('bob', 'team-alpha', 0.75)"
+        )
+        keys = [
+            (_digest(NEARLY_SPENT), "sk-...0001", "nearly-spent", 0.99, 1.0, ["priced"], "team-alpha", "alice", None),
+            (_digest(ROOMY), "sk-...0002", "roomy", 1.25, 100.0, ["priced"], "team-alpha", "bob", None),
+            (_digest(BLOCKED), "sk-...0003", "blocked", 0.0, None, [], "team-beta", "carol", True),
+            (_digest(ORPHAN), "sk-...0004", "orphan", 0.0, None, [], "team-ghost", None, None),
+            ("sk-stored-in-clear", "sk-...lear", "unhashed", 0.0, None, [], None, None, None),
+        ]
+        keys += [
+            (_digest(f"sk-bulk-{i:03d}"), f"sk-...{i:04d}", f"bulk-{i}", 0.01 * i, 10.0, [], "team-beta", None, None)
+            for i in range(40)
+        ]
+        await conn.executemany(
+            'INSERT INTO "LiteLLM_VerificationToken" (token, key_name, key_alias, spend, max_budget, models, '
+            "team_id, user_id, blocked, rpm_limit, tpm_limit, max_parallel_requests, budget_duration, "
+            "budget_reset_at, metadata) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 100, 100000, 10, '30d', $10, "
+            '\'{"env": "prod"}\')',
+            [(*k, NOW + timedelta(days=10)) for k in keys],
+        )
+        await conn.execute(
+            'INSERT INTO "LiteLLM_EndUserTable" (user_id, alias, spend, budget_id, default_model) VALUES '
+            "('cust-1', 'Customer One', 4.5, 'b-gold', 'priced'), ('cust-2', NULL, 0, NULL, NULL)"
+        )
+        params = {
+            "model": _litellm_encrypt("openai/gpt-4o-mini"),
+            "api_base": _litellm_encrypt("https://api.openai.com/v1"),
+            "api_key": _litellm_encrypt("sk-upstream-stored-in-litellm"),
+        }
+        await conn.execute(
+            'INSERT INTO "LiteLLM_ProxyModelTable" (model_id, model_name, litellm_params, model_info, created_by, '
+            "updated_by) VALUES ('m-1', 'gpt-4o-mini', $1, '{}', 'admin', 'admin')",
+            orjson.dumps(params).decode(),
+        )
+        return Filled(url, await _add_logs(conn, LOGS, seed=7))
+    finally:
+        await conn.close()
+
+
+async def _add_logs(conn: asyncpg.Connection, n: int, seed: int) -> list[tuple[str, Decimal]]:
+    """`n` spend logs over the 20 days before yesterday ended, plus one without a model (not importable)."""
+    rng = random.Random(seed)
+    tokens = [_digest(k) for k in (NEARLY_SPENT, ROOMY)] + [_digest(f"sk-bulk-{i:03d}") for i in range(40)]
+    rows: list[tuple[Any, ...]] = []
+    kept: list[tuple[str, Decimal]] = []
+    for i in range(n):
+        start = NOW - timedelta(days=1, hours=1) - timedelta(seconds=rng.randrange(20 * 86400))
+        prompt, completion = rng.randrange(5, 2000), rng.randrange(1, 800)
+        spend = round(prompt * 0.0000025 + completion * 0.00001, 8)
+        request_id = f"chatcmpl-{seed}-{i:05d}"
+        failed = i % 97 == 0
+        rows.append(
+            (
+                request_id,
+                "acompletion",
+                rng.choice(tokens),
+                0.0 if failed else spend,
+                0 if failed else prompt + completion,
+                0 if failed else prompt,
+                0 if failed else completion,
+                start,
+                start + timedelta(milliseconds=rng.randrange(200, 9000)),
+                "gpt-4o-mini",
+                rng.choice(["priced", "other"]),
+                rng.choice(["alice", "bob", ""]),
+                rng.choice(["team-alpha", "team-beta", None]),
+                rng.choice(["cust-1", "cust-2", None]),
+                "failure" if failed else "success",
+                orjson.dumps(
+                    {"error_information": {"error_code": "429", "error_class": "RateLimitError"}} if failed else {}
+                ).decode(),
+            )
+        )
+        kept.append((request_id, Decimal(0) if failed else Decimal(str(spend))))
+    rows.append(
+        (
+            f"no-model-{seed}",
+            "acompletion",
+            "",
+            0.0,
+            0,
+            0,
+            0,
+            NOW - timedelta(days=3),
+            NOW - timedelta(days=3),
+            "",
+            "",
+            "",
+            None,
+            None,
+            "success",
+            "{}",
+        )
+    )
+    await conn.executemany(
+        'INSERT INTO "LiteLLM_SpendLogs" (request_id, call_type, api_key, spend, total_tokens, prompt_tokens, '
+        'completion_tokens, "startTime", "endTime", model, model_group, "user", team_id, end_user, status, '
+        "metadata) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+        rows,
+    )
+    return kept
+
+
+def _import(source: str, target: str, capsys: pytest.CaptureFixture[str], *extra: str) -> str:
+    args = ["import", "litellm", "--from", source, "--database-url", target, "--salt-key", SALT_KEY, *extra]
+    assert main(args) == 0
+    return capsys.readouterr().out
+
+
+def _fetch(url: str, sql: str) -> list[asyncpg.Record]:
+    async def run() -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(url)
+        try:
+            return list(await conn.fetch(sql))
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+def _config(base: str, database_url: str) -> dict[str, Any]:
+    def model(name: str) -> dict[str, Any]:
+        return {
+            "model_name": name,
+            "litellm_params": {
+                "model": "openai/priced-upstream",
+                "api_base": base + "/v1",
+                "api_key": "sk-upstream",
+                "input_cost_per_token": 0.001,
+                "output_cost_per_token": 0.002,
+            },
+        }
+
+    return {"model_list": [model("priced"), model("other")], "general_settings": {"database_url": database_url}}
+
+
+@pytest.fixture
+def litellm_db(second_pg_url: str) -> Iterator[Filled]:
+    yield asyncio.run(_fill(second_pg_url))
+
+
+def test_imported_keys_work_with_their_budgets_models_and_history(
+    litellm_db: Filled, pg_url: str, standin: StandIn, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dry = _import(litellm_db.url, pg_url, capsys, "--dry-run")
+    assert "dry run, nothing written" in dry
+    assert f"spend logs: {LOGS + 1} found, would import {LOGS}" in dry
+    assert "not imported: LiteLLM_SpendLogs no-model-7: no model or model_group" in dry
+    assert "not imported: LiteLLM_VerificationToken sk-stored-in…: the token column does not hold" in dry
+
+    out = _import(litellm_db.url, pg_url, capsys)
+    assert "keys: 45 found, imported 44, 0 already in meterway (kept as they are), 1 not importable" in out
+    assert "teams: 2 found, imported 2" in out and "users: 3 found, imported 3" in out
+    assert "customers: 2 found, imported 2" in out and "team members: 3 found, imported 3" in out
+    assert f"spend logs: {LOGS + 1} found, imported {LOGS}, 0 already in meterway" in out
+    assert "team 'team-ghost' is not in LiteLLM_TeamTable" in out
+    assert "role 'customer' has no meterway equivalent" in out
+    # the stored model: decrypted with the salt key, reported, not imported
+    assert "gpt-4o-mini (id m-1): model openai/gpt-4o-mini, api_base https://api.openai.com/v1" in out
+    assert "credentials decrypted api_base, api_key, model" in out
+    assert "sk-upstream-stored-in-litellm" not in out
+    # history only: nothing queued for Lago without --export-to-billing
+    assert _fetch(pg_url, "SELECT count(*) FROM mw_billing_outbox")[0][0] == 0
+    team = _fetch(pg_url, "SELECT metadata, spend FROM mw_teams WHERE team_id = 'team-alpha'")[0]
+    assert orjson.loads(team["metadata"])["organization"]["organization_alias"] == "Acme Corp"
+    assert team["spend"] == 125_000_000_000  # 12.5 USD in 1e-10 units
+    customer = _fetch(
+        pg_url, "SELECT max_budget, rpm_limit, budget_duration FROM mw_customers WHERE customer_id = 'cust-1'"
+    )
+    assert tuple(customer[0]) == (500_000_000_000, 120, "30d")
+
+    yesterday = (NOW - timedelta(days=1)).date().isoformat()
+    first = (NOW - timedelta(days=22)).date().isoformat()
+    expected = sum((spend for _, spend in litellm_db.logs), Decimal(0))
+    with run_gateway(_config(standin.base_url, pg_url)) as gw:
+        admin = {"Authorization": f"Bearer {gw.key}"}
+        usage = httpx.get(gw.url + "/usage", params={"start": first, "end": yesterday}, headers=admin).json()
+        assert usage["totals"]["requests"] == LOGS
+        assert Decimal(usage["totals"]["cost"]) == expected
+
+        with openai.OpenAI(base_url=gw.v1, api_key=ROOMY, max_retries=0) as client:
+            reply = client.chat.completions.create(model="priced", messages=[{"role": "user", "content": "hi"}])
+            assert reply.choices[0].message.content
+            with pytest.raises(openai.PermissionDeniedError):  # "other" is outside the key's model list
+                client.chat.completions.create(model="other", messages=[{"role": "user", "content": "hi"}])
+        with openai.OpenAI(base_url=gw.v1, api_key=NEARLY_SPENT, max_retries=0) as client:
+            with pytest.raises(openai.BadRequestError) as refused:  # 0.01 USD left cannot pay for this
+                client.chat.completions.create(
+                    model="priced", max_tokens=100, messages=[{"role": "user", "content": "hi"}]
+                )
+            assert refused.value.code == "budget_exceeded"
+        with (
+            openai.OpenAI(base_url=gw.v1, api_key=BLOCKED, max_retries=0) as client,
+            pytest.raises(openai.AuthenticationError),
+        ):
+            client.chat.completions.create(model="priced", messages=[{"role": "user", "content": "hi"}])
+        info = httpx.get(gw.url + "/key/info", params={"key": ROOMY}, headers=admin).json()
+        spent_here = Decimal(str(info["info"]["spend"]))
+        assert spent_here > Decimal("1.25")  # carried over, plus what the request above cost
+
+    def snapshot() -> list[Any]:
+        return [
+            _fetch(pg_url, f"SELECT count(*) FROM {t}")[0][0]
+            for t in ("mw_keys", "mw_users", "mw_teams", "mw_team_members", "mw_customers", "mw_ledger")
+        ]
+
+    before = snapshot()
+    again = _import(litellm_db.url, pg_url, capsys)
+    assert "nothing new: meterway already has everything" in again
+    assert snapshot() == before
+    spend = _fetch(pg_url, f"SELECT spend FROM mw_keys WHERE token = '{_digest(ROOMY)}'")[0][0]
+    assert Decimal(spend) * Decimal("1e-10") == spent_here  # meterway's own spend is not overwritten
+
+    async def later() -> None:
+        conn = await asyncpg.connect(litellm_db.url)
+        try:
+            await _add_logs(conn, 5, seed=8)
+        finally:
+            await conn.close()
+
+    asyncio.run(later())
+    newer = _import(litellm_db.url, pg_url, capsys)
+    assert f"spend logs: {LOGS + 7} found, imported 5, {LOGS} already in meterway" in newer
+    assert snapshot()[-1] == before[-1] + 5
+
+
+def test_import_into_sqlite_with_billing_export_queues_the_billable_rows_once(
+    litellm_db: Filled, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sqlite3
+
+    target = f"sqlite:///{tmp_path}/meterway.db"
+    since = ("--export-to-billing", "--since", (NOW - timedelta(days=10)).isoformat())
+    out = _import(litellm_db.url, target, capsys, *since)
+    with sqlite3.connect(tmp_path / "meterway.db") as db:
+        rows, billable = db.execute(
+            "SELECT count(*), sum(total_tokens > 0 AND status = 'success') FROM mw_ledger WHERE source = 'imported'"
+        ).fetchone()
+        queued = db.execute("SELECT count(*) FROM mw_billing_outbox").fetchone()[0]
+    assert 0 < rows < LOGS  # only the days since --since
+    assert f"imported {rows}" in out
+    assert queued == billable > 0
+    assert _import(litellm_db.url, target, capsys, *since).endswith("nothing new: meterway already has everything\n")
+    with sqlite3.connect(tmp_path / "meterway.db") as db:
+        assert db.execute("SELECT count(*) FROM mw_billing_outbox").fetchone()[0] == queued
