@@ -10,11 +10,13 @@ FROM ${PYTHON_IMAGE} AS build
 # hadolint ignore=DL3064
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
-    TIKTOKEN_CACHE_DIR=""
+    TIKTOKEN_CACHE_DIR="" \
+    METERWAY_REQUIRE_UI_ASSETS=1
 WORKDIR /build
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY src ./src
-# The wheel first, so the runtime gets exactly what `pip install meterway` would get; then the
+# The wheel first, so the runtime gets exactly what `pip install meterway` would get (setup.py puts
+# the admin UI's scripts from the npm registry in it; without them the build fails); then the
 # virtualenv, whose path is the same in both stages because both start from the same base.
 RUN pip wheel --no-deps --wheel-dir /wheels . \
     && python -m venv /opt/meterway \

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from meterway.cache import ResponseCache
     from meterway.store.runtime import Store
     from meterway.telemetry.tracing import Tracing
+    from meterway.ui.routes import AdminUI
 
 log = logging.getLogger("meterway")
 
@@ -170,6 +171,7 @@ class Gateway:
         self._backlog_at = float("-inf")
         self.readiness = health.Readiness()
         self.webhooks: webhooks.Webhooks | None = None  # usage reported by other proxies, once the store is open
+        self.ui: AdminUI | None = None  # the admin pages at /ui, built on first use
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -191,6 +193,8 @@ class Gateway:
                 return await self._error(scope, send, RouteNotFound(f"Use POST for {path}.", status=405), route[0])
             api, decode = route
             return await proxy.handle(services, api, decode, scope, receive, send)
+        if scope["path"].startswith("/ui") and (len(scope["path"]) == 3 or scope["path"][3] == "/"):
+            return await self._ui(scope, receive, send)
         handler = _MANAGEMENT.get((scope["method"], path))
         if handler is None and path.endswith("/invoice-preview") and scope["method"] == "GET":
             handler = _invoice_handler(path)
@@ -215,6 +219,17 @@ class Gateway:
         if services is None:
             return await self._error(scope, send, RouteNotFound("The gateway is starting.", status=503), None)
         return await self._error(scope, send, RouteNotFound(f"No route for {scope['method']} {scope['path']}."), None)
+
+    async def _ui(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The admin UI, built on its first request: a gateway nobody browses never loads Jinja."""
+        services = self.services
+        if services is None:
+            return await self._error(scope, send, RouteNotFound("The gateway is starting.", status=503), None)
+        if self.ui is None:
+            from meterway.ui.routes import AdminUI
+
+            self.ui = AdminUI(self.settings)
+        await self.ui.handle(services, self.key_routes, scope, receive, send)
 
     async def _models(self, services: Services, scope: Scope, send: Send, path: str) -> None:
         incoming = Incoming(scope["headers"])

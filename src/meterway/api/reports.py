@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import html
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -91,7 +91,8 @@ async def spend_logs(r: KeyRoutes, body: bytes, query: dict[str, str]) -> Any:
     """LiteLLM's `/spend/logs`: one object per request, newest first, paged."""
     page = query_int(query, "page", 1, 1)
     size = query_int(query, "page_size", 100, 1, 1000)
-    total, rows = await r.store.reports.logs(_filters(query), limit=size, offset=(page - 1) * size)
+    filters = replace(_filters(query), status=query.get("status") or None)  # totals have no status: logs only
+    total, rows = await r.store.reports.logs(filters, limit=size, offset=(page - 1) * size)
     return {
         "data": [_log(row) for row in rows],
         "total": total,

@@ -317,6 +317,9 @@ def parse_config(
         billing=billing,
         telemetry=telemetry,
         webhook_secret=Secret(webhook_secret) if webhook_secret else None,
+        ui_username=env.get("UI_USERNAME") or None,
+        ui_password=Secret(ui_password) if (ui_password := env.get("UI_PASSWORD")) else None,
+        ui_session_s=_ui_session_s(env),
         redis_prefix=redis_prefix,
         budget_clamp_max_tokens=clamp,
         budget_default_output_tokens=output_tokens,
@@ -372,6 +375,19 @@ def _cache(litellm_settings: Mapping[str, Any], warnings: list[str]) -> tuple[Ca
         auth = f":{quote(str(password), safe='')}@" if password else ""
         url = f"redis://{auth}{params['host']}:{params.get('port', 6379)}"
     return CacheSettings(type=kind, ttl_s=ttl, namespace=namespace, hit_cost_ratio=ratio), url
+
+
+def _ui_session_s(env: Mapping[str, str]) -> int:
+    raw = env.get("UI_SESSION_HOURS")
+    if not raw:
+        return 12 * 3600
+    try:
+        hours = float(raw)
+    except ValueError:
+        raise ConfigError(f"UI_SESSION_HOURS must be a number of hours; got {raw!r}") from None
+    if not 0 < hours <= 24 * 30:
+        raise ConfigError(f"UI_SESSION_HOURS must be between 0 and 720; got {raw!r}")
+    return int(hours * 3600)
 
 
 def _database_from_parts(env: Mapping[str, str]) -> str | None:

@@ -83,6 +83,9 @@ class Settings:
     store_models: bool = False  # STORE_MODEL_IN_DB: /model/new and friends store deployments in the database
     default_timeout_s: float = DEFAULT_TIMEOUT_S  # for deployments (also those added at runtime) that set none
     webhook_secret: Secret | None = None  # general_settings.webhook_secret / METERWAY_WEBHOOK_SECRET: usage webhooks
+    ui_username: str | None = None  # UI_USERNAME: an admin login for the web UI, as LiteLLM deployments set it
+    ui_password: Secret | None = None  # UI_PASSWORD: its password (the UI refuses the username without one)
+    ui_session_s: int = 12 * 3600  # UI_SESSION_HOURS: how long a UI login lasts
 
     def model_names(self) -> list[str]:
         return list(dict.fromkeys(d.model_name for d in self.deployments))

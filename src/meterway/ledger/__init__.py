@@ -39,3 +39,4 @@ class Filters:
     team_id: str | None = None
     model: str | None = None
     request_id: str | None = None
+    status: str | None = None  # success, rejected, upstream_error, client_aborted: request logs only

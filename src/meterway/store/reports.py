@@ -40,6 +40,8 @@ def conditions(filters: Filters, table: sa.Table, *, rollup: bool) -> list[sa.Co
             out.append(table.c[column] == value)
     if filters.request_id is not None and not rollup:
         out.append(table.c.request_id == filters.request_id)
+    if filters.status is not None and not rollup:
+        out.append(table.c.status == filters.status)
     return out
 
 

@@ -1,0 +1,322 @@
+"""The admin UI at `/ui`, beside the API and never on the model request path: who is logged in,
+the login itself, static files, and the one way pages reach data (`AdminUI.call`).
+
+Pages (`ui.pages`) call the management, report and billing handlers in-process, through the same
+role check (`management.authorize`) the HTTP API applies, so the UI shows the API's numbers and
+can do no more than the logged-in principal could with curl. A page never shows a key except
+once, on the page that answers its creation or regeneration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import importlib.resources
+import logging
+import mimetypes
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import jinja2
+import orjson
+
+from meterway.api import management
+from meterway.api.asgi import Incoming, Receive, Scope, Send, read_body
+from meterway.auth import MASTER, Principal
+from meterway.auth.keys import digest
+from meterway.errors import (
+    AuthenticationFailed,
+    MeterwayError,
+    ServiceUnavailable,
+)
+from meterway.ui import pages, values
+from meterway.ui.session import COOKIE, CsrfFailed, Session, SessionInvalid, Sessions
+from meterway.ui.web import Request, cookie_header, parse_request, redirect, respond, with_query
+
+if TYPE_CHECKING:
+    from meterway.api.management import KeyRoutes
+    from meterway.app import Services
+    from meterway.config.settings import Settings
+
+log = logging.getLogger("meterway.ui")
+
+LOGIN_COOKIE = "meterway_ui_login"  # a nonce the login form's CSRF token is bound to
+STATIC_MAX_AGE = 3600  # our own CSS and JS: revalidated hourly (they change with the gateway's version)
+VENDOR_MAX_AGE = 7 * 86400  # pinned third-party files: the version is fixed at install time
+FAILED_LOGIN_DELAY_S = 0.5
+VENDOR_FILES = ("htmx.min.js", "chart.umd.min.js")  # fetched by setup.py at install
+ADMIN_ROLES = frozenset({"proxy_admin", "proxy_admin_viewer"})
+
+
+class UiFailure(MeterwayError):
+    """A page failed for a reason of ours (a bug or the database), logged with its traceback."""
+
+
+@dataclass(frozen=True, slots=True)
+class Viewer:
+    """Who is looking, and what the page may offer them."""
+
+    session: Session
+    principal: Principal
+    csrf: str
+
+    @property
+    def role(self) -> str:
+        return self.principal.role
+
+    @property
+    def admin_view(self) -> bool:
+        """Sees every tenant (admins and admin viewers)."""
+        return self.role in ADMIN_ROLES
+
+    @property
+    def can_write(self) -> bool:
+        return self.role == "proxy_admin"
+
+    @property
+    def can_make_keys(self) -> bool:
+        return self.role in ("proxy_admin", "internal_user")
+
+
+Page = Callable[["AdminUI", Request, Viewer, "Context"], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    services: Services
+    routes: KeyRoutes
+    send: Send
+
+
+class AdminUI:
+    """Built once per gateway (on the first UI request): the templates, the session signer and
+    the page table. Holds no per-request state."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.sessions = Sessions(settings.salt_key or settings.master_key, settings.ui_session_s)
+        root = importlib.resources.files("meterway.ui")
+        self.static_dir = Path(str(root / "static"))
+        self.env = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(str(root / "templates")),
+            autoescape=True,
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+        self.env.filters["money"] = values.money
+        self.env.filters["num"] = values.count
+        self.env.filters["when"] = values.when
+        vendor = self.static_dir / "vendor"
+        self.scripts_missing = [n for n in VENDOR_FILES if not (vendor / n).is_file()]  # installed offline
+        if self.scripts_missing:
+            log.warning("admin UI scripts not installed (%s): no charts", ", ".join(self.scripts_missing))
+        self.handlers = management.all_routes()
+        self.pages = pages.PAGES
+
+    # ------------------------------------------------------------------ entry
+
+    async def handle(
+        self, services: Services, routes: KeyRoutes | None, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        body = b""
+        if scope["method"] == "POST":
+            body = await read_body(receive, Incoming(scope["headers"]), 1024 * 1024)
+        request = parse_request(scope, body)
+        path = request.path
+        if path.startswith("/static/") and request.method == "GET":
+            return await self._static(path.removeprefix("/static/"), send)
+        if path == "/login":
+            if request.method == "POST":
+                return await self._login(services, request, send)
+            return await self._login_page(request, send, None)
+        if path in ("/", "") and request.method == "GET":
+            return await redirect(send, "/ui/overview")
+        page = self.pages.get((request.method, path))
+        try:
+            viewer = await self._viewer(services, request)
+            if path == "/logout" and request.method == "POST":
+                self.sessions.check_csrf(viewer.session, request.form.get("csrf") or request.header(b"x-csrf-token"))
+                clear = cookie_header(COOKIE, "", max_age=0, secure=request.tls)
+                return await redirect(send, "/ui/login", [clear])
+            if page is None:
+                raise pages.UnknownPage(f"No page at /ui{path}.")
+            if request.method == "POST":
+                self.sessions.check_csrf(viewer.session, request.form.get("csrf") or request.header(b"x-csrf-token"))
+            if routes is None:
+                raise ServiceUnavailable("The store is still opening; reload in a moment.")
+            await page(self, request, viewer, Context(services, routes, send))
+        except SessionInvalid as e:
+            if path.startswith("/api/") or request.wants_fragment or request.method == "POST":
+                return await respond(send, 401, _error_json(e), b"application/json")
+            return await redirect(send, with_query("/ui/login", next=scope["path"]))
+        except CsrfFailed as e:
+            await respond(send, 403, _error_json(e), b"application/json")
+        except MeterwayError as e:
+            if path.startswith("/api/"):
+                return await respond(send, e.status, _error_json(e), b"application/json")
+            await self._error_page(request, send, e)
+        except Exception:
+            log.exception("ui page %s %s failed", request.method, path)
+            await self._error_page(request, send, UiFailure("This page failed; the gateway's log has the details."))
+
+    async def _viewer(self, services: Services, request: Request) -> Viewer:
+        session = self.sessions.read(request.cookies.get(COOKIE))
+        if session.kind == "admin":
+            principal = MASTER
+        else:
+            keys = services.auth.keys
+            if keys is None:
+                raise ServiceUnavailable("The key store is still opening; reload in a moment.")
+            found = await keys.get(session.key_digest)
+            if found is None:
+                raise SessionInvalid("The key this session logged in with no longer exists.")
+            try:
+                found.check_usable()
+            except AuthenticationFailed as e:
+                raise SessionInvalid(e.message) from None
+            principal = found
+        return Viewer(session, principal, self.sessions.csrf(session))
+
+    # ------------------------------------------------------------------ login
+
+    async def _login_page(self, request: Request, send: Send, error: str | None, status: int = 200) -> None:
+        nonce = request.cookies.get(LOGIN_COOKIE) or os.urandom(16).hex()
+        body = self.render(
+            "login.html",
+            None,
+            error=error,
+            csrf=self.sessions.csrf(_login_session(nonce)),
+            next=_safe_next(request.query.get("next") or request.form.get("next")),
+            password_login=self.settings.ui_username is not None and self.settings.ui_password is not None,
+        )
+        await respond(send, status, body, extra=[cookie_header(LOGIN_COOKIE, nonce, max_age=3600, secure=request.tls)])
+
+    async def _login(self, services: Services, request: Request, send: Send) -> None:
+        nonce = request.cookies.get(LOGIN_COOKIE, "")
+        if not nonce:
+            return await self._login_page(request, send, "Your browser did not keep the login cookie; try again.", 403)
+        try:
+            self.sessions.check_csrf(_login_session(nonce), request.form.get("csrf"))
+        except CsrfFailed as e:
+            return await respond(send, 403, _error_json(e), b"application/json")
+        form = request.form
+        secret = form.get("key", "").strip()
+        username, password = form.get("username", ""), form.get("password", "")
+        settings = self.settings
+        session: tuple[Session, str] | None = None
+        if username and settings.ui_username is not None and settings.ui_password is not None:
+            # both compared in full, whatever the first one gave, so the time taken tells nothing
+            user_ok = _same(username, settings.ui_username)
+            if settings.ui_password.matches(password) and user_ok:
+                session = self.sessions.issue("admin", "", username)
+        elif secret:
+            if settings.master_key is not None and settings.master_key.matches(secret):
+                session = self.sessions.issue("admin", "", "master key")
+            else:
+                try:
+                    principal = await services.auth.authenticate(secret.encode())
+                except MeterwayError:
+                    principal = None
+                if principal is not None and principal.user_id is not None:
+                    name = principal.key_alias or principal.user_id
+                    session = self.sessions.issue("key", digest(secret), name)
+        if session is None:
+            log.info("ui login refused")
+            await asyncio.sleep(FAILED_LOGIN_DELAY_S)  # each guess of a password costs the guesser time
+            return await self._login_page(request, send, "Those credentials are not valid for the UI.", 401)
+        cookie = cookie_header(COOKIE, session[1], max_age=self.sessions.lifetime_s, secure=request.tls)
+        done = cookie_header(LOGIN_COOKIE, "", max_age=0, secure=request.tls)
+        await redirect(send, _safe_next(form.get("next")), [cookie, done])
+
+    # ------------------------------------------------------------------ helpers
+
+    def render(self, template: str, viewer: Viewer | None, **values: Any) -> bytes:
+        values.setdefault("notice", None)
+        values.setdefault("scripts_missing", self.scripts_missing)
+        values.setdefault("active", template.split(".")[0].split("_")[0])
+        page = self.env.get_template(template)
+        return page.render(viewer=viewer, nav=_nav(viewer), **values).encode()
+
+    async def page(self, ctx: Context, template: str, viewer: Viewer, **values: Any) -> None:
+        await respond(ctx.send, 200, self.render(template, viewer, **values))
+
+    async def call(
+        self,
+        ctx: Context,
+        viewer: Viewer,
+        method: str,
+        path: str,
+        query: dict[str, str] | None = None,
+        body: dict[str, Any] | None = None,
+        handler: management.Handler | None = None,
+    ) -> Any:
+        """One management/report/billing handler, in-process, under the viewer's role check.
+        `handler` is for the API's paths with a parameter in them (an invoice's customer)."""
+        handler = handler or self.handlers[(method, path)]
+        raw = orjson.dumps(body) if body is not None else b""
+        raw, checked = await management.authorize(viewer.principal, method, path, raw, dict(query or {}), ctx.routes)
+        return await handler(ctx.routes, raw, checked)
+
+    async def _static(self, name: str, send: Send) -> None:
+        file = (self.static_dir / name).resolve()
+        if self.static_dir.resolve() not in file.parents or not file.is_file() or name.endswith(".integrity"):
+            return await respond(send, 404, b"not found", b"text/plain")
+        kind = mimetypes.guess_type(file.name)[0] or "application/octet-stream"
+        if file.suffix == ".js":
+            kind = "text/javascript"
+        content_type = f"{kind}; charset=utf-8" if kind.startswith("text/") else kind
+        age = VENDOR_MAX_AGE if name.startswith("vendor/") else STATIC_MAX_AGE
+        await respond(send, 200, file.read_bytes(), content_type.encode(), cache=f"public, max-age={age}".encode())
+
+    async def _error_page(self, request: Request, send: Send, err: MeterwayError) -> None:
+        try:
+            viewer = await self._viewer_or_none(request)
+        except MeterwayError:
+            viewer = None
+        body = self.render("error.html", viewer, status=err.status, message=err.message)
+        await respond(send, err.status, body)
+
+    async def _viewer_or_none(self, request: Request) -> Viewer | None:
+        try:
+            session = self.sessions.read(request.cookies.get(COOKIE))
+        except SessionInvalid:
+            return None
+        return Viewer(session, MASTER if session.kind == "admin" else _KEY_VIEWER, self.sessions.csrf(session))
+
+
+_KEY_VIEWER = Principal(key_id="", role="internal_user_viewer")  # error pages of key sessions: the smallest nav
+
+
+def _login_session(nonce: str) -> Session:
+    return Session(sid="login:" + nonce, kind="admin", key_digest="", expires=0.0, name="")
+
+
+def _same(a: str, b: str) -> bool:
+    return hmac.compare_digest(a.encode(), b.encode())
+
+
+def _safe_next(value: str | None) -> str:
+    """Only a path of the UI itself: a login link cannot send the browser elsewhere."""
+    if value and value.startswith("/ui/") and not value.startswith("/ui//") and "\\" not in value:
+        return value
+    return "/ui/overview"
+
+
+def _nav(viewer: Viewer | None) -> list[tuple[str, str]]:
+    if viewer is None:
+        return []
+    items = [("overview", "Overview"), ("keys", "Keys")]
+    if viewer.admin_view:
+        items += [("teams", "Teams"), ("users", "Users"), ("customers", "Customers")]
+    items += [("usage", "Usage"), ("logs", "Request log")]
+    if viewer.admin_view:
+        items.append(("billing", "Billing"))
+    items.append(("models", "Models"))
+    return items
+
+
+def _error_json(err: MeterwayError) -> bytes:
+    return orjson.dumps({"error": {"message": err.message, "type": err.error_type}})
