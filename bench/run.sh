@@ -28,6 +28,7 @@
 #   BENCH_VENV=/tmp/bench-venv (mock)   LITELLM_VENV=/tmp/litellm-venv
 #   MOCK_PORT=18090 MW_PORT=18100 FLOOR_PORT=18101
 #   LITELLM_PORT=18102 LITELLM_MOCK_PORT=18091 (run_litellm.sh starts its own mock)
+#   MW_CONFIG=bench/config.yaml (bench/config-routed.yaml: three deployments, retries, fallbacks)
 #   STARTUP_RUNS=3  RUN_LITELLM=0  STEPS="startup direct floor meterway keyed litellm report"
 #   BENCH_REDIS_URL=redis://127.0.0.1:6379/0 (keyed; a new key each run, so runs never share counters)
 #   PYTHON=python3 (runs the stdlib-only harness scripts and report.py)
@@ -162,7 +163,7 @@ for p in $ports; do
 done
 
 # ------------------------------------------------------------ commands
-MW_CMD=("$METERWAY_BIN" serve --config "$BENCH_DIR/config.yaml" --host 127.0.0.1 --port "$MW_PORT"
+MW_CMD=("$METERWAY_BIN" serve --config "${MW_CONFIG:-$BENCH_DIR/config.yaml}" --host 127.0.0.1 --port "$MW_PORT"
         --workers 1 --log-level warning)
 MW_HEALTH="http://127.0.0.1:$MW_PORT/health/live"
 # The floor's command comes from the harness's floor/variants.sh (variant a),

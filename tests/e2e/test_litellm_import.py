@@ -233,8 +233,13 @@ def litellm_db(second_pg_url: str) -> Iterator[Filled]:
 
 
 def test_imported_keys_work_with_their_budgets_models_and_history(
-    litellm_db: Filled, pg_url: str, standin: StandIn, capsys: pytest.CaptureFixture[str]
+    litellm_db: Filled,
+    pg_url: str,
+    standin: StandIn,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setenv("METERWAY_SALT_KEY", "meterway-own-salt-key-for-models")
     dry = _import(litellm_db.url, pg_url, capsys, "--dry-run")
     assert "dry run, nothing written" in dry
     assert f"spend logs: {LOGS + 1} found, would import {LOGS}" in dry
@@ -248,10 +253,14 @@ def test_imported_keys_work_with_their_budgets_models_and_history(
     assert f"spend logs: {LOGS + 1} found, imported {LOGS}, 0 already in meterway" in out
     assert "team 'team-ghost' is not in LiteLLM_TeamTable" in out
     assert "role 'customer' has no meterway equivalent" in out
-    # the stored model: decrypted with the salt key, reported, not imported
+    # the stored model: decrypted with LiteLLM's salt key, sealed again under meterway's
     assert "gpt-4o-mini (id m-1): model openai/gpt-4o-mini, api_base https://api.openai.com/v1" in out
     assert "credentials decrypted api_base, api_key, model" in out
+    assert "models: 1 found, imported 1" in out
     assert "sk-upstream-stored-in-litellm" not in out
+    (stored,) = _fetch(pg_url, "SELECT model_id, model_name, litellm_params FROM mw_models")
+    assert (stored["model_id"], stored["model_name"]) == ("m-1", "gpt-4o-mini")
+    assert "sk-upstream-stored-in-litellm" not in str(stored["litellm_params"])
     # history only: nothing queued for Lago without --export-to-billing
     assert _fetch(pg_url, "SELECT count(*) FROM mw_billing_outbox")[0][0] == 0
     team = _fetch(pg_url, "SELECT metadata, spend FROM mw_teams WHERE team_id = 'team-alpha'")[0]
@@ -265,8 +274,13 @@ def test_imported_keys_work_with_their_budgets_models_and_history(
     yesterday = (NOW - timedelta(days=1)).date().isoformat()
     first = (NOW - timedelta(days=22)).date().isoformat()
     expected = sum((spend for _, spend in litellm_db.logs), Decimal(0))
-    with run_gateway(_config(standin.base_url, pg_url)) as gw:
+    served = _config(standin.base_url, pg_url)
+    served["general_settings"]["store_model_in_db"] = True
+    with run_gateway(served) as gw:
         admin = {"Authorization": f"Bearer {gw.key}"}
+        listed = httpx.get(gw.url + "/model/info", headers=admin)
+        assert listed.status_code == 200 and "m-1" in listed.text  # served from meterway's store
+        assert "sk-upstream-stored-in-litellm" not in listed.text
         usage = httpx.get(gw.url + "/usage", params={"start": first, "end": yesterday}, headers=admin).json()
         assert usage["totals"]["requests"] == LOGS
         assert Decimal(usage["totals"]["cost"]) == expected
@@ -294,7 +308,7 @@ def test_imported_keys_work_with_their_budgets_models_and_history(
     def snapshot() -> list[Any]:
         return [
             _fetch(pg_url, f"SELECT count(*) FROM {t}")[0][0]
-            for t in ("mw_keys", "mw_users", "mw_teams", "mw_team_members", "mw_customers", "mw_ledger")
+            for t in ("mw_keys", "mw_users", "mw_teams", "mw_team_members", "mw_customers", "mw_ledger", "mw_models")
         ]
 
     before = snapshot()
@@ -314,7 +328,7 @@ def test_imported_keys_work_with_their_budgets_models_and_history(
     asyncio.run(later())
     newer = _import(litellm_db.url, pg_url, capsys)
     assert f"spend logs: {LOGS + 7} found, imported 5, {LOGS} already in meterway" in newer
-    assert snapshot()[-1] == before[-1] + 5
+    assert snapshot()[-2] == before[-2] + 5  # mw_ledger
 
 
 def test_import_into_sqlite_with_billing_export_queues_the_billable_rows_once(

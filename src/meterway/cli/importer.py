@@ -69,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
         since=_since(args.since),
         salt_key=Secret(salt) if (salt := args.salt_key or os.environ.get("LITELLM_SALT_KEY")) else None,
         export_to_billing=args.export_to_billing,
+        seal_key=_seal_key(),
     )
     import sqlalchemy.exc
 
@@ -113,6 +114,17 @@ async def _empty(url: str) -> bool:
         await engine.dispose()
 
 
+def _seal_key() -> Secret | None:
+    """The key meterway seals stored models' credentials under, as `serve` finds it."""
+    value = (
+        os.environ.get("METERWAY_SALT_KEY")
+        or os.environ.get("LITELLM_SALT_KEY")
+        or os.environ.get("METERWAY_MASTER_KEY")
+        or os.environ.get("LITELLM_MASTER_KEY")
+    )
+    return Secret(value) if value else None
+
+
 def render(report: Report) -> str:
     lines = [f"LiteLLM database {report.source} (read-only){': dry run, nothing written' if report.dry_run else ''}"]
     verb = "would import" if report.dry_run else "imported"
@@ -123,10 +135,7 @@ def render(report: Report) -> str:
         )
     lines.append(f"  cost of the spend logs {'to import' if report.dry_run else 'imported'}: {report.new_cost:f} USD")
     if report.models:
-        lines.append(
-            f"models stored in LiteLLM's database: {len(report.models)}, not imported (meterway serves the models "
-            "of its config.yaml; runtime models land with issue 9). Add them to model_list:"
-        )
+        lines.append("  stored models (served with STORE_MODEL_IN_DB=True, credentials sealed under meterway's key):")
         for m in report.models:
             lines.append(
                 f"  - {m.model_name} (id {m.model_id}): model {m.model or '?'}, api_base {m.api_base or '(default)'}; "

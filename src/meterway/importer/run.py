@@ -25,7 +25,7 @@ from meterway.importer.mapping import Mapped, Skipped
 from meterway.importer.source import LiteLLMSource, SourceRow
 from meterway.ledger import Entry, pricing
 from meterway.store.runtime import Store
-from meterway.store.tables import customers, keys, ledger, team_members, teams, users
+from meterway.store.tables import customers, keys, ledger, models, team_members, teams, users
 
 _CHUNK = 1000
 _SOURCE_TABLES = {
@@ -42,6 +42,7 @@ class Options:
     since: datetime | None = None  # spend logs from this time on (UTC)
     salt_key: Secret | None = None  # LiteLLM's LITELLM_SALT_KEY (or its master key, when it had none)
     export_to_billing: bool = False  # enqueue imported rows for Lago, as if served here
+    seal_key: Secret | None = None  # meterway's: stored models' credentials are sealed under it
     page: int = 1000
 
 
@@ -62,6 +63,8 @@ class StoredModel:
     model: str | None  # litellm_params.model, once decrypted
     api_base: str | None
     credentials: str  # what became of the encrypted values, readable
+    params: Mapping[str, Any] | None = None  # litellm_params in clear, when every value decrypted
+    model_info: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -135,7 +138,48 @@ async def import_litellm(source: LiteLLMSource, store: Store | None, options: Op
     aliases = {str(k["token"]): str(k["key_alias"]) for k in src_keys if k.get("token") and k.get("key_alias")}
     await _spend_logs(source, store, options, aliases, report)
     report.models = [_stored_model(m, options.salt_key) for m in await source.rows("LiteLLM_ProxyModelTable")]
+    await _models(store, options, report)
     return report
+
+
+async def _models(store: Store | None, options: Options, report: Report) -> None:
+    """Stored models whose credentials all decrypted become meterway's stored models (served with
+    STORE_MODEL_IN_DB), sealed under meterway's key; those already there (by id) are kept."""
+    if not report.models:
+        return
+    tally = report.tally("models")
+    tally.found = len(report.models)
+    readable = [m for m in report.models if m.params is not None]
+    for m in report.models:
+        if m.params is None:
+            tally.skipped += 1
+            report.skipped.append(Skipped("LiteLLM_ProxyModelTable", m.model_id, m.credentials))
+    if options.seal_key is None and readable:
+        tally.skipped += len(readable)
+        report.skipped += [
+            Skipped("LiteLLM_ProxyModelTable", m.model_id, "no METERWAY_SALT_KEY (nor master key) to seal it under")
+            for m in readable
+        ]
+        return
+    if store is None:
+        tally.new += len(readable)
+        return
+    from meterway.store.models import ModelStore
+    from meterway.store.models import StoredModel as Stored
+    from meterway.store.sealing import Sealer
+
+    assert options.seal_key is not None
+    target = ModelStore(store.engine, Sealer(options.seal_key))
+    async with store.engine.connect() as conn:
+        present = set((await conn.execute(sa.select(models.c.model_id))).scalars().all())
+    for m in readable:
+        if m.model_id in present:
+            tally.present += 1
+            continue
+        if not options.dry_run:
+            assert m.params is not None
+            await target.insert(Stored(m.model_id, m.model_name, dict(m.params), dict(m.model_info)))
+        tally.new += 1
 
 
 def _by(rows: Iterable[SourceRow], column: str) -> dict[str, SourceRow]:
@@ -239,6 +283,8 @@ async def _spend_logs(
 def _stored_model(src: SourceRow, salt_key: Secret | None) -> StoredModel:
     params = src.get("litellm_params")
     params = params if isinstance(params, Mapping) else {}
+    info = src.get("model_info")
+    info = dict(info) if isinstance(info, Mapping) else {}
     model_id, name = str(src.get("model_id")), str(src.get("model_name"))
     encrypted = [k for k, v in params.items() if isinstance(v, str)]
     if salt_key is None:
@@ -256,4 +302,5 @@ def _stored_model(src: SourceRow, salt_key: Secret | None) -> StoredModel:
         state = f"decrypted {', '.join(sorted(plain))}; not {', '.join(sorted(failed))}"
     else:
         state = f"decrypted {', '.join(sorted(plain)) or 'nothing (no encrypted values)'}"
-    return StoredModel(model_id, name, plain.get("model"), plain.get("api_base"), state)
+    clear = None if failed else {**params, **plain}
+    return StoredModel(model_id, name, plain.get("model"), plain.get("api_base"), state, clear, info)
