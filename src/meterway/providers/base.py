@@ -11,7 +11,11 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import orjson
+
+from meterway.errors import BadRequest
 
 if TYPE_CHECKING:
     from yarl import URL
@@ -127,3 +131,15 @@ class LocalProvider(Provider, Protocol):
     """A provider that answers in process (the demo `mock`): no network, same translation path."""
 
     def answer(self, call: Call, request: UpstreamRequest) -> LocalAnswer: ...
+
+
+def decode_object(body: bytes) -> dict[str, Any]:
+    """A request body a provider must rewrite whole (its API has another shape), as a JSON object;
+    anything else is the client's error, named."""
+    try:
+        request = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise BadRequest("The request body is not valid JSON.") from None
+    if not isinstance(request, dict):
+        raise BadRequest("The request body must be a JSON object.")
+    return request

@@ -20,7 +20,7 @@ from yarl import URL
 
 from meterway.errors import BadRequest, UpstreamError
 from meterway.providers import sse
-from meterway.providers.base import Api, Call, Parsed, StreamRelay, UpstreamRequest, Usage
+from meterway.providers.base import Api, Call, Parsed, StreamRelay, UpstreamRequest, Usage, decode_object
 from meterway.providers.openai import error_from_body
 
 if TYPE_CHECKING:
@@ -311,7 +311,7 @@ class CohereProvider:
         return api in self.urls
 
     def build_request(self, call: Call) -> UpstreamRequest:
-        request = _decode(call.body)
+        request = decode_object(call.body)
         if call.api is Api.EMBEDDINGS:
             body = embed_request(request, self.upstream_model)
         else:
@@ -321,7 +321,7 @@ class CohereProvider:
     def parse_response(self, call: Call, body: bytes) -> Parsed:
         answer = orjson.loads(body)
         if call.api is Api.EMBEDDINGS:
-            wants_base64 = b'"base64"' in call.body and _decode(call.body).get("encoding_format") == "base64"
+            wants_base64 = b'"base64"' in call.body and decode_object(call.body).get("encoding_format") == "base64"
             out, usage = embed_response(answer, call.head.model, wants_base64)
         else:
             out, usage = chat_response(answer, call.head.model)
@@ -332,13 +332,3 @@ class CohereProvider:
 
     def map_error(self, call: Call, status: int, body: bytes) -> UpstreamError:
         return error_from_body(status, body, self.label)
-
-
-def _decode(body: bytes) -> dict[str, Any]:
-    try:
-        request = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise BadRequest("The request body is not valid JSON.") from None
-    if not isinstance(request, dict):
-        raise BadRequest("The request body must be a JSON object.")
-    return request

@@ -23,7 +23,7 @@ from yarl import URL
 
 from meterway.errors import BadRequest, UpstreamError
 from meterway.providers import sse
-from meterway.providers.base import Api, Call, Parsed, StreamRelay, UpstreamRequest, Usage
+from meterway.providers.base import Api, Call, Parsed, StreamRelay, UpstreamRequest, Usage, decode_object
 from meterway.providers.openai import error_from_body
 
 if TYPE_CHECKING:
@@ -339,7 +339,7 @@ class GeminiProvider:
         return api in (Api.CHAT, Api.EMBEDDINGS)
 
     def build_request(self, call: Call) -> UpstreamRequest:
-        request = _decode(call.body)
+        request = decode_object(call.body)
         if call.api is Api.EMBEDDINGS:
             texts = _texts(request)
             extra: dict[str, Any] = {}
@@ -363,7 +363,7 @@ class GeminiProvider:
             out, usage = chat_response(answer, call.head.model)
             return Parsed(orjson.dumps(out), usage)
         found = answer.get("embeddings") or ([answer["embedding"]] if "embedding" in answer else [])
-        wants_base64 = b'"base64"' in call.body and _decode(call.body).get("encoding_format") == "base64"
+        wants_base64 = b'"base64"' in call.body and decode_object(call.body).get("encoding_format") == "base64"
         data = []
         for i, e in enumerate(found):
             v = e.get("values") or []
@@ -382,13 +382,3 @@ class GeminiProvider:
 
     def map_error(self, call: Call, status: int, body: bytes) -> UpstreamError:
         return error_from_body(status, body, self.label)
-
-
-def _decode(body: bytes) -> dict[str, Any]:
-    try:
-        request = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise BadRequest("The request body is not valid JSON.") from None
-    if not isinstance(request, dict):
-        raise BadRequest("The request body must be a JSON object.")
-    return request
