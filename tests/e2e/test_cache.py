@@ -5,17 +5,17 @@ request skip the cache as LiteLLM clients ask."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
-import yaml
 
 from tests.support.gateway import run_gateway
-from tests.support.serve import Served, ready, serve
+from tests.support.serve import Served
+from tests.support.serve import replicas as two_serving
 from tests.upstreams.standin import StandIn
 
 MASTER = "sk-cache-master-key"
@@ -38,14 +38,8 @@ def config(up: StandIn, cache_params: dict[str, Any]) -> dict[str, Any]:
 @contextmanager
 def replicas(tmp_path: Path, data: dict[str, Any], redis_url: str, prefix: str) -> Iterator[tuple[Served, Served]]:
     data = {**data, "general_settings": {"master_key": MASTER, "redis_url": redis_url, "redis_prefix": prefix}}
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(data))
-    env = {"METERWAY_CONFIG": str(path), "METERWAY_MASTER_KEY": "", "LITELLM_MASTER_KEY": ""}
-    with ExitStack() as stack:
-        one = stack.enter_context(contextmanager(serve)([], env))
-        two = stack.enter_context(contextmanager(serve)([], env))
-        ready(one.url), ready(two.url)
-        yield one, two
+    with two_serving(tmp_path, data) as both:
+        yield both
 
 
 def post(served: Served, body: dict[str, Any], **headers: str) -> httpx.Response:

@@ -17,16 +17,16 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import contextmanager, suppress
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import httpx
 import redis
-import yaml
 
-from tests.support.serve import Served, ready, serve
+from tests.support.serve import Served
+from tests.support.serve import replicas as two_serving
 from tests.unit.test_limiters import away_from_window_edge
 from tests.upstreams.standin import Script, StandIn
 
@@ -61,14 +61,8 @@ def two_replicas(
             "lease_ttl_seconds": lease_ttl,
         },
     }
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    env = {"METERWAY_CONFIG": str(path), "METERWAY_MASTER_KEY": "", "LITELLM_MASTER_KEY": ""}
-    with ExitStack() as stack:
-        one = stack.enter_context(contextmanager(serve)([], env))
-        two = stack.enter_context(contextmanager(serve)([], env))
-        ready(one.url), ready(two.url)
-        yield one, two
+    with two_serving(tmp_path, config) as both:
+        yield both
 
 
 def _key(served: Served, **fields: Any) -> tuple[str, str]:

@@ -10,17 +10,17 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
-import yaml
 
 from tests.support.gateway import RunningGateway, run_gateway
-from tests.support.serve import Served, ready, serve
+from tests.support.serve import Served
+from tests.support.serve import replicas as two_serving
 from tests.upstreams.standin import Script, StandIn
 
 HI: Any = [{"role": "user", "content": "hi"}]
@@ -189,14 +189,8 @@ def test_stream_is_retried_before_its_first_byte_but_not_after(ups: tuple[StandI
 @contextmanager
 def replicas(tmp_path: Path, config: dict[str, Any], redis_url: str, prefix: str) -> Iterator[tuple[Served, Served]]:
     config = {**config, "general_settings": {"master_key": MASTER, "redis_url": redis_url, "redis_prefix": prefix}}
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    env = {"METERWAY_CONFIG": str(path), "METERWAY_MASTER_KEY": "", "LITELLM_MASTER_KEY": ""}
-    with ExitStack() as stack:
-        one = stack.enter_context(contextmanager(serve)([], env))
-        two = stack.enter_context(contextmanager(serve)([], env))
-        ready(one.url), ready(two.url)
-        yield one, two
+    with two_serving(tmp_path, config) as both:
+        yield both
 
 
 def test_cooldown_started_on_one_replica_is_kept_by_the_other(

@@ -7,15 +7,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
-import yaml
 
-from tests.support.serve import Served, ready, serve
+from tests.support.serve import Served
+from tests.support.serve import replicas as two_serving
 from tests.upstreams.standin import StandIn
 
 MASTER = "sk-models-master-key"
@@ -43,20 +43,8 @@ def replicas(
             "redis_prefix": prefix,
         },
     }
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    env = {
-        "METERWAY_CONFIG": str(path),
-        "METERWAY_MASTER_KEY": "",
-        "LITELLM_MASTER_KEY": "",
-        "STORE_MODEL_IN_DB": "True",
-        "METERWAY_SALT_KEY": SALT,
-    }
-    with ExitStack() as stack:
-        one = stack.enter_context(contextmanager(serve)([], env))
-        two = stack.enter_context(contextmanager(serve)([], env))
-        ready(one.url), ready(two.url)
-        yield one, two
+    with two_serving(tmp_path, config, {"STORE_MODEL_IN_DB": "True", "METERWAY_SALT_KEY": SALT}) as both:
+        yield both
 
 
 def chat(served: Served, model: str) -> httpx.Response:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
 
 import httpx
+import yaml
 
 from tests.support.gateway import free_socket
 
@@ -85,3 +89,19 @@ def ready(url: str, within_s: float = 20.0) -> dict[str, object]:
         assert r.status_code == 503 and r.json()["status"] == "starting", r.text
         assert time.monotonic() < deadline, "not ready in time"
         time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def replicas(
+    tmp_path: Path, config: Mapping[str, Any], env: Mapping[str, str] | None = None
+) -> Iterator[tuple[Served, Served]]:
+    """Two `meterway serve` processes on one config file (written to `tmp_path`), both ready: the
+    replicas of the tests that need state shared across processes (Redis, PostgreSQL)."""
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(dict(config)))
+    environment = {"METERWAY_CONFIG": str(path), "METERWAY_MASTER_KEY": "", "LITELLM_MASTER_KEY": "", **(env or {})}
+    with contextlib.ExitStack() as stack:
+        one = stack.enter_context(contextlib.contextmanager(serve)([], environment))
+        two = stack.enter_context(contextlib.contextmanager(serve)([], environment))
+        ready(one.url), ready(two.url)
+        yield one, two
