@@ -55,6 +55,7 @@ class RequestContext:
     span: Span | None = None  # the request's server span, when traces are on
     attempts: int = 1  # upstream attempts made (retries and fallbacks add to it)
     cache_hit: bool = False  # answered from the response cache, without an upstream call
+    cache_looked: bool = False  # the response cache was asked (a hit or a miss, for metrics)
     closing: bytes = b""  # a stream's last bytes (after `delivered`), for the response cache
 
     @classmethod

@@ -93,6 +93,9 @@ def test_second_identical_request_is_answered_from_redis_by_the_other_replica(
             replayed = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
         assert replayed == streamed and streamed.startswith("Hello from the stand-in")
         assert len(upstream.received) == 4  # the replayed stream did not reach the upstream
+        metrics = httpx.get(two.url + "/metrics").text  # replica two answered: 2 hits, 1 miss (the bypass)
+        assert 'meterway_cache_lookups_total{model="m",result="hit"} 2.0' in metrics
+        assert 'meterway_cache_lookups_total{model="m",result="miss"} 1.0' in metrics
 
 
 def test_no_store_is_not_kept_and_ttl_expires_a_local_entry(upstream: StandIn) -> None:

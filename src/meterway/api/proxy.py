@@ -89,6 +89,7 @@ async def handle(services: Services, api: Api, decode: HeadDecoder, scope: Scope
         ttl: float | None = None
         if cache is not None:
             key, ttl, hit = await _look_up(cache, api, head.model, body, incoming.cache_control)
+            ctx.cache_looked = key is not None or hit is not None
             if hit is not None:
                 return await _serve_hit(services, ctx, group, hit, responder, ran)
             responder.cache = b"miss"

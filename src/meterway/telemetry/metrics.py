@@ -97,6 +97,12 @@ class Metrics:
             ["deployment", "error_type"],
             registry=registry,
         )
+        self.cache = Counter(
+            "meterway_cache_lookups",
+            "Response cache lookups, by model and result",
+            ["model", "result"],
+            registry=registry,
+        )
         self.ledger_waiting = Gauge(
             "meterway_ledger_queue_rows",
             "Ledger rows waiting to be committed",
@@ -148,6 +154,8 @@ class Metrics:
             self.duration.labels(endpoint, model).observe((ctx.ended_ns - ctx.started_ns) / 1e9)
         if ctx.stream and ctx.first_byte_ns is not None:
             self.ttft.labels(model).observe((ctx.first_byte_ns - ctx.started_ns) / 1e9)
+        if ctx.cache_looked:
+            self.cache.labels(model, "hit" if ctx.cache_hit else "miss").inc()
         err = ctx.error
         if err is not None:
             reason = _rejection(err)
