@@ -33,7 +33,7 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.lago.standin import LagoStandIn
+from tests.lago.standin import LagoStandIn, billing_ready
 
 from meterway.ledger import Entry
 from meterway.store.runtime import Store
@@ -104,26 +104,7 @@ async def _drop_pg(admin_dsn: str) -> None:
 
 def _lago(stand_in: LagoStandIn) -> None:
     """One subscription per customer, on a plan pricing the metric (as `billing setup` leaves it)."""
-    from lago_python_client.client import Client
-    from lago_python_client.models import BillableMetric, Customer, Subscription
-    from tests.lago.standin import payg_plan
-
-    client = Client(api_key=stand_in.api_key, api_url=stand_in.url)
-    metric = client.billable_metrics.create(
-        BillableMetric(name="LLM tokens", code="llm_tokens", aggregation_type="sum_agg", field_name="total_tokens")
-    )
-    assert metric is not None
-    client.plans.create(payg_plan(metric.lago_id, "0.001"))
-    for c in range(CUSTOMERS):
-        client.customers.create(Customer(external_id=f"c{c}", currency="USD"))
-        client.subscriptions.create(
-            Subscription(
-                external_customer_id=f"c{c}",
-                plan_code="payg",
-                external_id=f"c{c}",
-                subscription_at="2020-01-01T00:00:00Z",
-            )
-        )
+    billing_ready(stand_in, [f"c{c}" for c in range(CUSTOMERS)], since="2020-01-01T00:00:00Z")
 
 
 async def _produce(store: Store, rate: int, seconds: float) -> tuple[dict[str, float], float]:

@@ -1,16 +1,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import openai
 import pytest
-from lago_python_client.client import Client
-from lago_python_client.models import BillableMetric, Customer, Subscription
 
-from tests.lago.standin import LagoStandIn, payg_plan
+from tests.lago.standin import LagoStandIn, billing_ready
 from tests.support.gateway import RunningGateway, free_socket, run_gateway
 from tests.upstreams.standin import StandIn
 
@@ -125,15 +122,5 @@ def lago() -> Iterator[LagoStandIn]:
     """A Lago stand-in set up with the real client: metric `llm_tokens` (sum of `total_tokens`), a
     pay-as-you-go plan, and customer `acme` with an active subscription `acme` since yesterday."""
     with LagoStandIn() as stand_in:
-        client = Client(api_key=stand_in.api_key, api_url=stand_in.url)
-        metric = client.billable_metrics.create(
-            BillableMetric(name="LLM tokens", code="llm_tokens", aggregation_type="sum_agg", field_name="total_tokens")
-        )
-        assert metric is not None
-        client.plans.create(payg_plan(metric.lago_id, "0.001"))
-        client.customers.create(Customer(external_id="acme", currency="USD"))
-        started = (datetime.now(UTC) - timedelta(days=1)).isoformat()
-        client.subscriptions.create(
-            Subscription(external_customer_id="acme", plan_code="payg", external_id="acme", subscription_at=started)
-        )
+        billing_ready(stand_in, ["acme"])
         yield stand_in

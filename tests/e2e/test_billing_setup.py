@@ -14,7 +14,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +23,8 @@ import openai
 import pytest
 import yaml
 from lago_python_client.client import Client
-from lago_python_client.models import BillableMetric, Customer, Subscription
 
-from tests.lago.standin import LagoStandIn, payg_plan
+from tests.lago.standin import LagoStandIn, billing_ready, payg_plan
 from tests.support.gateway import RunningGateway, run_gateway
 from tests.support.models import priced
 from tests.support.serve import serve
@@ -75,15 +74,8 @@ def _chat(base_url: str, key: str, n: int, user: str | None = "acme", model: str
             client.chat.completions.create(model=model, messages=HI, **extra)
 
 
-def _subscribe(lago: LagoStandIn, customer: str, metric_code: str = "llm_tokens") -> None:
-    client = Client(api_key=lago.api_key, api_url=lago.url)
-    metric = client.billable_metrics.find(metric_code)
-    client.plans.create(payg_plan(metric.lago_id, "0.001"))
-    client.customers.create(Customer(external_id=customer, currency="USD"))
-    started = (datetime.now(UTC) - timedelta(days=1)).isoformat()
-    client.subscriptions.create(
-        Subscription(external_customer_id=customer, plan_code="payg", external_id=customer, subscription_at=started)
-    )
+def _subscribe(lago: LagoStandIn, customer: str) -> None:
+    billing_ready(lago, [customer], metric=False)  # the metric is setup's (or the test's) own
 
 
 @pytest.fixture
@@ -235,11 +227,7 @@ def test_the_worker_sends_what_gateways_without_a_sender_recorded(upstream: Stan
 
 
 def test_litellm_lago_variables_alone_turn_export_on(upstream: StandIn, lago: LagoStandIn) -> None:
-    client = Client(api_key=lago.api_key, api_url=lago.url)
-    client.billable_metrics.create(
-        BillableMetric(name="LLM tokens", code="llm_tokens", aggregation_type="sum_agg", field_name="total_tokens")
-    )
-    _subscribe(lago, "acme")
+    billing_ready(lago, ["acme"])
     with _config_file({"model_list": [priced(upstream.base_url)]}) as path:
         env = {
             **_env(),

@@ -13,6 +13,7 @@ import httpx
 import openai
 import pytest
 
+from tests.support.gateway import ledger_row as shared_ledger_row
 from tests.support.gateway import run_gateway
 from tests.support.serve import Served
 from tests.support.serve import replicas as two_serving
@@ -52,12 +53,7 @@ def post(served: Served, body: dict[str, Any], **headers: str) -> httpx.Response
 
 
 def ledger_row(served: Served, request_id: str) -> dict[str, Any]:
-    r = httpx.get(
-        served.url + "/spend/logs", params={"request_id": request_id}, headers={"Authorization": f"Bearer {MASTER}"}
-    )
-    rows = r.json()["data"]
-    assert len(rows) == 1, r.text
-    return rows[0]  # type: ignore[no-any-return]
+    return shared_ledger_row(served.url, MASTER, request_id)
 
 
 def test_second_identical_request_is_answered_from_redis_by_the_other_replica(

@@ -19,6 +19,7 @@ import openai
 import pytest
 
 from tests.support.gateway import RunningGateway, run_gateway
+from tests.support.gateway import ledger_row as shared_ledger_row
 from tests.support.serve import Served
 from tests.support.serve import replicas as two_serving
 from tests.upstreams.standin import Script, StandIn
@@ -63,12 +64,7 @@ def chat(gw: RunningGateway | Served, model: str, *, key: str | None = None, **e
 
 
 def ledger_row(gw: RunningGateway, request_id: str) -> dict[str, Any]:
-    r = httpx.get(
-        gw.url + "/spend/logs", params={"request_id": request_id}, headers={"Authorization": f"Bearer {gw.key}"}
-    )
-    rows = r.json()["data"]
-    assert len(rows) == 1, r.text
-    return rows[0]  # type: ignore[no-any-return]
+    return shared_ledger_row(gw.url, gw.key, request_id)
 
 
 def test_simple_shuffle_spreads_requests_by_weight(ups: tuple[StandIn, StandIn]) -> None:

@@ -15,7 +15,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -24,11 +23,11 @@ import openai
 import orjson
 import pytest
 from lago_python_client.client import Client
-from lago_python_client.models import BillableMetric, Customer, Subscription
+from lago_python_client.models import Customer, Subscription
 from litellm.types.utils import StandardLoggingMetadata, StandardLoggingPayload
 
 from meterway.ledger.external import uid_for
-from tests.lago.standin import LagoStandIn, payg_plan
+from tests.lago.standin import LagoStandIn, billing_ready
 from tests.support.gateway import RunningGateway, run_gateway
 from tests.support.models import priced
 from tests.upstreams.standin import StandIn
@@ -123,20 +122,7 @@ def standard_logging_payload(**changes: Any) -> dict[str, Any]:
 @pytest.fixture
 def lago() -> Iterator[LagoStandIn]:
     with LagoStandIn() as stand_in:
-        client = Client(api_key=stand_in.api_key, api_url=stand_in.url)
-        metric = client.billable_metrics.create(
-            BillableMetric(name="LLM tokens", code="llm_tokens", aggregation_type="sum_agg", field_name="total_tokens")
-        )
-        assert metric is not None
-        client.plans.create(payg_plan(metric.lago_id, "0.001"))
-        started = (datetime.now(UTC) - timedelta(days=1)).isoformat()
-        for customer in ("customer-123", "acme"):
-            client.customers.create(Customer(external_id=customer, currency="USD"))
-            client.subscriptions.create(
-                Subscription(
-                    external_customer_id=customer, plan_code="payg", external_id=customer, subscription_at=started
-                )
-            )
+        billing_ready(stand_in, ["customer-123", "acme"])
         yield stand_in
 
 

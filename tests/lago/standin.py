@@ -43,9 +43,9 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
@@ -774,3 +774,28 @@ def payg_plan(metric_lago_id: str, amount: str, filters: list[Any] | None = None
             )
         ],
     )
+
+
+def billing_ready(
+    stand_in: LagoStandIn, customers: Iterable[str], since: str | None = None, metric: bool = True
+) -> None:
+    """Lago as `meterway billing setup` and an operator leave it, made with the real client: the
+    metric `llm_tokens` (sum of `total_tokens`, unless `metric` is False because it exists), the
+    `payg` plan on it, and per customer a Lago customer and an active subscription of the same id,
+    started at `since` (default: yesterday, before any usage of the test)."""
+    from lago_python_client.client import Client
+    from lago_python_client.models import BillableMetric, Customer, Subscription
+
+    client = Client(api_key=stand_in.api_key, api_url=stand_in.url)
+    if metric:
+        made = client.billable_metrics.create(
+            BillableMetric(name="LLM tokens", code="llm_tokens", aggregation_type="sum_agg", field_name="total_tokens")
+        )
+        assert made is not None
+    client.plans.create(payg_plan(stand_in.metrics["llm_tokens"]["lago_id"], "0.001"))
+    started = since or (datetime.now(UTC) - timedelta(days=1)).isoformat()
+    for customer in customers:
+        client.customers.create(Customer(external_id=customer, currency="USD"))
+        client.subscriptions.create(
+            Subscription(external_customer_id=customer, plan_code="payg", external_id=customer, subscription_at=started)
+        )

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import uvicorn
 
 from meterway.app import Gateway, create_app
@@ -80,3 +81,11 @@ def run_gateway(
         thread.join(timeout=10)
         sock.close()
         scratch.cleanup()
+
+
+def ledger_row(url: str, key: str, request_id: str) -> dict[str, Any]:
+    """The one ledger row of a request, as `/spend/logs` shows it."""
+    r = httpx.get(url + "/spend/logs", params={"request_id": request_id}, headers={"Authorization": f"Bearer {key}"})
+    rows = r.json()["data"]
+    assert len(rows) == 1, r.text
+    return rows[0]  # type: ignore[no-any-return]
