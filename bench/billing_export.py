@@ -81,6 +81,8 @@ def _row(i: int, now: datetime) -> dict[str, Any]:
         "tags": [],
         "metadata": {},
         "source": "gateway",
+        "attempts": 1,
+        "cache_hit": False,
     }
 
 
