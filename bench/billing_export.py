@@ -83,6 +83,7 @@ def _row(i: int, now: datetime) -> dict[str, Any]:
         "source": "gateway",
         "attempts": 1,
         "cache_hit": False,
+        "flags": None,
     }
 
 

@@ -57,6 +57,7 @@ class RequestContext:
     cache_hit: bool = False  # answered from the response cache, without an upstream call
     cache_looked: bool = False  # the response cache was asked (a hit or a miss, for metrics)
     closing: bytes = b""  # a stream's last bytes (after `delivered`), for the response cache
+    flags: list[str] = field(default_factory=list)  # what was wrong with its input (usage_negative...): the row's flags
 
     @classmethod
     def start(cls, request_id: str, api: Api) -> RequestContext:

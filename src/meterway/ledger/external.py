@@ -518,6 +518,7 @@ def entry_for(reported: Reported, pricer: Pricer, spend: tuple[SpendTarget, ...]
         "tokens_estimated": False,
         "attempts": 1,  # the reporting proxy's retries are its own
         "cache_hit": False,
+        "flags": None,
         "price_input": unit[0],
         "price_output": unit[1],
         "price_cache_read": unit[2],

@@ -209,6 +209,7 @@ class Ledger:
             "metadata": metadata,
             "attempts": ctx.attempts,
             "cache_hit": ctx.cache_hit,
+            "flags": ",".join(ctx.flags) if ctx.flags else None,
         }
         spend: tuple[SpendTarget, ...] = ()
         if cost_units:

@@ -80,6 +80,8 @@ teams = Table(
     Column("metadata", JSON, nullable=False, default=dict),
     *_limits(),
     *_times(),
+    # added by migration 0009: the customer every key of the team is charged to, whatever `user` says
+    Column("customer_id", String(255), nullable=True, index=True),
 )
 
 team_members = Table(
@@ -121,12 +123,15 @@ keys = Table(
     Column("metadata", JSON, nullable=False, default=dict),
     *_limits(),
     *_times(),
+    # added by migration 0009: the customer the key is charged to, whatever the request's `user` says
+    Column("customer_id", String(255), nullable=True, index=True),
 )
 
 
 def _tokens() -> list[Column[object]]:
+    """64-bit: an upstream may report billions of tokens, and a day's sum must hold several such rows."""
     return [
-        Column(name, Integer, nullable=False, server_default="0")
+        Column(name, BigInteger, nullable=False, server_default="0")
         for name in (
             "prompt_tokens",  # includes cached and cache-written prompt tokens, as OpenAI counts them
             "completion_tokens",  # includes reasoning tokens
@@ -165,7 +170,7 @@ ledger = Table(
     Column("upstream_model", String(255), nullable=True),
     Column("stream", Boolean, nullable=False, server_default="0"),
     *_tokens(),
-    Column("total_tokens", Integer, nullable=False, server_default="0"),
+    Column("total_tokens", BigInteger, nullable=False, server_default="0"),
     Column("tokens_estimated", Boolean, nullable=False, server_default="0"),
     *_unit_prices(nullable=True),
     Column("cost", Money(), nullable=True),  # NULL: the model has no known price (never a silent 0)
@@ -199,6 +204,24 @@ ledger = Table(
     Column("attempts", Integer, nullable=False, server_default="1"),
     # and whether the response cache answered it
     Column("cache_hit", Boolean, nullable=False, server_default="0"),
+    # added by migration 0009: what was wrong with the row's input (usage_negative, usage_absurd, cut...), or NULL
+    Column("flags", String(128), nullable=True),
+)
+
+# A ledger row the database refused even with its values cut to their columns' bounds (migration
+# 0009): kept whole, as JSON, with the database's reason, until it is reprocessed. The ledger's
+# writer never retries such a row forever and never lets it block the rows behind it.
+ledger_quarantine = Table(
+    "mw_ledger_quarantine",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("uid", String(32), nullable=True),
+    Column("request_id", String(128), nullable=True),
+    Column("reason", Text, nullable=False),
+    Column("row", Text, nullable=False),  # the row as JSON
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("reprocessed_at", DateTime(timezone=True), nullable=True),
+    Index("ix_mw_ledger_quarantine_created_at", "created_at"),
 )
 
 # A ledger row's export to Lago, inserted in the row's own transaction when billing is on, so no
@@ -237,9 +260,9 @@ usage_daily = Table(
         for name in ("customer_id", "key_id", "user_id", "team_id", "model_group")
     ),
     *_unit_prices(nullable=False),
-    Column("requests", Integer, nullable=False, server_default="0"),
-    Column("errors", Integer, nullable=False, server_default="0"),
-    Column("unpriced", Integer, nullable=False, server_default="0"),  # requests with cost NULL
+    Column("requests", BigInteger, nullable=False, server_default="0"),
+    Column("errors", BigInteger, nullable=False, server_default="0"),
+    Column("unpriced", BigInteger, nullable=False, server_default="0"),  # requests with cost NULL
     *_tokens(),
     Column("cost", Money(), nullable=False, server_default="0"),
     UniqueConstraint(
