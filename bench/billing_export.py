@@ -84,6 +84,7 @@ def _row(i: int, now: datetime) -> dict[str, Any]:
         "attempts": 1,
         "cache_hit": False,
         "flags": None,
+        "end_user": None,
     }
 
 

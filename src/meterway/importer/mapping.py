@@ -400,6 +400,7 @@ def spend_log(src: SourceRow, aliases: Mapping[str, str]) -> Entry | Skipped:
         "attempts": 1,  # LiteLLM's spend logs do not say how many upstream attempts a request took
         "cache_hit": str(src.get("cache_hit") or "").lower() == "true",  # LiteLLM stores "True"/"False"
         "flags": None,
+        "end_user": None,
         "price_input": None,
         "price_output": None,
         "price_cache_read": None,

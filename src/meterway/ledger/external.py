@@ -519,6 +519,7 @@ def entry_for(reported: Reported, pricer: Pricer, spend: tuple[SpendTarget, ...]
         "attempts": 1,  # the reporting proxy's retries are its own
         "cache_hit": False,
         "flags": None,
+        "end_user": None,
         "price_input": unit[0],
         "price_output": unit[1],
         "price_cache_read": unit[2],

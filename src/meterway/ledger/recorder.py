@@ -210,6 +210,7 @@ class Ledger:
             "attempts": ctx.attempts,
             "cache_hit": ctx.cache_hit,
             "flags": ",".join(ctx.flags) if ctx.flags else None,
+            "end_user": None,
         }
         spend: tuple[SpendTarget, ...] = ()
         if cost_units:

@@ -206,6 +206,8 @@ ledger = Table(
     Column("cache_hit", Boolean, nullable=False, server_default="0"),
     # added by migration 0009: what was wrong with the row's input (usage_negative, usage_absurd, cut...), or NULL
     Column("flags", String(128), nullable=True),
+    # and the request's `user` when the key is bound to a customer (then `customer_id` is the key's)
+    Column("end_user", String(255), nullable=True),
 )
 
 # A ledger row the database refused even with its values cut to their columns' bounds (migration

@@ -8,7 +8,8 @@
 - `mw_ledger_quarantine`: a row the database refused even after its values were cut to their
   columns' bounds, kept whole as JSON with the database's reason, to be seen and reprocessed.
 - `customer_id` on keys and teams: a key (or every key of a team) bound to one customer is
-  charged to it whatever the request's `user` says.
+  charged to it whatever the request's `user` says; `mw_ledger.end_user` keeps that `user` as
+  the end user, nothing more.
 
 Existing rows keep their values: widening an integer column loses nothing.
 
@@ -37,6 +38,7 @@ def upgrade() -> None:
         for name in _LEDGER:
             batch.alter_column(name, type_=sa.BigInteger(), existing_type=sa.Integer(), existing_nullable=False)
         batch.add_column(sa.Column("flags", sa.String(128), nullable=True))
+        batch.add_column(sa.Column("end_user", sa.String(255), nullable=True))
     with op.batch_alter_table("mw_usage_daily") as batch:
         for name in _ROLLUP:
             batch.alter_column(name, type_=sa.BigInteger(), existing_type=sa.Integer(), existing_nullable=False)
@@ -69,6 +71,7 @@ def downgrade() -> None:
         for name in _ROLLUP:
             batch.alter_column(name, type_=sa.Integer(), existing_type=sa.BigInteger(), existing_nullable=False)
     with op.batch_alter_table("mw_ledger") as batch:
+        batch.drop_column("end_user")
         batch.drop_column("flags")
         for name in _LEDGER:
             batch.alter_column(name, type_=sa.Integer(), existing_type=sa.BigInteger(), existing_nullable=False)
