@@ -101,8 +101,6 @@ def standard_logging_payload(**changes: Any) -> dict[str, Any]:
         "api_base": "https://api.openai.com/v1",
         "metadata": metadata,
         "cache_hit": False,
-        "flags": None,
-        "end_user": None,
         "cache_key": None,
         "saved_cache_cost": 0.0,
         "request_tags": ["checkout", "prod"],
