@@ -21,7 +21,7 @@ from meterway.api.heads import decode_error
 from meterway.api.reports import Reply
 from meterway.auth import Principal, bearer_token
 from meterway.auth.changes import Changes
-from meterway.auth.keys import PREFIX, derive_key, digest, new_key
+from meterway.auth.keys import PREFIX, derive_key, new_key, reference
 from meterway.config.durations import parse_duration
 from meterway.config.secret import Secret
 from meterway.errors import BadRequest, MeterwayError, PermissionDenied, RouteNotFound, ServiceUnavailable
@@ -268,7 +268,7 @@ class KeyRoutes:
             raise RouteNotFound(f"Key(s) not found: {', '.join(_shown(k) for k in missing)}")
         for k in req.keys:
             await self.store.keys.delete(k)
-            await self.changes.changed("key", digest(k))
+            await self.changes.changed("key", reference(k))
         return {"deleted_keys": req.keys}
 
     async def list(self, body: bytes, query: dict[str, str]) -> dict[str, Any]:
