@@ -380,7 +380,8 @@ async def handle(
     services: Services, routes: KeyRoutes | None, handler: Handler, scope: Scope, receive: Receive, send: Send
 ) -> None:
     incoming = Incoming(scope["headers"])
-    responder = Responder(send, request_id_for(incoming))
+    rid = request_id_for(incoming)
+    responder = Responder(send, rid)
     try:
         principal = await services.auth.authenticate(
             bearer_token(incoming.authorization, incoming.x_api_key, incoming.api_key)
@@ -404,6 +405,6 @@ async def handle(
         else:
             await responder.whole(200, orjson.dumps(result))
     except Exception as exc:
-        err = errors.as_meterway_error(exc, "management")
+        err = errors.as_meterway_error(exc, rid)  # the id the client gets back in x-request-id
         status, extra, payload = errors.render(err, None)
         await responder.whole(status, payload, extra=extra)
