@@ -111,7 +111,8 @@ def _log(row: dict[str, Any]) -> dict[str, Any]:
         "key_alias": row["key_alias"],
         "user": row["user_id"],
         "team_id": row["team_id"],
-        "end_user": row["customer_id"],
+        "end_user": row.get("end_user") or row["customer_id"],  # the request's `user`, as LiteLLM means it
+        "customer_id": row["customer_id"],  # who was charged: the key's binding, else that `user`
         "model": row["model_group"],
         "model_id": row["deployment_id"],
         "upstream_model": row["upstream_model"],

@@ -85,6 +85,7 @@ GENERAL = {
     "ledger_queue_size",
     "webhook_secret",
     "store_model_in_db",
+    "require_customer_binding",
 }
 # Routing keys LiteLLM also reads from litellm_settings (its docs show both); router_settings wins.
 LITELLM_ROUTING = {
@@ -280,6 +281,9 @@ def parse_config(
     output_tokens = general.get("budget_default_output_tokens", 4096)
     if not isinstance(output_tokens, int) or isinstance(output_tokens, bool) or output_tokens < 0:
         raise ConfigError("general_settings.budget_default_output_tokens must be a whole number of tokens, 0 or more")
+    require_binding = general.get("require_customer_binding", False)
+    if not isinstance(require_binding, bool):
+        raise ConfigError("general_settings.require_customer_binding must be true or false")
     lease_ttl = float(_positive(general.get("lease_ttl_seconds", 660), "general_settings.lease_ttl_seconds"))
     queue = general.get("ledger_queue_size", 10_000)
     if not isinstance(queue, int) or isinstance(queue, bool) or queue < 1:
@@ -322,6 +326,7 @@ def parse_config(
         ui_session_s=_ui_session_s(env),
         redis_prefix=redis_prefix,
         budget_clamp_max_tokens=clamp,
+        require_customer_binding=require_binding,
         budget_default_output_tokens=output_tokens,
         lease_ttl_s=lease_ttl,
         ledger_queue_size=queue,

@@ -71,6 +71,8 @@ class Settings:
     redis_url: Secret | None = None  # limits counted in Redis (across replicas) when set
     redis_prefix: str = "meterway:"  # every Redis key meterway writes starts with it
     budget_clamp_max_tokens: bool = False  # lower max_tokens to what a budget can pay, instead of refusing
+    # an unbound key's `user` never charges a customer, and naming an existing one is refused (403)
+    require_customer_binding: bool = False
     budget_default_output_tokens: int = 4096  # output reserved for a request that sets no max_tokens
     lease_ttl_s: float = 660.0  # how long a reservation outlives a replica that died holding it
     ledger_queue_size: int = 10_000  # ledger rows that may wait for the database before requests get 503
