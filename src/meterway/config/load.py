@@ -324,6 +324,9 @@ def parse_config(
         ui_username=env.get("UI_USERNAME") or None,
         ui_password=Secret(ui_password) if (ui_password := env.get("UI_PASSWORD")) else None,
         ui_session_s=_ui_session_s(env),
+        ui_login_failures=int(_env_number(env, "UI_LOGIN_MAX_FAILURES", 5, whole=True)),
+        ui_login_failures_total=int(_env_number(env, "UI_LOGIN_MAX_FAILURES_TOTAL", 100, whole=True)),
+        ui_login_window_s=_env_number(env, "UI_LOGIN_WINDOW_SECONDS", 60.0),
         redis_prefix=redis_prefix,
         budget_clamp_max_tokens=clamp,
         require_customer_binding=require_binding,
@@ -393,6 +396,20 @@ def _ui_session_s(env: Mapping[str, str]) -> int:
     if not 0 < hours <= 24 * 30:
         raise ConfigError(f"UI_SESSION_HOURS must be between 0 and 720; got {raw!r}")
     return int(hours * 3600)
+
+
+def _env_number(env: Mapping[str, str], name: str, default: float, *, whole: bool = False) -> float:
+    """A positive number from the environment (a whole one if `whole`), else `default`."""
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        value = int(raw) if whole else float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a {'whole ' if whole else ''}number; got {raw!r}") from None
+    if not 0 < value <= 10**9:
+        raise ConfigError(f"{name} must be more than 0 (and at most 1e9); got {raw!r}")
+    return value
 
 
 def _database_from_parts(env: Mapping[str, str]) -> str | None:

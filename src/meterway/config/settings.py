@@ -88,6 +88,10 @@ class Settings:
     ui_username: str | None = None  # UI_USERNAME: an admin login for the web UI, as LiteLLM deployments set it
     ui_password: Secret | None = None  # UI_PASSWORD: its password (the UI refuses the username without one)
     ui_session_s: int = 12 * 3600  # UI_SESSION_HOURS: how long a UI login lasts
+    # failed UI logins: per client address, and overall, in each window (then 429 with Retry-After)
+    ui_login_failures: int = 5  # UI_LOGIN_MAX_FAILURES
+    ui_login_failures_total: int = 100  # UI_LOGIN_MAX_FAILURES_TOTAL
+    ui_login_window_s: float = 60.0  # UI_LOGIN_WINDOW_SECONDS
 
     def model_names(self) -> list[str]:
         return list(dict.fromkeys(d.model_name for d in self.deployments))
