@@ -65,5 +65,10 @@ def test_teams_users_customers_from_the_command_line(tmp_path: Path) -> None:
     bad = _mw(db, "keys", "create", "--team-id", "no-such-team")
     assert bad.returncode == 1 and "team_id 'no-such-team' does not exist" in bad.stderr
     assert "ann" in _mw(db, "users", "list").stdout
+    bound = _json(_mw(db, "keys", "create", "--customer-id", "cust-9", "--json"))
+    assert bound["customer_id"] == "cust-9"
+    team = _json(_mw(db, "teams", "create", "team-b", "--customer-id", "cust-9", "--json"))
+    assert team["customer_id"] == "cust-9"
+    assert _mw(db, "keys", "create", "--customer-id", "nobody").returncode == 1
     assert _mw(db, "customers", "delete", "cust-9").returncode == 0
     assert _mw(db, "customers", "info", "cust-9").returncode == 1

@@ -8,6 +8,7 @@ PostgreSQL with limits in Redis."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from decimal import Decimal
@@ -231,3 +232,26 @@ def test_a_bound_keys_usage_is_billed_to_its_customer_in_lago(upstream: StandIn,
             assert time.monotonic() < deadline, "nothing reached Lago"
             time.sleep(0.05)
         assert [e.external_subscription_id for e in lago.events] == [own]
+
+
+def test_the_ui_binds_keys_and_teams(gw: RunningGateway) -> None:
+    own = _customer(gw, "cust-ui")
+    with httpx.Client(base_url=gw.url, timeout=10) as browser:
+        form = browser.get("/ui/login")
+        token = re.search(r'name="csrf" value="([^"]+)"', form.text)
+        assert token is not None
+        assert browser.post("/ui/login", data={"csrf": token.group(1), "key": gw.key}).status_code == 303
+        page = browser.get("/ui/keys")
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
+        assert csrf is not None and 'name="customer_id"' in page.text
+        shown = browser.post("/ui/keys/new", data={"csrf": csrf.group(1), "key_alias": "ui-bound", "customer_id": own})
+        assert shown.status_code == 200, shown.text
+        team_id = f"team-ui-{time.time_ns()}"
+        saved = browser.post("/ui/teams/save", data={"csrf": csrf.group(1), "team_id": team_id, "customer_id": own})
+        assert saved.status_code == 303, saved.text
+        assert f"charges {own}" in browser.get("/ui/teams").text
+        assert f"charges {own}" in browser.get("/ui/keys", params={"q": "ui-bound"}).text
+        unbind = {"csrf": csrf.group(1), "team_id": team_id, "existing": "1", "customer_id": ""}
+        assert browser.post("/ui/teams/save", data=unbind).status_code == 303
+    with _admin(gw) as admin:
+        assert _ok(admin.get("/team/info", params={"team_id": team_id}))["team_info"]["customer_id"] is None
