@@ -255,3 +255,16 @@ def test_the_ui_binds_keys_and_teams(gw: RunningGateway) -> None:
         assert browser.post("/ui/teams/save", data=unbind).status_code == 303
     with _admin(gw) as admin:
         assert _ok(admin.get("/team/info", params={"team_id": team_id}))["team_info"]["customer_id"] is None
+
+
+def test_a_customer_with_bound_keys_or_teams_is_not_deleted(gw: RunningGateway) -> None:
+    own = _customer(gw, "cust-kept")
+    with _admin(gw) as admin:
+        made = _ok(admin.post("/key/generate", json={"customer_id": own}))
+        team = _ok(admin.post("/team/new", json={"customer_id": own}))
+        refused = admin.post("/customer/delete", json={"user_ids": [own]})
+        assert refused.status_code == 400 and refused.json()["error"]["code"] == "customer_bound"
+        assert team["team_id"] in refused.json()["error"]["message"]
+        _ok(admin.post("/key/update", json={"key": made["token"], "customer_id": ""}))
+        _ok(admin.post("/team/update", json={"team_id": team["team_id"], "customer_id": ""}))
+        assert _ok(admin.post("/customer/delete", json={"user_ids": [own]}))["deleted_customers"] == [own]

@@ -303,7 +303,18 @@ async def customer_update(r: KeyRoutes, body: bytes, query: dict[str, str]) -> d
 
 
 async def customer_delete(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:
-    ids = await _delete_all(r, r.store.customers, decode_body(body, IdsRequest).user_ids, "Customer")
+    req: IdsRequest = decode_body(body, IdsRequest)
+    for customer_id in req.user_ids or []:
+        # a key bound to a deleted customer would go on charging it, out of reach of its budget
+        keys, teams = await r.store.keys.bound_to(customer_id), await r.store.teams.bound_to(customer_id)
+        if keys or teams:
+            named = [f"key {t[:12]}" for t in keys] + [f"team '{t}'" for t in teams]
+            raise BadRequest(
+                f"Customer '{customer_id}' is bound to {', '.join(named)}; unbind them (customer_id: \"\") first.",
+                param="user_ids",
+                code="customer_bound",
+            )
+    ids = await _delete_all(r, r.store.customers, req.user_ids, "Customer")
     return {"deleted_customers": ids}
 
 

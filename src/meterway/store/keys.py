@@ -142,6 +142,12 @@ class KeyStore:
         async with self._engine.connect() as conn:
             return int((await conn.execute(query)).scalar_one())
 
+    async def bound_to(self, customer_id: str, limit: int = 5) -> Sequence[str]:
+        """Digests of (at most `limit`) keys bound to the customer."""
+        query = sa.select(keys.c.token).where(keys.c.customer_id == customer_id).order_by(keys.c.token)
+        async with self._engine.connect() as conn:
+            return [str(r[0]) for r in await conn.execute(query.limit(limit))]
+
     async def update(self, key_or_digest: str, **values: Any) -> KeyRecord | None:
         unknown = set(values) - set(_FIELDS)
         if unknown:
