@@ -61,6 +61,7 @@ def test_redaction_keeps_the_rest_of_the_line() -> None:
     assert redact("/spend/logs?api_key=abc%20def") == "/spend/logs?api_key=[redacted]"
     assert redact("upstream said sk-ant-0123456789abc") == "upstream said sk-[redacted]"
     assert redact("monkey=banana sk-short") == "monkey=banana sk-short"
+    assert redact("?x-api-key=abc&Key=def") == "?x-api-key=[redacted]&Key=[redacted]"
     assert redact("the master is hunter2hunter2!", ("hunter2hunter2",)) == "the master is [redacted]!"
 
 

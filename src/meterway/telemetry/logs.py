@@ -31,8 +31,8 @@ CURRENT: ContextVar[RequestContext | None] = ContextVar("meterway_request", defa
 LEVELS = ("debug", "info", "warning", "error")
 _TEXT = "%(asctime)s %(levelname)s %(name)s%(request)s: %(message)s"
 REDACTED = "[redacted]"
-# `key=...` and `api_key=...` (any `*_key=`) up to the next separator of a query or a log line
-_KEY_PARAM = re.compile(r"(?i)\b((?:\w+_)?key=)[^&\s\"'#]+")
+# `key=...` and `api_key=...` (any `*_key=`, `*-key=`) up to the next separator of a query or a log line
+_KEY_PARAM = re.compile(r"(?i)(?<![a-z0-9])(key=)[^&\s\"'#]+")
 # a virtual key, the master key or an upstream key: `sk-` then key characters (URL-safe base64)
 _KEY_SHAPED = re.compile(r"sk-[A-Za-z0-9_\-]{10,}")
 SECRET_MIN_CHARS = 8  # a shorter master key, replaced everywhere, would redact ordinary words
@@ -43,7 +43,7 @@ def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
     for secret in secrets:
         if secret in text:
             text = text.replace(secret, REDACTED)
-    if "=" in text:
+    if "=" in text and "key=" in text.lower():  # the regex only for lines that may need it
         text = _KEY_PARAM.sub(r"\1" + REDACTED, text)
     if "sk-" in text:
         text = _KEY_SHAPED.sub("sk-" + REDACTED, text)
