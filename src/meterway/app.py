@@ -85,6 +85,7 @@ async def open_services(settings: Settings, hooks: tuple[Hook, ...] = ()) -> Asy
         limiter,
         default_output_tokens=settings.budget_default_output_tokens,
         clamp_max_tokens=settings.budget_clamp_max_tokens,
+        require_customer_binding=settings.require_customer_binding,
     )
     hooks = (limits, *hooks)
     metrics = Metrics(settings.telemetry.metrics_max_label_values)
@@ -413,6 +414,7 @@ async def _principal_for(store: Store, key_digest: str) -> Principal | None:
         team_blocked=bool(team["blocked"]) if team is not None else False,
         team_models=tuple(team["models"] or ()) if team is not None else (),
         expires=expires,
+        customer_id=record.customer_id or (team["customer_id"] if team is not None else None),
         limits=tuple(
             spec
             for spec in (

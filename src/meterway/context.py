@@ -31,7 +31,8 @@ class RequestContext:
     model_group: str | None = None
     deployment: Deployment | None = None
     stream: bool = False
-    user: str | None = None  # the request's `user`: the customer, for billing later
+    user: str | None = None  # the customer charged: the key's binding, else the request's `user` (Principal.customer)
+    end_user: str | None = None  # the request's `user` as sent; kept on the row when it is not the customer
     usage: Usage | None = None
     status_code: int = 0
     first_byte_ns: int | None = None

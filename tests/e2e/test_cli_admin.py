@@ -65,5 +65,13 @@ def test_teams_users_customers_from_the_command_line(tmp_path: Path) -> None:
     bad = _mw(db, "keys", "create", "--team-id", "no-such-team")
     assert bad.returncode == 1 and "team_id 'no-such-team' does not exist" in bad.stderr
     assert "ann" in _mw(db, "users", "list").stdout
+    assert _mw(db, "customers", "create", "cust-bound").returncode == 0
+    bound = _json(_mw(db, "keys", "create", "--customer-id", "cust-bound", "--json"))
+    assert bound["customer_id"] == "cust-bound"
+    team = _json(_mw(db, "teams", "create", "team-b", "--customer-id", "cust-bound", "--json"))
+    assert team["customer_id"] == "cust-bound"
+    assert _mw(db, "keys", "create", "--customer-id", "nobody").returncode == 1
+    kept = _mw(db, "customers", "delete", "cust-bound")
+    assert kept.returncode == 1 and "is bound to" in kept.stderr
     assert _mw(db, "customers", "delete", "cust-9").returncode == 0
     assert _mw(db, "customers", "info", "cust-9").returncode == 1

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from meterway.auth.keys import digest, new_key
+from meterway.auth.keys import digest, new_key, reference
 from meterway.store.engine import create_engine
 from meterway.store.keys import KeyStore
 from meterway.store.migrate import migrate
@@ -32,7 +32,8 @@ def test_new_keys_are_long_random_and_digested_as_litellm_does() -> None:
     a, b = new_key(), new_key()
     assert a != b and a.startswith("sk-") and len(a) >= 3 + 32
     assert digest(a) == hashlib.sha256(a.encode()).hexdigest()
-    assert digest(digest(a)) == digest(a), "a digest passed where a key is expected stays that digest"
+    assert reference(digest(a)) == digest(a), "a digest naming a key in a management call stays that digest"
+    assert digest(digest(a)) != digest(a), "a digest given to authenticate is hashed like any guess"
 
 
 async def test_created_key_is_stored_as_its_digest_only(store: KeyStore) -> None:

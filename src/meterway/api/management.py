@@ -21,7 +21,7 @@ from meterway.api.heads import decode_error
 from meterway.api.reports import Reply
 from meterway.auth import Principal, bearer_token
 from meterway.auth.changes import Changes
-from meterway.auth.keys import PREFIX, derive_key, digest, new_key
+from meterway.auth.keys import PREFIX, derive_key, new_key, reference
 from meterway.config.durations import parse_duration
 from meterway.config.secret import Secret
 from meterway.errors import BadRequest, MeterwayError, PermissionDenied, RouteNotFound, ServiceUnavailable
@@ -53,6 +53,7 @@ class KeyFields(msgspec.Struct):
     blocked: bool | None = None
     billing_external_customer_id: str | None = None
     billing_external_subscription_id: str | None = None
+    customer_id: str | None = None  # the customer its requests are charged to whatever `user` says; "" unbinds
 
 
 class KeyGenerateRequest(KeyFields):
@@ -96,10 +97,13 @@ def _values(fields: KeyFields, *, only_set: bool) -> dict[str, Any]:
         "budget_duration",
         "billing_external_customer_id",
         "billing_external_subscription_id",
+        "customer_id",
     ):
         value = getattr(fields, name)
         if value is not None or not only_set:
             out[name] = value
+    if out.get("customer_id") == "":
+        out["customer_id"] = None  # unbound: its requests' `user` is their customer again
     for name in ("rpm_limit", "tpm_limit", "max_parallel_requests"):
         value = getattr(fields, name)
         if value is not None and value < 0:
@@ -143,9 +147,21 @@ def key_info(record: KeyRecord) -> dict[str, Any]:
         "max_parallel_requests": record.max_parallel_requests,
         "billing_external_customer_id": record.billing_external_customer_id,
         "billing_external_subscription_id": record.billing_external_subscription_id,
+        "customer_id": record.customer_id,
         "created_at": record.created_at.isoformat() if record.created_at else None,
         "updated_at": record.updated_at.isoformat() if record.updated_at else None,
     }
+
+
+async def check_customer(store: Store, customer_id: str | None) -> None:
+    """A key or team is bound only to a customer that exists: its budget and limits then apply,
+    and a typo does not bill a customer nobody set up."""
+    if customer_id is not None and await store.customers.get(customer_id) is None:
+        raise BadRequest(
+            f"customer_id '{customer_id}' does not exist; create it with /customer/new first.",
+            param="customer_id",
+            code="unknown_customer",
+        )
 
 
 def _team_error(e: IntegrityError, team_id: str | None) -> MeterwayError:
@@ -195,6 +211,7 @@ class KeyRoutes:
                 "max_parallel_requests",
                 "billing_external_customer_id",
                 "billing_external_subscription_id",
+                "customer_id",
             )
         }
         settings["metadata"] = {k: v for k, v in old.metadata.items() if k != "regenerated_to"}
@@ -216,6 +233,7 @@ class KeyRoutes:
         if not key.startswith(PREFIX) or len(key) < 20:
             raise BadRequest("A chosen 'key' must start with 'sk-' and be at least 20 characters.", param="key")
         values = _values(req, only_set=False)
+        await check_customer(self.store, values.get("customer_id"))
         from sqlalchemy.exc import IntegrityError  # the store is open, so SQLAlchemy is loaded already
 
         try:
@@ -238,8 +256,10 @@ class KeyRoutes:
             raise BadRequest("Missing required parameter: 'key'.", param="key")
         from sqlalchemy.exc import IntegrityError
 
+        values = _values(req, only_set=True)
+        await check_customer(self.store, values.get("customer_id"))
         try:
-            record = await self.store.keys.update(req.key, **_values(req, only_set=True))
+            record = await self.store.keys.update(req.key, **values)
         except IntegrityError as e:
             raise _team_error(e, req.team_id) from None
         if record is None:
@@ -268,7 +288,7 @@ class KeyRoutes:
             raise RouteNotFound(f"Key(s) not found: {', '.join(_shown(k) for k in missing)}")
         for k in req.keys:
             await self.store.keys.delete(k)
-            await self.changes.changed("key", digest(k))
+            await self.changes.changed("key", reference(k))
         return {"deleted_keys": req.keys}
 
     async def list(self, body: bytes, query: dict[str, str]) -> dict[str, Any]:
@@ -358,6 +378,8 @@ async def authorize(
         req: dict[str, Any] = orjson.loads(body or b"{}") if body else {}
         if not isinstance(req, dict) or req.get("user_id") not in (None, own):
             raise PermissionDenied("You may create keys only for yourself.", param="user_id")
+        if req.get("customer_id") is not None:  # a binding decides whom a key charges: admins only
+            raise PermissionDenied("Only an admin may bind a key to a customer.", param="customer_id")
         # A key made by a key may not reach further than the key that made it.
         models = req.get("models") or []
         if principal.models and "all-proxy-models" not in principal.models:
@@ -380,7 +402,8 @@ async def handle(
     services: Services, routes: KeyRoutes | None, handler: Handler, scope: Scope, receive: Receive, send: Send
 ) -> None:
     incoming = Incoming(scope["headers"])
-    responder = Responder(send, request_id_for(incoming))
+    rid = request_id_for(incoming)
+    responder = Responder(send, rid)
     try:
         principal = await services.auth.authenticate(
             bearer_token(incoming.authorization, incoming.x_api_key, incoming.api_key)
@@ -404,6 +427,6 @@ async def handle(
         else:
             await responder.whole(200, orjson.dumps(result))
     except Exception as exc:
-        err = errors.as_meterway_error(exc, "management")
+        err = errors.as_meterway_error(exc, rid)  # the id the client gets back in x-request-id
         status, extra, payload = errors.render(err, None)
         await responder.whole(status, payload, extra=extra)

@@ -76,7 +76,8 @@ async def handle(services: Services, api: Api, decode: HeadDecoder, scope: Scope
         ctx.principal = principal
         body = await read_body(receive, incoming, services.settings.max_body_bytes)
         head = decode(body)
-        ctx.model_group, ctx.stream, ctx.user = head.model, head.stream, head.user
+        ctx.model_group, ctx.stream, ctx.end_user = head.model, head.stream, head.user
+        ctx.user = principal.customer(head.user, services.settings.require_customer_binding)
         ctx.body, ctx.head = body, head
         if principal.models or principal.team_models:
             principal.check_model(head.model)

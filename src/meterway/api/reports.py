@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from meterway.auth.keys import digest
+from meterway.auth.keys import reference
 from meterway.errors import BadRequest, RouteNotFound
 from meterway.ledger import DIMENSIONS, TIMES, Filters
 from meterway.ledger.pricing import usd
@@ -60,7 +60,7 @@ def _filters(query: dict[str, str], *, start: str = "start", end: str = "end") -
         first,
         last,
         customer_id=query.get("customer_id") or query.get("end_user_id") or query.get("customer"),
-        key_id=digest(key) if key and key != "master" else key,
+        key_id=reference(key) if key and key != "master" else key,
         user_id=query.get("user_id"),
         team_id=query.get("team_id"),
         model=query.get("model"),
@@ -111,7 +111,8 @@ def _log(row: dict[str, Any]) -> dict[str, Any]:
         "key_alias": row["key_alias"],
         "user": row["user_id"],
         "team_id": row["team_id"],
-        "end_user": row["customer_id"],
+        "end_user": row.get("end_user") or row["customer_id"],  # the request's `user`, as LiteLLM means it
+        "customer_id": row["customer_id"],  # who was charged: the key's binding, else that `user`
         "model": row["model_group"],
         "model_id": row["deployment_id"],
         "upstream_model": row["upstream_model"],

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
-from meterway.api.management import Handler, KeyRoutes, decode_body, key_info, query_int
+from meterway.api.management import Handler, KeyRoutes, check_customer, decode_body, key_info, query_int
 from meterway.auth.keys import new_key
 from meterway.config.durations import parse_duration
 from meterway.errors import BadRequest, RouteNotFound
@@ -44,6 +44,7 @@ class TeamRequest(LimitFields):
     team_alias: str | None = None
     blocked: bool | None = None
     members_with_roles: list[TeamMember] | None = None
+    customer_id: str | None = None  # every key of the team without its own binding charges it; "" unbinds
 
 
 class UserRequest(LimitFields):
@@ -146,11 +147,19 @@ async def team_new(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str
     team_id = req.team_id or str(uuid.uuid4())
     if await teams.get(team_id) is not None:
         raise BadRequest(f"Team '{team_id}' already exists.", param="team_id", code="duplicate_team")
-    await teams.create(team_id, **_values(req, ("team_alias", "blocked")))
+    await teams.create(team_id, **await _team_values(r, req))
     if req.members_with_roles:
         await teams.add_members(team_id, [(m.user_id, m.role) for m in req.members_with_roles])
     await r.changes.changed("team", team_id)
     return await _team(r, team_id)
+
+
+async def _team_values(r: KeyRoutes, req: TeamRequest) -> dict[str, Any]:
+    values = _values(req, ("team_alias", "blocked", "customer_id"))
+    if values.get("customer_id") == "":
+        values["customer_id"] = None
+    await check_customer(r.store, values.get("customer_id"))
+    return values
 
 
 async def _team(r: KeyRoutes, team_id: str) -> dict[str, Any]:
@@ -170,7 +179,7 @@ async def team_info(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[st
 async def team_update(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:
     req: TeamRequest = decode_body(body, TeamRequest)
     team_id = _required(req.team_id, "team_id")
-    if await r.store.teams.update(team_id, **_values(req, ("team_alias", "blocked"))) is None:
+    if await r.store.teams.update(team_id, **await _team_values(r, req)) is None:
         raise RouteNotFound(f"Team '{team_id}' not found.")
     await r.changes.changed("team", team_id)
     return await _team(r, team_id)
@@ -294,7 +303,18 @@ async def customer_update(r: KeyRoutes, body: bytes, query: dict[str, str]) -> d
 
 
 async def customer_delete(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:
-    ids = await _delete_all(r, r.store.customers, decode_body(body, IdsRequest).user_ids, "Customer")
+    req: IdsRequest = decode_body(body, IdsRequest)
+    for customer_id in req.user_ids or []:
+        # a key bound to a deleted customer would go on charging it, out of reach of its budget
+        keys, teams = await r.store.keys.bound_to(customer_id), await r.store.teams.bound_to(customer_id)
+        if keys or teams:
+            named = [f"key {t[:12]}" for t in keys] + [f"team '{t}'" for t in teams]
+            raise BadRequest(
+                f"Customer '{customer_id}' is bound to {', '.join(named)}; unbind them (customer_id: \"\") first.",
+                param="user_ids",
+                code="customer_bound",
+            )
+    ids = await _delete_all(r, r.store.customers, req.user_ids, "Customer")
     return {"deleted_customers": ids}
 
 

@@ -193,7 +193,8 @@ async def handle(hooks: Webhooks | None, max_body: int, scope: Scope, receive: R
     """`POST /webhooks/usage` and `/webhooks/usage/batch`: both take one event, a list, or
     `{"events": [...]}`; a single event posted to `/webhooks/usage` is answered alone."""
     incoming = Incoming(scope["headers"])
-    responder = Responder(send, request_id_for(incoming))
+    rid = request_id_for(incoming)
+    responder = Responder(send, rid)
     try:
         if hooks is None:
             raise ServiceUnavailable("The store is still opening; send the usage again shortly.")
@@ -203,7 +204,7 @@ async def handle(hooks: Webhooks | None, max_body: int, scope: Scope, receive: R
         answer = await hooks.ingest(body, answer_single=path == "/webhooks/usage")
         await responder.whole(200, orjson.dumps(answer))
     except Exception as exc:
-        err = errors.as_meterway_error(exc, "webhook")
+        err = errors.as_meterway_error(exc, rid)
         status, extra, payload = errors.render(err, None)
         await responder.whole(status, payload, extra=extra)
 

@@ -36,6 +36,18 @@ class Principal:
     limits: tuple[LimitSpec, ...] = ()  # limits and budgets of the key, its user and its team
     team_models: tuple[str, ...] = ()  # the team's allowed models; empty means all
     team_blocked: bool = False
+    customer_id: str | None = None  # the customer it is bound to (its own binding, else its team's)
+
+    def customer(self, user: str | None, require_binding: bool) -> str | None:
+        """The customer a request is charged, limited and billed to. A bound key's is its binding,
+        whatever the request's `user` says. An unbound key's is its `user`, as LiteLLM has it,
+        unless bindings are required: then an unbound key charges no customer (the master key is
+        exempt), and `LimitsHook` refuses a `user` that names one."""
+        if self.customer_id is not None:
+            return self.customer_id
+        if require_binding and self.key_id != MASTER_ID:
+            return None
+        return user
 
     def check_usable(self) -> None:
         """Blocked and expired are checked on every request, not when cached: expiry passes by itself."""
@@ -64,7 +76,8 @@ def _allows(allowed: tuple[str, ...], model: str) -> bool:
     return not allowed or model in allowed or "all-proxy-models" in allowed
 
 
-MASTER = Principal(key_id="master", role="proxy_admin")
+MASTER_ID = "master"
+MASTER = Principal(key_id=MASTER_ID, role="proxy_admin")
 
 
 def bearer_token(authorization: bytes | None, x_api_key: bytes | None, api_key: bytes | None) -> bytes | None:

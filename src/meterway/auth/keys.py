@@ -22,12 +22,22 @@ def new_key() -> str:
 
 
 def digest(key: str | bytes) -> str:
-    """The stored form of a key. A value that is already a digest (64 hex characters, as LiteLLM
-    accepts in its management calls) is returned as it is."""
-    text = key.decode() if isinstance(key, bytes) else key
-    if len(text) == 64 and not text.startswith(PREFIX) and all(c in "0123456789abcdef" for c in text):
-        return text
-    return hashlib.sha256(text.encode()).hexdigest()
+    """The stored form of a key: its SHA-256 hex digest, whatever it is given. Authentication uses
+    this and only this, so a digest (shown by `/key/list`, `/spend/logs`, the ledger) is hashed
+    like any other guess and never authenticates as the key it names."""
+    data = key if isinstance(key, bytes) else key.encode()
+    return hashlib.sha256(data).hexdigest()
+
+
+def is_digest(text: str) -> bool:
+    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
+
+
+def reference(ref: str) -> str:
+    """The digest of the key a management call names: the key itself, or (as LiteLLM accepts)
+    its digest, 64 lowercase hex characters, taken as it is. Never used to authenticate: naming
+    a key is allowed only to a caller already allowed to manage it (`management.authorize`)."""
+    return ref if is_digest(ref) else digest(ref)
 
 
 def derive_key(secret: Secret, from_digest: str) -> str:

@@ -57,6 +57,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
             )
         if group == "teams":
             new.add_argument("--alias")
+            new.add_argument("--customer-id", help="bind the team's keys to this customer")
         if group == "customers":
             new.add_argument("--alias")
         _command(g, "list", f"list {group}")
@@ -92,6 +93,7 @@ def _key_fields(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alias")
     p.add_argument("--user-id")
     p.add_argument("--team-id")
+    p.add_argument("--customer-id", help="bind the key to this customer, whatever its requests' user says")
 
 
 def _limits(args: argparse.Namespace) -> Body:
@@ -172,6 +174,7 @@ def _call(args: argparse.Namespace, management: Any, tenancy: Any) -> tuple[Call
             "duration": getattr(args, "duration", None),
             "user_id": getattr(args, "user_id", None),
             "team_id": getattr(args, "team_id", None),
+            "customer_id": getattr(args, "customer_id", None),
         }
         fields = {n: v for n, v in fields.items() if v is not None}
         if action == "create":
@@ -198,6 +201,7 @@ def _call(args: argparse.Namespace, management: Any, tenancy: Any) -> tuple[Call
             ("email", "user_email"),
             ("role", "user_role"),
             ("alias", "team_alias" if group == "teams" else "alias"),
+            ("customer_id", "customer_id"),
         ):
             if getattr(args, flag, None):
                 body[field] = getattr(args, flag)

@@ -118,6 +118,7 @@ def serve(args: argparse.Namespace) -> int:
         master = Secret(generate_master_key())
         settings = _with_key(settings, master)
         print(f"meterway: no master key configured; generated one for this run: {master.reveal()}", file=sys.stderr)
+    logs.configure(args.log_level, args.log_format, secrets=(master,))  # from now on no log line shows it
     if settings.demo:
         print(
             "meterway: demo mode (no config): model 'demo' on the built-in mock provider.\n"
@@ -213,6 +214,7 @@ def app_from_env() -> object:
     key = master_key_from_env()
     if settings.master_key is None and key is not None:
         settings = _with_key(settings, key)
+    logs.configure(level_from_env(), os.environ.get(_LOG_FORMAT_ENV) or "text", secrets=(settings.master_key,))
     if os.environ.get(_NO_MIGRATE_ENV) == "1":
         settings = replace(settings, migrate_at_start=False)
     return create_app(settings)

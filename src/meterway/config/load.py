@@ -85,6 +85,7 @@ GENERAL = {
     "ledger_queue_size",
     "webhook_secret",
     "store_model_in_db",
+    "require_customer_binding",
 }
 # Routing keys LiteLLM also reads from litellm_settings (its docs show both); router_settings wins.
 LITELLM_ROUTING = {
@@ -280,6 +281,9 @@ def parse_config(
     output_tokens = general.get("budget_default_output_tokens", 4096)
     if not isinstance(output_tokens, int) or isinstance(output_tokens, bool) or output_tokens < 0:
         raise ConfigError("general_settings.budget_default_output_tokens must be a whole number of tokens, 0 or more")
+    require_binding = general.get("require_customer_binding", False)
+    if not isinstance(require_binding, bool):
+        raise ConfigError("general_settings.require_customer_binding must be true or false")
     lease_ttl = float(_positive(general.get("lease_ttl_seconds", 660), "general_settings.lease_ttl_seconds"))
     queue = general.get("ledger_queue_size", 10_000)
     if not isinstance(queue, int) or isinstance(queue, bool) or queue < 1:
@@ -320,8 +324,12 @@ def parse_config(
         ui_username=env.get("UI_USERNAME") or None,
         ui_password=Secret(ui_password) if (ui_password := env.get("UI_PASSWORD")) else None,
         ui_session_s=_ui_session_s(env),
+        ui_login_failures=int(_env_number(env, "UI_LOGIN_MAX_FAILURES", 5, whole=True)),
+        ui_login_failures_total=int(_env_number(env, "UI_LOGIN_MAX_FAILURES_TOTAL", 100, whole=True)),
+        ui_login_window_s=_env_number(env, "UI_LOGIN_WINDOW_SECONDS", 60.0),
         redis_prefix=redis_prefix,
         budget_clamp_max_tokens=clamp,
+        require_customer_binding=require_binding,
         budget_default_output_tokens=output_tokens,
         lease_ttl_s=lease_ttl,
         ledger_queue_size=queue,
@@ -388,6 +396,20 @@ def _ui_session_s(env: Mapping[str, str]) -> int:
     if not 0 < hours <= 24 * 30:
         raise ConfigError(f"UI_SESSION_HOURS must be between 0 and 720; got {raw!r}")
     return int(hours * 3600)
+
+
+def _env_number(env: Mapping[str, str], name: str, default: float, *, whole: bool = False) -> float:
+    """A positive number from the environment (a whole one if `whole`), else `default`."""
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        value = int(raw) if whole else float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a {'whole ' if whole else ''}number; got {raw!r}") from None
+    if not 0 < value <= 10**9:
+        raise ConfigError(f"{name} must be more than 0 (and at most 1e9); got {raw!r}")
+    return value
 
 
 def _database_from_parts(env: Mapping[str, str]) -> str | None:

@@ -71,6 +71,8 @@ class Settings:
     redis_url: Secret | None = None  # limits counted in Redis (across replicas) when set
     redis_prefix: str = "meterway:"  # every Redis key meterway writes starts with it
     budget_clamp_max_tokens: bool = False  # lower max_tokens to what a budget can pay, instead of refusing
+    # an unbound key's `user` never charges a customer, and naming an existing one is refused (403)
+    require_customer_binding: bool = False
     budget_default_output_tokens: int = 4096  # output reserved for a request that sets no max_tokens
     lease_ttl_s: float = 660.0  # how long a reservation outlives a replica that died holding it
     ledger_queue_size: int = 10_000  # ledger rows that may wait for the database before requests get 503
@@ -86,6 +88,10 @@ class Settings:
     ui_username: str | None = None  # UI_USERNAME: an admin login for the web UI, as LiteLLM deployments set it
     ui_password: Secret | None = None  # UI_PASSWORD: its password (the UI refuses the username without one)
     ui_session_s: int = 12 * 3600  # UI_SESSION_HOURS: how long a UI login lasts
+    # failed UI logins: per client address, and overall, in each window (then 429 with Retry-After)
+    ui_login_failures: int = 5  # UI_LOGIN_MAX_FAILURES
+    ui_login_failures_total: int = 100  # UI_LOGIN_MAX_FAILURES_TOTAL
+    ui_login_window_s: float = 60.0  # UI_LOGIN_WINDOW_SECONDS
 
     def model_names(self) -> list[str]:
         return list(dict.fromkeys(d.model_name for d in self.deployments))

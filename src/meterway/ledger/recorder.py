@@ -210,7 +210,7 @@ class Ledger:
             "attempts": ctx.attempts,
             "cache_hit": ctx.cache_hit,
             "flags": ",".join(ctx.flags) if ctx.flags else None,
-            "end_user": None,
+            "end_user": ctx.end_user if ctx.end_user != ctx.user else None,  # `user`, when not the customer
         }
         spend: tuple[SpendTarget, ...] = ()
         if cost_units:

@@ -26,11 +26,19 @@ from meterway.providers.base import Api
 
 
 class LimitsHook:
-    def __init__(self, limiter: Limiter, *, default_output_tokens: int = 4096, clamp_max_tokens: bool = False) -> None:
+    def __init__(
+        self,
+        limiter: Limiter,
+        *,
+        default_output_tokens: int = 4096,
+        clamp_max_tokens: bool = False,
+        require_customer_binding: bool = False,
+    ) -> None:
         self.limiter = limiter
         self.default_output_tokens = default_output_tokens
         self.clamp_max_tokens = clamp_max_tokens
-        # the request's `user` -> that customer's limits, once the store is open
+        self.require_customer_binding = require_customer_binding
+        # a customer's id -> its limits, once the store is open
         self.customers: TTLCache[LimitSpec] | None = None
 
     async def before(self, ctx: RequestContext) -> None:
@@ -38,6 +46,8 @@ class LimitsHook:
         if p is None:
             return
         specs = list(p.limits)
+        if ctx.end_user and ctx.user is None and self.require_customer_binding:
+            await self._refuse_unbound(ctx.end_user)
         if ctx.user and self.customers is not None:
             customer = await self.customers.get(ctx.user)
             if customer is not None:
@@ -62,6 +72,17 @@ class LimitsHook:
             clamped = attempt < 2 and result.ask.kind == "budget" and self.clamp_max_tokens and self._clamp(ctx, result)
             if not clamped:
                 raise _refused(result)
+
+    async def _refuse_unbound(self, user: str) -> None:
+        """With bindings required, an unbound key's `user` charges nobody; naming an existing
+        customer is refused outright, so the client learns its key cannot charge that customer."""
+        if self.customers is not None and await self.customers.get(user) is not None:
+            raise PermissionDenied(
+                f"This key is not bound to customer '{user}' and may not charge it: bind the key (or its "
+                "team) with customer_id, or send a `user` that is not a customer.",
+                param="user",
+                code="customer_not_bound",
+            )
 
     async def after(self, ctx: RequestContext) -> None:
         """Settles the reservation to what the ledger recorded (tokens reported or counted, cost)."""

@@ -81,6 +81,12 @@ class EntityStore:
 
 
 class TeamStore(EntityStore):
+    async def bound_to(self, customer_id: str, limit: int = 5) -> Sequence[str]:
+        """Ids of (at most `limit`) teams bound to the customer."""
+        query = sa.select(teams.c.team_id).where(teams.c.customer_id == customer_id).order_by(teams.c.team_id)
+        async with self._engine.connect() as conn:
+            return [str(r[0]) for r in await conn.execute(query.limit(limit))]
+
     async def members(self, team_id: str) -> list[Row]:
         query = team_members.select().where(team_members.c.team_id == team_id).order_by(team_members.c.user_id)
         async with self._engine.connect() as conn:

@@ -12,7 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from meterway.auth.keys import digest, display_name
+from meterway.auth.keys import digest, display_name, reference
 from meterway.store.entities import start_budget_period
 from meterway.store.tables import keys
 
@@ -37,6 +37,7 @@ class KeyRecord:
     max_parallel_requests: int | None = None
     billing_external_customer_id: str | None = None  # Lago's ids when charging by key; else the digest
     billing_external_subscription_id: str | None = None
+    customer_id: str | None = None  # the customer its requests are charged to, whatever their `user` says
     created_at: datetime | None = None
     updated_at: datetime | None = None
 
@@ -62,6 +63,7 @@ _FIELDS = (
     "max_parallel_requests",
     "billing_external_customer_id",
     "billing_external_subscription_id",
+    "customer_id",
 )
 
 
@@ -86,6 +88,7 @@ def _record(row: sa.Row[Any]) -> KeyRecord:
         max_parallel_requests=m["max_parallel_requests"],
         billing_external_customer_id=m["billing_external_customer_id"],
         billing_external_subscription_id=m["billing_external_subscription_id"],
+        customer_id=m["customer_id"],
         created_at=m["created_at"],
         updated_at=m["updated_at"],
     )
@@ -116,7 +119,7 @@ class KeyStore:
 
     async def get(self, key_or_digest: str) -> KeyRecord | None:
         async with self._engine.connect() as conn:
-            row = (await conn.execute(keys.select().where(keys.c.token == digest(key_or_digest)))).first()
+            row = (await conn.execute(keys.select().where(keys.c.token == reference(key_or_digest)))).first()
         return None if row is None else _record(row)
 
     async def list(
@@ -139,11 +142,17 @@ class KeyStore:
         async with self._engine.connect() as conn:
             return int((await conn.execute(query)).scalar_one())
 
+    async def bound_to(self, customer_id: str, limit: int = 5) -> Sequence[str]:
+        """Digests of (at most `limit`) keys bound to the customer."""
+        query = sa.select(keys.c.token).where(keys.c.customer_id == customer_id).order_by(keys.c.token)
+        async with self._engine.connect() as conn:
+            return [str(r[0]) for r in await conn.execute(query.limit(limit))]
+
     async def update(self, key_or_digest: str, **values: Any) -> KeyRecord | None:
         unknown = set(values) - set(_FIELDS)
         if unknown:
             raise TypeError(f"unknown key fields: {sorted(unknown)}")
-        token = digest(key_or_digest)
+        token = reference(key_or_digest)
         if "models" in values:
             values["models"] = list(values["models"])
         values = start_budget_period(values)
@@ -155,5 +164,5 @@ class KeyStore:
 
     async def delete(self, key_or_digest: str) -> bool:
         async with self._engine.begin() as conn:
-            done = await conn.execute(keys.delete().where(keys.c.token == digest(key_or_digest)))
+            done = await conn.execute(keys.delete().where(keys.c.token == reference(key_or_digest)))
         return bool(done.rowcount)

@@ -2,13 +2,18 @@
 the request id and trace id of the request being served, so a log line leads to its ledger row
 and its trace. Levels come from `--log-level`, else `METERWAY_LOG_LEVEL`, else `LITELLM_LOG`.
 
-Nothing here logs secrets or prompt text: the gateway's own log calls never pass them.
+Nothing here logs secrets or prompt text: the gateway's own log calls never pass them. Lines
+written by others (uvicorn's access log quotes the path with its query, and LiteLLM's documented
+`GET /key/info?key=sk-...` puts a key there) are redacted as they are formatted: `key=` and
+`api_key=` query values, anything shaped like a key (`sk-` and 10 or more key characters), and
+the master key itself.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from collections.abc import Mapping
 from contextvars import ContextVar
@@ -18,12 +23,44 @@ from typing import TYPE_CHECKING
 import orjson
 
 if TYPE_CHECKING:
+    from meterway.config.secret import Secret
     from meterway.context import RequestContext
 
 # The request being served by the current task (a context variable: each task sees its own).
 CURRENT: ContextVar[RequestContext | None] = ContextVar("meterway_request", default=None)
 LEVELS = ("debug", "info", "warning", "error")
 _TEXT = "%(asctime)s %(levelname)s %(name)s%(request)s: %(message)s"
+REDACTED = "[redacted]"
+# `key=...` and `api_key=...` (any `*_key=`, `*-key=`) up to the next separator of a query or a log line
+_KEY_PARAM = re.compile(r"(?i)(?<![a-z0-9])(key=)[^&\s\"'#]+")
+# a virtual key, the master key or an upstream key: `sk-` then key characters (URL-safe base64)
+_KEY_SHAPED = re.compile(r"sk-[A-Za-z0-9_\-]{10,}")
+SECRET_MIN_CHARS = 8  # a shorter master key, replaced everywhere, would redact ordinary words
+
+
+def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
+    """`text` without key-shaped values, key query values or any of `secrets`."""
+    for secret in secrets:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    if "=" in text and "key=" in text.lower():  # the regex only for lines that may need it
+        text = _KEY_PARAM.sub(r"\1" + REDACTED, text)
+    if "sk-" in text:
+        text = _KEY_SHAPED.sub("sk-" + REDACTED, text)
+    return text
+
+
+class RedactingFormatter(logging.Formatter):
+    """Formats with `inner`, then redacts the whole line (message, arguments and traceback alike):
+    the only place every log line passes, whoever wrote it."""
+
+    def __init__(self, inner: logging.Formatter, secrets: tuple[str, ...] = ()) -> None:
+        super().__init__()
+        self.inner = inner
+        self.secrets = tuple(s for s in secrets if len(s) >= SECRET_MIN_CHARS)
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(self.inner.format(record), self.secrets)
 
 
 def level_from_env(env: Mapping[str, str] = os.environ, default: str = "info") -> str:
@@ -72,11 +109,13 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(out).decode()
 
 
-def configure(level: str, fmt: str = "text") -> None:
-    """The root logger's one handler, on stderr (uvicorn's loggers propagate to it)."""
+def configure(level: str, fmt: str = "text", secrets: tuple[Secret | None, ...] = ()) -> None:
+    """The root logger's one handler, on stderr (uvicorn's loggers propagate to it). Called again
+    once the settings are read, to redact the master key too."""
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_RequestFilter())
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(_TEXT))
+    inner = JsonFormatter() if fmt == "json" else logging.Formatter(_TEXT)
+    handler.setFormatter(RedactingFormatter(inner, tuple(s.reveal() for s in secrets if s is not None)))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(getattr(logging, level.upper()))

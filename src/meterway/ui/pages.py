@@ -141,6 +141,7 @@ async def key_new(ui: AdminUI, request: Request, viewer: Viewer, ctx: Context) -
         "tpm_limit": values.whole_number(f.get("tpm_limit"), "tpm_limit"),
         "team_id": f.get("team_id") or None,
         "user_id": f.get("user_id") or None,
+        "customer_id": f.get("customer_id") or None,
         "metadata": values.json_object(f.get("metadata"), "metadata"),
     }
     made = await ui.call(ctx, viewer, "POST", "/key/generate", body=values.given(body))
@@ -177,6 +178,8 @@ async def team_save(ui: AdminUI, request: Request, viewer: Viewer, ctx: Context)
     f = request.form
     body = {**values.limit_fields(f), "team_id": f.get("team_id") or None, "team_alias": f.get("team_alias") or None}
     body["blocked"] = f.get("blocked") == "on"
+    if "customer_id" in f:  # "" unbinds an existing team; a new team without one is just unbound
+        body["customer_id"] = f["customer_id"].strip() or ("" if f.get("existing") else None)
     path = "/team/update" if f.get("existing") else "/team/new"
     await ui.call(ctx, viewer, "POST", path, body=values.given(body))
     await redirect(ctx.send, with_query("/ui/teams", notice="Team saved."))

@@ -13,6 +13,7 @@ import asyncio
 import hmac
 import importlib.resources
 import logging
+import math
 import mimetypes
 import os
 from collections.abc import Awaitable, Callable
@@ -34,6 +35,7 @@ from meterway.errors import (
 )
 from meterway.ui import pages, values
 from meterway.ui.session import COOKIE, CsrfFailed, Session, SessionInvalid, Sessions
+from meterway.ui.throttle import Attempt, LoginThrottle
 from meterway.ui.web import Request, cookie_header, parse_request, redirect, respond, with_query
 
 if TYPE_CHECKING:
@@ -98,6 +100,9 @@ class AdminUI:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.sessions = Sessions(settings.salt_key or settings.master_key, settings.ui_session_s)
+        self.logins = LoginThrottle(
+            settings.ui_login_failures, settings.ui_login_failures_total, settings.ui_login_window_s
+        )
         root = importlib.resources.files("meterway.ui")
         self.static_dir = Path(str(root / "static"))
         self.env = jinja2.Environment(
@@ -182,7 +187,9 @@ class AdminUI:
 
     # ------------------------------------------------------------------ login
 
-    async def _login_page(self, request: Request, send: Send, error: str | None, status: int = 200) -> None:
+    async def _login_page(
+        self, request: Request, send: Send, error: str | None, status: int = 200, retry_after: float | None = None
+    ) -> None:
         nonce = request.cookies.get(LOGIN_COOKIE) or os.urandom(16).hex()
         body = self.render(
             "login.html",
@@ -192,7 +199,10 @@ class AdminUI:
             next=_safe_next(request.query.get("next") or request.form.get("next")),
             password_login=self.settings.ui_username is not None and self.settings.ui_password is not None,
         )
-        await respond(send, status, body, extra=[cookie_header(LOGIN_COOKIE, nonce, max_age=3600, secure=request.tls)])
+        extra = [cookie_header(LOGIN_COOKIE, nonce, max_age=3600, secure=request.tls)]
+        if retry_after is not None:
+            extra.append((b"retry-after", b"%d" % max(1, math.ceil(retry_after))))
+        await respond(send, status, body, extra=extra)
 
     async def _login(self, services: Services, request: Request, send: Send) -> None:
         nonce = request.cookies.get(LOGIN_COOKIE, "")
@@ -202,6 +212,12 @@ class AdminUI:
             self.sessions.check_csrf(_login_session(nonce), request.form.get("csrf"))
         except CsrfFailed as e:
             return await respond(send, 403, _error_json(e), b"application/json")
+        attempt = self.logins.start(request.client)
+        if not isinstance(attempt, Attempt):
+            log.info("ui login refused: too many failed logins (from %s, or overall)", request.client or "?")
+            wait = math.ceil(attempt)
+            message = f"Too many failed logins; try again in {wait} second{'s' if wait != 1 else ''}."
+            return await self._login_page(request, send, message, 429, retry_after=attempt)
         form = request.form
         secret = form.get("key", "").strip()
         username, password = form.get("username", ""), form.get("password", "")
@@ -227,6 +243,7 @@ class AdminUI:
             log.info("ui login refused")
             await asyncio.sleep(FAILED_LOGIN_DELAY_S)  # each guess of a password costs the guesser time
             return await self._login_page(request, send, "Those credentials are not valid for the UI.", 401)
+        self.logins.succeeded(attempt)
         cookie = cookie_header(COOKIE, session[1], max_age=self.sessions.lifetime_s, secure=request.tls)
         done = cookie_header(LOGIN_COOKIE, "", max_age=0, secure=request.tls)
         await redirect(send, _safe_next(form.get("next")), [cookie, done])

@@ -37,6 +37,7 @@ class Request:
     form: dict[str, str] = field(default_factory=dict)
     form_lists: dict[str, list[str]] = field(default_factory=dict)
     scheme: str = "http"
+    client: str = ""  # the client's address (the proxy's, unless the server trusts its forwarded headers)
 
     @property
     def tls(self) -> bool:
@@ -75,6 +76,7 @@ def parse_request(scope: Scope, body: bytes) -> Request:
         headers=headers,
         cookies=cookies,
         scheme=str(scope.get("scheme", "http")),
+        client=str(scope["client"][0]) if scope.get("client") else "",
     )
     if body and headers.get(b"content-type", b"").startswith(b"application/x-www-form-urlencoded"):
         request.form_lists = parse_qs(body.decode(), keep_blank_values=True)
