@@ -43,6 +43,9 @@ class Bounded:
             return ""
         if value in self._seen:
             return value
+        value = _label(value)  # a value the exposition can encode: one surrogate would fail every scrape
+        if value in self._seen:
+            return value
         if len(self._seen) >= self.limit:
             return OTHER
         self._seen.add(value)
@@ -228,6 +231,19 @@ class Metrics:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+LABEL_CHARS = 128
+
+
+def _label(value: str) -> str:
+    """At most LABEL_CHARS characters, without lone surrogates (a customer id is the client's `user`)."""
+    value = value[:LABEL_CHARS]
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        value = value.encode("utf-8", "replace").decode("utf-8")
+    return value
 
 
 def _rejection(err: object) -> str | None:
