@@ -282,8 +282,8 @@ class Gateway:
             await responder.whole(status, payload, extra=extra)
 
     async def _metrics(self, services: Services, scope: Scope, send: Send) -> None:
-        """Prometheus exposition; the billing outbox and the ledger quarantine are read at most every few seconds
-        (a scrape must stay cheap whatever the outbox's size)."""
+        """Prometheus exposition; the billing outbox and the ledger quarantine are read at most
+        every few seconds (a scrape must stay cheap whatever their size)."""
         metrics = services.metrics
         store = self.store
         now = time.monotonic()
@@ -344,8 +344,8 @@ class Gateway:
         await send({"type": "lifespan.shutdown.complete"})
 
     async def _open_store(self, services: Services) -> None:
-        """Opens (and migrates) the store beside serving: liveness and the master key do not wait
-        for SQLAlchemy's import or the database; readiness and virtual keys do."""
+        """Opens (and migrates) the store beside serving: liveness does not wait for SQLAlchemy's
+        import or the database; readiness does, and so do model requests (`_wait_for_store`)."""
         settings = self.settings
         try:
             runtime = await asyncio.to_thread(importlib.import_module, "meterway.store.runtime")
