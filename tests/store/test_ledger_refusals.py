@@ -7,16 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import math
+import sqlite3
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sqlalchemy import exc as sa_exc
 
 from meterway.ledger import Entry
 from meterway.ledger.recorder import Ledger
@@ -189,3 +192,30 @@ def test_a_quarantined_row_keeps_nul_surrogates_and_huge_ints_as_given() -> None
     assert text.isascii() and "\x00" not in text
     again = refusals.from_json(text)
     assert again.row == entry.row and again.cost_units == entry.cost_units and again.spend == entry.spend
+
+
+@pytest.mark.parametrize(
+    ("error", "kind"),
+    [
+        (OverflowError("Python int too large to convert to SQLite INTEGER"), "RowRefused"),
+        (UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed"), "RowRefused"),
+        (sqlite3.IntegrityError("UNIQUE constraint failed"), "RowRefused"),
+        (sqlite3.ProgrammingError("Error binding parameter 2: type 'dict' is not supported"), "RowRefused"),
+        (sqlite3.ProgrammingError("Cannot operate on a closed database."), "WriteFailed"),
+        (sqlite3.OperationalError("database is locked"), "WriteFailed"),
+        (asyncpg.StringDataRightTruncationError("value too long for type character varying(255)"), "RowRefused"),
+        (asyncpg.CharacterNotInRepertoireError('invalid byte sequence for encoding "UTF8": 0x00'), "RowRefused"),
+        (asyncpg.UniqueViolationError("duplicate key"), "RowRefused"),
+        (asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation"), "DatabaseAway"),
+        (asyncpg.InterfaceError("connection is closed"), "DatabaseAway"),
+        (asyncpg.RaiseError("ledger writes switched off"), "WriteFailed"),
+        (ConnectionRefusedError(111, "Connection refused"), "DatabaseAway"),
+        (TimeoutError(), "DatabaseAway"),
+        (sa_exc.OperationalError("SELECT 1", {}, ConnectionResetError()), "DatabaseAway"),
+        (sa_exc.IntegrityError("INSERT", {}, sqlite3.IntegrityError("NOT NULL")), "RowRefused"),
+    ],
+)
+def test_a_failed_write_is_told_apart_as_the_rows_fault_or_the_databases(error: Exception, kind: str) -> None:
+    """Only a refused value is the row's fault (cut, else quarantined); an outage keeps rows queued;
+    anything else is retried as an outage would be, and readiness says why after 5 s."""
+    assert type(refusals.translate(error)).__name__ == kind

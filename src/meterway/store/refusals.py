@@ -24,7 +24,7 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]  # ships no type information
 import sqlalchemy as sa
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
 from meterway.ledger import DatabaseAway, Entry, RowRefused, WriteFailed
 from meterway.limits import SpendTarget
@@ -37,7 +37,15 @@ REASON_CHARS = 2000
 CUT = "cut"
 _ID_CHARS = 255  # ids of users, teams and customers: String(255) in `store.tables`
 # PostgreSQL's classes 22 (data exception) and 23 (integrity), and their SQLite equivalents
-_REFUSED = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, sqlite3.DataError, sqlite3.IntegrityError)
+# (and SQLAlchemy's names for them, over either driver)
+_REFUSED = (
+    asyncpg.DataError,
+    asyncpg.IntegrityConstraintViolationError,
+    sqlite3.DataError,
+    sqlite3.IntegrityError,
+    DataError,
+    IntegrityError,
+)
 
 
 def _bounds() -> dict[str, tuple[str, Any]]:
