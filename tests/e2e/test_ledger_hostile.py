@@ -224,6 +224,17 @@ def test_hostile_values_and_billions_of_tokens_never_stop_the_ledger(upstream: S
         assert rolled["p"] == raw["p"] == day["prompt_tokens"], "the rollup must equal the rows it sums"
         report = httpx.get(gw.url + "/global/spend/report", params={"group_by": "customer"}, headers=admin).json()
         assert any(c["metadata"] and c["metadata"][0]["total_tokens"] > 2**32 for d in report for c in d["customers"])
+    env = {k: v for k, v in os.environ.items() if k not in ("METERWAY_CONFIG", "CONFIG_FILE_PATH")}
+    cli = subprocess.run(
+        [sys.executable, "-m", "meterway", "usage", "--by", "day", "--format", "json", "--database-url", pg_url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert cli.returncode == 0, cli.stderr
+    assert f"{len(quarantined)} ledger row(s) wait in the quarantine" in cli.stderr
+    assert f'"prompt_tokens": {day["prompt_tokens"]},' in cli.stdout, "64-bit sums are JSON integers on the CLI too"
 
 
 def _block_inserts(pg_url: str) -> None:
@@ -432,3 +443,32 @@ def test_the_command_line_lists_and_reprocesses_quarantined_rows(tmp_path: Path,
     assert ("written 1" in again.stdout) if fmt == "table" else ('"written": 1' in again.stdout)
     after = mw("usage", "--format", "json")
     assert after.returncode == 0 and "quarantine" not in after.stderr and '"requests": 1' in after.stdout
+
+
+def test_the_ui_billing_page_shows_quarantined_rows_and_reprocesses_them(upstream: StandIn, tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'ui.db'}"
+    config = {"model_list": [priced(upstream.base_url)], "general_settings": {"database_url": db}}
+    with run_gateway(config, master_key=MASTER) as gw, httpx.Client(base_url=gw.url, timeout=10) as ui:
+
+        async def quarantine() -> None:
+            from meterway.store.runtime import Store
+
+            store = await Store.open(db, wait_s=5, run_migrations=False)
+            try:
+                await store.ledger.quarantine(_entry(request_id="kept-for-the-ui"), "a reason shown in the UI")
+            finally:
+                await store.close()
+
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(lambda: asyncio.run(quarantine())).result()
+        form = ui.get("/ui/login").text
+        csrf = form.split('name="csrf" value="')[1].split('"')[0]
+        assert ui.post("/ui/login", data={"csrf": csrf, "key": MASTER}).status_code == 303
+        page = ui.get("/ui/billing").text
+        assert "kept-for-the-ui" in page and "a reason shown in the UI" in page and "Reprocess quarantined rows" in page
+        token = page.split('name="csrf" value="')[1].split('"')[0]
+        done = ui.post("/ui/billing/ledger-reprocess", data={"csrf": token})
+        assert done.status_code == 303 and "1%20quarantined" in done.headers["location"].replace("+", "%20")
+        assert "No ledger row is quarantined" in ui.get("/ui/billing").text
+        status = httpx.get(gw.url + "/billing/status", headers={"Authorization": f"Bearer {MASTER}"}).json()
+        assert status["ledger_quarantine"] == {"rows": 0, "oldest": None}
