@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -424,6 +425,9 @@ def test_the_command_line_lists_and_reprocesses_quarantined_rows(tmp_path: Path,
 
     asyncio.run(quarantine())
     env = {k: v for k, v in os.environ.items() if k not in ("METERWAY_CONFIG", "CONFIG_FILE_PATH")}
+    billing = fmt == "json"  # with billing on, a reprocessed row is exported as any other
+    if billing:
+        env.update(LAGO_API_BASE="http://127.0.0.1:9", LAGO_API_KEY="lago-test-key")
 
     def mw(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -443,6 +447,11 @@ def test_the_command_line_lists_and_reprocesses_quarantined_rows(tmp_path: Path,
     assert ("written 1" in again.stdout) if fmt == "table" else ('"written": 1' in again.stdout)
     after = mw("usage", "--format", "json")
     assert after.returncode == 0 and "quarantine" not in after.stderr and '"requests": 1' in after.stdout
+    with sqlite3.connect(tmp_path / "m.db") as conn:
+        exports = conn.execute("SELECT count(*) FROM mw_billing_outbox").fetchone()[0]
+        (reprocessed,) = conn.execute("SELECT reprocessed_at FROM mw_ledger_quarantine").fetchone()
+    assert exports == (1 if billing else 0) and reprocessed is not None
+    assert "written 0" in mw("ledger", "reprocess").stdout, "a reprocessed row is not written twice"
 
 
 def test_the_ui_billing_page_shows_quarantined_rows_and_reprocesses_them(upstream: StandIn, tmp_path: Path) -> None:

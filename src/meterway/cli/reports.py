@@ -103,6 +103,7 @@ async def _run(args: argparse.Namespace) -> Any:
             if args.action == "quarantine":
                 query = {"limit": str(args.limit), **({"all": "true"} if args.all else {})}
                 return await billing.quarantine(routes, b"", query)
+            routes.store.ledger.export = _billing_on(args)  # a row written now is exported as any other
             return await billing.ledger_reprocess(routes, orjson.dumps({"ids": args.ids or []}), {})
         if args.command == "billing":
             if args.action == "status":
@@ -179,6 +180,16 @@ def _billing(args: argparse.Namespace) -> tuple[Any, list[str]]:
     if billing is None:
         raise BadRequest("Billing export is not configured: set a billing section or LAGO_API_BASE and LAGO_API_KEY.")
     return billing, settings.model_names() if settings is not None else []
+
+
+def _billing_on(args: argparse.Namespace) -> bool:
+    from meterway.errors import BadRequest
+
+    try:
+        _billing(args)
+    except BadRequest:
+        return False
+    return True
 
 
 async def _with_lago(args: argparse.Namespace, routes: Any) -> Any:
