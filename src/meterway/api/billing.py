@@ -153,6 +153,7 @@ async def ledger_reprocess(r: KeyRoutes, body: bytes, query: dict[str, str]) -> 
     done = await r.store.ledger.reprocess(req.ids)
     return {
         "written": sum(1 for d in done if d.outcome == "written"),
+        "present": sum(1 for d in done if d.outcome == "present"),  # already in the ledger: marked, not added
         "cut": sum(1 for d in done if d.outcome == "cut"),
         "refused": sum(1 for d in done if d.outcome == "refused"),
         "rows": [{"id": d.id, "outcome": d.outcome, "reason": d.reason} for d in done],

@@ -54,7 +54,8 @@ assert set(_ROLLUP_COLUMNS) == {c.name for c in usage_daily.c}, "the rollup's SQ
 
 @dataclass(frozen=True, slots=True)
 class Reprocessed:
-    """A quarantined row written again: "written", "cut", or "refused" again (still quarantined)."""
+    """A quarantined row written again: "written", "cut", "present" (its uid was in the ledger
+    already: nothing added twice), or "refused" again (still quarantined)."""
 
     id: int
     outcome: str
@@ -206,9 +207,9 @@ class LedgerStore:
         done: list[Reprocessed] = []
         for ident, text in found:
             entry = refusals.from_json(text)
+            reason: str | None = None
             try:
-                await self.write_once([entry])
-                outcome, reason = "written", None
+                outcome = "written" if await self.write_once([entry]) else "present"  # its uid: already stored
             except RowRefused as e:
                 try:
                     await self.write_once([refusals.cut(entry)])
