@@ -140,7 +140,7 @@ def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         b.close()
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=25, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(field_value=hostile)
 def test_every_row_is_written_or_quarantined_and_never_blocks_the_rows_behind_it(
     backend: Backend, field_value: tuple[str, Any]
