@@ -17,7 +17,7 @@ from typing import Any
 import asyncpg
 import pytest
 import sqlalchemy as sa
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import exc as sa_exc
 
@@ -28,7 +28,21 @@ from meterway.store import refusals
 from meterway.store.runtime import Store
 from meterway.store.tables import ledger, ledger_quarantine
 
-TEXT = ("customer_id", "user_id", "team_id", "key_alias", "model_group", "end_user", "error_type", "request_id")
+TEXT = (
+    "customer_id",
+    "user_id",
+    "team_id",
+    "key_id",
+    "key_alias",
+    "model_group",
+    "deployment_id",
+    "upstream_model",
+    "end_user",
+    "error_type",
+    "request_id",
+    "endpoint",
+    "status",
+)
 INTS = ("prompt_tokens", "completion_tokens", "total_tokens", "cost", "http_status", "attempts")
 
 strings = st.one_of(
@@ -160,6 +174,9 @@ def test_every_row_is_written_or_quarantined_and_never_blocks_the_rows_behind_it
     written, kept = backend.run(backend.where([bad.row["uid"], *(e.row["uid"] for e in behind)]))
     uid = bad.row["uid"]
     assert (uid in written) != (uid in kept), "the row must be in the ledger or the quarantine, once"
+    event(
+        "quarantined" if uid in kept else "cut" if written[uid]["flags"] else "as given"
+    )  # --hypothesis-show-statistics
     for e in behind:
         assert e.row["uid"] in written and written[e.row["uid"]]["flags"] is None, "a row behind was not written"
     if uid in kept:
