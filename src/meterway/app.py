@@ -318,6 +318,8 @@ class Gateway:
                     ids = [d.id for d in self.settings.deployments]
                     self._cooling = asyncio.create_task(services.router.cooldowns.listen(ids))
                 opening = asyncio.create_task(self._open_store(services))
+                # however opening ends (open, refused, a bug), model requests stop waiting for it
+                opening.add_done_callback(lambda _: self._store_settled.set())
                 await send({"type": "lifespan.startup.complete"})
                 message = await receive()
                 await services.ledger.flush(self.settings.shutdown_flush_s)
@@ -357,7 +359,6 @@ class Gateway:
         except MeterwayError as e:
             self.store_state = e.message
             log.error("store not opened: %s", e.message)
-            self._store_settled.set()  # model requests waiting for it get 503
             return
         self.store = store
         cache = KeyCache(partial(_principal_for, store))
@@ -387,7 +388,7 @@ class Gateway:
         services.ledger.writer = store.ledger
         services.ledger.kick()
         self.store_state = "open"
-        self._store_settled.set()  # model requests waiting for the store go on
+        self._store_settled.set()  # model requests waiting for the store go on (before the task ends)
 
     async def _open_models(self, services: Services, store: Store) -> None:
         """Models in the database (STORE_MODEL_IN_DB): served from now on, and watched for other
