@@ -109,6 +109,8 @@ async def open_services(settings: Settings, hooks: tuple[Hook, ...] = ()) -> Asy
         metrics.ledger_waiting.set(waiting)
 
     ledger.on_commit = committed
+    ledger.on_kept = metrics.ledger_kept
+    ledger.on_stall = lambda seconds: metrics.ledger_stalled(seconds, ledger.stall_limit_s)
     try:
         yield Services(
             settings=settings,
@@ -150,6 +152,7 @@ _READY = frozenset({"/health/ready", "/health/readiness", "/health"})
 _METRICS = frozenset({"/metrics", "/health/metrics"})
 SENDER_STOP_S = 5.0  # at shutdown, the billing sender's round in flight may finish within this
 BACKLOG_TTL_S = 5.0  # the billing outbox is read for metrics at most this often
+STORE_RETRY_AFTER_S = 2.0  # a model request refused because the store is not open: retry after
 
 
 class Gateway:
@@ -161,6 +164,8 @@ class Gateway:
         self.services: Services | None = None
         self.store: Store | None = None
         self.store_state = "opening"  # "open", or the reason it could not be opened
+        self._store_settled = asyncio.Event()  # set once the store is open, or could not be opened
+        self._store_waiters = 0  # model requests waiting for the store (bounded by the ledger's capacity)
         self.key_routes: management.KeyRoutes | None = None
         self.changes: Changes | None = None
         self._openapi: bytes | None = None
@@ -192,6 +197,10 @@ class Gateway:
         if route is not None and services is not None:
             if scope["method"] != "POST":
                 return await self._error(scope, send, RouteNotFound(f"Use POST for {path}.", status=405), route[0])
+            if self.store_state != "open":  # the first seconds: the row could not be committed yet
+                refused = await self._wait_for_store()
+                if refused is not None:
+                    return await self._error(scope, send, refused, route[0])
             api, decode = route
             return await proxy.handle(services, api, decode, scope, receive, send)
         if scope["path"].startswith("/ui") and (len(scope["path"]) == 3 or scope["path"][3] == "/"):
@@ -220,6 +229,28 @@ class Gateway:
         if services is None:
             return await self._error(scope, send, RouteNotFound("The gateway is starting.", status=503), None)
         return await self._error(scope, send, RouteNotFound(f"No route for {scope['method']} {scope['path']}."), None)
+
+    async def _wait_for_store(self) -> MeterwayError | None:
+        """A model request that arrives while the store opens waits for it (at most as long as
+        the store waits for its database, and no more requests than the ledger may hold), so its
+        row is committed before its response completes, as for any other; else it gets 503 with
+        Retry-After, unserved."""
+        if self.store_state == "opening" and self._store_waiters < self.settings.ledger_queue_size:
+            self._store_waiters += 1
+            try:
+                await asyncio.wait_for(self._store_settled.wait(), max(self.settings.database_wait_s, 1.0))
+            except TimeoutError:
+                pass
+            finally:
+                self._store_waiters -= 1
+        if self.store_state == "open":
+            return None
+        err = ServiceUnavailable(
+            "The gateway's database is not open yet, so the request could not be metered; retry shortly.",
+            code="store_not_open",
+        )
+        err.retry_after = STORE_RETRY_AFTER_S
+        return err
 
     async def _ui(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The admin UI, built on its first request: a gateway nobody browses never loads Jinja."""
@@ -252,21 +283,24 @@ class Gateway:
             await responder.whole(status, payload, extra=extra)
 
     async def _metrics(self, services: Services, scope: Scope, send: Send) -> None:
-        """Prometheus exposition; the billing outbox's backlog is read at most every few seconds
-        (a scrape must stay cheap whatever the outbox's size)."""
+        """Prometheus exposition; the billing outbox and the ledger quarantine are read at most
+        every few seconds (a scrape must stay cheap whatever their size)."""
         metrics = services.metrics
         store = self.store
         now = time.monotonic()
-        if store is not None and self.settings.billing is not None and now - self._backlog_at > BACKLOG_TTL_S:
+        ledger = services.ledger
+        metrics.ledger_stalled(ledger.stall_s(), ledger.stall_limit_s)
+        if store is not None and now - self._backlog_at > BACKLOG_TTL_S:
             self._backlog_at = now
             try:
-                pending, parked, age = await store.outbox.backlog()
+                if self.settings.billing is not None:
+                    pending, parked, age = await store.outbox.backlog()
+                    metrics.outbox_pending.set(pending)
+                    metrics.outbox_parked.set(parked)
+                    metrics.outbox_lag.set(age or 0.0)
+                metrics.ledger_quarantine.set((await store.ledger.quarantine_status())[0])
             except Exception as e:  # the database is away: the other metrics still answer
-                log.warning("billing backlog not read for metrics: %s", e.__class__.__name__)
-            else:
-                metrics.outbox_pending.set(pending)
-                metrics.outbox_parked.set(parked)
-                metrics.outbox_lag.set(age or 0.0)
+                log.warning("billing outbox and ledger quarantine not read for metrics: %s", e.__class__.__name__)
         body, content_type = metrics.render()
         await Responder(send, request_id_for(Incoming(scope["headers"]))).whole(200, body, content_type.encode())
 
@@ -285,6 +319,8 @@ class Gateway:
                     ids = [d.id for d in self.settings.deployments]
                     self._cooling = asyncio.create_task(services.router.cooldowns.listen(ids))
                 opening = asyncio.create_task(self._open_store(services))
+                # however opening ends (open, refused, a bug), model requests stop waiting for it
+                opening.add_done_callback(lambda _: self._store_settled.set())
                 await send({"type": "lifespan.startup.complete"})
                 message = await receive()
                 await services.ledger.flush(self.settings.shutdown_flush_s)
@@ -311,8 +347,8 @@ class Gateway:
         await send({"type": "lifespan.shutdown.complete"})
 
     async def _open_store(self, services: Services) -> None:
-        """Opens (and migrates) the store beside serving: liveness and the master key do not wait
-        for SQLAlchemy's import or the database; readiness and virtual keys do."""
+        """Opens (and migrates) the store beside serving: liveness does not wait for SQLAlchemy's
+        import or the database; readiness does, and so do model requests (`_wait_for_store`)."""
         settings = self.settings
         try:
             runtime = await asyncio.to_thread(importlib.import_module, "meterway.store.runtime")
@@ -350,9 +386,10 @@ class Gateway:
         self.webhooks = webhooks.Webhooks(settings, store, services.http)
         self.key_routes.webhooks = self.webhooks
         await self._open_models(services, store)
-        services.ledger.write = store.ledger.write
-        services.ledger.kick()  # rows of requests served while the store was opening
+        services.ledger.writer = store.ledger
+        services.ledger.kick()
         self.store_state = "open"
+        self._store_settled.set()  # model requests waiting for the store go on (before the task ends)
 
     async def _open_models(self, services: Services, store: Store) -> None:
         """Models in the database (STORE_MODEL_IN_DB): served from now on, and watched for other

@@ -19,7 +19,16 @@ from tests.support.models import priced
 from tests.upstreams.standin import StandIn
 
 PAGES = ("overview", "keys", "teams", "users", "customers", "usage", "logs", "billing", "models", "usage.csv")
-POSTS = ("keys/new", "keys/action", "teams/save", "users/save", "customers/save", "billing/reprocess", "logout")
+POSTS = (
+    "keys/new",
+    "keys/action",
+    "teams/save",
+    "users/save",
+    "customers/save",
+    "billing/reprocess",
+    "billing/ledger-reprocess",
+    "logout",
+)
 UI_PASSWORD = "correct horse battery staple"
 
 

@@ -1,12 +1,14 @@
 """`GET /billing/status`, `POST /billing/reprocess`, `GET /billing/reconcile`, `GET /billing/check`
 and `POST /billing/setup`: what waits, what was sent, what is parked and why; parked exports sent
 again once their mapping is fixed (same transaction ids); the month's ledger compared with what
-Lago holds; and Lago made ready for the events (billing.setup)."""
+Lago holds; and Lago made ready for the events (billing.setup). `GET /ledger/quarantine` and
+`POST /ledger/reprocess`: ledger rows the database refused even cut, and their second chance
+(docs/ledger.md). The quarantine is part of the status: a quarantined row is billed nowhere."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 
@@ -25,6 +27,11 @@ class ReprocessRequest(msgspec.Struct):
 
 async def status(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:
     out = await r.store.outbox.status()
+    count, oldest = await r.store.ledger.quarantine_status()
+    out["ledger_quarantine"] = {  # rows the database refused even cut: billed nowhere until reprocessed
+        "rows": count,
+        "oldest": oldest.isoformat() if oldest is not None else None,
+    }
     sender = r.sender
     if sender is not None:
         out["sender"] = {  # this process's sender since it started
@@ -103,7 +110,59 @@ async def setup(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, A
     return done.as_dict()
 
 
+class LedgerReprocessRequest(msgspec.Struct):
+    # only these quarantined rows (default: every one not yet reprocessed)
+    ids: list[Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]] = []
+
+
+async def quarantine(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:
+    """Quarantined ledger rows, oldest first; `row` is the row as given, as ASCII JSON text."""
+    from meterway.api.management import query_int
+
+    limit = query_int(query, "limit", 100, 1, 1000)
+    everything = query.get("all", "").lower() in ("1", "true", "yes")
+    rows = await r.store.ledger.quarantined(limit=limit, everything=everything)
+    count, _ = await r.store.ledger.quarantine_status()
+    return {
+        "waiting": count,
+        "rows": [
+            {
+                "id": q["id"],
+                "uid": q["uid"],
+                "request_id": q["request_id"],
+                "reason": q["reason"],
+                "created_at": _iso(q["created_at"]),
+                "reprocessed_at": _iso(q["reprocessed_at"]),
+                "row": q["row"],
+            }
+            for q in rows
+        ],
+    }
+
+
+def _iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return (value if value.tzinfo is not None else value.replace(tzinfo=UTC)).isoformat()
+
+
+async def ledger_reprocess(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:
+    """Quarantined rows written again through the ledger's writer (as given, else cut): those
+    written get `reprocessed_at` and their cost is added as any row's; the others stay."""
+    req: LedgerReprocessRequest = decode_body(body, LedgerReprocessRequest)
+    done = await r.store.ledger.reprocess(req.ids)
+    return {
+        "written": sum(1 for d in done if d.outcome == "written"),
+        "present": sum(1 for d in done if d.outcome == "present"),  # already in the ledger: marked, not added
+        "cut": sum(1 for d in done if d.outcome == "cut"),
+        "refused": sum(1 for d in done if d.outcome == "refused"),
+        "rows": [{"id": d.id, "outcome": d.outcome, "reason": d.reason} for d in done],
+    }
+
+
 ROUTES = {
+    ("GET", "/ledger/quarantine"): quarantine,
+    ("POST", "/ledger/reprocess"): ledger_reprocess,
     ("GET", "/billing/status"): status,
     ("POST", "/billing/reprocess"): reprocess,
     ("GET", "/billing/reconcile"): reconcile,

@@ -1,6 +1,7 @@
 """Probes. Liveness does no I/O and no allocation beyond its reply: a probe that waits behind work
 gets a healthy pod restarted. Startup says whether the store is open (migrations done). Readiness
-says whether the database and Redis answer now, within short timeouts."""
+says whether the database and Redis answer now, within short timeouts, and whether the ledger
+writes: rows waiting past its stall limit with nothing written make it 503, with the reason."""
 
 from __future__ import annotations
 
@@ -64,7 +65,10 @@ class Readiness:
                 self._checking = None
             self._at = time.monotonic()
         status, details = self._answer
-        return status, orjson.dumps({**details, **_ledger(services)})
+        stalled = services.ledger.stalled()
+        if stalled is not None:  # the database may answer a ping and still not take the rows
+            status, details = 503, {**details, "status": "unavailable"}
+        return status, orjson.dumps({**details, **_ledger(services, stalled)})
 
     async def _check(self, services: Services, store: Store) -> tuple[int, dict[str, object]]:
         database = await self._probe(store.ping())
@@ -85,7 +89,7 @@ class Readiness:
         return "ok"
 
 
-def _ledger(services: Services) -> dict[str, object]:
+def _ledger(services: Services, stalled: str | None) -> dict[str, object]:
     ledger = services.ledger
     out: dict[str, object] = {
         "models": len(services.router.model_names),
@@ -94,6 +98,10 @@ def _ledger(services: Services) -> dict[str, object]:
             "waiting": ledger.waiting,
             "capacity": ledger.capacity,
             "estimated_rows": ledger.estimated_rows,
+            "stall_seconds": round(ledger.stall_s(), 3),
+            "stalled": stalled,  # why the ledger cannot write, past its stall limit; else null
+            "cut_rows": ledger.cut_rows,
+            "quarantined_rows": ledger.quarantined_rows,
         },
     }
     if services.settings.unpriced_models:  # their requests are recorded with cost NULL

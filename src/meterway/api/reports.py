@@ -138,6 +138,7 @@ def _log(row: dict[str, Any]) -> dict[str, Any]:
         "source": row["source"],  # gateway, or webhook: reported by another proxy
         "attempts": row["attempts"],  # upstream attempts: retries and fallbacks add to 1; 0 for a cache hit
         "cache_hit": bool(row["cache_hit"]),
+        "flags": row["flags"],  # what was wrong with the row's input (e.g. "cut"), comma-separated; or null
     }
 
 

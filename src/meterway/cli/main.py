@@ -83,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return migrate(args)
         if args.command in ("keys", "users", "teams", "customers"):
             return admin.run(args)
-        if args.command in ("usage", "invoice", "billing"):
+        if args.command in ("usage", "invoice", "billing", "ledger"):
             return reports.run(args)
         if args.command == "import":
             return importer.run(args)

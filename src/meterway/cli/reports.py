@@ -1,11 +1,13 @@
-"""`meterway usage`, `meterway invoice` and `meterway billing status|reprocess|reconcile|check|setup`:
-read from (and written to) the database directly, through the same handlers as the HTTP API; and
-`meterway billing worker`, the sender on its own."""
+"""`meterway usage`, `meterway invoice`, `meterway billing status|reprocess|reconcile|check|setup`
+and `meterway ledger quarantine|reprocess`: read from (and written to) the database directly,
+through the same handlers as the HTTP API; and `meterway billing worker`, the sender on its own.
+`usage` warns (on stderr) when ledger rows wait in the quarantine: their usage is in no total."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 from typing import Any
 
 import orjson
@@ -46,10 +48,17 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "--log-level", choices=["debug", "info", "warning", "error"], help="default: $METERWAY_LOG_LEVEL or info"
     )
     worker.add_argument("--log-format", choices=["text", "json"], default=None, help="default: text")
-    for p in (usage, invoice, status, reprocess, rec, check, setup, worker):
+    ledger = sub.add_parser("ledger", help="ledger rows the database refused: list the quarantine, reprocess it")
+    rows = ledger.add_subparsers(dest="action", required=True)
+    kept = rows.add_parser("quarantine", help="rows kept in the quarantine, oldest first, with the database's reason")
+    kept.add_argument("--all", action="store_true", help="also rows already reprocessed")
+    kept.add_argument("--limit", type=int, default=100, help="at most this many rows (default 100)")
+    again = rows.add_parser("reprocess", help="write quarantined rows again (as given, else cut to their columns)")
+    again.add_argument("--id", type=int, action="append", dest="ids", help="only this row (repeatable)")
+    for p in (usage, invoice, status, reprocess, rec, check, setup, worker, kept, again):
         p.add_argument("--config", help="config file whose database_url (and billing section) to use")
         p.add_argument("--database-url", help="overrides the config and DATABASE_URL")
-    for p in (status, reprocess, rec, check, setup):
+    for p in (status, reprocess, rec, check, setup, kept, again):
         p.add_argument("--format", choices=["table", "json"], default="table")
 
 
@@ -65,6 +74,17 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(_steps(result))
         return 0 if result.get("match", result.get("ok")) else 1
+    if args.command == "usage":
+        result, waiting = result
+        if waiting:
+            print(
+                f"warning: {waiting} ledger row(s) wait in the quarantine and are in none of these totals; "
+                "see `meterway ledger quarantine`",
+                file=sys.stderr,
+            )
+    if args.command == "ledger" and args.format == "table":
+        print(_quarantine(args.action, result))
+        return 0 if args.action == "quarantine" or not result["refused"] else 1
     if isinstance(result, bytes):
         print(result.decode(), end="")
     elif args.format == "json":
@@ -79,6 +99,12 @@ async def _run(args: argparse.Namespace) -> Any:
 
     fmt = "json" if args.format == "table" else args.format
     async with admin.open_routes(args) as routes:
+        if args.command == "ledger":
+            if args.action == "quarantine":
+                query = {"limit": str(args.limit), **({"all": "true"} if args.all else {})}
+                return await billing.quarantine(routes, b"", query)
+            routes.store.ledger.export = _billing_on(args)  # a row written now is exported as any other
+            return await billing.ledger_reprocess(routes, orjson.dumps({"ids": args.ids or []}), {})
         if args.command == "billing":
             if args.action == "status":
                 return await billing.status(routes, b"", {})
@@ -100,6 +126,8 @@ async def _run(args: argparse.Namespace) -> Any:
                 if value:
                     query[name] = value
             result = await reports.usage(routes, b"", query)
+            waiting, _ = await routes.store.ledger.quarantine_status()
+            return (result.body if isinstance(result, reports.Reply) else result), waiting
         else:
             query = {"format": fmt, **({"period": args.period} if args.period else {})}
             result = await reports.invoice_preview(routes, args.customer, query)
@@ -125,6 +153,18 @@ def _table(command: str, result: dict[str, Any]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
+def _quarantine(action: str, result: dict[str, Any]) -> str:
+    if action == "reprocess":
+        lines = [f"written {result['written']}, written cut {result['cut']}, refused again {result['refused']}"]
+        lines += [f"  #{r['id']} refused again: {r['reason']}" for r in result["rows"] if r["outcome"] == "refused"]
+        return "\n".join(lines)
+    lines = [f"{result['waiting']} row(s) wait in the ledger quarantine"]
+    for r in result["rows"]:
+        done = f", reprocessed {r['reprocessed_at']}" if r["reprocessed_at"] else ""
+        lines.append(f"  #{r['id']} {r['created_at']} request {r['request_id']}{done}: {r['reason']}")
+    return "\n".join(lines)
+
+
 def _billing(args: argparse.Namespace) -> tuple[Any, list[str]]:
     """The billing settings (the config's section, else the `LAGO_*` variables) and the
     configured model names."""
@@ -140,6 +180,16 @@ def _billing(args: argparse.Namespace) -> tuple[Any, list[str]]:
     if billing is None:
         raise BadRequest("Billing export is not configured: set a billing section or LAGO_API_BASE and LAGO_API_KEY.")
     return billing, settings.model_names() if settings is not None else []
+
+
+def _billing_on(args: argparse.Namespace) -> bool:
+    from meterway.errors import BadRequest
+
+    try:
+        _billing(args)
+    except BadRequest:
+        return False
+    return True
 
 
 async def _with_lago(args: argparse.Namespace, routes: Any) -> Any:

@@ -15,6 +15,36 @@ from typing import Any
 from meterway.limits import SpendTarget
 
 
+class WriteFailed(Exception):
+    """A group of ledger rows that was not committed. `reason` is the database's, one line,
+    readable; the driver's own exception is the `__cause__`. Raised as one of the two kinds below
+    when the store can tell which it is, else as itself (the recorder then retries, as for an
+    outage: a failure it cannot put on a row is not the row's fault)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class DatabaseAway(WriteFailed):
+    """The database could not be reached or the connection was lost: nothing is wrong with the
+    rows, so they stay queued and are retried with backoff."""
+
+
+class RowRefused(WriteFailed):
+    """The database refused a value of the rows (too long, a NUL character, a number out of
+    range, JSON it cannot encode): retrying as they are can never succeed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Kept:
+    """How a row of a failed group was kept: "written" as it was, "cut" to its columns' bounds
+    (flagged `cut`), or "quarantined"; with the database's reason when it refused the row."""
+
+    how: str
+    reason: str | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Entry:
     row: dict[str, Any]  # the mw_ledger row

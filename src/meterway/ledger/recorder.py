@@ -6,9 +6,12 @@ be written: a request is never served unmetered. `record` is called once per req
 its last bytes (a body, a stream's `[DONE]` or `message_stop`, an error): it takes the tokens the
 provider reported (or counts them, marking the row estimated), prices them, and waits for the row
 to be committed. Rows of requests finishing together are committed together (a group commit).
-If a commit fails, its rows stay queued and are retried until they are written; their responses
-go out meanwhile (the outage is logged), and `admit` bounds how many can wait. The contract is in
-docs/ledger.md.
+If a commit fails because the database is away, its rows stay queued and are retried until they
+are written; their responses go out meanwhile (the outage is logged), and `admit` bounds how many
+can wait. Any other failure is retried row by row: a row the database refuses is cut to its
+columns' bounds or quarantined (`store.refusals`), so it never blocks the rows behind it. When
+nothing could be written for `stall_limit_s` while rows wait, readiness fails and a log line says
+why. The contract is in docs/ledger.md.
 """
 
 from __future__ import annotations
@@ -18,17 +21,17 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
 from meterway.config.settings import Deployment
 from meterway.context import RequestContext
 from meterway.errors import ServiceUnavailable, UpstreamError
-from meterway.ledger import Entry, pricing
+from meterway.ledger import DatabaseAway, Entry, Kept, WriteFailed, pricing
 from meterway.ledger.prices import is_priced
 from meterway.ledger.tokens import TokenCounter
 from meterway.limits import SpendTarget
@@ -36,20 +39,38 @@ from meterway.providers.base import Usage
 
 log = logging.getLogger("meterway.ledger")
 
-Write = Callable[[Sequence[Entry]], Awaitable[None]]
+
+class Writer(Protocol):
+    """The store's side (`store.ledger.LedgerStore`)."""
+
+    async def write(self, entries: Sequence[Entry]) -> None:
+        """One transaction for the group; raises `DatabaseAway`, `RowRefused` or `WriteFailed`."""
+
+    async def write_one(self, entry: Entry) -> Kept:
+        """One row of a failed group: written, cut or quarantined; raises when nothing can be written."""
+
 
 BATCH = 500
 RETRY_FIRST_S = 0.1
 RETRY_MAX_S = 2.0
+STALL_S = 5.0  # rows waiting this long with nothing written: readiness fails
 
 
 class Ledger:
     def __init__(self, *, capacity: int = 10_000, counter: TokenCounter | None = None) -> None:
         self.capacity = capacity  # requests admitted and not yet written, at most
         self.counter = counter or TokenCounter()
-        self.write: Write | None = None  # set once the store is open; rows wait until then
+        self.writer: Writer | None = None  # set once the store is open; rows wait until then
         # told each commit's duration and the rows still waiting after it (metrics)
         self.on_commit: Callable[[float, int], None] | None = None
+        self.on_kept: Callable[[str], None] | None = None  # told "cut" or "quarantined" per such row (metrics)
+        self.on_stall: Callable[[float], None] | None = None  # told how long writes have stalled (metrics)
+        self.stall_limit_s = STALL_S
+        self.cut_rows = 0  # rows of this process written cut to their columns' bounds
+        self.quarantined_rows = 0  # and rows kept in the quarantine
+        self.last_error: str | None = None  # why the last write failed, while writes fail
+        self._pending_since: float | None = None  # since when rows wait with nothing written (monotonic)
+        self._stall_logged = False
         self.estimated_rows = 0  # rows whose tokens were counted here, not reported (a metric)
         self._warned: set[str] = set()  # deployments already warned about for missing usage
         self._admitted = 0
@@ -72,6 +93,27 @@ class Ledger:
     def waiting(self) -> int:
         return len(self._queue)
 
+    def stall_s(self) -> float:
+        """How long rows have waited with nothing written (0 when none waits or writes go through)."""
+        if not self._queue or self._pending_since is None:
+            return 0.0
+        return time.monotonic() - self._pending_since
+
+    def stalled(self) -> str | None:
+        """Why the ledger cannot write, once it has written nothing for `stall_limit_s` while rows
+        wait (readiness fails then); None while it writes. Logged once per stall."""
+        stalled = self.stall_s()
+        if stalled < self.stall_limit_s:
+            return None
+        reason = (
+            f"no ledger row written for {stalled:.0f}s with {len(self._queue)} waiting: "
+            f"{self.last_error or 'the commit in flight has not returned'}"
+        )
+        if not self._stall_logged:
+            self._stall_logged = True
+            log.error("%s; /health/ready answers 503 until rows are written again", reason)
+        return reason
+
     def admit(self, ctx: RequestContext) -> None:
         if self._admitted >= self.capacity:
             raise ServiceUnavailable(
@@ -91,17 +133,28 @@ class Ledger:
             self._admitted -= 1
             log.exception("request %s could not be turned into a ledger row", ctx.request_id)
             return
+        await self._enqueue(entry)
+
+    async def commit(self, entry: Entry) -> None:
+        """A row made elsewhere, written as `record` writes a request's: with the group commit,
+        row by row if that fails, and the same wait."""
+        self._admitted += 1
+        await self._enqueue(entry)
+
+    async def _enqueue(self, entry: Entry) -> None:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if not self._queue:
+            self._pending_since = time.monotonic()
         self._queue.append((entry, done))
         if self._task is None:
             self._task = asyncio.create_task(self._drain())
-        if not self._healthy or self.write is None:
+        if not self._healthy or self.writer is None:
             return  # the store is failing (or still opening): the row waits in the queue, the response goes
         await asyncio.shield(done)
 
     async def flush(self, timeout_s: float) -> bool:
         """Waits (bounded) until every queued row is written: at shutdown. False if some are left."""
-        if self.write is None:  # the store never opened: nothing can be written
+        if self.writer is None:  # the store never opened: nothing can be written
             if self._queue:
                 log.error("%d ledger rows could not be written: the store is not open", len(self._queue))
             return not self._queue
@@ -124,34 +177,95 @@ class Ledger:
         try:
             while self._queue:
                 batch = [self._queue[i] for i in range(min(len(self._queue), BATCH))]
-                if self.write is None:  # the store is still opening: the rows wait for it
+                writer = self.writer
+                if writer is None:  # the store is still opening: the rows wait for it
                     _release(batch)
                     return
                 started = time.perf_counter()
                 try:
-                    await self.write([entry for entry, _ in batch])
+                    await writer.write([entry for entry, _ in batch])
                 except asyncio.CancelledError:
                     raise
                 except Exception as e:
-                    if self._healthy:
-                        log.error("ledger write failed (%s: %s); rows kept and retried", e.__class__.__name__, e)
-                    self._healthy = False
-                    _release(batch)  # their responses go out; the rows stay queued
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, RETRY_MAX_S)
-                    continue
-                if not self._healthy:
-                    log.warning("ledger writes resumed; %d rows still queued", len(self._queue) - len(batch))
-                self._healthy = True
+                    failed: Exception | None = e
+                    if not isinstance(e, DatabaseAway):  # maybe a row's fault: each row on its own
+                        kept, failed = await self._apart(writer, batch)
+                        self._settled(kept)
+                    if failed is not None:
+                        self._failed(failed, batch)
+                        await asyncio.sleep(delay)
+                        delay = min(delay * 2, RETRY_MAX_S)
+                        if self.on_stall is not None:
+                            self.on_stall(self.stall_s())
+                        self.stalled()
+                        continue
+                else:
+                    if self.on_commit is not None:
+                        self.on_commit(time.perf_counter() - started, len(self._queue) - len(batch))
+                    self._settled(len(batch))
                 delay = RETRY_FIRST_S
-                if self.on_commit is not None:
-                    self.on_commit(time.perf_counter() - started, len(self._queue) - len(batch))
-                for _ in batch:
-                    self._queue.popleft()
-                self._admitted -= len(batch)
-                _release(batch)
+                if not self._healthy or self._stall_logged:
+                    log.warning("ledger writes resumed; %d rows still queued", len(self._queue))
+                    if self.on_stall is not None:
+                        self.on_stall(0.0)
+                self._healthy = True
+                self._stall_logged = False
+                self.last_error = None
         finally:
             self._task = None
+
+    def _settled(self, n: int) -> None:
+        """The first `n` queued rows are written (or kept): gone from the queue, their callers go on."""
+        if not n:
+            return
+        for _ in range(n):
+            _, done = self._queue.popleft()
+            if not done.done():
+                done.set_result(None)
+        self._admitted -= n
+        self._pending_since = time.monotonic()
+
+    def _failed(self, e: Exception, batch: list[tuple[Entry, asyncio.Future[None]]]) -> None:
+        reason = e.reason if isinstance(e, WriteFailed) else f"{e.__class__.__name__}: {e}"
+        if self._healthy:
+            log.error("ledger write failed (%s); rows kept and retried", reason)
+        self._healthy = False
+        self.last_error = reason
+        _release(batch)  # their responses go out; the rows stay queued
+
+    async def _apart(
+        self, writer: Writer, batch: list[tuple[Entry, asyncio.Future[None]]]
+    ) -> tuple[int, Exception | None]:
+        """Writes the rows of a failed group one by one, in order, each released as soon as it is
+        kept. Returns how many were kept, and what stopped the rest (None: nothing did)."""
+        for i, (entry, done) in enumerate(batch):
+            try:
+                kept = await writer.write_one(entry)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                return i, e
+            if kept.how != "written":
+                if kept.how == "cut":
+                    self.cut_rows += 1
+                    log.warning(
+                        "ledger row of request %s was refused (%s); written cut to its columns' bounds, flagged 'cut'",
+                        entry.row.get("request_id"),
+                        kept.reason,
+                    )
+                else:
+                    self.quarantined_rows += 1
+                    log.error(
+                        "ledger row of request %s was refused even cut (%s); kept in mw_ledger_quarantine "
+                        "(see `meterway ledger quarantine`)",
+                        entry.row.get("request_id"),
+                        kept.reason,
+                    )
+                if self.on_kept is not None:
+                    self.on_kept(kept.how)
+            if not done.done():
+                done.set_result(None)
+        return len(batch), None
 
     async def _entry(self, ctx: RequestContext) -> Entry:
         now = time.time()

@@ -23,6 +23,7 @@ import asyncio
 import sqlite3
 from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,8 +31,9 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from meterway.ledger import Entry
-from meterway.store.tables import customers, keys, ledger, teams, usage_daily, users
+from meterway.ledger import Entry, Kept, RowRefused
+from meterway.store import refusals
+from meterway.store.tables import customers, keys, ledger, ledger_quarantine, teams, usage_daily, users
 
 _TABLES = {
     "key": ("mw_keys", "token"),
@@ -48,6 +50,17 @@ _GROUP = ("day", *_DIMENSIONS, *_PRICES)
 _ROW_COLUMNS = tuple(c.name for c in ledger.c if c.name != "id")
 _ROLLUP_COLUMNS = (*_GROUP, *_MEASURES)
 assert set(_ROLLUP_COLUMNS) == {c.name for c in usage_daily.c}, "the rollup's SQL must name every column"
+
+
+@dataclass(frozen=True, slots=True)
+class Reprocessed:
+    """A quarantined row written again: "written", "cut", "present" (its uid was in the ledger
+    already: nothing added twice), or "refused" again (still quarantined)."""
+
+    id: int
+    outcome: str
+    reason: str | None
+
 
 SpendRow = tuple[str, str, float | None]  # scope, id, period end
 Budgeted = tuple[str | None, datetime | None]  # an entity's budget_duration and budget_reset_at
@@ -96,6 +109,14 @@ class LedgerStore:
             self._sql = _sql(lambda i: f"${i + 1}")
 
     async def write(self, entries: Sequence[Entry]) -> None:
+        """One transaction for the group. A failure is raised as `DatabaseAway`, `RowRefused` or
+        `WriteFailed` (see `store.refusals`), and nothing of the group is written."""
+        try:
+            await self._write(entries)
+        except Exception as e:
+            raise refusals.translate(e) from e
+
+    async def _write(self, entries: Sequence[Entry]) -> None:
         rows, groups, spend = _prepare(entries)
         outbox = self._outbox(entries)
         if self._sqlite:
@@ -103,16 +124,107 @@ class LedgerStore:
                 self._executor, self._write_sqlite, rows, groups, spend, outbox
             )
             return
+        pg_rows = [_pg_row(r) for r in rows]
         async with self._engine.connect() as conn:
             raw = await conn.get_raw_connection()
             pg: Any = raw.driver_connection
             async with pg.transaction():
-                await pg.executemany(self._sql["rows"], [_pg_row(r) for r in rows])
+                await pg.executemany(self._sql["rows"], pg_rows)
                 await pg.executemany(self._sql["rollup"], groups)
                 for (scope, periodic), params in spend.items():
                     await pg.executemany(self._sql[f"{scope}:{periodic}"], params)
                 if outbox:
                     await pg.executemany(self._sql["outbox"], outbox)
+
+    async def write_one(self, entry: Entry) -> Kept:
+        """One row of a group that failed, in a transaction of its own: as it is; else, when the
+        database refused a value, cut to its columns' bounds and flagged `cut`; else kept whole in
+        the quarantine. Its spend, rollup and export follow the row as written (none for a
+        quarantined row). A uid already stored (a group whose commit succeeded though its answer
+        was lost) is not written twice. Raises `DatabaseAway` or `WriteFailed` when the database
+        cannot be written at all: the row then stays queued."""
+        try:
+            await self.write_once([entry])
+            return Kept("written")
+        except RowRefused as e:
+            given = e.reason
+        shortened = refusals.cut(entry)
+        try:
+            await self.write_once([shortened])
+            return Kept("cut", given)
+        except RowRefused as e:
+            reason = f"as given: {given}; cut to its columns' bounds: {e.reason}"
+        await self.quarantine(entry, reason)
+        return Kept("quarantined", reason)
+
+    async def quarantine(self, entry: Entry, reason: str) -> None:
+        """Keeps a row the database refused, whole, with its reason; its cost is added nowhere
+        until it is reprocessed."""
+        row = entry.row
+        values = {
+            "uid": refusals.cut_text(str(row.get("uid") or ""), 32) or None,
+            "request_id": refusals.cut_text(str(row.get("request_id") or ""), 128) or None,
+            "reason": refusals.clean(reason)[: refusals.REASON_CHARS],
+            "row": refusals.to_json(entry),
+            "created_at": datetime.now(UTC),
+        }
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(ledger_quarantine.insert().values(**values))
+        except Exception as e:
+            raise refusals.translate(e) from e
+
+    async def quarantined(self, *, limit: int = 100, everything: bool = False) -> list[dict[str, Any]]:
+        """Rows in the quarantine, oldest first: those not reprocessed (or every one)."""
+        q = ledger_quarantine
+        query = sa.select(q).order_by(q.c.id).limit(limit)
+        if not everything:
+            query = query.where(q.c.reprocessed_at.is_(None))
+        async with self._engine.connect() as conn:
+            return [dict(r) for r in (await conn.execute(query)).mappings().all()]
+
+    async def quarantine_status(self) -> tuple[int, datetime | None]:
+        """How many rows wait in the quarantine, and when the oldest came."""
+        q = ledger_quarantine
+        waiting = q.c.reprocessed_at.is_(None)
+        async with self._engine.connect() as conn:
+            count = (await conn.execute(sa.select(sa.func.count()).select_from(q).where(waiting))).scalar_one()
+            oldest = (await conn.execute(sa.select(sa.func.min(q.c.created_at)).where(waiting))).scalar()
+        if oldest is not None and oldest.tzinfo is None:
+            oldest = oldest.replace(tzinfo=UTC)  # SQLite keeps no zone; rows are stamped in UTC
+        return int(count), oldest
+
+    async def reprocess(self, ids: Collection[int] = (), *, limit: int = 1000) -> list[Reprocessed]:
+        """Writes quarantined rows again (all waiting ones, or those of `ids`), each as it was
+        given, else cut; a written row (or one whose uid is already stored) gets `reprocessed_at`.
+        A row refused even so stays, with the new reason. Idempotent: the uid decides."""
+        q = ledger_quarantine
+        query = sa.select(q.c.id, q.c.row).where(q.c.reprocessed_at.is_(None)).order_by(q.c.id).limit(limit)
+        if ids:
+            query = query.where(q.c.id.in_(sorted(ids)))
+        async with self._engine.connect() as conn:
+            found = (await conn.execute(query)).all()
+        done: list[Reprocessed] = []
+        for ident, text in found:
+            entry = refusals.from_json(text)
+            reason: str | None = None
+            try:
+                outcome = "written" if await self.write_once([entry]) else "present"  # its uid: already stored
+            except RowRefused as e:
+                try:
+                    await self.write_once([refusals.cut(entry)])
+                    outcome, reason = "cut", e.reason
+                except RowRefused as again:
+                    outcome, reason = "refused", f"as given: {e.reason}; cut to its columns' bounds: {again.reason}"
+            values: dict[str, Any] = (
+                {"reprocessed_at": datetime.now(UTC)}
+                if outcome != "refused"
+                else {"reason": refusals.clean(reason or "")[: refusals.REASON_CHARS]}
+            )
+            async with self._engine.begin() as conn:
+                await conn.execute(q.update().where(q.c.id == ident).values(**values))
+            done.append(Reprocessed(int(ident), outcome, reason))
+        return done
 
     def _connection(self) -> sqlite3.Connection:
         """The writer thread's own connection, opened on first use."""
@@ -152,6 +264,12 @@ class LedgerStore:
         executemany."""
         if not entries:
             return set()
+        try:
+            return await self._write_once(entries)
+        except Exception as e:
+            raise refusals.translate(e) from e
+
+    async def _write_once(self, entries: Sequence[Entry]) -> set[str]:
         entries = sorted(entries, key=lambda e: str(e.row["uid"]))
         rows = _prepare(entries)[0]
         if self._sqlite:

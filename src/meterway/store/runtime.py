@@ -1,8 +1,9 @@
 """The store as the running gateway uses it: opened once per worker, in the background.
 
 Importing SQLAlchemy and opening (and migrating) the database takes longer than a liveness probe
-may wait, so the gateway answers `/health/live` and master-key requests at once and opens the
-store beside them; `/health/ready` and virtual keys wait for it.
+may wait, so the gateway answers `/health/live` at once and opens the store beside it;
+`/health/ready` waits for it, and model requests wait for it (bounded) so that their rows are
+committed before their responses complete.
 """
 
 from __future__ import annotations

@@ -43,6 +43,9 @@ class Bounded:
             return ""
         if value in self._seen:
             return value
+        value = _label(value)  # a value the exposition can encode: one surrogate would fail every scrape
+        if value in self._seen:
+            return value
         if len(self._seen) >= self.limit:
             return OTHER
         self._seen.add(value)
@@ -115,6 +118,34 @@ class Metrics:
             buckets=COMMIT_BUCKETS,
             registry=registry,
         )
+        self.ledger_cut = Counter(
+            "meterway_ledger_cut_rows",
+            "Ledger rows the database refused as given, written cut to their columns' bounds (flagged 'cut')",
+            registry=registry,
+        )
+        self.ledger_quarantined = Counter(
+            "meterway_ledger_quarantined_rows",
+            "Ledger rows the database refused even cut, kept in mw_ledger_quarantine",
+            registry=registry,
+        )
+        self.ledger_quarantine = Gauge(
+            "meterway_ledger_quarantine_rows",
+            "Rows in mw_ledger_quarantine not yet reprocessed (their cost is added nowhere)",
+            multiprocess_mode="mostrecent",
+            registry=registry,
+        )
+        self.ledger_failing = Gauge(
+            "meterway_ledger_write_failing",
+            "1 while ledger rows have waited past the stall limit with nothing written (readiness fails)",
+            multiprocess_mode="max",
+            registry=registry,
+        )
+        self.ledger_stall = Gauge(
+            "meterway_ledger_stall_seconds",
+            "How long ledger rows have waited with nothing written (0 while writes go through)",
+            multiprocess_mode="max",
+            registry=registry,
+        )
         self.billing_delivered = Counter(
             "meterway_billing_events_delivered", "Events Lago stored (or already had)", registry=registry
         )
@@ -139,6 +170,14 @@ class Metrics:
             multiprocess_mode="mostrecent",
             registry=registry,
         )
+
+    def ledger_kept(self, how: str) -> None:
+        """A row of a failed group written cut, or quarantined."""
+        (self.ledger_cut if how == "cut" else self.ledger_quarantined).inc()
+
+    def ledger_stalled(self, seconds: float, limit_s: float) -> None:
+        self.ledger_stall.set(seconds)
+        self.ledger_failing.set(1 if seconds >= limit_s else 0)
 
     def attempt_failed(self, deployment_id: str, err: MeterwayError) -> None:
         """An attempt that failed and was retried or fell back; the request's last failure, if it
@@ -192,6 +231,19 @@ class Metrics:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+LABEL_CHARS = 128
+
+
+def _label(value: str) -> str:
+    """At most LABEL_CHARS characters, without lone surrogates (a customer id is the client's `user`)."""
+    value = value[:LABEL_CHARS]
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        value = value.encode("utf-8", "replace").decode("utf-8")
+    return value
 
 
 def _rejection(err: object) -> str | None:

@@ -395,17 +395,25 @@ async def billing(ui: AdminUI, request: Request, viewer: Viewer, ctx: Context) -
     if configured and request.query.get("reconcile"):
         reconcile = await ui.call(ctx, viewer, "GET", "/billing/reconcile", {"period": period})
     customers = await ui.call(ctx, viewer, "GET", "/customer/list")
+    quarantine = await ui.call(ctx, viewer, "GET", "/ledger/quarantine", {"limit": "20"})
     await ui.page(
         ctx,
         "billing.html",
         viewer,
         configured=configured,
         status=status,
+        quarantine=quarantine,
         reconcile=reconcile,
         period=period,
         customers=customers,
         notice=request.query.get("notice"),
     )
+
+
+async def ledger_reprocess(ui: AdminUI, request: Request, viewer: Viewer, ctx: Context) -> None:
+    done = await ui.call(ctx, viewer, "POST", "/ledger/reprocess", body={})
+    notice = f"{done['written'] + done['cut']} quarantined row(s) written, {done['refused']} refused again."
+    await redirect(ctx.send, with_query("/ui/billing", notice=notice))
 
 
 async def billing_reprocess(ui: AdminUI, request: Request, viewer: Viewer, ctx: Context) -> None:
@@ -492,6 +500,7 @@ PAGES: dict[tuple[str, str], Page] = {
     ("GET", "/logs/detail"): log_detail,
     ("GET", "/billing"): billing,
     ("POST", "/billing/reprocess"): billing_reprocess,
+    ("POST", "/billing/ledger-reprocess"): ledger_reprocess,
     ("GET", "/billing/invoice"): invoice,
     ("GET", "/models"): models,
 }
