@@ -123,6 +123,7 @@ def _log(row: dict[str, Any]) -> dict[str, Any]:
         "cache_write_tokens": row["cache_write_tokens"],
         "reasoning_tokens": row["reasoning_tokens"],
         "tokens_estimated": row["tokens_estimated"],
+        "flags": row["flags"].split(",") if row.get("flags") else [],  # usage_invalid, usage_absurd, ...
         "spend": float(cost) if cost is not None else None,
         "cost": format(cost, "f") if cost is not None else None,
         "status": row["status"],

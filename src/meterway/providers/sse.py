@@ -12,13 +12,24 @@ from dataclasses import dataclass
 _SEPARATORS = (b"\n\n", b"\r\n\r\n")
 
 
+class EventTooLarge(ValueError):
+    """An event went on past the splitter's limit without ending (a blank line)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"an event of more than {limit} bytes")
+        self.limit = limit
+
+
 class EventSplitter:
-    """Feed raw bytes, get back the complete events (without their separator) seen so far."""
+    """Feed raw bytes, get back the complete events (without their separator) seen so far. With a
+    `limit`, an unfinished event longer than it raises `EventTooLarge` instead of being held on:
+    an upstream that never ends an event cannot make the gateway buffer without bound."""
 
-    __slots__ = ("_buf",)
+    __slots__ = ("_buf", "_limit")
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int | None = None) -> None:
         self._buf = b""
+        self._limit = limit
 
     def feed(self, data: bytes) -> list[bytes]:
         buf = self._buf + data if self._buf else data
@@ -33,16 +44,57 @@ class EventSplitter:
                     cut, width = i, len(sep)
             if cut < 0:
                 break
+            if self._limit is not None and cut - start > self._limit:
+                raise EventTooLarge(self._limit)
             if cut > start:
                 events.append(buf[start:cut])
             start = cut + width
         self._buf = buf[start:]
+        if self._limit is not None and len(self._buf) > self._limit:
+            raise EventTooLarge(self._limit)
         return events
 
     def rest(self) -> bytes:
         """Bytes after the last separator: an event the upstream never finished (or ended without a blank line)."""
         rest, self._buf = self._buf, b""
         return rest.strip()
+
+
+class EventBound:
+    """Watches a byte stream for an event longer than `limit` bytes, complete or not, without
+    splitting it: the relays that pass bytes through hold none, and the others hold an unfinished
+    event until it ends. Usually one search from the end of each read; the reads are only scanned
+    event by event when they could hold one that long."""
+
+    __slots__ = ("_limit", "_open")
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._open = 0  # bytes since the last event ended
+
+    def over(self, data: bytes) -> bool:
+        """Whether `data` (the next read) makes an event longer than the limit."""
+        if self._open + len(data) <= self._limit:
+            last = _last_boundary(data)
+            self._open = len(data) - last if last else self._open + len(data)
+            return False
+        start, length = 0, self._open
+        while True:
+            cut, width = _first_separator(data, start)
+            if cut < 0:
+                self._open = length + len(data) - start
+                return self._open > self._limit
+            if length + cut - start > self._limit:
+                return True
+            start, length = cut + width, 0
+
+
+def _first_separator(data: bytes, start: int) -> tuple[int, int]:
+    a = data.find(b"\n\n", start)
+    b = data.find(b"\r\n\r\n", start)
+    if a < 0 or (0 <= b < a):
+        return b, 4
+    return a, 2
 
 
 @dataclass(frozen=True, slots=True)
