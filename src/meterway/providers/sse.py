@@ -35,23 +35,28 @@ class EventSplitter:
         buf = self._buf + data if self._buf else data
         events: list[bytes] = []
         start = 0
+        limit = self._limit
+        # Each separator is searched for from where the last one ended, and `\r\n\r\n` (rare) only
+        # again once passed: searching both from every event would scan the buffer once per event.
+        crlf = buf.find(b"\r\n\r\n")
         while True:
-            cut = -1
-            width = 0
-            for sep in _SEPARATORS:
-                i = buf.find(sep, start)
-                if i >= 0 and (cut < 0 or i < cut):
-                    cut, width = i, len(sep)
-            if cut < 0:
+            lf = buf.find(b"\n\n", start)
+            if 0 <= crlf < start:
+                crlf = buf.find(b"\r\n\r\n", start)
+            if crlf >= 0 and (lf < 0 or crlf < lf):
+                cut, width = crlf, 4
+            elif lf >= 0:
+                cut, width = lf, 2
+            else:
                 break
-            if self._limit is not None and cut - start > self._limit:
-                raise EventTooLarge(self._limit)
+            if limit is not None and cut - start > limit:
+                raise EventTooLarge(limit)
             if cut > start:
                 events.append(buf[start:cut])
             start = cut + width
         self._buf = buf[start:]
-        if self._limit is not None and len(self._buf) > self._limit:
-            raise EventTooLarge(self._limit)
+        if limit is not None and len(self._buf) > limit:
+            raise EventTooLarge(limit)
         return events
 
     def rest(self) -> bytes:
