@@ -13,6 +13,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -33,8 +34,18 @@ NEGATIVE = b'{"prompt_tokens": -1000000, "completion_tokens": -5, "total_tokens"
 
 @pytest.fixture(scope="module")
 def gw(standin: StandIn, module_pg_url: str) -> Iterator[RunningGateway]:
+    claude = {
+        "model_name": "claude",
+        "litellm_params": {
+            "model": "anthropic/claude-upstream",
+            "api_base": standin.base_url,
+            "api_key": "sk-ant-up",
+            "input_cost_per_token": 0.000003,
+            "output_cost_per_token": 0.000015,
+        },
+    }
     config = {
-        "model_list": [priced(standin.base_url)],
+        "model_list": [priced(standin.base_url), claude],
         "general_settings": {
             "database_url": module_pg_url,
             "max_upstream_event_bytes": EVENT_BOUND,
@@ -111,6 +122,45 @@ def test_usage_that_is_no_count_is_treated_as_missing(gw: RunningGateway, upstre
     row = ledger_row(gw.url, gw.key, rid)
     assert row["flags"] == ["usage_invalid"] and row["tokens_estimated"] is True
     assert row["prompt_tokens"] == _expected_prompt() and row["completion_tokens"] > 0
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("endpoint", ["messages", "chat"])
+def test_negative_anthropic_usage_is_counted_and_flagged(
+    gw: RunningGateway, upstream: StandIn, stream: bool, endpoint: str
+) -> None:
+    """Anthropic's own format (passed through on /v1/messages, translated on chat completions)."""
+    upstream.script(Script(usage_raw=b'{"input_tokens": -1000000, "output_tokens": 4}'))
+    if endpoint == "messages":
+        with anthropic.Anthropic(base_url=gw.url, api_key=gw.key, max_retries=0) as claude:
+            if stream:
+                with claude.messages.stream(model="claude", max_tokens=50, messages=HI) as events:
+                    text = "".join(events.text_stream)
+                    rid = events.response.headers["x-request-id"]
+            else:
+                raw = claude.messages.with_raw_response.create(model="claude", max_tokens=50, messages=HI)
+                text, rid = raw.parse().content[0].text, raw.headers["x-request-id"]  # type: ignore[union-attr]
+    else:
+        with _sdk(gw) as client:
+            answer = client.chat.completions.with_raw_response.create(model="claude", messages=HI, stream=stream)
+            if stream:
+                text = "".join(c.choices[0].delta.content or "" for c in answer.parse() if c.choices)
+            else:
+                text = answer.parse().choices[0].message.content or ""
+            rid = answer.headers["x-request-id"]
+    assert text.startswith(REPLY_PREFIX)
+    row = ledger_row(gw.url, gw.key, rid)
+    assert row["flags"] == ["usage_invalid"] and row["tokens_estimated"] is True
+    assert row["prompt_tokens"] > 0 and row["completion_tokens"] > 0 and Decimal(row["cost"]) > 0
+
+
+def test_a_non_json_answer_from_a_translated_provider_is_a_502(gw: RunningGateway, upstream: StandIn) -> None:
+    upstream.script(Script(status=200, body=b"<html>maintenance</html>"))
+    with _sdk(gw) as client, pytest.raises(openai.APIStatusError) as failed:
+        client.chat.completions.create(model="claude", messages=HI)
+    assert failed.value.status_code == 502
+    error = failed.value.response.json()["error"]
+    assert error["type"] == "upstream_error" and "maintenance" in error["message"] and "<" not in error["message"]
 
 
 def test_a_negative_usage_answer_keeps_the_client_connection_alive(gw: RunningGateway, upstream: StandIn) -> None:

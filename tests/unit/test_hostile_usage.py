@@ -186,3 +186,24 @@ def test_an_error_page_is_summarised() -> None:
     page += b"<p>nginx</p>" * 10_000 + b"</body></html>"
     text = excerpt(page)
     assert text.startswith("502 Bad Gateway Bad & Gateway nginx") and "<" not in text and len(text) <= 300
+
+
+def test_the_metrics_stage_never_raises_on_figures_below_zero() -> None:
+    """Prometheus refuses a negative counter increment with a ValueError; raised after the response,
+    it reset the client's keep-alive connection."""
+    from prometheus_client import generate_latest
+
+    from meterway.context import RequestContext
+    from meterway.providers.base import Api
+    from meterway.telemetry.metrics import Metrics
+
+    metrics = Metrics()
+    ctx = RequestContext.start("req-1", Api.CHAT)
+    ctx.model_group, ctx.status_code, ctx.ended_ns = "m", 200, ctx.started_ns + 1_000_000
+    ctx.counted, ctx.cost_units = Usage(-1_000_000, 5, -999_995), -30
+    metrics.observe(ctx)
+    assert metrics.registry is not None
+    text = generate_latest(metrics.registry).decode()
+    assert 'meterway_tokens_total{model="",type="input"} 0.0' in text
+    assert 'meterway_tokens_total{model="",type="output"} 5.0' in text
+    assert 'meterway_requests_total{endpoint="chat",model="",status="200"} 1.0' in text
