@@ -207,3 +207,18 @@ def test_the_metrics_stage_never_raises_on_figures_below_zero() -> None:
     assert 'meterway_tokens_total{model="",type="input"} 0.0' in text
     assert 'meterway_tokens_total{model="",type="output"} 5.0' in text
     assert 'meterway_requests_total{endpoint="chat",model="",status="200"} 1.0' in text
+
+
+@pytest.mark.parametrize(
+    "final",
+    [
+        b"event: message_stop\ndata: {}\n\n",
+        b"event:message_stop\ndata: {}\n\n",
+        b'data: {"type" : "message_stop"}\n\n',
+    ],
+)
+def test_anthropic_s_final_event_is_held_back_however_it_is_spaced(final: bytes) -> None:
+    finale = sse.Finale(anthropic=True)
+    before = b'event: content_block_delta\ndata: {"type":"content_block_delta","delta":{"text":"message_stop"}}\n\n'
+    assert finale.feed(before + final) == before
+    assert finale.finish() == final

@@ -7,9 +7,10 @@ unfinished tail for the next read. Relays that only pass bytes through never use
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
-_SEPARATORS = (b"\n\n", b"\r\n\r\n")
+_MESSAGE_STOP = re.compile(rb'"type"\s*:\s*"message_stop"')
 
 
 class EventTooLarge(ValueError):
@@ -166,8 +167,8 @@ class Finale:
 
     def _is_final(self, event: bytes) -> bool:
         event = event.strip()
-        if self._anthropic:
-            return event.startswith(b"event: message_stop") or b'"type":"message_stop"' in event
+        if self._anthropic:  # named by its `event:` line, or by its type alone, however spaced
+            return parse_event(event).name == "message_stop" or _MESSAGE_STOP.search(event) is not None
         return event in (b"data: [DONE]", b"data:[DONE]")
 
 
