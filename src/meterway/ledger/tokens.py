@@ -208,10 +208,10 @@ class DeliveredStream:
         return b"".join(self.chunks)[:limit] if self.chunks is not None else b""
 
     def tokens(self) -> int:
-        """The tokens of the text delivered: the count so far and what is left. Once, at the end."""
+        """The tokens of the text delivered: the count so far and what is left. Once, at the end
+        (the bytes still kept stay kept, for a trace)."""
         chunks = self.chunks
         if chunks is not None:
-            self.chunks = None
             self._split = sse.EventSplitter(limit=EVENT_MAX)
             for chunk in chunks:
                 self._take(chunk)
