@@ -110,6 +110,8 @@ class Event:
 
 
 def parse_event(raw: bytes) -> Event:
+    if raw.startswith(b"data: ") and b"\n" not in raw:  # one data line: nearly every event, read at once
+        return Event("message", raw[6:])
     name = "message"
     data: list[bytes] = []
     for line in raw.splitlines():
