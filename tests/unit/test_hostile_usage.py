@@ -40,6 +40,8 @@ def test_a_figure_beyond_what_json_carries_exactly_is_no_count() -> None:
         {"prompt_tokens": -1_000_000, "completion_tokens": 5},
         {"prompt_tokens": "ten", "completion_tokens": 5},
         {"prompt_tokens": 10, "completion_tokens": 5, "prompt_tokens_details": {"cached_tokens": -3}},
+        {"prompt_tokens": 2**60, "completion_tokens": 5},
+        {"prompt_tokens": 1e300, "completion_tokens": 5},
         "plenty",
     ],
 )

@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from meterway.providers.base import RequestHead, Usage
+from meterway.providers.base import MAX_COUNT, RequestHead, Usage
 
 INVALID = "usage_invalid"
 ABSURD = "usage_absurd"
@@ -34,32 +34,33 @@ ABSURD_TOKENS = 100_000_000
 
 
 def believable(usage: Usage) -> bool:
-    """Whether every figure is a count: a whole number, zero or more."""
-    return (
-        min(
-            usage.prompt_tokens,
-            usage.completion_tokens,
-            usage.total_tokens,
-            usage.cached_tokens,
-            usage.cache_write_tokens,
-            usage.reasoning_tokens,
-        )
-        >= 0
+    """Whether every figure is a count: a whole number, zero or more (and below `MAX_COUNT`)."""
+    figures = (
+        usage.prompt_tokens,
+        usage.completion_tokens,
+        usage.total_tokens,
+        usage.cached_tokens,
+        usage.cache_write_tokens,
+        usage.reasoning_tokens,
     )
+    return min(figures) >= 0 and max(figures) < MAX_COUNT
 
 
 def absurd(usage: Usage, head: RequestHead | None, model_info: Mapping[str, Any], body: bytes) -> bool:
     """Whether believable usage is more than the request could have used (see the module's docstring)."""
     prompt, completion = usage.prompt_tokens, usage.completion_tokens
-    if max(prompt, completion, usage.total_tokens) > ABSURD_TOKENS:
+    if prompt > ABSURD_TOKENS or completion > ABSURD_TOKENS or usage.total_tokens > ABSURD_TOKENS:
         return True
-    window = _bound(model_info.get("max_input_tokens"))
-    if window is not None and prompt > window:
-        return True
-    allowed = head.max_tokens if head is not None and head.max_tokens else None
-    if allowed is None:
-        allowed = _bound(model_info.get("max_output_tokens"))
-    return allowed is not None and completion > allowed and completion > allowed * _choices(body)
+    allowed = head.max_tokens if head is not None else None
+    if model_info:
+        window = _bound(model_info.get("max_input_tokens"))
+        if window is not None and prompt > window:
+            return True
+        if not allowed:
+            allowed = _bound(model_info.get("max_output_tokens"))
+    if not allowed:
+        return False
+    return completion > allowed and completion > allowed * _choices(body)
 
 
 def _bound(value: object) -> int | None:

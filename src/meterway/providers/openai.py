@@ -26,8 +26,33 @@ from meterway.providers.base import Api, Call, Parsed, StreamRelay, UpstreamRequ
 # ---------------------------------------------------------------- usage, decoded without building the rest
 
 
+class _PromptDetails(msgspec.Struct):
+    cached_tokens: int | None = None
+
+
+class _CompletionDetails(msgspec.Struct):
+    reasoning_tokens: int | None = None
+
+
+class _WireUsage(msgspec.Struct):
+    prompt_tokens: int | None = 0
+    completion_tokens: int | None = 0
+    total_tokens: int | None = 0
+    prompt_tokens_details: _PromptDetails | None = None
+    completion_tokens_details: _CompletionDetails | None = None
+
+
 class _Envelope(msgspec.Struct):
-    usage: Any = None  # decoded as plain values: a provider's odd figures are judged, not refused
+    """Usage as honest providers write it: whole numbers, decoded straight into fields."""
+
+    usage: _WireUsage | None = None
+
+
+class _AnyEnvelope(msgspec.Struct):
+    """Usage as any provider may write it, decoded as plain values to be judged (`base.tokens`):
+    read only when the typed decoding above failed."""
+
+    usage: Any = None
 
 
 class _WireError(msgspec.Struct):
@@ -44,7 +69,30 @@ class _ErrorEnvelope(msgspec.Struct):
 
 
 _envelope = msgspec.json.Decoder(_Envelope)
+_any_envelope = msgspec.json.Decoder(_AnyEnvelope)
 _error_envelope = msgspec.json.Decoder(_ErrorEnvelope)
+
+
+def _from_typed(u: _WireUsage) -> Usage:
+    prompt = u.prompt_tokens or 0
+    completion = u.completion_tokens or 0
+    return Usage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=u.total_tokens or prompt + completion,
+        cached_tokens=(u.prompt_tokens_details.cached_tokens or 0) if u.prompt_tokens_details else 0,
+        reasoning_tokens=(u.completion_tokens_details.reasoning_tokens or 0) if u.completion_tokens_details else 0,
+    )
+
+
+def _decode(body: bytes) -> Usage | None:
+    """The `usage` of an OpenAI-format answer or chunk; every other field is skipped, not built.
+    Raises msgspec.DecodeError when the body is not a JSON object."""
+    try:
+        typed = _envelope.decode(body).usage
+    except msgspec.DecodeError:  # figures that are no whole numbers, or no JSON object at all
+        return usage_from_wire(_any_envelope.decode(body).usage)
+    return _from_typed(typed) if typed is not None else None
 
 
 def usage_from_wire(u: object) -> Usage | None:
@@ -70,21 +118,11 @@ def usage_from_wire(u: object) -> Usage | None:
 
 
 def decode_usage(body: bytes) -> Usage | None:
-    """The `usage` of an OpenAI-format answer or chunk; every other field is skipped, not built."""
+    """The `usage` of an OpenAI-format answer or chunk; None without one (or without JSON)."""
     try:
-        u = _envelope.decode(body).usage
+        return _decode(body)
     except msgspec.DecodeError:
         return None
-    return usage_from_wire(u)
-
-
-def is_json_object(body: bytes) -> bool:
-    """Whether an answer is a JSON object at all: one decode that builds only `usage`."""
-    try:
-        _envelope.decode(body)
-    except msgspec.DecodeError:
-        return False
-    return True
 
 
 _WHITESPACE = b" \t\r\n"
@@ -297,7 +335,7 @@ class OpenAIProvider:
 
     def parse_response(self, call: Call, body: bytes) -> Parsed:
         try:
-            u = _envelope.decode(body).usage
+            usage = _decode(body)
         except msgspec.DecodeError:
             raise UpstreamError(
                 f"Upstream deployment '{self.label}' answered with a body that is not a JSON object: "
@@ -305,7 +343,7 @@ class OpenAIProvider:
                 deployment=self.label,
                 upstream_status=200,
             ) from None
-        return Parsed(body, usage_from_wire(u))
+        return Parsed(body, usage)
 
     def open_stream(self, call: Call) -> StreamRelay:
         return UsageStrippingRelay() if self._needs_usage(call) else PassthroughRelay()
