@@ -237,6 +237,16 @@ class Ledger:
             info = dep.model_info if dep is not None else {}
             if not ctx.cache_hit and usage_checks.absurd(reported, ctx.head, info, ctx.body):
                 ctx.flags.append(usage_checks.ABSURD)  # recorded as reported: the provider bills it
+                if dep is not None and "absurd:" + dep.id not in self._warned:
+                    self._warned.add("absurd:" + dep.id)
+                    log.warning(
+                        "deployment %s reported usage beyond what request %s could use (%d prompt, %d completion "
+                        "tokens); recorded as reported and flagged usage_absurd (take it up with the provider)",
+                        dep.id,
+                        ctx.request_id,
+                        reported.prompt_tokens,
+                        reported.completion_tokens,
+                    )
             return reported, False
         if ctx.deployment is None or not ctx.forwarded:
             return reported, False
