@@ -279,15 +279,12 @@ def test_an_endless_event_mid_stream_ends_the_stream_with_an_error_event(gw: Run
     upstream.script(Script(endless_event=64 * 1024 * 1024, long_stream=EVENT_BOUND))
     got: list[str] = []
     with _sdk(gw) as client, pytest.raises(openai.APIError) as failed:
-        stream = client.chat.completions.create(model="priced", messages=HI, stream=True)
-        for chunk in stream:
+        raw = client.chat.completions.with_raw_response.create(model="priced", messages=HI, stream=True)
+        for chunk in raw.parse():
             got.append(chunk.choices[0].delta.content or "" if chunk.choices else "")
     assert got and "cut" in str(failed.value)
-    rows = httpx.get(
-        gw.url + "/spend/logs", params={"status": "upstream_error"}, headers={"Authorization": f"Bearer {gw.key}"}
-    ).json()["data"]
-    row = rows[0]  # the newest
-    assert row["flags"] == ["upstream_too_large"] and row["http_status"] == 200
+    row = ledger_row(gw.url, gw.key, raw.headers["x-request-id"])
+    assert row["status"] == "upstream_error" and row["flags"] == ["upstream_too_large"] and row["http_status"] == 200
     assert row["tokens_estimated"] is True and row["completion_tokens"] > 0  # what was delivered is billed
 
 
