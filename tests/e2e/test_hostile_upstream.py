@@ -288,6 +288,20 @@ def test_an_endless_event_mid_stream_ends_the_stream_with_an_error_event(gw: Run
     assert row["tokens_estimated"] is True and row["completion_tokens"] > 0  # what was delivered is billed
 
 
+def test_a_stream_that_goes_on_after_its_end_is_not_read_further(gw: RunningGateway, upstream: StandIn) -> None:
+    upstream.script(Script(after_done=1024 * 1024 * 1024))  # a gigabyte after [DONE], never sent whole
+    with httpx.Client(timeout=30) as client:
+        r = client.post(
+            gw.v1 + "/chat/completions",
+            json={"model": "priced", "messages": HI, "stream": True},
+            headers={"Authorization": f"Bearer {gw.key}"},
+        )
+    assert r.status_code == 200 and r.text.endswith("data: [DONE]\n\n") and "after the end" not in r.text
+    row = ledger_row(gw.url, gw.key, r.headers["x-request-id"])
+    assert row["status"] == "success" and row["tokens_estimated"] is False and row["flags"] == []
+    assert upstream.last.written_after_done < 1024 * 1024 * 1024
+
+
 def test_a_huge_body_is_cut_at_the_bound(gw: RunningGateway, upstream: StandIn) -> None:
     upstream.script(Script(huge_body=300 * 1024 * 1024))  # made as it is written, never held
     with _sdk(gw) as client, pytest.raises(openai.APIStatusError) as failed:

@@ -224,3 +224,19 @@ def test_anthropic_s_final_event_is_held_back_however_it_is_spaced(final: bytes)
     before = b'event: content_block_delta\ndata: {"type":"content_block_delta","delta":{"text":"message_stop"}}\n\n'
     assert finale.feed(before + final) == before
     assert finale.finish() == final
+
+
+def test_bytes_after_the_final_event_are_dropped_not_held() -> None:
+    finale = sse.Finale(anthropic=False)
+    assert finale.feed(b"data: 1\n\ndata: [DONE]\n\ndata: more") == b"data: 1\n\n"
+    assert finale.done
+    for _ in range(1000):
+        assert finale.feed(b"data: junk\n\n" * 100) == b""
+    assert finale.finish(b"closing") == b"data: [DONE]\n\n"
+
+
+def test_a_final_event_not_yet_ended_is_held_until_it_is() -> None:
+    finale = sse.Finale(anthropic=False)
+    assert finale.feed(b"data: 1\n\ndata: [DONE]") == b"data: 1\n\n" and not finale.done
+    assert finale.feed(b"\n\n") == b"" and finale.done
+    assert finale.finish() == b"data: [DONE]\n\n"

@@ -150,6 +150,7 @@ class Script:
     long_stream: int = 0  # a stream of about this many bytes of content events, without usage
     long_text: str = "lorem ipsum dolor sit amet "  # the content of each of those events
     huge_body: int = 0  # a 200 JSON answer of this many bytes, written as it is made (never held whole)
+    after_done: int = 0  # a stream that goes on writing events, this many bytes, after its final event
 
     def applies_to(self, path: str) -> bool:
         return self.path is None or self.path in path
@@ -172,6 +173,7 @@ class Received:
     events: list[Any] = field(default_factory=list)  # data of each SSE event written (not "[DONE]")
     usage: dict[str, Any] | None = None  # usage of the answer (also for streams that did not report it)
     completed: bool = False  # the whole answer was handed to the transport
+    written_after_done: int = 0  # bytes a stream wrote after its final event (`Script.after_done`)
 
     @property
     def api_version(self) -> str | None:
@@ -794,6 +796,12 @@ class StandIn:
             if limit is not None:
                 _abort(call.request)
                 return response
+            extra = call.script.after_done if call.script is not None else 0
+            junk = b'data: {"choices":[{"index":0,"delta":{"content":"after the end "}}]}\n\n' * 512
+            while record.written_after_done < extra:
+                await response.write(junk)
+                record.written_after_done += len(junk)
+                await asyncio.sleep(0.005)
             await response.write_eof()
         except ConnectionError:
             record.completed = False

@@ -525,6 +525,9 @@ async def _relay(
     watch: _Watch | None = None
     try:
         async for data in content.iter_any():
+            if finale.done:  # bytes after the final event: not for the client, and no more are read
+                resp.close()
+                break
             if events.over(data):
                 resp.close()
                 raise _too_large(provider.label, "an event", bound)

@@ -137,14 +137,20 @@ class Finale:
     completes it (a client can do nothing with half an event), so a final event split across
     reads is still caught."""
 
-    __slots__ = ("_anthropic", "_held", "_marker")
+    __slots__ = ("_anthropic", "_held", "_marker", "done")
 
     def __init__(self, anthropic: bool) -> None:
         self._anthropic = anthropic
         self._marker = b"message_stop" if anthropic else b"[DONE]"
         self._held = b""
+        # The final event has been seen whole: whatever an upstream sends after it is not for the
+        # client (it is dropped, and the relay may stop reading: an upstream that keeps the stream
+        # open, or goes on writing, after its end cannot hold the client or grow what is held).
+        self.done = False
 
     def feed(self, data: bytes) -> bytes:
+        if self.done:
+            return b""
         if self._held:
             data = self._held + data
             self._held = b""
@@ -153,7 +159,12 @@ class Finale:
             start = _event_start(data, at)
             end = _event_end(data, at)
             if self._is_final(data[start:end]):
-                self._held = data[start:]
+                width = 4 if data.startswith(b"\r\n\r\n", end) else 2 if data.startswith(b"\n\n", end) else 0
+                if width:  # ended: held as it came, nothing after it
+                    self.done = True
+                    self._held = data[start : end + width]
+                else:
+                    self._held = data[start:]
                 return data[:start]
             at = data.find(self._marker, end)
         cut = _last_boundary(data)
@@ -163,9 +174,10 @@ class Finale:
         return data
 
     def finish(self, closing: bytes = b"") -> bytes:
-        """The held bytes and the relay's closing bytes: what goes out last."""
+        """The held bytes and the relay's closing bytes: what goes out last (only the final event,
+        once it was seen whole: a relay's closing bytes are then what came after it)."""
         held, self._held = self._held, b""
-        return held + closing
+        return held if self.done else held + closing
 
     def _is_final(self, event: bytes) -> bool:
         event = event.strip()
