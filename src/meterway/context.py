@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from meterway.auth import Principal
     from meterway.config.settings import Deployment
     from meterway.errors import MeterwayError
+    from meterway.ledger.tokens import DeliveredStream
     from meterway.limits import LimitSpec
     from meterway.providers.base import Api, RequestHead, Usage
 
@@ -45,7 +46,7 @@ class RequestContext:
     head: RequestHead | None = None
     forwarded: bool = False  # the request was sent to the upstream (or the local mock)
     answer: bytes = b""  # a whole answer as the client receives it (for counting, if usage is missing)
-    delivered: list[bytes] = field(default_factory=list)  # a stream's bytes sent so far, likewise
+    delivered: DeliveredStream | None = None  # a stream's bytes sent so far, likewise (bounded)
     admitted: bool = False  # the ledger has room for this request's row
     recorded: bool = False  # its row has been handed to the ledger (exactly once)
     cost_units: int | None = None  # set by the ledger: the cost, in money units

@@ -197,3 +197,19 @@ def test_secrets_print_as_stars(monkeypatch: pytest.MonkeyPatch) -> None:
     d = s.deployments[0]
     assert "sk-very-secret-value" not in repr(d) and "sk-very-secret-value" not in str(d.api_key)
     assert d.api_key is not None and d.api_key.masked() == "sk-...alue"
+
+
+def test_upstream_size_bounds_come_from_general_settings_or_the_environment() -> None:
+    base: dict[str, object] = {"model_list": [{"model_name": "m", "litellm_params": {"model": "mock/m"}}]}
+    defaults = parse_config(base, source=None, env={})
+    assert (defaults.max_upstream_event_bytes, defaults.max_upstream_body_bytes) == (4 * 1024**2, 64 * 1024**2)
+    configured = parse_config(
+        {**base, "general_settings": {"max_upstream_event_bytes": 65536}},
+        source=None,
+        env={"METERWAY_MAX_UPSTREAM_BODY_BYTES": "1048576"},
+    )
+    assert (configured.max_upstream_event_bytes, configured.max_upstream_body_bytes) == (65536, 1048576)
+    with pytest.raises(ConfigError, match="max_upstream_body_bytes"):
+        parse_config({**base, "general_settings": {"max_upstream_body_bytes": "big"}}, source=None, env={})
+    with pytest.raises(ConfigError, match="METERWAY_MAX_UPSTREAM_EVENT_BYTES"):
+        parse_config(base, source=None, env={"METERWAY_MAX_UPSTREAM_EVENT_BYTES": "1.5MB"})

@@ -143,6 +143,14 @@ class Script:
     path: str | None = None
     no_usage: bool = False  # OpenAI chat: answer without usage, even when the request asks for it
     event_gap: float = 0.0  # seconds between a stream's events (a stream still going when a test acts)
+    # Misbehaviours of a buggy or hostile upstream (OpenAI chat and Anthropic messages):
+    usage_raw: bytes | None = None  # the answer's `usage` value, as these JSON bytes (b'{"prompt_tokens": -5}')
+    pretty: bool = False  # JSON written with spaces everywhere: an indented body, `"usage" : {` in events
+    endless_event: int = 0  # a stream that sends this many bytes of one event and never ends it
+    long_stream: int = 0  # a stream of about this many bytes of content events, without usage
+    long_text: str = "lorem ipsum dolor sit amet "  # the content of each of those events
+    huge_body: int = 0  # a 200 JSON answer of this many bytes, written as it is made (never held whole)
+    after_done: int = 0  # a stream that goes on writing events, this many bytes, after its final event
 
     def applies_to(self, path: str) -> bool:
         return self.path is None or self.path in path
@@ -165,6 +173,7 @@ class Received:
     events: list[Any] = field(default_factory=list)  # data of each SSE event written (not "[DONE]")
     usage: dict[str, Any] | None = None  # usage of the answer (also for streams that did not report it)
     completed: bool = False  # the whole answer was handed to the transport
+    written_after_done: int = 0  # bytes a stream wrote after its final event (`Script.after_done`)
 
     @property
     def api_version(self) -> str | None:
@@ -203,6 +212,34 @@ class _Call:
 
 def _dumps(value: Json) -> bytes:
     return orjson.dumps(value)
+
+
+_USAGE_SLOT = "__standin_usage__"
+
+
+def _scripted_json(value: Json, script: Script | None, *, event: bool) -> bytes:
+    """A JSON answer or event as a misbehaving script writes it: its `usage` (where it has one,
+    also nested in Anthropic's message_start) replaced by `usage_raw`, and/or written with spaces
+    around every colon and comma (`pretty`: indented too, for a whole body)."""
+    if script is None or (script.usage_raw is None and not script.pretty):
+        return _dumps(value)
+    if script.usage_raw is not None and isinstance(value, dict):
+        if isinstance(value.get("usage"), dict):
+            value = {**value, "usage": _USAGE_SLOT}
+        message = value.get("message")
+        if isinstance(message, dict) and isinstance(message.get("usage"), dict):
+            value = {**value, "message": {**message, "usage": _USAGE_SLOT}}
+    if script.pretty:
+        raw = (
+            jsonlib.dumps(value, separators=(" , ", " : "))
+            if event
+            else jsonlib.dumps(value, indent=2, separators=(",", " : "))
+        ).encode()
+    else:
+        raw = _dumps(value)
+    if script.usage_raw is not None:
+        raw = raw.replace(f'"{_USAGE_SLOT}"'.encode(), script.usage_raw)
+    return raw
 
 
 def _pieces(text: str) -> list[str]:
@@ -671,7 +708,7 @@ class StandIn:
         usage: dict[str, Any] | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> web.StreamResponse:
-        raw = _dumps(body)
+        raw = _scripted_json(body, call.script if status == 200 else None, event=False)
         record = call.record
         record.status, record.response, record.usage = status, body, usage
         script = call.script
@@ -688,6 +725,45 @@ class StandIn:
             return partial
         record.completed = True
         return web.Response(status=status, body=raw, content_type=JSON_CONTENT_TYPE, headers=headers)
+
+    async def _generated(self, call: _Call, script: Script, model: str) -> web.StreamResponse:
+        """Answers made as they are written, never held whole: an endless event, a long stream
+        without usage, a huge body. Bounded by their sizes; stops when the reader leaves."""
+        record = call.record
+        record.status = 200
+        response = web.StreamResponse(status=200)
+        response.content_type = JSON_CONTENT_TYPE if script.huge_body else SSE_CONTENT_TYPE
+        try:
+            await response.prepare(call.request)
+            if script.long_stream:  # content events first (then the endless event, if one is scripted too)
+                head = {"id": "chatcmpl-long", "object": "chat.completion.chunk", "created": 0, "model": model}
+                text = script.long_text
+                event = f"data: {_dumps({**head, 'choices': [{'index': 0, 'delta': {'content': text}}]}).decode()}\n\n"
+                batch = (event * max(1, 65536 // len(event))).encode()
+                for _ in range(max(1, script.long_stream // len(batch))):
+                    await response.write(batch)
+                if not script.endless_event:
+                    stop = {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+                    await response.write(f"data: {_dumps(stop).decode()}\n\ndata: [DONE]\n\n".encode())
+            if script.endless_event:
+                await response.write(b'data: {"id":"chatcmpl-endless","choices":[{"index":0,"delta":{"content":"')
+                piece = b"x" * 65536
+                for _ in range(script.endless_event // len(piece)):
+                    await response.write(piece)
+                _abort(call.request)  # it never ended its event: the connection just goes
+                return response
+            if script.huge_body:
+                await response.write(b'{"id":"chatcmpl-huge","object":"chat.completion","choices":[{"index":0,')
+                await response.write(b'"message":{"role":"assistant","content":"')
+                piece = b"y" * 65536
+                for _ in range(script.huge_body // len(piece)):
+                    await response.write(piece)
+                await response.write(b'"},"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":1}}')
+            record.completed = True
+            await response.write_eof()
+        except ConnectionError:
+            record.completed = False
+        return response
 
     async def _sse(
         self,
@@ -708,7 +784,7 @@ class StandIn:
             for index, (event, data) in enumerate(frames):
                 if limit is not None and index >= limit:
                     break
-                text = data if isinstance(data, str) else _dumps(data).decode("utf-8")
+                text = data if isinstance(data, str) else _scripted_json(data, call.script, event=True).decode()
                 prefix = f"event: {event}\n" if event else ""
                 # Record before writing: the caller may act on this event before the write returns here.
                 if not isinstance(data, str):
@@ -720,6 +796,12 @@ class StandIn:
             if limit is not None:
                 _abort(call.request)
                 return response
+            extra = call.script.after_done if call.script is not None else 0
+            junk = b'data: {"choices":[{"index":0,"delta":{"content":"after the end "}}]}\n\n' * 512
+            while record.written_after_done < extra:
+                await response.write(junk)
+                record.written_after_done += len(junk)
+                await asyncio.sleep(0.005)
             await response.write_eof()
         except ConnectionError:
             record.completed = False
@@ -797,6 +879,9 @@ class StandIn:
         created = int(time.time())
         headers = self._openai_headers()
         no_usage = call.script is not None and call.script.no_usage
+        script = call.script
+        if script is not None and (script.endless_event or script.long_stream or script.huge_body):
+            return await self._generated(call, script, model)
 
         if payload.get("stream") is True:
             include_usage = _include_usage(payload) and not no_usage

@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, cast
 
 import aiohttp
+import msgspec
 
 from meterway.api import errors
 from meterway.api.asgi import Incoming, Message, Receive, Responder, Scope, Send, read_body, request_id_for
@@ -31,6 +32,8 @@ from meterway.cache import control as cache_control_of
 from meterway.cache import events as cache_events
 from meterway.context import Hook, RequestContext
 from meterway.errors import MeterwayError, ModelNotFound, NoDeploymentAvailable, UnsupportedOperation, UpstreamError
+from meterway.ledger import usage_checks
+from meterway.ledger.tokens import DeliveredStream
 from meterway.providers import sse
 from meterway.providers.base import (
     Api,
@@ -43,6 +46,7 @@ from meterway.providers.base import (
     UpstreamRequest,
     Usage,
 )
+from meterway.providers.openai import excerpt
 from meterway.providers.transport import map_client_error
 from meterway.routing import Group, Router, retry_kind
 from meterway.telemetry import logs
@@ -121,6 +125,7 @@ async def handle(services: Services, api: Api, decode: HeadDecoder, scope: Scope
     except Exception as exc:
         err = errors.as_meterway_error(exc, rid)
         ctx.error = err
+        _flag(ctx, err)
         if not responder.started:
             status, extra, payload = errors.render(err, api)
             ctx.status_code = status
@@ -183,19 +188,23 @@ async def _serve_hit(
     parts = cache_events(hit.body)
     last = parts.pop() if parts else b""
     await responder.start_stream()
+    delivered = ctx.delivered = DeliveredStream(services.ledger.counter)
     for part in parts:
-        _deliver(ctx, part)
+        _deliver(ctx, delivered, part)
         await responder.chunk(part)
     await _end_stream(services, ctx, hit.usage, last, responder)
 
 
 async def _store(cache: ResponseCache, ctx: RequestContext, key: str, ttl: float | None) -> None:
-    """Keeps a whole answer, once the client has it. A stream longer than what is kept of it for
-    counting is not cached (its events are not all known here)."""
+    """Keeps a whole answer, once the client has it. A stream longer than what is kept of it whole
+    (`tokens.WINDOW`, 256 KiB) is not cached: its bytes were not kept."""
+    if usage_checks.INVALID in ctx.flags:
+        return  # its usage was not believed: a hit would replay it
     if ctx.stream:
-        if len(ctx.delivered) >= _DELIVERED_MAX:
+        delivered = ctx.delivered.whole() if ctx.delivered is not None else b""
+        if delivered is None:
             return
-        entry = CacheEntry(b"".join(ctx.delivered) + ctx.closing, True, "text/event-stream", ctx.usage, None)
+        entry = CacheEntry(delivered + ctx.closing, True, "text/event-stream", ctx.usage, None)
     else:
         entry = CacheEntry(ctx.answer, False, "application/json", ctx.usage, None)
     dep = ctx.deployment
@@ -301,7 +310,7 @@ async def _routed(
                 await router.finished(
                     current,
                     (end - started) / 1e9 if ok else None,
-                    usage.total_tokens if ok and usage is not None else 0,
+                    max(usage.total_tokens, 0) if ok and usage is not None else 0,
                 )
 
 
@@ -359,16 +368,14 @@ async def _call(
     ctx.upstream_status = resp.status
     try:
         if resp.status >= 400 or not request.stream:
-            try:
-                data = await resp.read()
-            except (aiohttp.ClientError, TimeoutError) as e:
-                raise map_client_error(e, provider.label) from None
-            if resp.status >= 400:
+            failed = resp.status >= 400
+            bound = services.settings.max_upstream_body_bytes
+            data = await _read(resp, provider.label, bound, min(bound, ERROR_BODY_MAX) if failed else None)
+            if failed:
                 err = provider.map_error(call, resp.status, data)
                 err.retry_after = _retry_after(resp.headers.get("Retry-After"))
                 raise err
-            parsed = provider.parse_response(call, data)
-            return await _answer(services, ctx, parsed, responder)
+            return await _answer(services, ctx, _parse(provider, call, data), responder)
         if not resp.content_type.startswith("text/event-stream"):
             raise UpstreamError(
                 f"Upstream deployment '{provider.label}' answered a stream request with {resp.content_type}.",
@@ -377,6 +384,68 @@ async def _call(
         await _relay(services, ctx, call, provider, resp, responder, receive)
     finally:
         resp.release()
+
+
+ERROR_BODY_MAX = 64 * 1024  # bytes of an upstream's error answer read: it is summarised, not relayed
+
+
+async def _read(resp: aiohttp.ClientResponse, label: str, bound: int, keep: int | None) -> bytes:
+    """An upstream's whole answer, read with a bound: past `bound` bytes the call fails as an
+    upstream error (`UpstreamTooLarge`), the connection is closed and nothing more is read. With
+    `keep` (an error answer), only that many bytes are kept and the rest is not read at all."""
+    length = resp.content_length
+    if keep is None and length is not None and length > bound:
+        resp.close()
+        raise _too_large(label, f"an answer of {length} bytes", bound)
+    parts: list[bytes] = []
+    size = 0
+    try:
+        async for data in resp.content.iter_any():
+            size += len(data)
+            parts.append(data)
+            if keep is not None and size >= keep:
+                resp.close()
+                return b"".join(parts)[:keep]
+            if size > bound:
+                resp.close()
+                raise _too_large(label, "an answer", bound)
+    except (aiohttp.ClientError, TimeoutError) as e:
+        raise map_client_error(e, label) from None
+    return b"".join(parts)
+
+
+def _too_large(label: str, what: str, bound: int) -> UpstreamError:
+    return UpstreamError(
+        f"Upstream deployment '{label}' sent {what} of more than {bound} bytes, the gateway's bound; "
+        "the answer was cut.",
+        deployment=label,
+        code=UPSTREAM_TOO_LARGE,
+    )
+
+
+UPSTREAM_TOO_LARGE = "upstream_too_large"  # the error's code and the row's flag: an answer or event was cut
+
+
+def _flag(ctx: RequestContext, err: MeterwayError) -> None:
+    """Marks the row of a request that ended on an upstream answer past its bound."""
+    if err.code == UPSTREAM_TOO_LARGE and UPSTREAM_TOO_LARGE not in ctx.flags:
+        ctx.flags.append(UPSTREAM_TOO_LARGE)
+
+
+def _parse(provider: Provider, call: Call, data: bytes) -> Parsed:
+    """The provider's reading of an answer; one it cannot read (not JSON, not the shape its API
+    promises) is the upstream's failure, a 502, never relayed as a 200 nor raised as our own 500."""
+    try:
+        return provider.parse_response(call, data)
+    except MeterwayError:
+        raise
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError, msgspec.DecodeError) as e:
+        raise UpstreamError(
+            f"Upstream deployment '{provider.label}' answered with a body it could not read "
+            f"({e.__class__.__name__}): {excerpt(data) or 'empty'}",
+            deployment=provider.label,
+            upstream_status=200,
+        ) from None
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -421,14 +490,10 @@ async def _answer(services: Services, ctx: RequestContext, parsed: Parsed, respo
     await responder.whole(200, parsed.body, parsed.content_type.encode())
 
 
-_DELIVERED_MAX = 16_384  # chunks of a stream kept (by reference) to count its tokens if usage is missing
-
-
-def _deliver(ctx: RequestContext, out: bytes) -> None:
+def _deliver(ctx: RequestContext, delivered: DeliveredStream, out: bytes) -> None:
     if ctx.first_byte_ns is None:
         ctx.first_byte_ns = time.perf_counter_ns()
-    if len(ctx.delivered) < _DELIVERED_MAX:
-        ctx.delivered.append(out)
+    delivered.add(out)  # kept while short, counted as it passes once long (bounded either way)
 
 
 async def _end_stream(
@@ -453,16 +518,25 @@ async def _relay(
     relay = provider.open_stream(call)
     finale = sse.Finale(anthropic=call.api is Api.MESSAGES)
     content = resp.content
+    bound = services.settings.max_upstream_event_bytes
+    events = sse.EventBound(bound)  # an event that never ends is cut here, not buffered by a relay
+    delivered = ctx.delivered = DeliveredStream(services.ledger.counter)
     # The watcher costs a task; a stream the upstream has already delivered whole (a short answer,
     # a cache) ends before a departed client could matter, so only a stream still arriving gets one.
     watch: _Watch | None = None
     try:
         async for data in content.iter_any():
+            if finale.done:  # bytes after the final event: not for the client, and no more are read
+                resp.close()
+                break
+            if events.over(data):
+                resp.close()
+                raise _too_large(provider.label, "an event", bound)
             out = finale.feed(relay.feed(data))
             if out:
                 if not responder.started:  # the status goes out with the first bytes: until then a retry may
                     await responder.start_stream()
-                _deliver(ctx, out)
+                _deliver(ctx, delivered, out)
                 await responder.chunk(out)
             if watch is None and not content.is_eof():
                 watch = _Watch(resp, receive)
@@ -495,6 +569,7 @@ async def _fail_stream(
     services: Services, ctx: RequestContext, call: Call, relay: StreamRelay, err: MeterwayError, responder: Responder
 ) -> None:
     ctx.error = err
+    _flag(ctx, err)
     ctx.usage = relay.usage
     ctx.status_code = responder.status
     log.warning("stream %s ended by an upstream failure: %s", ctx.request_id, err.message)
@@ -518,9 +593,10 @@ async def _local(
     relay = provider.open_stream(call)
     finale = sse.Finale(anthropic=call.api is Api.MESSAGES)
     await responder.start_stream()
+    delivered = ctx.delivered = DeliveredStream(services.ledger.counter)
     for data in answer.chunks:
         out = finale.feed(relay.feed(data))
         if out:
-            _deliver(ctx, out)
+            _deliver(ctx, delivered, out)
             await responder.chunk(out)
     await _end_stream(services, ctx, relay.usage, finale.finish(relay.finish()), responder)

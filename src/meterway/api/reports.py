@@ -124,6 +124,7 @@ def _log(row: dict[str, Any]) -> dict[str, Any]:
         "cache_write_tokens": row["cache_write_tokens"],
         "reasoning_tokens": row["reasoning_tokens"],
         "tokens_estimated": row["tokens_estimated"],
+        "flags": row["flags"].split(",") if row.get("flags") else [],  # usage_invalid, usage_absurd, cut, ...
         "spend": float(cost) if cost is not None else None,
         "cost": format(cost, "f") if cost is not None else None,
         "status": row["status"],
@@ -138,7 +139,6 @@ def _log(row: dict[str, Any]) -> dict[str, Any]:
         "source": row["source"],  # gateway, or webhook: reported by another proxy
         "attempts": row["attempts"],  # upstream attempts: retries and fallbacks add to 1; 0 for a cache hit
         "cache_hit": bool(row["cache_hit"]),
-        "flags": row["flags"],  # what was wrong with the row's input (e.g. "cut"), comma-separated; or null
     }
 
 

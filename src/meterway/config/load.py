@@ -28,6 +28,8 @@ from meterway.config.secret import Secret
 from meterway.config.settings import (
     DEFAULT_DATABASE_URL,
     DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_UPSTREAM_BODY_BYTES,
+    DEFAULT_MAX_UPSTREAM_EVENT_BYTES,
     DEFAULT_TIMEOUT_S,
     Deployment,
     Prices,
@@ -86,6 +88,8 @@ GENERAL = {
     "webhook_secret",
     "store_model_in_db",
     "require_customer_binding",
+    "max_upstream_event_bytes",
+    "max_upstream_body_bytes",
 }
 # Routing keys LiteLLM also reads from litellm_settings (its docs show both); router_settings wins.
 LITELLM_ROUTING = {
@@ -289,6 +293,13 @@ def parse_config(
     if not isinstance(queue, int) or isinstance(queue, bool) or queue < 1:
         raise ConfigError("general_settings.ledger_queue_size must be a whole number, 1 or more")
 
+    event_bytes = _byte_bound(
+        general, env, "max_upstream_event_bytes", "METERWAY_MAX_UPSTREAM_EVENT_BYTES", DEFAULT_MAX_UPSTREAM_EVENT_BYTES
+    )
+    body_bytes = _byte_bound(
+        general, env, "max_upstream_body_bytes", "METERWAY_MAX_UPSTREAM_BODY_BYTES", DEFAULT_MAX_UPSTREAM_BODY_BYTES
+    )
+
     webhook_secret = general.get("webhook_secret") or env.get("METERWAY_WEBHOOK_SECRET") or None
     if webhook_secret is not None and (not isinstance(webhook_secret, str) or len(webhook_secret) < 16):
         raise ConfigError("general_settings.webhook_secret must be a string of at least 16 characters")
@@ -339,10 +350,29 @@ def parse_config(
         database_url=Secret(database_url),
         master_key=master,
         max_body_bytes=max_body,
+        max_upstream_event_bytes=event_bytes,
+        max_upstream_body_bytes=body_bytes,
         demo=demo,
         source=source,
         warnings=tuple(warnings),
     )
+
+
+def _byte_bound(general: Mapping[str, Any], env: Mapping[str, str], key: str, var: str, default: int) -> int:
+    """A size bound in bytes: general_settings.<key>, else the environment variable, else the default."""
+    value: Any = general.get(key)
+    where = f"general_settings.{key}"
+    if value is None and env.get(var):
+        value, where = env[var], var
+        try:
+            value = int(value)
+        except ValueError:
+            raise ConfigError(f"{var} must be a whole number of bytes, got {env[var]!r}") from None
+    if value is None:
+        return default
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1024:
+        raise ConfigError(f"{where} must be a whole number of bytes, 1024 or more")
+    return value
 
 
 def runtime_deployment(entry: Mapping[str, Any], settings: Settings, where: str) -> Deployment:

@@ -17,6 +17,11 @@ from meterway.config.telemetry import Telemetry
 from meterway.providers.base import Api, Provider
 
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
+# One SSE event from an upstream: room for the largest ordinary events (a streamed image, a long
+# tool call's arguments); an event that goes on past it is cut, not buffered.
+DEFAULT_MAX_UPSTREAM_EVENT_BYTES = 4 * 1024 * 1024
+# One non-streamed upstream answer: room for a large embeddings batch in base64.
+DEFAULT_MAX_UPSTREAM_BODY_BYTES = 64 * 1024 * 1024
 DEFAULT_TIMEOUT_S = 600.0
 DEFAULT_DATABASE_URL = "sqlite:///./meterway.db"
 
@@ -60,6 +65,8 @@ class Settings:
     deployments: tuple[Deployment, ...]
     master_key: Secret | None
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_upstream_event_bytes: int = DEFAULT_MAX_UPSTREAM_EVENT_BYTES  # past it a stream ends as an upstream error
+    max_upstream_body_bytes: int = DEFAULT_MAX_UPSTREAM_BODY_BYTES  # past it an answer is a 502
     demo: bool = False
     source: str | None = None  # the config file, for messages
     warnings: tuple[str, ...] = ()

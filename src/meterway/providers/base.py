@@ -35,7 +35,11 @@ class Api(enum.Enum):
 @dataclass(slots=True)
 class Usage:
     """Tokens as the provider reported them (or, later, as counted). `prompt_tokens` includes
-    cached tokens, as OpenAI reports it; the cache figures say how many of them were cheaper."""
+    cached tokens, as OpenAI reports it; the cache figures say how many of them were cheaper.
+
+    Figures are kept as reported, even when they make no sense: a negative one stays negative, and
+    one that is not a whole number (a fraction, a string, a boolean) becomes `NOT_A_COUNT`, so the
+    ledger (`ledger.usage_checks`) can tell them apart from honest figures and count the tokens itself."""
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -43,6 +47,27 @@ class Usage:
     cached_tokens: int = 0  # prompt tokens read from the provider's cache
     cache_write_tokens: int = 0  # prompt tokens written to it (Anthropic bills these apart)
     reasoning_tokens: int = 0  # part of completion_tokens
+
+
+NOT_A_COUNT = -1  # a usage figure the provider sent that is not a whole number of tokens
+MAX_COUNT = 2**53  # beyond it a JSON number is no exact count (and no 64-bit column holds every such value)
+
+
+def tokens(value: object) -> int:
+    """One usage figure as reported: absent (None) is 0, a whole number is itself (negative too;
+    `3e9` is a whole number written as a float), anything else (or beyond `MAX_COUNT`) is `NOT_A_COUNT`."""
+    if value is None:
+        return 0
+    if type(value) is int:
+        return value if -MAX_COUNT < value < MAX_COUNT else NOT_A_COUNT
+    if type(value) is float and value.is_integer() and -MAX_COUNT < value < MAX_COUNT:
+        return int(value)
+    return NOT_A_COUNT
+
+
+def not_counts() -> Usage:
+    """The usage of an answer whose `usage` is there but is not an object of figures."""
+    return Usage(NOT_A_COUNT, NOT_A_COUNT, NOT_A_COUNT)
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,17 @@ from yarl import URL
 
 from meterway.errors import BadRequest, UpstreamError
 from meterway.providers import sse
-from meterway.providers.base import Api, Call, Parsed, StreamRelay, UpstreamRequest, Usage, decode_object
+from meterway.providers.base import (
+    Api,
+    Call,
+    Parsed,
+    StreamRelay,
+    UpstreamRequest,
+    Usage,
+    decode_object,
+    not_counts,
+    tokens,
+)
 from meterway.providers.openai import error_from_body
 
 if TYPE_CHECKING:
@@ -129,8 +139,11 @@ def usage_of(u: Any) -> Usage | None:
     if not isinstance(u, dict):
         return None
     counts = u.get("billed_units") or u.get("tokens") or {}
-    prompt, completion = int(counts.get("input_tokens") or 0), int(counts.get("output_tokens") or 0)
-    return Usage(prompt, completion, prompt + completion)
+    if not isinstance(counts, dict):
+        return not_counts()
+    prompt, completion = tokens(counts.get("input_tokens")), tokens(counts.get("output_tokens"))
+    total = prompt + completion if min(prompt, completion) >= 0 else min(prompt, completion)
+    return Usage(prompt, completion, total)
 
 
 def _openai_usage(usage: Usage | None) -> dict[str, int] | None:
@@ -273,13 +286,13 @@ def embed_response(answer: Mapping[str, Any], model: str, base64_out: bool) -> t
         for i, v in enumerate(vectors)
     ]
     billed = ((answer.get("meta") or {}).get("billed_units") or {}).get("input_tokens")
-    usage = Usage(int(billed), 0, int(billed)) if billed is not None else None
-    tokens = usage.prompt_tokens if usage else 0
+    usage = Usage(tokens(billed), 0, tokens(billed)) if billed is not None else None
+    counted = max(usage.prompt_tokens, 0) if usage else 0
     return {
         "object": "list",
         "data": data,
         "model": model,
-        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        "usage": {"prompt_tokens": counted, "total_tokens": counted},
     }, usage
 
 

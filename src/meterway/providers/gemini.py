@@ -23,7 +23,7 @@ from yarl import URL
 
 from meterway.errors import BadRequest, UpstreamError
 from meterway.providers import sse
-from meterway.providers.base import Api, Call, Parsed, StreamRelay, UpstreamRequest, Usage, decode_object
+from meterway.providers.base import Api, Call, Parsed, StreamRelay, UpstreamRequest, Usage, decode_object, tokens
 from meterway.providers.openai import error_from_body
 
 if TYPE_CHECKING:
@@ -153,15 +153,19 @@ def chat_request(request: Mapping[str, Any]) -> dict[str, Any]:
 def usage_of(meta: Any) -> Usage | None:
     if not isinstance(meta, dict):
         return None
-    prompt = int(meta.get("promptTokenCount") or 0)
-    thoughts = int(meta.get("thoughtsTokenCount") or 0)
-    completion = int(meta.get("candidatesTokenCount") or 0) + thoughts
-    total = int(meta.get("totalTokenCount") or prompt + completion)
+    prompt = tokens(meta.get("promptTokenCount"))
+    thoughts = tokens(meta.get("thoughtsTokenCount"))
+    candidates = tokens(meta.get("candidatesTokenCount"))
+    # a figure that is no count (`base.tokens`) leaves the sum no count either
+    completion = candidates + thoughts if min(candidates, thoughts) >= 0 else min(candidates, thoughts)
+    total = tokens(meta.get("totalTokenCount")) or (
+        prompt + completion if min(prompt, completion) >= 0 else min(prompt, completion)
+    )
     return Usage(
         prompt,
         completion,
         total,
-        cached_tokens=int(meta.get("cachedContentTokenCount") or 0),
+        cached_tokens=tokens(meta.get("cachedContentTokenCount")),
         reasoning_tokens=thoughts,
     )
 

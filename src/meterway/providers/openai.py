@@ -8,8 +8,11 @@ every stream; the usage event is then dropped again before it reaches that clien
 
 from __future__ import annotations
 
+import html
+import re
 from collections import deque
 from collections.abc import Mapping
+from typing import Any
 
 import msgspec
 import orjson
@@ -18,7 +21,7 @@ from yarl import URL
 from meterway.config.secret import Secret
 from meterway.errors import UpstreamError
 from meterway.providers import sse
-from meterway.providers.base import Api, Call, Parsed, StreamRelay, UpstreamRequest, Usage
+from meterway.providers.base import Api, Call, Parsed, StreamRelay, UpstreamRequest, Usage, not_counts, tokens
 
 # ---------------------------------------------------------------- usage, decoded without building the rest
 
@@ -40,7 +43,16 @@ class _WireUsage(msgspec.Struct):
 
 
 class _Envelope(msgspec.Struct):
+    """Usage as honest providers write it: whole numbers, decoded straight into fields."""
+
     usage: _WireUsage | None = None
+
+
+class _AnyEnvelope(msgspec.Struct):
+    """Usage as any provider may write it, decoded as plain values to be judged (`base.tokens`):
+    read only when the typed decoding above failed."""
+
+    usage: Any = None
 
 
 class _WireError(msgspec.Struct):
@@ -57,10 +69,11 @@ class _ErrorEnvelope(msgspec.Struct):
 
 
 _envelope = msgspec.json.Decoder(_Envelope)
+_any_envelope = msgspec.json.Decoder(_AnyEnvelope)
 _error_envelope = msgspec.json.Decoder(_ErrorEnvelope)
 
 
-def usage_from_wire(u: _WireUsage) -> Usage:
+def _from_typed(u: _WireUsage) -> Usage:
     prompt = u.prompt_tokens or 0
     completion = u.completion_tokens or 0
     return Usage(
@@ -72,26 +85,81 @@ def usage_from_wire(u: _WireUsage) -> Usage:
     )
 
 
-def decode_usage(body: bytes) -> Usage | None:
-    """The `usage` of an OpenAI-format answer or chunk; every other field is skipped, not built."""
+def _decode(body: bytes) -> Usage | None:
+    """The `usage` of an OpenAI-format answer or chunk; every other field is skipped, not built.
+    Raises msgspec.DecodeError when the body is not a JSON object."""
     try:
-        u = _envelope.decode(body).usage
+        typed = _envelope.decode(body).usage
+    except msgspec.DecodeError:  # figures that are no whole numbers, or no JSON object at all
+        return usage_from_wire(_any_envelope.decode(body).usage)
+    return _from_typed(typed) if typed is not None else None
+
+
+def usage_from_wire(u: object) -> Usage | None:
+    """OpenAI's usage object as reported (see `base.tokens`); None when there is none."""
+    if u is None:
+        return None
+    if not isinstance(u, dict):
+        return not_counts()
+    prompt = tokens(u.get("prompt_tokens"))
+    completion = tokens(u.get("completion_tokens"))
+    total = tokens(u.get("total_tokens")) or prompt + completion
+    prompt_details = u.get("prompt_tokens_details")
+    completion_details = u.get("completion_tokens_details")
+    return Usage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=total,
+        cached_tokens=tokens(prompt_details.get("cached_tokens")) if isinstance(prompt_details, dict) else 0,
+        reasoning_tokens=(
+            tokens(completion_details.get("reasoning_tokens")) if isinstance(completion_details, dict) else 0
+        ),
+    )
+
+
+def decode_usage(body: bytes) -> Usage | None:
+    """The `usage` of an OpenAI-format answer or chunk; None without one (or without JSON)."""
+    try:
+        return _decode(body)
     except msgspec.DecodeError:
         return None
-    return usage_from_wire(u) if u is not None else None
+
+
+_WHITESPACE = b" \t\r\n"
+
+
+def find_usage_object(data: bytes, start: int = 0, end: int | None = None, *, last: bool = False) -> int:
+    """Where a `"usage": {` member starts in `data` (the index of its quote), whatever whitespace a
+    server puts around the colon (pretty-printed bodies too); -1 if there is none. The byte search
+    for `"usage"` is what keeps this cheap; the few bytes after it are then looked at one by one.
+    `"usage"` followed by a colon cannot occur inside a JSON string (the quotes would be escaped)."""
+    stop = len(data) if end is None else end
+    i = data.rfind(b'"usage"', start, stop) if last else data.find(b'"usage"', start, stop)
+    while i >= 0:
+        j = _skip_space(data, i + 7, stop)
+        if j < stop and data[j] == 0x3A:  # ':'
+            j = _skip_space(data, j + 1, stop)
+            if j < stop and data[j] == 0x7B:  # '{'
+                return i
+        i = data.rfind(b'"usage"', start, i) if last else data.find(b'"usage"', i + 7, stop)
+    return -1
+
+
+def _skip_space(data: bytes, i: int, stop: int) -> int:
+    while i < stop and data[i] in _WHITESPACE:
+        i += 1
+    return i
 
 
 def usage_from_tail(tail: bytes) -> Usage | None:
     """The usage of a stream, read from its last few KB: OpenAI sends it in the last event before
-    [DONE]. `"usage":{` cannot occur inside a JSON string (the quote would be escaped)."""
-    i = tail.rfind(b'"usage":{')
+    [DONE]."""
+    i = find_usage_object(tail, last=True)
     if i < 0:
         return None
-    start = tail.rfind(b"data:", 0, i)
-    if start < 0:
-        return None
-    end = tail.find(b"\n\n", i)
-    return decode_usage(tail[start + 5 : end if end > 0 else len(tail)])
+    start = max(tail.rfind(b"\n\n", 0, i), tail.rfind(b"\r\n\r\n", 0, i), 0)
+    end = min((e for e in (tail.find(b"\n\n", i), tail.find(b"\r\n\r\n", i)) if e > 0), default=len(tail))
+    return decode_usage(sse.parse_event(tail[start:end]).data)
 
 
 def error_from_body(status: int, body: bytes, deployment: str) -> UpstreamError:
@@ -108,14 +176,29 @@ def error_from_body(status: int, body: bytes, deployment: str) -> UpstreamError:
         elif isinstance(env.error, str):
             message = env.error
         message = message or env.message or env.detail
+    message = excerpt(message.encode()) if message else excerpt(body)
     if not message:
-        text = body[:200].decode("utf-8", "replace").strip()
-        message = text or f"HTTP {status}"
+        message = f"HTTP {status}"
     if status >= 500:
         message = f"Upstream deployment '{deployment}' failed with HTTP {status}: {message}"
     return UpstreamError(
         message, deployment=deployment, upstream_status=status, error_type=type_, param=param, code=code
     )
+
+
+EXCERPT_CHARS = 300  # of an upstream's error text quoted to the client
+_LOOKED_AT = 16_384  # bytes of an error body read for it: an error page is summarised, not echoed
+_MARKUP = re.compile(rb"<(script|style)\b.*?</\1\s*>|<!--.*?-->|<[^>]*>", re.S | re.I)
+
+
+def excerpt(body: bytes) -> str:
+    """A short plain-text summary of an upstream's error text: markup (an HTML error page) taken out,
+    entities and whitespace folded, at most `EXCERPT_CHARS` characters."""
+    head = body[:_LOOKED_AT]
+    if b"<" in head:
+        head = _MARKUP.sub(b" ", head)
+    text = " ".join(html.unescape(head.decode("utf-8", "replace")).split())
+    return text if len(text) <= EXCERPT_CHARS else text[: EXCERPT_CHARS - 1] + "\u2026"
 
 
 # ---------------------------------------------------------------- streams
@@ -161,17 +244,23 @@ class UsageStrippingRelay:
     def feed(self, data: bytes) -> bytes:
         out: list[bytes] = []
         for raw in self._split.feed(data):
-            if b'"usage":{' in raw or b'"usage": {' in raw:
+            if find_usage_object(raw) >= 0:
                 event = sse.parse_event(raw)
                 if _is_usage_only(event.data):
                     self.usage = decode_usage(event.data)
                     continue
-            out.append(raw.replace(b',"usage":null', b"").replace(b', "usage": null', b"") + b"\n\n")
+            raw = raw.replace(b',"usage":null', b"")
+            if b'"usage"' in raw:  # written with spaces, or first: rarely, so looked for only then
+                raw = _USAGE_NULL.sub(b"", raw)
+            out.append(raw + b"\n\n")
         return b"".join(out)
 
     def finish(self) -> bytes:
         rest = self._split.rest()
         return rest + b"\n\n" if rest else b""
+
+
+_USAGE_NULL = re.compile(rb'\s*,\s*"usage"\s*:\s*null\b|"usage"\s*:\s*null\s*,\s*')
 
 
 class _Choices(msgspec.Struct):
@@ -245,7 +334,16 @@ class OpenAIProvider:
         return UpstreamRequest("POST", self.urls[call.api], self.headers, self.upstream_body(call), call.head.stream)
 
     def parse_response(self, call: Call, body: bytes) -> Parsed:
-        return Parsed(body, decode_usage(body))
+        try:
+            usage = _decode(body)
+        except msgspec.DecodeError:
+            raise UpstreamError(
+                f"Upstream deployment '{self.label}' answered with a body that is not a JSON object: "
+                f"{excerpt(body) or 'empty'}",
+                deployment=self.label,
+                upstream_status=200,
+            ) from None
+        return Parsed(body, usage)
 
     def open_stream(self, call: Call) -> StreamRelay:
         return UsageStrippingRelay() if self._needs_usage(call) else PassthroughRelay()

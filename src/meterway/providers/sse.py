@@ -7,42 +7,100 @@ unfinished tail for the next read. Relays that only pass bytes through never use
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
-_SEPARATORS = (b"\n\n", b"\r\n\r\n")
+_MESSAGE_STOP = re.compile(rb'"type"\s*:\s*"message_stop"')
+
+
+class EventTooLarge(ValueError):
+    """An event went on past the splitter's limit without ending (a blank line)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"an event of more than {limit} bytes")
+        self.limit = limit
 
 
 class EventSplitter:
-    """Feed raw bytes, get back the complete events (without their separator) seen so far."""
+    """Feed raw bytes, get back the complete events (without their separator) seen so far. With a
+    `limit`, an unfinished event longer than it raises `EventTooLarge` instead of being held on:
+    an upstream that never ends an event cannot make the gateway buffer without bound."""
 
-    __slots__ = ("_buf",)
+    __slots__ = ("_buf", "_limit")
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int | None = None) -> None:
         self._buf = b""
+        self._limit = limit
 
     def feed(self, data: bytes) -> list[bytes]:
         buf = self._buf + data if self._buf else data
         events: list[bytes] = []
         start = 0
+        limit = self._limit
+        # Each separator is searched for from where the last one ended, and `\r\n\r\n` (rare) only
+        # again once passed: searching both from every event would scan the buffer once per event.
+        crlf = buf.find(b"\r\n\r\n")
         while True:
-            cut = -1
-            width = 0
-            for sep in _SEPARATORS:
-                i = buf.find(sep, start)
-                if i >= 0 and (cut < 0 or i < cut):
-                    cut, width = i, len(sep)
-            if cut < 0:
+            lf = buf.find(b"\n\n", start)
+            if 0 <= crlf < start:
+                crlf = buf.find(b"\r\n\r\n", start)
+            if crlf >= 0 and (lf < 0 or crlf < lf):
+                cut, width = crlf, 4
+            elif lf >= 0:
+                cut, width = lf, 2
+            else:
                 break
+            if limit is not None and cut - start > limit:
+                raise EventTooLarge(limit)
             if cut > start:
                 events.append(buf[start:cut])
             start = cut + width
         self._buf = buf[start:]
+        if limit is not None and len(self._buf) > limit:
+            raise EventTooLarge(limit)
         return events
 
     def rest(self) -> bytes:
         """Bytes after the last separator: an event the upstream never finished (or ended without a blank line)."""
         rest, self._buf = self._buf, b""
         return rest.strip()
+
+
+class EventBound:
+    """Watches a byte stream for an event longer than `limit` bytes, complete or not, without
+    splitting it: the relays that pass bytes through hold none, and the others hold an unfinished
+    event until it ends. Usually one search from the end of each read; the reads are only scanned
+    event by event when they could hold one that long."""
+
+    __slots__ = ("_limit", "_open")
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._open = 0  # bytes since the last event ended
+
+    def over(self, data: bytes) -> bool:
+        """Whether `data` (the next read) makes an event longer than the limit."""
+        if self._open + len(data) <= self._limit:
+            last = _last_boundary(data)
+            self._open = len(data) - last if last else self._open + len(data)
+            return False
+        start, length = 0, self._open
+        while True:
+            cut, width = _first_separator(data, start)
+            if cut < 0:
+                self._open = length + len(data) - start
+                return self._open > self._limit
+            if length + cut - start > self._limit:
+                return True
+            start, length = cut + width, 0
+
+
+def _first_separator(data: bytes, start: int) -> tuple[int, int]:
+    a = data.find(b"\n\n", start)
+    b = data.find(b"\r\n\r\n", start)
+    if a < 0 or (0 <= b < a):
+        return b, 4
+    return a, 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +110,8 @@ class Event:
 
 
 def parse_event(raw: bytes) -> Event:
+    if raw.startswith(b"data: ") and b"\n" not in raw:  # one data line: nearly every event, read at once
+        return Event("message", raw[6:])
     name = "message"
     data: list[bytes] = []
     for line in raw.splitlines():
@@ -77,14 +137,20 @@ class Finale:
     completes it (a client can do nothing with half an event), so a final event split across
     reads is still caught."""
 
-    __slots__ = ("_anthropic", "_held", "_marker")
+    __slots__ = ("_anthropic", "_held", "_marker", "done")
 
     def __init__(self, anthropic: bool) -> None:
         self._anthropic = anthropic
         self._marker = b"message_stop" if anthropic else b"[DONE]"
         self._held = b""
+        # The final event has been seen whole: whatever an upstream sends after it is not for the
+        # client (it is dropped, and the relay may stop reading: an upstream that keeps the stream
+        # open, or goes on writing, after its end cannot hold the client or grow what is held).
+        self.done = False
 
     def feed(self, data: bytes) -> bytes:
+        if self.done:
+            return b""
         if self._held:
             data = self._held + data
             self._held = b""
@@ -93,7 +159,12 @@ class Finale:
             start = _event_start(data, at)
             end = _event_end(data, at)
             if self._is_final(data[start:end]):
-                self._held = data[start:]
+                width = 4 if data.startswith(b"\r\n\r\n", end) else 2 if data.startswith(b"\n\n", end) else 0
+                if width:  # ended: held as it came, nothing after it
+                    self.done = True
+                    self._held = data[start : end + width]
+                else:
+                    self._held = data[start:]
                 return data[:start]
             at = data.find(self._marker, end)
         cut = _last_boundary(data)
@@ -103,14 +174,15 @@ class Finale:
         return data
 
     def finish(self, closing: bytes = b"") -> bytes:
-        """The held bytes and the relay's closing bytes: what goes out last."""
+        """The held bytes and the relay's closing bytes: what goes out last (only the final event,
+        once it was seen whole: a relay's closing bytes are then what came after it)."""
         held, self._held = self._held, b""
-        return held + closing
+        return held if self.done else held + closing
 
     def _is_final(self, event: bytes) -> bool:
         event = event.strip()
-        if self._anthropic:
-            return event.startswith(b"event: message_stop") or b'"type":"message_stop"' in event
+        if self._anthropic:  # named by its `event:` line, or by its type alone, however spaced
+            return parse_event(event).name == "message_stop" or _MESSAGE_STOP.search(event) is not None
         return event in (b"data: [DONE]", b"data:[DONE]")
 
 

@@ -14,6 +14,7 @@ that are not configured are refused before they reach a metric).
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import TYPE_CHECKING
 
@@ -24,7 +25,10 @@ if TYPE_CHECKING:
     from meterway.context import RequestContext
     from meterway.errors import MeterwayError
 
+log = logging.getLogger("meterway.metrics")
+
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+ANOMALIES = frozenset(("usage_invalid", "usage_absurd"))  # the ledger's flags (`ledger.usage_checks`)
 OTHER = "other"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
@@ -106,6 +110,13 @@ class Metrics:
             ["model", "result"],
             registry=registry,
         )
+        self.usage_anomalies = Counter(
+            "meterway_usage_anomalies",
+            "Requests whose upstream usage was not believed (invalid: counted here) or is beyond what they "
+            "could use (absurd: recorded as reported)",
+            ["deployment", "kind"],
+            registry=registry,
+        )
         self.ledger_waiting = Gauge(
             "meterway_ledger_queue_rows",
             "Ledger rows waiting to be committed",
@@ -185,7 +196,14 @@ class Metrics:
         self.upstream_errors.labels(deployment_id, err.error_type).inc()
 
     def observe(self, ctx: RequestContext) -> None:
-        """One finished request: called once, after its ledger row was made."""
+        """One finished request: called once, after its ledger row was made. It never raises: it
+        runs after the response, where an error would only break the client's connection."""
+        try:
+            self._observe(ctx)
+        except Exception:
+            log.exception("metrics of request %s not recorded", ctx.request_id)
+
+    def _observe(self, ctx: RequestContext) -> None:
         endpoint = ctx.api.value
         model = ctx.model_group if ctx.deployment is not None else ""
         self.requests.labels(endpoint, model, str(ctx.status_code)).inc()
@@ -202,11 +220,15 @@ class Metrics:
                 self.rejections.labels(reason).inc()
             elif ctx.forwarded and ctx.deployment is not None and err.status >= 500:
                 self.upstream_errors.labels(ctx.deployment.id, err.error_type).inc()
+        if ctx.flags and ctx.deployment is not None:
+            for kind in ANOMALIES.intersection(ctx.flags):
+                self.usage_anomalies.labels(ctx.deployment.id, kind.removeprefix("usage_")).inc()
         usage = ctx.counted
         if usage is None or not usage.total_tokens:
             return
-        inp, out = usage.prompt_tokens, usage.completion_tokens
-        cost = (ctx.cost_units or 0) * USD_PER_UNIT
+        # counters only go up: a figure below zero (which the ledger never records) counts as none
+        inp, out = max(usage.prompt_tokens, 0), max(usage.completion_tokens, 0)
+        cost = max(ctx.cost_units or 0, 0) * USD_PER_UNIT
         self.tokens.labels(model, "input").inc(inp)
         self.tokens.labels(model, "output").inc(out)
         self.cost.labels(model).inc(cost)

@@ -169,7 +169,7 @@ class Tracing:
             attrs["gen_ai.request.stream"] = True  # not a convention; says why the span is long
         if self.capture_content:
             attrs["gen_ai.input.messages"] = ctx.body[:CONTENT_MAX].decode("utf-8", "replace")
-            answer = ctx.answer or b"".join(ctx.delivered)
+            answer = ctx.answer or (ctx.delivered.head(CONTENT_MAX) if ctx.delivered is not None else b"")
             attrs["gen_ai.output.messages"] = answer[:CONTENT_MAX].decode("utf-8", "replace")
         span.set_attributes(attrs)
         if ctx.error is not None:
