@@ -261,8 +261,14 @@ class AdminUI:
         return await handler(ctx.routes, raw, checked)
 
     async def _static(self, name: str, send: Send) -> None:
-        file = (self.static_dir / name).resolve()
-        if self.static_dir.resolve() not in file.parents or not file.is_file() or name.endswith(".integrity"):
+        """A file under static/, or 404 for anything else: outside it, missing, or no possible file
+        name at all (NUL, too long), which the file system refuses with an error of its own."""
+        try:
+            file = (self.static_dir / name).resolve()
+            found = self.static_dir.resolve() in file.parents and file.is_file() and not name.endswith(".integrity")
+        except (OSError, ValueError):
+            found = False
+        if not found:
             return await respond(send, 404, b"not found", b"text/plain")
         kind = mimetypes.guess_type(file.name)[0] or "application/octet-stream"
         if file.suffix == ".js":

@@ -77,7 +77,7 @@ def parse_request(scope: Scope, body: bytes) -> Request:
         scheme=str(scope.get("scheme", "http")),
     )
     if body and headers.get(b"content-type", b"").startswith(b"application/x-www-form-urlencoded"):
-        request.form_lists = parse_qs(body.decode(), keep_blank_values=True)
+        request.form_lists = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
         request.form = {k: v[-1] for k, v in request.form_lists.items()}
     return request
 
