@@ -11,6 +11,7 @@ the OpenAPI document; the functions cover what a type cannot say (free-form meta
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Annotated, Any
 
@@ -36,12 +37,15 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 BUDGET_MAX_USD = 1e8  # money is int64 of 1e-10 USD: ~9.2e8 USD at most, so a round bound well below
 DURATION_MAX_S = 100 * 365 * 86400  # 100 years
 
+DEPTH_MAX = 128  # JSON nesting the gateway rewrites (its encoder stops at 254 levels)
+
 NO_NUL = "^[^\\x00]*$"  # msgspec and JSON Schema alike: no NUL anywhere
 
 Name = Annotated[str, msgspec.Meta(max_length=NAME_MAX, pattern=NO_NUL)]
 Email = Annotated[str, msgspec.Meta(max_length=EMAIL_MAX, pattern=NO_NUL)]
 Duration = Annotated[str, msgspec.Meta(max_length=DURATION_MAX, pattern=NO_NUL)]
 KeyRef = Annotated[str, msgspec.Meta(max_length=KEY_MAX, pattern=NO_NUL)]
+ChosenKey = Annotated[str, msgspec.Meta(min_length=20, max_length=KEY_MAX, pattern="^sk-[^\\x00]*$")]
 Names = Annotated[list[Name], msgspec.Meta(max_length=LIST_MAX)]
 KeyRefs = Annotated[list[KeyRef], msgspec.Meta(max_length=LIST_MAX)]
 Limit = Annotated[int, msgspec.Meta(ge=0, le=INT32_MAX)]
@@ -108,6 +112,27 @@ def tags(value: Any, field: str) -> None:
         raise BadRequest(f"'{field}' has more than {TAGS_MAX} tags.", param=field, code="too_many_tags")
     for t in value:
         text(t, field, TAG_MAX)
+
+
+_STRING = re.compile(rb'"[^"]*"')
+_BRACKETS = bytes.maketrans(b"[]{}", b"()()")
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b'[]{}"')
+
+
+def too_deep(body: bytes, limit: int = DEPTH_MAX) -> bool:
+    """Whether valid JSON `body` nests deeper than `limit`, found without parsing it: escapes and
+    strings are cut out, brackets become parentheses, and each pass drops the innermost pairs.
+    Not free (a few hundred microseconds for a large agent request), so it runs only when
+    handling a body failed, to tell a too-deep body (400) from a fault of ours (500)."""
+    if body.count(b"[") + body.count(b"{") <= limit:
+        return False
+    shape = body.replace(b"\\\\", b"").replace(b'\\"', b"").translate(_BRACKETS, _NOT_BRACKETS)
+    shape = _STRING.sub(b"", shape)
+    for done in range(limit):
+        if len(shape) <= 2 * (limit - done):  # no deeper than `limit` whatever is left
+            return False
+        shape = shape.replace(b"()", b"")
+    return bool(shape)
 
 
 def _out_of_range(value: Any) -> Any:

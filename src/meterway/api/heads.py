@@ -178,10 +178,10 @@ def _extras(tags: msgspec.Raw, metadata: msgspec.Raw, *, anthropic: bool = False
                         code="invalid_type",
                     )
                 _user(user, "metadata.user_id")
+            if isinstance(value, dict) and value.get("tags") is not None:
+                bounds.tags(value["tags"], "metadata.tags")
             bounds.metadata(value, "metadata")
             found = value
-            if found.get("tags") is not None:
-                bounds.tags(found["tags"], "metadata.tags")
     if tags:
         raw = bytes(tags)
         if raw != b"null":

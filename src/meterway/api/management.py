@@ -23,7 +23,7 @@ from meterway.api.reports import Reply
 from meterway.auth import Principal, bearer_token
 from meterway.auth.changes import Changes
 from meterway.auth.keys import PREFIX, derive_key, digest, new_key
-from meterway.bounds import Budget, Duration, KeyRef, KeyRefs, Limit, Name, Names
+from meterway.bounds import Budget, ChosenKey, Duration, KeyRef, KeyRefs, Limit, Name, Names
 from meterway.config.durations import parse_duration
 from meterway.config.secret import Secret
 from meterway.errors import BadRequest, MeterwayError, PermissionDenied, RouteNotFound, ServiceUnavailable
@@ -60,7 +60,7 @@ class KeyFields(msgspec.Struct):
 
 
 class KeyGenerateRequest(KeyFields):
-    key: KeyRef | None = None  # a key chosen by the caller instead of a generated one
+    key: ChosenKey | None = None  # a key chosen by the caller instead of a generated one
 
 
 class KeyUpdateRequest(KeyFields):
