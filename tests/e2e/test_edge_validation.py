@@ -19,6 +19,7 @@ import pytest
 
 from tests.e2e.test_errors import error_of
 from tests.e2e.test_ledger import ledger_row
+from tests.e2e.test_ui_http import login
 from tests.support.gateway import RunningGateway, run_gateway
 
 CHAT = {"model": "demo", "messages": [{"role": "user", "content": "hi"}]}
@@ -217,6 +218,34 @@ def test_bounds_on_other_entities_and_queries(http: httpx.Client) -> None:
         assert r.status_code == 400 and "NUL" in error_of(r)["message"], (path, r.text)
     r = http.get("/spend/logs", params={"model": "m" * 2000})
     assert r.status_code == 400 and error_of(r)["param"] == "model"
+    r = http.get("/key/list", params={"page": "9" * 30})  # an offset no store can take
+    assert r.status_code == 400 and error_of(r)["param"] == "page"
+    for customer, code in (("a%00b", "invalid_value"), ("c" * 300, "string_too_long")):
+        r = http.get(f"/customer/{customer}/invoice-preview")
+        assert r.status_code == 400 and error_of(r)["code"] == code, r.text
+
+
+def test_reported_usage_with_nul_or_huge_counts_is_422_not_a_write_that_never_commits(http: httpx.Client) -> None:
+    event = {"id": "r-" + uuid.uuid4().hex, "model": "m", "user": "u", "prompt_tokens": 1, "completion_tokens": 1}
+    for bad, param in (
+        ({"model": "m\x00"}, "model"),
+        ({"end_user": "u\x00"}, "end_user"),
+        ({"prompt_tokens": 2**63}, "prompt_tokens"),
+    ):
+        r = post_json(http, "/webhooks/usage", {**event, **bad})
+        assert r.status_code == 422 and error_of(r)["param"] == param, r.text
+    assert post_json(http, "/webhooks/usage", event).status_code == 200
+
+
+def test_ui_pages_refuse_a_nul_or_an_unreachable_page_in_their_query(edge: RunningGateway) -> None:
+    with login(edge, key=edge.key) as ui:
+        for path in (
+            "/ui/logs?request_id=%00",
+            "/ui/logs?model=%00",
+            "/ui/usage?customer_id=%00",
+            "/ui/keys?page=" + "9" * 30,
+        ):
+            assert ui.get(path).status_code == 400, path
 
 
 def test_a_stored_key_with_an_unencodable_integer_is_listed_with_it_as_a_string(edge: RunningGateway) -> None:

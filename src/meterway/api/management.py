@@ -305,7 +305,8 @@ def _shown(ref: str) -> str:
     return f"{ref[:3]}...{ref[-4:]}" if ref.startswith(PREFIX) else ref[:12]
 
 
-def query_int(query: dict[str, str], name: str, default: int, low: int, high: int | None = None) -> int:
+def query_int(query: dict[str, str], name: str, default: int, low: int, high: int = 1_000_000_000) -> int:
+    """An integer query parameter within [low, high]: a page past any offset the store can take is a 400."""
     raw = query.get(name)
     if raw is None:
         return default
@@ -313,8 +314,8 @@ def query_int(query: dict[str, str], name: str, default: int, low: int, high: in
         value = int(raw)
     except ValueError:
         raise BadRequest(f"'{name}' must be an integer.", param=name) from None
-    if value < low or (high is not None and value > high):
-        raise BadRequest(f"'{name}' must be between {low} and {high or 'any'}.", param=name)
+    if not low <= value <= high:
+        raise BadRequest(f"'{name}' must be between {low} and {high}.", param=name)
     return value
 
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import jinja2
 import orjson
 
+from meterway import bounds
 from meterway.api import management
 from meterway.api.asgi import Incoming, Receive, Scope, Send, read_body
 from meterway.auth import MASTER, Principal
@@ -256,6 +257,7 @@ class AdminUI:
         """One management/report/billing handler, in-process, under the viewer's role check.
         `handler` is for the API's paths with a parameter in them (an invoice's customer)."""
         handler = handler or self.handlers[(method, path)]
+        bounds.query(query or {})  # as the API checks its query: the pages pass theirs on
         raw = orjson.dumps(body) if body is not None else b""
         raw, checked = await management.authorize(viewer.principal, method, path, raw, dict(query or {}), ctx.routes)
         return await handler(ctx.routes, raw, checked)
