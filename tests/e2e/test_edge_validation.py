@@ -208,6 +208,9 @@ def test_bounds_on_other_entities_and_queries(http: httpx.Client) -> None:
         ("/team/delete", {"team_ids": ["x\x00"]}, "team_ids"),
         ("/key/delete", {"keys": ["sk-\x00"]}, "keys"),
         ("/model/new", {"model_name": "m\x00", "litellm_params": {"model": "mock/demo"}}, None),
+        ("/billing/reprocess", {"reason": "a\x00"}, "reason"),
+        ("/webhooks/reprocess", {"since": "2024-01-01\x00"}, "since"),
+        ("/team/member_add", {"team_id": "t", "member": {"user_id": "\x00"}}, "member.user_id"),
     ):
         r = post_json(http, path, body)
         assert r.status_code == 400, (path, r.text)
