@@ -105,8 +105,9 @@ def decode_error(e: msgspec.DecodeError, body: bytes = b"") -> BadRequest:
     if field is None and text.startswith("Expected `object`"):
         return BadRequest("Request body must be a JSON object.")
     reason = text.split(" - at")[0]
-    if "matching regex" in reason:  # the one pattern in use is bounds.NO_NUL
-        return BadRequest(f"'{field}' must not contain NUL (\\u0000).", param=field, code="invalid_value")
+    if "matching regex" in reason:  # bounds.NO_NUL, or a chosen key's (bounds.ChosenKey)
+        rule = "start with 'sk-' and not contain NUL" if "'^sk-" in reason else "not contain NUL"
+        return BadRequest(f"'{field}' must {rule} (\\u0000).", param=field, code="invalid_value")
     if _CONSTRAINT.match(reason) or reason.startswith(("Number out of range", "Integer value out of range")):
         return BadRequest(f"Invalid value for '{field}': {reason}.", param=field, code="invalid_value")
     return BadRequest(f"Invalid type for '{field}': {reason}.", param=field, code="invalid_type")
@@ -114,7 +115,7 @@ def decode_error(e: msgspec.DecodeError, body: bytes = b"") -> BadRequest:
 
 def decode(decoder: msgspec.json.Decoder[S], body: bytes) -> S:
     """A body decoded by `decoder`, or a 400 that says why: not JSON, a field's type or bound, nested
-    deeper than the decoder's recursion bound (about 1,000 levels), or not UTF-8."""
+    deeper than the decoder's recursion bound (about 950 levels), or not UTF-8."""
     try:
         value = decoder.decode(body)
     except msgspec.DecodeError as e:
