@@ -67,14 +67,15 @@ def query(params: Mapping[str, str]) -> None:
         text(value, name, QUERY_MAX)
 
 
-def metadata(value: Any, field: str) -> None:
+def metadata(value: Any, field: str, *, size: int | None = None) -> None:
     """Free-form metadata as the store keeps it (a JSON column): an object whose keys are bounded
     names without NUL, whose integers fit 64 bits (the JSON encoders refuse more, so one stored
-    would break every later listing), no deeper than 16 levels and at most 16 KiB as JSON."""
+    would break every later listing), no deeper than 16 levels and at most 16 KiB as JSON (`size`:
+    as the client sent it, when known)."""
     if not isinstance(value, dict):
         raise BadRequest(f"'{field}' must be a JSON object.", param=field, code="invalid_type")
     _walk(value, field, 1)
-    if len(orjson.dumps(value)) > METADATA_BYTES_MAX:
+    if (size if size is not None else len(orjson.dumps(value))) > METADATA_BYTES_MAX:
         raise BadRequest(
             f"'{field}' is larger than {METADATA_BYTES_MAX} bytes as JSON.", param=field, code="metadata_too_large"
         )

@@ -181,7 +181,7 @@ def _extras(tags: msgspec.Raw, metadata: msgspec.Raw, *, anthropic: bool = False
                 _user(user, "metadata.user_id")
             if isinstance(value, dict) and value.get("tags") is not None:
                 bounds.tags(value["tags"], "metadata.tags")
-            bounds.metadata(value, "metadata")
+            bounds.metadata(value, "metadata", size=len(raw))
             found = value
     if tags:
         raw = bytes(tags)
