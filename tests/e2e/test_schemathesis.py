@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import httpx
 import orjson
 import pytest
 import schemathesis
@@ -51,3 +52,8 @@ schema = schemathesis.openapi.from_dict(
 def test_no_generated_request_gets_a_server_error(case: schemathesis.Case, schema_gateway: RunningGateway) -> None:
     headers = {"Authorization": f"Bearer {schema_gateway.key}"}
     case.call_and_validate(base_url=schema_gateway.url, headers=headers, checks=[not_a_server_error])
+
+
+def test_the_fuzzed_document_is_the_one_served(schema_gateway: RunningGateway) -> None:
+    served = httpx.get(schema_gateway.url + "/openapi.json", timeout=10)
+    assert served.status_code == 200 and orjson.loads(served.content) == orjson.loads(document())
