@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import msgspec
 
 from meterway.api.management import decode_body
+from meterway.bounds import Name
 from meterway.errors import BadRequest
 
 if TYPE_CHECKING:
@@ -21,8 +22,8 @@ if TYPE_CHECKING:
 
 
 class ReprocessRequest(msgspec.Struct):
-    reason: str | None = None  # only parked rows whose reason contains this
-    since: str | None = None  # only rows recorded from this day (YYYY-MM-DD) or time (ISO 8601)
+    reason: Name | None = None  # only parked rows whose reason contains this
+    since: Name | None = None  # only rows recorded from this day (YYYY-MM-DD) or time (ISO 8601)
 
 
 async def status(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:

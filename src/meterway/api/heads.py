@@ -4,20 +4,31 @@ Each endpoint's body is decoded into a small typed struct: `model`, `stream`, `u
 presence and type of the required fields. Every other field (messages' content, tools, sampling
 parameters, unknown extensions) stays in the original bytes and passes through untouched. msgspec
 skips what a struct does not name without building it, which keeps this step at a microsecond.
+
+This is also the edge where a request's stored values are checked (`meterway.bounds`): `model`, `user`
+(`metadata.user_id` on /v1/messages), `tags` and `metadata` are bounded here, before the request
+context holds any of them, so a refused request's own ledger row never carries the bad value. The
+body as a whole must be valid UTF-8 JSON: msgspec checks the syntax (lone surrogate escapes
+included) of what it skips, but not the UTF-8 of skipped strings, so a non-ASCII body is decoded
+once more to check it (`str.isascii` decides that in a few nanoseconds per kilobyte).
 """
 
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 import msgspec
+import orjson
 
+from meterway import bounds
 from meterway.errors import BadRequest
 from meterway.providers.base import RequestHead
 
 _AT = re.compile(r"at `\$\.([^`\[]+)")
 _MISSING = re.compile(r"missing required field `([^`]+)`")
+_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
+_ABSENT = msgspec.Raw()  # a field not sent: empty, where a sent `null` is b"null"
 
 
 class _StreamOptions(msgspec.Struct):
@@ -32,6 +43,8 @@ class _Chat(msgspec.Struct):
     user: str | None = None
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
+    tags: msgspec.Raw = _ABSENT
+    metadata: msgspec.Raw = _ABSENT
 
 
 class _Completion(msgspec.Struct):
@@ -41,6 +54,8 @@ class _Completion(msgspec.Struct):
     stream_options: _StreamOptions | None = None
     user: str | None = None
     max_tokens: int | None = None
+    tags: msgspec.Raw = _ABSENT
+    metadata: msgspec.Raw = _ABSENT
 
 
 class _Embedding(msgspec.Struct):
@@ -48,10 +63,8 @@ class _Embedding(msgspec.Struct):
     input: msgspec.Raw
     encoding_format: Literal["float", "base64"] | None = None
     user: str | None = None
-
-
-class _Metadata(msgspec.Struct):
-    user_id: str | None = None
+    tags: msgspec.Raw = _ABSENT
+    metadata: msgspec.Raw = _ABSENT
 
 
 class _Messages(msgspec.Struct):
@@ -59,7 +72,8 @@ class _Messages(msgspec.Struct):
     messages: msgspec.Raw
     max_tokens: int
     stream: bool | None = None
-    metadata: _Metadata | None = None
+    tags: msgspec.Raw = _ABSENT
+    metadata: msgspec.Raw = _ABSENT
 
 
 _chat = msgspec.json.Decoder(_Chat)
@@ -67,10 +81,20 @@ _completion = msgspec.json.Decoder(_Completion)
 _embedding = msgspec.json.Decoder(_Embedding)
 _messages = msgspec.json.Decoder(_Messages)
 
+S = TypeVar("S")
 
-def decode_error(e: msgspec.DecodeError) -> BadRequest:
+_CONSTRAINT = re.compile(r"^Expected `\w+` (of length|[<>]=?|matching regex)")  # a bound, not a type
+
+
+def decode_error(e: msgspec.DecodeError, body: bytes = b"") -> BadRequest:
     text = str(e)
     if not isinstance(e, msgspec.ValidationError):
+        if _SURROGATE.search(body) and ("surrogate" in text or "truncated" in text):
+            return BadRequest(
+                "Request body is not valid JSON: it has a lone UTF-16 surrogate escape (\\ud800-\\udfff); "
+                "surrogates must come in pairs.",
+                code="invalid_json",
+            )
         return BadRequest(f"Request body is not valid JSON: {text}")
     missing = _MISSING.search(text)
     if missing:
@@ -80,7 +104,30 @@ def decode_error(e: msgspec.DecodeError) -> BadRequest:
     field = at.group(1) if at else None
     if field is None and text.startswith("Expected `object`"):
         return BadRequest("Request body must be a JSON object.")
-    return BadRequest(f"Invalid type for '{field}': {text.split(' - at')[0]}.", param=field, code="invalid_type")
+    reason = text.split(" - at")[0]
+    if "matching regex" in reason:  # bounds.NO_NUL, or a chosen key's (bounds.ChosenKey)
+        rule = "start with 'sk-' and not contain NUL" if "'^sk-" in reason else "not contain NUL"
+        return BadRequest(f"'{field}' must {rule} (\\u0000).", param=field, code="invalid_value")
+    if _CONSTRAINT.match(reason) or reason.startswith(("Number out of range", "Integer value out of range")):
+        return BadRequest(f"Invalid value for '{field}': {reason}.", param=field, code="invalid_value")
+    return BadRequest(f"Invalid type for '{field}': {reason}.", param=field, code="invalid_type")
+
+
+def decode(decoder: msgspec.json.Decoder[S], body: bytes) -> S:
+    """A body decoded by `decoder`, or a 400 that says why: not JSON, a field's type or bound, nested
+    deeper than the decoder's recursion bound (about 950 levels), or not UTF-8."""
+    try:
+        value = decoder.decode(body)
+    except msgspec.DecodeError as e:
+        raise decode_error(e, body) from None
+    except RecursionError:
+        raise BadRequest("Request body is nested too deeply.", code="nested_too_deep") from None
+    if not body.isascii():
+        try:
+            body.decode()
+        except UnicodeDecodeError as e:
+            raise BadRequest(f"Request body is not valid UTF-8 (byte {e.start}).", code="invalid_encoding") from None
+    return value
 
 
 def _array(raw: msgspec.Raw, field: str) -> None:
@@ -97,52 +144,95 @@ def _max_tokens(value: int | None, field: str) -> int | None:
     return value
 
 
-def _nonempty_model(model: str) -> None:
+def _model(model: str) -> None:
     if not model:
         raise BadRequest("'model' must not be empty.", param="model")
+    bounds.text(model, "model")
+
+
+def _user(user: str | None, field: str = "user") -> str | None:
+    if user is not None:
+        bounds.text(user, field)
+    return user
+
+
+def _extras(tags: msgspec.Raw, metadata: msgspec.Raw, *, anthropic: bool = False) -> dict[str, Any] | None:
+    """The request's tags and metadata, bounded as the ledger stores them; parsed only when sent.
+    On /v1/messages `metadata.user_id` is the request's user: checked first, so an error names it."""
+    found: dict[str, Any] | None = None
+    if metadata:
+        raw = bytes(metadata)
+        if len(raw) > bounds.METADATA_BYTES_MAX:
+            raise BadRequest(
+                f"'metadata' is larger than {bounds.METADATA_BYTES_MAX} bytes.",
+                param="metadata",
+                code="metadata_too_large",
+            )
+        value = orjson.loads(raw)  # msgspec has checked the syntax; numbers past 64 bits become floats
+        if value is not None:
+            if anthropic and isinstance(value, dict) and "user_id" in value:
+                user = value["user_id"]
+                if user is not None and not isinstance(user, str):
+                    raise BadRequest(
+                        "Invalid type for 'metadata.user_id': expected a string.",
+                        param="metadata.user_id",
+                        code="invalid_type",
+                    )
+                _user(user, "metadata.user_id")
+            if isinstance(value, dict) and value.get("tags") is not None:
+                bounds.tags(value["tags"], "metadata.tags")
+            bounds.metadata(value, "metadata", size=len(raw))
+            found = value
+    if tags:
+        raw = bytes(tags)
+        if raw != b"null":
+            if len(raw) > bounds.TAGS_BYTES_MAX:  # not parsed at all when plainly too big
+                raise BadRequest(
+                    f"'tags' is larger than {bounds.TAGS_BYTES_MAX} bytes.", param="tags", code="tags_too_large"
+                )
+            bounds.tags(orjson.loads(raw), "tags")
+    return found
 
 
 def chat(body: bytes) -> RequestHead:
-    try:
-        c = _chat.decode(body)
-    except msgspec.DecodeError as e:
-        raise decode_error(e) from None
-    _nonempty_model(c.model)
+    c = decode(_chat, body)
+    _model(c.model)
     _array(c.messages, "messages")
     usage = bool(c.stream_options and c.stream_options.include_usage)
     cap = _max_tokens(c.max_completion_tokens, "max_completion_tokens") or _max_tokens(c.max_tokens, "max_tokens")
-    return RequestHead(c.model, bool(c.stream), usage, c.user, cap)
+    if c.tags or c.metadata:
+        _extras(c.tags, c.metadata)
+    return RequestHead(c.model, bool(c.stream), usage, _user(c.user), cap)
 
 
 def completion(body: bytes) -> RequestHead:
-    try:
-        c = _completion.decode(body)
-    except msgspec.DecodeError as e:
-        raise decode_error(e) from None
-    _nonempty_model(c.model)
+    c = decode(_completion, body)
+    _model(c.model)
     usage = bool(c.stream_options and c.stream_options.include_usage)
-    return RequestHead(c.model, bool(c.stream), usage, c.user, _max_tokens(c.max_tokens, "max_tokens"))
+    if c.tags or c.metadata:
+        _extras(c.tags, c.metadata)
+    return RequestHead(c.model, bool(c.stream), usage, _user(c.user), _max_tokens(c.max_tokens, "max_tokens"))
 
 
 def embedding(body: bytes) -> RequestHead:
-    try:
-        e = _embedding.decode(body)
-    except msgspec.DecodeError as err:
-        raise decode_error(err) from None
-    _nonempty_model(e.model)
+    e = decode(_embedding, body)
+    _model(e.model)
     data = bytes(e.input).lstrip()
     if data in (b'""', b"[]") or data.startswith((b"null", b"{", b"true", b"false")):
         raise BadRequest("'input' must be a non-empty string, array of strings or array of tokens.", param="input")
-    return RequestHead(e.model, False, False, e.user)
+    if e.tags or e.metadata:
+        _extras(e.tags, e.metadata)
+    return RequestHead(e.model, False, False, _user(e.user))
 
 
 def messages(body: bytes) -> RequestHead:
-    try:
-        m = _messages.decode(body)
-    except msgspec.DecodeError as e:
-        raise decode_error(e) from None
-    _nonempty_model(m.model)
+    m = decode(_messages, body)
+    _model(m.model)
     _array(m.messages, "messages")
     if m.max_tokens < 1:
         raise BadRequest("'max_tokens' must be at least 1.", param="max_tokens")
-    return RequestHead(m.model, bool(m.stream), True, m.metadata.user_id if m.metadata else None, m.max_tokens)
+    user: str | None = None
+    if m.tags or m.metadata:
+        metadata = _extras(m.tags, m.metadata, anthropic=True)
+        user = metadata.get("user_id") if metadata else None
+    return RequestHead(m.model, bool(m.stream), True, user, m.max_tokens)

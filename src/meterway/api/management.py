@@ -15,6 +15,7 @@ from urllib.parse import parse_qs
 import msgspec
 import orjson
 
+from meterway import bounds
 from meterway.api import errors
 from meterway.api.asgi import Incoming, Receive, Responder, Scope, Send, read_body, request_id_for
 from meterway.api.heads import decode_error
@@ -22,6 +23,7 @@ from meterway.api.reports import Reply
 from meterway.auth import Principal, bearer_token
 from meterway.auth.changes import Changes
 from meterway.auth.keys import PREFIX, derive_key, new_key, reference
+from meterway.bounds import Budget, ChosenKey, Duration, KeyRef, KeyRefs, Limit, Name, Names
 from meterway.config.durations import parse_duration
 from meterway.config.secret import Secret
 from meterway.errors import BadRequest, MeterwayError, PermissionDenied, RouteNotFound, ServiceUnavailable
@@ -39,49 +41,59 @@ if TYPE_CHECKING:
 
 
 class KeyFields(msgspec.Struct):
-    key_alias: str | None = None
-    duration: str | None = None
-    models: list[str] | None = None
-    max_budget: float | None = None
-    budget_duration: str | None = None
-    user_id: str | None = None
-    team_id: str | None = None
-    metadata: dict[str, Any] | None = None
-    rpm_limit: int | None = None
-    tpm_limit: int | None = None
-    max_parallel_requests: int | None = None
+    """Bounded as the columns are (`meterway.bounds`); the bounds also appear in /openapi.json."""
+
+    key_alias: Name | None = None
+    duration: Duration | None = None
+    models: Names | None = None
+    max_budget: Budget | None = None
+    budget_duration: Duration | None = None
+    user_id: Name | None = None
+    team_id: Name | None = None
+    metadata: dict[str, Any] | None = None  # checked by bounds.metadata
+    rpm_limit: Limit | None = None
+    tpm_limit: Limit | None = None
+    max_parallel_requests: Limit | None = None
     blocked: bool | None = None
-    billing_external_customer_id: str | None = None
-    billing_external_subscription_id: str | None = None
-    customer_id: str | None = None  # the customer its requests are charged to whatever `user` says; "" unbinds
+    billing_external_customer_id: Name | None = None
+    billing_external_subscription_id: Name | None = None
+    customer_id: Name | None = None  # the customer its requests are charged to whatever `user` says; "" unbinds
 
 
 class KeyGenerateRequest(KeyFields):
-    key: str | None = None  # a key chosen by the caller instead of a generated one
+    key: ChosenKey | None = None  # a key chosen by the caller instead of a generated one
 
 
 class KeyUpdateRequest(KeyFields):
-    key: str = ""
+    key: KeyRef = ""
 
 
 class KeyRefRequest(msgspec.Struct):
-    key: str
+    key: KeyRef
 
 
 class KeyRegenerateRequest(msgspec.Struct):
-    key: str
-    grace_period: str | None = None  # how long the old key keeps working, e.g. 24h; default: not at all
+    key: KeyRef
+    grace_period: Duration | None = None  # how long the old key keeps working, e.g. 24h; default: not at all
 
 
 class KeyDeleteRequest(msgspec.Struct):
-    keys: list[str]
+    keys: KeyRefs
 
 
 def decode_body(body: bytes, kind: type[msgspec.Struct]) -> Any:
+    """A management body as `kind`: a 400 naming the field for a wrong type or a value past its
+    bound, and for metadata that cannot be stored and listed again (see `bounds.metadata`)."""
     try:
-        return msgspec.json.decode(body or b"{}", type=kind)
+        value = msgspec.json.decode(body or b"{}", type=kind)
     except msgspec.DecodeError as e:
-        raise decode_error(e) from None
+        raise decode_error(e, body) from None
+    except RecursionError:
+        raise BadRequest("Request body is nested too deeply.", code="nested_too_deep") from None
+    found = getattr(value, "metadata", None)
+    if found is not None:
+        bounds.metadata(found, "metadata")
+    return value
 
 
 def _values(fields: KeyFields, *, only_set: bool) -> dict[str, Any]:
@@ -104,15 +116,11 @@ def _values(fields: KeyFields, *, only_set: bool) -> dict[str, Any]:
             out[name] = value
     if out.get("customer_id") == "":
         out["customer_id"] = None  # unbound: its requests' `user` is their customer again
-    for name in ("rpm_limit", "tpm_limit", "max_parallel_requests"):
+    for name in ("rpm_limit", "tpm_limit", "max_parallel_requests"):  # bounded by their type (0..2^31-1)
         value = getattr(fields, name)
-        if value is not None and value < 0:
-            raise BadRequest(f"'{name}' must not be negative.", param=name)
         if value is not None or not only_set:
             out[name] = value
-    if fields.max_budget is not None:
-        if fields.max_budget < 0:
-            raise BadRequest("'max_budget' must not be negative.", param="max_budget")
+    if fields.max_budget is not None:  # bounded by its type (0..1e8 USD)
         out["max_budget"] = Decimal(repr(fields.max_budget))
     if fields.budget_duration is not None:
         parse_duration(fields.budget_duration, "budget_duration")
@@ -317,7 +325,8 @@ def _shown(ref: str) -> str:
     return f"{ref[:3]}...{ref[-4:]}" if ref.startswith(PREFIX) else ref[:12]
 
 
-def query_int(query: dict[str, str], name: str, default: int, low: int, high: int | None = None) -> int:
+def query_int(query: dict[str, str], name: str, default: int, low: int, high: int = 1_000_000_000) -> int:
+    """An integer query parameter within [low, high]: a page past any offset the store can take is a 400."""
     raw = query.get(name)
     if raw is None:
         return default
@@ -325,8 +334,8 @@ def query_int(query: dict[str, str], name: str, default: int, low: int, high: in
         value = int(raw)
     except ValueError:
         raise BadRequest(f"'{name}' must be an integer.", param=name) from None
-    if value < low or (high is not None and value > high):
-        raise BadRequest(f"'{name}' must be between {low} and {high or 'any'}.", param=name)
+    if not low <= value <= high:
+        raise BadRequest(f"'{name}' must be between {low} and {high}.", param=name)
     return value
 
 
@@ -375,6 +384,7 @@ async def authorize(
     if path == "/key/list":
         return body, {**query, "user_id": own}
     if path == "/key/generate":
+        decode_body(body, KeyGenerateRequest)  # every field checked before any is looked at here
         req: dict[str, Any] = orjson.loads(body or b"{}") if body else {}
         if not isinstance(req, dict) or req.get("user_id") not in (None, own):
             raise PermissionDenied("You may create keys only for yourself.", param="user_id")
@@ -411,7 +421,12 @@ async def handle(
         if routes is None:
             raise ServiceUnavailable("The key store is still opening.")
         body = await read_body(receive, incoming, services.settings.max_body_bytes)
-        query = {k: v[-1] for k, v in parse_qs(scope.get("query_string", b"").decode()).items()}
+        try:
+            raw_query = scope.get("query_string", b"").decode()
+        except UnicodeDecodeError:
+            raise BadRequest("The query string is not valid UTF-8.") from None
+        query = {k: v[-1] for k, v in parse_qs(raw_query).items()}
+        bounds.query(query)
         if "format" not in query:  # reports answer CSV or HTML when asked in the Accept header
             accept = next((v for n, v in scope["headers"] if n == b"accept"), b"")
             if b"text/csv" in accept:
@@ -425,7 +440,7 @@ async def handle(
         if isinstance(result, Reply):
             await responder.whole(200, result.body, result.content_type)
         else:
-            await responder.whole(200, orjson.dumps(result))
+            await responder.whole(200, bounds.dumps(result))
     except Exception as exc:
         err = errors.as_meterway_error(exc, rid)  # the id the client gets back in x-request-id
         status, extra, payload = errors.render(err, None)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, cast
 import aiohttp
 import msgspec
 
+from meterway import bounds
 from meterway.api import errors
 from meterway.api.asgi import Incoming, Message, Receive, Responder, Scope, Send, read_body, request_id_for
 from meterway.auth import bearer_token
@@ -31,7 +32,14 @@ from meterway.cache import Entry as CacheEntry
 from meterway.cache import control as cache_control_of
 from meterway.cache import events as cache_events
 from meterway.context import Hook, RequestContext
-from meterway.errors import MeterwayError, ModelNotFound, NoDeploymentAvailable, UnsupportedOperation, UpstreamError
+from meterway.errors import (
+    BadRequest,
+    MeterwayError,
+    ModelNotFound,
+    NoDeploymentAvailable,
+    UnsupportedOperation,
+    UpstreamError,
+)
 from meterway.ledger import usage_checks
 from meterway.ledger.tokens import DeliveredStream
 from meterway.providers import sse
@@ -123,7 +131,7 @@ async def handle(services: Services, api: Api, decode: HeadDecoder, scope: Scope
         if key is not None and ctx.status_code == 200 and ctx.error is None and not ctx.client_aborted:
             await _store(cache, ctx, key, ttl)  # type: ignore[arg-type]  # a key is only made with a cache
     except Exception as exc:
-        err = errors.as_meterway_error(exc, rid)
+        err = errors.as_meterway_error(_too_deep(exc, ctx.body), rid)
         ctx.error = err
         _flag(ctx, err)
         if not responder.started:
@@ -147,6 +155,16 @@ async def handle(services: Services, api: Api, decode: HeadDecoder, scope: Scope
                 await hook.after(ctx)
             except Exception:  # one stage's failure must not skip the others' settling
                 log.exception("hook %s failed after request %s", type(hook).__name__, rid)
+
+
+def _too_deep(exc: Exception, body: bytes) -> Exception:
+    """A body nested deeper than the JSON encoder goes (254 levels) passes the head decoder but
+    fails wherever it is rewritten (model renamed, usage asked for, API translated). Such a failure
+    is the client's (400), told apart from a fault of ours only then: the check costs too much to
+    run on every body."""
+    if not isinstance(exc, MeterwayError) and body and bounds.too_deep(body):
+        return BadRequest(f"Request body is nested deeper than {bounds.DEPTH_MAX} levels.", code="nested_too_deep")
+    return exc
 
 
 async def _look_up(

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from meterway import bounds
 from meterway.auth.keys import reference
 from meterway.errors import BadRequest, RouteNotFound
 from meterway.ledger import DIMENSIONS, TIMES, Filters
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from meterway.api.management import KeyRoutes
 
 
-def query_int(query: dict[str, str], name: str, default: int, low: int, high: int | None = None) -> int:
+def query_int(query: dict[str, str], name: str, default: int, low: int, high: int = 1_000_000_000) -> int:
     from meterway.api.management import query_int as parse
 
     return parse(query, name, default, low, high)
@@ -221,6 +222,7 @@ async def global_spend_report(r: KeyRoutes, body: bytes, query: dict[str, str]) 
 
 
 async def invoice_preview(r: KeyRoutes, customer_id: str, query: dict[str, str]) -> Any:
+    bounds.text(customer_id, "customer_id")  # from the path: looked up as any id is
     period = query.get("period") or datetime.now(UTC).strftime("%Y-%m")
     try:
         first = date.fromisoformat(period + "-01")

@@ -6,12 +6,13 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
 
 from meterway.api.management import Handler, KeyRoutes, check_customer, decode_body, key_info, query_int
 from meterway.auth.keys import new_key
+from meterway.bounds import LIST_MAX, Budget, Duration, Email, Limit, Name, Names
 from meterway.config.durations import parse_duration
 from meterway.errors import BadRequest, RouteNotFound
 
@@ -22,58 +23,60 @@ Role = Literal["proxy_admin", "proxy_admin_viewer", "internal_user", "internal_u
 
 
 class LimitFields(msgspec.Struct):
-    models: list[str] | None = None
-    max_budget: float | None = None
-    budget_duration: str | None = None
-    rpm_limit: int | None = None
-    tpm_limit: int | None = None
-    max_parallel_requests: int | None = None
-    metadata: dict[str, Any] | None = None
+    """Bounded as the columns are (`meterway.bounds`); the bounds also appear in /openapi.json."""
+
+    models: Names | None = None
+    max_budget: Budget | None = None
+    budget_duration: Duration | None = None
+    rpm_limit: Limit | None = None
+    tpm_limit: Limit | None = None
+    max_parallel_requests: Limit | None = None
+    metadata: dict[str, Any] | None = None  # checked by bounds.metadata
     # the Lago customer and subscription this entity is billed under (default: its own id)
-    billing_external_customer_id: str | None = None
-    billing_external_subscription_id: str | None = None
+    billing_external_customer_id: Name | None = None
+    billing_external_subscription_id: Name | None = None
 
 
 class TeamMember(msgspec.Struct):
-    user_id: str
+    user_id: Name
     role: Literal["admin", "user"] = "user"
 
 
 class TeamRequest(LimitFields):
-    team_id: str | None = None
-    team_alias: str | None = None
+    team_id: Name | None = None
+    team_alias: Name | None = None
     blocked: bool | None = None
-    members_with_roles: list[TeamMember] | None = None
-    customer_id: str | None = None  # every key of the team without its own binding charges it; "" unbinds
+    members_with_roles: Annotated[list[TeamMember], msgspec.Meta(max_length=LIST_MAX)] | None = None
+    customer_id: Name | None = None  # every key of the team without its own binding charges it; "" unbinds
 
 
 class UserRequest(LimitFields):
-    user_id: str | None = None
-    user_email: str | None = None
+    user_id: Name | None = None
+    user_email: Email | None = None
     user_role: Role | None = None
     auto_create_key: bool = True
 
 
 class CustomerRequest(LimitFields):
-    user_id: str | None = None  # LiteLLM's name for the customer's id (the request's `user`)
-    alias: str | None = None
+    user_id: Name | None = None  # LiteLLM's name for the customer's id (the request's `user`)
+    alias: Name | None = None
     blocked: bool | None = None
-    billing_plan_code: str | None = None  # the Lago plan `meterway billing setup` subscribes it to
+    billing_plan_code: Name | None = None  # the Lago plan `meterway billing setup` subscribes it to
 
 
 class MemberAddRequest(msgspec.Struct):
-    team_id: str
-    member: TeamMember | list[TeamMember]
+    team_id: Name
+    member: TeamMember | Annotated[list[TeamMember], msgspec.Meta(max_length=LIST_MAX)]
 
 
 class MemberDeleteRequest(msgspec.Struct):
-    team_id: str
-    user_id: str
+    team_id: Name
+    user_id: Name
 
 
 class IdsRequest(msgspec.Struct):
-    team_ids: list[str] | None = None
-    user_ids: list[str] | None = None
+    team_ids: Names | None = None
+    user_ids: Names | None = None
 
 
 _LIMIT_FIELDS = (
@@ -96,14 +99,10 @@ def _values(req: LimitFields, extra: tuple[str, ...], *, skip: frozenset[str] = 
         value = getattr(req, name)
         if value is None:
             continue
-        if name in ("rpm_limit", "tpm_limit", "max_parallel_requests") and value < 0:
-            raise BadRequest(f"'{name}' must not be negative.", param=name)
-        out[name] = value
+        out[name] = value  # numbers and strings are bounded by their types
     if req.budget_duration is not None:
         parse_duration(req.budget_duration, "budget_duration")
     if req.max_budget is not None:
-        if req.max_budget < 0:
-            raise BadRequest("'max_budget' must not be negative.", param="max_budget")
         out["max_budget"] = Decimal(repr(req.max_budget))
     return out
 

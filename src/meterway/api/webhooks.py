@@ -28,6 +28,7 @@ from meterway.api.billing import parse_since
 from meterway.api.management import decode_body
 from meterway.auth import bearer_token
 from meterway.billing import setup
+from meterway.bounds import Name
 from meterway.errors import AuthenticationFailed, BadRequest, ServiceUnavailable, Unprocessable
 from meterway.ledger import external, prices
 from meterway.ledger.external import Pricer, Reported
@@ -210,8 +211,8 @@ async def handle(hooks: Webhooks | None, max_body: int, scope: Scope, receive: R
 
 
 class WebhookReprocessRequest(msgspec.Struct):
-    reason: str | None = None  # only parked rows whose reason contains this
-    since: str | None = None  # only rows recorded from this day (YYYY-MM-DD) or time (ISO 8601)
+    reason: Name | None = None  # only parked rows whose reason contains this
+    since: Name | None = None  # only rows recorded from this day (YYYY-MM-DD) or time (ISO 8601)
     all: bool = False  # every parked export, not only those of reported usage
 
 

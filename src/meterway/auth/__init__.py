@@ -81,13 +81,19 @@ MASTER = Principal(key_id=MASTER_ID, role="proxy_admin")
 
 
 def bearer_token(authorization: bytes | None, x_api_key: bytes | None, api_key: bytes | None) -> bytes | None:
-    """The key from `Authorization: Bearer`, `x-api-key` (Anthropic clients) or `api-key` (Azure clients)."""
+    """The key from `Authorization: Bearer`, `x-api-key` (Anthropic clients) or `api-key` (Azure clients).
+    Header bytes are whatever the client sent: one that is not UTF-8 is no key (401), never a crash."""
     if authorization:
         scheme, _, token = authorization.partition(b" ")
-        if scheme.lower() == b"bearer" and token:
-            return token.strip()
-        return authorization.strip()
-    return x_api_key or api_key or None
+        found: bytes | None = token.strip() if scheme.lower() == b"bearer" and token else authorization.strip()
+    else:
+        found = x_api_key or api_key or None
+    if found is not None and not found.isascii():
+        try:
+            found.decode()
+        except UnicodeDecodeError:
+            raise AuthenticationFailed("The API key is not valid UTF-8.", code="invalid_api_key") from None
+    return found
 
 
 T = TypeVar("T")

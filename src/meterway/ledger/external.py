@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any, Literal, NoReturn
 
+from meterway import bounds
 from meterway.config.durations import parse_duration
 from meterway.config.settings import Deployment, Prices
 from meterway.errors import BadRequest, Unprocessable
@@ -327,6 +328,8 @@ class _Fields:
             return None
         if not isinstance(value, str) or len(value) > limit:
             self.fail(name, f"must be a string of at most {limit} characters")
+        if "\x00" in value:  # PostgreSQL refuses NUL in text: the batch would never commit
+            self.fail(name, "must not contain NUL (\\u0000)")
         return value
 
     def need(self, name: str, *, limit: int = _ID) -> str:
@@ -339,7 +342,7 @@ class _Fields:
         value = self.raw.get(name)
         if value is None and not required:
             return 0
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= bounds.INT64_MAX:
             self.fail(name, "must be a non-negative integer")
         return value
 
@@ -406,12 +409,14 @@ class _Fields:
             return ()
         if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
             self.fail(name, "must be a list of strings")
+        if len(value) > bounds.TAGS_MAX or any(len(t) > bounds.TAG_MAX or "\x00" in t for t in value):
+            self.fail(name, f"must be at most {bounds.TAGS_MAX} strings of at most {bounds.TAG_MAX} characters, no NUL")
         return tuple(value)
 
 
 def _text_or_none(value: Any, limit: int = _ID) -> str | None:
     """An optional descriptive string: kept when usable, dropped (never refused) otherwise."""
-    return value[:limit] if isinstance(value, str) and value else None
+    return value[:limit] if isinstance(value, str) and value and "\x00" not in value else None
 
 
 def _present(**values: Any) -> dict[str, Any]:

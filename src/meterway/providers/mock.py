@@ -58,6 +58,14 @@ class MockProvider(OpenAIProvider):
         return {api: URL(f"{base}/{api.value}") for api in (Api.CHAT, Api.COMPLETIONS, Api.EMBEDDINGS)}
 
     def answer(self, call: Call, request: UpstreamRequest) -> LocalAnswer:
+        """The demo answer. The mock reads the request's shape as a real upstream would (content
+        parts, tools, input items); one it cannot read is a 400, as an upstream would answer it."""
+        try:
+            return self._answer(call, request)
+        except (AttributeError, TypeError, ValueError, KeyError) as e:
+            raise BadRequest(f"The demo model cannot read this request: {e}") from None
+
+    def _answer(self, call: Call, request: UpstreamRequest) -> LocalAnswer:
         body = orjson.loads(request.body)
         if call.api is Api.EMBEDDINGS:
             return LocalAnswer(200, orjson.dumps(self._embeddings(body)))

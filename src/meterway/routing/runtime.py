@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from meterway import bounds
+from meterway.bounds import Name
 from meterway.config.load import runtime_deployment
 from meterway.config.settings import Deployment, Settings
 from meterway.errors import BadRequest, ConfigError, ModelNotFound, PermissionDenied
@@ -37,19 +39,19 @@ _SECRET_WORDS = ("key", "secret", "password", "token", "credential")
 
 
 class ModelNew(msgspec.Struct):
-    model_name: str
-    litellm_params: dict[str, Any]
+    model_name: Name
+    litellm_params: dict[str, Any]  # this and model_info: checked by bounds.metadata
     model_info: dict[str, Any] | None = None
 
 
 class ModelUpdate(msgspec.Struct):
     model_info: dict[str, Any]
-    model_name: str | None = None
+    model_name: Name | None = None
     litellm_params: dict[str, Any] | None = None
 
 
 class ModelDelete(msgspec.Struct):
-    id: str
+    id: Name
 
 
 def masked(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -256,7 +258,18 @@ async def _close(pubsub: Any) -> None:
 
 
 def _decode(body: bytes, kind: type[Any]) -> Any:
+    """A body checked as every management body is: types, bounds, storable JSON objects."""
     try:
-        return msgspec.json.decode(body or b"{}", type=kind)
+        value = msgspec.json.decode(body or b"{}", type=kind)
     except msgspec.DecodeError as e:
         raise BadRequest(f"Invalid request body: {e}") from None
+    except RecursionError:
+        raise BadRequest("Request body is nested too deeply.", code="nested_too_deep") from None
+    for name in ("litellm_params", "model_info"):
+        found = getattr(value, name, None)
+        if found is not None:
+            bounds.metadata(found, name)
+    ident = (getattr(value, "model_info", None) or {}).get("id")
+    if ident is not None:
+        bounds.text(str(ident), "model_info.id")
+    return value

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import jinja2
 import orjson
 
+from meterway import bounds
 from meterway.api import management
 from meterway.api.asgi import Incoming, Receive, Scope, Send, read_body
 from meterway.auth import MASTER, Principal
@@ -273,13 +274,20 @@ class AdminUI:
         """One management/report/billing handler, in-process, under the viewer's role check.
         `handler` is for the API's paths with a parameter in them (an invoice's customer)."""
         handler = handler or self.handlers[(method, path)]
+        bounds.query(query or {})  # as the API checks its query: the pages pass theirs on
         raw = orjson.dumps(body) if body is not None else b""
         raw, checked = await management.authorize(viewer.principal, method, path, raw, dict(query or {}), ctx.routes)
         return await handler(ctx.routes, raw, checked)
 
     async def _static(self, name: str, send: Send) -> None:
-        file = (self.static_dir / name).resolve()
-        if self.static_dir.resolve() not in file.parents or not file.is_file() or name.endswith(".integrity"):
+        """A file under static/, or 404 for anything else: outside it, missing, or no possible file
+        name at all (NUL, too long), which the file system refuses with an error of its own."""
+        try:
+            file = (self.static_dir / name).resolve()
+            found = self.static_dir.resolve() in file.parents and file.is_file() and not name.endswith(".integrity")
+        except (OSError, ValueError):
+            found = False
+        if not found:
             return await respond(send, 404, b"not found", b"text/plain")
         kind = mimetypes.guess_type(file.name)[0] or "application/octet-stream"
         if file.suffix == ".js":

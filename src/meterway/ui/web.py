@@ -79,7 +79,7 @@ def parse_request(scope: Scope, body: bytes) -> Request:
         client=str(scope["client"][0]) if scope.get("client") else "",
     )
     if body and headers.get(b"content-type", b"").startswith(b"application/x-www-form-urlencoded"):
-        request.form_lists = parse_qs(body.decode(), keep_blank_values=True)
+        request.form_lists = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
         request.form = {k: v[-1] for k, v in request.form_lists.items()}
     return request
 
