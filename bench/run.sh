@@ -283,7 +283,9 @@ fi
 mw_rc=0
 if has meterway; then
   log "load: meterway ${MW_CMD[*]}"
-  "${MW_CMD[@]}" >> "$OUT_DIR/meterway.log" 2>&1 &
+  # its own database in the run's folder: never one left by another run (or another version's schema)
+  mkdir -p "$OUT_DIR/meterway-db"
+  DATABASE_URL="sqlite:///$OUT_DIR/meterway-db/meterway.db" "${MW_CMD[@]}" >> "$OUT_DIR/meterway.log" 2>&1 &
   GW_PID=$!
   if wait_200 "$MW_HEALTH" 60; then
     run_step "$OUT_DIR/meterway.out" "$PY" "$SHARED_BENCH/run_bench.py" \
@@ -308,7 +310,7 @@ if has keyed; then
     KEYED_KEY=$(curl -s -X POST "http://127.0.0.1:$MW_PORT/key/generate" -H "Authorization: Bearer sk-bench" \
       -H 'Content-Type: application/json' \
       -d '{"key_alias": "bench", "max_budget": 1000000, "budget_duration": "30d", "rpm_limit": 100000000,
-           "tpm_limit": 10000000000, "max_parallel_requests": 100000}' \
+           "tpm_limit": 2000000000, "max_parallel_requests": 100000}' \
       | "$PY" -c 'import json, sys; print(json.load(sys.stdin)["key"])')
     run_step "$OUT_DIR/keyed.out" "$PY" "$SHARED_BENCH/run_bench.py" \
       --base-url "http://127.0.0.1:$MW_PORT/v1" --key "$KEYED_KEY" --label meterway-keyed \

@@ -14,12 +14,10 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +30,9 @@ import yaml
 from meterway.app import create_app
 from meterway.context import RequestContext
 from meterway.ledger import Entry
-from meterway.limits import SpendTarget
 from tests.support.gateway import RunningGateway, free_socket, run_gateway, settings_for
 from tests.support.models import priced
+from tests.support.rows import ledger_entry
 from tests.support.serve import port
 from tests.upstreams.standin import Script, StandIn
 
@@ -84,52 +82,6 @@ def _completion(prompt_tokens: int, completion_tokens: int = 1) -> dict[str, Any
     }
 
 
-def _entry(**values: Any) -> Entry:
-    now = datetime.now(UTC)
-    row: dict[str, Any] = {
-        "uid": uuid.uuid4().hex,
-        "source": "gateway",
-        "request_id": "injected-" + uuid.uuid4().hex[:8],
-        "started_at": now,
-        "ended_at": now,
-        "endpoint": "chat",
-        "key_id": "master",
-        "key_alias": None,
-        "user_id": None,
-        "team_id": None,
-        "customer_id": "cust-injected",
-        "model_group": "priced",
-        "deployment_id": "priced",
-        "upstream_model": "priced-up",
-        "stream": False,
-        "prompt_tokens": 10,
-        "completion_tokens": 1,
-        "cached_tokens": 0,
-        "cache_write_tokens": 0,
-        "reasoning_tokens": 0,
-        "total_tokens": 11,
-        "tokens_estimated": False,
-        "price_input": 10_000,
-        "price_output": 20_000,
-        "price_cache_read": None,
-        "price_cache_write": None,
-        "cost": 120_000,
-        "status": "success",
-        "http_status": 200,
-        "error_type": None,
-        "latency_ms": 1.0,
-        "ttft_ms": None,
-        "tags": [],
-        "metadata": {},
-        "attempts": 1,
-        "cache_hit": False,
-        "flags": None,
-        "end_user": None,
-    }
-    row.update(values)
-    return Entry(row, row["cost"], (SpendTarget("customer", str(row["customer_id"]), None),))
-
-
 async def _fetch(pg_url: str, sql: str, *args: Any) -> list[Any]:
     conn = await asyncpg.connect(pg_url)
     try:
@@ -176,10 +128,10 @@ def test_hostile_values_and_billions_of_tokens_never_stop_the_ledger(upstream: S
                 answered.append(rid)
         assert answered, "the hostile requests were all refused: nothing was tested"
         injected = [
-            _entry(customer_id="x" * 300, request_id="injected-long"),
-            _entry(metadata={"n": 10**30, "s": "a\x00b"}, request_id="injected-metadata"),
-            _entry(end_user="u\x00", request_id="injected-nul"),
-            _entry(prompt_tokens=2**63, total_tokens=2**63, request_id="injected-overflow"),
+            ledger_entry(customer_id="x" * 300, request_id="injected-long"),
+            ledger_entry(metadata={"n": 10**30, "s": "a\x00b"}, request_id="injected-metadata"),
+            ledger_entry(end_user="u\x00", request_id="injected-nul"),
+            ledger_entry(prompt_tokens=2**63, total_tokens=2**63, request_id="injected-overflow"),
         ]
         for e in injected:
             _commit(gw, hook, e)
@@ -418,7 +370,7 @@ def test_the_command_line_lists_and_reprocesses_quarantined_rows(tmp_path: Path,
 
         store = await Store.open(db, wait_s=5, run_migrations=True)
         try:
-            entry = _entry(request_id="kept-1")
+            entry = ledger_entry(request_id="kept-1")
             await store.ledger.quarantine(entry, "a reason the database gave")
         finally:
             await store.close()
@@ -464,7 +416,7 @@ def test_the_ui_billing_page_shows_quarantined_rows_and_reprocesses_them(upstrea
 
             store = await Store.open(db, wait_s=5, run_migrations=False)
             try:
-                await store.ledger.quarantine(_entry(request_id="kept-for-the-ui"), "a reason shown in the UI")
+                await store.ledger.quarantine(ledger_entry(request_id="kept-for-the-ui"), "a reason shown in the UI")
             finally:
                 await store.close()
 

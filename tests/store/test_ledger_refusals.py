@@ -8,9 +8,7 @@ from __future__ import annotations
 import asyncio
 import math
 import sqlite3
-import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +19,11 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import exc as sa_exc
 
-from meterway.ledger import Entry
 from meterway.ledger.recorder import Ledger
-from meterway.limits import SpendTarget
 from meterway.store import refusals
 from meterway.store.runtime import Store
 from meterway.store.tables import ledger, ledger_quarantine
+from tests.support.rows import ledger_entry
 
 TEXT = (
     "customer_id",
@@ -67,53 +64,6 @@ hostile = st.one_of(
     st.tuples(st.just("metadata"), st.dictionaries(strings, json_values, max_size=4)),
     st.tuples(st.just("tags"), st.lists(json_values, max_size=4)),
 )
-
-
-def row(**values: Any) -> Entry:
-    now = datetime.now(UTC)
-    base: dict[str, Any] = {
-        "uid": uuid.uuid4().hex,
-        "source": "gateway",
-        "request_id": "req-" + uuid.uuid4().hex[:8],
-        "started_at": now,
-        "ended_at": now,
-        "endpoint": "chat",
-        "key_id": "master",
-        "key_alias": None,
-        "user_id": None,
-        "team_id": None,
-        "customer_id": "cust-ordinary",
-        "model_group": "priced",
-        "deployment_id": "dep-1",
-        "upstream_model": "up",
-        "stream": False,
-        "prompt_tokens": 10,
-        "completion_tokens": 5,
-        "cached_tokens": 0,
-        "cache_write_tokens": 0,
-        "reasoning_tokens": 0,
-        "total_tokens": 15,
-        "tokens_estimated": False,
-        "price_input": 10_000,
-        "price_output": 20_000,
-        "price_cache_read": None,
-        "price_cache_write": None,
-        "cost": 200_000,
-        "status": "success",
-        "http_status": 200,
-        "error_type": None,
-        "latency_ms": 1.5,
-        "ttft_ms": None,
-        "tags": [],
-        "metadata": {},
-        "attempts": 1,
-        "cache_hit": False,
-        "flags": None,
-        "end_user": None,
-    }
-    base.update(values)
-    cost = base["cost"] if isinstance(base["cost"], int) else None
-    return Entry(base, cost, (SpendTarget("customer", str(base["customer_id"] or "x"), None),))
 
 
 class Backend:
@@ -160,8 +110,8 @@ def test_every_row_is_written_or_quarantined_and_never_blocks_the_rows_behind_it
     backend: Backend, field_value: tuple[str, Any]
 ) -> None:
     field, value = field_value
-    bad = row(**{field: value})
-    behind = [row(customer_id=f"cust-behind-{i}") for i in range(3)]
+    bad = ledger_entry(**{field: value})
+    behind = [ledger_entry(customer_id=f"cust-behind-{i}") for i in range(3)]
     ledger_ = Ledger()
     ledger_.writer = backend.store.ledger
 
@@ -204,7 +154,7 @@ def test_a_cut_id_never_becomes_another_id() -> None:
 
 
 def test_a_quarantined_row_keeps_nul_surrogates_and_huge_ints_as_given() -> None:
-    entry = row(customer_id="a\x00b\ud800", metadata={"n": 10**30, "s": "\udfff"}, prompt_tokens=2**70)
+    entry = ledger_entry(customer_id="a\x00b\ud800", metadata={"n": 10**30, "s": "\udfff"}, prompt_tokens=2**70)
     text = refusals.to_json(entry)
     assert text.isascii() and "\x00" not in text
     again = refusals.from_json(text)
