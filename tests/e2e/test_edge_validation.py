@@ -102,6 +102,24 @@ def test_values_within_the_bounds_are_stored_as_sent(edge: RunningGateway, http:
     assert row["metadata"]["nested"] == metadata["nested"] and row["metadata"]["big"] == 1e30
 
 
+@pytest.mark.parametrize(
+    ("path", "body", "tags"),
+    [
+        ("/v1/chat/completions", {**CHAT, "metadata": {"tags": ["from-metadata"], "team": "a"}}, ["from-metadata"]),
+        ("/v1/chat/completions", {**CHAT, "tags": ["top"], "metadata": {"tags": ["inner"]}}, ["top"]),
+        ("/v1/embeddings", {"model": CHAT["model"], "input": "hi", "tags": ["embed"]}, ["embed"]),
+    ],
+)
+def test_tags_come_from_tags_else_metadata_tags_as_litellm_clients_send_them(
+    edge: RunningGateway, http: httpx.Client, path: str, body: dict[str, Any], tags: list[str]
+) -> None:
+    rid = "edge-" + uuid.uuid4().hex
+    r = post_json(http, path, body, **{"x-request-id": rid})
+    assert r.status_code == 200, r.text
+    row = ledger_row(edge, rid)
+    assert row["request_tags"] == tags and row["metadata"] == body.get("metadata", {})
+
+
 @pytest.mark.parametrize("metadata", [{"user_id": "a\x00"}, {"user_id": "u" * 256}, {"user_id": 7}])
 def test_anthropic_user_id_past_its_bound_is_400_in_anthropic_format(
     edge: RunningGateway, metadata: dict[str, Any]

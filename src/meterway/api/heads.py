@@ -156,10 +156,16 @@ def _user(user: str | None, field: str = "user") -> str | None:
     return user
 
 
-def _extras(tags: msgspec.Raw, metadata: msgspec.Raw, *, anthropic: bool = False) -> dict[str, Any] | None:
+Extras = tuple[tuple[str, ...], dict[str, Any] | None]
+_NONE: Extras = ((), None)
+
+
+def _extras(tags: msgspec.Raw, metadata: msgspec.Raw, *, anthropic: bool = False) -> Extras:
     """The request's tags and metadata, bounded as the ledger stores them; parsed only when sent.
-    On /v1/messages `metadata.user_id` is the request's user: checked first, so an error names it."""
+    On /v1/messages `metadata.user_id` is the request's user: checked first, so an error names it.
+    The tags are `tags`, else `metadata.tags`, as LiteLLM clients send them."""
     found: dict[str, Any] | None = None
+    listed: Any = None
     if metadata:
         raw = bytes(metadata)
         if len(raw) > bounds.METADATA_BYTES_MAX:
@@ -181,8 +187,9 @@ def _extras(tags: msgspec.Raw, metadata: msgspec.Raw, *, anthropic: bool = False
                 _user(user, "metadata.user_id")
             if isinstance(value, dict) and value.get("tags") is not None:
                 bounds.tags(value["tags"], "metadata.tags")
+                listed = value["tags"]
             bounds.metadata(value, "metadata", size=len(raw))
-            found = value
+            found = value if isinstance(value, dict) else None
     if tags:
         raw = bytes(tags)
         if raw != b"null":
@@ -190,8 +197,10 @@ def _extras(tags: msgspec.Raw, metadata: msgspec.Raw, *, anthropic: bool = False
                 raise BadRequest(
                     f"'tags' is larger than {bounds.TAGS_BYTES_MAX} bytes.", param="tags", code="tags_too_large"
                 )
-            bounds.tags(orjson.loads(raw), "tags")
-    return found
+            value = orjson.loads(raw)
+            bounds.tags(value, "tags")
+            listed = value or listed
+    return (tuple(str(t) for t in listed) if isinstance(listed, list) else ()), found
 
 
 def chat(body: bytes) -> RequestHead:
@@ -200,18 +209,17 @@ def chat(body: bytes) -> RequestHead:
     _array(c.messages, "messages")
     usage = bool(c.stream_options and c.stream_options.include_usage)
     cap = _max_tokens(c.max_completion_tokens, "max_completion_tokens") or _max_tokens(c.max_tokens, "max_tokens")
-    if c.tags or c.metadata:
-        _extras(c.tags, c.metadata)
-    return RequestHead(c.model, bool(c.stream), usage, _user(c.user), cap)
+    tags, metadata = _extras(c.tags, c.metadata) if c.tags or c.metadata else _NONE
+    return RequestHead(c.model, bool(c.stream), usage, _user(c.user), cap, tags, metadata)
 
 
 def completion(body: bytes) -> RequestHead:
     c = decode(_completion, body)
     _model(c.model)
     usage = bool(c.stream_options and c.stream_options.include_usage)
-    if c.tags or c.metadata:
-        _extras(c.tags, c.metadata)
-    return RequestHead(c.model, bool(c.stream), usage, _user(c.user), _max_tokens(c.max_tokens, "max_tokens"))
+    tags, metadata = _extras(c.tags, c.metadata) if c.tags or c.metadata else _NONE
+    cap = _max_tokens(c.max_tokens, "max_tokens")
+    return RequestHead(c.model, bool(c.stream), usage, _user(c.user), cap, tags, metadata)
 
 
 def embedding(body: bytes) -> RequestHead:
@@ -220,9 +228,8 @@ def embedding(body: bytes) -> RequestHead:
     data = bytes(e.input).lstrip()
     if data in (b'""', b"[]") or data.startswith((b"null", b"{", b"true", b"false")):
         raise BadRequest("'input' must be a non-empty string, array of strings or array of tokens.", param="input")
-    if e.tags or e.metadata:
-        _extras(e.tags, e.metadata)
-    return RequestHead(e.model, False, False, _user(e.user))
+    tags, metadata = _extras(e.tags, e.metadata) if e.tags or e.metadata else _NONE
+    return RequestHead(e.model, False, False, _user(e.user), None, tags, metadata)
 
 
 def messages(body: bytes) -> RequestHead:
@@ -231,8 +238,6 @@ def messages(body: bytes) -> RequestHead:
     _array(m.messages, "messages")
     if m.max_tokens < 1:
         raise BadRequest("'max_tokens' must be at least 1.", param="max_tokens")
-    user: str | None = None
-    if m.tags or m.metadata:
-        metadata = _extras(m.tags, m.metadata, anthropic=True)
-        user = metadata.get("user_id") if metadata else None
-    return RequestHead(m.model, bool(m.stream), True, user, m.max_tokens)
+    tags, metadata = _extras(m.tags, m.metadata, anthropic=True) if m.tags or m.metadata else _NONE
+    user = metadata.get("user_id") if metadata else None
+    return RequestHead(m.model, bool(m.stream), True, user, m.max_tokens, tags, metadata)

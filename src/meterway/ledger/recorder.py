@@ -26,8 +26,6 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Protocol
 
-import orjson
-
 from meterway.config.settings import Deployment
 from meterway.context import RequestContext
 from meterway.errors import ServiceUnavailable, UpstreamError
@@ -285,7 +283,9 @@ class Ledger:
         principal = ctx.principal
         uid = uuid.uuid4().hex  # the base of the row's Lago transaction ids: never made twice
         ctx.ledger_uid = uid
-        tags, metadata = _tags_and_metadata(ctx.body)
+        head = ctx.head  # tags and metadata were decoded with it (None: refused before the body was read)
+        tags = list(head.tags) if head is not None else []
+        metadata = dict(head.metadata) if head is not None and head.metadata is not None else {}
         row: dict[str, Any] = {
             "uid": uid,
             "source": "gateway",
@@ -403,20 +403,3 @@ def _status(ctx: RequestContext) -> str:
     if ctx.error is not None or not 200 <= ctx.status_code < 300:
         return "rejected"
     return "success"
-
-
-def _tags_and_metadata(body: bytes) -> tuple[list[Any], dict[str, Any]]:
-    """Request tags and metadata, as LiteLLM clients send them (`metadata.tags`, or `tags`). The
-    body is parsed only when it carries either."""
-    if b'"tags"' not in body and b'"metadata"' not in body:
-        return [], {}
-    try:
-        request = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return [], {}
-    if not isinstance(request, dict):
-        return [], {}
-    found = request.get("metadata")
-    metadata: dict[str, Any] = found if isinstance(found, dict) else {}
-    tags = request.get("tags") or metadata.get("tags") or []
-    return [str(t) for t in tags] if isinstance(tags, list) else [], metadata

@@ -80,6 +80,10 @@ class RequestHead:
     include_usage: bool = False  # what the client asked for in stream_options
     user: str | None = None
     max_tokens: int | None = None  # the output cap the client set (max_completion_tokens or max_tokens)
+    # what the ledger stores of the request: decoded (and bounded) with the head, only when sent, so
+    # the recorder never parses the whole body again
+    tags: tuple[str, ...] = ()
+    metadata: Mapping[str, Any] | None = None
 
 
 @dataclass(slots=True)
