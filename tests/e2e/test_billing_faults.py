@@ -249,15 +249,17 @@ def test_a_gateway_killed_while_sending_leaves_nothing_lost_or_billed_twice(
     served: set[str] = set()
 
     def killed_mid_send(after_commit: bool) -> None:
-        """Requests served while Lago is down, so none is sent yet; then Lago holds the first batch
-        the sender posts, and the process is killed while it waits for the answer."""
+        """Requests served while Lago is down, so none is sent yet; then Lago holds the batches the
+        sender posts (two rounds may be in flight, each with a claim of its own when rows were
+        still being committed as the first claimed), and the process is killed while it waits."""
         lago.down()
         with _serving(tmp_path, config) as (gateway,):
             served.update(_requests([gateway.url], 20, within_s=30))
-            lago.stall_next(1, 30, after_commit=after_commit)
+            lago.stall_next(2, 30, after_commit=after_commit)
             lago.up()
-            _until(lambda: lago.holding == 1, 10 + CLAIM_S, "sending", every_s=0.005)
+            _until(lambda: lago.holding >= 1, 10 + CLAIM_S, "sending", every_s=0.005)
             _kill(gateway)
+        lago.stall_none()
         _until(lambda: lago.holding == 0, 10, "abandoned by the killed sender")
 
     # 1. killed while Lago holds a batch it has not stored

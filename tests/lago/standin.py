@@ -223,6 +223,11 @@ class LagoStandIn:
         with self._lock:
             self.faults.stall.extend([Stall(seconds, after_commit)] * n)
 
+    def stall_none(self) -> None:
+        """Forgets the stalls `stall_next` set that no post has taken yet."""
+        with self._lock:
+            self.faults.stall.clear()
+
     def drop_next(self, n: int = 1, *, after_commit: bool) -> None:
         with self._lock:
             if after_commit:
