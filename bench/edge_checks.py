@@ -11,10 +11,6 @@ folder of an earlier checkout, the same bodies are timed with that decoder too, 
 
 from __future__ import annotations
 
-import argparse
-import json
-import subprocess
-import sys
 import timeit
 
 import orjson
@@ -68,27 +64,15 @@ def measure(number: int) -> list[float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base", help="the src folder of another checkout, timed the same way")
-    parser.add_argument("--number", type=int, default=20_000)
-    parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # the subprocess's output
-    args = parser.parse_args()
-    now = measure(args.number)
-    if args.json:
-        print(json.dumps(now))
-        return
-    before = None
-    if args.base:
-        cmd = [sys.executable, __file__, "--json", "--number", str(args.number)]
-        found = subprocess.run(cmd, env={"PYTHONPATH": args.base}, capture_output=True, text=True, check=True)
-        before = json.loads(found.stdout)
-    sizes = [len(b) for b in bodies()]
-    print(f"{'body':<26}{'bytes':>8}{'now µs':>10}" + (f"{'before µs':>12}{'added µs':>10}" if before else ""))
-    for i, name in enumerate(BODIES):
-        line = f"{name:<26}{sizes[i]:>8}{now[i]:>10.2f}"
-        if before:
-            line += f"{before[i]:>12.2f}{now[i] - before[i]:>10.2f}"
-        print(line)
+    from against_base import main as run
+
+    run(
+        __doc__,
+        __file__,
+        measure,
+        [(name, f"{len(body):>8}") for name, body in zip(BODIES, bodies(), strict=True)],
+        f"{'body':<26}{'bytes':>8}",
+    )
 
 
 if __name__ == "__main__":

@@ -11,10 +11,6 @@ subprocess.
 
 from __future__ import annotations
 
-import argparse
-import json
-import subprocess
-import sys
 import timeit
 from typing import TYPE_CHECKING
 
@@ -74,26 +70,9 @@ def measure(number: int) -> list[float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base", help="the src folder of another checkout, timed the same way")
-    parser.add_argument("--number", type=int, default=20_000)
-    parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # the subprocess's output
-    args = parser.parse_args()
-    now = measure(args.number)
-    if args.json:
-        print(json.dumps(now))
-        return
-    before = None
-    if args.base:
-        cmd = [sys.executable, __file__, "--json", "--number", str(args.number)]
-        found = subprocess.run(cmd, env={"PYTHONPATH": args.base}, capture_output=True, text=True, check=True)
-        before = json.loads(found.stdout)
-    print(f"{'request':<26}{'now µs':>10}" + (f"{'before µs':>12}{'saved µs':>10}" if before else ""))
-    for i, name in enumerate(CASES):
-        line = f"{name:<26}{now[i]:>10.2f}"
-        if before:
-            line += f"{before[i]:>12.2f}{before[i] - now[i]:>10.2f}"
-        print(line)
+    from against_base import main as run
+
+    run(__doc__, __file__, measure, [(name, "") for name in CASES], f"{'request':<26}")
 
 
 if __name__ == "__main__":
