@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REF_NAME = "samerun-20261123T2108Z"
@@ -313,8 +314,12 @@ def main() -> int:
     # ---- keyed: a virtual key with budget and limits counted in Redis
     K = index(s_keyed)
     if K:
+        store_file = os.path.join(od, "keyed-db", "store")
+        store = Path(store_file).read_text().strip() if os.path.exists(store_file) else "sqlite"
+        ledger_on = "PostgreSQL" if store.startswith("postgres") else "SQLite"
         w("With a virtual key (budget, rpm, tpm and parallel limits, all counted in Redis, spend written")
-        w("to the store) against the master key (no limits) and the floor, same run:")
+        w(f"to the store; the ledger on {ledger_on}) against the master key (no limits, the ledger on SQLite)")
+        w("and the floor, same run:")
         w("")
         w(
             "| scenario | conc | RPS floor / master key / virtual key | virtual key % of floor | p50 ms master / virtual | "

@@ -13,7 +13,9 @@
 #   keyed    meterway again, with Redis (BENCH_REDIS_URL) and a virtual key
 #            carrying a budget and rpm/tpm/parallel limits too high to refuse
 #            anything: every request reserves and settles in Redis and adds
-#            its cost to the key's spend in the store (SQLite in OUT_DIR)
+#            its cost to the key's spend in the store: the ledger on PostgreSQL
+#            (a database of its own on BENCH_PG_URL, dropped after; SQLite in
+#            OUT_DIR when PostgreSQL cannot be reached)
 #   litellm  only with RUN_LITELLM=1 and a LiteLLM venv: the harness's
 #            run_litellm.sh (startup + load), 1 worker
 # then bench/report.py prints the table and writes it to <out>/report.md.
@@ -31,6 +33,7 @@
 #   MW_CONFIG=bench/config.yaml (bench/config-routed.yaml: three deployments, retries, fallbacks)
 #   STARTUP_RUNS=3  RUN_LITELLM=0  STEPS="startup direct floor meterway keyed litellm report"
 #   BENCH_REDIS_URL=redis://127.0.0.1:6379/0 (keyed; a new key each run, so runs never share counters)
+#   BENCH_PG_URL=postgresql://postgres@127.0.0.1:5432 (keyed: the ledger's server; "" for SQLite)
 #   PYTHON=python3 (runs the stdlib-only harness scripts and report.py)
 # Missing wrk or mock venv: runs the harness's setup.sh with WITH_LITELLM=0
 # (SKIP_SETUP=1 to never do that; run_bench.py then falls back to pyload).
@@ -66,6 +69,7 @@ RUN_LITELLM=${RUN_LITELLM:-0}
 SKIP_SETUP=${SKIP_SETUP:-0}
 STEPS=${STEPS:-startup direct floor meterway keyed litellm report}
 BENCH_REDIS_URL=${BENCH_REDIS_URL:-redis://127.0.0.1:6379/0}
+BENCH_PG_URL=${BENCH_PG_URL-postgresql://postgres@127.0.0.1:5432}
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 OUT_DIR=${OUT_DIR:-$BENCH_DIR/out/$STAMP}
 
@@ -301,9 +305,18 @@ if has meterway; then
 fi
 
 if has keyed; then
-  log "load: meterway with a virtual key, limits and budget in Redis ($BENCH_REDIS_URL)"
   mkdir -p "$OUT_DIR/keyed-db"
-  DATABASE_URL="sqlite:///$OUT_DIR/keyed-db/meterway.db" REDIS_URL="$BENCH_REDIS_URL" \
+  KEYED_DB_URL="sqlite:///$OUT_DIR/keyed-db/meterway.db"
+  KEYED_PG_DB="meterway_bench_$(echo "$STAMP" | tr 'A-Z' 'a-z')"
+  if [ -n "$BENCH_PG_URL" ] && psql "$BENCH_PG_URL/postgres" -qAtc "CREATE DATABASE $KEYED_PG_DB" >/dev/null 2>&1; then
+    KEYED_DB_URL="$BENCH_PG_URL/$KEYED_PG_DB"
+  else
+    KEYED_PG_DB=""
+    echo "run.sh: PostgreSQL ($BENCH_PG_URL) not reachable: the keyed step writes its ledger to SQLite" >&2
+  fi
+  echo "$KEYED_DB_URL" | sed 's/^\([a-z+]*\):.*/\1/' > "$OUT_DIR/keyed-db/store"
+  log "load: meterway with a virtual key, limits and budget in Redis ($BENCH_REDIS_URL), ledger on $(cat "$OUT_DIR/keyed-db/store")"
+  DATABASE_URL="$KEYED_DB_URL" REDIS_URL="$BENCH_REDIS_URL" \
     "${MW_CMD[@]}" >> "$OUT_DIR/meterway-keyed.log" 2>&1 &
   GW_PID=$!
   if wait_200 "http://127.0.0.1:$MW_PORT/health/ready" 60; then
@@ -323,6 +336,9 @@ if has keyed; then
     tail -n 30 "$OUT_DIR/meterway-keyed.log" >&2 || true
   fi
   stop_pid "$GW_PID"; GW_PID=""
+  if [ -n "$KEYED_PG_DB" ]; then
+    psql "$BENCH_PG_URL/postgres" -qAtc "DROP DATABASE IF EXISTS $KEYED_PG_DB WITH (FORCE)" >/dev/null 2>&1 || true
+  fi
 fi
 
 if [ "$litellm_on" = 1 ]; then
