@@ -13,28 +13,14 @@ import struct
 import time
 import uuid
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
-from yarl import URL
 
-from meterway.errors import BadRequest, UpstreamError
+from meterway.errors import BadRequest
 from meterway.providers import sse
-from meterway.providers.base import (
-    Api,
-    Call,
-    Parsed,
-    StreamRelay,
-    UpstreamRequest,
-    Usage,
-    decode_object,
-    not_counts,
-    tokens,
-)
-from meterway.providers.openai import error_from_body
-
-if TYPE_CHECKING:
-    from meterway.config.secret import Secret
+from meterway.providers.base import Api, Call, Parsed, StreamRelay, Usage, decode_object, not_counts, tokens
+from meterway.providers.common import JSON_HEADERS, Endpoint, HttpProvider, Route
 
 DEFAULT_API_BASE = "https://api.cohere.com"
 INPUT_TYPES = ("search_document", "search_query", "classification", "clustering", "image")
@@ -296,40 +282,23 @@ def embed_response(answer: Mapping[str, Any], model: str, base64_out: bool) -> t
     }, usage
 
 
-class CohereProvider:
+ENDPOINT = Endpoint(
+    {Api.CHAT: "/chat", Api.EMBEDDINGS: "/embed"},
+    default_base=DEFAULT_API_BASE,
+    versions=("/v2",),
+    headers={**JSON_HEADERS, "Accept": "application/json"},
+)
+
+
+class CohereProvider(HttpProvider):
     family = "cohere"
-    local = False
+    endpoint = ENDPOINT
 
-    def __init__(
-        self,
-        *,
-        label: str,
-        upstream_model: str,
-        api_base: str | None,
-        api_key: Secret | None,
-        extra_headers: Mapping[str, str] | None = None,
-    ) -> None:
-        self.label = label
-        self.upstream_model = upstream_model
-        base = (api_base or DEFAULT_API_BASE).rstrip("/")
-        base = base if base.endswith("/v2") else base + "/v2"
-        self.urls = {Api.CHAT: URL(base + "/chat"), Api.EMBEDDINGS: URL(base + "/embed")}
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if api_key:
-            headers["Authorization"] = f"Bearer {api_key.reveal()}"
-        headers.update(extra_headers or {})
-        self.headers = headers
-
-    def supports(self, api: Api) -> bool:
-        return api in self.urls
-
-    def build_request(self, call: Call) -> UpstreamRequest:
+    def encode(self, call: Call) -> tuple[Route, bytes]:
         request = decode_object(call.body)
         if call.api is Api.EMBEDDINGS:
-            body = embed_request(request, self.upstream_model)
-        else:
-            body = chat_request(request, self.upstream_model, call.head.stream)
-        return UpstreamRequest("POST", self.urls[call.api], self.headers, orjson.dumps(body), call.head.stream)
+            return call.api, orjson.dumps(embed_request(request, self.upstream_model))
+        return call.api, orjson.dumps(chat_request(request, self.upstream_model, call.head.stream))
 
     def parse_response(self, call: Call, body: bytes) -> Parsed:
         answer = orjson.loads(body)
@@ -342,6 +311,3 @@ class CohereProvider:
 
     def open_stream(self, call: Call) -> StreamRelay:
         return ChatRelay(call.head.model, call.head.include_usage)
-
-    def map_error(self, call: Call, status: int, body: bytes) -> UpstreamError:
-        return error_from_body(status, body, self.label)

@@ -16,18 +16,14 @@ import struct
 import time
 import uuid
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
-from yarl import URL
 
-from meterway.errors import BadRequest, UpstreamError
+from meterway.errors import BadRequest
 from meterway.providers import sse
-from meterway.providers.base import Api, Call, Parsed, StreamRelay, UpstreamRequest, Usage, decode_object, tokens
-from meterway.providers.openai import error_from_body
-
-if TYPE_CHECKING:
-    from meterway.config.secret import Secret
+from meterway.providers.base import Api, Call, Parsed, StreamRelay, Usage, decode_object, tokens
+from meterway.providers.common import Endpoint, HttpProvider, Route
 
 DEFAULT_API_BASE = "https://generativelanguage.googleapis.com/v1beta"
 
@@ -306,60 +302,40 @@ def _texts(request: Mapping[str, Any]) -> list[str]:
     return texts
 
 
-class GeminiProvider:
+ENDPOINT = Endpoint(
+    {
+        Api.CHAT: ":generateContent",
+        "stream": ":streamGenerateContent?alt=sse",
+        Api.EMBEDDINGS: ":embedContent",
+        "batch": ":batchEmbedContents",
+    },
+    default_base=DEFAULT_API_BASE,
+    versions=("/v1beta", "/v1"),
+    root="/models/{model}",
+    model_prefix="models/",
+    auth=("x-goog-api-key", ""),
+)
+
+
+class GeminiProvider(HttpProvider):
     family = "gemini"
-    local = False
+    endpoint = ENDPOINT
 
-    def __init__(
-        self,
-        *,
-        label: str,
-        upstream_model: str,
-        api_base: str | None,
-        api_key: Secret | None,
-        extra_headers: Mapping[str, str] | None = None,
-    ) -> None:
-        self.label = label
-        self.upstream_model = upstream_model
-        base = (api_base or DEFAULT_API_BASE).rstrip("/")
-        if not base.rstrip("/").endswith(("/v1beta", "/v1")):
-            base += "/v1beta"
-        model = upstream_model.removeprefix("models/")
-        self._resource = f"models/{model}"
-        root = f"{base}/{self._resource}"
-        self.urls = {
-            "chat": URL(root + ":generateContent"),
-            "stream": URL(root + ":streamGenerateContent").with_query(alt="sse"),
-            "embed": URL(root + ":embedContent"),
-            "batch": URL(root + ":batchEmbedContents"),
-        }
-        headers = {"Content-Type": "application/json"}
-        if api_key:
-            headers["x-goog-api-key"] = api_key.reveal()
-        headers.update(extra_headers or {})
-        self.headers = headers
-
-    def supports(self, api: Api) -> bool:
-        return api in (Api.CHAT, Api.EMBEDDINGS)
-
-    def build_request(self, call: Call) -> UpstreamRequest:
+    def encode(self, call: Call) -> tuple[Route, bytes]:
         request = decode_object(call.body)
-        if call.api is Api.EMBEDDINGS:
-            texts = _texts(request)
-            extra: dict[str, Any] = {}
-            if request.get("dimensions"):
-                extra["outputDimensionality"] = request["dimensions"]
-            if request.get("task_type"):
-                extra["taskType"] = request["task_type"]
-            if isinstance(request.get("input"), str):
-                body: dict[str, Any] = {"content": {"parts": [{"text": texts[0]}]}, **extra}
-                return UpstreamRequest("POST", self.urls["embed"], self.headers, orjson.dumps(body), False)
-            body = {
-                "requests": [{"model": self._resource, "content": {"parts": [{"text": t}]}, **extra} for t in texts]
-            }
-            return UpstreamRequest("POST", self.urls["batch"], self.headers, orjson.dumps(body), False)
-        url = self.urls["stream" if call.head.stream else "chat"]
-        return UpstreamRequest("POST", url, self.headers, orjson.dumps(chat_request(request)), call.head.stream)
+        if call.api is not Api.EMBEDDINGS:
+            return ("stream" if call.head.stream else call.api), orjson.dumps(chat_request(request))
+        texts = _texts(request)
+        extra: dict[str, Any] = {}
+        if request.get("dimensions"):
+            extra["outputDimensionality"] = request["dimensions"]
+        if request.get("task_type"):
+            extra["taskType"] = request["task_type"]
+        if isinstance(request.get("input"), str):
+            return call.api, orjson.dumps({"content": {"parts": [{"text": texts[0]}]}, **extra})
+        resource = "models/" + self.upstream_model.removeprefix("models/")
+        requests = [{"model": resource, "content": {"parts": [{"text": t}]}, **extra} for t in texts]
+        return "batch", orjson.dumps({"requests": requests})
 
     def parse_response(self, call: Call, body: bytes) -> Parsed:
         answer = orjson.loads(body)
@@ -383,6 +359,3 @@ class GeminiProvider:
 
     def open_stream(self, call: Call) -> StreamRelay:
         return ChatRelay(call.head.model, call.head.include_usage)
-
-    def map_error(self, call: Call, status: int, body: bytes) -> UpstreamError:
-        return error_from_body(status, body, self.label)
