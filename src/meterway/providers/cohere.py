@@ -8,8 +8,6 @@ embeddings, LiteLLM's `input_type` field picks Cohere's input type (`search_docu
 
 from __future__ import annotations
 
-import base64
-import struct
 import time
 import uuid
 from collections.abc import Mapping
@@ -20,7 +18,17 @@ import orjson
 from meterway.errors import BadRequest
 from meterway.providers import sse
 from meterway.providers.base import Api, Call, Parsed, StreamRelay, Usage, decode_object, not_counts, tokens
-from meterway.providers.common import JSON_HEADERS, Endpoint, HttpProvider, Route
+from meterway.providers.common import (
+    JSON_HEADERS,
+    ChatChunks,
+    Endpoint,
+    HttpProvider,
+    Route,
+    embedding_items,
+    json_events,
+    text_of,
+    wants_base64,
+)
 
 DEFAULT_API_BASE = "https://api.cohere.com"
 INPUT_TYPES = ("search_document", "search_query", "classification", "clustering", "image")
@@ -44,14 +52,6 @@ PARAMS = {
 }
 
 
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
-    return ""
-
-
 def _content(content: Any) -> Any:
     """User content: a string, or Cohere's parts (text and image_url take OpenAI's shape)."""
     if not isinstance(content, list):
@@ -67,12 +67,12 @@ def chat_request(request: Mapping[str, Any], model: str, stream: bool) -> dict[s
             raise BadRequest("Each message must be an object.", param="messages")
         role = m.get("role")
         if role in ("system", "developer"):
-            messages.append({"role": "system", "content": _text(m.get("content"))})
+            messages.append({"role": "system", "content": text_of(m.get("content"))})
         elif role == "user":
             messages.append({"role": "user", "content": _content(m.get("content"))})
         elif role == "assistant":
             out: dict[str, Any] = {"role": "assistant"}
-            text = _text(m.get("content"))
+            text = text_of(m.get("content"))
             if text:
                 out["content"] = text
             calls = m.get("tool_calls")
@@ -90,7 +90,9 @@ def chat_request(request: Mapping[str, Any], model: str, stream: bool) -> dict[s
                 ]
             messages.append(out)
         elif role == "tool":
-            messages.append({"role": "tool", "tool_call_id": m.get("tool_call_id"), "content": _text(m.get("content"))})
+            messages.append(
+                {"role": "tool", "tool_call_id": m.get("tool_call_id"), "content": text_of(m.get("content"))}
+            )
         else:
             raise BadRequest(f"Message role '{role}' is not supported by Cohere.", param="messages")
     body: dict[str, Any] = {"model": model, "messages": messages, "stream": stream}
@@ -171,36 +173,20 @@ def chat_response(answer: Mapping[str, Any], model: str) -> tuple[dict[str, Any]
 class ChatRelay:
     """Cohere's events in, OpenAI chat chunks out, one state per stream."""
 
-    __slots__ = ("_created", "_id", "_include_usage", "_model", "_split", "usage")
+    __slots__ = ("_chunks", "_include_usage", "_split", "usage")
 
     def __init__(self, model: str, include_usage: bool) -> None:
         self._split = sse.EventSplitter()
-        self._model = model
+        self._chunks = ChatChunks(model)
         self._include_usage = include_usage
-        self._created = int(time.time())
-        self._id = f"chatcmpl-{uuid.uuid4().hex}"
         self.usage: Usage | None = None
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
-        chunk = {
-            "id": self._id,
-            "object": "chat.completion.chunk",
-            "created": self._created,
-            "model": self._model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-        }
-        return sse.format_data(orjson.dumps(chunk))
+        return self._chunks.chunk([{"index": 0, "delta": delta, "finish_reason": finish}])
 
     def feed(self, data: bytes) -> bytes:
         out: list[bytes] = []
-        for raw in self._split.feed(data):
-            event = sse.parse_event(raw)
-            if not event.data:
-                continue
-            try:
-                payload = orjson.loads(event.data)
-            except orjson.JSONDecodeError:
-                continue
+        for payload in json_events(self._split, data):
             out += self._translate(payload)
         return b"".join(out)
 
@@ -208,7 +194,7 @@ class ChatRelay:
         kind = e.get("type")
         message = (e.get("delta") or {}).get("message") or {}
         if kind == "message-start":
-            self._id = e.get("id") or self._id
+            self._chunks.id = e.get("id") or self._chunks.id
             return [self._chunk({"role": "assistant", "content": ""})]
         if kind == "content-delta":
             text = (message.get("content") or {}).get("text")
@@ -228,15 +214,7 @@ class ChatRelay:
             self.usage = usage_of(delta.get("usage"))
             out = [self._chunk({}, FINISH.get(delta.get("finish_reason", ""), "stop"))]
             if self._include_usage and self.usage is not None:
-                chunk = {
-                    "id": self._id,
-                    "object": "chat.completion.chunk",
-                    "created": self._created,
-                    "model": self._model,
-                    "choices": [],
-                    "usage": _openai_usage(self.usage),
-                }
-                out.append(sse.format_data(orjson.dumps(chunk)))
+                out.append(self._chunks.chunk([], _openai_usage(self.usage)))
             return out
         return []
 
@@ -263,14 +241,7 @@ def embed_response(answer: Mapping[str, Any], model: str, base64_out: bool) -> t
     vectors = answer.get("embeddings") or {}
     if isinstance(vectors, dict):
         vectors = vectors.get("float") or []
-    data = [
-        {
-            "object": "embedding",
-            "index": i,
-            "embedding": base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode() if base64_out else v,
-        }
-        for i, v in enumerate(vectors)
-    ]
+    data = embedding_items(vectors, base64_out)
     billed = ((answer.get("meta") or {}).get("billed_units") or {}).get("input_tokens")
     usage = Usage(tokens(billed), 0, tokens(billed)) if billed is not None else None
     counted = max(usage.prompt_tokens, 0) if usage else 0
@@ -303,8 +274,7 @@ class CohereProvider(HttpProvider):
     def parse_response(self, call: Call, body: bytes) -> Parsed:
         answer = orjson.loads(body)
         if call.api is Api.EMBEDDINGS:
-            wants_base64 = b'"base64"' in call.body and decode_object(call.body).get("encoding_format") == "base64"
-            out, usage = embed_response(answer, call.head.model, wants_base64)
+            out, usage = embed_response(answer, call.head.model, wants_base64(call))
         else:
             out, usage = chat_response(answer, call.head.model)
         return Parsed(orjson.dumps(out), usage)

@@ -10,14 +10,19 @@ meaning (`errors.UpstreamTransient` and its kin) once, so routing decides retrie
 
 from __future__ import annotations
 
+import base64
 import html
 import re
-from collections.abc import Mapping
+import struct
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
+import orjson
 from yarl import URL
 
 from meterway.errors import (
@@ -30,7 +35,8 @@ from meterway.errors import (
     UpstreamUnavailable,
     UpstreamUnreadable,
 )
-from meterway.providers.base import Api, Call, Parsed, StreamRelay, UpstreamRequest
+from meterway.providers import sse
+from meterway.providers.base import Api, Call, Parsed, StreamRelay, UpstreamRequest, decode_object
 
 if TYPE_CHECKING:
     from meterway.config.secret import Secret
@@ -221,3 +227,71 @@ def excerpt(body: bytes) -> str:
         head = _MARKUP.sub(b" ", head)
     text = " ".join(html.unescape(head.decode("utf-8", "replace")).split())
     return text if len(text) <= EXCERPT_CHARS else text[: EXCERPT_CHARS - 1] + "\u2026"
+
+
+# ---------------------------------------------------------------- OpenAI's format, for the families that translate
+
+
+def text_of(content: Any) -> str:
+    """The text of an OpenAI message's content: the string, or its text parts joined."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return ""
+
+
+def json_events(split: sse.EventSplitter, data: bytes) -> Iterator[dict[str, Any]]:
+    """The JSON objects carried by the events that `data` completes. An event without data, or
+    whose data is no JSON object, has nothing to translate and is skipped."""
+    for raw in split.feed(data):
+        event = sse.parse_event(raw)
+        if not event.data:
+            continue
+        try:
+            payload = orjson.loads(event.data)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(payload, dict):
+            yield payload
+
+
+class ChatChunks:
+    """The OpenAI chat chunks of one translated stream: one id, one `created`, the client's model."""
+
+    __slots__ = ("created", "id", "model")
+
+    def __init__(self, model: str) -> None:
+        self.id = f"chatcmpl-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+        self.model = model
+
+    def chunk(self, choices: list[dict[str, Any]], usage: Mapping[str, Any] | None = None) -> bytes:
+        chunk: dict[str, Any] = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        }
+        if usage is not None:
+            chunk["usage"] = usage
+        return sse.format_data(orjson.dumps(chunk))
+
+
+def wants_base64(call: Call) -> bool:
+    """Whether an embeddings request asked for `encoding_format: "base64"` (decoded only when the
+    word is in the body at all)."""
+    return b'"base64"' in call.body and decode_object(call.body).get("encoding_format") == "base64"
+
+
+def embedding_items(vectors: Iterable[list[float]], as_base64: bool) -> list[dict[str, Any]]:
+    """OpenAI's `data` of an embeddings answer; base64 is the little-endian float32 bytes."""
+    return [
+        {
+            "object": "embedding",
+            "index": i,
+            "embedding": base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode() if as_base64 else v,
+        }
+        for i, v in enumerate(vectors)
+    ]

@@ -11,8 +11,6 @@ embedding answers carry no usage, so the ledger counts those tokens itself (mark
 
 from __future__ import annotations
 
-import base64
-import struct
 import time
 import uuid
 from collections.abc import Mapping
@@ -23,7 +21,16 @@ import orjson
 from meterway.errors import BadRequest
 from meterway.providers import sse
 from meterway.providers.base import Api, Call, Parsed, StreamRelay, Usage, decode_object, tokens
-from meterway.providers.common import Endpoint, HttpProvider, Route
+from meterway.providers.common import (
+    ChatChunks,
+    Endpoint,
+    HttpProvider,
+    Route,
+    embedding_items,
+    json_events,
+    text_of,
+    wants_base64,
+)
 
 DEFAULT_API_BASE = "https://generativelanguage.googleapis.com/v1beta"
 
@@ -46,14 +53,6 @@ GENERATION = {
     "presence_penalty": "presencePenalty",
     "frequency_penalty": "frequencyPenalty",
 }
-
-
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
-    return ""
 
 
 def _parts(content: Any) -> list[dict[str, Any]]:
@@ -91,11 +90,11 @@ def chat_request(request: Mapping[str, Any]) -> dict[str, Any]:
             raise BadRequest("Each message must be an object.", param="messages")
         role = m.get("role")
         if role in ("system", "developer"):
-            system.append({"text": _text(m.get("content"))})
+            system.append({"text": text_of(m.get("content"))})
         elif role == "user":
             add("user", _parts(m.get("content")))
         elif role == "assistant":
-            parts: list[dict[str, Any]] = [{"text": t}] if (t := _text(m.get("content"))) else []
+            parts: list[dict[str, Any]] = [{"text": t}] if (t := text_of(m.get("content"))) else []
             for c in m.get("tool_calls") or []:
                 function = c.get("function") or {}
                 names[str(c.get("id"))] = function.get("name", "")
@@ -106,7 +105,7 @@ def chat_request(request: Mapping[str, Any]) -> dict[str, Any]:
                 parts.append({"functionCall": {"name": function.get("name"), "args": args}})
             add("model", parts)
         elif role == "tool":
-            text = _text(m.get("content"))
+            text = text_of(m.get("content"))
             try:
                 result = orjson.loads(text)
             except orjson.JSONDecodeError:
@@ -228,42 +227,20 @@ def chat_response(answer: Mapping[str, Any], model: str) -> tuple[dict[str, Any]
 class ChatRelay:
     """Partial GenerateContentResponses in, OpenAI chat chunks out; usage from the last that has it."""
 
-    __slots__ = ("_calls", "_created", "_id", "_include_usage", "_model", "_split", "_started", "usage")
+    __slots__ = ("_calls", "_chunks", "_include_usage", "_split", "_started", "usage")
 
     def __init__(self, model: str, include_usage: bool) -> None:
         self._split = sse.EventSplitter()
-        self._model = model
+        self._chunks = ChatChunks(model)
         self._include_usage = include_usage
-        self._created = int(time.time())
-        self._id = f"chatcmpl-{uuid.uuid4().hex}"
         self._started: set[int] = set()
         self._calls: dict[int, int] = {}  # candidate -> tool calls sent so far
         self.usage: Usage | None = None
 
-    def _chunk(self, choices: list[dict[str, Any]], usage: Usage | None = None) -> bytes:
-        chunk: dict[str, Any] = {
-            "id": self._id,
-            "object": "chat.completion.chunk",
-            "created": self._created,
-            "model": self._model,
-            "choices": choices,
-        }
-        if usage is not None:
-            chunk["usage"] = _openai_usage(usage)
-        return sse.format_data(orjson.dumps(chunk))
-
     def feed(self, data: bytes) -> bytes:
         out: list[bytes] = []
-        for raw in self._split.feed(data):
-            event = sse.parse_event(raw)
-            if not event.data:
-                continue
-            try:
-                payload = orjson.loads(event.data)
-            except orjson.JSONDecodeError:
-                continue
-            if isinstance(payload, dict):
-                out += self._translate(payload)
+        for payload in json_events(self._split, data):
+            out += self._translate(payload)
         return b"".join(out)
 
     def _translate(self, e: dict[str, Any]) -> list[bytes]:
@@ -286,11 +263,11 @@ class ChatRelay:
             finish = _finish(candidate.get("finishReason"), bool(self._calls.get(index)))
             if delta or finish:
                 choices.append({"index": index, "delta": delta, "finish_reason": finish})
-        return [self._chunk(choices)] if choices else []
+        return [self._chunks.chunk(choices)] if choices else []
 
     def finish(self) -> bytes:
         if self._include_usage and self.usage is not None:
-            return self._chunk([], self.usage) + sse.DONE
+            return self._chunks.chunk([], _openai_usage(self.usage)) + sse.DONE
         return sse.DONE
 
 
@@ -343,15 +320,9 @@ class GeminiProvider(HttpProvider):
             out, usage = chat_response(answer, call.head.model)
             return Parsed(orjson.dumps(out), usage)
         found = answer.get("embeddings") or ([answer["embedding"]] if "embedding" in answer else [])
-        wants_base64 = b'"base64"' in call.body and decode_object(call.body).get("encoding_format") == "base64"
-        data = []
-        for i, e in enumerate(found):
-            v = e.get("values") or []
-            vector: Any = base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode() if wants_base64 else v
-            data.append({"object": "embedding", "index": i, "embedding": vector})
         out = {
             "object": "list",
-            "data": data,
+            "data": embedding_items((e.get("values") or [] for e in found), wants_base64(call)),
             "model": call.head.model,
             "usage": {"prompt_tokens": 0, "total_tokens": 0},
         }
