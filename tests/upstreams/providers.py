@@ -50,15 +50,14 @@ def _gemini_text(parts: Any) -> str:
 
 
 class ProviderStandIn(StandIn):
-    """Cohere and Gemini on one port; `received` records both."""
+    """Cohere and Gemini on one port, beside `StandIn`'s OpenAI, Azure and Anthropic routes (so one
+    stand-in serves every provider family); `received` records them all."""
 
-    def _build_app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_post("/v2/chat", self._route(self._cohere_chat))
-        app.router.add_post("/v2/embed", self._route(self._cohere_embed))
-        app.router.add_post("/v1beta/models/{target}", self._route(self._gemini))
-        app.router.add_route("*", "/{tail:.*}", self._route(self._not_found))
-        return app
+    def _add_routes(self, router: web.UrlDispatcher) -> None:
+        router.add_post("/v2/chat", self._route(self._cohere_chat))
+        router.add_post("/v2/embed", self._route(self._cohere_embed))
+        router.add_post("/v1beta/models/{target}", self._route(self._gemini))
+        super()._add_routes(router)
 
     # ---- Cohere ----------------------------------------------------------------------------------
 
@@ -107,7 +106,8 @@ class ProviderStandIn(StandIn):
                 ]
             else:
                 message["content"] = [{"type": "text", "text": text}]
-            return await self._json(call, {"id": mid, "finish_reason": finish, "message": message, "usage": usage})
+            answer = {"id": mid, "finish_reason": finish, "message": message, "usage": usage}
+            return await self._json(call, answer, usage=call.record.usage)
         frames: list[Frame] = [
             ("message-start", {"id": mid, "type": "message-start", "delta": {"message": {"role": "assistant"}}})
         ]
@@ -212,7 +212,7 @@ class ProviderStandIn(StandIn):
                 "modelVersion": model,
                 "responseId": rid,
             }
-            return await self._json(call, body)
+            return await self._json(call, body, usage=call.record.usage)
         if request.query.get("alt") != "sse":
             return await self._gemini_error(call, 400, "INVALID_ARGUMENT", "this stand-in streams only with alt=sse")
         pieces = [{"text": piece} for piece in _pieces(parts[0]["text"])] if "text" in parts[0] else parts

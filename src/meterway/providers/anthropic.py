@@ -17,7 +17,7 @@ from meterway.errors import BadRequest
 from meterway.providers import anthropic_format as fmt
 from meterway.providers import sse
 from meterway.providers.base import Api, Call, Parsed, StreamRelay, Usage, tokens
-from meterway.providers.common import JSON_HEADERS, Endpoint, HttpProvider, Route
+from meterway.providers.common import JSON_HEADERS, Endpoint, HttpProvider, Route, unreadable
 
 DEFAULT_API_BASE = "https://api.anthropic.com"
 API_VERSION = "2023-06-01"
@@ -132,6 +132,13 @@ class ChatFromMessagesRelay:
         return sse.DONE
 
 
+def _is_object(body: bytes) -> bool:
+    try:
+        return isinstance(orjson.loads(body), dict)
+    except orjson.JSONDecodeError:
+        return False
+
+
 ENDPOINT = Endpoint(
     {Api.CHAT: "/messages", Api.MESSAGES: "/messages"},
     default_base=DEFAULT_API_BASE,
@@ -162,7 +169,9 @@ class AnthropicProvider(HttpProvider):
         if call.api is Api.MESSAGES:
             try:
                 usage = usage_from_anthropic(_envelope.decode(body).usage)
-            except msgspec.DecodeError:
+            except msgspec.DecodeError:  # a usage that is no object is the ledger's to judge; no JSON object, ours
+                if not _is_object(body):
+                    raise unreadable(self.label, body) from None
                 usage = None
             return Parsed(body, usage)
         chat = fmt.messages_response_to_chat(orjson.loads(body), call.head.model)

@@ -160,7 +160,14 @@ class _ErrorEnvelope(msgspec.Struct):
 _error_envelope = msgspec.json.Decoder(_ErrorEnvelope)
 
 _CONTEXT_CODES = frozenset({"context_length_exceeded", "context_window_exceeded", "string_above_max_length"})
-_CONTEXT_WORDS = ("context length", "context window", "maximum context", "too many tokens", "prompt is too long")
+_CONTEXT_WORDS = (
+    "context length",
+    "context window",
+    "maximum context",
+    "too many tokens",
+    "prompt is too long",  # Anthropic
+    "exceeds the maximum number of tokens",  # Gemini: "The input token count (…) exceeds the maximum…"
+)
 _POLICY_CODES = frozenset({"content_policy_violation", "content_filter"})
 _POLICY_WORDS = ("content policy", "content management policy", "content_filter", "safety system")
 
