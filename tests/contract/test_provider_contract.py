@@ -21,7 +21,7 @@ import pytest
 
 from tests.support.gateway import RunningGateway, ledger_row, run_gateway
 from tests.upstreams.providers import ProviderStandIn
-from tests.upstreams.standin import Received, reply_for
+from tests.upstreams.standin import reply_for
 
 UPSTREAM_KEY = "contract-upstream-key"
 SAID = "hello there"
@@ -116,24 +116,6 @@ def gw(standin: ProviderStandIn) -> Iterator[RunningGateway]:
         yield g
 
 
-@pytest.fixture
-def up(standin: ProviderStandIn) -> ProviderStandIn:
-    standin.reset()
-    return standin
-
-
-@pytest.fixture
-def chat_client(gw: RunningGateway) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=gw.v1, api_key=gw.key, max_retries=0) as c:
-        yield c
-
-
-@pytest.fixture
-def messages_client(gw: RunningGateway) -> Iterator[anthropic.Anthropic]:
-    with anthropic.Anthropic(base_url=gw.url, api_key=gw.key, max_retries=0) as c:
-        yield c
-
-
 @dataclass
 class Answer:
     text: str
@@ -142,148 +124,146 @@ class Answer:
     headers: Any
 
 
-def ask(case: Case, chat_client: openai.OpenAI, messages_client: anthropic.Anthropic) -> Answer:
-    """One request answered whole, in the client's API."""
-    if case.messages_api:
-        raw = messages_client.messages.with_raw_response.create(
-            model=case.model, max_tokens=100, messages=[{"role": "user", "content": SAID}]
+@dataclass
+class Through:
+    """One family's case, driven through the gateway by the SDK of the client's API."""
+
+    case: Case
+    up: ProviderStandIn  # the stand-in, with nothing recorded or scripted from earlier tests
+    gw: RunningGateway
+    chat: openai.OpenAI
+    messages: anthropic.Anthropic
+
+    def ask(self) -> Answer:
+        """One request answered whole."""
+        model = self.case.model
+        if self.case.messages_api:
+            raw = self.messages.messages.with_raw_response.create(
+                model=model, max_tokens=100, messages=[{"role": "user", "content": SAID}]
+            )
+            msg = raw.parse()
+            block = msg.content[0]
+            assert block.type == "text" and msg.stop_reason == "end_turn"
+            return Answer(block.text, msg.usage.input_tokens, msg.usage.output_tokens, raw.headers)
+        chat_raw = self.chat.chat.completions.with_raw_response.create(
+            model=model, messages=[{"role": "user", "content": SAID}]
         )
-        msg = raw.parse()
-        block = msg.content[0]
-        assert block.type == "text" and msg.stop_reason == "end_turn"
-        return Answer(block.text, msg.usage.input_tokens, msg.usage.output_tokens, raw.headers)
-    chat_raw = chat_client.chat.completions.with_raw_response.create(
-        model=case.model, messages=[{"role": "user", "content": SAID}]
-    )
-    answer = chat_raw.parse()
-    assert answer.choices[0].finish_reason == "stop" and answer.usage is not None
-    return Answer(
-        answer.choices[0].message.content or "",
-        answer.usage.prompt_tokens,
-        answer.usage.completion_tokens,
-        chat_raw.headers,
-    )
+        answer = chat_raw.parse()
+        assert answer.choices[0].finish_reason == "stop" and answer.usage is not None
+        text = answer.choices[0].message.content or ""
+        return Answer(text, answer.usage.prompt_tokens, answer.usage.completion_tokens, chat_raw.headers)
 
-
-def stream(case: Case, chat_client: openai.OpenAI, messages_client: anthropic.Anthropic) -> Answer:
-    """One request streamed to its end, in the client's API, with the usage it reports."""
-    if case.messages_api:
-        with messages_client.messages.with_streaming_response.create(
-            model=case.model, max_tokens=100, messages=[{"role": "user", "content": SAID}], stream=True
+    def stream(self) -> Answer:
+        """One request streamed to its end, with the usage it reports."""
+        model = self.case.model
+        if self.case.messages_api:
+            with self.messages.messages.with_streaming_response.create(
+                model=model, max_tokens=100, messages=[{"role": "user", "content": SAID}], stream=True
+            ) as r:
+                text, prompt, completion = "", 0, 0
+                for event in r.parse():
+                    if event.type == "message_start":
+                        prompt = event.message.usage.input_tokens
+                    elif event.type == "content_block_delta" and event.delta.type == "text_delta":
+                        text += event.delta.text
+                    elif event.type == "message_delta":  # the final figures (an adapter knows the prompt's only now)
+                        completion = event.usage.output_tokens
+                        prompt = event.usage.input_tokens or prompt
+                return Answer(text, prompt, completion, r.headers)
+        with self.chat.chat.completions.with_streaming_response.create(
+            model=model,
+            messages=[{"role": "user", "content": SAID}],
+            stream=True,
+            stream_options={"include_usage": True},
         ) as r:
-            text, prompt, completion = "", 0, 0
-            for event in r.parse():
-                if event.type == "message_start":
-                    prompt = event.message.usage.input_tokens
-                elif event.type == "content_block_delta" and event.delta.type == "text_delta":
-                    text += event.delta.text
-                elif event.type == "message_delta":  # the final figures (an adapter knows the prompt's only now)
-                    completion = event.usage.output_tokens
-                    prompt = event.usage.input_tokens or prompt
-            return Answer(text, prompt, completion, r.headers)
-    with chat_client.chat.completions.with_streaming_response.create(
-        model=case.model,
-        messages=[{"role": "user", "content": SAID}],
-        stream=True,
-        stream_options={"include_usage": True},
-    ) as r:
-        chunks = list(r.parse())
-        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-        assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
-        usage = chunks[-1].usage
-        assert usage is not None
-        return Answer(text, usage.prompt_tokens, usage.completion_tokens, r.headers)
+            chunks = list(r.parse())
+            text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
+            usage = chunks[-1].usage
+            assert usage is not None
+            return Answer(text, usage.prompt_tokens, usage.completion_tokens, r.headers)
 
+    def fails(self) -> tuple[int, str]:
+        """A request that must fail: the status and message the client's SDK raised."""
+        with pytest.raises((openai.APIStatusError, anthropic.APIStatusError)) as caught:
+            self.ask()
+        err = caught.value
+        assert isinstance(err, openai.APIStatusError | anthropic.APIStatusError)
+        return err.status_code, err.message
 
-def counted(received: Received) -> tuple[int, int]:
-    """The prompt and completion tokens the stand-in reported, in whichever family's terms."""
-    u = received.usage
-    assert u is not None
-    if "input_tokens" in u:
-        return u["input_tokens"] + u["cache_read_input_tokens"] + u["cache_creation_input_tokens"], u["output_tokens"]
-    return u["prompt_tokens"], u["completion_tokens"]
+    def counted(self) -> tuple[int, int]:
+        """The prompt and completion tokens the stand-in last reported, in its family's terms."""
+        u = self.up.last.usage
+        assert u is not None
+        if "input_tokens" in u:
+            prompt = u["input_tokens"] + u["cache_read_input_tokens"] + u["cache_creation_input_tokens"]
+            return prompt, u["output_tokens"]
+        return u["prompt_tokens"], u["completion_tokens"]
 
-
-def fails(case: Case, chat_client: openai.OpenAI, messages_client: anthropic.Anthropic) -> tuple[int, str]:
-    """A request that must fail: the status and message the client's SDK raised."""
-    with pytest.raises((openai.APIStatusError, anthropic.APIStatusError)) as caught:
-        ask(case, chat_client, messages_client)
-    err = caught.value
-    assert isinstance(err, openai.APIStatusError | anthropic.APIStatusError)
-    return err.status_code, err.message
+    def row(self, answer: Answer) -> dict[str, Any]:
+        return ledger_row(self.gw.url, self.gw.key, answer.headers["x-request-id"])
 
 
 @pytest.fixture(params=CASES, ids=[c.name for c in CASES])
-def case(request: pytest.FixtureRequest) -> Case:
-    return request.param  # type: ignore[no-any-return]
+def through(request: pytest.FixtureRequest, standin: ProviderStandIn, gw: RunningGateway) -> Iterator[Through]:
+    standin.reset()
+    with (
+        openai.OpenAI(base_url=gw.v1, api_key=gw.key, max_retries=0) as chat,
+        anthropic.Anthropic(base_url=gw.url, api_key=gw.key, max_retries=0) as messages,
+    ):
+        yield Through(request.param, standin, gw, chat, messages)
 
 
-def test_a_whole_answer_is_translated_and_metered_from_the_upstreams_usage(
-    case: Case,
-    gw: RunningGateway,
-    up: ProviderStandIn,
-    chat_client: openai.OpenAI,
-    messages_client: anthropic.Anthropic,
-) -> None:
-    answer = ask(case, chat_client, messages_client)
+def test_a_whole_answer_is_translated_and_metered_from_the_upstreams_usage(through: Through) -> None:
+    answer = through.ask()
     assert answer.text == reply_for(SAID)
-    assert (answer.prompt_tokens, answer.completion_tokens) == counted(up.last)
-    assert up.last.credential == UPSTREAM_KEY
-    row = ledger_row(gw.url, gw.key, answer.headers["x-request-id"])
-    assert (row["prompt_tokens"], row["completion_tokens"], row["tokens_estimated"]) == (*counted(up.last), False)
-    assert (row["model"], row["status"]) == (case.model, "success") and row["spend"] > 0
+    assert (answer.prompt_tokens, answer.completion_tokens) == through.counted()
+    assert through.up.last.credential == UPSTREAM_KEY
+    row = through.row(answer)
+    assert (row["prompt_tokens"], row["completion_tokens"], row["tokens_estimated"]) == (*through.counted(), False)
+    assert (row["model"], row["status"]) == (through.case.model, "success") and row["spend"] > 0
 
 
-def test_a_stream_is_relayed_in_the_clients_format_and_metered(
-    case: Case,
-    gw: RunningGateway,
-    up: ProviderStandIn,
-    chat_client: openai.OpenAI,
-    messages_client: anthropic.Anthropic,
-) -> None:
-    answer = stream(case, chat_client, messages_client)
+def test_a_stream_is_relayed_in_the_clients_format_and_metered(through: Through) -> None:
+    answer = through.stream()
     assert answer.text == reply_for(SAID)
-    assert (answer.prompt_tokens, answer.completion_tokens) == counted(up.last)
-    assert up.last.completed
-    row = ledger_row(gw.url, gw.key, answer.headers["x-request-id"])
-    assert (row["prompt_tokens"], row["completion_tokens"], row["stream"]) == (*counted(up.last), True)
+    assert (answer.prompt_tokens, answer.completion_tokens) == through.counted()
+    assert through.up.last.completed
+    row = through.row(answer)
+    assert (row["prompt_tokens"], row["completion_tokens"], row["stream"]) == (*through.counted(), True)
 
 
-def test_an_upstream_429_is_retried_then_passed_on_with_its_status(
-    case: Case, up: ProviderStandIn, chat_client: openai.OpenAI, messages_client: anthropic.Anthropic
-) -> None:
-    busy = error_body(case.wire, 429, "Rate limit reached for requests; slow down")
+def test_an_upstream_429_is_retried_then_passed_on_with_its_status(through: Through) -> None:
+    up = through.up
+    busy = error_body(through.case.wire, 429, "Rate limit reached for requests; slow down")
     up.script_fail(429, busy)
-    answer = ask(case, chat_client, messages_client)
+    answer = through.ask()
     assert answer.text == reply_for(SAID) and answer.headers["x-meterway-attempts"] == "2"
     assert [r.status for r in up.received] == [429, 200]
 
     up.reset()
     up.script_fail(429, busy, times=2)  # the one retry meets the limit again: the client sees it
-    status, message = fails(case, chat_client, messages_client)
+    status, message = through.fails()
     assert status == 429 and "slow down" in message
     assert len(up.received) == 2
 
 
-def test_a_prompt_too_long_goes_to_the_context_window_fallback_and_other_400s_to_the_caller(
-    case: Case, up: ProviderStandIn, chat_client: openai.OpenAI, messages_client: anthropic.Anthropic
-) -> None:
+def test_a_prompt_too_long_goes_to_the_context_window_fallback_and_other_400s_to_the_caller(through: Through) -> None:
+    case, up = through.case, through.up
     up.script_fail(400, error_body(case.wire, 400, case.too_long, case.too_long_code))
-    answer = ask(case, chat_client, messages_client)
+    answer = through.ask()
     assert answer.text == reply_for(SAID) and answer.headers["x-meterway-deployment"] == "fallback"
     assert isinstance(up.last.json, dict) and up.last.json["model"] == "fallback-up"
 
     up.reset()
     up.script_fail(400, error_body(case.wire, 400, "Invalid value at 'temperature': 7 is above 2"))
-    status, message = fails(case, chat_client, messages_client)
+    status, message = through.fails()
     assert status == 400 and "Invalid value at 'temperature'" in message
     assert len(up.received) == 1  # the caller's own error: neither retried nor sent elsewhere
 
 
-def test_a_2xx_answer_that_is_no_json_is_a_502_naming_the_deployment(
-    case: Case, up: ProviderStandIn, chat_client: openai.OpenAI, messages_client: anthropic.Anthropic
-) -> None:
-    up.script_fail(200, b"<html><body>Welcome to nginx!</body></html>", {"Content-Type": "text/html"})
-    status, message = fails(case, chat_client, messages_client)
-    assert status == 502 and f"'{case.model}'" in message and "Welcome to nginx!" in message
-    assert len(up.received) == 1
+def test_a_2xx_answer_that_is_no_json_is_a_502_naming_the_deployment(through: Through) -> None:
+    through.up.script_fail(200, b"<html><body>Welcome to nginx!</body></html>", {"Content-Type": "text/html"})
+    status, message = through.fails()
+    assert status == 502 and f"'{through.case.model}'" in message and "Welcome to nginx!" in message
+    assert len(through.up.received) == 1

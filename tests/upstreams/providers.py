@@ -89,7 +89,7 @@ class ProviderStandIn(StandIn):
             output = count_words(name) + count_words(args)
             finish = "TOOL_CALL"
         else:
-            user = next((m for m in reversed(messages) if m.get("role") == "user"), {})
+            user: dict[str, Any] = next((m for m in reversed(messages) if m.get("role") == "user"), {})
             text = reply_for(_cohere_text(user.get("content")))
             output, finish = count_words(text), "COMPLETE"
         usage = {
@@ -123,11 +123,11 @@ class ProviderStandIn(StandIn):
                 )
             )
             for piece in (args[: len(args) // 2], args[len(args) // 2 :]):
-                delta = {"message": {"tool_calls": {"function": {"arguments": piece}}}}
+                delta: dict[str, Any] = {"message": {"tool_calls": {"function": {"arguments": piece}}}}
                 frames.append(("tool-call-delta", {"type": "tool-call-delta", "index": 0, "delta": delta}))
             frames.append(("tool-call-end", {"type": "tool-call-end", "index": 0}))
         else:
-            content = {"message": {"content": {"type": "text", "text": ""}}}
+            content: dict[str, Any] = {"message": {"content": {"type": "text", "text": ""}}}
             frames.append(("content-start", {"type": "content-start", "index": 0, "delta": content}))
             for piece in _pieces(text):
                 delta = {"message": {"content": {"text": piece}}}
@@ -198,7 +198,7 @@ class ProviderStandIn(StandIn):
             parts: list[dict[str, Any]] = [{"functionCall": {"name": fn["name"], "args": args}}]
             output = count_words(fn["name"]) + count_words(jsonlib.dumps(args))
         else:
-            user = next((c for c in reversed(contents) if c.get("role") == "user"), {})
+            user: dict[str, Any] = next((c for c in reversed(contents) if c.get("role") == "user"), {})
             text = reply_for(_gemini_text(user.get("parts")))
             parts = [{"text": text}]
             output = count_words(text)
