@@ -20,8 +20,15 @@ CLI and background tasks share the same vocabulary.
     ├── NoDeploymentAvailable           429 every deployment of the group cools down or is at its rpm/tpm
     ├── ServiceUnavailable              503 (e.g. the gateway is not ready)
     └── UpstreamError                   the upstream answered with an error: its 4xx, or 502
-        ├── UpstreamTimeout             504
-        └── UpstreamUnreachable         502 naming the deployment, never its key
+        ├── UpstreamTransient           another attempt may succeed: retried, then fallbacks
+        │   ├── UpstreamUnavailable     the upstream's 5xx or 408, or an answer broken off (502)
+        │   ├── UpstreamRateLimited     the upstream's 429 (its Retry-After passed on)
+        │   ├── UpstreamTimeout         504
+        │   └── UpstreamUnreachable     502 naming the deployment, never its key
+        ├── ContextWindowExceeded       its 400: the prompt is too long (context_window_fallbacks)
+        ├── ContentPolicyViolation      its 400: refused by a content filter (content_policy_fallbacks)
+        ├── UpstreamRejected            the caller's own error (another 4xx): passed on as it is
+        └── UpstreamUnreadable          502: a 2xx answer that is not in its API's format
 """
 
 from __future__ import annotations
@@ -193,11 +200,47 @@ class UpstreamError(MeterwayError):
         return self.status
 
 
-class UpstreamTimeout(UpstreamError):
+# What an upstream failure means is decided once, where it is read (a provider's `map_error`, the
+# transport's `map_client_error`), so routing's retry decision is a class, not phrase matching. The
+# classes keep UpstreamError's status and `error_type`: the client sees the same status and body.
+
+
+class UpstreamTransient(UpstreamError):
+    """A failure another attempt (the same deployment later, or another) may not meet."""
+
+
+class UpstreamUnavailable(UpstreamTransient):
+    """The upstream answered 5xx or 408, or broke its answer off."""
+
+
+class UpstreamRateLimited(UpstreamTransient):
+    """The upstream answered 429; its Retry-After is passed on to the client."""
+
+
+class UpstreamTimeout(UpstreamTransient):
     status = 504
     error_type = "timeout"
 
 
-class UpstreamUnreachable(UpstreamError):
+class UpstreamUnreachable(UpstreamTransient):
     status = 502
     error_type = "upstream_unreachable"
+
+
+class ContextWindowExceeded(UpstreamError):
+    """The upstream refused the prompt as too long for the model: another model group (the
+    context-window fallbacks) may take it; another attempt on the same one would not."""
+
+
+class ContentPolicyViolation(UpstreamError):
+    """The upstream's content filter refused the request: only the content-policy fallbacks help."""
+
+
+class UpstreamRejected(UpstreamError):
+    """The upstream refused the request as the caller's own error (any other 4xx): passed on as
+    it is, never retried."""
+
+
+class UpstreamUnreadable(UpstreamError):
+    """The upstream answered 2xx with a body that is not in its API's format: a 502. Not retried:
+    the deployment did answer, and would most likely answer the same again."""

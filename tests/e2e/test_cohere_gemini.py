@@ -235,16 +235,3 @@ def test_gemini_embeddings_use_embed_content_for_one_and_batch_for_many(
     assert [d.embedding for d in many.data] == [embedding_for("alpha"), embedding_for("beta")]
     assert up.last.path.endswith(":batchEmbedContents")
     assert [r["model"] for r in up.last.json["requests"]] == ["models/text-embedding-004"] * 2
-
-
-def test_provider_errors_keep_their_status_and_message(
-    gw: RunningGateway, up: ProviderStandIn, client: openai.OpenAI
-) -> None:
-    up.script_fail(
-        400, {"error": {"code": 400, "message": "Invalid value at 'contents'", "status": "INVALID_ARGUMENT"}}
-    )
-    with pytest.raises(openai.BadRequestError, match="Invalid value at 'contents'"):
-        client.chat.completions.create(model="gemini", messages=HI)
-    up.script_fail(429, {"message": "You are using a Trial key, which is limited"})
-    with pytest.raises(openai.RateLimitError, match="Trial key"):
-        client.chat.completions.create(model="command", messages=HI)

@@ -6,11 +6,26 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import aiohttp
+import orjson
 import pytest
 
 from meterway.config.load import parse_config
 from meterway.config.routing import RoutingPolicy
-from meterway.errors import ConfigError, UpstreamError, UpstreamTimeout
+from meterway.errors import (
+    ConfigError,
+    ContentPolicyViolation,
+    ContextWindowExceeded,
+    UpstreamError,
+    UpstreamRateLimited,
+    UpstreamRejected,
+    UpstreamTimeout,
+    UpstreamTransient,
+    UpstreamUnavailable,
+    UpstreamUnreachable,
+)
+from meterway.providers.common import error_from_body
+from meterway.providers.transport import map_client_error
 from meterway.routing import Router, retry_kind
 from meterway.routing.cooldown import Cooldowns
 
@@ -31,28 +46,51 @@ def deployments(*params: dict[str, Any], router: dict[str, Any] | None = None) -
     return parse_config(data, source=None, env={})
 
 
-def upstream(status: int | None, message: str = "failed", code: str | None = None) -> UpstreamError:
-    return UpstreamError(message, deployment="d", upstream_status=status, code=code)
+def upstream(status: int, message: str = "failed", code: str | None = None) -> UpstreamError:
+    """An upstream's error answer as a provider reads it (`map_error`): its class says what it means."""
+    return error_from_body(status, orjson.dumps({"error": {"message": message, "code": code}}), "d")
 
 
 @pytest.mark.parametrize(
-    ("err", "kind"),
+    ("err", "kind", "cls"),
     [
-        (upstream(500), "retry"),
-        (upstream(503), "retry"),
-        (upstream(429), "retry"),
-        (upstream(408), "retry"),
-        (UpstreamTimeout("slow", deployment="d"), "retry"),
-        (upstream(None), "retry"),  # connection errors carry no status
-        (upstream(400, "bad temperature"), None),
-        (upstream(401), None),
-        (upstream(400, "x", code="context_length_exceeded"), "context_window"),
-        (upstream(400, "This model's maximum context length is 8192 tokens"), "context_window"),
-        (upstream(400, "x", code="content_policy_violation"), "content_policy"),
+        (upstream(500), "retry", UpstreamUnavailable),
+        (upstream(503), "retry", UpstreamUnavailable),
+        (upstream(429), "retry", UpstreamRateLimited),
+        (upstream(408), "retry", UpstreamUnavailable),
+        (map_client_error(TimeoutError(), "d"), "retry", UpstreamTimeout),
+        (map_client_error(aiohttp.ServerDisconnectedError(), "d"), "retry", UpstreamUnreachable),
+        (map_client_error(aiohttp.ClientPayloadError("cut"), "d"), "retry", UpstreamUnavailable),
+        (upstream(400, "bad temperature"), None, UpstreamRejected),
+        (upstream(401), None, UpstreamRejected),
+        (upstream(400, "x", code="context_length_exceeded"), "context_window", ContextWindowExceeded),
+        (upstream(400, "This model's maximum context length is 8192 tokens"), "context_window", ContextWindowExceeded),
+        (upstream(400, "prompt is too long: 210000 tokens > 200000 maximum"), "context_window", ContextWindowExceeded),
+        (upstream(400, "x", code="content_policy_violation"), "content_policy", ContentPolicyViolation),
+        (upstream(400, "Blocked by the content management policy"), "content_policy", ContentPolicyViolation),
     ],
 )
-def test_which_failures_are_retried_or_fall_back(err: UpstreamError, kind: str | None) -> None:
+def test_which_failures_are_retried_or_fall_back(
+    err: UpstreamError, kind: str | None, cls: type[UpstreamError]
+) -> None:
+    assert type(err) is cls
     assert retry_kind(err) == kind
+
+
+def test_a_429_from_upstream_keeps_its_status_and_message_for_the_client() -> None:
+    err = upstream(429, "slow down", code="rate_limit_exceeded")
+    assert isinstance(err, UpstreamTransient)
+    assert (err.http_status(), err.message, err.code, err.error_type) == (
+        429,
+        "slow down",
+        "rate_limit_exceeded",
+        "upstream_error",
+    )
+
+
+def test_an_upstream_5xx_is_a_502_naming_the_deployment() -> None:
+    err = upstream(503, "overloaded")
+    assert err.http_status() == 502 and err.message == "Upstream deployment 'd' failed with HTTP 503: overloaded"
 
 
 def test_shuffle_weights_by_rpm_when_no_weight_is_set() -> None:

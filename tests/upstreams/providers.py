@@ -50,15 +50,14 @@ def _gemini_text(parts: Any) -> str:
 
 
 class ProviderStandIn(StandIn):
-    """Cohere and Gemini on one port; `received` records both."""
+    """Cohere and Gemini on one port, beside `StandIn`'s OpenAI, Azure and Anthropic routes (so one
+    stand-in serves every provider family); `received` records them all."""
 
-    def _build_app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_post("/v2/chat", self._route(self._cohere_chat))
-        app.router.add_post("/v2/embed", self._route(self._cohere_embed))
-        app.router.add_post("/v1beta/models/{target}", self._route(self._gemini))
-        app.router.add_route("*", "/{tail:.*}", self._route(self._not_found))
-        return app
+    def _add_routes(self, router: web.UrlDispatcher) -> None:
+        router.add_post("/v2/chat", self._route(self._cohere_chat))
+        router.add_post("/v2/embed", self._route(self._cohere_embed))
+        router.add_post("/v1beta/models/{target}", self._route(self._gemini))
+        super()._add_routes(router)
 
     # ---- Cohere ----------------------------------------------------------------------------------
 
@@ -90,7 +89,7 @@ class ProviderStandIn(StandIn):
             output = count_words(name) + count_words(args)
             finish = "TOOL_CALL"
         else:
-            user = next((m for m in reversed(messages) if m.get("role") == "user"), {})
+            user: dict[str, Any] = next((m for m in reversed(messages) if m.get("role") == "user"), {})
             text = reply_for(_cohere_text(user.get("content")))
             output, finish = count_words(text), "COMPLETE"
         usage = {
@@ -107,7 +106,8 @@ class ProviderStandIn(StandIn):
                 ]
             else:
                 message["content"] = [{"type": "text", "text": text}]
-            return await self._json(call, {"id": mid, "finish_reason": finish, "message": message, "usage": usage})
+            answer = {"id": mid, "finish_reason": finish, "message": message, "usage": usage}
+            return await self._json(call, answer, usage=call.record.usage)
         frames: list[Frame] = [
             ("message-start", {"id": mid, "type": "message-start", "delta": {"message": {"role": "assistant"}}})
         ]
@@ -123,11 +123,11 @@ class ProviderStandIn(StandIn):
                 )
             )
             for piece in (args[: len(args) // 2], args[len(args) // 2 :]):
-                delta = {"message": {"tool_calls": {"function": {"arguments": piece}}}}
+                delta: dict[str, Any] = {"message": {"tool_calls": {"function": {"arguments": piece}}}}
                 frames.append(("tool-call-delta", {"type": "tool-call-delta", "index": 0, "delta": delta}))
             frames.append(("tool-call-end", {"type": "tool-call-end", "index": 0}))
         else:
-            content = {"message": {"content": {"type": "text", "text": ""}}}
+            content: dict[str, Any] = {"message": {"content": {"type": "text", "text": ""}}}
             frames.append(("content-start", {"type": "content-start", "index": 0, "delta": content}))
             for piece in _pieces(text):
                 delta = {"message": {"content": {"text": piece}}}
@@ -198,7 +198,7 @@ class ProviderStandIn(StandIn):
             parts: list[dict[str, Any]] = [{"functionCall": {"name": fn["name"], "args": args}}]
             output = count_words(fn["name"]) + count_words(jsonlib.dumps(args))
         else:
-            user = next((c for c in reversed(contents) if c.get("role") == "user"), {})
+            user: dict[str, Any] = next((c for c in reversed(contents) if c.get("role") == "user"), {})
             text = reply_for(_gemini_text(user.get("parts")))
             parts = [{"text": text}]
             output = count_words(text)
@@ -212,7 +212,7 @@ class ProviderStandIn(StandIn):
                 "modelVersion": model,
                 "responseId": rid,
             }
-            return await self._json(call, body)
+            return await self._json(call, body, usage=call.record.usage)
         if request.query.get("alt") != "sse":
             return await self._gemini_error(call, 400, "INVALID_ARGUMENT", "this stand-in streams only with alt=sse")
         pieces = [{"text": piece} for piece in _pieces(parts[0]["text"])] if "text" in parts[0] else parts

@@ -182,8 +182,8 @@ class Received:
 
     @property
     def credential(self) -> str | None:
-        """The key the caller presented: `x-api-key`, `api-key` or the bearer token."""
-        for name in ("x-api-key", "api-key"):
+        """The key the caller presented: `x-api-key`, `api-key`, `x-goog-api-key` or the bearer token."""
+        for name in ("x-api-key", "api-key", "x-goog-api-key"):
             if self.headers.get(name):
                 return self.headers[name]
         auth = self.headers.get("authorization", "")
@@ -610,7 +610,12 @@ class StandIn:
 
     def _build_app(self) -> web.Application:
         app = web.Application(client_max_size=CLIENT_MAX_SIZE)
-        router = app.router
+        self._add_routes(app.router)
+        app.router.add_route("*", "/{tail:.*}", self._route(self._not_found))
+        return app
+
+    def _add_routes(self, router: web.UrlDispatcher) -> None:
+        """The routes this stand-in answers (a subclass adds its own formats' before these)."""
         for prefix in OPENAI_PREFIXES:
             router.add_post(f"{prefix}/chat/completions", self._route(self._chat))
             router.add_post(f"{prefix}/completions", self._route(self._completions))
@@ -621,8 +626,6 @@ class StandIn:
         for prefix in ANTHROPIC_PREFIXES:
             router.add_post(f"{prefix}/messages", self._route(self._messages))
             router.add_post(f"{prefix}/messages/count_tokens", self._route(self._count_tokens))
-        router.add_route("*", "/{tail:.*}", self._route(self._not_found))
-        return app
 
     def _route(
         self, handler: Callable[[_Call], Awaitable[web.StreamResponse]]

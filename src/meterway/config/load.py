@@ -538,7 +538,7 @@ def _deployment(
         headers["OpenAI-Organization"] = params["organization"]
 
     try:
-        resolved = registry.resolve(model, api_base, Secret(api_key) if api_key else None)
+        resolved = registry.resolve(model, api_base, Secret(api_key) if api_key else None, env=env)
     except ConfigError as e:
         raise ConfigError(
             f"{where}: litellm_params.model: {e.message}"

@@ -8,19 +8,16 @@ stream event, with usage (including cache reads and writes) read from Anthropic'
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from typing import Any
 
 import msgspec
 import orjson
-from yarl import URL
 
-from meterway.config.secret import Secret
-from meterway.errors import BadRequest, UpstreamError
+from meterway.errors import BadRequest
 from meterway.providers import anthropic_format as fmt
 from meterway.providers import sse
-from meterway.providers.base import Api, Call, Parsed, StreamRelay, UpstreamRequest, Usage, tokens
-from meterway.providers.openai import error_from_body
+from meterway.providers.base import Api, Call, Parsed, StreamRelay, Usage, tokens
+from meterway.providers.common import JSON_HEADERS, Endpoint, HttpProvider, Route, unreadable
 
 DEFAULT_API_BASE = "https://api.anthropic.com"
 API_VERSION = "2023-06-01"
@@ -135,51 +132,46 @@ class ChatFromMessagesRelay:
         return sse.DONE
 
 
-class AnthropicProvider:
+def _is_object(body: bytes) -> bool:
+    try:
+        return isinstance(orjson.loads(body), dict)
+    except orjson.JSONDecodeError:
+        return False
+
+
+ENDPOINT = Endpoint(
+    {Api.CHAT: "/messages", Api.MESSAGES: "/messages"},
+    default_base=DEFAULT_API_BASE,
+    versions=("/v1",),
+    auth=("x-api-key", ""),
+    headers={**JSON_HEADERS, "anthropic-version": API_VERSION},
+)
+
+
+class AnthropicProvider(HttpProvider):
     family = "anthropic"
-    local = False
+    endpoint = ENDPOINT
 
-    def __init__(
-        self,
-        *,
-        label: str,
-        upstream_model: str,
-        api_base: str | None,
-        api_key: Secret | None,
-        extra_headers: Mapping[str, str] | None = None,
-    ) -> None:
-        self.label = label
-        self.upstream_model = upstream_model
-        base = (api_base or DEFAULT_API_BASE).rstrip("/")
-        self.url = URL(base + ("/messages" if base.endswith("/v1") else "/v1/messages"))
-        headers = {"Content-Type": "application/json", "anthropic-version": API_VERSION}
-        if api_key:
-            headers["x-api-key"] = api_key.reveal()
-        headers.update(extra_headers or {})
-        self.headers = headers
-
-    def supports(self, api: Api) -> bool:
-        return api in (Api.CHAT, Api.MESSAGES)
-
-    def build_request(self, call: Call) -> UpstreamRequest:
+    def encode(self, call: Call) -> tuple[Route, bytes]:
         if call.api is Api.MESSAGES:
             body = call.body
             if call.head.model != self.upstream_model:
                 obj = orjson.loads(body)
                 obj["model"] = self.upstream_model
                 body = orjson.dumps(obj)
-        else:
-            try:
-                body = orjson.dumps(fmt.chat_to_messages_request(orjson.loads(call.body), self.upstream_model))
-            except fmt.TranslationError as e:
-                raise BadRequest(str(e), param=e.param) from None
-        return UpstreamRequest("POST", self.url, self.headers, body, call.head.stream)
+            return call.api, body
+        try:
+            return call.api, orjson.dumps(fmt.chat_to_messages_request(orjson.loads(call.body), self.upstream_model))
+        except fmt.TranslationError as e:
+            raise BadRequest(str(e), param=e.param) from None
 
     def parse_response(self, call: Call, body: bytes) -> Parsed:
         if call.api is Api.MESSAGES:
             try:
                 usage = usage_from_anthropic(_envelope.decode(body).usage)
-            except msgspec.DecodeError:
+            except msgspec.DecodeError:  # a usage that is no object is the ledger's to judge; no JSON object, ours
+                if not _is_object(body):
+                    raise unreadable(self.label, body) from None
                 usage = None
             return Parsed(body, usage)
         chat = fmt.messages_response_to_chat(orjson.loads(body), call.head.model)
@@ -189,6 +181,3 @@ class AnthropicProvider:
         if call.api is Api.MESSAGES:
             return MessagesPassthroughRelay()
         return ChatFromMessagesRelay(call.head.model, call.head.include_usage, int(time.time()))
-
-    def map_error(self, call: Call, status: int, body: bytes) -> UpstreamError:
-        return error_from_body(status, body, self.label)

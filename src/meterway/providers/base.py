@@ -3,7 +3,7 @@
 A provider translates between the client's API and one upstream family. It does no I/O and keeps
 no state beyond its deployment's resolved URL, headers and model name: the shared transport in
 `meterway.providers.transport` does the HTTP, so a new family is one module of pure translation
-that can be unit-tested offline.
+(plus its `Endpoint`, in `meterway.providers.common`) that can be unit-tested offline.
 """
 
 from __future__ import annotations
@@ -127,7 +127,9 @@ class StreamRelay(Protocol):
 
 
 class Provider(Protocol):
-    """Translate between the client's API and one upstream family for one deployment."""
+    """Translate between the client's API and one upstream family for one deployment. HTTP families
+    are built from data (`providers.common.Endpoint`, `HttpProvider`); `map_error` returns the
+    UpstreamError subclass that says what the failure means, so callers decide by class."""
 
     family: str
     label: str  # the deployment's name in errors and logs (never its key)

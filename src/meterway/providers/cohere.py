@@ -8,33 +8,27 @@ embeddings, LiteLLM's `input_type` field picks Cohere's input type (`search_docu
 
 from __future__ import annotations
 
-import base64
-import struct
 import time
 import uuid
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
-from yarl import URL
 
-from meterway.errors import BadRequest, UpstreamError
+from meterway.errors import BadRequest
 from meterway.providers import sse
-from meterway.providers.base import (
-    Api,
-    Call,
-    Parsed,
-    StreamRelay,
-    UpstreamRequest,
-    Usage,
-    decode_object,
-    not_counts,
-    tokens,
+from meterway.providers.base import Api, Call, Parsed, StreamRelay, Usage, decode_object, not_counts, tokens
+from meterway.providers.common import (
+    JSON_HEADERS,
+    ChatChunks,
+    Endpoint,
+    HttpProvider,
+    Route,
+    embedding_items,
+    json_events,
+    text_of,
+    wants_base64,
 )
-from meterway.providers.openai import error_from_body
-
-if TYPE_CHECKING:
-    from meterway.config.secret import Secret
 
 DEFAULT_API_BASE = "https://api.cohere.com"
 INPUT_TYPES = ("search_document", "search_query", "classification", "clustering", "image")
@@ -58,14 +52,6 @@ PARAMS = {
 }
 
 
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
-    return ""
-
-
 def _content(content: Any) -> Any:
     """User content: a string, or Cohere's parts (text and image_url take OpenAI's shape)."""
     if not isinstance(content, list):
@@ -81,12 +67,12 @@ def chat_request(request: Mapping[str, Any], model: str, stream: bool) -> dict[s
             raise BadRequest("Each message must be an object.", param="messages")
         role = m.get("role")
         if role in ("system", "developer"):
-            messages.append({"role": "system", "content": _text(m.get("content"))})
+            messages.append({"role": "system", "content": text_of(m.get("content"))})
         elif role == "user":
             messages.append({"role": "user", "content": _content(m.get("content"))})
         elif role == "assistant":
             out: dict[str, Any] = {"role": "assistant"}
-            text = _text(m.get("content"))
+            text = text_of(m.get("content"))
             if text:
                 out["content"] = text
             calls = m.get("tool_calls")
@@ -104,7 +90,9 @@ def chat_request(request: Mapping[str, Any], model: str, stream: bool) -> dict[s
                 ]
             messages.append(out)
         elif role == "tool":
-            messages.append({"role": "tool", "tool_call_id": m.get("tool_call_id"), "content": _text(m.get("content"))})
+            messages.append(
+                {"role": "tool", "tool_call_id": m.get("tool_call_id"), "content": text_of(m.get("content"))}
+            )
         else:
             raise BadRequest(f"Message role '{role}' is not supported by Cohere.", param="messages")
     body: dict[str, Any] = {"model": model, "messages": messages, "stream": stream}
@@ -185,36 +173,20 @@ def chat_response(answer: Mapping[str, Any], model: str) -> tuple[dict[str, Any]
 class ChatRelay:
     """Cohere's events in, OpenAI chat chunks out, one state per stream."""
 
-    __slots__ = ("_created", "_id", "_include_usage", "_model", "_split", "usage")
+    __slots__ = ("_chunks", "_include_usage", "_split", "usage")
 
     def __init__(self, model: str, include_usage: bool) -> None:
         self._split = sse.EventSplitter()
-        self._model = model
+        self._chunks = ChatChunks(model)
         self._include_usage = include_usage
-        self._created = int(time.time())
-        self._id = f"chatcmpl-{uuid.uuid4().hex}"
         self.usage: Usage | None = None
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
-        chunk = {
-            "id": self._id,
-            "object": "chat.completion.chunk",
-            "created": self._created,
-            "model": self._model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-        }
-        return sse.format_data(orjson.dumps(chunk))
+        return self._chunks.chunk([{"index": 0, "delta": delta, "finish_reason": finish}])
 
     def feed(self, data: bytes) -> bytes:
         out: list[bytes] = []
-        for raw in self._split.feed(data):
-            event = sse.parse_event(raw)
-            if not event.data:
-                continue
-            try:
-                payload = orjson.loads(event.data)
-            except orjson.JSONDecodeError:
-                continue
+        for payload in json_events(self._split, data):
             out += self._translate(payload)
         return b"".join(out)
 
@@ -222,7 +194,7 @@ class ChatRelay:
         kind = e.get("type")
         message = (e.get("delta") or {}).get("message") or {}
         if kind == "message-start":
-            self._id = e.get("id") or self._id
+            self._chunks.id = e.get("id") or self._chunks.id
             return [self._chunk({"role": "assistant", "content": ""})]
         if kind == "content-delta":
             text = (message.get("content") or {}).get("text")
@@ -242,15 +214,7 @@ class ChatRelay:
             self.usage = usage_of(delta.get("usage"))
             out = [self._chunk({}, FINISH.get(delta.get("finish_reason", ""), "stop"))]
             if self._include_usage and self.usage is not None:
-                chunk = {
-                    "id": self._id,
-                    "object": "chat.completion.chunk",
-                    "created": self._created,
-                    "model": self._model,
-                    "choices": [],
-                    "usage": _openai_usage(self.usage),
-                }
-                out.append(sse.format_data(orjson.dumps(chunk)))
+                out.append(self._chunks.chunk([], _openai_usage(self.usage)))
             return out
         return []
 
@@ -277,14 +241,7 @@ def embed_response(answer: Mapping[str, Any], model: str, base64_out: bool) -> t
     vectors = answer.get("embeddings") or {}
     if isinstance(vectors, dict):
         vectors = vectors.get("float") or []
-    data = [
-        {
-            "object": "embedding",
-            "index": i,
-            "embedding": base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode() if base64_out else v,
-        }
-        for i, v in enumerate(vectors)
-    ]
+    data = embedding_items(vectors, base64_out)
     billed = ((answer.get("meta") or {}).get("billed_units") or {}).get("input_tokens")
     usage = Usage(tokens(billed), 0, tokens(billed)) if billed is not None else None
     counted = max(usage.prompt_tokens, 0) if usage else 0
@@ -296,52 +253,31 @@ def embed_response(answer: Mapping[str, Any], model: str, base64_out: bool) -> t
     }, usage
 
 
-class CohereProvider:
+ENDPOINT = Endpoint(
+    {Api.CHAT: "/chat", Api.EMBEDDINGS: "/embed"},
+    default_base=DEFAULT_API_BASE,
+    versions=("/v2",),
+    headers={**JSON_HEADERS, "Accept": "application/json"},
+)
+
+
+class CohereProvider(HttpProvider):
     family = "cohere"
-    local = False
+    endpoint = ENDPOINT
 
-    def __init__(
-        self,
-        *,
-        label: str,
-        upstream_model: str,
-        api_base: str | None,
-        api_key: Secret | None,
-        extra_headers: Mapping[str, str] | None = None,
-    ) -> None:
-        self.label = label
-        self.upstream_model = upstream_model
-        base = (api_base or DEFAULT_API_BASE).rstrip("/")
-        base = base if base.endswith("/v2") else base + "/v2"
-        self.urls = {Api.CHAT: URL(base + "/chat"), Api.EMBEDDINGS: URL(base + "/embed")}
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if api_key:
-            headers["Authorization"] = f"Bearer {api_key.reveal()}"
-        headers.update(extra_headers or {})
-        self.headers = headers
-
-    def supports(self, api: Api) -> bool:
-        return api in self.urls
-
-    def build_request(self, call: Call) -> UpstreamRequest:
+    def encode(self, call: Call) -> tuple[Route, bytes]:
         request = decode_object(call.body)
         if call.api is Api.EMBEDDINGS:
-            body = embed_request(request, self.upstream_model)
-        else:
-            body = chat_request(request, self.upstream_model, call.head.stream)
-        return UpstreamRequest("POST", self.urls[call.api], self.headers, orjson.dumps(body), call.head.stream)
+            return call.api, orjson.dumps(embed_request(request, self.upstream_model))
+        return call.api, orjson.dumps(chat_request(request, self.upstream_model, call.head.stream))
 
     def parse_response(self, call: Call, body: bytes) -> Parsed:
         answer = orjson.loads(body)
         if call.api is Api.EMBEDDINGS:
-            wants_base64 = b'"base64"' in call.body and decode_object(call.body).get("encoding_format") == "base64"
-            out, usage = embed_response(answer, call.head.model, wants_base64)
+            out, usage = embed_response(answer, call.head.model, wants_base64(call))
         else:
             out, usage = chat_response(answer, call.head.model)
         return Parsed(orjson.dumps(out), usage)
 
     def open_stream(self, call: Call) -> StreamRelay:
         return ChatRelay(call.head.model, call.head.include_usage)
-
-    def map_error(self, call: Call, status: int, body: bytes) -> UpstreamError:
-        return error_from_body(status, body, self.label)

@@ -11,23 +11,26 @@ embedding answers carry no usage, so the ledger counts those tokens itself (mark
 
 from __future__ import annotations
 
-import base64
-import struct
 import time
 import uuid
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
-from yarl import URL
 
-from meterway.errors import BadRequest, UpstreamError
+from meterway.errors import BadRequest
 from meterway.providers import sse
-from meterway.providers.base import Api, Call, Parsed, StreamRelay, UpstreamRequest, Usage, decode_object, tokens
-from meterway.providers.openai import error_from_body
-
-if TYPE_CHECKING:
-    from meterway.config.secret import Secret
+from meterway.providers.base import Api, Call, Parsed, StreamRelay, Usage, decode_object, tokens
+from meterway.providers.common import (
+    ChatChunks,
+    Endpoint,
+    HttpProvider,
+    Route,
+    embedding_items,
+    json_events,
+    text_of,
+    wants_base64,
+)
 
 DEFAULT_API_BASE = "https://generativelanguage.googleapis.com/v1beta"
 
@@ -50,14 +53,6 @@ GENERATION = {
     "presence_penalty": "presencePenalty",
     "frequency_penalty": "frequencyPenalty",
 }
-
-
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
-    return ""
 
 
 def _parts(content: Any) -> list[dict[str, Any]]:
@@ -95,11 +90,11 @@ def chat_request(request: Mapping[str, Any]) -> dict[str, Any]:
             raise BadRequest("Each message must be an object.", param="messages")
         role = m.get("role")
         if role in ("system", "developer"):
-            system.append({"text": _text(m.get("content"))})
+            system.append({"text": text_of(m.get("content"))})
         elif role == "user":
             add("user", _parts(m.get("content")))
         elif role == "assistant":
-            parts: list[dict[str, Any]] = [{"text": t}] if (t := _text(m.get("content"))) else []
+            parts: list[dict[str, Any]] = [{"text": t}] if (t := text_of(m.get("content"))) else []
             for c in m.get("tool_calls") or []:
                 function = c.get("function") or {}
                 names[str(c.get("id"))] = function.get("name", "")
@@ -110,7 +105,7 @@ def chat_request(request: Mapping[str, Any]) -> dict[str, Any]:
                 parts.append({"functionCall": {"name": function.get("name"), "args": args}})
             add("model", parts)
         elif role == "tool":
-            text = _text(m.get("content"))
+            text = text_of(m.get("content"))
             try:
                 result = orjson.loads(text)
             except orjson.JSONDecodeError:
@@ -232,42 +227,20 @@ def chat_response(answer: Mapping[str, Any], model: str) -> tuple[dict[str, Any]
 class ChatRelay:
     """Partial GenerateContentResponses in, OpenAI chat chunks out; usage from the last that has it."""
 
-    __slots__ = ("_calls", "_created", "_id", "_include_usage", "_model", "_split", "_started", "usage")
+    __slots__ = ("_calls", "_chunks", "_include_usage", "_split", "_started", "usage")
 
     def __init__(self, model: str, include_usage: bool) -> None:
         self._split = sse.EventSplitter()
-        self._model = model
+        self._chunks = ChatChunks(model)
         self._include_usage = include_usage
-        self._created = int(time.time())
-        self._id = f"chatcmpl-{uuid.uuid4().hex}"
         self._started: set[int] = set()
         self._calls: dict[int, int] = {}  # candidate -> tool calls sent so far
         self.usage: Usage | None = None
 
-    def _chunk(self, choices: list[dict[str, Any]], usage: Usage | None = None) -> bytes:
-        chunk: dict[str, Any] = {
-            "id": self._id,
-            "object": "chat.completion.chunk",
-            "created": self._created,
-            "model": self._model,
-            "choices": choices,
-        }
-        if usage is not None:
-            chunk["usage"] = _openai_usage(usage)
-        return sse.format_data(orjson.dumps(chunk))
-
     def feed(self, data: bytes) -> bytes:
         out: list[bytes] = []
-        for raw in self._split.feed(data):
-            event = sse.parse_event(raw)
-            if not event.data:
-                continue
-            try:
-                payload = orjson.loads(event.data)
-            except orjson.JSONDecodeError:
-                continue
-            if isinstance(payload, dict):
-                out += self._translate(payload)
+        for payload in json_events(self._split, data):
+            out += self._translate(payload)
         return b"".join(out)
 
     def _translate(self, e: dict[str, Any]) -> list[bytes]:
@@ -290,11 +263,11 @@ class ChatRelay:
             finish = _finish(candidate.get("finishReason"), bool(self._calls.get(index)))
             if delta or finish:
                 choices.append({"index": index, "delta": delta, "finish_reason": finish})
-        return [self._chunk(choices)] if choices else []
+        return [self._chunks.chunk(choices)] if choices else []
 
     def finish(self) -> bytes:
         if self._include_usage and self.usage is not None:
-            return self._chunk([], self.usage) + sse.DONE
+            return self._chunks.chunk([], _openai_usage(self.usage)) + sse.DONE
         return sse.DONE
 
 
@@ -306,60 +279,40 @@ def _texts(request: Mapping[str, Any]) -> list[str]:
     return texts
 
 
-class GeminiProvider:
+ENDPOINT = Endpoint(
+    {
+        Api.CHAT: ":generateContent",
+        "stream": ":streamGenerateContent?alt=sse",
+        Api.EMBEDDINGS: ":embedContent",
+        "batch": ":batchEmbedContents",
+    },
+    default_base=DEFAULT_API_BASE,
+    versions=("/v1beta", "/v1"),
+    root="/models/{model}",
+    model_prefix="models/",
+    auth=("x-goog-api-key", ""),
+)
+
+
+class GeminiProvider(HttpProvider):
     family = "gemini"
-    local = False
+    endpoint = ENDPOINT
 
-    def __init__(
-        self,
-        *,
-        label: str,
-        upstream_model: str,
-        api_base: str | None,
-        api_key: Secret | None,
-        extra_headers: Mapping[str, str] | None = None,
-    ) -> None:
-        self.label = label
-        self.upstream_model = upstream_model
-        base = (api_base or DEFAULT_API_BASE).rstrip("/")
-        if not base.rstrip("/").endswith(("/v1beta", "/v1")):
-            base += "/v1beta"
-        model = upstream_model.removeprefix("models/")
-        self._resource = f"models/{model}"
-        root = f"{base}/{self._resource}"
-        self.urls = {
-            "chat": URL(root + ":generateContent"),
-            "stream": URL(root + ":streamGenerateContent").with_query(alt="sse"),
-            "embed": URL(root + ":embedContent"),
-            "batch": URL(root + ":batchEmbedContents"),
-        }
-        headers = {"Content-Type": "application/json"}
-        if api_key:
-            headers["x-goog-api-key"] = api_key.reveal()
-        headers.update(extra_headers or {})
-        self.headers = headers
-
-    def supports(self, api: Api) -> bool:
-        return api in (Api.CHAT, Api.EMBEDDINGS)
-
-    def build_request(self, call: Call) -> UpstreamRequest:
+    def encode(self, call: Call) -> tuple[Route, bytes]:
         request = decode_object(call.body)
-        if call.api is Api.EMBEDDINGS:
-            texts = _texts(request)
-            extra: dict[str, Any] = {}
-            if request.get("dimensions"):
-                extra["outputDimensionality"] = request["dimensions"]
-            if request.get("task_type"):
-                extra["taskType"] = request["task_type"]
-            if isinstance(request.get("input"), str):
-                body: dict[str, Any] = {"content": {"parts": [{"text": texts[0]}]}, **extra}
-                return UpstreamRequest("POST", self.urls["embed"], self.headers, orjson.dumps(body), False)
-            body = {
-                "requests": [{"model": self._resource, "content": {"parts": [{"text": t}]}, **extra} for t in texts]
-            }
-            return UpstreamRequest("POST", self.urls["batch"], self.headers, orjson.dumps(body), False)
-        url = self.urls["stream" if call.head.stream else "chat"]
-        return UpstreamRequest("POST", url, self.headers, orjson.dumps(chat_request(request)), call.head.stream)
+        if call.api is not Api.EMBEDDINGS:
+            return ("stream" if call.head.stream else call.api), orjson.dumps(chat_request(request))
+        texts = _texts(request)
+        extra: dict[str, Any] = {}
+        if request.get("dimensions"):
+            extra["outputDimensionality"] = request["dimensions"]
+        if request.get("task_type"):
+            extra["taskType"] = request["task_type"]
+        if isinstance(request.get("input"), str):
+            return call.api, orjson.dumps({"content": {"parts": [{"text": texts[0]}]}, **extra})
+        resource = "models/" + self.upstream_model.removeprefix("models/")
+        requests = [{"model": resource, "content": {"parts": [{"text": t}]}, **extra} for t in texts]
+        return "batch", orjson.dumps({"requests": requests})
 
     def parse_response(self, call: Call, body: bytes) -> Parsed:
         answer = orjson.loads(body)
@@ -367,15 +320,9 @@ class GeminiProvider:
             out, usage = chat_response(answer, call.head.model)
             return Parsed(orjson.dumps(out), usage)
         found = answer.get("embeddings") or ([answer["embedding"]] if "embedding" in answer else [])
-        wants_base64 = b'"base64"' in call.body and decode_object(call.body).get("encoding_format") == "base64"
-        data = []
-        for i, e in enumerate(found):
-            v = e.get("values") or []
-            vector: Any = base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode() if wants_base64 else v
-            data.append({"object": "embedding", "index": i, "embedding": vector})
         out = {
             "object": "list",
-            "data": data,
+            "data": embedding_items((e.get("values") or [] for e in found), wants_base64(call)),
             "model": call.head.model,
             "usage": {"prompt_tokens": 0, "total_tokens": 0},
         }
@@ -383,6 +330,3 @@ class GeminiProvider:
 
     def open_stream(self, call: Call) -> StreamRelay:
         return ChatRelay(call.head.model, call.head.include_usage)
-
-    def map_error(self, call: Call, status: int, body: bytes) -> UpstreamError:
-        return error_from_body(status, body, self.label)

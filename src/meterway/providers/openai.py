@@ -8,7 +8,6 @@ every stream; the usage event is then dropped again before it reaches that clien
 
 from __future__ import annotations
 
-import html
 import re
 from collections import deque
 from collections.abc import Mapping
@@ -16,12 +15,11 @@ from typing import Any
 
 import msgspec
 import orjson
-from yarl import URL
 
-from meterway.config.secret import Secret
-from meterway.errors import UpstreamError
 from meterway.providers import sse
-from meterway.providers.base import Api, Call, Parsed, StreamRelay, UpstreamRequest, Usage, not_counts, tokens
+from meterway.providers.base import Api, Call, Parsed, StreamRelay, Usage, not_counts, tokens
+from meterway.providers.common import Endpoint, HttpProvider, Route, unreadable
+from meterway.providers.common import excerpt as excerpt  # where api.proxy and older callers import it
 
 # ---------------------------------------------------------------- usage, decoded without building the rest
 
@@ -55,22 +53,8 @@ class _AnyEnvelope(msgspec.Struct):
     usage: Any = None
 
 
-class _WireError(msgspec.Struct):
-    message: str | None = None
-    type: str | None = None
-    param: str | None = None
-    code: str | int | None = None
-
-
-class _ErrorEnvelope(msgspec.Struct):
-    error: _WireError | str | None = None
-    message: str | None = None
-    detail: str | None = None
-
-
 _envelope = msgspec.json.Decoder(_Envelope)
 _any_envelope = msgspec.json.Decoder(_AnyEnvelope)
-_error_envelope = msgspec.json.Decoder(_ErrorEnvelope)
 
 
 def _from_typed(u: _WireUsage) -> Usage:
@@ -162,45 +146,6 @@ def usage_from_tail(tail: bytes) -> Usage | None:
     return decode_usage(sse.parse_event(tail[start:end]).data)
 
 
-def error_from_body(status: int, body: bytes, deployment: str) -> UpstreamError:
-    """An upstream error answer as an UpstreamError, keeping the upstream's message, type and code."""
-    message = type_ = param = code = None
-    try:
-        env = _error_envelope.decode(body)
-    except msgspec.DecodeError:
-        env = None
-    if env is not None:
-        if isinstance(env.error, _WireError):
-            message, type_, param = env.error.message, env.error.type, env.error.param
-            code = None if env.error.code is None else str(env.error.code)
-        elif isinstance(env.error, str):
-            message = env.error
-        message = message or env.message or env.detail
-    message = excerpt(message.encode()) if message else excerpt(body)
-    if not message:
-        message = f"HTTP {status}"
-    if status >= 500:
-        message = f"Upstream deployment '{deployment}' failed with HTTP {status}: {message}"
-    return UpstreamError(
-        message, deployment=deployment, upstream_status=status, error_type=type_, param=param, code=code
-    )
-
-
-EXCERPT_CHARS = 300  # of an upstream's error text quoted to the client
-_LOOKED_AT = 16_384  # bytes of an error body read for it: an error page is summarised, not echoed
-_MARKUP = re.compile(rb"<(script|style)\b.*?</\1\s*>|<!--.*?-->|<[^>]*>", re.S | re.I)
-
-
-def excerpt(body: bytes) -> str:
-    """A short plain-text summary of an upstream's error text: markup (an HTML error page) taken out,
-    entities and whitespace folded, at most `EXCERPT_CHARS` characters."""
-    head = body[:_LOOKED_AT]
-    if b"<" in head:
-        head = _MARKUP.sub(b" ", head)
-    text = " ".join(html.unescape(head.decode("utf-8", "replace")).split())
-    return text if len(text) <= EXCERPT_CHARS else text[: EXCERPT_CHARS - 1] + "\u2026"
-
-
 # ---------------------------------------------------------------- streams
 
 _TAIL = 8192
@@ -279,41 +224,20 @@ def _is_usage_only(data: bytes) -> bool:
 
 # ---------------------------------------------------------------- the provider
 
-_PATHS = {Api.CHAT: "/chat/completions", Api.COMPLETIONS: "/completions", Api.EMBEDDINGS: "/embeddings"}
+PATHS: Mapping[Route, str] = {
+    Api.CHAT: "/chat/completions",
+    Api.COMPLETIONS: "/completions",
+    Api.EMBEDDINGS: "/embeddings",
+}
+ENDPOINT = Endpoint(PATHS)
 _METERED_STREAMS = (Api.CHAT, Api.COMPLETIONS)
 
 
-class OpenAIProvider:
-    """One OpenAI-compatible deployment: resolved URLs and headers, built once at config load."""
+class OpenAIProvider(HttpProvider):
+    """One OpenAI-compatible deployment: the client's body passes through (`upstream_body`)."""
 
     family = "openai"
-    local = False
-
-    def __init__(
-        self,
-        *,
-        label: str,
-        upstream_model: str,
-        api_base: str,
-        api_key: Secret | None,
-        extra_headers: Mapping[str, str] | None = None,
-    ) -> None:
-        self.label = label
-        self.upstream_model = upstream_model
-        self.urls = self._build_urls(api_base.rstrip("/"))
-        headers = {"Content-Type": "application/json"}
-        headers.update(self._auth_headers(api_key))
-        headers.update(extra_headers or {})
-        self.headers = headers
-
-    def _build_urls(self, base: str) -> dict[Api, URL]:
-        return {api: URL(base + path) for api, path in _PATHS.items()}
-
-    def _auth_headers(self, api_key: Secret | None) -> dict[str, str]:
-        return {"Authorization": "Bearer " + api_key.reveal()} if api_key else {}
-
-    def supports(self, api: Api) -> bool:
-        return api in self.urls
+    endpoint = ENDPOINT
 
     def _needs_usage(self, call: Call) -> bool:
         return call.head.stream and not call.head.include_usage and call.api in _METERED_STREAMS
@@ -330,23 +254,15 @@ class OpenAIProvider:
             obj["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
         return orjson.dumps(obj)
 
-    def build_request(self, call: Call) -> UpstreamRequest:
-        return UpstreamRequest("POST", self.urls[call.api], self.headers, self.upstream_body(call), call.head.stream)
+    def encode(self, call: Call) -> tuple[Route, bytes]:
+        return call.api, self.upstream_body(call)
 
     def parse_response(self, call: Call, body: bytes) -> Parsed:
         try:
             usage = _decode(body)
         except msgspec.DecodeError:
-            raise UpstreamError(
-                f"Upstream deployment '{self.label}' answered with a body that is not a JSON object: "
-                f"{excerpt(body) or 'empty'}",
-                deployment=self.label,
-                upstream_status=200,
-            ) from None
+            raise unreadable(self.label, body) from None
         return Parsed(body, usage)
 
     def open_stream(self, call: Call) -> StreamRelay:
         return UsageStrippingRelay() if self._needs_usage(call) else PassthroughRelay()
-
-    def map_error(self, call: Call, status: int, body: bytes) -> UpstreamError:
-        return error_from_body(status, body, self.label)

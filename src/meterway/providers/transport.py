@@ -1,17 +1,18 @@
 """The shared upstream transport's failures, translated once, at the boundary, into ours.
 
 aiohttp raises its own exception tree; callers of the request path only ever see UpstreamTimeout
-(504), UpstreamUnreachable (502, naming the deployment and its host) or UpstreamError.
+(504), UpstreamUnreachable (502, naming the deployment and its host) or UpstreamUnavailable (502):
+each an UpstreamTransient, so routing retries it.
 """
 
 from __future__ import annotations
 
 import aiohttp
 
-from meterway.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
+from meterway.errors import UpstreamTimeout, UpstreamTransient, UpstreamUnavailable, UpstreamUnreachable
 
 
-def map_client_error(exc: BaseException, deployment: str) -> UpstreamError:
+def map_client_error(exc: BaseException, deployment: str) -> UpstreamTransient:
     if isinstance(exc, TimeoutError):
         return UpstreamTimeout(f"Upstream deployment '{deployment}' did not answer in time.", deployment=deployment)
     if isinstance(exc, aiohttp.ClientConnectorError):
@@ -25,8 +26,10 @@ def map_client_error(exc: BaseException, deployment: str) -> UpstreamError:
             f"Upstream deployment '{deployment}' closed the connection without answering.", deployment=deployment
         )
     if isinstance(exc, aiohttp.ClientPayloadError):
-        return UpstreamError(f"Upstream deployment '{deployment}' broke off its answer.", deployment=deployment)
-    return UpstreamError(f"Upstream deployment '{deployment}' failed: {exc.__class__.__name__}", deployment=deployment)
+        return UpstreamUnavailable(f"Upstream deployment '{deployment}' broke off its answer.", deployment=deployment)
+    return UpstreamUnavailable(
+        f"Upstream deployment '{deployment}' failed: {exc.__class__.__name__}", deployment=deployment
+    )
 
 
 def new_session(pool_size: int) -> aiohttp.ClientSession:

@@ -24,20 +24,22 @@ from typing import TYPE_CHECKING, Any
 
 from meterway.config.routing import RoutingPolicy
 from meterway.config.settings import Deployment
-from meterway.errors import MeterwayError, ModelNotFound, UpstreamError
+from meterway.errors import (
+    ContentPolicyViolation,
+    ContextWindowExceeded,
+    MeterwayError,
+    ModelNotFound,
+    UpstreamError,
+    UpstreamTransient,
+)
 from meterway.routing.cooldown import Cooldowns
 
 if TYPE_CHECKING:
-    from meterway.routing.usage import Usage
+    from meterway.routing.usage import DeploymentLoad
 
 LATENCY_DECAY = 0.3  # weight of the newest latency sample in the moving average
 
 Headers = tuple[tuple[bytes, bytes], ...]
-
-_CONTEXT_CODES = frozenset({"context_length_exceeded", "context_window_exceeded", "string_above_max_length"})
-_CONTEXT_WORDS = ("context length", "context window", "maximum context", "too many tokens", "prompt is too long")
-_POLICY_CODES = frozenset({"content_policy_violation", "content_filter"})
-_POLICY_WORDS = ("content policy", "content management policy", "content_filter", "safety system")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,21 +52,20 @@ class Group:
 
 
 def retry_kind(err: MeterwayError) -> str | None:
-    """What an attempt's failure allows: "retry" (5xx, 429, 408, timeouts, connection errors: another
-    attempt may succeed), "context_window" or "content_policy" (a 400 that another model group may
-    take), or None (the caller's own error: passed on as it is)."""
-    if not isinstance(err, UpstreamError):
-        return None
-    status = err.upstream_status
-    if status is None or status >= 500 or status in (408, 429):
+    """What an attempt's failure allows: "retry" (an UpstreamTransient: 5xx, 429, 408, timeouts,
+    connection errors: another attempt may succeed), "context_window" or "content_policy" (a 400
+    that another model group may take), or None (the caller's own error: passed on as it is). The
+    provider that read the failure gave it its class (`providers.common.error_kind`)."""
+    if isinstance(err, UpstreamTransient):
         return "retry"
-    if status != 400:
-        return None
-    message = err.message.lower()
-    if err.code in _CONTEXT_CODES or any(w in message for w in _CONTEXT_WORDS):
+    if isinstance(err, ContextWindowExceeded):
         return "context_window"
-    if err.code in _POLICY_CODES or any(w in message for w in _POLICY_WORDS):
+    if isinstance(err, ContentPolicyViolation):
         return "content_policy"
+    if type(err) is UpstreamError and err.upstream_status is None:
+        # untyped: a failure the request path names itself (an answer past its bound, a stream
+        # answered as JSON); retried as before until api.proxy raises UpstreamUnavailable for it
+        return "retry"
     return None
 
 
@@ -82,11 +83,11 @@ class Router:
         self.replace(deployments)
         self._rng = rng or random.Random()
         self.cooldowns = Cooldowns(policy.allowed_fails, policy.cooldown_s if policy.cooldowns else 0.0, redis, prefix)
-        self.usage: Usage | None = None
+        self.usage: DeploymentLoad | None = None
         if policy.strategy == "usage-based-routing-v2":
-            from meterway.routing.usage import Usage  # imports redis: only where this strategy is used
+            from meterway.routing.usage import DeploymentLoad  # imports redis: only where this strategy is used
 
-            self.usage = Usage(redis, prefix)
+            self.usage = DeploymentLoad(redis, prefix)
         self._busy: dict[str, int] = {}  # least-busy: requests in flight per deployment
         self._latency: dict[str, float] = {}  # latency-based: moving average, seconds
         self.tracks = policy.strategy in ("least-busy", "latency-based-routing", "usage-based-routing-v2")

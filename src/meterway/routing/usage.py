@@ -46,7 +46,10 @@ return best
 """
 
 
-class Usage:
+class DeploymentLoad:
+    """Requests and tokens each deployment took this minute (not the token usage of one answer,
+    `providers.base.Usage`)."""
+
     def __init__(
         self,
         redis: Any | None = None,
