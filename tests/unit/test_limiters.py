@@ -31,7 +31,9 @@ async def limiter(request: pytest.FixtureRequest) -> AsyncIterator[MemoryLimiter
         return
     url, prefix = request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix")
     client = redis.asyncio.from_url(url)
-    yield RedisLimiter(client, prefix=prefix, lease_ttl_s=0.5)
+    limiter = RedisLimiter(client, prefix=prefix, lease_ttl_s=0.5)
+    yield limiter
+    await limiter.aclose()
     await client.aclose()
 
 
