@@ -335,7 +335,6 @@ class RedisLimiter:
                 keys.append(self._prefix + ask.counter)
                 argv += [ask.kind, ask.limit, need, ask.floor, int((ask.expires or 0) * 1000), cap, give, spent]
         replies = await self._take_script(keys=keys, args=argv)
-        self._schedule_flush()
         used_at = time.monotonic()
         for i, reply in zip(sent, replies, strict=True):
             item = batch[i]
@@ -362,6 +361,7 @@ class RedisLimiter:
                     held.expires_ms = now_ms + self._lease_ttl_ms + self._grace_ms
                 remaining[ask.name] = left
             results[i] = Grant(lease, tuple(asks), window, remaining)
+        self._schedule_flush()  # what was leased goes back once idle
         return results
 
     def _hand_back(self, counter: str, window: int, now_ms: int) -> tuple[int, int]:
