@@ -233,7 +233,7 @@ def test_a_thousand_mixed_requests_leave_nothing_reserved(
             deadline = time.monotonic() + 5
             while True:  # the replicas give back what they leased and did not use after half a second idle
                 budget = _redis_budget(redis_url, redis_prefix, digest)
-                slots = int(client.hget(f"{redis_prefix}limits:key:{digest}:parallel", "reserved") or 0)
+                slots = int(client.hget(f"{redis_prefix}limits:key:{digest}:parallel:slots", "reserved") or 0)
                 if (budget["reserved"], slots) == (0, 0) or time.monotonic() > deadline:
                     break
                 time.sleep(0.05)

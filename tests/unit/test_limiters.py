@@ -229,7 +229,7 @@ async def test_what_a_worker_leased_goes_back_when_it_is_idle(two_workers: tuple
     client, prefix = worker._client, worker._prefix
     deadline = time.monotonic() + 5
     while True:  # given back after half a second without use
-        held = [int(await client.hget(prefix + c, "reserved") or 0) for c in (slots.counter, budget.counter)]
+        held = [int(await client.hget(prefix + k, "reserved") or 0) for k in (f"{slots.counter}:slots", budget.counter)]
         if held == [0, 0]:
             break
         assert time.monotonic() < deadline, held

@@ -14,9 +14,9 @@ without leases; unused units go back after IDLE_S without use. See decision 0012
 
 Keys (under the configured prefix), per counter:
     <counter>:<window ms>   rpm and tpm: units taken in that minute window, expiring after two
-    <counter>               parallel and budget: hash of `reserved` (held by every worker), `l:<worker>`
-                            (what one worker holds) and, budgets, `spent`
-    <counter>:leases        parallel and budget: sorted set of workers' leases scored by expiry
+    <counter>               budget: hash of `reserved` (held by every worker), `l:<worker>` (what one
+                            worker holds) and `spent`; <counter>:slots, the same for parallel slots
+    <key>:leases            parallel and budget: sorted set of workers' leases scored by expiry
 A lease past its expiry is dropped (and its amount unreserved) by the next script that looks, so a
 replica killed mid-request holds a slot or a budget for no longer than the lease's time to live plus
 its grace. Each request's own hold also lapses after the time to live, in the worker.
@@ -246,6 +246,11 @@ class RedisLimiter:
         assert result is not None  # a request always gets a grant or a refusal; only give-backs get None
         return result
 
+    def _key(self, counter: str, kind: Kind) -> str:
+        """Parallel slots are a hash under `:slots`, apart from the sorted set of requests that
+        versions before leases kept at the counter itself, so the two never meet as WRONGTYPE."""
+        return self._prefix + counter + (":slots" if kind == "parallel" else "")
+
     def _usable(self, ask: Ask, now_ms: int, window: int) -> _Lease | None:
         """The lease that can cover `ask` here, if any. A changed limit (or a higher stored spend)
         goes to Redis, so a lowered budget or rate applies from the next request on."""
@@ -321,7 +326,7 @@ class RedisLimiter:
             if isinstance(item, list):
                 argv += ["", len(item)]
                 for g in item:
-                    keys.append(self._prefix + g.counter)
+                    keys.append(self._key(g.counter, g.kind))
                     argv += [g.kind, 0, 0, 0, 0, 0, g.give, g.spent]
                 continue
             asks, lease = item
@@ -332,7 +337,7 @@ class RedisLimiter:
                 if last[ask.counter] == i:
                     cap = LEASE_REQUESTS * asking[ask.counter] * (1 if ask.kind in ("rpm", "parallel") else ask.amount)
                 need = 1 if ask.kind in ("rpm", "parallel") else ask.amount
-                keys.append(self._prefix + ask.counter)
+                keys.append(self._key(ask.counter, ask.kind))
                 argv += [ask.kind, ask.limit, need, ask.floor, int((ask.expires or 0) * 1000), cap, give, spent]
         replies = await self._take_script(keys=keys, args=argv)
         used_at = time.monotonic()
@@ -459,7 +464,12 @@ class RedisLimiter:
     async def reserved(self, counter: str) -> int:
         """Units held by requests in flight (slots, or budget reserved): zero when none leaked.
         What this worker holds unused, or has settled and not yet reported, is not counted."""
-        value = await self._client.hget(self._prefix + counter, "reserved")
         held = self._leases.get(counter)
+        key = self._prefix + counter
+        if held is not None:
+            key = self._key(counter, held.kind)
+        elif await self._client.exists(key + ":slots"):
+            key += ":slots"
+        value = await self._client.hget(key, "reserved")
         mine = held.free + held.spent if held is not None else 0
         return int(value or 0) - mine
