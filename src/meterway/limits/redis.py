@@ -189,14 +189,23 @@ class _Lease:
     remaining: int = 0  # the headroom Redis last reported, less what was taken here since
     used_at: float = 0.0  # monotonic time of its last use
     holds: dict[str, tuple[int, int]] = field(default_factory=dict)  # request lease -> (expiry ms, amount)
+    first_expiry_ms: int = 0  # no hold expires before this: most calls need not look at them
+
+    def hold(self, lease: str, until_ms: int, amount: int) -> None:
+        if not self.holds or until_ms < self.first_expiry_ms:
+            self.first_expiry_ms = until_ms
+        self.holds[lease] = (until_ms, amount)
 
     def expire_holds(self, now_ms: int) -> None:
-        """A request that never settled (its task died with the worker's bug) frees its hold
-        after the time to live, as its per-request reservation did before leases."""
+        """A request that never settled (a bug, or a task that vanished) frees its hold after the
+        time to live, as its per-request reservation did before leases."""
+        if not self.holds or now_ms < self.first_expiry_ms:
+            return
         for lease, (until, amount) in list(self.holds.items()):
             if until <= now_ms:
                 del self.holds[lease]
                 self.free += amount
+        self.first_expiry_ms = min((until for until, _ in self.holds.values()), default=0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,7 +291,7 @@ class RedisLimiter:
             amount = 1 if ask.kind in ("rpm", "parallel") else ask.amount
             held.free -= amount
             if ask.kind in ("parallel", "budget"):
-                held.holds[lease] = (now_ms + self._lease_ttl_ms, amount)
+                held.hold(lease, now_ms + self._lease_ttl_ms, amount)
             held.remaining = max(held.remaining - amount, 0)
             held.used_at = used_at
             remaining[ask.name] = held.remaining
@@ -362,7 +371,7 @@ class RedisLimiter:
                 held.remaining = left
                 held.used_at = used_at
                 if ask.kind in ("parallel", "budget"):
-                    held.holds[lease] = (now_ms + self._lease_ttl_ms, 1 if ask.kind == "parallel" else ask.amount)
+                    held.hold(lease, now_ms + self._lease_ttl_ms, 1 if ask.kind == "parallel" else ask.amount)
                     held.expires_ms = now_ms + self._lease_ttl_ms + self._grace_ms
                 remaining[ask.name] = left
             results[i] = Grant(lease, tuple(asks), window, remaining)
