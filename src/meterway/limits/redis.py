@@ -45,7 +45,7 @@ SPLIT = 8  # a lease takes at most this fraction (1/SPLIT) of the headroom left 
 LEASE_REQUESTS = 32  # and at most this many requests' worth (per request asking together) of units or tokens or cost
 FLUSH_S = 0.02  # budget spend settled in a worker reaches Redis's `spent` within about this long
 IDLE_S = 0.5  # a lease unused this long is given back
-GRACE_MAX_S = 30.0  # a lease outlives its last request's time to live by at most this long
+GRACE_MAX_S = 5.0  # a lease outlives the time to live of the holds taken from it by at most this long
 
 # One call takes (and gives back) for a batch of requests, each all-or-nothing and in arrival order.
 # ARGV: now (ms), window (s), hold ttl (ms), lease expiry (ms from now), worker, split, then per
@@ -226,9 +226,10 @@ class RedisLimiter:
         self._client = client
         self._prefix = prefix
         self._lease_ttl_ms = int(lease_ttl_s * 1000)
-        # A lease stays usable for `grace` after it was taken: a hold taken from it must lapse
-        # (time to live) before Redis drops the lease itself.
-        self._grace_ms = int(min(lease_ttl_s, GRACE_MAX_S) * 1000)
+        # A lease stays usable for `grace` after it was taken (or extended): a hold taken from it
+        # must lapse (time to live) before Redis drops the lease itself. So a dead replica's
+        # leases lapse at most `grace` later than its requests' reservations did before leases.
+        self._grace_ms = int(min(lease_ttl_s / 10, GRACE_MAX_S) * 1000)
         self._worker = uuid.uuid4().hex
         self._take_script = client.register_script(_TAKE)
         self._leases: dict[str, _Lease] = {}  # counter -> what this worker holds of it
