@@ -183,6 +183,16 @@ async def test_two_workers_never_admit_past_an_rpm_limit_and_reach_it_while_requ
     assert all([isinstance(await w.reserve([ask], "over"), Refusal) for w in two_workers])
 
 
+async def test_two_workers_overshoot_a_tpm_limit_by_one_estimate_at_most(
+    two_workers: tuple[RedisLimiter, RedisLimiter],
+) -> None:
+    await away_from_window_edge()
+    ask = Ask("w5:tpm", 1000, "tpm", "tpm_limit", amount=300)
+    results = await asyncio.gather(*(two_workers[i % 2].reserve([ask], f"r{i}") for i in range(20)))
+    granted = sum(isinstance(r, Grant) for r in results)
+    assert 1 <= granted <= 4, "admitted while under 1000: at 0, 300, 600 and 900 tokens at most"
+
+
 async def test_two_workers_share_a_budget_without_overspending_it(
     two_workers: tuple[RedisLimiter, RedisLimiter],
 ) -> None:
