@@ -426,8 +426,9 @@ class RedisLimiter:
             self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
 
     async def _flush_loop(self) -> None:
-        """While this worker holds leases: every FLUSH_S, report settled spend and owed tokens,
-        and give back the units of leases unused for IDLE_S, forgetting those that hold nothing."""
+        """While this worker holds leases: every FLUSH_S, report settled spend and what requests
+        used past their estimates, and give back the units of leases unused for IDLE_S, forgetting
+        those that hold nothing."""
         try:
             while self._leases:
                 await asyncio.sleep(FLUSH_S)
@@ -450,7 +451,7 @@ class RedisLimiter:
                 continue
             held.expire_holds(now_ms)
             idle = held.used_at <= idle_before
-            give = held.free if idle or (held.kind == "tpm" and held.free < 0) else 0
+            give = held.free if idle or held.free < 0 else 0  # owed (used past estimates): reported at once
             if give or held.spent:
                 entries.append(_GiveBack(counter, held.kind, give, held.spent))
                 held.free -= give
