@@ -91,6 +91,17 @@ def _redis_budget(redis_url: str, prefix: str, digest: str) -> dict[str, int]:
         client.close()
 
 
+def _given_back(redis_url: str, prefix: str, digest: str) -> dict[str, int]:
+    """The key's budget counter once the replicas have given back what they leased and not used
+    (they do after half a second without use), polled for at most 5 s."""
+    deadline = time.monotonic() + 5
+    while True:
+        budget = _redis_budget(redis_url, prefix, digest)
+        if budget.get("reserved", 0) == 0 or time.monotonic() > deadline:
+            return budget
+        time.sleep(0.05)
+
+
 async def _burst(replicas: tuple[Served, Served], key: str, n: int) -> list[httpx.Response]:
     async with httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=30) as client:
         return list(
@@ -116,7 +127,7 @@ def test_fifty_concurrent_requests_cannot_overspend_a_budget_that_covers_ten(
         assert spend == ok * COST, "every served request is settled at its real cost"
         assert spend <= budget + COST
         assert ok >= 5, f"only {ok} served: reservations should admit what the budget covers"
-        assert _redis_budget(redis_url, redis_prefix, digest)["reserved"] == 0
+        assert _given_back(redis_url, redis_prefix, digest)["reserved"] == 0
 
 
 def test_rpm_30_admits_exactly_30_across_both_and_a_block_on_one_is_refused_by_the_other(
@@ -220,9 +231,9 @@ def test_a_thousand_mixed_requests_leave_nothing_reserved(
         client = redis.Redis.from_url(redis_url)
         try:
             deadline = time.monotonic() + 5
-            while True:  # the last requests settle just after their responses ended
+            while True:  # the replicas give back what they leased and did not use after half a second idle
                 budget = _redis_budget(redis_url, redis_prefix, digest)
-                slots = client.zcard(f"{redis_prefix}limits:key:{digest}:parallel")
+                slots = int(client.hget(f"{redis_prefix}limits:key:{digest}:parallel:slots", "reserved") or 0)
                 if (budget["reserved"], slots) == (0, 0) or time.monotonic() > deadline:
                     break
                 time.sleep(0.05)
@@ -232,3 +243,70 @@ def test_a_thousand_mixed_requests_leave_nothing_reserved(
         spend = _settled_spend(replicas[0], key, Decimal(budget["spent"]) * Decimal("1e-10"))
         assert spend == Decimal(budget["spent"]) * Decimal("1e-10"), "the store and the counters agree on spend"
         assert spend > 0
+
+
+def _until(served: Served, headers: dict[str, str], status: int, within_s: float = 1.0) -> None:
+    """Posts to `served` until it answers `status`, failing if that takes longer than `within_s`."""
+    started = time.monotonic()
+    while True:
+        r = httpx.post(served.url + "/v1/chat/completions", json=BODY, headers=headers)
+        if r.status_code == status:
+            return
+        assert time.monotonic() - started < within_s, f"still {r.status_code} after {within_s} s: {r.text}"
+        time.sleep(0.02)
+
+
+def test_a_changed_budget_applies_on_both_replicas_within_a_second_though_each_holds_a_lease(
+    tmp_path: Path, upstream: StandIn, pg_url: str, redis_url: str, redis_prefix: str
+) -> None:
+    with two_replicas(tmp_path, upstream, pg_url, redis_url, redis_prefix, lease_ttl=60) as (one, two):
+        key, _ = _key(one, max_budget=100.0)
+        headers = {"Authorization": f"Bearer {key}"}
+        for served in (one, two, one, two):  # each replica now leases more of the budget than one request
+            assert httpx.post(served.url + "/v1/chat/completions", json=BODY, headers=headers).status_code == 200
+        master = {"Authorization": f"Bearer {MASTER}"}
+        lowered = httpx.post(one.url + "/key/update", json={"key": key, "max_budget": 0.2}, headers=master)
+        assert lowered.status_code == 200, lowered.text  # 4 x 0.0704 spent: nothing more fits
+        _until(two, headers, 400)
+        _until(one, headers, 400)
+        raised = httpx.post(two.url + "/key/update", json={"key": key, "max_budget": 100.0}, headers=master)
+        assert raised.status_code == 200, raised.text
+        _until(one, headers, 200)
+        _until(two, headers, 200)
+
+
+def test_a_key_deleted_on_one_replica_is_refused_by_the_other_within_a_second(
+    tmp_path: Path, upstream: StandIn, pg_url: str, redis_url: str, redis_prefix: str
+) -> None:
+    with two_replicas(tmp_path, upstream, pg_url, redis_url, redis_prefix, lease_ttl=60) as (one, two):
+        key, _ = _key(one, max_budget=100.0, rpm_limit=1000, max_parallel_requests=10)
+        headers = {"Authorization": f"Bearer {key}"}
+        assert httpx.post(two.url + "/v1/chat/completions", json=BODY, headers=headers).status_code == 200
+        master = {"Authorization": f"Bearer {MASTER}"}
+        assert httpx.post(one.url + "/key/delete", json={"keys": [key]}, headers=master).status_code == 200
+        _until(two, headers, 401)
+
+
+def test_what_an_idle_replica_leased_goes_back_so_the_other_reaches_the_rpm_limit(
+    tmp_path: Path, upstream: StandIn, pg_url: str, redis_url: str, redis_prefix: str
+) -> None:
+    """Under-serving is passing: a replica that leased more than it used gives it back once idle,
+    and the other, whose requests keep coming, then admits exactly up to the limit."""
+    asyncio.run(away_from_window_edge())
+    with two_replicas(tmp_path, upstream, pg_url, redis_url, redis_prefix, lease_ttl=60) as (one, two):
+        key, _ = _key(one, rpm_limit=30)
+        headers = {"Authorization": f"Bearer {key}"}
+        admitted = 0
+        for _ in range(3):  # `one` leases units beyond these three
+            admitted += httpx.post(one.url + "/v1/chat/completions", json=BODY, headers=headers).status_code == 200
+        assert admitted == 3
+        deadline = time.monotonic() + 5
+        while admitted < 30:
+            status = httpx.post(two.url + "/v1/chat/completions", json=BODY, headers=headers).status_code
+            assert status in (200, 429)
+            admitted += status == 200
+            assert time.monotonic() < deadline, f"only {admitted} of 30 admitted"
+            if status == 429:
+                time.sleep(0.05)
+        for served in (one, two):
+            assert httpx.post(served.url + "/v1/chat/completions", json=BODY, headers=headers).status_code == 429

@@ -31,7 +31,9 @@ async def limiter(request: pytest.FixtureRequest) -> AsyncIterator[MemoryLimiter
         return
     url, prefix = request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix")
     client = redis.asyncio.from_url(url)
-    yield RedisLimiter(client, prefix=prefix, lease_ttl_s=0.5)
+    limiter = RedisLimiter(client, prefix=prefix, lease_ttl_s=0.5)
+    yield limiter
+    await limiter.aclose()
     await client.aclose()
 
 
@@ -144,3 +146,102 @@ def test_budget_periods_follow_each_other_from_the_stored_reset_time() -> None:
     spec = LimitSpec("key", "d1", budget=budget)
     (ask,) = spec.asks(12.5 * day, tokens=10, cost=7)
     assert ask.counter == f"key:d1:budget:{13 * day}" and ask.floor == 0 and ask.amount == 7
+
+
+@pytest.fixture
+async def two_workers(redis_url: str, redis_prefix: str) -> AsyncIterator[tuple[RedisLimiter, RedisLimiter]]:
+    """Two workers (or replicas) on one Redis, each with its own leases."""
+    client = redis.asyncio.from_url(redis_url)
+    one, two = (RedisLimiter(client, prefix=redis_prefix, lease_ttl_s=60) for _ in range(2))
+    yield one, two
+    await one.aclose()
+    await two.aclose()
+    await client.aclose()
+
+
+async def _until_granted(limiter: RedisLimiter, ask: Ask, lease: str) -> Grant:
+    """Asks until granted: what another worker leased and left unused comes back once it is idle."""
+    deadline = time.monotonic() + 5
+    while True:
+        result = await limiter.reserve([ask], lease)
+        if isinstance(result, Grant):
+            return result
+        assert time.monotonic() < deadline, f"still refused: {result}"
+        await asyncio.sleep(0.02)
+
+
+async def test_two_workers_never_admit_past_an_rpm_limit_and_reach_it_while_requests_keep_coming(
+    two_workers: tuple[RedisLimiter, RedisLimiter],
+) -> None:
+    await away_from_window_edge()
+    ask = Ask("w1:rpm", 30, "rpm", "rpm_limit")
+    results = await asyncio.gather(*(two_workers[i % 2].reserve([ask], f"r{i}") for i in range(100)))
+    admitted = sum(isinstance(r, Grant) for r in results)
+    assert admitted <= 30
+    for i in range(30 - admitted):
+        await _until_granted(two_workers[1], ask, f"late{i}")
+    assert all([isinstance(await w.reserve([ask], "over"), Refusal) for w in two_workers])
+
+
+async def test_two_workers_overshoot_a_tpm_limit_by_one_estimate_at_most(
+    two_workers: tuple[RedisLimiter, RedisLimiter],
+) -> None:
+    await away_from_window_edge()
+    ask = Ask("w5:tpm", 1000, "tpm", "tpm_limit", amount=300)
+    results = await asyncio.gather(*(two_workers[i % 2].reserve([ask], f"r{i}") for i in range(20)))
+    granted = sum(isinstance(r, Grant) for r in results)
+    assert 1 <= granted <= 4, "admitted while under 1000: at 0, 300, 600 and 900 tokens at most"
+
+
+async def test_two_workers_share_a_budget_without_overspending_it(
+    two_workers: tuple[RedisLimiter, RedisLimiter],
+) -> None:
+    ask = Ask("w2:budget:all", 1000, "budget", "key max_budget", amount=100)
+    results = await asyncio.gather(*(two_workers[i % 2].reserve([ask], f"r{i}") for i in range(50)))
+    grants = [(i, r) for i, r in enumerate(results) if isinstance(r, Grant)]
+    assert 5 <= len(grants) <= 10, "never more than the budget holds; what one worker leased may wait"
+    await asyncio.gather(*(two_workers[i % 2].settle(g, 0, 100) for i, g in grants))
+    client, key = two_workers[0]._client, two_workers[0]._prefix + ask.counter
+    deadline = time.monotonic() + 5
+    while True:  # spend reported within FLUSH_S, unused leases given back once idle
+        counter = {k.decode(): int(v) for k, v in (await client.hgetall(key)).items()}
+        if counter.get("reserved") == 0 and counter.get("spent") == 100 * len(grants):
+            break
+        assert time.monotonic() < deadline, counter
+        await asyncio.sleep(0.02)
+
+
+async def test_a_changed_limit_applies_to_the_next_request_though_a_lease_covers_it(
+    two_workers: tuple[RedisLimiter, RedisLimiter],
+) -> None:
+    worker = two_workers[0]
+    generous = Ask("w3:budget:all", 1000, "budget", "key max_budget", amount=10)
+    first = await worker.reserve([generous], "a")
+    assert isinstance(first, Grant)
+    await worker.settle(first, 0, 10)
+    assert isinstance(await worker.reserve([generous], "b"), Grant), "served from the lease"
+    lowered = Ask(generous.counter, 25, "budget", "key max_budget", amount=10)
+    refused = await worker.reserve([lowered], "c")  # 10 spent + 10 held by b + 10 > 25
+    assert isinstance(refused, Refusal) and (refused.used, refused.reserved) == (10, 10)
+    raised = Ask(generous.counter, 30, "budget", "key max_budget", amount=10)
+    assert isinstance(await worker.reserve([raised], "d"), Grant)
+    stored = Ask(generous.counter, 30, "budget", "key max_budget", amount=1, floor=30)
+    assert isinstance(await worker.reserve([stored], "e"), Refusal), "a higher stored spend is seen at once"
+
+
+async def test_what_a_worker_leased_goes_back_when_it_is_idle(two_workers: tuple[RedisLimiter, RedisLimiter]) -> None:
+    worker = two_workers[0]
+    slots = Ask("w4:parallel", 100, "parallel", "max_parallel_requests")
+    budget = Ask("w4:budget:all", 10_000, "budget", "key max_budget", amount=100)
+    grant = await worker.reserve([slots, budget], "a")
+    assert isinstance(grant, Grant)
+    await worker.settle(grant, 0, 40)
+    client, prefix = worker._client, worker._prefix
+    deadline = time.monotonic() + 5
+    while True:  # given back after half a second without use
+        held = [int(await client.hget(prefix + k, "reserved") or 0) for k in (f"{slots.counter}:slots", budget.counter)]
+        if held == [0, 0]:
+            break
+        assert time.monotonic() < deadline, held
+        await asyncio.sleep(0.05)
+    assert int(await client.hget(prefix + budget.counter, "spent")) == 40
