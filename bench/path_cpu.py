@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -76,8 +77,8 @@ class _Lifespan:
     async def receive(self) -> dict[str, Any]:
         return await self.inbox.get()
 
-    async def send(self, message: dict[str, Any]) -> None:
-        await self.outbox.put(message)
+    async def send(self, message: MutableMapping[str, Any]) -> None:
+        await self.outbox.put(dict(message))
 
 
 async def _request(app: Any, body: bytes) -> tuple[int, bytes]:
@@ -94,7 +95,7 @@ async def _request(app: Any, body: bytes) -> tuple[int, bytes]:
         "client": ("127.0.0.1", 1),
     }
     sent = False
-    never = asyncio.get_running_loop().create_future()
+    never: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
     status = 0
     parts: list[bytes] = []
 
@@ -105,7 +106,7 @@ async def _request(app: Any, body: bytes) -> tuple[int, bytes]:
             return {"type": "http.request", "body": body, "more_body": False}
         return await never  # the client never leaves
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: MutableMapping[str, Any]) -> None:
         nonlocal status
         if message["type"] == "http.response.start":
             status = message["status"]

@@ -211,20 +211,19 @@ class PassthroughRelay:
     `[DONE]` (held by `sse.Finale`, whose search is the only one each read gets). The last chunks
     are kept by reference (no copying per chunk) and joined once, at the end, to read the usage."""
 
-    __slots__ = ("_final", "_kept", "_size", "usage")
+    __slots__ = ("_final", "_kept", "_size", "done", "usage")
 
     def __init__(self) -> None:
         self._final = sse.Finale(anthropic=False)
         self._kept: deque[bytes] = deque()
         self._size = 0
+        self.done = False
         self.usage: Usage | None = None
 
-    @property
-    def done(self) -> bool:
-        return self._final.done
-
     def feed(self, data: bytes) -> bytes:
-        data = self._final.feed(data)
+        final = self._final
+        data = final.feed(data)
+        self.done = final.done
         if data:
             kept = self._kept
             kept.append(data)
