@@ -55,7 +55,10 @@ def _openai_events() -> list[bytes]:
 
 def _anthropic_events() -> list[bytes]:
     start = b'event: message_start\ndata: {"type":"message_start","message":{"usage":{"input_tokens":5}}}\n\n'
-    delta = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"word%d "}}\n\n'
+    delta = (
+        b"event: content_block_delta\n"
+        b'data: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"word%d "}}\n\n'
+    )
     end = b'event: message_delta\ndata: {"type":"message_delta","usage":{"output_tokens":200}}\n\n'
     return [start, *(delta % i for i in range(EVENTS)), end, b'event: message_stop\ndata: {"type":"message_stop"}\n\n']
 

@@ -190,9 +190,9 @@ class Finale:
     """Holds back a stream's final event (`data: [DONE]` for OpenAI clients, `message_stop` for
     Anthropic ones) until `finish`, so the gateway can commit the request's ledger row before the
     client sees its stream end. Only a relay that passes bytes through without splitting them uses
-    it (its one search of each read); a relay that splits events tells the final one apart itself. It also holds an unfinished trailing event until the read that
-    completes it (a client can do nothing with half an event), so a final event split across
-    reads is still caught."""
+    it (its one search of each read); a relay that splits events tells the final one apart itself.
+    It also holds an unfinished trailing event until the read that completes it (a client can do
+    nothing with half an event), so a final event split across reads is still caught."""
 
     __slots__ = ("_anthropic", "_held", "_marker", "done")
 

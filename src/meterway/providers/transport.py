@@ -59,8 +59,8 @@ class Upstream(Protocol):
     async def send(
         self, request: UpstreamRequest, headers: Mapping[str, str], limit: aiohttp.ClientTimeout, label: str
     ) -> UpstreamResponse:
-        """`headers` are the request's own plus what the path adds (a trace context); `limit` its timeouts; `label` names
-        the deployment in errors, never its key."""
+        """`headers` are the request's own plus what the path adds (a trace context), `limit` its
+        timeouts; `label` names the deployment in errors, never its key."""
         ...
 
 
