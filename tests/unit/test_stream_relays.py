@@ -145,3 +145,18 @@ async def test_demo_model_refuses_a_request_it_cannot_read_as_the_clients_error(
     call = _call(Api.CHAT, {"model": "demo", "messages": [{"role": "user", "content": "hi"}], "tools": ["x"]})
     with pytest.raises(BadRequest, match="demo model cannot read"):
         await provider.upstream.send(provider.build_request(call), {}, None, "demo")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("event", "expected"),
+    [
+        (b'data: {"id":"c","choices":[],"usage":null}', b'data: {"id":"c","choices":[]}'),
+        (b'data: {"usage":null,"id":"c","choices":[]}', b'data: {"id":"c","choices":[]}'),
+        (b'data: {"id":"c", "usage" : null, "choices":[]}', b'data: {"id":"c", "choices":[]}'),
+        (b'data: {"id":"c","x":{"a":1,"usage":null},"usage":null}', b'data: {"id":"c","x":{"a":1}}'),
+        (b'data: {"id":"c","choices":[{"delta":{"content":"usage"}}]}', None),
+    ],
+)
+def test_usage_the_gateway_asked_for_is_taken_out_of_every_chunk(event: bytes, expected: bytes | None) -> None:
+    relay = UsageStrippingRelay()
+    assert relay.feed(event + b"\n\n") == (expected or event) + b"\n\n"

@@ -257,17 +257,24 @@ class UsageStrippingRelay:
             return b""
         out: list[bytes] = []
         for raw in self._split.feed(data):
-            if sse.is_done(raw):
-                self._final, self.done = raw + b"\n\n", True
-                break
-            if find_usage_object(raw) >= 0:
+            at = raw.find(b'"usage"')  # the one search of an event; the rest looks after it
+            if at < 0:
+                if sse.is_done(raw):
+                    self._final, self.done = raw + b"\n\n", True
+                    break
+                out.append(raw + b"\n\n")
+                continue
+            if find_usage_object(raw, at) >= 0:
                 event = sse.parse_event(raw)
                 if _is_usage_only(event.data):
                     self.usage = decode_usage(event.data)
                     continue
-            raw = raw.replace(b',"usage":null', b"")
-            if b'"usage"' in raw:  # written with spaces, or first: rarely, so looked for only then
-                raw = _USAGE_NULL.sub(b"", raw)
+            if raw.startswith(b',"usage":null', at - 1) and raw.find(b'"usage"', at + 12) < 0:
+                raw = raw[: at - 1] + raw[at + 12 :]  # what the upstream adds to every chunk, and only that
+            else:
+                raw = raw.replace(b',"usage":null', b"")
+                if b'"usage"' in raw:  # written with spaces, or first: rarely, so looked for only then
+                    raw = _USAGE_NULL.sub(b"", raw)
             out.append(raw + b"\n\n")
         return b"".join(out)
 

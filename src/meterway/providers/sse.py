@@ -255,7 +255,9 @@ def _event_end(data: bytes, at: int) -> int:
 
 
 def _last_boundary(data: bytes) -> int:
-    """Where the last complete event ends (0 if none has)."""
+    """Where the last complete event ends (0 if none has). `\r\n\r\n` is looked for only after
+    the last `\n\n` (one that ends later can only start there): a read without one is not
+    searched whole for it."""
     a = data.rfind(b"\n\n")
-    b = data.rfind(b"\r\n\r\n")
+    b = data.rfind(b"\r\n\r\n", a if a > 0 else 0)
     return max(a + 2 if a >= 0 else 0, b + 4 if b >= 0 else 0)
