@@ -264,17 +264,18 @@ class UsageStrippingRelay:
                     break
                 out.append(raw + b"\n\n")
                 continue
+            if raw.startswith(b',"usage":null', at - 1) and raw.find(b'"usage"', at + 12) < 0:
+                # what the upstream adds to every chunk once asked for usage, and nothing else
+                out.append(raw[: at - 1] + raw[at + 12 :] + b"\n\n")
+                continue
             if find_usage_object(raw, at) >= 0:
                 event = sse.parse_event(raw)
                 if _is_usage_only(event.data):
                     self.usage = decode_usage(event.data)
                     continue
-            if raw.startswith(b',"usage":null', at - 1) and raw.find(b'"usage"', at + 12) < 0:
-                raw = raw[: at - 1] + raw[at + 12 :]  # what the upstream adds to every chunk, and only that
-            else:
-                raw = raw.replace(b',"usage":null', b"")
-                if b'"usage"' in raw:  # written with spaces, or first: rarely, so looked for only then
-                    raw = _USAGE_NULL.sub(b"", raw)
+            raw = raw.replace(b',"usage":null', b"")
+            if b'"usage"' in raw:  # written with spaces, or first: rarely, so looked for only then
+                raw = _USAGE_NULL.sub(b"", raw)
             out.append(raw + b"\n\n")
         return b"".join(out)
 
