@@ -47,6 +47,9 @@ class RequestContext:
     forwarded: bool = False  # the request was sent to the upstream (or the local mock)
     answer: bytes = b""  # a whole answer as the client receives it (for counting, if usage is missing)
     delivered: DeliveredStream | None = None  # a stream's bytes sent so far, likewise (bounded)
+    # the delivered bytes are wanted whatever usage says (the cache stores them, a trace shows them);
+    # otherwise they are let go once believable usage has come
+    keep_delivered: bool = False
     admitted: bool = False  # the ledger has room for this request's row
     recorded: bool = False  # its row has been handed to the ledger (exactly once)
     cost_units: int | None = None  # set by the ledger: the cost, in money units

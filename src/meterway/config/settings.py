@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
@@ -14,7 +14,10 @@ from meterway.config.billing import Billing
 from meterway.config.routing import RoutingPolicy
 from meterway.config.secret import Secret
 from meterway.config.telemetry import Telemetry
-from meterway.providers.base import Api, Provider
+from meterway.providers.base import Api, InProcess, Provider
+
+if TYPE_CHECKING:
+    from meterway.providers.transport import Upstream
 
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
 # One SSE event from an upstream: room for the largest ordinary events (a streamed image, a long
@@ -55,9 +58,22 @@ class Deployment:
     tpm: int | None = None
     weight: float = 1.0
     model_info: Mapping[str, Any] = field(default_factory=dict)
+    # Resolved from the above when built, so a request reads them instead of working them out:
+    # the endpoints it serves, and the in-process upstream that answers it (None: HTTP).
+    apis: frozenset[Api] = field(init=False, repr=False, compare=False)
+    upstream: Upstream | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        apis = frozenset(api for api in Api if self.provider_for(api).supports(api))
+        object.__setattr__(self, "apis", apis)
+        in_process = self.provider.upstream if isinstance(self.provider, InProcess) else None
+        object.__setattr__(self, "upstream", in_process)
 
     def provider_for(self, api: Api) -> Provider:
         return self.messages_provider if api is Api.MESSAGES else self.provider
+
+    def timeout_for(self, stream: bool) -> aiohttp.ClientTimeout:
+        return self.stream_timeout if stream else self.timeout
 
 
 @dataclass(frozen=True, slots=True)

@@ -169,8 +169,8 @@ class DeliveredStream:
     is counted as it passes instead: its events are split and their text extracted, and every
     `PIECE` characters of text are counted and dropped; only the running count, a partial event and
     less than a piece of text are kept. Its bytes are then no longer available (`whole` is None).
-    The provider's usage is only known at the stream's end, so a long stream is counted whether or
-    not it turns out to report usage."""
+    Once the provider's usage has come (and nothing else wants the bytes) the relay calls `forget`:
+    a stream is kept, or counted, only while its usage may still be missing."""
 
     __slots__ = ("_counter", "_split", "_text", "_text_len", "chunks", "counted", "size")
 
@@ -190,7 +190,8 @@ class DeliveredStream:
         self.size += len(data)
         chunks = self.chunks
         if chunks is None:
-            self._take(data)
+            if self._split is not None:  # else forgotten: only the size is kept
+                self._take(data)
             return
         chunks.append(data)
         if self.size > WINDOW:
@@ -198,6 +199,14 @@ class DeliveredStream:
             self._split = sse.EventSplitter(limit=EVENT_MAX)
             for chunk in chunks:
                 self._take(chunk)
+
+    def forget(self) -> None:
+        """Stops keeping (and counting) what is delivered: the provider's usage has come, and
+        nothing else wants the bytes. Only the size is still added up; `whole` is then None and
+        `tokens` gives what was counted before."""
+        self.chunks = None
+        self._split = None
+        self._text, self._text_len = [], 0
 
     def whole(self) -> bytes | None:
         """Every byte delivered, if the stream stayed within the window."""

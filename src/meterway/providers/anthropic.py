@@ -70,21 +70,37 @@ def usage_from_openai_dict(u: dict[str, Any] | None) -> Usage | None:
 
 
 class MessagesPassthroughRelay:
-    """Relays Anthropic events untouched and reads usage from message_start and message_delta."""
+    """Relays Anthropic events untouched, all but `message_stop` (held for `finish`; nothing after
+    it is relayed), and reads usage from message_start and message_delta. Each read is searched
+    once, for the ends of its events; an event is told apart by the name on its first line."""
 
-    __slots__ = ("_input", "_output", "_split", "usage")
+    __slots__ = ("_final", "_input", "_output", "_split", "done", "usage")
 
     def __init__(self) -> None:
         self._split = sse.EventSplitter()
         self._input: _WireUsage | None = None
         self._output: object = None
+        self._final = b""
+        self.done = False
         self.usage: Usage | None = None
 
     def feed(self, data: bytes) -> bytes:
-        for raw in self._split.feed(data):
-            if b"message_start" in raw or b"message_delta" in raw:
+        if self.done:
+            return b""
+        buf, spans = self._split.frames(data)
+        if not spans:
+            return b""
+        for start, cut, end in spans:
+            if cut == start:
+                continue  # a stray blank line: passed on as it came
+            raw = buf[start:cut]
+            name = sse.first_line_name(raw)
+            if name == b"message_start" or name == b"message_delta":
                 self._meter(sse.parse_event(raw))
-        return data
+            elif (name == b"message_stop") if name is not None else sse.is_message_stop(raw):
+                self._final, self.done = buf[start:end], True
+                return buf[:start]
+        return buf[: spans[-1][2]]
 
     def _meter(self, event: sse.Event) -> None:
         try:
@@ -100,13 +116,15 @@ class MessagesPassthroughRelay:
 
     def finish(self) -> bytes:
         self.usage = usage_from_anthropic(self._input or _WireUsage(), self._output)
-        return b""
+        return self._final if self.done else self._split.tail()
 
 
 class ChatFromMessagesRelay:
-    """Anthropic events in, OpenAI chat chunks out, one translator state per stream."""
+    """Anthropic events in, OpenAI chat chunks out, one translator state per stream. `[DONE]` is
+    written by `finish` alone, so nothing `feed` returns needs searching for it."""
 
     __slots__ = ("_split", "_stream", "usage")
+    done = False
 
     def __init__(self, model: str, include_usage: bool, created: int) -> None:
         self._split = sse.EventSplitter()

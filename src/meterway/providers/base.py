@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import orjson
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from yarl import URL
 
     from meterway.errors import UpstreamError
+    from meterway.providers.transport import Upstream
 
 
 class Api(enum.Enum):
@@ -117,9 +118,18 @@ class Parsed:
 class StreamRelay(Protocol):
     """State for one stream. `feed` takes upstream bytes as they arrive and returns the bytes to
     relay to the client now (possibly empty: a partial event is held back until it completes);
-    `finish` is called once the upstream ended normally and returns the closing bytes."""
+    `finish` is called once the upstream ended (or its final event came) and returns the closing
+    bytes.
+
+    The stream's final event for the client (`data: [DONE]`, `message_stop`) is never in what
+    `feed` returns: the relay holds it and `finish` returns it, so the ledger row is committed
+    before the client sees the stream end. The relay finds it while it reads the bytes anyway
+    (each read is searched once); `done` then says that nothing after it is wanted."""
 
     usage: Usage | None
+
+    @property
+    def done(self) -> bool: ...
 
     def feed(self, data: bytes) -> bytes: ...
 
@@ -134,7 +144,6 @@ class Provider(Protocol):
     family: str
     label: str  # the deployment's name in errors and logs (never its key)
     upstream_model: str
-    local: bool  # True when it answers in process (`LocalProvider.answer`), with no HTTP
 
     def supports(self, api: Api) -> bool: ...
 
@@ -147,21 +156,12 @@ class Provider(Protocol):
     def map_error(self, call: Call, status: int, body: bytes) -> UpstreamError: ...
 
 
-@dataclass(frozen=True, slots=True)
-class LocalAnswer:
-    """What an in-process provider produces instead of an HTTP answer: upstream-format bytes
-    (one body, or the SSE chunks of a stream), fed to the same parse path as a real upstream's."""
-
-    status: int
-    body: bytes = b""
-    chunks: tuple[bytes, ...] = field(default=())
-
-
 @runtime_checkable
-class LocalProvider(Provider, Protocol):
-    """A provider that answers in process (the demo `mock`): no network, same translation path."""
+class InProcess(Protocol):
+    """A provider whose deployment is answered by an in-process upstream (the demo `mock`) instead
+    of over HTTP. Everything else about it is an ordinary provider: the request path is the same."""
 
-    def answer(self, call: Call, request: UpstreamRequest) -> LocalAnswer: ...
+    upstream: Upstream
 
 
 def decode_object(body: bytes) -> dict[str, Any]:

@@ -174,6 +174,7 @@ class ChatRelay:
     """Cohere's events in, OpenAI chat chunks out, one state per stream."""
 
     __slots__ = ("_chunks", "_include_usage", "_split", "usage")
+    done = False  # `[DONE]` is written by `finish` alone: nothing `feed` returns is searched for it
 
     def __init__(self, model: str, include_usage: bool) -> None:
         self._split = sse.EventSplitter()

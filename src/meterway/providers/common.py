@@ -96,7 +96,6 @@ class HttpProvider:
 
     family = ""
     endpoint: Endpoint
-    local = False
 
     def __init__(
         self,

@@ -228,6 +228,7 @@ class ChatRelay:
     """Partial GenerateContentResponses in, OpenAI chat chunks out; usage from the last that has it."""
 
     __slots__ = ("_calls", "_chunks", "_include_usage", "_split", "_started", "usage")
+    done = False  # `[DONE]` is written by `finish` alone: nothing `feed` returns is searched for it
 
     def __init__(self, model: str, include_usage: bool) -> None:
         self._split = sse.EventSplitter()

@@ -16,8 +16,6 @@ from meterway.providers.anthropic import usage_from_openai_dict
 from meterway.providers.base import (
     Api,
     Call,
-    LocalAnswer,
-    LocalProvider,
     Parsed,
     Provider,
     RequestHead,
@@ -28,7 +26,8 @@ from meterway.providers.base import (
 
 
 class MessagesFromChatRelay:
-    """Chat chunks from the inner relay in, Anthropic events out."""
+    """Chat chunks from the inner relay in, Anthropic events out. The inner relay finds the
+    upstream's `[DONE]` (and holds it: it is not translated); `message_stop` comes from `finish`."""
 
     __slots__ = ("_inner", "_split", "_stream", "usage")
 
@@ -52,6 +51,10 @@ class MessagesFromChatRelay:
                 out.extend(fmt.to_anthropic_sse(name, data) for name, data in self._stream.feed(chunk))
         return b"".join(out)
 
+    @property
+    def done(self) -> bool:
+        return self._inner.done
+
     def feed(self, data: bytes) -> bytes:
         return self._translate(self._inner.feed(data))
 
@@ -70,7 +73,6 @@ class MessagesAdapter:
         self.family = inner.family
         self.upstream_model = inner.upstream_model
         self.label = inner.label
-        self.local = inner.local
 
     def supports(self, api: Api) -> bool:
         return api is Api.MESSAGES
@@ -95,10 +97,6 @@ class MessagesAdapter:
     def open_stream(self, call: Call) -> StreamRelay:
         inner = self.inner.open_stream(self._inner_call(call))
         return MessagesFromChatRelay(inner, call.head.model, "msg_" + call.request_id)
-
-    def answer(self, call: Call, request: UpstreamRequest) -> LocalAnswer:
-        assert isinstance(self.inner, LocalProvider)
-        return self.inner.answer(self._inner_call(call), request)
 
     def map_error(self, call: Call, status: int, body: bytes) -> UpstreamError:
         return self.inner.map_error(call, status, body)

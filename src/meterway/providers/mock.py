@@ -5,6 +5,10 @@ have an upstream that costs nothing. Replies are deterministic (the same request
 answer), usage figures are realistic (about four characters a token), streams come as one chunk a
 word, and embeddings have a fixed dimension. It speaks the OpenAI format, so everything after it
 (metering, stream relays, the Anthropic adapter) runs exactly as for a real upstream.
+
+The provider is the OpenAI one; only its upstream differs: `MockUpstream`, an in-process
+transport (as httpx's `MockTransport` is), answers the requests the provider builds. The request
+path does not know the difference.
 """
 
 from __future__ import annotations
@@ -13,15 +17,18 @@ import base64
 import hashlib
 import struct
 import time
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import orjson
-from yarl import URL
 
 from meterway.errors import BadRequest
 from meterway.providers import sse
-from meterway.providers.base import Api, Call, LocalAnswer, UpstreamRequest
-from meterway.providers.openai import OpenAIProvider
+from meterway.providers.base import Api, UpstreamRequest
+from meterway.providers.openai import PATHS, OpenAIProvider
+
+if TYPE_CHECKING:
+    import aiohttp
 
 EMBEDDING_DIMENSIONS = 64
 _REPLY = "This is the meterway demo model answering. You said: "
@@ -48,28 +55,87 @@ def _vector(text: str, dimensions: int) -> list[float]:
 
 
 class MockProvider(OpenAIProvider):
+    """The OpenAI provider over the in-process `MockUpstream`."""
+
     family = "mock"
-    local = True
 
     def __init__(self, *, label: str, upstream_model: str) -> None:
         super().__init__(label=label, upstream_model=upstream_model, api_base="mock://local", api_key=None)
+        self.upstream = MockUpstream(upstream_model)
 
-    def _build_urls(self, base: str) -> dict[Api, URL]:
-        return {api: URL(f"{base}/{api.value}") for api in (Api.CHAT, Api.COMPLETIONS, Api.EMBEDDINGS)}
 
-    def answer(self, call: Call, request: UpstreamRequest) -> LocalAnswer:
+
+def _api_of(path: str) -> Api:
+    """The endpoint a request was built for, from its URL's path (the OpenAI family's routes; the
+    chat route is tried first, as it ends like the completions one)."""
+    for api, route in PATHS.items():
+        if isinstance(api, Api) and path.endswith(route):
+            return api
+    raise KeyError(path)
+
+
+class MockAnswer:
+    """The demo's answer, all in memory: a body, or the SSE chunks of a stream."""
+
+    __slots__ = ("_chunks", "_next", "body", "content_type", "status")
+
+    def __init__(self, body: bytes = b"", chunks: tuple[bytes, ...] = ()) -> None:
+        self.status = 200
+        self.content_type = "text/event-stream" if chunks else "application/json"
+        self.body = body
+        self._chunks = chunks
+        self._next = 0
+
+    def header(self, name: str) -> str | None:
+        return None
+
+    async def read(self, bound: int, keep: int | None) -> bytes:
+        return self.body
+
+    def __aiter__(self) -> MockAnswer:
+        return self
+
+    async def __anext__(self) -> bytes:
+        i = self._next
+        if i >= len(self._chunks):
+            raise StopAsyncIteration
+        self._next = i + 1
+        return self._chunks[i]
+
+    def pending(self) -> bool:
+        return False  # all here: a client that leaves cannot matter before it ends
+
+    def close(self) -> None:
+        self._next = len(self._chunks)
+
+    def release(self) -> None:
+        return None
+
+
+class MockUpstream:
+    """The demo model's upstream, in process: it reads the request as an OpenAI-compatible server
+    would and answers in that format, with no network."""
+
+    __slots__ = ("upstream_model",)
+
+    def __init__(self, upstream_model: str) -> None:
+        self.upstream_model = upstream_model
+
+    async def send(
+        self, request: UpstreamRequest, headers: Mapping[str, str], limit: aiohttp.ClientTimeout, label: str
+    ) -> MockAnswer:
         """The demo answer. The mock reads the request's shape as a real upstream would (content
         parts, tools, input items); one it cannot read is a 400, as an upstream would answer it."""
         try:
-            return self._answer(call, request)
+            return self._answer(_api_of(request.url.path), request)
         except (AttributeError, TypeError, ValueError, KeyError) as e:
             raise BadRequest(f"The demo model cannot read this request: {e}") from None
 
-    def _answer(self, call: Call, request: UpstreamRequest) -> LocalAnswer:
+    def _answer(self, api: Api, request: UpstreamRequest) -> MockAnswer:
         body = orjson.loads(request.body)
-        if call.api is Api.EMBEDDINGS:
-            return LocalAnswer(200, orjson.dumps(self._embeddings(body)))
-        chat = call.api is Api.CHAT
+        if api is Api.EMBEDDINGS:
+            return MockAnswer(orjson.dumps(self._embeddings(body)))
+        chat = api is Api.CHAT
         prompt, reply, tool = self._reply(body, chat)
         limit = body.get("max_tokens") or body.get("max_completion_tokens")
         words = reply.split(" ")
@@ -86,9 +152,9 @@ class MockProvider(OpenAIProvider):
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         ident = "mock-" + hashlib.sha256(request.body).hexdigest()[:24]
         created = int(time.time())
-        if not call.head.stream:
-            return LocalAnswer(200, orjson.dumps(self._whole(chat, ident, created, reply, tool, finish, usage)))
-        return LocalAnswer(200, chunks=self._chunks(body, chat, ident, created, words, tool, finish, usage))
+        if not request.stream:
+            return MockAnswer(orjson.dumps(self._whole(chat, ident, created, reply, tool, finish, usage)))
+        return MockAnswer(chunks=self._chunks(body, chat, ident, created, words, tool, finish, usage))
 
     def _reply(self, body: dict[str, Any], chat: bool) -> tuple[str, str, dict[str, Any] | None]:
         if not chat:

@@ -152,44 +152,68 @@ _TAIL = 8192
 
 
 class PassthroughRelay:
-    """The client asked for what the upstream sends: relay bytes untouched. The last chunks are
-    kept by reference (no copying per chunk) and joined once, at the end, to read the usage."""
+    """The client asked for what the upstream sends: relay bytes untouched, all but the final
+    `[DONE]` (held by `sse.Finale`, whose search is the only one each read gets). The last chunks
+    are kept by reference (no copying per chunk) and joined once, at the end, to read the usage."""
 
-    __slots__ = ("_kept", "_size", "usage")
+    __slots__ = ("_final", "_kept", "_size", "done", "usage")
 
     def __init__(self) -> None:
+        self._final = sse.Finale(anthropic=False)
         self._kept: deque[bytes] = deque()
         self._size = 0
+        self.done = False
         self.usage: Usage | None = None
 
     def feed(self, data: bytes) -> bytes:
-        kept = self._kept
-        kept.append(data)
-        self._size += len(data)
-        while self._size - len(kept[0]) >= _TAIL:
-            self._size -= len(kept.popleft())
+        final = self._final
+        data = final.feed(data)
+        self.done = final.done
+        if data:
+            kept = self._kept
+            kept.append(data)
+            self._size += len(data)
+            while self._size - len(kept[0]) >= _TAIL:
+                self._size -= len(kept.popleft())
         return data
 
     def finish(self) -> bytes:
-        self.usage = usage_from_tail(b"".join(self._kept))
-        return b""
+        closing = self._final.finish()
+        self.usage = usage_from_tail(b"".join(self._kept) + closing)
+        return closing
 
 
 class UsageStrippingRelay:
     """The gateway asked for usage the client did not ask for: the usage-only event is metered and
     dropped, and the `"usage":null` the upstream then adds to every chunk is removed again, so the
-    client receives the stream it asked for."""
+    client receives the stream it asked for. `[DONE]` is held for `finish`, and nothing after it
+    is relayed."""
 
-    __slots__ = ("_split", "usage")
+    __slots__ = ("_final", "_split", "done", "usage")
 
     def __init__(self) -> None:
         self._split = sse.EventSplitter()
+        self._final = b""
+        self.done = False
         self.usage: Usage | None = None
 
     def feed(self, data: bytes) -> bytes:
+        if self.done:
+            return b""
         out: list[bytes] = []
         for raw in self._split.feed(data):
-            if find_usage_object(raw) >= 0:
+            at = raw.find(b'"usage"')  # the one search of an event; the rest looks after it
+            if at < 0:
+                if sse.is_done(raw):
+                    self._final, self.done = raw + b"\n\n", True
+                    break
+                out.append(raw + b"\n\n")
+                continue
+            if raw.startswith(b',"usage":null', at - 1) and raw.find(b'"usage"', at + 12) < 0:
+                # what the upstream adds to every chunk once asked for usage, and nothing else
+                out.append(raw[: at - 1] + raw[at + 12 :] + b"\n\n")
+                continue
+            if find_usage_object(raw, at) >= 0:
                 event = sse.parse_event(raw)
                 if _is_usage_only(event.data):
                     self.usage = decode_usage(event.data)
@@ -201,6 +225,8 @@ class UsageStrippingRelay:
         return b"".join(out)
 
     def finish(self) -> bytes:
+        if self.done:
+            return self._final
         rest = self._split.rest()
         return rest + b"\n\n" if rest else b""
 

@@ -65,6 +65,35 @@ class EventSplitter:
         rest, self._buf = self._buf, b""
         return rest.strip()
 
+    def frames(self, data: bytes) -> tuple[bytes, list[tuple[int, int, int]]]:
+        """Like `feed`, for a relay that passes events on as they came: the buffer the events are
+        in and, per complete event, where it starts, where its separator starts and where that ends,
+        so the relay can hand on `buf[:end]` untouched (separators and empty events included)
+        and look inside each event without searching the bytes again."""
+        buf = self._buf + data if self._buf else data
+        spans: list[tuple[int, int, int]] = []
+        start = 0
+        crlf = buf.find(b"\r\n\r\n")
+        while True:
+            lf = buf.find(b"\n\n", start)
+            if 0 <= crlf < start:
+                crlf = buf.find(b"\r\n\r\n", start)
+            if crlf >= 0 and (lf < 0 or crlf < lf):
+                cut, width = crlf, 4
+            elif lf >= 0:
+                cut, width = lf, 2
+            else:
+                break
+            spans.append((start, cut, cut + width))
+            start = cut + width
+        self._buf = buf[start:]
+        return buf, spans
+
+    def tail(self) -> bytes:
+        """The unfinished event as it came (not stripped): what a pass-through relay still owes."""
+        rest, self._buf = self._buf, b""
+        return rest
+
 
 class EventBound:
     """Watches a byte stream for an event longer than `limit` bytes, complete or not, without
@@ -130,12 +159,40 @@ def format_data(payload: bytes) -> bytes:
 DONE = b"data: [DONE]\n\n"
 
 
+_DONE_EVENTS = (b"data: [DONE]", b"data:[DONE]")
+
+
+def is_done(event: bytes) -> bool:
+    """Whether one event (without its separator) is OpenAI's final `[DONE]`; a length check first,
+    so an ordinary event costs no search."""
+    return len(event) <= 64 and event.strip() in _DONE_EVENTS
+
+
+def first_line_name(event: bytes) -> bytes | None:
+    """The event's name when its first line gives it (`event: ...`, as Anthropic writes every
+    event): read from that line alone, not the whole event. None when it does not start so."""
+    if not event.startswith(b"event:"):
+        return None
+    nl = event.find(b"\n", 6)
+    return (event[6:nl] if nl >= 0 else event[6:]).strip()
+
+
+def is_message_stop(event: bytes) -> bool:
+    """Whether one event (without its separator) is Anthropic's final `message_stop`: by the name
+    on its first line, else (an event written another way) by its name or its type, however spaced."""
+    name = first_line_name(event)
+    if name is not None:
+        return name == b"message_stop"
+    return parse_event(event.strip()).name == "message_stop" or _MESSAGE_STOP.search(event) is not None
+
+
 class Finale:
     """Holds back a stream's final event (`data: [DONE]` for OpenAI clients, `message_stop` for
     Anthropic ones) until `finish`, so the gateway can commit the request's ledger row before the
-    client sees its stream end. It also holds an unfinished trailing event until the read that
-    completes it (a client can do nothing with half an event), so a final event split across
-    reads is still caught."""
+    client sees its stream end. Only a relay that passes bytes through without splitting them uses
+    it (its one search of each read); a relay that splits events tells the final one apart itself.
+    It also holds an unfinished trailing event until the read that completes it (a client can do
+    nothing with half an event), so a final event split across reads is still caught."""
 
     __slots__ = ("_anthropic", "_held", "_marker", "done")
 
@@ -183,7 +240,7 @@ class Finale:
         event = event.strip()
         if self._anthropic:  # named by its `event:` line, or by its type alone, however spaced
             return parse_event(event).name == "message_stop" or _MESSAGE_STOP.search(event) is not None
-        return event in (b"data: [DONE]", b"data:[DONE]")
+        return event in _DONE_EVENTS
 
 
 def _event_start(data: bytes, at: int) -> int:
@@ -198,7 +255,9 @@ def _event_end(data: bytes, at: int) -> int:
 
 
 def _last_boundary(data: bytes) -> int:
-    """Where the last complete event ends (0 if none has)."""
+    """Where the last complete event ends (0 if none has). `\r\n\r\n` is looked for only after
+    the last `\n\n` (one that ends later can only start there): a read without one is not
+    searched whole for it."""
     a = data.rfind(b"\n\n")
-    b = data.rfind(b"\r\n\r\n")
+    b = data.rfind(b"\r\n\r\n", a if a > 0 else 0)
     return max(a + 2 if a >= 0 else 0, b + 4 if b >= 0 else 0)

@@ -62,10 +62,6 @@ def retry_kind(err: MeterwayError) -> str | None:
         return "context_window"
     if isinstance(err, ContentPolicyViolation):
         return "content_policy"
-    if type(err) is UpstreamError and err.upstream_status is None:
-        # untyped: a failure the request path names itself (an answer past its bound, a stream
-        # answered as JSON); retried as before until api.proxy raises UpstreamUnavailable for it
-        return "retry"
     return None
 
 

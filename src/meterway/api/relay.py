@@ -1,0 +1,154 @@
+"""The response out: a whole answer, or a stream relayed chunk by chunk, its last bytes only once
+the request's ledger row is committed.
+
+A stream's relay (`providers.base.StreamRelay`) holds its final event (`[DONE]`,
+`message_stop`) until `finish`; the row is recorded between the two. A failure once the stream
+has started ends it with an error event in its own format; one before may still be retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from meterway.api import errors
+from meterway.errors import MeterwayError
+from meterway.ledger import usage_checks
+from meterway.ledger.tokens import DeliveredStream
+from meterway.providers import sse
+from meterway.providers.transport import UPSTREAM_TOO_LARGE, too_large
+
+if TYPE_CHECKING:
+    from meterway.api.asgi import Message, Receive, Responder
+    from meterway.app import Services
+    from meterway.context import RequestContext
+    from meterway.providers.base import Call, Parsed, Provider, StreamRelay, Usage
+    from meterway.providers.transport import UpstreamResponse
+
+log = logging.getLogger("meterway.proxy")
+
+
+def flag(ctx: RequestContext, err: MeterwayError) -> None:
+    """Marks the row of a request that ended on an upstream answer past its bound."""
+    if err.code == UPSTREAM_TOO_LARGE and UPSTREAM_TOO_LARGE not in ctx.flags:
+        ctx.flags.append(UPSTREAM_TOO_LARGE)
+
+
+async def answer(services: Services, ctx: RequestContext, parsed: Parsed, responder: Responder) -> None:
+    ctx.usage, ctx.answer, ctx.status_code = parsed.usage, parsed.body, 200
+    await services.ledger.record(ctx)
+    await responder.whole(200, parsed.body, parsed.content_type.encode())
+
+
+def deliver(ctx: RequestContext, delivered: DeliveredStream, out: bytes) -> None:
+    if ctx.first_byte_ns is None:
+        ctx.first_byte_ns = time.perf_counter_ns()
+    delivered.add(out)  # kept while short, counted as it passes once long (bounded either way)
+
+
+async def end_stream(
+    services: Services, ctx: RequestContext, usage: Usage | None, final: bytes, responder: Responder
+) -> None:
+    ctx.usage, ctx.status_code, ctx.closing = usage, 200, final
+    await services.ledger.record(ctx)
+    if not responder.started:  # an upstream stream that produced nothing before its end
+        await responder.start_stream()
+    await responder.end(final)
+
+
+class _Watch:
+    """Watches for the client leaving mid-stream and then stops reading the upstream at once."""
+
+    __slots__ = ("finished", "left", "resp", "task")
+
+    def __init__(self, resp: UpstreamResponse, receive: Receive) -> None:
+        self.resp = resp
+        self.finished = False
+        self.left = False
+        self.task = asyncio.ensure_future(receive())
+        self.task.add_done_callback(self._on_message)
+
+    def _on_message(self, task: asyncio.Task[Message]) -> None:
+        if self.finished or task.cancelled():
+            return
+        self.left = True
+        self.resp.close()
+
+    def stop(self) -> None:
+        self.finished = True
+        if not self.task.done():
+            self.task.cancel()
+
+
+async def relay(
+    services: Services,
+    ctx: RequestContext,
+    call: Call,
+    provider: Provider,
+    resp: UpstreamResponse,
+    responder: Responder,
+    receive: Receive,
+) -> None:
+    """Relays one upstream stream. What was delivered is kept (`ctx.delivered`) only while
+    something may need it: the cache, captured trace content, or the ledger while no believable
+    usage has come; once it has, the bytes are let go."""
+    stream = provider.open_stream(call)
+    bound = services.settings.max_upstream_event_bytes
+    events = sse.EventBound(bound)  # an event that never ends is cut here, not buffered by a relay
+    delivered = ctx.delivered = DeliveredStream(services.ledger.counter)
+    forget = not ctx.keep_delivered
+    # The watcher costs a task; a stream the upstream has already delivered whole (a short answer,
+    # the demo model) ends before a departed client could matter, so only a stream still arriving gets one.
+    watch: _Watch | None = None
+    try:
+        async for data in resp:
+            if stream.done:  # bytes after the final event: not for the client, and no more are read
+                resp.close()
+                break
+            if events.over(data):
+                resp.close()
+                raise too_large(provider.label, "an event", bound)
+            out = stream.feed(data)
+            if out:
+                if not responder.started:  # the status goes out with the first bytes: until then a retry may
+                    await responder.start_stream()
+                deliver(ctx, delivered, out)
+                await responder.chunk(out)
+            if forget and stream.usage is not None and usage_checks.believable(stream.usage):
+                delivered.forget()
+                forget = False
+            if watch is None and resp.pending():
+                watch = _Watch(resp, receive)
+        if watch is not None:
+            if watch.left:
+                ctx.client_aborted = True
+                ctx.usage = stream.usage
+                return
+            watch.finished = True
+        final = stream.finish()  # sets the usage of a relay that reads it at the end
+        await end_stream(services, ctx, stream.usage, final, responder)
+    except MeterwayError as e:
+        if watch is not None and watch.left:
+            ctx.client_aborted = True
+            ctx.usage = stream.usage
+            return
+        if not responder.started:  # nothing reached the client: a status error, which may be retried
+            raise
+        await fail_stream(services, ctx, call, stream, e, responder)
+    finally:
+        if watch is not None:
+            watch.stop()
+
+
+async def fail_stream(
+    services: Services, ctx: RequestContext, call: Call, stream: StreamRelay, err: MeterwayError, responder: Responder
+) -> None:
+    ctx.error = err
+    flag(ctx, err)
+    ctx.usage = stream.usage
+    ctx.status_code = responder.status
+    log.warning("stream %s ended by an upstream failure: %s", ctx.request_id, err.message)
+    await services.ledger.record(ctx)
+    await responder.end(errors.stream_error_event(err, call.api))
