@@ -8,10 +8,12 @@ OpenAI routes answer `{"error": {"message", "type", "param", "code"}}`; the Anth
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 import orjson
 
-from meterway.errors import MeterwayError, RateLimited, UpstreamError
+from meterway.api.asgi import Message, Receive, Responder, Scope, Send, request_id
+from meterway.errors import MeterwayError, MethodNotAllowed, RateLimited, UpstreamError
 from meterway.providers.base import Api
 
 log = logging.getLogger("meterway.api")
@@ -59,6 +61,8 @@ def render(err: MeterwayError, api: Api | None) -> tuple[int, list[tuple[bytes, 
     headers: list[tuple[bytes, bytes]] = []
     if err.retry_after is not None:
         headers.append((b"retry-after", str(max(1, round(err.retry_after))).encode()))
+    if isinstance(err, MethodNotAllowed):
+        headers.append((b"allow", ", ".join(err.allowed).encode()))
     if isinstance(err, RateLimited):
         headers.extend((name.encode(), value.encode()) for name, value in err.headers)
     return err.http_status(), headers, body_for(err, api)
@@ -70,3 +74,44 @@ def stream_error_event(err: MeterwayError, api: Api) -> bytes:
     if api is Api.MESSAGES:
         return b"event: error\ndata: " + body + b"\n\n"
     return b"data: " + body + b"\n\n"
+
+
+Endpoint = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def boundary(endpoint: Endpoint, api: Api | None = None) -> Endpoint:
+    """`endpoint` with every exception it raises answered in the one error shape (OpenAI's, or
+    Anthropic's for `api` MESSAGES) and the request's id, as Starlette's exception-handler
+    wrapper does. Every route goes through it, so no handler builds an error reply of its own.
+
+    An exception after the response started can no longer become a response: once the body is
+    complete it is only logged; before that it is raised on, so the server drops the connection
+    and the client sees a broken response rather than a whole wrong one. (Streams end their own
+    failures in-stream before that can happen; see `stream_error_event`.)"""
+
+    async def guarded(scope: Scope, receive: Receive, send: Send) -> None:
+        started = finished = False
+
+        async def sending(message: Message) -> None:
+            nonlocal started, finished
+            kind = message["type"]
+            if kind == "http.response.start":
+                started = True
+            elif kind == "http.response.body" and not message.get("more_body"):
+                finished = True
+            await send(message)
+
+        try:
+            await endpoint(scope, receive, sending)
+        except Exception as exc:
+            rid = request_id(scope)
+            err = as_meterway_error(exc, rid)
+            if started:
+                log.error("request %s failed after its response started: %s", rid, err.message)
+                if finished:
+                    return
+                raise
+            status, extra, payload = render(err, api)
+            await Responder(send, rid).whole(status, payload, extra=extra)
+
+    return guarded
