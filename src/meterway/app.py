@@ -254,8 +254,9 @@ class Gateway:
         await Responder(send, request_id(scope)).whole(200, body)
 
     async def _metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Prometheus exposition (the database's backlogs read at most every few seconds)."""
-        services = self.lifecycle.now()
+        """Prometheus exposition (the database's backlogs read at most every few seconds). Waits
+        for the services as model requests do: a scrape of a worker still opening is answered."""
+        services = await self.lifecycle.wait_open()
         ledger = services.ledger
         services.metrics.ledger_stalled(ledger.stall_s(), ledger.stall_limit_s)
         await self.backlog.read(services)

@@ -137,15 +137,15 @@ class Lifecycle:
         self._settled.set()
 
     def now(self) -> Services:
-        """The services, or a 503 while there are none: only the model routes (and the model list) wait."""
+        """The services, or a 503 while there are none: only the model routes, the model list and metrics wait."""
         services = self._services
         if services is None:
             raise self._refusal("The gateway is starting (its database is not open yet); retry shortly.", "starting")
         return services
 
     async def wait_open(self) -> Services:
-        """The services, waiting (bounded) while they are being opened, for the model routes and the
-        model list: see the module docstring."""
+        """The services, waiting (bounded) while they are being opened, for the model routes, the
+        model list and metrics: see the module docstring."""
         services = self._services
         if services is not None:
             return services

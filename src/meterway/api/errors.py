@@ -92,14 +92,14 @@ def boundary(endpoint: Endpoint, api: Api | None = None) -> Endpoint:
     async def guarded(scope: Scope, receive: Receive, send: Send) -> None:
         started = finished = False
 
-        async def sending(message: Message) -> None:
+        def sending(message: Message) -> Awaitable[None]:
+            # a plain function handing back `send`'s awaitable: no coroutine of its own per message
             nonlocal started, finished
-            kind = message["type"]
-            if kind == "http.response.start":
+            if message["type"] == "http.response.start":
                 started = True
-            elif kind == "http.response.body" and not message.get("more_body"):
+            elif not message.get("more_body"):
                 finished = True
-            await send(message)
+            return send(message)
 
         try:
             await endpoint(scope, receive, sending)
