@@ -200,7 +200,8 @@ class Gateway:
     # ------------------------------------------------------------------ endpoints
 
     async def _model(self, api: Api, decode: proxy.HeadDecoder, scope: Scope, receive: Receive, send: Send) -> None:
-        services = await self.lifecycle.wait_open()  # the first seconds: the row could not be committed yet
+        # open: no await here; in the first seconds it waits, as the row could not be committed yet
+        services = self.lifecycle.services or await self.lifecycle.wait_open()
         await proxy.handle(services, api, decode, scope, receive, send)
 
     async def _admin(
@@ -279,6 +280,8 @@ class Gateway:
         self._stop.set()
         with contextlib.suppress(asyncio.CancelledError):
             await running
+        if self.lifecycle.state is not State.STOPPING:  # stopped while opening: nothing waits any more
+            self.lifecycle.stopping()
         await send({"type": "lifespan.shutdown.complete"})
 
     async def _run(self) -> None:
