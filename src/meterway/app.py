@@ -65,12 +65,17 @@ class Route:
     refuse: Endpoint  # 405 naming `methods`, behind the same boundary (in the route's API format)
 
 
-def route(handler: Endpoint, methods: tuple[str, ...] | None, api: Api | None = None) -> Route:
+def route(handler: Endpoint, methods: tuple[str, ...] | None, api: Api | None = None, *, watch: bool = True) -> Route:
+    """`watch=False` for the hot routes whose handler raises only before its response starts
+    (see `api.errors.boundary`)."""
+
     async def wrong_method(scope: Scope, receive: Receive, send: Send) -> None:
         raise MethodNotAllowed(scope["method"], scope["path"], methods or ())
 
     return Route(
-        frozenset(methods) if methods else None, errors.boundary(handler, api), errors.boundary(wrong_method, api)
+        frozenset(methods) if methods else None,
+        errors.boundary(handler, api, watch=watch),
+        errors.boundary(wrong_method, api),
     )
 
 
@@ -150,7 +155,7 @@ class Gateway:
     def _table(self) -> dict[str, Route]:
         table: dict[str, Route] = {}
         for path, (api, decode) in _MODEL_ROUTES.items():
-            table[path] = route(partial(self._model, api, decode), ("POST",), api)
+            table[path] = route(partial(self._model, api, decode), ("POST",), api, watch=False)
         by_path: dict[str, dict[str, management.Handler]] = {}
         for (method, path), handler in ADMIN_ROUTES.items():
             by_path.setdefault(path, {})[method] = handler
@@ -159,7 +164,7 @@ class Gateway:
         for path in webhooks.INGEST:
             table[path] = route(self._ingest, ("POST",))
         for path in _LIVE:
-            table[path] = route(health.live, None)
+            table[path] = route(health.live, None, watch=False)  # sends two constant messages, raises nothing
         for path in _READY:
             table[path] = route(self._ready, None)
         table["/health/startup"] = route(self._startup, None)
