@@ -82,6 +82,9 @@ def request_id_for(incoming: Incoming) -> str:
 
 
 REQUEST_ID = "meterway.request_id"  # the scope key a request's id is kept under, once chosen
+# where a handler leaves its Responder for the error boundary to answer through it: with the
+# headers it already chose (deployment, attempts, cache) and knowing whether it started
+RESPONDER = "meterway.responder"
 
 
 def request_id(scope: Scope, incoming: Incoming | None = None) -> str:

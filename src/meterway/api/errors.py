@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 
 import orjson
 
-from meterway.api.asgi import Message, Receive, Responder, Scope, Send, request_id
+from meterway.api.asgi import RESPONDER, Message, Receive, Responder, Scope, Send, request_id
 from meterway.errors import MeterwayError, MethodNotAllowed, RateLimited, UpstreamError
 from meterway.providers.base import Api
 
@@ -126,6 +126,12 @@ def boundary(endpoint: Endpoint, api: Api | None = None, *, watch: bool = True) 
 
 
 async def _answer(scope: Scope, send: Send, exc: Exception, api: Api | None) -> None:
+    """Through the handler's own Responder when it left one in the scope (`asgi.RESPONDER`)."""
     rid = request_id(scope)
-    status, extra, payload = render(as_meterway_error(exc, rid), api)
-    await Responder(send, rid).whole(status, payload, extra=extra)
+    err = as_meterway_error(exc, rid)
+    responder: Responder = scope.get(RESPONDER) or Responder(send, rid)
+    if responder.started:
+        log.error("request %s failed after its response started: %s", rid, err.message)
+        return
+    status, extra, payload = render(err, api)
+    await responder.whole(status, payload, extra=extra)

@@ -26,7 +26,7 @@ import msgspec
 
 from meterway import bounds
 from meterway.api import errors
-from meterway.api.asgi import Incoming, Message, Receive, Responder, Scope, Send, read_body, request_id
+from meterway.api.asgi import RESPONDER, Incoming, Message, Receive, Responder, Scope, Send, read_body, request_id
 from meterway.auth import bearer_token
 from meterway.cache import Entry as CacheEntry
 from meterway.cache import control as cache_control_of
@@ -134,9 +134,10 @@ async def handle(services: Services, api: Api, decode: HeadDecoder, scope: Scope
         err = errors.as_meterway_error(_too_deep(exc, ctx.body), rid)
         ctx.error = err
         _flag(ctx, err)
-        if not responder.started:  # its row is committed first; the boundary (errors.boundary) answers
+        if not responder.started:  # its row is committed first; the boundary answers, through `responder`
             ctx.status_code = err.http_status()
             await ledger.record(ctx)
+            scope[RESPONDER] = responder
             raise err from None
         log.error("request %s failed after its response started: %s", rid, err.message)  # a bug: streams end in-stream
     finally:
