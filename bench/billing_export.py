@@ -169,8 +169,7 @@ async def main() -> int:
     args = ap.parse_args()
 
     url = args.database_url or await _scratch_pg(args.admin_dsn)
-    store = await Store.open(url, wait_s=10, run_migrations=True)
-    store.ledger.export = True
+    store = await Store.open(url, wait_s=10, run_migrations=True, export=True)
     ready_in, ready_out = multiprocessing.Pipe(duplex=False)
     results_in, results_out = multiprocessing.Pipe(duplex=False)
     stop = multiprocessing.Event()

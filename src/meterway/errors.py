@@ -15,7 +15,8 @@ CLI and background tasks share the same vocabulary.
     ├── AuthenticationFailed            401 authentication_error
     ├── PermissionDenied                403 permission_error
     ├── ModelNotFound                   404 not_found_error (lists the models the caller may use)
-    ├── RouteNotFound                   404 / 405
+    ├── RouteNotFound                   404 (503 while the gateway starts)
+    ├── MethodNotAllowed                405 the path exists with other methods (listed in Allow)
     ├── RateLimited                     429 rate_limit_error (retry_after)
     ├── NoDeploymentAvailable           429 every deployment of the group cools down or is at its rpm/tpm
     ├── ServiceUnavailable              503 (e.g. the gateway is not ready)
@@ -129,6 +130,17 @@ class RouteNotFound(MeterwayError):
 
     def http_status(self) -> int:
         return self._status
+
+
+class MethodNotAllowed(MeterwayError):
+    """The path exists, but not with this method; `allowed` becomes the `Allow` header."""
+
+    status = 405
+    error_type = "invalid_request_error"
+
+    def __init__(self, method: str, path: str, allowed: tuple[str, ...]) -> None:
+        super().__init__(f"{method} is not allowed on {path}; use {' or '.join(allowed)}.")
+        self.allowed = allowed
 
 
 class RateLimited(MeterwayError):

@@ -27,7 +27,7 @@ HI: Any = [{"role": "user", "content": "hi"}]
 
 def _listening(gw: RunningGateway) -> None:
     deadline = time.monotonic() + 5
-    while gw.app.changes is None or not gw.app.changes.listening.is_set():
+    while gw.app.services is None or not gw.app.services.changes.listening.is_set():
         assert time.monotonic() < deadline, "the gateway never subscribed to change announcements"
         time.sleep(0.02)
 

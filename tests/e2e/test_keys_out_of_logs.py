@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import httpx
 import orjson
 import pytest
 
-from meterway.api import management
+from meterway.api import errors, management
 from meterway.telemetry.logs import redact
 from tests.support.gateway import RunningGateway, run_gateway
 from tests.support.serve import serve
@@ -97,7 +98,7 @@ async def _call_failing_handler(gw: RunningGateway) -> tuple[int, dict[bytes, by
         "headers": [(b"authorization", f"Bearer {gw.key}".encode()), (b"x-request-id", b"client-chosen-id-42")],
     }
     assert gw.app.services is not None
-    await management.handle(gw.app.services, gw.app.key_routes, failing, scope, receive, send)
+    await errors.boundary(partial(management.handle, gw.app.services, failing))(scope, receive, send)
     start = next(m for m in sent if m["type"] == "http.response.start")
     body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
     return start["status"], dict(start["headers"]), body

@@ -79,16 +79,17 @@ def test_readiness_reports_a_database_or_redis_cut_off_within_its_timeout(upstre
 
 def test_readiness_is_checked_at_most_once_a_second(upstream: StandIn) -> None:
     with run_gateway({"model_list": [priced(upstream.base_url)]}) as gw:
-        assert gw.app.store is not None
+        assert gw.app.services is not None
+        store = gw.app.services.store
         calls = 0
-        ping = gw.app.store.ping
+        ping = store.ping
 
         async def counted() -> None:
             nonlocal calls
             calls += 1
             await ping()
 
-        gw.app.store.ping = counted  # type: ignore[method-assign]
+        store.ping = counted  # type: ignore[method-assign]
         for _ in range(20):
             assert httpx.get(gw.url + "/health/ready").status_code == 200
         assert 1 <= calls <= 3

@@ -112,8 +112,7 @@ def test_every_row_is_written_or_quarantined_and_never_blocks_the_rows_behind_it
     field, value = field_value
     bad = ledger_entry(**{field: value})
     behind = [ledger_entry(customer_id=f"cust-behind-{i}") for i in range(3)]
-    ledger_ = Ledger()
-    ledger_.writer = backend.store.ledger
+    ledger_ = Ledger(writer=backend.store.ledger)
 
     async def commit_all() -> None:
         await asyncio.gather(*(ledger_.commit(e) for e in [bad, *behind]))  # one group, the bad row first

@@ -19,6 +19,7 @@ from meterway.app import Gateway, create_app
 from meterway.config.load import parse_config
 from meterway.config.settings import Settings
 from meterway.context import Hook
+from meterway.services import State
 
 MASTER_KEY = "sk-test-master-0123456789"
 
@@ -69,9 +70,9 @@ def run_gateway(
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
-    while not server.started or app.store_state == "opening":
+    while not server.started or app.lifecycle.state is State.OPENING:
         if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError(f"gateway did not start (store: {app.store_state})")
+            raise RuntimeError(f"gateway did not start (store: {app.lifecycle.store_text})")
         time.sleep(0.01)
     try:
         key = settings.master_key.reveal() if settings.master_key else master_key

@@ -6,8 +6,7 @@ import pytest
 
 import meterway.config  # noqa: F401  # first: config imports the provider registry, not the reverse
 from meterway.config.secret import Secret
-from meterway.store.models import Unreadable
-from meterway.store.sealing import Sealer
+from meterway.store.sealing import Sealer, Unreadable
 
 
 def test_sealed_parameters_open_only_with_the_same_salt_key() -> None:

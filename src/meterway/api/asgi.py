@@ -81,6 +81,21 @@ def request_id_for(incoming: Incoming) -> str:
     return os.urandom(16).hex()
 
 
+REQUEST_ID = "meterway.request_id"  # the scope key a request's id is kept under, once chosen
+# where a handler leaves its Responder for the error boundary to answer through it: with the
+# headers it already chose (deployment, attempts, cache) and knowing whether it started
+RESPONDER = "meterway.responder"
+
+
+def request_id(scope: Scope, incoming: Incoming | None = None) -> str:
+    """The request's id, chosen once per request and kept in its scope: the error boundary and
+    the handler it wraps answer with the same id, whichever of them needs it first."""
+    rid: str | None = scope.get(REQUEST_ID)
+    if rid is None:
+        rid = scope[REQUEST_ID] = request_id_for(incoming or Incoming(scope["headers"]))
+    return rid
+
+
 async def read_body(receive: Receive, incoming: Incoming, limit: int) -> bytes:
     """The whole body, refused early (from Content-Length) or as soon as it passes `limit`."""
     if incoming.content_length is not None:

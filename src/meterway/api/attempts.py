@@ -18,16 +18,15 @@ import msgspec
 from meterway.api.relay import answer, relay
 from meterway.errors import MeterwayError, NoDeploymentAvailable, UpstreamUnavailable
 from meterway.providers.common import unreadable
-from meterway.providers.transport import HttpUpstream
 from meterway.routing import Group, Router, retry_kind
 
 if TYPE_CHECKING:
     from meterway.api.asgi import Receive, Responder
-    from meterway.app import Services
     from meterway.config.settings import Deployment
     from meterway.context import RequestContext
     from meterway.providers.base import Call, Parsed, Provider, UpstreamRequest
     from meterway.providers.transport import Upstream
+    from meterway.services import Services
 
 log = logging.getLogger("meterway.proxy")
 
@@ -150,7 +149,7 @@ async def forward(
     tracing = services.tracing
     upstream = deployment.upstream
     if upstream is None:
-        upstream = HttpUpstream(services.http)
+        upstream = services.upstream
     elif tracing is not None:
         tracing = None
     if tracing is None or ctx.span is None:

@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 
-from meterway.api.management import decode_body
+from meterway.api.params import decode_body, parse_since, query_int
 from meterway.bounds import Name
 from meterway.errors import BadRequest
 
 if TYPE_CHECKING:
-    from meterway.api.management import KeyRoutes
+    from meterway.admin import Admin
     from meterway.billing.setup import BillingLink
 
 
@@ -26,7 +26,7 @@ class ReprocessRequest(msgspec.Struct):
     since: Name | None = None  # only rows recorded from this day (YYYY-MM-DD) or time (ISO 8601)
 
 
-async def status(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:
+async def status(r: Admin, body: bytes, query: dict[str, str]) -> dict[str, Any]:
     out = await r.store.outbox.status()
     count, oldest = await r.store.ledger.quarantine_status()
     out["ledger_quarantine"] = {  # rows the database refused even cut: billed nowhere until reprocessed
@@ -44,18 +44,7 @@ async def status(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, 
     return out
 
 
-def parse_since(text: str | None) -> datetime | None:
-    """A reprocess request's `since`: a day or an ISO 8601 time, UTC unless it says otherwise."""
-    if not text:
-        return None
-    try:
-        since = datetime.fromisoformat(text)
-    except ValueError:
-        raise BadRequest(f"'since' must be a date or an ISO 8601 time; got {text!r}.", param="since") from None
-    return since if since.tzinfo is not None else since.replace(tzinfo=UTC)
-
-
-async def reprocess(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:
+async def reprocess(r: Admin, body: bytes, query: dict[str, str]) -> dict[str, Any]:
     req: ReprocessRequest = decode_body(body, ReprocessRequest)
     count = await r.store.outbox.reprocess(reason=req.reason, since=parse_since(req.since))
     if r.sender is not None:
@@ -63,13 +52,13 @@ async def reprocess(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[st
     return {"reprocessed": count}
 
 
-def _link(r: KeyRoutes) -> BillingLink:
+def _link(r: Admin) -> BillingLink:
     if r.billing is None:
         raise BadRequest("Billing export is not configured on this gateway (see docs/billing.md).")
     return r.billing
 
 
-async def reconcile(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:
+async def reconcile(r: Admin, body: bytes, query: dict[str, str]) -> dict[str, Any]:
     """The month's ledger against Lago, per subscription (see billing.reconcile)."""
     from meterway.billing.reconcile import reconcile as compare
 
@@ -81,12 +70,12 @@ async def reconcile(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[st
         raise BadRequest(f"'period' must be a month, YYYY-MM; got {period!r}.", param="period") from None
 
 
-async def _models(r: KeyRoutes, link: BillingLink) -> list[str]:
+async def _models(r: Admin, link: BillingLink) -> list[str]:
     """The models served (configured, and any the ledger has seen)."""
     return sorted({*link.models, *await r.store.outbox.models()})
 
 
-async def check(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:
+async def check(r: Admin, body: bytes, query: dict[str, str]) -> dict[str, Any]:
     """Lago's URL and key, and that the billable metric counts every model served."""
     from meterway.billing import setup as steps
 
@@ -98,7 +87,7 @@ class SetupRequest(msgspec.Struct):
     customers: bool = False  # also create the Lago customer and subscription of customers with a plan
 
 
-async def setup(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:
+async def setup(r: Admin, body: bytes, query: dict[str, str]) -> dict[str, Any]:
     """Creates or completes the billable metric; optionally subscribes customers with a plan."""
     from meterway.billing import setup as steps
 
@@ -116,10 +105,8 @@ class LedgerReprocessRequest(msgspec.Struct):
     ids: list[Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]] = []
 
 
-async def quarantine(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:
+async def quarantine(r: Admin, body: bytes, query: dict[str, str]) -> dict[str, Any]:
     """Quarantined ledger rows, oldest first; `row` is the row as given, as ASCII JSON text."""
-    from meterway.api.management import query_int
-
     limit = query_int(query, "limit", 100, 1, 1000)
     everything = query.get("all", "").lower() in ("1", "true", "yes")
     rows = await r.store.ledger.quarantined(limit=limit, everything=everything)
@@ -147,7 +134,7 @@ def _iso(value: datetime | None) -> str | None:
     return (value if value.tzinfo is not None else value.replace(tzinfo=UTC)).isoformat()
 
 
-async def ledger_reprocess(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:
+async def ledger_reprocess(r: Admin, body: bytes, query: dict[str, str]) -> dict[str, Any]:
     """Quarantined rows written again through the ledger's writer (as given, else cut): those
     written get `reprocessed_at` and their cost is added as any row's; the others stay."""
     req: LedgerReprocessRequest = decode_body(body, LedgerReprocessRequest)

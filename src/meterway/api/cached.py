@@ -17,11 +17,11 @@ from meterway.providers.base import Parsed
 
 if TYPE_CHECKING:
     from meterway.api.asgi import Responder
-    from meterway.app import Services
     from meterway.cache import ResponseCache
     from meterway.context import Hook, RequestContext
     from meterway.providers.base import Api
     from meterway.routing import Group
+    from meterway.services import Services
 
 log = logging.getLogger("meterway.proxy")
 

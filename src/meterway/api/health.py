@@ -8,15 +8,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING
 
 import orjson
 
 from meterway.api.asgi import Receive, Scope, Send
-
-if TYPE_CHECKING:
-    from meterway.app import Services
-    from meterway.store.runtime import Store
+from meterway.services import Lifecycle, Services, State
 
 LIVE = b'{"status":"ok"}'
 _START = {
@@ -32,10 +28,10 @@ async def live(scope: Scope, receive: Receive, send: Send) -> None:
     await send(_BODY)
 
 
-async def startup(services: Services | None, store: str, scope: Scope, receive: Receive, send: Send) -> None:
+async def startup(lifecycle: Lifecycle, send: Send) -> None:
     """Started: the store is open (migrated). No I/O: a startup probe may poll it often."""
-    ok = services is not None and store == "open"
-    body = orjson.dumps({"status": "started" if ok else "starting", "store": store})
+    ok = lifecycle.state is State.OPEN
+    body = orjson.dumps({"status": "started" if ok else "starting", "store": lifecycle.store_text})
     await _reply(send, 200 if ok else 503, body)
 
 
@@ -51,14 +47,14 @@ class Readiness:
         self._answer: tuple[int, dict[str, object]] = (503, {"status": "starting"})
         self._checking: asyncio.Task[tuple[int, dict[str, object]]] | None = None
 
-    async def answer(self, services: Services | None, store: Store | None, state: str) -> tuple[int, bytes]:
+    async def answer(self, lifecycle: Lifecycle) -> tuple[int, bytes]:
+        services = lifecycle.services
         if services is None:
-            return 503, orjson.dumps({"status": "starting"})
-        if state != "open" or store is None:
-            return 503, orjson.dumps({"status": "starting" if state == "opening" else "unavailable", "store": state})
+            what = "starting" if lifecycle.state is State.OPENING else "unavailable"
+            return 503, orjson.dumps({"status": what, "store": lifecycle.store_text})
         if time.monotonic() - self._at >= self.ttl_s:
             if self._checking is None:
-                self._checking = asyncio.ensure_future(self._check(services, store))
+                self._checking = asyncio.ensure_future(self._check(services))
             try:
                 self._answer = await asyncio.shield(self._checking)
             finally:
@@ -70,8 +66,8 @@ class Readiness:
             status, details = 503, {**details, "status": "unavailable"}
         return status, orjson.dumps({**details, **_ledger(services, stalled)})
 
-    async def _check(self, services: Services, store: Store) -> tuple[int, dict[str, object]]:
-        database = await self._probe(store.ping())
+    async def _check(self, services: Services) -> tuple[int, dict[str, object]]:
+        database = await self._probe(services.store.ping())
         details: dict[str, object] = {"store": "open", "database": database}
         if services.redis is not None:
             details["redis"] = await self._probe(services.redis.ping())
@@ -109,8 +105,8 @@ def _ledger(services: Services, stalled: str | None) -> dict[str, object]:
     return out
 
 
-async def ready(readiness: Readiness, services: Services | None, store: Store | None, state: str, send: Send) -> None:
-    status, body = await readiness.answer(services, store, state)
+async def ready(readiness: Readiness, lifecycle: Lifecycle, send: Send) -> None:
+    status, body = await readiness.answer(lifecycle)
     await _reply(send, status, body)
 
 

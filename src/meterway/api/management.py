@@ -16,26 +16,19 @@ import msgspec
 import orjson
 
 from meterway import bounds
-from meterway.api import errors
-from meterway.api.asgi import Incoming, Receive, Responder, Scope, Send, read_body, request_id_for
-from meterway.api.heads import decode_error
-from meterway.api.reports import Reply
+from meterway.admin import Admin
+from meterway.api.asgi import Incoming, Receive, Responder, Scope, Send, read_body, request_id
+from meterway.api.params import Reply, decode_body, query_int
 from meterway.auth import Principal, bearer_token
-from meterway.auth.changes import Changes
 from meterway.auth.keys import PREFIX, derive_key, new_key, reference
 from meterway.bounds import Budget, ChosenKey, Duration, KeyRef, KeyRefs, Limit, Name, Names
 from meterway.config.durations import parse_duration
-from meterway.config.secret import Secret
 from meterway.errors import BadRequest, MeterwayError, PermissionDenied, RouteNotFound, ServiceUnavailable
 
 if TYPE_CHECKING:
     from sqlalchemy.exc import IntegrityError
 
-    from meterway.api.webhooks import Webhooks
-    from meterway.app import Services
-    from meterway.billing.sender import Sender
-    from meterway.billing.setup import BillingLink
-    from meterway.routing.runtime import RuntimeModels
+    from meterway.services import Services
     from meterway.store.keys import KeyRecord
     from meterway.store.runtime import Store
 
@@ -79,21 +72,6 @@ class KeyRegenerateRequest(msgspec.Struct):
 
 class KeyDeleteRequest(msgspec.Struct):
     keys: KeyRefs
-
-
-def decode_body(body: bytes, kind: type[msgspec.Struct]) -> Any:
-    """A management body as `kind`: a 400 naming the field for a wrong type or a value past its
-    bound, and for metadata that cannot be stored and listed again (see `bounds.metadata`)."""
-    try:
-        value = msgspec.json.decode(body or b"{}", type=kind)
-    except msgspec.DecodeError as e:
-        raise decode_error(e, body) from None
-    except RecursionError:
-        raise BadRequest("Request body is nested too deeply.", code="nested_too_deep") from None
-    found = getattr(value, "metadata", None)
-    if found is not None:
-        bounds.metadata(found, "metadata")
-    return value
 
 
 def _values(fields: KeyFields, *, only_set: bool) -> dict[str, Any]:
@@ -178,185 +156,161 @@ def _team_error(e: IntegrityError, team_id: str | None) -> MeterwayError:
     return BadRequest("A key with this value already exists.", param="key", code="duplicate_key")
 
 
-class KeyRoutes:
-    """Handlers for `/key/*` (and, in `tenancy`, the other entities), given the open store and
-    where to announce changes so that every replica's caches drop what they made stale."""
-
-    def __init__(self, store: Store, changes: Changes, secret: Secret | None = None) -> None:
-        self.store = store
-        self.changes = changes
-        self.sender: Sender | None = None  # the billing sender of this process, when it runs one
-        self.billing: BillingLink | None = None  # Lago, when billing export is configured
-        self.webhooks: Webhooks | None = None  # the usage webhooks of this process, once the store is open
-        self.models: RuntimeModels | None = None  # /model/*: deployments in the database
-        self.secret = secret  # derives regenerated keys, so that a retried regeneration gives the same key
-
-    async def regenerate(self, body: bytes, query: dict[str, str]) -> dict[str, Any]:
-        """A new key with the old key's settings; the old one keeps working for `grace_period`.
-        Idempotent: the new key is derived from the old key's digest and the server's secret, so a
-        retried call (after a lost answer) returns the same new key instead of a second one."""
-        req: KeyRegenerateRequest = decode_body(body, KeyRegenerateRequest)
-        if self.secret is None:
-            raise ServiceUnavailable("Regenerating keys needs a master key (or METERWAY_SALT_KEY) to derive them.")
-        old = await self._get(req.key)
-        grace = parse_duration(req.grace_period, "grace_period") if req.grace_period else None
-        new = derive_key(self.secret, old.token)
-        existing = await self.store.keys.get(new)
-        if existing is not None:
-            return {"key": new, **key_info(existing), "token_id": existing.token, "regenerated_from": old.token}
-        settings = {
-            name: getattr(old, name)
-            for name in (
-                "key_alias",
-                "models",
-                "expires",
-                "user_id",
-                "team_id",
-                "max_budget",
-                "budget_duration",
-                "rpm_limit",
-                "tpm_limit",
-                "max_parallel_requests",
-                "billing_external_customer_id",
-                "billing_external_subscription_id",
-                "customer_id",
-            )
-        }
-        settings["metadata"] = {k: v for k, v in old.metadata.items() if k != "regenerated_to"}
-        record = await self.store.keys.create(new, **settings, blocked=False)
-        retire = datetime.now(UTC) + grace if grace else datetime.now(UTC)
-        if old.expires is not None:  # a grace period never lengthens the old key's life
-            retire = min(retire, old.expires if old.expires.tzinfo else old.expires.replace(tzinfo=UTC))
-        await self.store.keys.update(
-            old.token,
-            expires=retire,
-            metadata={**old.metadata, "regenerated_to": record.token},
+async def regenerate(admin: Admin, body: bytes, query: dict[str, str]) -> dict[str, Any]:
+    """A new key with the old key's settings; the old one keeps working for `grace_period`.
+    Idempotent: the new key is derived from the old key's digest and the server's secret, so a
+    retried call (after a lost answer) returns the same new key instead of a second one."""
+    req: KeyRegenerateRequest = decode_body(body, KeyRegenerateRequest)
+    if admin.secret is None:
+        raise ServiceUnavailable("Regenerating keys needs a master key (or METERWAY_SALT_KEY) to derive them.")
+    old = await _get(admin, req.key)
+    grace = parse_duration(req.grace_period, "grace_period") if req.grace_period else None
+    new = derive_key(admin.secret, old.token)
+    existing = await admin.store.keys.get(new)
+    if existing is not None:
+        return {"key": new, **key_info(existing), "token_id": existing.token, "regenerated_from": old.token}
+    settings = {
+        name: getattr(old, name)
+        for name in (
+            "key_alias",
+            "models",
+            "expires",
+            "user_id",
+            "team_id",
+            "max_budget",
+            "budget_duration",
+            "rpm_limit",
+            "tpm_limit",
+            "max_parallel_requests",
+            "billing_external_customer_id",
+            "billing_external_subscription_id",
+            "customer_id",
         )
-        await self.changes.changed("key", old.token)
-        return {"key": new, **key_info(record), "token_id": record.token, "regenerated_from": old.token}
+    }
+    settings["metadata"] = {k: v for k, v in old.metadata.items() if k != "regenerated_to"}
+    record = await admin.store.keys.create(new, **settings, blocked=False)
+    retire = datetime.now(UTC) + grace if grace else datetime.now(UTC)
+    if old.expires is not None:  # a grace period never lengthens the old key's life
+        retire = min(retire, old.expires if old.expires.tzinfo else old.expires.replace(tzinfo=UTC))
+    await admin.store.keys.update(
+        old.token,
+        expires=retire,
+        metadata={**old.metadata, "regenerated_to": record.token},
+    )
+    await admin.changes.changed("key", old.token)
+    return {"key": new, **key_info(record), "token_id": record.token, "regenerated_from": old.token}
 
-    async def generate(self, body: bytes, query: dict[str, str]) -> dict[str, Any]:
-        req: KeyGenerateRequest = decode_body(body, KeyGenerateRequest)
-        key = req.key or new_key()
-        if not key.startswith(PREFIX) or len(key) < 20:
-            raise BadRequest("A chosen 'key' must start with 'sk-' and be at least 20 characters.", param="key")
-        values = _values(req, only_set=False)
-        await check_customer(self.store, values.get("customer_id"))
-        from sqlalchemy.exc import IntegrityError  # the store is open, so SQLAlchemy is loaded already
 
-        try:
-            record = await self.store.keys.create(key, **values)
-        except IntegrityError as e:
-            raise _team_error(e, req.team_id) from None
-        await self.changes.changed("key", record.token)
-        return {"key": key, **key_info(record), "token_id": record.token}
+async def generate(admin: Admin, body: bytes, query: dict[str, str]) -> dict[str, Any]:
+    req: KeyGenerateRequest = decode_body(body, KeyGenerateRequest)
+    key = req.key or new_key()
+    if not key.startswith(PREFIX) or len(key) < 20:
+        raise BadRequest("A chosen 'key' must start with 'sk-' and be at least 20 characters.", param="key")
+    values = _values(req, only_set=False)
+    await check_customer(admin.store, values.get("customer_id"))
+    from sqlalchemy.exc import IntegrityError  # the store is open, so SQLAlchemy is loaded already
 
-    async def info(self, body: bytes, query: dict[str, str]) -> dict[str, Any]:
-        ref = query.get("key")
-        if not ref:
-            raise BadRequest("Pass the key (or its token) as ?key=.", param="key")
-        record = await self._get(ref)
-        return {"key": ref, "info": key_info(record)}
+    try:
+        record = await admin.store.keys.create(key, **values)
+    except IntegrityError as e:
+        raise _team_error(e, req.team_id) from None
+    await admin.changes.changed("key", record.token)
+    return {"key": key, **key_info(record), "token_id": record.token}
 
-    async def update(self, body: bytes, query: dict[str, str]) -> dict[str, Any]:
-        req: KeyUpdateRequest = decode_body(body, KeyUpdateRequest)
-        if not req.key:
-            raise BadRequest("Missing required parameter: 'key'.", param="key")
-        from sqlalchemy.exc import IntegrityError
 
-        values = _values(req, only_set=True)
-        await check_customer(self.store, values.get("customer_id"))
-        try:
-            record = await self.store.keys.update(req.key, **values)
-        except IntegrityError as e:
-            raise _team_error(e, req.team_id) from None
-        if record is None:
-            raise RouteNotFound(f"Key {_shown(req.key)} not found.")
-        await self.changes.changed("key", record.token)
-        return key_info(record)
+async def info(admin: Admin, body: bytes, query: dict[str, str]) -> dict[str, Any]:
+    ref = query.get("key")
+    if not ref:
+        raise BadRequest("Pass the key (or its token) as ?key=.", param="key")
+    record = await _get(admin, ref)
+    return {"key": ref, "info": key_info(record)}
 
-    async def block(self, body: bytes, query: dict[str, str]) -> dict[str, Any]:
-        return await self._set_blocked(body, True)
 
-    async def unblock(self, body: bytes, query: dict[str, str]) -> dict[str, Any]:
-        return await self._set_blocked(body, False)
+async def update(admin: Admin, body: bytes, query: dict[str, str]) -> dict[str, Any]:
+    req: KeyUpdateRequest = decode_body(body, KeyUpdateRequest)
+    if not req.key:
+        raise BadRequest("Missing required parameter: 'key'.", param="key")
+    from sqlalchemy.exc import IntegrityError
 
-    async def _set_blocked(self, body: bytes, blocked: bool) -> dict[str, Any]:
-        ref: KeyRefRequest = decode_body(body, KeyRefRequest)
-        record = await self.store.keys.update(ref.key, blocked=blocked)
-        if record is None:
-            raise RouteNotFound(f"Key {_shown(ref.key)} not found.")
-        await self.changes.changed("key", record.token)
-        return key_info(record)
+    values = _values(req, only_set=True)
+    await check_customer(admin.store, values.get("customer_id"))
+    try:
+        record = await admin.store.keys.update(req.key, **values)
+    except IntegrityError as e:
+        raise _team_error(e, req.team_id) from None
+    if record is None:
+        raise RouteNotFound(f"Key {_shown(req.key)} not found.")
+    await admin.changes.changed("key", record.token)
+    return key_info(record)
 
-    async def delete(self, body: bytes, query: dict[str, str]) -> dict[str, Any]:
-        req: KeyDeleteRequest = decode_body(body, KeyDeleteRequest)
-        missing = [k for k in req.keys if await self.store.keys.get(k) is None]
-        if missing:
-            raise RouteNotFound(f"Key(s) not found: {', '.join(_shown(k) for k in missing)}")
-        for k in req.keys:
-            await self.store.keys.delete(k)
-            await self.changes.changed("key", reference(k))
-        return {"deleted_keys": req.keys}
 
-    async def list(self, body: bytes, query: dict[str, str]) -> dict[str, Any]:
-        page = query_int(query, "page", 1, 1)
-        size = query_int(query, "size", 10, 1, 100)
-        records = await self.store.keys.list(
-            user_id=query.get("user_id"), team_id=query.get("team_id"), limit=size, offset=(page - 1) * size
-        )
-        full = query.get("return_full_object", "false").lower() == "true"
-        total = await self.store.keys.count(user_id=query.get("user_id"), team_id=query.get("team_id"))
-        return {
-            "keys": [key_info(r) if full else r.token for r in records],
-            "total_count": total,
-            "current_page": page,
-            "total_pages": max(1, -(-total // size)),
-        }
+async def block(admin: Admin, body: bytes, query: dict[str, str]) -> dict[str, Any]:
+    return await _set_blocked(admin, body, True)
 
-    async def _get(self, ref: str) -> KeyRecord:
-        record = await self.store.keys.get(ref)
-        if record is None:
-            raise RouteNotFound(f"Key {_shown(ref)} not found.")
-        return record
+
+async def unblock(admin: Admin, body: bytes, query: dict[str, str]) -> dict[str, Any]:
+    return await _set_blocked(admin, body, False)
+
+
+async def _set_blocked(admin: Admin, body: bytes, blocked: bool) -> dict[str, Any]:
+    ref: KeyRefRequest = decode_body(body, KeyRefRequest)
+    record = await admin.store.keys.update(ref.key, blocked=blocked)
+    if record is None:
+        raise RouteNotFound(f"Key {_shown(ref.key)} not found.")
+    await admin.changes.changed("key", record.token)
+    return key_info(record)
+
+
+async def delete(admin: Admin, body: bytes, query: dict[str, str]) -> dict[str, Any]:
+    req: KeyDeleteRequest = decode_body(body, KeyDeleteRequest)
+    missing = [k for k in req.keys if await admin.store.keys.get(k) is None]
+    if missing:
+        raise RouteNotFound(f"Key(s) not found: {', '.join(_shown(k) for k in missing)}")
+    for k in req.keys:
+        await admin.store.keys.delete(k)
+        await admin.changes.changed("key", reference(k))
+    return {"deleted_keys": req.keys}
+
+
+async def list_keys(admin: Admin, body: bytes, query: dict[str, str]) -> dict[str, Any]:
+    page = query_int(query, "page", 1, 1)
+    size = query_int(query, "size", 10, 1, 100)
+    records = await admin.store.keys.list(
+        user_id=query.get("user_id"), team_id=query.get("team_id"), limit=size, offset=(page - 1) * size
+    )
+    full = query.get("return_full_object", "false").lower() == "true"
+    total = await admin.store.keys.count(user_id=query.get("user_id"), team_id=query.get("team_id"))
+    return {
+        "keys": [key_info(r) if full else r.token for r in records],
+        "total_count": total,
+        "current_page": page,
+        "total_pages": max(1, -(-total // size)),
+    }
+
+
+async def _get(admin: Admin, ref: str) -> KeyRecord:
+    record = await admin.store.keys.get(ref)
+    if record is None:
+        raise RouteNotFound(f"Key {_shown(ref)} not found.")
+    return record
 
 
 def _shown(ref: str) -> str:
     return f"{ref[:3]}...{ref[-4:]}" if ref.startswith(PREFIX) else ref[:12]
 
 
-def query_int(query: dict[str, str], name: str, default: int, low: int, high: int = 1_000_000_000) -> int:
-    """An integer query parameter within [low, high]: a page past any offset the store can take is a 400."""
-    raw = query.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadRequest(f"'{name}' must be an integer.", param=name) from None
-    if not low <= value <= high:
-        raise BadRequest(f"'{name}' must be between {low} and {high}.", param=name)
-    return value
-
-
-Handler = Callable[[KeyRoutes, bytes, dict[str, str]], Awaitable[Any]]  # -> a JSON-able dict or list
+Handler = Callable[[Admin, bytes, dict[str, str]], Awaitable[Any]]  # -> a JSON-able dict or list, or a Reply
 
 ROUTES: dict[tuple[str, str], Handler] = {
-    ("POST", "/key/generate"): KeyRoutes.generate,
-    ("GET", "/key/info"): KeyRoutes.info,
-    ("POST", "/key/update"): KeyRoutes.update,
-    ("POST", "/key/delete"): KeyRoutes.delete,
-    ("POST", "/key/block"): KeyRoutes.block,
-    ("POST", "/key/unblock"): KeyRoutes.unblock,
-    ("GET", "/key/list"): KeyRoutes.list,
-    ("POST", "/key/regenerate"): KeyRoutes.regenerate,
+    ("POST", "/key/generate"): generate,
+    ("GET", "/key/info"): info,
+    ("POST", "/key/update"): update,
+    ("POST", "/key/delete"): delete,
+    ("POST", "/key/block"): block,
+    ("POST", "/key/unblock"): unblock,
+    ("GET", "/key/list"): list_keys,
+    ("POST", "/key/regenerate"): regenerate,
 }
-
-
-def all_routes() -> dict[tuple[str, str], Handler]:
-    from meterway.api import billing, model_admin, reports, tenancy, webhooks
-
-    return {**ROUTES, **tenancy.ROUTES, **reports.ROUTES, **billing.ROUTES, **webhooks.ROUTES, **model_admin.ROUTES}
 
 
 _OWN_USAGE = frozenset({"/spend/logs", "/usage", "/global/spend/report"})  # an internal user sees its own
@@ -368,7 +322,7 @@ _OWN_KEY_CALLS = {
 
 
 async def authorize(
-    principal: Principal, method: str, path: str, body: bytes, query: dict[str, str], routes: KeyRoutes
+    principal: Principal, method: str, path: str, body: bytes, query: dict[str, str], admin: Admin
 ) -> tuple[bytes, dict[str, str]]:
     """Who may call what, with LiteLLM's role names. Returns the body and query to use: an internal
     user's calls are narrowed to its own keys rather than trusted to name them."""
@@ -397,51 +351,43 @@ async def authorize(
                 raise PermissionDenied("A new key may use only models your own key may use.", param="models")
             models = models or list(principal.models)
         team_id = req.get("team_id")
-        if team_id is not None and own not in {m["user_id"] for m in await routes.store.teams.members(str(team_id))}:
+        if team_id is not None and own not in {m["user_id"] for m in await admin.store.teams.members(str(team_id))}:
             raise PermissionDenied(f"You are not a member of team '{team_id}'.", param="team_id")
         return orjson.dumps({**req, "user_id": own, "models": models}), query
     refs = [query.get("key", "")] if path == "/key/info" else decode_body(body, KeyDeleteRequest).keys
     for ref in refs:
-        record = await routes.store.keys.get(ref) if ref else None
+        record = await admin.store.keys.get(ref) if ref else None
         if record is not None and record.user_id != own:
             raise PermissionDenied("That key is not yours.", param="key")
     return body, query
 
 
-async def handle(
-    services: Services, routes: KeyRoutes | None, handler: Handler, scope: Scope, receive: Receive, send: Send
-) -> None:
+async def handle(services: Services, handler: Handler, scope: Scope, receive: Receive, send: Send) -> None:
+    """One admin call over HTTP: authenticated, its body and query read and bounded, narrowed to
+    what the caller's role may do, then handed to `handler` with the one admin service. Errors
+    are raised to the boundary (`api.errors.boundary`), which answers them with this request's id."""
     incoming = Incoming(scope["headers"])
-    rid = request_id_for(incoming)
-    responder = Responder(send, rid)
+    responder = Responder(send, request_id(scope))
+    principal = await services.auth.authenticate(
+        bearer_token(incoming.authorization, incoming.x_api_key, incoming.api_key)
+    )
+    body = await read_body(receive, incoming, services.settings.max_body_bytes)
     try:
-        principal = await services.auth.authenticate(
-            bearer_token(incoming.authorization, incoming.x_api_key, incoming.api_key)
-        )
-        if routes is None:
-            raise ServiceUnavailable("The key store is still opening.")
-        body = await read_body(receive, incoming, services.settings.max_body_bytes)
-        try:
-            raw_query = scope.get("query_string", b"").decode()
-        except UnicodeDecodeError:
-            raise BadRequest("The query string is not valid UTF-8.") from None
-        query = {k: v[-1] for k, v in parse_qs(raw_query).items()}
-        bounds.query(query)
-        if "format" not in query:  # reports answer CSV or HTML when asked in the Accept header
-            accept = next((v for n, v in scope["headers"] if n == b"accept"), b"")
-            if b"text/csv" in accept:
-                query["format"] = "csv"
-            elif b"text/html" in accept and b"application/json" not in accept:
-                query["format"] = "html"
-        body, query = await authorize(
-            principal, scope["method"], scope["path"].removeprefix("/v1"), body, query, routes
-        )
-        result = await handler(routes, body, query)
-        if isinstance(result, Reply):
-            await responder.whole(200, result.body, result.content_type)
-        else:
-            await responder.whole(200, bounds.dumps(result))
-    except Exception as exc:
-        err = errors.as_meterway_error(exc, rid)  # the id the client gets back in x-request-id
-        status, extra, payload = errors.render(err, None)
-        await responder.whole(status, payload, extra=extra)
+        raw_query = scope.get("query_string", b"").decode()
+    except UnicodeDecodeError:
+        raise BadRequest("The query string is not valid UTF-8.") from None
+    query = {k: v[-1] for k, v in parse_qs(raw_query).items()}
+    bounds.query(query)
+    if "format" not in query:  # reports answer CSV or HTML when asked in the Accept header
+        accept = next((v for n, v in scope["headers"] if n == b"accept"), b"")
+        if b"text/csv" in accept:
+            query["format"] = "csv"
+        elif b"text/html" in accept and b"application/json" not in accept:
+            query["format"] = "html"
+    admin = services.admin
+    body, query = await authorize(principal, scope["method"], scope["path"].removeprefix("/v1"), body, query, admin)
+    result = await handler(admin, body, query)
+    if isinstance(result, Reply):
+        await responder.whole(200, result.body, result.content_type)
+    else:
+        await responder.whole(200, bounds.dumps(result))

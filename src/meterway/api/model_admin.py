@@ -8,29 +8,29 @@ from typing import TYPE_CHECKING, Any
 from meterway.errors import ServiceUnavailable
 
 if TYPE_CHECKING:
-    from meterway.api.management import KeyRoutes
+    from meterway.admin import Admin
     from meterway.routing.runtime import RuntimeModels
 
 
-def _models(r: KeyRoutes) -> RuntimeModels:
+def _models(r: Admin) -> RuntimeModels:
     if r.models is None:
         raise ServiceUnavailable("The model store is still opening.")
     return r.models
 
 
-async def model_new(r: KeyRoutes, body: bytes, query: dict[str, str]) -> Any:
+async def model_new(r: Admin, body: bytes, query: dict[str, str]) -> Any:
     return await _models(r).add(body)
 
 
-async def model_update(r: KeyRoutes, body: bytes, query: dict[str, str]) -> Any:
+async def model_update(r: Admin, body: bytes, query: dict[str, str]) -> Any:
     return await _models(r).update(body)
 
 
-async def model_delete(r: KeyRoutes, body: bytes, query: dict[str, str]) -> Any:
+async def model_delete(r: Admin, body: bytes, query: dict[str, str]) -> Any:
     return await _models(r).delete(body)
 
 
-async def model_info(r: KeyRoutes, body: bytes, query: dict[str, str]) -> Any:
+async def model_info(r: Admin, body: bytes, query: dict[str, str]) -> Any:
     return _models(r).info(query.get("litellm_model_id") or None)
 
 

@@ -12,7 +12,7 @@ from meterway import __version__
 from meterway.api import billing as b
 from meterway.api import management as m
 from meterway.api import tenancy as t
-from meterway.api import webhooks as w
+from meterway.api import webhook_admin as w
 from meterway.routing import runtime as r
 
 Query = tuple[str, ...]

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from meterway import bounds
 from meterway.api import errors
-from meterway.api.asgi import Incoming, Receive, Responder, Scope, Send, read_body, request_id_for
+from meterway.api.asgi import RESPONDER, Incoming, Receive, Responder, Scope, Send, read_body, request_id
 from meterway.api.attempts import first, forward, routed
 from meterway.api.cached import look_up, serve_hit, store
 from meterway.api.relay import flag as _flag
@@ -34,7 +34,7 @@ from meterway.providers.base import Api, Call, RequestHead
 from meterway.telemetry import logs
 
 if TYPE_CHECKING:
-    from meterway.app import Services
+    from meterway.services import Services
 
 log = logging.getLogger("meterway.proxy")
 
@@ -43,7 +43,7 @@ HeadDecoder = Callable[[bytes], RequestHead]
 
 async def handle(services: Services, api: Api, decode: HeadDecoder, scope: Scope, receive: Receive, send: Send) -> None:
     incoming = Incoming(scope["headers"])
-    rid = request_id_for(incoming)
+    rid = request_id(scope, incoming)
     responder = Responder(send, rid)
     ctx = RequestContext.start(rid, api)
     ran: list[Hook] = []
@@ -109,13 +109,12 @@ async def handle(services: Services, api: Api, decode: HeadDecoder, scope: Scope
         err = errors.as_meterway_error(_too_deep(exc, ctx.body), rid)
         ctx.error = err
         _flag(ctx, err)
-        if not responder.started:
-            status, extra, payload = errors.render(err, api)
-            ctx.status_code = status
+        if not responder.started:  # its row is committed first; the boundary answers, through `responder`
+            ctx.status_code = err.http_status()
             await ledger.record(ctx)
-            await responder.whole(status, payload, extra=extra)
-        else:  # only reachable through a bug: streams end their own failures in-stream
-            log.error("request %s failed after its response started: %s", rid, err.message)
+            scope[RESPONDER] = responder
+            raise err from None
+        log.error("request %s failed after its response started: %s", rid, err.message)  # a bug: streams end in-stream
     finally:
         ctx.status_code = ctx.status_code or responder.status
         if ctx.ended_ns is None:

@@ -22,10 +22,10 @@ from meterway.providers.transport import UPSTREAM_TOO_LARGE, too_large
 
 if TYPE_CHECKING:
     from meterway.api.asgi import Message, Receive, Responder
-    from meterway.app import Services
     from meterway.context import RequestContext
     from meterway.providers.base import Call, Parsed, Provider, StreamRelay, Usage
     from meterway.providers.transport import UpstreamResponse
+    from meterway.services import Services
 
 log = logging.getLogger("meterway.proxy")
 

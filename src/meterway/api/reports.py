@@ -11,32 +11,19 @@ from __future__ import annotations
 import csv
 import html
 import io
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from meterway import bounds
+from meterway.api.params import Reply, query_int
 from meterway.auth.keys import reference
 from meterway.errors import BadRequest, RouteNotFound
 from meterway.ledger import DIMENSIONS, TIMES, Filters
 from meterway.ledger.pricing import usd
 
 if TYPE_CHECKING:
-    from meterway.api.management import KeyRoutes
-
-
-def query_int(query: dict[str, str], name: str, default: int, low: int, high: int = 1_000_000_000) -> int:
-    from meterway.api.management import query_int as parse
-
-    return parse(query, name, default, low, high)
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """A handler's answer that is not JSON."""
-
-    body: bytes
-    content_type: bytes
+    from meterway.admin import Admin
 
 
 def _day(value: str | None, name: str, default: date) -> date:
@@ -88,7 +75,7 @@ def _csv(columns: list[str], rows: list[dict[str, Any]]) -> Reply:
     return Reply(out.getvalue().encode(), b"text/csv; charset=utf-8")
 
 
-async def spend_logs(r: KeyRoutes, body: bytes, query: dict[str, str]) -> Any:
+async def spend_logs(r: Admin, body: bytes, query: dict[str, str]) -> Any:
     """LiteLLM's `/spend/logs`: one object per request, newest first, paged."""
     page = query_int(query, "page", 1, 1)
     size = query_int(query, "page_size", 100, 1, 1000)
@@ -147,7 +134,7 @@ def _iso(value: datetime) -> str:
     return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
 
 
-async def usage(r: KeyRoutes, body: bytes, query: dict[str, str]) -> Any:
+async def usage(r: Admin, body: bytes, query: dict[str, str]) -> Any:
     group_by = [g.strip() for g in query.get("group_by", "").split(",") if g.strip()]
     unknown = [g for g in group_by if g not in DIMENSIONS and g not in TIMES]
     if unknown or len([g for g in group_by if g in TIMES]) > 1:
@@ -186,7 +173,7 @@ def _usage_row(row: dict[str, Any], group_by: list[str]) -> dict[str, Any]:
     return out
 
 
-async def global_spend_report(r: KeyRoutes, body: bytes, query: dict[str, str]) -> Any:
+async def global_spend_report(r: Admin, body: bytes, query: dict[str, str]) -> Any:
     """LiteLLM's `/global/spend/report`: per day, the spend of each team, customer or key, with
     its models."""
     by = query.get("group_by", "team")
@@ -221,7 +208,7 @@ async def global_spend_report(r: KeyRoutes, body: bytes, query: dict[str, str]) 
     ]
 
 
-async def invoice_preview(r: KeyRoutes, customer_id: str, query: dict[str, str]) -> Any:
+async def invoice_preview(r: Admin, customer_id: str, query: dict[str, str]) -> Any:
     bounds.text(customer_id, "customer_id")  # from the path: looked up as any id is
     period = query.get("period") or datetime.now(UTC).strftime("%Y-%m")
     try:

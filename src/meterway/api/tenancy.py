@@ -10,7 +10,9 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
 
-from meterway.api.management import Handler, KeyRoutes, check_customer, decode_body, key_info, query_int
+from meterway.admin import Admin
+from meterway.api.management import Handler, check_customer, key_info
+from meterway.api.params import decode_body, query_int
 from meterway.auth.keys import new_key
 from meterway.bounds import LIST_MAX, Budget, Duration, Email, Limit, Name, Names
 from meterway.config.durations import parse_duration
@@ -125,7 +127,7 @@ def _required(value: str | None, name: str) -> str:
     return value
 
 
-async def _delete_all(r: KeyRoutes, store: EntityStore, ids: list[str] | None, what: str) -> list[str]:
+async def _delete_all(r: Admin, store: EntityStore, ids: list[str] | None, what: str) -> list[str]:
     """Deletes every id, or none: an unknown id fails the whole call, naming it."""
     ids = ids or []
     missing = [i for i in ids if await store.get(i) is None]
@@ -140,7 +142,7 @@ async def _delete_all(r: KeyRoutes, store: EntityStore, ids: list[str] | None, w
 # ---------------------------------------------------------------- teams
 
 
-async def team_new(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:
+async def team_new(r: Admin, body: bytes, query: dict[str, str]) -> dict[str, Any]:
     req: TeamRequest = decode_body(body, TeamRequest)
     teams = r.store.teams
     team_id = req.team_id or str(uuid.uuid4())
@@ -153,7 +155,7 @@ async def team_new(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str
     return await _team(r, team_id)
 
 
-async def _team_values(r: KeyRoutes, req: TeamRequest) -> dict[str, Any]:
+async def _team_values(r: Admin, req: TeamRequest) -> dict[str, Any]:
     values = _values(req, ("team_alias", "blocked", "customer_id"))
     if values.get("customer_id") == "":
         values["customer_id"] = None
@@ -161,21 +163,21 @@ async def _team_values(r: KeyRoutes, req: TeamRequest) -> dict[str, Any]:
     return values
 
 
-async def _team(r: KeyRoutes, team_id: str) -> dict[str, Any]:
+async def _team(r: Admin, team_id: str) -> dict[str, Any]:
     row = await r.store.teams.get(team_id)
     if row is None:
         raise RouteNotFound(f"Team '{team_id}' not found.")
     return {**_plain(row), "members_with_roles": await r.store.teams.members(team_id)}
 
 
-async def team_info(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:
+async def team_info(r: Admin, body: bytes, query: dict[str, str]) -> dict[str, Any]:
     team_id = _required(query.get("team_id"), "team_id")
     info = await _team(r, team_id)
     keys = await r.store.keys.list(team_id=team_id, limit=1000)
     return {"team_id": team_id, "team_info": info, "keys": [key_info(k) for k in keys]}
 
 
-async def team_update(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:
+async def team_update(r: Admin, body: bytes, query: dict[str, str]) -> dict[str, Any]:
     req: TeamRequest = decode_body(body, TeamRequest)
     team_id = _required(req.team_id, "team_id")
     if await r.store.teams.update(team_id, **await _team_values(r, req)) is None:
@@ -184,16 +186,16 @@ async def team_update(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[
     return await _team(r, team_id)
 
 
-async def team_delete(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:
+async def team_delete(r: Admin, body: bytes, query: dict[str, str]) -> dict[str, Any]:
     ids = await _delete_all(r, r.store.teams, decode_body(body, IdsRequest).team_ids, "Team")
     return {"deleted_teams": ids}
 
 
-async def team_list(r: KeyRoutes, body: bytes, query: dict[str, str]) -> list[dict[str, Any]]:
+async def team_list(r: Admin, body: bytes, query: dict[str, str]) -> list[dict[str, Any]]:
     return [await _team(r, row["team_id"]) for row in await r.store.teams.list(limit=1000)]
 
 
-async def team_member_add(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:
+async def team_member_add(r: Admin, body: bytes, query: dict[str, str]) -> dict[str, Any]:
     req: MemberAddRequest = decode_body(body, MemberAddRequest)
     await _team(r, req.team_id)
     members = req.member if isinstance(req.member, list) else [req.member]
@@ -202,7 +204,7 @@ async def team_member_add(r: KeyRoutes, body: bytes, query: dict[str, str]) -> d
     return await _team(r, req.team_id)
 
 
-async def team_member_delete(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:
+async def team_member_delete(r: Admin, body: bytes, query: dict[str, str]) -> dict[str, Any]:
     req: MemberDeleteRequest = decode_body(body, MemberDeleteRequest)
     await _team(r, req.team_id)
     if not await r.store.teams.remove_member(req.team_id, req.user_id):
@@ -214,7 +216,7 @@ async def team_member_delete(r: KeyRoutes, body: bytes, query: dict[str, str]) -
 # ---------------------------------------------------------------- users
 
 
-async def user_new(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:
+async def user_new(r: Admin, body: bytes, query: dict[str, str]) -> dict[str, Any]:
     req: UserRequest = decode_body(body, UserRequest)
     user_id = req.user_id or str(uuid.uuid4())
     if await r.store.users.get(user_id) is not None:
@@ -231,7 +233,7 @@ async def user_new(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str
     return out
 
 
-async def user_info(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:
+async def user_info(r: Admin, body: bytes, query: dict[str, str]) -> dict[str, Any]:
     user_id = _required(query.get("user_id"), "user_id")
     row = await r.store.users.get(user_id)
     if row is None:
@@ -240,7 +242,7 @@ async def user_info(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[st
     return {"user_id": user_id, "user_info": _plain(row), "keys": [key_info(k) for k in keys]}
 
 
-async def user_update(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:
+async def user_update(r: Admin, body: bytes, query: dict[str, str]) -> dict[str, Any]:
     req: UserRequest = decode_body(body, UserRequest)
     user_id = _required(req.user_id, "user_id")
     row = await r.store.users.update(user_id, **_values(req, ("user_email", "user_role")))
@@ -250,12 +252,12 @@ async def user_update(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[
     return _plain(row)
 
 
-async def user_delete(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:
+async def user_delete(r: Admin, body: bytes, query: dict[str, str]) -> dict[str, Any]:
     ids = await _delete_all(r, r.store.users, decode_body(body, IdsRequest).user_ids, "User")
     return {"deleted_users": ids}
 
 
-async def user_list(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:
+async def user_list(r: Admin, body: bytes, query: dict[str, str]) -> dict[str, Any]:
     page = query_int(query, "page", 1, 1)
     size = query_int(query, "page_size", 25, 1, 100)
     rows = await r.store.users.list(limit=size, offset=(page - 1) * size)
@@ -267,7 +269,7 @@ async def user_list(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[st
 _CUSTOMER_EXTRA = ("alias", "blocked", "billing_plan_code")
 
 
-async def customer_new(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:
+async def customer_new(r: Admin, body: bytes, query: dict[str, str]) -> dict[str, Any]:
     req: CustomerRequest = decode_body(body, CustomerRequest)
     customer_id = _required(req.user_id, "user_id")
     if await r.store.customers.get(customer_id) is not None:
@@ -283,7 +285,7 @@ def _customer(row: Row) -> dict[str, Any]:
     return out
 
 
-async def customer_info(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:
+async def customer_info(r: Admin, body: bytes, query: dict[str, str]) -> dict[str, Any]:
     customer_id = _required(query.get("end_user_id") or query.get("user_id"), "end_user_id")
     row = await r.store.customers.get(customer_id)
     if row is None:
@@ -291,7 +293,7 @@ async def customer_info(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dic
     return _customer(row)
 
 
-async def customer_update(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:
+async def customer_update(r: Admin, body: bytes, query: dict[str, str]) -> dict[str, Any]:
     req: CustomerRequest = decode_body(body, CustomerRequest)
     customer_id = _required(req.user_id, "user_id")
     row = await r.store.customers.update(customer_id, **_values(req, _CUSTOMER_EXTRA, skip=frozenset({"models"})))
@@ -301,7 +303,7 @@ async def customer_update(r: KeyRoutes, body: bytes, query: dict[str, str]) -> d
     return _customer(row)
 
 
-async def customer_delete(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:
+async def customer_delete(r: Admin, body: bytes, query: dict[str, str]) -> dict[str, Any]:
     req: IdsRequest = decode_body(body, IdsRequest)
     for customer_id in req.user_ids or []:
         # a key bound to a deleted customer would go on charging it, out of reach of its budget
@@ -317,7 +319,7 @@ async def customer_delete(r: KeyRoutes, body: bytes, query: dict[str, str]) -> d
     return {"deleted_customers": ids}
 
 
-async def customer_list(r: KeyRoutes, body: bytes, query: dict[str, str]) -> list[dict[str, Any]]:
+async def customer_list(r: Admin, body: bytes, query: dict[str, str]) -> list[dict[str, Any]]:
     return [_customer(row) for row in await r.store.customers.list(limit=1000)]
 
 

@@ -15,26 +15,19 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
-import msgspec
 import orjson
 
-from meterway.api import errors
-from meterway.api.asgi import Incoming, Receive, Responder, Scope, Send, read_body, request_id_for
-from meterway.api.billing import parse_since
-from meterway.api.management import decode_body
+from meterway.api.asgi import Incoming, Receive, Responder, Scope, Send, read_body, request_id
 from meterway.auth import bearer_token
 from meterway.billing import setup
-from meterway.bounds import Name
 from meterway.errors import AuthenticationFailed, BadRequest, ServiceUnavailable, Unprocessable
 from meterway.ledger import external, prices
 from meterway.ledger.external import Pricer, Reported
 
 if TYPE_CHECKING:
-    from meterway.api.management import KeyRoutes
     from meterway.config.settings import Settings
     from meterway.store.runtime import Store
 
@@ -190,70 +183,14 @@ def _decode(body: bytes) -> Any:
     return events
 
 
-async def handle(hooks: Webhooks | None, max_body: int, scope: Scope, receive: Receive, send: Send) -> None:
+async def handle(hooks: Webhooks, scope: Scope, receive: Receive, send: Send) -> None:
     """`POST /webhooks/usage` and `/webhooks/usage/batch`: both take one event, a list, or
-    `{"events": [...]}`; a single event posted to `/webhooks/usage` is answered alone."""
+    `{"events": [...]}`; a single event posted to `/webhooks/usage` is answered alone. Errors
+    go to the boundary (`api.errors.boundary`)."""
     incoming = Incoming(scope["headers"])
-    rid = request_id_for(incoming)
-    responder = Responder(send, rid)
-    try:
-        if hooks is None:
-            raise ServiceUnavailable("The store is still opening; send the usage again shortly.")
-        hooks.check_secret(scope)
-        body = await read_body(receive, incoming, max_body)
-        path = scope["path"].removeprefix("/v1")
-        answer = await hooks.ingest(body, answer_single=path == "/webhooks/usage")
-        await responder.whole(200, orjson.dumps(answer))
-    except Exception as exc:
-        err = errors.as_meterway_error(exc, rid)
-        status, extra, payload = errors.render(err, None)
-        await responder.whole(status, payload, extra=extra)
-
-
-class WebhookReprocessRequest(msgspec.Struct):
-    reason: Name | None = None  # only parked rows whose reason contains this
-    since: Name | None = None  # only rows recorded from this day (YYYY-MM-DD) or time (ISO 8601)
-    all: bool = False  # every parked export, not only those of reported usage
-
-
-def _service(r: KeyRoutes) -> Webhooks:
-    if r.webhooks is None:
-        raise ServiceUnavailable("The usage webhooks are not open yet.")
-    return r.webhooks
-
-
-async def stats(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:
-    hooks = _service(r)
-    c = hooks.counts
-    return {
-        "since": datetime.fromtimestamp(c.since, UTC).isoformat(),
-        "requests": c.requests,
-        "received": c.received,
-        "accepted": c.accepted,
-        "duplicates": c.duplicates,
-        "rejected": c.rejected,
-        "unauthorized": c.unauthorized,
-        "ledger": await hooks.store.outbox.source_counts(external.SOURCE),
-    }
-
-
-async def validate(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:
-    return await _service(r).validate()
-
-
-async def reprocess(r: KeyRoutes, body: bytes, query: dict[str, str]) -> dict[str, Any]:
-    """Parked exports of reported usage (or, with `all`, every parked export) back to pending."""
-    req: WebhookReprocessRequest = decode_body(body, WebhookReprocessRequest)
-    count = await r.store.outbox.reprocess(
-        reason=req.reason, since=parse_since(req.since), source=None if req.all else external.SOURCE
-    )
-    if r.sender is not None:
-        r.sender.forget_subscriptions()
-    return {"reprocessed": count}
-
-
-ROUTES = {
-    ("GET", "/webhooks/stats"): stats,
-    ("GET", "/webhooks/validate"): validate,
-    ("POST", "/webhooks/reprocess"): reprocess,
-}
+    responder = Responder(send, request_id(scope))
+    hooks.check_secret(scope)
+    body = await read_body(receive, incoming, hooks.settings.max_body_bytes)
+    path = scope["path"].removeprefix("/v1")
+    answer = await hooks.ingest(body, answer_single=path == "/webhooks/usage")
+    await responder.whole(200, orjson.dumps(answer))

@@ -17,7 +17,7 @@ from typing import Generic, TypeVar
 
 from meterway.auth.keys import digest
 from meterway.config.secret import Secret
-from meterway.errors import AuthenticationFailed, PermissionDenied, ServiceUnavailable
+from meterway.errors import AuthenticationFailed, PermissionDenied
 from meterway.limits import LimitSpec
 
 
@@ -145,17 +145,18 @@ KeyCache = TTLCache[Principal]  # key digest -> the principal it authenticates a
 
 
 class Authenticator:
-    def __init__(self, master_key: Secret | None) -> None:
+    """Built once the store is open, with the cache of its keys: before that only the gateway's
+    lifecycle answers (see `services.Lifecycle`)."""
+
+    def __init__(self, master_key: Secret | None, keys: KeyCache) -> None:
         self._master = master_key
-        self.keys: KeyCache | None = None  # set once the store is open
+        self.keys = keys
 
     async def authenticate(self, token: bytes | None) -> Principal:
         if token is None:
             raise AuthenticationFailed("Missing API key. Send it as 'Authorization: Bearer <key>'.")
         if self._master is not None and self._master.matches(token):
             return MASTER
-        if self.keys is None:
-            raise ServiceUnavailable("The key store is still opening; only the master key works yet.")
         principal = await self.keys.get(digest(token))
         if principal is None:
             raise AuthenticationFailed("Invalid API key.")

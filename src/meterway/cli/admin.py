@@ -8,12 +8,16 @@ import argparse
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from meterway.config.load import config_path_from_env, load_settings
 from meterway.config.settings import DEFAULT_DATABASE_URL
+
+if TYPE_CHECKING:
+    from meterway.admin import Admin
+    from meterway.config.billing import Billing
 
 Body = dict[str, Any]
 _LIMIT_FLAGS = (
@@ -122,35 +126,45 @@ def run(args: argparse.Namespace) -> int:
 async def _run(args: argparse.Namespace) -> Any:
     from meterway.api import management, tenancy
 
-    async with open_routes(args) as routes:
+    async with open_admin(args) as admin:
         handler, body, query = _call(args, management, tenancy)
-        return await handler(routes, orjson.dumps(body), query)
+        return await handler(admin, orjson.dumps(body), query)
 
 
 @contextlib.asynccontextmanager
-async def open_routes(args: argparse.Namespace) -> AsyncIterator[Any]:
-    """The store named by --database-url, the config or DATABASE_URL, and the handlers over it."""
-    from meterway.api import management
+async def open_admin(
+    args: argparse.Namespace, *, export: bool = False, billing: Billing | None = None, models: tuple[str, ...] = ()
+) -> AsyncIterator[Admin]:
+    """The one admin service, as the gateway builds it (`services.open_services`), over the store
+    named by --database-url, the config or DATABASE_URL. `export`: rows written now enqueue
+    their export to Lago; `billing`: the commands that talk to Lago get a session and its link."""
+    import aiohttp
+
+    from meterway.admin import Admin
     from meterway.auth.changes import Changes
+    from meterway.billing.setup import BillingLink
     from meterway.store.runtime import Store
 
     config = args.config or config_path_from_env()
     settings = load_settings(config) if config else None
     url = args.database_url or (settings.database_url.reveal() if settings is not None else _env_url())
-    store = await Store.open(url, wait_s=10, run_migrations=True)
     redis_url = settings.redis_url.reveal() if settings is not None and settings.redis_url else _env_redis()
-    client = None
-    if redis_url:  # running gateways hear of the change at once, not when their caches expire
-        import redis.asyncio
-
-        client = redis.asyncio.Redis.from_url(redis_url, socket_connect_timeout=2)
     prefix = settings.redis_prefix if settings is not None else "meterway:"
-    try:
-        yield management.KeyRoutes(store, Changes(redis=client, channel=prefix + "changes"))
-    finally:
-        await store.close()
-        if client is not None:
-            await client.aclose()
+    async with contextlib.AsyncExitStack() as stack:
+        store = await Store.open(url, wait_s=10, run_migrations=True, export=export)
+        stack.push_async_callback(store.close)
+        client = None
+        if redis_url:  # running gateways hear of the change at once, not when their caches expire
+            import redis.asyncio
+
+            client = redis.asyncio.Redis.from_url(redis_url, socket_connect_timeout=2)
+            stack.push_async_callback(client.aclose)
+        link = None
+        if billing is not None:
+            session = await stack.enter_async_context(aiohttp.ClientSession())
+            link = BillingLink(billing, session, models)
+        secret = settings.salt_key or settings.master_key if settings is not None else None
+        yield Admin(store, Changes(redis=client, channel=prefix + "changes"), secret=secret, billing=link)
 
 
 def _env_redis() -> str | None:
@@ -168,7 +182,7 @@ def _env_url() -> str:
 def _call(args: argparse.Namespace, management: Any, tenancy: Any) -> tuple[Callable[..., Any], Body, dict[str, str]]:
     group, action = args.command, args.action
     if group == "keys":
-        k = management.KeyRoutes
+        k = management
         fields = {
             "key_alias": getattr(args, "alias", None),
             "duration": getattr(args, "duration", None),
@@ -184,7 +198,7 @@ def _call(args: argparse.Namespace, management: Any, tenancy: Any) -> tuple[Call
         if action == "list":
             query = {"page": str(args.page), "size": str(args.size), "return_full_object": "true"}
             query.update({n: v for n, v in (("user_id", args.user_id), ("team_id", args.team_id)) if v})
-            return k.list, {}, query
+            return k.list_keys, {}, query
         if action == "info":
             return k.info, {}, {"key": args.key}
         if action in ("block", "unblock"):

@@ -96,22 +96,24 @@ def run(args: argparse.Namespace) -> int:
 
 async def _run(args: argparse.Namespace) -> Any:
     from meterway.api import billing, reports
+    from meterway.api.params import Reply
 
     fmt = "json" if args.format == "table" else args.format
-    async with admin.open_routes(args) as routes:
+    if args.command == "billing" and args.action in ("reconcile", "check", "setup"):
+        return await _with_lago(args)
+    # a ledger row written again now (reprocessed) is exported as any other, when billing is on
+    export = args.command == "ledger" and args.action != "quarantine" and _billing_on(args)
+    async with admin.open_admin(args, export=export) as service:
         if args.command == "ledger":
             if args.action == "quarantine":
                 query = {"limit": str(args.limit), **({"all": "true"} if args.all else {})}
-                return await billing.quarantine(routes, b"", query)
-            routes.store.ledger.export = _billing_on(args)  # a row written now is exported as any other
-            return await billing.ledger_reprocess(routes, orjson.dumps({"ids": args.ids or []}), {})
+                return await billing.quarantine(service, b"", query)
+            return await billing.ledger_reprocess(service, orjson.dumps({"ids": args.ids or []}), {})
         if args.command == "billing":
             if args.action == "status":
-                return await billing.status(routes, b"", {})
-            if args.action in ("reconcile", "check", "setup"):
-                return await _with_lago(args, routes)
+                return await billing.status(service, b"", {})
             body = {k: v for k, v in (("reason", args.reason), ("since", args.since)) if v}
-            return await billing.reprocess(routes, orjson.dumps(body), {})
+            return await billing.reprocess(service, orjson.dumps(body), {})
         if args.command == "usage":
             query = {"group_by": args.by, "format": fmt}
             for name, value in (
@@ -125,13 +127,13 @@ async def _run(args: argparse.Namespace) -> Any:
             ):
                 if value:
                     query[name] = value
-            result = await reports.usage(routes, b"", query)
-            waiting, _ = await routes.store.ledger.quarantine_status()
-            return (result.body if isinstance(result, reports.Reply) else result), waiting
+            result = await reports.usage(service, b"", query)
+            waiting, _ = await service.store.ledger.quarantine_status()
+            return (result.body if isinstance(result, Reply) else result), waiting
         else:
             query = {"format": fmt, **({"period": args.period} if args.period else {})}
-            result = await reports.invoice_preview(routes, args.customer, query)
-    return result.body if isinstance(result, reports.Reply) else result
+            result = await reports.invoice_preview(service, args.customer, query)
+    return result.body if isinstance(result, Reply) else result
 
 
 def _table(command: str, result: dict[str, Any]) -> str:
@@ -192,21 +194,17 @@ def _billing_on(args: argparse.Namespace) -> bool:
     return True
 
 
-async def _with_lago(args: argparse.Namespace, routes: Any) -> Any:
-    import aiohttp
-
+async def _with_lago(args: argparse.Namespace) -> Any:
     from meterway.api import billing as handlers
-    from meterway.billing.setup import BillingLink
 
     billing, models = _billing(args)
-    async with aiohttp.ClientSession() as session:
-        routes.billing = BillingLink(billing, session, tuple(models))
+    async with admin.open_admin(args, billing=billing, models=tuple(models)) as service:
         if args.action == "check":
-            return await handlers.check(routes, b"", {})
+            return await handlers.check(service, b"", {})
         if args.action == "setup":
-            return await handlers.setup(routes, orjson.dumps({"customers": args.customers}), {})
+            return await handlers.setup(service, orjson.dumps({"customers": args.customers}), {})
         query = {k: v for k, v in (("period", args.period), ("customer", args.customer)) if v}
-        return await handlers.reconcile(routes, b"", query)
+        return await handlers.reconcile(service, b"", query)
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -224,8 +222,8 @@ def _worker(args: argparse.Namespace) -> int:
     log = logging.getLogger("meterway.billing")
 
     async def work() -> None:
-        async with admin.open_routes(args) as routes, aiohttp.ClientSession() as session:
-            sender = Sender(billing, routes.store.outbox, session)
+        async with admin.open_admin(args) as service, aiohttp.ClientSession() as session:
+            sender = Sender(billing, service.store.outbox, session)
             task = asyncio.create_task(sender.run())
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):  # the round in flight finishes, then the worker stops

@@ -14,7 +14,8 @@ from meterway.config.billing import Billing
 from meterway.config.routing import RoutingPolicy
 from meterway.config.secret import Secret
 from meterway.config.telemetry import Telemetry
-from meterway.providers.base import Api, InProcess, Provider
+from meterway.providers.base import Api, Provider
+from meterway.providers.transport import InProcess
 
 if TYPE_CHECKING:
     from meterway.providers.transport import Upstream

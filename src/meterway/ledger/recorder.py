@@ -55,14 +55,26 @@ STALL_S = 5.0  # rows waiting this long with nothing written: readiness fails
 
 
 class Ledger:
-    def __init__(self, *, capacity: int = 10_000, counter: TokenCounter | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        capacity: int = 10_000,
+        counter: TokenCounter | None = None,
+        writer: Writer | None = None,
+        on_commit: Callable[[float, int], None] | None = None,
+        on_kept: Callable[[str], None] | None = None,
+        on_stall: Callable[[float, float], None] | None = None,
+        cache_hit_ratio: Decimal = Decimal(0),
+    ) -> None:
+        """`writer` is the store's side; without one (a ledger built apart from a store) rows wait.
+        The callbacks feed the metrics: each commit's duration and the rows still waiting after
+        it; "cut" or "quarantined" per such row; how long writes have stalled, and the limit."""
         self.capacity = capacity  # requests admitted and not yet written, at most
         self.counter = counter or TokenCounter()
-        self.writer: Writer | None = None  # set once the store is open; rows wait until then
-        # told each commit's duration and the rows still waiting after it (metrics)
-        self.on_commit: Callable[[float, int], None] | None = None
-        self.on_kept: Callable[[str], None] | None = None  # told "cut" or "quarantined" per such row (metrics)
-        self.on_stall: Callable[[float], None] | None = None  # told how long writes have stalled (metrics)
+        self.writer = writer
+        self.on_commit = on_commit
+        self.on_kept = on_kept
+        self.on_stall = on_stall
         self.stall_limit_s = STALL_S
         self.cut_rows = 0  # rows of this process written cut to their columns' bounds
         self.quarantined_rows = 0  # and rows kept in the quarantine
@@ -76,7 +88,7 @@ class Ledger:
         self._task: asyncio.Task[None] | None = None
         self._healthy = True
         self._prices: dict[str, pricing.UnitPrices | None] = {}  # deployment id -> unit prices, or None: unpriced
-        self.cache_hit_ratio = Decimal(0)  # a response-cache hit's cost, as a fraction of the upstream price
+        self.cache_hit_ratio = cache_hit_ratio  # a response-cache hit's cost, as a fraction of the upstream price
 
     def forget_prices(self) -> None:
         """Deployments changed (models managed at runtime): prices are looked up afresh."""
@@ -194,7 +206,7 @@ class Ledger:
                         await asyncio.sleep(delay)
                         delay = min(delay * 2, RETRY_MAX_S)
                         if self.on_stall is not None:
-                            self.on_stall(self.stall_s())
+                            self.on_stall(self.stall_s(), self.stall_limit_s)
                         self.stalled()
                         continue
                 else:
@@ -205,7 +217,7 @@ class Ledger:
                 if not self._healthy or self._stall_logged:
                     log.warning("ledger writes resumed; %d rows still queued", len(self._queue))
                     if self.on_stall is not None:
-                        self.on_stall(0.0)
+                        self.on_stall(0.0, self.stall_limit_s)
                 self._healthy = True
                 self._stall_logged = False
                 self.last_error = None

@@ -33,13 +33,13 @@ class LimitsHook:
         default_output_tokens: int = 4096,
         clamp_max_tokens: bool = False,
         require_customer_binding: bool = False,
+        customers: TTLCache[LimitSpec] | None = None,
     ) -> None:
         self.limiter = limiter
         self.default_output_tokens = default_output_tokens
         self.clamp_max_tokens = clamp_max_tokens
         self.require_customer_binding = require_customer_binding
-        # a customer's id -> its limits, once the store is open
-        self.customers: TTLCache[LimitSpec] | None = None
+        self.customers = customers  # a customer's id -> its limits (from the store); None: no customer limits
 
     async def before(self, ctx: RequestContext) -> None:
         p = ctx.principal

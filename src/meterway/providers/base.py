@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from yarl import URL
 
     from meterway.errors import UpstreamError
-    from meterway.providers.transport import Upstream
 
 
 class Api(enum.Enum):
@@ -154,14 +153,6 @@ class Provider(Protocol):
     def open_stream(self, call: Call) -> StreamRelay: ...
 
     def map_error(self, call: Call, status: int, body: bytes) -> UpstreamError: ...
-
-
-@runtime_checkable
-class InProcess(Protocol):
-    """A provider whose deployment is answered by an in-process upstream (the demo `mock`) instead
-    of over HTTP. Everything else about it is an ordinary provider: the request path is the same."""
-
-    upstream: Upstream
 
 
 def decode_object(body: bytes) -> dict[str, Any]:

@@ -64,7 +64,6 @@ class MockProvider(OpenAIProvider):
         self.upstream = MockUpstream(upstream_model)
 
 
-
 def _api_of(path: str) -> Api:
     """The endpoint a request was built for, from its URL's path (the OpenAI family's routes; the
     chat route is tried first, as it ends like the completions one)."""

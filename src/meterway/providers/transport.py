@@ -11,7 +11,7 @@ exception tree.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import aiohttp
 
@@ -63,6 +63,14 @@ class Upstream(Protocol):
         """`headers` are the request's own plus what the path adds (a trace context), `limit` its
         timeouts; `label` names the deployment in errors, never its key."""
         ...
+
+
+@runtime_checkable
+class InProcess(Protocol):
+    """A provider whose deployment is answered by an in-process upstream (the demo `mock`) instead
+    of over HTTP. Everything else about it is an ordinary provider: the request path is the same."""
+
+    upstream: Upstream
 
 
 class HttpUpstream:

@@ -96,9 +96,9 @@ def _sql(mark: Callable[[int], str]) -> dict[str, str]:
 
 
 class LedgerStore:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, export: bool = False) -> None:
         self._engine = engine
-        self.export = False  # set when billing is on: each billable row enqueues its export
+        self.export = export  # billing is on: each billable row enqueues its export
         self._sqlite = engine.dialect.name == "sqlite"
         if self._sqlite:
             self._path = str(engine.url.database)

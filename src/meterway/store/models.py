@@ -20,10 +20,6 @@ if TYPE_CHECKING:
     from meterway.store.sealing import Sealer
 
 
-class Unreadable(Exception):
-    """A stored model sealed under another salt key (or damaged)."""
-
-
 @dataclass(frozen=True, slots=True)
 class StoredModel:
     model_id: str
@@ -42,6 +38,8 @@ class ModelStore:
         """Every stored model, and the ids of those that cannot be unsealed."""
         async with self._engine.connect() as conn:
             rows = (await conn.execute(sa.select(models).order_by(models.c.created_at))).mappings().all()
+        from meterway.store.sealing import Unreadable  # loaded already: the sealer came from there
+
         found: list[StoredModel] = []
         bad: list[str] = []
         for r in rows:

@@ -31,18 +31,19 @@ log = logging.getLogger("meterway.store")
 
 
 class Store:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, export: bool = False) -> None:
+        """`export`: billing is on, so each billable ledger row enqueues its export to Lago."""
         self.engine = engine
         self.keys = KeyStore(engine)
         self.users = user_store(engine)
         self.teams = team_store(engine)
         self.customers = customer_store(engine)
-        self.ledger = LedgerStore(engine)
+        self.ledger = LedgerStore(engine, export=export)
         self.reports = Reports(engine)
         self.outbox = OutboxStore(engine)
 
     @classmethod
-    async def open(cls, url: str, *, wait_s: float, run_migrations: bool) -> Store:
+    async def open(cls, url: str, *, wait_s: float, run_migrations: bool, export: bool = False) -> Store:
         parsed = parse(url)
         engine = create_engine(parsed)
         try:
@@ -60,7 +61,7 @@ class Store:
             await engine.dispose()
             raise
         log.info("store open: %s", where(parsed))
-        return cls(engine)
+        return cls(engine, export=export)
 
     async def ping(self) -> None:
         """One round trip to the database (readiness)."""

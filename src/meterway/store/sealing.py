@@ -16,7 +16,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from meterway.config.secret import Secret
-from meterway.store.models import Unreadable
+
+
+class Unreadable(Exception):
+    """A stored model sealed under another salt key (or damaged)."""
 
 
 class Sealer:

@@ -12,22 +12,20 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from meterway.api import reports
+from meterway.api.params import Reply
 from meterway.errors import PermissionDenied, RouteNotFound
 from meterway.ledger import DIMENSIONS, TIMES
 from meterway.ui import values
+from meterway.ui.routes import UnknownPage
 from meterway.ui.web import Request, redirect, respond, with_query
 
 if TYPE_CHECKING:
-    from meterway.api.management import KeyRoutes
-    from meterway.app import Services
+    from meterway.admin import Admin
+    from meterway.services import Services
     from meterway.ui.routes import AdminUI, Context, Page, Viewer
 
 KEY_PAGE_SIZE = 25
 SEARCH_PAGES = 20  # a key search reads at most this many pages of 100 keys
-
-
-class UnknownPage(RouteNotFound):
-    """No UI page at this path."""
 
 
 # ------------------------------------------------------------------ overview
@@ -334,7 +332,7 @@ async def usage(ui: AdminUI, request: Request, viewer: Viewer, ctx: Context) -> 
 
 async def usage_csv(ui: AdminUI, request: Request, viewer: Viewer, ctx: Context) -> None:
     query = {**_usage_query(request), "format": "csv"}
-    reply: reports.Reply = await ui.call(ctx, viewer, "GET", "/usage", query)
+    reply: Reply = await ui.call(ctx, viewer, "GET", "/usage", query)
     name = f"usage-{query['start']}-{query['end']}.csv"
     disposition = (b"content-disposition", f'attachment; filename="{name}"'.encode())
     await respond(ctx.send, 200, reply.body, reply.content_type, [disposition])
@@ -429,7 +427,7 @@ async def invoice(ui: AdminUI, request: Request, viewer: Viewer, ctx: Context) -
     period = request.query.get("period") or datetime.now(UTC).strftime("%Y-%m")
     path = f"/customer/{customer_id}/invoice-preview"
 
-    async def preview(routes: KeyRoutes, body: bytes, query: dict[str, str]) -> Any:
+    async def preview(routes: Admin, body: bytes, query: dict[str, str]) -> Any:
         return await reports.invoice_preview(routes, customer_id, query)
 
     doc = await ui.call(ctx, viewer, "GET", path, {"period": period}, handler=preview)

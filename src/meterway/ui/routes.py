@@ -16,7 +16,7 @@ import logging
 import math
 import mimetypes
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,24 +25,21 @@ import jinja2
 import orjson
 
 from meterway import bounds
-from meterway.api import management
-from meterway.api.asgi import Incoming, Receive, Scope, Send, read_body
+from meterway.api import errors, management
+from meterway.api.admin_routes import ROUTES
+from meterway.api.asgi import Incoming, Receive, Scope, Send, read_body, request_id
 from meterway.auth import MASTER, Principal
 from meterway.auth.keys import digest
-from meterway.errors import (
-    AuthenticationFailed,
-    MeterwayError,
-    ServiceUnavailable,
-)
-from meterway.ui import pages, values
+from meterway.errors import AuthenticationFailed, MeterwayError, RouteNotFound
+from meterway.ui import values
 from meterway.ui.session import COOKIE, CsrfFailed, Session, SessionInvalid, Sessions
 from meterway.ui.throttle import Attempt, LoginThrottle
 from meterway.ui.web import Request, cookie_header, parse_request, redirect, respond, with_query
 
 if TYPE_CHECKING:
-    from meterway.api.management import KeyRoutes
-    from meterway.app import Services
+    from meterway.admin import Admin
     from meterway.config.settings import Settings
+    from meterway.services import Services
 
 log = logging.getLogger("meterway.ui")
 
@@ -54,8 +51,8 @@ VENDOR_FILES = ("htmx.min.js", "chart.umd.min.js")  # fetched by setup.py at ins
 ADMIN_ROLES = frozenset({"proxy_admin", "proxy_admin_viewer"})
 
 
-class UiFailure(MeterwayError):
-    """A page failed for a reason of ours (a bug or the database), logged with its traceback."""
+class UnknownPage(RouteNotFound):
+    """No UI page at this path."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,15 +87,16 @@ Page = Callable[["AdminUI", Request, Viewer, "Context"], Awaitable[None]]
 @dataclass(frozen=True, slots=True)
 class Context:
     services: Services
-    routes: KeyRoutes
+    routes: Admin  # the one admin service, as the API's handlers are given it
     send: Send
 
 
 class AdminUI:
     """Built once per gateway (on the first UI request): the templates, the session signer and
-    the page table. Holds no per-request state."""
+    the page table (`ui.pages.PAGES`, passed in: the pages call back into this class, so this
+    module does not import them). Holds no per-request state."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, page_table: Mapping[tuple[str, str], Page]) -> None:
         self.settings = settings
         self.sessions = Sessions(settings.salt_key or settings.master_key, settings.ui_session_s)
         self.logins = LoginThrottle(
@@ -119,14 +117,15 @@ class AdminUI:
         self.scripts_missing = [n for n in VENDOR_FILES if not (vendor / n).is_file()]  # installed offline
         if self.scripts_missing:
             log.warning("admin UI scripts not installed (%s): no charts", ", ".join(self.scripts_missing))
-        self.handlers = management.all_routes()
-        self.pages = pages.PAGES
+        self.handlers = ROUTES
+        self.pages = page_table
 
     # ------------------------------------------------------------------ entry
 
-    async def handle(
-        self, services: Services, routes: KeyRoutes | None, scope: Scope, receive: Receive, send: Send
-    ) -> None:
+    async def handle(self, services: Services, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pages answer their errors as an error page (a browser shows it); the JSON endpoints,
+        htmx fragments and form posts raise theirs to the boundary (`api.errors.boundary`), which
+        answers in the API's one error shape with the request's id."""
         body = b""
         if scope["method"] == "POST":
             body = await read_body(receive, Incoming(scope["headers"]), 1024 * 1024)
@@ -148,35 +147,28 @@ class AdminUI:
                 clear = cookie_header(COOKIE, "", max_age=0, secure=request.tls)
                 return await redirect(send, "/ui/login", [clear])
             if page is None:
-                raise pages.UnknownPage(f"No page at /ui{path}.")
+                raise UnknownPage(f"No page at /ui{path}.")
             if request.method == "POST":
                 self.sessions.check_csrf(viewer.session, request.form.get("csrf") or request.header(b"x-csrf-token"))
-            if routes is None:
-                raise ServiceUnavailable("The store is still opening; reload in a moment.")
-            await page(self, request, viewer, Context(services, routes, send))
-        except SessionInvalid as e:
+            await page(self, request, viewer, Context(services, services.admin, send))
+        except SessionInvalid:
             if path.startswith("/api/") or request.wants_fragment or request.method == "POST":
-                return await respond(send, 401, _error_json(e), b"application/json")
+                raise
             return await redirect(send, with_query("/ui/login", next=scope["path"]))
-        except CsrfFailed as e:
-            await respond(send, 403, _error_json(e), b"application/json")
-        except MeterwayError as e:
+        except CsrfFailed:
+            raise
+        except Exception as exc:
             if path.startswith("/api/"):
-                return await respond(send, e.status, _error_json(e), b"application/json")
-            await self._error_page(request, send, e)
-        except Exception:
-            log.exception("ui page %s %s failed", request.method, path)
-            await self._error_page(request, send, UiFailure("This page failed; the gateway's log has the details."))
+                raise
+            rid = request_id(scope)
+            await self._error_page(request, send, errors.as_meterway_error(exc, rid), rid)
 
     async def _viewer(self, services: Services, request: Request) -> Viewer:
         session = self.sessions.read(request.cookies.get(COOKIE))
         if session.kind == "admin":
             principal = MASTER
         else:
-            keys = services.auth.keys
-            if keys is None:
-                raise ServiceUnavailable("The key store is still opening; reload in a moment.")
-            found = await keys.get(session.key_digest)
+            found = await services.auth.keys.get(session.key_digest)
             if found is None:
                 raise SessionInvalid("The key this session logged in with no longer exists.")
             try:
@@ -211,8 +203,8 @@ class AdminUI:
             return await self._login_page(request, send, "Your browser did not keep the login cookie; try again.", 403)
         try:
             self.sessions.check_csrf(_login_session(nonce), request.form.get("csrf"))
-        except CsrfFailed as e:
-            return await respond(send, 403, _error_json(e), b"application/json")
+        except CsrfFailed:
+            raise  # to the boundary: a 403 in the one error shape
         attempt = self.logins.start(request.client)
         if not isinstance(attempt, Attempt):
             log.info("ui login refused: too many failed logins (from %s, or overall)", request.client or "?")
@@ -296,13 +288,14 @@ class AdminUI:
         age = VENDOR_MAX_AGE if name.startswith("vendor/") else STATIC_MAX_AGE
         await respond(send, 200, file.read_bytes(), content_type.encode(), cache=f"public, max-age={age}".encode())
 
-    async def _error_page(self, request: Request, send: Send, err: MeterwayError) -> None:
+    async def _error_page(self, request: Request, send: Send, err: MeterwayError, rid: str) -> None:
         try:
             viewer = await self._viewer_or_none(request)
         except MeterwayError:
             viewer = None
-        body = self.render("error.html", viewer, status=err.status, message=err.message)
-        await respond(send, err.status, body)
+        status = err.http_status()
+        body = self.render("error.html", viewer, status=status, message=err.message)
+        await respond(send, status, body, extra=[(b"x-request-id", rid.encode())])
 
     async def _viewer_or_none(self, request: Request) -> Viewer | None:
         try:
@@ -341,7 +334,3 @@ def _nav(viewer: Viewer | None) -> list[tuple[str, str]]:
         items.append(("billing", "Billing"))
     items.append(("models", "Models"))
     return items
-
-
-def _error_json(err: MeterwayError) -> bytes:
-    return orjson.dumps({"error": {"message": err.message, "type": err.error_type}})
