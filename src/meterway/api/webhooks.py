@@ -7,7 +7,7 @@ row with source `webhook`, written with its rollup, spend and Lago export in one
 the answer is sent only after that commit, so whatever was acknowledged is stored. A batch is
 checked whole before anything is written: one bad event refuses the batch (422 naming it) and
 stores nothing, so the sender can fix and resend it as it is; events already stored come back as
-duplicates, never as second charges (see ledger.external for how a request id becomes a uid).
+duplicates, never as second charges (see ledger.reported for how a request id becomes a uid).
 """
 
 from __future__ import annotations
@@ -30,8 +30,9 @@ from meterway.auth import bearer_token
 from meterway.billing import setup
 from meterway.bounds import Name
 from meterway.errors import AuthenticationFailed, BadRequest, ServiceUnavailable, Unprocessable
-from meterway.ledger import external, prices
-from meterway.ledger.external import Pricer, Reported
+from meterway.ledger import prices
+from meterway.ledger import reported as external  # ledger/external.py until issue 16
+from meterway.ledger.reported import Pricer, Reported
 
 if TYPE_CHECKING:
     from meterway.api.management import KeyRoutes

@@ -25,6 +25,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from operator import attrgetter
 from typing import Any
 
 import orjson
@@ -32,6 +33,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from meterway.ledger import Entry, Kept, RowRefused
+from meterway.ledger.row import FIELDS, values
 from meterway.store import refusals
 from meterway.store.tables import customers, keys, ledger, ledger_quarantine, teams, usage_daily, users
 
@@ -47,9 +49,10 @@ _PRICES = ("price_input", "price_output", "price_cache_read", "price_cache_write
 _TOKENS = ("prompt_tokens", "completion_tokens", "cached_tokens", "cache_write_tokens", "reasoning_tokens")
 _MEASURES = ("requests", "errors", "unpriced", *_TOKENS, "cost")
 _GROUP = ("day", *_DIMENSIONS, *_PRICES)
-_ROW_COLUMNS = tuple(c.name for c in ledger.c if c.name != "id")
+_ROW_COLUMNS = FIELDS  # the row's fields are the table's columns (checked below), in the row's order
 _ROLLUP_COLUMNS = (*_GROUP, *_MEASURES)
 assert set(_ROLLUP_COLUMNS) == {c.name for c in usage_daily.c}, "the rollup's SQL must name every column"
+assert set(FIELDS) == {c.name for c in ledger.c if c.name != "id"}, "LedgerRow's fields must be mw_ledger's columns"
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,16 +164,16 @@ class LedgerStore:
         """Keeps a row the database refused, whole, with its reason; its cost is added nowhere
         until it is reprocessed."""
         row = entry.row
-        values = {
-            "uid": refusals.cut_text(str(row.get("uid") or ""), 32) or None,
-            "request_id": refusals.cut_text(str(row.get("request_id") or ""), 128) or None,
+        kept = {
+            "uid": refusals.cut_text(str(row.uid or ""), 32) or None,
+            "request_id": refusals.cut_text(str(row.request_id or ""), 128) or None,
             "reason": refusals.clean(reason)[: refusals.REASON_CHARS],
             "row": refusals.to_json(entry),
             "created_at": datetime.now(UTC),
         }
         try:
             async with self._engine.begin() as conn:
-                await conn.execute(ledger_quarantine.insert().values(**values))
+                await conn.execute(ledger_quarantine.insert().values(**kept))
         except Exception as e:
             raise refusals.translate(e) from e
 
@@ -216,13 +219,13 @@ class LedgerStore:
                     outcome, reason = "cut", e.reason
                 except RowRefused as again:
                     outcome, reason = "refused", f"as given: {e.reason}; cut to its columns' bounds: {again.reason}"
-            values: dict[str, Any] = (
+            change: dict[str, Any] = (
                 {"reprocessed_at": datetime.now(UTC)}
                 if outcome != "refused"
                 else {"reason": refusals.clean(reason or "")[: refusals.REASON_CHARS]}
             )
             async with self._engine.begin() as conn:
-                await conn.execute(q.update().where(q.c.id == ident).values(**values))
+                await conn.execute(q.update().where(q.c.id == ident).values(**change))
             done.append(Reprocessed(int(ident), outcome, reason))
         return done
 
@@ -236,7 +239,7 @@ class LedgerStore:
         return self._db
 
     def _write_sqlite(
-        self, rows: list[list[Any]], groups: list[tuple[Any, ...]], spend: _Spend, outbox: list[tuple[Any, ...]]
+        self, rows: list[tuple[Any, ...]], groups: list[tuple[Any, ...]], spend: _Spend, outbox: list[tuple[Any, ...]]
     ) -> None:
         db = self._connection()
         db.execute("BEGIN IMMEDIATE")
@@ -270,7 +273,7 @@ class LedgerStore:
             raise refusals.translate(e) from e
 
     async def _write_once(self, entries: Sequence[Entry]) -> set[str]:
-        entries = sorted(entries, key=lambda e: str(e.row["uid"]))
+        entries = sorted(entries, key=lambda e: str(e.row.uid))
         rows = _prepare(entries)[0]
         if self._sqlite:
             return await asyncio.get_running_loop().run_in_executor(
@@ -293,9 +296,9 @@ class LedgerStore:
                 outbox = self._outbox(inserted)
                 if outbox:
                     await pg.executemany(self._sql["outbox"], outbox)
-        return {e.row["uid"] for e in inserted}
+        return {e.row.uid for e in inserted}
 
-    def _write_once_sqlite(self, entries: Sequence[Entry], rows: list[list[Any]]) -> set[str]:
+    def _write_once_sqlite(self, entries: Sequence[Entry], rows: list[tuple[Any, ...]]) -> set[str]:
         db = self._connection()
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -313,11 +316,11 @@ class LedgerStore:
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        return {e.row["uid"] for e in inserted}
+        return {e.row.uid for e in inserted}
 
     def _outbox(self, entries: Sequence[Entry]) -> list[tuple[Any, ...]]:
         """The exports to enqueue with `entries`: none while billing is off."""
-        return [(e.row["uid"], e.row["ended_at"]) for e in entries if self.export and _billable(e)]
+        return [(e.row.uid, e.row.ended_at) for e in entries if self.export and e.row.billable]
 
     async def budget_periods(self, wanted: Mapping[str, Collection[str]]) -> dict[tuple[str, str], Budgeted]:
         """`budget_duration` and `budget_reset_at` of the named keys, users, teams and customers
@@ -351,28 +354,33 @@ class LedgerStore:
 
 
 _Spend = dict[tuple[str, str], list[tuple[Any, ...]]]
-_JSON = {"tags", "metadata"}
-_TIMES = {"started_at", "ended_at"}
+_DAY_OF = attrgetter("started_at")
+_GROUP_OF = attrgetter(*_DIMENSIONS, *_PRICES)
+_TOKENS_OF = attrgetter(*_TOKENS)
+_JSON = tuple(FIELDS.index(name) for name in ("tags", "metadata"))
+_TIMES = tuple(FIELDS.index(name) for name in ("started_at", "ended_at"))
 
 
-def _prepare(entries: Sequence[Entry]) -> tuple[list[list[Any]], list[tuple[Any, ...]], _Spend]:
+def _prepare(entries: Sequence[Entry]) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], _Spend]:
     """The rows' values, their rollup groups and the spend they add, in one pass (per request)."""
-    rows: list[list[Any]] = []
+    rows: list[tuple[Any, ...]] = []
     rollup: dict[tuple[Any, ...], list[int]] = {}
     amounts: dict[SpendRow, int] = {}
+    dims = len(_DIMENSIONS)
     for e in entries:
         row = e.row
-        rows.append([row[name] for name in _ROW_COLUMNS])
-        day = row["started_at"].astimezone(UTC).strftime("%Y-%m-%d")
-        group = (day, *(row[d] or "" for d in _DIMENSIONS), *(-1 if row[p] is None else row[p] for p in _PRICES))
+        rows.append(values(row))
+        day = _DAY_OF(row).astimezone(UTC).strftime("%Y-%m-%d")
+        named = _GROUP_OF(row)
+        group = (day, *(v or "" for v in named[:dims]), *(-1 if v is None else v for v in named[dims:]))
         sums = rollup.get(group)
         if sums is None:
             sums = rollup[group] = [0] * len(_MEASURES)
         sums[0] += 1
-        sums[1] += row["status"] != "success"
+        sums[1] += row.status != "success"
         sums[2] += e.cost_units is None
-        for i, t in enumerate(_TOKENS, start=3):
-            sums[i] += row[t]
+        for i, t in enumerate(_TOKENS_OF(row), start=3):
+            sums[i] += t
         sums[-1] += e.cost_units or 0
         if e.cost_units:
             for target in e.spend:
@@ -387,13 +395,11 @@ def _prepare(entries: Sequence[Entry]) -> tuple[list[list[Any]], list[tuple[Any,
     return rows, [(*group, *sums) for group, sums in rollup.items()], spend
 
 
-def _billable(e: Entry) -> bool:
-    """A row worth an event: tokens were used (served, or delivered before the client left)."""
-    return e.row["total_tokens"] > 0 and e.row["status"] in ("success", "client_aborted")
-
-
-def _pg_row(row: list[Any]) -> list[Any]:
-    return [orjson.dumps(v).decode() if name in _JSON else v for name, v in zip(_ROW_COLUMNS, row, strict=True)]
+def _pg_row(row: tuple[Any, ...]) -> list[Any]:
+    out = list(row)
+    for i in _JSON:
+        out[i] = orjson.dumps(out[i]).decode()
+    return out
 
 
 def _sqlite_time(value: datetime) -> str:
@@ -401,17 +407,13 @@ def _sqlite_time(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
-def _sqlite_row(row: list[Any]) -> list[Any]:
-    out = []
-    for name, value in zip(_ROW_COLUMNS, row, strict=True):
-        if name in _JSON:
-            value = orjson.dumps(value).decode()
-        elif name in _TIMES:
-            value = _sqlite_time(value)
-        elif isinstance(value, bool):
-            value = int(value)
-        out.append(value)
-    return out
+def _sqlite_row(row: tuple[Any, ...]) -> list[Any]:
+    out = list(row)
+    for i in _JSON:
+        out[i] = orjson.dumps(out[i]).decode()
+    for i in _TIMES:
+        out[i] = _sqlite_time(out[i])
+    return out  # booleans bind as 0 and 1 as they are
 
 
 def _sqlite_times(params: tuple[Any, ...]) -> tuple[Any, ...]:
