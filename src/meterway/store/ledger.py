@@ -20,6 +20,7 @@ and `budget_reset_at` moves to the new period's end. Every replica computes peri
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -30,9 +31,10 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from meterway.ledger import Entry, Kept, RowRefused
+from meterway.ledger import DatabaseAway, Entry, Kept, RowRefused
 from meterway.ledger.row import FIELDS, values
 from meterway.store import refusals
 from meterway.store.tables import customers, keys, ledger, ledger_quarantine, teams, usage_daily, users
@@ -69,33 +71,84 @@ SpendRow = tuple[str, str, float | None]  # scope, id, period end
 Budgeted = tuple[str | None, datetime | None]  # an entity's budget_duration and budget_reset_at
 
 
+def _spend_set(amount: str, end: str | None) -> str:
+    """The SET clause adding `amount` to an entity's spend: plainly, or (`end` given: the end of
+    the period the amount belongs to) starting that period when it is later than the row's."""
+    if end is None:
+        return f"spend = spend + {amount}"
+    return (
+        f"spend = CASE WHEN budget_reset_at IS NOT NULL AND budget_reset_at < {end} THEN {amount} "
+        f"ELSE spend + {amount} END, budget_reset_at = CASE WHEN budget_reset_at IS NULL "
+        f"OR budget_reset_at < {end} THEN {end} ELSE budget_reset_at END"
+    )
+
+
 def _sql(mark: Callable[[int], str]) -> dict[str, str]:
     """The statements, with the driver's numbered placeholders (`?n` or `$n`)."""
     rows = ", ".join(mark(i) for i in range(len(_ROW_COLUMNS)))
-    group = ", ".join(_GROUP)
-    add = ", ".join(f"{m} = mw_usage_daily.{m} + excluded.{m}" for m in _MEASURES)
     out = {
         "rows": f"INSERT INTO mw_ledger ({', '.join(_ROW_COLUMNS)}) VALUES ({rows})",
         # reported rows: a uid already present (a resent request id) inserts nothing
         "rows_once": f"INSERT INTO mw_ledger ({', '.join(_ROW_COLUMNS)}) VALUES ({rows}) ON CONFLICT (uid) DO NOTHING",
-        "rollup": (
-            f"INSERT INTO mw_usage_daily ({', '.join(_ROLLUP_COLUMNS)}) "
-            f"VALUES ({', '.join(mark(i) for i in range(len(_ROLLUP_COLUMNS)))}) "
-            f"ON CONFLICT ({group}) DO UPDATE SET {add}"
-        ),
+        "rollup": f"INSERT INTO mw_usage_daily ({', '.join(_ROLLUP_COLUMNS)}) "
+        f"VALUES ({', '.join(mark(i) for i in range(len(_ROLLUP_COLUMNS)))}) {_ROLLUP_CONFLICT}",
     }
     out["outbox"] = (
         f"INSERT INTO mw_billing_outbox (ledger_uid, status, attempts, created_at) VALUES ({mark(0)}, 'pending', 0, {mark(1)})"
     )
     for scope, (table, column) in _TABLES.items():
         # plain: (amount, id); periodic: (amount, end, id), `end` being the current period's end
-        out[f"{scope}:plain"] = f"UPDATE {table} SET spend = spend + {mark(0)} WHERE {column} = {mark(1)}"
-        out[f"{scope}:periodic"] = (
-            f"UPDATE {table} SET spend = CASE WHEN budget_reset_at IS NOT NULL AND budget_reset_at < {mark(1)} "
-            f"THEN {mark(0)} ELSE spend + {mark(0)} END, budget_reset_at = CASE WHEN budget_reset_at IS NULL "
-            f"OR budget_reset_at < {mark(1)} THEN {mark(1)} ELSE budget_reset_at END WHERE {column} = {mark(2)}"
-        )
+        out[f"{scope}:plain"] = f"UPDATE {table} SET {_spend_set(mark(0), None)} WHERE {column} = {mark(1)}"
+        out[f"{scope}:periodic"] = f"UPDATE {table} SET {_spend_set(mark(0), mark(1))} WHERE {column} = {mark(2)}"
     return out
+
+
+_ROLLUP_CONFLICT = f"ON CONFLICT ({', '.join(_GROUP)}) DO UPDATE SET " + ", ".join(
+    f"{m} = mw_usage_daily.{m} + excluded.{m}" for m in _MEASURES
+)
+
+
+_PG = postgresql.dialect()  # type: ignore[no-untyped-call]  # only compiles type names
+
+
+def _pg_value(table: sa.Table, name: str, doc: str, i: int) -> str:
+    """Element `i` of a JSON array `doc` as a value of `table`'s column `name`: cast to the
+    column's type without its length, so that a value too long for the column is refused by the
+    INSERT as it would be from a parameter, never truncated by a cast to `varchar(n)`."""
+    kind = table.c[name].type.compile(dialect=_PG).split("(")[0]
+    return f"({doc}->>{i})::{kind}"
+
+
+def _pg_group_sql() -> str:
+    """A whole group as ONE statement on PostgreSQL: the rows, their rollup, the spend they add and
+    their exports, in data-modifying CTEs, from four JSON documents (`_pg_group_args`). A single
+    statement is a transaction of its own, so a group costs one round trip where BEGIN, a
+    statement per table and COMMIT were eight; and its values cost one `orjson.dumps` per document
+    where the driver encoded each value of each row on its own (for arrays, asking several
+    isinstance questions of each element). The JSON columns travel as JSON text inside the
+    document, so they are stored as written, byte for byte, as before. Each spend target must
+    occur once in the group: an UPDATE ... FROM applies one source row per target row."""
+    rows = ", ".join(_pg_value(ledger, name, "r", i) for i, name in enumerate(_ROW_COLUMNS))
+    rollup = ", ".join(_pg_value(usage_daily, name, "g", i) for i, name in enumerate(_ROLLUP_COLUMNS))
+    parts = [
+        f"ledger_rows AS (INSERT INTO mw_ledger ({', '.join(_ROW_COLUMNS)}) "
+        f"SELECT {rows} FROM jsonb_array_elements($1::jsonb) AS r)",
+        f"rollup AS (INSERT INTO mw_usage_daily ({', '.join(_ROLLUP_COLUMNS)}) "
+        f"SELECT {rollup} FROM jsonb_array_elements($2::jsonb) AS g {_ROLLUP_CONFLICT})",
+        # (scope, amount, period end or null, id); with no period end the periodic SET is the plain one
+        "spend AS (SELECT s->>0 AS scope_, (s->>1)::bigint AS amount_, (s->>2)::timestamptz AS end_, "
+        "s->>3 AS id_ FROM jsonb_array_elements($3::jsonb) AS s)",
+    ]
+    for scope, (table, column) in _TABLES.items():
+        parts.append(
+            f"{scope}_spend AS (UPDATE {table} SET {_spend_set('amount_', 'end_')} "
+            f"FROM spend WHERE scope_ = '{scope}' AND {column} = id_)"
+        )
+    parts.append(
+        "outbox AS (INSERT INTO mw_billing_outbox (ledger_uid, status, attempts, created_at) "
+        "SELECT o->>0, 'pending', 0, (o->>1)::timestamptz FROM jsonb_array_elements($4::jsonb) AS o)"
+    )
+    return "WITH " + ", ".join(parts) + " SELECT 1"
 
 
 class LedgerStore:
@@ -110,6 +163,10 @@ class LedgerStore:
             self._db: sqlite3.Connection | None = None
         else:
             self._sql = _sql(lambda i: f"${i + 1}")
+            self._sql["group"] = _pg_group_sql()
+            # the connection groups are written on, kept between groups (see `_execute_group`)
+            self._held: AsyncConnection | None = None
+            self._holding = asyncio.Lock()
 
     async def write(self, entries: Sequence[Entry]) -> None:
         """One transaction for the group. A failure is raised as `DatabaseAway`, `RowRefused` or
@@ -127,17 +184,75 @@ class LedgerStore:
                 self._executor, self._write_sqlite, rows, groups, spend, outbox
             )
             return
-        pg_rows = [_pg_row(r) for r in rows]
-        async with self._engine.connect() as conn:
-            raw = await conn.get_raw_connection()
-            pg: Any = raw.driver_connection
+        if all(len(targets) == 1 for targets in _spend_targets(spend).values()):
+            await self._write_pg_group(rows, groups, spend, outbox)
+            return
+        async with self._engine.connect() as conn:  # a target twice (two budget periods): in turn
+            pg = await _driver(conn)
             async with pg.transaction():
-                await pg.executemany(self._sql["rows"], pg_rows)
-                await pg.executemany(self._sql["rollup"], groups)
+                await pg.executemany(self._sql["rows"], [_pg_row(r) for r in rows])
+                await pg.executemany(self._sql["rollup"], sorted(groups))
                 for (scope, periodic), params in spend.items():
                     await pg.executemany(self._sql[f"{scope}:{periodic}"], params)
                 if outbox:
                     await pg.executemany(self._sql["outbox"], outbox)
+
+    async def _write_pg_group(
+        self, rows: list[tuple[Any, ...]], groups: list[tuple[Any, ...]], spend: _Spend, outbox: list[tuple[Any, ...]]
+    ) -> None:
+        """The group as one statement (`_pg_group_sql`)."""
+        targets = [
+            (scope, p[0], p[1] if periodic == "periodic" else None, p[-1])
+            for (scope, periodic), ps in spend.items()
+            for p in ps
+        ]
+        args = (
+            orjson.dumps([_pg_row(r) for r in rows]).decode(),
+            orjson.dumps(sorted(groups)).decode(),  # in key order: the lock order write_once takes
+            orjson.dumps(targets).decode(),
+            orjson.dumps(outbox).decode(),
+        )
+        await self._execute_group(args)
+
+    async def _execute_group(self, args: Sequence[str]) -> None:
+        """Runs the group's statement on a connection held from one group to the next. The
+        recorder writes one group at a time, so checking a pooled connection out and in again for
+        each (with the pool's pre-ping: BEGIN, a ping and ROLLBACK, three round trips) cost more
+        than the group's own statement. A held connection found gone at the next group (the server
+        restarted, an idle timeout) is replaced and the group sent once more on the new one, as the
+        pre-ping would have; a group whose commit went through before its answer was lost is not
+        written twice by that, since its uids are then present and the recorder writes such a
+        group row by row (`write_one`). A second writer at the same time (not the recorder) takes
+        a pooled connection instead of waiting."""
+        if self._holding.locked():
+            async with self._engine.connect() as conn:
+                await (await _driver(conn)).execute(self._sql["group"], *args)
+            return
+        async with self._holding:
+            while True:
+                fresh = self._held is None
+                if self._held is None:
+                    self._held = await self._engine.connect()
+                held = self._held
+                try:
+                    await (await _driver(held)).execute(self._sql["group"], *args)
+                    return
+                except BaseException as e:
+                    self._held = None
+                    with contextlib.suppress(Exception):  # it failed already; the pool discards it
+                        await held.invalidate()
+                        await held.close()
+                    if fresh or not isinstance(e, Exception) or not isinstance(refusals.translate(e), DatabaseAway):
+                        raise
+
+    async def release(self) -> None:
+        """Gives the held connection back to the pool: at shutdown, before the engine is disposed."""
+        if self._sqlite:
+            return
+        async with self._holding:
+            held, self._held = self._held, None
+            if held is not None:
+                await held.close()
 
     async def write_one(self, entry: Entry) -> Kept:
         """One row of a group that failed, in a transaction of its own: as it is; else, when the
@@ -281,8 +396,7 @@ class LedgerStore:
             )
         inserted: list[Entry] = []
         async with self._engine.connect() as conn:
-            raw = await conn.get_raw_connection()
-            pg: Any = raw.driver_connection
+            pg = await _driver(conn)
             async with pg.transaction():
                 for entry, row in zip(entries, rows, strict=True):
                     status = await pg.execute(self._sql["rows_once"], *_pg_row(row))
@@ -393,6 +507,21 @@ def _prepare(entries: Sequence[Entry]) -> tuple[list[tuple[Any, ...]], list[tupl
         else:
             spend.setdefault((scope, "periodic"), []).append((amount, datetime.fromtimestamp(period_end, UTC), ident))
     return rows, [(*group, *sums) for group, sums in rollup.items()], spend
+
+
+async def _driver(conn: AsyncConnection) -> Any:
+    """The asyncpg connection under a pooled SQLAlchemy one: the ledger's writes go to it directly."""
+    raw = await conn.get_raw_connection()
+    return raw.driver_connection
+
+
+def _spend_targets(spend: _Spend) -> dict[tuple[str, str], list[Any]]:
+    """Each entity the group adds spend to, with its amounts (more than one: two budget periods)."""
+    out: dict[tuple[str, str], list[Any]] = {}
+    for (scope, _), params in spend.items():
+        for p in params:
+            out.setdefault((scope, p[-1]), []).append(p)
+    return out
 
 
 def _pg_row(row: tuple[Any, ...]) -> list[Any]:
