@@ -165,7 +165,7 @@ class LedgerStore:
             self._sql = _sql(lambda i: f"${i + 1}")
             self._sql["group"] = _pg_group_sql()
             # the connection groups are written on, kept between groups (see `_execute_group`)
-            self._held: AsyncConnection | None = None
+            self._held: tuple[AsyncConnection, Any] | None = None  # and its asyncpg connection
             self._holding = asyncio.Lock()
 
     async def write(self, entries: Sequence[Entry]) -> None:
@@ -232,10 +232,11 @@ class LedgerStore:
             while True:
                 fresh = self._held is None
                 if self._held is None:
-                    self._held = await self._engine.connect()
-                held = self._held
+                    conn = await self._engine.connect()
+                    self._held = (conn, await _driver(conn))
+                held, pg = self._held
                 try:
-                    await (await _driver(held)).execute(self._sql["group"], *args)
+                    await pg.execute(self._sql["group"], *args)
                     return
                 except BaseException as e:
                     self._held = None
@@ -252,7 +253,7 @@ class LedgerStore:
         async with self._holding:
             held, self._held = self._held, None
             if held is not None:
-                await held.close()
+                await held[0].close()
 
     async def write_one(self, entry: Entry) -> Kept:
         """One row of a group that failed, in a transaction of its own: as it is; else, when the
@@ -484,7 +485,7 @@ def _prepare(entries: Sequence[Entry]) -> tuple[list[tuple[Any, ...]], list[tupl
     for e in entries:
         row = e.row
         rows.append(values(row))
-        day = _DAY_OF(row).astimezone(UTC).strftime("%Y-%m-%d")
+        day = _DAY_OF(row).astimezone(UTC).date().isoformat()  # YYYY-MM-DD, UTC
         named = _GROUP_OF(row)
         group = (day, *(v or "" for v in named[:dims]), *(-1 if v is None else v for v in named[dims:]))
         sums = rollup.get(group)
@@ -533,7 +534,7 @@ def _pg_row(row: tuple[Any, ...]) -> list[Any]:
 
 def _sqlite_time(value: datetime) -> str:
     """As SQLAlchemy stores a DateTime in SQLite (UTC, no zone), so its reads parse it back."""
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
 def _sqlite_row(row: tuple[Any, ...]) -> list[Any]:
