@@ -7,13 +7,14 @@ it as it is: its fields are the table's columns, by the same names (checked when
 imported), and `values` gives them in the order `FIELDS` names them, the order the store's SQL
 lists its columns in.
 
-A msgspec `Struct` rather than a frozen slots dataclass, measured (bench/RESULTS.md, "Ledger writer
-per row"): building one with its 38 fields by keyword takes about 1 µs against 5 µs for the
-dataclass (whose frozen `__init__` sets each field through `object.__setattr__`), and its values
-come out as a tuple in C (`msgspec.structs.astuple`, about 0.1 µs) where the dataclass needs an
-attribute getter (about 0.9 µs). Frozen, so a row handed to the writer is the row written; `gc=False`
-because a row refers to no row (its only containers are its tags and metadata), so the collector
-need not track the thousands a busy writer holds.
+A msgspec `Struct` rather than a frozen slots dataclass, measured (`bench/ledger_write.py
+--shapes`, bench/RESULTS.md "Ledger writer per row"): building one by keyword takes about 1.4 µs,
+as long as the dict it replaces, against 5 µs for the dataclass (whose frozen `__init__` sets each
+field through `object.__setattr__`); and its values come out as a tuple in C
+(`msgspec.structs.astuple`, 0.1 µs) where the dataclass needs an attribute getter and the dict a
+lookup per column (0.9 µs each). Frozen, so a row handed to the writer is the row written;
+`gc=False` because a row refers to no row (its only containers are its tags and metadata), so the
+collector need not track the thousands a busy writer holds.
 
 Nothing is checked when a row is built: a value the database refuses (a string too long, a NUL, a
 number past 64 bits) is cut or quarantined by the store (`store.refusals`), which is why the
