@@ -34,7 +34,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from meterway.ledger import DatabaseAway, Entry, Kept, RowRefused
+from meterway.ledger import Entry, Kept, RowRefused
 from meterway.ledger.row import FIELDS, values
 from meterway.store import refusals
 from meterway.store.tables import customers, keys, ledger, ledger_quarantine, teams, usage_daily, users
@@ -218,12 +218,14 @@ class LedgerStore:
         """Runs the group's statement on a connection held from one group to the next. The
         recorder writes one group at a time, so checking a pooled connection out and in again for
         each (with the pool's pre-ping: BEGIN, a ping and ROLLBACK, three round trips) cost more
-        than the group's own statement. A held connection found gone at the next group (the server
-        restarted, an idle timeout) is replaced and the group sent once more on the new one, as the
-        pre-ping would have; a group whose commit went through before its answer was lost is not
-        written twice by that, since its uids are then present and the recorder writes such a
-        group row by row (`write_one`). A second writer at the same time (not the recorder) takes
-        a pooled connection instead of waiting."""
+        than the group's own statement. When the held connection fails for any reason but a
+        refused value (the server restarted or ended it, an idle timeout; asyncpg then raises
+        anything from `InterfaceError` to `InternalClientError`), it is replaced and the group
+        sent once more on a fresh one, as the pre-ping would have; a group whose commit went
+        through before its answer was lost is not written twice by that, since its uids are then
+        present (a unique violation: the recorder then writes the group row by row, `write_one`,
+        and finds them). A second writer at the same time (not the recorder) takes a pooled
+        connection instead of waiting."""
         if self._holding.locked():
             async with self._engine.connect() as conn:
                 await (await _driver(conn)).execute(self._sql["group"], *args)
@@ -240,10 +242,11 @@ class LedgerStore:
                     return
                 except BaseException as e:
                     self._held = None
-                    with contextlib.suppress(Exception):  # it failed already; the pool discards it
+                    with contextlib.suppress(Exception):  # it failed already: the pool discards it
                         await held.invalidate()
+                    with contextlib.suppress(Exception):
                         await held.close()
-                    if fresh or not isinstance(e, Exception) or not isinstance(refusals.translate(e), DatabaseAway):
+                    if fresh or not isinstance(e, Exception) or isinstance(refusals.translate(e), RowRefused):
                         raise
 
     async def release(self) -> None:
