@@ -5,6 +5,7 @@ PostgreSQL a connection the server dropped between two groups costs neither grou
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -149,3 +150,12 @@ async def test_a_connection_the_server_dropped_between_two_groups_fails_neither(
     await store.ledger.write([_charged(200, "cust-a")])
     spend = (await _select(store, sa.select(customers.c.spend)))[0]["spend"]
     assert spend == usd(300) and len(await _select(store, sa.select(ledger.c.uid))) == 2
+
+
+async def test_a_float_json_cannot_carry_is_stored_as_given_on_postgresql(store: Store) -> None:
+    if store.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite binds NaN as NULL, as it always did")
+    entry = ledger_entry(ttft_ms=math.nan, latency_ms=math.inf)
+    await store.ledger.write([entry, ledger_entry()])
+    stored = (await _select(store, sa.select(ledger).where(ledger.c.uid == entry.row.uid)))[0]
+    assert math.isnan(stored["ttft_ms"]) and stored["latency_ms"] == math.inf and stored["flags"] is None

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import sqlite3
 from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -184,10 +185,11 @@ class LedgerStore:
                 self._executor, self._write_sqlite, rows, groups, spend, outbox
             )
             return
-        if all(len(targets) == 1 for targets in _spend_targets(spend).values()):
+        if _finite(rows) and all(len(targets) == 1 for targets in _spend_targets(spend).values()):
             await self._write_pg_group(rows, groups, spend, outbox)
             return
-        async with self._engine.connect() as conn:  # a target twice (two budget periods): in turn
+        # a target twice (two budget periods), or a float JSON cannot carry: statement by statement
+        async with self._engine.connect() as conn:
             pg = await _driver(conn)
             async with pg.transaction():
                 await pg.executemany(self._sql["rows"], [_pg_row(r) for r in rows])
@@ -477,6 +479,7 @@ _GROUP_OF = attrgetter(*_DIMENSIONS, *_PRICES)
 _TOKENS_OF = attrgetter(*_TOKENS)
 _JSON = tuple(FIELDS.index(name) for name in ("tags", "metadata"))
 _TIMES = tuple(FIELDS.index(name) for name in ("started_at", "ended_at"))
+_FLOATS = tuple(FIELDS.index(name) for name in ("latency_ms", "ttft_ms"))
 
 
 def _prepare(entries: Sequence[Entry]) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], _Spend]:
@@ -517,6 +520,13 @@ async def _driver(conn: AsyncConnection) -> Any:
     """The asyncpg connection under a pooled SQLAlchemy one: the ledger's writes go to it directly."""
     raw = await conn.get_raw_connection()
     return raw.driver_connection
+
+
+def _finite(rows: list[tuple[Any, ...]]) -> bool:
+    """Whether every float of the rows survives JSON: NaN and infinity become null there, so a row
+    holding one (the sources make none: their times are differences of clocks) is sent as a
+    parameter, which keeps it as given, as before."""
+    return all(r[i] is None or math.isfinite(r[i]) for r in rows for i in _FLOATS)
 
 
 def _spend_targets(spend: _Spend) -> dict[tuple[str, str], list[Any]]:
