@@ -24,7 +24,7 @@ import statistics
 import subprocess
 import sys
 import time
-import uuid
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ import asyncpg
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.lago.standin import LagoStandIn, billing_ready
+from tests.support.rows import ledger_entry
 
 from meterway.ledger import Entry
 from meterway.store.runtime import Store
@@ -44,48 +45,27 @@ CUSTOMERS = 50
 TICK_S = 0.02
 
 
-def _row(i: int, now: datetime) -> dict[str, Any]:
+def _entry(i: int, now: datetime) -> Entry:
+    """A priced chat row of one of the customers; its cost is added to no spend (none exists here)."""
     prompt, completion = 40 + i % 200, 10 + i % 90
-    return {
-        "uid": uuid.uuid4().hex,
-        "request_id": f"bench-{i}",
-        "started_at": now,
-        "ended_at": now,
-        "endpoint": "chat",
-        "key_id": None,
-        "key_alias": None,
-        "user_id": None,
-        "team_id": None,
-        "customer_id": f"c{i % CUSTOMERS}",
-        "model_group": "gpt-4o-mini",
-        "deployment_id": "bench",
-        "upstream_model": "gpt-4o-mini",
-        "stream": False,
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "cached_tokens": 0,
-        "cache_write_tokens": 0,
-        "reasoning_tokens": 0,
-        "total_tokens": prompt + completion,
-        "tokens_estimated": False,
-        "price_input": 1500,
-        "price_output": 6000,
-        "price_cache_read": None,
-        "price_cache_write": None,
-        "cost": prompt * 1500 + completion * 6000,
-        "status": "success",
-        "http_status": 200,
-        "error_type": None,
-        "latency_ms": 1.0,
-        "ttft_ms": None,
-        "tags": [],
-        "metadata": {},
-        "source": "gateway",
-        "attempts": 1,
-        "cache_hit": False,
-        "flags": None,
-        "end_user": None,
-    }
+    entry = ledger_entry(
+        request_id=f"bench-{i}",
+        started_at=now,
+        ended_at=now,
+        key_id=None,
+        customer_id=f"c{i % CUSTOMERS}",
+        model_group="gpt-4o-mini",
+        deployment_id="bench",
+        upstream_model="gpt-4o-mini",
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=prompt + completion,
+        price_input=1500,
+        price_output=6000,
+        cost=prompt * 1500 + completion * 6000,
+        latency_ms=1.0,
+    )
+    return replace(entry, cost_units=None, spend=())
 
 
 async def _scratch_pg(admin_dsn: str) -> str:
@@ -120,12 +100,12 @@ async def _produce(store: Store, rate: int, seconds: float) -> tuple[dict[str, f
     tick = 0
     while time.monotonic() - start < seconds:
         now = datetime.now(UTC)
-        entries = [Entry(_row(i + n, now), None, ()) for n in range(per_tick)]
+        entries = [_entry(i + n, now) for n in range(per_tick)]
         i += per_tick
         await store.ledger.write(entries)
         done = time.time()
         for e in entries:
-            committed[e.row["uid"]] = done
+            committed[e.row.uid] = done
         tick += 1
         ahead = start + tick * TICK_S - time.monotonic()
         if ahead > 0:

@@ -152,7 +152,7 @@ def test_hostile_values_and_billions_of_tokens_never_stop_the_ledger(upstream: S
 
         quarantined = {r["request_id"]: r["reason"] for r in _rows(pg_url, "SELECT * FROM mw_ledger_quarantine")}
         flags = {r["request_id"]: r["flags"] for r in _rows(pg_url, "SELECT request_id, flags FROM mw_ledger")}
-        for rid in [*answered, *(e.row["request_id"] for e in injected)]:
+        for rid in [*answered, *(e.row.request_id for e in injected)]:
             assert (rid in flags) != (rid in quarantined), f"{rid} must have one row, written or quarantined"
             if rid in flags:
                 assert flags[rid] == "cut", f"{rid} was written as given: {flags[rid]}"

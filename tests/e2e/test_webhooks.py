@@ -26,7 +26,7 @@ from lago_python_client.client import Client
 from lago_python_client.models import Customer, Subscription
 from litellm.types.utils import StandardLoggingMetadata, StandardLoggingPayload
 
-from meterway.ledger.external import uid_for
+from meterway.ledger.reported import uid_for
 from tests.lago.standin import LagoStandIn, billing_ready
 from tests.support.gateway import RunningGateway, run_gateway
 from tests.support.models import priced

@@ -120,19 +120,19 @@ def test_every_row_is_written_or_quarantined_and_never_blocks_the_rows_behind_it
 
     backend.run(asyncio.wait_for(commit_all(), 60))
     assert ledger_.waiting == 0 and ledger_.healthy and ledger_.stalled() is None
-    written, kept = backend.run(backend.where([bad.row["uid"], *(e.row["uid"] for e in behind)]))
-    uid = bad.row["uid"]
+    written, kept = backend.run(backend.where([bad.row.uid, *(e.row.uid for e in behind)]))
+    uid = bad.row.uid
     assert (uid in written) != (uid in kept), "the row must be in the ledger or the quarantine, once"
     event(
         "quarantined" if uid in kept else "cut" if written[uid]["flags"] else "as given"
     )  # --hypothesis-show-statistics
     for e in behind:
-        assert e.row["uid"] in written and written[e.row["uid"]]["flags"] is None, "a row behind was not written"
+        assert e.row.uid in written and written[e.row.uid]["flags"] is None, "a row behind was not written"
     if uid in kept:
         again = refusals.from_json(kept[uid]).row
-        assert again["uid"] == uid
+        assert again.uid == uid
         if isinstance(value, str | int):
-            assert again[field] == value, "the quarantine keeps the row whole, as given"
+            assert getattr(again, field) == value, "the quarantine keeps the row whole, as given"
     elif written[uid]["flags"] == "cut":
         assert ledger_.cut_rows == 1
     else:  # taken as given

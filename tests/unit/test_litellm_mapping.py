@@ -15,7 +15,7 @@ import pytest
 from meterway.importer import mapping
 from meterway.importer.crypto import NotDecryptable, decrypt, encrypt
 from meterway.importer.mapping import Mapped, Skipped
-from meterway.ledger.external import uid_for
+from meterway.ledger.reported import uid_for
 
 DIGEST = hashlib.sha256(b"sk-live-1").hexdigest()
 SALT = "salt-key-under-test"
@@ -99,10 +99,10 @@ def test_a_spend_log_becomes_an_imported_row_with_the_webhook_uid_and_no_spend()
     got = mapping.spend_log(_log(), {DIGEST: "alias"})
     assert not isinstance(got, Skipped)
     row = got.row
-    assert row["uid"] == uid_for("chatcmpl-1") and row["source"] == "imported"
-    assert row["endpoint"] == "chat" and row["model_group"] == "mini" and row["upstream_model"] == "gpt-4o-mini"
-    assert row["key_alias"] == "alias" and row["user_id"] is None and row["customer_id"] == "cust"
-    assert row["started_at"].tzinfo is UTC and row["latency_ms"] == 2000 and row["ttft_ms"] == 1000
+    assert row.uid == uid_for("chatcmpl-1") and row.source == "imported"
+    assert row.endpoint == "chat" and row.model_group == "mini" and row.upstream_model == "gpt-4o-mini"
+    assert row.key_alias == "alias" and row.user_id is None and row.customer_id == "cust"
+    assert row.started_at.tzinfo is UTC and row.latency_ms == 2000 and row.ttft_ms == 1000
     assert got.cost_units == 2_250_000 and got.spend == ()
 
 
@@ -112,7 +112,7 @@ def test_a_failed_spend_log_keeps_the_upstream_status() -> None:
         {},
     )
     assert not isinstance(got, Skipped)
-    assert (got.row["status"], got.row["http_status"], got.row["error_type"]) == (
+    assert (got.row.status, got.row.http_status, got.row.error_type) == (
         "upstream_error",
         429,
         "RateLimitError",

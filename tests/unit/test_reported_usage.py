@@ -13,7 +13,7 @@ import pytest
 from meterway.config.load import parse_config
 from meterway.errors import BadRequest, ConfigError, Unprocessable
 from meterway.ledger import prices
-from meterway.ledger.external import (
+from meterway.ledger.reported import (
     Pricer,
     detect,
     entry_for,
@@ -112,7 +112,7 @@ def test_a_model_served_here_is_priced_as_its_deployment_else_from_the_bundled_t
     assert pricer.unit_prices("gpt-4o", "openai/gpt-4o") == (25_000, 100_000, 12_500, None)
     assert pricer.unit_prices("no-such-model", None) is None
     row = entry_for(parse_event(event(model="no-such-model"), NOW), pricer, ()).row
-    assert row["cost"] is None and row["source"] == "webhook"  # unpriced: NULL, never a silent 0
+    assert row.cost is None and row.source == "webhook"  # unpriced: NULL, never a silent 0
 
 
 def test_spend_goes_to_named_entities_that_exist_in_their_current_budget_period() -> None:

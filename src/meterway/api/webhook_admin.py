@@ -11,7 +11,7 @@ import msgspec
 from meterway.admin import Admin
 from meterway.api.params import decode_body, parse_since
 from meterway.bounds import Name
-from meterway.ledger import external
+from meterway.ledger import reported
 
 
 class WebhookReprocessRequest(msgspec.Struct):
@@ -31,7 +31,7 @@ async def stats(admin: Admin, body: bytes, query: dict[str, str]) -> dict[str, A
         "duplicates": c.duplicates,
         "rejected": c.rejected,
         "unauthorized": c.unauthorized,
-        "ledger": await hooks.store.outbox.source_counts(external.SOURCE),
+        "ledger": await hooks.store.outbox.source_counts(reported.SOURCE),
     }
 
 
@@ -43,7 +43,7 @@ async def reprocess(admin: Admin, body: bytes, query: dict[str, str]) -> dict[st
     """Parked exports of reported usage (or, with `all`, every parked export) back to pending."""
     req: WebhookReprocessRequest = decode_body(body, WebhookReprocessRequest)
     count = await admin.store.outbox.reprocess(
-        reason=req.reason, since=parse_since(req.since), source=None if req.all else external.SOURCE
+        reason=req.reason, since=parse_since(req.since), source=None if req.all else reported.SOURCE
     )
     if admin.sender is not None:
         admin.sender.forget_subscriptions()

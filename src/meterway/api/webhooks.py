@@ -7,7 +7,7 @@ row with source `webhook`, written with its rollup, spend and Lago export in one
 the answer is sent only after that commit, so whatever was acknowledged is stored. A batch is
 checked whole before anything is written: one bad event refuses the batch (422 naming it) and
 stores nothing, so the sender can fix and resend it as it is; events already stored come back as
-duplicates, never as second charges (see ledger.external for how a request id becomes a uid).
+duplicates, never as second charges (see ledger.reported for how a request id becomes a uid).
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ from meterway.api.asgi import Incoming, Receive, Responder, Scope, Send, read_bo
 from meterway.auth import bearer_token
 from meterway.billing import setup
 from meterway.errors import AuthenticationFailed, BadRequest, ServiceUnavailable, Unprocessable
-from meterway.ledger import external, prices
-from meterway.ledger.external import Pricer, Reported
+from meterway.ledger import prices
+from meterway.ledger import reported as usage
+from meterway.ledger.reported import Pricer, Reported
 
 if TYPE_CHECKING:
     from meterway.config.settings import Settings
@@ -89,13 +90,13 @@ class Webhooks:
         now = time.time()
         self.counts.requests += 1
         try:
-            events, alone = external.events_of(_decode(body))
+            events, alone = usage.events_of(_decode(body))
         except BadRequest:
             self.counts.rejected += 1
             raise
         self.counts.received += len(events)
         try:
-            reported = external.parse_all(events, now)
+            reported = usage.parse_all(events, now)
         except Unprocessable:
             self.counts.rejected += len(events)
             raise
@@ -132,7 +133,7 @@ class Webhooks:
                     named[scope].add(ident)
         try:
             budgets = await self.store.ledger.budget_periods(named)
-            entries = [external.entry_for(r, self.pricer, external.spend_targets(r, budgets, now)) for r in reported]
+            entries = [usage.entry_for(r, self.pricer, usage.spend_targets(r, budgets, now)) for r in reported]
             return await self.store.ledger.write_once(entries)
         except Exception:
             log.exception("reported usage not stored; the sender was told to send it again")
@@ -154,7 +155,7 @@ class Webhooks:
             for step in outcome.steps:
                 checks[_CHECK_NAMES.get(step.name, step.name)] = {"ok": step.ok, "detail": step.detail}
         try:
-            await self.store.outbox.source_counts(external.SOURCE)
+            await self.store.outbox.source_counts(usage.SOURCE)
             checks["ledger"] = {"ok": True}
         except Exception as e:
             checks["ledger"] = {"ok": False, "detail": e.__class__.__name__}

@@ -93,7 +93,9 @@ async def _run(source_url: str, target_url: str, options: Options) -> Report:
     async with open_source(source_url) as source:
         if options.dry_run and await _empty(target_url):
             return await import_litellm(source, None, options)  # nothing there yet: all of it is new
-        store = await Store.open(target_url, wait_s=10, run_migrations=not options.dry_run)
+        store = await Store.open(
+            target_url, wait_s=10, run_migrations=not options.dry_run, export=options.export_to_billing
+        )
         try:
             return await import_litellm(source, store, options)
         finally:

@@ -20,9 +20,9 @@ from typing import Any
 from meterway.config.durations import parse_duration
 from meterway.errors import BadRequest
 from meterway.ledger import Entry
-from meterway.ledger.external import endpoint_of, reported_units, uid_for
+from meterway.ledger.reported import endpoint_of, reported_units, uid_for
+from meterway.ledger.row import IMPORTED, LedgerRow
 
-SOURCE = "imported"  # the ledger's `source` of a row brought over from LiteLLM's spend logs
 ROLES = ("proxy_admin", "proxy_admin_viewer", "internal_user", "internal_user_viewer")
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 _INT32 = 2**31 - 1
@@ -374,44 +374,33 @@ def spend_log(src: SourceRow, aliases: Mapping[str, str]) -> Entry | Skipped:
     if not isinstance(alias, str) or not alias:
         alias = aliases.get(key_id or "")
     cost = reported_units(cost_usd)
-    row: Values = {
-        "uid": uid_for(request_id),
-        "source": SOURCE,
-        "request_id": request_id,
-        "started_at": started,
-        "ended_at": ended,
-        "endpoint": endpoint_of(str(src.get("call_type") or "")),
-        "key_id": key_id,
-        "key_alias": alias[:_ID] if alias else None,
-        "user_id": _text(src.get("user")),
-        "team_id": _text(src.get("team_id")),
-        "customer_id": _text(src.get("end_user")),
-        "model_group": model,
-        "deployment_id": _text(src.get("model_id")),
-        "upstream_model": _text(src.get("model")),
-        "stream": False,
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "cached_tokens": 0,
-        "cache_write_tokens": 0,
-        "reasoning_tokens": 0,
-        "total_tokens": total,
-        "tokens_estimated": False,
-        "attempts": 1,  # LiteLLM's spend logs do not say how many upstream attempts a request took
-        "cache_hit": str(src.get("cache_hit") or "").lower() == "true",  # LiteLLM stores "True"/"False"
-        "flags": None,
-        "end_user": None,
-        "price_input": None,
-        "price_output": None,
-        "price_cache_read": None,
-        "price_cache_write": None,
-        "cost": cost,
-        "status": "upstream_error" if failed else "success",
-        "http_status": http_status,
-        "error_type": error_type,
-        "latency_ms": (ended - started).total_seconds() * 1000,
-        "ttft_ms": (first - started).total_seconds() * 1000 if first is not None and first >= started else None,
-        "tags": [str(t) for t in tags] if isinstance(tags, list) else [],
-        "metadata": extra,
-    }
+    row = LedgerRow(
+        uid=uid_for(request_id),
+        source=IMPORTED,
+        request_id=request_id,
+        started_at=started,
+        ended_at=ended,
+        endpoint=endpoint_of(str(src.get("call_type") or "")),
+        key_id=key_id,
+        key_alias=alias[:_ID] if alias else None,
+        user_id=_text(src.get("user")),
+        team_id=_text(src.get("team_id")),
+        customer_id=_text(src.get("end_user")),
+        model_group=model,
+        deployment_id=_text(src.get("model_id")),
+        upstream_model=_text(src.get("model")),
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=total,
+        cost=cost,  # no per-token prices: LiteLLM's charge, taken as it was
+        status="upstream_error" if failed else "success",
+        http_status=http_status,
+        error_type=error_type,
+        latency_ms=(ended - started).total_seconds() * 1000,
+        ttft_ms=(first - started).total_seconds() * 1000 if first is not None and first >= started else None,
+        tags=tuple(str(t) for t in tags) if isinstance(tags, list) else (),
+        metadata=extra,
+        # LiteLLM's spend logs do not say how many upstream attempts a request took: one, by default
+        cache_hit=str(src.get("cache_hit") or "").lower() == "true",  # LiteLLM stores "True"/"False"
+    )
     return Entry(row, cost, ())

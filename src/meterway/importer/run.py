@@ -250,8 +250,6 @@ async def _spend_logs(
 ) -> None:
     tally = report.tally("spend logs")
     since = options.since.astimezone(UTC).replace(tzinfo=None) if options.since else None
-    if store is not None:
-        store.ledger.export = options.export_to_billing
     async for page in source.spend_logs(since, options.page):
         entries: list[Entry] = []
         for src in page:
@@ -262,18 +260,18 @@ async def _spend_logs(
                 report.skipped.append(result)
             else:
                 entries.append(result)
-        unique = list({str(e.row["uid"]): e for e in entries}.values())
+        unique = list({e.row.uid: e for e in entries}.values())
         if store is None:
             new = unique
         else:
             # one read per page finds what an earlier run brought; write_once still decides the rest
             # (a row a usage webhook reports meanwhile), so a rerun costs reads, not inserts
             async with store.engine.connect() as conn:
-                present = await _existing(conn, ledger.c.uid, [str(e.row["uid"]) for e in unique])
-            new = [e for e in unique if e.row["uid"] not in present]
+                present = await _existing(conn, ledger.c.uid, [e.row.uid for e in unique])
+            new = [e for e in unique if e.row.uid not in present]
             if not options.dry_run:
                 inserted = await store.ledger.write_once(new)
-                new = [e for e in new if e.row["uid"] in inserted]
+                new = [e for e in new if e.row.uid in inserted]
         tally.new += len(new)
         tally.present += len(entries) - len(new)
         report.new_cost += sum((pricing.usd(e.cost_units or 0) for e in new), Decimal(0))

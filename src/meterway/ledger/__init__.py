@@ -1,17 +1,18 @@
 """The usage ledger: one row per model request, what it used and what it cost.
 
-`recorder.Ledger` turns a finished request's context into a row and has it committed before the
-response's last bytes go out (docs/ledger.md); `store.ledger` writes rows, rollups and spend in
-one transaction; `pricing`, `prices` and `tokens` say what a request cost and, where the provider
-did not report it, how many tokens it used.
+A row is a `row.LedgerRow`, built in one place per source: `recorder.Ledger` makes one of a
+finished request's context and has it committed before the response's last bytes go out
+(docs/ledger.md), `reported` of usage other proxies report, `importer.mapping` of LiteLLM's spend
+logs; `store.ledger` writes rows, rollups and spend in one transaction; `pricing`, `prices` and
+`tokens` say what a request cost and, where the provider did not report it, how many tokens it used.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date
-from typing import Any
 
+from meterway.ledger.row import LedgerRow
 from meterway.limits import SpendTarget
 
 
@@ -47,7 +48,7 @@ class Kept:
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    row: dict[str, Any]  # the mw_ledger row
+    row: LedgerRow
     cost_units: int | None  # the row's cost in money units; None when the model has no known price
     spend: tuple[SpendTarget, ...]  # key, user, team, customer rows the cost is added to
 

@@ -24,13 +24,14 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Protocol
 
 from meterway.config.settings import Deployment
 from meterway.context import RequestContext
 from meterway.errors import ServiceUnavailable, UpstreamError
 from meterway.ledger import DatabaseAway, Entry, Kept, WriteFailed, pricing, usage_checks
 from meterway.ledger.prices import is_priced
+from meterway.ledger.row import GATEWAY, LedgerRow
 from meterway.ledger.tokens import TokenCounter
 from meterway.limits import SpendTarget
 from meterway.providers.base import Usage
@@ -260,7 +261,7 @@ class Ledger:
                     self.cut_rows += 1
                     log.warning(
                         "ledger row of request %s was refused (%s); written cut to its columns' bounds, flagged 'cut'",
-                        entry.row.get("request_id"),
+                        entry.row.request_id,
                         kept.reason,
                     )
                 else:
@@ -268,7 +269,7 @@ class Ledger:
                     log.error(
                         "ledger row of request %s was refused even cut (%s); kept in mw_ledger_quarantine "
                         "(see `meterway ledger quarantine`)",
-                        entry.row.get("request_id"),
+                        entry.row.request_id,
                         kept.reason,
                     )
                 if self.on_kept is not None:
@@ -296,48 +297,46 @@ class Ledger:
         uid = uuid.uuid4().hex  # the base of the row's Lago transaction ids: never made twice
         ctx.ledger_uid = uid
         head = ctx.head  # tags and metadata were decoded with it (None: refused before the body was read)
-        tags = list(head.tags) if head is not None else []
-        metadata = dict(head.metadata) if head is not None and head.metadata is not None else {}
-        row: dict[str, Any] = {
-            "uid": uid,
-            "source": "gateway",
-            "request_id": ctx.request_id,
-            "started_at": datetime.fromtimestamp(ctx.started_at, UTC),
-            "ended_at": datetime.fromtimestamp(now, UTC),
-            "endpoint": ctx.api.value,
-            "key_id": principal.key_id if principal is not None else None,
-            "key_alias": principal.key_alias if principal is not None else None,
-            "user_id": principal.user_id if principal is not None else None,
-            "team_id": principal.team_id if principal is not None else None,
-            "customer_id": ctx.user,
-            "model_group": ctx.model_group,
-            "deployment_id": dep.id if dep is not None else None,
-            "upstream_model": dep.upstream_model if dep is not None else None,
-            "stream": ctx.stream,
-            "prompt_tokens": usage.prompt_tokens if usage else 0,
-            "completion_tokens": usage.completion_tokens if usage else 0,
-            "cached_tokens": usage.cached_tokens if usage else 0,
-            "cache_write_tokens": usage.cache_write_tokens if usage else 0,
-            "reasoning_tokens": usage.reasoning_tokens if usage else 0,
-            "total_tokens": usage.total_tokens if usage else 0,
-            "tokens_estimated": estimated,
-            "price_input": unit[0],
-            "price_output": unit[1],
-            "price_cache_read": unit[2],
-            "price_cache_write": unit[3],
-            "cost": cost_units,  # money units (1e-10 USD); None: the model has no known price
-            "status": _status(ctx),
-            "http_status": ctx.status_code,
-            "error_type": ctx.error.error_type if ctx.error is not None else None,
-            "latency_ms": (ctx.ended_ns - ctx.started_ns) / 1e6,
-            "ttft_ms": (ctx.first_byte_ns - ctx.started_ns) / 1e6 if ctx.first_byte_ns is not None else None,
-            "tags": tags,
-            "metadata": metadata,
-            "attempts": ctx.attempts,
-            "cache_hit": ctx.cache_hit,
-            "flags": ",".join(ctx.flags) if ctx.flags else None,
-            "end_user": ctx.end_user if ctx.end_user != ctx.user else None,  # `user`, when not the customer
-        }
+        row = LedgerRow(
+            uid=uid,
+            source=GATEWAY,
+            request_id=ctx.request_id,
+            started_at=datetime.fromtimestamp(ctx.started_at, UTC),
+            ended_at=datetime.fromtimestamp(now, UTC),
+            endpoint=ctx.api.value,
+            key_id=principal.key_id if principal is not None else None,
+            key_alias=principal.key_alias if principal is not None else None,
+            user_id=principal.user_id if principal is not None else None,
+            team_id=principal.team_id if principal is not None else None,
+            customer_id=ctx.user,
+            model_group=ctx.model_group,
+            deployment_id=dep.id if dep is not None else None,
+            upstream_model=dep.upstream_model if dep is not None else None,
+            stream=ctx.stream,
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+            cached_tokens=usage.cached_tokens if usage else 0,
+            cache_write_tokens=usage.cache_write_tokens if usage else 0,
+            reasoning_tokens=usage.reasoning_tokens if usage else 0,
+            total_tokens=usage.total_tokens if usage else 0,
+            tokens_estimated=estimated,
+            price_input=unit[0],
+            price_output=unit[1],
+            price_cache_read=unit[2],
+            price_cache_write=unit[3],
+            cost=cost_units,
+            status=_status(ctx),
+            http_status=ctx.status_code,
+            error_type=ctx.error.error_type if ctx.error is not None else None,
+            latency_ms=(ctx.ended_ns - ctx.started_ns) / 1e6,
+            ttft_ms=(ctx.first_byte_ns - ctx.started_ns) / 1e6 if ctx.first_byte_ns is not None else None,
+            tags=head.tags if head is not None else (),
+            metadata=dict(head.metadata) if head is not None and head.metadata is not None else {},
+            attempts=ctx.attempts,
+            cache_hit=ctx.cache_hit,
+            flags=",".join(ctx.flags) if ctx.flags else None,
+            end_user=ctx.end_user if ctx.end_user != ctx.user else None,  # `user`, when not the customer
+        )
         spend: tuple[SpendTarget, ...] = ()
         if cost_units:
             spend = tuple(

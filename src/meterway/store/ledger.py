@@ -6,10 +6,14 @@ group) and adds their cost to the key, user, team and customer rows, so reports,
 budgets can never disagree with the ledger.
 
 This is the one write on every request's critical path, so it goes to the driver directly with
-prepared SQL, executemany and no ORM layer: on SQLite a dedicated writer thread with its own
-`sqlite3` connection (one thread hop per commit), on PostgreSQL the pooled asyncpg connection.
-Measured here, that takes a commit from about 2 ms of CPU to about 0.2 ms. The SQL is generated
-from the table definitions in `store.tables`, so it cannot drift from the schema.
+prepared SQL and no ORM layer: on SQLite a dedicated writer thread with its own `sqlite3`
+connection (one thread hop per commit, executemany), on PostgreSQL one statement per group on an
+asyncpg connection held between groups (`_pg_group_sql`, `_execute_group`). Measured here, going
+to the driver took a commit from about 2 ms of CPU to about 0.2 ms; the one statement then took
+the Python work per row on PostgreSQL from 693 to 188 µs for a group of one and from 19 to 6 µs in
+groups of 256 (bench/ledger_write.py, bench/RESULTS.md). Rows come as `LedgerRow`s, whose fields
+are the table's columns; the SQL is generated from the table definitions in `store.tables`, so it
+cannot drift from the schema.
 
 A row whose budget has a duration carries the end of its current period in `budget_reset_at`. An
 amount for a later period than the row's starts that period: the row's spend becomes the amount
@@ -20,18 +24,23 @@ and `budget_reset_at` moves to the new period's end. Every replica computes peri
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import math
 import sqlite3
 from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from operator import attrgetter
 from typing import Any
 
 import orjson
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from meterway.ledger import Entry, Kept, RowRefused
+from meterway.ledger.row import FIELDS, values
 from meterway.store import refusals
 from meterway.store.tables import customers, keys, ledger, ledger_quarantine, teams, usage_daily, users
 
@@ -47,9 +56,10 @@ _PRICES = ("price_input", "price_output", "price_cache_read", "price_cache_write
 _TOKENS = ("prompt_tokens", "completion_tokens", "cached_tokens", "cache_write_tokens", "reasoning_tokens")
 _MEASURES = ("requests", "errors", "unpriced", *_TOKENS, "cost")
 _GROUP = ("day", *_DIMENSIONS, *_PRICES)
-_ROW_COLUMNS = tuple(c.name for c in ledger.c if c.name != "id")
+_ROW_COLUMNS = FIELDS  # the row's fields are the table's columns (checked below), in the row's order
 _ROLLUP_COLUMNS = (*_GROUP, *_MEASURES)
 assert set(_ROLLUP_COLUMNS) == {c.name for c in usage_daily.c}, "the rollup's SQL must name every column"
+assert set(FIELDS) == {c.name for c in ledger.c if c.name != "id"}, "LedgerRow's fields must be mw_ledger's columns"
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,33 +76,84 @@ SpendRow = tuple[str, str, float | None]  # scope, id, period end
 Budgeted = tuple[str | None, datetime | None]  # an entity's budget_duration and budget_reset_at
 
 
+def _spend_set(amount: str, end: str | None) -> str:
+    """The SET clause adding `amount` to an entity's spend: plainly, or (`end` given: the end of
+    the period the amount belongs to) starting that period when it is later than the row's."""
+    if end is None:
+        return f"spend = spend + {amount}"
+    return (
+        f"spend = CASE WHEN budget_reset_at IS NOT NULL AND budget_reset_at < {end} THEN {amount} "
+        f"ELSE spend + {amount} END, budget_reset_at = CASE WHEN budget_reset_at IS NULL "
+        f"OR budget_reset_at < {end} THEN {end} ELSE budget_reset_at END"
+    )
+
+
 def _sql(mark: Callable[[int], str]) -> dict[str, str]:
     """The statements, with the driver's numbered placeholders (`?n` or `$n`)."""
     rows = ", ".join(mark(i) for i in range(len(_ROW_COLUMNS)))
-    group = ", ".join(_GROUP)
-    add = ", ".join(f"{m} = mw_usage_daily.{m} + excluded.{m}" for m in _MEASURES)
     out = {
         "rows": f"INSERT INTO mw_ledger ({', '.join(_ROW_COLUMNS)}) VALUES ({rows})",
         # reported rows: a uid already present (a resent request id) inserts nothing
         "rows_once": f"INSERT INTO mw_ledger ({', '.join(_ROW_COLUMNS)}) VALUES ({rows}) ON CONFLICT (uid) DO NOTHING",
-        "rollup": (
-            f"INSERT INTO mw_usage_daily ({', '.join(_ROLLUP_COLUMNS)}) "
-            f"VALUES ({', '.join(mark(i) for i in range(len(_ROLLUP_COLUMNS)))}) "
-            f"ON CONFLICT ({group}) DO UPDATE SET {add}"
-        ),
+        "rollup": f"INSERT INTO mw_usage_daily ({', '.join(_ROLLUP_COLUMNS)}) "
+        f"VALUES ({', '.join(mark(i) for i in range(len(_ROLLUP_COLUMNS)))}) {_ROLLUP_CONFLICT}",
     }
     out["outbox"] = (
         f"INSERT INTO mw_billing_outbox (ledger_uid, status, attempts, created_at) VALUES ({mark(0)}, 'pending', 0, {mark(1)})"
     )
     for scope, (table, column) in _TABLES.items():
         # plain: (amount, id); periodic: (amount, end, id), `end` being the current period's end
-        out[f"{scope}:plain"] = f"UPDATE {table} SET spend = spend + {mark(0)} WHERE {column} = {mark(1)}"
-        out[f"{scope}:periodic"] = (
-            f"UPDATE {table} SET spend = CASE WHEN budget_reset_at IS NOT NULL AND budget_reset_at < {mark(1)} "
-            f"THEN {mark(0)} ELSE spend + {mark(0)} END, budget_reset_at = CASE WHEN budget_reset_at IS NULL "
-            f"OR budget_reset_at < {mark(1)} THEN {mark(1)} ELSE budget_reset_at END WHERE {column} = {mark(2)}"
-        )
+        out[f"{scope}:plain"] = f"UPDATE {table} SET {_spend_set(mark(0), None)} WHERE {column} = {mark(1)}"
+        out[f"{scope}:periodic"] = f"UPDATE {table} SET {_spend_set(mark(0), mark(1))} WHERE {column} = {mark(2)}"
     return out
+
+
+_ROLLUP_CONFLICT = f"ON CONFLICT ({', '.join(_GROUP)}) DO UPDATE SET " + ", ".join(
+    f"{m} = mw_usage_daily.{m} + excluded.{m}" for m in _MEASURES
+)
+
+
+_PG = postgresql.dialect()  # type: ignore[no-untyped-call]  # only compiles type names
+
+
+def _pg_value(table: sa.Table, name: str, doc: str, i: int) -> str:
+    """Element `i` of a JSON array `doc` as a value of `table`'s column `name`: cast to the
+    column's type without its length, so that a value too long for the column is refused by the
+    INSERT as it would be from a parameter, never truncated by a cast to `varchar(n)`."""
+    kind = table.c[name].type.compile(dialect=_PG).split("(")[0]
+    return f"({doc}->>{i})::{kind}"
+
+
+def _pg_group_sql() -> str:
+    """A whole group as ONE statement on PostgreSQL: the rows, their rollup, the spend they add and
+    their exports, in data-modifying CTEs, from four JSON documents (`_pg_group_args`). A single
+    statement is a transaction of its own, so a group costs one round trip where BEGIN, a
+    statement per table and COMMIT were eight; and its values cost one `orjson.dumps` per document
+    where the driver encoded each value of each row on its own (for arrays, asking several
+    isinstance questions of each element). The JSON columns travel as JSON text inside the
+    document, so they are stored as written, byte for byte, as before. Each spend target must
+    occur once in the group: an UPDATE ... FROM applies one source row per target row."""
+    rows = ", ".join(_pg_value(ledger, name, "r", i) for i, name in enumerate(_ROW_COLUMNS))
+    rollup = ", ".join(_pg_value(usage_daily, name, "g", i) for i, name in enumerate(_ROLLUP_COLUMNS))
+    parts = [
+        f"ledger_rows AS (INSERT INTO mw_ledger ({', '.join(_ROW_COLUMNS)}) "
+        f"SELECT {rows} FROM jsonb_array_elements($1::jsonb) AS r)",
+        f"rollup AS (INSERT INTO mw_usage_daily ({', '.join(_ROLLUP_COLUMNS)}) "
+        f"SELECT {rollup} FROM jsonb_array_elements($2::jsonb) AS g {_ROLLUP_CONFLICT})",
+        # (scope, amount, period end or null, id); with no period end the periodic SET is the plain one
+        "spend AS (SELECT s->>0 AS scope_, (s->>1)::bigint AS amount_, (s->>2)::timestamptz AS end_, "
+        "s->>3 AS id_ FROM jsonb_array_elements($3::jsonb) AS s)",
+    ]
+    for scope, (table, column) in _TABLES.items():
+        parts.append(
+            f"{scope}_spend AS (UPDATE {table} SET {_spend_set('amount_', 'end_')} "
+            f"FROM spend WHERE scope_ = '{scope}' AND {column} = id_)"
+        )
+    parts.append(
+        "outbox AS (INSERT INTO mw_billing_outbox (ledger_uid, status, attempts, created_at) "
+        "SELECT o->>0, 'pending', 0, (o->>1)::timestamptz FROM jsonb_array_elements($4::jsonb) AS o)"
+    )
+    return "WITH " + ", ".join(parts) + " SELECT 1"
 
 
 class LedgerStore:
@@ -107,6 +168,10 @@ class LedgerStore:
             self._db: sqlite3.Connection | None = None
         else:
             self._sql = _sql(lambda i: f"${i + 1}")
+            self._sql["group"] = _pg_group_sql()
+            # the connection groups are written on, kept between groups (see `_execute_group`)
+            self._held: tuple[AsyncConnection, Any] | None = None  # and its asyncpg connection
+            self._holding = asyncio.Lock()
 
     async def write(self, entries: Sequence[Entry]) -> None:
         """One transaction for the group. A failure is raised as `DatabaseAway`, `RowRefused` or
@@ -124,17 +189,80 @@ class LedgerStore:
                 self._executor, self._write_sqlite, rows, groups, spend, outbox
             )
             return
-        pg_rows = [_pg_row(r) for r in rows]
+        if _finite(rows) and all(len(targets) == 1 for targets in _spend_targets(spend).values()):
+            await self._write_pg_group(rows, groups, spend, outbox)
+            return
+        # a target twice (two budget periods), or a float JSON cannot carry: statement by statement
         async with self._engine.connect() as conn:
-            raw = await conn.get_raw_connection()
-            pg: Any = raw.driver_connection
+            pg = await _driver(conn)
             async with pg.transaction():
-                await pg.executemany(self._sql["rows"], pg_rows)
-                await pg.executemany(self._sql["rollup"], groups)
+                await pg.executemany(self._sql["rows"], [_pg_row(r) for r in rows])
+                await pg.executemany(self._sql["rollup"], sorted(groups))
                 for (scope, periodic), params in spend.items():
                     await pg.executemany(self._sql[f"{scope}:{periodic}"], params)
                 if outbox:
                     await pg.executemany(self._sql["outbox"], outbox)
+
+    async def _write_pg_group(
+        self, rows: list[tuple[Any, ...]], groups: list[tuple[Any, ...]], spend: _Spend, outbox: list[tuple[Any, ...]]
+    ) -> None:
+        """The group as one statement (`_pg_group_sql`)."""
+        targets = [
+            (scope, p[0], p[1] if periodic == "periodic" else None, p[-1])
+            for (scope, periodic), ps in spend.items()
+            for p in ps
+        ]
+        args = (
+            orjson.dumps([_pg_row(r) for r in rows]).decode(),
+            orjson.dumps(sorted(groups)).decode(),  # in key order: the lock order write_once takes
+            orjson.dumps(targets).decode(),
+            orjson.dumps(outbox).decode(),
+        )
+        await self._execute_group(args)
+
+    async def _execute_group(self, args: Sequence[str]) -> None:
+        """Runs the group's statement on a connection held from one group to the next. The
+        recorder writes one group at a time, so checking a pooled connection out and in again for
+        each (with the pool's pre-ping: BEGIN, a ping and ROLLBACK, three round trips) cost more
+        than the group's own statement. When the held connection fails for any reason but a
+        refused value (the server restarted or ended it, an idle timeout; asyncpg then raises
+        anything from `InterfaceError` to `InternalClientError`), it is replaced and the group
+        sent once more on a fresh one, as the pre-ping would have; a group whose commit went
+        through before its answer was lost is not written twice by that, since its uids are then
+        present (a unique violation: the recorder then writes the group row by row, `write_one`,
+        and finds them). A second writer at the same time (not the recorder) takes a pooled
+        connection instead of waiting."""
+        if self._holding.locked():
+            async with self._engine.connect() as conn:
+                await (await _driver(conn)).execute(self._sql["group"], *args)
+            return
+        async with self._holding:
+            while True:
+                fresh = self._held is None
+                if self._held is None:
+                    conn = await self._engine.connect()
+                    self._held = (conn, await _driver(conn))
+                held, pg = self._held
+                try:
+                    await pg.execute(self._sql["group"], *args)
+                    return
+                except BaseException as e:
+                    self._held = None
+                    with contextlib.suppress(Exception):  # it failed already: the pool discards it
+                        await held.invalidate()
+                    with contextlib.suppress(Exception):
+                        await held.close()
+                    if fresh or not isinstance(e, Exception) or isinstance(refusals.translate(e), RowRefused):
+                        raise
+
+    async def release(self) -> None:
+        """Gives the held connection back to the pool: at shutdown, before the engine is disposed."""
+        if self._sqlite:
+            return
+        async with self._holding:
+            held, self._held = self._held, None
+            if held is not None:
+                await held[0].close()
 
     async def write_one(self, entry: Entry) -> Kept:
         """One row of a group that failed, in a transaction of its own: as it is; else, when the
@@ -161,16 +289,16 @@ class LedgerStore:
         """Keeps a row the database refused, whole, with its reason; its cost is added nowhere
         until it is reprocessed."""
         row = entry.row
-        values = {
-            "uid": refusals.cut_text(str(row.get("uid") or ""), 32) or None,
-            "request_id": refusals.cut_text(str(row.get("request_id") or ""), 128) or None,
+        kept = {
+            "uid": refusals.cut_text(str(row.uid or ""), 32) or None,
+            "request_id": refusals.cut_text(str(row.request_id or ""), 128) or None,
             "reason": refusals.clean(reason)[: refusals.REASON_CHARS],
             "row": refusals.to_json(entry),
             "created_at": datetime.now(UTC),
         }
         try:
             async with self._engine.begin() as conn:
-                await conn.execute(ledger_quarantine.insert().values(**values))
+                await conn.execute(ledger_quarantine.insert().values(**kept))
         except Exception as e:
             raise refusals.translate(e) from e
 
@@ -216,13 +344,13 @@ class LedgerStore:
                     outcome, reason = "cut", e.reason
                 except RowRefused as again:
                     outcome, reason = "refused", f"as given: {e.reason}; cut to its columns' bounds: {again.reason}"
-            values: dict[str, Any] = (
+            change: dict[str, Any] = (
                 {"reprocessed_at": datetime.now(UTC)}
                 if outcome != "refused"
                 else {"reason": refusals.clean(reason or "")[: refusals.REASON_CHARS]}
             )
             async with self._engine.begin() as conn:
-                await conn.execute(q.update().where(q.c.id == ident).values(**values))
+                await conn.execute(q.update().where(q.c.id == ident).values(**change))
             done.append(Reprocessed(int(ident), outcome, reason))
         return done
 
@@ -236,7 +364,7 @@ class LedgerStore:
         return self._db
 
     def _write_sqlite(
-        self, rows: list[list[Any]], groups: list[tuple[Any, ...]], spend: _Spend, outbox: list[tuple[Any, ...]]
+        self, rows: list[tuple[Any, ...]], groups: list[tuple[Any, ...]], spend: _Spend, outbox: list[tuple[Any, ...]]
     ) -> None:
         db = self._connection()
         db.execute("BEGIN IMMEDIATE")
@@ -270,7 +398,7 @@ class LedgerStore:
             raise refusals.translate(e) from e
 
     async def _write_once(self, entries: Sequence[Entry]) -> set[str]:
-        entries = sorted(entries, key=lambda e: str(e.row["uid"]))
+        entries = sorted(entries, key=lambda e: str(e.row.uid))
         rows = _prepare(entries)[0]
         if self._sqlite:
             return await asyncio.get_running_loop().run_in_executor(
@@ -278,8 +406,7 @@ class LedgerStore:
             )
         inserted: list[Entry] = []
         async with self._engine.connect() as conn:
-            raw = await conn.get_raw_connection()
-            pg: Any = raw.driver_connection
+            pg = await _driver(conn)
             async with pg.transaction():
                 for entry, row in zip(entries, rows, strict=True):
                     status = await pg.execute(self._sql["rows_once"], *_pg_row(row))
@@ -293,9 +420,9 @@ class LedgerStore:
                 outbox = self._outbox(inserted)
                 if outbox:
                     await pg.executemany(self._sql["outbox"], outbox)
-        return {e.row["uid"] for e in inserted}
+        return {e.row.uid for e in inserted}
 
-    def _write_once_sqlite(self, entries: Sequence[Entry], rows: list[list[Any]]) -> set[str]:
+    def _write_once_sqlite(self, entries: Sequence[Entry], rows: list[tuple[Any, ...]]) -> set[str]:
         db = self._connection()
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -313,11 +440,11 @@ class LedgerStore:
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        return {e.row["uid"] for e in inserted}
+        return {e.row.uid for e in inserted}
 
     def _outbox(self, entries: Sequence[Entry]) -> list[tuple[Any, ...]]:
         """The exports to enqueue with `entries`: none while billing is off."""
-        return [(e.row["uid"], e.row["ended_at"]) for e in entries if self.export and _billable(e)]
+        return [(e.row.uid, e.row.ended_at) for e in entries if self.export and e.row.billable]
 
     async def budget_periods(self, wanted: Mapping[str, Collection[str]]) -> dict[tuple[str, str], Budgeted]:
         """`budget_duration` and `budget_reset_at` of the named keys, users, teams and customers
@@ -351,28 +478,34 @@ class LedgerStore:
 
 
 _Spend = dict[tuple[str, str], list[tuple[Any, ...]]]
-_JSON = {"tags", "metadata"}
-_TIMES = {"started_at", "ended_at"}
+_DAY_OF = attrgetter("started_at")
+_GROUP_OF = attrgetter(*_DIMENSIONS, *_PRICES)
+_TOKENS_OF = attrgetter(*_TOKENS)
+_JSON = tuple(FIELDS.index(name) for name in ("tags", "metadata"))
+_TIMES = tuple(FIELDS.index(name) for name in ("started_at", "ended_at"))
+_FLOATS = tuple(FIELDS.index(name) for name in ("latency_ms", "ttft_ms"))
 
 
-def _prepare(entries: Sequence[Entry]) -> tuple[list[list[Any]], list[tuple[Any, ...]], _Spend]:
+def _prepare(entries: Sequence[Entry]) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], _Spend]:
     """The rows' values, their rollup groups and the spend they add, in one pass (per request)."""
-    rows: list[list[Any]] = []
+    rows: list[tuple[Any, ...]] = []
     rollup: dict[tuple[Any, ...], list[int]] = {}
     amounts: dict[SpendRow, int] = {}
+    dims = len(_DIMENSIONS)
     for e in entries:
         row = e.row
-        rows.append([row[name] for name in _ROW_COLUMNS])
-        day = row["started_at"].astimezone(UTC).strftime("%Y-%m-%d")
-        group = (day, *(row[d] or "" for d in _DIMENSIONS), *(-1 if row[p] is None else row[p] for p in _PRICES))
+        rows.append(values(row))
+        day = _DAY_OF(row).astimezone(UTC).date().isoformat()  # YYYY-MM-DD, UTC
+        named = _GROUP_OF(row)
+        group = (day, *(v or "" for v in named[:dims]), *(-1 if v is None else v for v in named[dims:]))
         sums = rollup.get(group)
         if sums is None:
             sums = rollup[group] = [0] * len(_MEASURES)
         sums[0] += 1
-        sums[1] += row["status"] != "success"
+        sums[1] += row.status != "success"
         sums[2] += e.cost_units is None
-        for i, t in enumerate(_TOKENS, start=3):
-            sums[i] += row[t]
+        for i, t in enumerate(_TOKENS_OF(row), start=3):
+            sums[i] += t
         sums[-1] += e.cost_units or 0
         if e.cost_units:
             for target in e.spend:
@@ -387,31 +520,47 @@ def _prepare(entries: Sequence[Entry]) -> tuple[list[list[Any]], list[tuple[Any,
     return rows, [(*group, *sums) for group, sums in rollup.items()], spend
 
 
-def _billable(e: Entry) -> bool:
-    """A row worth an event: tokens were used (served, or delivered before the client left)."""
-    return e.row["total_tokens"] > 0 and e.row["status"] in ("success", "client_aborted")
+async def _driver(conn: AsyncConnection) -> Any:
+    """The asyncpg connection under a pooled SQLAlchemy one: the ledger's writes go to it directly."""
+    raw = await conn.get_raw_connection()
+    return raw.driver_connection
 
 
-def _pg_row(row: list[Any]) -> list[Any]:
-    return [orjson.dumps(v).decode() if name in _JSON else v for name, v in zip(_ROW_COLUMNS, row, strict=True)]
+def _finite(rows: list[tuple[Any, ...]]) -> bool:
+    """Whether every float of the rows survives JSON: NaN and infinity become null there, so a row
+    holding one (the sources make none: their times are differences of clocks) is sent as a
+    parameter, which keeps it as given, as before."""
+    return all(r[i] is None or math.isfinite(r[i]) for r in rows for i in _FLOATS)
+
+
+def _spend_targets(spend: _Spend) -> dict[tuple[str, str], list[Any]]:
+    """Each entity the group adds spend to, with its amounts (more than one: two budget periods)."""
+    out: dict[tuple[str, str], list[Any]] = {}
+    for (scope, _), params in spend.items():
+        for p in params:
+            out.setdefault((scope, p[-1]), []).append(p)
+    return out
+
+
+def _pg_row(row: tuple[Any, ...]) -> list[Any]:
+    out = list(row)
+    for i in _JSON:
+        out[i] = orjson.dumps(out[i]).decode()
+    return out
 
 
 def _sqlite_time(value: datetime) -> str:
     """As SQLAlchemy stores a DateTime in SQLite (UTC, no zone), so its reads parse it back."""
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
-def _sqlite_row(row: list[Any]) -> list[Any]:
-    out = []
-    for name, value in zip(_ROW_COLUMNS, row, strict=True):
-        if name in _JSON:
-            value = orjson.dumps(value).decode()
-        elif name in _TIMES:
-            value = _sqlite_time(value)
-        elif isinstance(value, bool):
-            value = int(value)
-        out.append(value)
-    return out
+def _sqlite_row(row: tuple[Any, ...]) -> list[Any]:
+    out = list(row)
+    for i in _JSON:
+        out[i] = orjson.dumps(out[i]).decode()
+    for i in _TIMES:
+        out[i] = _sqlite_time(out[i])
+    return out  # booleans bind as 0 and 1 as they are
 
 
 def _sqlite_times(params: tuple[Any, ...]) -> tuple[Any, ...]:

@@ -23,10 +23,12 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]  # ships no type information
+import msgspec
 import sqlalchemy as sa
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
 from meterway.ledger import DatabaseAway, Entry, RowRefused, WriteFailed
+from meterway.ledger.row import FIELDS, as_dict, from_dict, values
 from meterway.limits import SpendTarget
 from meterway.store.tables import ledger
 
@@ -158,32 +160,33 @@ def encodable(value: Any, depth: int = 0) -> Any:
 def cut(entry: Entry) -> Entry:
     """The entry with each value cut to its column's bound and `cut` added to its flags; its cost
     (and so the spend it adds) is the row's cost as cut."""
-    row = dict(entry.row)
-    for name, value in entry.row.items():
+    given = entry.row
+    changed: dict[str, Any] = {}
+    for name, value in zip(FIELDS, values(given), strict=True):
         kind, bound = _BOUNDS.get(name, ("other", None))
         if value is None:
             continue
         if kind == "text" and isinstance(value, str):
-            row[name] = cut_text(value, bound)
+            changed[name] = cut_text(value, bound)
         elif kind == "text":
-            row[name] = cut_text(str(value), bound)
+            changed[name] = cut_text(str(value), bound)
         elif kind == "int" and isinstance(value, bool):
-            row[name] = int(value)
+            changed[name] = int(value)
         elif kind == "int" and isinstance(value, int):
-            row[name] = cut_int(value, *bound)
+            changed[name] = cut_int(value, *bound)
         elif kind == "int" and isinstance(value, float):
-            row[name] = cut_int(int(value), *bound) if math.isfinite(value) else 0
+            changed[name] = cut_int(int(value), *bound) if math.isfinite(value) else 0
         elif kind == "float":
             number = float(value) if isinstance(value, int | float) else 0.0
-            row[name] = number if math.isfinite(number) and abs(number) < 1e300 else 0.0
+            changed[name] = number if math.isfinite(number) and abs(number) < 1e300 else 0.0
         elif kind == "json":
-            row[name] = encodable(value)
-    flags = [f for f in clean(str(entry.row.get("flags") or "")).split(",") if f and f != CUT]
+            changed[name] = encodable(value)
+    flags = [f for f in clean(str(given.flags or "")).split(",") if f and f != CUT]
     while flags and len(",".join([*flags, CUT])) > (_BOUNDS["flags"][1] or 128):
         flags.pop()  # too many to fit: `cut` is kept, the last others go
-    row["flags"] = ",".join([*flags, CUT])
-    cost = row.get("cost")
-    units = cost if isinstance(cost, int) and entry.cost_units is not None else None
+    changed["flags"] = ",".join([*flags, CUT])
+    row = msgspec.structs.replace(given, **changed)
+    units = row.cost if isinstance(row.cost, int) and entry.cost_units is not None else None
     spend = tuple(
         SpendTarget(t.scope, cut_text(t.ident, _ID_CHARS), t.period_end)
         for t in entry.spend
@@ -196,7 +199,7 @@ def to_json(entry: Entry) -> str:
     """The entry, whole, as ASCII JSON (NUL, surrogates and huge ints survive as written), for
     `mw_ledger_quarantine.row`."""
     doc = {
-        "row": entry.row,
+        "row": as_dict(entry.row),
         "cost_units": entry.cost_units,
         "spend": [[t.scope, t.ident, t.period_end] for t in entry.spend],
     }
@@ -213,7 +216,7 @@ def from_json(text: str) -> Entry:
     """An entry kept by `to_json`, as it was given."""
     doc = json.loads(text, object_hook=_time)
     spend = tuple(SpendTarget(str(s), str(i), float(p) if p is not None else None) for s, i, p in doc["spend"])
-    return Entry(doc["row"], doc["cost_units"], spend)
+    return Entry(from_dict(doc["row"]), doc["cost_units"], spend)
 
 
 def _time(obj: dict[str, Any]) -> Any:

@@ -69,6 +69,7 @@ class Store:
             await conn.execute(text("SELECT 1"))
 
     async def close(self) -> None:
+        await self.ledger.release()
         await asyncio.to_thread(self.ledger.close)
         await self.engine.dispose()
 

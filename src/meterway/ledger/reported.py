@@ -36,6 +36,7 @@ from meterway.config.settings import Deployment, Prices
 from meterway.errors import BadRequest, Unprocessable
 from meterway.ledger import Entry, pricing
 from meterway.ledger.prices import PriceTable, is_priced
+from meterway.ledger.row import REPORTED, LedgerRow
 from meterway.limits import Budget, SpendTarget
 from meterway.providers.base import Usage
 
@@ -43,7 +44,7 @@ Format = Literal["usage_event", "litellm"]
 Budgeted = tuple[str | None, datetime | None]  # an entity's budget_duration and budget_reset_at
 
 MAX_BATCH = 1_000  # events in one request: a batch is one transaction, kept short
-SOURCE = "webhook"
+SOURCE = REPORTED  # the ledger's `source` of these rows
 UID_PREFIX = "wh-"  # gateway uids are 32 hex digits, so the two never meet
 
 # the ledger's column widths: a longer value is refused here, not cut or failed on by the database
@@ -498,44 +499,39 @@ def entry_for(reported: Reported, pricer: Pricer, spend: tuple[SpendTarget, ...]
         found = pricer.unit_prices(reported.model_group, reported.upstream_model)
         cost = pricing.cost_units(usage, found) if found is not None else None
         unit = found or unit
-    row: dict[str, Any] = {
-        "uid": reported.uid,
-        "source": SOURCE,
-        "request_id": reported.request_id,
-        "started_at": datetime.fromtimestamp(reported.started_at, UTC),
-        "ended_at": datetime.fromtimestamp(reported.ended_at, UTC),
-        "endpoint": reported.endpoint,
-        "key_id": reported.key_id,
-        "key_alias": reported.key_alias,
-        "user_id": reported.user_id,
-        "team_id": reported.team_id,
-        "customer_id": reported.customer_id,
-        "model_group": reported.model_group,
-        "deployment_id": reported.deployment_id,
-        "upstream_model": reported.upstream_model,
-        "stream": reported.stream,
-        "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.completion_tokens,
-        "cached_tokens": usage.cached_tokens,
-        "cache_write_tokens": usage.cache_write_tokens,
-        "reasoning_tokens": usage.reasoning_tokens,
-        "total_tokens": usage.total_tokens,
-        "tokens_estimated": False,
-        "attempts": 1,  # the reporting proxy's retries are its own
-        "cache_hit": False,
-        "flags": None,
-        "end_user": None,
-        "price_input": unit[0],
-        "price_output": unit[1],
-        "price_cache_read": unit[2],
-        "price_cache_write": unit[3],
-        "cost": cost,
-        "status": reported.status,
-        "http_status": reported.http_status,
-        "error_type": reported.error_type,
-        "latency_ms": (reported.ended_at - reported.started_at) * 1000,
-        "ttft_ms": reported.ttft_ms,
-        "tags": list(reported.tags),
-        "metadata": dict(reported.metadata),
-    }
+    row = LedgerRow(
+        uid=reported.uid,
+        source=REPORTED,
+        request_id=reported.request_id,
+        started_at=datetime.fromtimestamp(reported.started_at, UTC),
+        ended_at=datetime.fromtimestamp(reported.ended_at, UTC),
+        endpoint=reported.endpoint,
+        key_id=reported.key_id,
+        key_alias=reported.key_alias,
+        user_id=reported.user_id,
+        team_id=reported.team_id,
+        customer_id=reported.customer_id,
+        model_group=reported.model_group,
+        deployment_id=reported.deployment_id,
+        upstream_model=reported.upstream_model,
+        stream=reported.stream,
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        cached_tokens=usage.cached_tokens,
+        cache_write_tokens=usage.cache_write_tokens,
+        reasoning_tokens=usage.reasoning_tokens,
+        total_tokens=usage.total_tokens,
+        price_input=unit[0],
+        price_output=unit[1],
+        price_cache_read=unit[2],
+        price_cache_write=unit[3],
+        cost=cost,
+        status=reported.status,
+        http_status=reported.http_status,
+        error_type=reported.error_type,
+        latency_ms=(reported.ended_at - reported.started_at) * 1000,
+        ttft_ms=reported.ttft_ms,
+        tags=reported.tags,
+        metadata=dict(reported.metadata),
+    )  # one attempt: the reporting proxy's retries are its own
     return Entry(row, cost, spend if cost else ())
