@@ -18,11 +18,11 @@ import hashlib
 import json
 import math
 import sqlite3
+import sys
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-import asyncpg  # type: ignore[import-untyped]  # ships no type information
 import msgspec
 import sqlalchemy as sa
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
@@ -40,14 +40,15 @@ CUT = "cut"
 _ID_CHARS = 255  # ids of users, teams and customers: String(255) in `store.tables`
 # PostgreSQL's classes 22 (data exception) and 23 (integrity), and their SQLite equivalents
 # (and SQLAlchemy's names for them, over either driver)
-_REFUSED = (
-    asyncpg.DataError,
-    asyncpg.IntegrityConstraintViolationError,
-    sqlite3.DataError,
-    sqlite3.IntegrityError,
-    DataError,
-    IntegrityError,
-)
+_REFUSED = (sqlite3.DataError, sqlite3.IntegrityError, DataError, IntegrityError)
+
+
+def _asyncpg(*names: str) -> tuple[type[BaseException], ...]:
+    """asyncpg's exception classes of these names, when this process has loaded asyncpg (a store
+    on PostgreSQL); none otherwise, as then no exception can be one of them. A gateway on SQLite
+    never imports it: about 3 MB less per worker."""
+    module = sys.modules.get("asyncpg")
+    return tuple(getattr(module, name) for name in names) if module is not None else ()
 
 
 def _bounds() -> dict[str, tuple[str, Any]]:
@@ -91,11 +92,11 @@ def translate(e: BaseException) -> WriteFailed:
 
 def refused(e: BaseException) -> bool:
     """Whether the database (or its driver, binding the values) refused a value of the row."""
-    if isinstance(e, _REFUSED):
+    if isinstance(e, _REFUSED + _asyncpg("DataError", "IntegrityConstraintViolationError")):
         return True
     if isinstance(e, sqlite3.ProgrammingError):
         return str(e).startswith("Error binding parameter")
-    if isinstance(e, sqlite3.Error | asyncpg.PostgresError | asyncpg.InterfaceError | SQLAlchemyError):
+    if isinstance(e, (sqlite3.Error, SQLAlchemyError, *_asyncpg("PostgresError", "InterfaceError"))):
         return False  # a lost connection, a lock, a schema or server problem: not the row's
     # binding a value in Python: an int past 64 bits (OverflowError), a lone surrogate
     # (UnicodeError), JSON orjson cannot encode (JSONEncodeError, a TypeError)
@@ -103,7 +104,7 @@ def refused(e: BaseException) -> bool:
 
 
 def _lost(e: BaseException) -> bool:
-    return isinstance(e, asyncpg.PostgresConnectionError | asyncpg.InterfaceError | asyncpg.CannotConnectNowError)
+    return isinstance(e, _asyncpg("PostgresConnectionError", "InterfaceError", "CannotConnectNowError"))
 
 
 def _reason(e: BaseException) -> str:
