@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -294,7 +294,7 @@ class Ledger:
         if ctx.ended_ns is None:
             ctx.ended_ns = time.perf_counter_ns()
         principal = ctx.principal
-        uid = uuid.uuid4().hex  # the base of the row's Lago transaction ids: never made twice
+        uid = os.urandom(16).hex()  # the base of the row's Lago transaction ids: 128 random bits, never made twice
         ctx.ledger_uid = uid
         head = ctx.head  # tags and metadata were decoded with it (None: refused before the body was read)
         row = LedgerRow(
