@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -144,7 +145,14 @@ return 1
 
 
 class RedisLimiter:
-    def __init__(self, client: Any, prefix: str = "meterway:limits:", lease_ttl_s: float = 660.0) -> None:
+    def __init__(
+        self,
+        client: Any,
+        prefix: str = "meterway:limits:",
+        lease_ttl_s: float = 660.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._clock = clock  # wall time, handed to the scripts as `now`; tests pass their own
         self._client = client
         self._prefix = prefix
         self._lease_ttl_ms = int(lease_ttl_s * 1000)
@@ -156,7 +164,7 @@ class RedisLimiter:
 
     async def reserve(self, asks: list[Ask], lease: str) -> Grant | Refusal:
         if not asks:
-            now_ms = int(time.time() * 1000)
+            now_ms = int(self._clock() * 1000)
             return Grant(lease, (), now_ms - now_ms % (WINDOW_S * 1000), {})
         try:
             return await self._reserve((asks, lease))
@@ -167,7 +175,7 @@ class RedisLimiter:
             ) from None
 
     async def _reserve_batch(self, batch: list[tuple[list[Ask], str]]) -> list[Grant | Refusal]:
-        now_ms = int(time.time() * 1000)
+        now_ms = int(self._clock() * 1000)
         window = now_ms - now_ms % (WINDOW_S * 1000)  # the script computes the same from `now_ms`
         keys: list[str] = []
         argv: list[Any] = [now_ms, WINDOW_S, self._lease_ttl_ms]
@@ -216,6 +224,6 @@ class RedisLimiter:
         """Units held by requests in flight (slots, or budget reserved): zero when none leaked."""
         key = self._prefix + counter
         if await self._client.type(key) in (b"zset", "zset"):
-            return int(await self._client.zcount(key, time.time() * 1000, "+inf"))
+            return int(await self._client.zcount(key, self._clock() * 1000, "+inf"))
         value = await self._client.hget(key, "reserved")
         return int(value or 0)
