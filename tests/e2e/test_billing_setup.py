@@ -28,6 +28,7 @@ from tests.lago.standin import LagoStandIn, billing_ready, payg_plan
 from tests.support.gateway import RunningGateway, run_gateway
 from tests.support.models import priced
 from tests.support.serve import serve
+from tests.support.wait import eventually
 from tests.upstreams.standin import StandIn
 
 HI: Any = [{"role": "user", "content": "hi"}]
@@ -57,14 +58,13 @@ def _sql(gw: RunningGateway, query: str) -> list[tuple[Any, ...]]:
 
 
 def _settled(database: str, within_s: float = 15) -> None:
-    deadline = time.monotonic() + within_s
     path = database.removeprefix("sqlite:///")
-    while True:
+
+    def pending() -> int:
         with sqlite3.connect(path) as db:
-            if not db.execute("SELECT count(*) FROM mw_billing_outbox WHERE status = 'pending'").fetchone()[0]:
-                return
-        assert time.monotonic() < deadline, "exports still pending"
-        time.sleep(0.05)
+            return int(db.execute("SELECT count(*) FROM mw_billing_outbox WHERE status = 'pending'").fetchone()[0])
+
+    eventually(lambda: pending() == 0, within_s, "every export settled")
 
 
 def _chat(base_url: str, key: str, n: int, user: str | None = "acme", model: str = "priced") -> None:
@@ -204,7 +204,7 @@ def test_the_worker_sends_what_gateways_without_a_sender_recorded(upstream: Stan
         httpx.post(gw.url + "/billing/setup", json={}, headers=admin).raise_for_status()
         _subscribe(lago, "acme")
         _chat(gw.v1, gw.key, 5)
-        time.sleep(0.5)
+        time.sleep(0.5)  # not a wait for something: the time a sender would have had to send (none may)
         assert lago.events == [] and len(_sql(gw, "SELECT 1 FROM mw_billing_outbox WHERE status = 'pending'")) == 5
         database = gw.settings.database_url.reveal()
         with _config_file(_config(upstream, lago)) as path:
@@ -239,8 +239,5 @@ def test_litellm_lago_variables_alone_turn_export_on(upstream: StandIn, lago: La
         }
         for served in serve(["--config", path], env):
             _chat(served.url + "/v1", "sk-master-env", 3)
-            deadline = time.monotonic() + 15
-            while len(lago.events) < 3:
-                assert time.monotonic() < deadline, "events did not reach Lago"
-                time.sleep(0.05)
+            eventually(lambda: len(lago.events) >= 3, 15, "three events reaching Lago")
             assert {e.external_subscription_id for e in lago.events} == {"acme"} and len(lago.events) == 3

@@ -6,7 +6,6 @@ from __future__ import annotations
 import socket
 import tempfile
 import threading
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from meterway.app import Gateway, create_app
 from meterway.config.load import parse_config
 from meterway.config.settings import Settings
 from meterway.context import Hook
+from tests.support.wait import eventually
 
 MASTER_KEY = "sk-test-master-0123456789"
 
@@ -68,11 +68,13 @@ def run_gateway(
     )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started or app.store_state == "opening":
-        if not thread.is_alive() or time.monotonic() > deadline:
+
+    def up() -> bool:
+        if not thread.is_alive():
             raise RuntimeError(f"gateway did not start (store: {app.store_state})")
-        time.sleep(0.01)
+        return server.started and app.store_state != "opening"
+
+    eventually(up, 20, "the gateway serving with its store opened", interval=0.005)
     try:
         key = settings.master_key.reveal() if settings.master_key else master_key
         yield RunningGateway(f"http://127.0.0.1:{port}", key, settings, app)
