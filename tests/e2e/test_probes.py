@@ -15,11 +15,12 @@ import asyncpg
 import httpx
 import yaml
 
+from meterway.api.health import Readiness
 from tests.support.gateway import run_gateway
 from tests.support.models import priced
 from tests.support.netcut import CuttableProxy
 from tests.support.serve import ready, serve
-from tests.support.wait import eventually
+from tests.support.wait import ManualClock, eventually
 from tests.upstreams.standin import Script, StandIn
 
 HI: Any = [{"role": "user", "content": "hi"}]
@@ -85,9 +86,17 @@ def test_readiness_is_checked_at_most_once_a_second(upstream: StandIn) -> None:
             await ping()
 
         gw.app.store.ping = counted  # type: ignore[method-assign]
+        clock = ManualClock()
+        gw.app.readiness = Readiness(clock=clock)  # the same check, on a clock the test moves
         for _ in range(20):
             assert httpx.get(gw.url + "/health/ready").status_code == 200
-        assert 1 <= calls <= 3
+        assert calls == 1, "probes within a second share one check"
+        clock.advance(0.99)
+        assert httpx.get(gw.url + "/health/ready").status_code == 200 and calls == 1
+        clock.advance(0.01)
+        for _ in range(5):
+            assert httpx.get(gw.url + "/health/ready").status_code == 200
+        assert calls == 2, "a second later the database is checked again, once"
 
 
 async def _rows(pg_url: str, sql: str) -> list[Any]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import orjson
@@ -44,9 +44,10 @@ class Readiness:
     probes arriving meanwhile (several kubelets, a load balancer) share one check, and a database
     that stopped answering is reported within `timeout_s`, not after a driver's long connect."""
 
-    def __init__(self, ttl_s: float = 1.0, timeout_s: float = 1.0) -> None:
+    def __init__(self, ttl_s: float = 1.0, timeout_s: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl_s = ttl_s
         self.timeout_s = timeout_s
+        self._clock = clock  # tests pass their own, to see the answer age without waiting
         self._at = float("-inf")
         self._answer: tuple[int, dict[str, object]] = (503, {"status": "starting"})
         self._checking: asyncio.Task[tuple[int, dict[str, object]]] | None = None
@@ -56,14 +57,14 @@ class Readiness:
             return 503, orjson.dumps({"status": "starting"})
         if state != "open" or store is None:
             return 503, orjson.dumps({"status": "starting" if state == "opening" else "unavailable", "store": state})
-        if time.monotonic() - self._at >= self.ttl_s:
+        if self._clock() - self._at >= self.ttl_s:
             if self._checking is None:
                 self._checking = asyncio.ensure_future(self._check(services, store))
             try:
                 self._answer = await asyncio.shield(self._checking)
             finally:
                 self._checking = None
-            self._at = time.monotonic()
+            self._at = self._clock()
         status, details = self._answer
         stalled = services.ledger.stalled()
         if stalled is not None:  # the database may answer a ping and still not take the rows
