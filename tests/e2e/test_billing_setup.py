@@ -24,6 +24,7 @@ import yaml
 from lago_python_client.client import Client
 
 from tests.lago.standin import LagoStandIn, billing_ready, payg_plan
+from tests.support.cli import run_meterway
 from tests.support.gateway import RunningGateway, run_gateway
 from tests.support.models import priced
 from tests.support.serve import serve
@@ -38,9 +39,7 @@ def _env() -> dict[str, str]:
 
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "meterway", *args], capture_output=True, text=True, timeout=60, env=env or _env()
-    )
+    return run_meterway(args, env or _env())
 
 
 def _config(upstream: StandIn, lago: LagoStandIn, **billing: Any) -> dict[str, Any]:

@@ -30,6 +30,7 @@ import yaml
 from meterway.app import create_app
 from meterway.context import RequestContext
 from meterway.ledger import Entry
+from tests.support.cli import run_meterway
 from tests.support.gateway import RunningGateway, free_socket, run_gateway, settings_for
 from tests.support.models import priced
 from tests.support.rows import ledger_entry
@@ -373,13 +374,7 @@ def test_the_command_line_lists_and_reprocesses_quarantined_rows(tmp_path: Path,
         env.update(LAGO_API_BASE="http://127.0.0.1:9", LAGO_API_KEY="lago-test-key")
 
     def mw(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "meterway", *args, "--database-url", db],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=env,
-        )
+        return run_meterway([*args, "--database-url", db], env)
 
     usage = mw("usage")
     assert usage.returncode == 0 and "1 ledger row(s) wait in the quarantine" in usage.stderr

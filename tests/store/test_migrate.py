@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from meterway.store.engine import create_engine
 from meterway.store.migrate import head, migrate
 from meterway.store.tables import metadata
 from meterway.store.url import parse
+from tests.support.cli import run_meterway
 from tests.support.gateway import free_socket
 
 
@@ -28,9 +28,7 @@ def _sqlite(tmp_path: Path) -> str:
 
 def _cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "METERWAY_CONFIG", "CONFIG_FILE_PATH")}
-    return subprocess.run(
-        [sys.executable, "-m", "meterway", "migrate", *args], capture_output=True, text=True, timeout=timeout, env=env
-    )
+    return run_meterway(["migrate", *args], env, timeout)
 
 
 def _tables(url: str) -> set[str]:
