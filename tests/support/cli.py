@@ -46,7 +46,12 @@ def run_meterway(
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     environment = dict(os.environ if env is None else env)
-    pid = os.fork()
+    with warnings.catch_warnings():
+        # Python 3.12+ warns that forking a process with threads may deadlock the child. The child
+        # uses fresh stdout/stderr and its own event loop, logging and the import lock are reset at
+        # fork by CPython, and a child that still hung would be killed at `timeout` (a failure)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
     if pid == 0:  # the child: never returns into the test runner
         code = 1
         try:
