@@ -9,7 +9,6 @@ import os
 import sqlite3
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,6 +18,7 @@ import openai
 from tests.lago.standin import LagoStandIn
 from tests.support.gateway import RunningGateway, run_gateway
 from tests.support.models import priced
+from tests.support.wait import eventually
 from tests.upstreams.standin import StandIn
 
 HI: Any = [{"role": "user", "content": "hi"}]
@@ -37,10 +37,8 @@ def _sql(gw: RunningGateway, query: str) -> list[tuple[Any, ...]]:
 
 
 def _settled(gw: RunningGateway, within_s: float = 15) -> None:
-    deadline = time.monotonic() + within_s
-    while _sql(gw, "SELECT count(*) FROM mw_billing_outbox WHERE status = 'pending'")[0][0]:
-        assert time.monotonic() < deadline, "exports still pending"
-        time.sleep(0.05)
+    pending = "SELECT count(*) FROM mw_billing_outbox WHERE status = 'pending'"
+    eventually(lambda: _sql(gw, pending)[0][0] == 0, within_s, "every export settled")
 
 
 def _traffic(gw: RunningGateway, n: int, user: str | None = "acme") -> None:

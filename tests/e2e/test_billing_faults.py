@@ -21,7 +21,6 @@ import asyncio
 import os
 import signal
 import sqlite3
-import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -41,6 +40,7 @@ from tests.lago.standin import LagoStandIn
 from tests.support.gateway import run_gateway
 from tests.support.models import priced
 from tests.support.serve import Served, ready, serve
+from tests.support.wait import eventually
 from tests.upstreams.standin import StandIn
 
 MASTER = "sk-billing-faults-master-key"
@@ -96,11 +96,8 @@ def _requests(urls: Sequence[str], n: int, within_s: float) -> set[str]:
             client.close()
 
 
-def _until(done: Callable[[], bool], within_s: float, what: str, every_s: float = 0.05) -> None:
-    deadline = time.monotonic() + within_s
-    while not done():
-        assert time.monotonic() < deadline, f"not {what} within {within_s} s"
-        time.sleep(every_s)
+def _until(done: Callable[[], bool], within_s: float, what: str, every_s: float = 0.01) -> None:
+    eventually(done, within_s, what, interval=every_s)
 
 
 def _status(url: str) -> dict[str, Any]:

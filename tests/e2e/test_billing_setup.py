@@ -11,7 +11,6 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -25,9 +24,11 @@ import yaml
 from lago_python_client.client import Client
 
 from tests.lago.standin import LagoStandIn, billing_ready, payg_plan
+from tests.support.cli import run_meterway
 from tests.support.gateway import RunningGateway, run_gateway
 from tests.support.models import priced
 from tests.support.serve import serve
+from tests.support.wait import eventually
 from tests.upstreams.standin import StandIn
 
 HI: Any = [{"role": "user", "content": "hi"}]
@@ -38,9 +39,7 @@ def _env() -> dict[str, str]:
 
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "meterway", *args], capture_output=True, text=True, timeout=60, env=env or _env()
-    )
+    return run_meterway(args, env or _env())
 
 
 def _config(upstream: StandIn, lago: LagoStandIn, **billing: Any) -> dict[str, Any]:
@@ -57,14 +56,13 @@ def _sql(gw: RunningGateway, query: str) -> list[tuple[Any, ...]]:
 
 
 def _settled(database: str, within_s: float = 15) -> None:
-    deadline = time.monotonic() + within_s
     path = database.removeprefix("sqlite:///")
-    while True:
+
+    def pending() -> int:
         with sqlite3.connect(path) as db:
-            if not db.execute("SELECT count(*) FROM mw_billing_outbox WHERE status = 'pending'").fetchone()[0]:
-                return
-        assert time.monotonic() < deadline, "exports still pending"
-        time.sleep(0.05)
+            return int(db.execute("SELECT count(*) FROM mw_billing_outbox WHERE status = 'pending'").fetchone()[0])
+
+    eventually(lambda: pending() == 0, within_s, "every export settled")
 
 
 def _chat(base_url: str, key: str, n: int, user: str | None = "acme", model: str = "priced") -> None:
@@ -204,7 +202,8 @@ def test_the_worker_sends_what_gateways_without_a_sender_recorded(upstream: Stan
         httpx.post(gw.url + "/billing/setup", json={}, headers=admin).raise_for_status()
         _subscribe(lago, "acme")
         _chat(gw.v1, gw.key, 5)
-        time.sleep(0.5)
+        billing = httpx.get(gw.url + "/billing/status", headers=admin).json()
+        assert "sender" not in billing, "this gateway runs no sender of its own"
         assert lago.events == [] and len(_sql(gw, "SELECT 1 FROM mw_billing_outbox WHERE status = 'pending'")) == 5
         database = gw.settings.database_url.reveal()
         with _config_file(_config(upstream, lago)) as path:
@@ -239,8 +238,5 @@ def test_litellm_lago_variables_alone_turn_export_on(upstream: StandIn, lago: La
         }
         for served in serve(["--config", path], env):
             _chat(served.url + "/v1", "sk-master-env", 3)
-            deadline = time.monotonic() + 15
-            while len(lago.events) < 3:
-                assert time.monotonic() < deadline, "events did not reach Lago"
-                time.sleep(0.05)
+            eventually(lambda: len(lago.events) >= 3, 15, "three events reaching Lago")
             assert {e.external_subscription_id for e in lago.events} == {"acme"} and len(lago.events) == 3

@@ -19,17 +19,22 @@ import openai
 import pytest
 import yaml
 
-from tests.e2e.test_virtual_keys import _seconds_until_refused
+from tests.e2e.test_virtual_keys import _refused_within
 from tests.support.gateway import RunningGateway, run_gateway
+from tests.support.wait import eventually
 
 HI: Any = [{"role": "user", "content": "hi"}]
+# While announcements are heard, keys are cached for ten seconds: a refusal well before that was
+# announced, not a cache entry that ran out (usually milliseconds; generous for a loaded machine).
+ANNOUNCED_S = 5.0
 
 
 def _listening(gw: RunningGateway) -> None:
-    deadline = time.monotonic() + 5
-    while gw.app.services is None or not gw.app.services.changes.listening.is_set():
-        assert time.monotonic() < deadline, "the gateway never subscribed to change announcements"
-        time.sleep(0.02)
+    eventually(
+        lambda: gw.app.services is not None and gw.app.services.changes.listening.is_set(),
+        5,
+        "the gateway subscribed to change announcements",
+    )
 
 
 @pytest.fixture
@@ -52,7 +57,7 @@ def test_a_block_on_one_replica_is_announced_to_the_other(shared_config: dict[st
         with openai.OpenAI(base_url=two.v1, api_key=key, max_retries=0) as client:
             client.chat.completions.create(model="demo", messages=HI)  # cached on `two` for ten seconds
             assert httpx.post(one.url + "/key/block", json={"key": key}, headers=master).status_code == 200
-            assert _seconds_until_refused(client) < 0.5
+            _refused_within(client, ANNOUNCED_S)
 
 
 def test_a_revocation_with_the_cli_is_announced_to_a_running_gateway(
@@ -75,7 +80,7 @@ def test_a_revocation_with_the_cli_is_announced_to_a_running_gateway(
                 env=env,
             )
             assert done.returncode == 0, done.stderr
-            assert _seconds_until_refused(client) < 0.5
+            _refused_within(client, ANNOUNCED_S)
 
 
 def test_a_teams_models_and_block_apply_to_its_keys(gateway: RunningGateway, admin: httpx.Client) -> None:

@@ -4,25 +4,19 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import openai
 import orjson
 
+from tests.support.cli import run_meterway
 from tests.support.gateway import run_gateway
 
 
 def _mw(db: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("METERWAY_CONFIG", "CONFIG_FILE_PATH")}
-    return subprocess.run(
-        [sys.executable, "-m", "meterway", *args, "--database-url", db],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-    )
+    return run_meterway([*args, "--database-url", db], env)
 
 
 def _json(done: subprocess.CompletedProcess[str]) -> Any:

@@ -7,7 +7,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from tests.support.serve import Served
 from tests.support.serve import port as _port
 from tests.support.serve import ready as _ready
 from tests.support.serve import serve as _serve
+from tests.support.wait import eventually_async
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "litellm"
 
@@ -119,36 +119,44 @@ def test_serve_refuses_a_missing_environment_variable(tmp_path: Path) -> None:
     assert done.returncode == 1 and "NOPE_NOT_SET is not set" in done.stderr
 
 
-async def _saturate_and_probe(url: str, key: str) -> tuple[int, list[float], list[int]]:
-    """64 connections keep the gateway busy for at most 3 s / 20,000 requests while the liveness
-    probe is called every 50 ms; returns the requests served, probe latencies and probe statuses."""
+PROBES = 20
+PROBE_TIMEOUT_S = 1.0  # Kubernetes' default probe timeout: an answer later than this is a failed probe
+
+
+async def _saturate_and_probe(url: str, key: str) -> tuple[int, list[int | str]]:
+    """64 connections keep the gateway busy while the liveness probe is called `PROBES` times,
+    50 ms apart, each with a kubelet's timeout; the load runs until the probes are done and at
+    least 600 requests were served. Returns the requests served and the probes' outcomes."""
     body = {"model": "m", "messages": [{"role": "user", "content": "load"}], "stream": True}
     headers = {"Authorization": f"Bearer {key}"}
-    stop_at = time.monotonic() + 3.0
     served = 0
-    probes: list[float] = []
-    statuses: list[int] = []
+    outcomes: list[int | str] = []
+    done = asyncio.Event()
+    probe_timeout = aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
 
         async def worker() -> None:
             nonlocal served
-            while time.monotonic() < stop_at and served < 20_000:
+            while not done.is_set() and served < 20_000:
                 async with session.post(url + "/v1/chat/completions", json=body, headers=headers) as r:
                     await r.read()
                     served += 1
 
         async def prober() -> None:
-            await asyncio.sleep(0.3)
-            while time.monotonic() < stop_at - 0.2:
-                t0 = time.perf_counter()
-                async with session.get(url + "/health/live") as r:
-                    await r.read()
-                    statuses.append(r.status)
-                probes.append(time.perf_counter() - t0)
+            await eventually_async(lambda: served >= 100, 30, "the load under way")
+            while len(outcomes) < PROBES:
+                try:
+                    async with session.get(url + "/health/live", timeout=probe_timeout) as r:
+                        await r.read()
+                        outcomes.append(r.status)
+                except TimeoutError:
+                    outcomes.append("timed out")
                 await asyncio.sleep(0.05)
+            await eventually_async(lambda: served >= 600, 30, "600 requests served")
+            done.set()
 
         await asyncio.gather(prober(), *(worker() for _ in range(64)))
-    return served, probes, statuses
+    return served, outcomes
 
 
 def test_liveness_answers_while_the_gateway_is_saturated(tmp_path: Path) -> None:
@@ -157,8 +165,7 @@ def test_liveness_answers_while_the_gateway_is_saturated(tmp_path: Path) -> None
     for served_gw in _serve(["--config", str(cfg)], {"METERWAY_MASTER_KEY": "sk-load"}):
         # Traffic arrives once the pod is ready, as a Service sends it (the store opens before that)
         _ready(served_gw.url)
-        served, probes, statuses = asyncio.run(_saturate_and_probe(served_gw.url, "sk-load"))
-        assert served > 500, "the load must actually have kept the gateway busy"
-        assert statuses and all(s == 200 for s in statuses)
-        # Kubernetes' default probe timeout is 1 s; the probe must never come near it.
-        assert max(probes) < 1.0, probes
+        served, outcomes = asyncio.run(_saturate_and_probe(served_gw.url, "sk-load"))
+        assert served >= 600, "the load must actually have kept the gateway busy"
+        # each probe answered within a kubelet's default timeout, with 200
+        assert outcomes == [200] * PROBES, outcomes

@@ -22,6 +22,7 @@ from tests.e2e.test_budgets import COST, HI, priced_config
 from tests.lago.standin import LagoStandIn
 from tests.support.gateway import RunningGateway, ledger_row, run_gateway
 from tests.support.models import priced
+from tests.support.wait import eventually
 from tests.upstreams.standin import StandIn
 
 
@@ -227,10 +228,7 @@ def test_a_bound_keys_usage_is_billed_to_its_customer_in_lago(upstream: StandIn,
             key = _ok(admin.post("/key/generate", json={"customer_id": own}))["key"]
         with openai.OpenAI(base_url=billed.v1, api_key=key, max_retries=0) as client:
             client.chat.completions.create(model="priced", messages=HI, user="cust-victim")
-        deadline = time.monotonic() + 15
-        while not lago.events:
-            assert time.monotonic() < deadline, "nothing reached Lago"
-            time.sleep(0.05)
+        eventually(lambda: lago.events, 15, "an event reaching Lago")
         assert [e.external_subscription_id for e in lago.events] == [own]
 
 

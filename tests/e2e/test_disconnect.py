@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,6 +13,7 @@ import tiktoken
 from aiohttp import web
 
 from tests.support.gateway import RunningGateway, free_socket, run_gateway
+from tests.support.wait import eventually
 
 EVENTS = 100  # one every 50 ms: a 5 s stream if nobody leaves
 
@@ -112,13 +112,13 @@ def test_client_leaving_mid_stream_closes_the_upstream_at_once(slow: SlowUpstrea
 
 def _row_when_written(gw: RunningGateway, request_id: str) -> dict[str, Any]:
     """The row of a request whose client left: written as the gateway notices, shortly after."""
-    deadline = time.monotonic() + 5
-    while True:
+
+    def rows() -> list[dict[str, Any]]:
         r = httpx.get(
             gw.url + "/spend/logs", params={"request_id": request_id}, headers={"Authorization": f"Bearer {gw.key}"}
         )
-        rows = r.json()["data"]
-        if rows or time.monotonic() > deadline:
-            assert len(rows) == 1, rows
-            return rows[0]  # type: ignore[no-any-return]
-        time.sleep(0.05)
+        return r.json()["data"]  # type: ignore[no-any-return]
+
+    found = eventually(rows, 5, f"the ledger row of {request_id}")
+    assert len(found) == 1, found
+    return found[0]

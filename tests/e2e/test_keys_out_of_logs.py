@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from meterway.api import errors, management
 from meterway.telemetry.logs import redact
 from tests.support.gateway import RunningGateway, run_gateway
 from tests.support.serve import serve
+from tests.support.wait import eventually
 
 MASTER = "sk-master-never-logged-0123456789"
 
@@ -50,10 +50,7 @@ def test_access_log_holds_no_raw_key_after_key_info(tmp_path: Path, fmt: str) ->
 
 
 def _wait_ready(url: str) -> None:
-    deadline = time.monotonic() + 20
-    while httpx.get(url + "/health/ready").status_code != 200:
-        assert time.monotonic() < deadline, "the store did not open"
-        time.sleep(0.05)
+    eventually(lambda: httpx.get(url + "/health/ready").status_code == 200, 20, "the store opened")
 
 
 def test_redaction_keeps_the_rest_of_the_line() -> None:

@@ -22,6 +22,7 @@ from tests.support.gateway import run_gateway
 from tests.support.models import priced
 from tests.support.netcut import CuttableProxy
 from tests.support.serve import ready, serve
+from tests.support.wait import eventually
 from tests.upstreams.standin import Script, StandIn
 
 MASTER = "sk-durability-master-key"
@@ -85,7 +86,8 @@ def test_a_gateway_killed_under_load_has_exactly_one_row_per_completed_response(
         ready(gw.url)
         loader = threading.Thread(target=lambda: asyncio.run(_load(gw.url, completed, stop, 30)))
         loader.start()
-        time.sleep(2.0)
+        # killed with 32 requests in flight, once enough have completed to be worth checking
+        eventually(lambda: len(completed) > 100, 30, "100 responses completed under load")
         os.kill(gw.proc.pid, signal.SIGKILL)
         gw.proc.wait(10)
         stop.set()
@@ -173,10 +175,12 @@ def test_a_database_cut_loses_no_row_and_refuses_beyond_the_queue_bound(upstream
             waiting = httpx.get(gw.url + "/health/ready").json()
             assert waiting["ledger"]["waiting"] == 20 and waiting["ledger"]["writing"] is False
             proxy.set_cut(False)
-            deadline = time.monotonic() + 20
-            while httpx.get(gw.url + "/health/ready").json()["ledger"]["waiting"]:
-                assert time.monotonic() < deadline, "the queued rows were not written after the cut healed"
-                time.sleep(0.1)
+            eventually(
+                lambda: httpx.get(gw.url + "/health/ready").json()["ledger"]["waiting"] == 0,
+                20,
+                "the queued rows written after the cut healed",
+                interval=0.05,
+            )
             assert call("after-0") == 200
         ids = {r["request_id"] for r in asyncio.run(_rows(pg_url, "SELECT request_id FROM mw_ledger"))}
         served = {*before, *during[:20], "after-0"}

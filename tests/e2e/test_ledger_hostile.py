@@ -30,10 +30,12 @@ import yaml
 from meterway.app import create_app
 from meterway.context import RequestContext
 from meterway.ledger import Entry
+from tests.support.cli import run_meterway
 from tests.support.gateway import RunningGateway, free_socket, run_gateway, settings_for
 from tests.support.models import priced
 from tests.support.rows import ledger_entry
 from tests.support.serve import port
+from tests.support.wait import eventually
 from tests.upstreams.standin import Script, StandIn
 
 MASTER = "sk-hostile-ledger-master"
@@ -136,16 +138,13 @@ def test_hostile_values_and_billions_of_tokens_never_stop_the_ledger(upstream: S
         for e in injected:
             _commit(gw, hook, e)
         ordinary = [f"ordinary-{i}" for i in range(20)]
-        started = time.monotonic()
         assert [_chat(gw, rid).status_code for rid in ordinary] == [200] * 20
-        deadline = time.monotonic() + 10
-        while True:
-            found = {r["request_id"] for r in _rows(pg_url, "SELECT request_id FROM mw_ledger")}
-            if set(ordinary) <= found:
-                break
-            assert time.monotonic() < deadline, f"rows missing: {sorted(set(ordinary) - found)[:5]}"
-            time.sleep(0.1)
-        assert time.monotonic() - started < 30
+        eventually(
+            lambda: set(ordinary) <= {r["request_id"] for r in _rows(pg_url, "SELECT request_id FROM mw_ledger")},
+            10,
+            "every ordinary row written after the hostile ones",
+            interval=0.05,
+        )
         ready = httpx.get(gw.url + "/health/ready", timeout=10)
         assert ready.status_code == 200, ready.text
         assert ready.json()["ledger"]["waiting"] == 0 and ready.json()["ledger"]["stalled"] is None
@@ -205,13 +204,11 @@ def _block_inserts(pg_url: str) -> None:
 
 
 def _wait_ready(url: str, status: int, within_s: float) -> dict[str, Any]:
-    deadline = time.monotonic() + within_s
-    while True:
+    def answer() -> dict[str, Any] | None:
         r = httpx.get(url + "/health/ready", timeout=10)
-        if r.status_code == status:
-            return r.json()  # type: ignore[no-any-return]
-        assert time.monotonic() < deadline, f"/health/ready answered {r.status_code}: {r.text}"
-        time.sleep(0.2)
+        return r.json() if r.status_code == status else None  # type: ignore[no-any-return]
+
+    return eventually(answer, within_s, f"/health/ready answering {status}", interval=0.05)
 
 
 def test_readiness_fails_while_ledger_rows_cannot_be_written_and_recovers(upstream: StandIn, pg_url: str) -> None:
@@ -307,15 +304,13 @@ def test_a_request_sent_right_after_start_has_its_row_before_its_response_comple
     tmp_path: Path, upstream: StandIn, pg_url: str
 ) -> None:
     with _serve(tmp_path, upstream, pg_url) as (proc, url):
-        deadline = time.monotonic() + 30
-        while True:  # the first moment the gateway answers at all
-            try:
-                if httpx.get(url + "/health/live", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "meterway serve did not come up"
-            time.sleep(0.02)
+
+        def live() -> bool:
+            assert proc.poll() is None, "meterway serve exited"
+            return httpx.get(url + "/health/live", timeout=1).status_code == 200
+
+        # the first moment the gateway answers at all
+        eventually(live, 30, "meterway serve answering", interval=0.005, retry_on=(httpx.TransportError,))
         r = httpx.post(
             url + "/v1/chat/completions",
             json={"model": "priced", "messages": HI},
@@ -339,13 +334,10 @@ def test_a_model_request_gets_503_with_retry_after_when_the_store_cannot_open(up
     thread.start()
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     try:
-        deadline = time.monotonic() + 10
-        while not server.started:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-        started = time.monotonic()
+        eventually(lambda: server.started, 10, "the server listening", interval=0.005)
         live = httpx.get(url + "/health/live", timeout=5)
-        assert live.status_code == 200 and time.monotonic() - started < 0.5
+        startup = httpx.get(url + "/health/startup", timeout=5).json()
+        assert live.status_code == 200 and startup["store"] == "opening", "live answers while the store opens"
         r = httpx.post(
             url + "/v1/chat/completions",
             json={"model": "priced", "messages": HI},
@@ -382,13 +374,7 @@ def test_the_command_line_lists_and_reprocesses_quarantined_rows(tmp_path: Path,
         env.update(LAGO_API_BASE="http://127.0.0.1:9", LAGO_API_KEY="lago-test-key")
 
     def mw(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "meterway", *args, "--database-url", db],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=env,
-        )
+        return run_meterway([*args, "--database-url", db], env)
 
     usage = mw("usage")
     assert usage.returncode == 0 and "1 ledger row(s) wait in the quarantine" in usage.stderr

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import threading
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -16,10 +15,12 @@ import asyncpg
 import httpx
 import yaml
 
+from meterway.api.health import Readiness
 from tests.support.gateway import run_gateway
 from tests.support.models import priced
 from tests.support.netcut import CuttableProxy
 from tests.support.serve import ready, serve
+from tests.support.wait import ManualClock, eventually
 from tests.upstreams.standin import Script, StandIn
 
 HI: Any = [{"role": "user", "content": "hi"}]
@@ -32,13 +33,14 @@ def _port(url: str) -> int:
 
 
 def _wait_status(url: str, status: int, within_s: float) -> httpx.Response:
-    deadline = time.monotonic() + within_s
-    while True:
-        r = httpx.get(url, timeout=10)
-        if r.status_code == status:
-            return r
-        assert time.monotonic() < deadline, f"{url} answered {r.status_code}: {r.text}"
-        time.sleep(0.1)
+    """Polls `url` until it answers `status`. Each poll may take 5 s at most: a readiness check
+    that waited for a driver's connect instead of its own timeout fails here."""
+
+    def answer() -> httpx.Response | None:
+        r = httpx.get(url, timeout=5)
+        return r if r.status_code == status else None
+
+    return eventually(answer, within_s, f"{url} answering {status}", interval=0.05)
 
 
 def test_readiness_reports_a_database_or_redis_cut_off_within_its_timeout(upstream: StandIn, pg_url: str) -> None:
@@ -56,18 +58,13 @@ def test_readiness_reports_a_database_or_redis_cut_off_within_its_timeout(upstre
             assert httpx.get(gw.url + "/health/startup").status_code == 200
 
             database.set_cut(True)
-            time.sleep(1.1)  # past the answer cached for a second
-            started = time.monotonic()
-            down = httpx.get(gw.url + "/health/ready", timeout=10)
-            assert time.monotonic() - started < 2.5  # the check's own timeout, not a driver's connect
-            assert down.status_code == 503 and down.json()["database"] != "ok", down.text
-            live = time.monotonic()
-            assert httpx.get(gw.url + "/health/live").status_code == 200 and time.monotonic() - live < 0.5
+            down = _wait_status(gw.url + "/health/ready", 503, 10)  # once the answer cached for a second is old
+            assert down.json()["database"] != "ok", down.text
+            assert httpx.get(gw.url + "/health/live", timeout=5).status_code == 200, "liveness does not care"
             database.set_cut(False)
             _wait_status(gw.url + "/health/ready", 200, 10)
 
             cache.set_cut(True)
-            time.sleep(1.1)
             gone = _wait_status(gw.url + "/health/ready", 503, 5).json()
             assert gone["redis"] != "ok" and gone["database"] == "ok"
             cache.set_cut(False)
@@ -90,9 +87,17 @@ def test_readiness_is_checked_at_most_once_a_second(upstream: StandIn) -> None:
             await ping()
 
         store.ping = counted  # type: ignore[method-assign]
+        clock = ManualClock()
+        gw.app.readiness = Readiness(clock=clock)  # the same check, on a clock the test moves
         for _ in range(20):
             assert httpx.get(gw.url + "/health/ready").status_code == 200
-        assert 1 <= calls <= 3
+        assert calls == 1, "probes within a second share one check"
+        clock.advance(0.99)
+        assert httpx.get(gw.url + "/health/ready").status_code == 200 and calls == 1
+        clock.advance(0.01)
+        for _ in range(5):
+            assert httpx.get(gw.url + "/health/ready").status_code == 200
+        assert calls == 2, "a second later the database is checked again, once"
 
 
 async def _rows(pg_url: str, sql: str) -> list[Any]:
@@ -112,20 +117,27 @@ def test_sigterm_during_streams_lets_them_finish_writes_their_rows_and_exits_0(
     env = {"METERWAY_CONFIG": str(path), "METERWAY_MASTER_KEY": MASTER}
     upstream.script(Script(event_gap=0.15), times=3)  # each stream takes about a second
     results: dict[str, list[str]] = {}
+    relaying = threading.Semaphore(0)
 
     def stream(rid: str) -> None:
         body = {"model": "priced", "messages": HI, "stream": True}
         headers = {"Authorization": f"Bearer {MASTER}", "x-request-id": rid}
         with httpx.stream("POST", gw.url + "/v1/chat/completions", json=body, headers=headers, timeout=20) as r:
-            results[rid] = [line for line in r.iter_lines() if line]
+            lines = []
+            for line in r.iter_lines():
+                if line and not lines:
+                    relaying.release()
+                if line:
+                    lines.append(line)
+            results[rid] = lines
 
     with contextmanager(serve)([], env) as gw:
         ready(gw.url)
         threads = [threading.Thread(target=stream, args=(f"draining-{i}",)) for i in range(3)]
         for t in threads:
             t.start()
-        upstream.wait_for_received(3)
-        time.sleep(0.3)  # the streams have started relaying
+        for _ in threads:  # every stream has started relaying
+            assert relaying.acquire(timeout=20), "a stream never started"
         gw.proc.send_signal(signal.SIGTERM)
         for t in threads:
             t.join(20)

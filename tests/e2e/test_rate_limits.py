@@ -4,7 +4,6 @@ across two gateways that share Redis."""
 from __future__ import annotations
 
 import asyncio
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ import openai
 import pytest
 
 from tests.support.gateway import RunningGateway, run_gateway
-from tests.unit.test_limiters import away_from_window_edge
+from tests.support.wait import clear_of_minute_edge
 from tests.upstreams.standin import StandIn
 
 MESSAGES: Any = [{"role": "user", "content": "hi"}]
@@ -27,7 +26,7 @@ def _key(gw: RunningGateway, **limits: int) -> str:
 
 
 def test_rpm_limit_answers_429_with_retry_after_and_ratelimit_headers(gateway: RunningGateway) -> None:
-    asyncio.run(away_from_window_edge())
+    clear_of_minute_edge()
     key = _key(gateway, rpm_limit=3)
     with openai.OpenAI(base_url=gateway.v1, api_key=key, max_retries=0) as client:
         for _ in range(3):
@@ -49,7 +48,7 @@ def test_parallel_limit_refuses_the_extra_request_and_frees_its_slot_after(
     body = {"model": "gpt-test", "messages": MESSAGES}
     with ThreadPoolExecutor(2) as pool:
         slow = pool.submit(httpx.post, gateway.v1 + "/chat/completions", json=body, headers=headers, timeout=10)
-        time.sleep(0.3)
+        upstream.wait_for_received(1)  # the first request holds the one slot
         second = httpx.post(gateway.v1 + "/chat/completions", json=body, headers=headers, timeout=10)
         assert second.status_code == 429 and "max_parallel_requests is 1" in second.json()["error"]["message"]
         assert slow.result().status_code == 200
@@ -61,7 +60,7 @@ def test_parallel_limit_refuses_the_extra_request_and_frees_its_slot_after(
 
 
 def test_rpm_limit_holds_exactly_across_two_gateways_sharing_redis(tmp_path: Path, redis_url: str) -> None:
-    asyncio.run(away_from_window_edge())
+    clear_of_minute_edge()
     db = f"sqlite:///{tmp_path / 'shared.db'}"
     config = {
         "model_list": [{"model_name": "demo", "litellm_params": {"model": "mock/demo"}}],
@@ -95,7 +94,7 @@ def _post(gw: RunningGateway, key: str, **extra: Any) -> int:
 
 
 def test_a_teams_limit_is_shared_by_all_its_keys(gateway: RunningGateway, admin: httpx.Client) -> None:
-    asyncio.run(away_from_window_edge())
+    clear_of_minute_edge()
     admin.post("/team/delete", json={"team_ids": ["team-rpm"]})
     assert admin.post("/team/new", json={"team_id": "team-rpm", "rpm_limit": 3}).status_code == 200
     a = admin.post("/key/generate", json={"team_id": "team-rpm"}).json()["key"]
@@ -104,7 +103,7 @@ def test_a_teams_limit_is_shared_by_all_its_keys(gateway: RunningGateway, admin:
 
 
 def test_a_customers_limit_follows_the_user_field(gateway: RunningGateway, admin: httpx.Client) -> None:
-    asyncio.run(away_from_window_edge())
+    clear_of_minute_edge()
     admin.post("/customer/delete", json={"user_ids": ["cust-rpm"]})
     assert admin.post("/customer/new", json={"user_id": "cust-rpm", "rpm_limit": 2}).status_code == 200
     key = admin.post("/key/generate", json={}).json()["key"]

@@ -8,7 +8,6 @@ import io
 import os
 import sqlite3
 import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -20,6 +19,7 @@ import openai
 import pytest
 
 from tests.e2e.test_ledger import metered_config
+from tests.support.cli import run_meterway
 from tests.support.gateway import RunningGateway, run_gateway
 from tests.upstreams.standin import StandIn
 
@@ -153,13 +153,7 @@ def test_an_internal_user_sees_only_its_own_usage(reported: RunningGateway) -> N
 
 def _cli(gw: RunningGateway, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("METERWAY_CONFIG", "CONFIG_FILE_PATH")}
-    return subprocess.run(
-        [sys.executable, "-m", "meterway", *args, "--database-url", gw.settings.database_url.reveal()],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-    )
+    return run_meterway([*args, "--database-url", gw.settings.database_url.reveal()], env)
 
 
 def test_the_cli_prints_the_same_reports(reported: RunningGateway) -> None:

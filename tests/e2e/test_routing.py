@@ -22,6 +22,7 @@ from tests.support.gateway import RunningGateway, run_gateway
 from tests.support.gateway import ledger_row as shared_ledger_row
 from tests.support.serve import Served
 from tests.support.serve import replicas as two_serving
+from tests.support.wait import clear_of_minute_edge
 from tests.upstreams.standin import Script, StandIn
 
 HI: Any = [{"role": "user", "content": "hi"}]
@@ -219,9 +220,7 @@ def test_usage_based_routing_keeps_each_deployment_under_its_rpm_across_replicas
         "router_settings": {"routing_strategy": "usage-based-routing-v2"},
     }
     with replicas(tmp_path, config, redis_url, redis_prefix) as (one, two):
-        left = 60 - time.time() % 60  # rpm windows are whole minutes: the burst stays in one
-        if left < 4:
-            time.sleep(left + 0.1)
+        clear_of_minute_edge(4)  # rpm windows are whole minutes: the burst stays in one
 
         async def burst() -> list[httpx.Response]:
             async with httpx.AsyncClient(headers={"Authorization": f"Bearer {MASTER}"}, timeout=30) as c:

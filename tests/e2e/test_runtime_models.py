@@ -5,7 +5,6 @@ within seconds, its key is stored encrypted, and the config file's models stay r
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +15,7 @@ import httpx
 
 from tests.support.serve import Served
 from tests.support.serve import replicas as two_serving
+from tests.support.wait import eventually
 from tests.upstreams.standin import StandIn
 
 MASTER = "sk-models-master-key"
@@ -53,10 +53,7 @@ def chat(served: Served, model: str) -> httpx.Response:
 
 
 def within(seconds: float, check: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        assert time.monotonic() < deadline, "not within the time allowed"
-        time.sleep(0.1)
+    eventually(check, seconds, "the change seen by the other replica")
 
 
 def stored_rows(pg_url: str) -> list[dict[str, Any]]:

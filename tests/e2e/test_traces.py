@@ -5,7 +5,6 @@ on to the upstream; with the receiver gone, requests still succeed."""
 from __future__ import annotations
 
 import sqlite3
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -111,11 +110,10 @@ def test_with_the_collector_down_requests_succeed_and_the_gateway_stays_ready(
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)  # nothing listens there now
     with run_gateway({"model_list": [priced(upstream.base_url)]}) as gw:
         assert gw.app.services is not None and gw.app.services.tracing is not None
-        started = time.monotonic()
-        with openai.OpenAI(base_url=gw.v1, api_key=gw.key, max_retries=0) as client:
+        # each request is answered without waiting for the exporter (a request kept waiting times out)
+        with openai.OpenAI(base_url=gw.v1, api_key=gw.key, max_retries=0, timeout=5) as client:
             for _ in range(30):
                 client.chat.completions.create(model="priced", messages=HI)
-        assert time.monotonic() - started < 10
         assert httpx.get(gw.url + "/health/ready").status_code == 200
 
 

@@ -9,7 +9,6 @@ import io
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -23,6 +22,7 @@ import pytest
 from tests.lago.standin import LagoStandIn
 from tests.support.gateway import RunningGateway, run_gateway
 from tests.support.models import priced
+from tests.support.wait import eventually
 from tests.upstreams.standin import StandIn
 
 playwright = pytest.importorskip("playwright.sync_api")
@@ -123,10 +123,8 @@ def test_a_key_made_in_the_ui_is_metered_reported_and_blocked(upstream: StandIn,
         assert page.locator("[data-test=today-spend]").get_attribute("data-exact") == usage["totals"]["cost"]
         _shot(page, "overview")
         page.set_viewport_size({"width": 390, "height": 844})  # a phone
-        deadline = time.monotonic() + 5
-        while page.evaluate("document.documentElement.scrollWidth") > 390:  # until the chart has followed
-            assert time.monotonic() < deadline, "the overview is wider than a phone"
-            time.sleep(0.05)
+        # until the chart has followed (the browser polls, on each frame)
+        page.wait_for_function("document.documentElement.scrollWidth <= 390", timeout=5000)
         _shot(page, "overview-phone")
         page.set_viewport_size({"width": 1280, "height": 860})
         page.get_by_role("link", name="Usage").click()
@@ -216,11 +214,14 @@ def test_a_parked_billing_event_is_seen_mapped_reprocessed_and_delivered(
         _login(page, gw)
         page.get_by_role("link", name="Billing").click()
         reasons = page.locator("[data-test=parked-reasons]")
-        deadline = time.monotonic() + 15
-        while "no active Lago subscription 'bob'" not in reasons.inner_text():
-            assert time.monotonic() < deadline, "events not parked"
-            time.sleep(0.2)
+
+        def parked() -> bool:
+            if "no active Lago subscription 'bob'" in reasons.inner_text():
+                return True
             page.reload()
+            return False
+
+        eventually(parked, 15, "both events parked", interval=0.1)
         assert "no customer (the request's `user` field)" in reasons.inner_text()
         assert page.locator("[data-test=parked]").inner_text() == "2"
         _shot(page, "billing")
@@ -237,15 +238,16 @@ def test_a_parked_billing_event_is_seen_mapped_reprocessed_and_delivered(
         bob = page.locator("tr", has_text="no active Lago subscription 'bob'")
         bob.get_by_role("button", name="Reprocess these").click()
         page.get_by_text("1 parked event(s) queued again.").wait_for()
-        deadline = time.monotonic() + 20
-        while len(lago.transaction_ids()) < 1:
-            assert time.monotonic() < deadline, "the reprocessed event never reached Lago"
-            time.sleep(0.2)
+        eventually(lambda: lago.transaction_ids(), 20, "the reprocessed event reaching Lago")
         assert {e.external_subscription_id for e in lago.events} == {"acme"}
-        while page.locator("[data-test=sent]").inner_text() != "1":  # marked sent once Lago has answered
-            assert time.monotonic() < deadline, "the delivered event is not marked sent"
-            time.sleep(0.2)
+
+        def marked_sent() -> bool:  # once Lago has answered
+            if page.locator("[data-test=sent]").inner_text() == "1":
+                return True
             page.reload()
+            return False
+
+        eventually(marked_sent, 20, "the delivered event marked sent", interval=0.1)
         assert page.locator("[data-test=parked]").inner_text() == "1"  # the request with no customer stays parked
 
         # reconcile the month: Lago holds exactly what was sent

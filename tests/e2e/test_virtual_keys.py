@@ -4,7 +4,6 @@ gateway's database (the management API comes later), the way a second replica wo
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,6 +18,7 @@ from meterway.store.engine import create_engine
 from meterway.store.keys import KeyStore
 from meterway.store.url import parse
 from tests.support.gateway import RunningGateway
+from tests.support.wait import eventually
 
 MESSAGES: Any = [{"role": "user", "content": "hi"}]
 
@@ -42,16 +42,18 @@ def _client(gw: RunningGateway, key: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=gw.v1, api_key=key, max_retries=0)
 
 
-def _seconds_until_refused(client: openai.OpenAI) -> float:
-    """Calls until the key is refused (bounded at 3 s) and returns how long that took."""
-    started = time.monotonic()
-    while True:
+def _refused_within(client: openai.OpenAI, within_s: float) -> None:
+    """Calls until the key is refused; fails if it is still served after `within_s` (the bound the
+    gateway promises for seeing a block: a cache lifetime, or an announcement's delivery)."""
+
+    def refused() -> bool:
         try:
             client.chat.completions.create(model="demo", messages=MESSAGES)
         except openai.AuthenticationError:
-            return time.monotonic() - started
-        assert time.monotonic() - started < 3.0, "the block was never seen"
-        time.sleep(0.02)
+            return True
+        return False
+
+    eventually(refused, within_s, "the blocked key refused")
 
 
 @pytest.fixture
@@ -100,7 +102,7 @@ def test_blocking_a_key_in_the_database_takes_effect_within_the_cache_lifetime(g
     with _client(gateway, key) as client:
         client.chat.completions.create(model="demo", messages=MESSAGES)  # now cached as usable
         _store_op(gateway, "update", key, blocked=True)
-        assert _seconds_until_refused(client) < 2.0
+        _refused_within(client, 2.0)
 
 
 def test_a_key_blocked_through_one_gateway_is_refused_by_another_within_a_second(tmp_path: Path) -> None:
@@ -117,4 +119,4 @@ def test_a_key_blocked_through_one_gateway_is_refused_by_another_within_a_second
         with _client(two, key) as client:
             client.chat.completions.create(model="demo", messages=MESSAGES)  # cached as usable on `two`
             assert httpx.post(one.url + "/key/block", json={"key": key}, headers=master).status_code == 200
-            assert _seconds_until_refused(client) < 1.0
+            _refused_within(client, 1.0)

@@ -30,6 +30,7 @@ from meterway.ledger.reported import uid_for
 from tests.lago.standin import LagoStandIn, billing_ready
 from tests.support.gateway import RunningGateway, run_gateway
 from tests.support.models import priced
+from tests.support.wait import eventually
 from tests.upstreams.standin import StandIn
 
 SECRET = "whsec-test-0123456789abcdef"
@@ -186,10 +187,8 @@ def webhook_rows(gw: RunningGateway) -> list[dict[str, Any]]:
 
 
 def settled(gw: RunningGateway, within_s: float = 15) -> None:
-    deadline = time.monotonic() + within_s
-    while sql(gw, "SELECT count(*) FROM mw_billing_outbox WHERE status = 'pending'")[0][0]:
-        assert time.monotonic() < deadline, "exports still pending"
-        time.sleep(0.05)
+    pending = "SELECT count(*) FROM mw_billing_outbox WHERE status = 'pending'"
+    eventually(lambda: sql(gw, pending)[0][0] == 0, within_s, "every export settled")
 
 
 def spend(gw: RunningGateway, table: str, column: str, ident: str) -> int:

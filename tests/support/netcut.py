@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 
 from tests.support.gateway import free_socket
 
@@ -68,15 +67,19 @@ class CuttableProxy:
         self._thread.start()
 
     def set_cut(self, cut: bool) -> None:
-        def apply() -> None:
+        """Cuts or heals, and returns once the proxy's loop has done it (no guessed pause)."""
+
+        async def apply() -> None:
             self.cut = cut
             if cut:
                 for w in list(self._conns):
                     w.transport.abort()
                 self._conns.clear()
 
-        self._loop.call_soon_threadsafe(apply)
-        time.sleep(0.1)
+        if not self._thread.is_alive():
+            self.cut = cut
+            return
+        asyncio.run_coroutine_threadsafe(apply(), self._loop).result(10)
 
     def stop(self) -> None:
         self.set_cut(True)

@@ -4,7 +4,6 @@ gateway sends (with `opentelemetry-proto`, as a collector would) and keeps their
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -13,6 +12,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
+
+from tests.support.wait import eventually
 
 
 @dataclass(frozen=True)
@@ -89,14 +90,11 @@ class OtlpReceiver:
                         )
 
     def wait_for(self, count: int, within_s: float = 10.0) -> list[ReceivedSpan]:
-        deadline = time.monotonic() + within_s
-        while True:
+        def arrived() -> list[ReceivedSpan] | None:
             with self._lock:
-                if len(self.spans) >= count:
-                    return list(self.spans)
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{len(self.spans)} spans arrived, expected {count}")
-            time.sleep(0.05)
+                return list(self.spans) if len(self.spans) >= count else None
+
+        return eventually(arrived, within_s, f"{count} spans")
 
     def __enter__(self) -> OtlpReceiver:
         self._thread.start()

@@ -8,7 +8,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import httpx
 import yaml
 
 from tests.support.gateway import free_socket
+from tests.support.wait import NeverHappened, eventually
 
 
 def port() -> int:
@@ -55,16 +55,17 @@ def serve(args: list[str], env: dict[str, str]) -> Iterator[Served]:
     )
     url = f"http://127.0.0.1:{port_}"
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(url + "/health/live", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"meterway serve did not come up: {proc.communicate()[1][-2000:]}")
-            time.sleep(0.05)
+
+        def live() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"meterway serve exited: {proc.communicate()[1][-2000:]}")
+            return httpx.get(url + "/health/live", timeout=1).status_code == 200
+
+        try:
+            eventually(live, 20, "meterway serve answering /health/live", retry_on=(httpx.TransportError,))
+        except NeverHappened as e:
+            proc.kill()
+            raise AssertionError(f"{e}: {proc.communicate()[1][-2000:]}") from None
         yield Served(proc, url)
     finally:
         proc.terminate()
@@ -81,14 +82,15 @@ def serve(args: list[str], env: dict[str, str]) -> Iterator[Served]:
 
 def ready(url: str, within_s: float = 20.0) -> dict[str, object]:
     """Readiness waits for the store (opened and migrated beside serving): poll it, bounded."""
-    deadline = time.monotonic() + within_s
-    while True:
+
+    def answer() -> dict[str, object] | None:
         r = httpx.get(url + "/health/ready")
         if r.status_code == 200:
             return r.json()  # type: ignore[no-any-return]
         assert r.status_code == 503 and r.json()["status"] == "starting", r.text
-        assert time.monotonic() < deadline, "not ready in time"
-        time.sleep(0.05)
+        return None
+
+    return eventually(answer, within_s, f"{url} ready")
 
 
 @contextlib.contextmanager

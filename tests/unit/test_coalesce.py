@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from meterway.coalesce import Coalescer
+from tests.support.wait import eventually_async
 
 
 async def test_calls_arriving_while_one_is_in_flight_go_together() -> None:
@@ -60,5 +61,4 @@ async def test_a_result_whose_caller_left_is_handed_to_orphan() -> None:
     await asyncio.sleep(0)
     waiting.cancel()
     gate.set()
-    await asyncio.sleep(0.01)
-    assert given_back == [5]
+    await eventually_async(lambda: given_back == [5], what="the orphaned result given back")

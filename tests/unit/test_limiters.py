@@ -12,52 +12,63 @@ import redis.asyncio
 from meterway.limits import Ask, Budget, Grant, Limiter, LimitSpec, Refusal
 from meterway.limits.memory import MemoryLimiter
 from meterway.limits.redis import RedisLimiter
+from tests.support.wait import ManualClock, clear_of_minute_edge
 
 RPM = Ask("k1:rpm", 3, "rpm", "rpm_limit")
 PAR = Ask("k1:par", 2, "parallel", "max_parallel_requests")
 
 
-async def away_from_window_edge() -> None:
-    """rpm windows are whole minutes: a test that straddles a boundary would see two windows."""
-    left = 60 - time.time() % 60
-    if left < 2:
-        await asyncio.sleep(left + 0.05)
+LEASE_TTL_S = 0.5
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    """Wall time the tests move: a second into an rpm window (whole minutes), so no test straddles
+    a window's edge, and leases lapse when the test says so, not after a sleep."""
+    start = time.time()
+    return ManualClock(start - start % 60 + 1)
 
 
 @pytest.fixture(params=["memory", "redis"])
-async def limiter(request: pytest.FixtureRequest) -> AsyncIterator[MemoryLimiter | RedisLimiter]:
+async def limiter(request: pytest.FixtureRequest, clock: ManualClock) -> AsyncIterator[MemoryLimiter | RedisLimiter]:
     if request.param == "memory":
-        yield MemoryLimiter(lease_ttl_s=0.5)
+        yield MemoryLimiter(lease_ttl_s=LEASE_TTL_S, clock=clock)
         return
     url, prefix = request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix")
     client = redis.asyncio.from_url(url)
-    limiter = RedisLimiter(client, prefix=prefix, lease_ttl_s=0.5)
+    limiter = RedisLimiter(client, prefix=prefix, lease_ttl_s=LEASE_TTL_S, clock=clock)
     yield limiter
     await limiter.aclose()
     await client.aclose()
 
 
-async def test_rpm_admits_exactly_the_limit_then_says_when_to_retry(limiter: Limiter) -> None:
-    await away_from_window_edge()
+async def test_rpm_admits_exactly_the_limit_then_says_when_to_retry(limiter: Limiter, clock: ManualClock) -> None:
     results = [await limiter.reserve([RPM], f"r{i}") for i in range(5)]
     assert [isinstance(r, Grant) for r in results] == [True, True, True, False, False]
     refusal = results[3]
-    assert isinstance(refusal, Refusal) and refusal.ask == RPM and 0 < refusal.retry_after <= 60
+    assert isinstance(refusal, Refusal) and refusal.ask == RPM and refusal.retry_after == pytest.approx(59)
     assert isinstance(results[0], Grant) and results[0].remaining == {"rpm_limit": 2}
+    clock.advance(refusal.retry_after - 0.5)
+    assert isinstance(await limiter.reserve([RPM], "early"), Refusal), "still the same window"
+    clock.advance(0.5)
+    assert isinstance(await limiter.reserve([RPM], "retried"), Grant), "the next window admits again"
 
 
-async def test_parallel_slots_are_given_back_and_lapse_when_never_released(limiter: Limiter) -> None:
+async def test_parallel_slots_are_given_back_and_lapse_when_never_released(
+    limiter: Limiter, clock: ManualClock
+) -> None:
     a, b = await limiter.reserve([PAR], "a"), await limiter.reserve([PAR], "b")
     assert isinstance(a, Grant) and isinstance(b, Grant)
     assert isinstance(await limiter.reserve([PAR], "c"), Refusal)
     await limiter.settle(a, 0, 0)
     assert isinstance(await limiter.reserve([PAR], "d"), Grant)
-    await asyncio.sleep(0.6)  # b and d are never released, as if their worker had died: their leases lapse
+    clock.advance(LEASE_TTL_S - 0.01)
+    assert isinstance(await limiter.reserve([PAR], "e"), Refusal), "b and d still hold their slots"
+    clock.advance(0.02)  # b and d are never released, as if their worker had died: their leases lapse
     assert isinstance(await limiter.reserve([PAR], "e"), Grant)
 
 
 async def test_a_refusal_takes_nothing(limiter: Limiter) -> None:
-    await away_from_window_edge()
     tight = Ask("k2:par", 1, "parallel", "max_parallel_requests")
     rpm = Ask("k2:rpm", 2, "rpm", "rpm_limit")
     first = await limiter.reserve([rpm, tight], "x")
@@ -69,7 +80,6 @@ async def test_a_refusal_takes_nothing(limiter: Limiter) -> None:
 
 
 async def test_concurrent_requests_get_exactly_the_limit(limiter: Limiter) -> None:
-    await away_from_window_edge()
     ask = Ask("k3:rpm", 30, "rpm", "rpm_limit")
     results = await asyncio.gather(*(limiter.reserve([ask], f"r{i}") for i in range(100)))
     assert sum(isinstance(r, Grant) for r in results) == 30
@@ -81,7 +91,6 @@ async def _reserved(limiter: MemoryLimiter | RedisLimiter, counter: str) -> int:
 
 
 async def test_tpm_admits_while_under_the_limit_and_settles_to_the_tokens_used(limiter: Limiter) -> None:
-    await away_from_window_edge()
     tpm = Ask("k4:tpm", 1000, "tpm", "tpm_limit", amount=600)
     first = await limiter.reserve([tpm], "a")
     second = await limiter.reserve([tpm], "b")  # 600 used < 1000: admitted, may overshoot by one estimate
@@ -118,11 +127,13 @@ async def test_budget_counter_never_starts_below_the_stored_spend(limiter: Limit
     assert isinstance(refused, Refusal) and refused.used == 100
 
 
-async def test_a_dead_requests_budget_reservation_lapses(limiter: MemoryLimiter | RedisLimiter) -> None:
+async def test_a_dead_requests_budget_reservation_lapses(
+    limiter: MemoryLimiter | RedisLimiter, clock: ManualClock
+) -> None:
     ask = Ask("k7:budget:all", 100, "budget", "key max_budget", amount=100)
     assert isinstance(await limiter.reserve([ask], "dies"), Grant)  # never settled
     assert isinstance(await limiter.reserve([ask], "waits"), Refusal)
-    await asyncio.sleep(0.6)
+    clock.advance(LEASE_TTL_S + 0.01)
     assert isinstance(await limiter.reserve([ask], "after"), Grant)
 
 
@@ -173,7 +184,7 @@ async def _until_granted(limiter: RedisLimiter, ask: Ask, lease: str) -> Grant:
 async def test_two_workers_never_admit_past_an_rpm_limit_and_reach_it_while_requests_keep_coming(
     two_workers: tuple[RedisLimiter, RedisLimiter],
 ) -> None:
-    await away_from_window_edge()
+    clear_of_minute_edge()
     ask = Ask("w1:rpm", 30, "rpm", "rpm_limit")
     results = await asyncio.gather(*(two_workers[i % 2].reserve([ask], f"r{i}") for i in range(100)))
     admitted = sum(isinstance(r, Grant) for r in results)
@@ -186,7 +197,7 @@ async def test_two_workers_never_admit_past_an_rpm_limit_and_reach_it_while_requ
 async def test_two_workers_overshoot_a_tpm_limit_by_one_estimate_at_most(
     two_workers: tuple[RedisLimiter, RedisLimiter],
 ) -> None:
-    await away_from_window_edge()
+    clear_of_minute_edge()
     ask = Ask("w5:tpm", 1000, "tpm", "tpm_limit", amount=300)
     results = await asyncio.gather(*(two_workers[i % 2].reserve([ask], f"r{i}") for i in range(20)))
     granted = sum(isinstance(r, Grant) for r in results)

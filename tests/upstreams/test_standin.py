@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -495,13 +494,11 @@ def test_script_path_default_and_reset(standin: StandIn, oai: openai.OpenAI) -> 
 
 def test_script_delay(standin: StandIn) -> None:
     standin.script_delay(3.0)
-    started = time.monotonic()
-    with (
+    with (  # the client gives up first: the reply is held back, the stand-in still answers later
         openai.OpenAI(base_url=standin.base_url + "/v1", api_key=OPENAI_KEY, max_retries=0, timeout=0.3) as client,
         pytest.raises(openai.APITimeoutError),
     ):
         client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
-    assert time.monotonic() - started < 2.0
     assert standin.wait_for_received(1)[0].script == Script(delay=3.0)
 
 

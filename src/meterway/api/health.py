@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
 import orjson
 
@@ -40,9 +40,10 @@ class Readiness:
     probes arriving meanwhile (several kubelets, a load balancer) share one check, and a database
     that stopped answering is reported within `timeout_s`, not after a driver's long connect."""
 
-    def __init__(self, ttl_s: float = 1.0, timeout_s: float = 1.0) -> None:
+    def __init__(self, ttl_s: float = 1.0, timeout_s: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl_s = ttl_s
         self.timeout_s = timeout_s
+        self._clock = clock  # tests pass their own, to see the answer age without waiting
         self._at = float("-inf")
         self._answer: tuple[int, dict[str, object]] = (503, {"status": "starting"})
         self._checking: asyncio.Task[tuple[int, dict[str, object]]] | None = None
@@ -52,14 +53,14 @@ class Readiness:
         if services is None:
             what = "starting" if lifecycle.state is State.OPENING else "unavailable"
             return 503, orjson.dumps({"status": what, "store": lifecycle.store_text})
-        if time.monotonic() - self._at >= self.ttl_s:
+        if self._clock() - self._at >= self.ttl_s:
             if self._checking is None:
                 self._checking = asyncio.ensure_future(self._check(services))
             try:
                 self._answer = await asyncio.shield(self._checking)
             finally:
                 self._checking = None
-            self._at = time.monotonic()
+            self._at = self._clock()
         status, details = self._answer
         stalled = services.ledger.stalled()
         if stalled is not None:  # the database may answer a ping and still not take the rows

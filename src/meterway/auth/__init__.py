@@ -103,15 +103,21 @@ class TTLCache(Generic[T]):
     """Id -> value (or None for an unknown id), each entry kept `ttl_s` seconds. Concurrent misses
     for one id share a single lookup; failed lookups are not cached."""
 
-    def __init__(self, lookup: Callable[[str], Awaitable[T | None]], ttl_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        lookup: Callable[[str], Awaitable[T | None]],
+        ttl_s: float = 0.5,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._lookup = lookup
+        self._clock = clock  # tests pass their own, to see entries expire without waiting
         self.ttl_s = ttl_s  # changed while change announcements are heard (auth.changes)
         self._entries: dict[str, tuple[float, T | None]] = {}
         self._pending: dict[str, asyncio.Future[T | None]] = {}
 
     async def get(self, ident: str) -> T | None:
         entry = self._entries.get(ident)
-        now = time.monotonic()
+        now = self._clock()
         if entry is not None and entry[0] > now:
             return entry[1]
         pending = self._pending.get(ident)
@@ -129,7 +135,7 @@ class TTLCache(Generic[T]):
             del self._pending[ident]
         if len(self._entries) > 100_000:  # unknown ids must not grow the cache without bound
             self._entries.clear()
-        self._entries[ident] = (time.monotonic() + self.ttl_s, value)
+        self._entries[ident] = (self._clock() + self.ttl_s, value)
         future.set_result(value)
         return value
 

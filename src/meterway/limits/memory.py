@@ -6,6 +6,7 @@ workers sharing a database see each other's settled spend within the key cache's
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from meterway.limits import Ask, Grant, Refusal
 
@@ -13,7 +14,8 @@ WINDOW_S = 60.0
 
 
 class MemoryLimiter:
-    def __init__(self, lease_ttl_s: float = 660.0) -> None:
+    def __init__(self, lease_ttl_s: float = 660.0, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock  # wall time (rpm windows are calendar minutes); tests pass their own
         self._windows: dict[str, tuple[float, int]] = {}  # rpm/tpm counter -> (window start, used)
         self._leases: dict[str, dict[str, tuple[float, int]]] = {}  # counter -> lease -> (expiry, amount)
         self._spent: dict[str, int] = {}  # budget counter -> spend settled in its period
@@ -30,7 +32,7 @@ class MemoryLimiter:
 
     async def reserve(self, asks: list[Ask], lease: str) -> Grant | Refusal:
         # No await between checking and taking: on one event loop this is atomic.
-        now = time.time()
+        now = self._clock()
         window = now - now % WINDOW_S
         remaining: dict[str, int] = {}
         for ask in asks:
@@ -77,5 +79,5 @@ class MemoryLimiter:
 
     def reserved(self, counter: str) -> int:
         """Units held by requests in flight (slots, or budget reserved): zero when none leaked."""
-        held = self._held(counter, time.time())
+        held = self._held(counter, self._clock())
         return sum(amount for _, amount in held.values())

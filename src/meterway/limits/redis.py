@@ -29,6 +29,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -222,7 +223,14 @@ _Item = tuple[list[Ask], str] | list[_GiveBack]
 
 
 class RedisLimiter:
-    def __init__(self, client: Any, prefix: str = "meterway:limits:", lease_ttl_s: float = 660.0) -> None:
+    def __init__(
+        self,
+        client: Any,
+        prefix: str = "meterway:limits:",
+        lease_ttl_s: float = 660.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._clock = clock  # wall time, handed to the scripts as `now`; tests pass their own
         self._client = client
         self._prefix = prefix
         self._lease_ttl_ms = int(lease_ttl_s * 1000)
@@ -238,7 +246,7 @@ class RedisLimiter:
         self._take = Coalescer(self._take_batch, orphan=self._give_back)
 
     async def reserve(self, asks: list[Ask], lease: str) -> Grant | Refusal:
-        now = time.time()
+        now = self._clock()
         now_ms = int(now * 1000)
         window = now_ms - now_ms % (WINDOW_S * 1000)
         if not asks:
@@ -299,7 +307,7 @@ class RedisLimiter:
         return Grant(lease, tuple(asks), window, remaining)
 
     async def _take_batch(self, batch: list[_Item]) -> list[Grant | Refusal | None]:
-        now_ms = int(time.time() * 1000)
+        now_ms = int(self._clock() * 1000)
         window = now_ms - now_ms % (WINDOW_S * 1000)  # the script computes the same from `now_ms`
         results: list[Grant | Refusal | None] = [None] * len(batch)
         sent: list[int] = []  # indexes of the requests that go to Redis
@@ -442,7 +450,7 @@ class RedisLimiter:
             self._flusher = None
 
     def _due(self, idle_before: float) -> list[_GiveBack]:
-        now_ms = int(time.time() * 1000)
+        now_ms = int(self._clock() * 1000)
         window = now_ms - now_ms % (WINDOW_S * 1000)
         entries = []
         for counter, held in list(self._leases.items()):
