@@ -169,24 +169,8 @@ async def regenerate(admin: Admin, body: bytes, query: dict[str, str]) -> dict[s
     existing = await admin.store.keys.get(new)
     if existing is not None:
         return {"key": new, **key_info(existing), "token_id": existing.token, "regenerated_from": old.token}
-    settings = {
-        name: getattr(old, name)
-        for name in (
-            "key_alias",
-            "models",
-            "expires",
-            "user_id",
-            "team_id",
-            "max_budget",
-            "budget_duration",
-            "rpm_limit",
-            "tpm_limit",
-            "max_parallel_requests",
-            "billing_external_customer_id",
-            "billing_external_subscription_id",
-            "customer_id",
-        )
-    }
+    # the old key's settings carry over; it is unblocked, and its metadata loses the old link
+    settings = {name: getattr(old, name) for name in admin.store.keys.fields if name not in ("blocked", "metadata")}
     settings["metadata"] = {k: v for k, v in old.metadata.items() if k != "regenerated_to"}
     record = await admin.store.keys.create(new, **settings, blocked=False)
     retire = datetime.now(UTC) + grace if grace else datetime.now(UTC)

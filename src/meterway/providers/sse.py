@@ -33,29 +33,14 @@ class EventSplitter:
         self._limit = limit
 
     def feed(self, data: bytes) -> list[bytes]:
-        buf = self._buf + data if self._buf else data
-        events: list[bytes] = []
-        start = 0
+        buf, spans = self.frames(data)
         limit = self._limit
-        # Each separator is searched for from where the last one ended, and `\r\n\r\n` (rare) only
-        # again once passed: searching both from every event would scan the buffer once per event.
-        crlf = buf.find(b"\r\n\r\n")
-        while True:
-            lf = buf.find(b"\n\n", start)
-            if 0 <= crlf < start:
-                crlf = buf.find(b"\r\n\r\n", start)
-            if crlf >= 0 and (lf < 0 or crlf < lf):
-                cut, width = crlf, 4
-            elif lf >= 0:
-                cut, width = lf, 2
-            else:
-                break
+        events: list[bytes] = []
+        for start, cut, _ in spans:
             if limit is not None and cut - start > limit:
                 raise EventTooLarge(limit)
             if cut > start:
                 events.append(buf[start:cut])
-            start = cut + width
-        self._buf = buf[start:]
         if limit is not None and len(self._buf) > limit:
             raise EventTooLarge(limit)
         return events
@@ -73,6 +58,8 @@ class EventSplitter:
         buf = self._buf + data if self._buf else data
         spans: list[tuple[int, int, int]] = []
         start = 0
+        # Each separator is searched for from where the last one ended, and `\r\n\r\n` (rare) only
+        # again once passed: searching both from every event would scan the buffer once per event.
         crlf = buf.find(b"\r\n\r\n")
         while True:
             lf = buf.find(b"\n\n", start)

@@ -48,7 +48,7 @@ class KeyRecord:
         return expires <= (now or datetime.now(UTC))
 
 
-_FIELDS = (
+FIELDS = (  # what a key's create and update may set
     "key_alias",
     "models",
     "expires",
@@ -95,11 +95,13 @@ def _record(row: sa.Row[Any]) -> KeyRecord:
 
 
 class KeyStore:
+    fields = FIELDS  # what `create` and `update` take: handlers read it here, not by importing the store
+
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
     async def create(self, key: str, **values: Any) -> KeyRecord:
-        unknown = set(values) - set(_FIELDS)
+        unknown = set(values) - set(FIELDS)
         if unknown:
             raise TypeError(f"unknown key fields: {sorted(unknown)}")
         row = {
@@ -149,7 +151,7 @@ class KeyStore:
             return [str(r[0]) for r in await conn.execute(query.limit(limit))]
 
     async def update(self, key_or_digest: str, **values: Any) -> KeyRecord | None:
-        unknown = set(values) - set(_FIELDS)
+        unknown = set(values) - set(FIELDS)
         if unknown:
             raise TypeError(f"unknown key fields: {sorted(unknown)}")
         token = reference(key_or_digest)
