@@ -17,7 +17,7 @@ from meterway.errors import BadRequest
 from meterway.providers import anthropic_format as fmt
 from meterway.providers import sse
 from meterway.providers.base import Api, Call, Parsed, StreamRelay, Usage, tokens
-from meterway.providers.common import JSON_HEADERS, Endpoint, HttpProvider, Route, unreadable
+from meterway.providers.common import JSON_HEADERS, Endpoint, HttpProvider, Route, named_json_events, unreadable
 
 DEFAULT_API_BASE = "https://api.anthropic.com"
 API_VERSION = "2023-06-01"
@@ -133,15 +133,8 @@ class ChatFromMessagesRelay:
 
     def feed(self, data: bytes) -> bytes:
         out: list[bytes] = []
-        for raw in self._split.feed(data):
-            event = sse.parse_event(raw)
-            if not event.data:
-                continue
-            try:
-                payload = orjson.loads(event.data)
-            except orjson.JSONDecodeError:
-                continue
-            for chunk in self._stream.feed(event.name, payload):
+        for name, payload in named_json_events(self._split, data):
+            for chunk in self._stream.feed(name, payload):
                 out.append(sse.format_data(orjson.dumps(chunk)))
         return b"".join(out)
 

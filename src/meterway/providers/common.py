@@ -247,8 +247,8 @@ def text_of(content: Any) -> str:
     return ""
 
 
-def json_events(split: sse.EventSplitter, data: bytes) -> Iterator[dict[str, Any]]:
-    """The JSON objects carried by the events that `data` completes. An event without data, or
+def named_json_events(split: sse.EventSplitter, data: bytes) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The name and JSON object of each event that `data` completes. An event without data, or
     whose data is no JSON object, has nothing to translate and is skipped."""
     for raw in split.feed(data):
         event = sse.parse_event(raw)
@@ -259,7 +259,13 @@ def json_events(split: sse.EventSplitter, data: bytes) -> Iterator[dict[str, Any
         except orjson.JSONDecodeError:
             continue
         if isinstance(payload, dict):
-            yield payload
+            yield event.name, payload
+
+
+def json_events(split: sse.EventSplitter, data: bytes) -> Iterator[dict[str, Any]]:
+    """The JSON objects of the events that `data` completes, for families whose events are unnamed."""
+    for _, payload in named_json_events(split, data):
+        yield payload
 
 
 class ChatChunks:
