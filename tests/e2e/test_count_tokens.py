@@ -96,6 +96,17 @@ def test_wrong_key_and_model_outside_the_key_in_anthropic_shape(
     assert upstream.received == []
 
 
+def test_upstream_error_relayed_in_anthropic_shape(claude_client: anthropic.Anthropic, upstream: StandIn) -> None:
+    limited = {"type": "error", "error": {"type": "rate_limit_error", "message": "Too many count requests"}}
+    upstream.script_fail(429, limited, {"retry-after": "7"}, path="/v1/messages/count_tokens")
+    with pytest.raises(anthropic.RateLimitError) as refused:
+        claude_client.messages.count_tokens(model="claude", messages=MESSAGES)
+    assert refused.value.response.headers["retry-after"] == "7"
+    assert isinstance(refused.value.body, dict) and refused.value.body["type"] == "error"
+    assert refused.value.body["error"]["type"] == "rate_limit_error"
+    assert "Too many count requests" in refused.value.body["error"]["message"]
+
+
 @pytest.mark.parametrize(
     ("method", "path", "status", "kind"),
     [

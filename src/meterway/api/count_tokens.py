@@ -25,6 +25,7 @@ import orjson
 from meterway import bounds
 from meterway.api.asgi import Incoming, Receive, Responder, Scope, Send, read_body, request_id
 from meterway.api.attempts import ERROR_BODY_MAX
+from meterway.api.attempts import _retry_after as retry_after
 from meterway.api.heads import decode
 from meterway.auth import bearer_token
 from meterway.errors import BadRequest, ModelNotFound
@@ -113,7 +114,9 @@ async def _upstream(
         resp.release()
     if failed:
         call = Call(Api.MESSAGES, body, RequestHead(model), rid)
-        raise provider.map_error(call, resp.status, data)
+        err = provider.map_error(call, resp.status, data)
+        err.retry_after = retry_after(resp.header("Retry-After"))  # Anthropic limits count_tokens on its own
+        raise err
     try:
         _counted.decode(data)
     except msgspec.DecodeError:
