@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 from urllib.parse import unquote
 
 from meterway.admin import Admin
-from meterway.api import errors, heads, health, management, proxy, webhooks
+from meterway.api import count_tokens, errors, heads, health, management, proxy, webhooks
 from meterway.api.admin_routes import ROUTES as ADMIN_ROUTES
 from meterway.api.asgi import Incoming, Receive, Responder, Scope, Send, request_id
 from meterway.api.errors import Endpoint
@@ -139,6 +139,7 @@ class Gateway:
         self._stop = asyncio.Event()
         self._routes = self._table()
         self._not_found = route(self._no_route, None)
+        self._messages_not_found = route(self._no_route, None, Api.MESSAGES)  # /v1/messages/...: Anthropic's 404
         self._ui_route = route(self._serve_ui, None)
         self._model_route = route(self._model_info, ("GET",))
 
@@ -172,6 +173,7 @@ class Gateway:
             table[path] = route(self._metrics, ("GET",))
         table["/openapi.json"] = route(self._openapi_json, ("GET",))
         table["/models"] = route(self._model_list, ("GET",))
+        table["/messages/count_tokens"] = route(self._count_tokens, ("POST",), Api.MESSAGES)
         return table
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -195,6 +197,8 @@ class Gateway:
             return self._ui_route
         if path.startswith("/models/"):
             return self._model_route
+        if path.startswith("/messages/"):
+            return self._messages_not_found
         if path.endswith("/invoice-preview"):
             for prefix in _INVOICE_PREFIXES:
                 customer_id = unquote(path[len(prefix) : -len("/invoice-preview")]) if path.startswith(prefix) else ""
@@ -208,6 +212,10 @@ class Gateway:
         # open: no await here; in the first seconds it waits, as the row could not be committed yet
         services = self.lifecycle.services or await self.lifecycle.wait_open()
         await proxy.handle(services, api, decode, scope, receive, send)
+
+    async def _count_tokens(self, scope: Scope, receive: Receive, send: Send) -> None:
+        services = self.lifecycle.services or await self.lifecycle.wait_open()
+        await count_tokens.handle(services, scope, receive, send)
 
     async def _admin(
         self, handlers: Mapping[str, management.Handler], scope: Scope, receive: Receive, send: Send

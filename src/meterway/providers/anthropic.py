@@ -16,11 +16,12 @@ import orjson
 from meterway.errors import BadRequest
 from meterway.providers import anthropic_format as fmt
 from meterway.providers import sse
-from meterway.providers.base import Api, Call, Parsed, StreamRelay, Usage, tokens
+from meterway.providers.base import Api, Call, Parsed, StreamRelay, UpstreamRequest, Usage, tokens
 from meterway.providers.common import JSON_HEADERS, Endpoint, HttpProvider, Route, named_json_events, unreadable
 
 DEFAULT_API_BASE = "https://api.anthropic.com"
 API_VERSION = "2023-06-01"
+COUNT_TOKENS = "count_tokens"  # the route of `/v1/messages/count_tokens` (no `Api`: it is not a generation)
 
 
 class _WireUsage(msgspec.Struct):
@@ -151,7 +152,7 @@ def _is_object(body: bytes) -> bool:
 
 
 ENDPOINT = Endpoint(
-    {Api.CHAT: "/messages", Api.MESSAGES: "/messages"},
+    {Api.CHAT: "/messages", Api.MESSAGES: "/messages", COUNT_TOKENS: "/messages/count_tokens"},
     default_base=DEFAULT_API_BASE,
     versions=("/v1",),
     auth=("x-api-key", ""),
@@ -175,6 +176,15 @@ class AnthropicProvider(HttpProvider):
             return call.api, orjson.dumps(fmt.chat_to_messages_request(orjson.loads(call.body), self.upstream_model))
         except fmt.TranslationError as e:
             raise BadRequest(str(e), param=e.param) from None
+
+    def count_tokens_request(self, body: bytes, model: str) -> UpstreamRequest:
+        """A `count_tokens` request as the client sent it (only the model renamed, as on
+        /v1/messages), to the same upstream with the same headers as the deployment's messages."""
+        if model != self.upstream_model:
+            obj = orjson.loads(body)
+            obj["model"] = self.upstream_model
+            body = orjson.dumps(obj)
+        return UpstreamRequest(self.endpoint.method, self.urls[COUNT_TOKENS], self.headers, body, False)
 
     def parse_response(self, call: Call, body: bytes) -> Parsed:
         if call.api is Api.MESSAGES:
