@@ -496,14 +496,15 @@ def chat_to_messages_request(chat: JSON, upstream_model: str) -> JSON:
         tool_choice = _convert_tool_choice(chat.get("tool_choice"), chat.get("parallel_tool_calls"))
         if tool_choice is not None:
             request["tool_choice"] = tool_choice
-    json_tool = _json_tool(chat.get("response_format"))
-    if json_tool is not None:
+    response_format = chat.get("response_format")
+    if response_format is not None and (json_tool := _json_tool(response_format)) is not None:
         _add_json_tool(request, json_tool)
     # An explicit `thinking` is the client's own Anthropic setting and wins over the effort; Anthropic
     # refuses thinking while a tool is forced, and the forced call is what the client asked for.
-    forced = (request.get("tool_choice") or {}).get("type") in ("any", "tool")
-    if chat.get("reasoning_effort") is not None and "thinking" not in request and not forced:
-        _add_thinking(request, chat["reasoning_effort"])
+    effort = chat.get("reasoning_effort")
+    forced = effort is not None and (request.get("tool_choice") or {}).get("type") in ("any", "tool")
+    if effort is not None and "thinking" not in request and not forced:
+        _add_thinking(request, effort)
     return request
 
 
