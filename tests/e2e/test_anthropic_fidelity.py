@@ -8,7 +8,7 @@ import orjson
 import pydantic
 
 from meterway.providers.anthropic_format import JSON_TOOL_NAME
-from tests.upstreams.standin import TOOL_ARGUMENT_VALUE, StandIn
+from tests.upstreams.standin import TOOL_ARGUMENT_VALUE, StandIn, reply_for
 
 CITY_SCHEMA = {
     "type": "object",
@@ -73,3 +73,21 @@ def test_parse_and_stream_with_a_pydantic_model(client: openai.OpenAI, upstream:
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
     assert not any(c.choices[0].delta.tool_calls for c in chunks if c.choices)
     _assert_forced_tool(upstream)
+
+
+def test_reasoning_effort_reaches_anthropic_as_thinking(client: openai.OpenAI, upstream: StandIn) -> None:
+    # the stand-in refuses, as Anthropic does, a budget not under max_tokens or thinking beside a forced tool
+    r = client.chat.completions.create(
+        model="claude", messages=[{"role": "user", "content": "Think"}], reasoning_effort="high", max_tokens=100
+    )
+    assert r.choices[0].message.content == reply_for("Think")
+    sent = upstream.last.json
+    assert isinstance(sent, dict) and sent["thinking"] == {"type": "enabled", "budget_tokens": 4096}
+    assert sent["max_tokens"] == 4196
+    client.chat.completions.create(
+        model="claude",
+        messages=[{"role": "user", "content": "Think"}],
+        reasoning_effort="low",
+        response_format={"type": "json_object"},
+    )
+    assert isinstance(upstream.last.json, dict) and "thinking" not in upstream.last.json
