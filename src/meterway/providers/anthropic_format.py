@@ -389,8 +389,9 @@ def _json_tool(response_format: Any) -> JSON | None:
 
 
 def _add_json_tool(request: JSON, tool: JSON) -> None:
-    """Adds the answer tool and a tool_choice that makes the model use a tool. With client tools the model may still call one of those (``any``), as OpenAI allows
-    tool calls beside a response_format; a client's own named or required choice is kept."""
+    """Adds the answer tool and a tool_choice that makes the model use a tool. With client tools the
+    model may still call one of those (``any``), as OpenAI allows tool calls beside a response_format;
+    a client's own named or required choice is kept."""
     tools: list[JSON] = request.setdefault("tools", [])
     if any(t.get("name") == JSON_TOOL_NAME for t in tools):
         raise _fail("tools", f"the tool name {JSON_TOOL_NAME!r} is reserved for response_format")
