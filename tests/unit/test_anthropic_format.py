@@ -342,7 +342,7 @@ def test_openai_only_params_are_dropped() -> None:
             frequency_penalty=0.5,
             presence_penalty=0.5,
             seed=7,
-            response_format={"type": "json_object"},
+            response_format={"type": "text"},  # json_object and json_schema become a tool
             stream_options={"include_usage": True},
             logit_bias={"1": 2},
         ),
@@ -392,7 +392,12 @@ def test_messages_response_text_becomes_chat_completion() -> None:
     assert isinstance(chat["created"], int)
     assert chat["model"] == "my-alias"
     assert chat["choices"] == [
-        {"index": 0, "message": {"role": "assistant", "content": "Hello there"}, "finish_reason": "stop"}
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "Hello there", "refusal": None},
+            "logprobs": None,
+            "finish_reason": "stop",
+        }
     ]
 
 
@@ -409,6 +414,7 @@ def test_messages_response_tool_use_becomes_tool_calls() -> None:
     assert choice["message"] == {
         "role": "assistant",
         "content": None,
+        "refusal": None,
         "tool_calls": [
             {"id": "toolu_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}
         ],
@@ -541,7 +547,7 @@ def test_messages_stream_text_and_tool_use_gives_exact_chunk_sequence() -> None:
             "object": "chat.completion.chunk",
             "created": 1700000000,
             "model": "my-alias",
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
             "usage": None,
         }
 

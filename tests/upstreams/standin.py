@@ -331,6 +331,22 @@ def _pick_anthropic_tool(payload: dict[str, Any]) -> tuple[str, dict[str, str]] 
     return chosen["name"], tool_arguments(chosen.get("input_schema"))
 
 
+def _thinking_refusal(payload: dict[str, Any], max_tokens: int) -> str | None:
+    """Anthropic's own checks on extended thinking, so a translation that breaks them fails here too."""
+    thinking = payload.get("thinking")
+    if not isinstance(thinking, dict) or thinking.get("type") != "enabled":
+        return None
+    budget = thinking.get("budget_tokens")
+    if not isinstance(budget, int) or budget < 1024:
+        return "thinking.enabled.budget_tokens: Input should be greater than or equal to 1024"
+    if budget >= max_tokens:
+        return "`max_tokens` must be greater than `thinking.budget_tokens`"
+    choice = payload.get("tool_choice")
+    if isinstance(choice, dict) and choice.get("type") in ("any", "tool"):
+        return "Thinking may not be enabled when tool_choice forces tool use."
+    return None
+
+
 def _is_int_list(value: Json) -> bool:
     return isinstance(value, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in value)
 
@@ -1119,6 +1135,8 @@ class StandIn:
         max_tokens = payload.get("max_tokens")
         if not isinstance(max_tokens, int) or isinstance(max_tokens, bool):
             return await self._anthropic_error(call, 400, "invalid_request_error", "max_tokens: Field required")
+        if (refusal := _thinking_refusal(payload, max_tokens)) is not None:
+            return await self._anthropic_error(call, 400, "invalid_request_error", refusal)
         model = payload["model"]
         messages = [message for message in payload["messages"] if isinstance(message, dict)]
         input_tokens = self._anthropic_input_tokens(payload)

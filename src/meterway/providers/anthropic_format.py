@@ -16,6 +16,13 @@ Where the two APIs disagree the choices are:
 * Parameters one side has no use for are dropped rather than forwarded, because both APIs reject unknown
   fields (an allow-list, not a deny-list, so a new OpenAI parameter cannot break Anthropic requests).
 * Thinking blocks and server-tool blocks have no Chat Completions equivalent and are not surfaced.
+* ``response_format`` (``json_object``/``json_schema``) becomes one extra tool, :data:`JSON_TOOL_NAME`, that the
+  model is made to call; its input is the answer, so the reply hands it back as the message content with
+  finish reason ``stop``. The name is reserved, which lets the reply be translated without the request.
+* ``reasoning_effort`` becomes extended thinking with the budget in :data:`THINKING_BUDGETS`; OpenAI counts
+  reasoning inside ``max_completion_tokens`` but Anthropic demands ``max_tokens`` above the budget, so a
+  limit at or under the budget is raised by the budget. Anthropic refuses thinking while a tool is forced,
+  so when ``response_format`` or ``tool_choice`` forces a tool call, the effort is not sent.
 """
 
 from __future__ import annotations
@@ -36,9 +43,19 @@ DEFAULT_MAX_TOKENS = 4096
 """Anthropic will not run without ``max_tokens``; chat clients usually omit it and expect "as much as
 the model likes", so this is a generous default rather than a small one."""
 
+JSON_TOOL_NAME = "meterway_json_response"
+"""The tool a ``response_format`` becomes. Unlikely in a client's own tool list (one there is refused),
+so a ``tool_use`` of this name in a reply is known to be the answer without looking at the request."""
+
+THINKING_BUDGETS: Mapping[str, int] = MappingProxyType({"minimal": 1024, "low": 1024, "medium": 2048, "high": 4096})
+"""``reasoning_effort`` -> ``thinking.budget_tokens``: the figures LiteLLM uses, so clients migrating from it
+get the same spend per effort; 1024 is Anthropic's minimum budget, which is why minimal shares it."""
+
 __all__ = [
     "DEFAULT_MAX_TOKENS",
     "JSON",
+    "JSON_TOOL_NAME",
+    "THINKING_BUDGETS",
     "ChatToMessagesStream",
     "MessagesToChatStream",
     "TranslationError",
@@ -342,6 +359,66 @@ def _convert_tool_choice(choice: Any, parallel: Any) -> JSON | None:
     return result
 
 
+def _json_tool(response_format: Any) -> JSON | None:
+    """The tool a ``response_format`` becomes, or None for plain text."""
+    if response_format is None:
+        return None
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    if kind == "text":
+        return None
+    tool: JSON = {"name": JSON_TOOL_NAME, "description": "Give the final answer as this tool's input."}
+    if kind == "json_object":
+        tool["input_schema"] = {"type": "object"}
+        return tool
+    if kind != "json_schema":
+        raise _fail("response_format.type", f"unsupported response_format {kind!r}")
+    spec = response_format.get("json_schema")
+    if not isinstance(spec, dict):
+        raise _fail("response_format.json_schema", "must be an object")
+    schema = spec.get("schema")
+    if schema is None:
+        schema = {"type": "object"}
+    # Anthropic tool input is always a JSON object; OpenAI's strict mode demands the same of a schema.
+    if not isinstance(schema, dict) or schema.get("type", "object") != "object":
+        raise _fail("response_format.json_schema.schema", "must describe a JSON object")
+    description = spec.get("description")
+    if isinstance(description, str) and description:
+        tool["description"] = f"Give the final answer as this tool's input: {description}"
+    tool["input_schema"] = schema
+    return tool
+
+
+def _add_json_tool(request: JSON, tool: JSON) -> None:
+    """Adds the answer tool and a tool_choice that makes the model use a tool. With client tools the
+    model may still call one of those (``any``), as OpenAI allows tool calls beside a response_format;
+    a client's own named or required choice is kept."""
+    tools: list[JSON] = request.setdefault("tools", [])
+    if any(t.get("name") == JSON_TOOL_NAME for t in tools):
+        raise _fail("tools", f"the tool name {JSON_TOOL_NAME!r} is reserved for response_format")
+    choice: JSON | None = request.get("tool_choice")
+    kind = choice.get("type") if choice is not None else None
+    tools.append(tool)
+    if len(tools) == 1 or kind == "none":
+        request["tool_choice"] = {"type": "tool", "name": JSON_TOOL_NAME}
+    elif kind in (None, "auto"):
+        forced: JSON = {"type": "any"}
+        if choice is not None and "disable_parallel_tool_use" in choice:
+            forced["disable_parallel_tool_use"] = choice["disable_parallel_tool_use"]
+        request["tool_choice"] = forced
+
+
+def _add_thinking(request: JSON, effort: Any) -> None:
+    if effort == "none":
+        return
+    budget = THINKING_BUDGETS.get(effort) if isinstance(effort, str) else None
+    if budget is None:
+        raise _fail("reasoning_effort", f"must be one of none, {', '.join(THINKING_BUDGETS)}")
+    request["thinking"] = {"type": "enabled", "budget_tokens": budget}
+    max_tokens = request["max_tokens"]
+    if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) and max_tokens <= budget:
+        request["max_tokens"] = budget + max_tokens
+
+
 def chat_to_messages_request(chat: JSON, upstream_model: str) -> JSON:
     """Builds an Anthropic Messages request body from an OpenAI chat request body."""
     messages = chat.get("messages")
@@ -409,6 +486,8 @@ def chat_to_messages_request(chat: JSON, upstream_model: str) -> JSON:
     user_id = metadata.get("user_id") if isinstance(metadata, dict) else None
     if user_id is None:
         user_id = chat.get("user")
+    if user_id is None:
+        user_id = chat.get("safety_identifier")  # OpenAI's successor to `user`, for the same purpose
     if user_id is not None:
         request["metadata"] = {"user_id": user_id}
 
@@ -418,6 +497,15 @@ def chat_to_messages_request(chat: JSON, upstream_model: str) -> JSON:
         tool_choice = _convert_tool_choice(chat.get("tool_choice"), chat.get("parallel_tool_calls"))
         if tool_choice is not None:
             request["tool_choice"] = tool_choice
+    response_format = chat.get("response_format")
+    if response_format is not None and (json_tool := _json_tool(response_format)) is not None:
+        _add_json_tool(request, json_tool)
+    # An explicit `thinking` is the client's own Anthropic setting and wins over the effort; Anthropic
+    # refuses thinking while a tool is forced, and the forced call is what the client asked for.
+    effort = chat.get("reasoning_effort")
+    forced = effort is not None and (request.get("tool_choice") or {}).get("type") in ("any", "tool")
+    if effort is not None and "thinking" not in request and not forced:
+        _add_thinking(request, effort)
     return request
 
 
@@ -435,28 +523,38 @@ def _tool_call(block: JSON) -> JSON:
 
 
 def messages_response_to_chat(msg: JSON, model: str) -> JSON:
-    """Builds an OpenAI ``chat.completion`` from an Anthropic Message, reporting the client's model name."""
+    """Builds an OpenAI ``chat.completion`` from an Anthropic Message, reporting the client's model name.
+
+    A call of :data:`JSON_TOOL_NAME` is the answer to a ``response_format``: its input becomes the whole
+    content (any text beside it would stop the client parsing it), and a turn that ended only to make that
+    call ended as ``stop``. ``logprobs`` and ``refusal`` are always present because OpenAI's spec requires
+    them and strict clients validate the reply against it."""
     texts: list[str] = []
+    answer: str | None = None
     tool_calls: list[JSON] = []
     for block in msg.get("content") or []:
         if not isinstance(block, dict):
             continue
         if block.get("type") == "text":
             texts.append(block.get("text") or "")
+        elif block.get("type") == "tool_use" and block.get("name") == JSON_TOOL_NAME:
+            answer = _dumps(block.get("input") or {})
         elif block.get("type") == "tool_use":
             tool_calls.append(_tool_call(block))
-    message: JSON = {"role": "assistant", "content": "".join(texts) if texts else None}
+    content = answer if answer is not None else "".join(texts) if texts else None
+    message: JSON = {"role": "assistant", "content": content, "refusal": None}
     if tool_calls:
         message["tool_calls"] = tool_calls
+    finish_reason = _finish_reason(msg.get("stop_reason")) or "stop"
+    if finish_reason == "tool_calls" and answer is not None and not tool_calls:
+        finish_reason = "stop"
     usage = msg.get("usage")
     return {
         "id": msg.get("id", ""),
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [
-            {"index": 0, "message": message, "finish_reason": _finish_reason(msg.get("stop_reason")) or "stop"}
-        ],
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}],
         "usage": messages_usage_to_chat(usage if isinstance(usage, dict) else {}),
     }
 
@@ -480,6 +578,7 @@ class MessagesToChatStream:
         self.done = False
         self._anthropic_usage: JSON = {}
         self._tool_index: dict[int, int] = {}  # Anthropic block index -> OpenAI tool_calls index
+        self._answer_blocks: set[int] = set()  # indices of JSON_TOOL_NAME blocks: their input is content
 
     def _chunk(self, delta: JSON, finish_reason: str | None = None) -> JSON:
         chunk: JSON = {
@@ -487,7 +586,7 @@ class MessagesToChatStream:
             "object": "chat.completion.chunk",
             "created": self.created,
             "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
         }
         if self.include_usage:
             # OpenAI puts "usage": null on every chunk but the last when the client asked for usage.
@@ -514,6 +613,9 @@ class MessagesToChatStream:
             return [self._chunk({"role": "assistant", "content": ""})]
         if event == "content_block_start":
             block = data.get("content_block") or {}
+            if block.get("type") == "tool_use" and block.get("name") == JSON_TOOL_NAME:
+                self._answer_blocks.add(_int(data.get("index")))
+                return []
             if block.get("type") == "tool_use":
                 tool_index = len(self._tool_index)
                 self._tool_index[_int(data.get("index"))] = tool_index
@@ -532,6 +634,8 @@ class MessagesToChatStream:
             if delta.get("type") == "text_delta" and delta.get("text"):
                 return [self._chunk({"content": delta["text"]})]
             if delta.get("type") == "input_json_delta" and delta.get("partial_json"):
+                if _int(data.get("index")) in self._answer_blocks:
+                    return [self._chunk({"content": delta["partial_json"]})]
                 known = self._tool_index.get(_int(data.get("index")))
                 if known is None:
                     return []
@@ -542,6 +646,8 @@ class MessagesToChatStream:
             self._merge_usage(data.get("usage"))
             stop_reason = (data.get("delta") or {}).get("stop_reason")
             finish = _finish_reason(stop_reason)
+            if finish == "tool_calls" and self._answer_blocks and not self._tool_index:
+                finish = "stop"  # the only call was the response_format answer, already sent as content
             return [self._chunk({}, finish)] if finish is not None else []
         if event == "message_stop":
             self.done = True
