@@ -233,6 +233,40 @@ def test_usage_is_read_whatever_the_json_whitespace(
         assert '"usage"' not in r.text
 
 
+@pytest.mark.parametrize("pretty", [False, True], ids=["compact", "spaced"])
+@pytest.mark.parametrize("include_usage", [False, True], ids=["stripped", "relayed"])
+def test_usage_beside_the_last_choice_is_billed_as_reported(
+    gw: RunningGateway, upstream: StandIn, include_usage: bool, pretty: bool
+) -> None:
+    """LiteLLM's way: the finish_reason and the usage in one chunk. Billed as the upstream reported
+    it; a client that did not ask for usage still gets the finish_reason, and no usage key."""
+    upstream.script(Script(usage_in_last_choice=True, pretty=pretty))
+    extra: dict[str, Any] = {"stream_options": {"include_usage": True}} if include_usage else {}
+    with _sdk(gw) as client:
+        raw = client.chat.completions.with_raw_response.create(model="priced", messages=HI, stream=True, **extra)
+        chunks = list(raw.parse())
+    reported = upstream.last.usage
+    assert reported is not None and upstream.last.events[-1]["usage"] == reported  # beside the choice, upstream
+    last = chunks[-1]
+    assert [c.finish_reason for c in last.choices] == ["stop"]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.startswith(REPLY_PREFIX)
+    if include_usage:
+        assert last.usage is not None
+        assert (last.usage.prompt_tokens, last.usage.completion_tokens) == (
+            reported["prompt_tokens"],
+            reported["completion_tokens"],
+        )
+    else:
+        assert all("usage" not in c.model_fields_set for c in chunks), "OpenAI sends no usage key to this client"
+    row = ledger_row(gw.url, gw.key, raw.headers["x-request-id"])
+    assert row["tokens_estimated"] is False and row["flags"] == []
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (
+        reported["prompt_tokens"],
+        reported["completion_tokens"],
+    )
+
+
 def test_a_non_json_answer_is_a_502_upstream_error(gw: RunningGateway, upstream: StandIn) -> None:
     upstream.script(Script(status=200, body=b"Service temporarily unavailable, try later"))
     with _sdk(gw) as client, pytest.raises(openai.APIStatusError) as failed:

@@ -160,3 +160,61 @@ async def test_demo_model_refuses_a_request_it_cannot_read_as_the_clients_error(
 def test_usage_the_gateway_asked_for_is_taken_out_of_every_chunk(event: bytes, expected: bytes | None) -> None:
     relay = UsageStrippingRelay()
     assert relay.feed(event + b"\n\n") == (expected or event) + b"\n\n"
+
+
+FINISH_WITH_USAGE = (
+    b'data: {"id":"c","choices":[{"index":0,"delta":{},"finish_reason":"stop"}],'
+    b'"usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7}}\n\n'
+)
+SPACED_FINISH_WITH_USAGE = (
+    b'data: {"id" : "c" , "choices" : [{"index" : 0 , "delta" : {} , "finish_reason" : "stop"}] , '
+    b'"usage" : {"prompt_tokens" : 5 , "completion_tokens" : 2 , "total_tokens" : 7}}\n\n'
+)
+
+
+@given(st.lists(st.integers(min_value=0), max_size=8), st.sampled_from([FINISH_WITH_USAGE, SPACED_FINISH_WITH_USAGE]))
+def test_usage_beside_a_choice_is_metered_and_taken_out_without_the_choice(cuts: list[int], last: bytes) -> None:
+    relay = UsageStrippingRelay()
+    out, final = _relay(relay, _cut(CHUNK * 2 + last + sse.DONE, cuts))
+    assert final == sse.DONE and relay.done
+    assert relay.usage is not None and (relay.usage.prompt_tokens, relay.usage.completion_tokens) == (5, 2)
+    *chunks, finish = [orjson.loads(sse.parse_event(e).data) for e in out.split(b"\n\n") if e]
+    assert all("usage" not in c for c in (*chunks, finish)) and len(chunks) == 2
+    assert finish == {"id": "c", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+
+
+@given(st.lists(st.integers(min_value=0), max_size=8))
+def test_pass_through_reads_usage_beside_a_choice_and_relays_it(cuts: list[int]) -> None:
+    relay = PassthroughRelay()
+    out, final = _relay(relay, _cut(CHUNK + SPACED_FINISH_WITH_USAGE + sse.DONE, cuts))
+    assert out == CHUNK + SPACED_FINISH_WITH_USAGE and final == sse.DONE
+    assert relay.usage is not None and relay.usage.total_tokens == 7
+
+
+@pytest.mark.parametrize(
+    ("event", "expected"),
+    [  # other fields of the event kept; a usage nested in a choice is not the chunk's; figures beyond 64 bits
+        (
+            b'id: 9\ndata: {"choices":[{"index":0}],"usage":{"prompt_tokens":1}}',
+            b'id: 9\ndata: {"choices":[{"index":0}]}',
+        ),
+        (
+            b'data: {"choices":[{"index":0,"x":{"usage":{"a":1}}}],"usage":null}',
+            b'data: {"choices":[{"index":0,"x":{"usage":{"a":1}}}]}',
+        ),
+        (
+            b'data: {"n":123456789012345678901234,"choices":[{"index":0}],"usage":{"prompt_tokens":1}}',
+            b'data: {"n":123456789012345678901234,"choices":[{"index":0}]}',
+        ),
+    ],
+)
+def test_usage_beside_a_choice_leaves_the_rest_of_the_event(event: bytes, expected: bytes) -> None:
+    relay = UsageStrippingRelay()
+    assert relay.feed(event + b"\n\n") == expected + b"\n\n"
+
+
+def test_usage_beside_a_choice_with_an_escaped_lone_surrogate_is_still_taken_out() -> None:
+    relay = UsageStrippingRelay()
+    event = b'data: {"choices":[{"delta":{"content":"\\ud800 \xc3\xa9"}}],"usage":{"prompt_tokens":1}}\n\n'
+    assert relay.feed(event) == b'data: {"choices":[{"delta":{"content":"\\ud800 \\u00e9"}}]}\n\n'
+    assert relay.usage is not None and relay.usage.prompt_tokens == 1

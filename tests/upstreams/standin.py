@@ -151,6 +151,9 @@ class Script:
     long_text: str = "lorem ipsum dolor sit amet "  # the content of each of those events
     huge_body: int = 0  # a 200 JSON answer of this many bytes, written as it is made (never held whole)
     after_done: int = 0  # a stream that goes on writing events, this many bytes, after its final event
+    # OpenAI chat stream asked for usage, answered as LiteLLM and some servers do: the usage in the
+    # finish_reason chunk, beside its choice, and no usage-only chunk after it
+    usage_in_last_choice: bool = False
 
     def applies_to(self, path: str) -> bool:
         return self.path is None or self.path in path
@@ -933,8 +936,11 @@ class StandIn:
             else:
                 assert content is not None
                 frames.extend((None, chunk({"content": piece})) for piece in _pieces(content))
-            frames.append((None, chunk({}, finish_reason)))
-            if include_usage:
+            last_choice = include_usage and script is not None and script.usage_in_last_choice
+            frames.append(
+                (None, {**chunk({}, finish_reason), "usage": usage} if last_choice else chunk({}, finish_reason))
+            )
+            if include_usage and not last_choice:
                 final = {
                     "id": completion_id,
                     "object": "chat.completion.chunk",

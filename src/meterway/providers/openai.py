@@ -8,6 +8,7 @@ every stream; the usage event is then dropped again before it reaches that clien
 
 from __future__ import annotations
 
+import json
 import re
 from collections import deque
 from collections.abc import Mapping
@@ -185,7 +186,8 @@ class PassthroughRelay:
 
 class UsageStrippingRelay:
     """The gateway asked for usage the client did not ask for: the usage-only event is metered and
-    dropped, and the `"usage":null` the upstream then adds to every chunk is removed again, so the
+    dropped (a usage object beside a choice is metered and taken out of its chunk, the choice kept),
+    and the `"usage":null` the upstream then adds to every chunk is removed again, so the
     client receives the stream it asked for. `[DONE]` is held for `finish`, and nothing after it
     is relayed."""
 
@@ -218,6 +220,11 @@ class UsageStrippingRelay:
                 if _is_usage_only(event.data):
                     self.usage = decode_usage(event.data)
                     continue
+                beside = _without_usage(event.data)
+                if beside is not None:  # usage in the finish_reason chunk (LiteLLM): metered, the choice kept
+                    self.usage, rest = beside
+                    out.append(_with_data(raw, rest) + b"\n\n")
+                    continue
             raw = raw.replace(b',"usage":null', b"")
             if b'"usage"' in raw:  # written with spaces, or first: rarely, so looked for only then
                 raw = _USAGE_NULL.sub(b"", raw)
@@ -246,6 +253,34 @@ def _is_usage_only(data: bytes) -> bool:
         return not _choices.decode(data).choices
     except msgspec.DecodeError:
         return False
+
+
+def _without_usage(data: bytes) -> tuple[Usage | None, bytes] | None:
+    """A chunk that carries a usage object beside its choices (LiteLLM and some servers send the
+    finish_reason and the usage together): its usage, and the chunk re-encoded without its `usage`
+    member (OpenAI sends a client that did not ask for usage no `usage` key at all, and the choice
+    must still reach it).
+    None when the chunk has no top-level usage object (a nested `"usage"` is left alone).
+    Rare (the last chunk, as a rule), so decoded whole, and by the standard library: orjson
+    reads an integer beyond 64 bits as a float, which would change a figure the client is owed."""
+    try:
+        obj = json.loads(data)
+    except ValueError:  # not JSON: passed on as it came, like any chunk the gateway cannot read
+        return None
+    if not isinstance(obj, dict) or not isinstance(obj.get("usage"), dict):
+        return None
+    usage = usage_from_wire(obj.pop("usage"))  # read here: msgspec refuses an escaped lone surrogate
+    # ASCII out (non-ASCII escaped): a lone surrogate the upstream escaped stays valid to write
+    return usage, json.dumps(obj, separators=(",", ":")).encode()
+
+
+def _with_data(raw: bytes, data: bytes) -> bytes:
+    """The event `raw` (without its separator) with `data` as its one data line, its other fields
+    (`id:`, `event:`, comments) kept as they came."""
+    if raw.startswith(b"data:") and b"\n" not in raw:  # one data line: nearly every event
+        return b"data: " + data
+    kept = [line for line in raw.splitlines() if not line.startswith(b"data:")]
+    return b"\n".join([*kept, b"data: " + data])
 
 
 # ---------------------------------------------------------------- the provider
