@@ -190,7 +190,7 @@ async def _call(
             data = await resp.read(bound, min(bound, ERROR_BODY_MAX) if failed else None)
             if failed:
                 err = provider.map_error(call, resp.status, data)
-                err.retry_after = _retry_after(resp.header("Retry-After"))
+                err.retry_after = retry_after(resp.header("Retry-After"))
                 raise err
             return await answer(services, ctx, _parse(provider, call, data), responder)
         if not resp.content_type.startswith("text/event-stream"):
@@ -214,7 +214,7 @@ def _parse(provider: Provider, call: Call, data: bytes) -> Parsed:
         raise unreadable(provider.label, data, f"it could not read ({e.__class__.__name__})") from None
 
 
-def _retry_after(value: str | None) -> float | None:
+def retry_after(value: str | None) -> float | None:
     """An upstream's Retry-After in seconds, passed on so clients back off as the provider asked.
     The HTTP-date form is not passed on; no provider in use sends it."""
     if not value:

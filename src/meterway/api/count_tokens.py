@@ -17,6 +17,7 @@ reports and Lago), no limits reservation (it uses no tokens of any budget), no c
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -24,11 +25,11 @@ import orjson
 
 from meterway import bounds
 from meterway.api.asgi import Incoming, Receive, Responder, Scope, Send, read_body, request_id
-from meterway.api.attempts import ERROR_BODY_MAX
-from meterway.api.attempts import _retry_after as retry_after
+from meterway.api.attempts import ERROR_BODY_MAX, retry_after
 from meterway.api.heads import decode
+from meterway.api.proxy import group_for
 from meterway.auth import bearer_token
-from meterway.errors import BadRequest, ModelNotFound
+from meterway.errors import BadRequest
 from meterway.providers.anthropic import AnthropicProvider
 from meterway.providers.base import Api, Call, RequestHead
 from meterway.providers.common import unreadable
@@ -82,18 +83,15 @@ async def handle(services: Services, scope: Scope, receive: Receive, send: Send)
     )
     body = await read_body(receive, incoming, services.settings.max_body_bytes)
     request = decode_request(body)
-    if principal.models or principal.team_models:
-        principal.check_model(request.model)
-    try:
-        group = services.router.group(request.model)
-    except ModelNotFound as e:
-        raise ModelNotFound(request.model, principal.visible(e.available)) from None
+    group = group_for(services, principal, request.model)
     deployment = group.deployments[0]
     provider = deployment.provider_for(Api.MESSAGES)
     if isinstance(provider, AnthropicProvider):
         answer = await _upstream(services, deployment, provider, body, request.model, rid)
     else:
-        answer = orjson.dumps({"input_tokens": count_locally(services.ledger.counter, body, request.tools)})
+        # a body may be megabytes: tokenized off the event loop, so other requests go on meanwhile
+        counted = await asyncio.to_thread(count_locally, services.ledger.counter, body, request.tools)
+        answer = orjson.dumps({"input_tokens": counted})
     await Responder(send, rid).whole(200, answer)
 
 

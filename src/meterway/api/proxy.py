@@ -34,6 +34,8 @@ from meterway.providers.base import Api, Call, RequestHead
 from meterway.telemetry import logs
 
 if TYPE_CHECKING:
+    from meterway.auth import Principal
+    from meterway.routing import Group
     from meterway.services import Services
 
 log = logging.getLogger("meterway.proxy")
@@ -64,12 +66,7 @@ async def handle(services: Services, api: Api, decode: HeadDecoder, scope: Scope
         ctx.model_group, ctx.stream, ctx.end_user = head.model, head.stream, head.user
         ctx.user = principal.customer(head.user, services.settings.require_customer_binding)
         ctx.body, ctx.head = body, head
-        if principal.models or principal.team_models:
-            principal.check_model(head.model)
-        try:
-            group = services.router.group(head.model)
-        except ModelNotFound as e:
-            raise ModelNotFound(head.model, principal.visible(e.available)) from None
+        group = group_for(services, principal, head.model)
         cache = services.cache
         key: str | None = None
         ttl: float | None = None
@@ -129,6 +126,17 @@ async def handle(services: Services, api: Api, decode: HeadDecoder, scope: Scope
                 await hook.after(ctx)
             except Exception:  # one stage's failure must not skip the others' settling
                 log.exception("hook %s failed after request %s", type(hook).__name__, rid)
+
+
+def group_for(services: Services, principal: Principal, model: str) -> Group:
+    """The model's group, for a principal allowed it: a model outside the key's or its team's list
+    is 403, an unknown one 404 naming only the models this principal may use."""
+    if principal.models or principal.team_models:
+        principal.check_model(model)
+    try:
+        return services.router.group(model)
+    except ModelNotFound as e:
+        raise ModelNotFound(model, principal.visible(e.available)) from None
 
 
 def _too_deep(exc: Exception, body: bytes) -> Exception:
