@@ -1,0 +1,133 @@
+"""The Vercel AI SDK (npm `ai` + `@ai-sdk/openai`, tests/node) against the gateway, unchanged: the
+provider's default model, `createOpenAI({baseURL, apiKey})(model)`, speaks the Responses API;
+`.chat(model)` speaks chat completions and is the control. Each scenario is one node process
+printing what the SDK returned to the application; the usage it saw must be the ledger's row.
+
+Deployments: the demo model (bridged in process), Claude on the Anthropic stand-in (bridged to
+/v1/messages) and the OpenAI stand-in (the Responses API passed through)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import ANTHROPIC_KEY, UPSTREAM_KEY
+from tests.support.gateway import RunningGateway, ledger_row, run_gateway
+from tests.support.node import NodeClients
+from tests.upstreams.standin import TOOL_ARGUMENT_VALUE, StandIn, reply_for
+
+PROMPT = "Name a city on the Seine"
+
+
+@pytest.fixture(scope="module")
+def gw(standin: StandIn) -> Iterator[RunningGateway]:
+    base = standin.base_url
+    config = {
+        "model_list": [
+            {"model_name": "demo", "litellm_params": {"model": "mock/demo"}},
+            {
+                "model_name": "claude",
+                "litellm_params": {"model": "anthropic/claude-upstream", "api_base": base, "api_key": ANTHROPIC_KEY},
+            },
+            {
+                "model_name": "gpt",
+                "litellm_params": {"model": "openai/gpt-upstream", "api_base": base + "/v1", "api_key": UPSTREAM_KEY},
+            },
+        ]
+    }
+    with run_gateway(config) as running:
+        yield running
+
+
+def _sdk(node_clients: NodeClients, gw: RunningGateway, script: str, model: str, **more: Any) -> dict[str, Any]:
+    out = node_clients.run(script, baseURL=gw.v1, apiKey=gw.key, model=model, prompt=PROMPT, **more)
+    assert "error" not in out, out
+    return out
+
+
+def _billed_as_seen(gw: RunningGateway, out: dict[str, Any], endpoint: str) -> dict[str, Any]:
+    """The request's one ledger row carries the usage the SDK reported to the application, as the
+    upstream reported it (not estimated)."""
+    assert out["requestId"], "the gateway's x-request-id reaches the SDK's response headers"
+    row = ledger_row(gw.url, gw.key, out["requestId"])
+    usage = out["usage"]
+    assert row["call_type"] == endpoint and row["status"] == "success"
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (usage["inputTokens"], usage["outputTokens"])
+    assert row["total_tokens"] == usage["totalTokens"] and usage["outputTokens"] > 0
+    assert row["tokens_estimated"] is False
+    return row
+
+
+def _text_reply(model: str) -> str:
+    """What each deployment answers PROMPT with: the stand-in's echo, or the demo model's."""
+    return reply_for(PROMPT) if model != "demo" else "This is the meterway demo model answering. You said: " + PROMPT
+
+
+UPSTREAM_PATH = {"claude": "/v1/messages", "gpt": "/v1/responses"}
+# The string field each upstream fills when asked for a JSON schema: the demo model answers
+# {"reply": ...}, the OpenAI stand-in {"answer": ...}, and the Anthropic stand-in calls the forced
+# answer tool with every required property set to TOOL_ARGUMENT_VALUE.
+OBJECT_FIELDS = {"demo": ["reply"], "claude": ["city"], "gpt": ["answer"]}
+MODELS = ["demo", "claude", "gpt"]
+
+
+def test_chat_model_generate_text_is_the_control(
+    node_clients: NodeClients,
+    gw: RunningGateway,
+    upstream: StandIn,
+) -> None:
+    out = _sdk(node_clients, gw, "chat_generate_text.mjs", "claude")
+    assert out["text"] == reply_for(PROMPT) and out["finishReason"] == "stop"
+    assert upstream.last.path == "/v1/messages"
+    _billed_as_seen(gw, out, "chat")
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_default_model_generate_text_speaks_the_responses_api(
+    node_clients: NodeClients,
+    gw: RunningGateway,
+    upstream: StandIn,
+    model: str,
+) -> None:
+    out = _sdk(node_clients, gw, "generate_text.mjs", model)
+    assert out["text"] == _text_reply(model) and out["finishReason"] == "stop"
+    assert out["responseId"].startswith("resp_")
+    if model in UPSTREAM_PATH:
+        assert upstream.last.path == UPSTREAM_PATH[model]
+    _billed_as_seen(gw, out, "responses")
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_default_model_stream_text_arrives_in_pieces_and_is_billed_as_seen(
+    node_clients: NodeClients,
+    gw: RunningGateway,
+    upstream: StandIn,
+    model: str,
+) -> None:
+    out = _sdk(node_clients, gw, "stream_text.mjs", model)
+    assert out["text"] == _text_reply(model) and out["finishReason"] == "stop"
+    assert out["deltas"] > 1, "the answer is relayed as it is generated, not in one piece"
+    if model in UPSTREAM_PATH:
+        assert upstream.last.path == UPSTREAM_PATH[model]
+    row = _billed_as_seen(gw, out, "responses")
+    assert row["stream"] is True
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_default_model_generate_object_returns_the_zod_schema(
+    node_clients: NodeClients,
+    gw: RunningGateway,
+    upstream: StandIn,
+    model: str,
+) -> None:
+    fields = OBJECT_FIELDS[model]
+    out = _sdk(node_clients, gw, "generate_object.mjs", model, fields=fields)
+    assert sorted(out["object"]) == fields and all(isinstance(v, str) and v for v in out["object"].values())
+    if model == "claude":
+        assert out["object"] == {"city": TOOL_ARGUMENT_VALUE}
+        assert upstream.last.json["tool_choice"]["type"] == "tool", "json_schema reached Claude as a forced tool"
+    if model == "gpt":
+        assert upstream.last.json["text"]["format"]["type"] == "json_schema"
+    _billed_as_seen(gw, out, "responses")
