@@ -15,6 +15,7 @@ import pytest
 
 from tests.e2e.conftest import ANTHROPIC_KEY, UPSTREAM_KEY
 from tests.support.gateway import RunningGateway, ledger_row, run_gateway
+from tests.support.models import client_library_models
 from tests.support.node import NodeClients
 from tests.upstreams.standin import TOOL_ARGUMENT_VALUE, StandIn, reply_for
 
@@ -23,19 +24,8 @@ PROMPT = "Name a city on the Seine"
 
 @pytest.fixture(scope="module")
 def gw(standin: StandIn) -> Iterator[RunningGateway]:
-    base = standin.base_url
     config = {
-        "model_list": [
-            {"model_name": "demo", "litellm_params": {"model": "mock/demo"}},
-            {
-                "model_name": "claude",
-                "litellm_params": {"model": "anthropic/claude-upstream", "api_base": base, "api_key": ANTHROPIC_KEY},
-            },
-            {
-                "model_name": "gpt",
-                "litellm_params": {"model": "openai/gpt-upstream", "api_base": base + "/v1", "api_key": UPSTREAM_KEY},
-            },
-        ]
+        "model_list": client_library_models(standin.base_url, anthropic_key=ANTHROPIC_KEY, openai_key=UPSTREAM_KEY)
     }
     with run_gateway(config) as running:
         yield running
