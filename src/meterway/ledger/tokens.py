@@ -68,6 +68,8 @@ class TokenCounter:
             return self._inputs(request.get("input"))
         if api is Api.COMPLETIONS:
             return self._inputs(request.get("prompt"))
+        if api is Api.RESPONSES:
+            return self._response_input(request)
         messages = request.get("messages") or []
         total = REPLY_PRIMING
         if api is Api.MESSAGES and request.get("system"):
@@ -93,6 +95,22 @@ class TokenCounter:
         for chunk in chunks:
             stream.add(chunk)
         return stream.tokens()
+
+    def _response_input(self, request: dict[str, Any]) -> int:
+        """A Responses request as its chat form is counted: `instructions` as a system message,
+        a string `input` as one user message, and each input item as a message (a function call's
+        arguments, a function call output's text)."""
+        total = REPLY_PRIMING
+        if isinstance(request.get("instructions"), str):
+            total += PER_MESSAGE + self.count(request["instructions"])
+        items = request.get("input")
+        if isinstance(items, str):
+            return total + PER_MESSAGE + self.count(items)
+        for item in items if isinstance(items, list) else []:
+            if isinstance(item, dict):
+                text = item.get("output") if item.get("type") == "function_call_output" else item
+                total += PER_MESSAGE + self.count(_text(text))
+        return total
 
     def _inputs(self, value: Any) -> int:
         if isinstance(value, str):
@@ -139,12 +157,20 @@ def _choices_text(choices: Any, field: str) -> list[str]:
 def _answer_text(answer: dict[str, Any]) -> str:
     parts = _choices_text(answer.get("choices"), "message")
     parts.extend(_text(block) for block in answer.get("content") or [])  # Anthropic's shape
+    output = answer.get("output")  # a Response: its message items' text, its function calls' arguments
+    if isinstance(output, list):
+        parts.extend(_text(item) for item in output if isinstance(item, dict))
     return "".join(parts)
+
+
+_RESPONSES_DELTAS = ("response.output_text.delta", "response.function_call_arguments.delta")
 
 
 def _delta_text(event: dict[str, Any]) -> str:
     parts = _choices_text(event.get("choices"), "delta")
     delta = event.get("delta")  # Anthropic's content_block_delta
+    if event.get("type") in _RESPONSES_DELTAS and isinstance(delta, str):
+        parts.append(delta)
     if event.get("type") == "content_block_delta" and isinstance(delta, dict):
         parts.append(str(delta.get("text") or delta.get("partial_json") or ""))
     return "".join(parts)
