@@ -36,7 +36,7 @@ import aiohttp
 
 from meterway.admin import Admin
 from meterway.api.models import ModelList
-from meterway.api.responses import Responses
+from meterway.api.response_runs import Responses
 from meterway.api.webhooks import Webhooks
 from meterway.auth import Authenticator, KeyCache, Principal, TTLCache
 from meterway.auth.changes import Changes

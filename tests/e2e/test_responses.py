@@ -141,7 +141,9 @@ def test_create_retrieve_list_delete(
 
 
 @pytest.mark.parametrize("model", EVERY)
-def test_streamed_with_the_sdk_helper(model: str, gw: RunningGateway, up: ProviderStandIn, client: openai.OpenAI) -> None:
+def test_streamed_with_the_sdk_helper(
+    model: str, gw: RunningGateway, up: ProviderStandIn, client: openai.OpenAI
+) -> None:
     rid = f"stream-{model}-{uuid.uuid4().hex}"
     with client.responses.stream(model=model, input="hello there", extra_headers={"x-request-id": rid}) as stream:
         texts = [e.delta for e in stream if e.type == "response.output_text.delta"]

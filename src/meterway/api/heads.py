@@ -267,8 +267,11 @@ def responses(body: bytes) -> RequestHead:
     _model(r.model)
     data = bytes(r.input).lstrip()
     if not data.startswith((b'"', b"[")):
-        raise BadRequest("Invalid type for 'input': expected a string or an array of input items.", param="input",
-                         code="invalid_type")
+        raise BadRequest(
+            "Invalid type for 'input': expected a string or an array of input items.",
+            param="input",
+            code="invalid_type",
+        )
     if data.startswith(b"["):
         _array(r.input, "input")
     if r.previous_response_id is not None:

@@ -9,7 +9,6 @@ and `purge` deletes them (the gateway calls it now and then, never on a request'
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,26 +16,8 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from meterway.store.response_record import StoredResponse
 from meterway.store.tables import responses
-
-TERMINAL = frozenset({"completed", "incomplete", "failed", "cancelled"})
-
-
-@dataclass(frozen=True, slots=True)
-class StoredResponse:
-    response_id: str
-    key_id: str | None
-    team_id: str | None
-    model_group: str | None
-    deployment_id: str
-    native: bool
-    status: str
-    body: str | None  # the Response object as JSON (bridged responses only)
-    input_items: str | None  # its input items as a JSON array (likewise)
-    too_large: bool
-    metered: bool
-    created_at: datetime
-    expires_at: datetime
 
 
 def _aware(value: datetime) -> datetime:
