@@ -163,7 +163,7 @@ class Responses:
         terminal event). A store that fails costs the client nothing but later retrieval: logged."""
         if pending is None or not pending.store:
             return
-        response = _final_response(last)
+        response = final_response(last)
         if response is None:
             return
         response_id = response.get("id")
@@ -338,7 +338,7 @@ def _as_input(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: v for k, v in item.items() if k not in ("id", "status")} for item in items if isinstance(item, dict)]
 
 
-def _final_response(last: bytes) -> dict[str, Any] | None:
+def final_response(last: bytes) -> dict[str, Any] | None:
     """The Response in an answer's last bytes: the whole JSON object, or the `response` of the
     terminal event (`response.completed`, `.incomplete`, `.failed`) at the end of a stream."""
     data = last.strip()

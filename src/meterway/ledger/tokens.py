@@ -97,19 +97,21 @@ class TokenCounter:
         return stream.tokens()
 
     def _response_input(self, request: dict[str, Any]) -> int:
-        """A Responses request as its chat form is counted: `instructions` as a system message,
-        a string `input` as one user message, and each input item as a message (a function call's
-        arguments, a function call output's text)."""
-        total = REPLY_PRIMING
+        """A Responses request counted as its chat form would be: `instructions` as a system
+        message, a string `input` as a user message, each input item as a message (its string
+        fields, a function call's arguments and a function call output's text among them)."""
+        messages: list[Any] = []
         if isinstance(request.get("instructions"), str):
-            total += PER_MESSAGE + self.count(request["instructions"])
+            messages.append({"role": "system", "content": request["instructions"]})
         items = request.get("input")
         if isinstance(items, str):
-            return total + PER_MESSAGE + self.count(items)
-        for item in items if isinstance(items, list) else []:
+            messages.append({"role": "user", "content": items})
+        elif isinstance(items, list):
+            messages.extend(items)
+        total = REPLY_PRIMING
+        for item in messages:
             if isinstance(item, dict):
-                text = item.get("output") if item.get("type") == "function_call_output" else item
-                total += PER_MESSAGE + self.count(_text(text))
+                total += PER_MESSAGE + sum(self.count(_text(v)) for k, v in item.items() if k not in _NOT_TEXT)
         return total
 
     def _inputs(self, value: Any) -> int:
@@ -159,10 +161,13 @@ def _answer_text(answer: dict[str, Any]) -> str:
     parts.extend(_text(block) for block in answer.get("content") or [])  # Anthropic's shape
     output = answer.get("output")  # a Response: its message items' text, its function calls' arguments
     if isinstance(output, list):
-        parts.extend(_text(item) for item in output if isinstance(item, dict))
+        for item in output:
+            if isinstance(item, dict):
+                parts.append(_text(item.get("content")) + _text(item.get("arguments")))
     return "".join(parts)
 
 
+_NOT_TEXT = ("id", "type", "status", "call_id")  # a Responses input item's fields that are no prompt text
 _RESPONSES_DELTAS = ("response.output_text.delta", "response.function_call_arguments.delta")
 
 
