@@ -36,6 +36,7 @@ import aiohttp
 
 from meterway.admin import Admin
 from meterway.api.models import ModelList
+from meterway.api.response_runs import Responses
 from meterway.api.webhooks import Webhooks
 from meterway.auth import Authenticator, KeyCache, Principal, TTLCache
 from meterway.auth.changes import Changes
@@ -80,6 +81,7 @@ class Services:
     changes: Changes  # key, user, team and customer changes, heard from every replica
     admin: Admin  # what the management API, the UI and the CLI call their handlers with
     webhooks: Webhooks  # usage reported by other proxies
+    responses: Responses  # the Responses API's stored responses and background runs
     hooks: tuple[Hook, ...] = ()
     redis: Any | None = None  # a client on the configured Redis, shared by limits and change announcements
     tracing: Tracing | None = None  # when traces are on
@@ -260,6 +262,9 @@ async def open_services(settings: Settings, hooks: tuple[Hook, ...] = ()) -> Asy
 
                 sender = Sender(settings.billing, store.outbox, session, metrics)
         webhooks = Webhooks(settings, store, session)
+        responses = Responses(
+            store.responses, settings.responses_ttl_s, settings.responses_background_max, settings.max_body_bytes
+        )
         runtime_models = await _runtime_models(settings, store, router, models, ledger, redis_client)
         services = Services(
             settings=settings,
@@ -282,7 +287,9 @@ async def open_services(settings: Settings, hooks: tuple[Hook, ...] = ()) -> Asy
                 models=runtime_models,
             ),
             webhooks=webhooks,
-            hooks=(limits, *hooks),
+            responses=responses,
+            # after the limits: a request over budget is refused before a background one is answered
+            hooks=(limits, responses, *hooks),
             redis=redis_client,
             tracing=tracing,
             cache=cache,
@@ -293,6 +300,7 @@ async def open_services(settings: Settings, hooks: tuple[Hook, ...] = ()) -> Asy
             tasks.append(asyncio.create_task(changes.listen()))
             if router.shares_cooldowns:  # takes in other replicas' cooldowns
                 tasks.append(asyncio.create_task(router.cooldowns.listen([d.id for d in settings.deployments])))
+        tasks.append(asyncio.create_task(responses.purge()))
         if runtime_models.writable:  # takes in other replicas' model changes
             tasks.append(asyncio.create_task(runtime_models.watch()))
         if sender is not None:
@@ -301,6 +309,7 @@ async def open_services(settings: Settings, hooks: tuple[Hook, ...] = ()) -> Asy
             stack.push_async_callback(_stop_sender, sender, sending)
         # last in, first out: the rows queued at shutdown are written before anything closes
         stack.push_async_callback(ledger.flush, settings.shutdown_flush_s)
+        stack.push_async_callback(responses.close)  # before that flush: background runs write their rows
         yield services
 
 

@@ -52,6 +52,7 @@ class Deployment:
     api_key: Secret | None
     provider: Provider  # serves the OpenAI routes
     messages_provider: Provider  # serves /v1/messages: the same, or an adapter over its chat
+    responses_provider: Provider  # serves /v1/responses: the native one, or an adapter over its chat
     timeout: aiohttp.ClientTimeout  # non-streaming: the whole call
     stream_timeout: aiohttp.ClientTimeout  # streaming: the connect, then the wait for each chunk
     prices: Prices = Prices()
@@ -71,7 +72,11 @@ class Deployment:
         object.__setattr__(self, "upstream", in_process)
 
     def provider_for(self, api: Api) -> Provider:
-        return self.messages_provider if api is Api.MESSAGES else self.provider
+        if api is Api.MESSAGES:
+            return self.messages_provider
+        if api is Api.RESPONSES:
+            return self.responses_provider
+        return self.provider
 
     def timeout_for(self, stream: bool) -> aiohttp.ClientTimeout:
         return self.stream_timeout if stream else self.timeout
@@ -101,6 +106,10 @@ class Settings:
     lease_ttl_s: float = 660.0  # how long a reservation outlives a replica that died holding it
     ledger_queue_size: int = 10_000  # ledger rows that may wait for the database before requests get 503
     shutdown_flush_s: float = 30.0  # at shutdown, how long queued ledger rows may take to be written
+    # Responses API: how long a stored response is kept (OpenAI keeps them 30 days), and how many
+    # background responses one worker runs at once (beyond: 429)
+    responses_ttl_s: float = 30 * 86400.0
+    responses_background_max: int = 64
     unpriced_models: tuple[str, ...] = ()  # deployments with no known price: their cost is NULL
     billing: Billing | None = None  # usage export to Lago, when configured
     telemetry: Telemetry = field(default_factory=Telemetry)  # traces and metrics settings

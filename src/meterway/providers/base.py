@@ -30,6 +30,7 @@ class Api(enum.Enum):
     COMPLETIONS = "completions"
     EMBEDDINGS = "embeddings"
     MESSAGES = "messages"  # Anthropic Messages API
+    RESPONSES = "responses"  # OpenAI Responses API (POST /v1/responses)
 
 
 @dataclass(slots=True)

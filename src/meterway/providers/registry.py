@@ -25,6 +25,7 @@ from meterway.providers.gemini import GeminiProvider
 from meterway.providers.messages_adapter import MessagesAdapter
 from meterway.providers.mock import MockProvider
 from meterway.providers.openai import OpenAIProvider
+from meterway.providers.responses_adapter import ChatFromResponses, ResponsesAdapter
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,3 +158,17 @@ def build(
 def for_messages(provider: Provider) -> Provider:
     """The provider that serves `/v1/messages` for a deployment: its own, or an adapter over its chat."""
     return provider if provider.supports(Api.MESSAGES) else MessagesAdapter(provider)
+
+
+def for_responses(provider: Provider) -> Provider:
+    """The provider that serves `/v1/responses` for a deployment: its own where the upstream speaks
+    the Responses API, else an adapter over its chat."""
+    return provider if provider.supports(Api.RESPONSES) else ResponsesAdapter(provider)
+
+
+def for_chat(provider: Provider) -> Provider:
+    """The provider that serves the OpenAI routes: its own, or, for a Responses-only model
+    (`model_info.mode: responses`), chat carried over its Responses API."""
+    if provider.supports(Api.CHAT) or not provider.supports(Api.RESPONSES):
+        return provider
+    return ChatFromResponses(provider)
