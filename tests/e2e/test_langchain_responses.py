@@ -11,7 +11,6 @@ import operator
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage
 from langchain_core.tools import tool
@@ -137,22 +136,23 @@ def test_tool_call_round_trip(gw: RunningGateway, upstream: StandIn, model: str)
 
 
 async def test_pydantic_ai_responses_model_runs_and_is_billed_as_seen(gw: RunningGateway, upstream: StandIn) -> None:
+    import httpx2  # pydantic-ai's own HTTP client (a plain httpx client is deprecated there)
     from pydantic_ai import Agent
     from pydantic_ai.models.openai import OpenAIResponsesModel
     from pydantic_ai.providers.openai import OpenAIProvider
 
     request_ids: list[str] = []
 
-    async def keep_request_id(response: httpx.Response) -> None:
+    async def keep_request_id(response: httpx2.Response) -> None:
         request_ids.append(response.headers["x-request-id"])
 
-    async with httpx.AsyncClient(event_hooks={"response": [keep_request_id]}) as http:
+    async with httpx2.AsyncClient(event_hooks={"response": [keep_request_id]}) as http:
         provider = OpenAIProvider(base_url=gw.v1, api_key=gw.key, http_client=http)
         result = await Agent(OpenAIResponsesModel("claude", provider=provider)).run(PROMPT)
     assert result.output == reply_for(PROMPT)
     assert upstream.last.path == "/v1/messages"
     [request_id] = request_ids
     row = ledger_row(gw.url, gw.key, request_id)
-    usage = result.usage()
+    usage = result.usage
     assert row["call_type"] == "responses" and row["tokens_estimated"] is False
     assert (row["prompt_tokens"], row["completion_tokens"]) == (usage.input_tokens, usage.output_tokens)
