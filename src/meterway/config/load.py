@@ -563,7 +563,14 @@ def _deployment(
     n = per_group.get(name, 0)
     per_group[name] = n + 1
     dep_id = str(info.get("id") or (name if n == 0 else f"{name}#{n}"))
-    native = registry.build(resolved, label=dep_id, api_version=api_version, extra_headers=headers)
+    mode = info.get("mode")
+    native = registry.build(
+        resolved,
+        label=dep_id,
+        api_version=api_version,
+        extra_headers=headers,
+        mode=mode if isinstance(mode, str) else None,
+    )
     provider = registry.for_chat(native)
 
     timeout = (
