@@ -36,6 +36,7 @@ import aiohttp
 
 from meterway.admin import Admin
 from meterway.api.models import ModelList
+from meterway.api.response_meter import NativeMeter
 from meterway.api.response_runs import Responses
 from meterway.api.webhooks import Webhooks
 from meterway.auth import Authenticator, KeyCache, Principal, TTLCache
@@ -262,14 +263,28 @@ async def open_services(settings: Settings, hooks: tuple[Hook, ...] = ()) -> Asy
 
                 sender = Sender(settings.billing, store.outbox, session, metrics)
         webhooks = Webhooks(settings, store, session)
+        upstream = HttpUpstream(session)
+        meter = NativeMeter(
+            store.responses,
+            upstream,
+            router,
+            ledger,
+            keys,
+            settings.responses_background_max,
+            settings.max_upstream_body_bytes,
+        )
         responses = Responses(
-            store.responses, settings.responses_ttl_s, settings.responses_background_max, settings.max_body_bytes
+            store.responses,
+            settings.responses_ttl_s,
+            settings.responses_background_max,
+            settings.max_body_bytes,
+            meter,
         )
         runtime_models = await _runtime_models(settings, store, router, models, ledger, redis_client)
         services = Services(
             settings=settings,
             http=session,
-            upstream=HttpUpstream(session),
+            upstream=upstream,
             store=store,
             auth=Authenticator(settings.master_key, keys),
             router=router,

@@ -174,7 +174,7 @@ def test_a_tool_round_trip_with_function_call_output(
     assert second.previous_response_id == first.id
 
 
-@pytest.mark.parametrize("model", ["gpt", "claude", "gemini"])
+@pytest.mark.parametrize("model", ["gpt", "claude", "llama"])  # Gemini's stand-in answers prose whatever it asks
 def test_text_format_json_schema_parses_and_validates(
     model: str, gw: RunningGateway, up: ProviderStandIn, client: openai.OpenAI
 ) -> None:
@@ -224,10 +224,25 @@ def test_background_then_retrieve_until_completed_metered_once(
     assert final.output_text and final.usage is not None and final.background is True
     if model != "gpt":  # bridged: its one row is the request's, written when it ended
         _matches(_row(gw, raw.headers["x-request-id"]), final.usage)
+    else:  # native: the generation's row is written once it is seen ended (by the gateway's poll or a retrieve)
+        _matches(eventually(lambda: _rows(gw, request_id=queued.id), what="the generation's row")[0], final.usage)
     spent = _spend(gw, key)
     for _ in range(3):
         client.responses.retrieve(queued.id)
     assert _spend(gw, key) == spent
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the native relay reads a queued Response's absent usage as missing, so the request's row is "
+    "counted (prompt, estimated) beside the generation's; it should be zero (providers/responses_native.py)",
+)
+def test_a_native_background_request_s_own_row_charges_nothing(
+    gw: RunningGateway, up: ProviderStandIn, client: openai.OpenAI
+) -> None:
+    raw = client.responses.with_raw_response.create(model="gpt", input="hello there", background=True)
+    row = _row(gw, raw.headers["x-request-id"])
+    assert (row["prompt_tokens"], row["completion_tokens"], row["tokens_estimated"]) == (0, 0, False)
 
 
 def test_background_cancelled_while_it_runs(gw: RunningGateway, up: ProviderStandIn, client: openai.OpenAI) -> None:

@@ -229,9 +229,10 @@ def _scripted_json(value: Json, script: Script | None, *, event: bool) -> bytes:
     if script.usage_raw is not None and isinstance(value, dict):
         if isinstance(value.get("usage"), dict):
             value = {**value, "usage": _USAGE_SLOT}
-        message = value.get("message")
-        if isinstance(message, dict) and isinstance(message.get("usage"), dict):
-            value = {**value, "message": {**message, "usage": _USAGE_SLOT}}
+        for key in ("message", "response"):  # Anthropic's message_start; a Responses event
+            nested = value.get(key)
+            if isinstance(nested, dict) and isinstance(nested.get("usage"), dict):
+                value = {**value, key: {**nested, "usage": _USAGE_SLOT}}
     if script.pretty:
         raw = (
             jsonlib.dumps(value, separators=(" , ", " : "))
@@ -430,7 +431,13 @@ def _abort(request: web.BaseRequest) -> None:
 class StandIn:
     """A scripted, recording OpenAI/Anthropic stand-in on 127.0.0.1:<free port>."""
 
+    speaks_responses = True  # OpenAI's Responses API (`tests.upstreams.responses`); a chat-only server: 404
+
     def __init__(self) -> None:
+        # imported here: that module builds on this one's helpers
+        from tests.upstreams.responses import ResponsesApi
+
+        self.responses = ResponsesApi(self)
         self.host = HOST
         self.port = 0
         self.received: list[Received] = []
@@ -635,6 +642,8 @@ class StandIn:
 
     def _add_routes(self, router: web.UrlDispatcher) -> None:
         """The routes this stand-in answers (a subclass adds its own formats' before these)."""
+        if self.speaks_responses:
+            self.responses.add_routes(router)
         for prefix in OPENAI_PREFIXES:
             router.add_post(f"{prefix}/chat/completions", self._route(self._chat))
             router.add_post(f"{prefix}/completions", self._route(self._completions))
@@ -1213,3 +1222,10 @@ class StandIn:
             "usage": usage,
         }
         return await self._json(call, body, usage=usage, headers=headers)
+
+
+class ChatOnlyStandIn(StandIn):
+    """An OpenAI-compatible server that speaks chat but not the Responses API (vLLM, most local
+    servers): `/v1/responses` is a 404, as theirs is."""
+
+    speaks_responses = False

@@ -35,6 +35,7 @@ from meterway.providers.responses_adapter import ResponsesAdapter
 from meterway.store.response_record import TERMINAL, StoredResponse
 
 if TYPE_CHECKING:
+    from meterway.api.response_meter import NativeMeter
     from meterway.auth import Principal
     from meterway.context import RequestContext
     from meterway.store.responses import ResponseStore
@@ -123,8 +124,11 @@ class Responses:
     the hook), and the background ones (by response id, for cancel), bounded. Built once with the
     services; `close` ends the background runs before the ledger is flushed."""
 
-    def __init__(self, store: ResponseStore, ttl_s: float, background_max: int, stored_max: int) -> None:
+    def __init__(
+        self, store: ResponseStore, ttl_s: float, background_max: int, stored_max: int, meter: NativeMeter
+    ) -> None:
         self.store = store
+        self.meter = meter  # native background responses, metered when they end
         self.ttl_s = ttl_s
         self.background_max = background_max
         self.stored_max = stored_max  # bytes of one response's object and input items kept at most
@@ -171,7 +175,7 @@ class Responses:
             return
         status = str(response.get("status") or "completed")
         try:
-            if pending.background:
+            if pending.response_id is not None:  # a detached (bridged background) run: its row exists
                 response["background"] = True
                 record = self._record(pending, response_id, status, orjson.dumps(response))
                 await self.store.update(
@@ -179,8 +183,11 @@ class Responses:
                 )
             else:
                 kept = None if pending.native else orjson.dumps(response)
-                if not await self.store.put(self._record(pending, response_id, status, kept)):
+                record = self._record(pending, response_id, status, kept)
+                if not await self.store.put(record):
                     log.warning("response %s not stored: its id is already taken", response_id)
+                elif pending.native and status in RUNNING:  # a native background response: metered when it ends
+                    self.meter.watch(record)
         except Exception:
             log.exception("response %s could not be stored", response_id)
 
@@ -304,6 +311,7 @@ class Responses:
     async def close(self) -> None:
         """At shutdown: background runs are cancelled (as a client's cancel would) and awaited, so
         each writes its ledger row before the ledger's last flush."""
+        await self.meter.close()
         runs = list(self.background.values())
         for run in runs:
             if run.pending is not None and run.pending.response_id is not None:

@@ -346,6 +346,8 @@ async def _native(
                 raise err
             if method == "DELETE":
                 await services.store.responses.delete(row.response_id)
+            elif method == "GET" and not found.action and not row.metered:  # a background one may have ended
+                await _seen(services.responses, row, data)
             return await responder.whole(200, data)
         await responder.start_stream()
         async for chunk in resp:
@@ -353,6 +355,15 @@ async def _native(
         await responder.end()
     finally:
         resp.release()
+
+
+async def _seen(responses: Responses, row: StoredResponse, data: bytes) -> None:
+    try:
+        response = orjson.loads(data)
+        if isinstance(response, dict):
+            await responses.meter.seen(row, response)
+    except Exception:  # the client's answer does not wait on metering: the poll meters it later
+        log.exception("response %s not metered on retrieval", row.response_id)
 
 
 # ---------------------------------------------------------------------- POST /v1/responses/input_tokens
