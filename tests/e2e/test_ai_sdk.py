@@ -121,3 +121,34 @@ def test_default_model_generate_object_returns_the_zod_schema(
     if model == "gpt":
         assert upstream.last.json["text"]["format"]["type"] == "json_schema"
     _billed_as_seen(gw, out, "responses")
+
+
+# The AI SDK sends an earlier assistant message back as `{"type": "item_reference", "id": "msg_…"}`
+# while `store` is on (its default). A native upstream resolves the id from its own store; on a
+# bridged deployment meterway refuses it (400, `input[1]`) although the referenced item is in its
+# store: the second turn of an AI SDK chat fails there unless the application sets `store: false`.
+ITEM_REFERENCE_GAP = pytest.mark.xfail(
+    strict=True, reason="item_reference is not resolved from meterway's store on bridged deployments (400)"
+)
+
+
+@pytest.mark.parametrize(
+    ("model", "store"),
+    [
+        pytest.param("claude", None, marks=ITEM_REFERENCE_GAP),
+        ("gpt", None),
+        ("claude", False),
+    ],
+)
+def test_second_turn_carries_the_first_answer(
+    node_clients: NodeClients, gw: RunningGateway, upstream: StandIn, model: str, store: bool | None
+) -> None:
+    again = "And one on the Loire"
+    out = _sdk(node_clients, gw, "two_turns.mjs", model, again=again, **({} if store is None else {"store": store}))
+    assert out["second"]["text"] == reply_for(again)
+    sent = upstream.last.json
+    if model == "claude":  # bridged: the first answer reached Claude as the assistant turn
+        assert [m["role"] for m in sent["messages"]] == ["user", "assistant", "user"]
+        assert sent["messages"][1]["content"] == out["first"]["text"]
+    for turn in (out["first"], out["second"]):
+        _billed_as_seen(gw, turn, "responses")
