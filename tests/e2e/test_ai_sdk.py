@@ -152,3 +152,15 @@ def test_second_turn_carries_the_first_answer(
         assert sent["messages"][1]["content"] == out["first"]["text"]
     for turn in (out["first"], out["second"]):
         _billed_as_seen(gw, turn, "responses")
+
+
+@pytest.mark.parametrize(("model", "path"), [("claude", "/v1/messages"), ("gpt", "/v1/responses")])
+def test_stream_broken_upstream_reaches_the_sdk_as_an_error(
+    node_clients: NodeClients, gw: RunningGateway, upstream: StandIn, model: str, path: str
+) -> None:
+    """The stream has started (200 sent), so the failure is an error event in the stream: the SDK
+    must read it as an error naming the deployment, not end with a short text as if complete."""
+    upstream.script_break_stream(3, path=path)
+    out = node_clients.run("stream_text.mjs", baseURL=gw.v1, apiKey=gw.key, model=model, prompt=PROMPT)
+    assert out["error"]["name"] == "AI_StreamProviderError"
+    assert f"'{model}'" in out["error"]["message"] and "broke off" in out["error"]["message"]
