@@ -102,6 +102,37 @@ def test_with_structured_output_returns_the_pydantic_model(gw: RunningGateway, u
     _billed_as_seen(gw, out["raw"])
 
 
+@pytest.mark.parametrize("model", ["claude", "gpt"])
+def test_use_previous_response_id_continues_the_conversation(gw: RunningGateway, upstream: StandIn, model: str) -> None:
+    """LangChain sends only the new message and the earlier response's id: on a bridged deployment
+    meterway puts the stored earlier turns back in front; a native one resolves the id itself."""
+    llm = ChatOpenAI(
+        base_url=gw.v1,
+        api_key=gw.key,  # type: ignore[arg-type]
+        model=model,
+        use_responses_api=True,
+        use_previous_response_id=True,
+        include_response_headers=True,
+        max_retries=0,
+    )
+    history: list[BaseMessage] = [HumanMessage(PROMPT)]
+    first = llm.invoke(history)
+    again = "And one on the Loire"
+    second = llm.invoke([*history, first, HumanMessage(again)])
+    assert second.text == reply_for(again)
+    sent = upstream.last.json
+    if model == "claude":
+        assert [(m["role"], m["content"]) for m in sent["messages"]] == [
+            ("user", PROMPT),
+            ("assistant", first.text),
+            ("user", again),
+        ]
+    else:
+        assert sent["previous_response_id"] == first.response_metadata["id"]
+        assert [i["content"] for i in sent["input"]] == [again]
+    _billed_as_seen(gw, second)
+
+
 @tool
 def get_weather(location: str) -> str:
     """The weather in a city."""
