@@ -53,13 +53,15 @@ class NodeClients:
 
 
 def install_node_clients() -> NodeClients:
+    """`npm ci` from the lockfile (integrity-checked); `--prefer-offline` takes what npm's cache
+    already holds instead of asking the registry again (6 s instead of 8 here)."""
     node, npm = shutil.which("node"), shutil.which("npm")
     if node is None or npm is None:
         _unavailable("node and npm are not installed (Node 20 or later)")
         raise AssertionError("unreachable")
     try:
         done = subprocess.run(
-            [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+            [npm, "ci", "--no-audit", "--no-fund", "--prefer-offline", "--loglevel=error"],
             cwd=NODE_DIR,
             capture_output=True,
             text=True,
