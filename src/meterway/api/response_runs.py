@@ -50,16 +50,22 @@ RUNNING = frozenset({"queued", "in_progress"})
 
 
 class ResponseNotFound(RouteNotFound):
-    """An unknown, expired, deleted or someone else's response: 404, in OpenAI's words."""
+    """An unknown, expired, deleted or someone else's response: 404, in OpenAI's words and type."""
 
-    def __init__(self, response_id: str, param: str | None = None, code: str | None = None) -> None:
+    error_type = "invalid_request_error"
+
+    def __init__(self, response_id: str) -> None:
         super().__init__(f"Response with id '{response_id}' not found.")
-        self.param = param
-        self.code = code
 
 
-def previous_not_found(response_id: str) -> ResponseNotFound:
-    return ResponseNotFound(response_id, "previous_response_id", "previous_response_not_found")
+def previous_not_found(response_id: str) -> BadRequest:
+    """What OpenAI answers for a `previous_response_id` it cannot use (400, not 404: the request
+    is wrong, not its path); another key's response is refused the same way."""
+    return BadRequest(
+        f"Previous response with id '{response_id}' not found.",
+        param="previous_response_id",
+        code="previous_response_not_found",
+    )
 
 
 @dataclass(slots=True)
@@ -73,8 +79,8 @@ class Pending:
     native: bool
     store: bool
     input_items: list[dict[str, Any]]
-    background: bool = False
     response_id: str | None = None  # known in advance only for a detached (background) run
+    ctx: RequestContext | None = None  # a detached run's request, which a cancel ends
 
 
 class Run:
@@ -91,6 +97,7 @@ class Run:
         self.detached = asyncio.Event()
         self.cancelled: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self.status = 0
+        self.relaying = False  # a detached run's upstream has begun to answer
         self.task: asyncio.Task[None] | None = None
 
     async def receive(self) -> Message:
@@ -103,6 +110,7 @@ class Run:
         if kind == "http.response.start":
             self.status = message["status"]
             if self.detached.is_set() and self.pending is not None and self.pending.response_id and self.status == 200:
+                self.relaying = True
                 await self.responses.set_status(self.pending.response_id, "in_progress")
         elif kind == "http.response.body" and not message.get("more_body") and self.status == 200:
             await self.responses.keep(self.pending, message.get("body", b""))
@@ -115,8 +123,15 @@ class Run:
         self.detached.set()
 
     def cancel(self) -> None:
+        """Ends a detached run as its client leaving would: a stream under way stops at once (the
+        relay sees the departure) and its row records what was delivered; a run still waiting
+        for its upstream is cut there, its row recording the prompt."""
         if not self.cancelled.done():
             self.cancelled.set_result({"type": "http.disconnect"})
+        if not self.relaying and self.task is not None and not self.task.done():
+            if self.pending is not None and self.pending.ctx is not None:
+                self.pending.ctx.client_aborted = True
+            self.task.cancel()
 
 
 class Responses:
@@ -273,7 +288,7 @@ class Responses:
                 code="too_many_background_responses",
             )
         response_id = "resp_" + ctx.request_id
-        pending.background, pending.response_id = True, response_id
+        pending.response_id, pending.ctx = response_id, ctx
         start = fmt.ChatToResponsesStream(request, response_id, int(time.time())).start()
         queued = dict(start[0]["response"], status="queued", background=True)
         body = orjson.dumps(queued)
