@@ -373,7 +373,7 @@ def _echo(request: Json) -> Json:
         "max_output_tokens": request.get("max_output_tokens"),
         "max_tool_calls": request.get("max_tool_calls"),
         "metadata": request.get("metadata") or {},
-        "model": request.get("model"),
+        "model": str(request.get("model") or ""),
         "parallel_tool_calls": request.get("parallel_tool_calls", True),
         "previous_response_id": request.get("previous_response_id"),
         "prompt_cache_key": request.get("prompt_cache_key"),
