@@ -426,6 +426,14 @@ def test_empty_stream_still_answers_one_message_and_failed_closes() -> None:
     assert events[-1]["type"] == "response.failed" and events[-1]["response"]["error"]["code"] == "server_error"
 
 
+def test_an_error_chunk_fails_the_response_and_ends_the_stream() -> None:
+    events, stream = _run([_chunk({"content": "Hi"}), {"error": {"message": "overloaded", "type": "server_error"}}])
+    assert events[-1]["type"] == "response.failed" and [e["type"] for e in events].count("response.failed") == 1
+    assert stream.response is not None and stream.response["error"] == {"code": "server_error", "message": "overloaded"}
+    for n, event in enumerate(events):
+        assert EVENT.validate_python(event).sequence_number == n
+
+
 def test_sse_names_each_event() -> None:
     raw = fmt.sse({"type": "response.created", "sequence_number": 0})
     assert raw == b'event: response.created\ndata: {"type":"response.created","sequence_number":0}\n\n'

@@ -12,6 +12,8 @@ What the bridge does not carry, and why:
   run inside OpenAI; a chat upstream has nothing to run them with, so they are refused (400), as
   are input items that only such tools produce, file inputs by id or URL (the file lives at OpenAI),
   `conversation` and stored `prompt` templates.
+* Only the fields named here are sent; others (`include`, `truncation`, `max_tool_calls`,
+  `stream_options`...) have no chat counterpart and are not.
 * `metadata`, `store`, `background` and `previous_response_id` belong to the gateway (which stores
   the response, meters it and resolves earlier turns before the bridge sees the request): they
   are echoed in the Response, never sent upstream. Chat's own `metadata` is OpenAI's stored-
@@ -51,31 +53,6 @@ def sse(event: Event) -> bytes:
 
 # Request fields the chat request takes under the same name and meaning.
 _SAME = ("temperature", "top_p", "user", "parallel_tool_calls", "service_tier", "safety_identifier", "prompt_cache_key")
-# Request fields that are the gateway's, or mean nothing to a chat upstream: not sent.
-_GATEWAY = frozenset(
-    {
-        "model",
-        "input",
-        "instructions",
-        "stream",
-        "stream_options",
-        "metadata",
-        "store",
-        "background",
-        "previous_response_id",
-        "include",
-        "truncation",
-        "max_tool_calls",
-        "tools",
-        "tool_choice",
-        "text",
-        "max_output_tokens",
-        "reasoning",
-        "top_logprobs",
-        "prompt_cache_retention",
-        *_SAME,
-    }
-)
 # Request fields the bridge refuses when set: they name things that live at OpenAI.
 _REFUSED = {
     "conversation": "conversations are stored at OpenAI; this deployment cannot read them",
@@ -659,7 +636,13 @@ class ChatToResponsesStream:
     # -- chunks
 
     def feed(self, chunk: Json) -> list[Event]:
+        if self.response is not None:  # already ended (failed): nothing more is the client's
+            return []
         events: list[Event] = []
+        error = chunk.get("error")
+        if isinstance(error, dict):  # a chat server's error in the stream: the Response failed
+            message = error.get("message")
+            return self.failed({"code": "server_error", "message": str(message or "The upstream failed.")})
         if isinstance(chunk.get("usage"), dict):
             self.usage = chunk["usage"]
         choices = chunk.get("choices")
@@ -736,7 +719,10 @@ class ChatToResponsesStream:
         return events
 
     def finish(self) -> list[Event]:
-        """The remaining `.done` events and, last, response.completed (or response.incomplete)."""
+        """The remaining `.done` events and, last, response.completed (or response.incomplete);
+        nothing after `failed`."""
+        if self.response is not None:
+            return []
         events = self._close_all()
         status, incomplete = _status(self._finish_reason)
         self.response = self._snapshot(status, usage=usage_to_responses(self.usage), incomplete_details=incomplete)
