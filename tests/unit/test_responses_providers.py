@@ -97,6 +97,11 @@ def test_native_answer_usage_is_read_from_the_response() -> None:
     )
     parsed = gpt.parse_response(_call(Api.RESPONSES, {"input": "x"}), body)
     assert parsed.body is body and parsed.usage == Usage(9, NOT_A_COUNT, 4)
+    # a background response answered `queued`: nothing generated yet, so nothing to count (not "missing")
+    queued = gpt.parse_response(_call(Api.RESPONSES, {}), b'{"id":"resp_2","status":"queued","usage":null}')
+    assert queued.usage == Usage()
+    finished = gpt.parse_response(_call(Api.RESPONSES, {}), b'{"id":"resp_3","status":"completed","usage":null}')
+    assert finished.usage is None
 
 
 def test_bridge_sends_chat_asking_for_usage_and_answers_a_response() -> None:
