@@ -473,6 +473,26 @@ def test_output_goes_back_as_next_turn_input() -> None:
     assert messages[0]["tool_calls"][0]["id"] == "call_1" and messages[1]["role"] == "tool"
 
 
+def test_item_references_resolve_to_the_bridge_s_own_output_items() -> None:
+    first = fmt.chat_to_response(_chat({"content": "Paris."}), {"input": "Capital of France?"}, "resp_r1_x", NOW)
+    (answer,) = first["output"]
+    assert fmt.response_id_for_item(answer["id"]) == "resp_r1_x"
+    assert fmt.response_id_for_item("msg_abc") is None and fmt.response_id_for_item("call_x_1") is None
+    request = {
+        "input": [
+            {"role": "user", "content": "Capital of France?"},
+            {"type": "item_reference", "id": answer["id"]},
+            {"role": "user", "content": "And of Italy?"},
+        ]
+    }
+    assert fmt.item_references(request) == [answer["id"]]
+    messages = fmt.responses_to_chat(fmt.resolve_references(request, {answer["id"]: answer}), "up")["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant", "user"] and messages[1]["content"] == "Paris."
+    with pytest.raises(fmt.TranslationError) as e:
+        fmt.resolve_references(request, {})
+    assert e.value.param == "input[1]"
+
+
 # ---------------------------------------------------------------- the reverse bridge
 
 

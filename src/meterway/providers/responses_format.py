@@ -26,6 +26,7 @@ What the bridge does not carry, and why:
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -784,6 +785,48 @@ def input_items(request: Json) -> list[dict[str, Any]]:
         else:
             stored.append({**item, "id": item.get("id") or _new_id("item")})
     return stored
+
+
+def item_references(request: Json) -> list[str]:
+    """The ids of the request's `item_reference` inputs. A client that stores responses (the
+    Vercel AI SDK by default) sends an earlier answer back as a reference to its output items
+    rather than the items themselves; the gateway looks them up before the bridge sees them."""
+    value = request.get("input")
+    if not isinstance(value, list):
+        return []
+    return [
+        str(item["id"])
+        for item in value
+        if isinstance(item, dict) and item.get("type") == "item_reference" and isinstance(item.get("id"), str)
+    ]
+
+
+def response_id_for_item(item_id: str) -> str | None:
+    """The Response an output item of this bridge belongs to (its ids are `<kind>_<response
+    suffix>_<index>`, see `item_id`); None for an id the bridge did not make."""
+    kind, _, rest = item_id.partition("_")
+    suffix, _, index = rest.rpartition("_")
+    if kind in ("msg", "fc", "rs") and suffix and index.isdigit():
+        return "resp_" + suffix
+    return None
+
+
+def resolve_references(request: Json, items: Mapping[str, Json]) -> Json:
+    """The request with each `item_reference` input replaced by the item it names (`items`, by
+    id: what the gateway found); a reference to an item not found is the client's error."""
+    value = request.get("input")
+    if not isinstance(value, list):
+        return request
+    resolved: list[Any] = []
+    for i, item in enumerate(value):
+        if isinstance(item, dict) and item.get("type") == "item_reference":
+            found = items.get(str(item.get("id")))
+            if found is None:
+                raise TranslationError(f"Item with id '{item.get('id')}' not found.", f"input[{i}]")
+            resolved.append(found)
+        else:
+            resolved.append(item)
+    return {**request, "input": resolved}
 
 
 def output_as_input(response: Json) -> list[dict[str, Any]]:
