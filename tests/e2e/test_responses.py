@@ -201,6 +201,18 @@ def test_previous_response_id_sends_the_earlier_turns_upstream(
     assert "my name is Ada" in json.dumps(up.last.json["messages"]) and third.output_text
 
 
+def test_item_references_are_resolved_from_the_key_s_stored_responses(
+    gw: RunningGateway, up: ProviderStandIn, client: openai.OpenAI
+) -> None:
+    first = client.responses.create(model="claude", input="my name is Ada")
+    reference: Any = {"type": "item_reference", "id": first.output[0].id}
+    second = client.responses.create(model="claude", input=[reference, {"role": "user", "content": "and then?"}])
+    assert second.output_text and first.output_text in json.dumps(up.last.json["messages"])
+    with pytest.raises(openai.BadRequestError) as e:
+        client.responses.create(model="claude", input=[{"type": "item_reference", "id": "msg_nothing_0"}])
+    assert e.value.param == "input[0]"
+
+
 def test_an_unknown_previous_response_is_refused_as_openai_does(
     gw: RunningGateway, up: ProviderStandIn, client: openai.OpenAI
 ) -> None:
@@ -234,11 +246,6 @@ def test_background_then_retrieve_until_completed_metered_once(
     assert _spend(gw, key) == spent
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the native relay reads a queued Response's absent usage as missing, so the request's row is "
-    "counted (prompt, estimated) beside the generation's; it should be zero (providers/responses_native.py)",
-)
 def test_a_native_background_request_s_own_row_charges_nothing(
     gw: RunningGateway, up: ProviderStandIn, client: openai.OpenAI
 ) -> None:

@@ -222,6 +222,9 @@ class Responses:
         options = heads.responses_options(ctx.body)
         native = not isinstance(deployment.provider_for(Api.RESPONSES), ResponsesAdapter)
         request = orjson.loads(ctx.body)
+        if not native and fmt.item_references(request):
+            request = await self._resolved(request, principal)
+            ctx.body = orjson.dumps(request)
         pending = Pending(
             key_id=principal.key_id if principal is not None else None,
             team_id=principal.team_id if principal is not None else None,
@@ -246,6 +249,23 @@ class Responses:
 
     async def after(self, ctx: RequestContext) -> None:
         return None
+
+    async def _resolved(self, request: dict[str, Any], principal: Principal | None) -> dict[str, Any]:
+        """`item_reference` inputs (the Vercel AI SDK sends an earlier answer back so) replaced by
+        the output items they name, from this key's stored responses; one not found is 400."""
+        items: dict[str, Any] = {}
+        for response_id in {fmt.response_id_for_item(ref) for ref in fmt.item_references(request)} - {None}:
+            row = await self.store.get(str(response_id))
+            if row is None or row.body is None or not visible(row, principal):
+                continue
+            for item in orjson.loads(row.body).get("output") or []:
+                if isinstance(item, dict) and isinstance(item.get("id"), str):
+                    items[item["id"]] = _as_input([item])[0]
+        try:
+            resolved: dict[str, Any] = fmt.resolve_references(request, items)
+        except fmt.TranslationError as e:
+            raise BadRequest(str(e), param=e.param) from None
+        return resolved
 
     async def _earlier(self, previous: str, principal: Principal | None, native: bool) -> list[dict[str, Any]] | None:
         """The input a bridged request continues from (its earlier turns' input and output, oldest
