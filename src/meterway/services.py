@@ -84,6 +84,7 @@ class Services:
     webhooks: Webhooks  # usage reported by other proxies
     responses: Responses  # the Responses API's stored responses and background runs
     hooks: tuple[Hook, ...] = ()
+    responses_hooks: tuple[Hook, ...] = ()  # the hooks of POST /v1/responses: `hooks` and the Responses stage
     redis: Any | None = None  # a client on the configured Redis, shared by limits and change announcements
     tracing: Tracing | None = None  # when traces are on
     cache: ResponseCache | None = None  # the response cache, when litellm_settings.cache is on
@@ -303,8 +304,10 @@ async def open_services(settings: Settings, hooks: tuple[Hook, ...] = ()) -> Asy
             ),
             webhooks=webhooks,
             responses=responses,
-            # after the limits: a request over budget is refused before a background one is answered
-            hooks=(limits, responses, *hooks),
+            hooks=(limits, *hooks),
+            # POST /v1/responses only (no other request crosses it): after the limits, so a request
+            # over budget is refused before a background one is answered
+            responses_hooks=(limits, responses, *hooks),
             redis=redis_client,
             tracing=tracing,
             cache=cache,

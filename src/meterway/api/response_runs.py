@@ -50,16 +50,22 @@ RUNNING = frozenset({"queued", "in_progress"})
 
 
 class ResponseNotFound(RouteNotFound):
-    """An unknown, expired, deleted or someone else's response: 404, in OpenAI's words."""
+    """An unknown, expired, deleted or someone else's response: 404, in OpenAI's words and type."""
 
-    def __init__(self, response_id: str, param: str | None = None, code: str | None = None) -> None:
+    error_type = "invalid_request_error"
+
+    def __init__(self, response_id: str) -> None:
         super().__init__(f"Response with id '{response_id}' not found.")
-        self.param = param
-        self.code = code
 
 
-def previous_not_found(response_id: str) -> ResponseNotFound:
-    return ResponseNotFound(response_id, "previous_response_id", "previous_response_not_found")
+def previous_not_found(response_id: str) -> BadRequest:
+    """What OpenAI answers for a `previous_response_id` it cannot use (400, not 404: the request
+    is wrong, not its path); another key's response is refused the same way."""
+    return BadRequest(
+        f"Previous response with id '{response_id}' not found.",
+        param="previous_response_id",
+        code="previous_response_not_found",
+    )
 
 
 @dataclass(slots=True)
@@ -73,8 +79,8 @@ class Pending:
     native: bool
     store: bool
     input_items: list[dict[str, Any]]
-    background: bool = False
     response_id: str | None = None  # known in advance only for a detached (background) run
+    ctx: RequestContext | None = None  # a detached run's request, which a cancel ends
 
 
 class Run:
@@ -91,6 +97,7 @@ class Run:
         self.detached = asyncio.Event()
         self.cancelled: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self.status = 0
+        self.relaying = False  # a detached run's upstream has begun to answer
         self.task: asyncio.Task[None] | None = None
 
     async def receive(self) -> Message:
@@ -103,6 +110,7 @@ class Run:
         if kind == "http.response.start":
             self.status = message["status"]
             if self.detached.is_set() and self.pending is not None and self.pending.response_id and self.status == 200:
+                self.relaying = True
                 await self.responses.set_status(self.pending.response_id, "in_progress")
         elif kind == "http.response.body" and not message.get("more_body") and self.status == 200:
             await self.responses.keep(self.pending, message.get("body", b""))
@@ -115,8 +123,15 @@ class Run:
         self.detached.set()
 
     def cancel(self) -> None:
+        """Ends a detached run as its client leaving would: a stream under way stops at once (the
+        relay sees the departure) and its row records what was delivered; a run still waiting
+        for its upstream is cut there, its row recording the prompt."""
         if not self.cancelled.done():
             self.cancelled.set_result({"type": "http.disconnect"})
+        if not self.relaying and self.task is not None and not self.task.done():
+            if self.pending is not None and self.pending.ctx is not None:
+                self.pending.ctx.client_aborted = True
+            self.task.cancel()
 
 
 class Responses:
@@ -207,6 +222,9 @@ class Responses:
         options = heads.responses_options(ctx.body)
         native = not isinstance(deployment.provider_for(Api.RESPONSES), ResponsesAdapter)
         request = orjson.loads(ctx.body)
+        if not native and fmt.item_references(request):
+            request = await self._resolved(request, principal)
+            ctx.body = orjson.dumps(request)
         pending = Pending(
             key_id=principal.key_id if principal is not None else None,
             team_id=principal.team_id if principal is not None else None,
@@ -231,6 +249,23 @@ class Responses:
 
     async def after(self, ctx: RequestContext) -> None:
         return None
+
+    async def _resolved(self, request: dict[str, Any], principal: Principal | None) -> dict[str, Any]:
+        """`item_reference` inputs (the Vercel AI SDK sends an earlier answer back so) replaced by
+        the output items they name, from this key's stored responses; one not found is 400."""
+        items: dict[str, Any] = {}
+        for response_id in {fmt.response_id_for_item(ref) for ref in fmt.item_references(request)} - {None}:
+            row = await self.store.get(str(response_id))
+            if row is None or row.body is None or not visible(row, principal):
+                continue
+            for item in orjson.loads(row.body).get("output") or []:
+                if isinstance(item, dict) and isinstance(item.get("id"), str):
+                    items[item["id"]] = _as_input([item])[0]
+        try:
+            resolved: dict[str, Any] = fmt.resolve_references(request, items)
+        except fmt.TranslationError as e:
+            raise BadRequest(str(e), param=e.param) from None
+        return resolved
 
     async def _earlier(self, previous: str, principal: Principal | None, native: bool) -> list[dict[str, Any]] | None:
         """The input a bridged request continues from (its earlier turns' input and output, oldest
@@ -273,7 +308,7 @@ class Responses:
                 code="too_many_background_responses",
             )
         response_id = "resp_" + ctx.request_id
-        pending.background, pending.response_id = True, response_id
+        pending.response_id, pending.ctx = response_id, ctx
         start = fmt.ChatToResponsesStream(request, response_id, int(time.time())).start()
         queued = dict(start[0]["response"], status="queued", background=True)
         body = orjson.dumps(queued)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote
 
@@ -74,8 +74,12 @@ async def create(services: Services, scope: Scope, receive: Receive, send: Send)
 
 
 def _pipeline(services: Services) -> Any:
+    """The pipeline with the Responses stage among its hooks (`Services.responses_hooks`): only
+    this route's requests cross it."""
+    staged = replace(services, hooks=services.responses_hooks)
+
     async def handle(scope: Scope, receive: Receive, send: Send) -> None:
-        await proxy.handle(services, Api.RESPONSES, heads.responses, scope, receive, send)
+        await proxy.handle(staged, Api.RESPONSES, heads.responses, scope, receive, send)
 
     return handle
 

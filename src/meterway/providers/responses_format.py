@@ -12,6 +12,8 @@ What the bridge does not carry, and why:
   run inside OpenAI; a chat upstream has nothing to run them with, so they are refused (400), as
   are input items that only such tools produce, file inputs by id or URL (the file lives at OpenAI),
   `conversation` and stored `prompt` templates.
+* Only the fields named here are sent; others (`include`, `truncation`, `max_tool_calls`,
+  `stream_options`...) have no chat counterpart and are not.
 * `metadata`, `store`, `background` and `previous_response_id` belong to the gateway (which stores
   the response, meters it and resolves earlier turns before the bridge sees the request): they
   are echoed in the Response, never sent upstream. Chat's own `metadata` is OpenAI's stored-
@@ -24,6 +26,7 @@ What the bridge does not carry, and why:
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -51,31 +54,6 @@ def sse(event: Event) -> bytes:
 
 # Request fields the chat request takes under the same name and meaning.
 _SAME = ("temperature", "top_p", "user", "parallel_tool_calls", "service_tier", "safety_identifier", "prompt_cache_key")
-# Request fields that are the gateway's, or mean nothing to a chat upstream: not sent.
-_GATEWAY = frozenset(
-    {
-        "model",
-        "input",
-        "instructions",
-        "stream",
-        "stream_options",
-        "metadata",
-        "store",
-        "background",
-        "previous_response_id",
-        "include",
-        "truncation",
-        "max_tool_calls",
-        "tools",
-        "tool_choice",
-        "text",
-        "max_output_tokens",
-        "reasoning",
-        "top_logprobs",
-        "prompt_cache_retention",
-        *_SAME,
-    }
-)
 # Request fields the bridge refuses when set: they name things that live at OpenAI.
 _REFUSED = {
     "conversation": "conversations are stored at OpenAI; this deployment cannot read them",
@@ -373,7 +351,7 @@ def _echo(request: Json) -> Json:
         "max_output_tokens": request.get("max_output_tokens"),
         "max_tool_calls": request.get("max_tool_calls"),
         "metadata": request.get("metadata") or {},
-        "model": request.get("model"),
+        "model": str(request.get("model") or ""),
         "parallel_tool_calls": request.get("parallel_tool_calls", True),
         "previous_response_id": request.get("previous_response_id"),
         "prompt_cache_key": request.get("prompt_cache_key"),
@@ -659,7 +637,13 @@ class ChatToResponsesStream:
     # -- chunks
 
     def feed(self, chunk: Json) -> list[Event]:
+        if self.response is not None:  # already ended (failed): nothing more is the client's
+            return []
         events: list[Event] = []
+        error = chunk.get("error")
+        if isinstance(error, dict):  # a chat server's error in the stream: the Response failed
+            message = error.get("message")
+            return self.failed({"code": "server_error", "message": str(message or "The upstream failed.")})
         if isinstance(chunk.get("usage"), dict):
             self.usage = chunk["usage"]
         choices = chunk.get("choices")
@@ -736,7 +720,10 @@ class ChatToResponsesStream:
         return events
 
     def finish(self) -> list[Event]:
-        """The remaining `.done` events and, last, response.completed (or response.incomplete)."""
+        """The remaining `.done` events and, last, response.completed (or response.incomplete);
+        nothing after `failed`."""
+        if self.response is not None:
+            return []
         events = self._close_all()
         status, incomplete = _status(self._finish_reason)
         self.response = self._snapshot(status, usage=usage_to_responses(self.usage), incomplete_details=incomplete)
@@ -798,6 +785,48 @@ def input_items(request: Json) -> list[dict[str, Any]]:
         else:
             stored.append({**item, "id": item.get("id") or _new_id("item")})
     return stored
+
+
+def item_references(request: Json) -> list[str]:
+    """The ids of the request's `item_reference` inputs. A client that stores responses (the
+    Vercel AI SDK by default) sends an earlier answer back as a reference to its output items
+    rather than the items themselves; the gateway looks them up before the bridge sees them."""
+    value = request.get("input")
+    if not isinstance(value, list):
+        return []
+    return [
+        str(item["id"])
+        for item in value
+        if isinstance(item, dict) and item.get("type") == "item_reference" and isinstance(item.get("id"), str)
+    ]
+
+
+def response_id_for_item(item_id: str) -> str | None:
+    """The Response an output item of this bridge belongs to (its ids are `<kind>_<response
+    suffix>_<index>`, see `item_id`); None for an id the bridge did not make."""
+    kind, _, rest = item_id.partition("_")
+    suffix, _, index = rest.rpartition("_")
+    if kind in ("msg", "fc", "rs") and suffix and index.isdigit():
+        return "resp_" + suffix
+    return None
+
+
+def resolve_references(request: Json, items: Mapping[str, Json]) -> Json:
+    """The request with each `item_reference` input replaced by the item it names (`items`, by
+    id: what the gateway found); a reference to an item not found is the client's error."""
+    value = request.get("input")
+    if not isinstance(value, list):
+        return request
+    resolved: list[Any] = []
+    for i, item in enumerate(value):
+        if isinstance(item, dict) and item.get("type") == "item_reference":
+            found = items.get(str(item.get("id")))
+            if found is None:
+                raise TranslationError(f"Item with id '{item.get('id')}' not found.", f"input[{i}]")
+            resolved.append(found)
+        else:
+            resolved.append(item)
+    return {**request, "input": resolved}
 
 
 def output_as_input(response: Json) -> list[dict[str, Any]]:

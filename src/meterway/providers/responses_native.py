@@ -24,17 +24,26 @@ _TERMINAL_NAMES = frozenset(name.encode() for name in TERMINAL)
 
 
 class _Envelope(msgspec.Struct):
-    """A Response's usage; every other field is skipped, not built."""
+    """A Response's status and usage; every other field is skipped, not built."""
 
     usage: Any = None
+    status: Any = None
 
 
 _envelope = msgspec.json.Decoder(_Envelope)
+# A Response still to be generated (`background: true` answers so at once): it has no usage because
+# nothing was generated yet, not because the upstream failed to report it; the generation is
+# metered when it ends.
+NOT_STARTED = frozenset({"queued", "in_progress"})
 
 
 def decode_usage(body: bytes) -> Usage | None:
-    """The usage of a Response object's bytes (raises msgspec.DecodeError when they are no JSON object)."""
-    return usage_from_responses(_envelope.decode(body).usage)
+    """The usage of a Response object's bytes: zero for one not yet generated, None when a
+    finished one reports none (raises msgspec.DecodeError when the bytes are no JSON object)."""
+    envelope = _envelope.decode(body)
+    if envelope.usage is None and envelope.status in NOT_STARTED:
+        return Usage()
+    return usage_from_responses(envelope.usage)
 
 
 def _type_of(raw: bytes) -> bytes | None:
