@@ -124,18 +124,12 @@ def test_default_model_generate_object_returns_the_zod_schema(
 
 
 # The AI SDK sends an earlier assistant message back as `{"type": "item_reference", "id": "msg_…"}`
-# while `store` is on (its default). A native upstream resolves the id from its own store; on a
-# bridged deployment meterway refuses it (400, `input[1]`) although the referenced item is in its
-# store: the second turn of an AI SDK chat fails there unless the application sets `store: false`.
-ITEM_REFERENCE_GAP = pytest.mark.xfail(
-    strict=True, reason="item_reference is not resolved from meterway's store on bridged deployments (400)"
-)
-
-
+# while `store` is on (its default): a native upstream resolves the id from its own store, meterway
+# from its store for a bridged deployment. With `store: false` the SDK sends the items themselves.
 @pytest.mark.parametrize(
     ("model", "store"),
     [
-        pytest.param("claude", None, marks=ITEM_REFERENCE_GAP),
+        ("claude", None),
         ("gpt", None),
         ("claude", False),
     ],
