@@ -4,7 +4,8 @@ provider's default model, `createOpenAI({baseURL, apiKey})(model)`, speaks the R
 printing what the SDK returned to the application; the usage it saw must be the ledger's row.
 
 Deployments: the demo model (bridged in process), Claude on the Anthropic stand-in (bridged to
-/v1/messages) and the OpenAI stand-in (the Responses API passed through)."""
+/v1/messages), a chat-only OpenAI-compatible server (`hosted_vllm/`, bridged to
+/v1/chat/completions) and the OpenAI stand-in (the Responses API passed through)."""
 
 from __future__ import annotations
 
@@ -55,12 +56,12 @@ def _text_reply(model: str) -> str:
     return reply_for(PROMPT) if model != "demo" else "This is the meterway demo model answering. You said: " + PROMPT
 
 
-UPSTREAM_PATH = {"claude": "/v1/messages", "gpt": "/v1/responses"}
+UPSTREAM_PATH = {"claude": "/v1/messages", "gpt": "/v1/responses", "vllm": "/v1/chat/completions"}
 # The string field each upstream fills when asked for a JSON schema: the demo model answers
 # {"reply": ...}, the OpenAI stand-in {"answer": ...}, and the Anthropic stand-in calls the forced
 # answer tool with every required property set to TOOL_ARGUMENT_VALUE.
-OBJECT_FIELDS = {"demo": ["reply"], "claude": ["city"], "gpt": ["answer"]}
-MODELS = ["demo", "claude", "gpt"]
+OBJECT_FIELDS = {"demo": ["reply"], "claude": ["city"], "gpt": ["answer"], "vllm": ["answer"]}
+MODELS = ["demo", "claude", "gpt", "vllm"]
 
 
 def test_chat_model_generate_text_is_the_control(
@@ -120,6 +121,8 @@ def test_default_model_generate_object_returns_the_zod_schema(
         assert upstream.last.json["tool_choice"]["type"] == "tool", "json_schema reached Claude as a forced tool"
     if model == "gpt":
         assert upstream.last.json["text"]["format"]["type"] == "json_schema"
+    if model == "vllm":
+        assert upstream.last.json["response_format"]["type"] == "json_schema"
     _billed_as_seen(gw, out, "responses")
 
 

@@ -22,8 +22,9 @@ def priced(
 
 
 def client_library_models(upstream_base: str, *, anthropic_key: str, openai_key: str) -> list[dict[str, Any]]:
-    """The three deployment kinds the client-library tests drive: `demo` (the built-in mock, bridged
-    in process), `claude` (the Anthropic stand-in, bridged) and `gpt` (the OpenAI stand-in, native)."""
+    """The deployment kinds the client-library tests drive: `demo` (the built-in mock, bridged in
+    process), `claude` (the Anthropic stand-in, bridged), `gpt` (the OpenAI stand-in, native) and
+    `vllm` (a chat-only OpenAI-compatible server, bridged to its chat completions)."""
     return [
         {"model_name": "demo", "litellm_params": {"model": "mock/demo"}},
         {
@@ -41,5 +42,9 @@ def client_library_models(upstream_base: str, *, anthropic_key: str, openai_key:
                 "api_base": upstream_base + "/v1",
                 "api_key": openai_key,
             },
+        },
+        {
+            "model_name": "vllm",
+            "litellm_params": {"model": "hosted_vllm/llama", "api_base": upstream_base + "/v1", "api_key": openai_key},
         },
     ]
