@@ -318,6 +318,18 @@ def item_id(prefix: str, response_id: str, index: int) -> str:
     return f"{prefix}_{_suffix(response_id)}_{index}"
 
 
+def responses_usage(usage: Usage) -> Json:
+    """A `Usage` (the figures the ledger recorded, counted where the upstream reported none) as a
+    Response's usage object, for the gateway to show the client what it is billed."""
+    return {
+        "input_tokens": usage.prompt_tokens,
+        "input_tokens_details": {"cached_tokens": usage.cached_tokens, "cache_write_tokens": usage.cache_write_tokens},
+        "output_tokens": usage.completion_tokens,
+        "output_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
+        "total_tokens": usage.total_tokens or usage.prompt_tokens + usage.completion_tokens,
+    }
+
+
 def usage_to_responses(usage: Any) -> Json | None:
     """Chat usage in the Responses form. Figures are copied as reported (the ledger judges them)."""
     if not isinstance(usage, dict):
@@ -601,7 +613,9 @@ class ChatToResponsesStream:
                 "call_id": item.call_id,
                 "name": item.name,
                 "arguments": "" if in_progress else item.arguments,
-                "status": status,
+                # a call is whole once its arguments are (as chat_to_response has it): clients such
+                # as the Vercel AI SDK accept only `completed` on a finished call
+                "status": "in_progress" if in_progress else "completed",
             }
         if item.kind == "reasoning":
             content = [] if in_progress else [_clean(p) for p in item.parts]
