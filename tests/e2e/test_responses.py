@@ -19,7 +19,7 @@ import pytest
 from tests.support.gateway import RunningGateway, run_gateway
 from tests.support.wait import eventually
 from tests.upstreams.providers import ProviderStandIn
-from tests.upstreams.standin import REPLY_PREFIX
+from tests.upstreams.standin import REPLY_PREFIX, Script
 
 PRICES = {"input_cost_per_token": 0.000001, "output_cost_per_token": 0.000002}
 BRIDGED = ["claude", "gemini", "llama", "demo"]
@@ -267,6 +267,43 @@ def test_background_cancelled_while_it_runs(gw: RunningGateway, up: ProviderStan
     finished = client.responses.create(model="claude", input="hi")
     with pytest.raises(openai.BadRequestError):
         client.responses.cancel(finished.id)  # only a background response still running is cancelled
+
+
+def test_background_cancelled_mid_stream_records_what_was_delivered(
+    gw: RunningGateway, up: ProviderStandIn, client: openai.OpenAI
+) -> None:
+    up.script(Script(event_gap=0.3, path="/chat/completions"))
+    raw = client.responses.with_raw_response.create(model="llama", input="one two three four five", background=True)
+    queued = raw.parse()
+    eventually(lambda: client.responses.retrieve(queued.id).status == "in_progress", what="the run under way")
+    assert client.responses.cancel(queued.id).status == "cancelled"
+    (row,) = eventually(lambda: _rows(gw, request_id=raw.headers["x-request-id"]), what="the cancelled run's row")
+    assert row["status"] == "client_aborted" and row["stream"] is True
+    assert client.responses.retrieve(queued.id).status == "cancelled"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_usage_the_upstream_did_not_report_is_shown_as_billed(
+    gw: RunningGateway, up: ProviderStandIn, client: openai.OpenAI, stream: bool
+) -> None:
+    up.script(Script(no_usage=True, path="/chat/completions"))
+    rid = f"no-usage-{uuid.uuid4().hex}"
+    if stream:
+        with client.responses.stream(model="llama", input="hello there", extra_headers={"x-request-id": rid}) as s:
+            response = s.get_final_response()
+    else:
+        raw = client.responses.with_raw_response.create(
+            model="llama", input="hello there", extra_headers={"x-request-id": rid}
+        )
+        response = raw.parse()
+        assert raw.headers["x-meterway-usage"] == "estimated"
+    row = _row(gw, rid)
+    assert response.usage is not None and row["tokens_estimated"] is True
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (
+        response.usage.input_tokens,
+        response.usage.output_tokens,
+    )
+    assert client.responses.retrieve(response.id).usage == response.usage
 
 
 @pytest.mark.parametrize("model", ["gpt", "claude"])

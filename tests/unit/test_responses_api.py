@@ -12,7 +12,7 @@ from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
 from meterway.api import heads
-from meterway.api.response_runs import final_response
+from meterway.api.response_runs import final_response, with_usage
 from meterway.api.responses import list_items, replay_events, target
 from meterway.errors import BadRequest
 from meterway.ledger.tokens import TokenCounter
@@ -182,3 +182,15 @@ def test_tokens_of_a_responses_request_answer_and_stream() -> None:
         b"event: " + e["type"].encode() + b"\ndata: " + orjson.dumps(e) + b"\n\n" for e in replay_events(RESPONSE)
     )
     assert counter.streamed(Api.RESPONSES, [streamed]) == answer
+
+
+def test_usage_is_filled_in_only_where_the_response_has_none() -> None:
+    billed = {"input_tokens": 3, "output_tokens": 4, "total_tokens": 7}
+    bare = dict(RESPONSE, usage=None)
+    events = replay_events(bare)
+    stream = b"".join(b"event: " + e["type"].encode() + b"\ndata: " + orjson.dumps(e) + b"\n\n" for e in events[-2:])
+    filled = with_usage(stream, billed)
+    assert filled is not None and filled.endswith(b"\n\n") and filled.count(b"\n\n") == 2
+    assert final_response(filled) == dict(bare, usage=billed)
+    assert final_response(with_usage(orjson.dumps(bare), billed) or b"") == dict(bare, usage=billed)
+    assert with_usage(orjson.dumps(RESPONSE), billed) is None  # the upstream's own usage stays

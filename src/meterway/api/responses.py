@@ -75,8 +75,9 @@ async def create(services: Services, scope: Scope, receive: Receive, send: Send)
 
 def _pipeline(services: Services) -> Any:
     """The pipeline with the Responses stage among its hooks (`Services.responses_hooks`): only
-    this route's requests cross it."""
-    staged = replace(services, hooks=services.responses_hooks)
+    this route's requests cross it. The response cache is left out: a Response has an id of its
+    own, stored for its key, which a cached copy served to another request would not be."""
+    staged = replace(services, hooks=services.responses_hooks, cache=None)
 
     async def handle(scope: Scope, receive: Receive, send: Send) -> None:
         await proxy.handle(staged, Api.RESPONSES, heads.responses, scope, receive, send)
