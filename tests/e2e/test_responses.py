@@ -383,6 +383,8 @@ def test_input_tokens_never_charged(
         ("POST", "/v1/responses/resp_unknown/cancel", 404, "invalid_request_error"),
         ("GET", "/v1/responses/resp_unknown/input_items", 404, "invalid_request_error"),
         ("GET", "/v1/responses/resp_unknown/else", 404, "not_found_error"),  # no such route
+        ("GET", "/v1/responses/resp%00nul", 404, "invalid_request_error"),  # never looked up (PostgreSQL)
+        ("GET", "/v1/responses/resp_" + "x" * 300, 404, "invalid_request_error"),
         ("PUT", "/v1/responses/resp_unknown", 405, "invalid_request_error"),
         ("GET", "/v1/responses", 405, "invalid_request_error"),
         ("POST", "/v1/responses", 400, "invalid_request_error"),  # no input

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("meterway.responses")
 
+ID_MAX = 128  # characters of a response id (mw_responses.response_id)
 CHAIN_MAX = 256  # earlier responses followed back through previous_response_id, at most
 CANCEL_WAIT_S = 5.0  # a cancelled background run may take this long to stop before it is cut
 PURGE_EVERY_S = 3600.0  # expired responses are deleted this often
@@ -280,7 +281,7 @@ class Responses:
         the output items they name, from this key's stored responses; one not found is 400."""
         items: dict[str, Any] = {}
         for response_id in {fmt.response_id_for_item(ref) for ref in fmt.item_references(request)} - {None}:
-            row = await self.store.get(str(response_id))
+            row = await self.store.get(str(response_id)) if storable(str(response_id)) else None
             if row is None or row.body is None or not visible(row, principal):
                 continue
             for item in orjson.loads(row.body).get("output") or []:
@@ -299,7 +300,7 @@ class Responses:
         chain: list[StoredResponse] = []
         at: str | None = previous
         while at is not None and len(chain) < CHAIN_MAX:
-            row = await self.store.get(at)
+            row = await self.store.get(at) if storable(at) else None
             if row is None or not visible(row, principal):
                 raise previous_not_found(previous)
             if native or row.native:
@@ -395,6 +396,12 @@ class Responses:
             except Exception as e:
                 log.warning("expired responses not purged: %s", e.__class__.__name__)
             await asyncio.sleep(PURGE_EVERY_S)
+
+
+def storable(response_id: str) -> bool:
+    """An id the store could hold (its column's length, no NUL): any other is unknown without a
+    look-up, which PostgreSQL would refuse for a NUL."""
+    return len(response_id) <= ID_MAX and "\x00" not in response_id
 
 
 def visible(row: StoredResponse, principal: Principal | None) -> bool:

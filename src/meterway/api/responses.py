@@ -34,6 +34,7 @@ from meterway.api.response_runs import (
     ResponseNotFound,
     Responses,
     Run,
+    storable,
     visible,
 )
 from meterway.auth import bearer_token
@@ -133,7 +134,7 @@ async def resource(services: Services, scope: Scope, receive: Receive, send: Sen
     principal = await services.auth.authenticate(
         bearer_token(incoming.authorization, incoming.x_api_key, incoming.api_key)
     )
-    row = await services.store.responses.get(found.response_id)
+    row = await services.store.responses.get(found.response_id) if storable(found.response_id) else None
     if row is None or not visible(row, principal):
         raise ResponseNotFound(found.response_id)
     responder = Responder(send, rid)
