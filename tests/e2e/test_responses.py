@@ -10,6 +10,7 @@ import json
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -395,3 +396,19 @@ def test_errors_in_openai_shape(gw: RunningGateway, method: str, path: str, stat
     assert r.status_code == status, r.text
     error = r.json()["error"]
     assert error["message"] and error["type"] == kind
+
+
+def test_shutdown_cancels_a_running_background_response_and_writes_its_row(tmp_path: Path, up: ProviderStandIn) -> None:
+    config = {
+        "model_list": [_model("claude", "anthropic/claude-up", up.base_url, "sk-ant")],
+        "general_settings": {"database_url": f"sqlite:///{tmp_path / 'gw.db'}"},
+    }
+    up.script_delay(30.0, path="/v1/messages")
+    with run_gateway(config) as first, openai.OpenAI(base_url=first.v1, api_key=first.key, max_retries=0) as c:
+        raw = c.responses.with_raw_response.create(model="claude", input="hello there", background=True)
+        queued = raw.parse()
+        up.wait_for_received(1)
+    with run_gateway(config) as again, openai.OpenAI(base_url=again.v1, api_key=again.key, max_retries=0) as c:
+        assert c.responses.retrieve(queued.id).status == "cancelled"
+        (row,) = _rows(again, request_id=raw.headers["x-request-id"])
+        assert row["status"] == "client_aborted" and row["call_type"] == "responses"
