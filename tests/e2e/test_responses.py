@@ -412,3 +412,27 @@ def test_shutdown_cancels_a_running_background_response_and_writes_its_row(tmp_p
         assert c.responses.retrieve(queued.id).status == "cancelled"
         (row,) = _rows(again, request_id=raw.headers["x-request-id"])
         assert row["status"] == "client_aborted" and row["call_type"] == "responses"
+
+
+def test_a_response_too_large_to_keep_is_served_not_stored_and_background_is_bounded(
+    tmp_path: Path, up: ProviderStandIn
+) -> None:
+    config = {
+        "model_list": [_model("claude", "anthropic/claude-up", up.base_url, "sk-ant")],
+        "general_settings": {
+            "database_url": f"sqlite:///{tmp_path / 'gw.db'}",
+            "max_request_size_mb": 0.05,  # also the most one response's object and input items take in the store
+            "responses_background_max": 0,
+        },
+    }
+    with run_gateway(config) as small, openai.OpenAI(base_url=small.v1, api_key=small.key, max_retries=0) as c:
+        # many short messages: their stored items (ids, types, statuses, content parts) outgrow the request
+        many: Any = [{"role": "user", "content": f"message {n:03d} " + "x" * 40} for n in range(400)]
+        raw = c.responses.with_raw_response.create(model="claude", input=many)
+        response = raw.parse()
+        assert response.output_text and _row(small, raw.headers["x-request-id"])["status"] == "success"
+        with pytest.raises(openai.NotFoundError):
+            c.responses.retrieve(response.id)
+        with pytest.raises(openai.RateLimitError) as e:
+            c.responses.create(model="claude", input="hi", background=True)
+        assert e.value.code == "too_many_background_responses"
