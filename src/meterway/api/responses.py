@@ -18,16 +18,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Awaitable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, unquote
+from urllib.parse import parse_qs
 
 import orjson
 
 from meterway.api import heads, proxy
 from meterway.api.asgi import REQUEST_ID, Incoming, Receive, Responder, Scope, Send, read_body, request_id
 from meterway.api.attempts import ERROR_BODY_MAX, retry_after
-from meterway.api.errors import boundary
+from meterway.api.errors import Endpoint, boundary
 from meterway.api.response_runs import (
     CANCEL_WAIT_S,
     RUNNING,
@@ -52,6 +53,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("meterway.responses")
 
 _PREFIX = "/responses/"
+
+
 # ---------------------------------------------------------------------- POST /v1/responses
 
 
@@ -74,7 +77,7 @@ async def create(services: Services, scope: Scope, receive: Receive, send: Send)
             task.cancel()
 
 
-def _pipeline(services: Services) -> Any:
+def _pipeline(services: Services) -> Endpoint:
     """The pipeline with the Responses stage among its hooks (`Services.responses_hooks`): only
     this route's requests cross it. The response cache is left out: a Response has an id of its
     own, stored for its key, which a cached copy served to another request would not be."""
@@ -86,7 +89,8 @@ def _pipeline(services: Services) -> Any:
     return handle
 
 
-async def _own(responses: Responses, run: Run, rid: str, pipeline: Any) -> None:
+async def _own(responses: Responses, run: Run, rid: str, pipeline: Awaitable[None]) -> None:
+    """The run's task: the pipeline, then the run forgotten (and a detached one closed)."""
     try:
         await pipeline
     finally:
@@ -113,8 +117,7 @@ def target(scope: Scope) -> _Target | None:
     if not path.startswith(_PREFIX):
         return None
     rest = path[len(_PREFIX) :]
-    response_id, _, action = rest.partition("/")
-    response_id = unquote(response_id)
+    response_id, _, action = rest.partition("/")  # ASGI's path is percent-decoded already
     if not response_id or action not in ("", "cancel", "input_items") or "/" in action:
         return None
     raw = scope.get("query_string", b"").decode("latin-1")
