@@ -398,6 +398,25 @@ def test_errors_in_openai_shape(gw: RunningGateway, method: str, path: str, stat
     assert error["message"] and error["type"] == kind
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"input": [1, 2]},
+        {"input": [None]},
+        {"input": [{"type": "item_reference", "id": 5}]},
+        {"input": "hi", "previous_response_id": "resp_\u0000"},
+        {"input": {"role": "user"}},
+        {"input": "hi", "background": True, "store": False},
+    ],
+)
+def test_bad_input_on_a_bridged_deployment_is_400(
+    gw: RunningGateway, up: ProviderStandIn, body: dict[str, Any]
+) -> None:
+    r = httpx.post(gw.v1 + "/responses", json={"model": "demo", **body}, headers={"Authorization": f"Bearer {gw.key}"})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["type"] == "invalid_request_error"
+
+
 def test_shutdown_cancels_a_running_background_response_and_writes_its_row(tmp_path: Path, up: ProviderStandIn) -> None:
     config = {
         "model_list": [_model("claude", "anthropic/claude-up", up.base_url, "sk-ant")],

@@ -37,6 +37,7 @@ from meterway.store.response_record import TERMINAL, StoredResponse
 if TYPE_CHECKING:
     from meterway.api.response_meter import NativeMeter
     from meterway.auth import Principal
+    from meterway.config.settings import Deployment
     from meterway.context import RequestContext
     from meterway.store.responses import ResponseStore
 
@@ -243,7 +244,13 @@ class Responses:
         run = self.runs.get(ctx.request_id)
         if ctx.api is not Api.RESPONSES or run is None or ctx.deployment is None:
             return
-        deployment, principal = ctx.deployment, ctx.principal
+        try:
+            await self._before(ctx, run, ctx.deployment)
+        except fmt.TranslationError as e:  # input items the bridge cannot read: the client's error
+            raise BadRequest(str(e), param=e.param) from None
+
+    async def _before(self, ctx: RequestContext, run: Run, deployment: Deployment) -> None:
+        principal = ctx.principal
         options = heads.responses_options(ctx.body)
         native = not isinstance(deployment.provider_for(Api.RESPONSES), ResponsesAdapter)
         request = orjson.loads(ctx.body)
