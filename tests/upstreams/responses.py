@@ -36,35 +36,12 @@ from tests.upstreams.standin import (
     _Call,
     count_words,
     reply_for,
+    schema_answer,
     tool_arguments_json,
 )
 
 PREFIXES = ("/v1", "/openai/v1")
 Json = Any
-
-
-def schema_answer(schema: Json, text: str) -> Json:
-    """A value conforming to a (simple) JSON schema: strings are `text`, numbers 1, booleans true,
-    arrays one item, objects every property; no schema at all gives {"answer": text}."""
-    if not isinstance(schema, dict):
-        return {"answer": text}
-    kind = schema.get("type")
-    if isinstance(kind, list):
-        kind = next((k for k in kind if k != "null"), "string")
-    if schema.get("enum"):
-        return schema["enum"][0]
-    if kind == "object" or "properties" in schema:
-        props = schema.get("properties") or {}
-        if not props:
-            return {"answer": text}
-        return {name: schema_answer(sub, text) for name, sub in props.items()}
-    if kind == "array":
-        return [schema_answer(schema.get("items"), text)]
-    if kind in ("number", "integer"):
-        return 1
-    if kind == "boolean":
-        return True
-    return text
 
 
 def _text(content: Json) -> str:
