@@ -70,6 +70,32 @@ def _items(value: Json) -> list[dict[str, Any]] | None:
     return items
 
 
+# What OpenAI's spec requires of a Response (some nullable); any other field without a value is left
+# out, as OpenAI's answers do (`user`, say, is a string or absent, never null).
+REQUIRED = frozenset(
+    {
+        "id",
+        "object",
+        "created_at",
+        "error",
+        "incomplete_details",
+        "instructions",
+        "model",
+        "tools",
+        "output",
+        "parallel_tool_calls",
+        "metadata",
+        "tool_choice",
+        "temperature",
+        "top_p",
+    }
+)
+
+
+def _present(response: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in response.items() if value is not None or key in REQUIRED}
+
+
 @dataclass
 class Stored:
     response: dict[str, Any]
@@ -220,7 +246,7 @@ class ResponsesApi:
     ) -> dict[str, Any]:
         reasoning = payload.get("reasoning") if isinstance(payload.get("reasoning"), dict) else {}
         text = payload.get("text") if isinstance(payload.get("text"), dict) else {}
-        return {
+        response = {
             "id": rid,
             "object": "response",
             "created_at": created_at or int(time.time()),
@@ -250,11 +276,12 @@ class ResponsesApi:
             "user": payload.get("user"),
             "metadata": payload.get("metadata") or {},
         }
+        return _present(response)
 
     @staticmethod
     def _events(final: dict[str, Any]) -> list[dict[str, Any]]:
         """The stream of a finished Response, numbered from 0, as OpenAI sends it."""
-        start = {**final, "status": "in_progress", "output": [], "usage": None, "completed_at": None}
+        start = _present({**final, "status": "in_progress", "output": [], "usage": None, "completed_at": None})
         start["incomplete_details"] = None
         events: list[dict[str, Any]] = [
             {"type": "response.created", "response": start},
@@ -285,6 +312,7 @@ class ResponsesApi:
                         "type": "response.function_call_arguments.done",
                         "item_id": item["id"],
                         "output_index": index,
+                        "name": item["name"],
                         "arguments": arguments,
                     }
                 )
@@ -350,7 +378,7 @@ class ResponsesApi:
             self.stored[rid] = entry
         headers = standin._openai_headers()
         if background:
-            entry.response = {**final, "status": "queued", "output": [], "usage": None, "completed_at": None}
+            entry.response = _present({**final, "status": "queued", "output": [], "usage": None, "completed_at": None})
             task = asyncio.get_running_loop().create_task(self._run(entry, final))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
