@@ -257,7 +257,8 @@ def replay_events(response: dict[str, Any]) -> list[dict[str, Any]]:
         event["sequence_number"] = len(events)
         events.append(event)
 
-    opening = dict(response, status="in_progress", output=[], usage=None)
+    opening = {k: v for k, v in response.items() if k not in ("usage", "completed_at")}
+    opening.update(status="in_progress", output=[])
     add({"type": "response.created", "response": opening})
     add({"type": "response.in_progress", "response": opening})
     for index, item in enumerate(response.get("output") or []):
@@ -278,7 +279,7 @@ def replay_events(response: dict[str, Any]) -> list[dict[str, Any]]:
                         {
                             "type": "response.content_part.added",
                             **where,
-                            "part": {"type": "output_text", "text": "", "annotations": []},
+                            "part": {"type": "output_text", "text": "", "annotations": [], "logprobs": []},
                         }
                     )
                     add({"type": "response.output_text.delta", **where, "delta": part.get("text", ""), "logprobs": []})
