@@ -270,6 +270,22 @@ def test_background_cancelled_while_it_runs(gw: RunningGateway, up: ProviderStan
         client.responses.cancel(finished.id)  # only a background response still running is cancelled
 
 
+def test_a_native_background_response_cancelled_upstream_is_metered_once(
+    gw: RunningGateway, up: ProviderStandIn, client: openai.OpenAI
+) -> None:
+    up.responses.background_step_s = 5.0
+    try:
+        queued = client.responses.create(model="gpt", input="hello there", background=True)
+        assert client.responses.cancel(queued.id).status == "cancelled"
+        assert up.last.path == f"/v1/responses/{queued.id}/cancel"
+        rows = eventually(lambda: _rows(gw, request_id=queued.id), what="the cancelled generation's row")
+        assert len(rows) == 1 and rows[0]["call_type"] == "responses"
+        client.responses.retrieve(queued.id)
+        assert len(_rows(gw, request_id=queued.id)) == 1
+    finally:
+        up.responses.background_step_s = 0.05
+
+
 def test_background_cancelled_mid_stream_records_what_was_delivered(
     gw: RunningGateway, up: ProviderStandIn, client: openai.OpenAI
 ) -> None:
@@ -341,8 +357,11 @@ def test_an_over_budget_key_is_refused(gw: RunningGateway, up: ProviderStandIn, 
     assert up.received == []
 
 
-def test_stream_replay_of_a_stored_response(gw: RunningGateway, up: ProviderStandIn, client: openai.OpenAI) -> None:
-    response = client.responses.create(model="gemini", input="hello there")
+@pytest.mark.parametrize("model", ["gemini", "gpt"])  # replayed from the store; passed to the upstream's replay
+def test_stream_replay_of_a_stored_response(
+    model: str, gw: RunningGateway, up: ProviderStandIn, client: openai.OpenAI
+) -> None:
+    response = client.responses.create(model=model, input="hello there")
     events = list(client.responses.retrieve(response.id, stream=True))
     assert events[0].type == "response.created" and events[-1].type == "response.completed"
     assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == response.output_text
