@@ -10,6 +10,7 @@ import json
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,7 +20,7 @@ import pytest
 from tests.support.gateway import RunningGateway, run_gateway
 from tests.support.wait import eventually
 from tests.upstreams.providers import ProviderStandIn
-from tests.upstreams.standin import REPLY_PREFIX
+from tests.upstreams.standin import REPLY_PREFIX, Script
 
 PRICES = {"input_cost_per_token": 0.000001, "output_cost_per_token": 0.000002}
 BRIDGED = ["claude", "gemini", "llama", "demo"]
@@ -269,6 +270,59 @@ def test_background_cancelled_while_it_runs(gw: RunningGateway, up: ProviderStan
         client.responses.cancel(finished.id)  # only a background response still running is cancelled
 
 
+def test_a_native_background_response_cancelled_upstream_is_metered_once(
+    gw: RunningGateway, up: ProviderStandIn, client: openai.OpenAI
+) -> None:
+    up.responses.background_step_s = 5.0
+    try:
+        queued = client.responses.create(model="gpt", input="hello there", background=True)
+        assert client.responses.cancel(queued.id).status == "cancelled"
+        assert up.last.path == f"/v1/responses/{queued.id}/cancel"
+        rows = eventually(lambda: _rows(gw, request_id=queued.id), what="the cancelled generation's row")
+        assert len(rows) == 1 and rows[0]["call_type"] == "responses"
+        client.responses.retrieve(queued.id)
+        assert len(_rows(gw, request_id=queued.id)) == 1
+    finally:
+        up.responses.background_step_s = 0.05
+
+
+def test_background_cancelled_mid_stream_records_what_was_delivered(
+    gw: RunningGateway, up: ProviderStandIn, client: openai.OpenAI
+) -> None:
+    up.script(Script(event_gap=0.3, path="/chat/completions"))
+    raw = client.responses.with_raw_response.create(model="llama", input="one two three four five", background=True)
+    queued = raw.parse()
+    eventually(lambda: client.responses.retrieve(queued.id).status == "in_progress", what="the run under way")
+    assert client.responses.cancel(queued.id).status == "cancelled"
+    (row,) = eventually(lambda: _rows(gw, request_id=raw.headers["x-request-id"]), what="the cancelled run's row")
+    assert row["status"] == "client_aborted" and row["stream"] is True
+    assert client.responses.retrieve(queued.id).status == "cancelled"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_usage_the_upstream_did_not_report_is_shown_as_billed(
+    gw: RunningGateway, up: ProviderStandIn, client: openai.OpenAI, stream: bool
+) -> None:
+    up.script(Script(no_usage=True, path="/chat/completions"))
+    rid = f"no-usage-{uuid.uuid4().hex}"
+    if stream:
+        with client.responses.stream(model="llama", input="hello there", extra_headers={"x-request-id": rid}) as s:
+            response = s.get_final_response()
+    else:
+        raw = client.responses.with_raw_response.create(
+            model="llama", input="hello there", extra_headers={"x-request-id": rid}
+        )
+        response = raw.parse()
+        assert raw.headers["x-meterway-usage"] == "estimated"
+    row = _row(gw, rid)
+    assert response.usage is not None and row["tokens_estimated"] is True
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (
+        response.usage.input_tokens,
+        response.usage.output_tokens,
+    )
+    assert client.responses.retrieve(response.id).usage == response.usage
+
+
 @pytest.mark.parametrize("model", ["gpt", "claude"])
 def test_another_key_gets_404(model: str, gw: RunningGateway, up: ProviderStandIn, client: openai.OpenAI) -> None:
     response = client.responses.create(model=model, input="hello there")
@@ -303,8 +357,11 @@ def test_an_over_budget_key_is_refused(gw: RunningGateway, up: ProviderStandIn, 
     assert up.received == []
 
 
-def test_stream_replay_of_a_stored_response(gw: RunningGateway, up: ProviderStandIn, client: openai.OpenAI) -> None:
-    response = client.responses.create(model="gemini", input="hello there")
+@pytest.mark.parametrize("model", ["gemini", "gpt"])  # replayed from the store; passed to the upstream's replay
+def test_stream_replay_of_a_stored_response(
+    model: str, gw: RunningGateway, up: ProviderStandIn, client: openai.OpenAI
+) -> None:
+    response = client.responses.create(model=model, input="hello there")
     events = list(client.responses.retrieve(response.id, stream=True))
     assert events[0].type == "response.created" and events[-1].type == "response.completed"
     assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == response.output_text
@@ -346,6 +403,8 @@ def test_input_tokens_never_charged(
         ("POST", "/v1/responses/resp_unknown/cancel", 404, "invalid_request_error"),
         ("GET", "/v1/responses/resp_unknown/input_items", 404, "invalid_request_error"),
         ("GET", "/v1/responses/resp_unknown/else", 404, "not_found_error"),  # no such route
+        ("GET", "/v1/responses/resp%00nul", 404, "invalid_request_error"),  # never looked up (PostgreSQL)
+        ("GET", "/v1/responses/resp_" + "x" * 300, 404, "invalid_request_error"),
         ("PUT", "/v1/responses/resp_unknown", 405, "invalid_request_error"),
         ("GET", "/v1/responses", 405, "invalid_request_error"),
         ("POST", "/v1/responses", 400, "invalid_request_error"),  # no input
@@ -356,3 +415,62 @@ def test_errors_in_openai_shape(gw: RunningGateway, method: str, path: str, stat
     assert r.status_code == status, r.text
     error = r.json()["error"]
     assert error["message"] and error["type"] == kind
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"input": [1, 2]},
+        {"input": [None]},
+        {"input": [{"type": "item_reference", "id": 5}]},
+        {"input": "hi", "previous_response_id": "resp_\u0000"},
+        {"input": {"role": "user"}},
+        {"input": "hi", "background": True, "store": False},
+    ],
+)
+def test_bad_input_on_a_bridged_deployment_is_400(
+    gw: RunningGateway, up: ProviderStandIn, body: dict[str, Any]
+) -> None:
+    r = httpx.post(gw.v1 + "/responses", json={"model": "demo", **body}, headers={"Authorization": f"Bearer {gw.key}"})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_shutdown_cancels_a_running_background_response_and_writes_its_row(tmp_path: Path, up: ProviderStandIn) -> None:
+    config = {
+        "model_list": [_model("claude", "anthropic/claude-up", up.base_url, "sk-ant")],
+        "general_settings": {"database_url": f"sqlite:///{tmp_path / 'gw.db'}"},
+    }
+    up.script_delay(30.0, path="/v1/messages")
+    with run_gateway(config) as first, openai.OpenAI(base_url=first.v1, api_key=first.key, max_retries=0) as c:
+        raw = c.responses.with_raw_response.create(model="claude", input="hello there", background=True)
+        queued = raw.parse()
+        up.wait_for_received(1)
+    with run_gateway(config) as again, openai.OpenAI(base_url=again.v1, api_key=again.key, max_retries=0) as c:
+        assert c.responses.retrieve(queued.id).status == "cancelled"
+        (row,) = _rows(again, request_id=raw.headers["x-request-id"])
+        assert row["status"] == "client_aborted" and row["call_type"] == "responses"
+
+
+def test_a_response_too_large_to_keep_is_served_not_stored_and_background_is_bounded(
+    tmp_path: Path, up: ProviderStandIn
+) -> None:
+    config = {
+        "model_list": [_model("claude", "anthropic/claude-up", up.base_url, "sk-ant")],
+        "general_settings": {
+            "database_url": f"sqlite:///{tmp_path / 'gw.db'}",
+            "max_request_size_mb": 0.05,  # also the most one response's object and input items take in the store
+            "responses_background_max": 0,
+        },
+    }
+    with run_gateway(config) as small, openai.OpenAI(base_url=small.v1, api_key=small.key, max_retries=0) as c:
+        # many short messages: their stored items (ids, types, statuses, content parts) outgrow the request
+        many: Any = [{"role": "user", "content": f"message {n:03d} " + "x" * 40} for n in range(400)]
+        raw = c.responses.with_raw_response.create(model="claude", input=many)
+        response = raw.parse()
+        assert response.output_text and _row(small, raw.headers["x-request-id"])["status"] == "success"
+        with pytest.raises(openai.NotFoundError):
+            c.responses.retrieve(response.id)
+        with pytest.raises(openai.RateLimitError) as e:
+            c.responses.create(model="claude", input="hi", background=True)
+        assert e.value.code == "too_many_background_responses"

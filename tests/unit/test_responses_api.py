@@ -4,19 +4,23 @@ terminal event found in a stream's last bytes, and token counts of Responses bod
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
+import jsonschema
 import orjson
 import pytest
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
 from meterway.api import heads
-from meterway.api.response_runs import final_response
+from meterway.api.response_runs import final_response, with_usage
 from meterway.api.responses import list_items, replay_events, target
 from meterway.errors import BadRequest
 from meterway.ledger.tokens import TokenCounter
-from meterway.providers.base import Api
+from meterway.providers import responses_format as fmt
+from meterway.providers.base import Api, Usage
 
 RESPONSE: dict[str, Any] = {
     "id": "resp_abc",
@@ -182,3 +186,58 @@ def test_tokens_of_a_responses_request_answer_and_stream() -> None:
         b"event: " + e["type"].encode() + b"\ndata: " + orjson.dumps(e) + b"\n\n" for e in replay_events(RESPONSE)
     )
     assert counter.streamed(Api.RESPONSES, [streamed]) == answer
+
+
+def test_usage_is_filled_in_only_where_the_response_has_none() -> None:
+    billed = {"input_tokens": 3, "output_tokens": 4, "total_tokens": 7}
+    bare = dict(RESPONSE, usage=None)
+    events = replay_events(bare)
+    stream = b"".join(b"event: " + e["type"].encode() + b"\ndata: " + orjson.dumps(e) + b"\n\n" for e in events[-2:])
+    filled = with_usage(stream, billed)
+    assert filled is not None and filled.endswith(b"\n\n") and filled.count(b"\n\n") == 2
+    assert final_response(filled) == dict(bare, usage=billed)
+    assert final_response(with_usage(orjson.dumps(bare), billed) or b"") == dict(bare, usage=billed)
+    assert with_usage(orjson.dumps(RESPONSE), billed) is None  # the upstream's own usage stays
+
+
+# ---- against OpenAI's published spec (the fixture H1a extracted from openai-openapi)
+
+SPEC = json.loads((Path(__file__).parent.parent / "fixtures" / "openai-responses" / "schemas.json").read_text())
+
+
+def _spec_errors(name: str, value: Any) -> list[str]:
+    validator = jsonschema.Draft202012Validator({"$ref": f"#/components/schemas/{name}", **SPEC})
+    return [f"{list(e.absolute_path)}: {e.message[:200]}" for e in validator.iter_errors(value)]
+
+
+BRIDGED_REQUEST: dict[str, Any] = {"model": "claude", "input": [{"role": "user", "content": "Weather in Oslo?"}]}
+CHAT_ANSWER: dict[str, Any] = {
+    "choices": [
+        {
+            "index": 0,
+            "finish_reason": "tool_calls",
+            "message": {
+                "role": "assistant",
+                "content": "Checking.",
+                "tool_calls": [
+                    {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+                ],
+            },
+        }
+    ],
+    "usage": {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13},
+}
+
+
+def test_what_the_gateway_serves_from_the_store_matches_the_spec() -> None:
+    response = fmt.chat_to_response(CHAT_ANSWER, BRIDGED_REQUEST, "resp_s1", 1_760_000_000)
+    for event in replay_events(response):
+        assert _spec_errors("ResponseStreamEvent", event) == [], event["type"]
+    listing = list_items(fmt.input_items(BRIDGED_REQUEST), {})
+    assert _spec_errors("ResponseItemList", listing) == []
+    queued = dict(
+        fmt.ChatToResponsesStream(BRIDGED_REQUEST, "resp_q", 1).start()[0]["response"], status="queued", background=True
+    )
+    assert _spec_errors("Response", queued) == []
+    billed = with_usage(orjson.dumps(dict(response, usage=None)), fmt.responses_usage(Usage(9, 4, 13)))
+    assert billed is not None and _spec_errors("Response", orjson.loads(billed)) == []

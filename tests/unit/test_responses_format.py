@@ -303,7 +303,7 @@ def test_cut_answers_are_incomplete(finish: str, reason: str) -> None:
 def test_billed_usage_in_responses_form_round_trips() -> None:
     billed = Usage(10, 4, 14, cached_tokens=3, reasoning_tokens=1)
     body = fmt.chat_to_response(_chat({"content": "x"}, usage=None), {"input": "x"}, RID, NOW)
-    assert body["usage"] is None  # the upstream reported none: the gateway fills in what it bills
+    assert "usage" not in body  # the upstream reported none: the gateway fills in what it bills
     body["usage"] = fmt.responses_usage(billed)
     assert Response.model_validate(body).usage is not None and fmt.usage_of(body) == billed
 
@@ -440,6 +440,57 @@ def test_an_error_chunk_fails_the_response_and_ends_the_stream() -> None:
     assert stream.response is not None and stream.response["error"] == {"code": "server_error", "message": "overloaded"}
     for n, event in enumerate(events):
         assert EVENT.validate_python(event).sequence_number == n
+
+
+_piece = st.text(min_size=1, max_size=6)
+_delta = st.one_of(
+    st.builds(lambda t: {"content": t}, _piece),
+    st.builds(lambda t: {"reasoning_content": t}, _piece),
+    st.builds(lambda t: {"refusal": t}, _piece),
+    st.builds(
+        lambda i, a, first: {
+            "tool_calls": [
+                {"index": i, "function": {"arguments": a}, **({"id": f"call_{i}", "type": "function"} if first else {})}
+            ]
+        },
+        st.integers(0, 2),
+        _piece,
+        st.booleans(),
+    ),
+)
+_stream_chunk = st.one_of(
+    _delta.map(_chunk),
+    st.sampled_from(["stop", "length", "tool_calls", "content_filter"]).map(lambda f: _chunk({}, f)),
+    st.just({"id": "c", "choices": [], "usage": USAGE}),
+    st.sampled_from([{"choices": None}, {"choices": [None]}, {"choices": [{"index": 1, "delta": {"content": "x"}}]}]),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_stream_chunk, max_size=12))
+def test_any_chunk_sequence_gives_a_valid_stream_the_sdk_accumulates(chunks: list[dict[str, Any]]) -> None:
+    events, stream = _run(chunks)
+    if events[-1]["type"] == "response.incomplete":  # the SDK's state ends on either; it keys on completed
+        events[-1] = {**events[-1], "type": "response.completed"}
+    final = _accumulated(events)
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if _is_first_choice(c))
+    assert final.output_text == text
+    calls = {item.call_id: item.arguments for item in final.output if item.type == "function_call"}
+    for i in range(3):
+        sent = "".join(
+            t["function"]["arguments"]
+            for c in chunks
+            if _is_first_choice(c)
+            for t in c["choices"][0]["delta"].get("tool_calls", [])
+            if t["index"] == i
+        )
+        assert not sent or sent in calls.values()
+    Response.model_validate(stream.response)
+
+
+def _is_first_choice(chunk: dict[str, Any]) -> bool:
+    choices = chunk.get("choices")
+    return isinstance(choices, list) and bool(choices) and isinstance(choices[0], dict) and choices[0].get("index") == 0
 
 
 def test_sse_names_each_event() -> None:

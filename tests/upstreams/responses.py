@@ -36,35 +36,12 @@ from tests.upstreams.standin import (
     _Call,
     count_words,
     reply_for,
+    schema_answer,
     tool_arguments_json,
 )
 
 PREFIXES = ("/v1", "/openai/v1")
 Json = Any
-
-
-def schema_answer(schema: Json, text: str) -> Json:
-    """A value conforming to a (simple) JSON schema: strings are `text`, numbers 1, booleans true,
-    arrays one item, objects every property; no schema at all gives {"answer": text}."""
-    if not isinstance(schema, dict):
-        return {"answer": text}
-    kind = schema.get("type")
-    if isinstance(kind, list):
-        kind = next((k for k in kind if k != "null"), "string")
-    if schema.get("enum"):
-        return schema["enum"][0]
-    if kind == "object" or "properties" in schema:
-        props = schema.get("properties") or {}
-        if not props:
-            return {"answer": text}
-        return {name: schema_answer(sub, text) for name, sub in props.items()}
-    if kind == "array":
-        return [schema_answer(schema.get("items"), text)]
-    if kind in ("number", "integer"):
-        return 1
-    if kind == "boolean":
-        return True
-    return text
 
 
 def _text(content: Json) -> str:
@@ -91,6 +68,32 @@ def _items(value: Json) -> list[dict[str, Any]] | None:
             item["content"] = [{"type": kind, "text": item["content"]}]
         items.append(item)
     return items
+
+
+# What OpenAI's spec requires of a Response (some nullable); any other field without a value is left
+# out, as OpenAI's answers do (`user`, say, is a string or absent, never null).
+REQUIRED = frozenset(
+    {
+        "id",
+        "object",
+        "created_at",
+        "error",
+        "incomplete_details",
+        "instructions",
+        "model",
+        "tools",
+        "output",
+        "parallel_tool_calls",
+        "metadata",
+        "tool_choice",
+        "temperature",
+        "top_p",
+    }
+)
+
+
+def _present(response: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in response.items() if value is not None or key in REQUIRED}
 
 
 @dataclass
@@ -243,7 +246,7 @@ class ResponsesApi:
     ) -> dict[str, Any]:
         reasoning = payload.get("reasoning") if isinstance(payload.get("reasoning"), dict) else {}
         text = payload.get("text") if isinstance(payload.get("text"), dict) else {}
-        return {
+        response = {
             "id": rid,
             "object": "response",
             "created_at": created_at or int(time.time()),
@@ -273,11 +276,12 @@ class ResponsesApi:
             "user": payload.get("user"),
             "metadata": payload.get("metadata") or {},
         }
+        return _present(response)
 
     @staticmethod
     def _events(final: dict[str, Any]) -> list[dict[str, Any]]:
         """The stream of a finished Response, numbered from 0, as OpenAI sends it."""
-        start = {**final, "status": "in_progress", "output": [], "usage": None, "completed_at": None}
+        start = _present({**final, "status": "in_progress", "output": [], "usage": None, "completed_at": None})
         start["incomplete_details"] = None
         events: list[dict[str, Any]] = [
             {"type": "response.created", "response": start},
@@ -308,6 +312,7 @@ class ResponsesApi:
                         "type": "response.function_call_arguments.done",
                         "item_id": item["id"],
                         "output_index": index,
+                        "name": item["name"],
                         "arguments": arguments,
                     }
                 )
@@ -373,7 +378,7 @@ class ResponsesApi:
             self.stored[rid] = entry
         headers = standin._openai_headers()
         if background:
-            entry.response = {**final, "status": "queued", "output": [], "usage": None, "completed_at": None}
+            entry.response = _present({**final, "status": "queued", "output": [], "usage": None, "completed_at": None})
             task = asyncio.get_running_loop().create_task(self._run(entry, final))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)

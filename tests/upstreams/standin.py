@@ -8,7 +8,9 @@ to fail, stall, break a stream half-way or drop the connection.
 
 Deterministic answers (see the module-level helpers, which tests may use to compute expectations):
 
-* reply text: ``reply_for(<text of the last user message>)``;
+* reply text: ``reply_for(<text of the last user message>)``; asked for JSON (chat's
+  ``response_format``, Gemini's ``responseMimeType``, Cohere's ``response_format``), the JSON of
+  ``schema_answer(<the schema sent, if any>, <that text>)``, which conforms to the schema;
 * OpenAI ``prompt_tokens``: words of every message's text content + 3 per message;
 * Anthropic ``input_tokens``: words of the system text + words of every message's text + 3 per message;
 * ``completion_tokens`` / ``output_tokens``: ``count_words(reply)``; for a tool call
@@ -75,6 +77,30 @@ def count_words(text: str) -> int:
 def reply_for(user_text: str) -> str:
     """The reply text the stand-in gives to a conversation whose last user message is `user_text`."""
     return REPLY_PREFIX + user_text[:ECHO_LIMIT]
+
+
+def schema_answer(schema: Json, text: str) -> Json:
+    """A value conforming to a (simple) JSON schema: strings are `text`, numbers 1, booleans true,
+    arrays one item, objects every property; no schema at all gives {"answer": text}."""
+    if not isinstance(schema, dict):
+        return {"answer": text}
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "string")
+    if schema.get("enum"):
+        return schema["enum"][0]
+    if kind == "object" or "properties" in schema:
+        props = schema.get("properties") or {}
+        if not props:
+            return {"answer": text}
+        return {name: schema_answer(sub, text) for name, sub in props.items()}
+    if kind == "array":
+        return [schema_answer(schema.get("items"), text)]
+    if kind in ("number", "integer"):
+        return 1
+    if kind == "boolean":
+        return True
+    return text
 
 
 def tool_arguments(schema: Json) -> dict[str, str]:
@@ -903,7 +929,8 @@ class StandIn:
             content, finish_reason = reply_for(_last_user_text(messages, _openai_text)), "stop"
             response_format = payload.get("response_format")
             if isinstance(response_format, dict) and response_format.get("type") in ("json_object", "json_schema"):
-                content = jsonlib.dumps({"answer": content})
+                wanted = response_format.get("json_schema") if response_format["type"] == "json_schema" else None
+                content = jsonlib.dumps(schema_answer((wanted or {}).get("schema"), content))
             completion_tokens = count_words(content)
         usage = _openai_usage(prompt_tokens, completion_tokens)
         completion_id = f"chatcmpl-standin-{next(self._ids)}"

@@ -14,6 +14,7 @@ import pytest
 from anthropic.types import ToolParam
 from openai.types.chat import ChatCompletionFunctionToolParam
 
+from .providers import ProviderStandIn
 from .standin import (
     CACHE_READ_TOKENS,
     REPLY_PREFIX,
@@ -232,6 +233,20 @@ def test_chat_json_response_format(oai: openai.OpenAI) -> None:
     content = result.choices[0].message.content
     assert content is not None
     assert json.loads(content) == {"answer": reply_for("give json")}
+
+
+def test_chat_json_schema_answer_conforms_to_the_schema(oai: openai.OpenAI) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "rank": {"type": "integer"}},
+        "required": ["city", "rank"],
+    }
+    result = oai.chat.completions.create(
+        model="gpt-4o",
+        messages=[{"role": "user", "content": "a city"}],
+        response_format={"type": "json_schema", "json_schema": {"name": "c", "schema": schema}},
+    )
+    assert json.loads(result.choices[0].message.content or "") == {"city": reply_for("a city"), "rank": 1}
 
 
 # ---- OpenAI completions / embeddings / models ------------------------------------------------------
@@ -539,3 +554,28 @@ async def test_script_drop(standin: StandIn) -> None:
             assert r.status == 200
     dropped = standin.received[0]
     assert dropped.status is None and not dropped.completed
+
+
+def test_gemini_and_cohere_answer_json_to_the_schema_they_were_sent() -> None:
+    schema = {"type": "object", "properties": {"answer": {"type": "string"}, "ok": {"type": "boolean"}}}
+    with ProviderStandIn() as server:
+        gemini = httpx.post(
+            server.url("/v1beta/models/gemini-x:generateContent"),
+            headers={"x-goog-api-key": "k"},
+            json={
+                "contents": [{"role": "user", "parts": [{"text": "json please"}]}],
+                "generationConfig": {"responseMimeType": "application/json", "responseJsonSchema": schema},
+            },
+        ).json()
+        text = gemini["candidates"][0]["content"]["parts"][0]["text"]
+        assert json.loads(text) == {"answer": reply_for("json please"), "ok": True}
+        cohere = httpx.post(
+            server.url("/v2/chat"),
+            headers={"Authorization": "Bearer k"},
+            json={
+                "model": "command",
+                "messages": [{"role": "user", "content": "json please"}],
+                "response_format": {"type": "json_object", "json_schema": schema},
+            },
+        ).json()
+        assert json.loads(cohere["message"]["content"][0]["text"]) == {"answer": reply_for("json please"), "ok": True}

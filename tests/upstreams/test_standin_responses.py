@@ -14,8 +14,16 @@ from pydantic import BaseModel
 
 from tests.support.wait import eventually
 
-from .responses import schema_answer
-from .standin import PER_MESSAGE_TOKENS, TOOL_CALL_ID, ChatOnlyStandIn, Script, StandIn, count_words, reply_for
+from .standin import (
+    PER_MESSAGE_TOKENS,
+    TOOL_CALL_ID,
+    ChatOnlyStandIn,
+    Script,
+    StandIn,
+    count_words,
+    reply_for,
+    schema_answer,
+)
 
 KEY = "sk-standin-test"
 WEATHER: FunctionToolParam = {

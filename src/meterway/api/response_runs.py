@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from meterway.api import heads
-from meterway.api.asgi import Message, Receive, Responder, Send
+from meterway.api.asgi import EVENT_STREAM, Message, Receive, Responder, Send
 from meterway.auth import MASTER_ID
 from meterway.errors import BadRequest, RateLimited, RouteNotFound
 from meterway.providers import responses_format as fmt
@@ -37,11 +37,13 @@ from meterway.store.response_record import TERMINAL, StoredResponse
 if TYPE_CHECKING:
     from meterway.api.response_meter import NativeMeter
     from meterway.auth import Principal
+    from meterway.config.settings import Deployment
     from meterway.context import RequestContext
     from meterway.store.responses import ResponseStore
 
 log = logging.getLogger("meterway.responses")
 
+ID_MAX = 128  # characters of a response id (mw_responses.response_id)
 CHAIN_MAX = 256  # earlier responses followed back through previous_response_id, at most
 CANCEL_WAIT_S = 5.0  # a cancelled background run may take this long to stop before it is cut
 PURGE_EVERY_S = 3600.0  # expired responses are deleted this often
@@ -80,7 +82,7 @@ class Pending:
     store: bool
     input_items: list[dict[str, Any]]
     response_id: str | None = None  # known in advance only for a detached (background) run
-    ctx: RequestContext | None = None  # a detached run's request, which a cancel ends
+    ctx: RequestContext | None = None  # the request: its recorded usage, and what a cancel ends
 
 
 class Run:
@@ -98,6 +100,7 @@ class Run:
         self.cancelled: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self.status = 0
         self.relaying = False  # a detached run's upstream has begun to answer
+        self._start: Message | None = None
         self.task: asyncio.Task[None] | None = None
 
     async def receive(self) -> Message:
@@ -112,10 +115,33 @@ class Run:
             if self.detached.is_set() and self.pending is not None and self.pending.response_id and self.status == 200:
                 self.relaying = True
                 await self.responses.set_status(self.pending.response_id, "in_progress")
+            if self.status == 200 and (b"content-type", EVENT_STREAM) not in message["headers"]:
+                self._start = message  # a whole answer: held with its body, whose usage may be filled in
+                return
         elif kind == "http.response.body" and not message.get("more_body") and self.status == 200:
+            message = self._billed(message)
             await self.responses.keep(self.pending, message.get("body", b""))
-        if not self.detached.is_set():
-            await self._send(message)
+        if self.detached.is_set():
+            return
+        if self._start is not None:
+            start, self._start = self._start, None
+            await self._send(start)
+        await self._send(message)
+
+    def _billed(self, message: Message) -> Message:
+        """The last bytes, with the usage the ledger recorded where the upstream reported none
+        (the row is committed by now), marked by `x-meterway-usage: estimated` on a whole answer."""
+        ctx = self.pending.ctx if self.pending is not None else None
+        if ctx is None or ctx.counted is None:
+            return message
+        filled = with_usage(message.get("body", b""), fmt.responses_usage(ctx.counted))
+        if filled is None:
+            return message
+        if self._start is not None:
+            headers = [(k, v) for k, v in self._start["headers"] if k != b"content-length"]
+            headers += [(b"content-length", b"%d" % len(filled)), (b"x-meterway-usage", b"estimated")]
+            self._start = dict(self._start, headers=headers)
+        return dict(message, body=filled)
 
     async def detach(self, answer: bytes, rid: str) -> None:
         """Answers the client now (the queued Response) and goes on without it."""
@@ -218,7 +244,13 @@ class Responses:
         run = self.runs.get(ctx.request_id)
         if ctx.api is not Api.RESPONSES or run is None or ctx.deployment is None:
             return
-        deployment, principal = ctx.deployment, ctx.principal
+        try:
+            await self._before(ctx, run, ctx.deployment)
+        except fmt.TranslationError as e:  # input items the bridge cannot read: the client's error
+            raise BadRequest(str(e), param=e.param) from None
+
+    async def _before(self, ctx: RequestContext, run: Run, deployment: Deployment) -> None:
+        principal = ctx.principal
         options = heads.responses_options(ctx.body)
         native = not isinstance(deployment.provider_for(Api.RESPONSES), ResponsesAdapter)
         request = orjson.loads(ctx.body)
@@ -233,6 +265,7 @@ class Responses:
             native=native,
             store=options.store is not False,
             input_items=[] if native else fmt.input_items(request),
+            ctx=ctx,
         )
         previous = options.previous_response_id
         if previous is not None:
@@ -255,7 +288,7 @@ class Responses:
         the output items they name, from this key's stored responses; one not found is 400."""
         items: dict[str, Any] = {}
         for response_id in {fmt.response_id_for_item(ref) for ref in fmt.item_references(request)} - {None}:
-            row = await self.store.get(str(response_id))
+            row = await self.store.get(str(response_id)) if storable(str(response_id)) else None
             if row is None or row.body is None or not visible(row, principal):
                 continue
             for item in orjson.loads(row.body).get("output") or []:
@@ -274,7 +307,7 @@ class Responses:
         chain: list[StoredResponse] = []
         at: str | None = previous
         while at is not None and len(chain) < CHAIN_MAX:
-            row = await self.store.get(at)
+            row = await self.store.get(at) if storable(at) else None
             if row is None or not visible(row, principal):
                 raise previous_not_found(previous)
             if native or row.native:
@@ -308,7 +341,7 @@ class Responses:
                 code="too_many_background_responses",
             )
         response_id = "resp_" + ctx.request_id
-        pending.response_id, pending.ctx = response_id, ctx
+        pending.response_id = response_id
         start = fmt.ChatToResponsesStream(request, response_id, int(time.time())).start()
         queued = dict(start[0]["response"], status="queued", background=True)
         body = orjson.dumps(queued)
@@ -372,6 +405,12 @@ class Responses:
             await asyncio.sleep(PURGE_EVERY_S)
 
 
+def storable(response_id: str) -> bool:
+    """An id the store could hold (its column's length, no NUL): any other is unknown without a
+    look-up, which PostgreSQL would refuse for a NUL."""
+    return len(response_id) <= ID_MAX and "\x00" not in response_id
+
+
 def visible(row: StoredResponse, principal: Principal | None) -> bool:
     return principal is not None and (principal.key_id == MASTER_ID or principal.key_id == row.key_id)
 
@@ -381,25 +420,57 @@ def _as_input(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: v for k, v in item.items() if k not in ("id", "status")} for item in items if isinstance(item, dict)]
 
 
+def _terminal(block: bytes) -> dict[str, Any] | None:
+    """The terminal event (`response.completed`, `.incomplete`, `.failed`) one SSE block holds."""
+    payload = b"".join(line[5:].strip() for line in block.splitlines() if line.startswith(b"data:"))
+    if not payload or not any(name in payload for name in _TERMINAL_EVENTS):
+        return None
+    try:
+        event = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    return event if isinstance(event, dict) and isinstance(event.get("response"), dict) else None
+
+
+def _whole(data: bytes) -> dict[str, Any] | None:
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) and value.get("object") == "response" else None
+
+
 def final_response(last: bytes) -> dict[str, Any] | None:
     """The Response in an answer's last bytes: the whole JSON object, or the `response` of the
-    terminal event (`response.completed`, `.incomplete`, `.failed`) at the end of a stream."""
+    terminal event at the end of a stream."""
     data = last.strip()
     if data.startswith(b"{"):
-        try:
-            value = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return None
-        return value if isinstance(value, dict) and value.get("object") == "response" else None
+        return _whole(data)
     for block in reversed(data.split(b"\n\n")):
-        payload = b"".join(line[5:].strip() for line in block.splitlines() if line.startswith(b"data:"))
-        if not payload or not any(name in payload for name in _TERMINAL_EVENTS):
-            continue
-        try:
-            event = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            continue
-        if isinstance(event, dict) and isinstance(event.get("response"), dict):
+        event = _terminal(block)
+        if event is not None:
             response: dict[str, Any] = event["response"]
             return response
+    return None
+
+
+def with_usage(last: bytes, usage: dict[str, Any]) -> bytes | None:
+    """The answer's last bytes with `usage` in a Response that came without one (an upstream that
+    reported none: the client is shown what it is billed), or None when it has its own."""
+    data = last.strip()
+    if data.startswith(b"{"):
+        whole = _whole(data)
+        if whole is None or whole.get("usage") is not None:
+            return None
+        return orjson.dumps(dict(whole, usage=usage))
+    blocks = last.split(b"\n\n")
+    for i in reversed(range(len(blocks))):
+        event = _terminal(blocks[i])
+        if event is None:
+            continue
+        if event["response"].get("usage") is not None:
+            return None
+        event["response"]["usage"] = usage
+        blocks[i] = fmt.sse(event).removesuffix(b"\n\n")
+        return b"\n\n".join(blocks)
     return None

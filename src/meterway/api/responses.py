@@ -18,22 +18,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Awaitable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, unquote
+from urllib.parse import parse_qs
 
 import orjson
 
 from meterway.api import heads, proxy
 from meterway.api.asgi import REQUEST_ID, Incoming, Receive, Responder, Scope, Send, read_body, request_id
 from meterway.api.attempts import ERROR_BODY_MAX, retry_after
-from meterway.api.errors import boundary
+from meterway.api.errors import Endpoint, boundary
 from meterway.api.response_runs import (
     CANCEL_WAIT_S,
     RUNNING,
     ResponseNotFound,
     Responses,
     Run,
+    storable,
     visible,
 )
 from meterway.auth import bearer_token
@@ -51,6 +53,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("meterway.responses")
 
 _PREFIX = "/responses/"
+
+
 # ---------------------------------------------------------------------- POST /v1/responses
 
 
@@ -73,10 +77,11 @@ async def create(services: Services, scope: Scope, receive: Receive, send: Send)
             task.cancel()
 
 
-def _pipeline(services: Services) -> Any:
+def _pipeline(services: Services) -> Endpoint:
     """The pipeline with the Responses stage among its hooks (`Services.responses_hooks`): only
-    this route's requests cross it."""
-    staged = replace(services, hooks=services.responses_hooks)
+    this route's requests cross it. The response cache is left out: a Response has an id of its
+    own, stored for its key, which a cached copy served to another request would not be."""
+    staged = replace(services, hooks=services.responses_hooks, cache=None)
 
     async def handle(scope: Scope, receive: Receive, send: Send) -> None:
         await proxy.handle(staged, Api.RESPONSES, heads.responses, scope, receive, send)
@@ -84,7 +89,8 @@ def _pipeline(services: Services) -> Any:
     return handle
 
 
-async def _own(responses: Responses, run: Run, rid: str, pipeline: Any) -> None:
+async def _own(responses: Responses, run: Run, rid: str, pipeline: Awaitable[None]) -> None:
+    """The run's task: the pipeline, then the run forgotten (and a detached one closed)."""
     try:
         await pipeline
     finally:
@@ -111,8 +117,7 @@ def target(scope: Scope) -> _Target | None:
     if not path.startswith(_PREFIX):
         return None
     rest = path[len(_PREFIX) :]
-    response_id, _, action = rest.partition("/")
-    response_id = unquote(response_id)
+    response_id, _, action = rest.partition("/")  # ASGI's path is percent-decoded already
     if not response_id or action not in ("", "cancel", "input_items") or "/" in action:
         return None
     raw = scope.get("query_string", b"").decode("latin-1")
@@ -132,7 +137,7 @@ async def resource(services: Services, scope: Scope, receive: Receive, send: Sen
     principal = await services.auth.authenticate(
         bearer_token(incoming.authorization, incoming.x_api_key, incoming.api_key)
     )
-    row = await services.store.responses.get(found.response_id)
+    row = await services.store.responses.get(found.response_id) if storable(found.response_id) else None
     if row is None or not visible(row, principal):
         raise ResponseNotFound(found.response_id)
     responder = Responder(send, rid)
@@ -252,7 +257,8 @@ def replay_events(response: dict[str, Any]) -> list[dict[str, Any]]:
         event["sequence_number"] = len(events)
         events.append(event)
 
-    opening = dict(response, status="in_progress", output=[], usage=None)
+    opening = {k: v for k, v in response.items() if k not in ("usage", "completed_at")}
+    opening.update(status="in_progress", output=[])
     add({"type": "response.created", "response": opening})
     add({"type": "response.in_progress", "response": opening})
     for index, item in enumerate(response.get("output") or []):
@@ -273,7 +279,7 @@ def replay_events(response: dict[str, Any]) -> list[dict[str, Any]]:
                         {
                             "type": "response.content_part.added",
                             **where,
-                            "part": {"type": "output_text", "text": "", "annotations": []},
+                            "part": {"type": "output_text", "text": "", "annotations": [], "logprobs": []},
                         }
                     )
                     add({"type": "response.output_text.delta", **where, "delta": part.get("text", ""), "logprobs": []})

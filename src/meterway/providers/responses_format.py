@@ -405,8 +405,9 @@ def response_object(
     incomplete_details: Json | None = None,
     error: Json | None = None,
 ) -> Json:
-    """A Response object: the request's echo plus what was produced."""
-    return {
+    """A Response object: the request's echo plus what was produced. An optional field that has
+    no value is left out (OpenAI's spec types several, `user` for one, as strings, not nullable)."""
+    response = {
         "id": response_id,
         "object": "response",
         "created_at": created_at,
@@ -418,6 +419,29 @@ def response_object(
         "output": output,
         "usage": usage,
     }
+    return {key: value for key, value in response.items() if value is not None or key in _REQUIRED}
+
+
+# The fields OpenAI's spec requires of a Response (some of them nullable); the others are left out
+# when they have no value.
+_REQUIRED = frozenset(
+    {
+        "id",
+        "object",
+        "created_at",
+        "error",
+        "incomplete_details",
+        "instructions",
+        "model",
+        "tools",
+        "output",
+        "parallel_tool_calls",
+        "metadata",
+        "tool_choice",
+        "temperature",
+        "top_p",
+    }
+)
 
 
 def _text_part(text: str) -> Json:
@@ -634,6 +658,7 @@ class ChatToResponsesStream:
                     "response.function_call_arguments.done",
                     item_id=item.id,
                     output_index=item.index,
+                    name=item.name,
                     arguments=item.arguments,
                 )
             )
@@ -765,12 +790,18 @@ def _new_id(prefix: str) -> str:
 
 
 def _as_parts(content: Any, kind: str) -> list[Json]:
+    """A message's content as stored parts; an answer's text parts with the `annotations` and
+    `logprobs` lists OpenAI's spec requires of them."""
+    parts: list[Json] = []
     if isinstance(content, str):
-        part: Json = {"type": kind, "text": content}
-        if kind == "output_text":
-            part["annotations"] = []
-        return [part]
-    return [p for p in content if isinstance(p, dict)] if isinstance(content, list) else []
+        parts = [{"type": kind, "text": content}]
+    elif isinstance(content, list):
+        parts = [dict(p) for p in content if isinstance(p, dict)]
+    for part in parts:
+        if part.get("type") == "output_text":
+            part.setdefault("annotations", [])
+            part.setdefault("logprobs", [])
+    return parts
 
 
 def input_items(request: Json) -> list[dict[str, Any]]:
