@@ -16,6 +16,7 @@ translation (a stand-in built from the code it tests would agree with any bug in
   `POST .../cancel` (background only). `previous_response_id` prepends the stored conversation.
 * `background: true` answers `queued` at once; the response goes `in_progress` after
   `background_step_s`, and `completed` after another.
+* `Script(no_usage=True)`: the Response (and its `response.completed`) carries no usage.
 * Unknown ids: 404 in OpenAI's error shape. `POST /v1/responses/input_tokens` counts without answering.
 """
 
@@ -373,6 +374,8 @@ class ResponsesApi:
             )
         rid = self._new_id("resp")
         final = self._answer(payload, [*earlier, *items], rid)
+        if call.script is not None and call.script.no_usage:  # an upstream that reports no usage at all
+            final = {key: value for key, value in final.items() if key != "usage"}
         entry = Stored(final, items, [*earlier, *items, *final["output"]], background=background)
         if store:
             self.stored[rid] = entry
@@ -389,8 +392,8 @@ class ResponsesApi:
         entry.events = self._events(final)
         entry.done.set()
         if payload.get("stream") is True:
-            return await self._stream(call, entry.events, final["usage"], headers)
-        return await standin._json(call, final, usage=final["usage"], headers=headers)
+            return await self._stream(call, entry.events, final.get("usage"), headers)
+        return await standin._json(call, final, usage=final.get("usage"), headers=headers)
 
     async def _run(self, entry: Stored, final: dict[str, Any]) -> None:
         await self.standin._pause(self.background_step_s)

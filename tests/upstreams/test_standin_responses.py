@@ -196,6 +196,13 @@ def test_auth_and_scripted_failures(standin: StandIn, oai: openai.OpenAI) -> Non
     assert json.loads(raw.http_response.content)["usage"] == {"input_tokens": -5, "output_tokens": "many"}
 
 
+def test_scripted_missing_usage(oai: openai.OpenAI, standin: StandIn) -> None:
+    standin.script(Script(no_usage=True), times=2)
+    assert oai.responses.create(model="gpt-x", input="x").usage is None
+    with oai.responses.stream(model="gpt-x", input="x") as stream:
+        assert stream.get_final_response().usage is None
+
+
 def test_azure_v1_path(standin: StandIn) -> None:
     with openai.OpenAI(base_url=standin.base_url + "/openai/v1", api_key=KEY, max_retries=0) as azure:
         assert azure.responses.create(model="my-deployment", input="hi").output_text == reply_for("hi")
