@@ -14,9 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import httpx
 import jsonschema
 import orjson
+import pydantic
 import pytest
 
 from tests.support.gateway import RunningGateway, run_gateway
@@ -278,3 +280,33 @@ def test_the_error_event_ending_a_broken_stream_conforms(
     assert_conforms(data[-1], "ErrorResponse")
     for chunk in data[:-1]:
         assert_conforms(chunk, "CreateChatCompletionStreamResponse")
+
+
+# ---------------------------------------------------------------------------------------------- /v1/messages
+
+
+def _anthropic_conforms(body: Any, kind: Any) -> None:
+    """Anthropic publishes no OpenAPI file; its SDK's pydantic types are the reference: required fields
+    and literal types are checked (extra fields are allowed, as the SDK allows them)."""
+    pydantic.TypeAdapter(kind).validate_python(body, strict=False)
+
+
+@pytest.mark.parametrize("family", CHAT_FAMILIES)
+def test_messages_bodies_conform_to_the_anthropic_sdk_types(
+    gw: RunningGateway, upstream: ProviderStandIn, family: str
+) -> None:
+    headers = {"x-api-key": gw.key, "anthropic-version": "2023-06-01"}
+    body: Any = {"model": family, "max_tokens": 100, "messages": [{"role": "user", "content": "hello there"}]}
+    with httpx.Client(base_url=gw.v1, headers=headers, timeout=10) as client:
+        for extra in ({}, {"tools": [{"name": "get_weather", "input_schema": TOOLS[0]["function"]["parameters"]}]}):
+            _anthropic_conforms(_ok(client.post("/messages", json={**body, **extra})), anthropic.types.Message)
+            with client.stream("POST", "/messages", json={**body, **extra, "stream": True}) as r:
+                assert r.status_code == 200
+                events = [orjson.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
+            assert [e["type"] for e in events][-1] == "message_stop"
+            for event in events:
+                if event["type"] != "ping":  # Anthropic's keep-alive, which the SDK's event union leaves out
+                    _anthropic_conforms(event, anthropic.types.RawMessageStreamEvent)
+        refused = client.post("/messages", json={"model": family})
+        assert refused.status_code == 400
+        _anthropic_conforms(refused.json(), anthropic.types.ErrorResponse)
