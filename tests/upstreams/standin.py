@@ -132,12 +132,33 @@ def reply_for(user_text: str) -> str:
     return REPLY_PREFIX + user_text[:ECHO_LIMIT]
 
 
-def tool_arguments(schema: Json) -> dict[str, str]:
-    """The arguments the stand-in "calls" a tool with: one string value per required property."""
+def tool_arguments(schema: Json) -> dict[str, Any]:
+    """The arguments the stand-in "calls" a tool with: one value per required property, as
+    `structured_answer` gives it (`TOOL_ARGUMENT_VALUE` for a plain or untyped string)."""
     required = schema.get("required") if isinstance(schema, Mapping) else None
     if not isinstance(required, list):
         return {}
-    return {str(name): TOOL_ARGUMENT_VALUE for name in required}
+    properties = schema.get("properties")
+    typed = properties if isinstance(properties, Mapping) else {}
+    defs = {**schema.get("definitions", {}), **schema.get("$defs", {})}
+    return {str(name): structured_answer(typed.get(name) or {"type": "string"}, defs) for name in required}
+
+
+def schema_in_prompt(texts: list[str]) -> Json:
+    """The first JSON schema (an object with `properties`) written into the prompt, or None: what a
+    model asked for "JSON" with the schema in its instructions (instructor's JSON mode) follows."""
+    decoder = jsonlib.JSONDecoder()
+    for text in texts:
+        start = text.find("{")
+        while start != -1:
+            try:
+                value, _ = decoder.raw_decode(text, start)
+            except ValueError:
+                value = None
+            if isinstance(value, dict) and isinstance(value.get("properties"), dict):
+                return value
+            start = text.find("{", start + 1)
+    return None
 
 
 def tool_arguments_json(schema: Json) -> str:
@@ -402,7 +423,7 @@ def _pick_openai_tool(payload: dict[str, Any]) -> tuple[str, str] | None:
     return str(chosen.get("name", "")), tool_arguments_json(chosen.get("parameters"))
 
 
-def _pick_anthropic_tool(payload: dict[str, Any]) -> tuple[str, dict[str, str]] | None:
+def _pick_anthropic_tool(payload: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
     tools = payload.get("tools")
     choice = payload.get("tool_choice")
     if not isinstance(tools, list) or not tools:
@@ -415,7 +436,12 @@ def _pick_anthropic_tool(payload: dict[str, Any]) -> tuple[str, dict[str, str]] 
     chosen = named[0]
     if isinstance(choice, dict) and choice.get("type") == "tool":
         chosen = next((tool for tool in named if tool["name"] == choice.get("name")), chosen)
-    return chosen["name"], tool_arguments(chosen.get("input_schema"))
+    schema = chosen.get("input_schema")
+    if isinstance(schema, dict) and "properties" not in schema:  # an open object: the prompt says what goes in
+        messages = [m for m in payload.get("messages", []) if isinstance(m, dict)]
+        texts = [_anthropic_text(payload.get("system")), *(_anthropic_text(m.get("content")) for m in messages)]
+        schema = schema_in_prompt(texts) or schema
+    return chosen["name"], tool_arguments(schema)
 
 
 def _thinking_refusal(payload: dict[str, Any], max_tokens: int) -> str | None:
