@@ -185,13 +185,17 @@ def test_chat_answers_conform(http: httpx.Client, upstream: ProviderStandIn, fam
 
 @pytest.mark.parametrize("family", CHAT_FAMILIES)
 def test_stream_chunks_conform(http: httpx.Client, upstream: ProviderStandIn, family: str) -> None:
-    for extra in ({}, {"tools": TOOLS}):
-        body = {"model": family, "messages": HI, "stream": True, "stream_options": {"include_usage": True}, **extra}
-        chunks = _events(http, body)
-        for chunk in chunks:
-            assert_conforms(chunk, "CreateChatCompletionStreamResponse")
-        assert chunks[-1]["usage"]["total_tokens"] > 0 and chunks[-1]["choices"] == []
-        assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] is not None
+    for usage in (True, False):
+        for extra in ({}, {"tools": TOOLS}):
+            body = {"model": family, "messages": HI, "stream": True, **extra}
+            chunks = _events(http, {**body, "stream_options": {"include_usage": usage}})
+            for chunk in chunks:
+                assert_conforms(chunk, "CreateChatCompletionStreamResponse")
+            if usage:
+                assert chunks[-1]["usage"]["total_tokens"] > 0 and chunks[-1]["choices"] == []
+            else:
+                assert not any(c.get("usage") for c in chunks)
+            assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] is not None
 
 
 @pytest.mark.parametrize("family", EMBEDDING_FAMILIES)
@@ -288,7 +292,12 @@ def test_the_error_event_ending_a_broken_stream_conforms(
 def _anthropic_conforms(body: Any, kind: Any) -> None:
     """Anthropic publishes no OpenAPI file; its SDK's pydantic types are the reference: required fields
     and literal types are checked (extra fields are allowed, as the SDK allows them)."""
-    pydantic.TypeAdapter(kind).validate_python(body, strict=False)
+    _adapter(kind).validate_python(body, strict=False)
+
+
+@functools.cache
+def _adapter(kind: Any) -> pydantic.TypeAdapter[Any]:
+    return pydantic.TypeAdapter(kind)
 
 
 @pytest.mark.parametrize("family", CHAT_FAMILIES)
@@ -310,3 +319,9 @@ def test_messages_bodies_conform_to_the_anthropic_sdk_types(
         refused = client.post("/messages", json={"model": family})
         assert refused.status_code == 400
         _anthropic_conforms(refused.json(), anthropic.types.ErrorResponse)
+        unknown = client.post("/messages", json={**body, "model": "claude-imaginary"})
+        assert unknown.status_code == 404
+        _anthropic_conforms(unknown.json(), anthropic.types.ErrorResponse)
+    anonymous = httpx.post(gw.v1 + "/messages", json=body, headers={"anthropic-version": "2023-06-01"})
+    assert anonymous.status_code == 401
+    _anthropic_conforms(anonymous.json(), anthropic.types.ErrorResponse)
