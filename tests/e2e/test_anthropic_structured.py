@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import anthropic
 import jsonschema
 import openai
 import orjson
@@ -22,6 +23,7 @@ from tests.upstreams.standin import TOOL_ARGUMENT_VALUE, StandIn, structured_ans
 
 NATIVE = "claude-sonnet"  # anthropic/claude-sonnet-4-5-20250929: takes output_config.format
 TOOL = "claude-opus-41"  # anthropic/claude-opus-4-1-20250805: does not; gets the forced answer tool
+GPT = "gpt"  # an OpenAI-compatible deployment, for the Anthropic SDK's side
 
 ORDER_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -53,7 +55,12 @@ def gw(standin: StandIn) -> Iterator[RunningGateway]:
         params = {"model": f"anthropic/{model}", "api_base": standin.base_url, "api_key": ANTHROPIC_KEY}
         return {"model_name": name, "litellm_params": params}
 
-    deployments = [claude(NATIVE, "claude-sonnet-4-5-20250929"), claude(TOOL, "claude-opus-4-1-20250805")]
+    gpt = {"model": "openai/gpt-upstream", "api_base": standin.base_url + "/v1", "api_key": ANTHROPIC_KEY}
+    deployments = [
+        claude(NATIVE, "claude-sonnet-4-5-20250929"),
+        claude(TOOL, "claude-opus-4-1-20250805"),
+        {"model_name": GPT, "litellm_params": gpt},
+    ]
     with run_gateway({"model_list": deployments}) as gateway:
         yield gateway
 
@@ -152,6 +159,22 @@ def test_chat_parameters_reach_claude_as_anthropic_names_them(oai: openai.OpenAI
     assert sent["tool_choice"] == {"type": "auto", "disable_parallel_tool_use": True}
     assert sent["stop_sequences"] == ["END"] and sent["top_p"] == 0.5 and sent["metadata"] == {"user_id": "u-1"}
     assert not {"seed", "presence_penalty", "logit_bias", "user", "parallel_tool_calls", "stop"} & set(sent)
+
+
+@pytest.mark.parametrize("model", [GPT, NATIVE])
+def test_anthropic_parse_works_on_any_deployment(gw: RunningGateway, upstream: StandIn, model: str) -> None:
+    """The other way round: the `anthropic` SDK's structured output reaches an OpenAI-compatible
+    deployment as `response_format` json_schema (and a Claude 4.5 one as it was sent)."""
+    with anthropic.Anthropic(base_url=gw.url, api_key=gw.key, max_retries=0) as claude:
+        message = claude.messages.parse(model=model, max_tokens=200, messages=ASK, output_format=City)
+    assert message.parsed_output == City(city=TOOL_ARGUMENT_VALUE, country=TOOL_ARGUMENT_VALUE, population=1)
+    sent = _sent(upstream) if model == NATIVE else upstream.last.json
+    assert isinstance(sent, dict)
+    if model == GPT:
+        assert sent["response_format"]["type"] == "json_schema" and "output_config" not in sent
+        assert sent["response_format"]["json_schema"]["schema"]["required"] == ["city", "country", "population"]
+    else:
+        assert sent["output_config"]["format"]["type"] == "json_schema"
 
 
 # ---------------------------------------------------------------------------------------------- instructor

@@ -8,7 +8,12 @@ from typing import Any
 import pydantic
 import pytest
 
-from meterway.providers.anthropic_format import JSON_TOOL_NAME, chat_to_messages_request
+from meterway.providers.anthropic_format import (
+    JSON_TOOL_NAME,
+    TranslationError,
+    chat_to_messages_request,
+    messages_to_chat_request,
+)
 from meterway.providers.anthropic_schema import native_output_schema, supports_structured_output
 
 
@@ -151,3 +156,16 @@ def test_native_format_keeps_client_tools_free_and_allows_thinking() -> None:
 def test_otherwise_the_forced_answer_tool(model: str, response_format: Any) -> None:
     sent = _request(model, response_format)
     assert "output_config" not in sent and sent["tool_choice"] == {"type": "tool", "name": JSON_TOOL_NAME}
+
+
+def test_anthropic_structured_output_becomes_response_format_for_chat_upstreams() -> None:
+    ask: dict[str, Any] = {"max_tokens": 9, "messages": [{"role": "user", "content": "x"}]}
+    for field in (
+        {"output_config": {"format": {"type": "json_schema", "schema": CITY}}},
+        {"output_format": {"type": "json_schema", "schema": CITY}},
+    ):
+        chat = messages_to_chat_request({**ask, **field}, "gpt")
+        assert chat["response_format"] == {"type": "json_schema", "json_schema": {"name": "output", "schema": CITY}}
+    assert "response_format" not in messages_to_chat_request({**ask, "output_config": {"effort": "low"}}, "gpt")
+    with pytest.raises(TranslationError, match=r"output_config\.format"):
+        messages_to_chat_request({**ask, "output_config": {"format": {"type": "xml"}}}, "gpt")

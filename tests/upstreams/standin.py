@@ -1056,7 +1056,12 @@ class StandIn:
         else:
             content, finish_reason = reply_for(_last_user_text(messages, _openai_text)), "stop"
             response_format = payload.get("response_format")
-            if isinstance(response_format, dict) and response_format.get("type") in ("json_object", "json_schema"):
+            schema = (
+                (response_format.get("json_schema") or {}).get("schema") if isinstance(response_format, dict) else None
+            )
+            if isinstance(schema, dict):
+                content = jsonlib.dumps(structured_answer(schema))  # what OpenAI's structured outputs guarantee
+            elif isinstance(response_format, dict) and response_format.get("type") in ("json_object", "json_schema"):
                 content = jsonlib.dumps({"answer": content})
             completion_tokens = count_words(content)
         usage = _openai_usage(prompt_tokens, completion_tokens)

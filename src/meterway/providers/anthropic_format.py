@@ -903,7 +903,26 @@ def messages_to_chat_request(msg: JSON, upstream_model: str) -> JSON:
             request["tool_choice"] = tool_choice
             if parallel_disabled:
                 request["parallel_tool_calls"] = False
+    response_format = _response_format(msg)
+    if response_format is not None:
+        request["response_format"] = response_format
     return request
+
+
+def _response_format(msg: JSON) -> JSON | None:
+    """Anthropic's structured output (``output_config.format``, or the beta's ``output_format``) as a chat
+    ``response_format``, so an Anthropic-SDK client's ``messages.parse`` gets JSON from any deployment.
+    Not ``strict``: Anthropic's schemas may leave properties optional, which OpenAI's strict mode refuses."""
+    config = msg.get("output_config")
+    found = config.get("format") if isinstance(config, dict) else None
+    if found is None:
+        found = msg.get("output_format")
+    if found is None:
+        return None
+    schema = found.get("schema") if isinstance(found, dict) else None
+    if not isinstance(found, dict) or found.get("type") != "json_schema" or not isinstance(schema, dict):
+        raise _fail("output_config.format", "must be {type: json_schema, schema: {...}}")
+    return {"type": "json_schema", "json_schema": {"name": "output", "schema": schema}}
 
 
 # --------------------------------------------------------------------------------------------------------
