@@ -25,8 +25,8 @@ STRUCTURED_OUTPUT_SINCE = (4, 5)
 """Claude generations from 4.5 on (Sonnet, Opus and Haiku 4.5, the 4.6 and later ones) take
 ``output_config.format``; earlier ones (Opus 4.1, Sonnet 4, the 3.x models) refuse it."""
 
-_MODEL = re.compile(r"^claude-(?:opus|sonnet|haiku)-(\d+)(?:-(\d{1,2}))?$")
-_SUFFIX = re.compile(r"(?:-\d{8}|-latest|-v\d+(?::\d+)?)$")  # a snapshot date, -latest, a Bedrock-style version
+_MODEL = re.compile(r"^(?:[a-z]+\.)?claude-(?:opus|sonnet|haiku)-(\d+)(?:-(\d{1,2}))?$")  # `anthropic.` on Bedrock
+_SUFFIX = re.compile(r"(?:-\d{8}|-latest|-v\d+(?::\d+)?|@\d{8})+$")  # snapshot date, -latest, -v1:0, Vertex @date
 
 _STRING_FORMATS = frozenset(
     {"date-time", "time", "date", "duration", "email", "hostname", "uri", "ipv4", "ipv6", "uuid"}
