@@ -21,6 +21,7 @@ import orjson
 import pydantic
 import pytest
 
+from tests.e2e.conftest import closed_port
 from tests.support.gateway import RunningGateway, run_gateway
 from tests.upstreams.providers import ProviderStandIn
 
@@ -131,7 +132,7 @@ def _config(base: str) -> dict[str, Any]:
             entry("embed-cohere", "cohere/embed-v4.0", api_base=base),
             {"model_name": "embed-mock", "litellm_params": {"model": "mock/spec-embeddings"}},
             entry("slow", "openai/slow", api_base=base + "/v1", timeout=0.5),
-            entry("nowhere", "openai/nowhere", api_base="http://127.0.0.1:9/v1"),
+            entry("nowhere", "openai/nowhere", api_base=f"http://127.0.0.1:{closed_port()}/v1"),
         ],
         "general_settings": {"max_request_size_mb": 0.05},
     }
