@@ -30,6 +30,7 @@ from tests.upstreams.standin import (
     _pieces,
     count_words,
     embedding_for,
+    json_answer,
     reply_for,
     tool_arguments,
 )
@@ -91,6 +92,9 @@ class ProviderStandIn(StandIn):
         else:
             user: dict[str, Any] = next((m for m in reversed(messages) if m.get("role") == "user"), {})
             text = reply_for(_cohere_text(user.get("content")))
+            wanted = p.get("response_format")
+            if isinstance(wanted, dict) and wanted.get("type") == "json_object":  # JSON, to its schema if it has one
+                text = jsonlib.dumps(json_answer(wanted.get("json_schema"), text))
             output, finish = count_words(text), "COMPLETE"
         usage = {
             "billed_units": {"input_tokens": prompt, "output_tokens": output},
@@ -200,6 +204,10 @@ class ProviderStandIn(StandIn):
         else:
             user: dict[str, Any] = next((c for c in reversed(contents) if c.get("role") == "user"), {})
             text = reply_for(_gemini_text(user.get("parts")))
+            config = call.payload.get("generationConfig") or {}
+            if config.get("responseMimeType") == "application/json":  # JSON, to its schema if it has one
+                schema = config.get("responseJsonSchema") or config.get("responseSchema")
+                text = jsonlib.dumps(json_answer(schema, text))
             parts = [{"text": text}]
             output = count_words(text)
         usage = {"promptTokenCount": prompt, "candidatesTokenCount": output, "totalTokenCount": prompt + output}

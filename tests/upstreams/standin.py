@@ -8,7 +8,10 @@ to fail, stall, break a stream half-way or drop the connection.
 
 Deterministic answers (see the module-level helpers, which tests may use to compute expectations):
 
-* reply text: ``reply_for(<text of the last user message>)``;
+* reply text: ``reply_for(<text of the last user message>)``; asked for JSON (chat's
+  ``response_format``, the Responses API's ``text.format``, Gemini's ``responseMimeType``, Cohere's
+  ``response_format``), ``json_answer(<the schema sent, if any>, <that text>)`` as JSON text: the
+  schema's ``structured_answer``, else ``{"answer": <that text>}``;
 * OpenAI ``prompt_tokens``: words of every message's text content + 3 per message;
 * Anthropic ``input_tokens``: words of the system text + words of every message's text + 3 per message;
 * ``completion_tokens`` / ``output_tokens``: ``count_words(reply)``; for a tool call
@@ -195,6 +198,12 @@ def structured_answer(schema: Json, definitions: Mapping[str, Json] | None = Non
     return FORMAT_SAMPLES.get(schema.get("format", ""), TOOL_ARGUMENT_VALUE)
 
 
+def json_answer(schema: Json, text: str) -> Json:
+    """What the stand-in answers a request for JSON with: `structured_answer` of the schema sent,
+    or, with no schema (JSON mode), `{"answer": text}`."""
+    return structured_answer(schema) if isinstance(schema, dict) else {"answer": text}
+
+
 def embedding_for(item: str | list[int], dimensions: int = DEFAULT_EMBEDDING_DIMENSIONS) -> list[float]:
     """The deterministic embedding of one input (a string or a token array).
 
@@ -334,9 +343,10 @@ def _scripted_json(value: Json, script: Script | None, *, event: bool) -> bytes:
     if script.usage_raw is not None and isinstance(value, dict):
         if isinstance(value.get("usage"), dict):
             value = {**value, "usage": _USAGE_SLOT}
-        message = value.get("message")
-        if isinstance(message, dict) and isinstance(message.get("usage"), dict):
-            value = {**value, "message": {**message, "usage": _USAGE_SLOT}}
+        for key in ("message", "response"):  # Anthropic's message_start; a Responses event
+            nested = value.get(key)
+            if isinstance(nested, dict) and isinstance(nested.get("usage"), dict):
+                value = {**value, key: {**nested, "usage": _USAGE_SLOT}}
     if script.pretty:
         raw = (
             jsonlib.dumps(value, separators=(" , ", " : "))
@@ -593,7 +603,13 @@ def _abort(request: web.BaseRequest) -> None:
 class StandIn:
     """A scripted, recording OpenAI/Anthropic stand-in on 127.0.0.1:<free port>."""
 
+    speaks_responses = True  # OpenAI's Responses API (`tests.upstreams.responses`); a chat-only server: 404
+
     def __init__(self) -> None:
+        # imported here: that module builds on this one's helpers
+        from tests.upstreams.responses import ResponsesApi
+
+        self.responses = ResponsesApi(self)
         self.host = HOST
         self.port = 0
         self.received: list[Received] = []
@@ -798,6 +814,8 @@ class StandIn:
 
     def _add_routes(self, router: web.UrlDispatcher) -> None:
         """The routes this stand-in answers (a subclass adds its own formats' before these)."""
+        if self.speaks_responses:
+            self.responses.add_routes(router)
         for prefix in OPENAI_PREFIXES:
             router.add_post(f"{prefix}/chat/completions", self._route(self._chat))
             router.add_post(f"{prefix}/completions", self._route(self._completions))
@@ -1387,3 +1405,10 @@ class StandIn:
             "usage": usage,
         }
         return await self._json(call, body, usage=usage, headers=headers)
+
+
+class ChatOnlyStandIn(StandIn):
+    """An OpenAI-compatible server that speaks chat but not the Responses API (vLLM, most local
+    servers): `/v1/responses` is a 404, as theirs is."""
+
+    speaks_responses = False

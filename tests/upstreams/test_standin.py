@@ -15,6 +15,7 @@ import pytest
 from anthropic.types import ToolParam
 from openai.types.chat import ChatCompletionFunctionToolParam
 
+from .providers import ProviderStandIn
 from .standin import (
     CACHE_READ_TOKENS,
     REPLY_PREFIX,
@@ -29,6 +30,7 @@ from .standin import (
     decode_embedding_base64,
     embedding_for,
     reply_for,
+    structured_answer,
 )
 
 OPENAI_KEY = "sk-standin-test"
@@ -235,6 +237,20 @@ def test_chat_json_response_format(oai: openai.OpenAI) -> None:
     content = result.choices[0].message.content
     assert content is not None
     assert json.loads(content) == {"answer": reply_for("give json")}
+
+
+def test_chat_json_schema_answer_conforms_to_the_schema(oai: openai.OpenAI) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "rank": {"type": "integer"}},
+        "required": ["city", "rank"],
+    }
+    result = oai.chat.completions.create(
+        model="gpt-4o",
+        messages=[{"role": "user", "content": "a city"}],
+        response_format={"type": "json_schema", "json_schema": {"name": "c", "schema": schema}},
+    )
+    assert json.loads(result.choices[0].message.content or "") == {"city": TOOL_ARGUMENT_VALUE, "rank": 1}
 
 
 # ---- OpenAI completions / embeddings / models ------------------------------------------------------
@@ -600,3 +616,32 @@ def test_the_beta_output_format_needs_its_beta_header(claude: anthropic.Anthropi
     message = claude.messages.create(**ask, extra_body=legacy, extra_headers=beta)
     block = message.content[0]
     assert block.type == "text" and json.loads(block.text) == {"city": TOOL_ARGUMENT_VALUE}
+
+
+def test_gemini_and_cohere_answer_json_to_the_schema_they_were_sent() -> None:
+    schema = {
+        "type": "object",
+        "properties": {"answer": {"type": "string"}, "ok": {"type": "boolean"}},
+        "required": ["answer", "ok"],
+    }
+    with ProviderStandIn() as server:
+        gemini = httpx.post(
+            server.url("/v1beta/models/gemini-x:generateContent"),
+            headers={"x-goog-api-key": "k"},
+            json={
+                "contents": [{"role": "user", "parts": [{"text": "json please"}]}],
+                "generationConfig": {"responseMimeType": "application/json", "responseJsonSchema": schema},
+            },
+        ).json()
+        text = gemini["candidates"][0]["content"]["parts"][0]["text"]
+        assert json.loads(text) == structured_answer(schema) == {"answer": TOOL_ARGUMENT_VALUE, "ok": True}
+        cohere = httpx.post(
+            server.url("/v2/chat"),
+            headers={"Authorization": "Bearer k"},
+            json={
+                "model": "command",
+                "messages": [{"role": "user", "content": "json please"}],
+                "response_format": {"type": "json_object", "json_schema": schema},
+            },
+        ).json()
+        assert json.loads(cohere["message"]["content"][0]["text"]) == structured_answer(schema)

@@ -68,8 +68,19 @@ def render(err: MeterwayError, api: Api | None) -> tuple[int, list[tuple[bytes, 
     return err.http_status(), headers, body_for(err, api)
 
 
-def stream_error_event(err: MeterwayError, api: Api) -> bytes:
-    """The last event of a stream that failed after its first byte: clients' SDKs raise on it."""
+def stream_error_event(err: MeterwayError, api: Api, sequence_number: int = 0) -> bytes:
+    """The last event of a stream that failed after its first byte: clients' SDKs raise on it.
+    A Responses stream numbers its events: `sequence_number` is the one this event takes (the
+    relay's `sequence_number`, where it has one)."""
+    if api is Api.RESPONSES:
+        event = {
+            "type": "error",
+            "code": err.code or _openai_type(err),
+            "message": err.message,
+            "param": err.param,
+            "sequence_number": sequence_number,
+        }
+        return b"event: error\ndata: " + orjson.dumps(event) + b"\n\n"
     body = body_for(err, api)
     if api is Api.MESSAGES:
         return b"event: error\ndata: " + body + b"\n\n"

@@ -549,7 +549,15 @@ def _deployment(
     n = per_group.get(name, 0)
     per_group[name] = n + 1
     dep_id = str(info.get("id") or (name if n == 0 else f"{name}#{n}"))
-    provider = registry.build(resolved, label=dep_id, api_version=api_version, extra_headers=headers)
+    mode = info.get("mode")
+    native = registry.build(
+        resolved,
+        label=dep_id,
+        api_version=api_version,
+        extra_headers=headers,
+        mode=mode if isinstance(mode, str) else None,
+    )
+    provider = registry.for_chat(native)
 
     timeout = (
         _positive(params["timeout"], f"{where}: litellm_params.timeout") if "timeout" in params else default_timeout
@@ -574,6 +582,7 @@ def _deployment(
         api_key=resolved.api_key,
         provider=provider,
         messages_provider=registry.for_messages(provider),
+        responses_provider=registry.for_responses(native),
         timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=connect),
         stream_timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=stream_timeout),
         prices=Prices(

@@ -52,6 +52,7 @@ class Deployment:
     api_key: Secret | None
     provider: Provider  # serves the OpenAI routes
     messages_provider: Provider  # serves /v1/messages: the same, or an adapter over its chat
+    responses_provider: Provider  # serves /v1/responses: the native one, or an adapter over its chat
     timeout: aiohttp.ClientTimeout  # non-streaming: the whole call
     stream_timeout: aiohttp.ClientTimeout  # streaming: the connect, then the wait for each chunk
     prices: Prices = Prices()
@@ -71,7 +72,11 @@ class Deployment:
         object.__setattr__(self, "upstream", in_process)
 
     def provider_for(self, api: Api) -> Provider:
-        return self.messages_provider if api is Api.MESSAGES else self.provider
+        if api is Api.MESSAGES:
+            return self.messages_provider
+        if api is Api.RESPONSES:
+            return self.responses_provider
+        return self.provider
 
     def timeout_for(self, stream: bool) -> aiohttp.ClientTimeout:
         return self.stream_timeout if stream else self.timeout

@@ -3,12 +3,17 @@
 `azure/<deployment>` names an Azure *deployment*, which goes into the path; the API version goes
 into the query string. Azure ignores the body's `model`, so the body is handled as for OpenAI:
 only the endpoint differs.
+
+The Responses API lives apart from the deployments, in Azure's v1 API (`/openai/v1/responses`,
+no api-version): its body's `model` names the deployment, which the OpenAI provider writes there
+anyway (the upstream model of `azure/<deployment>` is the deployment's name).
 """
 
 from __future__ import annotations
 
+from meterway.providers.base import Api
 from meterway.providers.common import Endpoint
-from meterway.providers.openai import PATHS, OpenAIProvider
+from meterway.providers.openai import PATHS, RESPONSES_PATH, OpenAIProvider
 
 DEFAULT_API_VERSION = "2024-10-21"  # the latest generally available data-plane version
 
@@ -18,6 +23,7 @@ ENDPOINT = Endpoint(
     auth=("api-key", ""),
     query={"api-version": "{api_version}"},
     api_version=DEFAULT_API_VERSION,
+    own_paths={Api.RESPONSES: "/openai/v1" + RESPONSES_PATH},
 )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import orjson
 
@@ -30,6 +30,7 @@ class Api(enum.Enum):
     COMPLETIONS = "completions"
     EMBEDDINGS = "embeddings"
     MESSAGES = "messages"  # Anthropic Messages API
+    RESPONSES = "responses"  # OpenAI Responses API (POST /v1/responses)
 
 
 @dataclass(slots=True)
@@ -153,6 +154,17 @@ class Provider(Protocol):
     def open_stream(self, call: Call) -> StreamRelay: ...
 
     def map_error(self, call: Call, status: int, body: bytes) -> UpstreamError: ...
+
+
+@runtime_checkable
+class ResponsesResources(Protocol):
+    """The small optional interface of a provider whose upstream stores responses (OpenAI's
+    Responses API, natively): calls on a stored response go to the upstream that created it.
+    `path` follows the Responses root (`/responses/{id}`, `/responses/{id}/cancel`,
+    `/responses/{id}/input_items`, `/responses/input_tokens`); `query` is the client's query string.
+    Only meaningful where `supports(Api.RESPONSES)`."""
+
+    def resource_request(self, method: str, path: str, query: str = "", body: bytes = b"") -> UpstreamRequest: ...
 
 
 def decode_object(body: bytes) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import re
 import struct
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -65,6 +65,8 @@ class Endpoint:
     query: Mapping[str, str] = field(default_factory=lambda: _NONE)
     api_version: str | None = None
     method: str = "POST"
+    # routes whose path follows the base directly, without `root` and `query` (Azure's v1 Responses API)
+    own_paths: Mapping[Route, str] = field(default_factory=lambda: MappingProxyType({}))
 
     def urls(self, api_base: str | None, model: str, api_version: str | None) -> dict[Route, URL]:
         base = (api_base or self.default_base or "").rstrip("/")
@@ -78,6 +80,8 @@ class Endpoint:
         for route, path in self.paths.items():
             url = URL(root + path)
             urls[route] = url.update_query(query) if query else url
+        for route, path in self.own_paths.items():
+            urls[route] = URL(base + path)
         return urls
 
     def headers_for(self, api_key: Secret | None, extra_headers: Mapping[str, str] | None) -> dict[str, str]:
@@ -106,10 +110,14 @@ class HttpProvider:
         api_key: Secret | None,
         api_version: str | None = None,
         extra_headers: Mapping[str, str] | None = None,
+        routes: Collection[Route] | None = None,
     ) -> None:
+        """`routes`: the ones of the family's endpoint this deployment serves (None: all of them),
+        for the families whose servers differ in what they speak (the Responses API)."""
         self.label = label
         self.upstream_model = upstream_model
-        self.urls = self.endpoint.urls(api_base, upstream_model, api_version)
+        urls = self.endpoint.urls(api_base, upstream_model, api_version)
+        self.urls = urls if routes is None else {r: u for r, u in urls.items() if r in routes}
         self.headers = self.endpoint.headers_for(api_key, extra_headers)
 
     def supports(self, api: Api) -> bool:

@@ -60,7 +60,10 @@ class MockProvider(OpenAIProvider):
     family = "mock"
 
     def __init__(self, *, label: str, upstream_model: str) -> None:
-        super().__init__(label=label, upstream_model=upstream_model, api_base="mock://local", api_key=None)
+        # chat's routes only: the demo serves /v1/responses through the bridge, as any chat server
+        super().__init__(
+            label=label, upstream_model=upstream_model, api_base="mock://local", api_key=None, routes=tuple(PATHS)
+        )
         self.upstream = MockUpstream(upstream_model)
 
 

@@ -16,9 +16,11 @@ from typing import Any
 
 import msgspec
 import orjson
+from yarl import URL
 
-from meterway.providers import sse
-from meterway.providers.base import Api, Call, Parsed, StreamRelay, Usage, not_counts, tokens
+from meterway.errors import BadRequest
+from meterway.providers import responses_native, sse
+from meterway.providers.base import Api, Call, Parsed, StreamRelay, UpstreamRequest, Usage, not_counts, tokens
 from meterway.providers.common import Endpoint, HttpProvider, Route, unreadable
 from meterway.providers.common import excerpt as excerpt  # where api.proxy and older callers import it
 
@@ -290,7 +292,10 @@ PATHS: Mapping[Route, str] = {
     Api.COMPLETIONS: "/completions",
     Api.EMBEDDINGS: "/embeddings",
 }
-ENDPOINT = Endpoint(PATHS)
+RESPONSES_PATH = "/responses"
+# Every route an OpenAI-compatible server may serve. Most speak only the first three: the registry
+# builds each deployment with the routes its server speaks (`HttpProvider`'s `routes`).
+ENDPOINT = Endpoint({**PATHS, Api.RESPONSES: RESPONSES_PATH})
 _METERED_STREAMS = (Api.CHAT, Api.COMPLETIONS)
 
 
@@ -320,10 +325,27 @@ class OpenAIProvider(HttpProvider):
 
     def parse_response(self, call: Call, body: bytes) -> Parsed:
         try:
-            usage = _decode(body)
+            usage = responses_native.decode_usage(body) if call.api is Api.RESPONSES else _decode(body)
         except msgspec.DecodeError:
             raise unreadable(self.label, body) from None
         return Parsed(body, usage)
 
     def open_stream(self, call: Call) -> StreamRelay:
+        if call.api is Api.RESPONSES:
+            return responses_native.ResponsesPassthroughRelay()
         return UsageStrippingRelay() if self._needs_usage(call) else PassthroughRelay()
+
+    def resource_request(self, method: str, path: str, query: str = "", body: bytes = b"") -> UpstreamRequest:
+        """A call on the upstream's stored responses (`ResponsesResources`): `path` follows the
+        Responses root, e.g. `/responses/{id}`, `/responses/{id}/cancel`, `/responses/input_tokens`;
+        `query` is the client's query string, passed on (a `stream=true` retrieval streams)."""
+        url = self.urls.get(Api.RESPONSES)
+        if url is None:
+            raise BadRequest(f"Deployment '{self.label}' does not serve the Responses API.")
+        root = str(url.with_query(None)).removesuffix(RESPONSES_PATH)
+        target = URL(root + path, encoded=False)
+        params = [*url.query.items(), *URL("?" + query).query.items()] if query or url.query else []
+        if params:
+            target = target.with_query(params)
+        stream = any(k == "stream" and v.lower() == "true" for k, v in params)
+        return UpstreamRequest(method, target, self.headers, body, stream)

@@ -24,7 +24,9 @@ from meterway.providers.gemini import DEFAULT_API_BASE as GEMINI_BASE
 from meterway.providers.gemini import GeminiProvider
 from meterway.providers.messages_adapter import MessagesAdapter
 from meterway.providers.mock import MockProvider
+from meterway.providers.openai import PATHS as OPENAI_PATHS
 from meterway.providers.openai import OpenAIProvider
+from meterway.providers.responses_adapter import ChatFromResponses, ResponsesAdapter
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,11 +37,16 @@ class Alias:
     base_env: tuple[str, ...] = ()
     base_suffix: str = ""  # appended to a configured api_base that lacks it (Ollama's /v1)
     version_env: tuple[str, ...] = ()  # the API version when the deployment sets none (Azure's)
+    responses: bool = False  # the service speaks OpenAI's Responses API (else: bridged over its chat)
 
 
 ALIASES: Mapping[str, Alias] = {
     "openai": Alias(
-        OpenAIProvider, "https://api.openai.com/v1", ("OPENAI_API_KEY",), ("OPENAI_API_BASE", "OPENAI_BASE_URL")
+        OpenAIProvider,
+        "https://api.openai.com/v1",
+        ("OPENAI_API_KEY",),
+        ("OPENAI_API_BASE", "OPENAI_BASE_URL"),
+        responses=True,
     ),
     "text-completion-openai": Alias(
         OpenAIProvider, "https://api.openai.com/v1", ("OPENAI_API_KEY",), ("OPENAI_API_BASE",)
@@ -77,6 +84,7 @@ ALIASES: Mapping[str, Alias] = {
         ("AZURE_API_KEY", "AZURE_OPENAI_API_KEY"),
         ("AZURE_API_BASE", "AZURE_OPENAI_ENDPOINT"),
         version_env=("AZURE_API_VERSION",),
+        responses=True,
     ),
     "anthropic": Alias(
         AnthropicProvider, ANTHROPIC_BASE, ("ANTHROPIC_API_KEY",), ("ANTHROPIC_API_BASE", "ANTHROPIC_BASE_URL")
@@ -133,15 +141,31 @@ def resolve(model: str, api_base: str | None, api_key: Secret | None, *, env: Ma
     return Resolved(family, upstream, base, api_key, _first_env(env, alias.version_env))
 
 
+RESPONSES_MODE = "responses"  # model_info.mode of a Responses-only model, as LiteLLM marks it
+
+
+def _routes(alias: Alias, mode: str | None) -> tuple[Api, ...] | None:
+    """The routes an OpenAI-format deployment serves: the Responses API only where its service
+    speaks it, and nothing else for a Responses-only model. None: all its family's (other families)."""
+    if not issubclass(alias.family, OpenAIProvider):
+        return None
+    if mode == RESPONSES_MODE:
+        return (Api.RESPONSES,)
+    return (*OPENAI_PATHS, Api.RESPONSES) if alias.responses else tuple(OPENAI_PATHS)  # type: ignore[arg-type]
+
+
 def build(
     resolved: Resolved,
     *,
     label: str,
     api_version: str | None = None,
     extra_headers: Mapping[str, str] | None = None,
+    mode: str | None = None,
 ) -> Provider:
-    """The deployment's provider: its row's family, given its resolved URL, key and headers."""
-    family = ALIASES[resolved.family].family
+    """The deployment's provider: its row's family, given its resolved URL, key and headers.
+    `mode` is the deployment's `model_info.mode` (`responses`: a Responses-only model)."""
+    alias = ALIASES[resolved.family]
+    family = alias.family
     if family is MockProvider:
         return MockProvider(label=label, upstream_model=resolved.upstream_model)
     return family(
@@ -151,9 +175,24 @@ def build(
         api_key=resolved.api_key,
         api_version=api_version or resolved.api_version,
         extra_headers=extra_headers,
+        routes=_routes(alias, mode),
     )
 
 
 def for_messages(provider: Provider) -> Provider:
     """The provider that serves `/v1/messages` for a deployment: its own, or an adapter over its chat."""
     return provider if provider.supports(Api.MESSAGES) else MessagesAdapter(provider)
+
+
+def for_responses(provider: Provider) -> Provider:
+    """The provider that serves `/v1/responses` for a deployment: its own where the upstream speaks
+    the Responses API, else an adapter over its chat."""
+    return provider if provider.supports(Api.RESPONSES) else ResponsesAdapter(provider)
+
+
+def for_chat(provider: Provider) -> Provider:
+    """The provider that serves the OpenAI routes: its own, or, for a Responses-only model
+    (`model_info.mode: responses`), chat carried over its Responses API."""
+    if provider.supports(Api.CHAT) or not provider.supports(Api.RESPONSES):
+        return provider
+    return ChatFromResponses(provider)

@@ -34,7 +34,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("meterway.telemetry")
 
 # gen_ai.operation.name by endpoint
-OPERATION = {Api.CHAT: "chat", Api.MESSAGES: "chat", Api.COMPLETIONS: "text_completion", Api.EMBEDDINGS: "embeddings"}
+OPERATION = {
+    Api.CHAT: "chat",
+    Api.MESSAGES: "chat",
+    Api.RESPONSES: "chat",
+    Api.COMPLETIONS: "text_completion",
+    Api.EMBEDDINGS: "embeddings",
+}
 # gen_ai.provider.name by provider family (the semantic conventions' well-known values)
 PROVIDER = {
     "openai": "openai",
