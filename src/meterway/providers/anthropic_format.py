@@ -651,8 +651,8 @@ class MessagesToChatStream:
             return [self._chunk({}, finish)] if finish is not None else []
         if event == "message_stop":
             self.done = True
-            if not self.include_usage:
-                return []
+            if not self.include_usage or self.usage is None:
+                return []  # none reported: the ledger counts it, and the relay's `settle` sends that
             return [
                 {
                     "id": self.id,

@@ -222,6 +222,11 @@ class ChatRelay:
     def finish(self) -> bytes:
         return sse.DONE
 
+    def settle(self, billed: Usage, closing: bytes) -> bytes:
+        if not self._include_usage or self.usage is not None:
+            return closing
+        return self._chunks.usage_chunk(billed) + closing
+
 
 def embed_request(request: Mapping[str, Any], model: str) -> dict[str, Any]:
     texts = request.get("input")

@@ -271,6 +271,11 @@ class ChatRelay:
             return self._chunks.chunk([], _openai_usage(self.usage)) + sse.DONE
         return sse.DONE
 
+    def settle(self, billed: Usage, closing: bytes) -> bytes:
+        if not self._include_usage or self.usage is not None:
+            return closing
+        return self._chunks.usage_chunk(billed) + closing
+
 
 def _texts(request: Mapping[str, Any]) -> list[str]:
     value = request.get("input")

@@ -1,0 +1,184 @@
+"""The usage a client sees is the usage it is billed: when the upstream reports none, the ledger
+counts the tokens and a client that asked for usage receives exactly the row's figures, marked
+estimated, on every family (OpenAI-compatible, Azure, Anthropic, Gemini, Cohere, and Anthropic's
+API over chat). Driven by the real `openai` and `anthropic` SDKs over HTTP, at stand-ins scripted
+to send no usage."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+from tests.support.gateway import RunningGateway, run_gateway
+from tests.upstreams.providers import ProviderStandIn
+from tests.upstreams.standin import Script
+
+PRICES = {"input_cost_per_token": 0.000001, "output_cost_per_token": 0.000002}
+HI: Any = [{"role": "user", "content": "count these words for me please"}]
+CHAT_MODELS = ["openai-chat", "azure-chat", "claude", "gemini", "command"]
+MESSAGES_MODELS = ["claude", "openai-chat", "gemini", "command"]  # Anthropic itself, and the adapter over chat
+ESTIMATED = "x-meterway-usage-estimated"
+
+
+@pytest.fixture(scope="module")
+def up() -> Iterator[ProviderStandIn]:
+    with ProviderStandIn() as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def gw(up: ProviderStandIn) -> Iterator[RunningGateway]:
+    base = up.base_url
+
+    def model(name: str, upstream: str, api_base: str, **extra: Any) -> dict[str, Any]:
+        params = {"model": upstream, "api_base": api_base, "api_key": "k", **PRICES, **extra}
+        return {"model_name": name, "litellm_params": params}
+
+    config = {
+        "model_list": [
+            model("openai-chat", "openai/gpt-up", base + "/v1"),
+            model("openai-embed", "openai/embed-up", base + "/v1"),
+            model("azure-chat", "azure/my-deployment", base, api_version="2024-06-01"),
+            model("claude", "anthropic/claude-up", base),
+            model("gemini", "gemini/gemini-2.5-flash", base),
+            model("gemini-embed", "gemini/text-embedding-004", base),
+            model("command", "cohere/command-a-03-2025", base),
+            model("cohere-embed", "cohere/embed-v4.0", base),
+        ]
+    }
+    with run_gateway(config) as g:
+        yield g
+
+
+@pytest.fixture
+def silent(up: ProviderStandIn) -> ProviderStandIn:
+    """The stand-in, answering the next request without any usage."""
+    up.reset()
+    up.script(Script(no_usage=True))
+    return up
+
+
+@pytest.fixture
+def client(gw: RunningGateway) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=gw.v1, api_key=gw.key, max_retries=0) as c:
+        yield c
+
+
+@pytest.fixture
+def claude(gw: RunningGateway) -> Iterator[anthropic.Anthropic]:
+    with anthropic.Anthropic(base_url=gw.url, api_key=gw.key, max_retries=0) as c:
+        yield c
+
+
+def row(gw: RunningGateway, request_id: str) -> dict[str, Any]:
+    r = httpx.get(
+        gw.url + "/spend/logs", params={"request_id": request_id}, headers={"Authorization": f"Bearer {gw.key}"}
+    )
+    (found,) = r.json()["data"]
+    return found  # type: ignore[no-any-return]
+
+
+def billed(r: dict[str, Any]) -> tuple[int, int, int]:
+    assert r["tokens_estimated"] is True and r["prompt_tokens"] > 0 and r["completion_tokens"] > 0
+    return r["prompt_tokens"], r["completion_tokens"], r["total_tokens"]
+
+
+@pytest.mark.parametrize("model", CHAT_MODELS)
+def test_stream_that_asked_for_usage_ends_with_the_billed_usage_when_the_upstream_sent_none(
+    model: str, gw: RunningGateway, silent: ProviderStandIn, client: openai.OpenAI
+) -> None:
+    raw = client.chat.completions.with_raw_response.create(
+        model=model, messages=HI, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = list(raw.parse())
+    last = chunks[-1]
+    assert last.choices == [] and last.usage is not None
+    assert all(c.usage is None for c in chunks[:-1])
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).startswith("Hello from the stand-in")
+    seen = (last.usage.prompt_tokens, last.usage.completion_tokens, last.usage.total_tokens)
+    assert seen == billed(row(gw, raw.headers["x-request-id"]))
+    assert (last.model_extra or {}).get("meterway") == {"usage_estimated": True}
+    assert last.id == chunks[0].id and last.model == chunks[0].model
+
+
+@pytest.mark.parametrize("model", CHAT_MODELS)
+def test_stream_that_did_not_ask_for_usage_gets_none_even_when_counted(
+    model: str, gw: RunningGateway, silent: ProviderStandIn, client: openai.OpenAI
+) -> None:
+    raw = client.chat.completions.with_raw_response.create(model=model, messages=HI, stream=True)
+    chunks = list(raw.parse())
+    assert chunks and all(c.usage is None and c.choices for c in chunks)
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    billed(row(gw, raw.headers["x-request-id"]))
+
+
+@pytest.mark.parametrize("model", CHAT_MODELS)
+def test_whole_chat_answer_without_upstream_usage_carries_the_billed_usage_and_says_it_is_estimated(
+    model: str, gw: RunningGateway, silent: ProviderStandIn, client: openai.OpenAI
+) -> None:
+    raw = client.chat.completions.with_raw_response.create(model=model, messages=HI)
+    answer = raw.parse()
+    assert answer.usage is not None and raw.headers[ESTIMATED] == "true"
+    seen = (answer.usage.prompt_tokens, answer.usage.completion_tokens, answer.usage.total_tokens)
+    assert seen == billed(row(gw, raw.headers["x-request-id"]))
+
+
+@pytest.mark.parametrize("model", ["openai-chat", "claude", "gemini", "command"])
+def test_reported_usage_is_shown_as_reported_without_the_estimate_marks(
+    model: str, gw: RunningGateway, up: ProviderStandIn, client: openai.OpenAI
+) -> None:
+    up.reset()
+    raw = client.chat.completions.with_raw_response.create(model=model, messages=HI)
+    answer = raw.parse()
+    assert ESTIMATED not in raw.headers
+    r = row(gw, raw.headers["x-request-id"])
+    assert r["tokens_estimated"] is False and answer.usage is not None
+    assert (answer.usage.prompt_tokens, answer.usage.completion_tokens) == (r["prompt_tokens"], r["completion_tokens"])
+    chunks = list(
+        client.chat.completions.create(model=model, messages=HI, stream=True, stream_options={"include_usage": True})
+    )
+    assert chunks[-1].usage is not None and "meterway" not in (chunks[-1].model_extra or {})
+    assert sum(c.usage is not None for c in chunks) == 1
+
+
+@pytest.mark.parametrize("model", MESSAGES_MODELS)
+def test_messages_stream_without_upstream_usage_reports_the_billed_counts(
+    model: str, gw: RunningGateway, silent: ProviderStandIn, claude: anthropic.Anthropic
+) -> None:
+    with claude.messages.stream(model=model, max_tokens=100, messages=HI) as stream:
+        text = "".join(stream.text_stream)
+        message = stream.get_final_message()
+        request_id = stream.response.headers["x-request-id"]
+    assert text.startswith("Hello from the stand-in")
+    prompt, completion, _ = billed(row(gw, request_id))
+    assert (message.usage.input_tokens, message.usage.output_tokens) == (prompt, completion)
+
+
+@pytest.mark.parametrize("model", MESSAGES_MODELS)
+def test_whole_message_without_upstream_usage_reports_the_billed_counts(
+    model: str, gw: RunningGateway, silent: ProviderStandIn, claude: anthropic.Anthropic
+) -> None:
+    raw = claude.messages.with_raw_response.create(model=model, max_tokens=100, messages=HI)
+    message = raw.parse()
+    assert raw.headers[ESTIMATED] == "true"
+    prompt, completion, _ = billed(row(gw, raw.headers["x-request-id"]))
+    assert (message.usage.input_tokens, message.usage.output_tokens) == (prompt, completion)
+
+
+@pytest.mark.parametrize("model", ["openai-embed", "gemini-embed", "cohere-embed"])
+def test_embeddings_usage_is_what_is_billed(
+    model: str, gw: RunningGateway, silent: ProviderStandIn, client: openai.OpenAI
+) -> None:
+    """Gemini never reports embedding usage; the others are scripted not to."""
+    raw = client.embeddings.with_raw_response.create(model=model, input=["first text here", "and a second"])
+    answer = raw.parse()
+    r = row(gw, raw.headers["x-request-id"])
+    assert r["tokens_estimated"] is True and r["prompt_tokens"] > 0 and raw.headers[ESTIMATED] == "true"
+    assert (answer.usage.prompt_tokens, answer.usage.total_tokens) == (r["prompt_tokens"], r["total_tokens"])
+    assert len(answer.data) == 2
+
