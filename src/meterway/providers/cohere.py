@@ -29,6 +29,7 @@ from meterway.providers.common import (
     text_of,
     wants_base64,
 )
+from meterway.providers.token_input import embedding_texts
 
 DEFAULT_API_BASE = "https://api.cohere.com"
 INPUT_TYPES = ("search_document", "search_query", "classification", "clustering", "image")
@@ -228,12 +229,9 @@ class ChatRelay:
         return self._chunks.usage_chunk(billed) + closing
 
 
-def embed_request(request: Mapping[str, Any], model: str) -> dict[str, Any]:
-    texts = request.get("input")
-    if isinstance(texts, str):
-        texts = [texts]
-    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
-        raise BadRequest("Cohere embeddings take text input: a string or a list of strings.", param="input")
+def embed_request(request: Mapping[str, Any], model: str, client_model: str) -> dict[str, Any]:
+    """`client_model` (the name the client used) picks the encoding of token-id input (`token_input`)."""
+    texts = embedding_texts(request.get("input"), client_model, "Cohere")
     input_type = request.get("input_type") or "search_document"
     if input_type not in INPUT_TYPES:
         raise BadRequest(f"input_type must be one of {', '.join(INPUT_TYPES)}.", param="input_type")
@@ -274,7 +272,7 @@ class CohereProvider(HttpProvider):
     def encode(self, call: Call) -> tuple[Route, bytes]:
         request = decode_object(call.body)
         if call.api is Api.EMBEDDINGS:
-            return call.api, orjson.dumps(embed_request(request, self.upstream_model))
+            return call.api, orjson.dumps(embed_request(request, self.upstream_model, call.head.model))
         return call.api, orjson.dumps(chat_request(request, self.upstream_model, call.head.stream))
 
     def parse_response(self, call: Call, body: bytes) -> Parsed:

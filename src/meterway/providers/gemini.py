@@ -31,6 +31,7 @@ from meterway.providers.common import (
     text_of,
     wants_base64,
 )
+from meterway.providers.token_input import embedding_texts
 
 DEFAULT_API_BASE = "https://generativelanguage.googleapis.com/v1beta"
 
@@ -277,14 +278,6 @@ class ChatRelay:
         return self._chunks.usage_chunk(billed) + closing
 
 
-def _texts(request: Mapping[str, Any]) -> list[str]:
-    value = request.get("input")
-    texts = [value] if isinstance(value, str) else value
-    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
-        raise BadRequest("Gemini embeddings take text input: a string or a list of strings.", param="input")
-    return texts
-
-
 ENDPOINT = Endpoint(
     {
         Api.CHAT: ":generateContent",
@@ -308,7 +301,7 @@ class GeminiProvider(HttpProvider):
         request = decode_object(call.body)
         if call.api is not Api.EMBEDDINGS:
             return ("stream" if call.head.stream else call.api), orjson.dumps(chat_request(request))
-        texts = _texts(request)
+        texts = embedding_texts(request.get("input"), call.head.model, "Gemini")  # token ids decoded
         extra: dict[str, Any] = {}
         if request.get("dimensions"):
             extra["outputDimensionality"] = request["dimensions"]
