@@ -231,3 +231,47 @@ def test_token_ids_pass_through_unchanged_to_an_openai_compatible_upstream(
     up.reset()
     client.embeddings.create(model="openai-embed", input=IDS)
     assert up.last.json["input"] == IDS
+
+
+# ---------------------------------------------------------------- the reply's model
+
+ANSWERED_BY = {  # the model that answered, as each upstream names it (Cohere names none: the deployment's)
+    "openai-chat": "gpt-up",
+    "azure-chat": "my-deployment",
+    "claude": "claude-up",
+    "gemini": "gemini-2.5-flash",
+    "command": "command-a-03-2025",
+    "openai-embed": "embed-up",
+    "gemini-embed": "text-embedding-004",
+    "cohere-embed": "embed-v4.0",
+}
+
+
+@pytest.mark.parametrize("model", CHAT_MODELS)
+def test_chat_replies_and_every_chunk_name_the_model_that_answered(
+    model: str, gw: RunningGateway, up: ProviderStandIn, client: openai.OpenAI
+) -> None:
+    up.reset()
+    assert client.chat.completions.create(model=model, messages=HI).model == ANSWERED_BY[model]
+    chunks = client.chat.completions.create(
+        model=model, messages=HI, stream=True, stream_options={"include_usage": True}
+    )
+    assert {c.model for c in chunks} == {ANSWERED_BY[model]}
+
+
+@pytest.mark.parametrize("model", MESSAGES_MODELS)
+def test_messages_name_the_model_that_answered(
+    model: str, gw: RunningGateway, up: ProviderStandIn, claude: anthropic.Anthropic
+) -> None:
+    up.reset()
+    assert claude.messages.create(model=model, max_tokens=50, messages=HI).model == ANSWERED_BY[model]
+    with claude.messages.stream(model=model, max_tokens=50, messages=HI) as stream:
+        assert stream.get_final_message().model == ANSWERED_BY[model]
+
+
+@pytest.mark.parametrize("model", ["openai-embed", "gemini-embed", "cohere-embed"])
+def test_embeddings_name_the_model_that_answered(
+    model: str, gw: RunningGateway, up: ProviderStandIn, client: openai.OpenAI
+) -> None:
+    up.reset()
+    assert client.embeddings.create(model=model, input="a text").model == ANSWERED_BY[model]

@@ -175,6 +175,13 @@ class ChatFromMessagesRelay:
         return billed_out.usage_chunk(template, billed) + closing
 
 
+def _answered_by(answer: Any, upstream_model: str) -> str:
+    """The reply's `model` (docs/api.md, "The reply's model"): the model that answered as the
+    upstream names it, else the deployment's upstream model."""
+    named = answer.get("model") if isinstance(answer, dict) else None
+    return named if isinstance(named, str) and named else upstream_model
+
+
 def _is_object(body: bytes) -> bool:
     try:
         return isinstance(orjson.loads(body), dict)
@@ -227,11 +234,11 @@ class AnthropicProvider(HttpProvider):
                 usage = None
             return Parsed(body, usage)
         message = orjson.loads(body)
-        chat = fmt.messages_response_to_chat(message, call.head.model)
+        chat = fmt.messages_response_to_chat(message, _answered_by(message, self.upstream_model))
         reported = isinstance(message, dict) and message.get("usage") is not None  # else the ledger counts
         return Parsed(orjson.dumps(chat), usage_from_openai_dict(chat.get("usage")) if reported else None)
 
     def open_stream(self, call: Call) -> StreamRelay:
         if call.api is Api.MESSAGES:
             return MessagesPassthroughRelay()
-        return ChatFromMessagesRelay(call.head.model, call.head.include_usage, int(time.time()))
+        return ChatFromMessagesRelay(self.upstream_model, call.head.include_usage, int(time.time()))

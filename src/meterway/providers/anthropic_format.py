@@ -609,6 +609,8 @@ class MessagesToChatStream:
             message = data.get("message") or {}
             if message.get("id"):
                 self.id = message["id"]
+            if isinstance(message.get("model"), str) and message["model"]:
+                self.model = message["model"]  # the model that answered, as the upstream names it
             self._merge_usage(message.get("usage"))
             return [self._chunk({"role": "assistant", "content": ""})]
         if event == "content_block_start":
@@ -1026,6 +1028,8 @@ class ChatToMessagesStream:
             raise UpstreamStreamError(
                 str(error.get("message", "upstream error")), str(error.get("type") or "api_error")
             )
+        if not self._started and isinstance(chunk.get("model"), str) and chunk["model"]:
+            self.model = chunk["model"]  # message_start names the model that answered, as the upstream does
         events = self._start()
         if isinstance(chunk.get("usage"), dict):
             self.usage = chunk["usage"]

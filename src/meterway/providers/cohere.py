@@ -278,10 +278,10 @@ class CohereProvider(HttpProvider):
     def parse_response(self, call: Call, body: bytes) -> Parsed:
         answer = orjson.loads(body)
         if call.api is Api.EMBEDDINGS:
-            out, usage = embed_response(answer, call.head.model, wants_base64(call))
+            out, usage = embed_response(answer, self.upstream_model, wants_base64(call))
         else:
-            out, usage = chat_response(answer, call.head.model)
+            out, usage = chat_response(answer, self.upstream_model)
         return Parsed(orjson.dumps(out), usage)
 
     def open_stream(self, call: Call) -> StreamRelay:
-        return ChatRelay(call.head.model, call.head.include_usage)
+        return ChatRelay(self.upstream_model, call.head.include_usage)

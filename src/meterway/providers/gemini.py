@@ -225,6 +225,13 @@ def chat_response(answer: Mapping[str, Any], model: str) -> tuple[dict[str, Any]
     }, usage
 
 
+def _answered_by(answer: Any, upstream_model: str) -> str:
+    """The reply's `model` (docs/api.md, "The reply's model"): Gemini's `modelVersion` (the model
+    that answered), else the deployment's upstream model."""
+    named = answer.get("modelVersion") if isinstance(answer, dict) else None
+    return named if isinstance(named, str) and named else upstream_model.removeprefix("models/")
+
+
 class ChatRelay:
     """Partial GenerateContentResponses in, OpenAI chat chunks out; usage from the last that has it."""
 
@@ -246,6 +253,8 @@ class ChatRelay:
         return b"".join(out)
 
     def _translate(self, e: dict[str, Any]) -> list[bytes]:
+        if not self._started:  # before the first chunk: every chunk names the model that answered
+            self._chunks.model = _answered_by(e, self._chunks.model)
         if e.get("usageMetadata"):
             self.usage = usage_of(e["usageMetadata"])
         choices = []
@@ -316,16 +325,16 @@ class GeminiProvider(HttpProvider):
     def parse_response(self, call: Call, body: bytes) -> Parsed:
         answer = orjson.loads(body)
         if call.api is not Api.EMBEDDINGS:
-            out, usage = chat_response(answer, call.head.model)
+            out, usage = chat_response(answer, _answered_by(answer, self.upstream_model))
             return Parsed(orjson.dumps(out), usage)
         found = answer.get("embeddings") or ([answer["embedding"]] if "embedding" in answer else [])
         out = {
             "object": "list",
             "data": embedding_items((e.get("values") or [] for e in found), wants_base64(call)),
-            "model": call.head.model,
+            "model": self.upstream_model,  # Gemini's embedding answers name no model
             "usage": {"prompt_tokens": 0, "total_tokens": 0},
         }
         return Parsed(orjson.dumps(out), None)
 
     def open_stream(self, call: Call) -> StreamRelay:
-        return ChatRelay(call.head.model, call.head.include_usage)
+        return ChatRelay(self.upstream_model, call.head.include_usage)

@@ -104,12 +104,15 @@ class MessagesAdapter:
 
     def parse_response(self, call: Call, body: bytes) -> Parsed:
         parsed = self.inner.parse_response(self._inner_call(call), body)
-        message = fmt.chat_response_to_messages(orjson.loads(parsed.body), call.head.model)
+        chat = orjson.loads(parsed.body)
+        named = chat.get("model") if isinstance(chat, dict) else None
+        model = named if isinstance(named, str) and named else self.upstream_model  # the model that answered
+        message = fmt.chat_response_to_messages(chat, model)
         return Parsed(orjson.dumps(message), parsed.usage)
 
     def open_stream(self, call: Call) -> StreamRelay:
         inner = self.inner.open_stream(self._inner_call(call))
-        return MessagesFromChatRelay(inner, call.head.model, "msg_" + call.request_id)
+        return MessagesFromChatRelay(inner, self.upstream_model, "msg_" + call.request_id)
 
     def map_error(self, call: Call, status: int, body: bytes) -> UpstreamError:
         return self.inner.map_error(call, status, body)
