@@ -176,8 +176,8 @@ class ChatFromMessagesRelay:
 
 
 def _answered_by(answer: Any, upstream_model: str) -> str:
-    """The reply's `model` (docs/api.md, "The reply's model"): the model that answered as the
-    upstream names it, else the deployment's upstream model."""
+    """The reply's `model`, one rule for every family (docs/migrating-from-litellm.md): the model
+    that answered as the upstream names it, else the deployment's upstream model."""
     named = answer.get("model") if isinstance(answer, dict) else None
     return named if isinstance(named, str) and named else upstream_model
 

@@ -8,7 +8,8 @@ the row is committed, so a body the upstream reported usage for passes through u
 
 How a client tells such figures from reported ones: a whole answer carries the header
 `x-meterway-usage-estimated: true`; a stream (its headers are sent before anyone can know) carries
-`"meterway": {"usage_estimated": true}` in the event that holds the usage (docs/api.md).
+`"meterway": {"usage_estimated": true}` in the event that holds the usage (docs/ledger.md, "What
+the client is shown").
 """
 
 from __future__ import annotations

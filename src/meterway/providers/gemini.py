@@ -226,8 +226,8 @@ def chat_response(answer: Mapping[str, Any], model: str) -> tuple[dict[str, Any]
 
 
 def _answered_by(answer: Any, upstream_model: str) -> str:
-    """The reply's `model` (docs/api.md, "The reply's model"): Gemini's `modelVersion` (the model
-    that answered), else the deployment's upstream model."""
+    """The reply's `model`, one rule for every family (docs/migrating-from-litellm.md): Gemini's
+    `modelVersion` (the model that answered), else the deployment's upstream model."""
     named = answer.get("modelVersion") if isinstance(answer, dict) else None
     return named if isinstance(named, str) and named else upstream_model.removeprefix("models/")
 
