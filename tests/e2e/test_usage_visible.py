@@ -275,3 +275,64 @@ def test_embeddings_name_the_model_that_answered(
 ) -> None:
     up.reset()
     assert client.embeddings.create(model=model, input="a text").model == ANSWERED_BY[model]
+
+
+# ---------------------------------------------------------------- /v1/completions on chat-only deployments
+
+CHAT_ONLY = ["claude", "gemini", "command"]
+
+
+@pytest.mark.parametrize("model", CHAT_ONLY)
+def test_completions_on_a_chat_only_deployment_are_bridged_to_its_chat(
+    model: str, gw: RunningGateway, up: ProviderStandIn, client: openai.OpenAI
+) -> None:
+    """LlamaIndex's OpenAILike calls /v1/completions by default."""
+    up.reset()
+    raw = client.completions.with_raw_response.create(model=model, prompt="complete this line", max_tokens=40)
+    answer = raw.parse()
+    assert answer.object == "text_completion" and answer.model == ANSWERED_BY[model]
+    assert answer.choices[0].text == "Hello from the stand-in. You said: complete this line"
+    assert answer.choices[0].finish_reason == "stop" and answer.usage is not None
+    r = row(gw, raw.headers["x-request-id"])
+    assert r["call_type"] == "completions" and r["tokens_estimated"] is False
+    assert (answer.usage.prompt_tokens, answer.usage.completion_tokens) == (r["prompt_tokens"], r["completion_tokens"])
+
+
+@pytest.mark.parametrize("model", CHAT_ONLY)
+@pytest.mark.parametrize("reported", [True, False])
+def test_streamed_completions_on_a_chat_only_deployment_end_with_the_billed_usage(
+    model: str, reported: bool, gw: RunningGateway, up: ProviderStandIn, client: openai.OpenAI
+) -> None:
+    up.reset()
+    if not reported:
+        up.script(Script(no_usage=True))
+    raw = client.completions.with_raw_response.create(
+        model=model, prompt="complete this line", stream=True, stream_options={"include_usage": True}
+    )
+    chunks = list(raw.parse())
+    assert all(c.object == "text_completion" for c in chunks)
+    text = "".join(c.choices[0].text for c in chunks if c.choices)
+    assert text == "Hello from the stand-in. You said: complete this line"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    last = chunks[-1]
+    assert last.choices == [] and last.usage is not None
+    r = row(gw, raw.headers["x-request-id"])
+    assert r["tokens_estimated"] is not reported
+    assert (last.usage.prompt_tokens, last.usage.completion_tokens) == (r["prompt_tokens"], r["completion_tokens"])
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [({"n": 2}, "n"), ({"echo": True}, "echo"), ({"logprobs": 2}, "logprobs"), ({"suffix": "end"}, "suffix")],
+)
+def test_completions_options_chat_cannot_honour_are_a_clear_400(
+    extra: dict[str, Any], param: str, gw: RunningGateway, up: ProviderStandIn, client: openai.OpenAI
+) -> None:
+    up.reset()
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model="gemini", prompt="hi", **extra)
+    assert e.value.param == param and "chat API" in e.value.message
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model="command", prompt=["one", "two"])
+    assert e.value.param == "prompt"
+    assert not up.received

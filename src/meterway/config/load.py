@@ -574,6 +574,7 @@ def _deployment(
         api_key=resolved.api_key,
         provider=provider,
         messages_provider=registry.for_messages(provider),
+        completions_provider=registry.for_completions(provider),
         timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=connect),
         stream_timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=stream_timeout),
         prices=Prices(
