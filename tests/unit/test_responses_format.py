@@ -18,6 +18,7 @@ from openai.types.responses.response_input_item import ResponseInputItem
 from pydantic import TypeAdapter
 
 from meterway.providers import responses_format as fmt
+from meterway.providers import responses_reverse as reverse
 from meterway.providers.base import NOT_A_COUNT, Usage
 
 EVENT = TypeAdapter(ResponseStreamEvent)
@@ -556,7 +557,7 @@ def test_item_references_resolve_to_the_bridge_s_own_output_items() -> None:
 
 
 def test_chat_request_to_responses_request() -> None:
-    request = fmt.chat_to_responses(
+    request = reverse.chat_to_responses(
         {
             "model": "client",
             "messages": [
@@ -593,7 +594,7 @@ def test_chat_request_to_responses_request() -> None:
     assert request["max_output_tokens"] == 50 and request["reasoning"] == {"effort": "high"}
     for param, value in (("stop", ["x"]), ("n", 2), ("logit_bias", {"1": 2})):
         with pytest.raises(fmt.TranslationError) as e:
-            fmt.chat_to_responses({"messages": [{"role": "user", "content": "x"}], param: value}, "up")
+            reverse.chat_to_responses({"messages": [{"role": "user", "content": "x"}], param: value}, "up")
         assert e.value.param == param
 
 
@@ -603,7 +604,7 @@ def test_response_to_chat_and_stream_round_trip() -> None:
         "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": '{"a":1}'}}],
     }
     response = fmt.chat_to_response(_chat(message, "tool_calls"), {"model": "m", "input": "x"}, RID, NOW)
-    chat = ChatCompletion.model_validate(fmt.response_to_chat(response, "client"))
+    chat = ChatCompletion.model_validate(reverse.response_to_chat(response, "client"))
     assert chat.model == "client" and chat.choices[0].finish_reason == "tool_calls"
     assert chat.choices[0].message.content == "Calling." and chat.choices[0].message.tool_calls is not None
     assert chat.usage is not None and (chat.usage.prompt_tokens, chat.usage.completion_tokens) == (12, 7)
@@ -617,7 +618,7 @@ def test_response_to_chat_and_stream_round_trip() -> None:
         {"id": "c", "choices": [], "usage": USAGE},
     ]
     events, _ = _run(chunks)
-    back = fmt.ResponsesToChatStream("client", include_usage=True)
+    back = reverse.ResponsesToChatStream("client", include_usage=True)
     out = [c for e in events for c in back.feed(e)] + back.finish()
     parsed = [ChatCompletionChunk.model_validate(c) for c in out]
     text = "".join(c.choices[0].delta.content or "" for c in parsed if c.choices)
@@ -631,12 +632,12 @@ def test_response_to_chat_and_stream_round_trip() -> None:
     assert text == "Calling." and arguments == '{"a":1}'
     assert [c.choices[0].finish_reason for c in parsed if c.choices][-1] == "tool_calls"
     assert parsed[-1].choices == [] and parsed[-1].usage is not None and parsed[-1].usage.total_tokens == 19
-    quiet = fmt.ResponsesToChatStream("client", include_usage=False)
+    quiet = reverse.ResponsesToChatStream("client", include_usage=False)
     assert all("usage" not in c for e in events for c in quiet.feed(e)) and quiet.usage is not None
 
 
 def test_failed_response_becomes_a_chat_error_chunk() -> None:
-    back = fmt.ResponsesToChatStream("client", include_usage=False)
+    back = reverse.ResponsesToChatStream("client", include_usage=False)
     failed = {"id": RID, "status": "failed", "error": {"code": "server_error", "message": "boom"}, "usage": None}
     (chunk,) = back.feed({"type": "response.failed", "response": failed, "sequence_number": 3})
     assert chunk == {"error": {"message": "boom", "type": "api_error", "code": "server_error"}}

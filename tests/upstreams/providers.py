@@ -30,8 +30,8 @@ from tests.upstreams.standin import (
     _pieces,
     count_words,
     embedding_for,
+    json_answer,
     reply_for,
-    schema_answer,
     tool_arguments,
 )
 
@@ -94,7 +94,7 @@ class ProviderStandIn(StandIn):
             text = reply_for(_cohere_text(user.get("content")))
             wanted = p.get("response_format")
             if isinstance(wanted, dict) and wanted.get("type") == "json_object":  # JSON, to its schema if it has one
-                text = jsonlib.dumps(schema_answer(wanted.get("json_schema"), text))
+                text = jsonlib.dumps(json_answer(wanted.get("json_schema"), text))
             output, finish = count_words(text), "COMPLETE"
         usage = {
             "billed_units": {"input_tokens": prompt, "output_tokens": output},
@@ -207,7 +207,7 @@ class ProviderStandIn(StandIn):
             config = call.payload.get("generationConfig") or {}
             if config.get("responseMimeType") == "application/json":  # JSON, to its schema if it has one
                 schema = config.get("responseJsonSchema") or config.get("responseSchema")
-                text = jsonlib.dumps(schema_answer(schema, text))
+                text = jsonlib.dumps(json_answer(schema, text))
             parts = [{"text": text}]
             output = count_words(text)
         usage = {"promptTokenCount": prompt, "candidatesTokenCount": output, "totalTokenCount": prompt + output}

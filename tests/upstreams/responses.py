@@ -6,7 +6,7 @@ translation (a stand-in built from the code it tests would agree with any bug in
 * `POST /v1/responses` (also `/openai/v1/responses`, Azure's v1 path): input as a string or items;
   the answer follows the stand-in's chat rules: a function tool is called (first one, or the one
   `tool_choice` names) unless `tool_choice` is "none"; else `reply_for(<last user text>)`, or for
-  `text.format` json_schema a JSON object that conforms to the schema (`schema_answer`).
+  `text.format` json_schema a JSON object that conforms to the schema (`json_answer`).
   `max_output_tokens` below the answer's word count cuts it: status `incomplete`.
 * Usage: input tokens = words of every message's text (instructions included) + 3 per item;
   output tokens = words of the answer (tool name + arguments JSON for a call). Reported in the
@@ -16,6 +16,7 @@ translation (a stand-in built from the code it tests would agree with any bug in
   `POST .../cancel` (background only). `previous_response_id` prepends the stored conversation.
 * `background: true` answers `queued` at once; the response goes `in_progress` after
   `background_step_s`, and `completed` after another.
+* `Script(no_usage=True)`: the Response (and its `response.completed`) carries no usage.
 * Unknown ids: 404 in OpenAI's error shape. `POST /v1/responses/input_tokens` counts without answering.
 """
 
@@ -35,8 +36,8 @@ from tests.upstreams.standin import (
     StandIn,
     _Call,
     count_words,
+    json_answer,
     reply_for,
-    schema_answer,
     tool_arguments_json,
 )
 
@@ -207,7 +208,7 @@ class ResponsesApi:
             text = reply_for(last_user)
             fmt = (payload.get("text") or {}).get("format") if isinstance(payload.get("text"), dict) else None
             if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
-                text = jsonlib.dumps(schema_answer(fmt.get("schema"), text))
+                text = jsonlib.dumps(json_answer(fmt.get("schema"), text))
             elif isinstance(fmt, dict) and fmt.get("type") == "json_object":
                 text = jsonlib.dumps({"answer": text})
             cap = payload.get("max_output_tokens")
@@ -373,6 +374,8 @@ class ResponsesApi:
             )
         rid = self._new_id("resp")
         final = self._answer(payload, [*earlier, *items], rid)
+        if call.script is not None and call.script.no_usage:  # an upstream that reports no usage at all
+            final = {key: value for key, value in final.items() if key != "usage"}
         entry = Stored(final, items, [*earlier, *items, *final["output"]], background=background)
         if store:
             self.stored[rid] = entry
@@ -389,8 +392,8 @@ class ResponsesApi:
         entry.events = self._events(final)
         entry.done.set()
         if payload.get("stream") is True:
-            return await self._stream(call, entry.events, final["usage"], headers)
-        return await standin._json(call, final, usage=final["usage"], headers=headers)
+            return await self._stream(call, entry.events, final.get("usage"), headers)
+        return await standin._json(call, final, usage=final.get("usage"), headers=headers)
 
     async def _run(self, entry: Stored, final: dict[str, Any]) -> None:
         await self.standin._pause(self.background_step_s)

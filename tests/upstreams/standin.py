@@ -9,12 +9,16 @@ to fail, stall, break a stream half-way or drop the connection.
 Deterministic answers (see the module-level helpers, which tests may use to compute expectations):
 
 * reply text: ``reply_for(<text of the last user message>)``; asked for JSON (chat's
-  ``response_format``, Gemini's ``responseMimeType``, Cohere's ``response_format``), the JSON of
-  ``schema_answer(<the schema sent, if any>, <that text>)``, which conforms to the schema;
+  ``response_format``, the Responses API's ``text.format``, Gemini's ``responseMimeType``, Cohere's
+  ``response_format``), ``json_answer(<the schema sent, if any>, <that text>)`` as JSON text: the
+  schema's ``structured_answer``, else ``{"answer": <that text>}``;
 * OpenAI ``prompt_tokens``: words of every message's text content + 3 per message;
 * Anthropic ``input_tokens``: words of the system text + words of every message's text + 3 per message;
 * ``completion_tokens`` / ``output_tokens``: ``count_words(reply)``; for a tool call
   ``count_words(tool name) + count_words(arguments JSON)``.
+* Anthropic structured output (``output_config.format``, or the beta's ``output_format`` with its
+  ``anthropic-beta`` header): refused as Anthropic refuses it (a model before Claude 4.5, an object not
+  closed, a keyword it does not enforce), else answered with ``structured_answer(schema)`` as JSON text.
 """
 
 from __future__ import annotations
@@ -57,6 +61,58 @@ STOP_TIMEOUT_S = 10.0
 SHUTDOWN_GRACE_S = 1.0
 CLIENT_MAX_SIZE = 64 * 1024 * 1024
 
+STRUCTURED_OUTPUT_MODELS = (
+    "claude-sonnet-4-5",
+    "claude-opus-4-5",
+    "claude-haiku-4-5",
+    "claude-sonnet-4-6",
+    "claude-opus-4-6",
+    "claude-opus-4-7",
+)
+"""Models whose names start with one of these take `output_config.format`, as Anthropic lists them."""
+STRUCTURED_OUTPUTS_BETA = "structured-outputs-2025-11-13"
+STRUCTURED_STRING_FORMATS = (
+    "date-time",
+    "time",
+    "date",
+    "duration",
+    "email",
+    "hostname",
+    "uri",
+    "ipv4",
+    "ipv6",
+    "uuid",
+)
+STRUCTURED_UNSUPPORTED = (
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "multipleOf",
+    "minLength",
+    "maxLength",
+    "pattern",
+    "maxItems",
+    "uniqueItems",
+    "oneOf",
+    "not",
+    "if",
+    "patternProperties",
+)
+"""JSON Schema keywords Anthropic's structured output refuses (its documented limits, as a 400)."""
+FORMAT_SAMPLES = {
+    "date-time": "2026-01-02T03:04:05Z",
+    "time": "03:04:05",
+    "date": "2026-01-02",
+    "duration": "P1D",
+    "email": "standin@example.com",
+    "hostname": "example.com",
+    "uri": "https://example.com/",
+    "ipv4": "192.0.2.1",
+    "ipv6": "2001:db8::1",
+    "uuid": "00000000-0000-4000-8000-000000000000",
+}
+
 OPENAI_PREFIXES = ("/v1", "/openai/v1", "/openai/deployments/{deployment}")
 ANTHROPIC_PREFIXES = ("/v1", "/anthropic/v1")
 
@@ -79,41 +135,73 @@ def reply_for(user_text: str) -> str:
     return REPLY_PREFIX + user_text[:ECHO_LIMIT]
 
 
-def schema_answer(schema: Json, text: str) -> Json:
-    """A value conforming to a (simple) JSON schema: strings are `text`, numbers 1, booleans true,
-    arrays one item, objects every property; no schema at all gives {"answer": text}."""
-    if not isinstance(schema, dict):
-        return {"answer": text}
-    kind = schema.get("type")
-    if isinstance(kind, list):
-        kind = next((k for k in kind if k != "null"), "string")
-    if schema.get("enum"):
-        return schema["enum"][0]
-    if kind == "object" or "properties" in schema:
-        props = schema.get("properties") or {}
-        if not props:
-            return {"answer": text}
-        return {name: schema_answer(sub, text) for name, sub in props.items()}
-    if kind == "array":
-        return [schema_answer(schema.get("items"), text)]
-    if kind in ("number", "integer"):
-        return 1
-    if kind == "boolean":
-        return True
-    return text
-
-
-def tool_arguments(schema: Json) -> dict[str, str]:
-    """The arguments the stand-in "calls" a tool with: one string value per required property."""
+def tool_arguments(schema: Json) -> dict[str, Any]:
+    """The arguments the stand-in "calls" a tool with: one value per required property, as
+    `structured_answer` gives it (`TOOL_ARGUMENT_VALUE` for a plain or untyped string)."""
     required = schema.get("required") if isinstance(schema, Mapping) else None
     if not isinstance(required, list):
         return {}
-    return {str(name): TOOL_ARGUMENT_VALUE for name in required}
+    properties = schema.get("properties")
+    typed = properties if isinstance(properties, Mapping) else {}
+    defs = {**schema.get("definitions", {}), **schema.get("$defs", {})}
+    return {str(name): structured_answer(typed.get(name) or {"type": "string"}, defs) for name in required}
+
+
+def schema_in_prompt(texts: list[str]) -> Json:
+    """The first JSON schema (an object with `properties`) written into the prompt, or None: what a
+    model asked for "JSON" with the schema in its instructions (instructor's JSON mode) follows."""
+    decoder = jsonlib.JSONDecoder()
+    for text in texts:
+        start = text.find("{")
+        while start != -1:
+            try:
+                value, _ = decoder.raw_decode(text, start)
+            except ValueError:
+                value = None
+            if isinstance(value, dict) and isinstance(value.get("properties"), dict):
+                return value
+            start = text.find("{", start + 1)
+    return None
 
 
 def tool_arguments_json(schema: Json) -> str:
     """`tool_arguments` serialised as the OpenAI `arguments` string, e.g. '{"location": "Paris"}'."""
     return jsonlib.dumps(tool_arguments(schema))
+
+
+def structured_answer(schema: Json, definitions: Mapping[str, Json] | None = None) -> Json:
+    """The value the stand-in answers a structured-output request with: the first choice of every
+    `enum`/`const`/`anyOf`, each required property of an object, one item per array, `TOOL_ARGUMENT_VALUE`
+    for a plain string (a sample for a string `format`), 1 for an integer, 1.5 for a number."""
+    defs = definitions if definitions is not None else {**schema.get("definitions", {}), **schema.get("$defs", {})}
+    if "$ref" in schema:
+        return structured_answer(defs[schema["$ref"].rsplit("/", 1)[-1]], defs)
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    for combinator in ("anyOf", "allOf"):
+        if schema.get(combinator):
+            return structured_answer(schema[combinator][0], defs)
+    kind = schema.get("type")
+    if kind == "object":
+        properties = schema.get("properties", {})
+        return {
+            name: structured_answer(properties.get(name, {"type": "string"}), defs)
+            for name in schema.get("required", [])
+        }
+    if kind == "array":
+        return [structured_answer(schema.get("items", {"type": "string"}), defs)]
+    samples: dict[str, Json] = {"integer": 1, "number": 1.5, "boolean": True, "null": None}
+    if kind in samples:
+        return samples[kind]
+    return FORMAT_SAMPLES.get(schema.get("format", ""), TOOL_ARGUMENT_VALUE)
+
+
+def json_answer(schema: Json, text: str) -> Json:
+    """What the stand-in answers a request for JSON with: `structured_answer` of the schema sent,
+    or, with no schema (JSON mode), `{"answer": text}`."""
+    return structured_answer(schema) if isinstance(schema, dict) else {"answer": text}
 
 
 def embedding_for(item: str | list[int], dimensions: int = DEFAULT_EMBEDDING_DIMENSIONS) -> list[float]:
@@ -345,7 +433,7 @@ def _pick_openai_tool(payload: dict[str, Any]) -> tuple[str, str] | None:
     return str(chosen.get("name", "")), tool_arguments_json(chosen.get("parameters"))
 
 
-def _pick_anthropic_tool(payload: dict[str, Any]) -> tuple[str, dict[str, str]] | None:
+def _pick_anthropic_tool(payload: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
     tools = payload.get("tools")
     choice = payload.get("tool_choice")
     if not isinstance(tools, list) or not tools:
@@ -358,7 +446,12 @@ def _pick_anthropic_tool(payload: dict[str, Any]) -> tuple[str, dict[str, str]] 
     chosen = named[0]
     if isinstance(choice, dict) and choice.get("type") == "tool":
         chosen = next((tool for tool in named if tool["name"] == choice.get("name")), chosen)
-    return chosen["name"], tool_arguments(chosen.get("input_schema"))
+    schema = chosen.get("input_schema")
+    if isinstance(schema, dict) and "properties" not in schema:  # an open object: the prompt says what goes in
+        messages = [m for m in payload.get("messages", []) if isinstance(m, dict)]
+        texts = [_anthropic_text(payload.get("system")), *(_anthropic_text(m.get("content")) for m in messages)]
+        schema = schema_in_prompt(texts) or schema
+    return chosen["name"], tool_arguments(schema)
 
 
 def _thinking_refusal(payload: dict[str, Any], max_tokens: int) -> str | None:
@@ -375,6 +468,59 @@ def _thinking_refusal(payload: dict[str, Any], max_tokens: int) -> str | None:
     if isinstance(choice, dict) and choice.get("type") in ("any", "tool"):
         return "Thinking may not be enabled when tool_choice forces tool use."
     return None
+
+
+def _structured_schema_refusal(schema: Json, where: str = "schema") -> str | None:
+    """Anthropic's limits on a structured-output schema, checked as its API checks them."""
+    if isinstance(schema, list):
+        for i, item in enumerate(schema):
+            if (refusal := _structured_schema_refusal(item, f"{where}[{i}]")) is not None:
+                return refusal
+        return None
+    if not isinstance(schema, dict):
+        return None
+    for keyword in STRUCTURED_UNSUPPORTED:
+        if keyword in schema:
+            return f"output_config.format.{where}: '{keyword}' is not supported"
+    if schema.get("minItems", 0) not in (0, 1):
+        return f"output_config.format.{where}: minItems values other than 0 or 1 are not supported"
+    if schema.get("type") == "string" and "format" in schema and schema["format"] not in STRUCTURED_STRING_FORMATS:
+        return f"output_config.format.{where}: string format {schema['format']!r} is not supported"
+    if schema.get("type") == "object" and schema.get("additionalProperties") is not False:
+        return (
+            f"output_config.format.{where}: For 'object' type, 'additionalProperties' must be explicitly set to false"
+        )
+    for key, value in schema.items():
+        if key in ("properties", "$defs", "definitions") and isinstance(value, dict):
+            for name, sub in value.items():
+                if (refusal := _structured_schema_refusal(sub, f"{where}.{key}.{name}")) is not None:
+                    return refusal
+        elif key in ("items", "anyOf", "allOf") and (refusal := _structured_schema_refusal(value, f"{where}.{key}")):
+            return refusal
+    return None
+
+
+def _output_format(payload: dict[str, Any], headers: Mapping[str, str]) -> tuple[Json, str | None]:
+    """(the schema the answer must follow or None, a refusal): `output_config.format`, or the beta's
+    `output_format`, which Anthropic refuses as an unknown field unless the beta header names it."""
+    found = (
+        (payload.get("output_config") or {}).get("format") if isinstance(payload.get("output_config"), dict) else None
+    )
+    if "output_format" in payload:
+        betas = [b.strip() for b in headers.get("anthropic-beta", "").split(",")]
+        if STRUCTURED_OUTPUTS_BETA not in betas:
+            return None, "output_format: Extra inputs are not permitted"
+        found = payload["output_format"]
+    if found is None:
+        return None, None
+    model = str(payload.get("model"))
+    if not model.startswith(STRUCTURED_OUTPUT_MODELS):
+        return None, f"'{model}' does not support structured outputs (output_config.format)"
+    if not isinstance(found, dict) or found.get("type") != "json_schema" or not isinstance(found.get("schema"), dict):
+        return None, "output_config.format: expected {'type': 'json_schema', 'schema': {...}}"
+    if (refusal := _structured_schema_refusal(found["schema"])) is not None:
+        return None, refusal
+    return found["schema"], None
 
 
 def _is_int_list(value: Json) -> bool:
@@ -928,9 +1074,13 @@ class StandIn:
         else:
             content, finish_reason = reply_for(_last_user_text(messages, _openai_text)), "stop"
             response_format = payload.get("response_format")
-            if isinstance(response_format, dict) and response_format.get("type") in ("json_object", "json_schema"):
-                wanted = response_format.get("json_schema") if response_format["type"] == "json_schema" else None
-                content = jsonlib.dumps(schema_answer((wanted or {}).get("schema"), content))
+            schema = (
+                (response_format.get("json_schema") or {}).get("schema") if isinstance(response_format, dict) else None
+            )
+            if isinstance(schema, dict):
+                content = jsonlib.dumps(structured_answer(schema))  # what OpenAI's structured outputs guarantee
+            elif isinstance(response_format, dict) and response_format.get("type") in ("json_object", "json_schema"):
+                content = jsonlib.dumps({"answer": content})
             completion_tokens = count_words(content)
         usage = _openai_usage(prompt_tokens, completion_tokens)
         completion_id = f"chatcmpl-standin-{next(self._ids)}"
@@ -1179,6 +1329,9 @@ class StandIn:
             return await self._anthropic_error(call, 400, "invalid_request_error", "max_tokens: Field required")
         if (refusal := _thinking_refusal(payload, max_tokens)) is not None:
             return await self._anthropic_error(call, 400, "invalid_request_error", refusal)
+        output_schema, refusal = _output_format(payload, call.record.headers)
+        if refusal is not None:
+            return await self._anthropic_error(call, 400, "invalid_request_error", refusal)
         model = payload["model"]
         messages = [message for message in payload["messages"] if isinstance(message, dict)]
         input_tokens = self._anthropic_input_tokens(payload)
@@ -1193,7 +1346,10 @@ class StandIn:
             output_tokens = count_words(name) + count_words(arguments_json)
             stop_reason = "tool_use"
         else:
-            text = reply_for(_last_user_text(messages, _anthropic_text))
+            if output_schema is not None:
+                text = jsonlib.dumps(structured_answer(output_schema))
+            else:
+                text = reply_for(_last_user_text(messages, _anthropic_text))
             block = {"type": "text", "text": text}
             output_tokens = count_words(text)
             stop_reason = "end_turn"

@@ -10,6 +10,7 @@ import aiohttp
 import anthropic
 import httpx
 import openai
+import pydantic
 import pytest
 from anthropic.types import ToolParam
 from openai.types.chat import ChatCompletionFunctionToolParam
@@ -19,6 +20,8 @@ from .standin import (
     CACHE_READ_TOKENS,
     REPLY_PREFIX,
     STANDIN_MODEL,
+    STRUCTURED_OUTPUTS_BETA,
+    TOOL_ARGUMENT_VALUE,
     TOOL_CALL_ID,
     TOOL_USE_ID,
     Script,
@@ -27,6 +30,7 @@ from .standin import (
     decode_embedding_base64,
     embedding_for,
     reply_for,
+    structured_answer,
 )
 
 OPENAI_KEY = "sk-standin-test"
@@ -246,7 +250,7 @@ def test_chat_json_schema_answer_conforms_to_the_schema(oai: openai.OpenAI) -> N
         messages=[{"role": "user", "content": "a city"}],
         response_format={"type": "json_schema", "json_schema": {"name": "c", "schema": schema}},
     )
-    assert json.loads(result.choices[0].message.content or "") == {"city": reply_for("a city"), "rank": 1}
+    assert json.loads(result.choices[0].message.content or "") == {"city": TOOL_ARGUMENT_VALUE, "rank": 1}
 
 
 # ---- OpenAI completions / embeddings / models ------------------------------------------------------
@@ -556,8 +560,70 @@ async def test_script_drop(standin: StandIn) -> None:
     assert dropped.status is None and not dropped.completed
 
 
+class Booking(pydantic.BaseModel):
+    city: str
+    guests: int = pydantic.Field(ge=1)
+    nights: list[str]
+
+
+STRUCTURED_MODEL = "claude-sonnet-4-5"
+CLOSED = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}},
+    "required": ["city"],
+    "additionalProperties": False,
+}
+
+
+def test_structured_output_answers_text_that_parses_as_the_schema(
+    standin: StandIn, claude: anthropic.Anthropic
+) -> None:
+    message = claude.messages.parse(
+        model=STRUCTURED_MODEL, max_tokens=100, messages=[{"role": "user", "content": "Book"}], output_format=Booking
+    )
+    assert message.parsed_output == Booking(city=TOOL_ARGUMENT_VALUE, guests=1, nights=[TOOL_ARGUMENT_VALUE])
+    assert message.stop_reason == "end_turn"
+    assert standin.last.json["output_config"]["format"]["schema"]["additionalProperties"] is False
+
+
+@pytest.mark.parametrize(
+    ("model", "schema", "refusal"),
+    [
+        (CLAUDE_MODEL, CLOSED, "does not support"),
+        (STRUCTURED_MODEL, {**CLOSED, "additionalProperties": True}, "additionalProperties"),
+        (STRUCTURED_MODEL, {**CLOSED, "properties": {"city": {"type": "string", "minLength": 2}}}, "minLength"),
+        (STRUCTURED_MODEL, {**CLOSED, "properties": {"city": {"type": "string", "format": "zip"}}}, "format"),
+    ],
+)
+def test_structured_output_is_refused_as_anthropic_refuses_it(
+    claude: anthropic.Anthropic, model: str, schema: dict[str, Any], refusal: str
+) -> None:
+    with pytest.raises(anthropic.BadRequestError, match=refusal):
+        claude.messages.create(
+            model=model,
+            max_tokens=100,
+            messages=[{"role": "user", "content": "x"}],
+            output_config={"format": {"type": "json_schema", "schema": schema}},
+        )
+
+
+def test_the_beta_output_format_needs_its_beta_header(claude: anthropic.Anthropic) -> None:
+    legacy: Any = {"output_format": {"type": "json_schema", "schema": CLOSED}}
+    ask: Any = {"model": STRUCTURED_MODEL, "max_tokens": 100, "messages": [{"role": "user", "content": "x"}]}
+    with pytest.raises(anthropic.BadRequestError, match="output_format"):
+        claude.messages.create(**ask, extra_body=legacy)
+    beta = {"anthropic-beta": STRUCTURED_OUTPUTS_BETA}
+    message = claude.messages.create(**ask, extra_body=legacy, extra_headers=beta)
+    block = message.content[0]
+    assert block.type == "text" and json.loads(block.text) == {"city": TOOL_ARGUMENT_VALUE}
+
+
 def test_gemini_and_cohere_answer_json_to_the_schema_they_were_sent() -> None:
-    schema = {"type": "object", "properties": {"answer": {"type": "string"}, "ok": {"type": "boolean"}}}
+    schema = {
+        "type": "object",
+        "properties": {"answer": {"type": "string"}, "ok": {"type": "boolean"}},
+        "required": ["answer", "ok"],
+    }
     with ProviderStandIn() as server:
         gemini = httpx.post(
             server.url("/v1beta/models/gemini-x:generateContent"),
@@ -568,7 +634,7 @@ def test_gemini_and_cohere_answer_json_to_the_schema_they_were_sent() -> None:
             },
         ).json()
         text = gemini["candidates"][0]["content"]["parts"][0]["text"]
-        assert json.loads(text) == {"answer": reply_for("json please"), "ok": True}
+        assert json.loads(text) == structured_answer(schema) == {"answer": TOOL_ARGUMENT_VALUE, "ok": True}
         cohere = httpx.post(
             server.url("/v2/chat"),
             headers={"Authorization": "Bearer k"},
@@ -578,4 +644,4 @@ def test_gemini_and_cohere_answer_json_to_the_schema_they_were_sent() -> None:
                 "response_format": {"type": "json_object", "json_schema": schema},
             },
         ).json()
-        assert json.loads(cohere["message"]["content"][0]["text"]) == {"answer": reply_for("json please"), "ok": True}
+        assert json.loads(cohere["message"]["content"][0]["text"]) == structured_answer(schema)

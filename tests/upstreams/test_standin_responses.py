@@ -16,13 +16,14 @@ from tests.support.wait import eventually
 
 from .standin import (
     PER_MESSAGE_TOKENS,
+    TOOL_ARGUMENT_VALUE,
     TOOL_CALL_ID,
     ChatOnlyStandIn,
     Script,
     StandIn,
     count_words,
+    json_answer,
     reply_for,
-    schema_answer,
 )
 
 KEY = "sk-standin-test"
@@ -110,8 +111,8 @@ def test_json_schema_answer_conforms(oai: openai.OpenAI) -> None:
         coastal: bool
 
     parsed = oai.responses.parse(model="gpt-x", input="A city", text_format=City)
-    assert parsed.output_parsed == City(name=reply_for("A city"), population=1, coastal=True)
-    assert schema_answer({"type": "array", "items": {"enum": ["a", "b"]}}, "x") == ["a"]
+    assert parsed.output_parsed == City(name=TOOL_ARGUMENT_VALUE, population=1, coastal=True)
+    assert json_answer(None, "x") == {"answer": "x"}
 
 
 def test_max_output_tokens_cuts_the_answer(oai: openai.OpenAI) -> None:
@@ -194,6 +195,13 @@ def test_auth_and_scripted_failures(standin: StandIn, oai: openai.OpenAI) -> Non
     standin.script(Script(usage_raw=b'{"input_tokens": -5, "output_tokens": "many"}'))
     raw = oai.responses.with_raw_response.create(model="gpt-x", input="x")
     assert json.loads(raw.http_response.content)["usage"] == {"input_tokens": -5, "output_tokens": "many"}
+
+
+def test_scripted_missing_usage(oai: openai.OpenAI, standin: StandIn) -> None:
+    standin.script(Script(no_usage=True), times=2)
+    assert oai.responses.create(model="gpt-x", input="x").usage is None
+    with oai.responses.stream(model="gpt-x", input="x") as stream:
+        assert stream.get_final_response().usage is None
 
 
 def test_azure_v1_path(standin: StandIn) -> None:

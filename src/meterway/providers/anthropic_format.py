@@ -16,9 +16,12 @@ Where the two APIs disagree the choices are:
 * Parameters one side has no use for are dropped rather than forwarded, because both APIs reject unknown
   fields (an allow-list, not a deny-list, so a new OpenAI parameter cannot break Anthropic requests).
 * Thinking blocks and server-tool blocks have no Chat Completions equivalent and are not surfaced.
-* ``response_format`` (``json_object``/``json_schema``) becomes one extra tool, :data:`JSON_TOOL_NAME`, that the
-  model is made to call; its input is the answer, so the reply hands it back as the message content with
-  finish reason ``stop``. The name is reserved, which lets the reply be translated without the request.
+* ``response_format`` ``json_schema`` becomes Anthropic's structured output (``output_config.format``) on the
+  models that take it, with the schema adapted as Anthropic documents (:mod:`anthropic_schema`): the answer is
+  then plain text, which is the content. Otherwise (older models, ``json_object``, a schema it cannot express)
+  it becomes one extra tool, :data:`JSON_TOOL_NAME`, that the model is made to call; its input is the answer,
+  so the reply hands it back as the message content with finish reason ``stop``. The name is reserved, which
+  lets the reply be translated without the request.
 * ``reasoning_effort`` becomes extended thinking with the budget in :data:`THINKING_BUDGETS`; OpenAI counts
   reasoning inside ``max_completion_tokens`` but Anthropic demands ``max_tokens`` above the budget, so a
   limit at or under the budget is raised by the budget. Anthropic refuses thinking while a tool is forced,
@@ -35,6 +38,7 @@ from typing import Any
 
 import orjson
 
+from meterway.providers.anthropic_schema import native_output_schema, supports_structured_output
 from meterway.providers.base import tokens
 
 JSON = dict[str, Any]
@@ -388,6 +392,20 @@ def _json_tool(response_format: Any) -> JSON | None:
     return tool
 
 
+def _native_format(response_format: Any, upstream_model: str) -> JSON | None:
+    """Anthropic's own structured output for a ``json_schema`` format, where the model takes it and the
+    schema can be expressed (:mod:`anthropic_schema`); None means the forced answer tool. A ``json_object``
+    format always takes the tool: structured output needs a schema, and closes every object it is given."""
+    if not isinstance(response_format, dict) or response_format.get("type") != "json_schema":
+        return None
+    spec = response_format.get("json_schema")
+    schema = spec.get("schema") if isinstance(spec, dict) else None
+    if not isinstance(schema, dict) or not supports_structured_output(upstream_model):
+        return None
+    converted = native_output_schema(schema)
+    return None if converted is None else {"type": "json_schema", "schema": converted}
+
+
 def _add_json_tool(request: JSON, tool: JSON) -> None:
     """Adds the answer tool and a tool_choice that makes the model use a tool. With client tools the
     model may still call one of those (``any``), as OpenAI allows tool calls beside a response_format;
@@ -498,7 +516,10 @@ def chat_to_messages_request(chat: JSON, upstream_model: str) -> JSON:
         if tool_choice is not None:
             request["tool_choice"] = tool_choice
     response_format = chat.get("response_format")
-    if response_format is not None and (json_tool := _json_tool(response_format)) is not None:
+    native = _native_format(response_format, upstream_model)
+    if native is not None:
+        request["output_config"] = {"format": native}
+    elif response_format is not None and (json_tool := _json_tool(response_format)) is not None:
         _add_json_tool(request, json_tool)
     # An explicit `thinking` is the client's own Anthropic setting and wins over the effort; Anthropic
     # refuses thinking while a tool is forced, and the forced call is what the client asked for.
@@ -882,7 +903,26 @@ def messages_to_chat_request(msg: JSON, upstream_model: str) -> JSON:
             request["tool_choice"] = tool_choice
             if parallel_disabled:
                 request["parallel_tool_calls"] = False
+    response_format = _response_format(msg)
+    if response_format is not None:
+        request["response_format"] = response_format
     return request
+
+
+def _response_format(msg: JSON) -> JSON | None:
+    """Anthropic's structured output (``output_config.format``, or the beta's ``output_format``) as a chat
+    ``response_format``, so an Anthropic-SDK client's ``messages.parse`` gets JSON from any deployment.
+    Not ``strict``: Anthropic's schemas may leave properties optional, which OpenAI's strict mode refuses."""
+    config = msg.get("output_config")
+    found = config.get("format") if isinstance(config, dict) else None
+    if found is None:
+        found = msg.get("output_format")
+    if found is None:
+        return None
+    schema = found.get("schema") if isinstance(found, dict) else None
+    if not isinstance(found, dict) or found.get("type") != "json_schema" or not isinstance(schema, dict):
+        raise _fail("output_config.format", "must be {type: json_schema, schema: {...}}")
+    return {"type": "json_schema", "json_schema": {"name": "output", "schema": schema}}
 
 
 # --------------------------------------------------------------------------------------------------------

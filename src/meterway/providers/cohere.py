@@ -79,7 +79,7 @@ def chat_request(request: Mapping[str, Any], model: str, stream: bool) -> dict[s
             if calls:
                 out["tool_calls"] = [
                     {
-                        "id": c.get("id"),
+                        "id": c.get("id") or f"call_{uuid.uuid4().hex[:24]}",  # the spec requires one
                         "type": "function",
                         "function": {
                             "name": c.get("function", {}).get("name"),
@@ -147,12 +147,13 @@ def _openai_usage(usage: Usage | None) -> dict[str, int] | None:
 def chat_response(answer: Mapping[str, Any], model: str) -> tuple[dict[str, Any], Usage | None]:
     message = answer.get("message") or {}
     text = "".join(p.get("text", "") for p in message.get("content") or [] if p.get("type") == "text")
-    out: dict[str, Any] = {"role": "assistant", "content": text or None}
+    # refusal and logprobs: OpenAI's spec requires both (null here), and strict clients validate against it
+    out: dict[str, Any] = {"role": "assistant", "content": text or None, "refusal": None}
     calls = message.get("tool_calls")
     if calls:
         out["tool_calls"] = [
             {
-                "id": c.get("id"),
+                "id": c.get("id") or f"call_{uuid.uuid4().hex[:24]}",  # the spec requires one
                 "type": "function",
                 "function": {"name": c["function"]["name"], "arguments": c["function"].get("arguments") or "{}"},
             }
@@ -164,7 +165,14 @@ def chat_response(answer: Mapping[str, Any], model: str) -> tuple[dict[str, Any]
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [{"index": 0, "message": out, "finish_reason": FINISH.get(answer.get("finish_reason", ""), "stop")}],
+        "choices": [
+            {
+                "index": 0,
+                "message": out,
+                "logprobs": None,
+                "finish_reason": FINISH.get(answer.get("finish_reason", ""), "stop"),
+            }
+        ],
         "usage": _openai_usage(usage),
     }
     return chat, usage

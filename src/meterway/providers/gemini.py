@@ -203,13 +203,15 @@ def chat_response(answer: Mapping[str, Any], model: str) -> tuple[dict[str, Any]
     choices = []
     for i, candidate in enumerate(answer.get("candidates") or []):
         text, calls = _message((candidate.get("content") or {}).get("parts") or [], 0)
-        message: dict[str, Any] = {"role": "assistant", "content": text or None}
+        # refusal and logprobs: OpenAI's spec requires both (null here), and strict clients validate against it
+        message: dict[str, Any] = {"role": "assistant", "content": text or None, "refusal": None}
         if calls:
             message["tool_calls"] = [{k: v for k, v in c.items() if k != "index"} for c in calls]
         choices.append(
             {
                 "index": candidate.get("index", i),
                 "message": message,
+                "logprobs": None,
                 "finish_reason": _finish(candidate.get("finishReason") or "STOP", bool(calls)),
             }
         )

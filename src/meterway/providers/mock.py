@@ -196,7 +196,7 @@ class MockUpstream:
         usage: dict[str, int],
     ) -> dict[str, Any]:
         if chat:
-            message: dict[str, Any] = {"role": "assistant", "content": reply or None}
+            message: dict[str, Any] = {"role": "assistant", "content": reply or None, "refusal": None}
             if tool:
                 message["tool_calls"] = [tool]
             choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": finish, "logprobs": None}

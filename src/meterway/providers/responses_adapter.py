@@ -21,6 +21,7 @@ import orjson
 
 from meterway.errors import BadRequest, UpstreamError
 from meterway.providers import responses_format as fmt
+from meterway.providers import responses_reverse as reverse
 from meterway.providers import sse
 from meterway.providers.base import (
     Api,
@@ -143,7 +144,7 @@ class ChatFromResponsesRelay:
     def __init__(self, inner: StreamRelay, model: str, include_usage: bool) -> None:
         self._inner = inner
         self._split = sse.EventSplitter()
-        self._stream = fmt.ResponsesToChatStream(model, include_usage)
+        self._stream = reverse.ResponsesToChatStream(model, include_usage)
         self.usage: Usage | None = None
 
     def _translate(self, data: bytes) -> bytes:
@@ -184,14 +185,14 @@ class ChatFromResponses:
 
     def build_request(self, call: Call) -> UpstreamRequest:
         try:
-            request = fmt.chat_to_responses(decode_object(call.body), self.upstream_model)
+            request = reverse.chat_to_responses(decode_object(call.body), self.upstream_model)
         except fmt.TranslationError as e:
             raise BadRequest(str(e), param=e.param) from None
         return self.inner.build_request(self._inner_call(call, orjson.dumps(request)))
 
     def parse_response(self, call: Call, body: bytes) -> Parsed:
         parsed = self.inner.parse_response(self._inner_call(call), body)
-        return Parsed(orjson.dumps(fmt.response_to_chat(orjson.loads(parsed.body), call.head.model)), parsed.usage)
+        return Parsed(orjson.dumps(reverse.response_to_chat(orjson.loads(parsed.body), call.head.model)), parsed.usage)
 
     def open_stream(self, call: Call) -> StreamRelay:
         inner = self.inner.open_stream(self._inner_call(call))

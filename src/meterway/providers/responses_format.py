@@ -1,9 +1,9 @@
-"""Translation between OpenAI's Responses API and chat completions, both ways: pure, no I/O.
+"""Translation between OpenAI's Responses API and chat completions: pure, no I/O.
 
 A deployment whose upstream speaks only chat (vLLM, Anthropic and Gemini through their own chat
 translation, the demo model) serves `/v1/responses` through `responses_to_chat` and
 `chat_to_response` / `ChatToResponsesStream`; a Responses-only model serves chat through the
-reverse bridge (`chat_to_responses`, `response_to_chat`, `ResponsesToChatStream`). The shapes are
+reverse bridge, `responses_reverse`. The shapes are
 OpenAI's, as its SDK's types (`openai.types.responses`) and its OpenAPI spec define them.
 
 What the bridge does not carry, and why:
@@ -62,7 +62,8 @@ _REFUSED = {
 _ROLES = {"user": "user", "system": "system", "developer": "system", "assistant": "assistant"}
 
 
-def _fail(param: str, message: str) -> TranslationError:
+def fail(param: str, message: str) -> TranslationError:
+    """The error for a request the bridge refuses, naming the parameter (the caller answers 400)."""
     return TranslationError(f"Invalid '{param}': {message}.", param)
 
 
@@ -74,11 +75,11 @@ def items_of(value: Any, param: str = "input") -> list[Json]:
     if isinstance(value, str):
         return [{"type": "message", "role": "user", "content": value}]
     if not isinstance(value, list):
-        raise _fail(param, "expected a string or an array of input items")
+        raise fail(param, "expected a string or an array of input items")
     items: list[Json] = []
     for i, item in enumerate(value):
         if not isinstance(item, dict):
-            raise _fail(f"{param}[{i}]", "expected an object")
+            raise fail(f"{param}[{i}]", "expected an object")
         items.append(item if "type" in item else {**item, "type": "message"})
     return items
 
@@ -86,7 +87,7 @@ def items_of(value: Any, param: str = "input") -> list[Json]:
 def _image_part(part: Json, where: str) -> Json:
     url = part.get("image_url")
     if not isinstance(url, str) or not url:
-        raise _fail(where, "only images given by image_url (a URL or a data URL) can be sent to this deployment")
+        raise fail(where, "only images given by image_url (a URL or a data URL) can be sent to this deployment")
     image: Json = {"url": url}
     if part.get("detail") is not None:
         image["detail"] = part["detail"]
@@ -96,7 +97,7 @@ def _image_part(part: Json, where: str) -> Json:
 def _file_part(part: Json, where: str) -> Json:
     data = part.get("file_data")
     if not isinstance(data, str) or not data:
-        raise _fail(where, "only files given inline (file_data) can be sent to this deployment")
+        raise fail(where, "only files given inline (file_data) can be sent to this deployment")
     file: Json = {"file_data": data}
     if isinstance(part.get("filename"), str):
         file["filename"] = part["filename"]
@@ -107,7 +108,7 @@ def _user_content(content: Any, where: str) -> str | list[Json]:
     if isinstance(content, str):
         return content
     if not isinstance(content, list):
-        raise _fail(where, "expected a string or an array of content parts")
+        raise fail(where, "expected a string or an array of content parts")
     parts: list[Json] = []
     for j, part in enumerate(content):
         at = f"{where}[{j}]"
@@ -119,7 +120,7 @@ def _user_content(content: Any, where: str) -> str | list[Json]:
         elif kind == "input_file":
             parts.append(_file_part(part, at))
         else:
-            raise _fail(at, f"content part type {kind!r} cannot be sent to this deployment")
+            raise fail(at, f"content part type {kind!r} cannot be sent to this deployment")
     return parts
 
 
@@ -129,7 +130,7 @@ def _assistant_message(content: Any, where: str) -> Json:
     if isinstance(content, str):
         return {"role": "assistant", "content": content}
     if not isinstance(content, list):
-        raise _fail(where, "expected a string or an array of content parts")
+        raise fail(where, "expected a string or an array of content parts")
     texts: list[str] = []
     refusal: str | None = None
     for j, part in enumerate(content):
@@ -139,7 +140,7 @@ def _assistant_message(content: Any, where: str) -> Json:
         elif kind == "refusal" and isinstance(part.get("refusal"), str):
             refusal = part["refusal"]
         else:
-            raise _fail(f"{where}[{j}]", f"content part type {kind!r} cannot be sent to this deployment")
+            raise fail(f"{where}[{j}]", f"content part type {kind!r} cannot be sent to this deployment")
     message: Json = {"role": "assistant", "content": "".join(texts) if texts or refusal is None else None}
     if refusal is not None:
         message["refusal"] = refusal
@@ -153,8 +154,8 @@ def _tool_output(output: Any, where: str) -> str | list[Json]:
         parts = _user_content(output, where)
         if isinstance(parts, list) and all(p["type"] == "text" for p in parts):
             return "".join(p["text"] for p in parts)  # a tool message's parts may only be text
-        raise _fail(where, "a function call output can carry only text to this deployment")
-    raise _fail(where, "expected a string or an array of content parts")
+        raise fail(where, "a function call output can carry only text to this deployment")
+    raise fail(where, "expected a string or an array of content parts")
 
 
 def _messages(items: list[Json], param: str) -> list[Json]:
@@ -165,7 +166,7 @@ def _messages(items: list[Json], param: str) -> list[Json]:
         if kind == "message":
             role = _ROLES.get(str(item.get("role")))
             if role is None:
-                raise _fail(f"{where}.role", "expected one of user, assistant, system, developer")
+                raise fail(f"{where}.role", "expected one of user, assistant, system, developer")
             if role == "assistant":
                 messages.append(_assistant_message(item.get("content"), f"{where}.content"))
             else:
@@ -173,7 +174,7 @@ def _messages(items: list[Json], param: str) -> list[Json]:
         elif kind == "function_call":
             call_id, name = item.get("call_id"), item.get("name")
             if not isinstance(call_id, str) or not isinstance(name, str):
-                raise _fail(where, "a function_call needs call_id and name")
+                raise fail(where, "a function_call needs call_id and name")
             arguments = item.get("arguments")
             call = {
                 "id": call_id,
@@ -188,29 +189,29 @@ def _messages(items: list[Json], param: str) -> list[Json]:
         elif kind == "function_call_output":
             call_id = item.get("call_id")
             if not isinstance(call_id, str):
-                raise _fail(where, "a function_call_output needs call_id")
+                raise fail(where, "a function_call_output needs call_id")
             output = _tool_output(item.get("output"), f"{where}.output")
             messages.append({"role": "tool", "tool_call_id": call_id, "content": output})
         elif kind == "reasoning":
             continue  # the upstream's own reasoning, often encrypted: nothing a chat upstream reads
         elif kind == "item_reference":
-            raise _fail(where, "item references cannot be resolved for this deployment; send the items themselves")
+            raise fail(where, "item references cannot be resolved for this deployment; send the items themselves")
         else:
-            raise _fail(where, f"input item type {kind!r} cannot be sent to this deployment")
+            raise fail(where, f"input item type {kind!r} cannot be sent to this deployment")
     return messages
 
 
 def _tools(tools: Any) -> list[Json]:
     if not isinstance(tools, list):
-        raise _fail("tools", "expected an array")
+        raise fail("tools", "expected an array")
     out: list[Json] = []
     for i, tool in enumerate(tools):
         if not isinstance(tool, dict) or tool.get("type") != "function":
             kind = tool.get("type") if isinstance(tool, dict) else None
-            raise _fail(f"tools[{i}]", f"tool type {kind!r} runs at OpenAI; this deployment supports function tools")
+            raise fail(f"tools[{i}]", f"tool type {kind!r} runs at OpenAI; this deployment supports function tools")
         name = tool.get("name")
         if not isinstance(name, str) or not name:
-            raise _fail(f"tools[{i}].name", "a function tool needs a name")
+            raise fail(f"tools[{i}].name", "a function tool needs a name")
         function: Json = {"name": name}
         for key in ("description", "parameters", "strict"):
             if tool.get(key) is not None:
@@ -221,7 +222,7 @@ def _tools(tools: Any) -> list[Json]:
 
 def _function_ref(tool: Any, param: str) -> Json:
     if not isinstance(tool, dict) or tool.get("type") != "function" or not isinstance(tool.get("name"), str):
-        raise _fail(param, "only function tools can be chosen on this deployment")
+        raise fail(param, "only function tools can be chosen on this deployment")
     return {"type": "function", "function": {"name": tool["name"]}}
 
 
@@ -231,7 +232,7 @@ def _tool_choice(choice: Any) -> Any:
     if isinstance(choice, dict) and choice.get("type") == "allowed_tools":
         tools = choice.get("tools")
         if not isinstance(tools, list):
-            raise _fail("tool_choice.tools", "expected an array")
+            raise fail("tool_choice.tools", "expected an array")
         refs = [_function_ref(t, f"tool_choice.tools[{i}]") for i, t in enumerate(tools)]
         return {"type": "allowed_tools", "allowed_tools": {"mode": choice.get("mode", "auto"), "tools": refs}}
     return _function_ref(choice, "tool_choice")
@@ -239,7 +240,7 @@ def _tool_choice(choice: Any) -> Any:
 
 def _response_format(text: Any) -> Json | None:
     if not isinstance(text, dict):
-        raise _fail("text", "expected an object")
+        raise fail("text", "expected an object")
     fmt = text.get("format")
     if fmt is None:
         return None
@@ -251,13 +252,13 @@ def _response_format(text: Any) -> Json | None:
     if kind == "json_schema":
         assert isinstance(fmt, dict)
         if not isinstance(fmt.get("name"), str) or not isinstance(fmt.get("schema"), dict):
-            raise _fail("text.format", "a json_schema format needs name and schema")
+            raise fail("text.format", "a json_schema format needs name and schema")
         schema: Json = {"name": fmt["name"], "schema": fmt["schema"]}
         for key in ("description", "strict"):
             if fmt.get(key) is not None:
                 schema[key] = fmt[key]
         return {"type": "json_schema", "json_schema": schema}
-    raise _fail("text.format.type", "expected one of text, json_object, json_schema")
+    raise fail("text.format.type", "expected one of text, json_object, json_schema")
 
 
 def responses_to_chat(request: Json, upstream_model: str) -> Json:
@@ -265,7 +266,7 @@ def responses_to_chat(request: Json, upstream_model: str) -> Json:
     for what is not carried)."""
     for key, why in _REFUSED.items():
         if request.get(key) is not None:
-            raise _fail(key, why)
+            raise fail(key, why)
     messages: list[Json] = []
     instructions = request.get("instructions")
     if isinstance(instructions, str) and instructions:
@@ -273,10 +274,10 @@ def responses_to_chat(request: Json, upstream_model: str) -> Json:
     elif isinstance(instructions, list):
         messages.extend(_messages(items_of(instructions, "instructions"), "instructions"))
     elif instructions is not None and not isinstance(instructions, str):
-        raise _fail("instructions", "expected a string")
+        raise fail("instructions", "expected a string")
     messages.extend(_messages(items_of(request.get("input")), "input"))
     if not messages:
-        raise _fail("input", "the request has no input")
+        raise fail("input", "the request has no input")
     chat: Json = {"model": upstream_model, "messages": messages}
     for key in _SAME:
         if request.get(key) is not None:
@@ -905,317 +906,3 @@ def usage_from_responses(u: Any) -> Usage | None:
         cached_tokens=tokens(input_details.get("cached_tokens")) if isinstance(input_details, dict) else 0,
         reasoning_tokens=tokens(output_details.get("reasoning_tokens")) if isinstance(output_details, dict) else 0,
     )
-
-
-# ---------------------------------------------------------------- reverse: chat request -> Responses request
-
-_CHAT_SAME = (
-    "temperature",
-    "top_p",
-    "user",
-    "parallel_tool_calls",
-    "service_tier",
-    "safety_identifier",
-    "prompt_cache_key",
-    "top_logprobs",
-    "metadata",
-)
-_CHAT_REFUSED = ("stop", "logit_bias", "audio", "presence_penalty", "frequency_penalty", "seed", "functions")
-
-
-def _chat_parts(content: Any, where: str) -> str | list[Json]:
-    if isinstance(content, str) or content is None:
-        return content or ""
-    if not isinstance(content, list):
-        raise _fail(where, "expected a string or an array of content parts")
-    parts: list[Json] = []
-    for j, part in enumerate(content):
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind == "text":
-            parts.append({"type": "input_text", "text": part.get("text", "")})
-        elif kind == "image_url":
-            image = part.get("image_url")
-            url = image.get("url") if isinstance(image, dict) else image
-            item: Json = {"type": "input_image", "image_url": url, "detail": "auto"}
-            if isinstance(image, dict) and image.get("detail"):
-                item["detail"] = image["detail"]
-            parts.append(item)
-        elif kind == "file" and isinstance(part.get("file"), dict):
-            parts.append({"type": "input_file", **part["file"]})
-        else:
-            raise _fail(f"{where}[{j}]", f"content part type {kind!r} cannot be sent to this Responses-only model")
-    return parts
-
-
-def _chat_text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
-    return ""
-
-
-def chat_to_responses(chat_request: Json, upstream_model: str) -> Json:
-    """A chat completions request as a Responses request, for a Responses-only model. Chat's
-    sampling knobs that the Responses API has no place for are refused, not dropped."""
-    for key in _CHAT_REFUSED:
-        if chat_request.get(key) is not None:
-            raise _fail(key, "the Responses API this model speaks has no such parameter")
-    n = chat_request.get("n")
-    if n is not None and n != 1:
-        raise _fail("n", "a Responses-only model gives one answer per request")
-    messages = chat_request.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise _fail("messages", "expected a non-empty array")
-    items: list[Json] = []
-    for i, message in enumerate(messages):
-        where = f"messages[{i}]"
-        if not isinstance(message, dict):
-            raise _fail(where, "expected an object")
-        role = message.get("role")
-        if role in ("system", "developer", "user"):
-            items.append({"type": "message", "role": role, "content": _chat_parts(message.get("content"), where)})
-        elif role == "assistant":
-            text = _chat_text(message.get("content"))
-            if text:
-                items.append({"type": "message", "role": "assistant", "content": text})
-            for call in message.get("tool_calls") or []:
-                function = call.get("function") if isinstance(call, dict) else None
-                if not isinstance(function, dict):
-                    raise _fail(f"{where}.tool_calls", "expected function calls")
-                items.append(
-                    {
-                        "type": "function_call",
-                        "call_id": call.get("id"),
-                        "name": function.get("name"),
-                        "arguments": function.get("arguments") or "{}",
-                    }
-                )
-        elif role == "tool":
-            items.append(
-                {
-                    "type": "function_call_output",
-                    "call_id": message.get("tool_call_id"),
-                    "output": _chat_text(message.get("content")),
-                }
-            )
-        else:
-            raise _fail(f"{where}.role", "expected one of system, developer, user, assistant, tool")
-    request: Json = {"model": upstream_model, "input": items, "store": bool(chat_request.get("store", False))}
-    for key in _CHAT_SAME:
-        if chat_request.get(key) is not None:
-            request[key] = chat_request[key]
-    tools = chat_request.get("tools")
-    if tools:
-        request["tools"] = [_flat_tool(t, f"tools[{i}]") for i, t in enumerate(tools)]
-    choice = chat_request.get("tool_choice")
-    if choice is not None:
-        request["tool_choice"] = _flat_choice(choice)
-    config: Json = {}
-    response_format = chat_request.get("response_format")
-    if isinstance(response_format, dict):
-        kind = response_format.get("type")
-        if kind == "json_schema" and isinstance(response_format.get("json_schema"), dict):
-            config["format"] = {"type": "json_schema", **response_format["json_schema"]}
-        elif kind in ("json_object", "text"):
-            config["format"] = {"type": kind}
-    if chat_request.get("verbosity") is not None:
-        config["verbosity"] = chat_request["verbosity"]
-    if config:
-        request["text"] = config
-    cap = chat_request.get("max_completion_tokens", chat_request.get("max_tokens"))
-    if cap is not None:
-        request["max_output_tokens"] = cap
-    if chat_request.get("reasoning_effort") is not None:
-        request["reasoning"] = {"effort": chat_request["reasoning_effort"]}
-    if chat_request.get("stream"):
-        request["stream"] = True
-    return request
-
-
-def _flat_tool(tool: Any, where: str) -> Json:
-    function = tool.get("function") if isinstance(tool, dict) and tool.get("type") == "function" else None
-    if not isinstance(function, dict):
-        raise _fail(where, "only function tools can be sent to this Responses-only model")
-    return {"type": "function", **function}
-
-
-def _flat_choice(choice: Any) -> Any:
-    if isinstance(choice, str):
-        return choice
-    if isinstance(choice, dict) and choice.get("type") == "function" and isinstance(choice.get("function"), dict):
-        return {"type": "function", "name": choice["function"].get("name")}
-    if isinstance(choice, dict) and choice.get("type") == "allowed_tools":
-        allowed = choice.get("allowed_tools") if isinstance(choice.get("allowed_tools"), dict) else {}
-        assert isinstance(allowed, dict)
-        return {
-            "type": "allowed_tools",
-            "mode": allowed.get("mode", "auto"),
-            "tools": [_flat_tool(t, "tool_choice.allowed_tools") for t in allowed.get("tools") or []],
-        }
-    raise _fail("tool_choice", "expected auto, none, required or a function")
-
-
-# ---------------------------------------------------------------- reverse: Response -> chat answer
-
-
-def usage_to_chat(usage: Any) -> Json | None:
-    """Responses usage in chat's form, figures copied as reported."""
-    if not isinstance(usage, dict):
-        return None
-    input_details = usage.get("input_tokens_details")
-    output_details = usage.get("output_tokens_details")
-    return {
-        "prompt_tokens": usage.get("input_tokens", 0),
-        "completion_tokens": usage.get("output_tokens", 0),
-        "total_tokens": usage.get("total_tokens", 0),
-        "prompt_tokens_details": {
-            "cached_tokens": input_details.get("cached_tokens", 0) if isinstance(input_details, dict) else 0
-        },
-        "completion_tokens_details": {
-            "reasoning_tokens": output_details.get("reasoning_tokens", 0) if isinstance(output_details, dict) else 0
-        },
-    }
-
-
-def _finish_reason(response: Json, called: bool) -> str:
-    details = response.get("incomplete_details")
-    reason = details.get("reason") if isinstance(details, dict) else None
-    if response.get("status") == "incomplete":
-        return "content_filter" if reason == "content_filter" else "length"
-    return "tool_calls" if called else "stop"
-
-
-def _chat_id(response: Json) -> str:
-    return "chatcmpl-" + str(response.get("id") or "").removeprefix("resp_")
-
-
-def response_to_chat(response: Json, model: str) -> Json:
-    """A Response as a chat completion: its output text joined, its function calls as tool calls."""
-    texts: list[str] = []
-    refusal: str | None = None
-    calls: list[Json] = []
-    for item in response.get("output") or []:
-        if not isinstance(item, dict):
-            continue
-        if item.get("type") == "message":
-            for part in item.get("content") or []:
-                if isinstance(part, dict) and part.get("type") == "output_text":
-                    texts.append(str(part.get("text", "")))
-                elif isinstance(part, dict) and part.get("type") == "refusal":
-                    refusal = str(part.get("refusal", ""))
-        elif item.get("type") == "function_call":
-            calls.append(
-                {
-                    "id": item.get("call_id"),
-                    "type": "function",
-                    "function": {"name": item.get("name"), "arguments": item.get("arguments", "")},
-                }
-            )
-    message: Json = {"role": "assistant", "content": "".join(texts) if texts else None, "refusal": refusal}
-    if calls:
-        message["tool_calls"] = calls
-    chat: Json = {
-        "id": _chat_id(response),
-        "object": "chat.completion",
-        "created": int(response.get("created_at") or 0),
-        "model": model,
-        "choices": [
-            {"index": 0, "message": message, "finish_reason": _finish_reason(response, bool(calls)), "logprobs": None}
-        ],
-    }
-    usage = usage_to_chat(response.get("usage"))
-    if usage is not None:
-        chat["usage"] = usage
-    return chat
-
-
-class ResponsesToChatStream:
-    """Responses events in, chat chunks out; a usage chunk at the end when the client asked for it
-    (`usage` keeps the chat-form usage either way, for metering)."""
-
-    def __init__(self, model: str, include_usage: bool) -> None:
-        self.model = model
-        self.include_usage = include_usage
-        self.usage: Json | None = None
-        self._id = "chatcmpl-"
-        self._created = 0
-        self._calls: dict[str, int] = {}  # function_call item id -> its chat tool-call index
-        self._started = False
-        self._ended = False
-
-    def _chunk(self, delta: Json, finish_reason: str | None = None) -> Json:
-        return {
-            "id": self._id,
-            "object": "chat.completion.chunk",
-            "created": self._created,
-            "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}],
-        }
-
-    def _first(self) -> list[Json]:
-        if self._started:
-            return []
-        self._started = True
-        return [self._chunk({"role": "assistant", "content": ""})]
-
-    def feed(self, event: Event) -> list[Json]:
-        kind = event.get("type")
-        response = event.get("response") if isinstance(event.get("response"), dict) else None
-        if kind == "response.created" and response is not None:
-            self._id = _chat_id(response)
-            self._created = int(response.get("created_at") or 0)
-            return self._first()
-        if kind == "response.output_text.delta":
-            return [*self._first(), self._chunk({"content": event.get("delta", "")})]
-        if kind == "response.refusal.delta":
-            return [*self._first(), self._chunk({"refusal": event.get("delta", "")})]
-        item = event.get("item") if isinstance(event.get("item"), dict) else None
-        if kind == "response.output_item.added" and item is not None and item.get("type") == "function_call":
-            index = self._calls[str(item.get("id"))] = len(self._calls)
-            call = {
-                "index": index,
-                "id": item.get("call_id"),
-                "type": "function",
-                "function": {"name": item.get("name"), "arguments": ""},
-            }
-            return [*self._first(), self._chunk({"tool_calls": [call]})]
-        if kind == "response.function_call_arguments.delta" and str(event.get("item_id")) in self._calls:
-            call = {"index": self._calls[str(event.get("item_id"))], "function": {"arguments": event.get("delta", "")}}
-            return [self._chunk({"tool_calls": [call]})]
-        if kind in ("response.completed", "response.incomplete") and response is not None:
-            return self._end(response)
-        if kind == "response.failed" or kind == "error":
-            self._ended = True
-            error = response.get("error") if response is not None else event
-            self.usage = usage_to_chat(response.get("usage")) if response is not None else None
-            message = error.get("message") if isinstance(error, dict) else None
-            code = error.get("code") if isinstance(error, dict) else None
-            return [
-                {"error": {"message": message or "The upstream response failed.", "type": "api_error", "code": code}}
-            ]
-        return []
-
-    def _end(self, response: Json) -> list[Json]:
-        self._ended = True
-        chunks = [*self._first(), self._chunk({}, _finish_reason(response, bool(self._calls)))]
-        self.usage = usage_to_chat(response.get("usage"))
-        if self.include_usage and self.usage is not None:
-            chunks.append(
-                {
-                    "id": self._id,
-                    "object": "chat.completion.chunk",
-                    "created": self._created,
-                    "model": self.model,
-                    "choices": [],
-                    "usage": self.usage,
-                }
-            )
-        return chunks
-
-    def finish(self) -> list[Json]:
-        """Closing chunks when the stream ended without a terminal event: a plain stop."""
-        if self._ended:
-            return []
-        self._ended = True
-        return [*self._first(), self._chunk({}, "stop")]
