@@ -289,7 +289,7 @@ class Responses:
         items: dict[str, Any] = {}
         for response_id in {fmt.response_id_for_item(ref) for ref in fmt.item_references(request)} - {None}:
             row = await self.store.get(str(response_id)) if storable(str(response_id)) else None
-            if row is None or row.body is None or not visible(row, principal):
+            if row is None or row.body is None or row.too_large or not visible(row, principal):
                 continue
             for item in orjson.loads(row.body).get("output") or []:
                 if isinstance(item, dict) and isinstance(item.get("id"), str):
@@ -318,7 +318,7 @@ class Responses:
                         param="previous_response_id",
                     )
                 return None
-            if row.body is None:
+            if row.body is None or row.too_large:
                 raise previous_not_found(previous)
             chain.append(row)
             response = orjson.loads(row.body)

@@ -145,7 +145,7 @@ async def resource(services: Services, scope: Scope, receive: Receive, send: Sen
     if row.native:
         return await _native(services, scope, receive, row, found, responder)
     method = scope["method"]
-    if row.body is None:
+    if row.body is None or row.too_large:  # too large to keep (a background one keeps its queued object)
         raise ResponseNotFound(found.response_id)
     if found.action == "input_items":
         listing = list_items(orjson.loads(row.input_items or "[]"), found.query)
