@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 from urllib.parse import unquote
 
 from meterway.admin import Admin
-from meterway.api import count_tokens, errors, heads, health, management, proxy, webhooks
+from meterway.api import count_tokens, errors, heads, health, management, proxy, responses, webhooks
 from meterway.api.admin_routes import ROUTES as ADMIN_ROUTES
 from meterway.api.asgi import Incoming, Receive, Responder, Scope, Send, request_id
 from meterway.api.errors import Endpoint
@@ -142,6 +142,10 @@ class Gateway:
         self._messages_not_found = route(self._no_route, None, Api.MESSAGES)  # /v1/messages/...: Anthropic's 404
         self._ui_route = route(self._serve_ui, None)
         self._model_route = route(self._model_info, ("GET",))
+        # /responses/{id} (GET, DELETE), /responses/{id}/cancel (POST), /responses/{id}/input_items (GET)
+        self._response_routes = {
+            action: route(self._response, methods, Api.RESPONSES) for action, methods in responses.ALLOWED.items()
+        }
 
     @property
     def services(self) -> Services | None:
@@ -174,6 +178,8 @@ class Gateway:
         table["/openapi.json"] = route(self._openapi_json, ("GET",))
         table["/models"] = route(self._model_list, ("GET",))
         table["/messages/count_tokens"] = route(self._count_tokens, ("POST",), Api.MESSAGES)
+        table["/responses"] = route(self._responses, ("POST",), Api.RESPONSES, watch=False)
+        table["/responses/input_tokens"] = route(self._input_tokens, ("POST",), Api.RESPONSES)
         return table
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -199,6 +205,9 @@ class Gateway:
             return self._model_route
         if path.startswith("/messages/"):
             return self._messages_not_found
+        if path.startswith("/responses/"):
+            found = responses.target({"path": path})
+            return self._response_routes[found.action] if found is not None else self._not_found
         if path.endswith("/invoice-preview"):
             for prefix in _INVOICE_PREFIXES:
                 customer_id = unquote(path[len(prefix) : -len("/invoice-preview")]) if path.startswith(prefix) else ""
@@ -216,6 +225,18 @@ class Gateway:
     async def _count_tokens(self, scope: Scope, receive: Receive, send: Send) -> None:
         services = self.lifecycle.services or await self.lifecycle.wait_open()
         await count_tokens.handle(services, scope, receive, send)
+
+    async def _responses(self, scope: Scope, receive: Receive, send: Send) -> None:
+        services = self.lifecycle.services or await self.lifecycle.wait_open()
+        await responses.create(services, scope, receive, send)
+
+    async def _response(self, scope: Scope, receive: Receive, send: Send) -> None:
+        services = await self.lifecycle.wait_open()
+        await responses.resource(services, scope, receive, send)
+
+    async def _input_tokens(self, scope: Scope, receive: Receive, send: Send) -> None:
+        services = await self.lifecycle.wait_open()
+        await responses.input_tokens(services, scope, receive, send)
 
     async def _admin(
         self, handlers: Mapping[str, management.Handler], scope: Scope, receive: Receive, send: Send

@@ -36,6 +36,8 @@ import aiohttp
 
 from meterway.admin import Admin
 from meterway.api.models import ModelList
+from meterway.api.response_meter import NativeMeter
+from meterway.api.response_runs import Responses
 from meterway.api.webhooks import Webhooks
 from meterway.auth import Authenticator, KeyCache, Principal, TTLCache
 from meterway.auth.changes import Changes
@@ -80,7 +82,9 @@ class Services:
     changes: Changes  # key, user, team and customer changes, heard from every replica
     admin: Admin  # what the management API, the UI and the CLI call their handlers with
     webhooks: Webhooks  # usage reported by other proxies
+    responses: Responses  # the Responses API's stored responses and background runs
     hooks: tuple[Hook, ...] = ()
+    responses_hooks: tuple[Hook, ...] = ()  # the hooks of POST /v1/responses: `hooks` and the Responses stage
     redis: Any | None = None  # a client on the configured Redis, shared by limits and change announcements
     tracing: Tracing | None = None  # when traces are on
     cache: ResponseCache | None = None  # the response cache, when litellm_settings.cache is on
@@ -260,11 +264,28 @@ async def open_services(settings: Settings, hooks: tuple[Hook, ...] = ()) -> Asy
 
                 sender = Sender(settings.billing, store.outbox, session, metrics)
         webhooks = Webhooks(settings, store, session)
+        upstream = HttpUpstream(session)
+        meter = NativeMeter(
+            store.responses,
+            upstream,
+            router,
+            ledger,
+            keys,
+            settings.responses_background_max,
+            settings.max_upstream_body_bytes,
+        )
+        responses = Responses(
+            store.responses,
+            settings.responses_ttl_s,
+            settings.responses_background_max,
+            settings.max_body_bytes,
+            meter,
+        )
         runtime_models = await _runtime_models(settings, store, router, models, ledger, redis_client)
         services = Services(
             settings=settings,
             http=session,
-            upstream=HttpUpstream(session),
+            upstream=upstream,
             store=store,
             auth=Authenticator(settings.master_key, keys),
             router=router,
@@ -282,7 +303,11 @@ async def open_services(settings: Settings, hooks: tuple[Hook, ...] = ()) -> Asy
                 models=runtime_models,
             ),
             webhooks=webhooks,
+            responses=responses,
             hooks=(limits, *hooks),
+            # POST /v1/responses only (no other request crosses it): after the limits, so a request
+            # over budget is refused before a background one is answered
+            responses_hooks=(limits, responses, *hooks),
             redis=redis_client,
             tracing=tracing,
             cache=cache,
@@ -293,6 +318,7 @@ async def open_services(settings: Settings, hooks: tuple[Hook, ...] = ()) -> Asy
             tasks.append(asyncio.create_task(changes.listen()))
             if router.shares_cooldowns:  # takes in other replicas' cooldowns
                 tasks.append(asyncio.create_task(router.cooldowns.listen([d.id for d in settings.deployments])))
+        tasks.append(asyncio.create_task(responses.purge()))
         if runtime_models.writable:  # takes in other replicas' model changes
             tasks.append(asyncio.create_task(runtime_models.watch()))
         if sender is not None:
@@ -301,6 +327,7 @@ async def open_services(settings: Settings, hooks: tuple[Hook, ...] = ()) -> Asy
             stack.push_async_callback(_stop_sender, sender, sending)
         # last in, first out: the rows queued at shutdown are written before anything closes
         stack.push_async_callback(ledger.flush, settings.shutdown_flush_s)
+        stack.push_async_callback(responses.close)  # before that flush: background runs write their rows
         yield services
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from meterway.api import webhooks
+from meterway.api import openapi, responses, webhooks
 from meterway.api.admin_routes import ROUTES
 from tests.support.gateway import RunningGateway
 
@@ -18,6 +18,11 @@ def test_openapi_describes_every_management_route(gateway: RunningGateway) -> No
     served = {route for route in ROUTES if not route[1].startswith("/end_user/")}
     served.add(("GET", "/customer/{customer_id}/invoice-preview"))  # the one route with an id in its path
     served |= {("POST", path) for path in webhooks.INGEST}  # served apart: they take the webhook secret
+    served |= {(method, path) for method, path, _, _ in openapi.RESPONSES}  # OpenAI's Responses API
+    # every method the Responses routes take is documented
+    assert {op[0] for op in openapi.RESPONSES} == {m for methods in responses.ALLOWED.values() for m in methods} | {
+        "POST"
+    }
     assert documented == served
     schemas = doc["components"]["schemas"]
     generate = doc["paths"]["/key/generate"]["post"]["requestBody"]["content"]["application/json"]["schema"]
@@ -27,6 +32,6 @@ def test_openapi_describes_every_management_route(gateway: RunningGateway) -> No
     for path, ops in doc["paths"].items():
         for op in ops.values():
             body = op.get("requestBody")
-            if body:
+            if body and "$ref" in body["content"]["application/json"]["schema"]:
                 ref = body["content"]["application/json"]["schema"]["$ref"]
                 assert ref.rsplit("/", 1)[1] in schemas, path

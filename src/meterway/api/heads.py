@@ -76,10 +76,27 @@ class _Messages(msgspec.Struct):
     metadata: msgspec.Raw = _ABSENT
 
 
+class _Responses(msgspec.Struct):
+    """OpenAI's Responses API request. OpenAI's spec makes `input` optional (a stored prompt or a
+    conversation may stand in for it); meterway serves neither, so here it is required."""
+
+    model: str
+    input: msgspec.Raw
+    stream: bool | None = None
+    user: str | None = None
+    max_output_tokens: int | None = None
+    store: bool | None = None
+    background: bool | None = None
+    previous_response_id: str | None = None
+    tags: msgspec.Raw = _ABSENT
+    metadata: msgspec.Raw = _ABSENT
+
+
 _chat = msgspec.json.Decoder(_Chat)
 _completion = msgspec.json.Decoder(_Completion)
 _embedding = msgspec.json.Decoder(_Embedding)
 _messages = msgspec.json.Decoder(_Messages)
+_responses = msgspec.json.Decoder(_Responses)
 
 S = TypeVar("S")
 
@@ -241,3 +258,41 @@ def messages(body: bytes) -> RequestHead:
     tags, metadata = _extras(m.tags, m.metadata, anthropic=True) if m.tags or m.metadata else _NONE
     user = metadata.get("user_id") if metadata else None
     return RequestHead(m.model, bool(m.stream), True, user, m.max_tokens, tags, metadata)
+
+
+def responses(body: bytes) -> RequestHead:
+    """A Responses API request: `input` a string or a non-empty array of items; its usage always
+    comes (in `response.completed`), so `include_usage` is set; `max_output_tokens` is the cap."""
+    r = decode(_responses, body)
+    _model(r.model)
+    data = bytes(r.input).lstrip()
+    if not data.startswith((b'"', b"[")):
+        raise BadRequest(
+            "Invalid type for 'input': expected a string or an array of input items.",
+            param="input",
+            code="invalid_type",
+        )
+    if data.startswith(b"["):
+        _array(r.input, "input")
+    if r.previous_response_id is not None:
+        bounds.text(r.previous_response_id, "previous_response_id")
+    tags, metadata = _extras(r.tags, r.metadata) if r.tags or r.metadata else _NONE
+    cap = _max_tokens(r.max_output_tokens, "max_output_tokens")
+    return RequestHead(r.model, bool(r.stream), True, _user(r.user), cap, tags, metadata)
+
+
+class ResponsesOptions(msgspec.Struct):
+    """What the Responses endpoints decide on beside the head: storing, background and the earlier
+    response (read from the same body; the head decoder has checked it)."""
+
+    store: bool | None = None
+    background: bool | None = None
+    previous_response_id: str | None = None
+    stream: bool | None = None
+
+
+_responses_options = msgspec.json.Decoder(ResponsesOptions)
+
+
+def responses_options(body: bytes) -> ResponsesOptions:
+    return decode(_responses_options, body)

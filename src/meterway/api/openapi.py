@@ -111,6 +111,21 @@ INGEST: list[tuple[str, str]] = [
     ("/webhooks/usage", "Usage of one request (or a list) reported by another proxy; a single event is answered alone"),
     ("/webhooks/usage/batch", 'Usage of many requests: a list or {"events": [...]}, stored whole or not at all'),
 ]
+# OpenAI's Responses API (also without /v1): bodies and answers in OpenAI's shapes, described by
+# OpenAI's own spec (openai/openai-openapi), so only named here. A key sees only its own responses.
+RESPONSES: list[tuple[str, str, str, Query]] = [
+    ("POST", "/v1/responses", "Create a response (plain, streamed, or background); one ledger row", ()),
+    ("GET", "/v1/responses/{response_id}", "A response (stream=true: as events); never charged", ("stream",)),
+    ("DELETE", "/v1/responses/{response_id}", "Delete a response", ()),
+    ("POST", "/v1/responses/{response_id}/cancel", "Cancel a background response still running", ()),
+    (
+        "GET",
+        "/v1/responses/{response_id}/input_items",
+        "A response's input items, a page at a time",
+        ("limit", "order", "after"),
+    ),
+    ("POST", "/v1/responses/input_tokens", "The input tokens a request would use; never charged", ()),
+]
 _EVENTS = {
     "description": 'A usage event or LiteLLM\'s StandardLoggingPayload; one, a list, or {"events": [...]} '
     "(at most 1000 events)",
@@ -168,6 +183,29 @@ def document() -> bytes:
         if params:
             op["parameters"] = params
         paths.setdefault(path, {})[method.lower()] = op
+    for method, path, summary, query in RESPONSES:
+        params = [{"name": "response_id", "in": "path", "required": True, "schema": {"type": "string"}}]
+        operation: dict[str, Any] = {
+            "summary": summary,
+            "security": [{"bearer": []}],
+            "responses": {
+                "200": {"description": "OpenAI's shape"},
+                "404": {
+                    "description": "Unknown, expired, or another key's response",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+                },
+            },
+        }
+        found = params if "{" in path else []
+        found += [{"name": q, "in": "query", "schema": {"type": "string"}} for q in query]
+        if found:
+            operation["parameters"] = found
+        if method == "POST" and "{" not in path:
+            operation["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": {"type": "object"}}},
+            }
+        paths.setdefault(path, {})[method.lower()] = operation
     for path, summary in INGEST:
         paths[path] = {
             "post": {

@@ -90,6 +90,8 @@ GENERAL = {
     "require_customer_binding",
     "max_upstream_event_bytes",
     "max_upstream_body_bytes",
+    "responses_ttl_days",
+    "responses_background_max",
 }
 # Routing keys LiteLLM also reads from litellm_settings (its docs show both); router_settings wins.
 LITELLM_ROUTING = {
@@ -300,6 +302,16 @@ def parse_config(
         general, env, "max_upstream_body_bytes", "METERWAY_MAX_UPSTREAM_BODY_BYTES", DEFAULT_MAX_UPSTREAM_BODY_BYTES
     )
 
+    ttl_days = general.get("responses_ttl_days")
+    responses_ttl_days = (
+        _positive(ttl_days, "general_settings.responses_ttl_days")
+        if ttl_days is not None
+        else _env_number(env, "METERWAY_RESPONSES_TTL_DAYS", 30.0)
+    )
+    background_max = general.get("responses_background_max", 64)
+    if not isinstance(background_max, int) or isinstance(background_max, bool) or background_max < 0:
+        raise ConfigError("general_settings.responses_background_max must be a whole number, 0 or more")
+
     webhook_secret = general.get("webhook_secret") or env.get("METERWAY_WEBHOOK_SECRET") or None
     if webhook_secret is not None and (not isinstance(webhook_secret, str) or len(webhook_secret) < 16):
         raise ConfigError("general_settings.webhook_secret must be a string of at least 16 characters")
@@ -344,6 +356,8 @@ def parse_config(
         budget_default_output_tokens=output_tokens,
         lease_ttl_s=lease_ttl,
         ledger_queue_size=queue,
+        responses_ttl_s=responses_ttl_days * 86400.0,
+        responses_background_max=background_max,
         unpriced_models=tuple(unpriced),
         redis_url=Secret(redis_url) if redis_url else None,
         salt_key=Secret(salt) if (salt := env.get("METERWAY_SALT_KEY") or env.get("LITELLM_SALT_KEY")) else None,

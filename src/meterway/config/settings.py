@@ -109,6 +109,10 @@ class Settings:
     lease_ttl_s: float = 660.0  # how long a reservation outlives a replica that died holding it
     ledger_queue_size: int = 10_000  # ledger rows that may wait for the database before requests get 503
     shutdown_flush_s: float = 30.0  # at shutdown, how long queued ledger rows may take to be written
+    # Responses API: how long a stored response is kept (OpenAI keeps them 30 days), and how many
+    # background responses one worker runs at once (beyond: 429)
+    responses_ttl_s: float = 30 * 86400.0
+    responses_background_max: int = 64
     unpriced_models: tuple[str, ...] = ()  # deployments with no known price: their cost is NULL
     billing: Billing | None = None  # usage export to Lago, when configured
     telemetry: Telemetry = field(default_factory=Telemetry)  # traces and metrics settings

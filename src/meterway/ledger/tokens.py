@@ -68,6 +68,8 @@ class TokenCounter:
             return self._inputs(request.get("input"))
         if api is Api.COMPLETIONS:
             return self._inputs(request.get("prompt"))
+        if api is Api.RESPONSES:
+            return self._response_input(request)
         messages = request.get("messages") or []
         total = REPLY_PRIMING
         if api is Api.MESSAGES and request.get("system"):
@@ -93,6 +95,24 @@ class TokenCounter:
         for chunk in chunks:
             stream.add(chunk)
         return stream.tokens()
+
+    def _response_input(self, request: dict[str, Any]) -> int:
+        """A Responses request counted as its chat form would be: `instructions` as a system
+        message, a string `input` as a user message, each input item as a message (its string
+        fields, a function call's arguments and a function call output's text among them)."""
+        messages: list[Any] = []
+        if isinstance(request.get("instructions"), str):
+            messages.append({"role": "system", "content": request["instructions"]})
+        items = request.get("input")
+        if isinstance(items, str):
+            messages.append({"role": "user", "content": items})
+        elif isinstance(items, list):
+            messages.extend(items)
+        total = REPLY_PRIMING
+        for item in messages:
+            if isinstance(item, dict):
+                total += PER_MESSAGE + sum(self.count(_text(v)) for k, v in item.items() if k not in _NOT_TEXT)
+        return total
 
     def _inputs(self, value: Any) -> int:
         if isinstance(value, str):
@@ -139,12 +159,23 @@ def _choices_text(choices: Any, field: str) -> list[str]:
 def _answer_text(answer: dict[str, Any]) -> str:
     parts = _choices_text(answer.get("choices"), "message")
     parts.extend(_text(block) for block in answer.get("content") or [])  # Anthropic's shape
+    output = answer.get("output")  # a Response: its message items' text, its function calls' arguments
+    if isinstance(output, list):
+        for item in output:
+            if isinstance(item, dict):
+                parts.append(_text(item.get("content")) + _text(item.get("arguments")))
     return "".join(parts)
+
+
+_NOT_TEXT = ("id", "type", "status", "call_id")  # a Responses input item's fields that are no prompt text
+_RESPONSES_DELTAS = ("response.output_text.delta", "response.function_call_arguments.delta")
 
 
 def _delta_text(event: dict[str, Any]) -> str:
     parts = _choices_text(event.get("choices"), "delta")
     delta = event.get("delta")  # Anthropic's content_block_delta
+    if event.get("type") in _RESPONSES_DELTAS and isinstance(delta, str):
+        parts.append(delta)
     if event.get("type") == "content_block_delta" and isinstance(delta, dict):
         parts.append(str(delta.get("text") or delta.get("partial_json") or ""))
     return "".join(parts)

@@ -22,6 +22,7 @@ from meterway.store.keys import KeyStore
 from meterway.store.ledger import LedgerStore
 from meterway.store.outbox import OutboxStore
 from meterway.store.reports import Reports
+from meterway.store.responses import ResponseStore
 from meterway.store.url import parse, where
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ class Store:
         self.ledger = LedgerStore(engine, export=export)
         self.reports = Reports(engine)
         self.outbox = OutboxStore(engine)
+        self.responses = ResponseStore(engine)
 
     @classmethod
     async def open(cls, url: str, *, wait_s: float, run_migrations: bool, export: bool = False) -> Store:

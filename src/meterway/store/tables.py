@@ -296,3 +296,26 @@ models = Table(
     Column("model_info", JSON, nullable=False, default=dict),
     *_times(),
 )
+
+# Responses API responses (migration 0010), by id: whose they are, which deployment served them (a
+# native one is asked again for them), and, for a response bridged to a chat API, the Response
+# object and its input items as JSON text (NULL when not stored: `too_large` says why). A row is
+# visible only to the key that created it (and the master key); it expires at `expires_at`.
+responses = Table(
+    "mw_responses",
+    metadata,
+    Column("response_id", String(128), primary_key=True),
+    Column("key_id", String(64), nullable=True),  # key digest or "master"
+    Column("team_id", String(255), nullable=True),
+    Column("model_group", String(255), nullable=True),
+    Column("deployment_id", String(255), nullable=False),
+    Column("native", Boolean, nullable=False, server_default="0"),
+    Column("status", String(16), nullable=False),  # queued, in_progress, completed, incomplete, failed, cancelled
+    Column("body", Text, nullable=True),
+    Column("input_items", Text, nullable=True),
+    Column("too_large", Boolean, nullable=False, server_default="0"),
+    Column("metered", Boolean, nullable=False, server_default="0"),  # its generation's ledger row is written
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Index("ix_mw_responses_expires_at", "expires_at"),
+)
