@@ -313,7 +313,7 @@ def test_usage_the_upstream_did_not_report_is_shown_as_billed(
             model="llama", input="hello there", extra_headers={"x-request-id": rid}
         )
         response = raw.parse()
-        assert raw.headers["x-meterway-usage"] == "estimated"
+        assert raw.headers["x-meterway-usage-estimated"] == "true"
     row = _row(gw, rid)
     assert response.usage is not None and row["tokens_estimated"] is True
     assert (row["prompt_tokens"], row["completion_tokens"]) == (

@@ -30,6 +30,7 @@ from meterway.api.asgi import EVENT_STREAM, Message, Receive, Responder, Send
 from meterway.api.response_shapes import as_input, final_response, with_usage
 from meterway.auth import MASTER_ID
 from meterway.errors import BadRequest, RateLimited, RouteNotFound
+from meterway.providers import billed
 from meterway.providers import responses_format as fmt
 from meterway.providers.base import Api
 from meterway.providers.responses_adapter import ResponsesAdapter
@@ -130,16 +131,17 @@ class Run:
 
     def _billed(self, message: Message) -> Message:
         """The last bytes, with the usage the ledger recorded where the upstream reported none
-        (the row is committed by now), marked by `x-meterway-usage: estimated` on a whole answer."""
+        (the row is committed by now): on a whole answer with the header `billed.HEADER`, in a
+        stream's terminal event with the `meterway` mark (docs/ledger.md, "What the client is shown")."""
         ctx = self.pending.ctx if self.pending is not None else None
-        if ctx is None or ctx.counted is None:
+        if ctx is None or ctx.counted is None or not ctx.estimated:
             return message
         filled = with_usage(message.get("body", b""), fmt.responses_usage(ctx.counted))
         if filled is None:
             return message
         if self._start is not None:
             headers = [(k, v) for k, v in self._start["headers"] if k != b"content-length"]
-            headers += [(b"content-length", b"%d" % len(filled)), (b"x-meterway-usage", b"estimated")]
+            headers += [(b"content-length", b"%d" % len(filled)), billed.HEADER]
             self._start = dict(self._start, headers=headers)
         return dict(message, body=filled)
 

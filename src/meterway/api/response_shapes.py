@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 
 from meterway.errors import BadRequest
+from meterway.providers import billed
 from meterway.providers import responses_format as fmt
 
 _TERMINAL_EVENTS = {b"response.completed", b"response.incomplete", b"response.failed"}
@@ -71,6 +72,7 @@ def with_usage(last: bytes, usage: dict[str, Any]) -> bytes | None:
         if event["response"].get("usage") is not None:
             return None
         event["response"]["usage"] = usage
+        event["meterway"] = billed.MARK
         blocks[i] = fmt.sse(event).removesuffix(b"\n\n")
         return b"\n\n".join(blocks)
     return None
