@@ -55,6 +55,7 @@ class RequestContext:
     cost_units: int | None = None  # set by the ledger: the cost, in money units
     tokens_used: int = 0  # set by the ledger: the tokens, reported or counted
     counted: Usage | None = None  # set by the ledger: the usage it recorded (reported or counted)
+    estimated: bool = False  # set by the ledger: `counted` is its own count (none, or none believable, reported)
     ledger_uid: str | None = None  # set by the ledger: its row's uid
     upstream_status: int = 0  # the upstream's HTTP status, once it answered
     span: Span | None = None  # the request's server span, when traces are on

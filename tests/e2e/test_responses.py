@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jsonschema
 import openai
 import pytest
 
@@ -175,7 +176,7 @@ def test_a_tool_round_trip_with_function_call_output(
     assert second.previous_response_id == first.id
 
 
-@pytest.mark.parametrize("model", ["gpt", "claude", "llama"])  # Gemini's stand-in answers prose whatever it asks
+@pytest.mark.parametrize("model", ["gpt", "claude", "gemini", "llama"])
 def test_text_format_json_schema_parses_and_validates(
     model: str, gw: RunningGateway, up: ProviderStandIn, client: openai.OpenAI
 ) -> None:
@@ -184,8 +185,7 @@ def test_text_format_json_schema_parses_and_validates(
         input="hello there",
         text={"format": {"type": "json_schema", "name": "reply", "schema": SCHEMA, "strict": True}},
     )
-    parsed = json.loads(response.output_text)
-    assert set(parsed) == {"answer"} and isinstance(parsed["answer"], str)
+    jsonschema.validate(json.loads(response.output_text), SCHEMA)
 
 
 @pytest.mark.parametrize("model", ["claude", "llama"])
@@ -313,7 +313,7 @@ def test_usage_the_upstream_did_not_report_is_shown_as_billed(
             model="llama", input="hello there", extra_headers={"x-request-id": rid}
         )
         response = raw.parse()
-        assert raw.headers["x-meterway-usage"] == "estimated"
+        assert raw.headers["x-meterway-usage-estimated"] == "true"
     row = _row(gw, rid)
     assert response.usage is not None and row["tokens_estimated"] is True
     assert (row["prompt_tokens"], row["completion_tokens"]) == (

@@ -538,6 +538,7 @@ def _run_anthropic_stream(stream: MessagesToChatStream, events: list[tuple[str, 
 
 
 def test_messages_stream_text_and_tool_use_gives_exact_chunk_sequence() -> None:
+    """Every chunk names the model that answered, as message_start names it (not the client's alias)."""
     stream = MessagesToChatStream("my-alias", include_usage=True, created=1700000000)
     chunks = _run_anthropic_stream(stream, ANTHROPIC_EVENTS)
 
@@ -546,7 +547,7 @@ def test_messages_stream_text_and_tool_use_gives_exact_chunk_sequence() -> None:
             "id": "msg_01XYZ",
             "object": "chat.completion.chunk",
             "created": 1700000000,
-            "model": "my-alias",
+            "model": "claude-sonnet-4-5-20250929",
             "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
             "usage": None,
         }
@@ -582,7 +583,7 @@ def test_messages_stream_text_and_tool_use_gives_exact_chunk_sequence() -> None:
             "id": "msg_01XYZ",
             "object": "chat.completion.chunk",
             "created": 1700000000,
-            "model": "my-alias",
+            "model": "claude-sonnet-4-5-20250929",
             "choices": [],
             "usage": usage,
         },
@@ -1045,6 +1046,7 @@ OPENAI_CHUNKS: list[JSON] = [
 
 
 def test_chat_stream_text_and_tool_calls_gives_exact_event_sequence() -> None:
+    """message_start names the model that answered, as the upstream's chunks name it."""
     stream = ChatToMessagesStream("claude-alias", "msg_gw_1")
     events: list[tuple[str, JSON]] = []
     for chunk in OPENAI_CHUNKS:
@@ -1067,7 +1069,7 @@ def test_chat_stream_text_and_tool_calls_gives_exact_event_sequence() -> None:
                     "id": "msg_gw_1",
                     "type": "message",
                     "role": "assistant",
-                    "model": "claude-alias",
+                    "model": "gpt-4o",
                     "content": [],
                     "stop_reason": None,
                     "stop_sequence": None,

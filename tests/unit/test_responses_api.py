@@ -15,8 +15,8 @@ from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
 from meterway.api import heads
-from meterway.api.response_runs import final_response, with_usage
-from meterway.api.responses import list_items, replay_events, target
+from meterway.api.response_shapes import final_response, list_items, replay_events, with_usage
+from meterway.api.responses import target
 from meterway.errors import BadRequest
 from meterway.ledger.tokens import TokenCounter
 from meterway.providers import responses_format as fmt

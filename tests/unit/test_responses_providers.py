@@ -64,7 +64,8 @@ def test_each_deployment_gets_the_responses_provider_its_upstream_allows() -> No
         assert isinstance(native, OpenAIProvider) and list(native.urls) == [Api.RESPONSES]
         assert isinstance(dep.provider, ChatFromResponses) and dep.provider.inner is native
         assert isinstance(dep.messages_provider, MessagesAdapter)
-        assert dep.apis == frozenset({Api.CHAT, Api.MESSAGES, Api.RESPONSES})
+        # completions too: the completions bridge rides on the chat served over Responses
+        assert dep.apis == frozenset({Api.CHAT, Api.COMPLETIONS, Api.MESSAGES, Api.RESPONSES})
     az = d["az"].responses_provider
     assert isinstance(az, OpenAIProvider) and az is d["az"].provider
     assert str(az.urls[Api.RESPONSES]) == "https://res.openai.azure.com/openai/v1/responses"

@@ -23,12 +23,13 @@ from meterway.providers.openai import PassthroughRelay, UsageStrippingRelay
 
 USAGE = b'data: {"id":"c","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7}}\n\n'
 CHUNK = b'data: {"id":"c","choices":[{"index":0,"delta":{"content":"hi"}}],"usage":null}\n\n'
-ANTHROPIC = (
+ANTHROPIC_BODY = (
     b'event: message_start\r\ndata: {"type":"message_start","message":{"usage":{"input_tokens":9}}}\r\n\r\n'
     b"\n\n"  # a stray blank line: passed on as it came
     b'event: content_block_delta\ndata: {"type":"content_block_delta","delta":{"text":"message_stop"}}\n\n'
-    b'event: message_delta\ndata: {"type":"message_delta","usage":{"output_tokens":4}}\n\n'
 )
+DELTA = b'event: message_delta\ndata: {"type":"message_delta","usage":{"output_tokens":4}}\n\n'
+ANTHROPIC = ANTHROPIC_BODY + DELTA
 STOP = b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
 
 
@@ -73,24 +74,25 @@ def test_usage_stripping_relay_without_done_closes_with_its_unfinished_event() -
 
 
 @given(st.lists(st.integers(min_value=0), max_size=8))
-def test_anthropic_pass_through_relays_bytes_as_they_came_but_message_stop(cuts: list[int]) -> None:
+def test_anthropic_pass_through_relays_bytes_as_they_came_but_message_delta_and_stop(cuts: list[int]) -> None:
+    """message_delta is held with message_stop: it carries the usage, which `settle` may replace."""
     relay = MessagesPassthroughRelay()
     out, final = _relay(relay, _cut(ANTHROPIC + STOP + b"event: ping\ndata: {}\n\n", cuts))
-    assert out == ANTHROPIC and final == STOP and relay.done
+    assert out == ANTHROPIC_BODY and final == DELTA + STOP and relay.done
     assert relay.usage is not None and (relay.usage.prompt_tokens, relay.usage.completion_tokens) == (9, 4)
 
 
 @pytest.mark.parametrize("stop", [b"event:message_stop\ndata: {}\n\n", b'data: {"type" : "message_stop"}\n\n'])
 def test_anthropic_message_stop_is_told_apart_however_it_is_written(stop: bytes) -> None:
     relay = MessagesPassthroughRelay()
-    assert relay.feed(ANTHROPIC + stop) == ANTHROPIC
-    assert relay.finish() == stop
+    assert relay.feed(ANTHROPIC + stop) == ANTHROPIC_BODY
+    assert relay.finish() == DELTA + stop
 
 
 def test_anthropic_stream_that_never_ends_its_last_event_closes_with_it_as_it_came() -> None:
     relay = MessagesPassthroughRelay()
-    assert relay.feed(ANTHROPIC + b"event: message_stop\r\ndata: {}") == ANTHROPIC
-    assert not relay.done and relay.finish() == b"event: message_stop\r\ndata: {}"
+    assert relay.feed(ANTHROPIC + b"event: message_stop\r\ndata: {}") == ANTHROPIC_BODY
+    assert not relay.done and relay.finish() == DELTA + b"event: message_stop\r\ndata: {}"
 
 
 def test_delivered_stream_let_go_keeps_only_its_size() -> None:

@@ -50,6 +50,15 @@ def _gemini_text(parts: Any) -> str:
     return " ".join(p["text"] for p in parts or [] if isinstance(p, dict) and isinstance(p.get("text"), str))
 
 
+def _gemini_text_only(parts: Any) -> bool:
+    """Whether embedding content is text, as Gemini's embedding models require."""
+    return (
+        isinstance(parts, list)
+        and bool(parts)
+        and all(isinstance(p, dict) and isinstance(p.get("text"), str) for p in parts)
+    )
+
+
 class ProviderStandIn(StandIn):
     """Cohere and Gemini on one port, beside `StandIn`'s OpenAI, Azure and Anthropic routes (so one
     stand-in serves every provider family); `received` records them all."""
@@ -101,6 +110,7 @@ class ProviderStandIn(StandIn):
             "tokens": {"input_tokens": prompt + 5, "output_tokens": output},  # the template's tokens are not billed
         }
         call.record.usage = {"prompt_tokens": prompt, "completion_tokens": output}
+        no_usage = call.script is not None and call.script.no_usage
         if not p.get("stream"):
             message: dict[str, Any] = {"role": "assistant"}
             if call_tool:
@@ -110,7 +120,7 @@ class ProviderStandIn(StandIn):
                 ]
             else:
                 message["content"] = [{"type": "text", "text": text}]
-            answer = {"id": mid, "finish_reason": finish, "message": message, "usage": usage}
+            answer = {"id": mid, "finish_reason": finish, "message": message, **({} if no_usage else {"usage": usage})}
             return await self._json(call, answer, usage=call.record.usage)
         frames: list[Frame] = [
             ("message-start", {"id": mid, "type": "message-start", "delta": {"message": {"role": "assistant"}}})
@@ -137,7 +147,7 @@ class ProviderStandIn(StandIn):
                 delta = {"message": {"content": {"text": piece}}}
                 frames.append(("content-delta", {"type": "content-delta", "index": 0, "delta": delta}))
             frames.append(("content-end", {"type": "content-end", "index": 0}))
-        end = {"type": "message-end", "delta": {"finish_reason": finish, "usage": usage}}
+        end = {"type": "message-end", "delta": {"finish_reason": finish, **({} if no_usage else {"usage": usage})}}
         frames.append(("message-end", end))
         return await self._sse(call, frames, usage=call.record.usage)
 
@@ -148,12 +158,17 @@ class ProviderStandIn(StandIn):
         texts = p.get("texts")
         if not isinstance(texts, list) or not p.get("input_type"):
             return await self._plain_json(call, 400, {"message": "invalid request: texts and input_type are required"})
+        if not all(isinstance(t, str) for t in texts):
+            return await self._plain_json(call, 400, {"message": "invalid request: texts must be strings"})
         tokens = sum(count_words(t) for t in texts)
+        meta: dict[str, Any] = {"api_version": {"version": "2"}, "billed_units": {"input_tokens": tokens}}
+        if call.script is not None and call.script.no_usage:
+            del meta["billed_units"]
         body = {
             "id": f"embed-standin-{next(self._ids)}",
             "embeddings": {"float": [embedding_for(t, p.get("output_dimension") or 8) for t in texts]},
             "texts": texts,
-            "meta": {"api_version": {"version": "2"}, "billed_units": {"input_tokens": tokens}},
+            "meta": meta,
             "response_type": "embeddings_by_type",
         }
         return await self._json(call, body, usage={"prompt_tokens": tokens})
@@ -173,12 +188,16 @@ class ProviderStandIn(StandIn):
         if call.json_error is not None:
             return await self._gemini_error(call, 400, "INVALID_ARGUMENT", "Invalid JSON payload received.")
         if method == "embedContent":
+            if not _gemini_text_only(call.payload.get("content", {}).get("parts")):
+                return await self._gemini_error(call, 400, "INVALID_ARGUMENT", "content.parts must be text.")
             values = embedding_for(_gemini_text(call.payload.get("content", {}).get("parts")))
             return await self._json(call, {"embedding": {"values": values}})
         if method == "batchEmbedContents":
             requests = call.payload.get("requests") or []
             if any(r.get("model") != f"models/{model}" for r in requests):
                 return await self._gemini_error(call, 400, "INVALID_ARGUMENT", "Each request's model must match.")
+            if not all(_gemini_text_only((r.get("content") or {}).get("parts")) for r in requests):
+                return await self._gemini_error(call, 400, "INVALID_ARGUMENT", "content.parts must be text.")
             return await self._json(
                 call, {"embeddings": [{"values": embedding_for(_gemini_text(r["content"]["parts"]))} for r in requests]}
             )
@@ -212,13 +231,14 @@ class ProviderStandIn(StandIn):
             output = count_words(text)
         usage = {"promptTokenCount": prompt, "candidatesTokenCount": output, "totalTokenCount": prompt + output}
         call.record.usage = {"prompt_tokens": prompt, "completion_tokens": output}
+        no_usage = call.script is not None and call.script.no_usage
         rid = f"gemini-standin-{next(self._ids)}"
         if method == "generateContent":
             body = {
                 "candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": "STOP", "index": 0}],
-                "usageMetadata": usage,
                 "modelVersion": model,
                 "responseId": rid,
+                **({} if no_usage else {"usageMetadata": usage}),
             }
             return await self._json(call, body, usage=call.record.usage)
         if request.query.get("alt") != "sse":
@@ -231,7 +251,8 @@ class ProviderStandIn(StandIn):
             if last:
                 candidate["finishReason"] = "STOP"
             meta = usage if last else {"promptTokenCount": prompt, "totalTokenCount": prompt}
-            frames.append(
-                (None, {"candidates": [candidate], "usageMetadata": meta, "modelVersion": model, "responseId": rid})
-            )
+            frame = {"candidates": [candidate], "usageMetadata": meta, "modelVersion": model, "responseId": rid}
+            if no_usage:
+                del frame["usageMetadata"]
+            frames.append((None, frame))
         return await self._sse(call, frames, usage=call.record.usage)

@@ -255,7 +255,9 @@ class Script:
     break_after: int | None = None
     drop: bool = False
     path: str | None = None
-    no_usage: bool = False  # OpenAI chat: answer without usage, even when the request asks for it
+    # answer without usage, even when the request asks for it: OpenAI chat and embeddings, Anthropic
+    # messages (no usage in message_start, message_delta or the body), Cohere and Gemini (ProviderStandIn)
+    no_usage: bool = False
     event_gap: float = 0.0  # seconds between a stream's events (a stream still going when a test acts)
     # Misbehaviours of a buggy or hostile upstream (OpenAI chat and Anthropic messages):
     usage_raw: bytes | None = None  # the answer's `usage` value, as these JSON bytes (b'{"prompt_tokens": -5}')
@@ -1246,6 +1248,8 @@ class StandIn:
         tokens = sum(count_words(item) if isinstance(item, str) else len(item) for item in inputs)
         usage = {"prompt_tokens": tokens, "total_tokens": tokens}
         body = {"object": "list", "data": data, "model": self._openai_model(call), "usage": usage}
+        if call.script is not None and call.script.no_usage:
+            del body["usage"]
         return await self._json(call, body, usage=usage, headers=self._openai_headers())
 
     def _model_ids(self) -> list[str]:
@@ -1392,6 +1396,8 @@ class StandIn:
                 },
                 {"type": "message_stop"},
             ]
+            if call.script is not None and call.script.no_usage:
+                del start_message["usage"], events[-2]["usage"]
             return await self._sse(call, [(event["type"], event) for event in events], usage=usage, headers=headers)
 
         body = {
@@ -1404,6 +1410,8 @@ class StandIn:
             "stop_sequence": None,
             "usage": usage,
         }
+        if call.script is not None and call.script.no_usage:
+            del body["usage"]
         return await self._json(call, body, usage=usage, headers=headers)
 
 

@@ -17,7 +17,7 @@ from meterway.api import errors
 from meterway.errors import MeterwayError
 from meterway.ledger import usage_checks
 from meterway.ledger.tokens import DeliveredStream
-from meterway.providers import sse
+from meterway.providers import billed, sse
 from meterway.providers.transport import UPSTREAM_TOO_LARGE, too_large
 
 if TYPE_CHECKING:
@@ -37,9 +37,15 @@ def flag(ctx: RequestContext, err: MeterwayError) -> None:
 
 
 async def answer(services: Services, ctx: RequestContext, parsed: Parsed, responder: Responder) -> None:
+    """Sends a whole answer once its row is committed. When the ledger counted the tokens itself,
+    the body's usage is replaced by the figures billed, and a header says they are estimated."""
     ctx.usage, ctx.answer, ctx.status_code = parsed.usage, parsed.body, 200
     await services.ledger.record(ctx)
-    await responder.whole(200, parsed.body, parsed.content_type.encode())
+    extra: list[tuple[bytes, bytes]] | None = None
+    if ctx.estimated and ctx.counted is not None:
+        ctx.answer = billed.body_with_usage(ctx.api, parsed.body, ctx.counted)
+        extra = [billed.HEADER]
+    await responder.whole(200, ctx.answer, parsed.content_type.encode(), extra)
 
 
 def deliver(ctx: RequestContext, delivered: DeliveredStream, out: bytes) -> None:
@@ -49,10 +55,20 @@ def deliver(ctx: RequestContext, delivered: DeliveredStream, out: bytes) -> None
 
 
 async def end_stream(
-    services: Services, ctx: RequestContext, usage: Usage | None, final: bytes, responder: Responder
+    services: Services,
+    ctx: RequestContext,
+    usage: Usage | None,
+    final: bytes,
+    responder: Responder,
+    stream: StreamRelay | None = None,
 ) -> None:
-    ctx.usage, ctx.status_code, ctx.closing = usage, 200, final
+    """Commits the row, then sends the stream's closing bytes; when the ledger counted the tokens
+    itself, the relay puts the billed figures in them for a client that asked (`StreamRelay.settle`)."""
+    ctx.usage, ctx.status_code = usage, 200
     await services.ledger.record(ctx)
+    if stream is not None and ctx.estimated and ctx.counted is not None:
+        final = stream.settle(ctx.counted, final)
+    ctx.closing = final
     if not responder.started:  # an upstream stream that produced nothing before its end
         await responder.start_stream()
     await responder.end(final)
@@ -128,7 +144,7 @@ async def relay(
                 return
             watch.finished = True
         final = stream.finish()  # sets the usage of a relay that reads it at the end
-        await end_stream(services, ctx, stream.usage, final, responder)
+        await end_stream(services, ctx, stream.usage, final, responder, stream)
     except MeterwayError as e:
         if watch is not None and watch.left:
             ctx.client_aborted = True

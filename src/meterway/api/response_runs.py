@@ -27,8 +27,10 @@ import orjson
 
 from meterway.api import heads
 from meterway.api.asgi import EVENT_STREAM, Message, Receive, Responder, Send
+from meterway.api.response_shapes import as_input, final_response, with_usage
 from meterway.auth import MASTER_ID
 from meterway.errors import BadRequest, RateLimited, RouteNotFound
+from meterway.providers import billed
 from meterway.providers import responses_format as fmt
 from meterway.providers.base import Api
 from meterway.providers.responses_adapter import ResponsesAdapter
@@ -47,7 +49,6 @@ ID_MAX = 128  # characters of a response id (mw_responses.response_id)
 CHAIN_MAX = 256  # earlier responses followed back through previous_response_id, at most
 CANCEL_WAIT_S = 5.0  # a cancelled background run may take this long to stop before it is cut
 PURGE_EVERY_S = 3600.0  # expired responses are deleted this often
-_TERMINAL_EVENTS = {b"response.completed", b"response.incomplete", b"response.failed"}
 RUNNING = frozenset({"queued", "in_progress"})
 
 
@@ -130,16 +131,17 @@ class Run:
 
     def _billed(self, message: Message) -> Message:
         """The last bytes, with the usage the ledger recorded where the upstream reported none
-        (the row is committed by now), marked by `x-meterway-usage: estimated` on a whole answer."""
+        (the row is committed by now): on a whole answer with the header `billed.HEADER`, in a
+        stream's terminal event with the `meterway` mark (docs/ledger.md, "What the client is shown")."""
         ctx = self.pending.ctx if self.pending is not None else None
-        if ctx is None or ctx.counted is None:
+        if ctx is None or ctx.counted is None or not ctx.estimated:
             return message
         filled = with_usage(message.get("body", b""), fmt.responses_usage(ctx.counted))
         if filled is None:
             return message
         if self._start is not None:
             headers = [(k, v) for k, v in self._start["headers"] if k != b"content-length"]
-            headers += [(b"content-length", b"%d" % len(filled)), (b"x-meterway-usage", b"estimated")]
+            headers += [(b"content-length", b"%d" % len(filled)), billed.HEADER]
             self._start = dict(self._start, headers=headers)
         return dict(message, body=filled)
 
@@ -289,11 +291,11 @@ class Responses:
         items: dict[str, Any] = {}
         for response_id in {fmt.response_id_for_item(ref) for ref in fmt.item_references(request)} - {None}:
             row = await self.store.get(str(response_id)) if storable(str(response_id)) else None
-            if row is None or row.body is None or not visible(row, principal):
+            if row is None or row.body is None or row.too_large or not visible(row, principal):
                 continue
             for item in orjson.loads(row.body).get("output") or []:
                 if isinstance(item, dict) and isinstance(item.get("id"), str):
-                    items[item["id"]] = _as_input([item])[0]
+                    items[item["id"]] = as_input([item])[0]
         try:
             resolved: dict[str, Any] = fmt.resolve_references(request, items)
         except fmt.TranslationError as e:
@@ -318,14 +320,14 @@ class Responses:
                         param="previous_response_id",
                     )
                 return None
-            if row.body is None:
+            if row.body is None or row.too_large:
                 raise previous_not_found(previous)
             chain.append(row)
             response = orjson.loads(row.body)
             at = response.get("previous_response_id")
         items: list[dict[str, Any]] = []
         for row in reversed(chain):
-            items.extend(_as_input(orjson.loads(row.input_items or "[]")))
+            items.extend(as_input(orjson.loads(row.input_items or "[]")))
             items.extend(fmt.output_as_input(orjson.loads(row.body or "{}")))
         return items
 
@@ -413,64 +415,3 @@ def storable(response_id: str) -> bool:
 
 def visible(row: StoredResponse, principal: Principal | None) -> bool:
     return principal is not None and (principal.key_id == MASTER_ID or principal.key_id == row.key_id)
-
-
-def _as_input(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Stored input items as input again: the ids and statuses the listing shows are not input."""
-    return [{k: v for k, v in item.items() if k not in ("id", "status")} for item in items if isinstance(item, dict)]
-
-
-def _terminal(block: bytes) -> dict[str, Any] | None:
-    """The terminal event (`response.completed`, `.incomplete`, `.failed`) one SSE block holds."""
-    payload = b"".join(line[5:].strip() for line in block.splitlines() if line.startswith(b"data:"))
-    if not payload or not any(name in payload for name in _TERMINAL_EVENTS):
-        return None
-    try:
-        event = orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        return None
-    return event if isinstance(event, dict) and isinstance(event.get("response"), dict) else None
-
-
-def _whole(data: bytes) -> dict[str, Any] | None:
-    try:
-        value = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return None
-    return value if isinstance(value, dict) and value.get("object") == "response" else None
-
-
-def final_response(last: bytes) -> dict[str, Any] | None:
-    """The Response in an answer's last bytes: the whole JSON object, or the `response` of the
-    terminal event at the end of a stream."""
-    data = last.strip()
-    if data.startswith(b"{"):
-        return _whole(data)
-    for block in reversed(data.split(b"\n\n")):
-        event = _terminal(block)
-        if event is not None:
-            response: dict[str, Any] = event["response"]
-            return response
-    return None
-
-
-def with_usage(last: bytes, usage: dict[str, Any]) -> bytes | None:
-    """The answer's last bytes with `usage` in a Response that came without one (an upstream that
-    reported none: the client is shown what it is billed), or None when it has its own."""
-    data = last.strip()
-    if data.startswith(b"{"):
-        whole = _whole(data)
-        if whole is None or whole.get("usage") is not None:
-            return None
-        return orjson.dumps(dict(whole, usage=usage))
-    blocks = last.split(b"\n\n")
-    for i in reversed(range(len(blocks))):
-        event = _terminal(blocks[i])
-        if event is None:
-            continue
-        if event["response"].get("usage") is not None:
-            return None
-        event["response"]["usage"] = usage
-        blocks[i] = fmt.sse(event).removesuffix(b"\n\n")
-        return b"\n\n".join(blocks)
-    return None

@@ -38,6 +38,7 @@ from meterway.api.response_runs import (
     storable,
     visible,
 )
+from meterway.api.response_shapes import list_items, replay_events
 from meterway.auth import bearer_token
 from meterway.errors import BadRequest, UnsupportedOperation
 from meterway.providers import responses_format as fmt
@@ -144,7 +145,7 @@ async def resource(services: Services, scope: Scope, receive: Receive, send: Sen
     if row.native:
         return await _native(services, scope, receive, row, found, responder)
     method = scope["method"]
-    if row.body is None:
+    if row.body is None or row.too_large:  # too large to keep (a background one keeps its queued object)
         raise ResponseNotFound(found.response_id)
     if found.action == "input_items":
         listing = list_items(orjson.loads(row.input_items or "[]"), found.query)
@@ -195,35 +196,6 @@ async def _cancel(responses: Responses, row: StoredResponse) -> bytes:
     return orjson.dumps(response)
 
 
-def list_items(items: list[dict[str, Any]], query: dict[str, str]) -> dict[str, Any]:
-    """OpenAI's list shape over a response's input items: `limit` (1-100, 20), `order` (`desc`,
-    OpenAI's default, or `asc`), `after` (an item id: the items after it in that order)."""
-    try:
-        limit = int(query.get("limit", "20"))
-    except ValueError:
-        raise BadRequest("'limit' must be a whole number.", param="limit", code="invalid_type") from None
-    if not 1 <= limit <= 100:
-        raise BadRequest("'limit' must be between 1 and 100.", param="limit", code="invalid_value")
-    order = query.get("order", "desc")
-    if order not in ("asc", "desc"):
-        raise BadRequest("'order' must be 'asc' or 'desc'.", param="order", code="invalid_value")
-    ordered = list(items) if order == "asc" else list(reversed(items))
-    after = query.get("after")
-    if after:
-        ids = [item.get("id") for item in ordered]
-        if after not in ids:
-            raise BadRequest(f"No input item with id '{after}'.", param="after", code="invalid_value")
-        ordered = ordered[ids.index(after) + 1 :]
-    page = ordered[:limit]
-    return {
-        "object": "list",
-        "data": page,
-        "first_id": page[0].get("id") if page else None,
-        "last_id": page[-1].get("id") if page else None,
-        "has_more": len(ordered) > limit,
-    }
-
-
 async def _replay(
     responses: Responses, row: StoredResponse, response: dict[str, Any], responder: Responder, query: dict[str, str]
 ) -> None:
@@ -246,74 +218,6 @@ async def _replay(
     events = [e for e in replay_events(response) if e["sequence_number"] > after]
     await responder.start_stream()
     await responder.end(b"".join(fmt.sse(e) for e in events))
-
-
-def replay_events(response: dict[str, Any]) -> list[dict[str, Any]]:
-    """A finished Response as the events that stream it: created, in_progress, each output item
-    (its parts and text, or its arguments, in one delta each), then the terminal event."""
-    events: list[dict[str, Any]] = []
-
-    def add(event: dict[str, Any]) -> None:
-        event["sequence_number"] = len(events)
-        events.append(event)
-
-    opening = {k: v for k, v in response.items() if k not in ("usage", "completed_at")}
-    opening.update(status="in_progress", output=[])
-    add({"type": "response.created", "response": opening})
-    add({"type": "response.in_progress", "response": opening})
-    for index, item in enumerate(response.get("output") or []):
-        kind = item.get("type")
-        item_id = item.get("id")
-        if kind == "message":
-            add(
-                {
-                    "type": "response.output_item.added",
-                    "output_index": index,
-                    "item": dict(item, status="in_progress", content=[]),
-                }
-            )
-            for c, part in enumerate(item.get("content") or []):
-                where = {"item_id": item_id, "output_index": index, "content_index": c}
-                if part.get("type") == "output_text":
-                    add(
-                        {
-                            "type": "response.content_part.added",
-                            **where,
-                            "part": {"type": "output_text", "text": "", "annotations": [], "logprobs": []},
-                        }
-                    )
-                    add({"type": "response.output_text.delta", **where, "delta": part.get("text", ""), "logprobs": []})
-                    add({"type": "response.output_text.done", **where, "text": part.get("text", ""), "logprobs": []})
-                elif part.get("type") == "refusal":
-                    add({"type": "response.content_part.added", **where, "part": {"type": "refusal", "refusal": ""}})
-                    add({"type": "response.refusal.delta", **where, "delta": part.get("refusal", "")})
-                    add({"type": "response.refusal.done", **where, "refusal": part.get("refusal", "")})
-                add({"type": "response.content_part.done", **where, "part": part})
-        elif kind == "function_call":
-            add(
-                {
-                    "type": "response.output_item.added",
-                    "output_index": index,
-                    "item": dict(item, status="in_progress", arguments=""),
-                }
-            )
-            where = {"item_id": item_id, "output_index": index}
-            add({"type": "response.function_call_arguments.delta", **where, "delta": item.get("arguments", "")})
-            add(
-                {
-                    "type": "response.function_call_arguments.done",
-                    **where,
-                    "name": item.get("name", ""),
-                    "arguments": item.get("arguments", ""),
-                }
-            )
-        else:
-            add({"type": "response.output_item.added", "output_index": index, "item": item})
-        add({"type": "response.output_item.done", "output_index": index, "item": item})
-    status = response.get("status")
-    terminal = {"completed": "response.completed", "failed": "response.failed"}.get(str(status), "response.incomplete")
-    add({"type": terminal, "response": response})
-    return events
 
 
 # ---------------------------------------------------------------------- native deployments

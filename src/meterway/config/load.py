@@ -597,6 +597,7 @@ def _deployment(
         provider=provider,
         messages_provider=registry.for_messages(provider),
         responses_provider=registry.for_responses(native),
+        completions_provider=registry.for_completions(provider),
         timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=connect),
         stream_timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=stream_timeout),
         prices=Prices(

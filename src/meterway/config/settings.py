@@ -60,6 +60,7 @@ class Deployment:
     tpm: int | None = None
     weight: float = 1.0
     model_info: Mapping[str, Any] = field(default_factory=dict)
+    completions_provider: Provider | None = None  # serves /v1/completions when not `provider`: an adapter over chat
     # Resolved from the above when built, so a request reads them instead of working them out:
     # the endpoints it serves, and the in-process upstream that answers it (None: HTTP).
     apis: frozenset[Api] = field(init=False, repr=False, compare=False)
@@ -76,6 +77,8 @@ class Deployment:
             return self.messages_provider
         if api is Api.RESPONSES:
             return self.responses_provider
+        if api is Api.COMPLETIONS and self.completions_provider is not None:
+            return self.completions_provider
         return self.provider
 
     def timeout_for(self, stream: bool) -> aiohttp.ClientTimeout:

@@ -290,7 +290,7 @@ class Ledger:
             unit = (None, None, None, None)
         ctx.cost_units = cost_units or 0
         ctx.tokens_used = usage.total_tokens if usage is not None else 0
-        ctx.counted = usage
+        ctx.counted, ctx.estimated = usage, estimated
         if ctx.ended_ns is None:
             ctx.ended_ns = time.perf_counter_ns()
         principal = ctx.principal

@@ -15,6 +15,7 @@ import orjson
 
 from meterway.errors import BadRequest
 from meterway.providers import anthropic_format as fmt
+from meterway.providers import billed as billed_out
 from meterway.providers import sse
 from meterway.providers.base import Api, Call, Parsed, StreamRelay, UpstreamRequest, Usage, tokens
 from meterway.providers.common import JSON_HEADERS, Endpoint, HttpProvider, Route, named_json_events, unreadable
@@ -75,13 +76,14 @@ class MessagesPassthroughRelay:
     it is relayed), and reads usage from message_start and message_delta. Each read is searched
     once, for the ends of its events; an event is told apart by the name on its first line."""
 
-    __slots__ = ("_final", "_input", "_output", "_split", "done", "usage")
+    __slots__ = ("_delta", "_final", "_input", "_output", "_split", "done", "usage")
 
     def __init__(self) -> None:
         self._split = sse.EventSplitter()
         self._input: _WireUsage | None = None
         self._output: object = None
         self._final = b""
+        self._delta = b""  # the message_delta, held with message_stop: `settle` may give it the billed usage
         self.done = False
         self.usage: Usage | None = None
 
@@ -91,17 +93,30 @@ class MessagesPassthroughRelay:
         buf, spans = self._split.frames(data)
         if not spans:
             return b""
+        out: list[bytes] = []
+        at = 0  # where the bytes not yet passed on begin
         for start, cut, end in spans:
             if cut == start:
                 continue  # a stray blank line: passed on as it came
             raw = buf[start:cut]
             name = sse.first_line_name(raw)
-            if name == b"message_start" or name == b"message_delta":
+            if name == b"message_start":
                 self._meter(sse.parse_event(raw))
+                if self._input is None:  # no usage: Anthropic's SDKs need the object; message_delta gets the figures
+                    out.append(buf[at:start])
+                    out.append(billed_out.message_start_with_usage(raw) + buf[cut:end])
+                    at = end
+            elif name == b"message_delta":
+                self._meter(sse.parse_event(raw))
+                out.append(buf[at:start])
+                self._delta += buf[start:end]
+                at = end
             elif (name == b"message_stop") if name is not None else sse.is_message_stop(raw):
                 self._final, self.done = buf[start:end], True
-                return buf[:start]
-        return buf[: spans[-1][2]]
+                out.append(buf[at:start])
+                return b"".join(out)
+        out.append(buf[at : spans[-1][2]])
+        return b"".join(out)
 
     def _meter(self, event: sse.Event) -> None:
         try:
@@ -116,8 +131,17 @@ class MessagesPassthroughRelay:
             return
 
     def finish(self) -> bytes:
-        self.usage = usage_from_anthropic(self._input or _WireUsage(), self._output)
-        return self._final if self.done else self._split.tail()
+        if self._input is not None or self._output is not None:  # else none came: the ledger counts
+            self.usage = usage_from_anthropic(self._input or _WireUsage(), self._output)
+        return self._delta + (self._final if self.done else self._split.tail())
+
+    def settle(self, billed: Usage, closing: bytes) -> bytes:
+        """The upstream's figures were missing or no counts: its message_delta carries the billed
+        ones instead (one it never sent is not made up: its stop reason is unknown)."""
+        if not self._delta.startswith(b"event:"):
+            return closing
+        rest = closing[len(self._delta) :]
+        return billed_out.message_delta_with_usage(self._delta, billed) + rest
 
 
 class ChatFromMessagesRelay:
@@ -142,6 +166,20 @@ class ChatFromMessagesRelay:
     def finish(self) -> bytes:
         self.usage = usage_from_openai_dict(self._stream.usage)
         return sse.DONE
+
+    def settle(self, billed: Usage, closing: bytes) -> bytes:
+        stream = self._stream
+        if not stream.include_usage or stream.usage is not None:
+            return closing
+        template = {"id": stream.id, "created": stream.created, "model": stream.model}
+        return billed_out.usage_chunk(template, billed) + closing
+
+
+def _answered_by(answer: Any, upstream_model: str) -> str:
+    """The reply's `model`, one rule for every family (docs/migrating-from-litellm.md): the model
+    that answered as the upstream names it, else the deployment's upstream model."""
+    named = answer.get("model") if isinstance(answer, dict) else None
+    return named if isinstance(named, str) and named else upstream_model
 
 
 def _is_object(body: bytes) -> bool:
@@ -195,10 +233,12 @@ class AnthropicProvider(HttpProvider):
                     raise unreadable(self.label, body) from None
                 usage = None
             return Parsed(body, usage)
-        chat = fmt.messages_response_to_chat(orjson.loads(body), call.head.model)
-        return Parsed(orjson.dumps(chat), usage_from_openai_dict(chat.get("usage")))
+        message = orjson.loads(body)
+        chat = fmt.messages_response_to_chat(message, _answered_by(message, self.upstream_model))
+        reported = isinstance(message, dict) and message.get("usage") is not None  # else the ledger counts
+        return Parsed(orjson.dumps(chat), usage_from_openai_dict(chat.get("usage")) if reported else None)
 
     def open_stream(self, call: Call) -> StreamRelay:
         if call.api is Api.MESSAGES:
             return MessagesPassthroughRelay()
-        return ChatFromMessagesRelay(call.head.model, call.head.include_usage, int(time.time()))
+        return ChatFromMessagesRelay(self.upstream_model, call.head.include_usage, int(time.time()))

@@ -630,6 +630,8 @@ class MessagesToChatStream:
             message = data.get("message") or {}
             if message.get("id"):
                 self.id = message["id"]
+            if isinstance(message.get("model"), str) and message["model"]:
+                self.model = message["model"]  # the model that answered, as the upstream names it
             self._merge_usage(message.get("usage"))
             return [self._chunk({"role": "assistant", "content": ""})]
         if event == "content_block_start":
@@ -672,8 +674,8 @@ class MessagesToChatStream:
             return [self._chunk({}, finish)] if finish is not None else []
         if event == "message_stop":
             self.done = True
-            if not self.include_usage:
-                return []
+            if not self.include_usage or self.usage is None:
+                return []  # none reported: the ledger counts it, and the relay's `settle` sends that
             return [
                 {
                     "id": self.id,
@@ -1066,6 +1068,8 @@ class ChatToMessagesStream:
             raise UpstreamStreamError(
                 str(error.get("message", "upstream error")), str(error.get("type") or "api_error")
             )
+        if not self._started and isinstance(chunk.get("model"), str) and chunk["model"]:
+            self.model = chunk["model"]  # message_start names the model that answered, as the upstream does
         events = self._start()
         if isinstance(chunk.get("usage"), dict):
             self.usage = chunk["usage"]

@@ -135,6 +135,12 @@ class StreamRelay(Protocol):
 
     def finish(self) -> bytes: ...
 
+    def settle(self, billed: Usage, closing: bytes) -> bytes:
+        """The closing bytes (what `finish` returned) once the ledger has counted the usage itself
+        (the upstream reported none, or none believable): a client that asked for usage is given
+        the billed figures in them (`providers.billed`); for one that did not, `closing` as it is."""
+        ...
+
 
 class Provider(Protocol):
     """Translate between the client's API and one upstream family for one deployment. HTTP families

@@ -29,6 +29,7 @@ from meterway.providers.common import (
     text_of,
     wants_base64,
 )
+from meterway.providers.token_input import embedding_texts
 
 DEFAULT_API_BASE = "https://api.cohere.com"
 INPUT_TYPES = ("search_document", "search_query", "classification", "clustering", "image")
@@ -230,13 +231,15 @@ class ChatRelay:
     def finish(self) -> bytes:
         return sse.DONE
 
+    def settle(self, billed: Usage, closing: bytes) -> bytes:
+        if not self._include_usage or self.usage is not None:
+            return closing
+        return self._chunks.usage_chunk(billed) + closing
 
-def embed_request(request: Mapping[str, Any], model: str) -> dict[str, Any]:
-    texts = request.get("input")
-    if isinstance(texts, str):
-        texts = [texts]
-    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
-        raise BadRequest("Cohere embeddings take text input: a string or a list of strings.", param="input")
+
+def embed_request(request: Mapping[str, Any], model: str, client_model: str) -> dict[str, Any]:
+    """`client_model` (the name the client used) picks the encoding of token-id input (`token_input`)."""
+    texts = embedding_texts(request.get("input"), client_model, "Cohere")
     input_type = request.get("input_type") or "search_document"
     if input_type not in INPUT_TYPES:
         raise BadRequest(f"input_type must be one of {', '.join(INPUT_TYPES)}.", param="input_type")
@@ -277,16 +280,16 @@ class CohereProvider(HttpProvider):
     def encode(self, call: Call) -> tuple[Route, bytes]:
         request = decode_object(call.body)
         if call.api is Api.EMBEDDINGS:
-            return call.api, orjson.dumps(embed_request(request, self.upstream_model))
+            return call.api, orjson.dumps(embed_request(request, self.upstream_model, call.head.model))
         return call.api, orjson.dumps(chat_request(request, self.upstream_model, call.head.stream))
 
     def parse_response(self, call: Call, body: bytes) -> Parsed:
         answer = orjson.loads(body)
         if call.api is Api.EMBEDDINGS:
-            out, usage = embed_response(answer, call.head.model, wants_base64(call))
+            out, usage = embed_response(answer, self.upstream_model, wants_base64(call))
         else:
-            out, usage = chat_response(answer, call.head.model)
+            out, usage = chat_response(answer, self.upstream_model)
         return Parsed(orjson.dumps(out), usage)
 
     def open_stream(self, call: Call) -> StreamRelay:
-        return ChatRelay(call.head.model, call.head.include_usage)
+        return ChatRelay(self.upstream_model, call.head.include_usage)

@@ -35,8 +35,9 @@ from meterway.errors import (
     UpstreamUnavailable,
     UpstreamUnreadable,
 )
+from meterway.providers import billed as billed_out
 from meterway.providers import sse
-from meterway.providers.base import Api, Call, Parsed, StreamRelay, UpstreamRequest, decode_object
+from meterway.providers.base import Api, Call, Parsed, StreamRelay, UpstreamRequest, Usage, decode_object
 
 if TYPE_CHECKING:
     from meterway.config.secret import Secret
@@ -297,6 +298,10 @@ class ChatChunks:
         if usage is not None:
             chunk["usage"] = usage
         return sse.format_data(orjson.dumps(chunk))
+
+    def usage_chunk(self, billed: Usage) -> bytes:
+        """The usage chunk of a stream the upstream reported no usage for: the ledger's count."""
+        return billed_out.usage_chunk({"id": self.id, "created": self.created, "model": self.model}, billed)
 
 
 def wants_base64(call: Call) -> bool:

@@ -31,6 +31,7 @@ from meterway.providers.common import (
     text_of,
     wants_base64,
 )
+from meterway.providers.token_input import embedding_texts
 
 DEFAULT_API_BASE = "https://generativelanguage.googleapis.com/v1beta"
 
@@ -226,6 +227,13 @@ def chat_response(answer: Mapping[str, Any], model: str) -> tuple[dict[str, Any]
     }, usage
 
 
+def _answered_by(answer: Any, upstream_model: str) -> str:
+    """The reply's `model`, one rule for every family (docs/migrating-from-litellm.md): Gemini's
+    `modelVersion` (the model that answered), else the deployment's upstream model."""
+    named = answer.get("modelVersion") if isinstance(answer, dict) else None
+    return named if isinstance(named, str) and named else upstream_model.removeprefix("models/")
+
+
 class ChatRelay:
     """Partial GenerateContentResponses in, OpenAI chat chunks out; usage from the last that has it."""
 
@@ -247,6 +255,8 @@ class ChatRelay:
         return b"".join(out)
 
     def _translate(self, e: dict[str, Any]) -> list[bytes]:
+        if not self._started:  # before the first chunk: every chunk names the model that answered
+            self._chunks.model = _answered_by(e, self._chunks.model)
         if e.get("usageMetadata"):
             self.usage = usage_of(e["usageMetadata"])
         choices = []
@@ -273,13 +283,10 @@ class ChatRelay:
             return self._chunks.chunk([], _openai_usage(self.usage)) + sse.DONE
         return sse.DONE
 
-
-def _texts(request: Mapping[str, Any]) -> list[str]:
-    value = request.get("input")
-    texts = [value] if isinstance(value, str) else value
-    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
-        raise BadRequest("Gemini embeddings take text input: a string or a list of strings.", param="input")
-    return texts
+    def settle(self, billed: Usage, closing: bytes) -> bytes:
+        if not self._include_usage or self.usage is not None:
+            return closing
+        return self._chunks.usage_chunk(billed) + closing
 
 
 ENDPOINT = Endpoint(
@@ -305,7 +312,7 @@ class GeminiProvider(HttpProvider):
         request = decode_object(call.body)
         if call.api is not Api.EMBEDDINGS:
             return ("stream" if call.head.stream else call.api), orjson.dumps(chat_request(request))
-        texts = _texts(request)
+        texts = embedding_texts(request.get("input"), call.head.model, "Gemini")  # token ids decoded
         extra: dict[str, Any] = {}
         if request.get("dimensions"):
             extra["outputDimensionality"] = request["dimensions"]
@@ -320,16 +327,16 @@ class GeminiProvider(HttpProvider):
     def parse_response(self, call: Call, body: bytes) -> Parsed:
         answer = orjson.loads(body)
         if call.api is not Api.EMBEDDINGS:
-            out, usage = chat_response(answer, call.head.model)
+            out, usage = chat_response(answer, _answered_by(answer, self.upstream_model))
             return Parsed(orjson.dumps(out), usage)
         found = answer.get("embeddings") or ([answer["embedding"]] if "embedding" in answer else [])
         out = {
             "object": "list",
             "data": embedding_items((e.get("values") or [] for e in found), wants_base64(call)),
-            "model": call.head.model,
+            "model": self.upstream_model,  # Gemini's embedding answers name no model
             "usage": {"prompt_tokens": 0, "total_tokens": 0},
         }
         return Parsed(orjson.dumps(out), None)
 
     def open_stream(self, call: Call) -> StreamRelay:
-        return ChatRelay(call.head.model, call.head.include_usage)
+        return ChatRelay(self.upstream_model, call.head.include_usage)

@@ -11,6 +11,7 @@ import orjson
 
 from meterway.errors import BadRequest, UpstreamError
 from meterway.providers import anthropic_format as fmt
+from meterway.providers import billed as billed_out
 from meterway.providers import sse
 from meterway.providers.anthropic import usage_from_openai_dict
 from meterway.providers.base import (
@@ -29,13 +30,15 @@ class MessagesFromChatRelay:
     """Chat chunks from the inner relay in, Anthropic events out. The inner relay finds the
     upstream's `[DONE]` (and holds it: it is not translated); `message_stop` comes from `finish`."""
 
-    __slots__ = ("_inner", "_split", "_stream", "usage")
+    __slots__ = ("_head", "_inner", "_split", "_stream", "_tail", "usage")
 
     def __init__(self, inner: StreamRelay, model: str, message_id: str) -> None:
         self._inner = inner
         self._split = sse.EventSplitter()
         self._stream = fmt.ChatToMessagesStream(model, message_id)
         self.usage: Usage | None = None
+        self._head = b""  # what `finish` translated of the inner relay's last bytes
+        self._tail: list[tuple[str, fmt.JSON]] = []  # and the closing events, kept for `settle`
 
     def _translate(self, data: bytes) -> bytes:
         out: list[bytes] = []
@@ -59,10 +62,20 @@ class MessagesFromChatRelay:
         return self._translate(self._inner.feed(data))
 
     def finish(self) -> bytes:
-        head = self._translate(self._inner.finish())
-        tail = b"".join(fmt.to_anthropic_sse(name, data) for name, data in self._stream.finish())
+        self._head = head = self._translate(self._inner.finish())
+        self._tail = self._stream.finish()
         self.usage = self._inner.usage or usage_from_openai_dict(self._stream.usage)
-        return head + tail
+        return head + b"".join(fmt.to_anthropic_sse(name, data) for name, data in self._tail)
+
+    def settle(self, billed: Usage, closing: bytes) -> bytes:
+        """The closing message_delta with the billed figures (it carried 0/0: the upstream sent none)."""
+        if not self._tail:
+            return closing
+        out = [self._head]
+        for name, data in self._tail:
+            event = fmt.to_anthropic_sse(name, data)
+            out.append(billed_out.message_delta_with_usage(event, billed) if name == "message_delta" else event)
+        return b"".join(out)
 
 
 class MessagesAdapter:
@@ -91,12 +104,15 @@ class MessagesAdapter:
 
     def parse_response(self, call: Call, body: bytes) -> Parsed:
         parsed = self.inner.parse_response(self._inner_call(call), body)
-        message = fmt.chat_response_to_messages(orjson.loads(parsed.body), call.head.model)
+        chat = orjson.loads(parsed.body)
+        named = chat.get("model") if isinstance(chat, dict) else None
+        model = named if isinstance(named, str) and named else self.upstream_model  # the model that answered
+        message = fmt.chat_response_to_messages(chat, model)
         return Parsed(orjson.dumps(message), parsed.usage)
 
     def open_stream(self, call: Call) -> StreamRelay:
         inner = self.inner.open_stream(self._inner_call(call))
-        return MessagesFromChatRelay(inner, call.head.model, "msg_" + call.request_id)
+        return MessagesFromChatRelay(inner, self.upstream_model, "msg_" + call.request_id)
 
     def map_error(self, call: Call, status: int, body: bytes) -> UpstreamError:
         return self.inner.map_error(call, status, body)

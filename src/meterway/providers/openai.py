@@ -19,6 +19,7 @@ import orjson
 from yarl import URL
 
 from meterway.errors import BadRequest
+from meterway.providers import billed as billed_out
 from meterway.providers import responses_native, sse
 from meterway.providers.base import Api, Call, Parsed, StreamRelay, UpstreamRequest, Usage, not_counts, tokens
 from meterway.providers.common import Endpoint, HttpProvider, Route, unreadable
@@ -185,6 +186,14 @@ class PassthroughRelay:
         self.usage = usage_from_tail(b"".join(self._kept) + closing)
         return closing
 
+    def settle(self, billed: Usage, closing: bytes) -> bytes:
+        """This relay serves a client that asked for usage (else the gateway asked, and strips it):
+        the upstream sent none, so the billed figures come in OpenAI's usage chunk, before `[DONE]`.
+        A usage the upstream sent that was no count already passed: nothing is added to it."""
+        if self.usage is not None:
+            return closing
+        return billed_out.usage_chunk(billed_out.last_chunk(b"".join(self._kept)), billed) + closing
+
 
 class UsageStrippingRelay:
     """The gateway asked for usage the client did not ask for: the usage-only event is metered and
@@ -238,6 +247,9 @@ class UsageStrippingRelay:
             return self._final
         rest = self._split.rest()
         return rest + b"\n\n" if rest else b""
+
+    def settle(self, billed: Usage, closing: bytes) -> bytes:
+        return closing  # the client did not ask for usage
 
 
 _USAGE_NULL = re.compile(rb'\s*,\s*"usage"\s*:\s*null\b|"usage"\s*:\s*null\s*,\s*')

@@ -20,6 +20,7 @@ from meterway.providers.base import Api, Provider
 from meterway.providers.cohere import DEFAULT_API_BASE as COHERE_BASE
 from meterway.providers.cohere import CohereProvider
 from meterway.providers.common import HttpProvider
+from meterway.providers.completions_adapter import CompletionsAdapter
 from meterway.providers.gemini import DEFAULT_API_BASE as GEMINI_BASE
 from meterway.providers.gemini import GeminiProvider
 from meterway.providers.messages_adapter import MessagesAdapter
@@ -177,6 +178,14 @@ def build(
         extra_headers=extra_headers,
         routes=_routes(alias, mode),
     )
+
+
+def for_completions(provider: Provider) -> Provider | None:
+    """The provider that serves `/v1/completions` when the deployment's own does not: an adapter
+    over its chat (None: its own serves it, or it has no chat either)."""
+    if provider.supports(Api.COMPLETIONS) or not provider.supports(Api.CHAT):
+        return None
+    return CompletionsAdapter(provider)
 
 
 def for_messages(provider: Provider) -> Provider:

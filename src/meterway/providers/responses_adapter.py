@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 
 from meterway.errors import BadRequest, UpstreamError
+from meterway.providers import billed as billed_out
 from meterway.providers import responses_format as fmt
 from meterway.providers import responses_reverse as reverse
 from meterway.providers import sse
@@ -97,6 +98,11 @@ class ResponsesFromChatRelay:
         self.usage = self._inner.usage or reported
         return head + tail
 
+    def settle(self, billed: Usage, closing: bytes) -> bytes:
+        """A Response always carries its usage; the gateway's Responses runs put the billed figures
+        in the terminal event it stores and relays (`api.response_runs`), so nothing is added here."""
+        return closing
+
 
 class ResponsesAdapter:
     """A provider for `Api.RESPONSES` (and only that) built on another provider's `Api.CHAT`."""
@@ -165,6 +171,14 @@ class ChatFromResponsesRelay:
         tail = b"".join(sse.format_data(orjson.dumps(c)) for c in self._stream.finish())
         self.usage = self._inner.usage
         return head + tail + sse.DONE
+
+    def settle(self, billed: Usage, closing: bytes) -> bytes:
+        """A chat client that asked for usage, over an upstream that reported none: OpenAI's usage
+        chunk with the billed figures, before `[DONE]`."""
+        if self.usage is not None or not self._stream.include_usage or not closing.endswith(sse.DONE):
+            return closing
+        chunk = billed_out.usage_chunk(billed_out.last_chunk(closing), billed)
+        return closing[: -len(sse.DONE)] + chunk + sse.DONE
 
 
 class ChatFromResponses:

@@ -107,6 +107,11 @@ class ResponsesPassthroughRelay:
             self.response = response
             self.usage = usage_from_responses(response.get("usage"))
 
+    def settle(self, billed: Usage, closing: bytes) -> bytes:
+        """A Response always carries its usage; the gateway's Responses runs put the billed figures
+        in the terminal event it stores and relays (`api.response_runs`), so nothing is added here."""
+        return closing
+
     def finish(self) -> bytes:
         held, self._held = self._held, b""
         if self.done:
