@@ -19,3 +19,32 @@ def priced(
             "output_cost_per_token": output_usd,
         },
     }
+
+
+def client_library_models(upstream_base: str, *, anthropic_key: str, openai_key: str) -> list[dict[str, Any]]:
+    """The deployment kinds the client-library tests drive: `demo` (the built-in mock, bridged in
+    process), `claude` (the Anthropic stand-in, bridged), `gpt` (the OpenAI stand-in, native) and
+    `vllm` (a chat-only OpenAI-compatible server, bridged to its chat completions)."""
+    return [
+        {"model_name": "demo", "litellm_params": {"model": "mock/demo"}},
+        {
+            "model_name": "claude",
+            "litellm_params": {
+                "model": "anthropic/claude-upstream",
+                "api_base": upstream_base,
+                "api_key": anthropic_key,
+            },
+        },
+        {
+            "model_name": "gpt",
+            "litellm_params": {
+                "model": "openai/gpt-upstream",
+                "api_base": upstream_base + "/v1",
+                "api_key": openai_key,
+            },
+        },
+        {
+            "model_name": "vllm",
+            "litellm_params": {"model": "hosted_vllm/llama", "api_base": upstream_base + "/v1", "api_key": openai_key},
+        },
+    ]

@@ -1,0 +1,8 @@
+// generateText on the default model of `createOpenAI(...)(model)`: the Responses API.
+import { generateText } from 'ai';
+import { provider, run, seen } from './common.mjs';
+
+await run(async (a) => {
+  const r = await generateText({ model: provider(a)(a.model), prompt: a.prompt, maxRetries: 0 });
+  return { text: r.text, finishReason: r.finishReason, ...seen(r.usage, r.response) };
+});
