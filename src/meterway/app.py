@@ -294,6 +294,7 @@ class Gateway:
         services = await self.lifecycle.wait_open()
         ledger = services.ledger
         services.metrics.ledger_stalled(ledger.stall_s(), ledger.stall_limit_s)
+        services.metrics.cooling.set(services.router.cooldowns.count())
         await self.backlog.read(services)
         body, content_type = services.metrics.render()
         await Responder(send, request_id(scope)).whole(200, body, content_type.encode())

@@ -24,7 +24,7 @@ import sqlite3
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
-from contextlib import ExitStack, closing, contextmanager
+from contextlib import closing, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,7 @@ from meterway.store.tables import billing_outbox, ledger
 from tests.lago.standin import LagoStandIn
 from tests.support.gateway import run_gateway
 from tests.support.models import priced
-from tests.support.serve import Served, ready, serve
+from tests.support.serve import Served, ready, serving
 from tests.support.wait import eventually
 from tests.upstreams.standin import StandIn
 
@@ -227,8 +227,7 @@ def _serving(tmp_path: Path, config: dict[str, Any], replicas: int = 1) -> Itera
     path = tmp_path / f"config-{uuid.uuid4().hex[:6]}.yaml"
     path.write_text(yaml.safe_dump(config))
     env = {"METERWAY_CONFIG": str(path), "METERWAY_MASTER_KEY": "", "LITELLM_MASTER_KEY": ""}
-    with ExitStack() as stack:
-        running = [stack.enter_context(contextmanager(serve)([], env)) for _ in range(replicas)]
+    with serving(replicas, [], env) as running:
         for served in running:
             ready(served.url)
         yield running

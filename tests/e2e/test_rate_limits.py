@@ -59,12 +59,14 @@ def test_parallel_limit_refuses_the_extra_request_and_frees_its_slot_after(
         assert httpx.post(gateway.v1 + "/chat/completions", json=body, headers=headers).status_code == 200
 
 
-def test_rpm_limit_holds_exactly_across_two_gateways_sharing_redis(tmp_path: Path, redis_url: str) -> None:
+def test_rpm_limit_holds_exactly_across_two_gateways_sharing_redis(
+    tmp_path: Path, redis_url: str, redis_prefix: str
+) -> None:
     clear_of_minute_edge()
     db = f"sqlite:///{tmp_path / 'shared.db'}"
     config = {
         "model_list": [{"model_name": "demo", "litellm_params": {"model": "mock/demo"}}],
-        "general_settings": {"database_url": db, "redis_url": redis_url},
+        "general_settings": {"database_url": db, "redis_url": redis_url, "redis_prefix": redis_prefix},
     }
     with run_gateway(config) as one, run_gateway(config) as two:
         key = _key(one, rpm_limit=30)
@@ -111,13 +113,19 @@ def test_a_customers_limit_follows_the_user_field(gateway: RunningGateway, admin
     assert _post(gateway, key, user="someone-else") == 200 and _post(gateway, key) == 200
 
 
-def test_many_concurrent_requests_with_limits_in_redis_all_succeed(tmp_path: Path, redis_url: str) -> None:
+def test_many_concurrent_requests_with_limits_in_redis_all_succeed(
+    tmp_path: Path, redis_url: str, redis_prefix: str
+) -> None:
     """The Redis pool waits for a free connection under load instead of failing requests."""
     import aiohttp
 
     config = {
         "model_list": [{"model_name": "demo", "litellm_params": {"model": "mock/demo"}}],
-        "general_settings": {"database_url": f"sqlite:///{tmp_path / 'c.db'}", "redis_url": redis_url},
+        "general_settings": {
+            "database_url": f"sqlite:///{tmp_path / 'c.db'}",
+            "redis_url": redis_url,
+            "redis_prefix": redis_prefix,
+        },
     }
     with run_gateway(config) as gw:
         key = _key(gw, rpm_limit=1_000_000, max_parallel_requests=10_000)

@@ -8,7 +8,7 @@ processes sharing Redis.
 from __future__ import annotations
 
 import asyncio
-import time
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +22,7 @@ from tests.support.gateway import RunningGateway, run_gateway
 from tests.support.gateway import ledger_row as shared_ledger_row
 from tests.support.serve import Served
 from tests.support.serve import replicas as two_serving
-from tests.support.wait import clear_of_minute_edge
+from tests.support.wait import clear_of_minute_edge, eventually
 from tests.upstreams.standin import Script, StandIn
 
 HI: Any = [{"role": "user", "content": "hi"}]
@@ -190,6 +190,14 @@ def replicas(tmp_path: Path, config: dict[str, Any], redis_url: str, prefix: str
         yield both
 
 
+def cooling_down(replica: Served) -> float:
+    """The replica's `meterway_deployments_cooling_down`, from its /metrics."""
+    text = httpx.get(replica.url + "/metrics").text
+    found = re.search(r"^meterway_deployments_cooling_down (\S+)$", text, re.MULTILINE)
+    assert found, text
+    return float(found.group(1))
+
+
 def test_cooldown_started_on_one_replica_is_kept_by_the_other(
     tmp_path: Path, ups: tuple[StandIn, StandIn], redis_url: str, redis_prefix: str
 ) -> None:
@@ -204,7 +212,8 @@ def test_cooldown_started_on_one_replica_is_kept_by_the_other(
             if chat(one, "m").headers["x-meterway-attempts"] == "2":
                 break
         assert len(a.received) == 1
-        time.sleep(0.3)  # the announcement crosses Redis
+        assert cooling_down(one) == 1  # it started the cooldown, and announced it over Redis
+        eventually(lambda: cooling_down(two) == 1, 10, "replica two taking in the cooldown replica one announced")
         for _ in range(20):
             r = chat(two, "m")
             assert r.status_code == 200 and r.headers["x-meterway-attempts"] == "1"

@@ -31,7 +31,9 @@ class Served:
         self.proc, self.url = proc, url
 
 
-def serve(args: list[str], env: dict[str, str]) -> Iterator[Served]:
+@contextlib.contextmanager
+def _spawned(args: list[str], env: dict[str, str]) -> Iterator[Served]:
+    """The process, started and not yet waited for; terminated (killed if it lingers) after."""
     port_ = port()
     scratch = tempfile.mkdtemp(prefix="meterway-serve-")
     env = {"DATABASE_URL": f"sqlite:///{scratch}/meterway.db", **env}
@@ -53,20 +55,8 @@ def serve(args: list[str], env: dict[str, str]) -> Iterator[Served]:
         text=True,
         env={**os.environ, **env},
     )
-    url = f"http://127.0.0.1:{port_}"
     try:
-
-        def live() -> bool:
-            if proc.poll() is not None:
-                raise AssertionError(f"meterway serve exited: {proc.communicate()[1][-2000:]}")
-            return httpx.get(url + "/health/live", timeout=1).status_code == 200
-
-        try:
-            eventually(live, 20, "meterway serve answering /health/live", retry_on=(httpx.TransportError,))
-        except NeverHappened as e:
-            proc.kill()
-            raise AssertionError(f"{e}: {proc.communicate()[1][-2000:]}") from None
-        yield Served(proc, url)
+        yield Served(proc, f"http://127.0.0.1:{port_}")
     finally:
         proc.terminate()
         try:
@@ -78,6 +68,38 @@ def serve(args: list[str], env: dict[str, str]) -> Iterator[Served]:
             if stream:
                 stream.close()
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _live(served: Served) -> None:
+    proc, url = served.proc, served.url
+
+    def live() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"meterway serve exited: {proc.communicate()[1][-2000:]}")
+        return httpx.get(url + "/health/live", timeout=1).status_code == 200
+
+    try:
+        eventually(live, 20, "meterway serve answering /health/live", retry_on=(httpx.TransportError,))
+    except NeverHappened as e:
+        proc.kill()
+        raise AssertionError(f"{e}: {proc.communicate()[1][-2000:]}") from None
+
+
+def serve(args: list[str], env: dict[str, str]) -> Iterator[Served]:
+    with _spawned(args, env) as served:
+        _live(served)
+        yield served
+
+
+@contextlib.contextmanager
+def serving(count: int, args: list[str], env: dict[str, str]) -> Iterator[list[Served]]:
+    """`count` processes started together, then each waited for: their start-ups (imports, the
+    store opening) overlap instead of adding up."""
+    with contextlib.ExitStack() as stack:
+        running = [stack.enter_context(_spawned(args, env)) for _ in range(count)]
+        for served in running:
+            _live(served)
+        yield running
 
 
 def ready(url: str, within_s: float = 20.0) -> dict[str, object]:
@@ -103,7 +125,6 @@ def replicas(
     path.write_text(yaml.safe_dump(dict(config)))
     environment = {"METERWAY_CONFIG": str(path), "METERWAY_MASTER_KEY": "", "LITELLM_MASTER_KEY": "", **(env or {})}
     with contextlib.ExitStack() as stack:
-        one = stack.enter_context(contextlib.contextmanager(serve)([], environment))
-        two = stack.enter_context(contextlib.contextmanager(serve)([], environment))
+        one, two = stack.enter_context(serving(2, [], environment))
         ready(one.url), ready(two.url)
         yield one, two

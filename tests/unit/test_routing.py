@@ -28,6 +28,7 @@ from meterway.providers.common import error_from_body
 from meterway.providers.transport import map_client_error
 from meterway.routing import Router, retry_kind
 from meterway.routing.cooldown import Cooldowns
+from tests.support.wait import ManualClock
 
 
 def deployments(*params: dict[str, Any], router: dict[str, Any] | None = None) -> Any:
@@ -197,3 +198,14 @@ def test_routing_keys_in_litellm_settings_count_too_and_router_settings_wins() -
     s = parse_config(data, source=None, env={})
     assert (s.routing.num_retries, s.routing.fallbacks, s.routing.allowed_fails) == (1, {"a": ("b",)}, 1)
     assert not [w for w in s.warnings if "litellm_settings" in w]
+
+
+def test_the_cooling_count_has_the_cooldowns_in_force_and_not_the_ended_ones() -> None:
+    clock = ManualClock()
+    cooldowns = Cooldowns(allowed_fails=0, cooldown_s=5, clock=clock)
+    assert cooldowns.count() == 0
+    cooldowns.cool("a", 5)
+    cooldowns.cool("b", 60)  # as announced by another replica
+    assert cooldowns.count() == 2
+    clock.advance(6)
+    assert cooldowns.count() == 1 and not cooldowns.cooling("a") and cooldowns.cooling("b")

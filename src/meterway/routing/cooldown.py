@@ -68,6 +68,11 @@ class Cooldowns:
     def active(self) -> bool:
         return bool(self._until)
 
+    def count(self) -> int:
+        """How many deployments this replica leaves out now (its own cooldowns and those it heard
+        of): what a scrape shows, so an operator sees a replica routing around a deployment."""
+        return sum(self.cooling(i) for i in list(self._until))
+
     def remaining_s(self, ids: Iterable[str]) -> float:
         now = self._clock()
         left = [self._until[i] - now for i in ids if i in self._until]

@@ -163,6 +163,12 @@ class Metrics:
             ["deployment", "kind"],
             registry=registry,
         )
+        self.cooling = Gauge(
+            "meterway_deployments_cooling_down",
+            "Deployments left out of routing after failures (cooldowns started here or announced by another replica)",
+            multiprocess_mode="max",
+            registry=registry,
+        )
         self.ledger_waiting = Gauge(
             "meterway_ledger_queue_rows",
             "Ledger rows waiting to be committed",
