@@ -25,6 +25,13 @@ from tests.upstreams.standin import REPLY_PREFIX, Script
 
 PRICES = {"input_cost_per_token": 0.000001, "output_cost_per_token": 0.000002}
 BRIDGED = ["claude", "gemini", "llama", "demo"]
+UPSTREAM_NAMES = {
+    "gpt": "gpt-up",
+    "claude": "claude-up",
+    "gemini": "gemini-2.5-flash",
+    "llama": "llama3",
+    "demo": "demo",
+}
 EVERY = ["gpt", *BRIDGED]
 TOOLS: Any = [
     {
@@ -126,6 +133,8 @@ def test_create_retrieve_list_delete(
     assert response.status == "completed" and response.output_text
     if model != "demo":
         assert response.output_text == REPLY_PREFIX + "hello there"
+    # the reply names the model that answered, as every reply does: never the name asked for
+    assert response.model.startswith(UPSTREAM_NAMES[model]) and (model == "demo" or response.model != model)
     assert response.usage is not None and response.usage.input_tokens > 0 and response.usage.output_tokens > 0
     _matches(_row(gw, raw.headers["x-request-id"]), response.usage)
     spent, rows = _spend(gw, key), _total_rows(gw)

@@ -263,7 +263,8 @@ def test_answer_is_a_response_the_sdk_parses_with_echoed_settings() -> None:
     body = fmt.chat_to_response(_chat({"content": "Hello!"}), request, RID, NOW)
     r = Response.model_validate(body)
     assert r.id == RID and r.object == "response" and r.status == "completed" and r.output_text == "Hello!"
-    assert r.model == "client-model" and r.instructions == "Be brief" and r.metadata == {"team": "a"}
+    # the model that answered, as the chat answer names it (not the name asked for)
+    assert r.model == "up" and r.instructions == "Be brief" and r.metadata == {"team": "a"}
     assert r.previous_response_id == "resp_old" and r.temperature == 0.3 and r.store is False
     assert r.reasoning is not None and r.reasoning.effort == "low"
     assert r.tools[0].type == "function" and r.tools[0].name == "get_weather"

@@ -121,7 +121,8 @@ def test_bridge_sends_chat_asking_for_usage_and_answers_a_response() -> None:
     plain = _call(Api.RESPONSES, {"input": "hi"})
     parsed = adapter.parse_response(plain, orjson.dumps(chat))
     r = Response.model_validate_json(parsed.body)
-    assert (r.id, r.created_at, r.model, r.output_text) == ("resp_req123", 1_700_000_000, "client-model", "Hello")
+    # the model that answered: the chat answer names none, so the deployment's upstream model
+    assert (r.id, r.created_at, r.model, r.output_text) == ("resp_req123", 1_700_000_000, "llama", "Hello")
     assert parsed.usage == Usage(3, 1, 4)
     with pytest.raises(BadRequest) as e:
         adapter.build_request(_call(Api.RESPONSES, {"input": "x", "tools": [{"type": "web_search"}]}))

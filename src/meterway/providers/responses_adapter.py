@@ -62,10 +62,12 @@ class ResponsesFromChatRelay:
 
     __slots__ = ("_inner", "_split", "_started", "_stream", "response", "usage")
 
-    def __init__(self, inner: StreamRelay, request: dict[str, Any], response_id: str, created_at: int) -> None:
+    def __init__(
+        self, inner: StreamRelay, request: dict[str, Any], response_id: str, created_at: int, model: str | None = None
+    ) -> None:
         self._inner = inner
         self._split = sse.EventSplitter()
-        self._stream = fmt.ChatToResponsesStream(request, response_id, created_at)
+        self._stream = fmt.ChatToResponsesStream(request, response_id, created_at, model)
         self._started = False
         self.usage: Usage | None = None
         self.response: dict[str, Any] | None = None
@@ -76,10 +78,15 @@ class ResponsesFromChatRelay:
 
     def _translate(self, data: bytes) -> bytes:
         events: list[fmt.Event] = []
+        chunks = [chunk for _, chunk in named_json_events(self._split, data)]
         if not self._started:
+            # the Response names the model that answered: the first chunk's, when it came with these bytes
             self._started = True
+            answered = next((c["model"] for c in chunks if isinstance(c.get("model"), str) and c["model"]), None)
+            if answered is not None:
+                self._stream.model = answered
             events.extend(self._stream.start())
-        for _, chunk in named_json_events(self._split, data):
+        for chunk in chunks:
             events.extend(self._stream.feed(chunk))
         return b"".join(fmt.sse(e) for e in events)
 
@@ -129,13 +136,19 @@ class ResponsesAdapter:
     def parse_response(self, call: Call, body: bytes) -> Parsed:
         parsed = self.inner.parse_response(self._inner_call(call), body)
         response = fmt.chat_to_response(
-            orjson.loads(parsed.body), decode_object(call.body), response_id(call), int(self._clock())
+            orjson.loads(parsed.body),
+            decode_object(call.body),
+            response_id(call),
+            int(self._clock()),
+            self.upstream_model,
         )
         return Parsed(orjson.dumps(response), parsed.usage)
 
     def open_stream(self, call: Call) -> StreamRelay:
         inner = self.inner.open_stream(self._inner_call(call))
-        return ResponsesFromChatRelay(inner, decode_object(call.body), response_id(call), int(self._clock()))
+        return ResponsesFromChatRelay(
+            inner, decode_object(call.body), response_id(call), int(self._clock()), self.upstream_model
+        )
 
     def map_error(self, call: Call, status: int, body: bytes) -> UpstreamError:
         return self.inner.map_error(call, status, body)

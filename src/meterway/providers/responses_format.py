@@ -458,9 +458,11 @@ def _reasoning_of(message: Json) -> str | None:
     return None
 
 
-def chat_to_response(chat: Json, request: Json, response_id: str, created_at: int) -> Json:
+def chat_to_response(chat: Json, request: Json, response_id: str, created_at: int, model: str | None = None) -> Json:
     """A chat completion as the Response the Responses request asked for: reasoning (when the
-    server returned any), the message, then each tool call, as OpenAI orders its output."""
+    server returned any), the message, then each tool call, as OpenAI orders its output. Its
+    `model` names the model that answered, as every reply does (docs/api.md): the chat answer's
+    own, else `model` (the deployment's upstream model), else the request's."""
     choices = chat.get("choices")
     choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
     message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
@@ -508,7 +510,7 @@ def chat_to_response(chat: Json, request: Json, response_id: str, created_at: in
                 "status": "completed",
             }
         )
-    return response_object(
+    response = response_object(
         request,
         response_id,
         created_at,
@@ -517,6 +519,12 @@ def chat_to_response(chat: Json, request: Json, response_id: str, created_at: in
         usage=usage_to_responses(chat.get("usage")),
         incomplete_details=incomplete,
     )
+    answered = chat.get("model")
+    if isinstance(answered, str) and answered:
+        response["model"] = answered
+    elif model:
+        response["model"] = model
+    return response
 
 
 # ---------------------------------------------------------------- chat stream -> Responses events
@@ -545,8 +553,9 @@ class ChatToResponsesStream:
     kind of item starts or the stream ends, so each item's events come together, as OpenAI sends
     them. Tool calls are closed at the end: chat may interleave the deltas of parallel calls."""
 
-    def __init__(self, request: Json, response_id: str, created_at: int) -> None:
+    def __init__(self, request: Json, response_id: str, created_at: int, model: str | None = None) -> None:
         self.request = request
+        self.model = model  # the model that answers, when known (else the request's): set before `start`
         self.response_id = response_id
         self.created_at = created_at
         self.sequence_number = 0  # the number the next event gets
@@ -564,7 +573,10 @@ class ChatToResponsesStream:
 
     def _snapshot(self, status: str, **extra: Any) -> Json:
         done = [item for item in self._output if item is not None]
-        return response_object(self.request, self.response_id, self.created_at, status=status, output=done, **extra)
+        response = response_object(self.request, self.response_id, self.created_at, status=status, output=done, **extra)
+        if self.model:
+            response["model"] = self.model
+        return response
 
     def start(self) -> list[Event]:
         snapshot = self._snapshot("in_progress")
