@@ -280,6 +280,7 @@ async def open_services(settings: Settings, hooks: tuple[Hook, ...] = ()) -> Asy
             settings.responses_background_max,
             settings.max_body_bytes,
             meter,
+            router,
         )
         runtime_models = await _runtime_models(settings, store, router, models, ledger, redis_client)
         services = Services(

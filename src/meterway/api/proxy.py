@@ -95,6 +95,7 @@ async def handle(services: Services, api: Api, decode: HeadDecoder, scope: Scope
         for hook in services.hooks:
             await hook.before(ctx)
             ran.append(hook)
+        deployment = ctx.deployment or deployment  # a hook may pin it (a Responses continuation held upstream)
         call = Call(api, ctx.body, ctx.head or head, rid)
         if visited is None:
             await forward(services, ctx, call, deployment, responder, receive)

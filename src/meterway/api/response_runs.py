@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from meterway.auth import Principal
     from meterway.config.settings import Deployment
     from meterway.context import RequestContext
+    from meterway.routing import Router
     from meterway.store.responses import ResponseStore
 
 log = logging.getLogger("meterway.responses")
@@ -168,9 +169,16 @@ class Responses:
     services; `close` ends the background runs before the ledger is flushed."""
 
     def __init__(
-        self, store: ResponseStore, ttl_s: float, background_max: int, stored_max: int, meter: NativeMeter
+        self,
+        store: ResponseStore,
+        ttl_s: float,
+        background_max: int,
+        stored_max: int,
+        meter: NativeMeter,
+        router: Router,
     ) -> None:
         self.store = store
+        self.router = router  # finds the deployment that holds a native response a request continues
         self.meter = meter  # native background responses, metered when they end
         self.ttl_s = ttl_s
         self.background_max = background_max
@@ -270,6 +278,10 @@ class Responses:
             ctx=ctx,
         )
         previous = options.previous_response_id
+        if previous is not None and native:
+            holder = await self._holder(previous, principal, deployment)
+            if holder is not None:  # the pipeline sends the request where `ctx.deployment` now says
+                ctx.deployment, pending.deployment_id = holder, holder.id
         if previous is not None:
             earlier = await self._earlier(previous, principal, native)
             if earlier is not None:  # bridged: the earlier turns go in front of this one's input
@@ -301,6 +313,19 @@ class Responses:
         except fmt.TranslationError as e:
             raise BadRequest(str(e), param=e.param) from None
         return resolved
+
+    async def _holder(self, previous: str, principal: Principal | None, deployment: Deployment) -> Deployment | None:
+        """The deployment that made the native response a request continues, when routing picked
+        another of the same model name: the upstream that made it keeps it, so the request goes
+        there, with its credentials. Another model name's deployment is not taken (the request is
+        as routed, and its upstream answers for the id); unknown or foreign ids are `_earlier`'s."""
+        row = await self.store.get(previous) if storable(previous) else None
+        if row is None or not row.native or row.deployment_id == deployment.id or not visible(row, principal):
+            return None
+        holder = self.router.deployment(row.deployment_id)
+        if holder is None or holder.model_name != deployment.model_name:
+            return None
+        return holder
 
     async def _earlier(self, previous: str, principal: Principal | None, native: bool) -> list[dict[str, Any]] | None:
         """The input a bridged request continues from (its earlier turns' input and output, oldest
