@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import orjson
 
@@ -171,6 +171,27 @@ class ResponsesResources(Protocol):
     Only meaningful where `supports(Api.RESPONSES)`."""
 
     def resource_request(self, method: str, path: str, query: str = "", body: bytes = b"") -> UpstreamRequest: ...
+
+
+class Bridge:
+    """A provider that serves one client API (`serves`) over another provider's (`inner`) API:
+    its request and answer are translated, everything else (the deployment's names, its errors'
+    meaning) is the inner provider's. The adapters for /v1/messages, /v1/completions and
+    /v1/responses over chat, and chat over a Responses-only model, are its subclasses."""
+
+    serves: ClassVar[Api]
+
+    def __init__(self, inner: Provider) -> None:
+        self.inner = inner
+        self.family = inner.family
+        self.upstream_model = inner.upstream_model
+        self.label = inner.label
+
+    def supports(self, api: Api) -> bool:
+        return api is self.serves
+
+    def map_error(self, call: Call, status: int, body: bytes) -> UpstreamError:
+        return self.inner.map_error(call, status, body)
 
 
 def decode_object(body: bytes) -> dict[str, Any]:

@@ -18,9 +18,9 @@ from meterway.errors import BadRequest, UpstreamError
 from meterway.providers import sse
 from meterway.providers.base import (
     Api,
+    Bridge,
     Call,
     Parsed,
-    Provider,
     RequestHead,
     StreamRelay,
     UpstreamRequest,
@@ -155,17 +155,10 @@ class CompletionsFromChatRelay:
         return self._translate(self._inner.settle(billed, self._closing))
 
 
-class CompletionsAdapter:
+class CompletionsAdapter(Bridge):
     """A provider for `Api.COMPLETIONS` (and only that) built on another provider's `Api.CHAT`."""
 
-    def __init__(self, inner: Provider) -> None:
-        self.inner = inner
-        self.family = inner.family
-        self.upstream_model = inner.upstream_model
-        self.label = inner.label
-
-    def supports(self, api: Api) -> bool:
-        return api is Api.COMPLETIONS
+    serves = Api.COMPLETIONS
 
     def _inner_call(self, call: Call, body: bytes = b"") -> Call:
         head = call.head

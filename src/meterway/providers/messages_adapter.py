@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import orjson
 
-from meterway.errors import BadRequest, UpstreamError
+from meterway.errors import BadRequest
 from meterway.providers import anthropic_format as fmt
 from meterway.providers import billed as billed_out
 from meterway.providers import sse
 from meterway.providers.anthropic import usage_from_openai_dict
 from meterway.providers.base import (
     Api,
+    Bridge,
     Call,
     Parsed,
-    Provider,
     RequestHead,
     StreamRelay,
     UpstreamRequest,
@@ -78,17 +78,10 @@ class MessagesFromChatRelay:
         return b"".join(out)
 
 
-class MessagesAdapter:
+class MessagesAdapter(Bridge):
     """A provider for `Api.MESSAGES` (and only that) built on another provider's `Api.CHAT`."""
 
-    def __init__(self, inner: Provider) -> None:
-        self.inner = inner
-        self.family = inner.family
-        self.upstream_model = inner.upstream_model
-        self.label = inner.label
-
-    def supports(self, api: Api) -> bool:
-        return api is Api.MESSAGES
+    serves = Api.MESSAGES
 
     def _inner_call(self, call: Call, body: bytes = b"") -> Call:
         # The translated body always asks for usage, so the inner relay never strips it.
@@ -113,6 +106,3 @@ class MessagesAdapter:
     def open_stream(self, call: Call) -> StreamRelay:
         inner = self.inner.open_stream(self._inner_call(call))
         return MessagesFromChatRelay(inner, self.upstream_model, "msg_" + call.request_id)
-
-    def map_error(self, call: Call, status: int, body: bytes) -> UpstreamError:
-        return self.inner.map_error(call, status, body)

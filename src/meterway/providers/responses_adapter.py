@@ -19,13 +19,14 @@ from typing import Any
 
 import orjson
 
-from meterway.errors import BadRequest, UpstreamError
+from meterway.errors import BadRequest
 from meterway.providers import billed as billed_out
 from meterway.providers import responses_format as fmt
 from meterway.providers import responses_reverse as reverse
 from meterway.providers import sse
 from meterway.providers.base import (
     Api,
+    Bridge,
     Call,
     Parsed,
     Provider,
@@ -111,18 +112,14 @@ class ResponsesFromChatRelay:
         return closing
 
 
-class ResponsesAdapter:
+class ResponsesAdapter(Bridge):
     """A provider for `Api.RESPONSES` (and only that) built on another provider's `Api.CHAT`."""
 
-    def __init__(self, inner: Provider, clock: Clock = time.time) -> None:
-        self.inner = inner
-        self.family = inner.family
-        self.upstream_model = inner.upstream_model
-        self.label = inner.label
-        self._clock = clock
+    serves = Api.RESPONSES
 
-    def supports(self, api: Api) -> bool:
-        return api is Api.RESPONSES
+    def __init__(self, inner: Provider, clock: Clock = time.time) -> None:
+        super().__init__(inner)
+        self._clock = clock
 
     def _inner_call(self, call: Call, body: bytes = b"") -> Call:
         # The translated body always asks for usage, so the inner relay never strips it.
@@ -149,9 +146,6 @@ class ResponsesAdapter:
         return ResponsesFromChatRelay(
             inner, decode_object(call.body), response_id(call), int(self._clock()), self.upstream_model
         )
-
-    def map_error(self, call: Call, status: int, body: bytes) -> UpstreamError:
-        return self.inner.map_error(call, status, body)
 
 
 class ChatFromResponsesRelay:
@@ -194,17 +188,10 @@ class ChatFromResponsesRelay:
         return closing[: -len(sse.DONE)] + chunk + sse.DONE
 
 
-class ChatFromResponses:
+class ChatFromResponses(Bridge):
     """A provider for `Api.CHAT` built on another provider's (native) `Api.RESPONSES`."""
 
-    def __init__(self, inner: Provider) -> None:
-        self.inner = inner
-        self.family = inner.family
-        self.upstream_model = inner.upstream_model
-        self.label = inner.label
-
-    def supports(self, api: Api) -> bool:
-        return api is Api.CHAT
+    serves = Api.CHAT
 
     def _inner_call(self, call: Call, body: bytes = b"") -> Call:
         head = RequestHead(self.upstream_model, call.head.stream, True, call.head.user, call.head.max_tokens)
@@ -224,6 +211,3 @@ class ChatFromResponses:
     def open_stream(self, call: Call) -> StreamRelay:
         inner = self.inner.open_stream(self._inner_call(call))
         return ChatFromResponsesRelay(inner, call.head.model, call.head.include_usage)
-
-    def map_error(self, call: Call, status: int, body: bytes) -> UpstreamError:
-        return self.inner.map_error(call, status, body)
