@@ -203,6 +203,25 @@ async def _call(
         resp.release()
 
 
+async def fetch(
+    services: Services, deployment: Deployment, provider: Provider, request: UpstreamRequest, call: Call
+) -> bytes:
+    """One upstream call beside the generations (a token count, a Responses resource): its whole
+    answer, bounded; a failure read as every upstream error is (`map_error`, its Retry-After kept)."""
+    resp = await services.upstream.send(request, request.headers, deployment.timeout_for(False), provider.label)
+    try:
+        bound = services.settings.max_upstream_body_bytes
+        failed = resp.status >= 400
+        data = await resp.read(bound, min(bound, ERROR_BODY_MAX) if failed else None)
+    finally:
+        resp.release()
+    if failed:
+        err = provider.map_error(call, resp.status, data)
+        err.retry_after = retry_after(resp.header("Retry-After"))
+        raise err
+    return data
+
+
 def _parse(provider: Provider, call: Call, data: bytes) -> Parsed:
     """The provider's reading of an answer; one it cannot read (not JSON, not the shape its API
     promises) is the upstream's failure, a 502, never relayed as a 200 nor raised as our own 500."""

@@ -25,7 +25,7 @@ import orjson
 
 from meterway import bounds
 from meterway.api.asgi import Incoming, Receive, Responder, Scope, Send, read_body, request_id
-from meterway.api.attempts import ERROR_BODY_MAX, retry_after
+from meterway.api.attempts import fetch
 from meterway.api.heads import decode
 from meterway.api.proxy import group_for
 from meterway.auth import bearer_token
@@ -101,20 +101,8 @@ async def _upstream(
     """The upstream's count, relayed as it came once it is known to hold one; its errors read as
     every upstream error is (`map_error`), so the client gets them in Anthropic's shape."""
     upstream_request = provider.count_tokens_request(body, model)
-    resp = await services.upstream.send(
-        upstream_request, upstream_request.headers, deployment.timeout_for(False), provider.label
-    )
-    try:
-        bound = services.settings.max_upstream_body_bytes
-        failed = resp.status >= 400
-        data = await resp.read(bound, min(bound, ERROR_BODY_MAX) if failed else None)
-    finally:
-        resp.release()
-    if failed:
-        call = Call(Api.MESSAGES, body, RequestHead(model), rid)
-        err = provider.map_error(call, resp.status, data)
-        err.retry_after = retry_after(resp.header("Retry-After"))  # Anthropic limits count_tokens on its own
-        raise err
+    call = Call(Api.MESSAGES, body, RequestHead(model), rid)
+    data = await fetch(services, deployment, provider, upstream_request, call)  # Anthropic limits counts too
     try:
         _counted.decode(data)
     except msgspec.DecodeError:

@@ -27,7 +27,7 @@ import orjson
 
 from meterway.api import heads, proxy
 from meterway.api.asgi import REQUEST_ID, Incoming, Receive, Responder, Scope, Send, read_body, request_id
-from meterway.api.attempts import ERROR_BODY_MAX, retry_after
+from meterway.api.attempts import ERROR_BODY_MAX, fetch, retry_after
 from meterway.api.errors import Endpoint, boundary
 from meterway.api.response_runs import (
     CANCEL_WAIT_S,
@@ -302,17 +302,7 @@ async def input_tokens(services: Services, scope: Scope, receive: Receive, send:
         request = orjson.loads(body)
         request["model"] = provider.upstream_model
         upstream = provider.resource_request("POST", "/responses/input_tokens", "", orjson.dumps(request))
-        resp = await services.upstream.send(upstream, upstream.headers, deployment.timeout_for(False), provider.label)
-        try:
-            bound = services.settings.max_upstream_body_bytes
-            failed = resp.status >= 400
-            data = await resp.read(bound, min(bound, ERROR_BODY_MAX) if failed else None)
-        finally:
-            resp.release()
-        if failed:
-            err = provider.map_error(Call(Api.RESPONSES, body, head, rid), resp.status, data)
-            err.retry_after = retry_after(resp.header("Retry-After"))
-            raise err
+        data = await fetch(services, deployment, provider, upstream, Call(Api.RESPONSES, body, head, rid))
         return await responder.whole(200, data)
     counted = await asyncio.to_thread(count_locally, services, body)
     await responder.whole(200, orjson.dumps({"object": "response.input_tokens", "input_tokens": counted}))
