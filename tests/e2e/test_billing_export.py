@@ -65,7 +65,15 @@ def test_every_billable_row_reaches_lago_once(upstream: StandIn, lago: LagoStand
         _exact(gw, lago)
         event = lago.events[0]
         assert event.code == "llm_tokens" and event.external_subscription_id == "acme"
-        assert set(event.properties) == {"model", "prompt_tokens", "completion_tokens", "total_tokens", "cost"}
+        assert set(event.properties) == {
+            "model",
+            "prompt_tokens",
+            "completion_tokens",
+            "total_tokens",
+            "cost",
+            "response_cost",
+        }
+        assert event.properties["response_cost"] == event.properties["cost"]  # LiteLLM's name beside ours
 
 
 def test_lago_failing_and_losing_answers_bills_nothing_twice(upstream: StandIn, lago: LagoStandIn) -> None:

@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import openai
 import pytest
 import yaml
 from lago_python_client.client import Client
+from lago_python_client.models import BillableMetric
 
 from tests.lago.standin import LagoStandIn, billing_ready, payg_plan
 from tests.support.cli import run_meterway
@@ -240,3 +242,29 @@ def test_litellm_lago_variables_alone_turn_export_on(upstream: StandIn, lago: La
             _chat(served.url + "/v1", "sk-master-env", 3)
             eventually(lambda: len(lago.events) >= 3, 15, "three events reaching Lago")
             assert {e.external_subscription_id for e in lago.events} == {"acme"} and len(lago.events) == 3
+
+
+def test_a_litellm_users_metric_on_response_cost_keeps_counting(upstream: StandIn, lago: LagoStandIn) -> None:
+    """LiteLLM's Lago callback sends `response_cost`; a metric that sums it, made by a LiteLLM user
+    before moving over, passes `billing check` and adds up exactly what the ledger charged. A metric
+    on a figure the events do not carry is named as such."""
+    client = Client(api_key=lago.api_key, api_url=lago.url)
+    client.billable_metrics.create(
+        BillableMetric(name="LLM spend", code="llm_tokens", aggregation_type="sum_agg", field_name="response_cost")
+    )
+    _subscribe(lago, "acme")
+    with run_gateway(_config(upstream, lago)) as gw:
+        admin = {"Authorization": f"Bearer {gw.key}"}
+        checked = httpx.get(gw.url + "/billing/check", headers=admin).json()
+        assert checked["ok"] is True, checked
+        _chat(gw.v1, gw.key, 3)
+        _settled(gw.settings.database_url.reveal())
+        (charged,) = _sql(gw, "SELECT sum(cost) FROM mw_ledger WHERE customer_id = 'acme'")[0]
+        summed = sum(Decimal(str(e.properties["response_cost"])) for e in lago.events)
+        assert len(lago.events) == 3 and summed == Decimal(charged) / 10**10 > 0
+
+    lago.metrics["llm_tokens"]["field_name"] = "spend"  # a name no event carries
+    with run_gateway(_config(upstream, lago)) as gw:
+        checked = httpx.get(gw.url + "/billing/check", headers={"Authorization": f"Bearer {gw.key}"}).json()
+        (step,) = [s for s in checked["steps"] if s["name"] == "billable_metric"]
+        assert checked["ok"] is False and "'spend'" in step["detail"] and "'response_cost'" in step["detail"]

@@ -59,6 +59,7 @@ def events_for(row: Mapping[str, Any], subscription: str, billing: Billing) -> l
 
     if not billing.split_by_token_type:
         cost = row["cost"]
+        usd = format(Decimal(cost), "f") if cost is not None else None
         return [
             event(
                 "",
@@ -67,7 +68,8 @@ def events_for(row: Mapping[str, Any], subscription: str, billing: Billing) -> l
                     "prompt_tokens": row["prompt_tokens"],
                     "completion_tokens": row["completion_tokens"],
                     "total_tokens": row["total_tokens"],
-                    "cost": format(Decimal(cost), "f") if cost is not None else None,
+                    "cost": usd,
+                    "response_cost": usd,  # LiteLLM's Lago callback's name: its users' metrics sum it
                 },
             )
         ]

@@ -64,6 +64,15 @@ class Outcome:
         return {"ok": self.ok, "steps": [s.as_dict() for s in self.steps]}
 
 
+# The figures an event carries that a sum metric may add up: meterway's own names and LiteLLM's
+# Lago callback's (`response_cost`), so a LiteLLM user's existing metric keeps counting.
+SUMMABLE = ("total_tokens", "prompt_tokens", "completion_tokens", "cost", "response_cost")
+
+
+def summable(billing: Billing) -> tuple[str, ...]:
+    return ("tokens",) if billing.split_by_token_type else SUMMABLE
+
+
 def wanted_metric(billing: Billing, models: Iterable[str]) -> dict[str, Any]:
     """The billable metric meterway's events are aggregated by: a sum of the tokens each event
     carries, filterable by model (and by token type when events are split by type)."""
@@ -143,14 +152,15 @@ def _declared(metric: Mapping[str, Any], key: str) -> set[str] | None:
     return None
 
 
-def _metric_problems(metric: Mapping[str, Any], want: Mapping[str, Any]) -> list[str]:
+def _metric_problems(metric: Mapping[str, Any], carried: tuple[str, ...]) -> list[str]:
     """What makes an existing metric count meterway's events wrongly (beyond missing filter
-    values, which setup can add)."""
+    values, which setup can add). Its field may be any figure the events carry (`summable`)."""
     problems = []
     if metric.get("aggregation_type") != "sum_agg":
         problems.append(f"aggregation_type is {metric.get('aggregation_type')!r}, events need 'sum_agg'")
-    if metric.get("field_name") != want["field_name"]:
-        problems.append(f"field_name is {metric.get('field_name')!r}, events carry {want['field_name']!r}")
+    if metric.get("field_name") not in carried:
+        names = ", ".join(repr(n) for n in carried)
+        problems.append(f"field_name is {metric.get('field_name')!r}, events carry {names}")
     return problems
 
 
@@ -178,7 +188,7 @@ async def check(billing: Billing, session: aiohttp.ClientSession, models: Sequen
         out.add("billable_metric", False, f"no billable metric '{billing.event_code}' (run `meterway billing setup`)")
         return out
     want = wanted_metric(billing, models)
-    problems = _metric_problems(metric, want)
+    problems = _metric_problems(metric, summable(billing))
     out.add("billable_metric", not problems, "; ".join(problems) or f"metric '{billing.event_code}' counts the events")
     for key, values in _missing_values(metric, want).items():
         out.add(
@@ -208,7 +218,7 @@ async def setup(
         ok = status == 200
         out.add("billable_metric", ok, f"created '{billing.event_code}'" if ok else _explain(status, body))
     else:
-        problems = _metric_problems(metric, want)
+        problems = _metric_problems(metric, summable(billing))
         missing = _missing_values(metric, want)
         if missing:
             filters = [
