@@ -133,7 +133,11 @@ def test_a_customer_without_a_lago_subscription_is_parked_then_delivered_after_m
             capture_output=True,
             text=True,
             timeout=60,
-            env={k: v for k, v in os.environ.items() if k not in ("METERWAY_CONFIG", "CONFIG_FILE_PATH")},
+            env={
+                **{k: v for k, v in os.environ.items() if k not in ("METERWAY_CONFIG", "CONFIG_FILE_PATH")},
+                "LAGO_API_BASE": lago.url,  # billing export is on for the CLI as for the gateway
+                "LAGO_API_KEY": lago.api_key,
+            },
         )
         assert cli.returncode == 0 and "no active Lago subscription 'bob'" in cli.stdout
         # map bob onto acme's subscription, then send the parked events again

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from meterway.cli import output
 from meterway.config.load import config_path_from_env, load_settings
 from meterway.config.settings import DEFAULT_DATABASE_URL
 
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
     from meterway.config.billing import Billing
 
 Body = dict[str, Any]
+_KEY_HELP = "the key, its digest or its alias"
+_KEY_ACTIONS = ("info", "update", "block", "unblock", "revoke")  # the commands that name one key
 _LIMIT_FLAGS = (
     ("--max-budget", "max_budget", float),
     ("--budget-duration", "budget_duration", str),
@@ -34,16 +37,16 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     create = _command(keys, "create", "make a key (shown once)", limits=True)
     _key_fields(create)
     _command(keys, "list", "list keys (their digests and names)", paged=True)
-    _command(keys, "info", "one key's settings").add_argument("key", help="the key or its digest")
+    _command(keys, "info", "one key's settings").add_argument("key", help=_KEY_HELP)
     update = _command(keys, "update", "change a key's settings", limits=True)
-    update.add_argument("key")
+    update.add_argument("key", help=_KEY_HELP)
     _key_fields(update)
     for name, text in (
         ("block", "refuse the key until unblocked"),
         ("unblock", "accept the key again"),
         ("revoke", "delete the key for good"),
     ):
-        _command(keys, name, text).add_argument("key")
+        _command(keys, name, text).add_argument("key", help=_KEY_HELP)
 
     for group, what, id_flag in (
         ("users", "users", "user_id"),
@@ -117,7 +120,7 @@ def _limits(args: argparse.Namespace) -> Body:
 def run(args: argparse.Namespace) -> int:
     result = asyncio.run(_run(args))
     if args.json:
-        print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+        print(output.dumps(result))
     else:
         print(_table(result))
     return 0
@@ -127,8 +130,30 @@ async def _run(args: argparse.Namespace) -> Any:
     from meterway.api import management, tenancy
 
     async with open_admin(args) as admin:
+        if args.command == "keys" and args.action in _KEY_ACTIONS:
+            args.key = await resolve_key(admin, args.key)
         handler, body, query = _call(args, management, tenancy)
         return await handler(admin, orjson.dumps(body), query)
+
+
+async def resolve_key(admin: Admin, ref: str) -> str:
+    """The key named by `ref`: the key itself or its digest as the API takes them, else the one key
+    whose alias it is (people remember `search-prod`, not a 64-character digest). An alias two keys
+    share names neither: the error lists their digests to choose from."""
+    from meterway.errors import BadRequest, RouteNotFound
+
+    if ref.startswith("sk-") or await admin.store.keys.get(ref) is not None:
+        return ref  # a key (found or not, the handler says) is never taken for an alias
+    tokens = await admin.store.keys.with_alias(ref, limit=6)
+    if len(tokens) == 1:
+        return tokens[0]
+    if not tokens:
+        raise RouteNotFound(f"No key has the digest or the alias {ref!r}.")
+    shown = ", ".join(tokens[:5]) + (", …" if len(tokens) > 5 else "")
+    raise BadRequest(
+        f"{'More than 5' if len(tokens) > 5 else len(tokens)} keys have the alias {ref!r}; "
+        f"name one by its digest: {shown}."
+    )
 
 
 @contextlib.asynccontextmanager
@@ -275,5 +300,5 @@ def _cell(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, list):
-        return ",".join(map(str, value)) or "(all)"
-    return str(value)
+        return ",".join(map(output.plain, value)) or "(all)"
+    return output.plain(value)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from meterway import __version__
-from meterway.cli import admin, importer, reports
+from meterway.cli import admin, importer, output, reports
 from meterway.config.load import (
     config_path_from_env,
     demo_settings,
@@ -69,6 +69,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # here, so a reader that went away is noticed while it can be handled
+    except BrokenPipeError:  # `meterway … | head`: the reader has all it wanted; not an error to report
+        return output.closed_pipe()
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     # serve logs at --log-level (or the environment's); one-shot commands print their result and
     # only warnings besides

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from meterway.cli import admin
+from meterway.cli import admin, output
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -65,10 +65,12 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 def run(args: argparse.Namespace) -> int:
     if args.command == "billing" and args.action == "worker":
         return _worker(args)
+    if args.command == "billing" and args.action == "status":
+        _billing(args)  # off: say so and how to turn it on (a status of zeros would read as "all sent")
     result = asyncio.run(_run(args))
     if args.command == "billing" and args.action in ("reconcile", "check", "setup"):
         if args.format == "json":
-            print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+            print(output.dumps(result))
         elif args.action == "reconcile":
             print(_differences(result))
         else:
@@ -88,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     if isinstance(result, bytes):
         print(result.decode(), end="")
     elif args.format == "json":
-        print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+        print(output.dumps(result))
     else:
         print(_table(args.command, result))
     return 0
@@ -138,7 +140,7 @@ async def _run(args: argparse.Namespace) -> Any:
 
 def _table(command: str, result: dict[str, Any]) -> str:
     if command == "billing":
-        lines = [f"{k}: {v}" for k, v in result.items() if not isinstance(v, dict)]
+        lines = [f"{k}: {output.plain(v)}" for k, v in result.items() if not isinstance(v, dict)]
         for reason, n in (result.get("parked_by_reason") or {}).items():
             lines.append(f"  parked {n}: {reason}")
         return "\n".join(lines)
@@ -148,7 +150,7 @@ def _table(command: str, result: dict[str, Any]) -> str:
     else:
         rows = [*result["lines"], {"model": "total", "amount": result["total"]}]
         cols = ["model", "token_type", "quantity", "unit_price", "amount"]
-    cells = [["-" if r.get(c) is None else str(r.get(c)) for c in cols] for r in rows]
+    cells = [["-" if r.get(c) is None else output.plain(r.get(c)) for c in cols] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
@@ -180,7 +182,10 @@ def _billing(args: argparse.Namespace) -> tuple[Any, list[str]]:
     settings = load_settings(config) if config else None
     billing = settings.billing if settings is not None else parse_billing({}, os.environ)
     if billing is None:
-        raise BadRequest("Billing export is not configured: set a billing section or LAGO_API_BASE and LAGO_API_KEY.")
+        raise BadRequest(
+            "Billing export is off: to turn it on, set a `billing` section in the config (--config or "
+            "METERWAY_CONFIG), or LAGO_API_BASE and LAGO_API_KEY in the environment."
+        )
     return billing, settings.model_names() if settings is not None else []
 
 

@@ -124,6 +124,12 @@ class KeyStore:
             row = (await conn.execute(keys.select().where(keys.c.token == reference(key_or_digest)))).first()
         return None if row is None else _record(row)
 
+    async def with_alias(self, alias: str, limit: int = 100) -> Sequence[str]:
+        """Digests of (at most `limit`) keys with this alias: aliases are not unique, as in LiteLLM."""
+        query = sa.select(keys.c.token).where(keys.c.key_alias == alias).order_by(keys.c.token).limit(limit)
+        async with self._engine.connect() as conn:
+            return [str(r[0]) for r in await conn.execute(query)]
+
     async def list(
         self, *, user_id: str | None = None, team_id: str | None = None, limit: int = 100, offset: int = 0
     ) -> Sequence[KeyRecord]:
