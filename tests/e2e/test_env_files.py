@@ -6,9 +6,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.support.cli import run_meterway
+from tests.support.serve import serve
 
 CONFIG = "model_list:\n  - model_name: m\n    litellm_params: {model: openai/m, api_key: os.environ/ENVFILE_TEST_KEY}\n"
 # what the environment of the test run might set and the commands below must not see
@@ -100,3 +102,20 @@ def test_check_config_names_the_missing_lago_variable(tmp_path: Path, dotenv: st
     assert said in done.stdout, done.stdout
     assert f"warning: billing export is {said.removeprefix('billing export: ')}" in done.stdout
     assert "lago-secret-9999" not in done.stdout + done.stderr
+
+
+def test_serve_takes_its_master_key_from_the_env_file_and_logs_the_export_status(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "model_list:\n  - model_name: m\n    litellm_params: {model: mock/x}\n"
+        "general_settings: {master_key: os.environ/ENVFILE_SERVE_KEY}\n"
+    )
+    (tmp_path / ".env").write_text("ENVFILE_SERVE_KEY=sk-from-env-file-0005\nLAGO_API_KEY=lago-secret-9999\n")
+    for served in serve(["--config", str(config)], {"METERWAY_LOG_LEVEL": "info", "LAGO_API_BASE": ""}):
+        r = httpx.get(served.url + "/v1/models", headers={"Authorization": "Bearer sk-from-env-file-0005"})
+        assert r.status_code == 200, r.text
+        served.proc.terminate()
+        _, err = served.proc.communicate(timeout=10)
+        assert f"read variables not already set from {tmp_path / '.env'}" in err, err[-2000:]
+        assert "billing export: off: LAGO_API_KEY is set but LAGO_API_BASE is not" in err
+        assert "lago-secret-9999" not in err
