@@ -76,6 +76,14 @@ def test_a_variable_set_in_the_environment_wins_over_env_files(tmp_path: Path) -
     assert "key fro...0004" in done.stdout, done.stdout
 
 
+def test_an_unreadable_env_file_is_a_readable_error(tmp_path: Path) -> None:
+    config, elsewhere = _project(tmp_path, "")
+    (config.parent / ".env").write_bytes(b"ENVFILE_TEST_KEY=\xff\xfe not UTF-8\n")
+    done = run_meterway(["check-config", "--config", str(config)], env=_env(), cwd=elsewhere)
+    assert done.returncode == 1
+    assert f"config error: cannot read {config.parent / '.env'}" in done.stderr and "Traceback" not in done.stderr
+
+
 def test_without_env_files_nothing_is_read(tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text(CONFIG)

@@ -74,7 +74,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     # Before anything reads the environment (the log level included). The process environment
     # itself takes them: every command reads it, and so do `serve`'s worker processes.
-    added, args.env_files = env_from_files(getattr(args, "config", None), Path.cwd(), os.environ)
+    try:
+        added, args.env_files = env_from_files(getattr(args, "config", None), Path.cwd(), os.environ)
+    except ConfigError as e:
+        print(f"meterway: config error: {e.message}", file=sys.stderr)
+        return 1
     os.environ.update(added)
     # serve logs at --log-level (or the environment's); one-shot commands print their result and
     # only warnings besides

@@ -16,6 +16,7 @@ from pathlib import Path
 from dotenv import dotenv_values
 
 from meterway.config.load import config_path_from_env
+from meterway.errors import ConfigError
 
 FILE_NAME = ".env"
 
@@ -28,7 +29,11 @@ def env_from_files(config: str | None, cwd: Path, env: Mapping[str, str]) -> tup
     def take(path: Path) -> None:
         if path in read or not path.is_file():
             return
-        for name, value in dotenv_values(path).items():
+        try:
+            values = dotenv_values(path)
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"cannot read {path}: {e}") from None
+        for name, value in values.items():
             # a bare `NAME` line has no value: it sets nothing, as python-dotenv's own loader does
             if value is not None and name not in env and name not in added:
                 added[name] = value
