@@ -40,9 +40,10 @@ def _drain(fd: int, into: list[bytes]) -> None:
 
 
 def run_meterway(
-    args: Sequence[str], env: Mapping[str, str] | None = None, timeout: float = 60
+    args: Sequence[str], env: Mapping[str, str] | None = None, timeout: float = 60, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """`meterway ARGS` in a forked child with `env` (default: this process's) as its environment."""
+    """`meterway ARGS` in a forked child with `env` (default: this process's) as its environment,
+    in `cwd` (default: this process's working directory)."""
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     environment = dict(os.environ if env is None else env)
@@ -63,6 +64,8 @@ def run_meterway(
             sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
             os.environ.clear()
             os.environ.update(environment)
+            if cwd is not None:
+                os.chdir(cwd)
             sys.argv = [str(Path(meterway.__file__).with_name("__main__.py")), *args]
             warnings.resetwarnings()  # a fresh interpreter's filters, not the test run's "error"
             for action, category in _DEFAULT_WARNINGS:

@@ -67,3 +67,22 @@ def test_the_section_wins_over_the_environment_and_is_checked() -> None:
 def test_bad_billing_settings_are_refused_naming_the_field(section: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         parse_config({**MODELS, "billing": section}, source=None, env={})
+
+
+@pytest.mark.parametrize(
+    ("env", "status"),
+    [
+        ({}, "off: no billing section and no LAGO_API_BASE and LAGO_API_KEY"),
+        ({"LAGO_API_KEY": "lago-key"}, "off: LAGO_API_KEY is set but LAGO_API_BASE is not (set it to your Lago URL)"),
+        ({"LAGO_API_BASE": "http://lago:3000"}, "off: LAGO_API_BASE is set but LAGO_API_KEY is not"),
+        (
+            {"LAGO_API_BASE": "http://lago:3000/api/v1", "LAGO_API_KEY": "lago-key"},
+            "on, to http://lago:3000 (event code llm_tokens, charged by customer)",
+        ),
+    ],
+)
+def test_the_export_status_says_on_and_where_or_why_off(env: dict[str, str], status: str) -> None:
+    settings = parse_config(MODELS, source=None, env=env)
+    assert settings.billing_export == status and "lago-key" not in status
+    half_set = status.startswith("off: LAGO_")
+    assert (f"billing export is {status}" in settings.warnings) is half_set

@@ -12,9 +12,11 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 
 from meterway import __version__
 from meterway.cli import admin, importer, output, reports
+from meterway.config.env_files import env_from_files
 from meterway.config.load import (
     config_path_from_env,
     demo_settings,
@@ -79,6 +81,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
+    # Before anything reads the environment (the log level included). The process environment
+    # itself takes them: every command reads it, and so do `serve`'s worker processes.
+    try:
+        added, args.env_files = env_from_files(getattr(args, "config", None), Path.cwd(), os.environ)
+    except ConfigError as e:
+        print(f"meterway: config error: {e.message}", file=sys.stderr)
+        return 1
+    os.environ.update(added)
     # serve logs at --log-level (or the environment's); one-shot commands print their result and
     # only warnings besides
     long_running = args.command == "serve" or getattr(args, "action", None) == "worker"
@@ -121,6 +131,9 @@ def serve(args: argparse.Namespace) -> int:
     settings = _settings(args.config)
     for warning in settings.warnings:
         log.warning("config: %s", warning)
+    for env_file in args.env_files:
+        log.info("read variables not already set from %s", env_file)
+    log.info("billing export: %s", settings.billing_export)
     master = settings.master_key
     if master is None:
         # Never serve open by accident: a config without a master key gets one for this run.
@@ -281,6 +294,8 @@ def check_config(args: argparse.Namespace) -> int:
     secret = settings.webhook_secret
     print(f"webhook secret: {secret.masked() if secret else '(not set: usage webhooks take the master key only)'}")
     print(f"max request body: {settings.max_body_bytes} bytes")
+    print(f"env files: {', '.join(map(str, args.env_files)) or '(none)'}")
+    print(f"billing export: {settings.billing_export}")
     print(f"models: {len(settings.model_names())}, deployments: {len(settings.deployments)}")
     for d in settings.deployments:
         key = d.api_key.masked() if d.api_key else "(none)"

@@ -66,6 +66,20 @@ class Billing:
     claim_timeout_s: float = 60.0
 
 
+def export_status(billing: Billing | None, env: Mapping[str, str]) -> str:
+    """One line for `check-config` and the start-up log: whether usage goes to Lago, to where, and
+    why not. Export is off silently otherwise, and a LiteLLM user who set one `LAGO_*` variable of
+    the two would bill nothing without knowing it. Never shows the key."""
+    if billing is not None:
+        return f"on, to {billing.api_base} (event code {billing.event_code}, charged by {billing.charge_by})"
+    has_base, has_key = bool(env.get("LAGO_API_BASE")), bool(env.get("LAGO_API_KEY"))
+    if has_key and not has_base:
+        return "off: LAGO_API_KEY is set but LAGO_API_BASE is not (set it to your Lago URL)"
+    if has_base and not has_key:
+        return "off: LAGO_API_BASE is set but LAGO_API_KEY is not"
+    return "off: no billing section and no LAGO_API_BASE and LAGO_API_KEY"
+
+
 def parse_billing(section: Mapping[str, Any], env: Mapping[str, str]) -> Billing | None:
     unknown = sorted(set(section) - FIELDS)
     if unknown:

@@ -22,7 +22,7 @@ import aiohttp
 import yaml
 
 from meterway.cache import CacheSettings
-from meterway.config.billing import parse_billing
+from meterway.config.billing import export_status, parse_billing
 from meterway.config.routing import ROUTER_KEYS, parse_routing
 from meterway.config.secret import Secret
 from meterway.config.settings import (
@@ -317,6 +317,9 @@ def parse_config(
         raise ConfigError("general_settings.webhook_secret must be a string of at least 16 characters")
 
     billing = parse_billing(_section(data, "billing", env), env)
+    billing_export = export_status(billing, env)
+    if billing is None and billing_export.startswith("off: LAGO_"):
+        warnings.append(f"billing export is {billing_export}")
     callbacks: list[Any] = []
     for name in ("callbacks", "success_callback"):
         value = litellm_settings.get(name) or []
@@ -342,6 +345,7 @@ def parse_config(
         store_models=store_models,
         default_timeout_s=default_timeout,
         billing=billing,
+        billing_export=billing_export,
         telemetry=telemetry,
         webhook_secret=Secret(webhook_secret) if webhook_secret else None,
         ui_username=env.get("UI_USERNAME") or None,

@@ -115,6 +115,7 @@ class Settings:
     responses_background_max: int = 64
     unpriced_models: tuple[str, ...] = ()  # deployments with no known price: their cost is NULL
     billing: Billing | None = None  # usage export to Lago, when configured
+    billing_export: str = "off"  # whether usage goes to Lago, where, or why not (for people to read)
     telemetry: Telemetry = field(default_factory=Telemetry)  # traces and metrics settings
     routing: RoutingPolicy = field(default_factory=RoutingPolicy)  # router_settings: strategy, retries, fallbacks
     cache: CacheSettings | None = None  # litellm_settings.cache: the response cache, when on
