@@ -15,10 +15,11 @@ from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
 from meterway.api import heads
-from meterway.api.response_shapes import final_response, list_items, replay_events, with_usage
+from meterway.api.response_shapes import final_response, list_items, replay_events
 from meterway.api.responses import target
 from meterway.errors import BadRequest
 from meterway.ledger.tokens import TokenCounter
+from meterway.providers import billed
 from meterway.providers import responses_format as fmt
 from meterway.providers.base import Api, Usage
 
@@ -189,15 +190,21 @@ def test_tokens_of_a_responses_request_answer_and_stream() -> None:
 
 
 def test_usage_is_filled_in_only_where_the_response_has_none() -> None:
-    billed = {"input_tokens": 3, "output_tokens": 4, "total_tokens": 7}
+    counted = Usage(prompt_tokens=3, completion_tokens=4, total_tokens=7)
+    billed_usage = fmt.responses_usage(counted)
     bare = dict(RESPONSE, usage=None)
     events = replay_events(bare)
     stream = b"".join(b"event: " + e["type"].encode() + b"\ndata: " + orjson.dumps(e) + b"\n\n" for e in events[-2:])
-    filled = with_usage(stream, billed)
-    assert filled is not None and filled.endswith(b"\n\n") and filled.count(b"\n\n") == 2
-    assert final_response(filled) == dict(bare, usage=billed)
-    assert final_response(with_usage(orjson.dumps(bare), billed) or b"") == dict(bare, usage=billed)
-    assert with_usage(orjson.dumps(RESPONSE), billed) is None  # the upstream's own usage stays
+    filled = billed.response_event_with_usage(stream, counted)
+    assert filled.endswith(b"\n\n") and filled.count(b"\n\n") == 2
+    assert final_response(filled) == dict(bare, usage=billed_usage)
+    assert b'"meterway":{"usage_estimated":true}' in filled
+    whole = billed.body_with_usage(Api.RESPONSES, orjson.dumps(bare), counted)
+    assert final_response(whole) == dict(bare, usage=billed_usage)
+    own = b"".join(
+        b"event: " + e["type"].encode() + b"\ndata: " + orjson.dumps(e) + b"\n\n" for e in replay_events(RESPONSE)[-1:]
+    )
+    assert billed.response_event_with_usage(own, counted) == own  # the upstream's own usage stays
 
 
 # ---- against OpenAI's published spec (the fixture H1a extracted from openai-openapi)
@@ -239,5 +246,5 @@ def test_what_the_gateway_serves_from_the_store_matches_the_spec() -> None:
         fmt.ChatToResponsesStream(BRIDGED_REQUEST, "resp_q", 1).start()[0]["response"], status="queued", background=True
     )
     assert _spec_errors("Response", queued) == []
-    billed = with_usage(orjson.dumps(dict(response, usage=None)), fmt.responses_usage(Usage(9, 4, 13)))
-    assert billed is not None and _spec_errors("Response", orjson.loads(billed)) == []
+    filled = billed.body_with_usage(Api.RESPONSES, orjson.dumps(dict(response, usage=None)), Usage(9, 4, 13))
+    assert _spec_errors("Response", orjson.loads(filled)) == []

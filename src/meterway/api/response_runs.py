@@ -26,11 +26,10 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from meterway.api import heads
-from meterway.api.asgi import EVENT_STREAM, Message, Receive, Responder, Send
-from meterway.api.response_shapes import as_input, final_response, with_usage
+from meterway.api.asgi import Message, Receive, Responder, Send
+from meterway.api.response_shapes import as_input, final_response
 from meterway.auth import MASTER_ID
 from meterway.errors import BadRequest, RateLimited, RouteNotFound
-from meterway.providers import billed
 from meterway.providers import responses_format as fmt
 from meterway.providers.base import Api
 from meterway.providers.responses_adapter import ResponsesAdapter
@@ -102,7 +101,6 @@ class Run:
         self.cancelled: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self.status = 0
         self.relaying = False  # a detached run's upstream has begun to answer
-        self._start: Message | None = None
         self.task: asyncio.Task[None] | None = None
 
     async def receive(self) -> Message:
@@ -117,34 +115,13 @@ class Run:
             if self.detached.is_set() and self.pending is not None and self.pending.response_id and self.status == 200:
                 self.relaying = True
                 await self.responses.set_status(self.pending.response_id, "in_progress")
-            if self.status == 200 and (b"content-type", EVENT_STREAM) not in message["headers"]:
-                self._start = message  # a whole answer: held with its body, whose usage may be filled in
-                return
         elif kind == "http.response.body" and not message.get("more_body") and self.status == 200:
-            message = self._billed(message)
+            # the billed usage is in these bytes already where the ledger counted it (`relay.answer`,
+            # `StreamRelay.settle`): what is stored is what the client gets
             await self.responses.keep(self.pending, message.get("body", b""))
         if self.detached.is_set():
             return
-        if self._start is not None:
-            start, self._start = self._start, None
-            await self._send(start)
         await self._send(message)
-
-    def _billed(self, message: Message) -> Message:
-        """The last bytes, with the usage the ledger recorded where the upstream reported none
-        (the row is committed by now): on a whole answer with the header `billed.HEADER`, in a
-        stream's terminal event with the `meterway` mark (docs/ledger.md, "What the client is shown")."""
-        ctx = self.pending.ctx if self.pending is not None else None
-        if ctx is None or ctx.counted is None or not ctx.estimated:
-            return message
-        filled = with_usage(message.get("body", b""), fmt.responses_usage(ctx.counted))
-        if filled is None:
-            return message
-        if self._start is not None:
-            headers = [(k, v) for k, v in self._start["headers"] if k != b"content-length"]
-            headers += [(b"content-length", b"%d" % len(filled)), billed.HEADER]
-            self._start = dict(self._start, headers=headers)
-        return dict(message, body=filled)
 
     async def detach(self, answer: bytes, rid: str) -> None:
         """Answers the client now (the queued Response) and goes on without it."""

@@ -1,6 +1,5 @@
 """The Responses API's bodies as the gateway handles them, pure (no I/O): the Response in an
-answer's last bytes (a whole object, or a stream's terminal event) and that answer with billed
-usage filled in; stored items as input again; the input-items listing; a stored Response replayed
+answer's last bytes (a whole object, or a stream's terminal event); stored items as input again; the input-items listing; a stored Response replayed
 as the event sequence that streams it. Checked against OpenAI's spec in tests/unit."""
 
 from __future__ import annotations
@@ -10,8 +9,6 @@ from typing import Any
 import orjson
 
 from meterway.errors import BadRequest
-from meterway.providers import billed
-from meterway.providers import responses_format as fmt
 
 _TERMINAL_EVENTS = {b"response.completed", b"response.incomplete", b"response.failed"}
 
@@ -52,29 +49,6 @@ def final_response(last: bytes) -> dict[str, Any] | None:
         if event is not None:
             response: dict[str, Any] = event["response"]
             return response
-    return None
-
-
-def with_usage(last: bytes, usage: dict[str, Any]) -> bytes | None:
-    """The answer's last bytes with `usage` in a Response that came without one (an upstream that
-    reported none: the client is shown what it is billed), or None when it has its own."""
-    data = last.strip()
-    if data.startswith(b"{"):
-        whole = _whole(data)
-        if whole is None or whole.get("usage") is not None:
-            return None
-        return orjson.dumps(dict(whole, usage=usage))
-    blocks = last.split(b"\n\n")
-    for i in reversed(range(len(blocks))):
-        event = _terminal(blocks[i])
-        if event is None:
-            continue
-        if event["response"].get("usage") is not None:
-            return None
-        event["response"]["usage"] = usage
-        event["meterway"] = billed.MARK
-        blocks[i] = fmt.sse(event).removesuffix(b"\n\n")
-        return b"\n\n".join(blocks)
     return None
 
 

@@ -126,3 +126,30 @@ def message_start_with_usage(event: bytes) -> bytes:
         return event
     message["usage"] = {"input_tokens": 0, "output_tokens": 0}
     return b"event: message_start\ndata: " + json.dumps(data, separators=(",", ":")).encode()
+
+
+def response_event_with_usage(closing: bytes, usage: Usage) -> bytes:
+    """A Responses stream's closing bytes (its terminal event, `response.completed` or the like,
+    held by the relay) with the billed figures as the Response's usage when it came without one,
+    marked as counted. Closing bytes with no such event, or whose Response has its own usage, are
+    returned as they came."""
+    blocks = closing.split(b"\n\n")
+    for i in reversed(range(len(blocks))):
+        data = sse.parse_event(blocks[i].strip()).data
+        if not data or b'"response"' not in data:
+            continue
+        try:
+            event = json.loads(data)
+        except ValueError:
+            continue
+        response = event.get("response") if isinstance(event, dict) else None
+        if not isinstance(response, dict):
+            continue
+        if response.get("usage") is not None:
+            return closing
+        response["usage"] = responses_usage(usage)
+        event["meterway"] = MARK
+        name = str(event.get("type") or "message").encode()
+        blocks[i] = b"event: " + name + b"\ndata: " + json.dumps(event, separators=(",", ":")).encode()
+        return b"\n\n".join(blocks)
+    return closing

@@ -107,9 +107,9 @@ class ResponsesFromChatRelay:
         return head + tail
 
     def settle(self, billed: Usage, closing: bytes) -> bytes:
-        """A Response always carries its usage; the gateway's Responses runs put the billed figures
-        in the terminal event it stores and relays (`api.response_runs`), so nothing is added here."""
-        return closing
+        """A Response always carries its usage: one the upstream reported none for gets the billed
+        figures in the terminal event the relay holds (which the gateway also stores)."""
+        return billed_out.response_event_with_usage(closing, billed)
 
 
 class ResponsesAdapter(Bridge):

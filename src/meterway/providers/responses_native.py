@@ -15,6 +15,7 @@ from typing import Any
 import msgspec
 import orjson
 
+from meterway.providers import billed as billed_out
 from meterway.providers import sse
 from meterway.providers.base import Usage
 from meterway.providers.responses_format import usage_from_responses
@@ -108,9 +109,9 @@ class ResponsesPassthroughRelay:
             self.usage = usage_from_responses(response.get("usage"))
 
     def settle(self, billed: Usage, closing: bytes) -> bytes:
-        """A Response always carries its usage; the gateway's Responses runs put the billed figures
-        in the terminal event it stores and relays (`api.response_runs`), so nothing is added here."""
-        return closing
+        """A Response always carries its usage: one the upstream reported none for gets the billed
+        figures in the terminal event the relay holds (which the gateway also stores)."""
+        return billed_out.response_event_with_usage(closing, billed)
 
     def finish(self) -> bytes:
         held, self._held = self._held, b""
