@@ -643,3 +643,11 @@ def test_failed_response_becomes_a_chat_error_chunk() -> None:
     (chunk,) = back.feed({"type": "response.failed", "response": failed, "sequence_number": 3})
     assert chunk == {"error": {"message": "boom", "type": "api_error", "code": "server_error"}}
     assert json.loads(json.dumps(chunk)) == chunk
+
+
+def test_usage_details_of_an_odd_type_are_no_details() -> None:
+    odd = {"prompt_tokens": 3, "completion_tokens": 2, "prompt_tokens_details": 7, "completion_tokens_details": [1]}
+    usage = fmt.usage_to_responses(odd)
+    assert usage is not None and usage["input_tokens"] == 3 and usage["output_tokens"] == 2
+    assert usage["input_tokens_details"]["cached_tokens"] == 0
+    assert usage["output_tokens_details"]["reasoning_tokens"] == 0

@@ -109,7 +109,8 @@ class MessagesPassthroughRelay:
             elif name == b"message_delta":
                 self._meter(sse.parse_event(raw))
                 out.append(buf[at:start])
-                self._delta += buf[start:end]
+                out.append(self._delta)  # only the last one is held: an earlier one goes on now
+                self._delta = buf[start:end]
                 at = end
             elif (name == b"message_stop") if name is not None else sse.is_message_stop(raw):
                 self._final, self.done = buf[start:end], True

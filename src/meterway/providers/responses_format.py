@@ -337,6 +337,8 @@ def usage_to_responses(usage: Any) -> Json | None:
         return None
     prompt_details = usage.get("prompt_tokens_details")
     completion_details = usage.get("completion_tokens_details")
+    prompt_details = prompt_details if isinstance(prompt_details, dict) else {}  # an upstream's odd type: no details
+    completion_details = completion_details if isinstance(completion_details, dict) else {}
     prompt = usage.get("prompt_tokens", 0)
     completion = usage.get("completion_tokens", 0)
     total = usage.get("total_tokens")
@@ -345,11 +347,11 @@ def usage_to_responses(usage: Any) -> Json | None:
     return {
         "input_tokens": prompt,
         "input_tokens_details": {
-            "cached_tokens": (prompt_details or {}).get("cached_tokens") or 0,
+            "cached_tokens": prompt_details.get("cached_tokens") or 0,
             "cache_write_tokens": 0,
         },
         "output_tokens": completion,
-        "output_tokens_details": {"reasoning_tokens": (completion_details or {}).get("reasoning_tokens") or 0},
+        "output_tokens_details": {"reasoning_tokens": completion_details.get("reasoning_tokens") or 0},
         "total_tokens": total,
     }
 
@@ -533,7 +535,7 @@ def chat_to_response(chat: Json, request: Json, response_id: str, created_at: in
 class _Open:
     """One output item being streamed: its index, id and what it has accumulated."""
 
-    __slots__ = ("arguments", "call_id", "id", "index", "kind", "name", "parts")
+    __slots__ = ("argument_pieces", "arguments", "call_id", "id", "index", "kind", "name", "parts", "pieces")
 
     def __init__(self, kind: str, index: int, id_: str) -> None:
         self.kind = kind  # "message", "reasoning" or "function_call"
@@ -543,6 +545,10 @@ class _Open:
         self.call_id = ""
         self.name = ""
         self.arguments = ""
+        # deltas are kept as pieces and joined when the part or call closes: `+=` on a dict value or
+        # an attribute copies the whole text each time (quadratic over a long answer)
+        self.pieces: list[str] = []  # the last part's text since it was last joined
+        self.argument_pieces: list[str] = []
 
 
 class ChatToResponsesStream:
@@ -629,6 +635,9 @@ class ChatToResponsesStream:
 
     def _close_part(self, item: _Open) -> list[Event]:
         part = item.parts[-1]
+        if item.pieces:
+            part["refusal" if part["type"] == "refusal" else "text"] += "".join(item.pieces)
+            item.pieces.clear()
         if part.get("closed"):
             return []
         part["closed"] = True
@@ -666,6 +675,8 @@ class ChatToResponsesStream:
     def _close(self, item: _Open) -> list[Event]:
         events: list[Event] = []
         if item.kind == "function_call":
+            item.arguments += "".join(item.argument_pieces)
+            item.argument_pieces.clear()
             events.append(
                 self._event(
                     "response.function_call_arguments.done",
@@ -724,9 +735,7 @@ class ChatToResponsesStream:
         item, events = self._text_item(kind)
         index, opened = self._part(item, part_kind)
         events.extend(opened)
-        part = item.parts[index]
-        key = "refusal" if part_kind == "refusal" else "text"
-        part[key] += text
+        item.pieces.append(text)
         where = {"item_id": item.id, "output_index": item.index, "content_index": index, "delta": text}
         if part_kind == "output_text":
             events.append(self._event("response.output_text.delta", **where, logprobs=[]))
@@ -755,7 +764,7 @@ class ChatToResponsesStream:
             )
         arguments = function.get("arguments")
         if isinstance(arguments, str) and arguments:
-            item.arguments += arguments
+            item.argument_pieces.append(arguments)
             events.append(
                 self._event(
                     "response.function_call_arguments.delta", item_id=item.id, output_index=item.index, delta=arguments
