@@ -18,7 +18,7 @@ from typing import Annotated, Any
 import msgspec
 import orjson
 
-from meterway.errors import BadRequest
+from meterway.errors import BadRequest, MeterwayError
 
 NAME_MAX = 255  # model, user, ids, aliases, billing ids: the String(255) columns
 EMAIL_MAX = 320  # mw_users.user_email
@@ -134,6 +134,16 @@ def too_deep(body: bytes, limit: int = DEPTH_MAX) -> bool:
             return False
         shape = shape.replace(b"()", b"")
     return bool(shape)
+
+
+def deep_error(exc: Exception, body: bytes) -> Exception:
+    """`exc` as the client's 400 when it came from `body` nesting deeper than the JSON encoder
+    goes (254 levels): such a body passes the head decoders but fails wherever it is encoded
+    again. Told apart from a fault of ours (500) only once handling failed, `too_deep` costing too
+    much to run on every body. A `BadRequest` or other named error is returned as it is."""
+    if not isinstance(exc, MeterwayError) and body and too_deep(body):
+        return BadRequest(f"Request body is nested deeper than {DEPTH_MAX} levels.", code="nested_too_deep")
+    return exc
 
 
 def _out_of_range(value: Any) -> Any:

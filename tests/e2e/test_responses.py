@@ -404,6 +404,17 @@ def test_input_tokens_never_charged(
     assert (up.last.path == "/v1/responses/input_tokens") if model == "gpt" else up.received == []
 
 
+@pytest.mark.parametrize("path", ["/responses/input_tokens", "/messages/count_tokens"])
+def test_token_counts_of_a_body_nested_too_deep_are_400(path: str, gw: RunningGateway, key: str) -> None:
+    deep = "[" * 300 + "]" * 300  # valid JSON the head decoder takes, deeper than the JSON encoder goes
+    body = '{"model": "claude", "input": "hi", "max_tokens": 5, "messages": [], "tools": ' + deep + "}"
+    r = httpx.post(
+        gw.v1 + path, content=body, headers={"Authorization": f"Bearer {key}", "content-type": "application/json"}
+    )
+    assert r.status_code == 400, r.text
+    assert "nested deeper than" in r.json()["error"]["message"]  # in OpenAI's or (count_tokens) Anthropic's shape
+
+
 @pytest.mark.parametrize(
     ("method", "path", "status", "kind"),
     [

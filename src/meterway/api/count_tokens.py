@@ -35,6 +35,7 @@ from meterway.providers.base import Api, Call, RequestHead
 from meterway.providers.common import unreadable
 
 if TYPE_CHECKING:
+    from meterway.auth import Principal
     from meterway.config.settings import Deployment
     from meterway.ledger.tokens import TokenCounter
     from meterway.services import Services
@@ -66,10 +67,11 @@ def decode_request(body: bytes) -> _CountTokens:
     return request
 
 
-def count_locally(counter: TokenCounter, body: bytes, tools: list[Any] | None) -> int:
-    """The prompt as the ledger counts a Messages request (system and messages), plus the tools'
-    definitions as JSON text: they are part of the prompt a model is sent."""
-    total = counter.prompt(Api.MESSAGES, body)
+def count_locally(counter: TokenCounter, body: bytes, tools: object, api: Api = Api.MESSAGES) -> int:
+    """The prompt as the ledger counts a request of `api` (a Messages request's system and
+    messages, a Responses request's instructions and input), plus the tools' definitions as JSON
+    text: they are part of the prompt a model is sent."""
+    total = counter.prompt(api, body)
     if tools:
         total += counter.count(orjson.dumps(tools).decode())
     return total
@@ -82,6 +84,14 @@ async def handle(services: Services, scope: Scope, receive: Receive, send: Send)
         bearer_token(incoming.authorization, incoming.x_api_key, incoming.api_key)
     )
     body = await read_body(receive, incoming, services.settings.max_body_bytes)
+    try:
+        answer = await _count(services, principal, body, rid)
+    except Exception as exc:
+        raise bounds.deep_error(exc, body) from None
+    await Responder(send, rid).whole(200, answer)
+
+
+async def _count(services: Services, principal: Principal, body: bytes, rid: str) -> bytes:
     request = decode_request(body)
     group = group_for(services, principal, request.model)
     deployment = group.deployments[0]
@@ -92,7 +102,7 @@ async def handle(services: Services, scope: Scope, receive: Receive, send: Send)
         # a body may be megabytes: tokenized off the event loop, so other requests go on meanwhile
         counted = await asyncio.to_thread(count_locally, services.ledger.counter, body, request.tools)
         answer = orjson.dumps({"input_tokens": counted})
-    await Responder(send, rid).whole(200, answer)
+    return answer
 
 
 async def _upstream(

@@ -29,7 +29,7 @@ from meterway.api.cached import look_up, serve_hit, store
 from meterway.api.relay import flag as _flag
 from meterway.auth import bearer_token
 from meterway.context import Hook, RequestContext
-from meterway.errors import BadRequest, MeterwayError, ModelNotFound, UnsupportedOperation
+from meterway.errors import ModelNotFound, UnsupportedOperation
 from meterway.providers.base import Api, Call, RequestHead
 from meterway.telemetry import logs
 
@@ -104,7 +104,7 @@ async def handle(services: Services, api: Api, decode: HeadDecoder, scope: Scope
         if key is not None and ctx.status_code == 200 and ctx.error is None and not ctx.client_aborted:
             await store(cache, ctx, key, ttl)  # type: ignore[arg-type]  # a key is only made with a cache
     except Exception as exc:
-        err = errors.as_meterway_error(_too_deep(exc, ctx.body), rid)
+        err = errors.as_meterway_error(bounds.deep_error(exc, ctx.body), rid)
         ctx.error = err
         _flag(ctx, err)
         if not responder.started:  # its row is committed first; the boundary answers, through `responder`
@@ -138,13 +138,3 @@ def group_for(services: Services, principal: Principal, model: str) -> Group:
         return services.router.group(model)
     except ModelNotFound as e:
         raise ModelNotFound(model, principal.visible(e.available)) from None
-
-
-def _too_deep(exc: Exception, body: bytes) -> Exception:
-    """A body nested deeper than the JSON encoder goes (254 levels) passes the head decoder but
-    fails wherever it is rewritten (model renamed, usage asked for, API translated). Such a failure
-    is the client's (400), told apart from a fault of ours only then: the check costs too much to
-    run on every body."""
-    if not isinstance(exc, MeterwayError) and body and bounds.too_deep(body):
-        return BadRequest(f"Request body is nested deeper than {bounds.DEPTH_MAX} levels.", code="nested_too_deep")
-    return exc

@@ -25,9 +25,11 @@ from urllib.parse import parse_qs
 
 import orjson
 
+from meterway import bounds
 from meterway.api import heads, proxy
 from meterway.api.asgi import REQUEST_ID, Incoming, Receive, Responder, Scope, Send, read_body, request_id
 from meterway.api.attempts import ERROR_BODY_MAX, fetch, retry_after
+from meterway.api.count_tokens import count_locally
 from meterway.api.errors import Endpoint, boundary
 from meterway.api.response_runs import (
     CANCEL_WAIT_S,
@@ -46,6 +48,7 @@ from meterway.providers.base import Api, Call, RequestHead
 from meterway.providers.responses_adapter import ResponsesAdapter
 
 if TYPE_CHECKING:
+    from meterway.auth import Principal
     from meterway.config.settings import Deployment
     from meterway.providers.base import Provider
     from meterway.services import Services
@@ -293,26 +296,23 @@ async def input_tokens(services: Services, scope: Scope, receive: Receive, send:
         bearer_token(incoming.authorization, incoming.x_api_key, incoming.api_key)
     )
     body = await read_body(receive, incoming, services.settings.max_body_bytes)
+    try:
+        answer = await _input_tokens(services, principal, body, rid)
+    except Exception as exc:
+        raise bounds.deep_error(exc, body) from None
+    await Responder(send, rid).whole(200, answer)
+
+
+async def _input_tokens(services: Services, principal: Principal, body: bytes, rid: str) -> bytes:
     head = heads.responses(body)
     group = proxy.group_for(services, principal, head.model)
     deployment = group.deployments[0]
     provider = deployment.provider_for(Api.RESPONSES)
-    responder = Responder(send, rid)
     if not isinstance(provider, ResponsesAdapter) and hasattr(provider, "resource_request"):
         request = orjson.loads(body)
         request["model"] = provider.upstream_model
         upstream = provider.resource_request("POST", "/responses/input_tokens", "", orjson.dumps(request))
-        data = await fetch(services, deployment, provider, upstream, Call(Api.RESPONSES, body, head, rid))
-        return await responder.whole(200, data)
-    counted = await asyncio.to_thread(count_locally, services, body)
-    await responder.whole(200, orjson.dumps({"object": "response.input_tokens", "input_tokens": counted}))
-
-
-def count_locally(services: Services, body: bytes) -> int:
-    request = orjson.loads(body)
-    counter = services.ledger.counter
-    total = counter.prompt(Api.RESPONSES, body)
-    tools = request.get("tools") if isinstance(request, dict) else None
-    if tools:
-        total += counter.count(orjson.dumps(tools).decode())
-    return total
+        return await fetch(services, deployment, provider, upstream, Call(Api.RESPONSES, body, head, rid))
+    tools = orjson.loads(body).get("tools")
+    counted = await asyncio.to_thread(count_locally, services.ledger.counter, body, tools, Api.RESPONSES)
+    return orjson.dumps({"object": "response.input_tokens", "input_tokens": counted})
