@@ -23,7 +23,8 @@ Send = Callable[[Message], Awaitable[None]]
 
 JSON = b"application/json"
 EVENT_STREAM = b"text/event-stream"
-_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
+# 123: a bridged Response's id is "resp_" + the request id, and ids are kept in 128 characters
+_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,123}")
 
 
 class Incoming:

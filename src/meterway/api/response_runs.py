@@ -310,6 +310,7 @@ class Responses:
         to be this key's)."""
         chain: list[StoredResponse] = []
         at: str | None = previous
+        size = 0  # bytes of the conversation taken in: bounded as a request body is
         while at is not None and len(chain) < CHAIN_MAX:
             row = await self.store.get(at) if storable(at) else None
             if row is None or not visible(row, principal):
@@ -324,6 +325,13 @@ class Responses:
                 return None
             if row.body is None or row.too_large:
                 raise previous_not_found(previous)
+            size += len(row.body) + len(row.input_items or "")
+            if size > self.stored_max:
+                raise BadRequest(
+                    f"The conversation before '{previous}' is larger than {self.stored_max} bytes; start a new one.",
+                    param="previous_response_id",
+                    code="conversation_too_large",
+                )
             chain.append(row)
             response = orjson.loads(row.body)
             at = response.get("previous_response_id")
@@ -349,7 +357,14 @@ class Responses:
         start = fmt.ChatToResponsesStream(request, response_id, int(time.time())).start()
         queued = dict(start[0]["response"], status="queued", background=True)
         body = orjson.dumps(queued)
-        if not await self.store.put(self._record(pending, response_id, "queued", body)):
+        self.background[response_id] = run  # the slot is taken before the wait, so a burst cannot pass the cap
+        try:
+            stored = await self.store.put(self._record(pending, response_id, "queued", body))
+        except BaseException:
+            self.background.pop(response_id, None)
+            raise
+        if not stored:
+            self.background.pop(response_id, None)
             raise BadRequest("A response with this request id exists already; send another x-request-id.")
         request["stream"] = True
         request.pop("background", None)
@@ -357,7 +372,6 @@ class Responses:
         if ctx.head is not None:
             ctx.head = replace(ctx.head, stream=True)
         ctx.stream = True
-        self.background[response_id] = run
         await run.detach(body, ctx.request_id)
 
     # ------------------------------------------------------------------ background runs
