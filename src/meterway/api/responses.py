@@ -40,7 +40,7 @@ from meterway.api.response_runs import (
     storable,
     visible,
 )
-from meterway.api.response_shapes import list_items, replay_events
+from meterway.api.response_shapes import final_response, list_items, replay_events
 from meterway.auth import bearer_token
 from meterway.errors import BadRequest, UnsupportedOperation
 from meterway.providers import responses_format as fmt
@@ -267,17 +267,27 @@ async def _native(
                 await _seen(services.responses, row, data)
             return await responder.whole(200, data)
         await responder.start_stream()
+        tail = bytearray()  # the stream's last bytes, bounded: its terminal event meters a background run
+        bound = services.settings.max_upstream_body_bytes
         async for chunk in resp:
             await responder.chunk(chunk)
+            if not row.metered:
+                tail += chunk
+                if len(tail) > bound:
+                    del tail[: len(tail) - bound]
+        if not row.metered:
+            await _seen(services.responses, row, bytes(tail))
         await responder.end()
     finally:
         resp.release()
 
 
 async def _seen(responses: Responses, row: StoredResponse, data: bytes) -> None:
+    """A retrieved native response (a whole body, or a stream's last bytes) metered if it ended
+    and no one metered it yet: a client that reads a background response is always charged for it."""
     try:
-        response = orjson.loads(data)
-        if isinstance(response, dict):
+        response = final_response(data)
+        if response is not None:
             await responses.meter.seen(row, response)
     except Exception:  # the client's answer does not wait on metering: the poll meters it later
         log.exception("response %s not metered on retrieval", row.response_id)
