@@ -51,6 +51,7 @@ def _limits() -> list[Column[object]]:
         Column("rpm_limit", Integer, nullable=True),
         Column("tpm_limit", Integer, nullable=True),
         Column("max_parallel_requests", Integer, nullable=True),
+        Column("soft_budget", Money(), nullable=True),  # added by migration 0011: warn at it, never refuse
     ]
 
 
@@ -103,6 +104,8 @@ customers = Table(
     Column("billing_external_subscription_id", String(255), nullable=True),
     Column("billing_plan_code", String(255), nullable=True),  # the Lago plan `billing setup` subscribes it to
     Column("metadata", JSON, nullable=False, default=dict),
+    # added by migration 0011: the models this end user may call (empty: no restriction of its own)
+    Column("models", JSON, nullable=False, default=list, server_default="[]"),
     *_limits(),
     *_times(),
 )
