@@ -2,7 +2,8 @@
 and meterway must too (an import must not widen what an end user may call), its soft budget, and
 the `spend_logs_metadata` of its requests.
 
-A LiteLLM database is made from `tests/fixtures/litellm_schema.sql`, imported with
+A LiteLLM database is built from the migrations LiteLLM ships (`tests/support/litellm_db.py`),
+filled as a proxy would have it, imported with
 `meterway import litellm`, and a real gateway is run on the result; clients are the openai and
 anthropic SDKs. The same model list set through `/customer/new` is enforced the same way.
 """
@@ -13,7 +14,6 @@ import asyncio
 import hashlib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -25,18 +25,18 @@ import pytest
 
 from meterway.cli.main import main
 from tests.support.gateway import run_gateway
+from tests.support.litellm_db import create_litellm_database
 from tests.upstreams.standin import StandIn
 
-SCHEMA = Path(__file__).parent.parent / "fixtures" / "litellm_schema.sql"
 NOW = datetime.now(UTC).replace(tzinfo=None, microsecond=0)  # LiteLLM's columns hold naive UTC
 KEY = "sk-end-user-tests-0001"  # a key with no model list of its own: every model
 HI = [{"role": "user", "content": "hi"}]
 
 
 async def _fill(url: str) -> None:
+    await create_litellm_database(url)
     conn = await asyncpg.connect(url)
     try:
-        await conn.execute(SCHEMA.read_text())
         await conn.execute(
             'INSERT INTO "LiteLLM_BudgetTable" (budget_id, max_budget, soft_budget, created_by, updated_by) VALUES '
             "('b-end', 100.0, 80.0, 'admin', 'admin'), ('b-key', NULL, 4.5, 'admin', 'admin')"
