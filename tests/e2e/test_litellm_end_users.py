@@ -3,9 +3,8 @@ and meterway must too (an import must not widen what an end user may call), its 
 the `spend_logs_metadata` of its requests.
 
 A LiteLLM database is built from the migrations LiteLLM ships (`tests/support/litellm_db.py`),
-filled as a proxy would have it, imported with
-`meterway import litellm`, and a real gateway is run on the result; clients are the openai and
-anthropic SDKs. The same model list set through `/customer/new` is enforced the same way.
+filled as a proxy would have it and imported with `meterway import litellm`; a real gateway is
+run on the result, with the openai and anthropic SDKs as clients. The same model list set through `/customer/new` is enforced the same way.
 """
 
 from __future__ import annotations
