@@ -88,6 +88,7 @@ class Services:
     redis: Any | None = None  # a client on the configured Redis, shared by limits and change announcements
     tracing: Tracing | None = None  # when traces are on
     cache: ResponseCache | None = None  # the response cache, when litellm_settings.cache is on
+    customers: TTLCache[LimitSpec] | None = None  # a customer's id -> its limits and model list
 
 
 class State(enum.Enum):
@@ -305,6 +306,7 @@ async def open_services(settings: Settings, hooks: tuple[Hook, ...] = ()) -> Asy
             ),
             webhooks=webhooks,
             responses=responses,
+            customers=customers,
             hooks=(limits, *hooks),
             # POST /v1/responses only (no other request crosses it): after the limits, so a request
             # over budget is refused before a background one is answered
@@ -446,8 +448,18 @@ def _spec(scope: str, ident: str | None, row: Mapping[str, Any] | None) -> Limit
             duration_s=int(parse_duration(duration, "budget_duration").total_seconds()) if duration else None,
             reset_at=reset_at.timestamp() if reset_at is not None else None,
         )
-    blocked = bool(row.get("blocked")) if scope == "customer" else False
-    return LimitSpec(scope, ident, row["rpm_limit"], row["max_parallel_requests"], row["tpm_limit"], budget, blocked)
+    if scope != "customer":
+        return LimitSpec(scope, ident, row["rpm_limit"], row["max_parallel_requests"], row["tpm_limit"], budget)
+    return LimitSpec(
+        scope,
+        ident,
+        row["rpm_limit"],
+        row["max_parallel_requests"],
+        row["tpm_limit"],
+        budget,
+        blocked=bool(row.get("blocked")),
+        models=tuple(str(m) for m in row.get("models") or ()),
+    )
 
 
 async def _customer_limits(store: Store, customer_id: str) -> LimitSpec | None:

@@ -158,3 +158,31 @@ def test_all_team_models_leaves_the_key_to_its_teams_list() -> None:
     mixed = mapping.key(_key(models=["all-team-models", "gpt-4o"], team_id="t"), {}, {"t"})
     assert isinstance(alone, Mapped) and alone.values["models"] == [] and alone.notes == ()
     assert isinstance(mixed, Mapped) and mixed.values["models"] == ["gpt-4o"] and len(mixed.notes) == 1
+
+
+def test_an_end_user_keeps_its_model_list_and_its_budget_rows_soft_budget() -> None:
+    budget = {"budget_id": "b", "max_budget": 10.0, "soft_budget": 7.5}
+    got = mapping.customer({"user_id": "end-1", "models": ["a", "b"], "budget_id": "b"}, {"b": budget})
+    assert isinstance(got, Mapped)
+    assert got.values["models"] == ["a", "b"]
+    assert got.values["soft_budget"] == Decimal("7.5") and got.values["max_budget"] == Decimal("10.0")
+    bare = mapping.customer({"user_id": "end-2", "models": None}, {})
+    assert isinstance(bare, Mapped) and bare.values["models"] == [] and bare.values["soft_budget"] is None
+
+
+def test_soft_budgets_of_keys_and_teams_are_carried_and_a_negative_one_noted() -> None:
+    got = mapping.key(_key(budget_id="b"), {"b": {"budget_id": "b", "soft_budget": 2.0}}, set())
+    assert isinstance(got, Mapped) and got.values["soft_budget"] == Decimal("2.0")
+    team = mapping.team({"team_id": "t", "soft_budget": -1.0}, {})
+    assert isinstance(team, Mapped) and team.values["soft_budget"] is None
+    assert team.notes == ("soft_budget -1.0 is negative; imported without it",)
+
+
+def test_a_spend_logs_spend_logs_metadata_is_kept_within_the_metadata_bounds() -> None:
+    kept = mapping.spend_log(_log(metadata={"spend_logs_metadata": {"job": "nightly", "n": 3}}), {})
+    assert not isinstance(kept, Skipped)
+    assert kept.row.metadata["spend_logs_metadata"] == {"job": "nightly", "n": 3}
+    huge = mapping.spend_log(_log(metadata={"spend_logs_metadata": {"blob": "x" * 20_000}}), {})
+    assert not isinstance(huge, Skipped)  # the row is imported; only what is out of bounds is left out
+    assert "spend_logs_metadata" not in huge.row.metadata
+    assert "larger than" in huge.row.metadata["litellm"]["spend_logs_metadata_dropped"]

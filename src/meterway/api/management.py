@@ -40,6 +40,7 @@ class KeyFields(msgspec.Struct):
     duration: Duration | None = None
     models: Names | None = None
     max_budget: Budget | None = None
+    soft_budget: Budget | None = None  # LiteLLM's: a spend to be warned at, never refused at
     budget_duration: Duration | None = None
     user_id: Name | None = None
     team_id: Name | None = None
@@ -98,8 +99,10 @@ def _values(fields: KeyFields, *, only_set: bool) -> dict[str, Any]:
         value = getattr(fields, name)
         if value is not None or not only_set:
             out[name] = value
-    if fields.max_budget is not None:  # bounded by its type (0..1e8 USD)
-        out["max_budget"] = Decimal(repr(fields.max_budget))
+    for name in ("max_budget", "soft_budget"):  # bounded by their type (0..1e8 USD)
+        amount = getattr(fields, name)
+        if amount is not None:
+            out[name] = Decimal(repr(amount))
     if fields.budget_duration is not None:
         parse_duration(fields.budget_duration, "budget_duration")
     if fields.duration is not None:
@@ -126,6 +129,7 @@ def key_info(record: KeyRecord) -> dict[str, Any]:
         "team_id": record.team_id,
         "metadata": dict(record.metadata),
         "max_budget": float(record.max_budget) if record.max_budget is not None else None,
+        "soft_budget": float(record.soft_budget) if record.soft_budget is not None else None,
         "budget_duration": record.budget_duration,
         "spend": float(record.spend),
         "rpm_limit": record.rpm_limit,

@@ -27,7 +27,7 @@ from meterway.api.asgi import RESPONDER, Incoming, Receive, Responder, Scope, Se
 from meterway.api.attempts import first, forward, routed
 from meterway.api.cached import look_up, serve_hit, store
 from meterway.api.relay import flag as _flag
-from meterway.auth import bearer_token
+from meterway.auth import bearer_token, check_allowed
 from meterway.context import Hook, RequestContext
 from meterway.errors import ModelNotFound, UnsupportedOperation
 from meterway.providers.base import Api, Call, RequestHead
@@ -67,6 +67,7 @@ async def handle(services: Services, api: Api, decode: HeadDecoder, scope: Scope
         ctx.user = principal.customer(head.user, services.settings.require_customer_binding)
         ctx.body, ctx.head = body, head
         group = group_for(services, principal, head.model)
+        await check_customer_model(services, ctx.user, head.model)  # before the cache: a hit is a call too
         cache = services.cache
         key: str | None = None
         ttl: float | None = None
@@ -138,3 +139,14 @@ def group_for(services: Services, principal: Principal, model: str) -> Group:
         return services.router.group(model)
     except ModelNotFound as e:
         raise ModelNotFound(model, principal.visible(e.available)) from None
+
+
+async def check_customer_model(services: Services, customer: str | None, model: str) -> None:
+    """A customer (end user) with a model list of its own may call only those model groups, by
+    the rule keys and teams follow (`auth.allows`), refused as they are: 403 `model_not_allowed`.
+    Its list comes through the customers' cache, which changes to it are announced to."""
+    if customer is None or services.customers is None:
+        return
+    spec = await services.customers.get(customer)
+    if spec is not None and spec.models:
+        check_allowed(spec.models, model, f"Customer '{customer}'")

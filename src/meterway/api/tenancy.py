@@ -29,6 +29,7 @@ class LimitFields(msgspec.Struct):
 
     models: Names | None = None
     max_budget: Budget | None = None
+    soft_budget: Budget | None = None  # a spend to be warned at, never refused at (no alerts yet)
     budget_duration: Duration | None = None
     rpm_limit: Limit | None = None
     tpm_limit: Limit | None = None
@@ -93,19 +94,19 @@ _LIMIT_FIELDS = (
 )
 
 
-def _values(req: LimitFields, extra: tuple[str, ...], *, skip: frozenset[str] = frozenset()) -> dict[str, Any]:
+def _values(req: LimitFields, extra: tuple[str, ...]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name in (*_LIMIT_FIELDS, *extra):
-        if name in skip:
-            continue
         value = getattr(req, name)
         if value is None:
             continue
         out[name] = value  # numbers and strings are bounded by their types
     if req.budget_duration is not None:
         parse_duration(req.budget_duration, "budget_duration")
-    if req.max_budget is not None:
-        out["max_budget"] = Decimal(repr(req.max_budget))
+    for name in ("max_budget", "soft_budget"):
+        amount = getattr(req, name)
+        if amount is not None:
+            out[name] = Decimal(repr(amount))
     return out
 
 
@@ -274,7 +275,7 @@ async def customer_new(r: Admin, body: bytes, query: dict[str, str]) -> dict[str
     customer_id = _required(req.user_id, "user_id")
     if await r.store.customers.get(customer_id) is not None:
         raise BadRequest(f"Customer '{customer_id}' already exists.", param="user_id", code="duplicate_customer")
-    row = await r.store.customers.create(customer_id, **_values(req, _CUSTOMER_EXTRA, skip=frozenset({"models"})))
+    row = await r.store.customers.create(customer_id, **_values(req, _CUSTOMER_EXTRA))
     await r.changes.changed("customer", customer_id)  # it may be cached as unknown
     return _customer(row)
 
@@ -296,7 +297,7 @@ async def customer_info(r: Admin, body: bytes, query: dict[str, str]) -> dict[st
 async def customer_update(r: Admin, body: bytes, query: dict[str, str]) -> dict[str, Any]:
     req: CustomerRequest = decode_body(body, CustomerRequest)
     customer_id = _required(req.user_id, "user_id")
-    row = await r.store.customers.update(customer_id, **_values(req, _CUSTOMER_EXTRA, skip=frozenset({"models"})))
+    row = await r.store.customers.update(customer_id, **_values(req, _CUSTOMER_EXTRA))
     if row is None:
         raise RouteNotFound(f"Customer '{customer_id}' not found.")
     await r.changes.changed("customer", customer_id)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Generic, TypeVar
@@ -59,21 +59,28 @@ class Principal:
             raise AuthenticationFailed(f"This key expired at {self.expires.isoformat()}.", code="key_expired")
 
     def visible(self, names: list[str]) -> list[str]:
-        return [n for n in names if _allows(self.models, n) and _allows(self.team_models, n)]
+        return [n for n in names if allows(self.models, n) and allows(self.team_models, n)]
 
     def check_model(self, model: str) -> None:
         """The model must be allowed by the key and by its team (each: empty list means all)."""
-        for allowed, whose in ((self.models, "key"), (self.team_models, "team")):
-            if not _allows(allowed, model):
-                raise PermissionDenied(
-                    f"This {whose} may not use model '{model}'. Allowed: {', '.join(allowed)}",
-                    param="model",
-                    code="model_not_allowed",
-                )
+        check_allowed(self.models, model, "This key")
+        check_allowed(self.team_models, model, "This team")
 
 
-def _allows(allowed: tuple[str, ...], model: str) -> bool:
+def allows(allowed: Sequence[str], model: str) -> bool:
+    """A model list's rule, the same for keys, teams and customers: empty (or one naming
+    `all-proxy-models`) allows every model, else exactly the model groups it names."""
     return not allowed or model in allowed or "all-proxy-models" in allowed
+
+
+def check_allowed(allowed: Sequence[str], model: str, whose: str) -> None:
+    """403 `model_not_allowed` when `allowed` does not allow `model`; `whose` opens the message."""
+    if not allows(allowed, model):
+        raise PermissionDenied(
+            f"{whose} may not use model '{model}'. Allowed: {', '.join(allowed)}",
+            param="model",
+            code="model_not_allowed",
+        )
 
 
 MASTER_ID = "master"

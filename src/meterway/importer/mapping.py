@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from meterway import bounds
 from meterway.config.durations import parse_duration
 from meterway.errors import BadRequest
 from meterway.ledger import Entry
@@ -136,6 +137,16 @@ def _budget(src: SourceRow, budget: SourceRow | None, notes: _Notes) -> Values:
 _LIMITS = ("rpm_limit", "tpm_limit", "max_parallel_requests")
 
 
+def _soft_budget(value: Any, notes: _Notes) -> Decimal | None:
+    """LiteLLM's `soft_budget` (a spend to warn at, never to refuse at): kept as it is, carried
+    and shown; meterway sends no alert on it yet."""
+    amount = usd(value)
+    if amount is not None and amount < 0:
+        notes.add(f"soft_budget {amount} is negative; imported without it")
+        return None
+    return amount
+
+
 def _spend(src: SourceRow, notes: _Notes) -> Decimal:
     spend = usd(src.get("spend")) or Decimal(0)
     if spend < 0:
@@ -184,6 +195,7 @@ def key(src: SourceRow, budgets: Mapping[str, SourceRow], teams: Iterable[str]) 
     metadata = _metadata(src.get("metadata"))
     if src.get("organization_id"):
         metadata.setdefault("organization_id", src["organization_id"])
+    budget = budgets.get(src.get("budget_id") or "")
     values: Values = {
         "token": token,
         "key_name": str(name)[:_KEY_NAME],
@@ -195,7 +207,9 @@ def key(src: SourceRow, budgets: Mapping[str, SourceRow], teams: Iterable[str]) 
         "team_id": team_id,
         "metadata": metadata,
         "spend": _spend(src, notes),
-        **_budget(src, budgets.get(src.get("budget_id") or ""), notes),
+        # LiteLLM keeps a key's soft budget on the budget row `/key/generate` made for it
+        "soft_budget": _soft_budget(budget.get("soft_budget") if budget else None, notes),
+        **_budget(src, budget, notes),
     }
     label = f"{alias or name} ({token[:12]}…)"
     return Mapped(token, values, tuple(notes.items), label)
@@ -253,6 +267,7 @@ def team(src: SourceRow, organizations: Mapping[str, SourceRow]) -> Mapped | Ski
         "blocked": bool(src.get("blocked")),
         "metadata": metadata,
         "spend": _spend(src, notes),
+        "soft_budget": _soft_budget(src.get("soft_budget"), notes),
         **_budget(src, None, notes),
     }
     return Mapped(str(ident), values, tuple(notes.items))
@@ -294,7 +309,8 @@ def members(
 
 
 def customer(src: SourceRow, budgets: Mapping[str, SourceRow]) -> Mapped | Skipped:
-    """An end user (the request's `user` field), with the budget and limits of its budget row."""
+    """An end user (the request's `user` field), with the budget, soft budget and limits of its
+    budget row, and its model list (enforced by LiteLLM, and by meterway once imported)."""
     ident = src.get("user_id")
     bad = _too_long(ident)
     if bad:
@@ -306,13 +322,16 @@ def customer(src: SourceRow, budgets: Mapping[str, SourceRow]) -> Mapped | Skipp
             metadata[name] = src[name]
             notes.add(f"{name} is kept in metadata; meterway does not act on it")
     alias = src.get("alias") or None
+    budget = budgets.get(src.get("budget_id") or "")
     values: Values = {
         "customer_id": ident,
         "alias": str(alias)[:_ID] if alias else None,
         "blocked": bool(src.get("blocked")),
+        "models": _models(src.get("models")),
         "metadata": metadata,
         "spend": _spend(src, notes),
-        **_budget({}, budgets.get(src.get("budget_id") or ""), notes),
+        "soft_budget": _soft_budget(budget.get("soft_budget") if budget else None, notes),
+        **_budget({}, budget, notes),
     }
     return Mapped(str(ident), values, tuple(notes.items))
 
@@ -334,6 +353,20 @@ def _failure(metadata: Mapping[str, Any]) -> tuple[int, str | None]:
         kind = info.get("error_class")
     status = int(code) if code and code.isdigit() and 400 <= int(code) <= 599 else 500
     return status, str(kind)[:64] if kind else "upstream_error"
+
+
+def _spend_logs_metadata(value: Any) -> dict[str, Any] | str | None:
+    """The `spend_logs_metadata` a LiteLLM request carried (its own, its key's or its team's,
+    merged by LiteLLM into the spend log's `metadata`): kept when it is within the bounds the
+    gateway holds any metadata to (`bounds.metadata`), else the reason it was not (the row is
+    imported either way). None when there is none."""
+    if value is None or value == {}:
+        return None
+    try:
+        bounds.metadata(value, "spend_logs_metadata")
+    except BadRequest as e:
+        return e.message
+    return dict(value)
 
 
 def spend_log(src: SourceRow, aliases: Mapping[str, str]) -> Entry | Skipped:
@@ -370,6 +403,11 @@ def spend_log(src: SourceRow, aliases: Mapping[str, str]) -> Entry | Skipped:
         extra["litellm"]["cache_hit"] = True
     if src.get("custom_llm_provider"):
         extra["litellm"]["custom_llm_provider"] = src["custom_llm_provider"]
+    kept = _spend_logs_metadata(metadata.get("spend_logs_metadata"))
+    if isinstance(kept, dict):
+        extra["spend_logs_metadata"] = kept
+    elif kept is not None:
+        extra["litellm"]["spend_logs_metadata_dropped"] = kept
     alias = metadata.get("user_api_key_alias")
     if not isinstance(alias, str) or not alias:
         alias = aliases.get(key_id or "")

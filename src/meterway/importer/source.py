@@ -29,6 +29,7 @@ COLUMNS: Mapping[str, tuple[str, ...]] = {
     "LiteLLM_BudgetTable": (
         "budget_id",
         "max_budget",
+        "soft_budget",
         "max_parallel_requests",
         "tpm_limit",
         "rpm_limit",
@@ -45,6 +46,7 @@ COLUMNS: Mapping[str, tuple[str, ...]] = {
         "members_with_roles",
         "metadata",
         "max_budget",
+        "soft_budget",
         "spend",
         "models",
         "max_parallel_requests",
@@ -98,6 +100,7 @@ COLUMNS: Mapping[str, tuple[str, ...]] = {
         "spend",
         "allowed_model_region",
         "default_model",
+        "models",
         "budget_id",
         "blocked",
     ),

@@ -56,6 +56,7 @@ class LimitSpec:
     tpm_limit: int | None = None
     budget: Budget | None = None
     blocked: bool = False  # customers: a blocked customer's requests are refused
+    models: tuple[str, ...] = ()  # customers: the model groups it may call; empty: no restriction of its own
 
     @property
     def limited(self) -> bool:

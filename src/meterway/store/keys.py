@@ -29,6 +29,7 @@ class KeyRecord:
     team_id: str | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
     max_budget: Decimal | None = None
+    soft_budget: Decimal | None = None  # a spend to warn at, never to refuse at (no alerts yet)
     budget_duration: str | None = None
     budget_reset_at: datetime | None = None
     spend: Decimal = Decimal(0)
@@ -57,6 +58,7 @@ FIELDS = (  # what a key's create and update may set
     "team_id",
     "metadata",
     "max_budget",
+    "soft_budget",
     "budget_duration",
     "rpm_limit",
     "tpm_limit",
@@ -80,6 +82,7 @@ def _record(row: sa.Row[Any]) -> KeyRecord:
         team_id=m["team_id"],
         metadata=dict(m["metadata"] or {}),
         max_budget=m["max_budget"],
+        soft_budget=m["soft_budget"],
         budget_duration=m["budget_duration"],
         budget_reset_at=m["budget_reset_at"],
         spend=m["spend"] if m["spend"] is not None else Decimal(0),
