@@ -192,6 +192,28 @@ def _alembic(url: str, action: str, target: str) -> None:
     asyncio.run(go())
 
 
+def test_a_nul_escape_in_reported_metadata_does_not_break_the_view(traffic: RunningGateway, pg_url: str) -> None:
+    # `json` keeps the escape; a plain cast to `jsonb` would fail every query reading the column
+    event = {
+        "event_type": "usage",
+        "customer_id": "acme",
+        "model": "reported-model",
+        "tokens_input": 3,
+        "tokens_output": 4,
+        "request_id": "req-with-nul",
+        "metadata": {"note": "a\x00b", "raw": "\\u0000"},
+    }
+    auth = {"Authorization": f"Bearer {traffic.key}"}
+    reported = httpx.post(traffic.url + "/webhooks/usage", json=event, headers=auth)
+    assert reported.status_code == 200, reported.text
+    stored = _fetch(pg_url, "SELECT metadata::text FROM mw_ledger WHERE request_id = 'req-with-nul'")
+    assert "\\u0000" in stored[0][0]
+    _header, *rows = psql(pg_url, 'SELECT request_id, metadata, request_tags FROM "LiteLLM_SpendLogs"')
+    (mine,) = [row for row in rows if row[0] == "req-with-nul"]
+    assert len(rows) == 25
+    assert '"note": "a\ufffdb"' in mine[1] and '"raw": "\\\\u0000"' in mine[1]  # a real NUL only
+
+
 def test_downgrade_drops_the_view_and_upgrade_makes_it_again(pg_url: str) -> None:
     views = "SELECT count(*) FROM information_schema.views WHERE table_name = 'LiteLLM_SpendLogs'"
     _alembic(pg_url, "upgrade", "head")

@@ -42,6 +42,19 @@ _CALL_TYPE = """CASE l.endpoint
         ELSE l.endpoint END"""
 
 
+# PostgreSQL's `json` keeps a "\u0000" escape a client sent inside a string, but `jsonb` refuses it,
+# so one such row would fail every query reading the column. Where the text holds one (rare),
+# the real escapes (after an even run of backslashes) become U+FFFD; every other row is cast as is.
+_NUL_ESCAPE = r"'(?<!\\)((?:\\\\)*)\\u0000', '\1\\ufffd', 'g'"
+
+
+def _jsonb(column: str) -> str:
+    return (
+        f"CASE WHEN strpos({column}::text, '\\u0000') = 0 THEN {column}::jsonb "
+        f"ELSE regexp_replace({column}::text, {_NUL_ESCAPE})::jsonb END"
+    )
+
+
 def _view(trim: bool) -> str:
     # 0.0000000001 has scale 10: the product is exact whatever the cost (division is not)
     usd = "COALESCE(l.cost, 0) * 0.0000000001"
@@ -76,10 +89,10 @@ SELECT
         'flags', l.flags,
         'error_information', CASE WHEN l.status = 'success' THEN NULL ELSE jsonb_build_object(
             'error_code', l.http_status::text, 'error_class', l.error_type, 'status', l.status) END
-    )) || COALESCE(l.metadata::jsonb, '{{}}'::jsonb) AS metadata,
+    )) || COALESCE({_jsonb("l.metadata")}, '{{}}'::jsonb) AS metadata,
     (CASE WHEN l.cache_hit THEN 'True' ELSE 'False' END)::text AS cache_hit,
     NULL::text AS cache_key,
-    COALESCE(l.tags::jsonb, '[]'::jsonb) AS request_tags,
+    COALESCE({_jsonb("l.tags")}, '[]'::jsonb) AS request_tags,
     l.team_id::text AS team_id,
     NULL::text AS organization_id,
     l.customer_id::text AS end_user,
