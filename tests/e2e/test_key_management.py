@@ -46,6 +46,63 @@ def test_generate_with_an_unknown_team_is_400_naming_team_id(admin: httpx.Client
     assert r.status_code == 400 and r.json()["error"]["param"] == "team_id"
 
 
+def test_generate_for_an_unknown_user_creates_it_with_the_least_role(
+    admin: httpx.Client, gateway: RunningGateway
+) -> None:
+    admin.post("/user/delete", json={"user_ids": ["user-123"]})
+    body = {
+        "user_id": "user-123",
+        "key_alias": "user-123-app",
+        "max_budget": 10,
+        "models": ["demo"],
+        "metadata": {"team": "research"},
+    }
+    made = admin.post("/key/generate", json=body)
+    assert made.status_code == 200, made.text
+    key = made.json()["key"]
+    user = admin.get("/user/info", params={"user_id": "user-123"})
+    assert user.status_code == 200, user.text
+    info = user.json()
+    assert [k["token"] for k in info["keys"]] == [made.json()["token"]]
+    # the key's budget stays the key's; the user made for it may read its own keys, nothing more
+    assert info["user_info"]["user_role"] == "internal_user_viewer" and info["user_info"]["max_budget"] is None
+    assert _chat(gateway, key).choices[0].message.content
+    own = {"Authorization": f"Bearer {key}"}
+    assert httpx.get(gateway.url + "/key/info", params={"key": key}, headers=own).status_code == 200
+    for path in ("/key/generate", "/key/delete", "/user/new"):
+        denied = httpx.post(gateway.url + path, json={"keys": [key], "user_id": "user-123"}, headers=own)
+        assert denied.status_code == 403, (path, denied.text)
+
+
+def test_generate_for_an_existing_user_leaves_it_as_it_was(admin: httpx.Client) -> None:
+    admin.post("/user/delete", json={"user_ids": ["kept-admin"]})
+    admin.post("/user/new", json={"user_id": "kept-admin", "user_role": "proxy_admin_viewer", "max_budget": 5})
+    assert admin.post("/key/generate", json={"user_id": "kept-admin"}).status_code == 200
+    user = admin.get("/user/info", params={"user_id": "kept-admin"}).json()["user_info"]
+    assert user["user_role"] == "proxy_admin_viewer" and user["max_budget"] == 5
+
+
+def test_generate_with_an_unknown_team_creates_no_user(admin: httpx.Client) -> None:
+    r = admin.post("/key/generate", json={"user_id": "user-no-team", "team_id": "team-absent"})
+    assert r.status_code == 400
+    error = r.json()["error"]
+    assert error["param"] == "team_id" and error["code"] == "unknown_team" and "team-absent" in error["message"]
+    assert error["type"] == "invalid_request_error"
+    assert admin.get("/user/info", params={"user_id": "user-no-team"}).status_code == 404
+
+
+def test_key_info_and_list_carry_budget_reset_at(admin: httpx.Client) -> None:
+    made = admin.post("/key/generate", json={"user_id": "resetter", "max_budget": 1, "budget_duration": "30d"})
+    key = made.json()["key"]
+    info = admin.get("/key/info", params={"key": key}).json()["info"]
+    reset = datetime.fromisoformat(info["budget_reset_at"])
+    assert timedelta(days=29, hours=23) < reset - datetime.now(UTC) <= timedelta(days=30)
+    listed = admin.get("/key/list", params={"user_id": "resetter", "return_full_object": "true"}).json()
+    assert [k["budget_reset_at"] for k in listed["keys"]] == [info["budget_reset_at"]]
+    plain = admin.post("/key/generate", json={}).json()["key"]
+    assert admin.get("/key/info", params={"key": plain}).json()["info"]["budget_reset_at"] is None
+
+
 def test_duration_sets_expiry(admin: httpx.Client) -> None:
     body = admin.post("/key/generate", json={"duration": "20m"}).json()
     expires = datetime.fromisoformat(body["expires"])

@@ -114,6 +114,13 @@ def _values(fields: KeyFields, *, only_set: bool) -> dict[str, Any]:
     return out
 
 
+def _utc(moment: datetime | None) -> str | None:
+    """ISO 8601 with its offset: SQLite hands times back without one, and they are UTC."""
+    if moment is None:
+        return None
+    return (moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)).isoformat()
+
+
 def key_info(record: KeyRecord) -> dict[str, Any]:
     expires = record.expires
     if expires is not None and expires.tzinfo is None:
@@ -131,6 +138,7 @@ def key_info(record: KeyRecord) -> dict[str, Any]:
         "max_budget": float(record.max_budget) if record.max_budget is not None else None,
         "soft_budget": float(record.soft_budget) if record.soft_budget is not None else None,
         "budget_duration": record.budget_duration,
+        "budget_reset_at": _utc(record.budget_reset_at),
         "spend": float(record.spend),
         "rpm_limit": record.rpm_limit,
         "tpm_limit": record.tpm_limit,
@@ -152,6 +160,33 @@ async def check_customer(store: Store, customer_id: str | None) -> None:
             param="customer_id",
             code="unknown_customer",
         )
+
+
+# The role of a user made because a new key names it (see `ensure_user`): LiteLLM's least one.
+# A key whose user did not exist had no management rights at all; with this role it may read its
+# own keys and its own usage, and nothing more (docs/api.md, "Keys for users that do not exist").
+IMPLICIT_USER_ROLE = "internal_user_viewer"
+
+
+async def check_team(store: Store, team_id: str | None) -> None:
+    """A key joins only a team that exists (checked before anything is written for the key)."""
+    if team_id is not None and await store.teams.get(team_id) is None:
+        raise BadRequest(f"team_id '{team_id}' does not exist.", param="team_id", code="unknown_team")
+
+
+async def ensure_user(admin: Admin, user_id: str | None) -> None:
+    """The user a new key names exists afterwards, as LiteLLM has it: a key for `user-123` makes
+    `user-123` a user whose spend and keys `/user/info` shows. One made here has no budget or
+    limits of its own (the key's are the key's) and the least role there is."""
+    if user_id is None or await admin.store.users.get(user_id) is not None:
+        return
+    from sqlalchemy.exc import IntegrityError  # the store is open, so SQLAlchemy is loaded already
+
+    try:
+        await admin.store.users.create(user_id, user_role=IMPLICIT_USER_ROLE)
+    except IntegrityError:  # made by a concurrent call in between: it exists, which is all we need
+        return
+    await admin.changes.changed("user", user_id)
 
 
 def _team_error(e: IntegrityError, team_id: str | None) -> MeterwayError:
@@ -196,6 +231,8 @@ async def generate(admin: Admin, body: bytes, query: dict[str, str]) -> dict[str
         raise BadRequest("A chosen 'key' must start with 'sk-' and be at least 20 characters.", param="key")
     values = _values(req, only_set=False)
     await check_customer(admin.store, values.get("customer_id"))
+    await check_team(admin.store, req.team_id)
+    await ensure_user(admin, req.user_id)
     from sqlalchemy.exc import IntegrityError  # the store is open, so SQLAlchemy is loaded already
 
     try:
