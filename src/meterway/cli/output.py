@@ -83,8 +83,11 @@ def table(columns: Sequence[str], rows: Sequence[Sequence[str]], *, numeric: Seq
         padding=(0, 1),
     )
     for name in columns:
-        right = terminal and name in numeric
-        grid.add_column(name, justify="right" if right else "left", overflow="fold", no_wrap=not terminal)
+        if not terminal:
+            grid.add_column(name, no_wrap=True)
+        else:  # headers wrap between words, and long ids fold, rather than anything being cut
+            words = name.replace("_", " ")
+            grid.add_column(words, justify="right" if name in numeric else "left", overflow="fold")
     for row in rows:
         grid.add_row(*row)
     if terminal:
