@@ -50,7 +50,7 @@ KUBE_VERSIONS = ("1.25.0", "1.37.0")
 # Secrets that exist in the cluster before the install, as the example values name them.
 EXISTING_SECRETS = {
     "meterway-master-key": {"master-key": "sk-existing-master"},
-    "pg-meterway": {"password": "p@ss:w/rd%"},
+    "pg-meterway": {"password": "p@ss:w/rd%", "username": "meterway-from-secret"},
     "redis": {"redis-password": "redis-secret"},
     "meterway-lago": {"api-key": "lago-key"},
     "llm-provider-keys": {"OPENAI_API_KEY": "sk-openai", "ANTHROPIC_API_KEY": "sk-anthropic"},
@@ -354,6 +354,25 @@ def test_database_url_built_from_host_and_port_has_one_port(helm: ModuleType, wo
         assert (parsed.host, parsed.port) == (values["database"]["host"], 5432)
         assert parsed.password == "p@ss:w/rd%"
         assert parsed.database == values["database"]["name"]
+
+
+@pytest.mark.parametrize("workload", ["Deployment", "Job"])
+def test_the_database_role_comes_from_the_secret_with_username_key(helm: ModuleType, workload: str) -> None:
+    """LiteLLM's chart reads the role from the password's Secret (`db.secret.usernameKey`), as
+    database operators hand both over; `database.passwordSecret.usernameKey` does the same here."""
+    values = _example()
+    values["database"]["passwordSecret"]["usernameKey"] = "username"
+    docs = _render(helm, values)
+    container = _container(_one(docs, workload))
+    by_name = {v["name"]: v for v in container["env"]}
+    assert by_name["DATABASE_USERNAME"]["valueFrom"]["secretKeyRef"] == {"name": "pg-meterway", "key": "username"}
+    url = parse_config({}, source=None, env=_env_of(container, docs)).database_url.reveal()
+    parsed = parse_database_url(url)
+    assert (parsed.username, parsed.password) == ("meterway-from-secret", "p@ss:w/rd%")
+    assert "meterway-from-secret" not in yaml.safe_dump_all(docs), "the role stays in the Secret"
+    del values["database"]["passwordSecret"]["name"]
+    with pytest.raises(helm.HelmError, match=r"usernameKey reads the role from database\.passwordSecret\.name"):
+        _render(helm, values)
 
 
 def test_a_database_host_that_carries_the_port_fails_the_render_by_name(helm: ModuleType) -> None:

@@ -91,6 +91,7 @@ def test_setup_creates_the_metric_check_then_passes_and_a_new_model_is_added(
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     db = ["--config", str(path), "--database-url", f"sqlite:///{tmp_path}/meterway.db"]
+    assert _cli("migrate", *db).returncode == 0  # the one command that migrates
 
     before = _cli("billing", "check", *db)
     assert before.returncode == 1 and "no billable metric 'llm_tokens'" in before.stdout, before.stdout + before.stderr
@@ -119,6 +120,7 @@ def test_setup_creates_the_metric_check_then_passes_and_a_new_model_is_added(
 def test_check_names_a_wrong_key_and_an_unreachable_lago(upstream: StandIn, lago: LagoStandIn, tmp_path: Path) -> None:
     env = {**_env(), "LAGO_API_BASE": lago.url, "LAGO_API_KEY": "not-the-key"}
     db = ["--database-url", f"sqlite:///{tmp_path}/meterway.db"]
+    assert _cli("migrate", *db).returncode == 0  # the one command that migrates
     wrong = _cli("billing", "check", *db, env=env)
     assert wrong.returncode == 1 and "Lago refused the API key (401)" in wrong.stdout, wrong.stdout + wrong.stderr
     lago.down()

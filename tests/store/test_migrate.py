@@ -159,7 +159,7 @@ def test_store_opens_without_migrating_when_current_and_refuses_an_old_schema_wi
         engine = create_engine(parse(url))
         await migrate(engine, "0001")
         await engine.dispose()
-        needs = rf"revision 0001, this version needs {head()}: run `meterway migrate`"
+        needs = rf"is not migrated \(revision 0001, expected {head()}\): run `meterway migrate`"
         with pytest.raises(Exception, match=needs):
             await Store.open(url, wait_s=1, run_migrations=False)
         store = await Store.open(url, wait_s=1, run_migrations=True)

@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(output.dumps(result))
     else:
-        print(_table(result))
+        _table(result)
     return 0
 
 
@@ -136,10 +136,11 @@ async def _run(args: argparse.Namespace) -> Any:
         return await handler(admin, orjson.dumps(body), query)
 
 
-async def resolve_key(admin: Admin, ref: str) -> str:
+async def resolve_key(admin: Admin, ref: str, *, unknown_ok: bool = False) -> str:
     """The key named by `ref`: the key itself or its digest as the API takes them, else the one key
     whose alias it is (people remember `search-prod`, not a 64-character digest). An alias two keys
-    share names neither: the error lists their digests to choose from."""
+    share names neither: the error lists their digests to choose from. `unknown_ok`: a name no key
+    has is given back as it is (usage of a revoked key is still found by its digest)."""
     from meterway.errors import BadRequest, RouteNotFound
 
     if ref.startswith("sk-") or await admin.store.keys.get(ref) is not None:
@@ -148,6 +149,8 @@ async def resolve_key(admin: Admin, ref: str) -> str:
     if len(tokens) == 1:
         return tokens[0]
     if not tokens:
+        if unknown_ok:
+            return ref
         raise RouteNotFound(f"No key has the digest or the alias {ref!r}.")
     shown = ", ".join(tokens[:5]) + (", …" if len(tokens) > 5 else "")
     raise BadRequest(
@@ -176,7 +179,8 @@ async def open_admin(
     redis_url = settings.redis_url.reveal() if settings is not None and settings.redis_url else _env_redis()
     prefix = settings.redis_prefix if settings is not None else "meterway:"
     async with contextlib.AsyncExitStack() as stack:
-        store = await Store.open(url, wait_s=10, run_migrations=True, export=export)
+        # Never migrates, reading or writing: a schema changes only by `meterway migrate` (or `serve`).
+        store = await Store.open(url, wait_s=10, run_migrations=False, export=export)
         stack.push_async_callback(store.close)
         client = None
         if redis_url:  # running gateways hear of the change at once, not when their caches expire
@@ -253,11 +257,11 @@ def _call(args: argparse.Namespace, management: Any, tenancy: Any) -> tuple[Call
     return routes[("POST", f"/{prefix}/delete")], {f"{prefix if group != 'customers' else 'user'}_ids": [args.id]}, {}
 
 
-_COLUMNS = (
+_COLUMNS = (  # a key's alias and name first: people know a key by them, not by its digest
+    "key_alias",
+    "key_name",
     "key",
     "token",
-    "key_name",
-    "key_alias",
     "user_id",
     "team_id",
     "customer_id",
@@ -275,8 +279,11 @@ _COLUMNS = (
 )
 
 
-def _table(result: Any) -> str:
-    """A readable table of the result's rows (a list, `keys`/`users` of a page, or one object)."""
+_NUMERIC = ("max_budget", "spend", "rpm_limit", "tpm_limit")
+
+
+def _table(result: Any) -> None:
+    """Prints a table of the result's rows (a list, `keys`/`users` of a page, or one object)."""
     if isinstance(result, dict):
         for name in ("keys", "users"):
             if isinstance(result.get(name), list):
@@ -287,13 +294,10 @@ def _table(result: Any) -> str:
             result = [{**result, **inner} if isinstance(inner, dict) else result]
     rows = [r for r in result if isinstance(r, dict)] if isinstance(result, list) else []
     if not rows:
-        return "(none)" if isinstance(result, list) else str(result)
+        print("(none)" if isinstance(result, list) else str(result))
+        return
     cols = [c for c in _COLUMNS if any(r.get(c) not in (None, [], "") for r in rows)]
-    cells = [[_cell(r.get(c)) for c in cols] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
-    return "\n".join(line.rstrip() for line in lines)
+    output.table(cols, [[_cell(r.get(c)) for c in cols] for r in rows], numeric=_NUMERIC)
 
 
 def _cell(value: Any) -> str:

@@ -1,15 +1,23 @@
-"""What the CLI writes to stdout: money as plain decimals, and a quiet end when the reader goes.
+"""What the CLI writes: money as plain decimals, tables, progress, and a quiet end when the reader goes.
 
 Spend, cost and budget are floats by the time a handler answers, and Python (and orjson) print a
 small float as `1.215e-05`: correct, but no one reads a bill that way and spreadsheets pasting it
 may not either. Every float the CLI prints, in a table or in JSON, goes through `plain` instead.
+
+Tables are rich's: boxed, bold headers and numbers to the right on a terminal; to a pipe or a file,
+the same rows as plain columns two spaces apart with no colour, no box and nothing cut or wrapped,
+since scripts (and `grep`, `awk`) read them. `--json` never goes through rich. Progress bars go to
+stderr, and only when stderr is a terminal: stdout stays the command's answer.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import os
 import sys
+from collections.abc import Callable, Iterator, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -54,3 +62,74 @@ def closed_pipe() -> int:
     finally:
         os.close(devnull)
     return CLOSED_PIPE_STATUS
+
+
+_PLAIN_WIDTH = 1_000_000  # wide enough that rich never wraps or cuts a plain table's cell
+
+
+def table(columns: Sequence[str], rows: Sequence[Sequence[str]], *, numeric: Sequence[str] = ()) -> None:
+    """Prints `rows` under `columns`: a rich table on a terminal, plain columns otherwise."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False)
+    terminal = console.is_terminal
+    grid = Table(
+        box=box.SIMPLE_HEAD if terminal else None,
+        header_style="bold" if terminal else "",
+        show_edge=terminal,
+        pad_edge=terminal,
+        padding=(0, 1),
+    )
+    for name in columns:
+        if not terminal:
+            grid.add_column(name, no_wrap=True)
+        else:  # headers wrap between words, and long ids fold, rather than anything being cut
+            words = name.replace("_", " ")
+            grid.add_column(words, justify="right" if name in numeric else "left", overflow="fold")
+    for row in rows:
+        grid.add_row(*row)
+    if terminal:
+        console.print(grid)
+        return
+    plain_console = Console(file=io.StringIO(), width=_PLAIN_WIDTH, color_system=None, highlight=False)
+    with plain_console.capture() as captured:
+        plain_console.print(grid)
+    print("\n".join(line.rstrip() for line in captured.get().splitlines()))
+
+
+@contextlib.contextmanager
+def progress(description: str, total: int | None, *, quiet: bool = False) -> Iterator[Callable[[int], None]]:
+    """`with progress("rows", n) as advance: … advance(k)`: a bar with count, rate and ETA on stderr
+    while the work runs; a no-op with `quiet` or when stderr is not a terminal (a log, CI, a pipe),
+    where a redrawn bar would only be noise."""
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    if quiet or not console.is_terminal:
+        yield lambda _n: None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+    )
+    with bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n: bar.advance(task, n)

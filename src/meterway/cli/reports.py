@@ -76,8 +76,9 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(_steps(result))
         return 0 if result.get("match", result.get("ok")) else 1
+    names: dict[str, str] = {}
     if args.command == "usage":
-        result, waiting = result
+        result, waiting, names = result
         if waiting:
             print(
                 f"warning: {waiting} ledger row(s) wait in the quarantine and are in none of these totals; "
@@ -92,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.format == "json":
         print(output.dumps(result))
     else:
-        print(_table(args.command, result))
+        _table(args.command, result, names)
     return 0
 
 
@@ -122,7 +123,7 @@ async def _run(args: argparse.Namespace) -> Any:
                 ("start", args.since),
                 ("end", args.until),
                 ("customer_id", args.customer),
-                ("key", args.key),
+                ("key", args.key and await admin.resolve_key(service, args.key, unknown_ok=True)),
                 ("user_id", args.user),
                 ("team_id", args.team),
                 ("model", args.model),
@@ -131,30 +132,48 @@ async def _run(args: argparse.Namespace) -> Any:
                     query[name] = value
             result = await reports.usage(service, b"", query)
             waiting, _ = await service.store.ledger.quarantine_status()
-            return (result.body if isinstance(result, Reply) else result), waiting
+            shown = result.body if isinstance(result, Reply) else result
+            names = await _key_names(service, shown) if isinstance(shown, dict) and args.format == "table" else {}
+            return shown, waiting, names
         else:
             query = {"format": fmt, **({"period": args.period} if args.period else {})}
             result = await reports.invoice_preview(service, args.customer, query)
     return result.body if isinstance(result, Reply) else result
 
 
-def _table(command: str, result: dict[str, Any]) -> str:
+async def _key_names(service: Any, result: dict[str, Any]) -> dict[str, str]:
+    """Each key digest in a usage table's rows by the name people know it by: its alias, else its
+    `sk-...abcd` name (a key since revoked keeps its digest)."""
+    if "key" not in result.get("group_by", ()):
+        return {}
+    names: dict[str, str] = {}
+    for digest in {row["key"] for row in result["rows"] if row.get("key")}:
+        record = await service.store.keys.get(digest)
+        if record is not None:
+            names[digest] = record.key_alias or record.key_name
+    return names
+
+
+_USAGE_NUMBERS = ("requests", "prompt_tokens", "completion_tokens", "total_tokens", "cost")
+_NUMBERS = (*_USAGE_NUMBERS, "quantity", "unit_price", "amount")
+
+
+def _table(command: str, result: dict[str, Any], names: dict[str, str]) -> None:
     if command == "billing":
         lines = [f"{k}: {output.plain(v)}" for k, v in result.items() if not isinstance(v, dict)]
         for reason, n in (result.get("parked_by_reason") or {}).items():
             lines.append(f"  parked {n}: {reason}")
-        return "\n".join(lines)
+        print("\n".join(lines))
+        return
     if command == "usage":
         rows = [*result["rows"], {**{g: "total" for g in result["group_by"][:1]}, **result["totals"]}]
+        rows = [{**r, "key": names.get(r["key"], r["key"])} if r.get("key") else r for r in rows]
         cols = [*result["group_by"], "requests", "prompt_tokens", "completion_tokens", "total_tokens", "cost"]
     else:
         rows = [*result["lines"], {"model": "total", "amount": result["total"]}]
         cols = ["model", "token_type", "quantity", "unit_price", "amount"]
     cells = [["-" if r.get(c) is None else output.plain(r.get(c)) for c in cols] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
-    return "\n".join(line.rstrip() for line in lines)
+    output.table(cols, cells, numeric=_NUMBERS)
 
 
 def _quarantine(action: str, result: dict[str, Any]) -> str:

@@ -2,7 +2,9 @@
 
 An init container or a pod that starts before its database must wait, but not forever and not
 in silence: `wait_for_database` retries with a bounded backoff and then fails with one message
-naming host and port (never the password) and the last reason.
+naming host and port (never the password) and the last reason. A server that answers and refuses
+(the database does not exist, the password or the role is wrong) fails at once instead: waiting
+does not create a database or fix a password, and ten seconds of "unreachable" hides the cause.
 """
 
 from __future__ import annotations
@@ -24,6 +26,19 @@ log = logging.getLogger("meterway.store")
 class DatabaseUnavailable(MeterwayError):
     status = 503
     error_type = "database_unavailable"
+
+
+class DatabaseRefused(DatabaseUnavailable):
+    """The server answered and said no (missing database, wrong password or role): no retry."""
+
+
+# PostgreSQL's SQLSTATEs for refusals that retrying cannot fix (asyncpg's InvalidCatalogNameError,
+# InvalidPasswordError, InvalidAuthorizationSpecificationError), and what to tell the reader.
+_REFUSALS = {
+    "3D000": "does not exist: create it (createdb) or correct the database URL",
+    "28P01": "refused the password: correct the database URL's password",
+    "28000": "refused the role: create it or correct the database URL's user",
+}
 
 
 def create_engine(url: URL) -> AsyncEngine:
@@ -57,6 +72,9 @@ async def wait_for_database(engine: AsyncEngine, timeout_s: float) -> None:
                 await conn.execute(text("SELECT 1"))
             return
         except Exception as e:  # any driver error: refused, unknown host, auth, missing database
+            refusal = _REFUSALS.get(_sqlstate(e) or "")
+            if refusal is not None:
+                raise DatabaseRefused(f"database {engine.url.database!r} at {where(engine.url)} {refusal}") from None
             reason = _reason(e)
             left = deadline - time.monotonic()
             if left <= 0:
@@ -73,3 +91,13 @@ def _reason(e: BaseException) -> str:
     inner = getattr(e, "orig", None) or e
     text_ = str(inner).strip().splitlines()[0] if str(inner).strip() else inner.__class__.__name__
     return f"{inner.__class__.__name__}: {text_}"[:300]
+
+
+def _sqlstate(e: BaseException) -> str | None:
+    """The SQLSTATE of a driver error (SQLAlchemy's asyncpg adapter keeps asyncpg's), else None."""
+    inner = getattr(e, "orig", None) or e
+    for candidate in (inner, inner.__cause__):
+        state = getattr(candidate, "sqlstate", None)
+        if isinstance(state, str):
+            return state
+    return None

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import text
+from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from meterway.store import revision
@@ -23,12 +25,29 @@ from meterway.store.ledger import LedgerStore
 from meterway.store.outbox import OutboxStore
 from meterway.store.reports import Reports
 from meterway.store.responses import ResponseStore
-from meterway.store.url import parse, where
+from meterway.store.url import named, parse, where
 
 if TYPE_CHECKING:
     from meterway.store.migrate import Migrated
 
 log = logging.getLogger("meterway.store")
+
+
+class NotMigrated(DatabaseUnavailable):
+    """The database is not at the revision this code expects, and this caller does not migrate."""
+
+    def __init__(self, url: URL, at: str | None) -> None:
+        super().__init__(
+            f"database {named(url)} is not migrated (revision {at or 'empty'}, expected {revision.HEAD}): "
+            "run `meterway migrate`"
+        )
+
+
+def _absent_sqlite(url: URL) -> bool:
+    """A SQLite file that does not exist yet (connecting would create it)."""
+    if not url.drivername.startswith("sqlite") or url.database in (None, "", ":memory:"):
+        return False
+    return not Path(url.database).exists()
 
 
 class Store:
@@ -46,17 +65,24 @@ class Store:
 
     @classmethod
     async def open(cls, url: str, *, wait_s: float, run_migrations: bool, export: bool = False) -> Store:
+        """The store over `url`, migrated first when `run_migrations`; otherwise a database not at
+        this code's revision raises NotMigrated having written nothing (an absent SQLite file is
+        not even created), so a command that only reads never changes a schema behind its back."""
         parsed = parse(url)
+        if not run_migrations and _absent_sqlite(parsed):
+            raise NotMigrated(parsed, None)
         engine = create_engine(parsed)
         try:
             await wait_for_database(engine, wait_s)
             at = await revision.current(engine)
             if at != revision.HEAD:
-                if not run_migrations:
+                if at is not None and at.isdigit() and at > revision.HEAD:
                     raise DatabaseUnavailable(
-                        f"database at {where(parsed)} is at revision {at or 'empty'}, this version needs "
-                        f"{revision.HEAD}: run `meterway migrate` (or serve without --no-migrate)"
+                        f"database {named(parsed)} is at revision {at}, newer than this version of meterway "
+                        f"knows ({revision.HEAD}): run a newer meterway"
                     )
+                if not run_migrations:
+                    raise NotMigrated(parsed, at)
                 done = await asyncio.to_thread(_migrate_apart, url)
                 log.info("database at %s migrated from %s to %s", where(parsed), done.before or "empty", done.after)
         except BaseException:

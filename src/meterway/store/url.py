@@ -61,3 +61,10 @@ def where(url: URL) -> str:
     if url.drivername.startswith("sqlite"):
         return f"SQLite file {url.database or ':memory:'}"
     return f"{url.host}:{url.port or 5432}"
+
+
+def named(url: URL) -> str:
+    """The database by name for messages: the SQLite file, or `name at host:port`; never the password."""
+    if url.drivername.startswith("sqlite"):
+        return url.database or ":memory:"
+    return f"{url.database or '(default)'} at {where(url)}"

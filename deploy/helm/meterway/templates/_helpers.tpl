@@ -85,6 +85,9 @@ the cluster.
 {{- if and $db.password $db.passwordSecret.name }}
 {{- fail "set database.password or database.passwordSecret.name, not both" }}
 {{- end }}
+{{- if and $db.passwordSecret.usernameKey (not $db.passwordSecret.name) }}
+{{- fail "database.passwordSecret.usernameKey reads the role from database.passwordSecret.name: set that Secret's name too" }}
+{{- end }}
 {{- $r := .Values.redis }}
 {{- $redisWays := 0 }}
 {{- if $r.url }}{{ $redisWays = add1 $redisWays }}{{ end }}
@@ -161,7 +164,14 @@ chart-made Secret that holds plain-text values for this pod (the release's, or t
 - name: DATABASE_PORT
   value: {{ $db.port | toString | quote }}
 - name: DATABASE_USERNAME
+{{- if and $db.passwordSecret.name $db.passwordSecret.usernameKey }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $db.passwordSecret.name }}
+      key: {{ $db.passwordSecret.usernameKey }}
+{{- else }}
   value: {{ $db.user | quote }}
+{{- end }}
 - name: DATABASE_NAME
   value: {{ $db.name | quote }}
 {{- if $db.passwordSecret.name }}
