@@ -9,13 +9,15 @@ import os
 import sqlite3
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import openai
 
+from meterway.billing.sender import NOT_LISTED
 from tests.lago.standin import LagoStandIn
+from tests.support.cli import run_meterway
 from tests.support.gateway import RunningGateway, run_gateway
 from tests.support.models import priced
 from tests.support.wait import eventually
@@ -118,7 +120,9 @@ def test_a_customer_without_a_lago_subscription_is_parked_then_delivered_after_m
         _traffic(gw, 2, user="bob")  # Lago has no subscription 'bob': it would take the events and never bill them
         _settled(gw)
         status = httpx.get(gw.url + "/billing/status", headers=admin).json()
-        assert status["parked"] == 2 and status["parked_by_reason"] == {"no active Lago subscription 'bob'": 2}
+        assert status["parked"] == 2 and status["parked_by_reason"] == {
+            f"no active Lago subscription 'bob' {NOT_LISTED}": 2
+        }
         assert lago.transaction_ids() == []
         cli = subprocess.run(
             [
@@ -149,6 +153,35 @@ def test_a_customer_without_a_lago_subscription_is_parked_then_delivered_after_m
         bob = {r[0] for r in _sql(gw, "SELECT uid FROM mw_ledger WHERE customer_id = 'bob'")}
         assert set(lago.transaction_ids()) == bob and len(lago.transaction_ids()) == 2
         assert {e.external_subscription_id for e in lago.events} == {"acme"}
+
+
+def test_reprocess_right_after_subscribing_in_lago_sends_at_once(upstream: StandIn, lago: LagoStandIn) -> None:
+    """The operator creates the missing subscription in Lago and runs `meterway billing reprocess`
+    (the CLI, another process than the gateway): the gateway's sender asks Lago again before it
+    would park a row, so the rows go now, not parked again by a listing cached a moment before."""
+    from lago_python_client.client import Client
+    from lago_python_client.models import Customer, Subscription
+
+    with run_gateway(_config(upstream, lago)) as gw:
+        _traffic(gw, 2, user="carol")
+        _settled(gw)
+        assert (
+            _sql(gw, "SELECT reason FROM mw_billing_outbox WHERE status = 'parked'")
+            == [(f"no active Lago subscription 'carol' {NOT_LISTED}",)] * 2
+        )
+        client = Client(api_key=lago.api_key, api_url=lago.url)  # the plan `payg` is the fixture's
+        since = (datetime.now(UTC) - timedelta(days=1)).isoformat()
+        client.customers.create(Customer(external_id="carol", currency="USD"))
+        client.subscriptions.create(
+            Subscription(external_customer_id="carol", plan_code="payg", external_id="carol", subscription_at=since)
+        )
+        env = {k: v for k, v in os.environ.items() if k not in ("METERWAY_CONFIG", "CONFIG_FILE_PATH")}
+        cli = run_meterway(["billing", "reprocess", "--database-url", gw.settings.database_url.reveal()], env)
+        assert cli.returncode == 0, cli.stderr
+        _settled(gw, within_s=8)  # well inside the 30 s the listing is otherwise kept
+        assert _sql(gw, "SELECT status, count(*) FROM mw_billing_outbox GROUP BY status") == [("sent", 2)]
+        carol = {r[0] for r in _sql(gw, "SELECT uid FROM mw_ledger WHERE customer_id = 'carol'")}
+        assert set(lago.transaction_ids()) >= carol
 
 
 def test_reconcile_matches_then_reports_an_event_lago_lost(upstream: StandIn, lago: LagoStandIn) -> None:

@@ -25,6 +25,11 @@ _DUE = (
 )
 
 
+# the reason a reprocessed row waits with: its sender lists Lago's subscriptions again before it
+# would park the row, whichever process reprocessed it (a subscription created a moment ago counts)
+REPROCESSED = "reprocessed"
+
+
 class OutboxStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
@@ -33,7 +38,7 @@ class OutboxStore:
         update = (
             "UPDATE mw_billing_outbox SET claimed_until = :until WHERE ledger_uid IN "
             f"(SELECT ledger_uid FROM mw_billing_outbox WHERE {_DUE} ORDER BY created_at LIMIT :n{lock}) "
-            "RETURNING ledger_uid, attempts"
+            "RETURNING ledger_uid, attempts, reason"
         )
         times = (
             sa.bindparam("now", type_=sa.DateTime(timezone=True)),
@@ -44,11 +49,12 @@ class OutboxStore:
         names = ", ".join(f"l.{c.name}" for c in ledger.c)
         self._claim_rows = (
             sa.text(
-                f"WITH claimed AS ({update}) SELECT {names}, claimed.attempts AS export_attempts FROM claimed "
+                f"WITH claimed AS ({update}) SELECT {names}, claimed.attempts AS export_attempts, "
+                "claimed.reason AS export_reason FROM claimed "
                 "JOIN mw_ledger l ON l.uid = claimed.ledger_uid"
             )
             .bindparams(*times)
-            .columns(*ledger.c, sa.column("export_attempts", sa.Integer))
+            .columns(*ledger.c, sa.column("export_attempts", sa.Integer), sa.column("export_reason", sa.Text))
         )
 
     async def claim(self, limit: int, hold_s: float) -> list[dict[str, Any]]:
@@ -65,7 +71,11 @@ class OutboxStore:
             if not uids:
                 return []
             query = (
-                sa.select(ledger, billing_outbox.c.attempts.label("export_attempts"))
+                sa.select(
+                    ledger,
+                    billing_outbox.c.attempts.label("export_attempts"),
+                    billing_outbox.c.reason.label("export_reason"),
+                )
                 .join(billing_outbox, billing_outbox.c.ledger_uid == ledger.c.uid)
                 .where(ledger.c.uid.in_(uids))
             )
@@ -157,7 +167,9 @@ class OutboxStore:
                 billing_outbox.c.ledger_uid.in_(sa.select(ledger.c.uid).where(ledger.c.source == source))
             )
         async with self._engine.begin() as conn:
-            done = await conn.execute(query.values(status="pending", next_attempt_at=None, claimed_until=None))
+            done = await conn.execute(
+                query.values(status="pending", next_attempt_at=None, claimed_until=None, reason=REPROCESSED)
+            )
         return int(done.rowcount)
 
     async def status(self) -> dict[str, Any]:
