@@ -212,3 +212,14 @@ def test_reconcile_matches_then_reports_an_event_lago_lost(upstream: StandIn, la
         assert report["match"] is False and report["subscriptions"][0]["missing_in_lago"] == [lost]
         bad = cli()
         assert bad.returncode == 1 and lost in bad.stdout
+
+
+def test_default_tags_and_request_tags_reach_the_lago_event(upstream: StandIn, lago: LagoStandIn) -> None:
+    config = {**_config(upstream, lago), "litellm_settings": {"default_tags": ["owui"]}}
+    with run_gateway(config) as gw:
+        with openai.OpenAI(base_url=gw.v1, api_key=gw.key, max_retries=0) as client:
+            client.chat.completions.create(model="priced", messages=HI, user="acme")
+            client.chat.completions.create(model="priced", messages=HI, user="acme", extra_body={"tags": ["batch"]})
+        _settled(gw)
+        _exact(gw, lago)
+    assert sorted(e.properties["tags"] for e in lago.events) == [["owui"], ["owui", "batch"]]

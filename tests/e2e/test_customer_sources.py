@@ -19,6 +19,7 @@ import openai
 import orjson
 import pytest
 
+from tests.support.cli import run_meterway
 from tests.support.gateway import RunningGateway, run_gateway
 from tests.support.models import priced
 from tests.upstreams.standin import StandIn
@@ -161,3 +162,42 @@ def test_what_the_litellm_sdk_sends_as_the_customer(gw: RunningGateway) -> None:
         "openai-header": "oa-header",
         "openai-proxy-server-request": None,
     }
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def tagged(request: pytest.FixtureRequest, standin: StandIn) -> Iterator[RunningGateway]:
+    """Traffic under `default_tags: [owui]` with and without tags of its own, on both stores."""
+    config: dict[str, Any] = {
+        "model_list": [priced(standin.base_url)],
+        "litellm_settings": {"default_tags": ["owui"]},
+    }
+    if request.param == "postgresql":
+        config["general_settings"] = {"database_url": request.getfixturevalue("module_pg_url")}
+    with run_gateway(config) as running:
+        with openai.OpenAI(base_url=running.v1, api_key=running.key, max_retries=0) as sdk:
+            for i, tags in enumerate([[], ["batch"], ["batch", "eval"], ["eval"], []]):
+                text = "hello " * (i + 1)
+                extra = {"tags": tags} if tags else {}
+                sdk.chat.completions.create(
+                    model="priced", messages=[{"role": "user", "content": text}], extra_body=extra
+                )
+        yield running
+
+
+def test_usage_by_tag_sums_each_tags_rows_and_totals_count_each_row_once(tagged: RunningGateway) -> None:
+    admin = {"Authorization": f"Bearer {tagged.key}"}
+    logs = httpx.get(tagged.url + "/spend/logs", headers=admin).json()
+    rows = logs if isinstance(logs, list) else logs.get("data", logs.get("rows", []))
+    assert len(rows) == 5 and all("owui" in (r.get("request_tags") or r.get("tags")) for r in rows), rows
+    report = httpx.get(tagged.url + "/usage", params={"group_by": "tag"}, headers=admin)
+    assert report.status_code == 200, report.text
+    body = report.json()
+    by_tag = {r["tag"]: r for r in body["rows"]}
+    assert {t: r["requests"] for t, r in by_tag.items()} == {"batch": 2, "eval": 2, "owui": 5}
+    assert by_tag["owui"]["total_tokens"] == body["totals"]["total_tokens"] > by_tag["batch"]["total_tokens"] > 0
+    assert body["totals"]["requests"] == 5 and by_tag["owui"]["cost"] == body["totals"]["cost"]
+    url = tagged.settings.database_url.reveal()
+    cli = run_meterway(["usage", "--by", "tag,day", "--format", "json", "--database-url", url])
+    assert cli.returncode == 0, cli.stderr
+    day_rows = orjson.loads(cli.stdout)["rows"]
+    assert sorted((r["tag"], r["requests"]) for r in day_rows) == [("batch", 2), ("eval", 2), ("owui", 5)]

@@ -17,7 +17,9 @@ from meterway.cli import admin, output
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     usage = sub.add_parser("usage", help="usage totals grouped by customer, key, user, team, model, day, …")
-    usage.add_argument("--by", default="model", help="comma-separated: customer,key,user,team,model and hour|day|month")
+    usage.add_argument(
+        "--by", default="model", help="comma-separated: customer,key,user,team,model,tag and hour|day|month"
+    )
     usage.add_argument("--since", help="first day, YYYY-MM-DD (default: 30 days ago)")
     usage.add_argument("--until", help="last day, YYYY-MM-DD (default: today)")
     for flag in ("--customer", "--key", "--user", "--team", "--model"):
