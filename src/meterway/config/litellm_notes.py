@@ -31,6 +31,7 @@ LITELLM = {
     "turn_off_message_logging": "meterway never stores prompts or completions",
     "redact_user_api_key_info": "keys are never logged; log lines are redacted",
     "service_callback": "use /metrics (Prometheus) and the telemetry section",
+    "extra_spend_tag_headers": "headers are not copied into tags; send `tags` in the body, or set default_tags",
 }
 ROUTER = {
     "redis_host": "Redis comes from general_settings.redis_url, REDIS_URL or REDIS_HOST/REDIS_PORT/REDIS_PASSWORD",
