@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import openai
+import orjson
 
 from meterway.billing.sender import NOT_LISTED
 from tests.lago.standin import LagoStandIn
@@ -148,7 +149,7 @@ def test_a_customer_without_a_lago_subscription_is_parked_then_delivered_after_m
         update = {"user_id": "bob", "billing_external_subscription_id": "acme"}
         httpx.post(gw.url + "/customer/update", json=update, headers=admin).raise_for_status()
         again = httpx.post(gw.url + "/billing/reprocess", json={"reason": "subscription"}, headers=admin).json()
-        assert again == {"reprocessed": 2}
+        assert again == {"reprocessed": 2, "parks_again": {}}  # Lago, asked at once, has bob's (acme's) subscription
         _settled(gw)
         bob = {r[0] for r in _sql(gw, "SELECT uid FROM mw_ledger WHERE customer_id = 'bob'")}
         assert set(lago.transaction_ids()) == bob and len(lago.transaction_ids()) == 2
@@ -169,15 +170,24 @@ def test_reprocess_right_after_subscribing_in_lago_sends_at_once(upstream: Stand
             _sql(gw, "SELECT reason FROM mw_billing_outbox WHERE status = 'parked'")
             == [(f"no active Lago subscription 'carol' {NOT_LISTED}",)] * 2
         )
+        env = {k: v for k, v in os.environ.items() if k not in ("METERWAY_CONFIG", "CONFIG_FILE_PATH")}
+        env |= {"LAGO_API_BASE": lago.url, "LAGO_API_KEY": lago.api_key}  # billing on for the CLI too
+        reprocess = ["billing", "reprocess", "--database-url", gw.settings.database_url.reveal()]
+        early = run_meterway([*reprocess, "--format", "json"], env)  # before the fix: says they park again
+        assert early.returncode == 0, early.stderr
+        reason = f"no active Lago subscription 'carol' {NOT_LISTED}"
+        assert orjson.loads(early.stdout) == {"reprocessed": 2, "parks_again": {reason: 2}}
+        _settled(gw)
+        assert _sql(gw, "SELECT status, count(*) FROM mw_billing_outbox GROUP BY status") == [("parked", 2)]
+
         client = Client(api_key=lago.api_key, api_url=lago.url)  # the plan `payg` is the fixture's
         since = (datetime.now(UTC) - timedelta(days=1)).isoformat()
         client.customers.create(Customer(external_id="carol", currency="USD"))
         client.subscriptions.create(
             Subscription(external_customer_id="carol", plan_code="payg", external_id="carol", subscription_at=since)
         )
-        env = {k: v for k, v in os.environ.items() if k not in ("METERWAY_CONFIG", "CONFIG_FILE_PATH")}
-        cli = run_meterway(["billing", "reprocess", "--database-url", gw.settings.database_url.reveal()], env)
-        assert cli.returncode == 0, cli.stderr
+        cli = run_meterway(reprocess, env)
+        assert cli.returncode == 0 and "reprocessed: 2" in cli.stdout and "park again" not in cli.stdout, cli.stdout
         _settled(gw, within_s=8)  # well inside the 30 s the listing is otherwise kept
         assert _sql(gw, "SELECT status, count(*) FROM mw_billing_outbox GROUP BY status") == [("sent", 2)]
         carol = {r[0] for r in _sql(gw, "SELECT uid FROM mw_ledger WHERE customer_id = 'carol'")}

@@ -49,7 +49,23 @@ async def reprocess(r: Admin, body: bytes, query: dict[str, str]) -> dict[str, A
     count = await r.store.outbox.reprocess(reason=req.reason, since=parse_since(req.since))
     if r.sender is not None:
         r.sender.forget_subscriptions()
-    return {"reprocessed": count}
+    return {"reprocessed": count, "parks_again": await _parks_again(r) if count else {}}
+
+
+FORECAST_ROWS = 10_000  # reprocessed rows looked at to say what would park again
+
+
+async def _parks_again(r: Admin) -> dict[str, int] | None:
+    """What of the rows just reprocessed Lago would still not bill, by reason, asked now (None:
+    billing is not configured here or Lago did not answer; the sender decides then)."""
+    from meterway.billing.sender import parks_again
+
+    if r.billing is None:
+        return None
+    link = r.billing
+    rows = await r.store.outbox.reprocessed(FORECAST_ROWS)
+    mapped = await r.store.outbox.mapped(link.billing.charge_by)
+    return await parks_again(link.billing, link.session, rows, mapped)
 
 
 def _link(r: Admin) -> BillingLink:

@@ -81,25 +81,9 @@ class Sender:
         now = time.monotonic()
         if now - self._listed_at < ttl:
             return self._active
-        headers = {"Authorization": f"Bearer {self.billing.api_key.reveal()}"}
-        found: set[str] = set()
-        page = 1
-        try:
-            while page:
-                async with self.session.get(
-                    self.billing.api_base + "/api/v1/subscriptions",
-                    params={"page": str(page), "per_page": "100", "status[]": "active"},
-                    headers=headers,
-                    timeout=_timeout(deadline),
-                ) as resp:
-                    if resp.status != 200:
-                        return None
-                    body = await resp.json()
-                found.update(str(sub["external_id"]) for sub in body.get("subscriptions", []))
-                page = (body.get("meta") or {}).get("next_page") or 0
-        except (aiohttp.ClientError, TimeoutError, ValueError):
-            return None
-        self._active, self._listed_at = found, now
+        found = await active_subscriptions(self.billing, self.session, _timeout(deadline))
+        if found is not None:
+            self._active, self._listed_at = found, now
         return found
 
     def forget_subscriptions(self) -> None:
@@ -252,6 +236,49 @@ class Sender:
         except (aiohttp.ClientError, TimeoutError) as e:
             log.warning("billing: no answer from Lago (%s)", e.__class__.__name__)
             return 0, None
+
+
+async def active_subscriptions(
+    billing: Billing, session: aiohttp.ClientSession, within: aiohttp.ClientTimeout
+) -> set[str] | None:
+    """The ids of every subscription Lago lists as active (None: Lago did not answer)."""
+    headers = {"Authorization": f"Bearer {billing.api_key.reveal()}"}
+    found: set[str] = set()
+    page = 1
+    try:
+        while page:
+            async with session.get(
+                billing.api_base + "/api/v1/subscriptions",
+                params={"page": str(page), "per_page": "100", "status[]": "active"},
+                headers=headers,
+                timeout=within,
+            ) as resp:
+                if resp.status != 200:
+                    return None
+                body = await resp.json()
+            found.update(str(sub["external_id"]) for sub in body.get("subscriptions", []))
+            page = (body.get("meta") or {}).get("next_page") or 0
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return None
+    return found
+
+
+async def parks_again(
+    billing: Billing, session: aiohttp.ClientSession, rows: list[dict[str, Any]], mapped: Mapping[str, str]
+) -> dict[str, int] | None:
+    """What a sender would park of `rows` (just reprocessed), by reason, asking Lago now: so the
+    operator learns at once that a fix did not take, and why (None: Lago did not answer)."""
+    active = await active_subscriptions(billing, session, aiohttp.ClientTimeout(total=LAGO_TIMEOUT_S))
+    if active is None:
+        return None
+    reasons: dict[str, int] = {}
+    for row in rows:
+        sub = subscription_for(row, billing, mapped)
+        if not isinstance(sub, Parked) and sub not in active:
+            sub = Parked(f"no active Lago subscription '{sub}' {NOT_LISTED}")
+        if isinstance(sub, Parked):
+            reasons[sub.reason] = reasons.get(sub.reason, 0) + 1
+    return reasons
 
 
 def _timeout(deadline: float) -> aiohttp.ClientTimeout:

@@ -172,6 +172,17 @@ class OutboxStore:
             )
         return int(done.rowcount)
 
+    async def reprocessed(self, limit: int) -> list[dict[str, Any]]:
+        """Up to `limit` ledger rows whose export waits as reprocessed (not yet sent or parked)."""
+        query = (
+            sa.select(ledger)
+            .join(billing_outbox, billing_outbox.c.ledger_uid == ledger.c.uid)
+            .where(billing_outbox.c.status == "pending", billing_outbox.c.reason == REPROCESSED)
+            .limit(limit)
+        )
+        async with self._engine.connect() as conn:
+            return [{str(k): v for k, v in r.items()} for r in (await conn.execute(query)).mappings().all()]
+
     async def status(self) -> dict[str, Any]:
         """Counts by status, parked rows by reason, and the export lag."""
         async with self._engine.connect() as conn:
