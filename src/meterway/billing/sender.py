@@ -47,10 +47,8 @@ BACKOFF_MAX_S = 60.0
 DUPLICATE = {"transaction_id": ["value_already_exist"]}
 SUBSCRIPTIONS_TTL_S = 30.0
 MAPPING_TTL_S = 5.0  # a new billing_external_subscription_id is used within this long
-NOT_LISTED = (
-    "(Lago lists no active subscription by that id: create it there, or set the customer's "
-    "billing_external_subscription_id; then `meterway billing reprocess`, which has Lago asked again)"
-)
+# the park reason's hint: short, since the UI's "Reprocess these" sends the reason back as a filter
+NOT_LISTED = "(create it in Lago, or set billing_external_subscription_id; then reprocess)"
 CLAIM = 500  # rows per round: sent as batches of BATCH events at once, then marked sent together
 LANES = 2  # rounds in flight: one waits on the database while the other waits on Lago
 
