@@ -201,3 +201,21 @@ def test_usage_by_tag_sums_each_tags_rows_and_totals_count_each_row_once(tagged:
     assert cli.returncode == 0, cli.stderr
     day_rows = orjson.loads(cli.stdout)["rows"]
     assert sorted((r["tag"], r["requests"]) for r in day_rows) == [("batch", 2), ("eval", 2), ("owui", 5)]
+
+
+def test_require_customer_binding_refuses_a_header_naming_a_customer_as_it_does_user(standin: StandIn) -> None:
+    config = {
+        "model_list": [priced(standin.base_url)],
+        "general_settings": {"user_header_name": "X-OpenWebUI-User-Id", "require_customer_binding": True},
+    }
+    with run_gateway(config) as running:
+        admin = {"Authorization": f"Bearer {running.key}"}
+        httpx.post(running.url + "/customer/new", json={"user_id": "acme"}, headers=admin).raise_for_status()
+        key = httpx.post(running.url + "/key/generate", json={}, headers=admin).json()["key"]
+        for header in ("X-OpenWebUI-User-Id", "x-litellm-customer-id"):
+            answer = httpx.post(
+                running.v1 + "/chat/completions",
+                json={"model": "priced", "messages": HI},
+                headers={"Authorization": f"Bearer {key}", header: "acme"},
+            )
+            assert answer.status_code == 403 and answer.json()["error"]["code"] == "customer_not_bound", answer.text
