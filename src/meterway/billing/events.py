@@ -13,6 +13,8 @@ from datetime import UTC
 from decimal import Decimal
 from typing import Any
 
+import orjson
+
 from meterway.config.billing import METADATA, Billing
 
 # which ledger column names the charged entity, by `charge_by`
@@ -58,7 +60,8 @@ READ: dict[str, Any] = {
     "user": lambda r: r["user_id"],
     "team": lambda r: r["team_id"],
     "key_alias": lambda r: r["key_alias"],
-    "tags": lambda r: list(r.get("tags") or []),
+    # joined: Lago documents a property's value as a string or a number, never a list
+    "tags": lambda r: ",".join(r.get("tags") or ()) or None,
     "deployment": lambda r: r["deployment_id"],
     "upstream_model": lambda r: r["upstream_model"],
     "endpoint": lambda r: r["endpoint"],
@@ -69,7 +72,10 @@ READ: dict[str, Any] = {
 def _read(row: Mapping[str, Any], source: str) -> Any:
     if source.startswith(METADATA):
         meta = row.get("metadata")
-        return meta.get(source[len(METADATA) :]) if isinstance(meta, dict) else None
+        value = meta.get(source[len(METADATA) :]) if isinstance(meta, dict) else None
+        if isinstance(value, dict | list):  # a property's value is a string or a number in Lago
+            return orjson.dumps(value).decode()
+        return value
     return READ[source](row)
 
 
@@ -80,7 +86,7 @@ def properties_for(row: Mapping[str, Any], billing: Billing) -> dict[str, Any]:
     out = {}
     for name, source in billing.event_properties().items():
         value = _read(row, source)
-        if value is not None and value != []:
+        if value is not None:
             out[name] = value
     return out
 
@@ -109,7 +115,7 @@ def events_for(row: Mapping[str, Any], subscription: str, billing: Billing) -> l
     added = {
         name: _read(row, source) for name, source in billing.properties if source is not None and name not in SPLIT
     }
-    added = {k: v for k, v in added.items() if v is not None and v != []}
+    added = {k: v for k, v in added.items() if v is not None}
     model = row["model_group"]
     cached, written, reasoning = row["cached_tokens"], row["cache_write_tokens"], row["reasoning_tokens"]
     counts = {
