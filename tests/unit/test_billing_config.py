@@ -119,3 +119,16 @@ def test_billing_properties_rename_add_and_drop() -> None:
         "cost_usd": "cost",
         "project": "metadata.project",
     }
+
+
+def test_setup_and_check_follow_a_renamed_total_tokens() -> None:
+    from meterway.billing.events import tokens_property
+    from meterway.billing.setup import summable, wanted_metric
+
+    section = {"api_base": "http://lago", "api_key": "k"}
+    section["properties"] = {"tokens_total": "total_tokens", "total_tokens": None, "team": "team"}
+    billing = parse_config({**MODELS, "billing": section}, source=None, env={}).billing
+    assert billing is not None
+    assert wanted_metric(billing, ["demo"])["field_name"] == "tokens_total" == tokens_property(billing)
+    carried = summable(billing)
+    assert "tokens_total" in carried and "total_tokens" not in carried and "team" not in carried
