@@ -249,6 +249,7 @@ async def open_services(settings: Settings, hooks: tuple[Hook, ...] = ()) -> Asy
             on_kept=metrics.ledger_kept,
             on_stall=metrics.ledger_stalled,
             cache_hit_ratio=settings.cache.hit_cost_ratio if settings.cache is not None else Decimal(0),
+            default_tags=settings.default_tags,
         )
         router = Router(
             settings.deployments, settings.routing, redis=redis_client, prefix=settings.redis_prefix + "router:"

@@ -9,13 +9,16 @@ import os
 import sqlite3
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import openai
+import orjson
 
+from meterway.billing.sender import NOT_LISTED
 from tests.lago.standin import LagoStandIn
+from tests.support.cli import run_meterway
 from tests.support.gateway import RunningGateway, run_gateway
 from tests.support.models import priced
 from tests.support.wait import eventually
@@ -118,7 +121,9 @@ def test_a_customer_without_a_lago_subscription_is_parked_then_delivered_after_m
         _traffic(gw, 2, user="bob")  # Lago has no subscription 'bob': it would take the events and never bill them
         _settled(gw)
         status = httpx.get(gw.url + "/billing/status", headers=admin).json()
-        assert status["parked"] == 2 and status["parked_by_reason"] == {"no active Lago subscription 'bob'": 2}
+        assert status["parked"] == 2 and status["parked_by_reason"] == {
+            f"no active Lago subscription 'bob' {NOT_LISTED}": 2
+        }
         assert lago.transaction_ids() == []
         cli = subprocess.run(
             [
@@ -144,11 +149,49 @@ def test_a_customer_without_a_lago_subscription_is_parked_then_delivered_after_m
         update = {"user_id": "bob", "billing_external_subscription_id": "acme"}
         httpx.post(gw.url + "/customer/update", json=update, headers=admin).raise_for_status()
         again = httpx.post(gw.url + "/billing/reprocess", json={"reason": "subscription"}, headers=admin).json()
-        assert again == {"reprocessed": 2}
+        assert again == {"reprocessed": 2, "parks_again": {}}  # Lago, asked at once, has bob's (acme's) subscription
         _settled(gw)
         bob = {r[0] for r in _sql(gw, "SELECT uid FROM mw_ledger WHERE customer_id = 'bob'")}
         assert set(lago.transaction_ids()) == bob and len(lago.transaction_ids()) == 2
         assert {e.external_subscription_id for e in lago.events} == {"acme"}
+
+
+def test_reprocess_right_after_subscribing_in_lago_sends_at_once(upstream: StandIn, lago: LagoStandIn) -> None:
+    """The operator creates the missing subscription in Lago and runs `meterway billing reprocess`
+    (the CLI, another process than the gateway): the gateway's sender asks Lago again before it
+    would park a row, so the rows go now, not parked again by a listing cached a moment before."""
+    from lago_python_client.client import Client
+    from lago_python_client.models import Customer, Subscription
+
+    with run_gateway(_config(upstream, lago)) as gw:
+        _traffic(gw, 2, user="carol")
+        _settled(gw)
+        assert (
+            _sql(gw, "SELECT reason FROM mw_billing_outbox WHERE status = 'parked'")
+            == [(f"no active Lago subscription 'carol' {NOT_LISTED}",)] * 2
+        )
+        env = {k: v for k, v in os.environ.items() if k not in ("METERWAY_CONFIG", "CONFIG_FILE_PATH")}
+        env |= {"LAGO_API_BASE": lago.url, "LAGO_API_KEY": lago.api_key}  # billing on for the CLI too
+        reprocess = ["billing", "reprocess", "--database-url", gw.settings.database_url.reveal()]
+        early = run_meterway([*reprocess, "--format", "json"], env)  # before the fix: says they park again
+        assert early.returncode == 0, early.stderr
+        reason = f"no active Lago subscription 'carol' {NOT_LISTED}"
+        assert orjson.loads(early.stdout) == {"reprocessed": 2, "parks_again": {reason: 2}}
+        _settled(gw)
+        assert _sql(gw, "SELECT status, count(*) FROM mw_billing_outbox GROUP BY status") == [("parked", 2)]
+
+        client = Client(api_key=lago.api_key, api_url=lago.url)  # the plan `payg` is the fixture's
+        since = (datetime.now(UTC) - timedelta(days=1)).isoformat()
+        client.customers.create(Customer(external_id="carol", currency="USD"))
+        client.subscriptions.create(
+            Subscription(external_customer_id="carol", plan_code="payg", external_id="carol", subscription_at=since)
+        )
+        cli = run_meterway(reprocess, env)
+        assert cli.returncode == 0 and "reprocessed: 2" in cli.stdout and "park again" not in cli.stdout, cli.stdout
+        _settled(gw, within_s=8)  # well inside the 30 s the listing is otherwise kept
+        assert _sql(gw, "SELECT status, count(*) FROM mw_billing_outbox GROUP BY status") == [("sent", 2)]
+        carol = {r[0] for r in _sql(gw, "SELECT uid FROM mw_ledger WHERE customer_id = 'carol'")}
+        assert set(lago.transaction_ids()) >= carol
 
 
 def test_reconcile_matches_then_reports_an_event_lago_lost(upstream: StandIn, lago: LagoStandIn) -> None:
@@ -179,3 +222,14 @@ def test_reconcile_matches_then_reports_an_event_lago_lost(upstream: StandIn, la
         assert report["match"] is False and report["subscriptions"][0]["missing_in_lago"] == [lost]
         bad = cli()
         assert bad.returncode == 1 and lost in bad.stdout
+
+
+def test_default_tags_and_request_tags_reach_the_lago_event(upstream: StandIn, lago: LagoStandIn) -> None:
+    config = {**_config(upstream, lago), "litellm_settings": {"default_tags": ["owui"]}}
+    with run_gateway(config) as gw:
+        with openai.OpenAI(base_url=gw.v1, api_key=gw.key, max_retries=0) as client:
+            client.chat.completions.create(model="priced", messages=HI, user="acme")
+            client.chat.completions.create(model="priced", messages=HI, user="acme", extra_body={"tags": ["batch"]})
+        _settled(gw)
+        _exact(gw, lago)
+    assert sorted(e.properties["tags"] for e in lago.events) == ["owui", "owui,batch"]

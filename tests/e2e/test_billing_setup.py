@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ import openai
 import pytest
 import yaml
 from lago_python_client.client import Client
-from lago_python_client.models import BillableMetric
+from lago_python_client.models import BillableMetric, Customer, Subscription
 
 from tests.lago.standin import LagoStandIn, billing_ready, payg_plan
 from tests.support.cli import run_meterway
@@ -72,6 +72,14 @@ def _chat(base_url: str, key: str, n: int, user: str | None = "acme", model: str
     with openai.OpenAI(base_url=base_url, api_key=key, max_retries=0) as client:
         for _ in range(n):
             client.chat.completions.create(model=model, messages=HI, **extra)
+
+
+def _since() -> str:
+    return datetime(2020, 1, 1, tzinfo=UTC).isoformat()
+
+
+def _cents(units: Decimal, amount: str) -> int:
+    return int((units * Decimal(amount) * 100).quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
 def _subscribe(lago: LagoStandIn, customer: str) -> None:
@@ -265,8 +273,62 @@ def test_a_litellm_users_metric_on_response_cost_keeps_counting(upstream: StandI
         summed = sum(Decimal(str(e.properties["response_cost"])) for e in lago.events)
         assert len(lago.events) == 3 and summed == Decimal(charged) / 10**10 > 0
 
+    # the acceptance: what Lago bills from that metric is the ledger's cost (a cent per 1e-4 USD here)
+    client.plans.create(payg_plan(lago.metrics["llm_tokens"]["lago_id"], "100"))
+    client.customers.create(Customer(external_id="globex", currency="USD"))
+    client.subscriptions.create(
+        Subscription(external_customer_id="globex", plan_code="payg", external_id="globex", subscription_at=_since())
+    )
+    with run_gateway(_config(upstream, lago)) as gw:
+        _chat(gw.v1, gw.key, 4, user="globex")
+        _settled(gw.settings.database_url.reveal())
+        (charged,) = _sql(gw, "SELECT sum(cost) FROM mw_ledger WHERE customer_id = 'globex'")[0]
+    usage = client.customers.current_usage("globex", "globex")
+    assert usage is not None and usage.charges_usage[0].events_count == 4
+    assert usage.amount_cents == _cents(Decimal(charged) / 10**10, "100") > 0
+
     lago.metrics["llm_tokens"]["field_name"] = "spend"  # a name no event carries
     with run_gateway(_config(upstream, lago)) as gw:
         checked = httpx.get(gw.url + "/billing/check", headers={"Authorization": f"Bearer {gw.key}"}).json()
         (step,) = [s for s in checked["steps"] if s["name"] == "billable_metric"]
         assert checked["ok"] is False and "'spend'" in step["detail"] and "'response_cost'" in step["detail"]
+
+
+def test_billing_properties_rename_add_and_drop_what_events_carry(upstream: StandIn, lago: LagoStandIn) -> None:
+    """`billing.properties` renames the cost to a user's own name, adds a request-metadata key and
+    drops a default: the events carry exactly that, `billing check` takes a metric on the new name
+    (and names the dropped one as not carried), and Lago bills the renamed figure."""
+    properties = {"cost_usd": "cost", "cost": None, "response_cost": None, "project": "metadata.project", "model": None}
+    client = Client(api_key=lago.api_key, api_url=lago.url)
+    client.billable_metrics.create(
+        BillableMetric(name="LLM spend", code="llm_tokens", aggregation_type="sum_agg", field_name="cost_usd")
+    )
+    client.plans.create(payg_plan(lago.metrics["llm_tokens"]["lago_id"], "100"))
+    client.customers.create(Customer(external_id="acme", currency="USD"))
+    client.subscriptions.create(
+        Subscription(external_customer_id="acme", plan_code="payg", external_id="acme", subscription_at=_since())
+    )
+    with run_gateway(_config(upstream, lago, properties=properties)) as gw:
+        admin = {"Authorization": f"Bearer {gw.key}"}
+        checked = httpx.get(gw.url + "/billing/check", headers=admin).json()
+        assert checked["ok"] is True, checked
+        with openai.OpenAI(base_url=gw.v1, api_key=gw.key, max_retries=0) as sdk:
+            for _ in range(3):
+                sdk.chat.completions.create(
+                    model="priced", messages=HI, user="acme", extra_body={"metadata": {"project": "apollo"}}
+                )
+        _settled(gw.settings.database_url.reveal())
+        (charged,) = _sql(gw, "SELECT sum(cost) FROM mw_ledger WHERE customer_id = 'acme'")[0]
+    assert len(lago.events) == 3
+    for event in lago.events:
+        assert set(event.properties) == {"prompt_tokens", "completion_tokens", "total_tokens", "cost_usd", "project"}
+        assert event.properties["project"] == "apollo"
+    assert sum(Decimal(str(e.properties["cost_usd"])) for e in lago.events) == Decimal(charged) / 10**10
+    usage = client.customers.current_usage("acme", "acme")
+    assert usage is not None and usage.amount_cents == _cents(Decimal(charged) / 10**10, "100") > 0
+
+    lago.metrics["llm_tokens"]["field_name"] = "response_cost"  # dropped by the mapping: not carried
+    with run_gateway(_config(upstream, lago, properties=properties)) as gw:
+        checked = httpx.get(gw.url + "/billing/check", headers={"Authorization": f"Bearer {gw.key}"}).json()
+        (step,) = [s for s in checked["steps"] if s["name"] == "billable_metric"]
+        assert checked["ok"] is False and "'response_cost'" in step["detail"] and "'cost_usd'" in step["detail"]

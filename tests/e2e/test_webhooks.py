@@ -26,6 +26,7 @@ from lago_python_client.client import Client
 from lago_python_client.models import Customer, Subscription
 from litellm.types.utils import StandardLoggingMetadata, StandardLoggingPayload
 
+from meterway.billing.sender import NOT_LISTED
 from meterway.ledger.reported import uid_for
 from tests.lago.standin import LagoStandIn, billing_ready
 from tests.support.gateway import RunningGateway, run_gateway
@@ -543,7 +544,7 @@ def test_reprocess_requeues_parked_webhook_exports_and_only_with_all_the_gateway
         post(gw, example(customer_id="ghost", timestamp=int(time.time()))).raise_for_status()
         settled(gw)
         status = httpx.get(gw.url + "/billing/status", headers=admin(gw)).json()
-        assert status["parked_by_reason"] == {"no active Lago subscription 'ghost'": 2}
+        assert status["parked_by_reason"] == {f"no active Lago subscription 'ghost' {NOT_LISTED}": 2}
         Client(api_key=lago.api_key, api_url=lago.url).customers.create(Customer(external_id="ghost", currency="USD"))
         Client(api_key=lago.api_key, api_url=lago.url).subscriptions.create(
             Subscription(external_customer_id="ghost", plan_code="payg", external_id="ghost")

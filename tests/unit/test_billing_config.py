@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -86,3 +87,48 @@ def test_the_export_status_says_on_and_where_or_why_off(env: dict[str, str], sta
     assert settings.billing_export == status and "lago-key" not in status
     half_set = status.startswith("off: LAGO_")
     assert (f"billing export is {status}" in settings.warnings) is half_set
+
+
+@pytest.mark.parametrize(
+    ("properties", "named"),
+    [
+        (["cost"], "billing.properties must be a mapping"),
+        ({"spend": "price"}, "billing.properties.spend: 'price' is not a source"),
+        ({"spend": 3}, "billing.properties.spend: 3 is not a source"),
+        ({"project": "metadata."}, "billing.properties.project: 'metadata.' is not a source"),
+        ({"": "cost"}, "billing.properties: '' is not a property name"),
+    ],
+)
+def test_bad_billing_properties_name_the_key(properties: Any, named: str) -> None:
+    config = {**MODELS, "billing": {"api_base": "http://lago", "api_key": "k", "properties": properties}}
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        parse_config(config, source=None, env={})
+
+
+def test_billing_properties_rename_add_and_drop() -> None:
+    section = {"api_base": "http://lago", "api_key": "k"}
+    section["properties"] = {"cost_usd": "cost", "cost": None, "project": "metadata.project", "model": None}
+    billing = parse_config({**MODELS, "billing": section}, source=None, env={}).billing
+    assert billing is not None
+    assert billing.event_properties() == {
+        "prompt_tokens": "prompt_tokens",
+        "completion_tokens": "completion_tokens",
+        "total_tokens": "total_tokens",
+        "response_cost": "response_cost",
+        "tags": "tags",
+        "cost_usd": "cost",
+        "project": "metadata.project",
+    }
+
+
+def test_setup_and_check_follow_a_renamed_total_tokens() -> None:
+    from meterway.billing.events import tokens_property
+    from meterway.billing.setup import summable, wanted_metric
+
+    section = {"api_base": "http://lago", "api_key": "k"}
+    section["properties"] = {"tokens_total": "total_tokens", "total_tokens": None, "team": "team"}
+    billing = parse_config({**MODELS, "billing": section}, source=None, env={}).billing
+    assert billing is not None
+    assert wanted_metric(billing, ["demo"])["field_name"] == "tokens_total" == tokens_property(billing)
+    carried = summable(billing)
+    assert "tokens_total" in carried and "total_tokens" not in carried and "team" not in carried

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,8 +37,9 @@ def test_litellm_quickstart_config_loads_with_one_warning_per_ignored_setting(mo
     assert vllm.upstream_model == "facebook/opt-125m" and vllm.api_base == "http://0.0.0.0:4000/v1"
     assert s.master_key is not None and s.master_key.reveal() == "sk-1234"
     assert sorted(s.warnings) == [
-        "litellm_settings.drop_params: not supported yet; ignored",
-        "litellm_settings.set_verbose: not supported yet; ignored",
+        "litellm_settings.drop_params: ignored: meterway forwards the body as sent; the upstream decides on "
+        "unknown parameters",
+        "litellm_settings.set_verbose: ignored: use --log-level debug",
         "model_list[2] (vllm-models, facebook/opt-125m): no known price; its requests are recorded with cost "
         "NULL until model_info sets input_cost_per_token and output_cost_per_token",
     ]
@@ -213,3 +216,79 @@ def test_upstream_size_bounds_come_from_general_settings_or_the_environment() ->
         parse_config({**base, "general_settings": {"max_upstream_body_bytes": "big"}}, source=None, env={})
     with pytest.raises(ConfigError, match="METERWAY_MAX_UPSTREAM_EVENT_BYTES"):
         parse_config(base, source=None, env={"METERWAY_MAX_UPSTREAM_EVENT_BYTES": "1.5MB"})
+
+
+def test_each_callback_warning_names_its_own_key_and_what_to_use_instead() -> None:
+    """`success_callback: webhook` was reported as `litellm_settings.callbacks`; every warning
+    names the setting where the user wrote it, and what meterway does instead."""
+    data = {
+        "litellm_settings": {
+            "success_callback": ["lago", "webhook"],
+            "callbacks": ["otel", "langfuse"],
+            "failure_callback": "webhook",
+            "json_logs": True,
+        },
+        "general_settings": {"alerting": ["slack"], "some_flag": 1},
+        "router_settings": {"redis_host": "redis"},
+    }
+    warnings = parse_config(data, source=None, env={}).warnings
+    webhook = [w for w in warnings if "'webhook'" in w]
+    assert [w.split(":")[0] for w in webhook] == [
+        "litellm_settings.success_callback",
+        "litellm_settings.failure_callback",
+    ]
+    assert all("POST /webhooks/usage" in w and "billing section" in w for w in webhook)
+    assert any(w.startswith("litellm_settings.callbacks: 'langfuse' is not supported; ignored: ") for w in warnings)
+    assert "litellm_settings.json_logs: ignored: use --log-format json" in warnings
+    assert any(w.startswith("general_settings.alerting: ignored: ") and "/metrics" in w for w in warnings)
+    assert "general_settings.some_flag: ignored" in warnings
+    assert any(w.startswith("router_settings.redis_host: ignored: Redis comes from") for w in warnings)
+    assert not any("lago" in w or "otel" in w for w in warnings)
+
+
+def test_customer_headers_follow_litellms_settings_and_order() -> None:
+    def headers(general: dict[str, Any]) -> tuple[str, ...]:
+        return parse_config({"general_settings": general}, source=None, env={}).customer_headers
+
+    standard = ("x-litellm-customer-id", "x-litellm-end-user-id")
+    assert headers({}) == standard
+    assert headers({"user_header_name": "X-OpenWebUI-User-Id"}) == (*standard, "x-openwebui-user-id")
+    mapped = {
+        "user_header_name": "X-OpenWebUI-User-Id",
+        "user_header_mappings": [
+            {"header_name": "X-OpenWebUI-User-Email", "litellm_user_role": "customer"},
+            {"header_name": "X-Internal", "litellm_user_role": "internal_user"},
+        ],
+    }
+    settings = parse_config({"general_settings": mapped}, source=None, env={})
+    assert settings.customer_headers == (*standard, "x-openwebui-user-email")  # the mappings win, as in LiteLLM
+    assert any(
+        "user_header_mappings[1].litellm_user_role: internal_user is not supported" in w for w in settings.warnings
+    )
+    one = {"user_header_mappings": {"header_name": "X-Customer", "litellm_user_role": "customer"}}
+    assert headers(one) == (*standard, "x-customer")
+
+
+@pytest.mark.parametrize(
+    ("general", "named"),
+    [
+        ({"user_header_name": "X Bad"}, "general_settings.user_header_name must be an HTTP header name"),
+        ({"user_header_name": 3}, "general_settings.user_header_name must be an HTTP header name"),
+        ({"user_header_mappings": [{"header_name": "X-A"}]}, "general_settings.user_header_mappings[0] must be"),
+        (
+            {"user_header_mappings": [{"header_name": "X-A", "litellm_user_role": "proxy_admin"}]},
+            "general_settings.user_header_mappings[0].litellm_user_role must be customer or internal_user",
+        ),
+    ],
+)
+def test_bad_customer_header_settings_name_the_key(general: dict[str, Any], named: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        parse_config({"general_settings": general}, source=None, env={})
+
+
+def test_default_tags_are_read_and_checked() -> None:
+    tags = parse_config({"litellm_settings": {"default_tags": ["prod", "owui", "prod"]}}, source=None, env={})
+    assert tags.default_tags == ("prod", "owui") and not tags.warnings
+    for bad in ("prod", [1], [""], ["x" * 300]):
+        with pytest.raises(ConfigError, match=re.escape("litellm_settings.default_tags")):
+            parse_config({"litellm_settings": {"default_tags": bad}}, source=None, env={})

@@ -86,3 +86,23 @@ def test_check_config_litellm_exits_by_whether_meterway_would_start(
     assert main(["check-config", "--litellm", str(CONFIGS / name)]) == status
     out = capsys.readouterr().out
     assert "honoured" in out and "would" in out
+
+
+def test_an_open_webui_and_lago_deployment_is_reviewed_under_its_own_keys() -> None:
+    data = {
+        "model_list": [{"model_name": "gpt-4o", "litellm_params": {"model": "openai/gpt-4o"}}],
+        "general_settings": {"user_header_name": "X-OpenWebUI-User-Id"},
+        "litellm_settings": {
+            "success_callback": ["lago", "webhook"],
+            "failure_callback": "webhook",
+            "default_tags": ["owui"],
+            "extra_spend_tag_headers": ["x-openwebui-user-email"],
+        },
+    }
+    found = {f.path: f for f in review(data).findings}
+    assert found["general_settings.user_header_name"].verdict == "honoured"
+    assert found["litellm_settings.default_tags"].verdict == "honoured"
+    assert found["litellm_settings.success_callback: lago"].verdict == "honoured"
+    for path in ("litellm_settings.success_callback: webhook", "litellm_settings.failure_callback: webhook"):
+        assert found[path].verdict == "ignored" and "POST /webhooks/usage" in found[path].why
+    assert "default_tags" in found["litellm_settings.extra_spend_tag_headers"].why

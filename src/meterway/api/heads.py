@@ -45,6 +45,8 @@ class _Chat(msgspec.Struct):
     max_completion_tokens: int | None = None
     tags: msgspec.Raw = _ABSENT
     metadata: msgspec.Raw = _ABSENT
+    litellm_metadata: msgspec.Raw = _ABSENT
+    safety_identifier: str | None = None
 
 
 class _Completion(msgspec.Struct):
@@ -56,6 +58,8 @@ class _Completion(msgspec.Struct):
     max_tokens: int | None = None
     tags: msgspec.Raw = _ABSENT
     metadata: msgspec.Raw = _ABSENT
+    litellm_metadata: msgspec.Raw = _ABSENT
+    safety_identifier: str | None = None
 
 
 class _Embedding(msgspec.Struct):
@@ -65,6 +69,8 @@ class _Embedding(msgspec.Struct):
     user: str | None = None
     tags: msgspec.Raw = _ABSENT
     metadata: msgspec.Raw = _ABSENT
+    litellm_metadata: msgspec.Raw = _ABSENT
+    safety_identifier: str | None = None
 
 
 class _Messages(msgspec.Struct):
@@ -74,6 +80,8 @@ class _Messages(msgspec.Struct):
     stream: bool | None = None
     tags: msgspec.Raw = _ABSENT
     metadata: msgspec.Raw = _ABSENT
+    litellm_metadata: msgspec.Raw = _ABSENT
+    safety_identifier: str | None = None
 
 
 class _Responses(msgspec.Struct):
@@ -90,6 +98,8 @@ class _Responses(msgspec.Struct):
     previous_response_id: str | None = None
     tags: msgspec.Raw = _ABSENT
     metadata: msgspec.Raw = _ABSENT
+    litellm_metadata: msgspec.Raw = _ABSENT
+    safety_identifier: str | None = None
 
 
 _chat = msgspec.json.Decoder(_Chat)
@@ -220,6 +230,51 @@ def _extras(tags: msgspec.Raw, metadata: msgspec.Raw, *, anthropic: bool = False
     return (tuple(str(t) for t in listed) if isinstance(listed, list) else ()), found
 
 
+def _named(
+    user: str | None, litellm_metadata: msgspec.Raw, metadata: dict[str, Any] | None, safety: str | None
+) -> str | None:
+    """The customer the body names, in LiteLLM's order (`get_end_user_id_from_request_body`):
+    `user`, then `litellm_metadata.user`, then `metadata.user_id`, then `safety_identifier`. A
+    header the gateway reads for it comes first (`customer_from_headers`). Each is bounded as
+    `user` is; a value that is not a string is not a name (LiteLLM drops it too)."""
+    if user:
+        return user
+    if litellm_metadata and len(litellm_metadata) <= bounds.METADATA_BYTES_MAX:
+        given = orjson.loads(bytes(litellm_metadata))  # msgspec has checked the syntax
+        named = given.get("user") if isinstance(given, dict) else None
+        if isinstance(named, str) and named.strip():
+            return _user(named.strip(), "litellm_metadata.user")
+    named = metadata.get("user_id") if metadata else None
+    if isinstance(named, str) and named.strip():
+        return _user(named.strip(), "metadata.user_id")
+    if safety and safety.strip():
+        return _user(safety.strip(), "safety_identifier")
+    return None
+
+
+def customer_from_headers(raw: list[tuple[bytes, bytes]], names: tuple[bytes, ...]) -> str | None:
+    """The customer a request's headers name: the first of `names` (lower-case, in the settings'
+    order) that is sent with a value; bounded as the body's `user`, and a 400 naming the header
+    otherwise. Read before the body's fields, as LiteLLM does."""
+    found: dict[bytes, bytes] = {}
+    for name, value in raw:
+        if name in names and name not in found:
+            found[name] = value
+    for name in names:
+        sent = found.get(name)
+        if sent is None:
+            continue
+        field = f"header {name.decode()}"
+        try:
+            text = sent.decode().strip()
+        except UnicodeDecodeError:
+            raise BadRequest(f"'{field}' is not valid UTF-8.", param=field, code="invalid_encoding") from None
+        if text:
+            bounds.text(text, field)
+            return text
+    return None
+
+
 def chat(body: bytes) -> RequestHead:
     c = decode(_chat, body)
     _model(c.model)
@@ -227,7 +282,8 @@ def chat(body: bytes) -> RequestHead:
     usage = bool(c.stream_options and c.stream_options.include_usage)
     cap = _max_tokens(c.max_completion_tokens, "max_completion_tokens") or _max_tokens(c.max_tokens, "max_tokens")
     tags, metadata = _extras(c.tags, c.metadata) if c.tags or c.metadata else _NONE
-    return RequestHead(c.model, bool(c.stream), usage, _user(c.user), cap, tags, metadata)
+    user = _named(_user(c.user), c.litellm_metadata, metadata, c.safety_identifier)
+    return RequestHead(c.model, bool(c.stream), usage, user, cap, tags, metadata)
 
 
 def completion(body: bytes) -> RequestHead:
@@ -236,7 +292,8 @@ def completion(body: bytes) -> RequestHead:
     usage = bool(c.stream_options and c.stream_options.include_usage)
     tags, metadata = _extras(c.tags, c.metadata) if c.tags or c.metadata else _NONE
     cap = _max_tokens(c.max_tokens, "max_tokens")
-    return RequestHead(c.model, bool(c.stream), usage, _user(c.user), cap, tags, metadata)
+    user = _named(_user(c.user), c.litellm_metadata, metadata, c.safety_identifier)
+    return RequestHead(c.model, bool(c.stream), usage, user, cap, tags, metadata)
 
 
 def embedding(body: bytes) -> RequestHead:
@@ -246,7 +303,8 @@ def embedding(body: bytes) -> RequestHead:
     if data in (b'""', b"[]") or data.startswith((b"null", b"{", b"true", b"false")):
         raise BadRequest("'input' must be a non-empty string, array of strings or array of tokens.", param="input")
     tags, metadata = _extras(e.tags, e.metadata) if e.tags or e.metadata else _NONE
-    return RequestHead(e.model, False, False, _user(e.user), None, tags, metadata)
+    user = _named(_user(e.user), e.litellm_metadata, metadata, e.safety_identifier)
+    return RequestHead(e.model, False, False, user, None, tags, metadata)
 
 
 def messages(body: bytes) -> RequestHead:
@@ -256,7 +314,7 @@ def messages(body: bytes) -> RequestHead:
     if m.max_tokens < 1:
         raise BadRequest("'max_tokens' must be at least 1.", param="max_tokens")
     tags, metadata = _extras(m.tags, m.metadata, anthropic=True) if m.tags or m.metadata else _NONE
-    user = metadata.get("user_id") if metadata else None
+    user = _named(None, m.litellm_metadata, metadata, m.safety_identifier)  # `metadata.user_id` is its `user`
     return RequestHead(m.model, bool(m.stream), True, user, m.max_tokens, tags, metadata)
 
 
@@ -278,7 +336,8 @@ def responses(body: bytes) -> RequestHead:
         bounds.text(r.previous_response_id, "previous_response_id")
     tags, metadata = _extras(r.tags, r.metadata) if r.tags or r.metadata else _NONE
     cap = _max_tokens(r.max_output_tokens, "max_output_tokens")
-    return RequestHead(r.model, bool(r.stream), True, _user(r.user), cap, tags, metadata)
+    user = _named(_user(r.user), r.litellm_metadata, metadata, r.safety_identifier)
+    return RequestHead(r.model, bool(r.stream), True, user, cap, tags, metadata)
 
 
 class ResponsesOptions(msgspec.Struct):

@@ -26,6 +26,7 @@ from meterway.api import errors
 from meterway.api.asgi import RESPONDER, Incoming, Receive, Responder, Scope, Send, read_body, request_id
 from meterway.api.attempts import first, forward, routed
 from meterway.api.cached import look_up, serve_hit, store
+from meterway.api.heads import customer_from_headers
 from meterway.api.relay import flag as _flag
 from meterway.auth import bearer_token, check_allowed
 from meterway.context import Hook, RequestContext
@@ -63,8 +64,10 @@ async def handle(services: Services, api: Api, decode: HeadDecoder, scope: Scope
         ctx.principal = principal
         body = await read_body(receive, incoming, services.settings.max_body_bytes)
         head = decode(body)
-        ctx.model_group, ctx.stream, ctx.end_user = head.model, head.stream, head.user
-        ctx.user = principal.customer(head.user, services.settings.require_customer_binding)
+        settings = services.settings
+        named = customer_from_headers(scope["headers"], settings.customer_header_names) or head.user
+        ctx.model_group, ctx.stream, ctx.end_user = head.model, head.stream, named
+        ctx.user = principal.customer(named, settings.require_customer_binding)
         ctx.body, ctx.head = body, head
         group = group_for(services, principal, head.model)
         await check_customer_model(services, ctx.user, head.model)  # before the cache: a hit is a call too

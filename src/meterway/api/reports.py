@@ -19,7 +19,7 @@ from meterway import bounds
 from meterway.api.params import Reply, query_int
 from meterway.auth.keys import reference
 from meterway.errors import BadRequest, RouteNotFound
-from meterway.ledger import DIMENSIONS, TIMES, Filters
+from meterway.ledger import DIMENSIONS, TAG, TIMES, Filters
 from meterway.ledger.pricing import usd
 
 if TYPE_CHECKING:
@@ -136,10 +136,10 @@ def _iso(value: datetime) -> str:
 
 async def usage(r: Admin, body: bytes, query: dict[str, str]) -> Any:
     group_by = [g.strip() for g in query.get("group_by", "").split(",") if g.strip()]
-    unknown = [g for g in group_by if g not in DIMENSIONS and g not in TIMES]
+    unknown = [g for g in group_by if g not in DIMENSIONS and g not in TIMES and g != TAG]
     if unknown or len([g for g in group_by if g in TIMES]) > 1:
         raise BadRequest(
-            "'group_by' takes customer, key, user, team, model and one of hour, day, month; "
+            "'group_by' takes customer, key, user, team, model, tag and one of hour, day, month; "
             f"got {query.get('group_by')!r}.",
             param="group_by",
         )
@@ -148,6 +148,8 @@ async def usage(r: Admin, body: bytes, query: dict[str, str]) -> Any:
     out = [_usage_row(row, group_by) for row in rows]
     if _format(query) == "csv":
         return _csv([*group_by, *_USAGE_COLUMNS], out)
+    if TAG in group_by:  # a row with several tags is in several groups: the totals count it once
+        rows = await r.store.reports.usage([], filters)
     totals = _usage_row(
         {m: sum(row[m] or 0 for row in rows) for m in ("requests", "errors", "unpriced", *_TOKENS, "cost")}, []
     )

@@ -13,7 +13,9 @@ from datetime import UTC
 from decimal import Decimal
 from typing import Any
 
-from meterway.config.billing import Billing
+import orjson
+
+from meterway.config.billing import METADATA, Billing
 
 # which ledger column names the charged entity, by `charge_by`
 CHARGED = {"customer": "customer_id", "user": "user_id", "team": "team_id", "key": "key_id"}
@@ -38,12 +40,62 @@ def subscription_for(row: Mapping[str, Any], billing: Billing, mapped: Mapping[s
     return Parked(f"no {what[billing.charge_by]} on the request while charging by {billing.charge_by}")
 
 
+def _usd(cost: Any) -> str | None:
+    return format(Decimal(cost), "f") if cost is not None else None
+
+
+# each source of `billing.properties` (config.billing.SOURCES): how it is read from a ledger row
+READ: dict[str, Any] = {
+    "model": lambda r: r["model_group"],
+    "prompt_tokens": lambda r: r["prompt_tokens"],
+    "completion_tokens": lambda r: r["completion_tokens"],
+    "total_tokens": lambda r: r["total_tokens"],
+    "cached_tokens": lambda r: r["cached_tokens"],
+    "cache_write_tokens": lambda r: r["cache_write_tokens"],
+    "reasoning_tokens": lambda r: r["reasoning_tokens"],
+    "cost": lambda r: _usd(r["cost"]),
+    "response_cost": lambda r: _usd(r["cost"]),  # LiteLLM's Lago callback's name: its users' metrics sum it
+    "customer": lambda r: r["customer_id"],
+    "end_user": lambda r: r.get("end_user"),
+    "user": lambda r: r["user_id"],
+    "team": lambda r: r["team_id"],
+    "key_alias": lambda r: r["key_alias"],
+    # joined: Lago documents a property's value as a string or a number, never a list
+    "tags": lambda r: ",".join(r.get("tags") or ()) or None,
+    "deployment": lambda r: r["deployment_id"],
+    "upstream_model": lambda r: r["upstream_model"],
+    "endpoint": lambda r: r["endpoint"],
+    "request_id": lambda r: r["request_id"],
+}
+
+
+def _read(row: Mapping[str, Any], source: str) -> Any:
+    if source.startswith(METADATA):
+        meta = row.get("metadata")
+        value = meta.get(source[len(METADATA) :]) if isinstance(meta, dict) else None
+        if isinstance(value, dict | list):  # a property's value is a string or a number in Lago
+            return orjson.dumps(value).decode()
+        return value
+    return READ[source](row)
+
+
+def properties_for(row: Mapping[str, Any], billing: Billing) -> dict[str, Any]:
+    """An unsplit event's properties: the defaults and `billing.properties`, each read from the
+    row. A property with no value (no tags, a metadata key the request did not set) is left out
+    rather than sent empty, so a Lago filter on it never sees a false value."""
+    out = {}
+    for name, source in billing.event_properties().items():
+        value = _read(row, source)
+        if value is not None:
+            out[name] = value
+    return out
+
+
 def events_for(row: Mapping[str, Any], subscription: str, billing: Billing) -> list[dict[str, Any]]:
     ended = row["ended_at"]
     if ended.tzinfo is None:
         ended = ended.replace(tzinfo=UTC)  # SQLite keeps no zone; the ledger writes UTC
     timestamp = round(ended.timestamp(), 3)
-    model = row["model_group"]
     extra = {
         k: row["metadata"][k] for k in billing.tags if isinstance(row.get("metadata"), dict) and k in row["metadata"]
     }
@@ -58,21 +110,13 @@ def events_for(row: Mapping[str, Any], subscription: str, billing: Billing) -> l
         }
 
     if not billing.split_by_token_type:
-        cost = row["cost"]
-        usd = format(Decimal(cost), "f") if cost is not None else None
-        return [
-            event(
-                "",
-                {
-                    "model": model,
-                    "prompt_tokens": row["prompt_tokens"],
-                    "completion_tokens": row["completion_tokens"],
-                    "total_tokens": row["total_tokens"],
-                    "cost": usd,
-                    "response_cost": usd,  # LiteLLM's Lago callback's name: its users' metrics sum it
-                },
-            )
-        ]
+        return [event("", properties_for(row, billing))]
+    # split: one event per token type; `billing.properties` adds the row's figures to each
+    added = {
+        name: _read(row, source) for name, source in billing.properties if source is not None and name not in SPLIT
+    }
+    added = {k: v for k, v in added.items() if v is not None}
+    model = row["model_group"]
     cached, written, reasoning = row["cached_tokens"], row["cache_write_tokens"], row["reasoning_tokens"]
     counts = {
         "input": max(row["prompt_tokens"] - cached - written, 0),
@@ -81,4 +125,17 @@ def events_for(row: Mapping[str, Any], subscription: str, billing: Billing) -> l
         "output": max(row["completion_tokens"] - reasoning, 0),
         "reasoning": reasoning,
     }
-    return [event(f":{kind}", {"type": kind, "model": model, "tokens": n}) for kind, n in counts.items() if n > 0]
+    return [
+        event(f":{kind}", {"type": kind, "model": model, "tokens": n, **added}) for kind, n in counts.items() if n > 0
+    ]
+
+
+SPLIT = frozenset({"type", "model", "tokens"})  # a split event's own properties, never replaced
+
+
+def tokens_property(billing: Billing) -> str | None:
+    """The property that carries an event's tokens (reconciliation adds it up on both sides), or
+    None when `billing.properties` dropped it."""
+    if billing.split_by_token_type:
+        return "tokens"
+    return next((n for n, s in billing.event_properties().items() if s == "total_tokens"), None)

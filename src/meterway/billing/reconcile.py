@@ -15,7 +15,7 @@ from typing import Any
 
 import aiohttp
 
-from meterway.billing.events import CHARGED, Parked, events_for, subscription_for
+from meterway.billing.events import CHARGED, Parked, events_for, subscription_for, tokens_property
 from meterway.config.billing import Billing
 from meterway.store.outbox import OutboxStore
 
@@ -35,6 +35,7 @@ async def reconcile(
     rows = await outbox.rows_between(start, end)
     column = CHARGED[billing.charge_by]
     mapped = await outbox.subscriptions(billing.charge_by, sorted({str(r[column]) for r in rows if r[column]}))
+    counted = tokens_property(billing)  # None: `billing.properties` dropped it, events are only counted
     expected: dict[str, dict[str, int]] = defaultdict(dict)  # subscription -> transaction id -> tokens
     parked = 0
     for row in rows:
@@ -48,10 +49,10 @@ async def reconcile(
             continue
         for event in events_for(row, sub, billing):
             props = event["properties"]
-            expected[sub][event["transaction_id"]] = int(props.get("tokens", props.get("total_tokens", 0)))
+            expected[sub][event["transaction_id"]] = int(props.get(counted, 0) if counted else 0)
     subscriptions = []
     for sub, want in sorted(expected.items()):
-        have = await _lago_events(billing, session, sub, start, end)
+        have = await _lago_events(billing, session, sub, start, end, counted)
         missing = sorted(set(want) - set(have))
         unexpected = sorted(set(have) - set(want))
         ledger_tokens, lago_tokens = sum(want.values()), sum(have.values())
@@ -80,7 +81,7 @@ async def reconcile(
 
 
 async def _lago_events(
-    billing: Billing, session: aiohttp.ClientSession, sub: str, start: datetime, end: datetime
+    billing: Billing, session: aiohttp.ClientSession, sub: str, start: datetime, end: datetime, counted: str | None
 ) -> dict[str, int]:
     headers = {"Authorization": f"Bearer {billing.api_key.reveal()}"}
     found: dict[str, int] = {}
@@ -101,6 +102,6 @@ async def _lago_events(
             body = await resp.json()
         for event in body.get("events", []):
             props = event.get("properties") or {}
-            found[str(event["transaction_id"])] = int(props.get("tokens", props.get("total_tokens", 0)) or 0)
+            found[str(event["transaction_id"])] = int((props.get(counted) if counted else 0) or 0)
         page = (body.get("meta") or {}).get("next_page")
     return found

@@ -33,7 +33,7 @@ import orjson
 
 from meterway.billing.events import Parked, events_for, subscription_for
 from meterway.config.billing import Billing
-from meterway.store.outbox import OutboxStore
+from meterway.store.outbox import REPROCESSED, OutboxStore
 
 if TYPE_CHECKING:
     from meterway.telemetry.metrics import Metrics
@@ -47,6 +47,8 @@ BACKOFF_MAX_S = 60.0
 DUPLICATE = {"transaction_id": ["value_already_exist"]}
 SUBSCRIPTIONS_TTL_S = 30.0
 MAPPING_TTL_S = 5.0  # a new billing_external_subscription_id is used within this long
+# the park reason's hint: short, since the UI's "Reprocess these" sends the reason back as a filter
+NOT_LISTED = "(create it in Lago, or set billing_external_subscription_id; then reprocess)"
 CLAIM = 500  # rows per round: sent as batches of BATCH events at once, then marked sent together
 LANES = 2  # rounds in flight: one waits on the database while the other waits on Lago
 
@@ -71,31 +73,15 @@ class Sender:
         self._mapping: Mapping[str, str] = {}  # charged entity -> its own Lago subscription id
         self._mapped_at = float("-inf")
 
-    async def _subscriptions(self, deadline: float) -> set[str] | None:
-        """Lago's active subscription ids, listed at most every SUBSCRIPTIONS_TTL_S (None: Lago did
-        not answer; the rows then wait rather than be parked for Lago's outage)."""
+    async def _subscriptions(self, deadline: float, ttl: float = SUBSCRIPTIONS_TTL_S) -> set[str] | None:
+        """Lago's active subscription ids, listed at most every `ttl` seconds (None: Lago did not
+        answer; the rows then wait rather than be parked for Lago's outage)."""
         now = time.monotonic()
-        if now - self._listed_at < SUBSCRIPTIONS_TTL_S:
+        if now - self._listed_at < ttl:
             return self._active
-        headers = {"Authorization": f"Bearer {self.billing.api_key.reveal()}"}
-        found: set[str] = set()
-        page = 1
-        try:
-            while page:
-                async with self.session.get(
-                    self.billing.api_base + "/api/v1/subscriptions",
-                    params={"page": str(page), "per_page": "100", "status[]": "active"},
-                    headers=headers,
-                    timeout=_timeout(deadline),
-                ) as resp:
-                    if resp.status != 200:
-                        return None
-                    body = await resp.json()
-                found.update(str(sub["external_id"]) for sub in body.get("subscriptions", []))
-                page = (body.get("meta") or {}).get("next_page") or 0
-        except (aiohttp.ClientError, TimeoutError, ValueError):
-            return None
-        self._active, self._listed_at = found, now
+        found = await active_subscriptions(self.billing, self.session, _timeout(deadline))
+        if found is not None:
+            self._active, self._listed_at = found, now
         return found
 
     def forget_subscriptions(self) -> None:
@@ -136,12 +122,20 @@ class Sender:
         if active is None:  # Lago is not answering: try again later, park nothing for it
             await self.outbox.retry([r["uid"] for r in rows], BACKOFF_FIRST_S * 4, "Lago did not list subscriptions")
             return len(rows)
+        charged = [subscription_for(row, self.billing, mapped) for row in rows]
+        if any(
+            not isinstance(sub, Parked) and sub not in active and row.get("export_reason") == REPROCESSED
+            for row, sub in zip(rows, charged, strict=True)
+        ):
+            # a reprocessed row is never parked again on a cached listing: the subscription its
+            # operator created in Lago a moment ago must be seen, whichever process reprocessed it
+            again = await self._subscriptions(deadline, 0.0)
+            active = active if again is None else again
         groups: list[list[tuple[str, dict[str, Any]]]] = []  # each row's events: (row uid, event)
-        for row in rows:
-            sub = subscription_for(row, self.billing, mapped)
+        for row, sub in zip(rows, charged, strict=True):
             if not isinstance(sub, Parked) and sub not in active:
                 # Lago would answer 200 and never bill it (contract section 4)
-                sub = Parked(f"no active Lago subscription '{sub}'")
+                sub = Parked(f"no active Lago subscription '{sub}' {NOT_LISTED}")
             if isinstance(sub, Parked):
                 await self.outbox.park(row["uid"], sub.reason)
                 self._count("parked", 1)
@@ -240,6 +234,49 @@ class Sender:
         except (aiohttp.ClientError, TimeoutError) as e:
             log.warning("billing: no answer from Lago (%s)", e.__class__.__name__)
             return 0, None
+
+
+async def active_subscriptions(
+    billing: Billing, session: aiohttp.ClientSession, within: aiohttp.ClientTimeout
+) -> set[str] | None:
+    """The ids of every subscription Lago lists as active (None: Lago did not answer)."""
+    headers = {"Authorization": f"Bearer {billing.api_key.reveal()}"}
+    found: set[str] = set()
+    page = 1
+    try:
+        while page:
+            async with session.get(
+                billing.api_base + "/api/v1/subscriptions",
+                params={"page": str(page), "per_page": "100", "status[]": "active"},
+                headers=headers,
+                timeout=within,
+            ) as resp:
+                if resp.status != 200:
+                    return None
+                body = await resp.json()
+            found.update(str(sub["external_id"]) for sub in body.get("subscriptions", []))
+            page = (body.get("meta") or {}).get("next_page") or 0
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return None
+    return found
+
+
+async def parks_again(
+    billing: Billing, session: aiohttp.ClientSession, rows: list[dict[str, Any]], mapped: Mapping[str, str]
+) -> dict[str, int] | None:
+    """What a sender would park of `rows` (just reprocessed), by reason, asking Lago now: so the
+    operator learns at once that a fix did not take, and why (None: Lago did not answer)."""
+    active = await active_subscriptions(billing, session, aiohttp.ClientTimeout(total=LAGO_TIMEOUT_S))
+    if active is None:
+        return None
+    reasons: dict[str, int] = {}
+    for row in rows:
+        sub = subscription_for(row, billing, mapped)
+        if not isinstance(sub, Parked) and sub not in active:
+            sub = Parked(f"no active Lago subscription '{sub}' {NOT_LISTED}")
+        if isinstance(sub, Parked):
+            reasons[sub.reason] = reasons.get(sub.reason, 0) + 1
+    return reasons
 
 
 def _timeout(deadline: float) -> aiohttp.ClientTimeout:

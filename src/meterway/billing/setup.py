@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from meterway.config.billing import Billing
+from meterway.config.billing import METADATA, NUMERIC, Billing
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,13 +64,15 @@ class Outcome:
         return {"ok": self.ok, "steps": [s.as_dict() for s in self.steps]}
 
 
-# The figures an event carries that a sum metric may add up: meterway's own names and LiteLLM's
-# Lago callback's (`response_cost`), so a LiteLLM user's existing metric keeps counting.
-SUMMABLE = ("total_tokens", "prompt_tokens", "completion_tokens", "cost", "response_cost")
-
-
 def summable(billing: Billing) -> tuple[str, ...]:
-    return ("tokens",) if billing.split_by_token_type else SUMMABLE
+    """The figures an event carries that a sum metric may add up: meterway's own names, LiteLLM's
+    Lago callback's (`response_cost`), so a LiteLLM user's existing metric keeps counting, and
+    whatever `billing.properties` adds from a figure or from request metadata (a metadata value
+    may be a number: its owner knows). Properties it drops are not carried."""
+    added = tuple(n for n, s in billing.properties if s is not None and (s in NUMERIC or s.startswith(METADATA)))
+    if billing.split_by_token_type:
+        return ("tokens", *(n for n in added if n not in ("type", "model", "tokens")))
+    return tuple(n for n, s in billing.event_properties().items() if s in NUMERIC or s.startswith(METADATA))
 
 
 def wanted_metric(billing: Billing, models: Iterable[str]) -> dict[str, Any]:
@@ -84,10 +86,18 @@ def wanted_metric(billing: Billing, models: Iterable[str]) -> dict[str, Any]:
         "code": billing.event_code,
         "description": "Tokens served by meterway",
         "aggregation_type": "sum_agg",
-        "field_name": "tokens" if billing.split_by_token_type else "total_tokens",
+        "field_name": "tokens" if billing.split_by_token_type else _tokens_name(billing),
         "recurring": False,
         "filters": [f for f in filters if f["values"]],
     }
+
+
+def _tokens_name(billing: Billing) -> str:
+    """The property carrying total tokens (renamed by `billing.properties`, or the first figure
+    left when it was dropped)."""
+    props = billing.event_properties()
+    named = [n for n, s in props.items() if s == "total_tokens"]
+    return (named or list(summable(billing)) or ["total_tokens"])[0]
 
 
 class Lago:

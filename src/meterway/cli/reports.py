@@ -17,7 +17,9 @@ from meterway.cli import admin, output
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     usage = sub.add_parser("usage", help="usage totals grouped by customer, key, user, team, model, day, …")
-    usage.add_argument("--by", default="model", help="comma-separated: customer,key,user,team,model and hour|day|month")
+    usage.add_argument(
+        "--by", default="model", help="comma-separated: customer,key,user,team,model,tag and hour|day|month"
+    )
     usage.add_argument("--since", help="first day, YYYY-MM-DD (default: 30 days ago)")
     usage.add_argument("--until", help="last day, YYYY-MM-DD (default: today)")
     for flag in ("--customer", "--key", "--user", "--team", "--model"):
@@ -106,7 +108,10 @@ async def _run(args: argparse.Namespace) -> Any:
         return await _with_lago(args)
     # a ledger row written again now (reprocessed) is exported as any other, when billing is on
     export = args.command == "ledger" and args.action != "quarantine" and _billing_on(args)
-    async with admin.open_admin(args, export=export) as service:
+    # a reprocess asks Lago at once what would park again (when billing is on for this config)
+    reprocess = args.command == "billing" and args.action == "reprocess"
+    billing_link = _billing(args)[0] if reprocess and _billing_on(args) else None
+    async with admin.open_admin(args, export=export, billing=billing_link) as service:
         if args.command == "ledger":
             if args.action == "quarantine":
                 query = {"limit": str(args.limit), **({"all": "true"} if args.all else {})}
@@ -160,9 +165,13 @@ _NUMBERS = (*_USAGE_NUMBERS, "quantity", "unit_price", "amount")
 
 def _table(command: str, result: dict[str, Any], names: dict[str, str]) -> None:
     if command == "billing":
-        lines = [f"{k}: {output.plain(v)}" for k, v in result.items() if not isinstance(v, dict)]
+        lines = [f"{k}: {output.plain(v)}" for k, v in result.items() if not isinstance(v, dict) and k != "parks_again"]
+        if "parks_again" in result and result["parks_again"] is None:
+            lines.append("not checked against Lago (billing export is off here, or Lago did not answer)")
         for reason, n in (result.get("parked_by_reason") or {}).items():
             lines.append(f"  parked {n}: {reason}")
+        for reason, n in (result.get("parks_again") or {}).items():
+            lines.append(f"  would park again {n}: {reason}")
         print("\n".join(lines))
         return
     if command == "usage":

@@ -8,8 +8,17 @@
       split_by_token_type: false
       default_external_subscription_id: null  # catches requests that name nobody to charge
       tags: [project]                          # request metadata keys copied into event properties
+      properties:                              # event property name -> where its value comes from
+        cost_usd: cost                         #   adds `cost_usd`, the row's cost in USD
+        project: metadata.project              #   adds the request metadata's `project`
+        response_cost: null                    #   drops a default property
       run_sender: true                         # send from `meterway serve` (else `meterway billing worker`)
       claim_timeout_seconds: 60                # how long a sender holds the rows it took (1 to 86400)
+
+Every event carries `model`, `prompt_tokens`, `completion_tokens`, `total_tokens`, `cost` and
+`response_cost` (LiteLLM's Lago callback's name for the cost, so its users' metrics keep counting),
+and `tags` when the request had any. `properties` renames (add the new name, null the old one) and
+adds to them; a source is one of SOURCES, the row's figures, or `metadata.<key>`.
 
 With no section, `LAGO_API_BASE` and `LAGO_API_KEY` alone turn export on, as they do for LiteLLM.
 
@@ -49,7 +58,43 @@ FIELDS = {
     "tags",
     "run_sender",
     "claim_timeout_seconds",
+    "properties",
 }
+# what an event property may be taken from: the ledger row's figures (billing.events reads them)
+SOURCES = (
+    "model",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "cached_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "cost",
+    "response_cost",
+    "customer",
+    "end_user",
+    "user",
+    "team",
+    "key_alias",
+    "tags",
+    "deployment",
+    "upstream_model",
+    "endpoint",
+    "request_id",
+)
+# sources a sum metric can add up
+NUMERIC = frozenset(SOURCES[1:9])
+# the properties every (unsplit) event carries, and their sources
+DEFAULT_PROPERTIES = (
+    ("model", "model"),
+    ("prompt_tokens", "prompt_tokens"),
+    ("completion_tokens", "completion_tokens"),
+    ("total_tokens", "total_tokens"),
+    ("cost", "cost"),
+    ("response_cost", "response_cost"),
+    ("tags", "tags"),
+)
+METADATA = "metadata."
 CLAIM_TIMEOUT_S = (1.0, 86_400.0)  # the bounds of claim_timeout_seconds
 
 
@@ -64,6 +109,19 @@ class Billing:
     tags: tuple[str, ...] = ()
     run_sender: bool = True
     claim_timeout_s: float = 60.0
+    # `billing.properties` as given: property name -> source (None drops a default property)
+    properties: tuple[tuple[str, str | None], ...] = ()
+
+    def event_properties(self) -> dict[str, str]:
+        """Every property an unsplit event carries, and its source: the defaults with the
+        configured ones over them (a null removes one)."""
+        out = dict(DEFAULT_PROPERTIES)
+        for name, source in self.properties:
+            if source is None:
+                out.pop(name, None)
+            else:
+                out[name] = source
+        return out
 
 
 def export_status(billing: Billing | None, env: Mapping[str, str]) -> str:
@@ -109,6 +167,7 @@ def parse_billing(section: Mapping[str, Any], env: Mapping[str, str]) -> Billing
     default_sub = section.get("default_external_subscription_id")
     if default_sub is not None and not isinstance(default_sub, str):
         raise ConfigError("billing.default_external_subscription_id must be a string")
+    properties = _properties(section.get("properties"))
     claim = section.get("claim_timeout_seconds", 60)
     low, high = CLAIM_TIMEOUT_S
     if isinstance(claim, bool) or not isinstance(claim, int | float) or not low <= claim <= high:
@@ -125,4 +184,30 @@ def parse_billing(section: Mapping[str, Any], env: Mapping[str, str]) -> Billing
         tags=tuple(tags),
         run_sender=bool(section.get("run_sender", True)),
         claim_timeout_s=float(claim),
+        properties=properties,
     )
+
+
+def _properties(given: Any) -> tuple[tuple[str, str | None], ...]:
+    """`billing.properties`: a mapping of event property name to source, checked here so a typo
+    stops the start (an event that silently lacks the figure a metric sums bills nothing)."""
+    if given is None:
+        return ()
+    if not isinstance(given, Mapping):
+        raise ConfigError(
+            "billing.properties must be a mapping of event property name to source, e.g. {cost_usd: cost}"
+        )
+    out: list[tuple[str, str | None]] = []
+    for name, source in given.items():
+        if not isinstance(name, str) or not name.strip() or len(name) > 255:
+            raise ConfigError(f"billing.properties: {name!r} is not a property name (a string of 1 to 255 characters)")
+        if source is not None and (
+            not isinstance(source, str)
+            or (source not in SOURCES and not (source.startswith(METADATA) and len(source) > len(METADATA)))
+        ):
+            raise ConfigError(
+                f"billing.properties.{name}: {source!r} is not a source; use one of {', '.join(SOURCES)}, "
+                "`metadata.<key>` (the request's metadata) or null (drop the property)"
+            )
+        out.append((name, source))
+    return tuple(out)

@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from meterway.config import litellm_notes as notes
 from meterway.config import load
 from meterway.config.routing import ROUTER_KEYS
 from meterway.errors import ConfigError
@@ -70,19 +71,8 @@ _GENERAL_WHY = {
     "database_url": "meterway's own database (its schema, not LiteLLM's: use `meterway import litellm`)",
     "max_request_size_mb": "bigger bodies get 413",
     "store_model_in_db": "/model/new, /model/update, /model/delete store deployments, credentials encrypted",
-}
-_GENERAL_IGNORED = {
-    "alerting": "meterway sends no Slack or email alerts; alert on /metrics (Prometheus) instead",
-    "alerting_threshold": "no alerting; see /metrics",
-    "proxy_batch_write_at": "every request's row is committed before its response completes; nothing waits for a batch",
-    "database_connection_pool_limit": "the pool is sized by meterway",
-    "disable_spend_logs": "the ledger is always written: it is what budgets and billing read",
-    "custom_auth": "meterway runs no user code for authentication",
-    "background_health_checks": "readiness is /health/ready; no upstream polling",
-    "health_check_interval": "no upstream polling",
-    "enforce_user_param": "not enforced; a request without `user` is billed to its key",
-    "use_redis_transaction_buffer": "spend is written in the ledger's own transaction; no buffer",
-    "otel": "set telemetry.otlp_endpoint (or OTEL_EXPORTER_OTLP_ENDPOINT) for traces",
+    "user_header_name": "the header naming the request's customer (docs/billing.md)",
+    "user_header_mappings": "headers of role customer name the request's customer (docs/billing.md)",
 }
 _LITELLM_WHY = {
     "request_timeout": "the default timeout of every deployment",
@@ -95,13 +85,7 @@ _LITELLM_WHY = {
     "cooldown_time": "how long a failing deployment is left out",
     "cache": "the response cache (docs/routing.md)",
     "cache_params": "the response cache's type, ttl and namespace",
-}
-_LITELLM_IGNORED = {
-    "drop_params": "meterway forwards the body as sent; the upstream decides on unknown parameters",
-    "set_verbose": "use --log-level debug",
-    "json_logs": "use --log-format json",
-    "max_budget": "set budgets on keys, users, teams or customers",
-    "turn_off_message_logging": "meterway never stores prompts or completions",
+    "default_tags": "added to every request's tags: on every ledger row and Lago event",
 }
 _CALLBACK_WHY = {
     "prometheus": "/metrics is always on",
@@ -181,27 +165,27 @@ def review(data: Mapping[str, Any]) -> Review:
         if key in load.GENERAL:
             findings.append(Finding(path, "honoured", _GENERAL_WHY.get(key, "meterway's own setting")))
         else:
-            findings.append(Finding(path, "ignored", _GENERAL_IGNORED.get(key, "not supported")))
+            findings.append(Finding(path, "ignored", notes.note(path)))
     litellm = data.get("litellm_settings") or {}
     for key in litellm if isinstance(litellm, Mapping) else ():
         path = f"litellm_settings.{key}"
-        if key in ("callbacks", "success_callback"):
-            callbacks = litellm[key] if isinstance(litellm[key], list) else []
+        if key in ("callbacks", "success_callback", "failure_callback"):
+            given = litellm[key]
+            callbacks = given if isinstance(given, list) else [given] if isinstance(given, str) else []
             for c in callbacks:
                 if str(c) in _CALLBACK_WHY:
                     findings.append(Finding(f"{path}: {c}", "honoured", _CALLBACK_WHY[str(c)]))
                 else:
-                    findings.append(Finding(f"{path}: {c}", "ignored", "meterway does not send logs to this service"))
+                    findings.append(Finding(f"{path}: {c}", "ignored", notes.callback_note(str(c))))
         elif key in _LITELLM_WHY:
             findings.append(Finding(path, "honoured", _LITELLM_WHY[key]))
         else:
-            findings.append(Finding(path, "ignored", _LITELLM_IGNORED.get(key, "not supported")))
+            findings.append(Finding(path, "ignored", notes.note(path)))
     router = data.get("router_settings") or {}
     for key in router if isinstance(router, Mapping) else ():
         path = f"router_settings.{key}"
         if str(key).startswith("redis_"):
-            why = "Redis comes from general_settings.redis_url, REDIS_URL or REDIS_HOST/REDIS_PORT/REDIS_PASSWORD"
-            findings.append(Finding(path, "ignored", why))
+            findings.append(Finding(path, "ignored", notes.note(path)))
         elif key in ROUTER_KEYS:
             findings.append(Finding(path, "honoured", "routing, retries, fallbacks or cooldowns (docs/routing.md)"))
         else:

@@ -10,6 +10,7 @@ warning and is ignored, so a real LiteLLM config still starts.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import replace
@@ -21,8 +22,10 @@ from urllib.parse import quote
 import aiohttp
 import yaml
 
+from meterway import bounds
 from meterway.cache import CacheSettings
 from meterway.config.billing import export_status, parse_billing
+from meterway.config.litellm_notes import callback_ignored, ignored
 from meterway.config.routing import ROUTER_KEYS, parse_routing
 from meterway.config.secret import Secret
 from meterway.config.settings import (
@@ -92,7 +95,11 @@ GENERAL = {
     "max_upstream_body_bytes",
     "responses_ttl_days",
     "responses_background_max",
+    "user_header_name",
+    "user_header_mappings",
 }
+# LiteLLM reads these headers for the end user whatever the config says (its STANDARD_CUSTOMER_ID_HEADERS)
+STANDARD_CUSTOMER_HEADERS = ("x-litellm-customer-id", "x-litellm-end-user-id")
 # Routing keys LiteLLM also reads from litellm_settings (its docs show both); router_settings wins.
 LITELLM_ROUTING = {
     "num_retries",
@@ -103,7 +110,16 @@ LITELLM_ROUTING = {
     "allowed_fails",
     "cooldown_time",
 }
-LITELLM = {"request_timeout", "callbacks", "success_callback", "cache", "cache_params", *LITELLM_ROUTING}
+LITELLM = {
+    "request_timeout",
+    "callbacks",
+    "success_callback",
+    "failure_callback",
+    "cache",
+    "cache_params",
+    "default_tags",
+    *LITELLM_ROUTING,
+}
 CACHE_PARAMS = {"type", "ttl", "namespace", "host", "port", "password", "hit_cost_ratio"}
 # LiteLLM callbacks meterway covers itself: otel (traces), prometheus (/metrics is always on),
 # lago (the billing section, or the LAGO_* variables)
@@ -210,9 +226,9 @@ def parse_config(
     general = _section(data, "general_settings", env)
     litellm_settings = _section(data, "litellm_settings", env)
     router = _section(data, "router_settings", env)
-    warnings += [f"general_settings.{k}: not supported yet; ignored" for k in general if k not in GENERAL]
-    warnings += [f"litellm_settings.{k}: not supported yet; ignored" for k in litellm_settings if k not in LITELLM]
-    warnings += [f"router_settings.{k}: not supported yet; ignored" for k in router if k not in ROUTER_KEYS]
+    warnings += [ignored(f"general_settings.{k}") for k in general if k not in GENERAL]
+    warnings += [ignored(f"litellm_settings.{k}") for k in litellm_settings if k not in LITELLM]
+    warnings += [ignored(f"router_settings.{k}") for k in router if k not in ROUTER_KEYS]
 
     default_timeout = DEFAULT_TIMEOUT_S
     if "request_timeout" in litellm_settings:
@@ -321,20 +337,23 @@ def parse_config(
     if billing is None and billing_export.startswith("off: LAGO_"):
         warnings.append(f"billing export is {billing_export}")
     callbacks: list[Any] = []
-    for name in ("callbacks", "success_callback"):
+    for name in ("callbacks", "success_callback", "failure_callback"):
         value = litellm_settings.get(name) or []
+        if isinstance(value, str):
+            value = [value]  # LiteLLM takes one name as well as a list
         if not isinstance(value, list):
             raise ConfigError(f"litellm_settings.{name} must be a list of callback names")
-        callbacks += value
-    warnings += [
-        f"litellm_settings.callbacks: '{c}' is not supported; ignored" for c in callbacks if str(c) not in CALLBACKS
-    ]
+        if name != "failure_callback":
+            callbacks += value
+        warnings += [callback_ignored(f"litellm_settings.{name}", str(c)) for c in value if str(c) not in CALLBACKS]
     telemetry = parse_telemetry(_section(data, "telemetry", env), callbacks, env)
     store_models = general.get("store_model_in_db", env.get("STORE_MODEL_IN_DB", False))
     if isinstance(store_models, str):
         store_models = store_models.strip().lower() in ("1", "true", "yes", "on")
     if not isinstance(store_models, bool):
         raise ConfigError("general_settings.store_model_in_db must be true or false")
+    customer_headers = _customer_headers(general, warnings)
+    default_tags = _default_tags(litellm_settings.get("default_tags"))
     routing_keys = {k: v for k, v in litellm_settings.items() if k in LITELLM_ROUTING} | router
     routing = parse_routing(routing_keys, {d.model_name for d in deployments})
 
@@ -357,6 +376,8 @@ def parse_config(
         redis_prefix=redis_prefix,
         budget_clamp_max_tokens=clamp,
         require_customer_binding=require_binding,
+        customer_headers=customer_headers,
+        default_tags=default_tags,
         budget_default_output_tokens=output_tokens,
         lease_ttl_s=lease_ttl,
         ledger_queue_size=queue,
@@ -374,6 +395,58 @@ def parse_config(
         source=source,
         warnings=tuple(warnings),
     )
+
+
+def _customer_headers(general: Mapping[str, Any], warnings: list[str]) -> tuple[str, ...]:
+    """The headers that name a request's customer, in LiteLLM's order: its two standard headers,
+    then `user_header_mappings` entries of role `customer` (a mapping or a list of them), else the
+    older `user_header_name`. A mapping of role `internal_user` (a header that names the key's
+    user) is warned about: a key's user is the one the key was issued to."""
+    found = list(STANDARD_CUSTOMER_HEADERS)
+    mappings = general.get("user_header_mappings")
+    mapped: list[str] = []
+    if mappings is not None:
+        items = mappings if isinstance(mappings, list) else [mappings]
+        for i, item in enumerate(items):
+            where = f"general_settings.user_header_mappings[{i}]"
+            if not isinstance(item, Mapping) or set(item) != {"header_name", "litellm_user_role"}:
+                raise ConfigError(f"{where} must be a mapping with header_name and litellm_user_role")
+            name, role = item["header_name"], str(item["litellm_user_role"]).lower()
+            if not isinstance(name, str) or not _HEADER.fullmatch(name):
+                raise ConfigError(f"{where}.header_name must be an HTTP header name, got {name!r}")
+            if role == "customer":
+                mapped.append(name.lower())
+            elif role == "internal_user":
+                warnings.append(
+                    f"{where}.litellm_user_role: internal_user is not supported; ignored: a key's user is the one "
+                    "it was issued to (/key/generate user_id); map the header to role customer to charge by it"
+                )
+            else:
+                raise ConfigError(f"{where}.litellm_user_role must be customer or internal_user, got {role!r}")
+    name = general.get("user_header_name")
+    if name is not None and name != "":
+        if not isinstance(name, str) or not _HEADER.fullmatch(name):
+            raise ConfigError(f"general_settings.user_header_name must be an HTTP header name, got {name!r}")
+        if not mapped:  # as LiteLLM: the mappings' customer headers win over the older setting
+            mapped.append(name.lower())
+    return tuple(dict.fromkeys([*found, *mapped]))
+
+
+_HEADER = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}")  # an RFC 9110 token
+
+
+def _default_tags(value: Any) -> tuple[str, ...]:
+    """`litellm_settings.default_tags`: tags added to every request's own (and so on every ledger
+    row), bounded as a request's tags are."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(t, str) and t for t in value):
+        raise ConfigError("litellm_settings.default_tags must be a list of non-empty strings")
+    if len(value) > bounds.TAGS_MAX or any(len(t) > bounds.TAG_MAX or "\x00" in t for t in value):
+        raise ConfigError(
+            f"litellm_settings.default_tags: at most {bounds.TAGS_MAX} tags of at most {bounds.TAG_MAX} characters"
+        )
+    return tuple(dict.fromkeys(value))
 
 
 def _byte_bound(general: Mapping[str, Any], env: Mapping[str, str], key: str, var: str, default: int) -> int:

@@ -105,6 +105,11 @@ class Settings:
     budget_clamp_max_tokens: bool = False  # lower max_tokens to what a budget can pay, instead of refusing
     # an unbound key's `user` never charges a customer, and naming an existing one is refused (403)
     require_customer_binding: bool = False
+    # headers naming the request's customer, lower-case, in the order they are read (LiteLLM's
+    # x-litellm-customer-id and x-litellm-end-user-id, then general_settings.user_header_mappings'
+    # customer headers, else general_settings.user_header_name): a header wins over the body's `user`
+    customer_headers: tuple[str, ...] = ("x-litellm-customer-id", "x-litellm-end-user-id")
+    default_tags: tuple[str, ...] = ()  # litellm_settings.default_tags: on every request's ledger row
     budget_default_output_tokens: int = 4096  # output reserved for a request that sets no max_tokens
     lease_ttl_s: float = 660.0  # how long a reservation outlives a replica that died holding it
     ledger_queue_size: int = 10_000  # ledger rows that may wait for the database before requests get 503
@@ -129,6 +134,11 @@ class Settings:
     ui_login_failures: int = 5  # UI_LOGIN_MAX_FAILURES
     ui_login_failures_total: int = 100  # UI_LOGIN_MAX_FAILURES_TOTAL
     ui_login_window_s: float = 60.0  # UI_LOGIN_WINDOW_SECONDS
+
+    @property
+    def customer_header_names(self) -> tuple[bytes, ...]:
+        """`customer_headers` as ASGI spells header names."""
+        return tuple(h.encode() for h in self.customer_headers)
 
     def model_names(self) -> list[str]:
         return list(dict.fromkeys(d.model_name for d in self.deployments))

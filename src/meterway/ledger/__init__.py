@@ -56,6 +56,9 @@ class Entry:
 # What reports can group by: a dimension's name -> its column, and the time buckets.
 DIMENSIONS = {"customer": "customer_id", "key": "key_id", "user": "user_id", "team": "team_id", "model": "model_group"}
 TIMES = ("hour", "day", "month")
+# usage grouped by one of a row's tags (a row with several counts under each, one without under "");
+# read from the ledger's rows, since the daily rollup keeps no tags
+TAG = "tag"
 
 
 @dataclass(frozen=True, slots=True)

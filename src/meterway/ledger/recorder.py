@@ -66,6 +66,7 @@ class Ledger:
         on_kept: Callable[[str], None] | None = None,
         on_stall: Callable[[float, float], None] | None = None,
         cache_hit_ratio: Decimal = Decimal(0),
+        default_tags: tuple[str, ...] = (),
     ) -> None:
         """`writer` is the store's side; without one (a ledger built apart from a store) rows wait.
         The callbacks feed the metrics: each commit's duration and the rows still waiting after
@@ -90,6 +91,14 @@ class Ledger:
         self._healthy = True
         self._prices: dict[str, pricing.UnitPrices | None] = {}  # deployment id -> unit prices, or None: unpriced
         self.cache_hit_ratio = cache_hit_ratio  # a response-cache hit's cost, as a fraction of the upstream price
+        self.default_tags = default_tags  # litellm_settings.default_tags: first on every row's tags
+
+    def _tags(self, given: tuple[str, ...]) -> tuple[str, ...]:
+        """The row's tags: the configured defaults, then the request's own, each once (on every
+        row, a refused request's too, so usage by tag adds up to all usage)."""
+        if not self.default_tags:
+            return given
+        return tuple(dict.fromkeys((*self.default_tags, *given)))
 
     def forget_prices(self) -> None:
         """Deployments changed (models managed at runtime): prices are looked up afresh."""
@@ -330,7 +339,7 @@ class Ledger:
             error_type=ctx.error.error_type if ctx.error is not None else None,
             latency_ms=(ctx.ended_ns - ctx.started_ns) / 1e6,
             ttft_ms=(ctx.first_byte_ns - ctx.started_ns) / 1e6 if ctx.first_byte_ns is not None else None,
-            tags=head.tags if head is not None else (),
+            tags=self._tags(head.tags if head is not None else ()),
             metadata=dict(head.metadata) if head is not None and head.metadata is not None else {},
             attempts=ctx.attempts,
             cache_hit=ctx.cache_hit,

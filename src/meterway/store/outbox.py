@@ -25,6 +25,12 @@ _DUE = (
 )
 
 
+# the reason a reprocessed row waits with: its sender lists Lago's subscriptions again before it
+# would park the row, whichever process reprocessed it (a subscription created a moment ago counts)
+REPROCESSED = "reprocessed"
+_AGAIN: dict[str, Any] = {"status": "pending", "next_attempt_at": None, "claimed_until": None, "reason": REPROCESSED}
+
+
 class OutboxStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
@@ -33,7 +39,7 @@ class OutboxStore:
         update = (
             "UPDATE mw_billing_outbox SET claimed_until = :until WHERE ledger_uid IN "
             f"(SELECT ledger_uid FROM mw_billing_outbox WHERE {_DUE} ORDER BY created_at LIMIT :n{lock}) "
-            "RETURNING ledger_uid, attempts"
+            "RETURNING ledger_uid, attempts, reason"
         )
         times = (
             sa.bindparam("now", type_=sa.DateTime(timezone=True)),
@@ -44,11 +50,12 @@ class OutboxStore:
         names = ", ".join(f"l.{c.name}" for c in ledger.c)
         self._claim_rows = (
             sa.text(
-                f"WITH claimed AS ({update}) SELECT {names}, claimed.attempts AS export_attempts FROM claimed "
+                f"WITH claimed AS ({update}) SELECT {names}, claimed.attempts AS export_attempts, "
+                "claimed.reason AS export_reason FROM claimed "
                 "JOIN mw_ledger l ON l.uid = claimed.ledger_uid"
             )
             .bindparams(*times)
-            .columns(*ledger.c, sa.column("export_attempts", sa.Integer))
+            .columns(*ledger.c, sa.column("export_attempts", sa.Integer), sa.column("export_reason", sa.Text))
         )
 
     async def claim(self, limit: int, hold_s: float) -> list[dict[str, Any]]:
@@ -65,7 +72,11 @@ class OutboxStore:
             if not uids:
                 return []
             query = (
-                sa.select(ledger, billing_outbox.c.attempts.label("export_attempts"))
+                sa.select(
+                    ledger,
+                    billing_outbox.c.attempts.label("export_attempts"),
+                    billing_outbox.c.reason.label("export_reason"),
+                )
                 .join(billing_outbox, billing_outbox.c.ledger_uid == ledger.c.uid)
                 .where(ledger.c.uid.in_(uids))
             )
@@ -147,18 +158,39 @@ class OutboxStore:
     ) -> int:
         """Parked rows back to pending (keeping their transaction ids): after a mapping is fixed.
         `source` narrows it to the exports of ledger rows from there (e.g. `webhook`)."""
-        query = billing_outbox.update().where(billing_outbox.c.status == "parked")
-        if reason:
-            query = query.where(billing_outbox.c.reason.contains(reason))
-        if since is not None:
-            query = query.where(billing_outbox.c.created_at >= since)
-        if source is not None:
-            query = query.where(
-                billing_outbox.c.ledger_uid.in_(sa.select(ledger.c.uid).where(ledger.c.source == source))
-            )
+        query = billing_outbox.update().where(*self._parked(reason, since, source))
         async with self._engine.begin() as conn:
-            done = await conn.execute(query.values(status="pending", next_attempt_at=None, claimed_until=None))
+            done = await conn.execute(query.values(**_AGAIN))
         return int(done.rowcount)
+
+    async def reprocess_rows(
+        self, *, reason: str | None = None, since: datetime | None = None, limit: int = 10_000
+    ) -> tuple[int, list[dict[str, Any]]]:
+        """`reprocess`, also returning up to `limit` of the ledger rows it queued again, read in
+        the same transaction (a sender may take and settle them the moment it commits)."""
+        where = self._parked(reason, since, None)
+        rows_query = (
+            sa.select(ledger)
+            .join(billing_outbox, billing_outbox.c.ledger_uid == ledger.c.uid)
+            .where(*where)
+            .limit(limit)
+        )
+        async with self._engine.begin() as conn:
+            rows = [{str(k): v for k, v in r.items()} for r in (await conn.execute(rows_query)).mappings().all()]
+            done = await conn.execute(billing_outbox.update().where(*where).values(**_AGAIN))
+        return int(done.rowcount), rows
+
+    @staticmethod
+    def _parked(reason: str | None, since: datetime | None, source: str | None) -> list[sa.ColumnElement[bool]]:
+        """Parked exports, narrowed by reason (contained), day recorded and ledger source."""
+        where: list[sa.ColumnElement[bool]] = [billing_outbox.c.status == "parked"]
+        if reason:
+            where.append(billing_outbox.c.reason.contains(reason))
+        if since is not None:
+            where.append(billing_outbox.c.created_at >= since)
+        if source is not None:
+            where.append(billing_outbox.c.ledger_uid.in_(sa.select(ledger.c.uid).where(ledger.c.source == source)))
+        return where
 
     async def status(self) -> dict[str, Any]:
         """Counts by status, parked rows by reason, and the export lag."""

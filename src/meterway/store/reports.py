@@ -13,9 +13,10 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from meterway.ledger import DIMENSIONS, TIMES, Filters
+from meterway.ledger import DIMENSIONS, TAG, TIMES, Filters
 from meterway.store.tables import ledger, usage_daily
 
 TOKEN_SUMS = ("prompt_tokens", "completion_tokens", "cached_tokens", "cache_write_tokens", "reasoning_tokens")
@@ -59,20 +60,27 @@ class Reports:
         return int(total), [{str(k): v for k, v in r.items()} for r in rows]
 
     async def usage(self, group_by: Sequence[str], filters: Filters) -> list[dict[str, Any]]:
-        """Totals per group: `group_by` names dimensions of DIMENSIONS and at most one of TIMES."""
-        hourly = "hour" in group_by
-        table = ledger if hourly else usage_daily
+        """Totals per group: `group_by` names dimensions of DIMENSIONS, TAG, and at most one of
+        TIMES. By hour or by tag the ledger's rows are read (the rollup has neither)."""
+        raw = "hour" in group_by or TAG in group_by
+        table = ledger if raw else usage_daily
+        source: Any = table
         keys: list[sa.ColumnElement[Any]] = []
         for name in group_by:
             if name in DIMENSIONS:
                 keys.append(sa.func.coalesce(table.c[DIMENSIONS[name]], "").label(name))
+            elif name == TAG:
+                tags = self._tags()
+                source = ledger.outerjoin(tags, sa.true())  # a row without tags is kept, under ""
+                keys.append(sa.func.coalesce(tags.c.value, "").label(TAG))
             elif name == "hour":
                 keys.append(self._hour(ledger.c.started_at).label("hour"))
             elif name == "day":
-                keys.append((table.c.day if not hourly else self._day(ledger.c.started_at)).label("day"))
+                keys.append((table.c.day if not raw else self._day(ledger.c.started_at)).label("day"))
             elif name == "month":
-                keys.append(sa.func.substr(table.c.day, 1, 7).label("month"))
-        if hourly:
+                day = table.c.day if not raw else self._day(ledger.c.started_at)
+                keys.append(sa.func.substr(day, 1, 7).label("month"))
+        if raw:
             measures = [
                 sa.func.count().label("requests"),
                 sa.func.sum(sa.case((ledger.c.status != "success", 1), else_=0)).label("errors"),
@@ -88,12 +96,19 @@ class Reports:
                 *(sa.func.sum(usage_daily.c[t]).label(t) for t in TOKEN_SUMS),
                 sa.func.sum(sa.type_coerce(usage_daily.c.cost, sa.BigInteger)).label("cost"),
             ]
-        query = sa.select(*keys, *measures).where(*conditions(filters, table, rollup=not hourly))
+        query = sa.select(*keys, *measures).select_from(source).where(*conditions(filters, table, rollup=not raw))
         if keys:
             query = query.group_by(*keys).order_by(*keys)
         async with self._engine.connect() as conn:
             rows = (await conn.execute(query)).mappings().all()
         return [_numbers(dict(r)) for r in rows if r["requests"]]
+
+    def _tags(self) -> Any:
+        """Each of a ledger row's tags as a row of its own (`value`), joined laterally."""
+        if self._sqlite:
+            return sa.func.json_each(ledger.c.tags).table_valued("value").alias("tag")
+        as_jsonb = sa.cast(ledger.c.tags, postgresql.JSONB)
+        return sa.func.jsonb_array_elements_text(as_jsonb).table_valued("value").alias("tag")
 
     async def invoice_groups(self, customer_id: str, first: date, last: date) -> list[dict[str, Any]]:
         """A customer's token sums per model and unit prices over the days [first, last]."""
@@ -128,7 +143,11 @@ def _numbers(row: dict[str, Any]) -> dict[str, Any]:
     """SUM() comes back as Decimal on PostgreSQL and int on SQLite: ints here, for both."""
     return {
         k: int(v)
-        if k not in DIMENSIONS and k not in TIMES and k != "model_group" and v is not None and not isinstance(v, str)
+        if k not in DIMENSIONS
+        and k not in TIMES
+        and k not in (TAG, "model_group")
+        and v is not None
+        and not isinstance(v, str)
         else v
         for k, v in row.items()
     }

@@ -417,7 +417,11 @@ async def ledger_reprocess(ui: AdminUI, request: Request, viewer: Viewer, ctx: C
 async def billing_reprocess(ui: AdminUI, request: Request, viewer: Viewer, ctx: Context) -> None:
     body = {"reason": request.form.get("reason") or None}
     done = await ui.call(ctx, viewer, "POST", "/billing/reprocess", body=values.given(body))
-    await redirect(ctx.send, with_query("/ui/billing", notice=f"{done['reprocessed']} parked event(s) queued again."))
+    notice = f"{done['reprocessed']} parked event(s) queued again."
+    again = done.get("parks_again") or {}
+    if again:  # Lago, asked just now, would still not bill them: say so before they park again
+        notice += " " + " ".join(f"{n} will park again: {reason}." for reason, n in again.items())
+    await redirect(ctx.send, with_query("/ui/billing", notice=notice))
 
 
 async def invoice(ui: AdminUI, request: Request, viewer: Viewer, ctx: Context) -> None:
