@@ -74,19 +74,20 @@ def test_litellms_standard_customer_headers_and_body_fields(gw: RunningGateway) 
     _chat(gw, "std-2", headers={"x-litellm-end-user-id": "initech"})
     _chat(gw, "std-3", headers={"x-litellm-customer-id": "first", "X-OpenWebUI-User-Id": "second"})
     assert [_customer(gw, r) for r in ("std-1", "std-2", "std-3")] == ["globex", "initech", "first"]
-    # plain HTTP (curl): `user`, else `litellm_metadata.user`, else `metadata.user_id`
+    # plain HTTP (curl): `user`, else `litellm_metadata.user`, else `metadata.user_id`, else `metadata.user`
     auth = {"Authorization": f"Bearer {gw.key}"}
     bodies = {
         "curl-1": {"user": "acme"},
         "curl-2": {"litellm_metadata": {"user": "umbrella"}},
         "curl-3": {"metadata": {"user_id": "hooli"}},
         "curl-4": {"user": "acme", "metadata": {"user_id": "hooli"}},
-        "curl-5": {"metadata": {"user": "not-a-customer"}},  # LiteLLM does not read metadata.user either
+        "curl-5": {"metadata": {"user": "wayne"}},  # read last: LiteLLM does not, its users' clients send it
+        "curl-6": {"metadata": {"user": "wayne", "user_id": "hooli"}},
     }
     for rid, extra in bodies.items():
         body = {"model": "priced", "messages": HI, **extra}
         httpx.post(gw.v1 + "/chat/completions", json=body, headers={**auth, "x-request-id": rid}).raise_for_status()
-    assert [_customer(gw, r) for r in bodies] == ["acme", "umbrella", "hooli", "acme", None]
+    assert [_customer(gw, r) for r in bodies] == ["acme", "umbrella", "hooli", "acme", "wayne", "hooli"]
 
 
 def test_a_customer_header_is_bounded_like_user(gw: RunningGateway) -> None:

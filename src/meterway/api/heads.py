@@ -234,9 +234,11 @@ def _named(
     user: str | None, litellm_metadata: msgspec.Raw, metadata: dict[str, Any] | None, safety: str | None
 ) -> str | None:
     """The customer the body names, in LiteLLM's order (`get_end_user_id_from_request_body`):
-    `user`, then `litellm_metadata.user`, then `metadata.user_id`, then `safety_identifier`. A
-    header the gateway reads for it comes first (`customer_from_headers`). Each is bounded as
-    `user` is; a value that is not a string is not a name (LiteLLM drops it too)."""
+    `user`, then `litellm_metadata.user`, then `metadata.user_id`, then `safety_identifier`; then
+    `metadata.user`, which LiteLLM does not read but its users' clients send (OpenAI's free-form
+    metadata is where a plain client puts it). A header the gateway reads for it comes first
+    (`customer_from_headers`). Each is bounded as `user` is; a value that is not a string is not
+    a name (LiteLLM drops it too)."""
     if user:
         return user
     if litellm_metadata and len(litellm_metadata) <= bounds.METADATA_BYTES_MAX:
@@ -249,6 +251,9 @@ def _named(
         return _user(named.strip(), "metadata.user_id")
     if safety and safety.strip():
         return _user(safety.strip(), "safety_identifier")
+    named = metadata.get("user") if metadata else None
+    if isinstance(named, str) and named.strip():
+        return _user(named.strip(), "metadata.user")
     return None
 
 
