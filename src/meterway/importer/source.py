@@ -174,6 +174,16 @@ class LiteLLMSource:
             return []
         return await self._fetch(self._select(table))
 
+    async def count_spend_logs(self, since: datetime | None) -> int:
+        """How many spend logs an import from `since` on reads (for its progress and ETA)."""
+        if SPEND_LOGS not in self._present:
+            return 0
+        if since is None:
+            rows = await self._fetch(f'SELECT count(*) AS n FROM "{SPEND_LOGS}"')
+        else:
+            rows = await self._fetch(f'SELECT count(*) AS n FROM "{SPEND_LOGS}" WHERE "startTime" >= $1', since)
+        return int(rows[0]["n"])
+
     async def spend_logs(self, since: datetime | None, page: int = 1000) -> AsyncIterator[Sequence[dict[str, Any]]]:
         """Spend logs from `since` (naive UTC, as LiteLLM stores times) on, a page at a time."""
         if SPEND_LOGS not in self._present:
