@@ -12,6 +12,8 @@ the planner never works from those of an empty table, whatever autovacuum has go
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -285,41 +287,63 @@ async def _spend_logs(
     report: Report,
     progress: Progress,
 ) -> None:
-    tally = report.tally("spend logs")
+    report.tally("spend logs")  # listed, in this place, even when there are none
     since = options.since.astimezone(UTC).replace(tzinfo=None) if options.since else None
     progress.start(await source.count_spend_logs(since))
     statistics = None if store is None or options.dry_run else await _Statistics.of(store)
-    async for page in source.spend_logs(since, options.page):
-        entries: list[Entry] = []
-        for src in page:
-            tally.found += 1
-            result = mapping.spend_log(src, aliases)
-            if isinstance(result, Skipped):
-                tally.skipped += 1
-                report.skipped.append(result)
-            else:
-                entries.append(result)
-        unique = list({e.row.uid: e for e in entries}.values())
-        if store is None:
-            new = unique
-        elif options.dry_run:
-            async with store.engine.connect() as conn:
-                present = await _present_uids(conn, [e.row.uid for e in unique])
-            new = [e for e in unique if e.row.uid not in present]
-        else:
-            # write_once inserts what is not there and says what it inserted: a row an earlier run
-            # brought, or a usage webhook reported meanwhile, is found by the unique index on uid
-            inserted = await store.ledger.write_once(unique)
-            new = [e for e in unique if e.row.uid in inserted]
-        if statistics is not None:
-            await statistics.grown(len(new))
-        tally.new += len(new)
-        tally.present += len(entries) - len(new)
-        report.new_cost += sum((pricing.usd(e.cost_units or 0) for e in new), Decimal(0))
-        progress.advance(len(page))
+    # the next page is read from LiteLLM while this one is mapped and written: two databases at work
+    pages = source.spend_logs(since, options.page)
+    ahead = asyncio.ensure_future(anext(pages, None))
+    try:
+        while (page := await ahead) is not None:
+            ahead = asyncio.ensure_future(anext(pages, None))
+            await _spend_page(page, store, options, aliases, report, statistics)
+            progress.advance(len(page))
+    finally:
+        ahead.cancel()
+        with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+            await ahead
+        await pages.aclose()
     if statistics is not None:
         await statistics.done()
     report.new_cost = report.new_cost.normalize()
+
+
+async def _spend_page(
+    page: Sequence[SourceRow],
+    store: Store | None,
+    options: Options,
+    aliases: Mapping[str, str],
+    report: Report,
+    statistics: _Statistics | None,
+) -> None:
+    tally = report.tally("spend logs")
+    entries: list[Entry] = []
+    for src in page:
+        tally.found += 1
+        result = mapping.spend_log(src, aliases)
+        if isinstance(result, Skipped):
+            tally.skipped += 1
+            report.skipped.append(result)
+        else:
+            entries.append(result)
+    unique = list({e.row.uid: e for e in entries}.values())
+    if store is None:
+        new = unique
+    elif options.dry_run:
+        async with store.engine.connect() as conn:
+            present = await _present_uids(conn, [e.row.uid for e in unique])
+        new = [e for e in unique if e.row.uid not in present]
+    else:
+        # write_once inserts what is not there and says what it inserted: a row an earlier run
+        # brought, or a usage webhook reported meanwhile, is found by the unique index on uid
+        inserted = await store.ledger.write_once(unique)
+        new = [e for e in unique if e.row.uid in inserted]
+    if statistics is not None:
+        await statistics.grown(len(new))
+    tally.new += len(new)
+    tally.present += len(entries) - len(new)
+    report.new_cost += sum((pricing.usd(e.cost_units or 0) for e in new), Decimal(0))
 
 
 async def _present_uids(conn: AsyncConnection, uids: Sequence[str]) -> set[str]:

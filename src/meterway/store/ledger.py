@@ -168,6 +168,16 @@ def _pg_rows_once_sql() -> str:
     )
 
 
+def _pg_rollup_sql() -> str:
+    """Rollup groups added to `mw_usage_daily` as one statement from a JSON document, in the
+    document's order (key order, the lock order `_write_pg_group` takes too)."""
+    rollup = ", ".join(_pg_value(usage_daily, name, "g", i) for i, name in enumerate(_ROLLUP_COLUMNS))
+    return (
+        f"INSERT INTO mw_usage_daily ({', '.join(_ROLLUP_COLUMNS)}) SELECT {rollup} "
+        f"FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS e(g, n) ORDER BY n {_ROLLUP_CONFLICT}"
+    )
+
+
 class LedgerStore:
     def __init__(self, engine: AsyncEngine, *, export: bool = False) -> None:
         self._engine = engine
@@ -181,7 +191,7 @@ class LedgerStore:
         else:
             self._sql = _sql(lambda i: f"${i + 1}")
             self._sql["group"] = _pg_group_sql()
-            self._sql["rows_once_all"] = _pg_rows_once_sql()
+            self._sql["rows_once_all"], self._sql["rollup_all"] = _pg_rows_once_sql(), _pg_rollup_sql()
             # the connection groups are written on, kept between groups (see `_execute_group`)
             self._held: tuple[AsyncConnection, Any] | None = None  # and its asyncpg connection
             self._holding = asyncio.Lock()
@@ -413,7 +423,7 @@ class LedgerStore:
 
     async def _write_once(self, entries: Sequence[Entry]) -> set[str]:
         entries = sorted(entries, key=lambda e: str(e.row.uid))
-        rows = _prepare(entries)[0]
+        rows, groups, spend = _prepare(entries)
         if self._sqlite:
             return await asyncio.get_running_loop().run_in_executor(
                 self._executor, self._write_once_sqlite, entries, rows
@@ -434,9 +444,12 @@ class LedgerStore:
                         status = await pg.execute(self._sql["rows_once"], *_pg_row(row))
                         if status.endswith(" 1"):  # "INSERT 0 1": inserted; "INSERT 0 0": the uid exists
                             inserted.append(entry)
-                _, groups, spend = _prepare(inserted)
-                if groups:
-                    await pg.executemany(self._sql["rollup"], sorted(groups))
+                if len(inserted) != len(entries):  # some were there: only the inserted ones add up
+                    _, groups, spend = _prepare(inserted)
+                if len(groups) > 1:
+                    await pg.execute(self._sql["rollup_all"], orjson.dumps(sorted(groups)).decode())
+                elif groups:
+                    await pg.executemany(self._sql["rollup"], groups)
                 for (scope, periodic), params in spend.items():
                     await pg.executemany(self._sql[f"{scope}:{periodic}"], params)
                 outbox = self._outbox(inserted)
