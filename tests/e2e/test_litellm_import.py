@@ -439,3 +439,34 @@ def test_stored_models_are_sealed_under_the_master_key_of_the_config_a_gateway_s
                 model="stored-in-litellm", messages=[{"role": "user", "content": "hi"}]
             )
         assert reply.choices[0].message.content
+
+
+def test_a_terminal_is_shown_the_import_s_progress_with_an_eta(litellm_db: Filled, pg_url: str) -> None:
+    """On a terminal: a progress bar over the spend logs, with the time left. (Into a pipe or a
+    file, as every other test here, only the report is written.)"""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    leader, follower = pty.openpty()
+    env = {**os.environ, "TERM": "xterm", "COLUMNS": "120", "METERWAY_SALT_KEY": "meterway-own-salt-key"}
+    args = ["import", "litellm", "--from", litellm_db.url, "--database-url", pg_url, "--salt-key", SALT_KEY]
+    child = subprocess.Popen(
+        [sys.executable, "-m", "meterway", *args], stdout=follower, stderr=follower, stdin=subprocess.DEVNULL, env=env
+    )
+    os.close(follower)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(leader)
+    assert child.wait(timeout=60) == 0
+    text = shown.decode(errors="replace")
+    assert "spend logs" in text and "ETA" in text and f"/{LOGS + 1}" in text
+    assert f"spend logs: {LOGS + 1} found, imported {LOGS}" in text
