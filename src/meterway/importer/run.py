@@ -3,9 +3,9 @@
 Rows meterway already has are left as they are: after an import meterway owns them (their spend
 moves on with its own traffic), so running again changes nothing, and a later run adds only the
 keys, users, teams, members, customers and spend logs that appeared since. Entities are written
-in one transaction; spend logs in pages, each page one `write_once` statement keyed by uid
-(the unique index finds what is there, so a rerun inserts nothing), so an interrupted run is
-simply run again. What must hold for the import to finish (`preflight`) is checked before the
+in one transaction; spend logs in pages, each page read by the unique index on uid (what is
+there is left out, so a rerun writes nothing) and written by one `write_once` statement keyed
+by uid, so an interrupted run is simply run again. What must hold for the import to finish (`preflight`) is checked before the
 first write. The ledger's statistics are refreshed as the import grows it (`_Statistics`), so
 the planner never works from those of an empty table, whatever autovacuum has got round to.
 """
@@ -330,15 +330,16 @@ async def _spend_page(
     unique = list({e.row.uid: e for e in entries}.values())
     if store is None:
         new = unique
-    elif options.dry_run:
+    else:
+        # one read per page, by the unique index, finds what an earlier run brought, so a rerun
+        # writes nothing; write_once still decides the rest (a row a usage webhook reports
+        # meanwhile) and says what it inserted
         async with store.engine.connect() as conn:
             present = await _present_uids(conn, [e.row.uid for e in unique])
         new = [e for e in unique if e.row.uid not in present]
-    else:
-        # write_once inserts what is not there and says what it inserted: a row an earlier run
-        # brought, or a usage webhook reported meanwhile, is found by the unique index on uid
-        inserted = await store.ledger.write_once(unique)
-        new = [e for e in unique if e.row.uid in inserted]
+        if not options.dry_run and new:
+            inserted = await store.ledger.write_once(new)
+            new = [e for e in new if e.row.uid in inserted]
     if statistics is not None:
         await statistics.grown(len(new))
     tally.new += len(new)
@@ -347,9 +348,9 @@ async def _spend_page(
 
 
 async def _present_uids(conn: AsyncConnection, uids: Sequence[str]) -> set[str]:
-    """The uids the ledger has (a dry run's count of what is new). On PostgreSQL the unique index
-    on uid is used even when the table's statistics say it is empty (never analyzed since it
-    filled): a scan per page made a dry run over a large history quadratic."""
+    """The uids of `uids` the ledger has. On PostgreSQL the unique index on uid is used even when
+    the table's statistics say it is empty (not analyzed since it filled): a scan per page made
+    an import over a large history quadratic."""
     if conn.dialect.name != "postgresql":
         return await _existing(conn, ledger.c.uid, uids)
     await conn.execute(sa.text("SET LOCAL enable_seqscan = off"))
