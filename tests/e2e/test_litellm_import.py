@@ -470,3 +470,18 @@ def test_a_terminal_is_shown_the_import_s_progress_with_an_eta(litellm_db: Fille
     text = shown.decode(errors="replace")
     assert "spend logs" in text and "ETA" in text and f"/{LOGS + 1}" in text
     assert f"spend logs: {LOGS + 1} found, imported {LOGS}" in text
+
+
+def test_a_meterway_database_of_a_newer_revision_is_refused_before_anything_is_written(
+    litellm_db: Filled, pg_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("METERWAY_SALT_KEY", "meterway-own-salt-key-for-models")
+    assert main(["migrate", "--database-url", pg_url]) == 0
+    _fetch(pg_url, "UPDATE alembic_version SET version_num = '9999'")
+    capsys.readouterr()
+    for extra in ((), ("--dry-run",)):
+        args = ["import", "litellm", "--from", litellm_db.url, "--database-url", pg_url, "--salt-key", SALT_KEY]
+        assert main([*args, *extra]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "is at revision 9999, which this meterway" in err
+        assert _counts(pg_url) == [0] * len(_TABLES)
