@@ -10,12 +10,14 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from meterway.config.secret import Secret
 from meterway.errors import BadRequest, MeterwayError
 
 if TYPE_CHECKING:  # the importer loads only when a command runs
+    from rich.progress import Progress as RichProgress
+
     from meterway.config.settings import Settings
     from meterway.importer.run import Options, Progress, Report
 
@@ -142,30 +144,25 @@ def _progress() -> Iterator[Progress | None]:
     if not sys.stdout.isatty():
         yield None
         return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from rich import progress as rich
 
     columns = (
-        TextColumn("spend logs"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("[progress.percentage]{task.percentage:>3.0f}%"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
+        rich.TextColumn("spend logs"),
+        rich.BarColumn(),
+        rich.MofNCompleteColumn(),
+        rich.TextColumn("[progress.percentage]{task.percentage:>3.0f}%"),
+        rich.TimeElapsedColumn(),
+        rich.TextColumn("ETA"),
+        rich.TimeRemainingColumn(),
     )
-    with Progress(*columns, transient=True) as bar:
+    with rich.Progress(*columns, transient=True) as bar:
         yield _Bar(bar)
 
 
 class _Bar:
-    def __init__(self, bar: Any) -> None:
+    """The importer's `Progress` drawn by rich: the total once it is counted, then page by page."""
+
+    def __init__(self, bar: RichProgress) -> None:
         self._bar = bar
         self._task = bar.add_task("spend logs", total=None)
 
