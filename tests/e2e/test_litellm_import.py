@@ -263,6 +263,8 @@ def test_imported_keys_work_with_their_budgets_models_and_history(
     (stored,) = _fetch(pg_url, "SELECT model_id, model_name, litellm_params FROM mw_models")
     assert (stored["model_id"], stored["model_name"]) == ("m-1", "gpt-4o-mini")
     assert "sk-upstream-stored-in-litellm" not in str(stored["litellm_params"])
+    # the import analyzed the ledger it filled (a table never analyzed has reltuples -1)
+    assert _fetch(pg_url, "SELECT reltuples FROM pg_class WHERE relname = 'mw_ledger'")[0][0] == LOGS
     # history only: nothing queued for Lago without --export-to-billing
     assert _fetch(pg_url, "SELECT count(*) FROM mw_billing_outbox")[0][0] == 0
     team = _fetch(pg_url, "SELECT metadata, spend FROM mw_teams WHERE team_id = 'team-alpha'")[0]
