@@ -301,7 +301,7 @@ async def _spend_logs(
             progress.advance(len(page))
     finally:
         ahead.cancel()
-        with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+        with contextlib.suppress(asyncio.CancelledError, Exception):  # the error that ended the loop wins
             await ahead
         await pages.aclose()
     if statistics is not None:
