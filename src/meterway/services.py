@@ -344,7 +344,7 @@ async def _runtime_models(
     from meterway.routing.runtime import RuntimeModels
     from meterway.store.models import ModelStore
 
-    key = settings.salt_key or settings.master_key
+    key = settings.seal_key
     models_store = None
     if settings.store_models and key is None:
         log.error("STORE_MODEL_IN_DB needs METERWAY_SALT_KEY (or a master key) to encrypt credentials")
