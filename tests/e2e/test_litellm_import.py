@@ -422,6 +422,11 @@ def test_stored_models_are_sealed_under_the_master_key_of_the_config_a_gateway_s
                 "created_by, updated_by) VALUES ('m-2', 'stored-in-litellm', $1, '{}', 'admin', 'admin')",
                 orjson.dumps(params).decode(),
             )
+            await conn.execute(  # blocked in LiteLLM: never served there, so not here either
+                'INSERT INTO "LiteLLM_ProxyModelTable" (model_id, model_name, litellm_params, model_info, '
+                "created_by, updated_by, blocked) VALUES ('m-3', 'blocked-in-litellm', $1, '{}', 'admin', 'admin', true)",
+                orjson.dumps(params).decode(),
+            )
         finally:
             await conn.close()
 
@@ -433,13 +438,17 @@ def test_stored_models_are_sealed_under_the_master_key_of_the_config_a_gateway_s
 
     args = ["import", "litellm", "--from", litellm_db.url, "--config", str(path), "--salt-key", SALT_KEY]
     assert main(args) == 0
-    assert "models: 2 found, imported 2" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "models: 3 found, imported 2" in out
+    assert "LiteLLM_ProxyModelTable m-3: blocked in LiteLLM" in out
     with run_gateway(load_settings(path)) as gw:
         assert gw.key == "sk-master-of-the-config"
         with openai.OpenAI(base_url=gw.v1, api_key=gw.key, max_retries=0) as client:
             reply = client.chat.completions.create(
                 model="stored-in-litellm", messages=[{"role": "user", "content": "hi"}]
             )
+            with pytest.raises(openai.NotFoundError):
+                client.chat.completions.create(model="blocked-in-litellm", messages=[{"role": "user", "content": "hi"}])
         assert reply.choices[0].message.content
 
 

@@ -404,6 +404,10 @@ def _stored_model(src: SourceRow, salt_key: Secret | None) -> StoredModel:
     info = src.get("model_info")
     info = dict(info) if isinstance(info, Mapping) else {}
     model_id, name = str(src.get("model_id")), str(src.get("model_name"))
+    if src.get("blocked"):  # LiteLLM does not route to it; served here it would widen what keys reach
+        return StoredModel(
+            model_id, name, None, None, "blocked in LiteLLM: left behind (add it with /model/new to serve it)"
+        )
     encrypted = [k for k, v in params.items() if isinstance(v, str)]
     if salt_key is None:
         return StoredModel(model_id, name, None, None, "not checked: no --salt-key (nor LITELLM_SALT_KEY) given")
