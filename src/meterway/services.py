@@ -50,6 +50,7 @@ from meterway.ledger.recorder import Ledger
 from meterway.limits import Budget, Limiter, LimitSpec
 from meterway.limits.hook import LimitsHook
 from meterway.limits.memory import MemoryLimiter
+from meterway.providers.google_auth import Refreshing
 from meterway.providers.transport import HttpUpstream, Upstream, new_session
 from meterway.routing import Router
 from meterway.telemetry.metrics import Metrics
@@ -65,6 +66,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("meterway")
 
 SENDER_STOP_S = 5.0  # at shutdown, the billing sender's round in flight may finish within this
+CREDENTIALS_WAIT_S = 10.0  # at start, the longest wait for the first upstream tokens (Vertex AI)
 STORE_RETRY_AFTER_S = 2.0  # a model request refused because the store is not open: retry after
 
 
@@ -323,6 +325,7 @@ async def open_services(settings: Settings, hooks: tuple[Hook, ...] = ()) -> Asy
             if router.shares_cooldowns:  # takes in other replicas' cooldowns
                 tasks.append(asyncio.create_task(router.cooldowns.listen([d.id for d in settings.deployments])))
         tasks.append(asyncio.create_task(responses.purge()))
+        await _credentials_refreshed(settings, tasks)
         if runtime_models.writable:  # takes in other replicas' model changes
             tasks.append(asyncio.create_task(runtime_models.watch()))
         if sender is not None:
@@ -333,6 +336,20 @@ async def open_services(settings: Settings, hooks: tuple[Hook, ...] = ()) -> Asy
         stack.push_async_callback(ledger.flush, settings.shutdown_flush_s)
         stack.push_async_callback(responses.close)  # before that flush: background runs write their rows
         yield services
+
+
+async def _credentials_refreshed(settings: Settings, tasks: list[asyncio.Task[None]]) -> None:
+    """Deployments whose credentials expire (Vertex AI's Google tokens) get them kept fresh by a
+    task each; the gateway waits (bounded) for the first tokens, so its first requests find them.
+    One that fails is logged and retried: its requests get a named 502 meanwhile, never a hang."""
+    holders = {
+        id(p.credentials): p.credentials for d in settings.deployments if isinstance(p := d.provider, Refreshing)
+    }
+    if not holders:
+        return
+    tasks.extend(asyncio.create_task(h.keep_fresh()) for h in holders.values())
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.gather(*(h.attempted() for h in holders.values())), CREDENTIALS_WAIT_S)
 
 
 async def _runtime_models(

@@ -57,6 +57,11 @@ _PARAM_WHY = {
     "output_cost_per_token": "the price rows are charged at",
     "cache_read_input_token_cost": "the price rows are charged at",
     "cache_creation_input_token_cost": "the price rows are charged at",
+    "vertex_credentials": "vertex_ai/: the service account (file or JSON) whose tokens are minted and refreshed",
+    "vertex_project": "vertex_ai/: the Google Cloud project in the model's URL",
+    "vertex_location": "vertex_ai/: the region in the model's URL and host",
+    "vertex_ai_project": "vertex_ai/: the Google Cloud project in the model's URL",
+    "vertex_ai_location": "vertex_ai/: the region in the model's URL and host",
 }
 _QUIET_WHY = {
     "max_retries": "retries are set for the router: router_settings.num_retries",
