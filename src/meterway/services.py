@@ -50,7 +50,7 @@ from meterway.ledger.recorder import Ledger
 from meterway.limits import Budget, Limiter, LimitSpec
 from meterway.limits.hook import LimitsHook
 from meterway.limits.memory import MemoryLimiter
-from meterway.providers.google_auth import Refreshing
+from meterway.providers.google_auth import Refreshers, first_tokens
 from meterway.providers.transport import HttpUpstream, Upstream, new_session
 from meterway.routing import Router
 from meterway.telemetry.metrics import Metrics
@@ -66,7 +66,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("meterway")
 
 SENDER_STOP_S = 5.0  # at shutdown, the billing sender's round in flight may finish within this
-CREDENTIALS_WAIT_S = 10.0  # at start, the longest wait for the first upstream tokens (Vertex AI)
 STORE_RETRY_AFTER_S = 2.0  # a model request refused because the store is not open: retry after
 
 
@@ -286,7 +285,12 @@ async def open_services(settings: Settings, hooks: tuple[Hook, ...] = ()) -> Asy
             meter,
             router,
         )
-        runtime_models = await _runtime_models(settings, store, router, models, ledger, redis_client)
+        refreshers = Refreshers()
+        stack.push_async_callback(refreshers.close)
+        # expiring credentials (vertex_ai/'s Google tokens) kept fresh; the first ones waited for,
+        # bounded: one that fails is logged and retried, its requests get a named 502 meanwhile
+        await first_tokens(refreshers.serve(d.provider for d in settings.deployments))
+        runtime_models = await _runtime_models(settings, store, router, models, ledger, redis_client, refreshers)
         services = Services(
             settings=settings,
             http=session,
@@ -325,7 +329,6 @@ async def open_services(settings: Settings, hooks: tuple[Hook, ...] = ()) -> Asy
             if router.shares_cooldowns:  # takes in other replicas' cooldowns
                 tasks.append(asyncio.create_task(router.cooldowns.listen([d.id for d in settings.deployments])))
         tasks.append(asyncio.create_task(responses.purge()))
-        await _credentials_refreshed(settings, tasks)
         if runtime_models.writable:  # takes in other replicas' model changes
             tasks.append(asyncio.create_task(runtime_models.watch()))
         if sender is not None:
@@ -338,22 +341,14 @@ async def open_services(settings: Settings, hooks: tuple[Hook, ...] = ()) -> Asy
         yield services
 
 
-async def _credentials_refreshed(settings: Settings, tasks: list[asyncio.Task[None]]) -> None:
-    """Deployments whose credentials expire (Vertex AI's Google tokens) get them kept fresh by a
-    task each; the gateway waits (bounded) for the first tokens, so its first requests find them.
-    One that fails is logged and retried: its requests get a named 502 meanwhile, never a hang."""
-    holders = {
-        id(p.credentials): p.credentials for d in settings.deployments if isinstance(p := d.provider, Refreshing)
-    }
-    if not holders:
-        return
-    tasks.extend(asyncio.create_task(h.keep_fresh()) for h in holders.values())
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(asyncio.gather(*(h.attempted() for h in holders.values())), CREDENTIALS_WAIT_S)
-
-
 async def _runtime_models(
-    settings: Settings, store: Store, router: Router, models: ModelList, ledger: Ledger, redis: Any | None
+    settings: Settings,
+    store: Store,
+    router: Router,
+    models: ModelList,
+    ledger: Ledger,
+    redis: Any | None,
+    refreshers: Refreshers,
 ) -> RuntimeModels:
     """Models in the database (STORE_MODEL_IN_DB): served from now on, and watched for other
     replicas' changes. Without it `/model/info` still lists the config file's. (Imported here:
@@ -378,6 +373,7 @@ async def _runtime_models(
         redis,
         settings.redis_prefix + "models",
         writable=models_store is not None,
+        refreshers=refreshers,
     )
     if runtime.writable:
         try:

@@ -320,3 +320,27 @@ def test_unreadable_credentials_are_a_config_error_naming_the_entry(tmp_path: Pa
                 ]
             }
         )
+
+
+def test_a_vertex_model_added_at_runtime_gets_its_token_and_keeps_it_across_reloads(vertex: VertexStandIn) -> None:
+    email = "runtime@standin-project.iam.gserviceaccount.com"
+    info = vertex.service_account(email)
+    config = {
+        "model_list": [{"model_name": "demo", "litellm_params": {"model": "mock/demo"}}],
+        "general_settings": {"store_model_in_db": True},
+    }
+    params = {
+        "model": "vertex_ai/gemini-2.5-flash",
+        "vertex_credentials": json.dumps(info),
+        "api_base": vertex.base_url,
+    }
+    with run_gateway(config) as g, openai.OpenAI(base_url=g.v1, api_key=g.key, max_retries=0) as c:
+        admin = {"Authorization": f"Bearer {g.key}"}
+        added = {"model_name": "added", "litellm_params": params, "model_info": {"id": "added-1"}}
+        assert httpx.post(g.url + "/model/new", json=added, headers=admin).status_code == 200
+        assert c.chat.completions.create(model="added", messages=HI).choices[0].message.content  # at once
+        assert len(vertex.tokens_for(email)) == 1
+        other = {"model_name": "other", "litellm_params": {"model": "mock/other"}, "model_info": {"id": "other-1"}}
+        assert httpx.post(g.url + "/model/new", json=other, headers=admin).status_code == 200  # a reload
+        assert c.chat.completions.create(model="added", messages=HI).choices[0].message.content
+    assert len(vertex.tokens_for(email)) == 1  # the rebuilt deployment took over the token it had

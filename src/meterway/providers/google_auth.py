@@ -13,9 +13,10 @@ per request: a provider only reads the current token (`authorization`), as other
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +31,7 @@ log = logging.getLogger("meterway")
 SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 LEAD_S = 300.0  # a token is replaced this long before it expires (at most half its lifetime)
 RETRY_S = (1.0, 2.0, 5.0, 10.0, 30.0)  # after a failed refresh, the waits before the next attempts
+FIRST_TOKEN_WAIT_S = 10.0  # the longest a start (or a stored model's addition) waits for the first token
 CREDENTIALS_ERROR = "upstream_credentials"  # the error code of a request whose deployment has no token
 
 
@@ -128,10 +130,20 @@ class GoogleToken:
         """Returns once the first refresh has succeeded or failed."""
         await self._attempted.wait()
 
+    def adopt(self, previous: GoogleToken) -> None:
+        """Take over the token of the holder this one replaces (the same deployment and
+        credentials, rebuilt when stored models are reloaded), so requests never wait for a new one."""
+        self._credentials, self._token, self._expires = previous._credentials, previous._token, previous._expires
+
     async def keep_fresh(self) -> None:
         """Mint a token, then the next one `LEAD_S` (or half its lifetime) before it expires; after
-        a failure, try again with backoff. Runs until cancelled."""
+        a failure, try again with backoff. Runs until cancelled. A token adopted from a previous
+        holder is used until its own refresh time."""
         failures = 0
+        remaining = self._expires - time.monotonic()
+        if self._token is not None and remaining > 1.0:
+            self._attempted.set()
+            await asyncio.sleep(max(remaining - LEAD_S, remaining / 2))
         while True:
             try:
                 lifetime = await asyncio.to_thread(self._refresh)
@@ -186,3 +198,49 @@ def _reason(exc: BaseException) -> str:
     description), never the key."""
     text = " ".join(str(exc).split())
     return f"{exc.__class__.__name__}: {text[:300]}" if text else exc.__class__.__name__
+
+
+class Refreshers:
+    """The `keep_fresh` tasks of the deployments served now, one per credentials holder: started
+    for new deployments (the config file's at start, stored ones whenever they are reloaded),
+    stopped for those no longer served. Built by the worker with its services."""
+
+    def __init__(self) -> None:
+        self._running: dict[int, tuple[GoogleToken, asyncio.Task[None]]] = {}
+
+    def serve(self, providers: Iterable[object]) -> list[GoogleToken]:
+        """Keeps exactly `providers`' holders fresh; returns those started now. A new holder for a
+        deployment already served with the same credentials takes over the current token."""
+        wanted = {id(p.credentials): p.credentials for p in providers if isinstance(p, Refreshing)}
+        previous = {(h.label, _identity(h.source)): h for h, _ in self._running.values()}
+        for key in self._running.keys() - wanted.keys():
+            self._running.pop(key)[1].cancel()
+        started = []
+        for key, holder in wanted.items():
+            if key in self._running:
+                continue
+            old = previous.get((holder.label, _identity(holder.source)))
+            if old is not None and old is not holder:
+                holder.adopt(old)
+            self._running[key] = (holder, asyncio.create_task(holder.keep_fresh()))
+            started.append(holder)
+        return started
+
+    async def close(self) -> None:
+        tasks = [task for _, task in self._running.values()]
+        self._running.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def first_tokens(holders: Iterable[GoogleToken], wait_s: float = FIRST_TOKEN_WAIT_S) -> None:
+    """Waits (bounded) for each holder's first refresh, so the requests that follow find a token."""
+    waits = [h.attempted() for h in holders]
+    if waits:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*waits), wait_s)
+
+
+def _identity(source: CredentialSource) -> bytes:
+    return orjson.dumps(dict(source.info) if source.info is not None else None, option=orjson.OPT_SORT_KEYS)
