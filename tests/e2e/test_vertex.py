@@ -267,7 +267,7 @@ def test_credentials_the_token_endpoint_refuses_give_a_clear_openai_error(
 
 def test_expiring_tokens_are_refreshed_ahead_and_requests_keep_working(vertex: VertexStandIn, tmp_path: Path) -> None:
     email = "short-lived@standin-project.iam.gserviceaccount.com"
-    info = vertex.service_account(email, lifetime=2)
+    info = vertex.service_account(email, lifetime=3)
     config = {
         "model_list": [
             {
@@ -283,7 +283,7 @@ def test_expiring_tokens_are_refreshed_ahead_and_requests_keep_working(vertex: V
     with run_gateway(config) as g, openai.OpenAI(base_url=g.v1, api_key=g.key, max_retries=0) as c:
         c.chat.completions.create(model="gemini", messages=HI)
         first = vertex.received[-1].headers["authorization"]
-        time.sleep(2.5)  # past the first token's expiry: the stand-in refuses it by now
+        time.sleep(3.5)  # past the first token's expiry: the stand-in refuses it by now
         answer = c.chat.completions.create(model="gemini", messages=HI)
         assert answer.choices[0].message.content == REPLY_PREFIX + "hello there"
         later = vertex.received[-1]

@@ -649,7 +649,9 @@ def _deployment(
     dep_id = str(info.get("id") or (name if n == 0 else f"{name}#{n}"))
     mode = info.get("mode")
     if resolved.family == registry.VERTEX:
-        native: Provider = _vertex(params, resolved, env, dep_id, headers, where)
+        on_vertex = _vertex(params, resolved, env, dep_id, headers, where)
+        resolved = replace(resolved, api_base=on_vertex.root)  # what the UI and /model/info show: the model's address
+        native: Provider = on_vertex
     else:
         native = registry.build(
             resolved,
@@ -707,7 +709,7 @@ def _vertex(
     label: str,
     headers: Mapping[str, str],
     where: str,
-) -> Provider:
+) -> vertex.VertexGeminiProvider | vertex.VertexClaudeProvider:
     """A `vertex_ai/` deployment: its credentials (read now, their token minted by the worker), its
     project (configured, from the environment, else the service account's) and its location."""
 

@@ -80,6 +80,7 @@ class _Vertex:
     """What both Vertex families share: the URLs (built once, at config load) and the token."""
 
     credentials: GoogleToken
+    root: str  # the model's address, before `:{method}`: what the UI and /model/info show as its base
     urls: dict[Route, URL]
     headers: dict[str, str]
 
@@ -104,7 +105,7 @@ class VertexGeminiProvider(_Vertex, GeminiProvider):
         credentials: GoogleToken,
         extra_headers: Mapping[str, str] | None = None,
     ) -> None:
-        self.label, self.upstream_model = label, upstream_model  # URLs of its own: no HttpProvider constructor
+        self.label, self.upstream_model, self.root = label, upstream_model, root  # no HttpProvider constructor
         embedding = upstream_model.startswith(EMBEDDING_PREFIXES)
         self.urls = _urls(self.endpoint, root, (Api.EMBEDDINGS,) if embedding else (Api.CHAT, "stream"))
         self.headers = self.endpoint.headers_for(None, extra_headers)
@@ -165,7 +166,7 @@ class VertexClaudeProvider(_Vertex, AnthropicProvider):
         credentials: GoogleToken,
         extra_headers: Mapping[str, str] | None = None,
     ) -> None:
-        self.label, self.upstream_model = label, upstream_model
+        self.label, self.upstream_model, self.root = label, upstream_model, root
         self.urls = _urls(self.endpoint, root, None)
         # Vertex counts tokens at the publisher's own `count-tokens` model, the model named in the body
         self.urls[COUNT_TOKENS] = URL(root.rsplit("/models/", 1)[0] + "/models/count-tokens:rawPredict")
