@@ -344,3 +344,24 @@ def test_a_vertex_model_added_at_runtime_gets_its_token_and_keeps_it_across_relo
         assert httpx.post(g.url + "/model/new", json=other, headers=admin).status_code == 200  # a reload
         assert c.chat.completions.create(model="added", messages=HI).choices[0].message.content
     assert len(vertex.tokens_for(email)) == 1  # the rebuilt deployment took over the token it had
+
+
+def test_project_location_and_credentials_from_the_environment(
+    vertex: VertexStandIn, key_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key_file))
+    monkeypatch.setenv("VERTEXAI_PROJECT", "env-project")
+    monkeypatch.setenv("VERTEXAI_LOCATION", "europe-west4")
+    config = {
+        "model_list": [
+            {
+                "model_name": "gemini",
+                "litellm_params": {"model": "vertex_ai/gemini-2.5-flash", "api_base": vertex.base_url},
+            }
+        ]
+    }
+    with run_gateway(config) as g, openai.OpenAI(base_url=g.v1, api_key=g.key, max_retries=0) as c:
+        assert c.chat.completions.create(model="gemini", messages=HI).choices[0].message.content
+    sent = vertex.received[-1]
+    assert sent.path.startswith("/v1/projects/env-project/locations/europe-west4/publishers/google/")
+    assert sent.headers["authorization"].removeprefix("Bearer ") in vertex.issued
