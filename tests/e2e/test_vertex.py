@@ -230,6 +230,16 @@ def test_claude_on_messages_api_plain_and_streamed(gw: RunningGateway, up: Verte
     assert "model" not in plain.json and plain.json["anthropic_version"] == VERTEX_ANTHROPIC_VERSION
 
 
+def test_claude_count_tokens_asks_vertex_count_tokens_model(gw: RunningGateway, up: VertexStandIn) -> None:
+    with anthropic.Anthropic(base_url=gw.url, api_key=gw.key, max_retries=0) as c:
+        counted = c.messages.count_tokens(model="claude", messages=[{"role": "user", "content": "count these words"}])
+    assert counted.input_tokens == 3 + 3
+    (sent,) = model_calls(up)
+    assert sent.path == CLAUDE_PATH.rsplit("/", 1)[0] + "/count-tokens:rawPredict"
+    assert sent.json["model"] == "claude-sonnet-4@20250514"
+    assert sent.headers["authorization"].removeprefix("Bearer ") in up.issued
+
+
 def test_vertex_429_reaches_the_client_as_a_rate_limit_error(up: VertexStandIn, client: openai.OpenAI) -> None:
     body = {
         "error": {

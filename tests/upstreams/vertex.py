@@ -11,6 +11,7 @@ expired, or it gets Google's 401 (`{"error": {"code": 401, "status": "UNAUTHENTI
 Model calls, at `/v1/projects/{p}/locations/{l}/publishers/{google|anthropic}/models/{model}:{method}`:
 Gemini's `generateContent` / `streamGenerateContent?alt=sse` (answered as `ProviderStandIn`'s Gemini
 API), `predict` for embeddings (`predictions[].embeddings.values` and `statistics.token_count`),
+Claude's `count-tokens` model (`rawPredict`, the model named in the body),
 and Claude's `rawPredict` / `streamRawPredict`: Anthropic's Messages body with
 `anthropic_version: "vertex-2023-10-16"` and no `model`, answered as `StandIn`'s Anthropic API. The
 scripts of `StandIn` (a 429, a stream cut short) apply as everywhere.
@@ -174,6 +175,8 @@ class VertexStandIn(ProviderStandIn):
             return await self._gemini_answer(call, model, method)
         if info["publisher"] == "google" and method == "predict":
             return await self._predict(call)
+        if info["publisher"] == "anthropic" and model == "count-tokens" and method == "rawPredict":
+            return await self._claude_count(call)
         if info["publisher"] == "anthropic" and method in ("rawPredict", "streamRawPredict"):
             return await self._claude(call, model, method)
         return await self._google_error(call, 404, "NOT_FOUND", f"Publisher model {model}:{method} was not found.")
@@ -215,3 +218,10 @@ class VertexStandIn(ProviderStandIn):
             return await self._anthropic_error(call, 400, "invalid_request_error", "stream must match the method")
         call.payload = {**payload, "model": model}  # the answer names the URL's model; the record stays as sent
         return await self._messages_answer(call)
+
+    async def _claude_count(self, call: _Call) -> web.StreamResponse:
+        """Vertex's count-tokens model: the model counted against is named in the body."""
+        payload = call.payload
+        if not isinstance(payload.get("model"), str) or not isinstance(payload.get("messages"), list):
+            return await self._anthropic_error(call, 400, "invalid_request_error", "model and messages are required")
+        return await self._json(call, {"input_tokens": self._anthropic_input_tokens(payload)})
