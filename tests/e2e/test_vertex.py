@@ -292,11 +292,11 @@ def test_expiring_tokens_are_refreshed_ahead_and_requests_keep_working(vertex: V
     }
     with run_gateway(config) as g, openai.OpenAI(base_url=g.v1, api_key=g.key, max_retries=0) as c:
         c.chat.completions.create(model="gemini", messages=HI)
-        first = vertex.received[-1].headers["authorization"]
+        first = model_calls(vertex)[-1].headers["authorization"]
         time.sleep(3.5)  # past the first token's expiry: the stand-in refuses it by now
         answer = c.chat.completions.create(model="gemini", messages=HI)
         assert answer.choices[0].message.content == REPLY_PREFIX + "hello there"
-        later = vertex.received[-1]
+        later = model_calls(vertex)[-1]
     assert later.path.startswith("/v1/projects/standin-project/locations/us-central1/")
     assert later.headers["authorization"] != first
     assert len(vertex.tokens_for(email)) >= 2
@@ -372,6 +372,6 @@ def test_project_location_and_credentials_from_the_environment(
     }
     with run_gateway(config) as g, openai.OpenAI(base_url=g.v1, api_key=g.key, max_retries=0) as c:
         assert c.chat.completions.create(model="gemini", messages=HI).choices[0].message.content
-    sent = vertex.received[-1]
+    sent = model_calls(vertex)[-1]
     assert sent.path.startswith("/v1/projects/env-project/locations/europe-west4/publishers/google/")
     assert sent.headers["authorization"].removeprefix("Bearer ") in vertex.issued
