@@ -212,13 +212,17 @@ def _filter_problems(metric: Mapping[str, Any], billing: Billing) -> list[tuple[
     """Filters of the metric that events cannot match as meterway fills them: on a property no
     event carries, or on `model` when that property carries something else than the model group
     (setup lists the model groups there). Lago bills such events at the charge's default price."""
-    carried = {"type", "model", "tokens"} if billing.split_by_token_type else billing.event_properties()
+    carried: Mapping[str, str] = billing.event_properties()
+    if billing.split_by_token_type:  # its own three, and what `billing.properties` adds to each
+        added = {n: s for n, s in billing.properties if s is not None}
+        carried = {**added, "type": "type", "model": "model", "tokens": "tokens"}
     model = model_property(billing)
     problems = []
     for f in metric.get("filters") or []:
         key = str(f.get("key"))
         if key not in carried:
-            why = "no event carries it" + ("" if model else " (billing.properties sends no property from `model`)")
+            unsent = key == "model" and model is None
+            why = "no event carries it" + (" (billing.properties sends no property from `model`)" if unsent else "")
             problems.append(
                 (
                     key,
@@ -227,7 +231,7 @@ def _filter_problems(metric: Mapping[str, Any], billing: Billing) -> list[tuple[
                 )
             )
         elif key == "model" and model != "model":
-            source = carried["model"] if isinstance(carried, dict) else "model"
+            source = carried["model"]
             problems.append(
                 (
                     key,

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from meterway.store.tables import billing_outbox, customers, keys, ledger, teams, usage_daily, users
 
 # the table of the entity charged, by `billing.charge_by`
-_CHARGED = {"customer": customers, "user": users, "team": teams, "key": keys}
+_CHARGED: Final = MappingProxyType({"customer": customers, "user": users, "team": teams, "key": keys})
 _DUE = (
     "status = 'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= :now) "
     "AND (claimed_until IS NULL OR claimed_until < :now)"
