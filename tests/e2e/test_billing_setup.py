@@ -332,3 +332,58 @@ def test_billing_properties_rename_add_and_drop_what_events_carry(upstream: Stan
         checked = httpx.get(gw.url + "/billing/check", headers={"Authorization": f"Bearer {gw.key}"}).json()
         (step,) = [s for s in checked["steps"] if s["name"] == "billable_metric"]
         assert checked["ok"] is False and "'response_cost'" in step["detail"] and "'cost_usd'" in step["detail"]
+
+
+def _steps(gw: RunningGateway, action: str) -> tuple[bool, dict[str, str]]:
+    admin = {"Authorization": f"Bearer {gw.key}"}
+    if action == "check":
+        done = httpx.get(gw.url + "/billing/check", headers=admin).json()
+    else:
+        done = httpx.post(gw.url + "/billing/setup", json={}, headers=admin).json()
+    return done["ok"], {s["name"]: s["detail"] for s in done["steps"]}
+
+
+def test_the_model_filter_follows_the_property_that_carries_the_model_group(
+    upstream: StandIn, lago: LagoStandIn
+) -> None:
+    """Setup lists the models on the property `billing.properties` puts the model group in; a
+    metric filtering on `model` fails check when the events carry no `model` or carry another
+    value there, since Lago would bill every event at the charge's default price."""
+    with run_gateway(_config(upstream, lago)) as gw:
+        assert _steps(gw, "setup")[0] is True
+    assert lago.metrics["llm_tokens"]["filters"] == [{"key": "model", "values": ["priced", "priced-mini"]}]
+    with run_gateway(_config(upstream, lago, properties={"model": None})) as gw:
+        ok, steps = _steps(gw, "check")
+        assert ok is False and "no event carries it" in steps["filter:model"], steps
+    with run_gateway(_config(upstream, lago, properties={"model": "upstream_model"})) as gw:
+        ok, steps = _steps(gw, "check")
+        assert ok is False and "fills 'model' from upstream_model" in steps["filter:model"], steps
+
+    del lago.metrics["llm_tokens"]
+    renamed = {"model": None, "model_group": "model"}
+    with run_gateway(_config(upstream, lago, properties=renamed)) as gw:
+        assert _steps(gw, "setup")[0] is True
+        assert lago.metrics["llm_tokens"]["filters"] == [{"key": "model_group", "values": ["priced", "priced-mini"]}]
+        assert _steps(gw, "check")[0] is True
+
+
+def test_setup_refuses_to_create_a_metric_when_no_property_carries_total_tokens(
+    upstream: StandIn, lago: LagoStandIn
+) -> None:
+    """Dropping `total_tokens` leaves setup nothing to sum: it says so and creates nothing, where
+    it created a metric summing `prompt_tokens` and called it LLM tokens."""
+    with run_gateway(_config(upstream, lago, properties={"total_tokens": None})) as gw:
+        ok, steps = _steps(gw, "setup")
+    assert ok is False and "no event property carries total tokens" in steps["billable_metric"], steps
+    assert "llm_tokens" not in lago.metrics
+
+
+def test_check_fails_a_metric_summing_a_figure_the_client_sets(upstream: StandIn, lago: LagoStandIn) -> None:
+    """A metric summing a property taken from request metadata bills what each caller says."""
+    client = Client(api_key=lago.api_key, api_url=lago.url)
+    client.billable_metrics.create(
+        BillableMetric(name="Units", code="llm_tokens", aggregation_type="sum_agg", field_name="units")
+    )
+    with run_gateway(_config(upstream, lago, properties={"units": "metadata.units"})) as gw:
+        ok, steps = _steps(gw, "check")
+    assert ok is False and "the client sets it" in steps["billable_metric"], steps

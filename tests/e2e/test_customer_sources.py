@@ -7,6 +7,7 @@ on every row."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 import subprocess
@@ -18,7 +19,10 @@ import httpx
 import openai
 import orjson
 import pytest
+import sqlalchemy as sa
 
+from meterway.store.runtime import Store
+from meterway.store.tables import ledger
 from tests.support.cli import run_meterway
 from tests.support.gateway import RunningGateway, run_gateway
 from tests.support.models import priced
@@ -220,3 +224,39 @@ def test_require_customer_binding_refuses_a_header_naming_a_customer_as_it_does_
                 headers={"Authorization": f"Bearer {key}", header: "acme"},
             )
             assert answer.status_code == 403 and answer.json()["error"]["code"] == "customer_not_bound", answer.text
+
+
+def test_a_rows_tags_are_each_once_and_at_most_64(gw: RunningGateway, standin: StandIn) -> None:
+    """The defaults and a request's own tags, each within the bound, stay within it together; a
+    request naming a tag twice (with defaults or without) keeps it once, so usage by tag counts
+    the row once."""
+    _chat(gw, "tags-cap", extra_body={"tags": [f"t{i}" for i in range(64)]})
+    assert orjson.loads(_rows(gw, "tags-cap")[0][2]) == ["owui", "prod", *(f"t{i}" for i in range(62))]
+    with run_gateway({"model_list": [priced(standin.base_url)]}) as plain:
+        _chat(plain, "tags-twice", extra_body={"tags": ["a", "b", "a"]})
+        assert orjson.loads(_rows(plain, "tags-twice")[0][2]) == ["a", "b"]
+
+
+def test_usage_by_tag_counts_a_row_naming_a_tag_twice_once(tagged: RunningGateway) -> None:
+    """A row kept before tags were de-duplicated may name a tag twice: it is one request of that
+    tag's group, not two (the row is rewritten so here; the other test's figures stay true)."""
+
+    async def name_batch_twice() -> None:
+        store = await Store.open(tagged.settings.database_url.reveal(), wait_s=5, run_migrations=False)
+        try:
+            async with store.engine.begin() as conn:
+                twice = ["owui", "batch", "eval", "batch"]
+                await conn.execute(
+                    sa.update(ledger)
+                    .where(sa.cast(ledger.c.tags, sa.Text).like('%"eval"%'))
+                    .where(sa.cast(ledger.c.tags, sa.Text).like('%"batch"%'))
+                    .values(tags=twice)
+                )
+        finally:
+            await store.engine.dispose()
+
+    asyncio.run(name_batch_twice())
+    admin = {"Authorization": f"Bearer {tagged.key}"}
+    report = httpx.get(tagged.url + "/usage", params={"group_by": "tag"}, headers=admin)
+    assert report.status_code == 200, report.text
+    assert {r["tag"]: r["requests"] for r in report.json()["rows"]} == {"batch": 2, "eval": 2, "owui": 5}

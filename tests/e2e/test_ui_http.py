@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import sqlite3
 import tempfile
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -14,8 +16,10 @@ import openai
 import pytest
 
 from meterway.config.secret import Secret
+from tests.lago.standin import LagoStandIn
 from tests.support.gateway import RunningGateway, run_gateway, settings_for
 from tests.support.models import priced
+from tests.support.wait import eventually
 from tests.upstreams.standin import StandIn
 
 PAGES = ("overview", "keys", "teams", "users", "customers", "usage", "logs", "billing", "models", "usage.csv")
@@ -245,3 +249,34 @@ def test_a_refused_change_shows_the_apis_message_on_an_error_page(gw: RunningGat
         assert again.status_code == 400 and "Team &#39;twice&#39; already exists." in again.text
         bad = client.post("/ui/keys/new", data={"csrf": token, "metadata": "[1, 2]"})
         assert bad.status_code == 400 and "must be a JSON object" in bad.text
+
+
+def test_the_reprocess_notice_of_many_missing_subscriptions_stays_short(lago: LagoStandIn) -> None:
+    """Forty customers without a Lago subscription park forty reasons; reprocessing them from the
+    UI says how many would park again, names the three most frequent and sends the operator to
+    the billing status, in a redirect short enough for any proxy (not one reason each)."""
+    with StandIn() as up:
+        config = {
+            "model_list": [priced(up.base_url)],
+            "billing": {"api_base": lago.url, "api_key": lago.api_key, "charge_by": "end_user_id"},
+        }
+        with run_gateway(config) as billed, openai.OpenAI(base_url=billed.v1, api_key=billed.key, max_retries=0) as sdk:
+            for i in range(40):
+                sdk.chat.completions.create(model="priced", messages=[{"role": "user", "content": "hi"}], user=f"c{i}")
+            parked = "SELECT count(*) FROM mw_billing_outbox WHERE status = 'parked'"
+            path = billed.settings.database_url.reveal().removeprefix("sqlite:///")
+
+            def count() -> int:
+                with sqlite3.connect(path) as db:
+                    return int(db.execute(parked).fetchone()[0])
+
+            eventually(lambda: count() == 40, 15, "every export parked")
+            with login(billed, key=billed.key) as client:
+                token = _csrf(client.get("/ui/billing").text)
+                reply = client.post("/ui/billing/reprocess", data={"csrf": token})
+                assert reply.status_code == 303
+                location = reply.headers["location"]
+                notice = urllib.parse.parse_qs(urllib.parse.urlsplit(location).query)["notice"][0]
+    assert len(location) < 1_200, len(location)
+    assert notice.startswith("40 parked event(s) queued again. 40 will park again, for 40 reason(s).")
+    assert notice.count("no active Lago subscription") == 3 and notice.endswith("(37 more reasons) See billing status.")

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from meterway.config.billing import Billing
 from meterway.config.load import parse_config
 from meterway.errors import ConfigError
 
@@ -132,3 +133,73 @@ def test_setup_and_check_follow_a_renamed_total_tokens() -> None:
     assert wanted_metric(billing, ["demo"])["field_name"] == "tokens_total" == tokens_property(billing)
     carried = summable(billing)
     assert "tokens_total" in carried and "total_tokens" not in carried and "team" not in carried
+
+
+def _billing(**section: Any) -> Billing:
+    config = {**MODELS, "billing": {"api_base": "http://lago", "api_key": "k", **section}}
+    billing = parse_config(config, source=None, env={}).billing
+    assert billing is not None
+    return billing
+
+
+@pytest.mark.parametrize("source", ["cost", "response_cost", "total_tokens", "cached_tokens", "metadata.units"])
+def test_split_events_refuse_a_figure_of_the_whole_row(source: str) -> None:
+    """Split by token type, a row is up to five events: a row figure on each would be summed up
+    to five times by Lago, so it is refused at load, naming the property and why. What describes
+    the row (a team, a key alias) is still on each, and a split metric may sum `tokens` only."""
+    from meterway.billing.events import events_for
+    from meterway.billing.setup import summable
+
+    with pytest.raises(ConfigError, match=r"billing\.properties\.spend: .*up to five times"):
+        _billing(split_by_token_type=True, properties={"team": "team", "spend": source})
+    billing = _billing(split_by_token_type=True, properties={"team": "team", "project_name": "key_alias"})
+    assert summable(billing) == ("tokens",)
+    events = events_for(_row(prompt_tokens=10, completion_tokens=4), "acme", billing)
+    assert [e["properties"] for e in events] == [
+        {"type": "input", "model": "demo", "tokens": 10, "team": "t1", "project_name": "ops"},
+        {"type": "output", "model": "demo", "tokens": 4, "team": "t1", "project_name": "ops"},
+    ]
+
+
+def _row(**given: Any) -> dict[str, Any]:
+    from datetime import UTC, datetime
+
+    row: dict[str, Any] = {
+        "uid": "u1",
+        "ended_at": datetime(2026, 1, 1, tzinfo=UTC),
+        "model_group": "demo",
+        "prompt_tokens": 10,
+        "completion_tokens": 5,
+        "total_tokens": 15,
+        "cached_tokens": 0,
+        "cache_write_tokens": 0,
+        "reasoning_tokens": 0,
+        "cost": 15_000_000,
+        "customer_id": "acme",
+        "user_id": None,
+        "team_id": "t1",
+        "key_alias": "ops",
+        "tags": [],
+        "deployment_id": "d1",
+        "upstream_model": "mock/demo",
+        "endpoint": "/v1/chat/completions",
+        "request_id": "r1",
+        "metadata": {},
+    }
+    return {**row, **given}
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_billing_tags_are_serialised_and_never_replace_what_the_event_computed(split: bool) -> None:
+    """Request metadata copied by `billing.tags` is a string or a number as `metadata.<key>` is,
+    and a client naming its metadata `model`, `total_tokens` or `cost` changes none of them, even
+    where the row left one out (an unpriced row has no cost)."""
+    from meterway.billing.events import events_for
+
+    billing = _billing(split_by_token_type=split, tags=["project", "model", "total_tokens", "tokens", "cost"])
+    metadata = {"project": {"name": "apollo", "ids": [1, 2]}, "model": "free", "total_tokens": 1, "tokens": 1}
+    (event, *_) = events_for(_row(metadata={**metadata, "cost": 0}, cost=None), "acme", billing)
+    props = event["properties"]
+    assert props["project"] == '{"name":"apollo","ids":[1,2]}'
+    assert props["model"] == "demo" and "cost" not in props
+    assert props["tokens" if split else "total_tokens"] == (10 if split else 15)

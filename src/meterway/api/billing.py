@@ -47,16 +47,21 @@ async def status(r: Admin, body: bytes, query: dict[str, str]) -> dict[str, Any]
 async def reprocess(r: Admin, body: bytes, query: dict[str, str]) -> dict[str, Any]:
     req: ReprocessRequest = decode_body(body, ReprocessRequest)
     since = parse_since(req.since)
-    count, rows = await r.store.outbox.reprocess_rows(reason=req.reason, since=since, limit=FORECAST_ROWS)
+    from meterway.billing.events import CHARGED
+
+    charged = CHARGED[r.billing.billing.charge_by] if r.billing is not None else "customer_id"
+    count, groups = await r.store.outbox.reprocess_counted(
+        charged=charged, reason=req.reason, since=since, limit=FORECAST_ENTITIES
+    )
     if r.sender is not None:
         r.sender.forget_subscriptions()
-    return {"reprocessed": count, "parks_again": await _parks_again(r, rows) if count else {}}
+    return {"reprocessed": count, "parks_again": await _parks_again(r, groups) if count else {}}
 
 
-FORECAST_ROWS = 10_000  # reprocessed rows looked at to say what would park again
+FORECAST_ENTITIES = 10_000  # charged entities of the reprocessed rows looked at to say what would park again
 
 
-async def _parks_again(r: Admin, rows: list[dict[str, Any]]) -> dict[str, int] | None:
+async def _parks_again(r: Admin, groups: dict[str | None, int]) -> dict[str, int] | None:
     """What of the rows just reprocessed Lago would still not bill, by reason, asked now (None:
     billing is not configured here or Lago did not answer; the sender decides then)."""
     from meterway.billing.sender import parks_again
@@ -65,7 +70,7 @@ async def _parks_again(r: Admin, rows: list[dict[str, Any]]) -> dict[str, int] |
         return None
     link = r.billing
     mapped = await r.store.outbox.mapped(link.billing.charge_by)
-    return await parks_again(link.billing, link.session, rows, mapped)
+    return await parks_again(link.billing, link.session, groups, mapped)
 
 
 def _link(r: Admin) -> BillingLink:

@@ -11,14 +11,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC
 from decimal import Decimal
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Final
 
 import orjson
 
-from meterway.config.billing import METADATA, Billing
+from meterway.config.billing import DEFAULT_PROPERTIES, METADATA, Billing
 
 # which ledger column names the charged entity, by `charge_by`
-CHARGED = {"customer": "customer_id", "user": "user_id", "team": "team_id", "key": "key_id"}
+CHARGED: Final = MappingProxyType({"customer": "customer_id", "user": "user_id", "team": "team_id", "key": "key_id"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,28 +46,30 @@ def _usd(cost: Any) -> str | None:
 
 
 # each source of `billing.properties` (config.billing.SOURCES): how it is read from a ledger row
-READ: dict[str, Any] = {
-    "model": lambda r: r["model_group"],
-    "prompt_tokens": lambda r: r["prompt_tokens"],
-    "completion_tokens": lambda r: r["completion_tokens"],
-    "total_tokens": lambda r: r["total_tokens"],
-    "cached_tokens": lambda r: r["cached_tokens"],
-    "cache_write_tokens": lambda r: r["cache_write_tokens"],
-    "reasoning_tokens": lambda r: r["reasoning_tokens"],
-    "cost": lambda r: _usd(r["cost"]),
-    "response_cost": lambda r: _usd(r["cost"]),  # LiteLLM's Lago callback's name: its users' metrics sum it
-    "customer": lambda r: r["customer_id"],
-    "end_user": lambda r: r.get("end_user"),
-    "user": lambda r: r["user_id"],
-    "team": lambda r: r["team_id"],
-    "key_alias": lambda r: r["key_alias"],
-    # joined: Lago documents a property's value as a string or a number, never a list
-    "tags": lambda r: ",".join(r.get("tags") or ()) or None,
-    "deployment": lambda r: r["deployment_id"],
-    "upstream_model": lambda r: r["upstream_model"],
-    "endpoint": lambda r: r["endpoint"],
-    "request_id": lambda r: r["request_id"],
-}
+READ: Final[Mapping[str, Any]] = MappingProxyType(
+    {
+        "model": lambda r: r["model_group"],
+        "prompt_tokens": lambda r: r["prompt_tokens"],
+        "completion_tokens": lambda r: r["completion_tokens"],
+        "total_tokens": lambda r: r["total_tokens"],
+        "cached_tokens": lambda r: r["cached_tokens"],
+        "cache_write_tokens": lambda r: r["cache_write_tokens"],
+        "reasoning_tokens": lambda r: r["reasoning_tokens"],
+        "cost": lambda r: _usd(r["cost"]),
+        "response_cost": lambda r: _usd(r["cost"]),  # LiteLLM's Lago callback's name: its users' metrics sum it
+        "customer": lambda r: r["customer_id"],
+        "end_user": lambda r: r.get("end_user"),
+        "user": lambda r: r["user_id"],
+        "team": lambda r: r["team_id"],
+        "key_alias": lambda r: r["key_alias"],
+        # joined: Lago documents a property's value as a string or a number, never a list
+        "tags": lambda r: ",".join(r.get("tags") or ()) or None,
+        "deployment": lambda r: r["deployment_id"],
+        "upstream_model": lambda r: r["upstream_model"],
+        "endpoint": lambda r: r["endpoint"],
+        "request_id": lambda r: r["request_id"],
+    }
+)
 
 
 def _read(row: Mapping[str, Any], source: str) -> Any:
@@ -96,9 +99,10 @@ def events_for(row: Mapping[str, Any], subscription: str, billing: Billing) -> l
     if ended.tzinfo is None:
         ended = ended.replace(tzinfo=UTC)  # SQLite keeps no zone; the ledger writes UTC
     timestamp = round(ended.timestamp(), 3)
-    extra = {
-        k: row["metadata"][k] for k in billing.tags if isinstance(row.get("metadata"), dict) and k in row["metadata"]
-    }
+    # `billing.tags`: request metadata copied as is, read (and serialised) as `metadata.<key>` is;
+    # never under a name meterway's events carry, even where this row left it out (an unpriced row
+    # has no cost) or this shape does not: client metadata must not stand in for a billed figure
+    extra = {k: v for k in billing.tags if k not in _computed(billing) and (v := _read(row, METADATA + k)) is not None}
 
     def event(suffix: str, properties: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -106,12 +110,14 @@ def events_for(row: Mapping[str, Any], subscription: str, billing: Billing) -> l
             "external_subscription_id": subscription,
             "code": billing.event_code,
             "timestamp": timestamp,
-            "properties": {**properties, **extra},
+            # what the event computed wins: client metadata never replaces the billed model or figures
+            "properties": {**extra, **properties},
         }
 
     if not billing.split_by_token_type:
         return [event("", properties_for(row, billing))]
-    # split: one event per token type; `billing.properties` adds the row's figures to each
+    # split: one event per token type; `billing.properties` adds to each what describes the whole
+    # row (a customer, a team); config refuses the row's figures there (each event would repeat them)
     added = {
         name: _read(row, source) for name, source in billing.properties if source is not None and name not in SPLIT
     }
@@ -131,6 +137,12 @@ def events_for(row: Mapping[str, Any], subscription: str, billing: Billing) -> l
 
 
 SPLIT = frozenset({"type", "model", "tokens"})  # a split event's own properties, never replaced
+
+
+def _computed(billing: Billing) -> frozenset[str]:
+    """The property names meterway fills: a split event's own, the defaults and every configured
+    property (a dropped default's name included: a metric may still be on it)."""
+    return SPLIT | {n for n, _ in DEFAULT_PROPERTIES} | {n for n, _ in billing.properties}
 
 
 def tokens_property(billing: Billing) -> str | None:

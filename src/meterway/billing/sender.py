@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import orjson
 
-from meterway.billing.events import Parked, events_for, subscription_for
+from meterway.billing.events import CHARGED, Parked, events_for, subscription_for
 from meterway.config.billing import Billing
 from meterway.store.outbox import REPROCESSED, OutboxStore
 
@@ -262,20 +262,21 @@ async def active_subscriptions(
 
 
 async def parks_again(
-    billing: Billing, session: aiohttp.ClientSession, rows: list[dict[str, Any]], mapped: Mapping[str, str]
+    billing: Billing, session: aiohttp.ClientSession, groups: Mapping[str | None, int], mapped: Mapping[str, str]
 ) -> dict[str, int] | None:
-    """What a sender would park of `rows` (just reprocessed), by reason, asking Lago now: so the
-    operator learns at once that a fix did not take, and why (None: Lago did not answer)."""
+    """What a sender would park of the rows just reprocessed (`groups`: how many each charged
+    entity has), by reason, asking Lago now: so the operator learns at once that a fix did not
+    take, and why (None: Lago did not answer)."""
     active = await active_subscriptions(billing, session, aiohttp.ClientTimeout(total=LAGO_TIMEOUT_S))
     if active is None:
         return None
     reasons: dict[str, int] = {}
-    for row in rows:
-        sub = subscription_for(row, billing, mapped)
+    for entity, n in groups.items():
+        sub = subscription_for({CHARGED[billing.charge_by]: entity}, billing, mapped)
         if not isinstance(sub, Parked) and sub not in active:
             sub = Parked(f"no active Lago subscription '{sub}' {NOT_LISTED}")
         if isinstance(sub, Parked):
-            reasons[sub.reason] = reasons.get(sub.reason, 0) + 1
+            reasons[sub.reason] = reasons.get(sub.reason, 0) + n
     return reasons
 
 

@@ -20,7 +20,8 @@ from typing import Any
 import aiohttp
 import orjson
 
-from meterway.config.billing import METADATA, NUMERIC, Billing
+from meterway.config.billing import METADATA, Billing, additive
+from meterway.errors import ConfigError
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,19 +69,25 @@ def summable(billing: Billing) -> tuple[str, ...]:
     """The figures an event carries that a sum metric may add up: meterway's own names, LiteLLM's
     Lago callback's (`response_cost`), so a LiteLLM user's existing metric keeps counting, and
     whatever `billing.properties` adds from a figure or from request metadata (a metadata value
-    may be a number: its owner knows). Properties it drops are not carried."""
-    added = tuple(n for n, s in billing.properties if s is not None and (s in NUMERIC or s.startswith(METADATA)))
+    may be a number: its owner knows; `check` says it comes from the client). Properties it drops
+    are not carried. A split event carries one figure, its `tokens` (config refuses the others)."""
     if billing.split_by_token_type:
-        return ("tokens", *(n for n in added if n not in ("type", "model", "tokens")))
-    return tuple(n for n, s in billing.event_properties().items() if s in NUMERIC or s.startswith(METADATA))
+        return ("tokens",)
+    return tuple(n for n, s in billing.event_properties().items() if additive(s))
+
+
+def model_property(billing: Billing) -> str | None:
+    """The property that carries the row's model group (what the router is asked for), the one a
+    `model` filter lists the gateway's models on; None when `billing.properties` sends none."""
+    if billing.split_by_token_type:
+        return "model"
+    return next((n for n, s in billing.event_properties().items() if s == "model"), None)
 
 
 def wanted_metric(billing: Billing, models: Iterable[str]) -> dict[str, Any]:
     """The billable metric meterway's events are aggregated by: a sum of the tokens each event
-    carries, filterable by model (and by token type when events are split by type)."""
-    filters = [{"key": "model", "values": sorted(set(models))}]
-    if billing.split_by_token_type:
-        filters.append({"key": "type", "values": list(TOKEN_TYPES)})
+    carries, filterable by model (and by token type when events are split by type). Raises
+    ConfigError when the events carry no total tokens to sum (`billing.properties` dropped it)."""
     return {
         "name": "LLM tokens" if billing.event_code == "llm_tokens" else billing.event_code,
         "code": billing.event_code,
@@ -88,16 +95,32 @@ def wanted_metric(billing: Billing, models: Iterable[str]) -> dict[str, Any]:
         "aggregation_type": "sum_agg",
         "field_name": "tokens" if billing.split_by_token_type else _tokens_name(billing),
         "recurring": False,
-        "filters": [f for f in filters if f["values"]],
+        "filters": wanted_filters(billing, models),
     }
 
 
+def wanted_filters(billing: Billing, models: Iterable[str]) -> list[dict[str, Any]]:
+    """The metric's filters: the models on the property carrying the model group (none when no
+    property carries it), and the token types when events are split by type."""
+    model = model_property(billing)
+    filters = [{"key": model, "values": sorted(set(models))}] if model else []
+    if billing.split_by_token_type:
+        filters.append({"key": "type", "values": list(TOKEN_TYPES)})
+    return [f for f in filters if f["values"]]
+
+
 def _tokens_name(billing: Billing) -> str:
-    """The property carrying total tokens (renamed by `billing.properties`, or the first figure
-    left when it was dropped)."""
-    props = billing.event_properties()
-    named = [n for n, s in props.items() if s == "total_tokens"]
-    return (named or list(summable(billing)) or ["total_tokens"])[0]
+    """The property carrying total tokens (renamed by `billing.properties`). None carrying it is
+    refused: summing another figure (prompt tokens, a cost) under a metric of tokens would bill
+    the wrong thing without a word."""
+    named = [n for n, s in billing.event_properties().items() if s == "total_tokens"]
+    if not named:
+        raise ConfigError(
+            "no event property carries total tokens (billing.properties drops total_tokens): "
+            "add one, e.g. {total_tokens: total_tokens}, or create the metric in Lago yourself on the figure "
+            "it should sum and run `meterway billing check`"
+        )
+    return named[0]
 
 
 class Lago:
@@ -162,23 +185,68 @@ def _declared(metric: Mapping[str, Any], key: str) -> set[str] | None:
     return None
 
 
-def _metric_problems(metric: Mapping[str, Any], carried: tuple[str, ...]) -> list[str]:
+def _metric_problems(metric: Mapping[str, Any], billing: Billing) -> list[str]:
     """What makes an existing metric count meterway's events wrongly (beyond missing filter
-    values, which setup can add). Its field may be any figure the events carry (`summable`)."""
+    values, which setup can add). Its field may be any figure the events carry (`summable`), but
+    not one the client sets (request metadata): a caller would choose what it is billed."""
+    carried = summable(billing)
     problems = []
     if metric.get("aggregation_type") != "sum_agg":
         problems.append(f"aggregation_type is {metric.get('aggregation_type')!r}, events need 'sum_agg'")
-    if metric.get("field_name") not in carried:
+    field_name = metric.get("field_name")
+    if field_name not in carried:
         names = ", ".join(repr(n) for n in carried)
-        problems.append(f"field_name is {metric.get('field_name')!r}, events carry {names}")
+        problems.append(f"field_name is {field_name!r}, events carry {names}")
+    else:
+        source = billing.event_properties().get(str(field_name), "")
+        if not billing.split_by_token_type and source.startswith(METADATA):
+            problems.append(
+                f"field_name is {field_name!r}, which billing.properties takes from the request's metadata "
+                f"({source}): the client sets it, so each caller would choose what it is billed; "
+                "sum a figure the gateway measured (total_tokens, cost)"
+            )
     return problems
 
 
-def _missing_values(metric: Mapping[str, Any], want: Mapping[str, Any]) -> dict[str, list[str]]:
+def _filter_problems(metric: Mapping[str, Any], billing: Billing) -> list[tuple[str, str]]:
+    """Filters of the metric that events cannot match as meterway fills them: on a property no
+    event carries, or on `model` when that property carries something else than the model group
+    (setup lists the model groups there). Lago bills such events at the charge's default price."""
+    carried: Mapping[str, str] = billing.event_properties()
+    if billing.split_by_token_type:  # its own three, and what `billing.properties` adds to each
+        added = {n: s for n, s in billing.properties if s is not None}
+        carried = {**added, "type": "type", "model": "model", "tokens": "tokens"}
+    model = model_property(billing)
+    problems = []
+    for f in metric.get("filters") or []:
+        key = str(f.get("key"))
+        if key not in carried:
+            unsent = key == "model" and model is None
+            why = "no event carries it" + (" (billing.properties sends no property from `model`)" if unsent else "")
+            problems.append(
+                (
+                    key,
+                    f"the metric filters on '{key}' but {why}: Lago would bill every event at "
+                    "the charge's default price",
+                )
+            )
+        elif key == "model" and model != "model":
+            source = carried["model"]
+            problems.append(
+                (
+                    key,
+                    f"the metric's 'model' filter lists model groups, but billing.properties fills "
+                    f"'model' from {source}" + (f"; the model group is in '{model}'" if model else ""),
+                )
+            )
+    return problems
+
+
+def _missing_values(metric: Mapping[str, Any], want: list[dict[str, Any]]) -> dict[str, list[str]]:
     """Filter values the events will carry that the metric does not declare (only for filters the
     metric has: a metric without a `model` filter counts every model)."""
     missing: dict[str, list[str]] = {}
-    for f in want["filters"]:
+    for f in want:
         declared = _declared(metric, f["key"])
         if declared is not None:
             lacking = sorted(set(f["values"]) - declared)
@@ -197,10 +265,11 @@ async def check(billing: Billing, session: aiohttp.ClientSession, models: Sequen
     if not metric:
         out.add("billable_metric", False, f"no billable metric '{billing.event_code}' (run `meterway billing setup`)")
         return out
-    want = wanted_metric(billing, models)
-    problems = _metric_problems(metric, summable(billing))
+    problems = _metric_problems(metric, billing)
     out.add("billable_metric", not problems, "; ".join(problems) or f"metric '{billing.event_code}' counts the events")
-    for key, values in _missing_values(metric, want).items():
+    for key, detail in _filter_problems(metric, billing):
+        out.add(f"filter:{key}", False, detail)
+    for key, values in _missing_values(metric, wanted_filters(billing, models)).items():
         out.add(
             f"filter:{key}",
             False,
@@ -222,14 +291,20 @@ async def setup(
     metric = await _metric(lago, billing, out)
     if metric is None:
         return out
-    want = wanted_metric(billing, models)
     if not metric:
+        try:
+            want = wanted_metric(billing, models)
+        except ConfigError as e:
+            out.add("billable_metric", False, f"cannot create '{billing.event_code}': {e}")
+            return out
         status, body = await lago.call("POST", "/billable_metrics", {"billable_metric": want})
         ok = status == 200
         out.add("billable_metric", ok, f"created '{billing.event_code}'" if ok else _explain(status, body))
     else:
-        problems = _metric_problems(metric, summable(billing))
-        missing = _missing_values(metric, want)
+        problems = _metric_problems(metric, billing)
+        for key, detail in _filter_problems(metric, billing):
+            out.add(f"filter:{key}", False, detail)
+        missing = _missing_values(metric, wanted_filters(billing, models))
         if missing:
             filters = [
                 {"key": f["key"], "values": sorted({*f.get("values", []), *missing.get(f["key"], [])})}

@@ -33,33 +33,38 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Final
 
 from meterway.config.secret import Secret
 from meterway.errors import ConfigError
 
 # LiteLLM's names for who is charged, and meterway's
-CHARGE_BY = {
-    "end_user_id": "customer",
-    "customer": "customer",
-    "user_id": "user",
-    "user": "user",
-    "team_id": "team",
-    "team": "team",
-    "key": "key",
-}
-FIELDS = {
-    "api_base",
-    "api_key",
-    "event_code",
-    "charge_by",
-    "split_by_token_type",
-    "default_external_subscription_id",
-    "tags",
-    "run_sender",
-    "claim_timeout_seconds",
-    "properties",
-}
+CHARGE_BY: Final = MappingProxyType(
+    {
+        "end_user_id": "customer",
+        "customer": "customer",
+        "user_id": "user",
+        "user": "user",
+        "team_id": "team",
+        "team": "team",
+        "key": "key",
+    }
+)
+FIELDS: Final = frozenset(
+    {
+        "api_base",
+        "api_key",
+        "event_code",
+        "charge_by",
+        "split_by_token_type",
+        "default_external_subscription_id",
+        "tags",
+        "run_sender",
+        "claim_timeout_seconds",
+        "properties",
+    }
+)
 # what an event property may be taken from: the ledger row's figures (billing.events reads them)
 SOURCES = (
     "model",
@@ -167,7 +172,8 @@ def parse_billing(section: Mapping[str, Any], env: Mapping[str, str]) -> Billing
     default_sub = section.get("default_external_subscription_id")
     if default_sub is not None and not isinstance(default_sub, str):
         raise ConfigError("billing.default_external_subscription_id must be a string")
-    properties = _properties(section.get("properties"))
+    split = bool(section.get("split_by_token_type", False))
+    properties = _properties(section.get("properties"), split=split)
     claim = section.get("claim_timeout_seconds", 60)
     low, high = CLAIM_TIMEOUT_S
     if isinstance(claim, bool) or not isinstance(claim, int | float) or not low <= claim <= high:
@@ -179,7 +185,7 @@ def parse_billing(section: Mapping[str, Any], env: Mapping[str, str]) -> Billing
         api_key=Secret(api_key),
         event_code=code,
         charge_by=CHARGE_BY[charge_by],
-        split_by_token_type=bool(section.get("split_by_token_type", False)),
+        split_by_token_type=split,
         default_external_subscription_id=default_sub,
         tags=tuple(tags),
         run_sender=bool(section.get("run_sender", True)),
@@ -188,9 +194,18 @@ def parse_billing(section: Mapping[str, Any], env: Mapping[str, str]) -> Billing
     )
 
 
-def _properties(given: Any) -> tuple[tuple[str, str | None], ...]:
+def additive(source: str) -> bool:
+    """Whether a source is a figure of the whole row that a sum adds up (tokens, cost, or request
+    metadata, which may be a number): repeated on each of a row's split events, a sum over them
+    counts it once per token type."""
+    return source in NUMERIC or source.startswith(METADATA)
+
+
+def _properties(given: Any, *, split: bool = False) -> tuple[tuple[str, str | None], ...]:
     """`billing.properties`: a mapping of event property name to source, checked here so a typo
-    stops the start (an event that silently lacks the figure a metric sums bills nothing)."""
+    stops the start (an event that silently lacks the figure a metric sums bills nothing). When
+    events are split by token type, a row's figures are refused: every one of the row's events
+    would carry the whole figure, and a Lago metric summing it would bill it up to five times."""
     if given is None:
         return ()
     if not isinstance(given, Mapping):
@@ -208,6 +223,13 @@ def _properties(given: Any) -> tuple[tuple[str, str | None], ...]:
             raise ConfigError(
                 f"billing.properties.{name}: {source!r} is not a source; use one of {', '.join(SOURCES)}, "
                 "`metadata.<key>` (the request's metadata) or null (drop the property)"
+            )
+        if split and source is not None and additive(source):
+            raise ConfigError(
+                f"billing.properties.{name}: {source!r} is a figure of the whole request, and with "
+                "split_by_token_type each request is sent as one event per token type: every one would carry it "
+                "and a Lago metric summing it would bill it up to five times. Split events carry `tokens` only; "
+                "remove the property or turn split_by_token_type off"
             )
         out.append((name, source))
     return tuple(out)

@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Protocol
 
+from meterway import bounds
 from meterway.config.settings import Deployment
 from meterway.context import RequestContext
 from meterway.errors import ServiceUnavailable, UpstreamError
@@ -95,10 +96,10 @@ class Ledger:
 
     def _tags(self, given: tuple[str, ...]) -> tuple[str, ...]:
         """The row's tags: the configured defaults, then the request's own, each once (on every
-        row, a refused request's too, so usage by tag adds up to all usage)."""
-        if not self.default_tags:
-            return given
-        return tuple(dict.fromkeys((*self.default_tags, *given)))
+        row, a refused request's too, so usage by tag adds up to all usage), at most TAGS_MAX:
+        a tag twice would count the row twice in usage by tag, and the defaults with a request's
+        own (each within the bound) could pass it."""
+        return tuple(dict.fromkeys((*self.default_tags, *given)))[: bounds.TAGS_MAX]
 
     def forget_prices(self) -> None:
         """Deployments changed (models managed at runtime): prices are looked up afresh."""

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -18,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from meterway.store.tables import billing_outbox, customers, keys, ledger, teams, usage_daily, users
 
 # the table of the entity charged, by `billing.charge_by`
-_CHARGED = {"customer": customers, "user": users, "team": teams, "key": keys}
+_CHARGED: Final = MappingProxyType({"customer": customers, "user": users, "team": teams, "key": keys})
 _DUE = (
     "status = 'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= :now) "
     "AND (claimed_until IS NULL OR claimed_until < :now)"
@@ -28,7 +29,9 @@ _DUE = (
 # the reason a reprocessed row waits with: its sender lists Lago's subscriptions again before it
 # would park the row, whichever process reprocessed it (a subscription created a moment ago counts)
 REPROCESSED = "reprocessed"
-_AGAIN: dict[str, Any] = {"status": "pending", "next_attempt_at": None, "claimed_until": None, "reason": REPROCESSED}
+_AGAIN: Final = MappingProxyType(
+    {"status": "pending", "next_attempt_at": None, "claimed_until": None, "reason": REPROCESSED}
+)
 
 
 class OutboxStore:
@@ -163,22 +166,26 @@ class OutboxStore:
             done = await conn.execute(query.values(**_AGAIN))
         return int(done.rowcount)
 
-    async def reprocess_rows(
-        self, *, reason: str | None = None, since: datetime | None = None, limit: int = 10_000
-    ) -> tuple[int, list[dict[str, Any]]]:
-        """`reprocess`, also returning up to `limit` of the ledger rows it queued again, read in
-        the same transaction (a sender may take and settle them the moment it commits)."""
+    async def reprocess_counted(
+        self, *, charged: str, reason: str | None = None, since: datetime | None = None, limit: int = 10_000
+    ) -> tuple[int, dict[str | None, int]]:
+        """`reprocess`, also returning how many of the rows it queued again each entity charged
+        (the ledger column `charged`, e.g. `customer_id`) has, for up to `limit` entities: counted
+        in SQL, in the same transaction (a sender may take and settle them the moment it commits),
+        so a forecast over many rows reads one number per entity, not the rows."""
         where = self._parked(reason, since, None)
-        rows_query = (
-            sa.select(ledger)
-            .join(billing_outbox, billing_outbox.c.ledger_uid == ledger.c.uid)
+        column = ledger.c[charged]
+        counted = (
+            sa.select(column, sa.func.count())
+            .select_from(billing_outbox.join(ledger, billing_outbox.c.ledger_uid == ledger.c.uid))
             .where(*where)
+            .group_by(column)
             .limit(limit)
         )
         async with self._engine.begin() as conn:
-            rows = [{str(k): v for k, v in r.items()} for r in (await conn.execute(rows_query)).mappings().all()]
+            groups = {(str(k) if k is not None else None): int(n) for k, n in (await conn.execute(counted)).all()}
             done = await conn.execute(billing_outbox.update().where(*where).values(**_AGAIN))
-        return int(done.rowcount), rows
+        return int(done.rowcount), groups
 
     @staticmethod
     def _parked(reason: str | None, since: datetime | None, source: str | None) -> list[sa.ColumnElement[bool]]:

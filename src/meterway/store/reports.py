@@ -70,8 +70,8 @@ class Reports:
             if name in DIMENSIONS:
                 keys.append(sa.func.coalesce(table.c[DIMENSIONS[name]], "").label(name))
             elif name == TAG:
-                tags = self._tags()
-                source = ledger.outerjoin(tags, sa.true())  # a row without tags is kept, under ""
+                tags, first = self._tags()
+                source = ledger.outerjoin(tags, first)  # a row without tags is kept, under ""
                 keys.append(sa.func.coalesce(tags.c.value, "").label(TAG))
             elif name == "hour":
                 keys.append(self._hour(ledger.c.started_at).label("hour"))
@@ -103,12 +103,21 @@ class Reports:
             rows = (await conn.execute(query)).mappings().all()
         return [_numbers(dict(r)) for r in rows if r["requests"]]
 
-    def _tags(self) -> Any:
-        """Each of a ledger row's tags as a row of its own (`value`), joined laterally."""
-        if self._sqlite:
-            return sa.func.json_each(ledger.c.tags).table_valued("value").alias("tag")
-        as_jsonb = sa.cast(ledger.c.tags, postgresql.JSONB)
-        return sa.func.jsonb_array_elements_text(as_jsonb).table_valued("value").alias("tag")
+    def _tags(self) -> tuple[Any, sa.ColumnElement[bool]]:
+        """Each of a ledger row's tags as a row of its own (`value`), joined laterally, and the
+        join's condition: a tag's first place in the row, so a row that names a tag twice (kept
+        before tags were de-duplicated) is counted once in its group."""
+
+        def elements(name: str) -> Any:
+            if self._sqlite:
+                return sa.func.json_each(ledger.c.tags).table_valued("value", "key").alias(name)
+            as_jsonb = sa.cast(ledger.c.tags, postgresql.JSONB)
+            numbered = sa.func.jsonb_array_elements_text(as_jsonb).table_valued("value", with_ordinality="key")
+            return numbered.render_derived(name=name)  # `AS name(value, key)`: the ordinality column named
+
+        tag, earlier = elements("tag"), elements("earlier")
+        again = sa.exists().where(earlier.c.value == tag.c.value, earlier.c.key < tag.c.key)
+        return tag, sa.not_(again)
 
     async def invoice_groups(self, customer_id: str, first: date, last: date) -> list[dict[str, Any]]:
         """A customer's token sums per model and unit prices over the days [first, last]."""

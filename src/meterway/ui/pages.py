@@ -420,8 +420,27 @@ async def billing_reprocess(ui: AdminUI, request: Request, viewer: Viewer, ctx: 
     notice = f"{done['reprocessed']} parked event(s) queued again."
     again = done.get("parks_again") or {}
     if again:  # Lago, asked just now, would still not bill them: say so before they park again
-        notice += " " + " ".join(f"{n} will park again: {reason}." for reason, n in again.items())
+        notice += " " + parks_again_notice(again)
     await redirect(ctx.send, with_query("/ui/billing", notice=notice))
+
+
+NOTICE_REASONS = 3  # reasons a notice names; the rest are on the billing status
+NOTICE_REASON_CHARS = 160  # of each reason named
+
+
+def parks_again_notice(again: dict[str, int]) -> str:
+    """What would park again, short enough for a redirect's URL: there is a reason per missing
+    subscription, so hundreds of them would make a Location header no proxy takes. The count,
+    the most frequent reasons (each cut), and where the rest are."""
+    total = sum(again.values())
+    top = sorted(again.items(), key=lambda kv: (-kv[1], kv[0]))[:NOTICE_REASONS]
+    named = " ".join(f"{n}: {_cut(reason)}." for reason, n in top)
+    more = f" ({len(again) - len(top)} more reasons)" if len(again) > len(top) else ""
+    return f"{total} will park again, for {len(again)} reason(s). {named}{more} See billing status."
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= NOTICE_REASON_CHARS else text[: NOTICE_REASON_CHARS - 1] + "…"
 
 
 async def invoice(ui: AdminUI, request: Request, viewer: Viewer, ctx: Context) -> None:
