@@ -134,6 +134,34 @@ def test_anthropic_user_id_past_its_bound_is_400_in_anthropic_format(
     assert body["error"]["type"] == "invalid_request_error" and "metadata.user_id" in body["error"]["message"]
 
 
+_BODIES = {
+    "/v1/chat/completions": CHAT,
+    "/v1/embeddings": {"model": "demo", "input": "hi"},
+    "/v1/responses": {"model": "demo", "input": "hi"},
+    "/v1/messages": MESSAGES,
+}
+
+
+@pytest.mark.parametrize("path", list(_BODIES))
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("metadata", '{"x":1e400}'), ("litellm_metadata", '{"x":1e400}'), ("tags", '["a",-1e400]')],
+)
+def test_a_number_past_a_double_in_metadata_or_tags_is_400_naming_the_field(
+    http: httpx.Client, path: str, field: str, value: str
+) -> None:
+    # valid JSON that no 64-bit float holds: it answered 500 (the parser refused it after the syntax check)
+    body = json.dumps(_BODIES[path])[:-1].encode() + f',"{field}":{value}}}'.encode()
+    r = http.post(path, content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 400, r.text
+    if path == "/v1/messages":
+        assert r.json()["type"] == "error" and r.json()["error"]["type"] == "invalid_request_error"
+        assert f"'{field}'" in r.json()["error"]["message"]
+    else:
+        error = error_of(r)
+        assert error["param"] == field and error["type"] == "invalid_request_error", error
+
+
 def test_json_nested_a_hundred_thousand_deep_is_400(http: httpx.Client) -> None:
     deep = b"[" * 100_000 + b"]" * 100_000
     for body in (

@@ -9,7 +9,9 @@ import httpx
 import openai
 import pytest
 
-from tests.support.gateway import RunningGateway
+from tests.e2e.conftest import e2e_config
+from tests.support.gateway import RunningGateway, run_gateway
+from tests.upstreams.standin import StandIn
 
 MESSAGES: Any = [{"role": "user", "content": "hi"}]
 
@@ -186,3 +188,40 @@ def test_regenerate_without_grace_retires_the_old_key_at_once(admin: httpx.Clien
         _chat(gateway, old["key"])
     assert _chat(gateway, new["key"]).choices
     assert admin.post("/key/regenerate", json={"key": "sk-not-a-key-at-all-here"}).status_code == 404
+
+
+def _refused_keys_leave_no_user(admin: httpx.Client) -> None:
+    existing = admin.post("/key/generate", json={}).json()["key"]
+    for user_id in ("ghost", "ghost-team"):
+        admin.post("/user/delete", json={"user_ids": [user_id]})
+    duplicate = admin.post("/key/generate", json={"user_id": "ghost", "key": existing})
+    assert duplicate.status_code == 400 and duplicate.json()["error"]["code"] == "duplicate_key", duplicate.text
+    assert admin.get("/user/info", params={"user_id": "ghost"}).status_code == 404
+    no_team = admin.post("/key/generate", json={"user_id": "ghost-team", "team_id": "team-absent"})
+    assert no_team.status_code == 400
+    assert admin.get("/user/info", params={"user_id": "ghost-team"}).status_code == 404
+    # /key/update naming an unknown user makes it as /key/generate does; for no key, it makes none
+    admin.post("/user/delete", json={"user_ids": ["moved-to", "nobody-key"]})
+    missing = admin.post("/key/update", json={"key": "sk-" + "0" * 40, "user_id": "nobody-key"})
+    assert missing.status_code == 404
+    assert admin.get("/user/info", params={"user_id": "nobody-key"}).status_code == 404
+    moved = admin.post("/key/update", json={"key": existing, "user_id": "moved-to"})
+    assert moved.status_code == 200, moved.text
+    user = admin.get("/user/info", params={"user_id": "moved-to"})
+    assert user.status_code == 200, user.text
+    assert user.json()["user_info"]["user_role"] == "internal_user_viewer"
+    assert [k["token"] for k in user.json()["keys"]] == [moved.json()["token"]]
+
+
+def test_a_refused_key_leaves_no_user_behind(admin: httpx.Client) -> None:
+    _refused_keys_leave_no_user(admin)
+
+
+def test_a_refused_key_leaves_no_user_behind_on_postgresql(standin: StandIn, pg_url: str) -> None:
+    config = e2e_config(standin.base_url)
+    config.setdefault("general_settings", {})["database_url"] = pg_url
+    with (
+        run_gateway(config) as gw,
+        httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {gw.key}"}, timeout=10) as admin,
+    ):
+        _refused_keys_leave_no_user(admin)

@@ -496,3 +496,84 @@ def test_a_meterway_database_of_a_newer_revision_is_refused_before_anything_is_w
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "is at revision 9999, which this meterway" in err
         assert _counts(pg_url) == [0] * len(_TABLES)
+
+
+def test_a_dry_run_into_a_sqlite_file_that_does_not_exist_creates_nothing(
+    litellm_db: Filled, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("METERWAY_SALT_KEY", "meterway-own-salt-key-for-models")
+    _fetch(
+        litellm_db.url,
+        'INSERT INTO "LiteLLM_VerificationToken" (token, key_name, key_alias, models, spend) '
+        f"VALUES ('{_digest('sk-wild-0005')}', 'sk-...0005', 'wild', '{{openai/*,priced}}', 0)",
+    )
+    target = tmp_path / "new.db"
+    out = _import(litellm_db.url, f"sqlite:///{target}", capsys, "--dry-run")
+    assert not target.exists()  # connecting would have created it
+    assert f"spend logs: {LOGS + 1} found, would import {LOGS}" in out
+    # lists are compared by exact name: a LiteLLM wildcard is reported, not silently kept
+    (wild,) = [line for line in out.splitlines() if line.startswith("changed: LiteLLM_VerificationToken wild")]
+    assert "'openai/*'" in wild and "wildcard" in wild
+
+
+def test_the_progress_bar_goes_to_the_terminal_on_stderr_and_stdout_holds_the_report(
+    litellm_db: Filled, pg_url: str
+) -> None:
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    leader, follower = pty.openpty()
+    env = {**os.environ, "TERM": "xterm", "COLUMNS": "120", "METERWAY_SALT_KEY": "meterway-own-salt-key"}
+    args = ["import", "litellm", "--from", litellm_db.url, "--database-url", pg_url, "--salt-key", SALT_KEY]
+    child = subprocess.Popen(
+        [sys.executable, "-m", "meterway", *args],
+        stdout=subprocess.PIPE,
+        stderr=follower,
+        stdin=subprocess.DEVNULL,
+        env=env,
+    )
+    os.close(follower)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(leader)
+    assert child.stdout is not None
+    with child.stdout:
+        out = child.stdout.read().decode()
+    assert child.wait(timeout=60) == 0
+    assert "ETA" in shown.decode(errors="replace") and f"/{LOGS + 1}" in shown.decode(errors="replace")
+    assert "ETA" not in out and "\x1b" not in out  # stdout: the report alone, for a pipe or a file
+    assert f"spend logs: {LOGS + 1} found, imported {LOGS}" in out
+
+
+def test_with_database_url_a_config_that_does_not_load_stops_only_the_stored_models(
+    litellm_db: Filled,
+    pg_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert main(["migrate", "--database-url", pg_url]) == 0
+    config = tmp_path / "meterway.yaml"
+    config.write_text("general_settings:\n  master_key: os.environ/METERWAY_TEST_UNSET_MASTER\n")
+    monkeypatch.delenv("METERWAY_TEST_UNSET_MASTER", raising=False)
+    monkeypatch.setenv("METERWAY_CONFIG", str(config))
+    monkeypatch.setenv("METERWAY_SALT_KEY", "meterway-own-salt-key-for-models")
+    capsys.readouterr()
+    args = ["import", "litellm", "--from", litellm_db.url, "--database-url", pg_url, "--salt-key", SALT_KEY]
+    # the stored model is sealed under the key the config names: it must load, said in one line
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(config) in err and "METERWAY_TEST_UNSET_MASTER" in err
+    assert "--without-models" in err and _counts(pg_url) == [0] * len(_TABLES)
+    # everything else needs no key of the config's
+    assert main([*args, "--without-models"]) == 0
+    assert f"spend logs: {LOGS + 1} found, imported {LOGS}" in capsys.readouterr().out

@@ -250,3 +250,28 @@ def test_webhook_status_counts_the_billing_outbox(upstream: StandIn, lago: LagoS
     assert row[:4] == ["0", "2", "3", "1"]
     assert status["pending"] == 2 and status["sent"] == 3 and status["parked"] == 1
     assert row[4].startswith("00:00:")  # an interval: seconds old
+
+
+def test_client_metadata_cannot_forge_who_a_row_is_attributed_to(traffic: RunningGateway, pg_url: str) -> None:
+    admin = {"Authorization": f"Bearer {traffic.key}"}
+    made = httpx.post(traffic.url + "/key/generate", json={"key_alias": "honest"}, headers=admin)
+    assert made.status_code == 200, made.text
+    forged = {
+        "user_api_key_team_id": "victim",
+        "user_api_key_alias": "ops",
+        "user_api_key_end_user_id": "acme",
+        "user_api_key_user_id": "root",
+        "note": "kept",
+    }
+    with openai.OpenAI(base_url=traffic.v1, api_key=made.json()["key"], max_retries=0) as client:
+        client.chat.completions.create(model="priced", messages=HI, user="globex", extra_body={"metadata": forged})
+    query = """SELECT metadata->>'user_api_key_alias', metadata->>'user_api_key_team_id',
+        metadata->>'user_api_key_end_user_id', metadata->>'user_api_key_user_id', metadata->>'note'
+    FROM "LiteLLM_SpendLogs" WHERE metadata->>'note' = 'kept';"""
+    eventually(lambda: len(psql(pg_url, query)) == 2)
+    _header, row = psql(pg_url, query)
+    # the gateway's values win; the key has no team or user, so none is claimed for it
+    assert row == ["honest", "", "globex", "", "kept"]
+    assert psql(
+        pg_url, """SELECT count(*) FROM "LiteLLM_SpendLogs" WHERE metadata->>'user_api_key_team_id' = 'victim'"""
+    )[1] == ["0"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -34,22 +34,29 @@ MAX_BACKOFF_S = 5.0
 ERROR_BODY_MAX = 64 * 1024  # bytes of an upstream's error answer read: it is summarised, not relayed
 
 
-async def first(router: Router, group: Group, visited: set[str]) -> tuple[Group, Deployment]:
+# Whether the caller (its key, its team and its customer) may call a model group: a fallback group
+# it may not call is skipped, never served, so failing the group asked for reaches no other.
+Allowed = Callable[[str], bool]
+
+
+async def first(router: Router, group: Group, visited: set[str], allowed: Allowed) -> tuple[Group, Deployment]:
     """The first deployment to try: from the group, else (all cooling down or at their limits) from
-    its fallbacks in order."""
+    its fallbacks in order that the caller may call."""
     visited.add(group.name)
     deployment = await router.choose(group)
     if deployment is not None:
         return group, deployment
-    found = await _fallback(router, group.name, "retry", visited)
+    found = await _fallback(router, group.name, "retry", visited, allowed)
     if found is None:
         raise NoDeploymentAvailable(group.name, router.retry_after(group))
     return found
 
 
-async def _fallback(router: Router, model: str, kind: str, visited: set[str]) -> tuple[Group, Deployment] | None:
+async def _fallback(
+    router: Router, model: str, kind: str, visited: set[str], allowed: Allowed
+) -> tuple[Group, Deployment] | None:
     for name in router.fallbacks_for(model, kind):
-        if name in visited:
+        if name in visited or not allowed(name):
             continue
         visited.add(name)
         group = router.group(name)
@@ -68,9 +75,10 @@ async def routed(
     visited: set[str],
     responder: Responder,
     receive: Receive,
+    allowed: Allowed,
 ) -> None:
     """Attempts until one answers: retries within the group (another deployment when there is one,
-    else the same after a backoff), then the fallback groups in order. An attempt is retried only
+    else the same after a backoff), then the fallback groups in order that the caller may call. An attempt is retried only
     while nothing has reached the client; each gets its own client span and, when it fails, its
     upstream error metric and its count towards the deployment's cooldown."""
     router = services.router
@@ -106,7 +114,7 @@ async def routed(
                 if following is not None and following.id == deployment.id:
                     await asyncio.sleep(_backoff(policy.retry_backoff_s, len(tried), err.retry_after))
             if following is None:
-                found = await _fallback(router, model, kind, visited)
+                found = await _fallback(router, model, kind, visited, allowed)
                 if found is None:
                     raise
                 group, following = found

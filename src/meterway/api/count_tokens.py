@@ -27,7 +27,7 @@ from meterway import bounds
 from meterway.api.asgi import Incoming, Receive, Responder, Scope, Send, read_body, request_id
 from meterway.api.attempts import fetch
 from meterway.api.heads import decode
-from meterway.api.proxy import group_for
+from meterway.api.proxy import check_customer_model, customer_of, group_for
 from meterway.auth import bearer_token
 from meterway.errors import BadRequest
 from meterway.providers.anthropic import AnthropicProvider
@@ -85,15 +85,19 @@ async def handle(services: Services, scope: Scope, receive: Receive, send: Send)
     )
     body = await read_body(receive, incoming, services.settings.max_body_bytes)
     try:
-        answer = await _count(services, principal, body, rid)
+        answer = await _count(services, principal, body, rid, scope["headers"])
     except Exception as exc:
         raise bounds.deep_error(exc, body) from None
     await Responder(send, rid).whole(200, answer)
 
 
-async def _count(services: Services, principal: Principal, body: bytes, rid: str) -> bytes:
+async def _count(
+    services: Services, principal: Principal, body: bytes, rid: str, headers: list[tuple[bytes, bytes]]
+) -> bytes:
     request = decode_request(body)
     group = group_for(services, principal, request.model)
+    # the customer's list too (a header or the key's binding names it: a count has no `metadata`)
+    await check_customer_model(services, customer_of(services, principal, headers, None), request.model)
     deployment = group.deployments[0]
     provider = deployment.provider_for(Api.MESSAGES)
     if isinstance(provider, AnthropicProvider):

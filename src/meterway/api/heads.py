@@ -187,6 +187,18 @@ Extras = tuple[tuple[str, ...], dict[str, Any] | None]
 _NONE: Extras = ((), None)
 
 
+def _loads(raw: bytes, field: str) -> Any:
+    """A field msgspec kept raw, parsed. msgspec has checked its syntax but not its numbers: one
+    past a double's range (`1e400`) is valid JSON that orjson refuses, which is the client's error
+    and names the field. Numbers past 64 bits become floats."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise BadRequest(
+            f"'{field}' holds a number out of range (past a 64-bit float).", param=field, code="invalid_value"
+        ) from None
+
+
 def _extras(tags: msgspec.Raw, metadata: msgspec.Raw, *, anthropic: bool = False) -> Extras:
     """The request's tags and metadata, bounded as the ledger stores them; parsed only when sent.
     On /v1/messages `metadata.user_id` is the request's user: checked first, so an error names it.
@@ -201,7 +213,7 @@ def _extras(tags: msgspec.Raw, metadata: msgspec.Raw, *, anthropic: bool = False
                 param="metadata",
                 code="metadata_too_large",
             )
-        value = orjson.loads(raw)  # msgspec has checked the syntax; numbers past 64 bits become floats
+        value = _loads(raw, "metadata")
         if value is not None:
             if anthropic and isinstance(value, dict) and "user_id" in value:
                 user = value["user_id"]
@@ -224,7 +236,7 @@ def _extras(tags: msgspec.Raw, metadata: msgspec.Raw, *, anthropic: bool = False
                 raise BadRequest(
                     f"'tags' is larger than {bounds.TAGS_BYTES_MAX} bytes.", param="tags", code="tags_too_large"
                 )
-            value = orjson.loads(raw)
+            value = _loads(raw, "tags")
             bounds.tags(value, "tags")
             listed = value or listed
     return (tuple(str(t) for t in listed) if isinstance(listed, list) else ()), found
@@ -242,7 +254,7 @@ def _named(
     if user:
         return user
     if litellm_metadata and len(litellm_metadata) <= bounds.METADATA_BYTES_MAX:
-        given = orjson.loads(bytes(litellm_metadata))  # msgspec has checked the syntax
+        given = _loads(bytes(litellm_metadata), "litellm_metadata")
         named = given.get("user") if isinstance(given, dict) else None
         if isinstance(named, str) and named.strip():
             return _user(named.strip(), "litellm_metadata.user")

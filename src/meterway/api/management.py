@@ -162,7 +162,7 @@ async def check_customer(store: Store, customer_id: str | None) -> None:
         )
 
 
-# The role of a user made because a new key names it (see `ensure_user`): LiteLLM's least one.
+# The role of a user made because a key names it (`KeyStore.create_with_user`): LiteLLM's least one.
 # A key whose user did not exist had no management rights at all; with this role it may read its
 # own keys and its own usage, and nothing more (docs/api.md, "Keys for users that do not exist").
 IMPLICIT_USER_ROLE = "internal_user_viewer"
@@ -172,21 +172,6 @@ async def check_team(store: Store, team_id: str | None) -> None:
     """A key joins only a team that exists (checked before anything is written for the key)."""
     if team_id is not None and await store.teams.get(team_id) is None:
         raise BadRequest(f"team_id '{team_id}' does not exist.", param="team_id", code="unknown_team")
-
-
-async def ensure_user(admin: Admin, user_id: str | None) -> None:
-    """The user a new key names exists afterwards, as LiteLLM has it: a key for `user-123` makes
-    `user-123` a user whose spend and keys `/user/info` shows. One made here has no budget or
-    limits of its own (the key's are the key's) and the least role there is."""
-    if user_id is None or await admin.store.users.get(user_id) is not None:
-        return
-    from sqlalchemy.exc import IntegrityError  # the store is open, so SQLAlchemy is loaded already
-
-    try:
-        await admin.store.users.create(user_id, user_role=IMPLICIT_USER_ROLE)
-    except IntegrityError:  # made by a concurrent call in between: it exists, which is all we need
-        return
-    await admin.changes.changed("user", user_id)
 
 
 def _team_error(e: IntegrityError, team_id: str | None) -> MeterwayError:
@@ -232,13 +217,14 @@ async def generate(admin: Admin, body: bytes, query: dict[str, str]) -> dict[str
     values = _values(req, only_set=False)
     await check_customer(admin.store, values.get("customer_id"))
     await check_team(admin.store, req.team_id)
-    await ensure_user(admin, req.user_id)
     from sqlalchemy.exc import IntegrityError  # the store is open, so SQLAlchemy is loaded already
 
-    try:
-        record = await admin.store.keys.create(key, **values)
+    try:  # the user is made with the key, or not at all (a refused key leaves no user behind)
+        record, made = await admin.store.keys.create_with_user(key, IMPLICIT_USER_ROLE, **values)
     except IntegrityError as e:
         raise _team_error(e, req.team_id) from None
+    if made:
+        await admin.changes.changed("user", record.user_id or "")
     await admin.changes.changed("key", record.token)
     return {"key": key, **key_info(record), "token_id": record.token}
 
@@ -259,12 +245,14 @@ async def update(admin: Admin, body: bytes, query: dict[str, str]) -> dict[str, 
 
     values = _values(req, only_set=True)
     await check_customer(admin.store, values.get("customer_id"))
-    try:
-        record = await admin.store.keys.update(req.key, **values)
+    try:  # a `user_id` naming no user makes one, as /key/generate does
+        record, made = await admin.store.keys.update_with_user(req.key, IMPLICIT_USER_ROLE, **values)
     except IntegrityError as e:
         raise _team_error(e, req.team_id) from None
     if record is None:
         raise RouteNotFound(f"Key {_shown(req.key)} not found.")
+    if made:
+        await admin.changes.changed("user", record.user_id or "")
     await admin.changes.changed("key", record.token)
     return key_info(record)
 

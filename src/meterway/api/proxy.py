@@ -28,7 +28,7 @@ from meterway.api.attempts import first, forward, routed
 from meterway.api.cached import look_up, serve_hit, store
 from meterway.api.heads import customer_from_headers
 from meterway.api.relay import flag as _flag
-from meterway.auth import bearer_token, check_allowed
+from meterway.auth import allows, bearer_token, check_allowed
 from meterway.context import Hook, RequestContext
 from meterway.errors import ModelNotFound, UnsupportedOperation
 from meterway.providers.base import Api, Call, RequestHead
@@ -70,7 +70,7 @@ async def handle(services: Services, api: Api, decode: HeadDecoder, scope: Scope
         ctx.user = principal.customer(named, settings.require_customer_binding)
         ctx.body, ctx.head = body, head
         group = group_for(services, principal, head.model)
-        await check_customer_model(services, ctx.user, head.model)  # before the cache: a hit is a call too
+        listed = await check_customer_model(services, ctx.user, head.model)  # before the cache: a hit is a call too
         cache = services.cache
         key: str | None = None
         ttl: float | None = None
@@ -88,7 +88,7 @@ async def handle(services: Services, api: Api, decode: HeadDecoder, scope: Scope
             responder.extra = group.headers
         else:
             visited = set()
-            group, deployment = await first(services.router, group, visited)
+            group, deployment = await first(services.router, group, visited, may_call(principal, listed))
         ctx.deployment = deployment
         if api not in deployment.apis:
             raise UnsupportedOperation(
@@ -104,7 +104,9 @@ async def handle(services: Services, api: Api, decode: HeadDecoder, scope: Scope
         if visited is None:
             await forward(services, ctx, call, deployment, responder, receive)
         else:
-            await routed(services, ctx, call, group, deployment, visited, responder, receive)
+            await routed(
+                services, ctx, call, group, deployment, visited, responder, receive, may_call(principal, listed)
+            )
         if key is not None and ctx.status_code == 200 and ctx.error is None and not ctx.client_aborted:
             await store(cache, ctx, key, ttl)  # type: ignore[arg-type]  # a key is only made with a cache
     except Exception as exc:
@@ -144,12 +146,31 @@ def group_for(services: Services, principal: Principal, model: str) -> Group:
         raise ModelNotFound(model, principal.visible(e.available)) from None
 
 
-async def check_customer_model(services: Services, customer: str | None, model: str) -> None:
+async def check_customer_model(services: Services, customer: str | None, model: str) -> tuple[str, ...]:
     """A customer (end user) with a model list of its own may call only those model groups, by
     the rule keys and teams follow (`auth.allows`), refused as they are: 403 `model_not_allowed`.
-    Its list comes through the customers' cache, which changes to it are announced to."""
+    Its list comes through the customers' cache, which changes to it are announced to; returned
+    (empty: every model) so that fallbacks are held to it too."""
     if customer is None or services.customers is None:
-        return
+        return ()
     spec = await services.customers.get(customer)
     if spec is not None and spec.models:
         check_allowed(spec.models, model, f"Customer '{customer}'")
+        return tuple(spec.models)
+    return ()
+
+
+def customer_of(
+    services: Services, principal: Principal, headers: list[tuple[bytes, bytes]], user: str | None
+) -> str | None:
+    """The customer a request is charged to, as the model routes find it: a header, else the
+    body's `user`, unless the key is bound to one (`Principal.customer`)."""
+    settings = services.settings
+    named = customer_from_headers(headers, settings.customer_header_names) or user
+    return principal.customer(named, settings.require_customer_binding)
+
+
+def may_call(principal: Principal, customer_models: tuple[str, ...]) -> Callable[[str], bool]:
+    """Whether a fallback group is one the caller may call: the key's, its team's and its
+    customer's lists each allow it (`auth.allows`)."""
+    return lambda name: principal.may_use(name) and allows(customer_models, name)

@@ -307,15 +307,19 @@ async def input_tokens(services: Services, scope: Scope, receive: Receive, send:
     )
     body = await read_body(receive, incoming, services.settings.max_body_bytes)
     try:
-        answer = await _input_tokens(services, principal, body, rid)
+        answer = await _input_tokens(services, principal, body, rid, scope["headers"])
     except Exception as exc:
         raise bounds.deep_error(exc, body) from None
     await Responder(send, rid).whole(200, answer)
 
 
-async def _input_tokens(services: Services, principal: Principal, body: bytes, rid: str) -> bytes:
+async def _input_tokens(
+    services: Services, principal: Principal, body: bytes, rid: str, headers: list[tuple[bytes, bytes]]
+) -> bytes:
     head = heads.responses(body)
     group = proxy.group_for(services, principal, head.model)
+    customer = proxy.customer_of(services, principal, headers, head.user)
+    await proxy.check_customer_model(services, customer, head.model)  # held to the lists a request is
     deployment = group.deployments[0]
     provider = deployment.provider_for(Api.RESPONSES)
     if not isinstance(provider, ResponsesAdapter) and hasattr(provider, "resource_request"):

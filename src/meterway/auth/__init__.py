@@ -61,6 +61,10 @@ class Principal:
     def visible(self, names: list[str]) -> list[str]:
         return [n for n in names if allows(self.models, n) and allows(self.team_models, n)]
 
+    def may_use(self, model: str) -> bool:
+        """What `check_model` checks, as a yes or no (for fallback groups, skipped when not)."""
+        return allows(self.models, model) and allows(self.team_models, model)
+
     def check_model(self, model: str) -> None:
         """The model must be allowed by the key and by its team (each: empty list means all)."""
         check_allowed(self.models, model, "This key")

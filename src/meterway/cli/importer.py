@@ -6,18 +6,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from meterway.cli import output
 from meterway.config.secret import Secret
-from meterway.errors import BadRequest, MeterwayError
+from meterway.errors import BadRequest, ConfigError, MeterwayError
 
 if TYPE_CHECKING:  # the importer loads only when a command runs
-    from rich.progress import Progress as RichProgress
-
     from meterway.config.settings import Settings
     from meterway.importer.run import Options, Progress, Report
 
@@ -62,18 +58,29 @@ def _since(text: str | None) -> datetime | None:
     return when.replace(tzinfo=UTC) if when.tzinfo is None else when
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    """meterway's settings as `serve` would read them: the config file, else the environment alone."""
+def _settings(args: argparse.Namespace) -> tuple[Settings, str | None]:
+    """meterway's settings as `serve` would read them: the config file, else the environment alone.
+    With --database-url the config is needed only for the key stored models are sealed under, so
+    one that does not load (a variable it names unset, say) is no obstacle: the environment's
+    settings are used, and the reason is returned for the import to give if a stored model needs
+    that key."""
     from meterway.config.load import config_path_from_env, load_settings, parse_config
 
     config = args.config or config_path_from_env()
-    return load_settings(config) if config else parse_config({}, source=None)
+    if not config:
+        return parse_config({}, source=None), None
+    try:
+        return load_settings(config), None
+    except ConfigError as e:
+        if not args.database_url:
+            raise
+        return parse_config({}, source=None), f"{config} did not load ({e})"
 
 
 def run(args: argparse.Namespace) -> int:
     from meterway.importer.run import Options
 
-    settings = _settings(args)
+    settings, unloaded = _settings(args)
     options = Options(
         dry_run=args.dry_run,
         since=_since(args.since),
@@ -86,8 +93,8 @@ def run(args: argparse.Namespace) -> int:
     import sqlalchemy.exc
 
     try:
-        with _progress() as progress:
-            report = asyncio.run(_run(args.source_url, target, options, progress))
+        with output.progress("spend logs", None) as ticker:
+            report = asyncio.run(_run(args.source_url, target, options, _Bar(ticker), unloaded))
     except (sqlalchemy.exc.DBAPIError, OSError) as e:
         reason = getattr(e, "orig", None) or e
         raise ImportInterrupted(
@@ -98,10 +105,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _run(source_url: str, target_url: str, options: Options, progress: Progress | None) -> Report:
+async def _run(
+    source_url: str, target_url: str, options: Options, progress: Progress | None, unloaded: str | None = None
+) -> Report:
     """Every precondition first (both databases reachable, meterway's schema at a revision this
-    import may use, stored models' keys), then the import."""
-    from meterway.importer.preflight import check_models, check_revision
+    import may use, stored models' keys), then the import. `unloaded`: why the config did not
+    load, which matters only if there are stored models to seal under its key."""
+    from meterway.importer.preflight import ImportRefused, check_models, check_revision
     from meterway.importer.run import import_litellm
     from meterway.importer.source import open_source
     from meterway.store.runtime import Store
@@ -111,7 +121,13 @@ async def _run(source_url: str, target_url: str, options: Options, progress: Pro
         at = await _revision(target_url)
         check_revision(at, where(parse(target_url)), dry_run=options.dry_run)
         if options.models:
-            check_models(await source.rows("LiteLLM_ProxyModelTable"), options.salt_key, options.seal_key)
+            models = await source.rows("LiteLLM_ProxyModelTable")
+            if models and unloaded is not None:
+                raise ImportRefused(
+                    f"the config {unloaded}, and the key to seal the {len(models)} stored model(s) under is "
+                    "the one it names: fix it, or pass --without-models"
+                )
+            check_models(models, options.salt_key, options.seal_key)
         if options.dry_run and at is None:
             return await import_litellm(source, None, options, progress)  # nothing there yet: all of it is new
         store = await Store.open(
@@ -124,12 +140,18 @@ async def _run(source_url: str, target_url: str, options: Options, progress: Pro
 
 
 async def _revision(url: str) -> str | None:
-    """meterway's database reached, and its schema revision (None: no schema yet)."""
+    """meterway's database reached, and its schema revision (None: no schema yet). An absent
+    SQLite file has none, and is not connected to: that would create it, and a dry run writes
+    nothing."""
     from meterway.store import revision
     from meterway.store.engine import create_engine, wait_for_database
+    from meterway.store.runtime import absent_sqlite
     from meterway.store.url import parse
 
-    engine = create_engine(parse(url))
+    parsed = parse(url)
+    if absent_sqlite(parsed):
+        return None
+    engine = create_engine(parsed)
     try:
         await wait_for_database(engine, 10)
         return await revision.current(engine)
@@ -137,40 +159,18 @@ async def _revision(url: str) -> str | None:
         await engine.dispose()
 
 
-@contextmanager
-def _progress() -> Iterator[Progress | None]:
-    """A progress bar with an ETA over the spend logs, on a terminal only (a pipe or a log file gets
-    the report alone)."""
-    if not sys.stdout.isatty():
-        yield None
-        return
-    from rich import progress as rich
-
-    columns = (
-        rich.TextColumn("spend logs"),
-        rich.BarColumn(),
-        rich.MofNCompleteColumn(),
-        rich.TextColumn("[progress.percentage]{task.percentage:>3.0f}%"),
-        rich.TimeElapsedColumn(),
-        rich.TextColumn("ETA"),
-        rich.TimeRemainingColumn(),
-    )
-    with rich.Progress(*columns, transient=True) as bar:
-        yield _Bar(bar)
-
-
 class _Bar:
-    """The importer's `Progress` drawn by rich: the total once it is counted, then page by page."""
+    """The importer's `Progress` drawn by `output.progress` (stderr, on a terminal only): the
+    total once it is counted, then page by page."""
 
-    def __init__(self, bar: RichProgress) -> None:
-        self._bar = bar
-        self._task = bar.add_task("spend logs", total=None)
+    def __init__(self, ticker: output.Ticker) -> None:
+        self._ticker = ticker
 
     def start(self, total: int) -> None:
-        self._bar.update(self._task, total=total)
+        self._ticker.start(total)
 
     def advance(self, done: int) -> None:
-        self._bar.advance(self._task, done)
+        self._ticker(done)
 
 
 def render(report: Report) -> str:

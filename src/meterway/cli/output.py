@@ -17,7 +17,7 @@ import io
 import math
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -99,8 +99,25 @@ def table(columns: Sequence[str], rows: Sequence[Sequence[str]], *, numeric: Seq
     print("\n".join(line.rstrip() for line in captured.get().splitlines()))
 
 
+class Ticker:
+    """What `progress` yields: called with the work done since the last call; `start(total)` when
+    the total is known only once the work has begun. Does nothing when there is no bar."""
+
+    def __init__(self, bar: Any = None, task: Any = None) -> None:
+        self._bar = bar
+        self._task = task
+
+    def __call__(self, done: int) -> None:
+        if self._bar is not None:
+            self._bar.advance(self._task, done)
+
+    def start(self, total: int) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, total=total)
+
+
 @contextlib.contextmanager
-def progress(description: str, total: int | None, *, quiet: bool = False) -> Iterator[Callable[[int], None]]:
+def progress(description: str, total: int | None, *, quiet: bool = False) -> Iterator[Ticker]:
     """`with progress("rows", n) as advance: … advance(k)`: a bar with count, rate and ETA on stderr
     while the work runs; a no-op with `quiet` or when stderr is not a terminal (a log, CI, a pipe),
     where a redrawn bar would only be noise."""
@@ -108,7 +125,7 @@ def progress(description: str, total: int | None, *, quiet: bool = False) -> Ite
 
     console = Console(stderr=True)
     if quiet or not console.is_terminal:
-        yield lambda _n: None
+        yield Ticker()
         return
     from rich.progress import (
         BarColumn,
@@ -131,5 +148,4 @@ def progress(description: str, total: int | None, *, quiet: bool = False) -> Ite
         console=console,
     )
     with bar:
-        task = bar.add_task(description, total=total)
-        yield lambda n: bar.advance(task, n)
+        yield Ticker(bar, bar.add_task(description, total=total))

@@ -93,8 +93,17 @@ def _limit(src: SourceRow, name: str, notes: _Notes) -> int | None:
     return value
 
 
-def _models(value: Any) -> list[str]:
-    return [str(m) for m in value or () if m]
+def _models(value: Any, notes: _Notes) -> list[str]:
+    """A model list, name by name. A LiteLLM wildcard (`openai/*`) is kept as written, which
+    matches no model here (lists are compared by exact name): noted, so that the list is redone."""
+    models = [str(m) for m in value or () if m]
+    wild = [m for m in models if "*" in m]
+    if wild:
+        notes.add(
+            f"model list entries {', '.join(repr(m) for m in wild)} are wildcards; meterway compares model "
+            "names exactly, so they allow no model: list the models instead"
+        )
+    return models
 
 
 def _metadata(value: Any) -> dict[str, Any]:
@@ -183,7 +192,7 @@ def key(src: SourceRow, budgets: Mapping[str, SourceRow], teams: Iterable[str]) 
     if user_id is not None and len(user_id) > _ID:
         notes.add("its user id is too long; imported without a user")
         user_id = None
-    models = _models(src.get("models"))
+    models = _models(src.get("models"), notes)
     if "all-team-models" in models:
         # LiteLLM's "whatever the team may use": meterway checks the team's list on every request
         # anyway, so the key itself needs no list
@@ -235,7 +244,7 @@ def user(src: SourceRow) -> Mapped | Skipped:
         "user_id": ident,
         "user_email": email if email is None or len(email) <= 320 else None,
         "user_role": role,
-        "models": _models(src.get("models")),
+        "models": _models(src.get("models"), notes),
         "metadata": metadata,
         "spend": _spend(src, notes),
         **_budget(src, None, notes),
@@ -263,7 +272,7 @@ def team(src: SourceRow, organizations: Mapping[str, SourceRow]) -> Mapped | Ski
     values: Values = {
         "team_id": ident,
         "team_alias": str(alias)[:_ID] if alias else None,
-        "models": _models(src.get("models")),
+        "models": _models(src.get("models"), notes),
         "blocked": bool(src.get("blocked")),
         "metadata": metadata,
         "spend": _spend(src, notes),
@@ -327,7 +336,7 @@ def customer(src: SourceRow, budgets: Mapping[str, SourceRow]) -> Mapped | Skipp
         "customer_id": ident,
         "alias": str(alias)[:_ID] if alias else None,
         "blocked": bool(src.get("blocked")),
-        "models": _models(src.get("models")),
+        "models": _models(src.get("models"), notes),
         "metadata": metadata,
         "spend": _spend(src, notes),
         "soft_budget": _soft_budget(budget.get("soft_budget") if budget else None, notes),

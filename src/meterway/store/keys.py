@@ -10,11 +10,12 @@ from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from meterway.auth.keys import digest, display_name, reference
 from meterway.store.entities import start_budget_period
-from meterway.store.tables import keys
+from meterway.store.tables import keys, users
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +98,15 @@ def _record(row: sa.Row[Any]) -> KeyRecord:
     )
 
 
+async def _make_user(conn: AsyncConnection, user_id: str, role: str) -> bool:
+    """The user, of this role and nothing else, unless it exists; whether it was made. A user made
+    by a concurrent call in between is left as it is (`ON CONFLICT DO NOTHING`)."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    insert = dialect.insert(users).values(user_id=user_id, user_role=role, models=[], metadata={})
+    done = await conn.execute(insert.on_conflict_do_nothing(index_elements=[users.c.user_id]))
+    return bool(done.rowcount)
+
+
 class KeyStore:
     fields = FIELDS  # what `create` and `update` take: handlers read it here, not by importing the store
 
@@ -104,9 +114,17 @@ class KeyStore:
         self._engine = engine
 
     async def create(self, key: str, **values: Any) -> KeyRecord:
+        record, _ = await self.create_with_user(key, None, **values)
+        return record
+
+    async def create_with_user(self, key: str, user_role: str | None, **values: Any) -> tuple[KeyRecord, bool]:
+        """The key, and (given a role) its `user_id` as a user of that role if none exists, in one
+        transaction: a key refused (a duplicate, an unknown team) leaves no user behind. Says
+        whether the user was made here."""
         unknown = set(values) - set(FIELDS)
         if unknown:
             raise TypeError(f"unknown key fields: {sorted(unknown)}")
+        made = False
         row = {
             "models": [],
             "metadata": {},
@@ -116,11 +134,14 @@ class KeyStore:
         }
         if "models" in values:
             row["models"] = list(values["models"])
+        user_id = values.get("user_id")
         async with self._engine.begin() as conn:
+            if user_role is not None and user_id is not None:
+                made = await _make_user(conn, user_id, user_role)
             await conn.execute(keys.insert().values(**row))
         found = await self.get(row["token"])
         assert found is not None
-        return found
+        return found, made
 
     async def get(self, key_or_digest: str) -> KeyRecord | None:
         async with self._engine.connect() as conn:
@@ -160,6 +181,14 @@ class KeyStore:
             return [str(r[0]) for r in await conn.execute(query.limit(limit))]
 
     async def update(self, key_or_digest: str, **values: Any) -> KeyRecord | None:
+        record, _ = await self.update_with_user(key_or_digest, None, **values)
+        return record
+
+    async def update_with_user(
+        self, key_or_digest: str, user_role: str | None, **values: Any
+    ) -> tuple[KeyRecord | None, bool]:
+        """As `create_with_user`: a `user_id` set here that names no user becomes one (given a
+        role), in the update's transaction, and only if the key exists."""
         unknown = set(values) - set(FIELDS)
         if unknown:
             raise TypeError(f"unknown key fields: {sorted(unknown)}")
@@ -167,11 +196,15 @@ class KeyStore:
         if "models" in values:
             values["models"] = list(values["models"])
         values = start_budget_period(values)
+        made = False
+        user_id = values.get("user_id")
         async with self._engine.begin() as conn:
             done = await conn.execute(
                 keys.update().where(keys.c.token == token).values(**values, updated_at=sa.func.now())
             )
-        return await self.get(token) if done.rowcount else None
+            if done.rowcount and user_role is not None and user_id is not None:
+                made = await _make_user(conn, user_id, user_role)
+        return (await self.get(token) if done.rowcount else None), made
 
     async def delete(self, key_or_digest: str) -> bool:
         async with self._engine.begin() as conn:

@@ -43,8 +43,9 @@ class NotMigrated(DatabaseUnavailable):
         )
 
 
-def _absent_sqlite(url: URL) -> bool:
-    """A SQLite file that does not exist yet (connecting would create it)."""
+def absent_sqlite(url: URL) -> bool:
+    """A SQLite file that does not exist yet (connecting would create it): a command that must
+    write nothing (a dry run, a read) takes it as a database with no schema, without connecting."""
     if not url.drivername.startswith("sqlite") or url.database in (None, "", ":memory:"):
         return False
     return not Path(url.database).exists()
@@ -69,7 +70,7 @@ class Store:
         this code's revision raises NotMigrated having written nothing (an absent SQLite file is
         not even created), so a command that only reads never changes a schema behind its back."""
         parsed = parse(url)
-        if not run_migrations and _absent_sqlite(parsed):
+        if not run_migrations and absent_sqlite(parsed):
             raise NotMigrated(parsed, None)
         engine = create_engine(parsed)
         try:

@@ -55,6 +55,23 @@ def _jsonb(column: str) -> str:
     )
 
 
+# The keys the gateway writes into `metadata`, taken out of the client's metadata first and then
+# added from the row: a client cannot claim another team, alias, user or customer (by sending
+# `user_api_key_team_id`, say) for SQL that groups by them, even where the row has none.
+_GATEWAY_KEYS = (
+    "user_api_key_alias",
+    "user_api_key_user_id",
+    "user_api_key_team_id",
+    "user_api_key_end_user_id",
+    "requester_end_user",
+    "source",
+    "attempts",
+    "flags",
+    "error_information",
+)
+_ATTRIBUTION = ", ".join(f"'{k}'" for k in _GATEWAY_KEYS)
+
+
 def _view(trim: bool) -> str:
     # 0.0000000001 has scale 10: the product is exact whatever the cost (division is not)
     usd = "COALESCE(l.cost, 0) * 0.0000000001"
@@ -78,7 +95,7 @@ SELECT
     NULL::text AS custom_llm_provider,
     NULL::text AS api_base,
     l.user_id::text AS "user",
-    jsonb_strip_nulls(jsonb_build_object(
+    (COALESCE({_jsonb("l.metadata")}, '{{}}'::jsonb) - ARRAY[{_ATTRIBUTION}]) || jsonb_strip_nulls(jsonb_build_object(
         'user_api_key_alias', l.key_alias,
         'user_api_key_user_id', l.user_id,
         'user_api_key_team_id', l.team_id,
@@ -89,7 +106,7 @@ SELECT
         'flags', l.flags,
         'error_information', CASE WHEN l.status = 'success' THEN NULL ELSE jsonb_build_object(
             'error_code', l.http_status::text, 'error_class', l.error_type, 'status', l.status) END
-    )) || COALESCE({_jsonb("l.metadata")}, '{{}}'::jsonb) AS metadata,
+    )) AS metadata,
     (CASE WHEN l.cache_hit THEN 'True' ELSE 'False' END)::text AS cache_hit,
     NULL::text AS cache_key,
     COALESCE({_jsonb("l.tags")}, '[]'::jsonb) AS request_tags,
