@@ -118,6 +118,10 @@ def test_billing_properties_rename_add_and_drop() -> None:
         "tags": "tags",
         "cost_usd": "cost",
         "project": "metadata.project",
+        "queries": "queries",  # units beside tokens: carried only when the request used them
+        "images": "images",
+        "audio_seconds": "audio_seconds",
+        "characters": "characters",
     }
 
 
