@@ -57,6 +57,13 @@ _PARAM_WHY = {
     "output_cost_per_token": "the price rows are charged at",
     "cache_read_input_token_cost": "the price rows are charged at",
     "cache_creation_input_token_cost": "the price rows are charged at",
+    "input_cost_per_query": "the price of a rerank search unit",
+    "output_cost_per_image": "the price of a generated image",
+    "input_cost_per_pixel": "kept; images are priced per image",
+    "output_cost_per_pixel": "kept; images are priced per image",
+    "input_cost_per_second": "the price of a second of audio",
+    "output_cost_per_second": "the price of a second of audio (where no input price is given)",
+    "input_cost_per_character": "the price of a speech input character",
 }
 _QUIET_WHY = {
     "max_retries": "retries are set for the router: router_settings.num_retries",
