@@ -190,3 +190,12 @@ def test_a_budget_refuses_a_rerank_it_cannot_pay_for(gw: RunningGateway) -> None
     assert "Budget exceeded" in refused.json()["error"]["message"]
     served = _post(gw, "/v1/rerank", {"model": "rerank", "query": "q", "documents": ["d"] * 3}, key)
     assert served.status_code == 200, served.text
+
+
+def test_the_demo_model_reranks_and_moderates() -> None:
+    with run_gateway({"model_list": [{"model_name": "demo", "litellm_params": {"model": "mock/demo"}}]}) as demo:
+        ranked = _post(demo, "/rerank", {"model": "demo", "query": "red apple", "documents": ["blue sky", "red apple"]})
+        assert ranked.status_code == 200, ranked.text
+        assert [x["index"] for x in ranked.json()["results"]] == [1, 0]
+        with openai.OpenAI(base_url=demo.v1, api_key=demo.key, max_retries=0) as client:
+            assert client.moderations.create(model="demo", input="hello").results[0].flagged is False
