@@ -237,10 +237,13 @@ def test_0013_adds_the_units_to_the_ledger_and_rollup_and_takes_them_away_again(
     view = "SELECT count(*) FROM information_schema.views WHERE table_name = 'LiteLLM_SpendLogs'"
     if backend == "postgresql":
         assert asyncio.run(read(view)) == [(1,)]
+        asyncio.run(read("UPDATE mw_ledger SET endpoint = 'rerank', queries = 2 RETURNING 1"))
+        call_type = 'SELECT call_type FROM "LiteLLM_SpendLogs"'
+        assert asyncio.run(read(call_type)) == [("arerank",)]  # LiteLLM's name for it
     alembic("downgrade", "0012")
     assert not set(units) & columns("mw_ledger") and not set(units) & columns("mw_usage_daily")
     assert asyncio.run(read("SELECT total_tokens FROM mw_ledger")) == [(7,)]
     if backend == "postgresql":
-        assert asyncio.run(read(view)) == [(1,)]
+        assert asyncio.run(read(call_type)) == [("rerank",)]  # 0012's view again
     alembic("upgrade", "head")
     assert _drift(url) == []
