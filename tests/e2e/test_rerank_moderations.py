@@ -8,6 +8,7 @@ preview and the Lago export; a budget refuses a rerank it cannot pay for."""
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 from collections.abc import Iterator
 from typing import Any
@@ -180,6 +181,20 @@ def test_usage_cli_invoice_and_lago_carry_queries(gw: RunningGateway, lago: Lago
     (event,) = [e for e in lago.events if e.transaction_id == uid]
     assert event.properties["queries"] == 2 and event.properties["model"] == "rerank"
     assert "images" not in event.properties and "audio_seconds" not in event.properties
+
+
+def test_the_ui_shows_queries_in_usage_and_the_request_log(gw: RunningGateway) -> None:
+    r = _post(gw, "/v1/rerank", {"model": "rerank", "query": "q", "documents": ["d"] * 3})
+    assert r.status_code == 200
+    with httpx.Client(base_url=gw.url, timeout=10) as client:
+        form = client.get("/ui/login")
+        csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
+        assert csrf is not None
+        assert client.post("/ui/login", data={"csrf": csrf.group(1), "key": gw.key}).status_code == 303
+        usage = client.get("/ui/usage", params={"group_by": "model"})
+        assert usage.status_code == 200 and 'data-test="usage-queries"' in usage.text
+        detail = client.get("/ui/logs/detail", params={"request_id": r.headers["x-request-id"]})
+        assert detail.status_code == 200 and 'data-test="unit-queries">1<' in detail.text, detail.text
 
 
 def test_a_budget_refuses_a_rerank_it_cannot_pay_for(gw: RunningGateway) -> None:

@@ -129,6 +129,7 @@ def _log(row: dict[str, Any]) -> dict[str, Any]:
         "source": row["source"],  # gateway, or webhook: reported by another proxy
         "attempts": row["attempts"],  # upstream attempts: retries and fallbacks add to 1; 0 for a cache hit
         "cache_hit": bool(row["cache_hit"]),
+        **{u: row.get(u) or 0 for u in UNITS},  # units beside tokens: rerank queries, images, audio ms, characters
     }
 
 
