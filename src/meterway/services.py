@@ -50,6 +50,7 @@ from meterway.ledger.recorder import Ledger
 from meterway.limits import Budget, Limiter, LimitSpec
 from meterway.limits.hook import LimitsHook
 from meterway.limits.memory import MemoryLimiter
+from meterway.providers.google_auth import Refreshers, first_tokens
 from meterway.providers.transport import HttpUpstream, Upstream, new_session
 from meterway.routing import Router
 from meterway.telemetry.metrics import Metrics
@@ -284,7 +285,12 @@ async def open_services(settings: Settings, hooks: tuple[Hook, ...] = ()) -> Asy
             meter,
             router,
         )
-        runtime_models = await _runtime_models(settings, store, router, models, ledger, redis_client)
+        refreshers = Refreshers()
+        stack.push_async_callback(refreshers.close)
+        # expiring credentials (vertex_ai/'s Google tokens) kept fresh; the first ones waited for,
+        # bounded: one that fails is logged and retried, its requests get a named 502 meanwhile
+        await first_tokens(refreshers.serve(d.provider for d in settings.deployments))
+        runtime_models = await _runtime_models(settings, store, router, models, ledger, redis_client, refreshers)
         services = Services(
             settings=settings,
             http=session,
@@ -336,7 +342,13 @@ async def open_services(settings: Settings, hooks: tuple[Hook, ...] = ()) -> Asy
 
 
 async def _runtime_models(
-    settings: Settings, store: Store, router: Router, models: ModelList, ledger: Ledger, redis: Any | None
+    settings: Settings,
+    store: Store,
+    router: Router,
+    models: ModelList,
+    ledger: Ledger,
+    redis: Any | None,
+    refreshers: Refreshers,
 ) -> RuntimeModels:
     """Models in the database (STORE_MODEL_IN_DB): served from now on, and watched for other
     replicas' changes. Without it `/model/info` still lists the config file's. (Imported here:
@@ -344,7 +356,7 @@ async def _runtime_models(
     from meterway.routing.runtime import RuntimeModels
     from meterway.store.models import ModelStore
 
-    key = settings.salt_key or settings.master_key
+    key = settings.seal_key
     models_store = None
     if settings.store_models and key is None:
         log.error("STORE_MODEL_IN_DB needs METERWAY_SALT_KEY (or a master key) to encrypt credentials")
@@ -361,6 +373,7 @@ async def _runtime_models(
         redis,
         settings.redis_prefix + "models",
         writable=models_store is not None,
+        refreshers=refreshers,
     )
     if runtime.writable:
         try:

@@ -11,6 +11,7 @@ a `Case` (and teaching the stand-in its format).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -20,8 +21,8 @@ import openai
 import pytest
 
 from tests.support.gateway import RunningGateway, ledger_row, run_gateway
-from tests.upstreams.providers import ProviderStandIn
 from tests.upstreams.standin import reply_for
+from tests.upstreams.vertex import VertexStandIn
 
 UPSTREAM_KEY = "contract-upstream-key"
 SAID = "hello there"
@@ -32,9 +33,10 @@ class Case:
     name: str
     model: str  # the gateway's model group, served by one deployment of the family
     messages_api: bool  # the client speaks Anthropic's Messages API (else OpenAI chat)
-    wire: str  # the upstream's error format: openai, anthropic, cohere or gemini
+    wire: str  # the upstream's error format: openai, anthropic, cohere or gemini (Vertex AI's: its publisher's)
     too_long: str  # how the family says a prompt is too long
     too_long_code: str | None = None
+    token: bool = False  # the upstream takes an access token the gateway minted (Vertex AI), not the key
 
 
 OPENAI_TOO_LONG = (
@@ -52,6 +54,9 @@ CASES = [
     Case("cohere", "cohere", False, "cohere", COHERE_TOO_LONG),
     Case("gemini", "gemini", False, "gemini", GEMINI_TOO_LONG),
     Case("messages-adapter", "openai", True, "openai", OPENAI_TOO_LONG, "context_length_exceeded"),
+    Case("vertex-gemini", "vertex-gemini", False, "gemini", GEMINI_TOO_LONG, token=True),
+    Case("vertex-claude", "vertex-claude", False, "anthropic", ANTHROPIC_TOO_LONG, token=True),
+    Case("vertex-claude-messages", "vertex-claude", True, "anthropic", ANTHROPIC_TOO_LONG, token=True),
 ]
 FAMILY_MODELS = {
     "openai": {"model": "openai/gpt-up", "api_base": "{base}/v1"},
@@ -59,6 +64,8 @@ FAMILY_MODELS = {
     "anthropic": {"model": "anthropic/claude-up", "api_base": "{base}"},
     "cohere": {"model": "cohere/command-up", "api_base": "{base}"},
     "gemini": {"model": "gemini/gemini-up", "api_base": "{base}"},
+    "vertex-gemini": {"model": "vertex_ai/gemini-up", "api_base": "{base}", "vertex_credentials": "{credentials}"},
+    "vertex-claude": {"model": "vertex_ai/claude-up", "api_base": "{base}", "vertex_credentials": "{credentials}"},
 }
 
 
@@ -77,20 +84,21 @@ def error_body(wire: str, status: int, message: str, code: str | None = None) ->
 
 
 @pytest.fixture(scope="module")
-def standin() -> Iterator[ProviderStandIn]:
-    stand_in = ProviderStandIn()
+def standin() -> Iterator[VertexStandIn]:
+    stand_in = VertexStandIn()  # every family's format, and Vertex AI's token endpoint
     with stand_in:
         yield stand_in
 
 
 @pytest.fixture(scope="module")
-def gw(standin: ProviderStandIn) -> Iterator[RunningGateway]:
+def gw(standin: VertexStandIn) -> Iterator[RunningGateway]:
     base = standin.base_url
+    credentials = json.dumps(standin.service_account())
     model_list = [
         {
             "model_name": name,
             "litellm_params": {
-                **{k: v.format(base=base) for k, v in params.items()},
+                **{k: v.format(base=base, credentials=credentials) for k, v in params.items()},
                 "api_key": UPSTREAM_KEY,
                 "input_cost_per_token": 0.000001,
                 "output_cost_per_token": 0.000002,
@@ -129,7 +137,7 @@ class Through:
     """One family's case, driven through the gateway by the SDK of the client's API."""
 
     case: Case
-    up: ProviderStandIn  # the stand-in, with nothing recorded or scripted from earlier tests
+    up: VertexStandIn  # the stand-in, with nothing recorded or scripted from earlier tests
     gw: RunningGateway
     chat: openai.OpenAI
     messages: anthropic.Anthropic
@@ -205,7 +213,7 @@ class Through:
 
 
 @pytest.fixture(params=CASES, ids=[c.name for c in CASES])
-def through(request: pytest.FixtureRequest, standin: ProviderStandIn, gw: RunningGateway) -> Iterator[Through]:
+def through(request: pytest.FixtureRequest, standin: VertexStandIn, gw: RunningGateway) -> Iterator[Through]:
     standin.reset()
     with (
         openai.OpenAI(base_url=gw.v1, api_key=gw.key, max_retries=0) as chat,
@@ -218,7 +226,10 @@ def test_a_whole_answer_is_translated_and_metered_from_the_upstreams_usage(throu
     answer = through.ask()
     assert answer.text == reply_for(SAID)
     assert (answer.prompt_tokens, answer.completion_tokens) == through.counted()
-    assert through.up.last.credential == UPSTREAM_KEY
+    if through.case.token:
+        assert through.up.last.credential in through.up.issued
+    else:
+        assert through.up.last.credential == UPSTREAM_KEY
     row = through.row(answer)
     assert (row["prompt_tokens"], row["completion_tokens"], row["tokens_estimated"]) == (*through.counted(), False)
     assert (row["model"], row["status"]) == (through.case.model, "success") and row["spend"] > 0

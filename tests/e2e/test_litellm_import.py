@@ -3,9 +3,11 @@ then a gateway on the result: the LiteLLM keys work unchanged, with their spend,
 lists; the imported history adds up; a second import changes nothing; a later one brings only
 what is new.
 
-The LiteLLM tables are created from `tests/fixtures/litellm_schema.sql` (LiteLLM 1.106.2's Prisma
-schema) and filled as a proxy in use would have them. The stored model's credentials are
-encrypted with LiteLLM's own function, so the importer is checked against the real scheme.
+The LiteLLM database is built by applying the migrations LiteLLM itself ships (the
+`litellm-proxy-extras` package, `tests/support/litellm_db.py`) and filled as a proxy in use would
+have it: digests of keys, and the stored model's credentials encrypted with LiteLLM's own
+function, so the importer is checked against the real schema and the real scheme. What must hold
+before an import writes (salt key, seal key) is checked before anything is written.
 """
 
 from __future__ import annotations
@@ -29,9 +31,9 @@ import pytest
 
 from meterway.cli.main import main
 from tests.support.gateway import run_gateway
+from tests.support.litellm_db import create_litellm_database
 from tests.upstreams.standin import StandIn
 
-SCHEMA = Path(__file__).parent.parent / "fixtures" / "litellm_schema.sql"
 SALT_KEY = "sk-litellm-salt-key-for-tests"
 NOW = datetime.now(UTC).replace(tzinfo=None, microsecond=0)  # LiteLLM's columns hold naive UTC
 LOGS = 3000
@@ -61,9 +63,9 @@ class Filled:
 
 
 async def _fill(url: str) -> Filled:
+    await create_litellm_database(url)
     conn = await asyncpg.connect(url)
     try:
-        await conn.execute(SCHEMA.read_text())
         await conn.execute(
             'INSERT INTO "LiteLLM_BudgetTable" (budget_id, max_budget, rpm_limit, tpm_limit, budget_duration, '
             "budget_reset_at, created_by, updated_by) VALUES "
@@ -261,6 +263,8 @@ def test_imported_keys_work_with_their_budgets_models_and_history(
     (stored,) = _fetch(pg_url, "SELECT model_id, model_name, litellm_params FROM mw_models")
     assert (stored["model_id"], stored["model_name"]) == ("m-1", "gpt-4o-mini")
     assert "sk-upstream-stored-in-litellm" not in str(stored["litellm_params"])
+    # the import analyzed the ledger it filled (a table never analyzed has reltuples -1)
+    assert _fetch(pg_url, "SELECT reltuples FROM pg_class WHERE relname = 'mw_ledger'")[0][0] == LOGS
     # history only: nothing queued for Lago without --export-to-billing
     assert _fetch(pg_url, "SELECT count(*) FROM mw_billing_outbox")[0][0] == 0
     team = _fetch(pg_url, "SELECT metadata, spend FROM mw_teams WHERE team_id = 'team-alpha'")[0]
@@ -338,7 +342,9 @@ def test_import_into_sqlite_with_billing_export_queues_the_billable_rows_once(
 
     target = f"sqlite:///{tmp_path}/meterway.db"
     since = ("--export-to-billing", "--since", (NOW - timedelta(days=10)).isoformat())
+    since += ("--without-models",)  # no key of meterway's to seal them under here
     out = _import(litellm_db.url, target, capsys, *since)
+    assert "not imported: LiteLLM_ProxyModelTable m-1: left behind (--without-models)" in out
     with sqlite3.connect(tmp_path / "meterway.db") as db:
         rows, billable = db.execute(
             "SELECT count(*), sum(total_tokens > 0 AND status = 'success') FROM mw_ledger WHERE source = 'imported'"
@@ -350,3 +356,143 @@ def test_import_into_sqlite_with_billing_export_queues_the_billable_rows_once(
     assert _import(litellm_db.url, target, capsys, *since).endswith("nothing new: meterway already has everything\n")
     with sqlite3.connect(tmp_path / "meterway.db") as db:
         assert db.execute("SELECT count(*) FROM mw_billing_outbox").fetchone()[0] == queued
+
+
+_TABLES = ("mw_keys", "mw_users", "mw_teams", "mw_team_members", "mw_customers", "mw_ledger", "mw_models")
+
+
+def _counts(url: str) -> list[int]:
+    return [_fetch(url, f"SELECT count(*) FROM {t}")[0][0] for t in _TABLES]
+
+
+@pytest.mark.parametrize("dry_run", [False, True], ids=["import", "dry-run"])
+def test_a_stored_model_without_its_keys_stops_the_import_before_anything_is_written(
+    litellm_db: Filled,
+    pg_url: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    dry_run: bool,
+) -> None:
+    for name in ("LITELLM_SALT_KEY", "METERWAY_SALT_KEY", "LITELLM_MASTER_KEY", "METERWAY_MASTER_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    assert main(["migrate", "--database-url", pg_url]) == 0  # a migrated, empty meterway
+    capsys.readouterr()
+    base = ["import", "litellm", "--from", litellm_db.url, "--database-url", pg_url, *(["--dry-run"] * dry_run)]
+
+    def refused(*extra: str) -> str:
+        assert main([*base, *extra]) == 1
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        assert captured.err.count("\n") == 1 and captured.err.startswith("meterway: ")  # one line
+        assert _counts(pg_url) == [0] * len(_TABLES)  # nothing written
+        return captured.err
+
+    monkeypatch.setenv("METERWAY_SALT_KEY", "meterway-own-salt-key-for-models")
+    assert "1 stored model with encrypted credentials and no salt key was given" in refused()
+    assert "opens none of the credentials" in refused("--salt-key", "not-the-salt-key")
+    monkeypatch.delenv("METERWAY_SALT_KEY")
+    assert "no key to seal the credentials of the 1 stored model under" in refused("--salt-key", SALT_KEY)
+
+
+def test_stored_models_are_sealed_under_the_master_key_of_the_config_a_gateway_serves_them_with(
+    litellm_db: Filled,
+    pg_url: str,
+    standin: StandIn,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import yaml
+
+    from meterway.config.load import load_settings
+
+    for name in ("LITELLM_SALT_KEY", "METERWAY_SALT_KEY", "LITELLM_MASTER_KEY", "METERWAY_MASTER_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    params = {
+        "model": _litellm_encrypt("openai/priced-upstream"),
+        "api_base": _litellm_encrypt(standin.base_url + "/v1"),
+        "api_key": _litellm_encrypt("sk-upstream"),
+    }
+
+    async def add_model() -> None:
+        conn = await asyncpg.connect(litellm_db.url)
+        try:
+            await conn.execute(
+                'INSERT INTO "LiteLLM_ProxyModelTable" (model_id, model_name, litellm_params, model_info, '
+                "created_by, updated_by) VALUES ('m-2', 'stored-in-litellm', $1, '{}', 'admin', 'admin')",
+                orjson.dumps(params).decode(),
+            )
+            await conn.execute(  # blocked in LiteLLM: never served there, so not here either
+                'INSERT INTO "LiteLLM_ProxyModelTable" (model_id, model_name, litellm_params, model_info, '
+                "created_by, updated_by, blocked) VALUES ('m-3', 'blocked-in-litellm', $1, '{}', 'admin', 'admin', true)",
+                orjson.dumps(params).decode(),
+            )
+        finally:
+            await conn.close()
+
+    asyncio.run(add_model())
+    config = _config(standin.base_url, pg_url)
+    config["general_settings"].update(master_key="sk-master-of-the-config", store_model_in_db=True)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+
+    args = ["import", "litellm", "--from", litellm_db.url, "--config", str(path), "--salt-key", SALT_KEY]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "models: 3 found, imported 2" in out
+    assert "LiteLLM_ProxyModelTable m-3: blocked in LiteLLM" in out
+    with run_gateway(load_settings(path)) as gw:
+        assert gw.key == "sk-master-of-the-config"
+        with openai.OpenAI(base_url=gw.v1, api_key=gw.key, max_retries=0) as client:
+            reply = client.chat.completions.create(
+                model="stored-in-litellm", messages=[{"role": "user", "content": "hi"}]
+            )
+            with pytest.raises(openai.NotFoundError):
+                client.chat.completions.create(model="blocked-in-litellm", messages=[{"role": "user", "content": "hi"}])
+        assert reply.choices[0].message.content
+
+
+def test_a_terminal_is_shown_the_import_s_progress_with_an_eta(litellm_db: Filled, pg_url: str) -> None:
+    """On a terminal: a progress bar over the spend logs, with the time left. (Into a pipe or a
+    file, as every other test here, only the report is written.)"""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    leader, follower = pty.openpty()
+    env = {**os.environ, "TERM": "xterm", "COLUMNS": "120", "METERWAY_SALT_KEY": "meterway-own-salt-key"}
+    args = ["import", "litellm", "--from", litellm_db.url, "--database-url", pg_url, "--salt-key", SALT_KEY]
+    child = subprocess.Popen(
+        [sys.executable, "-m", "meterway", *args], stdout=follower, stderr=follower, stdin=subprocess.DEVNULL, env=env
+    )
+    os.close(follower)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(leader)
+    assert child.wait(timeout=60) == 0
+    text = shown.decode(errors="replace")
+    assert "spend logs" in text and "ETA" in text and f"/{LOGS + 1}" in text
+    assert f"spend logs: {LOGS + 1} found, imported {LOGS}" in text
+
+
+def test_a_meterway_database_of_a_newer_revision_is_refused_before_anything_is_written(
+    litellm_db: Filled, pg_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("METERWAY_SALT_KEY", "meterway-own-salt-key-for-models")
+    assert main(["migrate", "--database-url", pg_url]) == 0
+    _fetch(pg_url, "UPDATE alembic_version SET version_num = '9999'")
+    capsys.readouterr()
+    for extra in ((), ("--dry-run",)):
+        args = ["import", "litellm", "--from", litellm_db.url, "--database-url", pg_url, "--salt-key", SALT_KEY]
+        assert main([*args, *extra]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "is at revision 9999, which this meterway" in err
+        assert _counts(pg_url) == [0] * len(_TABLES)

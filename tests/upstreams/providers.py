@@ -258,6 +258,11 @@ class ProviderStandIn(StandIn):
                 call, 403, "PERMISSION_DENIED", "Method doesn't allow unregistered callers."
             )
         model, _, method = request.match_info["target"].partition(":")
+        return await self._gemini_answer(call, model, method)
+
+    async def _gemini_answer(self, call: _Call, model: str, method: str) -> web.StreamResponse:
+        """A Gemini method's answer once the caller is authorized (by key here, by token on Vertex)."""
+        request = call.request
         if call.json_error is not None:
             return await self._gemini_error(call, 400, "INVALID_ARGUMENT", "Invalid JSON payload received.")
         if method == "embedContent":

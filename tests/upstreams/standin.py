@@ -1327,6 +1327,10 @@ class StandIn:
     async def _messages(self, call: _Call) -> web.StreamResponse:
         if (error := await self._anthropic_guard(call)) is not None:
             return error
+        return await self._messages_answer(call)
+
+    async def _messages_answer(self, call: _Call) -> web.StreamResponse:
+        """A Messages answer once the request passed its guard (Anthropic's here, Vertex's there)."""
         payload = call.payload
         max_tokens = payload.get("max_tokens")
         if not isinstance(max_tokens, int) or isinstance(max_tokens, bool):

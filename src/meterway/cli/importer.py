@@ -6,6 +6,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -13,7 +16,10 @@ from meterway.config.secret import Secret
 from meterway.errors import BadRequest, MeterwayError
 
 if TYPE_CHECKING:  # the importer loads only when a command runs
-    from meterway.importer.run import Options, Report
+    from rich.progress import Progress as RichProgress
+
+    from meterway.config.settings import Settings
+    from meterway.importer.run import Options, Progress, Report
 
 
 class ImportInterrupted(MeterwayError):
@@ -35,7 +41,14 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     lite.add_argument(
         "--export-to-billing", action="store_true", help="send imported spend to Lago too (default: history only)"
     )
-    lite.add_argument("--config", help="meterway config whose database_url to write to")
+    lite.add_argument(
+        "--without-models",
+        action="store_true",
+        help="leave LiteLLM's stored models behind (e.g. when its salt key is lost); everything else comes over",
+    )
+    lite.add_argument(
+        "--config", help="meterway config: its database_url is written to, its master key seals stored models"
+    )
     lite.add_argument("--database-url", help="meterway's database (overrides the config and DATABASE_URL)")
 
 
@@ -49,32 +62,32 @@ def _since(text: str | None) -> datetime | None:
     return when.replace(tzinfo=UTC) if when.tzinfo is None else when
 
 
-def _target_url(args: argparse.Namespace) -> str:
-    from meterway.config.load import config_path_from_env, load_settings
-    from meterway.config.settings import DEFAULT_DATABASE_URL
+def _settings(args: argparse.Namespace) -> Settings:
+    """meterway's settings as `serve` would read them: the config file, else the environment alone."""
+    from meterway.config.load import config_path_from_env, load_settings, parse_config
 
-    if args.database_url:
-        return str(args.database_url)
     config = args.config or config_path_from_env()
-    if config:
-        return load_settings(config).database_url.reveal()
-    return os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
+    return load_settings(config) if config else parse_config({}, source=None)
 
 
 def run(args: argparse.Namespace) -> int:
     from meterway.importer.run import Options
 
+    settings = _settings(args)
     options = Options(
         dry_run=args.dry_run,
         since=_since(args.since),
         salt_key=Secret(salt) if (salt := args.salt_key or os.environ.get("LITELLM_SALT_KEY")) else None,
         export_to_billing=args.export_to_billing,
-        seal_key=_seal_key(),
+        seal_key=settings.seal_key,  # the key `serve` opens stored models with
+        models=not args.without_models,
     )
+    target = str(args.database_url) if args.database_url else settings.database_url.reveal()
     import sqlalchemy.exc
 
     try:
-        report = asyncio.run(_run(args.source_url, _target_url(args), options))
+        with _progress() as progress:
+            report = asyncio.run(_run(args.source_url, target, options, progress))
     except (sqlalchemy.exc.DBAPIError, OSError) as e:
         reason = getattr(e, "orig", None) or e
         raise ImportInterrupted(
@@ -85,25 +98,33 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _run(source_url: str, target_url: str, options: Options) -> Report:
+async def _run(source_url: str, target_url: str, options: Options, progress: Progress | None) -> Report:
+    """Every precondition first (both databases reachable, meterway's schema at a revision this
+    import may use, stored models' keys), then the import."""
+    from meterway.importer.preflight import check_models, check_revision
     from meterway.importer.run import import_litellm
     from meterway.importer.source import open_source
     from meterway.store.runtime import Store
+    from meterway.store.url import parse, where
 
     async with open_source(source_url) as source:
-        if options.dry_run and await _empty(target_url):
-            return await import_litellm(source, None, options)  # nothing there yet: all of it is new
+        at = await _revision(target_url)
+        check_revision(at, where(parse(target_url)), dry_run=options.dry_run)
+        if options.models:
+            check_models(await source.rows("LiteLLM_ProxyModelTable"), options.salt_key, options.seal_key)
+        if options.dry_run and at is None:
+            return await import_litellm(source, None, options, progress)  # nothing there yet: all of it is new
         store = await Store.open(
             target_url, wait_s=10, run_migrations=not options.dry_run, export=options.export_to_billing
         )
         try:
-            return await import_litellm(source, store, options)
+            return await import_litellm(source, store, options, progress)
         finally:
             await store.close()
 
 
-async def _empty(url: str) -> bool:
-    """Whether meterway's database has no schema yet (a dry run then creates none)."""
+async def _revision(url: str) -> str | None:
+    """meterway's database reached, and its schema revision (None: no schema yet)."""
     from meterway.store import revision
     from meterway.store.engine import create_engine, wait_for_database
     from meterway.store.url import parse
@@ -111,20 +132,45 @@ async def _empty(url: str) -> bool:
     engine = create_engine(parse(url))
     try:
         await wait_for_database(engine, 10)
-        return await revision.current(engine) is None
+        return await revision.current(engine)
     finally:
         await engine.dispose()
 
 
-def _seal_key() -> Secret | None:
-    """The key meterway seals stored models' credentials under, as `serve` finds it."""
-    value = (
-        os.environ.get("METERWAY_SALT_KEY")
-        or os.environ.get("LITELLM_SALT_KEY")
-        or os.environ.get("METERWAY_MASTER_KEY")
-        or os.environ.get("LITELLM_MASTER_KEY")
+@contextmanager
+def _progress() -> Iterator[Progress | None]:
+    """A progress bar with an ETA over the spend logs, on a terminal only (a pipe or a log file gets
+    the report alone)."""
+    if not sys.stdout.isatty():
+        yield None
+        return
+    from rich import progress as rich
+
+    columns = (
+        rich.TextColumn("spend logs"),
+        rich.BarColumn(),
+        rich.MofNCompleteColumn(),
+        rich.TextColumn("[progress.percentage]{task.percentage:>3.0f}%"),
+        rich.TimeElapsedColumn(),
+        rich.TextColumn("ETA"),
+        rich.TimeRemainingColumn(),
     )
-    return Secret(value) if value else None
+    with rich.Progress(*columns, transient=True) as bar:
+        yield _Bar(bar)
+
+
+class _Bar:
+    """The importer's `Progress` drawn by rich: the total once it is counted, then page by page."""
+
+    def __init__(self, bar: RichProgress) -> None:
+        self._bar = bar
+        self._task = bar.add_task("spend logs", total=None)
+
+    def start(self, total: int) -> None:
+        self._bar.update(self._task, total=total)
+
+    def advance(self, done: int) -> None:
+        self._bar.advance(self._task, done)
 
 
 def render(report: Report) -> str:

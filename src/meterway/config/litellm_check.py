@@ -64,6 +64,11 @@ _PARAM_WHY = {
     "input_cost_per_second": "the price of a second of audio",
     "output_cost_per_second": "the price of a second of audio (where no input price is given)",
     "input_cost_per_character": "the price of a speech input character",
+    "vertex_credentials": "vertex_ai/: the service account (file or JSON) whose tokens are minted and refreshed",
+    "vertex_project": "vertex_ai/: the Google Cloud project in the model's URL",
+    "vertex_location": "vertex_ai/: the region in the model's URL and host",
+    "vertex_ai_project": "vertex_ai/: the Google Cloud project in the model's URL",
+    "vertex_ai_location": "vertex_ai/: the region in the model's URL and host",
 }
 _QUIET_WHY = {
     "max_retries": "retries are set for the router: router_settings.num_retries",
@@ -215,12 +220,30 @@ def _references(value: Any) -> Iterator[str]:
             yield from _references(v)
 
 
+# what an unset variable named by vertex_credentials stands for: a service account's shape (its key
+# is never used: nothing is fetched while a config is checked)
+_PLACEHOLDER_CREDENTIALS = (
+    '{"type": "service_account", "project_id": "placeholder", "client_email": "placeholder@placeholder.invalid",'
+    ' "private_key": "placeholder", "token_uri": "https://placeholder.invalid/token"}'
+)
+
+
+def _credential_references(data: Mapping[str, Any]) -> Iterator[str]:
+    models = data.get("model_list")
+    for entry in models if isinstance(models, list) else ():
+        params = entry.get("litellm_params") if isinstance(entry, Mapping) else None
+        value = params.get("vertex_credentials") if isinstance(params, Mapping) else None
+        if isinstance(value, str) and value.startswith(load.ENV_PREFIX):
+            yield value[len(load.ENV_PREFIX) :]
+
+
 def _loads(data: Mapping[str, Any]) -> tuple[bool, str | None]:
     """Whether the real loader takes the file, with a placeholder URL for each unset variable it
     names (so a config from the docs is judged on its shape, not on this machine's environment)."""
     import os
 
     env = {name: "https://placeholder.invalid" for name in _references(data)}
+    env.update(dict.fromkeys(_credential_references(data), _PLACEHOLDER_CREDENTIALS))
     env.update(os.environ)
     env_vars = data.get("environment_variables") or {}
     if isinstance(env_vars, Mapping):

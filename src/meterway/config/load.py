@@ -41,7 +41,8 @@ from meterway.config.settings import (
 from meterway.config.telemetry import parse_telemetry
 from meterway.errors import ConfigError
 from meterway.ledger import prices
-from meterway.providers import registry
+from meterway.providers import google_auth, registry, vertex
+from meterway.providers.base import Provider
 
 ENV_PREFIX = "os.environ/"
 
@@ -75,6 +76,12 @@ PARAMS = {
     "output_cost_per_token",
     "cache_read_input_token_cost",
     "cache_creation_input_token_cost",
+    # vertex_ai/ (LiteLLM's names; vertex_ai_* are its older spellings)
+    "vertex_credentials",
+    "vertex_project",
+    "vertex_location",
+    "vertex_ai_project",
+    "vertex_ai_location",
 }
 # Keys of litellm_params that only matter to later features (routing, retries): no warning needed.
 PARAMS_QUIET = {"max_retries", "order", "mock_response", "drop_params", "custom_llm_provider"}
@@ -641,13 +648,18 @@ def _deployment(
     per_group[name] = n + 1
     dep_id = str(info.get("id") or (name if n == 0 else f"{name}#{n}"))
     mode = info.get("mode")
-    native = registry.build(
-        resolved,
-        label=dep_id,
-        api_version=api_version,
-        extra_headers=headers,
-        mode=mode if isinstance(mode, str) else None,
-    )
+    if resolved.family == registry.VERTEX:
+        on_vertex = _vertex(params, resolved, env, dep_id, headers, where)
+        resolved = replace(resolved, api_base=on_vertex.root)  # what the UI and /model/info show: the model's address
+        native: Provider = on_vertex
+    else:
+        native = registry.build(
+            resolved,
+            label=dep_id,
+            api_version=api_version,
+            extra_headers=headers,
+            mode=mode if isinstance(mode, str) else None,
+        )
     provider = registry.for_chat(native)
 
     timeout = (
@@ -691,13 +703,62 @@ def _deployment(
     )
 
 
+def _vertex(
+    params: Mapping[str, Any],
+    resolved: registry.Resolved,
+    env: Mapping[str, str],
+    label: str,
+    headers: Mapping[str, str],
+    where: str,
+) -> vertex.VertexGeminiProvider | vertex.VertexClaudeProvider:
+    """A `vertex_ai/` deployment: its credentials (read now, their token minted by the worker), its
+    project (configured, from the environment, else the service account's) and its location."""
+
+    def text(*keys: str, env_names: tuple[str, ...] = ()) -> str | None:
+        for key in keys:
+            value = params.get(key)
+            if value is not None and not isinstance(value, str):
+                raise ConfigError(f"{where}: litellm_params.{key} must be a string")
+            if value:
+                return value
+        return next((env[n] for n in env_names if env.get(n)), None)
+
+    try:
+        source = google_auth.credential_source(params.get("vertex_credentials"), env)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: litellm_params.{e.message}") from None
+    project = (
+        text("vertex_project", "vertex_ai_project", env_names=("VERTEXAI_PROJECT", "VERTEX_PROJECT")) or source.project
+    )
+    if project is None:
+        raise ConfigError(
+            f"{where}: litellm_params.vertex_project is required (or VERTEXAI_PROJECT, or a service account's "
+            "vertex_credentials, whose project_id is taken)"
+        )
+    location = (
+        text("vertex_location", "vertex_ai_location", env_names=("VERTEXAI_LOCATION", "VERTEX_LOCATION"))
+        or vertex.DEFAULT_LOCATION
+    )
+    api_base = params.get("api_base") or params.get("base_url")  # only when configured: Vertex's host is per location
+    return vertex.build(
+        label=label,
+        upstream_model=resolved.upstream_model,
+        api_base=api_base,
+        project=project,
+        location=location,
+        credentials=google_auth.GoogleToken(source, label),
+        extra_headers=headers,
+    )
+
+
 def _priced(dep: Deployment, table: prices.PriceTable) -> Deployment:
     """The deployment's own prices, each missing one taken from the bundled table; the built-in
     demo provider costs nothing."""
     if dep.family == "mock":
         known: Prices | None = Prices(Decimal(0), Decimal(0))
     else:
-        known = table.find(dep.upstream_model, dep.model_name)
+        # `vertex_ai/claude-…` first: where the family's own price differs from the model's maker's
+        known = table.find(f"{dep.family}/{dep.upstream_model}", dep.upstream_model, dep.model_name)
     merged = prices.merged(dep.prices, known)
     return dep if merged == dep.prices else replace(dep, prices=merged)
 

@@ -150,3 +150,10 @@ class Settings:
 
     def model_names(self) -> list[str]:
         return list(dict.fromkeys(d.model_name for d in self.deployments))
+
+    @property
+    def seal_key(self) -> Secret | None:
+        """The key stored models' credentials are sealed under: the salt key, else the master key
+        (from the config or the environment). `serve` and `import litellm` both take it from here,
+        so a model the import seals is one the gateway opens."""
+        return self.salt_key or self.master_key

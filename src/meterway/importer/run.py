@@ -3,17 +3,22 @@
 Rows meterway already has are left as they are: after an import meterway owns them (their spend
 moves on with its own traffic), so running again changes nothing, and a later run adds only the
 keys, users, teams, members, customers and spend logs that appeared since. Entities are written
-in one transaction; spend logs in pages, each page one `write_once` transaction keyed by uid, so
-an interrupted run is simply run again.
+in one transaction; spend logs in pages, each page read by the unique index on uid (what is
+there is left out, so a rerun writes nothing) and written by one `write_once` statement keyed
+by uid, so an interrupted run is simply run again. What must hold for the import to finish (`preflight`) is checked before the
+first write. The ledger's statistics are refreshed as the import grows it (`_Statistics`), so
+the planner never works from those of an empty table, whatever autovacuum has got round to.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -22,6 +27,7 @@ from meterway.config.secret import Secret
 from meterway.importer import mapping
 from meterway.importer.crypto import NotDecryptable, decrypt
 from meterway.importer.mapping import Mapped, Skipped
+from meterway.importer.preflight import check_models
 from meterway.importer.source import LiteLLMSource, SourceRow
 from meterway.ledger import Entry, pricing
 from meterway.store.runtime import Store
@@ -44,6 +50,23 @@ class Options:
     export_to_billing: bool = False  # enqueue imported rows for Lago, as if served here
     seal_key: Secret | None = None  # meterway's: stored models' credentials are sealed under it
     page: int = 1000
+    models: bool = True  # False: LiteLLM's stored models are left behind (listed as not imported)
+
+
+class Progress(Protocol):
+    """Told how many spend logs there are to read, then how many each page read."""
+
+    def start(self, total: int) -> None: ...
+
+    def advance(self, done: int) -> None: ...
+
+
+class _Silent:
+    def start(self, total: int) -> None:
+        pass
+
+    def advance(self, done: int) -> None:
+        pass
 
 
 @dataclass(slots=True)
@@ -85,12 +108,18 @@ class Report:
         return any(t.new for t in self.tallies.values())
 
 
-async def import_litellm(source: LiteLLMSource, store: Store | None, options: Options) -> Report:
+async def import_litellm(
+    source: LiteLLMSource, store: Store | None, options: Options, progress: Progress | None = None
+) -> Report:
     """`store` is None only for a dry run against a database meterway has not created yet:
-    everything is then new."""
+    everything is then new. Raises `ImportRefused` before writing anything when stored models
+    cannot be carried (see `preflight`)."""
     if store is None and not options.dry_run:
         raise ValueError("an import that writes needs meterway's store")
     report = Report(dry_run=options.dry_run, source=source.shown)
+    src_models = await source.rows("LiteLLM_ProxyModelTable")
+    if options.models:
+        check_models(src_models, options.salt_key, options.seal_key)
     budgets = _by(await source.rows("LiteLLM_BudgetTable"), "budget_id")
     organizations = _by(await source.rows("LiteLLM_OrganizationTable"), "organization_id")
     src_teams = await source.rows("LiteLLM_TeamTable")
@@ -136,9 +165,16 @@ async def import_litellm(source: LiteLLMSource, store: Store | None, options: Op
     report.notes += [Skipped(_SOURCE_TABLES[t], r.label or r.ident, n) for t, r in new for n in r.notes]
 
     aliases = {str(k["token"]): str(k["key_alias"]) for k in src_keys if k.get("token") and k.get("key_alias")}
-    await _spend_logs(source, store, options, aliases, report)
-    report.models = [_stored_model(m, options.salt_key) for m in await source.rows("LiteLLM_ProxyModelTable")]
-    await _models(store, options, report)
+    await _spend_logs(source, store, options, aliases, report, progress or _Silent())
+    if options.models:
+        report.models = [_stored_model(m, options.salt_key) for m in src_models]
+        await _models(store, options, report)
+    elif src_models:
+        report.tally("models").found = report.tally("models").skipped = len(src_models)
+        report.skipped += [
+            Skipped("LiteLLM_ProxyModelTable", str(m.get("model_id")), "left behind (--without-models)")
+            for m in src_models
+        ]
     return report
 
 
@@ -154,7 +190,7 @@ async def _models(store: Store | None, options: Options, report: Report) -> None
         if m.params is None:
             tally.skipped += 1
             report.skipped.append(Skipped("LiteLLM_ProxyModelTable", m.model_id, m.credentials))
-    if options.seal_key is None and readable:
+    if options.seal_key is None:  # refused before anything was written (preflight); kept for safety
         tally.skipped += len(readable)
         report.skipped += [
             Skipped("LiteLLM_ProxyModelTable", m.model_id, "no METERWAY_SALT_KEY (nor master key) to seal it under")
@@ -168,7 +204,6 @@ async def _models(store: Store | None, options: Options, report: Report) -> None
     from meterway.store.models import StoredModel as Stored
     from meterway.store.sealing import Sealer
 
-    assert options.seal_key is not None
     target = ModelStore(store.engine, Sealer(options.seal_key))
     async with store.engine.connect() as conn:
         present = set((await conn.execute(sa.select(models.c.model_id))).scalars().all())
@@ -176,8 +211,7 @@ async def _models(store: Store | None, options: Options, report: Report) -> None
         if m.model_id in present:
             tally.present += 1
             continue
-        if not options.dry_run:
-            assert m.params is not None
+        if not options.dry_run and m.params is not None:
             await target.insert(Stored(m.model_id, m.model_name, dict(m.params), dict(m.model_info)))
         tally.new += 1
 
@@ -246,36 +280,122 @@ async def _insert_members(
 
 
 async def _spend_logs(
-    source: LiteLLMSource, store: Store | None, options: Options, aliases: Mapping[str, str], report: Report
+    source: LiteLLMSource,
+    store: Store | None,
+    options: Options,
+    aliases: Mapping[str, str],
+    report: Report,
+    progress: Progress,
+) -> None:
+    report.tally("spend logs")  # listed, in this place, even when there are none
+    since = options.since.astimezone(UTC).replace(tzinfo=None) if options.since else None
+    progress.start(await source.count_spend_logs(since))
+    statistics = None if store is None or options.dry_run else await _Statistics.of(store)
+    # the next page is read from LiteLLM while this one is mapped and written: two databases at work
+    pages = source.spend_logs(since, options.page)
+    ahead = asyncio.ensure_future(anext(pages, None))
+    try:
+        while (page := await ahead) is not None:
+            ahead = asyncio.ensure_future(anext(pages, None))
+            await _spend_page(page, store, options, aliases, report, statistics)
+            progress.advance(len(page))
+    finally:
+        ahead.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):  # the error that ended the loop wins
+            await ahead
+        await pages.aclose()
+    if statistics is not None:
+        await statistics.done()
+    report.new_cost = report.new_cost.normalize()
+
+
+async def _spend_page(
+    page: Sequence[SourceRow],
+    store: Store | None,
+    options: Options,
+    aliases: Mapping[str, str],
+    report: Report,
+    statistics: _Statistics | None,
 ) -> None:
     tally = report.tally("spend logs")
-    since = options.since.astimezone(UTC).replace(tzinfo=None) if options.since else None
-    async for page in source.spend_logs(since, options.page):
-        entries: list[Entry] = []
-        for src in page:
-            tally.found += 1
-            result = mapping.spend_log(src, aliases)
-            if isinstance(result, Skipped):
-                tally.skipped += 1
-                report.skipped.append(result)
-            else:
-                entries.append(result)
-        unique = list({e.row.uid: e for e in entries}.values())
-        if store is None:
-            new = unique
+    entries: list[Entry] = []
+    for src in page:
+        tally.found += 1
+        result = mapping.spend_log(src, aliases)
+        if isinstance(result, Skipped):
+            tally.skipped += 1
+            report.skipped.append(result)
         else:
-            # one read per page finds what an earlier run brought; write_once still decides the rest
-            # (a row a usage webhook reports meanwhile), so a rerun costs reads, not inserts
-            async with store.engine.connect() as conn:
-                present = await _existing(conn, ledger.c.uid, [e.row.uid for e in unique])
-            new = [e for e in unique if e.row.uid not in present]
-            if not options.dry_run:
-                inserted = await store.ledger.write_once(new)
-                new = [e for e in new if e.row.uid in inserted]
-        tally.new += len(new)
-        tally.present += len(entries) - len(new)
-        report.new_cost += sum((pricing.usd(e.cost_units or 0) for e in new), Decimal(0))
-    report.new_cost = report.new_cost.normalize()
+            entries.append(result)
+    unique = list({e.row.uid: e for e in entries}.values())
+    if store is None:
+        new = unique
+    else:
+        # one read per page, by the unique index, finds what an earlier run brought, so a rerun
+        # writes nothing; write_once still decides the rest (a row a usage webhook reports
+        # meanwhile) and says what it inserted
+        async with store.engine.connect() as conn:
+            present = await _present_uids(conn, [e.row.uid for e in unique])
+        new = [e for e in unique if e.row.uid not in present]
+        if not options.dry_run and new:
+            inserted = await store.ledger.write_once(new)
+            new = [e for e in new if e.row.uid in inserted]
+    if statistics is not None:
+        await statistics.grown(len(new))
+    tally.new += len(new)
+    tally.present += len(entries) - len(new)
+    report.new_cost += sum((pricing.usd(e.cost_units or 0) for e in new), Decimal(0))
+
+
+async def _present_uids(conn: AsyncConnection, uids: Sequence[str]) -> set[str]:
+    """The uids of `uids` the ledger has. On PostgreSQL the unique index on uid is used even when
+    the table's statistics say it is empty (not analyzed since it filled): a scan per page made
+    an import over a large history quadratic."""
+    if conn.dialect.name != "postgresql":
+        return await _existing(conn, ledger.c.uid, uids)
+    await conn.execute(sa.text("SET LOCAL enable_seqscan = off"))
+    query = sa.text("SELECT uid FROM mw_ledger WHERE uid = ANY(:uids)").bindparams(
+        sa.bindparam("uids", type_=sa.ARRAY(sa.String()))
+    )
+    return {str(u) for u in (await conn.execute(query, {"uids": list(uids)})).scalars()}
+
+
+class _Statistics:
+    """Keeps the ledger's planner statistics up with an import filling it: ANALYZE after the
+    first page and each time the table has grown fourfold since, then once at the end.
+    Autovacuum would get there in its own time (its threshold is a fraction of the table, and it
+    may be off or busy); an import should not wait for it, nor should the gateway's reports plan
+    their first queries from the statistics of an empty ledger. PostgreSQL only."""
+
+    def __init__(self, store: Store, rows: int) -> None:
+        self._store = store
+        self._rows = rows  # the ledger's size when last analyzed (an estimate at the start)
+        self._added = 0  # rows inserted since
+        self._next = 1  # analyze once this many have been inserted
+
+    @classmethod
+    async def of(cls, store: Store) -> _Statistics | None:
+        if store.engine.dialect.name != "postgresql":
+            return None
+        async with store.engine.connect() as conn:
+            estimate = await conn.scalar(sa.text("SELECT reltuples FROM pg_class WHERE oid = 'mw_ledger'::regclass"))
+        return cls(store, max(int(estimate or 0), 0))
+
+    async def grown(self, inserted: int) -> None:
+        self._added += inserted
+        if inserted and self._added >= self._next:
+            await self._analyze()
+            self._next = 3 * self._rows  # the table four times the size it is now
+
+    async def done(self) -> None:
+        if self._added:
+            await self._analyze()
+
+    async def _analyze(self) -> None:
+        async with self._store.engine.begin() as conn:
+            await conn.execute(sa.text("ANALYZE mw_ledger"))
+        self._rows += self._added
+        self._added = 0
 
 
 def _stored_model(src: SourceRow, salt_key: Secret | None) -> StoredModel:
@@ -284,6 +404,10 @@ def _stored_model(src: SourceRow, salt_key: Secret | None) -> StoredModel:
     info = src.get("model_info")
     info = dict(info) if isinstance(info, Mapping) else {}
     model_id, name = str(src.get("model_id")), str(src.get("model_name"))
+    if src.get("blocked"):  # LiteLLM does not route to it; served here it would widen what keys reach
+        return StoredModel(
+            model_id, name, None, None, "blocked in LiteLLM: left behind (add it with /model/new to serve it)"
+        )
     encrypted = [k for k, v in params.items() if isinstance(v, str)]
     if salt_key is None:
         return StoredModel(model_id, name, None, None, "not checked: no --salt-key (nor LITELLM_SALT_KEY) given")

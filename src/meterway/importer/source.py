@@ -10,7 +10,7 @@ however long the history is.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
@@ -177,7 +177,19 @@ class LiteLLMSource:
             return []
         return await self._fetch(self._select(table))
 
-    async def spend_logs(self, since: datetime | None, page: int = 1000) -> AsyncIterator[Sequence[dict[str, Any]]]:
+    async def count_spend_logs(self, since: datetime | None) -> int:
+        """How many spend logs an import from `since` on reads (for its progress and ETA)."""
+        if SPEND_LOGS not in self._present:
+            return 0
+        if since is None:
+            rows = await self._fetch(f'SELECT count(*) AS n FROM "{SPEND_LOGS}"')
+        else:
+            rows = await self._fetch(f'SELECT count(*) AS n FROM "{SPEND_LOGS}" WHERE "startTime" >= $1', since)
+        return int(rows[0]["n"])
+
+    async def spend_logs(
+        self, since: datetime | None, page: int = 1000
+    ) -> AsyncGenerator[Sequence[dict[str, Any]], None]:
         """Spend logs from `since` (naive UTC, as LiteLLM stores times) on, a page at a time."""
         if SPEND_LOGS not in self._present:
             return

@@ -28,6 +28,8 @@ from meterway.providers.mock import MockProvider
 from meterway.providers.openai import MORE_PATHS, OpenAIProvider
 from meterway.providers.openai import PATHS as OPENAI_PATHS
 from meterway.providers.responses_adapter import ChatFromResponses, ResponsesAdapter
+from meterway.providers.vertex import PLACEHOLDER_BASE as VERTEX_BASE
+from meterway.providers.vertex import VertexGeminiProvider
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,8 +95,12 @@ ALIASES: Mapping[str, Alias] = {
     "cohere": Alias(CohereProvider, COHERE_BASE, ("COHERE_API_KEY", "CO_API_KEY"), ("COHERE_API_BASE",)),
     "cohere_chat": Alias(CohereProvider, COHERE_BASE, ("COHERE_API_KEY", "CO_API_KEY"), ("COHERE_API_BASE",)),
     "gemini": Alias(GeminiProvider, GEMINI_BASE, ("GEMINI_API_KEY", "GOOGLE_API_KEY"), ("GEMINI_API_BASE",)),
+    # built by `config.load` with its credentials, project and location (`providers.vertex.build`)
+    "vertex_ai": Alias(VertexGeminiProvider, VERTEX_BASE),
     "mock": Alias(MockProvider, None),
 }
+
+VERTEX = "vertex_ai"
 
 
 def split_model(model: str) -> tuple[str, str]:
@@ -170,6 +176,8 @@ def build(
     family = alias.family
     if family is MockProvider:
         return MockProvider(label=label, upstream_model=resolved.upstream_model)
+    if resolved.family == VERTEX:
+        raise ConfigError("a vertex_ai deployment is built with its credentials (providers.vertex.build)")
     return family(
         label=label,
         upstream_model=resolved.upstream_model,

@@ -25,11 +25,13 @@ from meterway.bounds import Name
 from meterway.config.load import runtime_deployment
 from meterway.config.settings import Deployment, Settings
 from meterway.errors import BadRequest, ConfigError, ModelNotFound, PermissionDenied
+from meterway.providers.google_auth import first_tokens
 from meterway.store.models import ModelStore, StoredModel
 
 if TYPE_CHECKING:
     from meterway.api.models import ModelList
     from meterway.ledger.recorder import Ledger
+    from meterway.providers.google_auth import GoogleToken, Refreshers
     from meterway.routing import Router
 
 log = logging.getLogger("meterway.models")
@@ -70,6 +72,7 @@ class RuntimeModels:
         redis: Any | None = None,
         channel: str = "meterway:models",
         writable: bool = True,
+        refreshers: Refreshers | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -82,6 +85,7 @@ class RuntimeModels:
         self._stored: dict[str, StoredModel] = {}
         self._version: tuple[int, datetime | None] | None = None
         self.writable = writable and store is not None  # STORE_MODEL_IN_DB: without it, /model/info only
+        self.refreshers = refreshers  # keeps the served deployments' expiring credentials fresh (vertex_ai/)
 
     def _resolve(self, model: StoredModel) -> Deployment:
         entry = {
@@ -108,15 +112,21 @@ class RuntimeModels:
                 log.error("stored model %s is not usable: %s", model.model_id, e.message)
                 continue
             stored[model.model_id] = model
-        self._apply(stored, tuple(deployments))
+        started = self._apply(stored, tuple(deployments))
         self._version = version
+        if started:  # a vertex_ai/ model just added: its first token, so its first request finds one
+            await first_tokens(started)
 
-    def _apply(self, stored: dict[str, StoredModel], deployments: tuple[Deployment, ...]) -> None:
+    def _apply(self, stored: dict[str, StoredModel], deployments: tuple[Deployment, ...]) -> list[GoogleToken]:
+        """Serves `deployments` beside the config file's; returns the credentials now kept fresh
+        that were not before."""
         every = self.settings.deployments + deployments
+        started = self.refreshers.serve(d.provider for d in every) if self.refreshers is not None else []
         self.router.replace(every)
         self.listing.rebuild(every)
         self.ledger.forget_prices()
         self._stored = stored
+        return started
 
     async def _changed(self) -> None:
         await self.reload()

@@ -156,6 +156,28 @@ def _pg_group_sql() -> str:
     return "WITH " + ", ".join(parts) + " SELECT 1"
 
 
+def _pg_rows_once_sql() -> str:
+    """Rows whose uid may be stored already, as ONE statement from a JSON document (as
+    `_pg_group_sql`): inserted in the document's order (uid order, the lock order), those whose
+    uid exists skipped, the inserted uids returned."""
+    rows = ", ".join(_pg_value(ledger, name, "r", i) for i, name in enumerate(_ROW_COLUMNS))
+    return (
+        f"INSERT INTO mw_ledger ({', '.join(_ROW_COLUMNS)}) SELECT {rows} "
+        "FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS e(r, n) ORDER BY n "
+        "ON CONFLICT (uid) DO NOTHING RETURNING uid"
+    )
+
+
+def _pg_rollup_sql() -> str:
+    """Rollup groups added to `mw_usage_daily` as one statement from a JSON document, in the
+    document's order (key order, the lock order `_write_pg_group` takes too)."""
+    rollup = ", ".join(_pg_value(usage_daily, name, "g", i) for i, name in enumerate(_ROLLUP_COLUMNS))
+    return (
+        f"INSERT INTO mw_usage_daily ({', '.join(_ROLLUP_COLUMNS)}) SELECT {rollup} "
+        f"FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS e(g, n) ORDER BY n {_ROLLUP_CONFLICT}"
+    )
+
+
 class LedgerStore:
     def __init__(self, engine: AsyncEngine, *, export: bool = False) -> None:
         self._engine = engine
@@ -169,6 +191,7 @@ class LedgerStore:
         else:
             self._sql = _sql(lambda i: f"${i + 1}")
             self._sql["group"] = _pg_group_sql()
+            self._sql["rows_once_all"], self._sql["rollup_all"] = _pg_rows_once_sql(), _pg_rollup_sql()
             # the connection groups are written on, kept between groups (see `_execute_group`)
             self._held: tuple[AsyncConnection, Any] | None = None  # and its asyncpg connection
             self._holding = asyncio.Lock()
@@ -387,9 +410,10 @@ class LedgerStore:
         racing with the same uid get one row: the unique index decides, and the loser's
         transaction sees the winner's row once it commits (PostgreSQL) or waits for the one
         writer (SQLite). Rows go in uid order and rollup groups in key order, so two batches
-        overlapping on PostgreSQL take their locks in the same order instead of deadlocking. Off
-        the request path: a statement per row is fine here, where the gateway's `write` uses
-        executemany."""
+        overlapping on PostgreSQL take their locks in the same order instead of deadlocking. On
+        PostgreSQL the rows are one statement (`_pg_rows_once_sql`): an import writes its spend
+        logs through here a page at a time, and a statement per row held it to a few hundred rows
+        a second."""
         if not entries:
             return set()
         try:
@@ -399,7 +423,7 @@ class LedgerStore:
 
     async def _write_once(self, entries: Sequence[Entry]) -> set[str]:
         entries = sorted(entries, key=lambda e: str(e.row.uid))
-        rows = _prepare(entries)[0]
+        rows, groups, spend = _prepare(entries)
         if self._sqlite:
             return await asyncio.get_running_loop().run_in_executor(
                 self._executor, self._write_once_sqlite, entries, rows
@@ -408,13 +432,24 @@ class LedgerStore:
         async with self._engine.connect() as conn:
             pg = await _driver(conn)
             async with pg.transaction():
-                for entry, row in zip(entries, rows, strict=True):
-                    status = await pg.execute(self._sql["rows_once"], *_pg_row(row))
-                    if status.endswith(" 1"):  # "INSERT 0 1": inserted; "INSERT 0 0": the uid exists
-                        inserted.append(entry)
-                _, groups, spend = _prepare(inserted)
-                if groups:
-                    await pg.executemany(self._sql["rollup"], sorted(groups))
+                if len(rows) > 1 and _finite(rows):
+                    # one statement for the lot (an import's page of a thousand): RETURNING names the
+                    # uids it inserted; a uid present already is found by the unique index, not by a
+                    # scan, however stale the table's statistics
+                    document = orjson.dumps([_pg_row(r) for r in rows]).decode()
+                    fresh = {r[0] for r in await pg.fetch(self._sql["rows_once_all"], document)}
+                    inserted = [e for e in entries if e.row.uid in fresh]
+                else:
+                    for entry, row in zip(entries, rows, strict=True):
+                        status = await pg.execute(self._sql["rows_once"], *_pg_row(row))
+                        if status.endswith(" 1"):  # "INSERT 0 1": inserted; "INSERT 0 0": the uid exists
+                            inserted.append(entry)
+                if len(inserted) != len(entries):  # some were there: only the inserted ones add up
+                    _, groups, spend = _prepare(inserted)
+                if len(groups) > 1:
+                    await pg.execute(self._sql["rollup_all"], orjson.dumps(sorted(groups)).decode())
+                elif groups:
+                    await pg.executemany(self._sql["rollup"], groups)
                 for (scope, periodic), params in spend.items():
                     await pg.executemany(self._sql[f"{scope}:{periodic}"], params)
                 outbox = self._outbox(inserted)
