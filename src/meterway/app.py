@@ -44,6 +44,9 @@ _MODEL_ROUTES: dict[str, tuple[Api, proxy.HeadDecoder]] = {
     "/completions": (Api.COMPLETIONS, heads.completion),
     "/embeddings": (Api.EMBEDDINGS, heads.embedding),
     "/messages": (Api.MESSAGES, heads.messages),
+    "/rerank": (Api.RERANK, heads.rerank),
+    "/v2/rerank": (Api.RERANK, heads.rerank),  # Cohere's own path, as LiteLLM serves it
+    "/moderations": (Api.MODERATIONS, heads.moderation),
     # paths some clients use for the same endpoints
     "/engines/chat/completions": (Api.CHAT, heads.chat),
     "/openai/chat/completions": (Api.CHAT, heads.chat),

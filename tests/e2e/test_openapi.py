@@ -19,6 +19,7 @@ def test_openapi_describes_every_management_route(gateway: RunningGateway) -> No
     served.add(("GET", "/customer/{customer_id}/invoice-preview"))  # the one route with an id in its path
     served |= {("POST", path) for path in webhooks.INGEST}  # served apart: they take the webhook secret
     served |= {(method, path) for method, path, _, _ in openapi.RESPONSES}  # OpenAI's Responses API
+    served |= {("POST", path) for path, _, _ in openapi.MODEL_ENDPOINTS}  # rerank, moderations
     # every method the Responses routes take is documented
     assert {op[0] for op in openapi.RESPONSES} == {m for methods in responses.ALLOWED.values() for m in methods} | {
         "POST"
@@ -29,6 +30,7 @@ def test_openapi_describes_every_management_route(gateway: RunningGateway) -> No
     name = generate["$ref"].rsplit("/", 1)[1]
     assert {"models", "max_budget", "duration", "team_id", "metadata"} <= set(schemas[name]["properties"])
     assert schemas["KeyDeleteRequest"]["required"] == ["keys"]
+    assert set(schemas["Rerank"]["required"]) == {"model", "query", "documents"}
     for path, ops in doc["paths"].items():
         for op in ops.values():
             body = op.get("requestBody")

@@ -7,6 +7,7 @@ import asyncio
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -168,3 +169,81 @@ def test_store_opens_without_migrating_when_current_and_refuses_an_old_schema_wi
         await again.close()
 
     asyncio.run(run())
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_0013_adds_the_units_to_the_ledger_and_rollup_and_takes_them_away_again(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Rows written before 0013 used no unit (0); a downgrade drops the columns, and on PostgreSQL
+    the `"LiteLLM_SpendLogs"` view over the ledger (0012) survives both ways."""
+    from alembic import command
+    from alembic.config import Config
+
+    from meterway.store.migrate import MIGRATIONS
+
+    url = _sqlite(tmp_path) if backend == "sqlite" else request.getfixturevalue("pg_url")
+    units = ("queries", "images", "audio_ms", "characters")
+
+    def alembic(action: str, target: str) -> None:
+        def run(connection: sa.Connection) -> None:
+            config = Config()
+            config.set_main_option("script_location", str(MIGRATIONS))
+            config.attributes["connection"] = connection
+            getattr(command, action)(config, target)
+
+        async def go() -> None:
+            engine = create_engine(parse(url))
+            try:
+                async with engine.begin() as conn:
+                    await conn.run_sync(run)
+            finally:
+                await engine.dispose()
+
+        asyncio.run(go())
+
+    async def read(query: str) -> list[Any]:
+        engine = create_engine(parse(url))
+        try:
+            async with engine.begin() as conn:
+                return list(await conn.execute(sa.text(query)))
+        finally:
+            await engine.dispose()
+
+    def columns(table: str) -> set[str]:
+        async def run() -> set[str]:
+            engine = create_engine(parse(url))
+            try:
+                async with engine.connect() as conn:
+                    return await conn.run_sync(lambda c: {col["name"] for col in sa.inspect(c).get_columns(table)})
+            finally:
+                await engine.dispose()
+
+        return asyncio.run(run())
+
+    alembic("upgrade", "0012")
+    asyncio.run(
+        read(
+            "INSERT INTO mw_ledger (request_id, started_at, ended_at, endpoint, stream, prompt_tokens, "
+            "completion_tokens, cached_tokens, cache_write_tokens, reasoning_tokens, total_tokens, "
+            "tokens_estimated, status, http_status, latency_ms, tags, metadata, source, attempts, cache_hit) "
+            "VALUES ('r-1', '2026-12-01 00:00:00+00', '2026-12-01 00:00:01+00', 'chat', false, 3, 4, 0, 0, 0, 7, "
+            "false, 'success', 200, 1.0, '[]', '{}', 'gateway', 1, false) RETURNING 1"
+        )
+    )
+    alembic("upgrade", "head")
+    assert set(units) <= columns("mw_ledger") and set(units) <= columns("mw_usage_daily")
+    assert asyncio.run(read("SELECT queries, images, audio_ms, characters FROM mw_ledger")) == [(0, 0, 0, 0)]
+    view = "SELECT count(*) FROM information_schema.views WHERE table_name = 'LiteLLM_SpendLogs'"
+    if backend == "postgresql":
+        assert asyncio.run(read(view)) == [(1,)]
+        asyncio.run(read("UPDATE mw_ledger SET endpoint = 'rerank', queries = 2 RETURNING 1"))
+        call_type = 'SELECT call_type FROM "LiteLLM_SpendLogs"'
+        assert asyncio.run(read(call_type)) == [("arerank",)]  # LiteLLM's name for it
+    alembic("downgrade", "0012")
+    assert not set(units) & columns("mw_ledger") and not set(units) & columns("mw_usage_daily")
+    assert asyncio.run(read("SELECT total_tokens FROM mw_ledger")) == [(7,)]
+    if backend == "postgresql":
+        assert asyncio.run(read(call_type)) == [("rerank",)]  # 0012's view again
+    alembic("upgrade", "head")
+    assert _drift(url) == []

@@ -119,6 +119,10 @@ def test_billing_properties_rename_add_and_drop() -> None:
         "tags": "tags",
         "cost_usd": "cost",
         "project": "metadata.project",
+        "queries": "queries",  # units beside tokens: carried only when the request used them
+        "images": "images",
+        "audio_seconds": "audio_seconds",
+        "characters": "characters",
     }
 
 
@@ -203,3 +207,43 @@ def test_billing_tags_are_serialised_and_never_replace_what_the_event_computed(s
     assert props["project"] == '{"name":"apollo","ids":[1,2]}'
     assert props["model"] == "demo" and "cost" not in props
     assert props["tokens" if split else "total_tokens"] == (10 if split else 15)
+
+
+def test_each_unit_is_a_lago_property_only_when_used_and_a_split_event_of_its_own() -> None:
+    from datetime import UTC, datetime
+
+    from meterway.billing.events import events_for
+    from meterway.billing.setup import summable
+
+    row = {
+        "uid": "u1",
+        "ended_at": datetime(2026, 12, 3, tzinfo=UTC),
+        "model_group": "rerank",
+        "prompt_tokens": 0,
+        "completion_tokens": 0,
+        "total_tokens": 0,
+        "cached_tokens": 0,
+        "cache_write_tokens": 0,
+        "reasoning_tokens": 0,
+        "cost": 40_000_000,
+        "tags": [],
+        "metadata": {},
+        "queries": 2,
+        "images": 0,
+        "audio_ms": 1500,
+        "characters": 0,
+    }
+    plain = parse_config({**MODELS, "billing": {"api_base": "http://lago", "api_key": "k"}}, source=None, env={})
+    assert plain.billing is not None
+    (event,) = events_for(row, "acme", plain.billing)
+    assert event["properties"]["queries"] == 2 and event["properties"]["audio_seconds"] == "1.5"
+    assert "images" not in event["properties"] and "characters" not in event["properties"]
+    assert {"queries", "images", "audio_seconds", "characters"} <= set(summable(plain.billing))
+    section = {"api_base": "http://lago", "api_key": "k", "split_by_token_type": True}
+    split = parse_config({**MODELS, "billing": section}, source=None, env={}).billing
+    assert split is not None
+    events = events_for(row, "acme", split)
+    assert [(e["transaction_id"], e["properties"]) for e in events] == [
+        ("u1:queries", {"type": "queries", "model": "rerank", "queries": 2}),
+        ("u1:audio_seconds", {"type": "audio_seconds", "model": "rerank", "audio_seconds": "1.5"}),
+    ]

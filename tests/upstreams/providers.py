@@ -36,6 +36,17 @@ from tests.upstreams.standin import (
 )
 
 COHERE_TOOL_CALL_ID = "standin_tool_1"
+COHERE_KEY = "co-key"  # the only key the rerank route takes, as Cohere checks its keys
+
+
+def rerank_results(query: str, documents: list[str], top_n: Any) -> list[dict[str, Any]]:
+    """Documents by the share of their words that are the query's, best first (ties by index)."""
+    words = set(query.lower().split())
+    scores = [(sum(w in words for w in d.lower().split()) / (len(d.split()) or 1), i) for i, d in enumerate(documents)]
+    ranked = sorted(scores, key=lambda s: (-s[0], s[1]))
+    if isinstance(top_n, int):
+        ranked = ranked[:top_n]
+    return [{"index": i, "relevance_score": round(score, 6)} for score, i in ranked]
 
 
 def _cohere_text(content: Any) -> str:
@@ -66,6 +77,9 @@ class ProviderStandIn(StandIn):
     def _add_routes(self, router: web.UrlDispatcher) -> None:
         router.add_post("/v2/chat", self._route(self._cohere_chat))
         router.add_post("/v2/embed", self._route(self._cohere_embed))
+        router.add_post("/v2/rerank", self._route(self._cohere_rerank))
+        router.add_post("/v1/rerank", self._route(self._compatible_rerank))  # vLLM / Jina
+        router.add_post("/v1/moderations", self._route(self._moderations))  # OpenAI
         router.add_post("/v1beta/models/{target}", self._route(self._gemini))
         super()._add_routes(router)
 
@@ -172,6 +186,65 @@ class ProviderStandIn(StandIn):
             "response_type": "embeddings_by_type",
         }
         return await self._json(call, body, usage={"prompt_tokens": tokens})
+
+    async def _cohere_rerank(self, call: _Call) -> web.StreamResponse:
+        """Cohere's `/v2/rerank`: the key must be COHERE_KEY; documents strings; one search unit
+        per 100 documents (Cohere's rule for short documents)."""
+        if call.record.headers.get("authorization") != f"Bearer {COHERE_KEY}":
+            return await self._plain_json(call, 401, {"message": "invalid api token"})
+        if (error := await self._cohere_guard(call)) is not None:
+            return error
+        p = call.payload
+        docs = p.get("documents")
+        if (
+            not isinstance(p.get("query"), str)
+            or not isinstance(docs, list)
+            or not all(isinstance(d, str) for d in docs)
+        ):
+            return await self._plain_json(call, 400, {"message": "invalid request: query and documents (strings)"})
+        body = {
+            "id": f"rerank-standin-{next(self._ids)}",
+            "results": rerank_results(p["query"], docs, p.get("top_n")),
+            "meta": {"api_version": {"version": "2"}, "billed_units": {"search_units": -(-len(docs) // 100)}},
+        }
+        return await self._json(call, body)
+
+    async def _compatible_rerank(self, call: _Call) -> web.StreamResponse:
+        """Jina's shape, as vLLM serves it: `usage.total_tokens`, documents back unless refused."""
+        p = call.payload
+        docs = p.get("documents")
+        if (
+            not isinstance(p.get("query"), str)
+            or not isinstance(docs, list)
+            or not all(isinstance(d, str) for d in docs)
+        ):
+            return await self._json(call, {"error": {"message": "query and documents required"}}, status=400)
+        results = rerank_results(p["query"], docs, p.get("top_n"))
+        if p.get("return_documents", True):
+            for r in results:
+                r["document"] = {"text": docs[r["index"]]}
+        tokens = count_words(p["query"]) * len(docs) + sum(count_words(d) for d in docs)
+        body = {"id": f"rerank-{next(self._ids)}", "model": p.get("model"), "results": results}
+        body["usage"] = {"total_tokens": tokens}
+        return await self._json(call, body)
+
+    async def _moderations(self, call: _Call) -> web.StreamResponse:
+        """OpenAI's moderations: flagged when the input says "attack"; no usage, as OpenAI's has none."""
+        given = call.payload.get("input")
+        texts = [given] if isinstance(given, str) else [t for t in given or [] if isinstance(t, str)]
+        results = []
+        for text in texts:
+            flagged = "attack" in text
+            results.append(
+                {
+                    "flagged": flagged,
+                    "categories": {"violence": flagged, "harassment": False},
+                    "category_scores": {"violence": 0.9 if flagged else 0.01, "harassment": 0.001},
+                    "category_applied_input_types": {"violence": ["text"], "harassment": ["text"]},
+                }
+            )
+        body = {"id": f"modr-{next(self._ids)}", "model": call.payload.get("model"), "results": results}
+        return await self._json(call, body)
 
     # ---- Gemini ----------------------------------------------------------------------------------
 

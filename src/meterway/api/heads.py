@@ -23,7 +23,7 @@ import orjson
 
 from meterway import bounds
 from meterway.errors import BadRequest
-from meterway.providers.base import RequestHead
+from meterway.providers.base import RequestHead, Units
 
 _AT = re.compile(r"at `\$\.([^`\[]+)")
 _MISSING = re.compile(r"missing required field `([^`]+)`")
@@ -102,11 +102,52 @@ class _Responses(msgspec.Struct):
     safety_identifier: str | None = None
 
 
+class RerankDocument(msgspec.Struct):
+    text: str
+
+
+class RerankRequest(msgspec.Struct):
+    """Cohere's v2 rerank request, as LiteLLM's `/rerank` takes it: a query and the documents to
+    order (strings, or objects with `text`). Decoded whole: the documents are counted for the
+    reservation and bounded (`RERANK_DOCUMENTS_MAX`)."""
+
+    model: str
+    query: str
+    documents: list[str | RerankDocument]
+    top_n: int | None = None
+    return_documents: bool | None = None
+    max_tokens_per_doc: int | None = None
+    rank_fields: list[str] | None = None
+    user: str | None = None
+    tags: msgspec.Raw = _ABSENT
+    metadata: msgspec.Raw = _ABSENT
+    litellm_metadata: msgspec.Raw = _ABSENT
+
+
+class ModerationRequest(msgspec.Struct):
+    """OpenAI's moderation request: `input` a string, an array of strings or of multimodal parts;
+    `model` may be left out (OpenAI's default, `omni-moderation-latest`, is routed then)."""
+
+    input: msgspec.Raw
+    model: str = ""
+    user: str | None = None
+    tags: msgspec.Raw = _ABSENT
+    metadata: msgspec.Raw = _ABSENT
+    litellm_metadata: msgspec.Raw = _ABSENT
+
+
+RERANK_DOCUMENTS_MAX = 1000  # Cohere's own bound on one request's documents
+_SEARCH_UNIT_DOCUMENTS = 100  # Cohere bills a search unit per query over up to 100 documents...
+_CHUNK_BYTES = 1500  # ...each document split into chunks of 500 tokens (at most about 3 bytes a token)
+DEFAULT_MODERATION_MODEL = "omni-moderation-latest"
+
 _chat = msgspec.json.Decoder(_Chat)
 _completion = msgspec.json.Decoder(_Completion)
 _embedding = msgspec.json.Decoder(_Embedding)
 _messages = msgspec.json.Decoder(_Messages)
 _responses = msgspec.json.Decoder(_Responses)
+_rerank = msgspec.json.Decoder(RerankRequest)
+_moderation = msgspec.json.Decoder(ModerationRequest)
 
 S = TypeVar("S")
 
@@ -322,6 +363,50 @@ def embedding(body: bytes) -> RequestHead:
     tags, metadata = _extras(e.tags, e.metadata) if e.tags or e.metadata else _NONE
     user = _named(_user(e.user), e.litellm_metadata, metadata, e.safety_identifier)
     return RequestHead(e.model, False, False, user, None, tags, metadata)
+
+
+def rerank(body: bytes) -> RequestHead:
+    """A rerank request: a non-empty query and 1 to `RERANK_DOCUMENTS_MAX` documents; `top_n` and
+    `max_tokens_per_doc` at least 1. Its units are the most search units it may be billed, the way
+    Cohere counts them (a unit per 100 document chunks, a chunk being up to 500 tokens of query and
+    document), so a budget reserves for the dearest outcome before it runs."""
+    r = decode(_rerank, body)
+    _model(r.model)
+    if not r.query.strip():
+        raise BadRequest("'query' must not be empty.", param="query")
+    if not r.documents:
+        raise BadRequest("'documents' must not be empty.", param="documents", code="empty_array")
+    if len(r.documents) > RERANK_DOCUMENTS_MAX:
+        raise BadRequest(
+            f"'documents' has {len(r.documents)} items; at most {RERANK_DOCUMENTS_MAX} are allowed.",
+            param="documents",
+            code="array_above_max_length",
+        )
+    if r.top_n is not None and r.top_n < 1:
+        raise BadRequest("'top_n' must be at least 1.", param="top_n")
+    if r.max_tokens_per_doc is not None and r.max_tokens_per_doc < 1:
+        raise BadRequest("'max_tokens_per_doc' must be at least 1.", param="max_tokens_per_doc")
+    query = len(r.query.encode())
+    chunks = sum(
+        max(1, -(-(query + len((d if isinstance(d, str) else d.text).encode())) // _CHUNK_BYTES)) for d in r.documents
+    )
+    tags, metadata = _extras(r.tags, r.metadata) if r.tags or r.metadata else _NONE
+    user = _named(_user(r.user), r.litellm_metadata, metadata, None)
+    most = Units(queries=-(-chunks // _SEARCH_UNIT_DOCUMENTS))
+    return RequestHead(r.model, False, False, user, None, tags, metadata, most)
+
+
+def moderation(body: bytes) -> RequestHead:
+    """A moderation request: `input` a non-empty string or array; no `model` means OpenAI's default."""
+    m = decode(_moderation, body)
+    model = m.model or DEFAULT_MODERATION_MODEL
+    _model(model)
+    data = bytes(m.input).lstrip()
+    if data in (b'""', b"[]") or not data.startswith((b'"', b"[")):
+        raise BadRequest("'input' must be a non-empty string or array.", param="input")
+    tags, metadata = _extras(m.tags, m.metadata) if m.tags or m.metadata else _NONE
+    user = _named(_user(m.user), m.litellm_metadata, metadata, None)
+    return RequestHead(model, False, False, user, None, tags, metadata)
 
 
 def messages(body: bytes) -> RequestHead:

@@ -10,6 +10,7 @@ import orjson
 
 from meterway import __version__
 from meterway.api import billing as b
+from meterway.api import heads as h
 from meterway.api import management as m
 from meterway.api import tenancy as t
 from meterway.api import webhook_admin as w
@@ -126,6 +127,37 @@ RESPONSES: list[tuple[str, str, str, Query]] = [
     ),
     ("POST", "/v1/responses/input_tokens", "The input tokens a request would use; never charged", ()),
 ]
+
+
+class Rerank(msgspec.Struct):
+    """Cohere's v2 rerank request (`api.heads.RerankRequest`, whose free-form `tags` and
+    `metadata` it decodes only when sent, typed here)."""
+
+    model: str
+    query: str
+    documents: list[str | h.RerankDocument]
+    top_n: int | None = None
+    return_documents: bool | None = None
+    max_tokens_per_doc: int | None = None
+    user: str | None = None
+    tags: list[str] | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class Moderation(msgspec.Struct):
+    """OpenAI's moderation request (`api.heads.ModerationRequest`)."""
+
+    input: str | list[str]
+    model: str | None = None
+    user: str | None = None
+
+
+# Model endpoints in their providers' shapes whose bodies the gateway decodes whole, so fuzzed:
+# Cohere's v2 rerank, as LiteLLM serves it, and OpenAI's moderations.
+MODEL_ENDPOINTS: list[tuple[str, str, type[msgspec.Struct]]] = [
+    ("/v1/rerank", "Documents ordered by relevance to a query (Cohere's v2 shape); billed per search unit", Rerank),
+    ("/v1/moderations", "Whether inputs break a usage policy (OpenAI's shape); recorded, usually free", Moderation),
+]
 _EVENTS = {
     "description": 'A usage event or LiteLLM\'s StandardLoggingPayload; one, a list, or {"events": [...]} '
     "(at most 1000 events)",
@@ -148,7 +180,7 @@ _ERROR = {
 
 
 def document() -> bytes:
-    types = [op[3] for op in OPERATIONS if op[3] is not None]
+    types = [op[3] for op in OPERATIONS if op[3] is not None] + [m[2] for m in MODEL_ENDPOINTS]
     (refs, schemas) = msgspec.json.schema_components(types, ref_template="#/components/schemas/{name}")
     ref_of = dict(zip(types, refs, strict=True))
     paths: dict[str, dict[str, Any]] = {}
@@ -206,6 +238,28 @@ def document() -> bytes:
                 "content": {"application/json": {"schema": {"type": "object"}}},
             }
         paths.setdefault(path, {})[method.lower()] = operation
+    for path, summary, struct in MODEL_ENDPOINTS:
+        paths[path] = {
+            "post": {
+                "summary": summary,
+                "security": [{"bearer": []}],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": ref_of[struct]}}},
+                "responses": {
+                    "200": {"description": "The provider's shape", "content": {"application/json": {"schema": {}}}},
+                    **{
+                        code: {
+                            "description": text,
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+                        }
+                        for code, text in (
+                            ("400", "Invalid request, naming the field; or a budget it cannot pay"),
+                            ("401", "Missing or wrong key"),
+                            ("404", "Unknown model"),
+                        )
+                    },
+                },
+            }
+        }
     for path, summary in INGEST:
         paths[path] = {
             "post": {

@@ -13,6 +13,7 @@ import html
 import io
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from meterway import bounds
@@ -20,7 +21,8 @@ from meterway.api.params import Reply, query_int
 from meterway.auth.keys import reference
 from meterway.errors import BadRequest, RouteNotFound
 from meterway.ledger import DIMENSIONS, TAG, TIMES, Filters
-from meterway.ledger.pricing import usd
+from meterway.ledger.pricing import MONEY_UNIT, usd
+from meterway.ledger.row import UNITS
 
 if TYPE_CHECKING:
     from meterway.admin import Admin
@@ -127,6 +129,7 @@ def _log(row: dict[str, Any]) -> dict[str, Any]:
         "source": row["source"],  # gateway, or webhook: reported by another proxy
         "attempts": row["attempts"],  # upstream attempts: retries and fallbacks add to 1; 0 for a cache hit
         "cache_hit": bool(row["cache_hit"]),
+        **{u: row.get(u) or 0 for u in UNITS},  # units beside tokens: rerank queries, images, audio ms, characters
     }
 
 
@@ -151,7 +154,7 @@ async def usage(r: Admin, body: bytes, query: dict[str, str]) -> Any:
     if TAG in group_by:  # a row with several tags is in several groups: the totals count it once
         rows = await r.store.reports.usage([], filters)
     totals = _usage_row(
-        {m: sum(row[m] or 0 for row in rows) for m in ("requests", "errors", "unpriced", *_TOKENS, "cost")}, []
+        {m: sum(row[m] or 0 for row in rows) for m in ("requests", "errors", "unpriced", *_TOKENS, "cost", *UNITS)}, []
     )
     return {
         "group_by": group_by,
@@ -163,7 +166,7 @@ async def usage(r: Admin, body: bytes, query: dict[str, str]) -> Any:
 
 
 _TOKENS = ("prompt_tokens", "completion_tokens", "cached_tokens", "cache_write_tokens", "reasoning_tokens")
-_USAGE_COLUMNS = ["requests", "errors", "unpriced", *_TOKENS, "total_tokens", "cost"]
+_USAGE_COLUMNS = ["requests", "errors", "unpriced", *_TOKENS, "total_tokens", "cost", *UNITS]
 
 
 def _usage_row(row: dict[str, Any], group_by: list[str]) -> dict[str, Any]:
@@ -172,6 +175,8 @@ def _usage_row(row: dict[str, Any], group_by: list[str]) -> dict[str, Any]:
         out[m] = row[m] or 0
     out["total_tokens"] = out["prompt_tokens"] + out["completion_tokens"]
     out["cost"] = _money(row["cost"] or 0)
+    for u in UNITS:  # units beside tokens: rerank queries, images, audio milliseconds, speech characters
+        out[u] = row.get(u) or 0
     return out
 
 
@@ -245,35 +250,51 @@ async def invoice_preview(r: Admin, customer_id: str, query: dict[str, str]) -> 
 
 
 def invoice_lines(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One line per model, token type and unit price; amount = quantity x unit price, exactly."""
+    """One line per model, token type and unit price; amount = quantity x unit price, exactly.
+    Units (a rerank's queries, images, audio, characters) come after the tokens: the rollup keeps
+    their cost, not their price, so their line's amount is the group's cost beyond its tokens' lines
+    (its unit price that divided by the quantity). A token type with no price in a group that used
+    units is not billed (a reranker priced per query that reports tokens too) and has no line."""
     lines: list[dict[str, Any]] = []
     for g in groups:
         p_in, p_out, p_read, p_write = (
             None if g[p] is None or g[p] < 0 else g[p]
             for p in ("price_input", "price_output", "price_cache_read", "price_cache_write")
         )
+        used = {u: g.get(u) or 0 for u in UNITS if g.get(u)}
         cached = g["cached_tokens"] if p_read is not None else 0
         written = g["cache_write_tokens"] if p_write is not None else 0
+        tokens_amount = 0
         for token_type, quantity, price in (
             ("input", max(g["prompt_tokens"] - cached - written, 0), p_in),
             ("cached_input", cached, p_read),
             ("cache_write", written, p_write),
             ("output", g["completion_tokens"], p_out),
         ):
-            if not quantity:
+            if not quantity or (price is None and used):
                 continue
             amount = quantity * price if price is not None else None
-            lines.append(
-                {
-                    "model": g["model_group"],
-                    "token_type": token_type,
-                    "quantity": quantity,
-                    "unit_price": format(usd(price), "f") if price is not None else None,
-                    "amount": _money(amount),
-                    "amount_units": amount,
-                }
-            )
+            tokens_amount += amount or 0
+            lines.append(_line(g["model_group"], token_type, quantity, price, amount))
+        if used:
+            amount = max((g.get("cost") or 0) - tokens_amount, 0)
+            names, quantity = "+".join(used), sum(used.values()) if len(used) == 1 else None
+            each = Decimal(amount) / quantity if quantity else None
+            lines.append(_line(g["model_group"], names, quantity, each, amount))
     return lines
+
+
+def _line(
+    model: str, kind: str, quantity: int | None, price: Decimal | int | None, amount: int | None
+) -> dict[str, Any]:
+    return {
+        "model": model,
+        "token_type": kind,
+        "quantity": quantity,
+        "unit_price": format((Decimal(price) * MONEY_UNIT).normalize(), "f") if price is not None else None,
+        "amount": _money(amount),
+        "amount_units": amount,
+    }
 
 
 def _invoice_html(doc: dict[str, Any]) -> str:

@@ -16,7 +16,7 @@ from typing import Any, Final
 
 import orjson
 
-from meterway.config.billing import DEFAULT_PROPERTIES, METADATA, Billing
+from meterway.config.billing import DEFAULT_PROPERTIES, METADATA, UNIT_SOURCES, Billing
 
 # which ledger column names the charged entity, by `charge_by`
 CHARGED: Final = MappingProxyType({"customer": "customer_id", "user": "user_id", "team": "team_id", "key": "key_id"})
@@ -45,6 +45,16 @@ def _usd(cost: Any) -> str | None:
     return format(Decimal(cost), "f") if cost is not None else None
 
 
+def _unit(value: Any) -> int | None:
+    """A unit count, or None (the property is left out) when the request used none."""
+    return value if value else None
+
+
+def _seconds(ms: Any) -> str | None:
+    """Audio milliseconds as seconds, an exact decimal string ("1.5"), as Lago sums decimals."""
+    return format((Decimal(ms) / 1000).normalize(), "f") if ms else None
+
+
 # each source of `billing.properties` (config.billing.SOURCES): how it is read from a ledger row
 READ: Final[Mapping[str, Any]] = MappingProxyType(
     {
@@ -68,6 +78,10 @@ READ: Final[Mapping[str, Any]] = MappingProxyType(
         "upstream_model": lambda r: r["upstream_model"],
         "endpoint": lambda r: r["endpoint"],
         "request_id": lambda r: r["request_id"],
+        "queries": lambda r: _unit(r.get("queries")),
+        "images": lambda r: _unit(r.get("images")),
+        "audio_seconds": lambda r: _seconds(r.get("audio_ms")),
+        "characters": lambda r: _unit(r.get("characters")),
     }
 )
 
@@ -131,9 +145,15 @@ def events_for(row: Mapping[str, Any], subscription: str, billing: Billing) -> l
         "output": max(row["completion_tokens"] - reasoning, 0),
         "reasoning": reasoning,
     }
-    return [
+    out = [
         event(f":{kind}", {"type": kind, "model": model, "tokens": n, **added}) for kind, n in counts.items() if n > 0
     ]
+    # units: an event each, its count under its own name (no `tokens`, so a token metric never adds it)
+    for unit in UNIT_SOURCES:
+        value = READ[unit](row)
+        if value is not None:
+            out.append(event(f":{unit}", {"type": unit, "model": model, unit: value, **added}))
+    return out
 
 
 SPLIT = frozenset({"type", "model", "tokens"})  # a split event's own properties, never replaced

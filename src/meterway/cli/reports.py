@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from meterway.cli import admin, output
+from meterway.ledger.row import UNITS
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -160,7 +161,7 @@ async def _key_names(service: Any, result: dict[str, Any]) -> dict[str, str]:
 
 
 _USAGE_NUMBERS = ("requests", "prompt_tokens", "completion_tokens", "total_tokens", "cost")
-_NUMBERS = (*_USAGE_NUMBERS, "quantity", "unit_price", "amount")
+_NUMBERS = (*_USAGE_NUMBERS, *UNITS, "quantity", "unit_price", "amount")
 
 
 def _table(command: str, result: dict[str, Any], names: dict[str, str]) -> None:
@@ -178,6 +179,7 @@ def _table(command: str, result: dict[str, Any], names: dict[str, str]) -> None:
         rows = [*result["rows"], {**{g: "total" for g in result["group_by"][:1]}, **result["totals"]}]
         rows = [{**r, "key": names.get(r["key"], r["key"])} if r.get("key") else r for r in rows]
         cols = [*result["group_by"], "requests", "prompt_tokens", "completion_tokens", "total_tokens", "cost"]
+        cols += [u for u in UNITS if result["totals"].get(u)]  # units beside tokens, where any were used
     else:
         rows = [*result["lines"], {"model": "total", "amount": result["total"]}]
         cols = ["model", "token_type", "quantity", "unit_price", "amount"]

@@ -86,9 +86,15 @@ SOURCES = (
     "upstream_model",
     "endpoint",
     "request_id",
+    # units beside tokens (a rerank's search units, images, audio seconds as a decimal string, speech characters)
+    "queries",
+    "images",
+    "audio_seconds",
+    "characters",
 )
+UNIT_SOURCES = SOURCES[-4:]
 # sources a sum metric can add up
-NUMERIC = frozenset(SOURCES[1:9])
+NUMERIC = frozenset((*SOURCES[1:9], *UNIT_SOURCES))
 # the properties every (unsplit) event carries, and their sources
 DEFAULT_PROPERTIES = (
     ("model", "model"),
@@ -98,6 +104,8 @@ DEFAULT_PROPERTIES = (
     ("cost", "cost"),
     ("response_cost", "response_cost"),
     ("tags", "tags"),
+    # each unit its own property, carried only when the request used it (a Lago metric per unit)
+    *((unit, unit) for unit in UNIT_SOURCES),
 )
 METADATA = "metadata."
 CLAIM_TIMEOUT_S = (1.0, 86_400.0)  # the bounds of claim_timeout_seconds

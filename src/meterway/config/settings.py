@@ -38,6 +38,14 @@ class Prices:
     output_per_token: Decimal | None = None
     cache_read_per_token: Decimal | None = None
     cache_write_per_token: Decimal | None = None
+    # units beside tokens, as LiteLLM names their prices (`input_cost_per_query`, ...)
+    input_per_query: Decimal | None = None  # a rerank search unit
+    output_per_image: Decimal | None = None
+    input_per_pixel: Decimal | None = None  # read and kept; images are priced per image for now
+    output_per_pixel: Decimal | None = None
+    input_per_second: Decimal | None = None  # audio in (transcription)
+    output_per_second: Decimal | None = None  # audio out (speech), where no input price is given
+    input_per_character: Decimal | None = None  # speech input
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,11 +1,12 @@
-"""The bundled price table: well-known models' per-token prices, used where a deployment's config
-gives none. A deployment's own prices (`input_cost_per_token`, … in `model_info` or
+"""The bundled price table: well-known models' per-token prices (and per-unit ones: a rerank's search
+unit, in `per_unit`), used where a deployment's config gives none. A deployment's own prices (`input_cost_per_token`, … in `model_info` or
 `litellm_params`) always win, field by field. The table is data (`prices.json`, USD per million
 tokens as providers publish them, with the date they were taken); updating it is editing that file.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from decimal import Decimal
@@ -20,6 +21,17 @@ _FIELDS = {
     "cache_read": "cache_read_per_token",
     "cache_write": "cache_write_per_token",
 }
+# per unit, under LiteLLM's names (as `model_info` writes them) -> the `Prices` field
+UNIT_PRICES = {
+    "input_cost_per_query": "input_per_query",
+    "output_cost_per_image": "output_per_image",
+    "input_cost_per_pixel": "input_per_pixel",
+    "output_cost_per_pixel": "output_per_pixel",
+    "input_cost_per_second": "input_per_second",
+    "output_cost_per_second": "output_per_second",
+    "input_cost_per_character": "input_per_character",
+}
+_UNIT_FIELDS = tuple(UNIT_PRICES.values())
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +55,9 @@ def load() -> PriceTable:
         model: Prices(**{_FIELDS[k]: Decimal(v) / _MILLION for k, v in row.items()})
         for model, row in data["per_million_tokens"].items()
     }
+    for model, row in data.get("per_unit", {}).items():
+        per_unit = {UNIT_PRICES[k]: Decimal(v) for k, v in row.items()}
+        prices[model] = dataclasses.replace(prices.get(model, Prices()), **per_unit)
     return PriceTable(str(data["taken"]), prices)
 
 
@@ -51,22 +66,17 @@ def merged(configured: Prices, known: Prices | None) -> Prices:
     if known is None:
         return configured
     return Prices(
-        input_per_token=configured.input_per_token if configured.input_per_token is not None else known.input_per_token,
-        output_per_token=(
-            configured.output_per_token if configured.output_per_token is not None else known.output_per_token
-        ),
-        cache_read_per_token=(
-            configured.cache_read_per_token
-            if configured.cache_read_per_token is not None
-            else known.cache_read_per_token
-        ),
-        cache_write_per_token=(
-            configured.cache_write_per_token
-            if configured.cache_write_per_token is not None
-            else known.cache_write_per_token
-        ),
+        **{
+            f.name: mine if (mine := getattr(configured, f.name)) is not None else getattr(known, f.name)
+            for f in dataclasses.fields(Prices)
+        }
     )
 
 
 def is_priced(prices: Prices) -> bool:
-    return prices.input_per_token is not None or prices.output_per_token is not None
+    """Whether the model has a known price: per token, or per unit (a reranker priced per query)."""
+    return (
+        prices.input_per_token is not None
+        or prices.output_per_token is not None
+        or any(getattr(prices, name) is not None for name in _UNIT_FIELDS)
+    )

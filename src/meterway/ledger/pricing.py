@@ -8,10 +8,11 @@ is rounded up to the unit, so an estimate never comes out below the true cost of
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal
 
 from meterway.config.settings import Prices
-from meterway.providers.base import Usage
+from meterway.providers.base import Units, Usage
 
 MONEY_UNIT = Decimal("1e-10")
 
@@ -41,9 +42,10 @@ def prompt_tokens_upper_estimate(body: bytes) -> int:
     return math.ceil(len(body) / 3)
 
 
-def estimate(prices: Prices, prompt_tokens: int, output_tokens: int) -> Decimal:
+def estimate(prices: Prices, prompt_tokens: int, output_tokens: int, most: Units | None = None) -> Decimal:
     """The most a request may cost: every prompt token at the input price (or the dearer cache
-    write price) and its whole output allowance at the output price."""
+    write price), its whole output allowance at the output price, and the most units it may be
+    billed (`most`: a rerank's search units) at their prices."""
     input_price = max(
         (p for p in (prices.input_per_token, prices.cache_write_per_token) if p is not None), default=None
     )
@@ -52,7 +54,48 @@ def estimate(prices: Prices, prompt_tokens: int, output_tokens: int) -> Decimal:
         total += prompt_tokens * input_price
     if prices.output_per_token is not None:
         total += output_tokens * prices.output_per_token
+    if most is not None:
+        total += most.queries * (prices.input_per_query or 0)
+        total += most.images * (prices.output_per_image or 0)
+        total += most.audio_ms * _per_second(prices) / 1000
+        total += most.characters * (prices.input_per_character or 0)
     return total
+
+
+def _per_second(prices: Prices) -> Decimal:
+    """Audio's price per second: the input price (transcription), else the output price (speech)."""
+    price = prices.input_per_second if prices.input_per_second is not None else prices.output_per_second
+    return price or Decimal(0)
+
+
+@dataclass(frozen=True, slots=True)
+class Rates:
+    """Per-unit prices in money units (rounded up, as token prices are): a rerank search unit, an
+    image, a second of audio, a speech character. 0 where the model has no such price."""
+
+    query: int = 0
+    image: int = 0
+    second: int = 0
+    character: int = 0
+
+    def cost(self, usage: Usage) -> int:
+        """The units' part of a cost: audio is counted in milliseconds, its price is per second
+        (rounded up to the money unit, so never below the true cost)."""
+        return (
+            max(usage.queries, 0) * self.query
+            + max(usage.images, 0) * self.image
+            + -(-max(usage.audio_ms, 0) * self.second // 1000)
+            + max(usage.characters, 0) * self.character
+        )
+
+
+def rates(prices: Prices) -> Rates:
+    return Rates(
+        units(prices.input_per_query),
+        units(prices.output_per_image),
+        units(_per_second(prices)),
+        units(prices.input_per_character),
+    )
 
 
 UnitPrices = tuple[int | None, int | None, int | None, int | None]  # input, output, cache read, cache write
@@ -81,15 +124,16 @@ def quantities(usage: Usage, price: UnitPrices) -> dict[str, int]:
     }
 
 
-def cost_units(usage: Usage | None, price: UnitPrices) -> int:
+def cost_units(usage: Usage | None, price: UnitPrices, per_unit: Rates | None = None) -> int:
     """The cost of reported usage in money units: Σ quantity x unit price, exactly what an invoice
-    of the same rows adds up to."""
+    of the same rows adds up to; tokens, plus the units (`per_unit`) where the request used any."""
     if usage is None:
         return 0
     q = quantities(usage, price)
-    return (
+    tokens = (
         q["input"] * (price[0] or 0)
         + q["output"] * (price[1] or 0)
         + q["cached_input"] * (price[2] or 0)
         + q["cache_write"] * (price[3] or 0)
     )
+    return tokens + (per_unit.cost(usage) if per_unit is not None else 0)

@@ -90,7 +90,8 @@ class Ledger:
         self._queue: deque[tuple[Entry, asyncio.Future[None]]] = deque()
         self._task: asyncio.Task[None] | None = None
         self._healthy = True
-        self._prices: dict[str, pricing.UnitPrices | None] = {}  # deployment id -> unit prices, or None: unpriced
+        # deployment id -> per-token and per-unit prices, or None: unpriced
+        self._prices: dict[str, tuple[pricing.UnitPrices, pricing.Rates] | None] = {}
         self.cache_hit_ratio = cache_hit_ratio  # a response-cache hit's cost, as a fraction of the upstream price
         self.default_tags = default_tags  # litellm_settings.default_tags: first on every row's tags
 
@@ -292,8 +293,9 @@ class Ledger:
         now = time.time()
         usage, estimated = await self._usage(ctx)
         dep = ctx.deployment
-        unit = self._unit_prices(dep) if dep is not None else None
-        cost_units = pricing.cost_units(usage, unit) if unit is not None else None
+        priced = self._unit_prices(dep) if dep is not None else None
+        unit = priced[0] if priced is not None else None
+        cost_units = pricing.cost_units(usage, priced[0], priced[1]) if priced is not None else None
         if ctx.cache_hit and cost_units is not None:
             cost_units = int(cost_units * self.cache_hit_ratio)
         if unit is None:
@@ -346,6 +348,10 @@ class Ledger:
             cache_hit=ctx.cache_hit,
             flags=",".join(ctx.flags) if ctx.flags else None,
             end_user=ctx.end_user if ctx.end_user != ctx.user else None,  # `user`, when not the customer
+            queries=max(usage.queries, 0) if usage else 0,
+            images=max(usage.images, 0) if usage else 0,
+            audio_ms=max(usage.audio_ms, 0) if usage else 0,
+            characters=max(usage.characters, 0) if usage else 0,
         )
         spend: tuple[SpendTarget, ...] = ()
         if cost_units:
@@ -355,9 +361,10 @@ class Ledger:
             )
         return Entry(row, cost_units, spend)
 
-    def _unit_prices(self, dep: Deployment) -> pricing.UnitPrices | None:
+    def _unit_prices(self, dep: Deployment) -> tuple[pricing.UnitPrices, pricing.Rates] | None:
         if dep.id not in self._prices:
-            self._prices[dep.id] = pricing.unit_prices(dep.prices) if is_priced(dep.prices) else None
+            priced = is_priced(dep.prices)
+            self._prices[dep.id] = (pricing.unit_prices(dep.prices), pricing.rates(dep.prices)) if priced else None
         return self._prices[dep.id]
 
     async def _usage(self, ctx: RequestContext) -> tuple[Usage | None, bool]:

@@ -66,6 +66,10 @@ _ENDPOINTS = {
     "anthropic_messages": "messages",
     "responses": "responses",
     "aresponses": "responses",
+    "rerank": "rerank",
+    "arerank": "rerank",
+    "moderation": "moderations",
+    "amoderation": "moderations",
 }
 _HTTP_STATUS = re.compile(r"[1-5]\d\d")
 

@@ -42,7 +42,7 @@ class LedgerRow(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     request_id: str
     started_at: datetime  # UTC
     ended_at: datetime
-    endpoint: str  # chat, completions, embeddings, messages, responses, unknown...
+    endpoint: str  # chat, completions, embeddings, messages, responses, rerank, moderations, unknown...
     key_id: str | None = None  # key digest, "master", or None when unauthenticated
     key_alias: str | None = None
     user_id: str | None = None
@@ -75,14 +75,23 @@ class LedgerRow(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     cache_hit: bool = False
     flags: str | None = None  # what was wrong with the input, comma-separated (usage_absurd, cut...)
     end_user: str | None = None  # the request's `user` when the key is bound to a customer
+    # units beside tokens (migration 0013): each priced on its own (`ledger.pricing.Rates`)
+    queries: int = 0  # rerank search units
+    images: int = 0
+    audio_ms: int = 0  # audio duration in milliseconds
+    characters: int = 0  # speech input
 
     @property
     def billable(self) -> bool:
-        """Worth a billing event: tokens were used (served, or delivered before the client left)."""
-        return self.total_tokens > 0 and self.status in ("success", "client_aborted")
+        """Worth a billing event: tokens or units were used (served, or delivered before the client left)."""
+        used = self.total_tokens > 0 or self.queries > 0 or self.images > 0 or self.audio_ms > 0 or self.characters > 0
+        return used and self.status in ("success", "client_aborted")
 
 
 FIELDS: tuple[str, ...] = LedgerRow.__struct_fields__
+UNITS = ("queries", "images", "audio_ms", "characters")
+"""What a request used that is not billed by the token (migration 0013): rerank search units,
+generated images, audio in milliseconds (integers, so sums are exact), speech input characters."""
 
 
 def values(row: LedgerRow) -> tuple[Any, ...]:

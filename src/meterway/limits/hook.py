@@ -94,7 +94,7 @@ class LimitsHook:
         return pricing.prompt_tokens_upper_estimate(ctx.body)
 
     def _output_cap(self, ctx: RequestContext) -> int:
-        if ctx.api is Api.EMBEDDINGS:
+        if ctx.api in _NO_OUTPUT:
             return 0
         if ctx.head is not None and ctx.head.max_tokens is not None:
             return ctx.head.max_tokens
@@ -103,17 +103,19 @@ class LimitsHook:
         return min(int(cap), self.default_output_tokens) if isinstance(cap, int) else self.default_output_tokens
 
     def _estimate(self, ctx: RequestContext) -> tuple[int, int]:
-        """The most tokens and cost (money units) the request may use."""
+        """The most tokens and cost (money units) the request may use: its units (a rerank's search
+        units, counted from its documents by its head) at their prices beside its tokens."""
         prompt = self._prompt_tokens(ctx)
         output = self._output_cap(ctx)
         if ctx.deployment is None:
             return prompt + output, 0
-        return prompt + output, pricing.units(pricing.estimate(ctx.deployment.prices, prompt, output))
+        most = ctx.head.units if ctx.head is not None else None
+        return prompt + output, pricing.units(pricing.estimate(ctx.deployment.prices, prompt, output, most))
 
     def _clamp(self, ctx: RequestContext, refusal: Refusal) -> bool:
         """Lowers the request's output cap to what the refusing budget can still pay for; False
         when even one output token would not fit (then the request is refused)."""
-        if ctx.deployment is None or ctx.api is Api.EMBEDDINGS or ctx.head is None:
+        if ctx.deployment is None or ctx.api in _NO_OUTPUT or ctx.head is None:
             return False
         prices = ctx.deployment.prices
         out_price = pricing.units_exact(prices.output_per_token)
@@ -130,6 +132,9 @@ class LimitsHook:
         ctx.body = orjson.dumps(body)
         ctx.head = replace(ctx.head, max_tokens=affordable)
         return True
+
+
+_NO_OUTPUT = frozenset({Api.EMBEDDINGS, Api.RERANK, Api.MODERATIONS})  # no output tokens to cap or reserve
 
 
 def _refused(refusal: Refusal) -> Exception:

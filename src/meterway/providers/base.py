@@ -31,6 +31,8 @@ class Api(enum.Enum):
     EMBEDDINGS = "embeddings"
     MESSAGES = "messages"  # Anthropic Messages API
     RESPONSES = "responses"  # OpenAI Responses API (POST /v1/responses)
+    RERANK = "rerank"  # Cohere's v2 rerank (POST /v1/rerank), as LiteLLM serves it
+    MODERATIONS = "moderations"  # OpenAI's moderations (POST /v1/moderations)
 
 
 @dataclass(slots=True)
@@ -48,6 +50,22 @@ class Usage:
     cached_tokens: int = 0  # prompt tokens read from the provider's cache
     cache_write_tokens: int = 0  # prompt tokens written to it (Anthropic bills these apart)
     reasoning_tokens: int = 0  # part of completion_tokens
+    # units beside tokens, each priced on its own (`ledger.pricing.Rates`)
+    queries: int = 0  # rerank search units
+    images: int = 0
+    audio_ms: int = 0  # audio duration in milliseconds
+    characters: int = 0  # speech input
+
+
+@dataclass(frozen=True, slots=True)
+class Units:
+    """The most units a request may be billed, known from its body before it runs (a rerank's
+    search units from its documents): what a budget reserves for beside its tokens."""
+
+    queries: int = 0
+    images: int = 0
+    audio_ms: int = 0
+    characters: int = 0
 
 
 NOT_A_COUNT = -1  # a usage figure the provider sent that is not a whole number of tokens
@@ -85,6 +103,7 @@ class RequestHead:
     # the recorder never parses the whole body again
     tags: tuple[str, ...] = ()
     metadata: Mapping[str, Any] | None = None
+    units: Units = Units()  # the most units it may be billed (rerank: search units)
 
 
 @dataclass(slots=True)

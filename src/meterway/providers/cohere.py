@@ -1,4 +1,5 @@
-"""Cohere's v2 API as an upstream: `/v2/chat` (plain, streamed, with tools) and `/v2/embed`.
+"""Cohere's v2 API as an upstream: `/v2/chat` (plain, streamed, with tools), `/v2/embed` and
+`/v2/rerank` (clients speak Cohere's rerank shape already: `providers.rerank`).
 
 Clients speak OpenAI's chat and embeddings; this module translates the request, the answer and
 each stream event (Cohere's `message-start`, `content-delta`, `tool-call-*`, `message-end`) both
@@ -16,7 +17,7 @@ from typing import Any
 import orjson
 
 from meterway.errors import BadRequest
-from meterway.providers import sse
+from meterway.providers import rerank, sse
 from meterway.providers.base import Api, Call, Parsed, StreamRelay, Usage, decode_object, not_counts, tokens
 from meterway.providers.common import (
     JSON_HEADERS,
@@ -266,7 +267,7 @@ def embed_response(answer: Mapping[str, Any], model: str, base64_out: bool) -> t
 
 
 ENDPOINT = Endpoint(
-    {Api.CHAT: "/chat", Api.EMBEDDINGS: "/embed"},
+    {Api.CHAT: "/chat", Api.EMBEDDINGS: "/embed", Api.RERANK: "/rerank"},
     default_base=DEFAULT_API_BASE,
     versions=("/v2",),
     headers={**JSON_HEADERS, "Accept": "application/json"},
@@ -279,12 +280,17 @@ class CohereProvider(HttpProvider):
 
     def encode(self, call: Call) -> tuple[Route, bytes]:
         request = decode_object(call.body)
+        if call.api is Api.RERANK:
+            return call.api, orjson.dumps(rerank.cohere_request(request, self.upstream_model))
         if call.api is Api.EMBEDDINGS:
             return call.api, orjson.dumps(embed_request(request, self.upstream_model, call.head.model))
         return call.api, orjson.dumps(chat_request(request, self.upstream_model, call.head.stream))
 
     def parse_response(self, call: Call, body: bytes) -> Parsed:
         answer = orjson.loads(body)
+        if call.api is Api.RERANK:
+            out, ranked = rerank.response(answer, decode_object(call.body))
+            return Parsed(orjson.dumps(out), ranked)
         if call.api is Api.EMBEDDINGS:
             out, usage = embed_response(answer, self.upstream_model, wants_base64(call))
         else:

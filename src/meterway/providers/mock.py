@@ -25,7 +25,7 @@ import orjson
 from meterway.errors import BadRequest
 from meterway.providers import sse
 from meterway.providers.base import Api, UpstreamRequest
-from meterway.providers.openai import PATHS, OpenAIProvider
+from meterway.providers.openai import MORE_PATHS, PATHS, OpenAIProvider
 
 if TYPE_CHECKING:
     import aiohttp
@@ -60,9 +60,14 @@ class MockProvider(OpenAIProvider):
     family = "mock"
 
     def __init__(self, *, label: str, upstream_model: str) -> None:
-        # chat's routes only: the demo serves /v1/responses through the bridge, as any chat server
+        # chat's routes (the demo serves /v1/responses through the bridge, as any chat server),
+        # rerank and moderations
         super().__init__(
-            label=label, upstream_model=upstream_model, api_base="mock://local", api_key=None, routes=tuple(PATHS)
+            label=label,
+            upstream_model=upstream_model,
+            api_base="mock://local",
+            api_key=None,
+            routes=(*PATHS, *MORE_PATHS),
         )
         self.upstream = MockUpstream(upstream_model)
 
@@ -70,10 +75,35 @@ class MockProvider(OpenAIProvider):
 def _api_of(path: str) -> Api:
     """The endpoint a request was built for, from its URL's path (the OpenAI family's routes; the
     chat route is tried first, as it ends like the completions one)."""
-    for api, route in PATHS.items():
+    for api, route in {**PATHS, **MORE_PATHS}.items():
         if isinstance(api, Api) and path.endswith(route):
             return api
     raise KeyError(path)
+
+
+def _rerank(body: dict[str, Any]) -> dict[str, Any]:
+    """Jina's answer, as an OpenAI-compatible reranker gives it: documents by the share of their
+    words that are the query's (ties in order), tokens for the query once per document."""
+    query, documents = str(body["query"]), [str(d) for d in body["documents"]]
+    words = set(query.lower().split())
+    scored = sorted(
+        ((sum(w in words for w in d.lower().split()) / (len(d.split()) or 1), i) for i, d in enumerate(documents)),
+        key=lambda s: (-s[0], s[1]),
+    )
+    top_n = body.get("top_n")
+    if isinstance(top_n, int):
+        scored = scored[:top_n]
+    tokens = sum(_tokens(query) + _tokens(d) for d in documents)
+    results = [{"index": i, "relevance_score": round(score, 6)} for score, i in scored]
+    return {"id": "mock-rerank", "results": results, "usage": {"total_tokens": tokens}}
+
+
+def _moderation(body: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's answer: nothing the demo reads is flagged."""
+    given = body["input"]
+    items = given if isinstance(given, list) else [given]
+    result = {"flagged": False, "categories": {"violence": False}, "category_scores": {"violence": 0.0}}
+    return {"id": "modr-mock", "model": body.get("model") or "omni-moderation-latest", "results": [result] * len(items)}
 
 
 class MockAnswer:
@@ -137,6 +167,10 @@ class MockUpstream:
         body = orjson.loads(request.body)
         if api is Api.EMBEDDINGS:
             return MockAnswer(orjson.dumps(self._embeddings(body)))
+        if api is Api.RERANK:
+            return MockAnswer(orjson.dumps(_rerank(body)))
+        if api is Api.MODERATIONS:
+            return MockAnswer(orjson.dumps(_moderation(body)))
         chat = api is Api.CHAT
         prompt, reply, tool = self._reply(body, chat)
         limit = body.get("max_tokens") or body.get("max_completion_tokens")

@@ -20,8 +20,18 @@ from yarl import URL
 
 from meterway.errors import BadRequest
 from meterway.providers import billed as billed_out
-from meterway.providers import responses_native, sse
-from meterway.providers.base import Api, Call, Parsed, StreamRelay, UpstreamRequest, Usage, not_counts, tokens
+from meterway.providers import rerank, responses_native, sse
+from meterway.providers.base import (
+    Api,
+    Call,
+    Parsed,
+    StreamRelay,
+    UpstreamRequest,
+    Usage,
+    decode_object,
+    not_counts,
+    tokens,
+)
 from meterway.providers.common import Endpoint, HttpProvider, Route, unreadable
 from meterway.providers.common import excerpt as excerpt  # where api.proxy and older callers import it
 
@@ -299,15 +309,30 @@ def _with_data(raw: bytes, data: bytes) -> bytes:
 
 # ---------------------------------------------------------------- the provider
 
+
+def _object(label: str, body: bytes) -> dict[str, Any]:
+    """A whole answer that must be a JSON object (the gateway reads or rewrites it)."""
+    try:
+        answer = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise unreadable(label, body) from None
+    if not isinstance(answer, dict):
+        raise unreadable(label, body)
+    return answer
+
+
 PATHS: Mapping[Route, str] = {
     Api.CHAT: "/chat/completions",
     Api.COMPLETIONS: "/completions",
     Api.EMBEDDINGS: "/embeddings",
 }
 RESPONSES_PATH = "/responses"
+# routes an OpenAI-compatible server may serve beside those (not Azure's deployments): OpenAI's
+# moderations, and the rerank that vLLM, Jina and the like serve in Jina's shape
+MORE_PATHS: Mapping[Route, str] = {Api.MODERATIONS: "/moderations", Api.RERANK: "/rerank"}
 # Every route an OpenAI-compatible server may serve. Most speak only the first three: the registry
 # builds each deployment with the routes its server speaks (`HttpProvider`'s `routes`).
-ENDPOINT = Endpoint({**PATHS, Api.RESPONSES: RESPONSES_PATH})
+ENDPOINT = Endpoint({**PATHS, **MORE_PATHS, Api.RESPONSES: RESPONSES_PATH})
 _METERED_STREAMS = (Api.CHAT, Api.COMPLETIONS)
 
 
@@ -333,9 +358,18 @@ class OpenAIProvider(HttpProvider):
         return orjson.dumps(obj)
 
     def encode(self, call: Call) -> tuple[Route, bytes]:
+        if call.api is Api.RERANK:
+            return call.api, orjson.dumps(rerank.compatible_request(decode_object(call.body), self.upstream_model))
         return call.api, self.upstream_body(call)
 
     def parse_response(self, call: Call, body: bytes) -> Parsed:
+        if call.api is Api.RERANK:
+            answer = _object(self.label, body)
+            out, ranked = rerank.response(answer, decode_object(call.body))
+            return Parsed(orjson.dumps(out), ranked)
+        if call.api is Api.MODERATIONS:  # OpenAI charges nothing for it and reports no usage
+            _object(self.label, body)
+            return Parsed(body, Usage())
         try:
             usage = responses_native.decode_usage(body) if call.api is Api.RESPONSES else _decode(body)
         except msgspec.DecodeError:

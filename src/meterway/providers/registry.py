@@ -25,8 +25,8 @@ from meterway.providers.gemini import DEFAULT_API_BASE as GEMINI_BASE
 from meterway.providers.gemini import GeminiProvider
 from meterway.providers.messages_adapter import MessagesAdapter
 from meterway.providers.mock import MockProvider
+from meterway.providers.openai import MORE_PATHS, OpenAIProvider
 from meterway.providers.openai import PATHS as OPENAI_PATHS
-from meterway.providers.openai import OpenAIProvider
 from meterway.providers.responses_adapter import ChatFromResponses, ResponsesAdapter
 from meterway.providers.vertex import PLACEHOLDER_BASE as VERTEX_BASE
 from meterway.providers.vertex import VertexGeminiProvider
@@ -158,7 +158,8 @@ def _routes(alias: Alias, mode: str | None) -> tuple[Api, ...] | None:
         return None
     if mode == RESPONSES_MODE:
         return (Api.RESPONSES,)
-    return (*OPENAI_PATHS, Api.RESPONSES) if alias.responses else tuple(OPENAI_PATHS)  # type: ignore[arg-type]
+    served: tuple[Api, ...] = (*OPENAI_PATHS, *MORE_PATHS)  # type: ignore[arg-type]  # all Api keys
+    return (*served, Api.RESPONSES) if alias.responses else served
 
 
 def build(

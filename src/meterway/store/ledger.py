@@ -40,7 +40,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from meterway.ledger import Entry, Kept, RowRefused
-from meterway.ledger.row import FIELDS, values
+from meterway.ledger.row import FIELDS, UNITS, values
 from meterway.store import refusals
 from meterway.store.tables import customers, keys, ledger, ledger_quarantine, teams, usage_daily, users
 
@@ -54,7 +54,7 @@ _ENTITIES = {"key": keys, "user": users, "team": teams, "customer": customers}
 _DIMENSIONS = ("customer_id", "key_id", "user_id", "team_id", "model_group")
 _PRICES = ("price_input", "price_output", "price_cache_read", "price_cache_write")
 _TOKENS = ("prompt_tokens", "completion_tokens", "cached_tokens", "cache_write_tokens", "reasoning_tokens")
-_MEASURES = ("requests", "errors", "unpriced", *_TOKENS, "cost")
+_MEASURES = ("requests", "errors", "unpriced", *_TOKENS, "cost", *UNITS)
 _GROUP = ("day", *_DIMENSIONS, *_PRICES)
 _ROW_COLUMNS = FIELDS  # the row's fields are the table's columns (checked below), in the row's order
 _ROLLUP_COLUMNS = (*_GROUP, *_MEASURES)
@@ -516,6 +516,9 @@ _Spend = dict[tuple[str, str], list[tuple[Any, ...]]]
 _DAY_OF = attrgetter("started_at")
 _GROUP_OF = attrgetter(*_DIMENSIONS, *_PRICES)
 _TOKENS_OF = attrgetter(*_TOKENS)
+_UNITS_OF = attrgetter(*UNITS)
+_COST = _MEASURES.index("cost")
+_FIRST_UNIT = _COST + 1
 _JSON = tuple(FIELDS.index(name) for name in ("tags", "metadata"))
 _TIMES = tuple(FIELDS.index(name) for name in ("started_at", "ended_at"))
 _FLOATS = tuple(FIELDS.index(name) for name in ("latency_ms", "ttft_ms"))
@@ -541,7 +544,9 @@ def _prepare(entries: Sequence[Entry]) -> tuple[list[tuple[Any, ...]], list[tupl
         sums[2] += e.cost_units is None
         for i, t in enumerate(_TOKENS_OF(row), start=3):
             sums[i] += t
-        sums[-1] += e.cost_units or 0
+        sums[_COST] += e.cost_units or 0
+        for i, u in enumerate(_UNITS_OF(row), start=_FIRST_UNIT):
+            sums[i] += u
         if e.cost_units:
             for target in e.spend:
                 key = (target.scope, target.ident, target.period_end)

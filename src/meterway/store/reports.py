@@ -17,6 +17,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from meterway.ledger import DIMENSIONS, TAG, TIMES, Filters
+from meterway.ledger.row import UNITS
 from meterway.store.tables import ledger, usage_daily
 
 TOKEN_SUMS = ("prompt_tokens", "completion_tokens", "cached_tokens", "cache_write_tokens", "reasoning_tokens")
@@ -87,6 +88,7 @@ class Reports:
                 sa.func.sum(sa.case((ledger.c.cost.is_(None), 1), else_=0)).label("unpriced"),
                 *(sa.func.sum(ledger.c[t]).label(t) for t in TOKEN_SUMS),
                 sa.func.sum(sa.type_coerce(ledger.c.cost, sa.BigInteger)).label("cost"),
+                *(sa.func.sum(ledger.c[u]).label(u) for u in UNITS),
             ]
         else:
             measures = [
@@ -95,6 +97,7 @@ class Reports:
                 sa.func.sum(usage_daily.c.unpriced).label("unpriced"),
                 *(sa.func.sum(usage_daily.c[t]).label(t) for t in TOKEN_SUMS),
                 sa.func.sum(sa.type_coerce(usage_daily.c.cost, sa.BigInteger)).label("cost"),
+                *(sa.func.sum(usage_daily.c[u]).label(u) for u in UNITS),
             ]
         query = sa.select(*keys, *measures).select_from(source).where(*conditions(filters, table, rollup=not raw))
         if keys:
@@ -120,7 +123,8 @@ class Reports:
         return tag, sa.not_(again)
 
     async def invoice_groups(self, customer_id: str, first: date, last: date) -> list[dict[str, Any]]:
-        """A customer's token sums per model and unit prices over the days [first, last]."""
+        """A customer's token and unit sums per model and unit prices over the days [first, last], with
+        their cost (the units' part of an invoice is the cost beyond the tokens' lines)."""
         filters = Filters(first, last, customer_id=customer_id)
         prices = [usage_daily.c[p] for p in ("price_input", "price_output", "price_cache_read", "price_cache_write")]
         query = (
@@ -129,6 +133,8 @@ class Reports:
                 *prices,
                 sa.func.sum(usage_daily.c.requests).label("requests"),
                 *(sa.func.sum(usage_daily.c[t]).label(t) for t in TOKEN_SUMS),
+                *(sa.func.sum(usage_daily.c[u]).label(u) for u in UNITS),
+                sa.func.sum(sa.type_coerce(usage_daily.c.cost, sa.BigInteger)).label("cost"),
             )
             .where(*conditions(filters, usage_daily, rollup=True))
             .group_by(usage_daily.c.model_group, *prices)

@@ -22,6 +22,7 @@ from sqlalchemy import (
     text,
 )
 
+from meterway.ledger.row import UNITS
 from meterway.store.types import Money
 
 metadata = MetaData(
@@ -145,6 +146,10 @@ def _tokens() -> list[Column[object]]:
     ]
 
 
+def _units() -> list[Column[object]]:
+    return [Column(name, BigInteger, nullable=False, server_default="0") for name in UNITS]
+
+
 def _unit_prices(nullable: bool) -> list[Column[object]]:
     """Per-token prices the row was charged at (money units): NULL in the ledger where unknown,
     -1 in rollups (a column of a unique key cannot be NULL and still match)."""
@@ -211,6 +216,8 @@ ledger = Table(
     Column("flags", String(128), nullable=True),
     # and the request's `user` when the key is bound to a customer (then `customer_id` is the key's)
     Column("end_user", String(255), nullable=True),
+    # added by migration 0013: units beside tokens
+    *_units(),
 )
 
 # A ledger row the database refused even with its values cut to their columns' bounds (migration
@@ -270,6 +277,7 @@ usage_daily = Table(
     Column("unpriced", BigInteger, nullable=False, server_default="0"),  # requests with cost NULL
     *_tokens(),
     Column("cost", Money(), nullable=False, server_default="0"),
+    *_units(),  # added by migration 0013
     UniqueConstraint(
         "day",
         "customer_id",

@@ -40,6 +40,8 @@ OPERATION = {
     Api.RESPONSES: "chat",
     Api.COMPLETIONS: "text_completion",
     Api.EMBEDDINGS: "embeddings",
+    Api.RERANK: "rerank",
+    Api.MODERATIONS: "moderation",
 }
 # gen_ai.provider.name by provider family (the semantic conventions' well-known values)
 PROVIDER = {

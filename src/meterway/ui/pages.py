@@ -15,6 +15,7 @@ from meterway.api import reports
 from meterway.api.params import Reply
 from meterway.errors import PermissionDenied, RouteNotFound
 from meterway.ledger import DIMENSIONS, TIMES
+from meterway.ledger.row import UNITS
 from meterway.ui import values
 from meterway.ui.routes import UnknownPage
 from meterway.ui.web import Request, redirect, respond, with_query
@@ -318,6 +319,7 @@ async def usage(ui: AdminUI, request: Request, viewer: Viewer, ctx: Context) -> 
         viewer,
         result=result,
         group_by=group_by,
+        units=[u for u in UNITS if result["totals"].get(u)],  # the units used in the period, as columns
         dims=[d for d in group_by if d in DIMENSIONS],
         bucket=next((g for g in group_by if g in TIMES), ""),
         all_dims=list(DIMENSIONS),

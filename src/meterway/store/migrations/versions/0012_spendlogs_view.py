@@ -72,14 +72,14 @@ _GATEWAY_KEYS = (
 _ATTRIBUTION = ", ".join(f"'{k}'" for k in _GATEWAY_KEYS)
 
 
-def _view(trim: bool) -> str:
+def _view(trim: bool, call_type: str = _CALL_TYPE) -> str:
     # 0.0000000001 has scale 10: the product is exact whatever the cost (division is not)
     usd = "COALESCE(l.cost, 0) * 0.0000000001"
     spend = f"trim_scale({usd})" if trim else usd
     return f"""CREATE VIEW "LiteLLM_SpendLogs" AS
 SELECT
     l.request_id::text AS request_id,
-    ({_CALL_TYPE})::text AS call_type,
+    ({call_type})::text AS call_type,
     COALESCE(l.key_id, '')::text AS api_key,
     {spend} AS spend,
     l.total_tokens AS total_tokens,
