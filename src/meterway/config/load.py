@@ -41,7 +41,7 @@ from meterway.config.settings import (
 from meterway.config.telemetry import parse_telemetry
 from meterway.errors import ConfigError
 from meterway.ledger import prices
-from meterway.providers import registry
+from meterway.providers import bedrock, registry
 
 ENV_PREFIX = "os.environ/"
 
@@ -75,6 +75,7 @@ PARAMS = {
     "output_cost_per_token",
     "cache_read_input_token_cost",
     "cache_creation_input_token_cost",
+    *bedrock.PARAMS,
 }
 # Keys of litellm_params that only matter to later features (routing, retries): no warning needed.
 PARAMS_QUIET = {"max_retries", "order", "mock_response", "drop_params", "custom_llm_provider"}
@@ -641,13 +642,20 @@ def _deployment(
     per_group[name] = n + 1
     dep_id = str(info.get("id") or (name if n == 0 else f"{name}#{n}"))
     mode = info.get("mode")
-    native = registry.build(
-        resolved,
-        label=dep_id,
-        api_version=api_version,
-        extra_headers=headers,
-        mode=mode if isinstance(mode, str) else None,
-    )
+    try:
+        native = registry.build(
+            resolved,
+            label=dep_id,
+            api_version=api_version,
+            extra_headers=headers,
+            mode=mode if isinstance(mode, str) else None,
+            params=params,
+            env=env,
+        )
+    except ConfigError as e:  # a family's own settings (Bedrock's aws_*)
+        raise ConfigError(
+            f"{where}: litellm_params.{e.param}: {e.message}" if e.param else f"{where}: {e.message}"
+        ) from None
     provider = registry.for_chat(native)
 
     timeout = (
