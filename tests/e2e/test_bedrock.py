@@ -16,7 +16,15 @@ import openai
 import pytest
 
 from tests.support.gateway import RunningGateway, ledger_row, run_gateway
-from tests.upstreams.bedrock import ACCESS_KEY, REGION, SECRET_KEY, TOOL_USE_ID, BedrockStandIn
+from tests.upstreams.bedrock import (
+    ACCESS_KEY,
+    LONG_FRAMES,
+    LONG_TEXT,
+    REGION,
+    SECRET_KEY,
+    TOOL_USE_ID,
+    BedrockStandIn,
+)
 from tests.upstreams.standin import REPLY_PREFIX, TOOL_ARGUMENT_VALUE, count_words, embedding_for
 
 CLAUDE = "anthropic.claude-3-5-sonnet-20240620-v1:0"
@@ -270,16 +278,29 @@ def test_a_broken_stream_ends_with_an_error_event_and_is_still_metered(
     assert row["status"] != "success" and row["completion_tokens"] > 0 and row["tokens_estimated"] is True, str(row)
 
 
-def test_an_endless_frame_is_cut_at_the_event_bound(
+def test_a_frame_longer_than_the_event_bound_is_cut_before_it_arrives(
     gw: RunningGateway, up: BedrockStandIn, client: openai.OpenAI
 ) -> None:
-    up.misbehave("endless", at=3)
+    up.misbehave("endless", at=0)  # its prelude promises 16 MiB, and bytes keep coming
+    with pytest.raises(openai.APIStatusError) as failed:
+        client.chat.completions.create(model="claude", messages=HI, stream=True)
+    assert failed.value.status_code == 502  # nothing had been sent: the status says it
+    error = failed.value.response.json()["error"]
+    assert error["code"] == "upstream_too_large" and str(EVENT_BOUND) in error["message"]
+    row = ledger_row(gw.url, gw.key, failed.value.response.headers["x-request-id"])
+    assert row["status"] == "upstream_error" and row["flags"] == ["upstream_too_large"]
+    assert up.last.completed is False  # cut off, not read to its end
+
+
+def test_a_stream_of_small_frames_longer_than_the_event_bound_is_relayed_whole(
+    gw: RunningGateway, up: BedrockStandIn, client: openai.OpenAI
+) -> None:
+    up.misbehave("long", at=0)  # about 500 kB of frames, none with a blank line: one endless event to SSE eyes
     raw = client.chat.completions.with_raw_response.create(model="claude", messages=HI, stream=True)
-    with pytest.raises(openai.APIError):
-        for _ in raw.parse():
-            pass
+    text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
+    assert len(text) == len(REPLY_PREFIX + "hello there") + LONG_FRAMES * len(LONG_TEXT) > EVENT_BOUND
     row = ledger_row(gw.url, gw.key, raw.headers["x-request-id"])
-    assert row["status"] != "success" and row["completion_tokens"] > 0
+    assert row["status"] == "success" and row["flags"] == []
 
 
 def test_a_stream_without_usage_is_counted_by_the_ledger(

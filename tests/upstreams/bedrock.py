@@ -18,7 +18,8 @@ With `toolConfig` and no toolResult in the last user turn, the first tool (or th
 Misbehaviour, one per queued `BedrockStandIn.misbehave(...)`: `cut` (the connection drops after
 n frames), `bad_crc` (frame n's message CRC is wrong), `exception` (frame n is a
 `throttlingException`), `endless` (a frame whose prelude promises more than is ever sent), and
-`no_metadata` (the stream ends after messageStop, without usage).
+`no_metadata` (the stream ends after messageStop, without usage), and `long` (`LONG_FRAMES` more
+text frames before the block ends: a long stream of small frames).
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ ACCESS_KEY = "AKIASTANDIN000000001"
 SECRET_KEY = "standin/secret+key0123456789abcdefghijkl"
 REGION = "eu-west-3"
 TOOL_USE_ID = "tooluse_standin_1"
+LONG_FRAMES = 4000
+LONG_TEXT = "lorem ipsum dolor sit amet, consectetur adipiscing elit " * 2
 EVENT_STREAM = "application/vnd.amazon.eventstream"
 MISMATCH = (
     "The request signature we calculated does not match the signature you provided. Check your AWS Secret "
@@ -264,6 +267,10 @@ class BedrockStandIn(StandIn):
             for index, (kind, payload) in enumerate(frames):
                 if odd is not None and odd.kind == "no_metadata" and kind == "metadata":
                     break
+                if odd is not None and odd.kind == "long" and kind == "contentBlockStop":
+                    piece = frame("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": LONG_TEXT}})
+                    for _ in range(LONG_FRAMES // 100):
+                        await response.write(piece * 100)
                 if odd is not None and index == odd.at:
                     if odd.kind == "cut":
                         _abort(call.request)

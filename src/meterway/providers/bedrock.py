@@ -261,6 +261,39 @@ _EXCEPTIONS: Mapping[str, type[UpstreamError]] = {
 }
 
 
+class FrameBound:
+    """`sse.EventBound` for AWS's event stream: watches each frame's declared length (the first
+    four bytes of its prelude) and says when one is longer than `limit`, before it has arrived.
+    Binary frames have no blank lines to cut at, so the SSE watcher would see one endless event."""
+
+    __slots__ = ("_head", "_left", "_limit")
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._left = 0  # bytes of the current frame still to come
+        self._head = b""  # the start of a prelude split across reads
+
+    def over(self, data: bytes) -> bool:
+        at, size = 0, len(data)
+        while at < size:
+            if self._left:
+                step = min(self._left, size - at)
+                self._left -= step
+                at += step
+                continue
+            take = 4 - len(self._head)
+            self._head += data[at : at + take]
+            at += take
+            if len(self._head) < 4:
+                return False
+            total = int.from_bytes(self._head, "big")
+            self._head = b""
+            if total > self._limit:
+                return True
+            self._left = max(total - 4, 0)
+        return False
+
+
 class ConverseRelay:
     """Converse's event stream in (binary frames, each checked by botocore's parser: prelude and
     message CRCs, bounded lengths), OpenAI chat chunks out, through `anthropic_format`'s stream
