@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
@@ -16,6 +17,7 @@ import openai
 import pytest
 
 from tests.support.gateway import RunningGateway, ledger_row, run_gateway
+from tests.support.wait import eventually
 from tests.upstreams.bedrock import (
     ACCESS_KEY,
     LONG_FRAMES,
@@ -42,6 +44,7 @@ HI: Any = [{"role": "system", "content": "Be brief."}, {"role": "user", "content
 PROMPT_TOKENS = 2 + 2 + 3  # words of the user turn and the system, + 3 for the one message
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\x00" * 16).decode()
 EVENT_BOUND = 256 * 1024
+ROLE = "arn:aws:iam::123456789012:role/bedrock-invoke"
 
 
 def _params(up: BedrockStandIn, model: str, **extra: Any) -> dict[str, Any]:
@@ -74,6 +77,16 @@ def gw(bedrock: BedrockStandIn) -> Iterator[RunningGateway]:
             {
                 "model_name": "claude-wrong-region",
                 "litellm_params": _params(bedrock, f"bedrock/{CLAUDE}", aws_region_name="us-east-1"),
+            },
+            {
+                "model_name": "claude-role",
+                "litellm_params": _params(
+                    bedrock,
+                    f"bedrock/{CLAUDE}",
+                    aws_role_name=ROLE,
+                    aws_session_name="gateway-test",
+                    aws_sts_endpoint=bedrock.base_url,
+                ),
             },
             {"model_name": "titan", "litellm_params": _params(bedrock, "bedrock/amazon.titan-embed-text-v2:0")},
             {"model_name": "cohere-embed", "litellm_params": _params(bedrock, "bedrock/cohere.embed-english-v3")},
@@ -250,6 +263,44 @@ def test_a_signature_bedrock_would_refuse_is_refused_and_reported_in_openai_form
     assert expected in caught.value.message
     assert SECRET_KEY not in caught.value.message and "not-the-secret" not in caught.value.message
     assert isinstance(caught.value.body, dict) and caught.value.body.get("type")
+
+
+def test_a_role_is_assumed_through_sts_and_renewed_before_it_expires(
+    gw: RunningGateway, up: BedrockStandIn, client: openai.OpenAI
+) -> None:
+    answer = client.chat.completions.create(model="claude-role", messages=HI)
+    assert answer.choices[0].message.content == REPLY_PREFIX + "hello there"
+    (role, session, issued) = up.assumed[-1]  # the role was assumed when the gateway started
+    assert (role, session) == (ROLE, "gateway-test") and up.refused == []
+    sent = up.last
+    assert sent.headers["authorization"].startswith(f"AWS4-HMAC-SHA256 Credential={issued}/")
+    assert sent.headers["x-amz-security-token"] == up.keys[issued][1]
+
+
+def test_assumed_role_credentials_are_renewed_before_they_expire(up: BedrockStandIn) -> None:
+    up.role_minutes = 12  # inside the 15-minute window: renewed (by a thread) as soon as they are read
+    start = len(up.assumed)
+    config = {
+        "model_list": [
+            {
+                "model_name": "claude-role",
+                "litellm_params": _params(up, f"bedrock/{CLAUDE}", aws_role_name=ROLE, aws_sts_endpoint=up.base_url),
+            }
+        ]
+    }
+    try:
+        with run_gateway(config) as g, openai.OpenAI(base_url=g.v1, api_key=g.key, max_retries=0) as c:
+            c.chat.completions.create(model="claude-role", messages=HI)  # signed with the first; renewal starts
+            first = up.last.headers["authorization"]
+            eventually(lambda: len(up.assumed) >= start + 2, 10, "the credentials renewed through STS")
+            time.sleep(0.2)  # the renewing thread keeps them once STS has answered
+            up.keys.pop(up.assumed[start][2])  # the first ones stop working: only renewed ones can sign now
+            answer = c.chat.completions.create(model="claude-role", messages=HI)
+            assert answer.choices[0].message.content == REPLY_PREFIX + "hello there"
+            assert up.last.headers["authorization"] != first and up.refused == []
+            assert up.assumed[start][1] == "meterway"  # the default session name
+    finally:
+        up.role_minutes = 60
 
 
 def test_throttling_is_a_429_with_bedrocks_message(up: BedrockStandIn, client: openai.OpenAI) -> None:

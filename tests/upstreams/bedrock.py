@@ -15,6 +15,10 @@ too) + 3 per message; outputTokens: words of the reply, or of the tool name plus
 With `toolConfig` and no toolResult in the last user turn, the first tool (or the one
 `toolChoice` names) is called with `tool_arguments(<its schema>)`.
 
+STS (`POST /`, `Action=AssumeRole`, signed for service `sts` with a configured key) issues
+temporary credentials (`ASIA…` keys with a session token) that the Bedrock routes then accept,
+valid for `role_minutes`; `assumed` records each AssumeRole's role ARN and session name.
+
 Misbehaviour, one per queued `BedrockStandIn.misbehave(...)`: `cut` (the connection drops after
 n frames), `bad_crc` (frame n's message CRC is wrong), `exception` (frame n is a
 `throttlingException`), `endless` (a frame whose prelude promises more than is ever sent), and
@@ -25,6 +29,7 @@ text frames before the block ends: a long stream of small frames).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json as jsonlib
 import re
 import struct
@@ -32,8 +37,9 @@ import zlib
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import parse_qs
 
 from aiohttp import web
 from botocore.auth import SigV4Auth
@@ -111,6 +117,9 @@ class BedrockStandIn(StandIn):
         self.refused: list[str] = []  # why each refused request was refused
         self._misbehaviours: deque[Misbehaviour] = deque()
         self.cache_read = 0  # cacheReadInputTokens reported (with the same count written, when set)
+        self.assumed: list[tuple[str, str, str]] = []  # (role ARN, session name, access key issued)
+        self.role_minutes = 60
+        self._issued = itertools.count(1)
 
     def misbehave(self, kind: str, at: int = 2) -> None:
         self._misbehaviours.append(Misbehaviour(kind, at))
@@ -119,11 +128,12 @@ class BedrockStandIn(StandIn):
         router.add_post("/model/{model:.+}/converse", self._route(self._converse))
         router.add_post("/model/{model:.+}/converse-stream", self._route(self._converse))
         router.add_post("/model/{model:.+}/invoke", self._route(self._invoke))
+        router.add_post("/", self._route(self._sts))
         super()._add_routes(router)
 
     # ---- SigV4 ---------------------------------------------------------------------------------
 
-    def _signature_problem(self, call: _Call) -> tuple[str, str] | None:
+    def _signature_problem(self, call: _Call, signing_name: str = "bedrock") -> tuple[str, str] | None:
         """(error type, message) of a request Bedrock would refuse, or None."""
         request, headers = call.request, call.record.headers
         found = _AUTH.fullmatch(headers.get("authorization", ""))
@@ -133,7 +143,7 @@ class BedrockStandIn(StandIn):
         if key not in self.keys:
             return "UnrecognizedClientException", "The security token included in the request is invalid."
         secret, token = self.keys[key]
-        if region != self.region or service != "bedrock":
+        if region != self.region or service != signing_name:
             return (
                 "InvalidSignatureException",
                 f"Credential should be scoped to a valid region and service ({region}/{service}).",
@@ -154,7 +164,7 @@ class BedrockStandIn(StandIn):
         url = f"http://{headers.get('host', '')}{request.raw_path}"
         aws = AWSRequest(method=request.method, url=url, data=call.record.body, headers=kept)
         aws.context["timestamp"] = stamp
-        auth = SigV4Auth(Credentials(key, secret, token), "bedrock", self.region)
+        auth = SigV4Auth(Credentials(key, secret, token), signing_name, self.region)
         expected = auth.signature(auth.string_to_sign(aws, auth.canonical_request(aws)), aws)
         if expected != signature:
             return "InvalidSignatureException", MISMATCH
@@ -179,6 +189,36 @@ class BedrockStandIn(StandIn):
             status=status,
             headers={"x-amzn-ErrorType": f"{kind}:http://internal.amazon.com/coral/com.amazon.bedrock/"},
         )
+
+    # ---- STS ---------------------------------------------------------------------------------------
+
+    async def _sts(self, call: _Call) -> web.StreamResponse:
+        problem = self._signature_problem(call, "sts")
+        if problem is not None:
+            self.refused.append(problem[0])
+            return web.Response(
+                status=403, text=f"<ErrorResponse><Error><Code>{problem[0]}</Code></Error></ErrorResponse>"
+            )
+        form = {k: v[0] for k, v in parse_qs(call.record.body.decode()).items()}
+        if form.get("Action") != "AssumeRole" or not form.get("RoleArn") or not form.get("RoleSessionName"):
+            return web.Response(
+                status=400, text="<ErrorResponse><Error><Code>ValidationError</Code></Error></ErrorResponse>"
+            )
+        n = next(self._issued)
+        key, secret, token = f"ASIASTANDIN{n:09d}", f"temporary-secret-{n}", f"session-token-{n}"
+        self.keys[key] = (secret, token)
+        self.assumed.append((form["RoleArn"], form["RoleSessionName"], key))
+        expires = (datetime.now(UTC) + timedelta(minutes=self.role_minutes)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        xml = (
+            '<AssumeRoleResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><AssumeRoleResult>'
+            f"<Credentials><AccessKeyId>{key}</AccessKeyId><SecretAccessKey>{secret}</SecretAccessKey>"
+            f"<SessionToken>{token}</SessionToken><Expiration>{expires}</Expiration></Credentials>"
+            f"<AssumedRoleUser><AssumedRoleId>AROASTANDIN:{form['RoleSessionName']}</AssumedRoleId>"
+            f"<Arn>arn:aws:sts::123456789012:assumed-role/standin/{form['RoleSessionName']}</Arn></AssumedRoleUser>"
+            "</AssumeRoleResult><ResponseMetadata><RequestId>standin-1</RequestId></ResponseMetadata></AssumeRoleResponse>"
+        )
+        call.record.status = 200
+        return web.Response(status=200, text=xml, content_type="text/xml")
 
     # ---- Converse ------------------------------------------------------------------------------
 
