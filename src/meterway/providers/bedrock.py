@@ -24,7 +24,7 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import orjson
@@ -42,7 +42,6 @@ from botocore.exceptions import BotoCoreError, ClientError
 from botocore.session import Session
 from yarl import URL
 
-from meterway.config.secret import Secret
 from meterway.errors import (
     BadRequest,
     ConfigError,
@@ -60,6 +59,9 @@ from meterway.providers.anthropic import usage_from_openai_dict
 from meterway.providers.base import Api, Call, Parsed, StreamRelay, UpstreamRequest, Usage, decode_object, tokens
 from meterway.providers.common import embedding_items, error_from_body, unreadable, wants_base64
 from meterway.providers.token_input import embedding_texts
+
+if TYPE_CHECKING:
+    from meterway.config.secret import Secret
 
 SERVICE = "bedrock"  # the SigV4 signing name of bedrock-runtime
 DEFAULT_REGION = "us-west-2"  # LiteLLM's, when nothing names one
@@ -100,6 +102,9 @@ class AwsOptions:
     )
 
     def __init__(self, params: Mapping[str, Any], env: Mapping[str, str]) -> None:
+        # imported here: `meterway.config` loads the registry, which imports this module
+        from meterway.config.secret import Secret
+
         def text(name: str) -> str | None:
             value = params.get(name)
             if value is not None and not isinstance(value, str):
@@ -109,8 +114,8 @@ class AwsOptions:
         self.access_key_id = text("aws_access_key_id")
         secret = text("aws_secret_access_key")
         token = text("aws_session_token")
-        self.secret_access_key = Secret(secret) if secret else None
-        self.session_token = Secret(token) if token else None
+        self.secret_access_key: Secret | None = Secret(secret) if secret else None
+        self.session_token: Secret | None = Secret(token) if token else None
         if bool(self.access_key_id) != bool(self.secret_access_key):
             raise ConfigError("aws_access_key_id and aws_secret_access_key go together", param="aws_access_key_id")
         self.region = (
