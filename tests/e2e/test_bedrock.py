@@ -148,6 +148,7 @@ def test_the_model_id_is_escaped_in_the_path_and_signed_as_sent(up: BedrockStand
     assert answer.choices[0].message.content == REPLY_PREFIX + "hello there"
     # `bedrock/converse/…` names the route; the inference profile's id goes in the path, its colon escaped
     assert up.last.path == f"/model/us.{CLAUDE}/converse" and up.refused == []
+    assert answer.model == f"us.{CLAUDE}"
     assert "inferenceConfig" not in up.last.json  # nothing set: Bedrock's own defaults
 
 
@@ -260,7 +261,7 @@ def test_a_signature_bedrock_would_refuse_is_refused_and_reported_in_openai_form
     assert caught.value.status_code == 403
     assert up.refused == ["InvalidSignatureException"]
     expected = "signature we calculated does not match" if model == "claude-wrong-secret" else "valid region"
-    assert expected in caught.value.message
+    assert expected in caught.value.message and "refused the gateway's AWS credentials" in caught.value.message
     assert SECRET_KEY not in caught.value.message and "not-the-secret" not in caught.value.message
     assert isinstance(caught.value.body, dict) and caught.value.body.get("type")
 

@@ -480,8 +480,12 @@ class BedrockProvider:
 
     def map_error(self, call: Call, status: int, body: bytes) -> UpstreamError:
         """Bedrock's errors are `{"message": ...}` (the kind is in a header: its status says enough);
-        a prompt too long for the model is a 400 ValidationException that says so."""
+        a 403 is about the gateway's own credentials (signature, permissions), and a prompt too long
+        for the model is a 400 ValidationException that says so."""
         error = error_from_body(status, body, self.label)
+        if status in (401, 403):  # the gateway's AWS credentials, not the client's key: say so
+            message = f"Upstream deployment '{self.label}' refused the gateway's AWS credentials: {error.message}"
+            return UpstreamRejected(message, deployment=self.label, upstream_status=status)
         if status == 400 and "too long" in error.message.lower() and not isinstance(error, ContextWindowExceeded):
             return ContextWindowExceeded(error.message, deployment=self.label, upstream_status=status)
         return error

@@ -135,6 +135,8 @@ def resolve(model: str, api_base: str | None, api_key: Secret | None, *, env: Ma
     `env`, the environment config loading was given."""
     family, upstream = split_model(model)
     alias = ALIASES[family]
+    if alias.family is bedrock.BedrockProvider:
+        upstream = bedrock.model_id(upstream)  # LiteLLM's `converse/`, `invoke/` name a route, not the model
     base = api_base or _first_env(env, alias.base_env) or alias.api_base
     if base and alias.base_suffix and not base.rstrip("/").endswith(alias.base_suffix):
         base = base.rstrip("/") + alias.base_suffix
