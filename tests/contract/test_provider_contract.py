@@ -20,7 +20,7 @@ import openai
 import pytest
 
 from tests.support.gateway import RunningGateway, ledger_row, run_gateway
-from tests.upstreams.providers import ProviderStandIn
+from tests.upstreams.bedrock import ACCESS_KEY, REGION, SECRET_KEY, BedrockStandIn
 from tests.upstreams.standin import reply_for
 
 UPSTREAM_KEY = "contract-upstream-key"
@@ -32,9 +32,10 @@ class Case:
     name: str
     model: str  # the gateway's model group, served by one deployment of the family
     messages_api: bool  # the client speaks Anthropic's Messages API (else OpenAI chat)
-    wire: str  # the upstream's error format: openai, anthropic, cohere or gemini
+    wire: str  # the upstream's error format: openai, anthropic, cohere, gemini or bedrock
     too_long: str  # how the family says a prompt is too long
     too_long_code: str | None = None
+    signed: bool = False  # the family signs requests (SigV4) instead of sending a key
 
 
 OPENAI_TOO_LONG = (
@@ -42,6 +43,7 @@ OPENAI_TOO_LONG = (
 )
 ANTHROPIC_TOO_LONG = "prompt is too long: 210000 tokens > 200000 maximum"
 COHERE_TOO_LONG = "too many tokens: total number of tokens in the prompt cannot exceed 4081 - received 4292"
+BEDROCK_TOO_LONG = "Input is too long for requested model."
 GEMINI_TOO_LONG = "The input token count (1048577) exceeds the maximum number of tokens allowed (1048576)."
 
 CASES = [
@@ -51,6 +53,7 @@ CASES = [
     Case("anthropic-messages", "anthropic", True, "anthropic", ANTHROPIC_TOO_LONG),
     Case("cohere", "cohere", False, "cohere", COHERE_TOO_LONG),
     Case("gemini", "gemini", False, "gemini", GEMINI_TOO_LONG),
+    Case("bedrock", "bedrock", False, "bedrock", BEDROCK_TOO_LONG, signed=True),
     Case("messages-adapter", "openai", True, "openai", OPENAI_TOO_LONG, "context_length_exceeded"),
 ]
 FAMILY_MODELS = {
@@ -59,6 +62,13 @@ FAMILY_MODELS = {
     "anthropic": {"model": "anthropic/claude-up", "api_base": "{base}"},
     "cohere": {"model": "cohere/command-up", "api_base": "{base}"},
     "gemini": {"model": "gemini/gemini-up", "api_base": "{base}"},
+    "bedrock": {
+        "model": "bedrock/anthropic.claude-up-v1:0",
+        "aws_bedrock_runtime_endpoint": "{base}",
+        "aws_access_key_id": ACCESS_KEY,
+        "aws_secret_access_key": SECRET_KEY,
+        "aws_region_name": REGION,
+    },
 }
 
 
@@ -67,7 +77,7 @@ def error_body(wire: str, status: int, message: str, code: str | None = None) ->
     if wire == "anthropic":
         kind = "rate_limit_error" if status == 429 else "invalid_request_error"
         return {"type": "error", "error": {"type": kind, "message": message}}
-    if wire == "cohere":
+    if wire in ("cohere", "bedrock"):
         return {"message": message}
     if wire == "gemini":
         state = "RESOURCE_EXHAUSTED" if status == 429 else "INVALID_ARGUMENT"
@@ -77,14 +87,14 @@ def error_body(wire: str, status: int, message: str, code: str | None = None) ->
 
 
 @pytest.fixture(scope="module")
-def standin() -> Iterator[ProviderStandIn]:
-    stand_in = ProviderStandIn()
+def standin() -> Iterator[BedrockStandIn]:
+    stand_in = BedrockStandIn()
     with stand_in:
         yield stand_in
 
 
 @pytest.fixture(scope="module")
-def gw(standin: ProviderStandIn) -> Iterator[RunningGateway]:
+def gw(standin: BedrockStandIn) -> Iterator[RunningGateway]:
     base = standin.base_url
     model_list = [
         {
@@ -129,7 +139,7 @@ class Through:
     """One family's case, driven through the gateway by the SDK of the client's API."""
 
     case: Case
-    up: ProviderStandIn  # the stand-in, with nothing recorded or scripted from earlier tests
+    up: BedrockStandIn  # the stand-in, with nothing recorded or scripted from earlier tests
     gw: RunningGateway
     chat: openai.OpenAI
     messages: anthropic.Anthropic
@@ -195,6 +205,9 @@ class Through:
         """The prompt and completion tokens the stand-in last reported, in its family's terms."""
         u = self.up.last.usage
         assert u is not None
+        if "inputTokens" in u:  # Bedrock's Converse: cache reads and writes apart from the input
+            prompt = u["inputTokens"] + u.get("cacheReadInputTokens", 0) + u.get("cacheWriteInputTokens", 0)
+            return prompt, u["outputTokens"]
         if "input_tokens" in u:
             prompt = u["input_tokens"] + u["cache_read_input_tokens"] + u["cache_creation_input_tokens"]
             return prompt, u["output_tokens"]
@@ -205,8 +218,9 @@ class Through:
 
 
 @pytest.fixture(params=CASES, ids=[c.name for c in CASES])
-def through(request: pytest.FixtureRequest, standin: ProviderStandIn, gw: RunningGateway) -> Iterator[Through]:
+def through(request: pytest.FixtureRequest, standin: BedrockStandIn, gw: RunningGateway) -> Iterator[Through]:
     standin.reset()
+    standin.refused.clear()
     with (
         openai.OpenAI(base_url=gw.v1, api_key=gw.key, max_retries=0) as chat,
         anthropic.Anthropic(base_url=gw.url, api_key=gw.key, max_retries=0) as messages,
@@ -218,7 +232,11 @@ def test_a_whole_answer_is_translated_and_metered_from_the_upstreams_usage(throu
     answer = through.ask()
     assert answer.text == reply_for(SAID)
     assert (answer.prompt_tokens, answer.completion_tokens) == through.counted()
-    assert through.up.last.credential == UPSTREAM_KEY
+    if through.case.signed:  # checked by the stand-in against the configured secret
+        assert through.up.last.headers["authorization"].startswith("AWS4-HMAC-SHA256 ")
+        assert through.up.refused == []
+    else:
+        assert through.up.last.credential == UPSTREAM_KEY
     row = through.row(answer)
     assert (row["prompt_tokens"], row["completion_tokens"], row["tokens_estimated"]) == (*through.counted(), False)
     assert (row["model"], row["status"]) == (through.case.model, "success") and row["spend"] > 0

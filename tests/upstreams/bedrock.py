@@ -46,9 +46,9 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
+from tests.upstreams.providers import ProviderStandIn
 from tests.upstreams.standin import (
     PER_MESSAGE_TOKENS,
-    StandIn,
     _abort,
     _Call,
     _pieces,
@@ -106,9 +106,10 @@ def input_tokens(payload: Mapping[str, Any]) -> int:
     return words + sum(count_words(t) for t in _texts(payload.get("system"))) + PER_MESSAGE_TOKENS * len(messages)
 
 
-class BedrockStandIn(StandIn):
+class BedrockStandIn(ProviderStandIn):
     """Bedrock's runtime routes, signature-checked against `keys` (access key id -> secret, and
-    an optional session token) in `region`."""
+    an optional session token) in `region`, beside every other family's (so the provider contract
+    runs on one stand-in)."""
 
     def __init__(self, keys: Mapping[str, tuple[str, str | None]] | None = None, region: str = REGION) -> None:
         super().__init__()
