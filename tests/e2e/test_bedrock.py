@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -392,6 +393,20 @@ def test_cohere_embeddings_on_bedrock_take_the_input_type(up: BedrockStandIn, cl
     )
     assert [d.embedding for d in result.data] == [embedding_for("first text"), embedding_for("second")]
     assert up.last.json == {"texts": ["first text", "second"], "input_type": "search_query"}
+
+
+def test_a_messages_api_stream_is_served_over_converse_stream(gw: RunningGateway, up: BedrockStandIn) -> None:
+    with (
+        anthropic.Anthropic(base_url=gw.url, api_key=gw.key, max_retries=0) as client,
+        client.messages.stream(
+            model="claude", max_tokens=20, messages=[{"role": "user", "content": "hello there"}]
+        ) as stream,
+    ):
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == REPLY_PREFIX + "hello there" and final.stop_reason == "end_turn"
+    assert final.usage.output_tokens == count_words(text)
+    assert up.last.path.endswith("/converse-stream") and up.refused == []
 
 
 def test_messages_api_is_served_over_converse(gw: RunningGateway, up: BedrockStandIn) -> None:

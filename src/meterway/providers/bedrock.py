@@ -78,7 +78,9 @@ PARAMS = (
     "aws_bedrock_runtime_endpoint",
     "aws_sts_endpoint",
 )
-RESOLVE_WAIT_S = 30.0  # how long a request waits for credentials still being resolved at start
+# how long a request waits for credentials still being resolved at start (it blocks its worker: kept
+# short; resolving takes well under a second beside the gateway's own start, so it is nearly never met)
+RESOLVE_WAIT_S = 5.0
 ADVISORY_REFRESH_S = 15 * 60  # temporary credentials are refreshed (by a thread) this long before they expire
 MANDATORY_REFRESH_S = 60  # closer than this, a request waits for the refresh itself
 
