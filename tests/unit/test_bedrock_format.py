@@ -9,7 +9,7 @@ import orjson
 import pytest
 from botocore.credentials import ReadOnlyCredentials
 
-from meterway.errors import BadRequest, UpstreamError, UpstreamRateLimited
+from meterway.errors import BadRequest, UpstreamError, UpstreamRateLimited, UpstreamUnavailable
 from meterway.providers import bedrock_format as bf
 from meterway.providers.anthropic_format import TranslationError
 from meterway.providers.base import Api, Call, RequestHead
@@ -191,3 +191,12 @@ def test_requests_go_to_the_regions_host_with_the_model_id_escaped() -> None:
     assert provider.supports(Api.CHAT) and not provider.supports(Api.EMBEDDINGS)
     with pytest.raises(BadRequest):
         provider.build_request(Call(Api.CHAT, b'{"messages":[{"role":"wizard","content":"hi"}]}', head, "r"))
+
+
+def test_credentials_that_cannot_be_had_make_the_deployment_unavailable_not_a_crash() -> None:
+    params = {"aws_profile_name": "no-such-profile-anywhere", "aws_region_name": "eu-west-3"}
+    provider = build(label="d", upstream_model="anthropic.claude-v2:1", api_base=None, params=params, env={})
+    call = Call(Api.CHAT, b'{"messages":[{"role":"user","content":"hi"}]}', RequestHead(model="claude"), "r")
+    with pytest.raises(UpstreamUnavailable, match="no-such-profile-anywhere") as caught:
+        provider.build_request(call)
+    assert caught.value.http_status() == 502 and "Deployment 'd'" in caught.value.message

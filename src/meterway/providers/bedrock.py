@@ -38,7 +38,6 @@ from botocore.credentials import (
     RefreshableCredentials,
 )
 from botocore.eventstream import EventStreamBuffer, EventStreamMessage, ParserError
-from botocore.exceptions import BotoCoreError, ClientError
 from botocore.session import Session
 from yarl import URL
 
@@ -139,23 +138,24 @@ class AwsOptions:
         self.endpoint = endpoint
 
 
-def _source(options: AwsOptions, env: Mapping[str, str]) -> tuple[Credentials | None, Session]:
-    """The credentials a deployment starts from (before any role is assumed), and the botocore
-    session that found them: keys given, a named profile, keys in the environment config loading
-    was given, else AWS's standard chain (which may do I/O: run off the request path)."""
-    session = Session(profile=options.profile) if options.profile else Session()
-    if options.access_key_id and options.secret_access_key:
-        token = options.session_token.reveal() if options.session_token else None
-        return Credentials(options.access_key_id, options.secret_access_key.reveal(), token), session
-    if not options.profile and env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
-        return Credentials(
-            env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"], env.get("AWS_SESSION_TOKEN")
-        ), session
-    return session.get_credentials(), session
+def _static(options: AwsOptions) -> Credentials | None:
+    """The keys the config gives, if it gives them."""
+    if not (options.access_key_id and options.secret_access_key):
+        return None
+    token = options.session_token.reveal() if options.session_token else None
+    return Credentials(options.access_key_id, options.secret_access_key.reveal(), token)
 
 
 def _resolve(options: AwsOptions, env: Mapping[str, str]) -> Credentials | None:
-    source, session = _source(options, env)
+    """The credentials a deployment signs with: keys given, a named profile, keys in the
+    environment config loading was given, else AWS's standard chain; with a role, those are the
+    source of an STS AssumeRole. May do I/O (files, STS, instance metadata): run off the request path."""
+    session = Session(profile=options.profile) if options.profile else Session()
+    source = _static(options)
+    if source is None and not options.profile and env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
+        source = Credentials(env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"], env.get("AWS_SESSION_TOKEN"))
+    if source is None:
+        source = session.get_credentials()
     if source is None or not options.role_arn:
         return source
     creator = functools.partial(session.create_client, region_name=options.region, endpoint_url=options.sts_endpoint)
@@ -182,9 +182,9 @@ class AwsCredentials:
         self._error: str | None = None
         self._credentials: Credentials | None = None
         self._frozen: ReadOnlyCredentials | None = None
-        if options.access_key_id and options.secret_access_key and not options.role_arn:
-            self._credentials, _ = _source(options, env)
-            self._frozen = self._credentials.get_frozen_credentials() if self._credentials else None
+        static = None if options.role_arn else _static(options)
+        if static is not None:  # no I/O to do
+            self._credentials, self._frozen = static, static.get_frozen_credentials()
             self._ready.set()
         else:
             threading.Thread(
@@ -200,8 +200,8 @@ class AwsCredentials:
             else:
                 self._credentials = credentials
                 self._frozen = credentials.get_frozen_credentials()
-        except (BotoCoreError, ClientError) as e:
-            self._error = f"AWS credentials could not be obtained: {e}"
+        except Exception as e:  # a thread of its own: whatever stopped it is what requests are told
+            self._error = f"AWS credentials could not be obtained: {e.__class__.__name__}: {e}"
         finally:
             self._ready.set()
 
@@ -210,8 +210,8 @@ class AwsCredentials:
             credentials = self._credentials
             if credentials is not None:
                 self._frozen = credentials.get_frozen_credentials()  # botocore refreshes them when due
-        except (BotoCoreError, ClientError):
-            pass  # kept: the next request tries again, and waits once they are nearly expired
+        except Exception:  # kept: the next request tries again, and waits once they are nearly expired
+            pass
         finally:
             with self._lock:
                 self._refreshing = False
@@ -228,7 +228,7 @@ class AwsCredentials:
             if credentials.refresh_needed(MANDATORY_REFRESH_S):
                 try:
                     frozen = self._frozen = credentials.get_frozen_credentials()
-                except (BotoCoreError, ClientError) as e:
+                except Exception as e:  # STS or the chain failed: this deployment cannot sign now
                     message = f"Deployment '{self._label}': its AWS credentials could not be renewed: {e}"
                     raise UpstreamUnavailable(message, deployment=self._label) from None
             elif credentials.refresh_needed(ADVISORY_REFRESH_S):
