@@ -3,6 +3,7 @@ real frames (split anywhere, corrupted), the frame bound, and SigV4 as the stand
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -200,3 +201,15 @@ def test_credentials_that_cannot_be_had_make_the_deployment_unavailable_not_a_cr
     with pytest.raises(UpstreamUnavailable, match="no-such-profile-anywhere") as caught:
         provider.build_request(call)
     assert caught.value.http_status() == 502 and "Deployment 'd'" in caught.value.message
+
+
+def test_a_named_profile_of_the_shared_files_signs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "credentials").write_text("[prod]\naws_access_key_id = AKIAPROFILE\naws_secret_access_key = s3cret\n")
+    (tmp_path / "config").write_text("")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+    params = {"aws_profile_name": "prod", "aws_region_name": "eu-west-3"}
+    provider = build(label="d", upstream_model="anthropic.claude-v2:1", api_base=None, params=params, env={})
+    call = Call(Api.CHAT, b'{"messages":[{"role":"user","content":"hi"}]}', RequestHead(model="claude"), "r")
+    request = provider.build_request(call)
+    assert request.headers["Authorization"].startswith("AWS4-HMAC-SHA256 Credential=AKIAPROFILE/")
