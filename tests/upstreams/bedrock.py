@@ -302,6 +302,10 @@ class BedrockStandIn(ProviderStandIn):
         record = call.record
         record.status, record.usage = 200, usage
         odd = self._misbehaviours.popleft() if self._misbehaviours else None
+        if odd is None and call.script is not None and call.script.break_after is not None:
+            odd = Misbehaviour(
+                "cut", call.script.break_after
+            )  # `StandIn.script_break_stream`, as every family takes it
         response = web.StreamResponse(status=200, headers={"Content-Type": EVENT_STREAM})
         try:
             await response.prepare(call.request)
