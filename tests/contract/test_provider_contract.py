@@ -21,8 +21,15 @@ import openai
 import pytest
 
 from tests.support.gateway import RunningGateway, ledger_row, run_gateway
+from tests.upstreams.bedrock import ACCESS_KEY, REGION, SECRET_KEY, BedrockStandIn
 from tests.upstreams.standin import reply_for
 from tests.upstreams.vertex import VertexStandIn
+
+
+class ContractStandIn(VertexStandIn, BedrockStandIn):
+    """One stand-in for every family: Vertex AI's token endpoint and Bedrock's signed routes beside
+    the others' (their routes do not overlap), so the fallback deployment is on the same one."""
+
 
 UPSTREAM_KEY = "contract-upstream-key"
 SAID = "hello there"
@@ -33,10 +40,13 @@ class Case:
     name: str
     model: str  # the gateway's model group, served by one deployment of the family
     messages_api: bool  # the client speaks Anthropic's Messages API (else OpenAI chat)
-    wire: str  # the upstream's error format: openai, anthropic, cohere or gemini (Vertex AI's: its publisher's)
+    wire: (
+        str  # the upstream's error format: openai, anthropic, cohere, gemini or bedrock (Vertex AI's: its publisher's)
+    )
     too_long: str  # how the family says a prompt is too long
     too_long_code: str | None = None
     token: bool = False  # the upstream takes an access token the gateway minted (Vertex AI), not the key
+    signed: bool = False  # the family signs requests (SigV4) instead of sending a key
 
 
 OPENAI_TOO_LONG = (
@@ -44,6 +54,7 @@ OPENAI_TOO_LONG = (
 )
 ANTHROPIC_TOO_LONG = "prompt is too long: 210000 tokens > 200000 maximum"
 COHERE_TOO_LONG = "too many tokens: total number of tokens in the prompt cannot exceed 4081 - received 4292"
+BEDROCK_TOO_LONG = "Input is too long for requested model."
 GEMINI_TOO_LONG = "The input token count (1048577) exceeds the maximum number of tokens allowed (1048576)."
 
 CASES = [
@@ -53,6 +64,7 @@ CASES = [
     Case("anthropic-messages", "anthropic", True, "anthropic", ANTHROPIC_TOO_LONG),
     Case("cohere", "cohere", False, "cohere", COHERE_TOO_LONG),
     Case("gemini", "gemini", False, "gemini", GEMINI_TOO_LONG),
+    Case("bedrock", "bedrock", False, "bedrock", BEDROCK_TOO_LONG, signed=True),
     Case("messages-adapter", "openai", True, "openai", OPENAI_TOO_LONG, "context_length_exceeded"),
     Case("vertex-gemini", "vertex-gemini", False, "gemini", GEMINI_TOO_LONG, token=True),
     Case("vertex-claude", "vertex-claude", False, "anthropic", ANTHROPIC_TOO_LONG, token=True),
@@ -66,6 +78,13 @@ FAMILY_MODELS = {
     "gemini": {"model": "gemini/gemini-up", "api_base": "{base}"},
     "vertex-gemini": {"model": "vertex_ai/gemini-up", "api_base": "{base}", "vertex_credentials": "{credentials}"},
     "vertex-claude": {"model": "vertex_ai/claude-up", "api_base": "{base}", "vertex_credentials": "{credentials}"},
+    "bedrock": {
+        "model": "bedrock/anthropic.claude-up-v1:0",
+        "aws_bedrock_runtime_endpoint": "{base}",
+        "aws_access_key_id": ACCESS_KEY,
+        "aws_secret_access_key": SECRET_KEY,
+        "aws_region_name": REGION,
+    },
 }
 
 
@@ -74,7 +93,7 @@ def error_body(wire: str, status: int, message: str, code: str | None = None) ->
     if wire == "anthropic":
         kind = "rate_limit_error" if status == 429 else "invalid_request_error"
         return {"type": "error", "error": {"type": kind, "message": message}}
-    if wire == "cohere":
+    if wire in ("cohere", "bedrock"):
         return {"message": message}
     if wire == "gemini":
         state = "RESOURCE_EXHAUSTED" if status == 429 else "INVALID_ARGUMENT"
@@ -84,14 +103,14 @@ def error_body(wire: str, status: int, message: str, code: str | None = None) ->
 
 
 @pytest.fixture(scope="module")
-def standin() -> Iterator[VertexStandIn]:
-    stand_in = VertexStandIn()  # every family's format, and Vertex AI's token endpoint
+def standin() -> Iterator[ContractStandIn]:
+    stand_in = ContractStandIn()  # every family's format, Vertex AI's token endpoint, Bedrock's signature check
     with stand_in:
         yield stand_in
 
 
 @pytest.fixture(scope="module")
-def gw(standin: VertexStandIn) -> Iterator[RunningGateway]:
+def gw(standin: ContractStandIn) -> Iterator[RunningGateway]:
     base = standin.base_url
     credentials = json.dumps(standin.service_account())
     model_list = [
@@ -137,7 +156,7 @@ class Through:
     """One family's case, driven through the gateway by the SDK of the client's API."""
 
     case: Case
-    up: VertexStandIn  # the stand-in, with nothing recorded or scripted from earlier tests
+    up: ContractStandIn  # the stand-in, with nothing recorded or scripted from earlier tests
     gw: RunningGateway
     chat: openai.OpenAI
     messages: anthropic.Anthropic
@@ -203,6 +222,9 @@ class Through:
         """The prompt and completion tokens the stand-in last reported, in its family's terms."""
         u = self.up.last.usage
         assert u is not None
+        if "inputTokens" in u:  # Bedrock's Converse: cache reads and writes apart from the input
+            prompt = u["inputTokens"] + u.get("cacheReadInputTokens", 0) + u.get("cacheWriteInputTokens", 0)
+            return prompt, u["outputTokens"]
         if "input_tokens" in u:
             prompt = u["input_tokens"] + u["cache_read_input_tokens"] + u["cache_creation_input_tokens"]
             return prompt, u["output_tokens"]
@@ -213,8 +235,9 @@ class Through:
 
 
 @pytest.fixture(params=CASES, ids=[c.name for c in CASES])
-def through(request: pytest.FixtureRequest, standin: VertexStandIn, gw: RunningGateway) -> Iterator[Through]:
+def through(request: pytest.FixtureRequest, standin: ContractStandIn, gw: RunningGateway) -> Iterator[Through]:
     standin.reset()
+    standin.refused.clear()
     with (
         openai.OpenAI(base_url=gw.v1, api_key=gw.key, max_retries=0) as chat,
         anthropic.Anthropic(base_url=gw.url, api_key=gw.key, max_retries=0) as messages,
@@ -228,6 +251,9 @@ def test_a_whole_answer_is_translated_and_metered_from_the_upstreams_usage(throu
     assert (answer.prompt_tokens, answer.completion_tokens) == through.counted()
     if through.case.token:
         assert through.up.last.credential in through.up.issued
+    elif through.case.signed:  # checked by the stand-in against the configured secret
+        assert through.up.last.headers["authorization"].startswith("AWS4-HMAC-SHA256 ")
+        assert through.up.refused == []
     else:
         assert through.up.last.credential == UPSTREAM_KEY
     row = through.row(answer)

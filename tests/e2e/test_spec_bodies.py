@@ -24,13 +24,13 @@ import pytest
 from tests.e2e.conftest import closed_port
 from tests.support.gateway import RunningGateway, run_gateway
 from tests.support.wait import clear_of_minute_edge
-from tests.upstreams.providers import ProviderStandIn
+from tests.upstreams.bedrock import ACCESS_KEY, REGION, SECRET_KEY, BedrockStandIn
 
 SCHEMAS = Path(__file__).parents[1] / "fixtures" / "openai-openapi" / "schemas.json"
 UPSTREAM_KEY = "sk-spec-upstream"
 
-CHAT_FAMILIES = ("openai", "azure", "anthropic", "gemini", "cohere", "mock")
-EMBEDDING_FAMILIES = ("openai", "azure", "gemini", "cohere", "mock")
+CHAT_FAMILIES = ("openai", "azure", "anthropic", "gemini", "cohere", "bedrock", "mock")
+EMBEDDING_FAMILIES = ("openai", "azure", "gemini", "cohere", "bedrock", "mock")
 TOOLS: Any = [
     {
         "type": "function",
@@ -110,14 +110,21 @@ def test_the_spec_refuses_what_it_should() -> None:
 
 
 @pytest.fixture(scope="module")
-def providers() -> Iterator[ProviderStandIn]:
-    with ProviderStandIn() as s:
+def providers() -> Iterator[BedrockStandIn]:
+    with BedrockStandIn() as s:
         yield s
 
 
 def _config(base: str) -> dict[str, Any]:
     def entry(name: str, model: str, **params: Any) -> dict[str, Any]:
         return {"model_name": name, "litellm_params": {"model": model, "api_key": UPSTREAM_KEY, **params}}
+
+    aws = {
+        "aws_bedrock_runtime_endpoint": base,
+        "aws_access_key_id": ACCESS_KEY,
+        "aws_secret_access_key": SECRET_KEY,
+        "aws_region_name": REGION,
+    }
 
     return {
         "model_list": [
@@ -126,11 +133,13 @@ def _config(base: str) -> dict[str, Any]:
             entry("anthropic", "anthropic/claude-upstream", api_base=base),
             entry("gemini", "gemini/gemini-2.5-flash", api_base=base),
             entry("cohere", "cohere/command-a-03-2025", api_base=base),
+            entry("bedrock", "bedrock/anthropic.claude-3-5-sonnet-20240620-v1:0", **aws),
             {"model_name": "mock", "litellm_params": {"model": "mock/spec"}},
             entry("embed-openai", "openai/text-embedding-3-small", api_base=base + "/v1"),
             entry("embed-azure", "azure/spec-embeddings", api_base=base, api_version="2024-06-01"),
             entry("embed-gemini", "gemini/text-embedding-004", api_base=base),
             entry("embed-cohere", "cohere/embed-v4.0", api_base=base),
+            entry("embed-bedrock", "bedrock/cohere.embed-english-v3", **aws),
             {"model_name": "embed-mock", "litellm_params": {"model": "mock/spec-embeddings"}},
             entry("slow", "openai/slow", api_base=base + "/v1", timeout=0.5),
             entry("nowhere", "openai/nowhere", api_base=f"http://127.0.0.1:{closed_port()}/v1"),
@@ -140,7 +149,7 @@ def _config(base: str) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def gw(providers: ProviderStandIn) -> Iterator[RunningGateway]:
+def gw(providers: BedrockStandIn) -> Iterator[RunningGateway]:
     with run_gateway(_config(providers.base_url)) as gateway:
         yield gateway
 
@@ -152,7 +161,7 @@ def http(gw: RunningGateway) -> Iterator[httpx.Client]:
 
 
 @pytest.fixture
-def upstream(providers: ProviderStandIn) -> ProviderStandIn:
+def upstream(providers: BedrockStandIn) -> BedrockStandIn:
     providers.reset()
     return providers
 
@@ -175,7 +184,7 @@ def _events(client: httpx.Client, body: dict[str, Any]) -> list[Any]:
 
 
 @pytest.mark.parametrize("family", CHAT_FAMILIES)
-def test_chat_answers_conform(http: httpx.Client, upstream: ProviderStandIn, family: str) -> None:
+def test_chat_answers_conform(http: httpx.Client, upstream: BedrockStandIn, family: str) -> None:
     text = _ok(http.post("/chat/completions", json={"model": family, "messages": HI}))
     assert_conforms(text, "CreateChatCompletionResponse")
     assert text["choices"][0]["message"]["content"]
@@ -186,7 +195,7 @@ def test_chat_answers_conform(http: httpx.Client, upstream: ProviderStandIn, fam
 
 
 @pytest.mark.parametrize("family", CHAT_FAMILIES)
-def test_stream_chunks_conform(http: httpx.Client, upstream: ProviderStandIn, family: str) -> None:
+def test_stream_chunks_conform(http: httpx.Client, upstream: BedrockStandIn, family: str) -> None:
     for usage in (True, False):
         for extra in ({}, {"tools": TOOLS}):
             body = {"model": family, "messages": HI, "stream": True, **extra}
@@ -201,7 +210,7 @@ def test_stream_chunks_conform(http: httpx.Client, upstream: ProviderStandIn, fa
 
 
 @pytest.mark.parametrize("family", EMBEDDING_FAMILIES)
-def test_embeddings_conform(http: httpx.Client, upstream: ProviderStandIn, family: str) -> None:
+def test_embeddings_conform(http: httpx.Client, upstream: BedrockStandIn, family: str) -> None:
     body = {"model": f"embed-{family}", "input": ["hello there", "general kenobi"], "encoding_format": "float"}
     answer = _ok(http.post("/embeddings", json=body))
     assert_conforms(answer, "CreateEmbeddingResponse")
@@ -226,7 +235,7 @@ def _error(r: httpx.Response, status: int) -> dict[str, Any]:
     return body["error"]  # type: ignore[no-any-return]
 
 
-def test_gateway_errors_conform(http: httpx.Client, gw: RunningGateway, upstream: ProviderStandIn) -> None:
+def test_gateway_errors_conform(http: httpx.Client, gw: RunningGateway, upstream: BedrockStandIn) -> None:
     chat = {"model": "openai", "messages": HI}
     _error(http.post("/chat/completions", content=b'{"model": "openai", "messages": ['), 400)
     _error(http.post("/chat/completions", json={"model": "openai"}), 400)
@@ -243,7 +252,7 @@ def test_gateway_errors_conform(http: httpx.Client, gw: RunningGateway, upstream
     _error(http.post("/chat/completions", json={**chat, "model": "nowhere"}), 502)
 
 
-def test_key_refusals_conform(http: httpx.Client, gw: RunningGateway, upstream: ProviderStandIn) -> None:
+def test_key_refusals_conform(http: httpx.Client, gw: RunningGateway, upstream: BedrockStandIn) -> None:
     made = http.post(gw.url + "/key/generate", json={"models": ["mock"], "rpm_limit": 1})
     key = _ok(made)["key"]
     with httpx.Client(base_url=gw.v1, headers={"Authorization": f"Bearer {key}"}, timeout=10) as limited:
@@ -259,12 +268,13 @@ UPSTREAM_ERRORS: Any = {
     "anthropic": {"type": "error", "error": {"type": "invalid_request_error", "message": "bad temperature"}},
     "gemini": {"error": {"code": 400, "message": "bad temperature", "status": "INVALID_ARGUMENT"}},
     "cohere": {"message": "bad temperature"},
+    "bedrock": {"message": "bad temperature"},
 }
 
 
 @pytest.mark.parametrize("family", list(UPSTREAM_ERRORS))
 def test_upstream_errors_reach_the_client_in_openai_shape(
-    http: httpx.Client, upstream: ProviderStandIn, family: str
+    http: httpx.Client, upstream: BedrockStandIn, family: str
 ) -> None:
     upstream.script_fail(400, UPSTREAM_ERRORS[family])
     err = _error(http.post("/chat/completions", json={"model": family, "messages": HI}), 400)
@@ -275,9 +285,9 @@ def test_upstream_errors_reach_the_client_in_openai_shape(
     _error(http.post("/chat/completions", json={"model": family, "messages": HI}), 502)
 
 
-@pytest.mark.parametrize("family", ["openai", "anthropic", "gemini", "cohere"])
+@pytest.mark.parametrize("family", ["openai", "anthropic", "gemini", "cohere", "bedrock"])
 def test_the_error_event_ending_a_broken_stream_conforms(
-    http: httpx.Client, upstream: ProviderStandIn, family: str
+    http: httpx.Client, upstream: BedrockStandIn, family: str
 ) -> None:
     upstream.script_break_stream(2)
     with http.stream("POST", "/chat/completions", json={"model": family, "messages": HI, "stream": True}) as r:
@@ -305,7 +315,7 @@ def _adapter(kind: Any) -> pydantic.TypeAdapter[Any]:
 
 @pytest.mark.parametrize("family", CHAT_FAMILIES)
 def test_messages_bodies_conform_to_the_anthropic_sdk_types(
-    gw: RunningGateway, upstream: ProviderStandIn, family: str
+    gw: RunningGateway, upstream: BedrockStandIn, family: str
 ) -> None:
     headers = {"x-api-key": gw.key, "anthropic-version": "2023-06-01"}
     body: Any = {"model": family, "max_tokens": 100, "messages": [{"role": "user", "content": "hello there"}]}

@@ -22,13 +22,14 @@ def _verdicts(found: Review) -> dict[str, str]:
     return {f.path: f.verdict for f in found.findings}
 
 
-def test_quick_start_refuses_bedrock_and_wildcards_and_names_ignored_settings() -> None:
+def test_quick_start_serves_bedrock_refuses_wildcards_and_names_ignored_settings() -> None:
     found = _review("quick_start.yaml")
     v = _verdicts(found)
     assert v["model_list[0] (gpt-4o)"] == "honoured"
     assert v["model_list[0] (gpt-4o).litellm_params.rpm"] == "honoured"
-    assert v["model_list[1] (bedrock-claude-v1)"] == "refused"
-    assert v["model_list[3] (anthropic-claude)"] == "refused"
+    assert v["model_list[1] (bedrock-claude-v1)"] == "honoured"
+    assert v["model_list[3] (anthropic-claude)"] == "honoured"
+    assert v["model_list[3] (anthropic-claude).litellm_params.aws_region_name"] == "honoured"
     assert v["model_list[5] (*)"] == "refused"
     assert v["model_list[4] (vllm-models)"] == "honoured"
     assert v["model_list[4] (vllm-models).model_info.version"] == "ignored"
@@ -36,8 +37,27 @@ def test_quick_start_refuses_bedrock_and_wildcards_and_names_ignored_settings() 
     assert v["general_settings.alerting"] == "ignored"
     assert v["litellm_settings.drop_params"] == "ignored"
     assert v["litellm_settings.success_callback: langfuse"] == "ignored"
-    assert not found.starts
-    assert found.problem is not None and "bedrock" in found.problem
+    assert found.starts, found.problem  # Bedrock takes its credentials from the standard AWS chain
+
+
+def test_every_aws_setting_litellm_users_write_is_honoured() -> None:
+    params = {
+        "model": "bedrock/anthropic.claude-3-5-sonnet-20240620-v1:0",
+        "aws_access_key_id": "AKIAEXAMPLE",
+        "aws_secret_access_key": "secret",
+        "aws_session_token": "token",
+        "aws_region_name": "eu-west-3",
+        "aws_role_name": "arn:aws:iam::123456789012:role/bedrock",
+        "aws_session_name": "gateway",
+        "aws_profile_name": "prod",
+        "aws_bedrock_runtime_endpoint": "https://bedrock.example.com",
+        "aws_sts_endpoint": "https://sts.example.com",
+    }
+    found = review({"model_list": [{"model_name": "claude", "litellm_params": params}]})
+    v = _verdicts(found)
+    assert v["model_list[0] (claude)"] == "honoured"
+    for key in params:
+        assert v[f"model_list[0] (claude).litellm_params.{key}"] == "honoured", key
 
 
 def test_model_params_ignores_request_defaults_and_refuses_a_placeholder_base() -> None:
@@ -79,7 +99,7 @@ def test_azure_example_starts_with_env_references_unset() -> None:
     assert found.starts, found.problem
 
 
-@pytest.mark.parametrize(("name", "status"), [("azure_timeouts.yaml", 0), ("quick_start.yaml", 1)])
+@pytest.mark.parametrize(("name", "status"), [("azure_timeouts.yaml", 0), ("model_params.yaml", 1)])
 def test_check_config_litellm_exits_by_whether_meterway_would_start(
     name: str, status: int, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -32,6 +32,8 @@ log = logging.getLogger("meterway.proxy")
 
 MAX_BACKOFF_S = 5.0
 ERROR_BODY_MAX = 64 * 1024  # bytes of an upstream's error answer read: it is summarised, not relayed
+# what a stream request may be answered with: server-sent events, or AWS's binary event stream (Bedrock)
+STREAM_TYPES = ("text/event-stream", "application/vnd.amazon.eventstream")
 
 
 # Whether the caller (its key, its team and its customer) may call a model group: a fallback group
@@ -201,7 +203,7 @@ async def _call(
                 err.retry_after = retry_after(resp.header("Retry-After"))
                 raise err
             return await answer(services, ctx, _parse(provider, call, data), responder)
-        if not resp.content_type.startswith("text/event-stream"):
+        if not resp.content_type.startswith(STREAM_TYPES):
             raise UpstreamUnavailable(
                 f"Upstream deployment '{provider.label}' answered a stream request with {resp.content_type}.",
                 deployment=provider.label,

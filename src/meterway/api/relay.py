@@ -17,7 +17,7 @@ from meterway.api import errors
 from meterway.errors import MeterwayError
 from meterway.ledger import usage_checks
 from meterway.ledger.tokens import DeliveredStream
-from meterway.providers import billed, sse
+from meterway.providers import bedrock, billed, sse
 from meterway.providers.transport import UPSTREAM_TOO_LARGE, too_large
 
 if TYPE_CHECKING:
@@ -112,7 +112,9 @@ async def relay(
     usage has come; once it has, the bytes are let go."""
     stream = provider.open_stream(call)
     bound = services.settings.max_upstream_event_bytes
-    events = sse.EventBound(bound)  # an event that never ends is cut here, not buffered by a relay
+    # an event that never ends is cut here, not buffered by a relay; AWS's binary frames by their declared length
+    framed = resp.content_type.startswith(bedrock.EVENT_STREAM)
+    events = bedrock.FrameBound(bound) if framed else sse.EventBound(bound)
     delivered = ctx.delivered = DeliveredStream(services.ledger.counter)
     forget = not ctx.keep_delivered
     # The watcher costs a task; a stream the upstream has already delivered whole (a short answer,

@@ -77,6 +77,18 @@ _QUIET_WHY = {
     "drop_params": "meterway forwards the body as sent; the upstream decides on unknown parameters",
     "custom_llm_provider": "the provider is read from the model prefix",
 }
+# AWS Bedrock's settings (providers/bedrock.py), as LiteLLM users write them
+_AWS_WHY = {
+    "aws_access_key_id": "signs Bedrock requests (SigV4), with aws_secret_access_key",
+    "aws_secret_access_key": "signs Bedrock requests (SigV4; printed masked)",
+    "aws_session_token": "sent with temporary AWS credentials",
+    "aws_region_name": "the Bedrock region: its endpoint and the signature's scope",
+    "aws_role_name": "a role assumed through STS (AssumeRole), renewed before it expires",
+    "aws_session_name": "the STS session name of the assumed role",
+    "aws_profile_name": "a profile of the shared AWS config and credentials files",
+    "aws_bedrock_runtime_endpoint": "the Bedrock runtime URL (a VPC endpoint or a proxy)",
+    "aws_sts_endpoint": "the STS URL the role is assumed at",
+}
 _SAMPLING = {"temperature", "max_tokens", "seed", "top_p", "stop", "frequency_penalty", "presence_penalty"}
 _GENERAL_WHY = {
     "master_key": "the admin key (LITELLM_MASTER_KEY is read too)",
@@ -115,6 +127,8 @@ def _param_findings(where: str, params: Mapping[str, Any]) -> Iterator[Finding]:
             yield Finding(path, "ignored", _QUIET_WHY[key])
         elif key in _SAMPLING:
             yield Finding(path, "ignored", "defaults for request parameters are not applied; clients send their own")
+        elif key in _AWS_WHY:
+            yield Finding(path, "honoured", _AWS_WHY[key])
         elif key.startswith(("aws_", "vertex_")) or key in ("azure_ad_token", "tenant_id", "client_id"):
             yield Finding(path, "ignored", "credentials of a kind meterway does not use; give api_key instead")
         else:
@@ -142,7 +156,7 @@ def _model_findings(index: int, entry: Any) -> Iterator[Finding]:
         api_base = params.get("api_base") or params.get("base_url")
         if isinstance(api_base, str) and not api_base.startswith(("http://", "https://", load.ENV_PREFIX)):
             raise ConfigError(f"api_base must be an http(s) URL, got {api_base!r}")
-        if api_base is None and registry.ALIASES[family].api_base is None and family != "mock":
+        if api_base is None and registry.ALIASES[family].api_base is None and family not in ("mock", "bedrock"):
             raise ConfigError(f"provider '{family}' needs api_base (no public default)")
     except ConfigError as e:
         yield Finding(where, "refused", e.message)  # its other settings are moot

@@ -41,7 +41,7 @@ from meterway.config.settings import (
 from meterway.config.telemetry import parse_telemetry
 from meterway.errors import ConfigError
 from meterway.ledger import prices
-from meterway.providers import google_auth, registry, vertex
+from meterway.providers import bedrock, google_auth, registry, vertex
 from meterway.providers.base import Provider
 
 ENV_PREFIX = "os.environ/"
@@ -82,6 +82,7 @@ PARAMS = {
     "vertex_location",
     "vertex_ai_project",
     "vertex_ai_location",
+    *bedrock.PARAMS,
 }
 # Keys of litellm_params that only matter to later features (routing, retries): no warning needed.
 PARAMS_QUIET = {"max_retries", "order", "mock_response", "drop_params", "custom_llm_provider"}
@@ -653,13 +654,20 @@ def _deployment(
         resolved = replace(resolved, api_base=on_vertex.root)  # what the UI and /model/info show: the model's address
         native: Provider = on_vertex
     else:
-        native = registry.build(
-            resolved,
-            label=dep_id,
-            api_version=api_version,
-            extra_headers=headers,
-            mode=mode if isinstance(mode, str) else None,
-        )
+        try:
+            native = registry.build(
+                resolved,
+                label=dep_id,
+                api_version=api_version,
+                extra_headers=headers,
+                mode=mode if isinstance(mode, str) else None,
+                params=params,
+                env=env,
+            )
+        except ConfigError as e:  # a family's own settings (Bedrock's aws_*)
+            raise ConfigError(
+                f"{where}: litellm_params.{e.param}: {e.message}" if e.param else f"{where}: {e.message}"
+            ) from None
     provider = registry.for_chat(native)
 
     timeout = (

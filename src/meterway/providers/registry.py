@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from meterway.config.secret import Secret
 from meterway.errors import ConfigError
+from meterway.providers import bedrock
 from meterway.providers.anthropic import DEFAULT_API_BASE as ANTHROPIC_BASE
 from meterway.providers.anthropic import AnthropicProvider
 from meterway.providers.azure import AzureProvider
@@ -34,7 +36,8 @@ from meterway.providers.vertex import VertexGeminiProvider
 
 @dataclass(frozen=True, slots=True)
 class Alias:
-    family: type[HttpProvider]  # the family that serves it (MockProvider: in process, no api_base)
+    # the family that serves it (MockProvider: in process, no api_base; Bedrock: built from its aws_* settings)
+    family: type[HttpProvider] | type[bedrock.BedrockProvider]
     api_base: str | None  # default base URL; None means api_base must be configured
     key_env: tuple[str, ...] = ()
     base_env: tuple[str, ...] = ()
@@ -97,6 +100,7 @@ ALIASES: Mapping[str, Alias] = {
     "gemini": Alias(GeminiProvider, GEMINI_BASE, ("GEMINI_API_KEY", "GOOGLE_API_KEY"), ("GEMINI_API_BASE",)),
     # built by `config.load` with its credentials, project and location (`providers.vertex.build`)
     "vertex_ai": Alias(VertexGeminiProvider, VERTEX_BASE),
+    "bedrock": Alias(bedrock.BedrockProvider, None),  # the base follows the region: bedrock.BedrockProvider
     "mock": Alias(MockProvider, None),
 }
 
@@ -137,13 +141,15 @@ def resolve(model: str, api_base: str | None, api_key: Secret | None, *, env: Ma
     `env`, the environment config loading was given."""
     family, upstream = split_model(model)
     alias = ALIASES[family]
+    if alias.family is bedrock.BedrockProvider:
+        upstream = bedrock.model_id(upstream)  # LiteLLM's `converse/`, `invoke/` name a route, not the model
     base = api_base or _first_env(env, alias.base_env) or alias.api_base
     if base and alias.base_suffix and not base.rstrip("/").endswith(alias.base_suffix):
         base = base.rstrip("/") + alias.base_suffix
     if api_key is None:
         env_key = _first_env(env, alias.key_env)
         api_key = Secret(env_key) if env_key else None
-    if base is None and alias.family is not MockProvider:
+    if base is None and alias.family not in (MockProvider, bedrock.BedrockProvider):
         raise ConfigError(f"provider '{family}' needs api_base (no public default)", param="api_base")
     return Resolved(family, upstream, base, api_key, _first_env(env, alias.version_env))
 
@@ -169,15 +175,29 @@ def build(
     api_version: str | None = None,
     extra_headers: Mapping[str, str] | None = None,
     mode: str | None = None,
+    params: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> Provider:
     """The deployment's provider: its row's family, given its resolved URL, key and headers.
-    `mode` is the deployment's `model_info.mode` (`responses`: a Responses-only model)."""
+    `mode` is the deployment's `model_info.mode` (`responses`: a Responses-only model); `params`
+    its litellm_params and `env` the environment config loading was given, for the families that
+    read settings of their own (Bedrock's `aws_*`)."""
     alias = ALIASES[resolved.family]
     family = alias.family
     if family is MockProvider:
         return MockProvider(label=label, upstream_model=resolved.upstream_model)
     if resolved.family == VERTEX:
         raise ConfigError("a vertex_ai deployment is built with its credentials (providers.vertex.build)")
+    if family is bedrock.BedrockProvider:
+        return bedrock.build(
+            label=label,
+            upstream_model=resolved.upstream_model,
+            api_base=resolved.api_base,
+            params=params or {},
+            env=env or {},
+            extra_headers=extra_headers,
+        )
+    assert issubclass(family, HttpProvider)  # the other families are built above
     return family(
         label=label,
         upstream_model=resolved.upstream_model,
