@@ -211,7 +211,9 @@ class Refreshers:
     def serve(self, providers: Iterable[object]) -> list[GoogleToken]:
         """Keeps exactly `providers`' holders fresh; returns those started now. A new holder for a
         deployment already served with the same credentials takes over the current token."""
-        wanted = {id(p.credentials): p.credentials for p in providers if isinstance(p, Refreshing)}
+        # the protocol checks only that `credentials` exists: other families' (Bedrock's) are not Google's
+        holders = [p.credentials for p in providers if isinstance(p, Refreshing)]
+        wanted = {id(h): h for h in holders if isinstance(h, GoogleToken)}
         previous = {(h.label, _identity(h.source)): h for h, _ in self._running.values()}
         for key in self._running.keys() - wanted.keys():
             self._running.pop(key)[1].cancel()
