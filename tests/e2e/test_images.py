@@ -238,3 +238,29 @@ def test_the_demo_model_draws_a_png() -> None:
         assert base64.b64decode(result.data[0].b64_json).startswith(b"\x89PNG\r\n\x1a\n")
         url = client.images.generate(model="demo", prompt="a small square").data
         assert url and url[0].url and url[0].url.startswith("data:image/png;base64,")
+
+
+def test_an_image_answer_past_the_body_bound_is_a_502_and_recorded(upstream: ImageStandIn) -> None:
+    config = {
+        "model_list": [
+            {
+                "model_name": "dalle",
+                "litellm_params": {
+                    "model": "openai/dall-e-3",
+                    "api_base": upstream.base_url + "/v1",
+                    "api_key": IMAGES_KEY,
+                },
+                "model_info": {"output_cost_per_image": IMAGE_PRICE},
+            }
+        ],
+        "general_settings": {"max_upstream_body_bytes": 2048},
+    }
+    # ten images, each with a revised prompt of 300 characters and the PNG: well past 2 KiB
+    body = {"model": "dalle", "prompt": "p" * 300, "n": 10, "response_format": "b64_json"}
+    with run_gateway(config) as small:
+        r = _post(small, "/v1/images/generations", body)
+        assert r.status_code == 502 and r.json()["error"]["message"], r.text
+        row = _row(small, r.headers["x-request-id"])
+        assert row["status"] != "success" and row["images"] == 0
+        one = _post(small, "/v1/images/generations", {**body, "prompt": "p", "n": 1})
+        assert one.status_code == 200 and _row(small, one.headers["x-request-id"])["images"] == 1, one.text
