@@ -68,6 +68,11 @@ def gw(upstream: ImageStandIn, lago: LagoStandIn) -> Iterator[RunningGateway]:
                 },
             },
             {
+                "model_name": "azure-dalle",
+                "litellm_params": {"model": "azure/dall-e-3", "api_base": upstream.base_url, "api_key": IMAGES_KEY},
+                "model_info": {"output_cost_per_image": IMAGE_PRICE},
+            },
+            {
                 "model_name": "dalle-wrong-key",
                 "litellm_params": {"model": "openai/dall-e-3", "api_base": base, "api_key": "not-the-key"},
             },
@@ -203,6 +208,17 @@ def test_bad_image_input_is_an_openai_400(
     error = r.json()["error"]
     assert error["type"] == "invalid_request_error" and error["param"] == param and error["message"]
     assert len(upstream.received) == before  # refused before any upstream call
+
+
+def test_an_azure_deployment_draws_at_its_deployments_path(gw: RunningGateway, upstream: ImageStandIn) -> None:
+    with _client(gw) as client:
+        raw = client.images.with_raw_response.generate(model="azure-dalle", prompt="a heron", n=2)
+    result = raw.parse()
+    assert len(result.data or []) == 2 and result.data and result.data[0].revised_prompt
+    sent = upstream.received[-1]
+    assert sent.path == "/openai/deployments/dall-e-3/images/generations" and sent.api_version
+    row = _row(gw, raw.headers["x-request-id"])
+    assert row["images"] == 2 and row["cost"] == round(2 * IMAGE_PRICE * UNIT)
 
 
 def test_the_path_without_v1_answers(gw: RunningGateway) -> None:

@@ -1,5 +1,6 @@
 """A stand-in for OpenAI's image generation (`POST /v1/images/generations`) that checks what OpenAI
-checks: the bearer key (`IMAGES_KEY`, else OpenAI's 401) and the request's shape (a prompt, `n`
+checks: the bearer key (`IMAGES_KEY`, else OpenAI's 401; Azure's `api-key` header and
+`api-version` on `/openai/deployments/{deployment}/images/generations`, whose deployment names the model) and the request's shape (a prompt, `n`
 from 1 to 10). It answers as OpenAI does: DALL·E models with `url`s (or `b64_json` when asked) and,
 for dall-e-3, a `revised_prompt`, and no usage; gpt-image models always with `b64_json`, the
 `size`, `quality` and `output_format` they used, and token usage as gpt-image-1 reports it
@@ -51,14 +52,20 @@ class ImageStandIn(StandIn):
 
     def _add_routes(self, router: web.UrlDispatcher) -> None:
         router.add_post("/v1/images/generations", self._route(self._generate))
+        router.add_post("/openai/deployments/{deployment}/images/generations", self._route(self._generate))
         super()._add_routes(router)
 
     async def _generate(self, call: _Call) -> web.StreamResponse:
-        if call.record.headers.get("authorization") != f"Bearer {IMAGES_KEY}":
+        azure = (
+            call.record.deployment is not None
+        )  # Azure: its `api-key` header, an api-version, the deployment's model
+        key = call.record.headers.get("api-key") if azure else call.record.headers.get("authorization")
+        if key != (IMAGES_KEY if azure else f"Bearer {IMAGES_KEY}") or (azure and not call.record.api_version):
             body = _error("Incorrect API key provided.", None, "invalid_api_key")
             return await self._json(call, body, status=401)
         p = call.payload
-        prompt, n, model = p.get("prompt"), p.get("n", 1), str(p.get("model") or "dall-e-2")
+        prompt, n = p.get("prompt"), p.get("n", 1)
+        model = str(call.record.deployment if azure else p.get("model") or "dall-e-2")
         if not isinstance(prompt, str) or not prompt:
             return await self._json(call, _error("'prompt' is required.", "prompt", None), status=400)
         if not isinstance(n, int) or not 1 <= n <= 10:
