@@ -174,6 +174,27 @@ def test_gpt_image_without_usage_is_recorded_with_its_images(gw: RunningGateway,
     assert row["images"] == 1 and row["status"] == "success"
 
 
+def test_gpt_image_usage_that_is_no_count_keeps_its_images(gw: RunningGateway, upstream: ImageStandIn) -> None:
+    upstream.script(Script(usage_raw=b'{"input_tokens": "many", "output_tokens": -5}', path="/images/"))
+    prompt = "two small boats"
+    with _client(gw) as client:
+        raw = client.images.with_raw_response.generate(model="gpt-image", prompt=prompt, n=2)
+    row = _row(gw, raw.headers["x-request-id"])
+    assert "usage_invalid" in (row["flags"] or "") and row["tokens_estimated"]
+    assert row["images"] == 2 and row["prompt_tokens"] == 3 and row["completion_tokens"] == 0  # the prompt counted
+    assert row["cost"] == round(3 * INPUT_PRICE * UNIT)
+
+
+def test_a_budget_reserves_gpt_image_output_tokens(gw: RunningGateway) -> None:
+    # n=2 may produce 2 x 6240 image tokens ($0.4992 at $40 per million): $0.30 does not pay for that
+    key = _post(gw, "/key/generate", {"max_budget": 0.3}).json()["key"]
+    with _client(gw, key) as client:
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.images.generate(model="gpt-image", prompt="two cats", n=2)
+        assert "Budget exceeded" in refused.value.message
+        assert len(client.images.generate(model="gpt-image", prompt="one cat", n=1, quality="high").data or []) == 1
+
+
 def test_a_budget_refuses_images_it_cannot_pay_for(gw: RunningGateway) -> None:
     # $0.10 pays for two images at $0.04, not for the three (0.12) that n=3 may cost
     key = _post(gw, "/key/generate", {"max_budget": 0.1}).json()["key"]
