@@ -47,6 +47,8 @@ _MODEL_ROUTES: dict[str, tuple[Api, proxy.HeadDecoder]] = {
     "/rerank": (Api.RERANK, heads.rerank),
     "/v2/rerank": (Api.RERANK, heads.rerank),  # Cohere's own path, as LiteLLM serves it
     "/moderations": (Api.MODERATIONS, heads.moderation),
+    # images
+    "/images/generations": (Api.IMAGES, heads.images),
     # paths some clients use for the same endpoints
     "/engines/chat/completions": (Api.CHAT, heads.chat),
     "/openai/chat/completions": (Api.CHAT, heads.chat),

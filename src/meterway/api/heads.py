@@ -23,6 +23,7 @@ import orjson
 
 from meterway import bounds
 from meterway.errors import BadRequest
+from meterway.providers import images as images_answer
 from meterway.providers.base import RequestHead, Units
 
 _AT = re.compile(r"at `\$\.([^`\[]+)")
@@ -457,3 +458,97 @@ _responses_options = msgspec.json.Decoder(ResponsesOptions)
 
 def responses_options(body: bytes) -> ResponsesOptions:
     return decode(_responses_options, body)
+
+
+# ---------------------------------------------------------------- images (POST /v1/images/generations)
+
+
+class ImageRequest(msgspec.Struct):
+    """OpenAI's image generation request. Decoded whole (it is small): `n` and `size` fix the most
+    images and pixels a budget reserves for; the enumerated fields are checked here so a bad value
+    is the client's 400, not the upstream's. `model` may be left out (OpenAI's default then)."""
+
+    prompt: str
+    model: str = ""
+    n: int | None = None
+    size: str | None = None
+    quality: str | None = None
+    response_format: str | None = None
+    style: str | None = None
+    background: str | None = None
+    output_format: str | None = None
+    output_compression: int | None = None
+    moderation: str | None = None
+    stream: bool | None = None
+    user: str | None = None
+    tags: msgspec.Raw = _ABSENT
+    metadata: msgspec.Raw = _ABSENT
+    litellm_metadata: msgspec.Raw = _ABSENT
+
+
+DEFAULT_IMAGE_MODEL = "dall-e-2"  # OpenAI's, where a request names none
+IMAGE_PROMPT_MAX = 32_000  # characters: gpt-image-1's bound, the largest of OpenAI's models
+IMAGES_MAX = 10  # OpenAI's bound on `n`
+IMAGE_SIDE_MAX = 8192  # a `WxH` size's longest side (OpenAI's largest is 1792; other servers go further)
+IMAGE_SIZES = ("auto", "256x256", "512x512", "1024x1024", "1536x1024", "1024x1536", "1792x1024", "1024x1792")
+# the largest of OpenAI's sizes, reserved for when `size` is `auto` (the model picks)
+IMAGE_AUTO_PIXELS = 1792 * 1024
+# gpt-image-1's most output tokens for one image (high quality, 1536x1024): what a budget reserves
+# per image where the model is priced per token; settled to the reported figures afterwards
+IMAGE_OUTPUT_TOKENS_MAX = 6240
+_IMAGE_ENUMS = {
+    "quality": ("auto", "standard", "hd", "low", "medium", "high"),
+    "response_format": ("url", "b64_json"),
+    "style": ("vivid", "natural"),
+    "background": ("auto", "transparent", "opaque"),
+    "output_format": ("png", "jpeg", "webp"),
+    "moderation": ("auto", "low"),
+}
+_image = msgspec.json.Decoder(ImageRequest)
+
+
+def images(body: bytes) -> RequestHead:
+    """An image generation request: a non-empty prompt of at most `IMAGE_PROMPT_MAX` characters,
+    `n` from 1 to `IMAGES_MAX`, `size` one of OpenAI's or `WxH` (each side at most `IMAGE_SIDE_MAX`),
+    the other options from OpenAI's enumerations. Its units are its `n` images of its size (the
+    largest for `auto`), and its output cap `n` images' most tokens, so a budget reserves the
+    dearest outcome whether the model is priced per image, per pixel or per token."""
+    r = decode(_image, body)
+    model = r.model or DEFAULT_IMAGE_MODEL
+    _model(model)
+    if not r.prompt.strip():
+        raise BadRequest("'prompt' must not be empty.", param="prompt")
+    if len(r.prompt) > IMAGE_PROMPT_MAX:
+        raise BadRequest(
+            f"'prompt' has {len(r.prompt)} characters; at most {IMAGE_PROMPT_MAX} are allowed.",
+            param="prompt",
+            code="string_above_max_length",
+        )
+    n = 1 if r.n is None else r.n
+    if not 1 <= n <= IMAGES_MAX:
+        raise BadRequest(f"'n' must be from 1 to {IMAGES_MAX}; it is {n}.", param="n", code="invalid_value")
+    pixels = IMAGE_AUTO_PIXELS if r.size in (None, "auto") else images_answer.image_pixels(r.size)
+    match = images_answer.SIZE.match(r.size or "")
+    if r.size is not None and r.size != "auto" and (match is None or max(map(int, match.groups())) > IMAGE_SIDE_MAX):
+        raise BadRequest(
+            f"Invalid value for 'size': '{r.size[:64]}'. Supported values are {', '.join(IMAGE_SIZES)}, "
+            f"or WIDTHxHEIGHT with sides of at most {IMAGE_SIDE_MAX}.",
+            param="size",
+            code="invalid_value",
+        )
+    for field, allowed in _IMAGE_ENUMS.items():
+        value = getattr(r, field)
+        if value is not None and value not in allowed:
+            raise BadRequest(
+                f"Invalid value for '{field}': '{value[:64]}'. Supported values are {', '.join(allowed)}.",
+                param=field,
+                code="invalid_value",
+            )
+    if r.output_compression is not None and not 0 <= r.output_compression <= 100:
+        raise BadRequest("'output_compression' must be from 0 to 100.", param="output_compression")
+    if r.stream:
+        raise BadRequest("Streamed image generation is not supported; leave 'stream' out.", param="stream")
+    tags, metadata = _extras(r.tags, r.metadata) if r.tags or r.metadata else _NONE
+    user = _named(_user(r.user), r.litellm_metadata, metadata, None)
+    most = Units(images=n, pixels=pixels or IMAGE_AUTO_PIXELS)
+    return RequestHead(model, False, False, user, n * IMAGE_OUTPUT_TOKENS_MAX, tags, metadata, most)

@@ -3,7 +3,7 @@ so the document cannot drift from what the handlers accept."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 import orjson
@@ -152,11 +152,37 @@ class Moderation(msgspec.Struct):
     user: str | None = None
 
 
+# images
+
+
+class ImageGeneration(msgspec.Struct):
+    """OpenAI's image generation request (`api.heads.ImageRequest`, which checks the same bounds)."""
+
+    prompt: Annotated[str, msgspec.Meta(min_length=1, max_length=h.IMAGE_PROMPT_MAX)]
+    model: str | None = None
+    n: Annotated[int, msgspec.Meta(ge=1, le=h.IMAGES_MAX)] | None = None
+    size: Annotated[str, msgspec.Meta(pattern=r"^(auto|[1-9][0-9]{0,3}x[1-9][0-9]{0,3})$")] | None = None
+    quality: Literal["auto", "standard", "hd", "low", "medium", "high"] | None = None
+    response_format: Literal["url", "b64_json"] | None = None
+    style: Literal["vivid", "natural"] | None = None
+    background: Literal["auto", "transparent", "opaque"] | None = None
+    output_format: Literal["png", "jpeg", "webp"] | None = None
+    output_compression: Annotated[int, msgspec.Meta(ge=0, le=100)] | None = None
+    moderation: Literal["auto", "low"] | None = None
+    user: str | None = None
+
+
 # Model endpoints in their providers' shapes whose bodies the gateway decodes whole, so fuzzed:
 # Cohere's v2 rerank, as LiteLLM serves it, and OpenAI's moderations.
 MODEL_ENDPOINTS: list[tuple[str, str, type[msgspec.Struct]]] = [
     ("/v1/rerank", "Documents ordered by relevance to a query (Cohere's v2 shape); billed per search unit", Rerank),
     ("/v1/moderations", "Whether inputs break a usage policy (OpenAI's shape); recorded, usually free", Moderation),
+    # images
+    (
+        "/v1/images/generations",
+        "Images drawn from a prompt (OpenAI's shape); billed per image, per pixel or per token",
+        ImageGeneration,
+    ),
 ]
 _EVENTS = {
     "description": 'A usage event or LiteLLM\'s StandardLoggingPayload; one, a list, or {"events": [...]} '

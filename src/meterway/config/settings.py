@@ -41,7 +41,7 @@ class Prices:
     # units beside tokens, as LiteLLM names their prices (`input_cost_per_query`, ...)
     input_per_query: Decimal | None = None  # a rerank search unit
     output_per_image: Decimal | None = None
-    input_per_pixel: Decimal | None = None  # read and kept; images are priced per image for now
+    input_per_pixel: Decimal | None = None  # an image costs its pixels at these where it has no price per image
     output_per_pixel: Decimal | None = None
     input_per_second: Decimal | None = None  # audio in (transcription)
     output_per_second: Decimal | None = None  # audio out (speech), where no input price is given

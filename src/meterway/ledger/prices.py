@@ -61,13 +61,21 @@ def load() -> PriceTable:
     return PriceTable(str(data["taken"]), prices)
 
 
+# An image's prices are one choice (per image, else per pixel): a deployment that sets any of them
+# takes none of the others from the table, or the table's price per image would override its own per pixel
+_IMAGE_FIELDS = ("output_per_image", "input_per_pixel", "output_per_pixel")
+
+
 def merged(configured: Prices, known: Prices | None) -> Prices:
-    """The configured prices, with each missing field taken from the table's."""
+    """The configured prices, with each missing field taken from the table's (an image's prices as one)."""
     if known is None:
         return configured
+    own_image = any(getattr(configured, name) is not None for name in _IMAGE_FIELDS)
     return Prices(
         **{
-            f.name: mine if (mine := getattr(configured, f.name)) is not None else getattr(known, f.name)
+            f.name: mine
+            if (mine := getattr(configured, f.name)) is not None or (own_image and f.name in _IMAGE_FIELDS)
+            else getattr(known, f.name)
             for f in dataclasses.fields(Prices)
         }
     )

@@ -56,10 +56,23 @@ def estimate(prices: Prices, prompt_tokens: int, output_tokens: int, most: Units
         total += output_tokens * prices.output_per_token
     if most is not None:
         total += most.queries * (prices.input_per_query or 0)
-        total += most.images * (prices.output_per_image or 0)
+        total += most.images * _per_image(prices, most.pixels)
         total += most.audio_ms * _per_second(prices) / 1000
         total += most.characters * (prices.input_per_character or 0)
     return total
+
+
+def _per_pixel(prices: Prices) -> Decimal:
+    """An image's price per pixel: LiteLLM writes it as `input_cost_per_pixel` (DALL·E's, its
+    output price 0) or `output_cost_per_pixel`; both count where both are set."""
+    return (prices.input_per_pixel or Decimal(0)) + (prices.output_per_pixel or Decimal(0))
+
+
+def _per_image(prices: Prices, pixels: int) -> Decimal:
+    """One image's price: `output_cost_per_image` where set, else its pixels at the price per pixel."""
+    if prices.output_per_image is not None:
+        return prices.output_per_image
+    return pixels * _per_pixel(prices)
 
 
 def _per_second(prices: Prices) -> Decimal:
@@ -71,12 +84,15 @@ def _per_second(prices: Prices) -> Decimal:
 @dataclass(frozen=True, slots=True)
 class Rates:
     """Per-unit prices in money units (rounded up, as token prices are): a rerank search unit, an
-    image, a second of audio, a speech character. 0 where the model has no such price."""
+    image, a second of audio, a speech character. 0 where the model has no such price. `pixel` is
+    the price of one pixel of an image, unrounded (it is a small fraction of a money unit), used
+    where the model has no price per image: an image costs its pixels at it, rounded up."""
 
     query: int = 0
     image: int = 0
     second: int = 0
     character: int = 0
+    pixel: Decimal = Decimal(0)
 
     def cost(self, usage: Usage) -> int:
         """The units' part of a cost: audio is counted in milliseconds, its price is per second
@@ -86,7 +102,14 @@ class Rates:
             + max(usage.images, 0) * self.image
             + -(-max(usage.audio_ms, 0) * self.second // 1000)
             + max(usage.characters, 0) * self.character
+            + self._pixels(usage)
         )
+
+    def _pixels(self, usage: Usage) -> int:
+        """Images priced by their pixels (no price per image): images x pixels x price, rounded up."""
+        if self.image or not self.pixel or usage.images <= 0 or usage.pixels <= 0:
+            return 0
+        return int((usage.images * usage.pixels * self.pixel).to_integral_value(ROUND_CEILING))
 
 
 def rates(prices: Prices) -> Rates:
@@ -95,6 +118,7 @@ def rates(prices: Prices) -> Rates:
         units(prices.output_per_image),
         units(_per_second(prices)),
         units(prices.input_per_character),
+        units_exact(_per_pixel(prices)),
     )
 
 

@@ -371,6 +371,7 @@ class Ledger:
         """The provider's usage, checked (`usage_checks`), or tokens counted here for a request that
         reached the upstream: when it reported none, or figures that are no counts."""
         reported = ctx.usage
+        units = reported  # units beside tokens (images, search units) stand even where tokens are no counts
         if reported is not None and not usage_checks.believable(reported):
             ctx.flags.append(usage_checks.INVALID)
             reported = None  # not believed: counted below, as if none had come
@@ -403,6 +404,9 @@ class Ledger:
             return Usage(prompt, completion, prompt + completion)
 
         usage = await asyncio.to_thread(count)
+        if units is not None:
+            usage.queries, usage.images, usage.pixels = units.queries, units.images, units.pixels
+            usage.audio_ms, usage.characters = units.audio_ms, units.characters
         self.estimated_rows += 1
         dep_id = ctx.deployment.id
         if not ctx.client_aborted and dep_id not in self._warned:

@@ -66,7 +66,7 @@ class TokenCounter:
             return 0
         if api is Api.EMBEDDINGS:
             return self._inputs(request.get("input"))
-        if api is Api.COMPLETIONS:
+        if api in (Api.COMPLETIONS, Api.IMAGES):
             return self._inputs(request.get("prompt"))
         if api is Api.RESPONSES:
             return self._response_input(request)

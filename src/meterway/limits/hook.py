@@ -115,7 +115,7 @@ class LimitsHook:
     def _clamp(self, ctx: RequestContext, refusal: Refusal) -> bool:
         """Lowers the request's output cap to what the refusing budget can still pay for; False
         when even one output token would not fit (then the request is refused)."""
-        if ctx.deployment is None or ctx.api in _NO_OUTPUT or ctx.head is None:
+        if ctx.deployment is None or ctx.api in _NO_OUTPUT or ctx.api in _NO_CAP or ctx.head is None:
             return False
         prices = ctx.deployment.prices
         out_price = pricing.units_exact(prices.output_per_token)
@@ -135,6 +135,8 @@ class LimitsHook:
 
 
 _NO_OUTPUT = frozenset({Api.EMBEDDINGS, Api.RERANK, Api.MODERATIONS})  # no output tokens to cap or reserve
+# output tokens reserved (an image's most) but no cap the upstream takes: never clamped, refused
+_NO_CAP = frozenset({Api.IMAGES})
 
 
 def _refused(refusal: Refusal) -> Exception:

@@ -7,6 +7,8 @@ only the endpoint differs.
 The Responses API lives apart from the deployments, in Azure's v1 API (`/openai/v1/responses`,
 no api-version): its body's `model` names the deployment, which the OpenAI provider writes there
 anyway (the upstream model of `azure/<deployment>` is the deployment's name).
+
+Image generation is a deployment's route as chat is (`/openai/deployments/{d}/images/generations`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from meterway.providers.openai import PATHS, RESPONSES_PATH, OpenAIProvider
 DEFAULT_API_VERSION = "2024-10-21"  # the latest generally available data-plane version
 
 ENDPOINT = Endpoint(
-    PATHS,
+    {**PATHS, Api.IMAGES: "/images/generations"},  # images: DALL·E and gpt-image-1 deployments
     root="/openai/deployments/{model}",
     auth=("api-key", ""),
     query={"api-version": "{api_version}"},

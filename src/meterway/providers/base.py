@@ -33,6 +33,8 @@ class Api(enum.Enum):
     RESPONSES = "responses"  # OpenAI Responses API (POST /v1/responses)
     RERANK = "rerank"  # Cohere's v2 rerank (POST /v1/rerank), as LiteLLM serves it
     MODERATIONS = "moderations"  # OpenAI's moderations (POST /v1/moderations)
+    # images
+    IMAGES = "images"  # OpenAI's image generation (POST /v1/images/generations)
 
 
 @dataclass(slots=True)
@@ -55,6 +57,7 @@ class Usage:
     images: int = 0
     audio_ms: int = 0  # audio duration in milliseconds
     characters: int = 0  # speech input
+    pixels: int = 0  # one image's pixels (its asked-for size), for a price per pixel; not stored
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +69,7 @@ class Units:
     images: int = 0
     audio_ms: int = 0
     characters: int = 0
+    pixels: int = 0  # one image's pixels, for a price per pixel (images' only)
 
 
 NOT_A_COUNT = -1  # a usage figure the provider sent that is not a whole number of tokens

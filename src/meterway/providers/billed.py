@@ -52,7 +52,11 @@ def body_with_usage(api: Api, body: bytes, usage: Usage) -> bytes:
         answer = json.loads(body)
     except ValueError:
         return body
-    if not isinstance(answer, dict) or api in (Api.RERANK, Api.MODERATIONS):  # their usage is their own shape
+    if not isinstance(answer, dict) or api in (
+        Api.RERANK,
+        Api.MODERATIONS,
+        Api.IMAGES,
+    ):  # their usage is their own shape
         return body
     if api is Api.MESSAGES:
         answer["usage"] = anthropic_usage(usage)

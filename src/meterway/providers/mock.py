@@ -17,6 +17,7 @@ import base64
 import hashlib
 import struct
 import time
+import zlib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -61,7 +62,7 @@ class MockProvider(OpenAIProvider):
 
     def __init__(self, *, label: str, upstream_model: str) -> None:
         # chat's routes (the demo serves /v1/responses through the bridge, as any chat server),
-        # rerank and moderations
+        # rerank and moderations, images
         super().__init__(
             label=label,
             upstream_model=upstream_model,
@@ -104,6 +105,37 @@ def _moderation(body: dict[str, Any]) -> dict[str, Any]:
     items = given if isinstance(given, list) else [given]
     result = {"flagged": False, "categories": {"violence": False}, "category_scores": {"violence": 0.0}}
     return {"id": "modr-mock", "model": body.get("model") or "omni-moderation-latest", "results": [result] * len(items)}
+
+
+# ---------------------------------------------------------------- images
+
+
+def _png(rgb: bytes) -> bytes:
+    """A valid 1x1 PNG of one colour: the demo's image (small, and any image viewer opens it)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)  # 1x1, 8 bits, RGB
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" + rgb))
+        + chunk(b"IEND", b"")
+    )
+
+
+def _images(body: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's image answer: `n` images of one colour picked by the prompt, as `b64_json`, or as
+    a `data:` URL where the client asked for URLs (the demo has nowhere to host a file)."""
+    prompt, n = str(body["prompt"]), body.get("n") or 1
+    encoded = base64.b64encode(_png(hashlib.sha256(prompt.encode()).digest()[:3])).decode()
+    image = (
+        {"b64_json": encoded}
+        if body.get("response_format") == "b64_json"
+        else {"url": "data:image/png;base64," + encoded}
+    )
+    return {"created": int(time.time()), "data": [{**image, "revised_prompt": prompt}] * int(n)}
 
 
 class MockAnswer:
@@ -171,6 +203,9 @@ class MockUpstream:
             return MockAnswer(orjson.dumps(_rerank(body)))
         if api is Api.MODERATIONS:
             return MockAnswer(orjson.dumps(_moderation(body)))
+        # images
+        if api is Api.IMAGES:
+            return MockAnswer(orjson.dumps(_images(body)))
         chat = api is Api.CHAT
         prompt, reply, tool = self._reply(body, chat)
         limit = body.get("max_tokens") or body.get("max_completion_tokens")

@@ -20,7 +20,7 @@ from yarl import URL
 
 from meterway.errors import BadRequest
 from meterway.providers import billed as billed_out
-from meterway.providers import rerank, responses_native, sse
+from meterway.providers import images, rerank, responses_native, sse
 from meterway.providers.base import (
     Api,
     Call,
@@ -329,7 +329,12 @@ PATHS: Mapping[Route, str] = {
 RESPONSES_PATH = "/responses"
 # routes an OpenAI-compatible server may serve beside those (not Azure's deployments): OpenAI's
 # moderations, and the rerank that vLLM, Jina and the like serve in Jina's shape
-MORE_PATHS: Mapping[Route, str] = {Api.MODERATIONS: "/moderations", Api.RERANK: "/rerank"}
+MORE_PATHS: Mapping[Route, str] = {
+    Api.MODERATIONS: "/moderations",
+    Api.RERANK: "/rerank",
+    # images
+    Api.IMAGES: "/images/generations",
+}
 # Every route an OpenAI-compatible server may serve. Most speak only the first three: the registry
 # builds each deployment with the routes its server speaks (`HttpProvider`'s `routes`).
 ENDPOINT = Endpoint({**PATHS, **MORE_PATHS, Api.RESPONSES: RESPONSES_PATH})
@@ -370,6 +375,12 @@ class OpenAIProvider(HttpProvider):
         if call.api is Api.MODERATIONS:  # OpenAI charges nothing for it and reports no usage
             _object(self.label, body)
             return Parsed(body, Usage())
+        # images
+        if call.api is Api.IMAGES:  # relayed as it came; its images, pixels and tokens read for the ledger
+            drawn = images.usage(_object(self.label, body), decode_object(call.body))
+            if drawn is None:
+                raise unreadable(self.label, body)
+            return Parsed(body, drawn)
         try:
             usage = responses_native.decode_usage(body) if call.api is Api.RESPONSES else _decode(body)
         except msgspec.DecodeError:

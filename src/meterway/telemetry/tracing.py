@@ -42,6 +42,7 @@ OPERATION = {
     Api.EMBEDDINGS: "embeddings",
     Api.RERANK: "rerank",
     Api.MODERATIONS: "moderation",
+    Api.IMAGES: "image_generation",
 }
 # gen_ai.provider.name by provider family (the semantic conventions' well-known values)
 PROVIDER = {
