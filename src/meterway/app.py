@@ -47,6 +47,10 @@ _MODEL_ROUTES: dict[str, tuple[Api, proxy.HeadDecoder]] = {
     "/rerank": (Api.RERANK, heads.rerank),
     "/v2/rerank": (Api.RERANK, heads.rerank),  # Cohere's own path, as LiteLLM serves it
     "/moderations": (Api.MODERATIONS, heads.moderation),
+    # audio: uploads (multipart/form-data) and speech
+    "/audio/transcriptions": (Api.TRANSCRIPTIONS, heads.transcription),
+    "/audio/translations": (Api.TRANSLATIONS, heads.transcription),
+    "/audio/speech": (Api.SPEECH, heads.speech),
     # paths some clients use for the same endpoints
     "/engines/chat/completions": (Api.CHAT, heads.chat),
     "/openai/chat/completions": (Api.CHAT, heads.chat),

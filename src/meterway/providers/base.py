@@ -33,6 +33,10 @@ class Api(enum.Enum):
     RESPONSES = "responses"  # OpenAI Responses API (POST /v1/responses)
     RERANK = "rerank"  # Cohere's v2 rerank (POST /v1/rerank), as LiteLLM serves it
     MODERATIONS = "moderations"  # OpenAI's moderations (POST /v1/moderations)
+    # audio (OpenAI's): a multipart upload in, text out; and JSON in, audio bytes out
+    TRANSCRIPTIONS = "transcriptions"  # POST /v1/audio/transcriptions
+    TRANSLATIONS = "translations"  # POST /v1/audio/translations
+    SPEECH = "speech"  # POST /v1/audio/speech
 
 
 @dataclass(slots=True)

@@ -15,15 +15,17 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import struct
 import time
+import wave
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from meterway.errors import BadRequest
-from meterway.providers import sse
+from meterway.providers import audio, sse
 from meterway.providers.base import Api, UpstreamRequest
 from meterway.providers.openai import MORE_PATHS, PATHS, OpenAIProvider
 
@@ -106,6 +108,51 @@ def _moderation(body: dict[str, Any]) -> dict[str, Any]:
     return {"id": "modr-mock", "model": body.get("model") or "omni-moderation-latest", "results": [result] * len(items)}
 
 
+# ---------------------------------------------------------------- audio
+
+TRANSCRIPT = "This is the meterway demo model transcribing."
+SPEECH_RATE = 8000  # Hz: the demo's speech is a short silence, 16-bit mono WAV
+
+
+def _transcription(body: bytes) -> MockAnswer:
+    """A fixed transcript, in the format asked for; its `usage` the file's duration, as OpenAI
+    reports whisper-1's (none when its header does not tell)."""
+    parts = audio.parse_form(body)
+    kind = audio.fields(parts).get("response_format", "json")
+    file = audio.upload(parts)
+    if kind in audio.TEXT_FORMATS:
+        answer = MockAnswer(TRANSCRIPT.encode())
+        answer.content_type = "text/plain"
+        return answer
+    out: dict[str, Any] = {"text": TRANSCRIPT}
+    ms = audio.duration_ms(file.data) if file is not None else None
+    if ms is not None:
+        if kind == "verbose_json":
+            out.update(task="transcribe", language="english", duration=ms / 1000, segments=[])
+        else:
+            out["usage"] = {"type": "duration", "seconds": -(-ms // 1000)}
+    return MockAnswer(orjson.dumps(out))
+
+
+def speech_wav(characters: int) -> bytes:
+    """A valid WAV of silence, 10 ms a character (at most 2 s)."""
+    frames = SPEECH_RATE * min(characters, 200) // 100
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SPEECH_RATE)
+        w.writeframes(b"\x00\x00" * frames)
+    return out.getvalue()
+
+
+def _speech(body: dict[str, Any]) -> MockAnswer:
+    data = speech_wav(len(str(body["input"])))
+    answer = MockAnswer(chunks=(data[: len(data) // 2], data[len(data) // 2 :]))
+    answer.content_type = "audio/wav"
+    return answer
+
+
 class MockAnswer:
     """The demo's answer, all in memory: a body, or the SSE chunks of a stream."""
 
@@ -164,7 +211,11 @@ class MockUpstream:
             raise BadRequest(f"The demo model cannot read this request: {e}") from None
 
     def _answer(self, api: Api, request: UpstreamRequest) -> MockAnswer:
+        if api in (Api.TRANSCRIPTIONS, Api.TRANSLATIONS):
+            return _transcription(request.body)
         body = orjson.loads(request.body)
+        if api is Api.SPEECH:
+            return _speech(body)
         if api is Api.EMBEDDINGS:
             return MockAnswer(orjson.dumps(self._embeddings(body)))
         if api is Api.RERANK:

@@ -42,6 +42,9 @@ OPERATION = {
     Api.EMBEDDINGS: "embeddings",
     Api.RERANK: "rerank",
     Api.MODERATIONS: "moderation",
+    Api.TRANSCRIPTIONS: "transcription",
+    Api.TRANSLATIONS: "translation",
+    Api.SPEECH: "speech",
 }
 # gen_ai.provider.name by provider family (the semantic conventions' well-known values)
 PROVIDER = {
