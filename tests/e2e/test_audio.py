@@ -7,6 +7,8 @@ is a 413 that never reaches the upstream."""
 
 from __future__ import annotations
 
+import io
+import wave
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
@@ -15,6 +17,7 @@ import httpx
 import openai
 import pytest
 
+from meterway.providers import mock
 from tests.e2e.test_rerank_moderations import UNIT, _row
 from tests.lago.standin import LagoStandIn, billing_ready
 from tests.support.gateway import RunningGateway, run_gateway
@@ -62,6 +65,7 @@ def gw(upstream: AudioStandIn, lago: LagoStandIn) -> Iterator[RunningGateway]:
             ),
             _model("whisper-broken", "broken", base, input_cost_per_second=SECOND_PRICE),
             _model("tts", "tts-1", base, input_cost_per_character=CHARACTER_PRICE),
+            {"model_name": "demo", "litellm_params": {"model": "mock/demo"}},
         ],
         "general_settings": {"max_audio_bytes": BOUND},
         "billing": {"api_base": lago.url, "api_key": lago.api_key, "charge_by": "end_user_id"},
@@ -254,3 +258,29 @@ def test_usage_and_lago_carry_audio_seconds_and_characters(
     heard_event, spoken_event = (events[u] for u in uids)
     assert heard_event.properties["audio_seconds"] == "3" and heard_event.properties["model"] == "whisper"
     assert spoken_event.properties["characters"] == 6 and "audio_seconds" not in spoken_event.properties
+
+
+def test_the_demo_model_transcribes_and_speaks(gw: RunningGateway, client: openai.OpenAI) -> None:
+    heard = client.audio.transcriptions.with_raw_response.create(file=("clip.wav", CLIP), model="demo")
+    assert heard.parse().text == mock.TRANSCRIPT
+    assert _row(gw, heard.headers["x-request-id"])["audio_ms"] == 3000  # reported as OpenAI does, whole seconds
+    with client.audio.speech.with_streaming_response.create(model="demo", voice="alloy", input="hello") as spoken:
+        assert spoken.headers["content-type"] == "audio/wav"
+        data = spoken.read()
+    with wave.open(io.BytesIO(data)) as w:
+        assert w.getnframes() > 0 and w.getframerate() == mock.SPEECH_RATE
+    assert _row(gw, spoken.headers["x-request-id"])["characters"] == len("hello")
+
+
+def test_a_budget_reserves_the_most_audio_and_characters(gw: RunningGateway) -> None:
+    # $0.0002 pays for 2 s of whisper or 13 characters of tts-1: a 2.5 s file (measured from its
+    # header before it is sent) and 14 characters are refused, a 1 s file is served
+    key = httpx.post(
+        gw.url + "/key/generate", json={"max_budget": 0.0002}, headers={"Authorization": f"Bearer {gw.key}"}
+    ).json()["key"]
+    with openai.OpenAI(base_url=gw.v1, api_key=key, max_retries=0) as c:
+        with pytest.raises(openai.BadRequestError, match="Budget exceeded"):
+            c.audio.transcriptions.create(file=("clip.wav", CLIP), model="whisper-selfhosted")
+        with pytest.raises(openai.BadRequestError, match="Budget exceeded"):
+            c.audio.speech.create(model="tts", voice="alloy", input="x" * 14)
+        assert c.audio.transcriptions.create(file=("clip.wav", wav(1)), model="whisper-selfhosted").text == TRANSCRIPT
