@@ -68,6 +68,7 @@ def gw(upstream: AudioStandIn, lago: LagoStandIn) -> Iterator[RunningGateway]:
             {"model_name": "demo", "litellm_params": {"model": "mock/demo"}},
         ],
         "general_settings": {"max_audio_bytes": BOUND},
+        "litellm_settings": {"cache": True, "cache_params": {"type": "local"}},  # audio is never cached
         "billing": {"api_base": lago.url, "api_key": lago.api_key, "charge_by": "end_user_id"},
     }
     with run_gateway(config) as g:
@@ -220,6 +221,13 @@ def test_speech_is_streamed_byte_exact_and_billed_per_character(
         headers={"Authorization": f"Bearer {gw.key}"},
     )
     assert r.status_code == 200 and r.content == speech_bytes("x")
+    before = len(upstream.received)
+    again = httpx.post(
+        gw.url + "/audio/speech",
+        json={"model": "tts", "voice": "alloy", "input": "x"},
+        headers={"Authorization": f"Bearer {gw.key}"},
+    )
+    assert again.content == speech_bytes("x") and len(upstream.received) == before + 1  # not from the cache
 
 
 @pytest.mark.parametrize(
