@@ -132,6 +132,21 @@ def test_token_usage_is_billed_by_tokens(gw: RunningGateway, client: openai.Open
     assert row["cost"] == _units(AUDIO_TOKENS * TOKEN_PRICES[0] + TEXT_TOKENS * TOKEN_PRICES[1])
 
 
+def test_a_streamed_transcription_is_relayed_and_billed_by_its_tokens(
+    gw: RunningGateway, client: openai.OpenAI
+) -> None:
+    with client.audio.transcriptions.with_streaming_response.create(
+        file=("clip.wav", CLIP), model="transcribe", stream=True
+    ) as response:
+        rid = response.headers["x-request-id"]
+        events = list(response.parse())
+    assert "".join(e.delta for e in events if e.type == "transcript.text.delta") == TRANSCRIPT
+    assert events[-1].type == "transcript.text.done" and events[-1].text == TRANSCRIPT
+    row = _row(gw, rid)
+    assert row["stream"] and row["prompt_tokens"] == AUDIO_TOKENS and row["completion_tokens"] == TEXT_TOKENS
+    assert row["cost"] == _units(AUDIO_TOKENS * TOKEN_PRICES[0] + TEXT_TOKENS * TOKEN_PRICES[1])
+
+
 def test_a_text_answer_and_a_translation_without_v1(gw: RunningGateway, client: openai.OpenAI) -> None:
     raw = client.audio.transcriptions.with_raw_response.create(
         file=("clip.wav", CLIP), model="whisper-selfhosted", response_format="text"
@@ -272,6 +287,8 @@ def test_the_demo_model_transcribes_and_speaks(gw: RunningGateway, client: opena
     heard = client.audio.transcriptions.with_raw_response.create(file=("clip.wav", CLIP), model="demo")
     assert heard.parse().text == mock.TRANSCRIPT
     assert _row(gw, heard.headers["x-request-id"])["audio_ms"] == 3000  # reported as OpenAI does, whole seconds
+    streamed = client.audio.transcriptions.create(file=("clip.wav", CLIP), model="demo", stream=True)
+    assert "".join(e.delta for e in streamed if e.type == "transcript.text.delta") == mock.TRANSCRIPT
     with client.audio.speech.with_streaming_response.create(model="demo", voice="alloy", input="hello") as spoken:
         assert spoken.headers["content-type"] == "audio/wav"
         data = spoken.read()

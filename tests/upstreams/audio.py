@@ -88,6 +88,8 @@ class AudioStandIn(StandIn):
             return web.json_response(
                 {"error": {"message": "The server had an error", "type": "server_error"}}, status=500
             )
+        if form.get("stream", (b"", None))[0] == b"true":
+            return await self._transcript_stream(call)
         fmt = form.get("response_format", (b"json", None))[0].decode()
         if fmt in ("text", "srt", "vtt"):
             return web.Response(text=TRANSCRIPT, content_type="text/plain")
@@ -107,6 +109,20 @@ class AudioStandIn(StandIn):
                 "input_token_details": {"audio_tokens": AUDIO_TOKENS, "text_tokens": 0},
             }
         return web.Response(body=orjson.dumps(answer), content_type="application/json")
+
+    async def _transcript_stream(self, call: _Call) -> web.StreamResponse:
+        """gpt-4o-transcribe's stream: a delta a word, then `transcript.text.done` with the usage."""
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(call.request)
+        words = TRANSCRIPT.split(" ")
+        for i, word in enumerate(words):
+            delta = {"type": "transcript.text.delta", "delta": word if i == 0 else " " + word}
+            await resp.write(b"data: " + orjson.dumps(delta) + b"\n\n")
+        usage = {"type": "tokens", "input_tokens": AUDIO_TOKENS, "output_tokens": TEXT_TOKENS}
+        done = {"type": "transcript.text.done", "text": TRANSCRIPT, "usage": usage}
+        await resp.write(b"data: " + orjson.dumps(done) + b"\n\n")
+        await resp.write_eof()
+        return resp
 
     async def _speech(self, call: _Call) -> web.StreamResponse:
         if call.record.headers.get("authorization") != f"Bearer {AUDIO_KEY}":

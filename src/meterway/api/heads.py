@@ -546,9 +546,11 @@ def transcription(body: bytes) -> RequestHead:
     for p in parts:
         if p.name.startswith("timestamp_granularities") and p.data.decode("utf-8", "replace") not in _GRANULARITIES:
             raise BadRequest("'timestamp_granularities[]' takes word and segment.", param="timestamp_granularities")
-    if form.get("stream", "false").lower() not in ("false", "0", ""):
-        raise BadRequest("Streamed transcriptions are not supported; leave 'stream' unset.", param="stream")
+    stream = form.get("stream", "false").lower()
+    if stream not in ("true", "false"):
+        raise BadRequest("'stream' must be true or false.", param="stream")
     if "prompt" in form:
         bounds.text(form["prompt"], "prompt", SPEECH_INPUT_MAX * 4)
     user = _user(form.get("user"))
-    return RequestHead(model, False, False, user, units=Units(audio_ms=audio.most_ms(file.data)))
+    most = Units(audio_ms=audio.most_ms(file.data))
+    return RequestHead(model, stream == "true", False, user, units=most)

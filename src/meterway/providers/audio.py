@@ -29,6 +29,7 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from meterway.errors import BadRequest
+from meterway.providers import sse
 from meterway.providers.base import Parsed, Usage, tokens
 
 if TYPE_CHECKING:
@@ -195,16 +196,9 @@ def _seconds_ms(value: object) -> int | None:
     return None
 
 
-def transcription_usage(body: bytes, as_json: bool, file: bytes) -> Usage:
-    """The usage of a transcription answer: tokens where the upstream reported them, its seconds
-    where it reported those (`usage.seconds`, verbose_json's `duration`), else the file's measured
-    duration (0 when not even its header tells)."""
-    answer: Mapping[str, Any] = {}
-    if as_json:
-        try:
-            answer = _mapping(orjson.loads(body))
-        except orjson.JSONDecodeError:
-            answer = {}
+def reported_usage(answer: Mapping[str, Any]) -> Usage | None:
+    """The usage an answer (or a stream's `transcript.text.done` event) reports: tokens where it
+    reports tokens, else its seconds (`usage.seconds`, verbose_json's `duration`); None if neither."""
     usage = _mapping(answer.get("usage"))
     if usage.get("type") == "tokens":
         prompt, completion = tokens(usage.get("input_tokens")), tokens(usage.get("output_tokens"))
@@ -213,9 +207,19 @@ def transcription_usage(body: bytes, as_json: bool, file: bytes) -> Usage:
     reported = _seconds_ms(usage.get("seconds")) if usage.get("type") == "duration" else None
     if reported is None:
         reported = _seconds_ms(answer.get("duration"))
-    if reported is None:
-        reported = duration_ms(file) or 0
-    return Usage(audio_ms=reported)
+    return Usage(audio_ms=reported) if reported is not None else None
+
+
+def transcription_usage(body: bytes, as_json: bool, file: bytes) -> Usage:
+    """The usage of a transcription answer (`reported_usage`), else the file's measured duration
+    (0 when not even its header tells)."""
+    answer: Mapping[str, Any] = {}
+    if as_json:
+        try:
+            answer = _mapping(orjson.loads(body))
+        except orjson.JSONDecodeError:
+            answer = {}
+    return reported_usage(answer) or Usage(audio_ms=duration_ms(file) or 0)
 
 
 def transcription_answer(request: bytes, body: bytes) -> Parsed:
@@ -229,3 +233,49 @@ def transcription_answer(request: bytes, body: bytes) -> Parsed:
         raise ValueError("not a JSON object")
     usage = transcription_usage(body, as_json, file.data if file is not None else b"")
     return Parsed(body, usage, "application/json" if as_json else "text/plain; charset=utf-8")
+
+
+_DONE = b"transcript.text.done"
+
+
+class TranscriptionRelay:
+    """A streamed transcription (`stream=true`, gpt-4o-transcribe): its `transcript.text.delta`
+    events relayed as they came, its `transcript.text.done` (which carries the usage) held for
+    `finish`, so the row is committed before the client sees the end; nothing after it is relayed.
+    A stream that reports no usage is billed the file's measured duration."""
+
+    __slots__ = ("_file", "_held", "_split", "done", "usage")
+
+    def __init__(self, file: bytes) -> None:
+        self._file = file
+        self._split = sse.EventSplitter()
+        self._held = b""
+        self.done = False
+        self.usage: Usage | None = None
+
+    def feed(self, data: bytes) -> bytes:
+        if self.done:
+            return b""
+        buf, spans = self._split.frames(data)
+        for start, cut, end in spans:
+            event = sse.parse_event(buf[start:cut].strip())
+            try:
+                payload = _mapping(orjson.loads(event.data)) if event.data else {}
+            except orjson.JSONDecodeError:
+                payload = {}
+            if payload.get("type") == _DONE.decode() or event.name.encode() == _DONE:
+                self._held = buf[start:end]
+                self.usage = reported_usage(payload)
+                self.done = True
+                self._split.tail()
+                return buf[:start]
+        return buf[: spans[-1][2]] if spans else b""
+
+    def finish(self) -> bytes:
+        if self.usage is None:
+            self.usage = Usage(audio_ms=duration_ms(self._file) or 0)
+        held, self._held = self._held, b""
+        return held if self.done else self._split.tail()
+
+    def settle(self, billed: Usage, closing: bytes) -> bytes:
+        return closing

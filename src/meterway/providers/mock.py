@@ -118,8 +118,17 @@ def _transcription(body: bytes) -> MockAnswer:
     """A fixed transcript, in the format asked for; its `usage` the file's duration, as OpenAI
     reports whisper-1's (none when its header does not tell)."""
     parts = audio.parse_form(body)
-    kind = audio.fields(parts).get("response_format", "json")
+    form = audio.fields(parts)
+    kind = form.get("response_format", "json")
     file = audio.upload(parts)
+    if form.get("stream") == "true":  # as gpt-4o-transcribe streams: a delta a word, then the whole text
+        ms = audio.duration_ms(file.data) if file is not None else None
+        done: dict[str, Any] = {"type": "transcript.text.done", "text": TRANSCRIPT}
+        if ms is not None:
+            done["usage"] = {"type": "duration", "seconds": -(-ms // 1000)}
+        words = TRANSCRIPT.split(" ")
+        deltas = [{"type": "transcript.text.delta", "delta": w if i == 0 else " " + w} for i, w in enumerate(words)]
+        return MockAnswer(chunks=tuple(sse.format_data(orjson.dumps(e)) for e in (*deltas, done)))
     if kind in audio.TEXT_FORMATS:
         answer = MockAnswer(TRANSCRIPT.encode())
         answer.content_type = "text/plain"

@@ -376,7 +376,7 @@ class OpenAIProvider(HttpProvider):
         if call.api in _UPLOADS:
             body, content_type = audio.form_body(audio.parse_form(call.body), self.upstream_model)
             headers = {**self.headers, "Content-Type": content_type}
-            return UpstreamRequest(self.endpoint.method, self.urls[call.api], headers, body, False)
+            return UpstreamRequest(self.endpoint.method, self.urls[call.api], headers, body, call.head.stream)
         if call.api is Api.SPEECH:
             return UpstreamRequest(
                 self.endpoint.method, self.urls[call.api], self.headers, self.upstream_body(call), True
@@ -400,6 +400,9 @@ class OpenAIProvider(HttpProvider):
         return Parsed(body, usage)
 
     def open_stream(self, call: Call) -> StreamRelay:
+        if call.api in _UPLOADS:
+            file = audio.upload(audio.parse_form(call.body))
+            return audio.TranscriptionRelay(file.data if file is not None else b"")
         if call.api is Api.RESPONSES:
             return responses_native.ResponsesPassthroughRelay()
         return UsageStrippingRelay() if self._needs_usage(call) else PassthroughRelay()
