@@ -242,16 +242,16 @@ class TranscriptionRelay:
     """A streamed transcription (`stream=true`, gpt-4o-transcribe): its `transcript.text.delta`
     events relayed as they came, its `transcript.text.done` (which carries the usage) held for
     `finish`, so the row is committed before the client sees the end; nothing after it is relayed.
-    A stream that reports no usage is billed the file's measured duration."""
+    Until it reports its usage (and if it never does, or the client leaves first) it is billed
+    the file's measured duration."""
 
-    __slots__ = ("_file", "_held", "_split", "done", "usage")
+    __slots__ = ("_held", "_split", "done", "usage")
 
     def __init__(self, file: bytes) -> None:
-        self._file = file
         self._split = sse.EventSplitter()
         self._held = b""
         self.done = False
-        self.usage: Usage | None = None
+        self.usage: Usage | None = Usage(audio_ms=duration_ms(file) or 0)
 
     def feed(self, data: bytes) -> bytes:
         if self.done:
@@ -265,15 +265,13 @@ class TranscriptionRelay:
                 payload = {}
             if payload.get("type") == _DONE.decode() or event.name.encode() == _DONE:
                 self._held = buf[start:end]
-                self.usage = reported_usage(payload)
+                self.usage = reported_usage(payload) or self.usage
                 self.done = True
                 self._split.tail()
                 return buf[:start]
         return buf[: spans[-1][2]] if spans else b""
 
     def finish(self) -> bytes:
-        if self.usage is None:
-            self.usage = Usage(audio_ms=duration_ms(self._file) or 0)
         held, self._held = self._held, b""
         return held if self.done else self._split.tail()
 
