@@ -22,7 +22,7 @@ from tests.e2e.test_rerank_moderations import UNIT, _row
 from tests.lago.standin import LagoStandIn, billing_ready
 from tests.support.gateway import RunningGateway, run_gateway
 from tests.support.wait import eventually
-from tests.upstreams.audio import AUDIO_KEY, AUDIO_TOKENS, TEXT_TOKENS, TRANSCRIPT, AudioStandIn, speech_bytes, wav
+from tests.upstreams.audio import AUDIO_KEY, AUDIO_TOKENS, TEXT_TOKENS, TRANSCRIPT, AudioStandIn, mp3, speech_bytes, wav
 
 SECOND_PRICE = Decimal("0.0001")  # USD per second of audio, whisper-1's list price ($0.006 a minute)
 CHARACTER_PRICE = Decimal("0.000015")  # USD per character, tts-1's list price ($15 per million)
@@ -110,6 +110,13 @@ def test_without_reported_usage_the_wav_header_is_measured(gw: RunningGateway, c
     assert raw.parse().text == TRANSCRIPT
     row = _row(gw, raw.headers["x-request-id"])
     assert row["audio_ms"] == 2500 and row["cost"] == _units(Decimal("2.5") * SECOND_PRICE)
+
+
+def test_an_mp3_without_reported_usage_is_measured_from_its_frames(gw: RunningGateway, client: openai.OpenAI) -> None:
+    raw = client.audio.transcriptions.with_raw_response.create(file=("clip.mp3", mp3(100)), model="whisper-selfhosted")
+    assert raw.parse().text == TRANSCRIPT
+    audio_ms = _row(gw, raw.headers["x-request-id"])["audio_ms"]
+    assert abs(audio_ms - 100 * 1152 * 1000 / 44100) < 20  # 2612 ms, as mutagen reads it from the frames
 
 
 def test_verbose_json_duration_is_the_billed_seconds(gw: RunningGateway, client: openai.OpenAI) -> None:

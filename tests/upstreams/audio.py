@@ -42,6 +42,11 @@ def wav(seconds: float, rate: int = 8000) -> bytes:
     return out.getvalue()
 
 
+def mp3(frames: int) -> bytes:
+    """An MP3 of silent frames (MPEG-1 Layer III, 128 kbit/s, 44.1 kHz: 1152 samples, 417 bytes each)."""
+    return (bytes.fromhex("FFFB9064") + bytes(413)) * frames
+
+
 def speech_bytes(text: str) -> bytes:
     """The audio answered for `text`: deterministic, not silent, several chunks long."""
     seed = text.encode() or b"-"
@@ -94,8 +99,11 @@ class AudioStandIn(StandIn):
         if fmt in ("text", "srt", "vtt"):
             return web.Response(text=TRANSCRIPT, content_type="text/plain")
         answer: dict[str, Any] = {"text": TRANSCRIPT}
-        with wave.open(io.BytesIO(form["file"][0])) as w:
-            seconds = w.getnframes() / w.getframerate()
+        try:
+            with wave.open(io.BytesIO(form["file"][0])) as w:
+                seconds = w.getnframes() / w.getframerate()
+        except (wave.Error, EOFError):
+            seconds = 0.0  # this stand-in reads WAV only; the models that report usage are sent WAV
         if fmt == "verbose_json":
             answer.update(task="transcribe", language="english", duration=seconds, segments=[])
         elif model == "whisper-1":
