@@ -283,6 +283,11 @@ def test_usage_and_lago_carry_audio_seconds_and_characters(
     ).json()
     by_model = {x["model"]: x for x in usage["rows"]}
     assert by_model["whisper"]["audio_ms"] >= 3000 and by_model["tts"]["characters"] >= 6
+    invoice = httpx.get(gw.url + "/customer/acme/invoice-preview", headers={"Authorization": f"Bearer {gw.key}"}).json()
+    lines = {(x["model"], x["token_type"]): x for x in invoice["lines"]}
+    assert lines[("tts", "characters")]["quantity"] >= 6 and lines[("tts", "characters")]["unit_price"] == "0.000015"
+    assert lines[("whisper", "audio_ms")]["quantity"] >= 3000
+    assert Decimal(lines[("whisper", "audio_ms")]["unit_price"]) == SECOND_PRICE / 1000
     eventually(lambda: all(any(e.transaction_id == u for e in lago.events) for u in uids), 15, "audio events in Lago")
     events = {e.transaction_id: e for e in lago.events if e.transaction_id in uids}
     heard_event, spoken_event = (events[u] for u in uids)
