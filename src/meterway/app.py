@@ -49,6 +49,10 @@ _MODEL_ROUTES: dict[str, tuple[Api, proxy.HeadDecoder]] = {
     "/moderations": (Api.MODERATIONS, heads.moderation),
     # images
     "/images/generations": (Api.IMAGES, heads.images),
+    # audio: uploads (multipart/form-data) and speech
+    "/audio/transcriptions": (Api.TRANSCRIPTIONS, heads.transcription),
+    "/audio/translations": (Api.TRANSLATIONS, heads.transcription),
+    "/audio/speech": (Api.SPEECH, heads.speech),
     # paths some clients use for the same endpoints
     "/engines/chat/completions": (Api.CHAT, heads.chat),
     "/openai/chat/completions": (Api.CHAT, heads.chat),

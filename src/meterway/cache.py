@@ -99,6 +99,9 @@ class RedisStore:
         await self._redis.set(key, value, px=max(1, int(ttl_s * 1000)))
 
 
+_UNCACHED = frozenset({Api.TRANSCRIPTIONS, Api.TRANSLATIONS, Api.SPEECH})  # audio: bytes and uploads
+
+
 class ResponseCache:
     def __init__(self, settings: CacheSettings, store: Store, namespace: str) -> None:
         self.settings = settings
@@ -106,7 +109,10 @@ class ResponseCache:
         self._namespace = settings.namespace or namespace
 
     def key(self, api: Api, model: str, body: bytes) -> str | None:
-        """The entry's key, or None for a body that is not a JSON object (not cached)."""
+        """The entry's key, or None for a body that is not a JSON object, or an endpoint whose
+        answer is no JSON or event stream (audio), neither cached."""
+        if api in _UNCACHED:
+            return None
         try:
             request = orjson.loads(body)
         except orjson.JSONDecodeError:

@@ -20,6 +20,7 @@ def test_openapi_describes_every_management_route(gateway: RunningGateway) -> No
     served |= {("POST", path) for path in webhooks.INGEST}  # served apart: they take the webhook secret
     served |= {(method, path) for method, path, _, _ in openapi.RESPONSES}  # OpenAI's Responses API
     served |= {("POST", path) for path, _, _ in openapi.MODEL_ENDPOINTS}  # rerank, moderations
+    served |= {("POST", path) for path, _ in openapi.AUDIO_UPLOADS} | {("POST", openapi.SPEECH_PATH)}  # audio
     # every method the Responses routes take is documented
     assert {op[0] for op in openapi.RESPONSES} == {m for methods in responses.ALLOWED.values() for m in methods} | {
         "POST"
@@ -31,9 +32,11 @@ def test_openapi_describes_every_management_route(gateway: RunningGateway) -> No
     assert {"models", "max_budget", "duration", "team_id", "metadata"} <= set(schemas[name]["properties"])
     assert schemas["KeyDeleteRequest"]["required"] == ["keys"]
     assert set(schemas["Rerank"]["required"]) == {"model", "query", "documents"}
+    upload = doc["paths"]["/v1/audio/transcriptions"]["post"]["requestBody"]["content"]["multipart/form-data"]
+    assert upload["schema"]["required"] == ["file", "model"] and set(schemas["Speech"]["required"]) >= {"input"}
     for path, ops in doc["paths"].items():
         for op in ops.values():
             body = op.get("requestBody")
-            if body and "$ref" in body["content"]["application/json"]["schema"]:
+            if body and "$ref" in body["content"].get("application/json", {}).get("schema", {}):
                 ref = body["content"]["application/json"]["schema"]["$ref"]
                 assert ref.rsplit("/", 1)[1] in schemas, path

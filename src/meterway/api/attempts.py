@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from meterway.api.relay import answer, relay
+from meterway.api.relay import BYTE_STREAMS, answer, pipe, relay
 from meterway.errors import MeterwayError, NoDeploymentAvailable, UpstreamUnavailable
 from meterway.providers.common import unreadable
 from meterway.routing import Group, Router, retry_kind
@@ -203,6 +203,8 @@ async def _call(
                 err.retry_after = retry_after(resp.header("Retry-After"))
                 raise err
             return await answer(services, ctx, _parse(provider, call, data), responder)
+        if call.api in BYTE_STREAMS:
+            return await pipe(services, ctx, call, resp, responder, receive)
         if not resp.content_type.startswith(STREAM_TYPES):
             raise UpstreamUnavailable(
                 f"Upstream deployment '{provider.label}' answered a stream request with {resp.content_type}.",

@@ -23,6 +23,7 @@ import orjson
 
 from meterway import bounds
 from meterway.errors import BadRequest
+from meterway.providers import audio
 from meterway.providers import images as images_answer
 from meterway.providers.base import RequestHead, Units
 
@@ -486,6 +487,29 @@ class ImageRequest(msgspec.Struct):
     litellm_metadata: msgspec.Raw = _ABSENT
 
 
+# ---------------------------------------------------------------- audio (OpenAI's)
+
+SPEECH_INPUT_MAX = 4096  # characters, OpenAI's bound on one speech request's `input`
+SPEECH_FORMATS = frozenset({"mp3", "opus", "aac", "flac", "wav", "pcm"})
+_GRANULARITIES = frozenset({"word", "segment"})
+
+
+class SpeechRequest(msgspec.Struct):
+    """OpenAI's speech request. `voice` is a name or a custom voice object (`{"id": ...}`)."""
+
+    model: str
+    input: str
+    voice: msgspec.Raw
+    response_format: str | None = None
+    speed: float | None = None
+    instructions: str | None = None
+    stream_format: Literal["audio", "sse"] | None = None
+    user: str | None = None
+    tags: msgspec.Raw = _ABSENT
+    metadata: msgspec.Raw = _ABSENT
+    litellm_metadata: msgspec.Raw = _ABSENT
+
+
 DEFAULT_IMAGE_MODEL = "dall-e-2"  # OpenAI's, where a request names none
 IMAGE_PROMPT_MAX = 32_000  # characters: gpt-image-1's bound, the largest of OpenAI's models
 IMAGES_MAX = 10  # OpenAI's bound on `n`
@@ -552,3 +576,76 @@ def images(body: bytes) -> RequestHead:
     user = _named(_user(r.user), r.litellm_metadata, metadata, None)
     most = Units(images=n, pixels=pixels or IMAGE_AUTO_PIXELS)
     return RequestHead(model, False, False, user, n * IMAGE_OUTPUT_TOKENS_MAX, tags, metadata, most)
+
+
+_speech = msgspec.json.Decoder(SpeechRequest)
+
+
+def speech(body: bytes) -> RequestHead:
+    """A speech request: `input` of 1 to `SPEECH_INPUT_MAX` characters, its units those characters
+    (known before it runs, so a budget reserves exactly what it will be billed)."""
+    s = decode(_speech, body)
+    _model(s.model)
+    if not s.input:
+        raise BadRequest("'input' must not be empty.", param="input")
+    if len(s.input) > SPEECH_INPUT_MAX:
+        raise BadRequest(
+            f"'input' has {len(s.input)} characters; at most {SPEECH_INPUT_MAX} are allowed.",
+            param="input",
+            code="string_above_max_length",
+        )
+    if s.response_format is not None and s.response_format not in SPEECH_FORMATS:
+        raise BadRequest(
+            f"'response_format' must be one of {', '.join(sorted(SPEECH_FORMATS))}.", param="response_format"
+        )
+    if s.speed is not None and not 0.25 <= s.speed <= 4.0:
+        raise BadRequest("'speed' must be between 0.25 and 4.0.", param="speed")
+    if s.stream_format == "sse":
+        raise BadRequest("'stream_format' sse is not supported; audio is streamed as bytes.", param="stream_format")
+    if s.instructions is not None:
+        bounds.text(s.instructions, "instructions", SPEECH_INPUT_MAX)
+    tags, metadata = _extras(s.tags, s.metadata) if s.tags or s.metadata else _NONE
+    user = _named(_user(s.user), s.litellm_metadata, metadata, None)
+    return RequestHead(s.model, False, False, user, None, tags, metadata, Units(characters=len(s.input)))
+
+
+def transcription(body: bytes) -> RequestHead:
+    """A transcription or translation upload (multipart/form-data, read whole within the audio
+    bound): `file` and `model` required, the other fields checked as OpenAI does. Its units are
+    the most audio it may be billed: the file's duration from its header, else its size at the
+    lowest bitrate (`providers.audio.most_ms`)."""
+    parts = audio.parse_form(body)
+    form = audio.fields(parts)
+    file = audio.upload(parts)
+    if file is None or file.filename is None:
+        raise BadRequest("'file' is required: the audio file to transcribe.", param="file")
+    if not file.data:
+        raise BadRequest("'file' is empty.", param="file")
+    model = form.get("model", "")
+    if not model:
+        raise BadRequest("'model' is required.", param="model")
+    _model(model)
+    kind = form.get("response_format")
+    if kind is not None and kind not in audio.TRANSCRIPTION_FORMATS:
+        raise BadRequest(
+            f"'response_format' must be one of {', '.join(sorted(audio.TRANSCRIPTION_FORMATS))}.",
+            param="response_format",
+        )
+    if "temperature" in form:
+        try:
+            temperature = float(form["temperature"])
+        except ValueError:
+            temperature = -1.0
+        if not 0.0 <= temperature <= 1.0:
+            raise BadRequest("'temperature' must be a number between 0 and 1.", param="temperature")
+    for p in parts:
+        if p.name.startswith("timestamp_granularities") and p.data.decode("utf-8", "replace") not in _GRANULARITIES:
+            raise BadRequest("'timestamp_granularities[]' takes word and segment.", param="timestamp_granularities")
+    stream = form.get("stream", "false").lower()
+    if stream not in ("true", "false"):
+        raise BadRequest("'stream' must be true or false.", param="stream")
+    if "prompt" in form:
+        bounds.text(form["prompt"], "prompt", SPEECH_INPUT_MAX * 4)
+    user = _user(form.get("user"))
+    most = Units(audio_ms=audio.most_ms(file.data))
+    return RequestHead(model, stream == "true", False, user, units=most)

@@ -14,6 +14,7 @@ from meterway.api import heads as h
 from meterway.api import management as m
 from meterway.api import tenancy as t
 from meterway.api import webhook_admin as w
+from meterway.providers import audio
 from meterway.routing import runtime as r
 
 Query = tuple[str, ...]
@@ -184,6 +185,86 @@ MODEL_ENDPOINTS: list[tuple[str, str, type[msgspec.Struct]]] = [
         ImageGeneration,
     ),
 ]
+
+
+# ---------------------------------------------------------------- audio (OpenAI's)
+
+
+class Speech(msgspec.Struct):
+    """OpenAI's speech request (`api.heads.SpeechRequest`); the answer is the audio's bytes."""
+
+    model: str
+    input: str
+    voice: str
+    response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] | None = None
+    speed: float | None = None
+    instructions: str | None = None
+    user: str | None = None
+
+
+_UPLOAD_FIELDS: dict[str, Any] = {
+    "file": {"type": "string", "format": "binary", "description": "The audio (flac, mp3, mp4, m4a, ogg, wav, webm)"},
+    "model": {"type": "string"},
+    "language": {"type": "string"},
+    "prompt": {"type": "string"},
+    "response_format": {"type": "string", "enum": sorted(audio.TRANSCRIPTION_FORMATS)},
+    "temperature": {"type": "number", "minimum": 0, "maximum": 1},
+    "timestamp_granularities[]": {"type": "array", "items": {"type": "string", "enum": ["word", "segment"]}},
+    "user": {"type": "string"},
+}
+# multipart/form-data uploads (bounded by general_settings.max_audio_bytes), answered as JSON or text
+AUDIO_UPLOADS: list[tuple[str, str]] = [
+    ("/v1/audio/transcriptions", "The text of an audio file; billed per second of audio, or by tokens where reported"),
+    ("/v1/audio/translations", "An audio file's speech in English; billed per second of audio"),
+]
+SPEECH_PATH = "/v1/audio/speech"
+
+
+def _audio_paths(paths: dict[str, dict[str, Any]], speech_ref: dict[str, Any]) -> None:
+    errors = {
+        code: {"description": text, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+        for code, text in (
+            ("400", "Invalid request, naming the field; or a budget it cannot pay"),
+            ("401", "Missing or wrong key"),
+            ("404", "Unknown model"),
+        )
+    }
+    upload = {"type": "object", "required": ["file", "model"], "properties": _UPLOAD_FIELDS}
+    for path, summary in AUDIO_UPLOADS:
+        paths[path] = {
+            "post": {
+                "summary": summary,
+                "security": [{"bearer": []}],
+                "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": upload}}},
+                "responses": {
+                    "200": {
+                        "description": "OpenAI's transcription: JSON, or plain text for text, srt and vtt",
+                        "content": {"application/json": {"schema": {}}, "text/plain": {"schema": {"type": "string"}}},
+                    },
+                    "413": {
+                        "description": "The upload is past general_settings.max_audio_bytes",
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+                    },
+                    **errors,
+                },
+            }
+        }
+    paths[SPEECH_PATH] = {
+        "post": {
+            "summary": "Spoken audio of a text, streamed as it is made; billed per input character",
+            "security": [{"bearer": []}],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": speech_ref}}},
+            "responses": {
+                "200": {
+                    "description": "The audio in the format asked for",
+                    "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+                },
+                **errors,
+            },
+        }
+    }
+
+
 _EVENTS = {
     "description": 'A usage event or LiteLLM\'s StandardLoggingPayload; one, a list, or {"events": [...]} '
     "(at most 1000 events)",
@@ -206,7 +287,7 @@ _ERROR = {
 
 
 def document() -> bytes:
-    types = [op[3] for op in OPERATIONS if op[3] is not None] + [m[2] for m in MODEL_ENDPOINTS]
+    types = [op[3] for op in OPERATIONS if op[3] is not None] + [m[2] for m in MODEL_ENDPOINTS] + [Speech]
     (refs, schemas) = msgspec.json.schema_components(types, ref_template="#/components/schemas/{name}")
     ref_of = dict(zip(types, refs, strict=True))
     paths: dict[str, dict[str, Any]] = {}
@@ -286,6 +367,7 @@ def document() -> bytes:
                 },
             }
         }
+    _audio_paths(paths, ref_of[Speech])
     for path, summary in INGEST:
         paths[path] = {
             "post": {

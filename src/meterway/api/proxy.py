@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("meterway.proxy")
 
 HeadDecoder = Callable[[bytes], RequestHead]
+# audio uploads: their body (the file and its form fields) is bound by `max_audio_bytes` instead
+UPLOADS = frozenset({Api.TRANSCRIPTIONS, Api.TRANSLATIONS})
 
 
 async def handle(services: Services, api: Api, decode: HeadDecoder, scope: Scope, receive: Receive, send: Send) -> None:
@@ -62,7 +64,8 @@ async def handle(services: Services, api: Api, decode: HeadDecoder, scope: Scope
             bearer_token(incoming.authorization, incoming.x_api_key, incoming.api_key)
         )
         ctx.principal = principal
-        body = await read_body(receive, incoming, services.settings.max_body_bytes)
+        limit = services.settings.max_audio_bytes if api in UPLOADS else services.settings.max_body_bytes
+        body = await read_body(receive, incoming, limit)
         head = decode(body)
         settings = services.settings
         named = customer_from_headers(scope["headers"], settings.customer_header_names) or head.user

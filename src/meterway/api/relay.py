@@ -18,16 +18,19 @@ from meterway.errors import MeterwayError
 from meterway.ledger import usage_checks
 from meterway.ledger.tokens import DeliveredStream
 from meterway.providers import bedrock, billed, sse
+from meterway.providers.base import Api, Usage
 from meterway.providers.transport import UPSTREAM_TOO_LARGE, too_large
 
 if TYPE_CHECKING:
     from meterway.api.asgi import Message, Receive, Responder
     from meterway.context import RequestContext
-    from meterway.providers.base import Call, Parsed, Provider, StreamRelay, Usage
+    from meterway.providers.base import Call, Parsed, Provider, StreamRelay
     from meterway.providers.transport import UpstreamResponse
     from meterway.services import Services
 
 log = logging.getLogger("meterway.proxy")
+
+BYTE_STREAMS = frozenset({Api.SPEECH})  # answers of bytes, not events: relayed by `pipe`
 
 
 def flag(ctx: RequestContext, err: MeterwayError) -> None:
@@ -170,3 +173,45 @@ async def fail_stream(
     log.warning("stream %s ended by an upstream failure: %s", ctx.request_id, err.message)
     await services.ledger.record(ctx)
     await responder.end(errors.stream_error_event(err, call.api))
+
+
+async def pipe(
+    services: Services, ctx: RequestContext, call: Call, resp: UpstreamResponse, responder: Responder, receive: Receive
+) -> None:
+    """Relays an answer of bytes (speech's audio) as it arrives, in the upstream's content type,
+    nothing of it kept. It is billed by what the request asked (its characters, known from its
+    head), so the row is the same whether the client stays to the end or leaves; it is committed
+    before the last bytes go out. A failure once bytes went out can only end the body short."""
+    usage = Usage(characters=call.head.units.characters)
+    watch: _Watch | None = None
+    try:
+        async for data in resp:
+            if not data:
+                continue
+            if not responder.started:
+                await responder.start_stream(200, (resp.content_type or "application/octet-stream").encode())
+                ctx.first_byte_ns = time.perf_counter_ns()
+            await responder.chunk(data)
+            if watch is None and resp.pending():
+                watch = _Watch(resp, receive)
+        if watch is not None:
+            if watch.left:
+                ctx.client_aborted, ctx.usage = True, usage
+                return
+            watch.finished = True
+        await end_stream(services, ctx, usage, b"", responder)
+    except MeterwayError as e:
+        ctx.usage = usage
+        if watch is not None and watch.left:
+            ctx.client_aborted = True
+            return
+        if not responder.started:
+            raise
+        ctx.error, ctx.status_code = e, responder.status
+        flag(ctx, e)
+        log.warning("audio %s ended by an upstream failure: %s", ctx.request_id, e.message)
+        await services.ledger.record(ctx)
+        await responder.end()
+    finally:
+        if watch is not None:
+            watch.stop()

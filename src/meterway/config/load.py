@@ -30,6 +30,7 @@ from meterway.config.routing import ROUTER_KEYS, parse_routing
 from meterway.config.secret import Secret
 from meterway.config.settings import (
     DEFAULT_DATABASE_URL,
+    DEFAULT_MAX_AUDIO_BYTES,
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_UPSTREAM_BODY_BYTES,
     DEFAULT_MAX_UPSTREAM_EVENT_BYTES,
@@ -101,6 +102,7 @@ GENERAL = {
     "require_customer_binding",
     "max_upstream_event_bytes",
     "max_upstream_body_bytes",
+    "max_audio_bytes",
     "responses_ttl_days",
     "responses_background_max",
     "user_header_name",
@@ -325,6 +327,7 @@ def parse_config(
     body_bytes = _byte_bound(
         general, env, "max_upstream_body_bytes", "METERWAY_MAX_UPSTREAM_BODY_BYTES", DEFAULT_MAX_UPSTREAM_BODY_BYTES
     )
+    audio_bytes = _byte_bound(general, env, "max_audio_bytes", "METERWAY_MAX_AUDIO_BYTES", DEFAULT_MAX_AUDIO_BYTES)
 
     ttl_days = general.get("responses_ttl_days")
     responses_ttl_days = (
@@ -399,6 +402,7 @@ def parse_config(
         max_body_bytes=max_body,
         max_upstream_event_bytes=event_bytes,
         max_upstream_body_bytes=body_bytes,
+        max_audio_bytes=audio_bytes,
         demo=demo,
         source=source,
         warnings=tuple(warnings),

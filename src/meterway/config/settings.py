@@ -26,6 +26,8 @@ DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
 DEFAULT_MAX_UPSTREAM_EVENT_BYTES = 4 * 1024 * 1024
 # One non-streamed upstream answer: room for a large embeddings batch in base64.
 DEFAULT_MAX_UPSTREAM_BODY_BYTES = 64 * 1024 * 1024
+# One audio upload (POST /v1/audio/transcriptions, /translations): OpenAI's own bound on the file.
+DEFAULT_MAX_AUDIO_BYTES = 25 * 1024 * 1024
 DEFAULT_TIMEOUT_S = 600.0
 DEFAULT_DATABASE_URL = "sqlite:///./meterway.db"
 
@@ -100,6 +102,7 @@ class Settings:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_upstream_event_bytes: int = DEFAULT_MAX_UPSTREAM_EVENT_BYTES  # past it a stream ends as an upstream error
     max_upstream_body_bytes: int = DEFAULT_MAX_UPSTREAM_BODY_BYTES  # past it an answer is a 502
+    max_audio_bytes: int = DEFAULT_MAX_AUDIO_BYTES  # an audio upload past it is a 413
     demo: bool = False
     source: str | None = None  # the config file, for messages
     warnings: tuple[str, ...] = ()

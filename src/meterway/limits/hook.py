@@ -91,6 +91,8 @@ class LimitsHook:
             await self.limiter.settle(grant, ctx.tokens_used, ctx.cost_units or 0)
 
     def _prompt_tokens(self, ctx: RequestContext) -> int:
+        if ctx.api in _UPLOADS and ctx.head is not None:
+            return -(-ctx.head.units.audio_ms * AUDIO_TOKENS_PER_SECOND // 1000)
         return pricing.prompt_tokens_upper_estimate(ctx.body)
 
     def _output_cap(self, ctx: RequestContext) -> int:
@@ -137,6 +139,11 @@ class LimitsHook:
 _NO_OUTPUT = frozenset({Api.EMBEDDINGS, Api.RERANK, Api.MODERATIONS})  # no output tokens to cap or reserve
 # output tokens reserved (an image's most) but no cap the upstream takes: never clamped, refused
 _NO_CAP = frozenset({Api.IMAGES})
+_NO_OUTPUT |= {Api.SPEECH}  # speech: billed per input character, its audio is no tokens
+# An audio upload's prompt, where a model bills it in tokens (gpt-4o-transcribe): at most this many
+# a second of its most audio (OpenAI counts about 10), not its bytes, which would reserve thousands of times more.
+AUDIO_TOKENS_PER_SECOND = 25
+_UPLOADS = frozenset({Api.TRANSCRIPTIONS, Api.TRANSLATIONS})
 
 
 def _refused(refusal: Refusal) -> Exception:

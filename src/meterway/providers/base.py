@@ -35,6 +35,10 @@ class Api(enum.Enum):
     MODERATIONS = "moderations"  # OpenAI's moderations (POST /v1/moderations)
     # images
     IMAGES = "images"  # OpenAI's image generation (POST /v1/images/generations)
+    # audio (OpenAI's): a multipart upload in, text out; and JSON in, audio bytes out
+    TRANSCRIPTIONS = "transcriptions"  # POST /v1/audio/transcriptions
+    TRANSLATIONS = "translations"  # POST /v1/audio/translations
+    SPEECH = "speech"  # POST /v1/audio/speech
 
 
 @dataclass(slots=True)

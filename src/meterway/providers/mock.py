@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import struct
 import time
+import wave
 import zlib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -24,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from meterway.errors import BadRequest
-from meterway.providers import sse
+from meterway.providers import audio, sse
 from meterway.providers.base import Api, UpstreamRequest
 from meterway.providers.openai import MORE_PATHS, PATHS, OpenAIProvider
 
@@ -138,6 +140,60 @@ def _images(body: dict[str, Any]) -> dict[str, Any]:
     return {"created": int(time.time()), "data": [{**image, "revised_prompt": prompt}] * int(n)}
 
 
+# ---------------------------------------------------------------- audio
+
+TRANSCRIPT = "This is the meterway demo model transcribing."
+SPEECH_RATE = 8000  # Hz: the demo's speech is a short silence, 16-bit mono WAV
+
+
+def _transcription(body: bytes) -> MockAnswer:
+    """A fixed transcript, in the format asked for; its `usage` the file's duration, as OpenAI
+    reports whisper-1's (none when its header does not tell)."""
+    parts = audio.parse_form(body)
+    form = audio.fields(parts)
+    kind = form.get("response_format", "json")
+    file = audio.upload(parts)
+    if form.get("stream") == "true":  # as gpt-4o-transcribe streams: a delta a word, then the whole text
+        ms = audio.duration_ms(file.data) if file is not None else None
+        done: dict[str, Any] = {"type": "transcript.text.done", "text": TRANSCRIPT}
+        if ms is not None:
+            done["usage"] = {"type": "duration", "seconds": -(-ms // 1000)}
+        words = TRANSCRIPT.split(" ")
+        deltas = [{"type": "transcript.text.delta", "delta": w if i == 0 else " " + w} for i, w in enumerate(words)]
+        return MockAnswer(chunks=tuple(sse.format_data(orjson.dumps(e)) for e in (*deltas, done)))
+    if kind in audio.TEXT_FORMATS:
+        answer = MockAnswer(TRANSCRIPT.encode())
+        answer.content_type = "text/plain"
+        return answer
+    out: dict[str, Any] = {"text": TRANSCRIPT}
+    ms = audio.duration_ms(file.data) if file is not None else None
+    if ms is not None:
+        if kind == "verbose_json":
+            out.update(task="transcribe", language="english", duration=ms / 1000, segments=[])
+        else:
+            out["usage"] = {"type": "duration", "seconds": -(-ms // 1000)}
+    return MockAnswer(orjson.dumps(out))
+
+
+def speech_wav(characters: int) -> bytes:
+    """A valid WAV of silence, 10 ms a character (at most 2 s)."""
+    frames = SPEECH_RATE * min(characters, 200) // 100
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SPEECH_RATE)
+        w.writeframes(b"\x00\x00" * frames)
+    return out.getvalue()
+
+
+def _speech(body: dict[str, Any]) -> MockAnswer:
+    data = speech_wav(len(str(body["input"])))
+    answer = MockAnswer(chunks=(data[: len(data) // 2], data[len(data) // 2 :]))
+    answer.content_type = "audio/wav"
+    return answer
+
+
 class MockAnswer:
     """The demo's answer, all in memory: a body, or the SSE chunks of a stream."""
 
@@ -196,7 +252,11 @@ class MockUpstream:
             raise BadRequest(f"The demo model cannot read this request: {e}") from None
 
     def _answer(self, api: Api, request: UpstreamRequest) -> MockAnswer:
+        if api in (Api.TRANSCRIPTIONS, Api.TRANSLATIONS):
+            return _transcription(request.body)
         body = orjson.loads(request.body)
+        if api is Api.SPEECH:
+            return _speech(body)
         if api is Api.EMBEDDINGS:
             return MockAnswer(orjson.dumps(self._embeddings(body)))
         if api is Api.RERANK:

@@ -19,8 +19,8 @@ import orjson
 from yarl import URL
 
 from meterway.errors import BadRequest
+from meterway.providers import audio, images, rerank, responses_native, sse
 from meterway.providers import billed as billed_out
-from meterway.providers import images, rerank, responses_native, sse
 from meterway.providers.base import (
     Api,
     Call,
@@ -334,11 +334,16 @@ MORE_PATHS: Mapping[Route, str] = {
     Api.RERANK: "/rerank",
     # images
     Api.IMAGES: "/images/generations",
+    # audio: OpenAI's transcriptions and translations (multipart uploads) and speech (audio bytes back)
+    Api.TRANSCRIPTIONS: "/audio/transcriptions",
+    Api.TRANSLATIONS: "/audio/translations",
+    Api.SPEECH: "/audio/speech",
 }
 # Every route an OpenAI-compatible server may serve. Most speak only the first three: the registry
 # builds each deployment with the routes its server speaks (`HttpProvider`'s `routes`).
 ENDPOINT = Endpoint({**PATHS, **MORE_PATHS, Api.RESPONSES: RESPONSES_PATH})
 _METERED_STREAMS = (Api.CHAT, Api.COMPLETIONS)
+_UPLOADS = (Api.TRANSCRIPTIONS, Api.TRANSLATIONS)
 
 
 class OpenAIProvider(HttpProvider):
@@ -367,7 +372,22 @@ class OpenAIProvider(HttpProvider):
             return call.api, orjson.dumps(rerank.compatible_request(decode_object(call.body), self.upstream_model))
         return call.api, self.upstream_body(call)
 
+    def build_request(self, call: Call) -> UpstreamRequest:
+        """Audio's requests: an upload goes as the client's form rebuilt with the upstream's model
+        name (`providers.audio.form_body`); speech's answer is always relayed as a stream of bytes."""
+        if call.api in _UPLOADS:
+            body, content_type = audio.form_body(audio.parse_form(call.body), self.upstream_model)
+            headers = {**self.headers, "Content-Type": content_type}
+            return UpstreamRequest(self.endpoint.method, self.urls[call.api], headers, body, call.head.stream)
+        if call.api is Api.SPEECH:
+            return UpstreamRequest(
+                self.endpoint.method, self.urls[call.api], self.headers, self.upstream_body(call), True
+            )
+        return super().build_request(call)
+
     def parse_response(self, call: Call, body: bytes) -> Parsed:
+        if call.api in _UPLOADS:
+            return audio.transcription_answer(call.body, body)
         if call.api is Api.RERANK:
             answer = _object(self.label, body)
             out, ranked = rerank.response(answer, decode_object(call.body))
@@ -388,6 +408,9 @@ class OpenAIProvider(HttpProvider):
         return Parsed(body, usage)
 
     def open_stream(self, call: Call) -> StreamRelay:
+        if call.api in _UPLOADS:
+            file = audio.upload(audio.parse_form(call.body))
+            return audio.TranscriptionRelay(file.data if file is not None else b"")
         if call.api is Api.RESPONSES:
             return responses_native.ResponsesPassthroughRelay()
         return UsageStrippingRelay() if self._needs_usage(call) else PassthroughRelay()

@@ -43,6 +43,9 @@ OPERATION = {
     Api.RERANK: "rerank",
     Api.MODERATIONS: "moderation",
     Api.IMAGES: "image_generation",
+    Api.TRANSCRIPTIONS: "transcription",
+    Api.TRANSLATIONS: "translation",
+    Api.SPEECH: "speech",
 }
 # gen_ai.provider.name by provider family (the semantic conventions' well-known values)
 PROVIDER = {
