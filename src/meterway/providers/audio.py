@@ -23,10 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import mutagen
 import orjson
-from python_multipart.exceptions import MultipartParseError
-from python_multipart.multipart import MultipartParser, parse_options_header
 
 from meterway.errors import BadRequest
 from meterway.providers import sse
@@ -90,6 +87,8 @@ class _Collector:
         self._field, self._value = b"", b""
 
     def _end(self) -> None:
+        from python_multipart.multipart import parse_options_header
+
         _, options = parse_options_header(self._headers.get(b"content-disposition", b""))
         name = options.get(b"name")
         if name is None:
@@ -112,6 +111,10 @@ def parse_form(body: bytes) -> list[Part]:
     first = body[: MAX_BOUNDARY + 4].split(b"\r\n", 1)[0]
     if not first.startswith(b"--") or len(first) < 3 or len(first) > MAX_BOUNDARY + 2 or b"\r\n" not in body:
         raise BadRequest("The request body must be multipart/form-data (an audio file and its fields).")
+    # imported here: only uploads need it, and a gateway that takes none never loads it
+    from python_multipart.exceptions import MultipartParseError
+    from python_multipart.multipart import MultipartParser
+
     collector = _Collector()
     parser = MultipartParser(first[2:], collector.callbacks())
     try:
@@ -167,6 +170,8 @@ def duration_ms(data: bytes) -> int | None:
                 return math.ceil(w.getnframes() * 1000 / rate) if rate > 0 else None
         except (wave.Error, EOFError):
             pass
+    import mutagen  # only for files that are not WAV; a gateway that measures none never loads it
+
     try:
         found = mutagen.File(io.BytesIO(data))
     except Exception:  # mutagen raises its own errors and plain ones for broken headers alike

@@ -28,17 +28,6 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import orjson
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.credentials import (
-    AssumeRoleCredentialFetcher,
-    Credentials,
-    DeferredRefreshableCredentials,
-    ReadOnlyCredentials,
-    RefreshableCredentials,
-)
-from botocore.eventstream import EventStreamBuffer, EventStreamMessage, ParserError
-from botocore.session import Session
 from yarl import URL
 
 from meterway.errors import (
@@ -59,7 +48,10 @@ from meterway.providers.base import Api, Call, Parsed, StreamRelay, UpstreamRequ
 from meterway.providers.common import embedding_items, error_from_body, unreadable, wants_base64
 from meterway.providers.token_input import embedding_texts
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # botocore is imported where it is used: a gateway without Bedrock never loads it
+    from botocore.credentials import Credentials, ReadOnlyCredentials
+    from botocore.eventstream import EventStreamMessage
+
     from meterway.config.secret import Secret
 
 SERVICE = "bedrock"  # the SigV4 signing name of bedrock-runtime
@@ -142,6 +134,8 @@ def _static(options: AwsOptions) -> Credentials | None:
     """The keys the config gives, if it gives them."""
     if not (options.access_key_id and options.secret_access_key):
         return None
+    from botocore.credentials import Credentials
+
     token = options.session_token.reveal() if options.session_token else None
     return Credentials(options.access_key_id, options.secret_access_key.reveal(), token)
 
@@ -150,6 +144,9 @@ def _resolve(options: AwsOptions, env: Mapping[str, str]) -> Credentials | None:
     """The credentials a deployment signs with: keys given, a named profile, keys in the
     environment config loading was given, else AWS's standard chain; with a role, those are the
     source of an STS AssumeRole. May do I/O (files, STS, instance metadata): run off the request path."""
+    from botocore.credentials import AssumeRoleCredentialFetcher, Credentials, DeferredRefreshableCredentials
+    from botocore.session import Session
+
     session = Session(profile=options.profile) if options.profile else Session()
     source = _static(options)
     if source is None and not options.profile and env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
@@ -221,6 +218,8 @@ class AwsCredentials:
             raise UpstreamUnavailable(
                 f"Deployment '{self._label}': its AWS credentials are still being resolved.", deployment=self._label
             )
+        from botocore.credentials import RefreshableCredentials
+
         credentials, frozen = self._credentials, self._frozen
         if credentials is None or frozen is None:
             raise UpstreamUnavailable(f"Deployment '{self._label}': {self._error}", deployment=self._label)
@@ -244,6 +243,9 @@ def sign(
 ) -> dict[str, str]:
     """The request's headers with SigV4's added (Authorization, X-Amz-Date, and the session token
     of temporary credentials), by botocore: every header given is signed, and the host from `url`."""
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+
     request = AWSRequest(method=method, url=url, data=body, headers=dict(headers))
     SigV4Auth(credentials, SERVICE, region).add_auth(request)
     return dict(request.headers.items())
@@ -312,6 +314,8 @@ class ConverseRelay:
     done = False  # `[DONE]` is written by `finish` alone
 
     def __init__(self, label: str, model: str, include_usage: bool) -> None:
+        from botocore.eventstream import EventStreamBuffer
+
         self._label = label
         self._buffer = EventStreamBuffer()
         self._events = bf.ConverseEvents()
@@ -326,6 +330,8 @@ class ConverseRelay:
             raise self._broken
         self._buffer.add_data(data)
         self._pending += len(data)
+        from botocore.eventstream import ParserError
+
         out: list[bytes] = []
         try:
             for message in self._buffer:
