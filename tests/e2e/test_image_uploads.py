@@ -55,6 +55,7 @@ def gw(upstream: ImageStandIn) -> Iterator[RunningGateway]:
                 model_info={"input_cost_per_pixel": PIXEL_PRICE, "output_cost_per_pixel": 0},
             ),
             _deployment("gpt-image", "openai/gpt-image-1", base, **tokens),
+            _deployment("dall-e-2", "openai/dall-e-2", base, model_info={"output_cost_per_image": IMAGE_PRICE}),
             _deployment("azure-image", "azure/gpt-image-1", upstream.base_url, **tokens),
         ],
         "general_settings": {"max_image_upload_bytes": BOUND},
@@ -154,6 +155,14 @@ def test_the_paths_without_v1_answer(gw: RunningGateway) -> None:
     assert edit.status_code == 200 and len(edit.json()["data"]) == 1, edit.text
     variation = _post(gw, "/images/variations", {"image": ("a.png", PNG)}, {"model": "painter"})
     assert variation.status_code == 200 and len(variation.json()["data"]) == 1, variation.text
+
+
+def test_no_model_routes_dall_e_2_and_names_it_upstream(gw: RunningGateway, upstream: ImageStandIn) -> None:
+    r = _post(gw, "/v1/images/variations", {"image": ("a.png", PNG)}, {"n": "2"})
+    assert r.status_code == 200 and len(r.json()["data"]) == 2, r.text
+    assert upstream.uploads[-1][1].get("model") == "dall-e-2"
+    row = _row(gw, r.headers["x-request-id"])
+    assert row["model_group"] == "dall-e-2" and row["cost"] == round(2 * IMAGE_PRICE * UNIT)
 
 
 def test_an_azure_deployment_edits_at_its_deployments_path(gw: RunningGateway, upstream: ImageStandIn) -> None:
