@@ -49,6 +49,8 @@ _MODEL_ROUTES: dict[str, tuple[Api, proxy.HeadDecoder]] = {
     "/moderations": (Api.MODERATIONS, heads.moderation),
     # images
     "/images/generations": (Api.IMAGES, heads.images),
+    "/images/edits": (Api.IMAGE_EDITS, heads.image_edit),  # multipart uploads
+    "/images/variations": (Api.IMAGE_VARIATIONS, heads.image_variation),
     # audio: uploads (multipart/form-data) and speech
     "/audio/transcriptions": (Api.TRANSCRIPTIONS, heads.transcription),
     "/audio/translations": (Api.TRANSLATIONS, heads.transcription),

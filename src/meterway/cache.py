@@ -99,7 +99,8 @@ class RedisStore:
         await self._redis.set(key, value, px=max(1, int(ttl_s * 1000)))
 
 
-_UNCACHED = frozenset({Api.TRANSCRIPTIONS, Api.TRANSLATIONS, Api.SPEECH})  # audio: bytes and uploads
+# audio: bytes and uploads; image uploads (no JSON, and large)
+_UNCACHED = frozenset({Api.TRANSCRIPTIONS, Api.TRANSLATIONS, Api.SPEECH, Api.IMAGE_EDITS, Api.IMAGE_VARIATIONS})
 
 
 class ResponseCache:

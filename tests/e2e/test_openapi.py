@@ -21,6 +21,7 @@ def test_openapi_describes_every_management_route(gateway: RunningGateway) -> No
     served |= {(method, path) for method, path, _, _ in openapi.RESPONSES}  # OpenAI's Responses API
     served |= {("POST", path) for path, _, _ in openapi.MODEL_ENDPOINTS}  # rerank, moderations
     served |= {("POST", path) for path, _ in openapi.AUDIO_UPLOADS} | {("POST", openapi.SPEECH_PATH)}  # audio
+    served |= {("POST", path) for path, _, _ in openapi.IMAGE_UPLOADS}  # image edits and variations
     # every method the Responses routes take is documented
     assert {op[0] for op in openapi.RESPONSES} == {m for methods in responses.ALLOWED.values() for m in methods} | {
         "POST"
@@ -34,6 +35,8 @@ def test_openapi_describes_every_management_route(gateway: RunningGateway) -> No
     assert set(schemas["Rerank"]["required"]) == {"model", "query", "documents"}
     upload = doc["paths"]["/v1/audio/transcriptions"]["post"]["requestBody"]["content"]["multipart/form-data"]
     assert upload["schema"]["required"] == ["file", "model"] and set(schemas["Speech"]["required"]) >= {"input"}
+    edit = doc["paths"]["/v1/images/edits"]["post"]["requestBody"]["content"]["multipart/form-data"]
+    assert edit["schema"]["required"] == ["image", "prompt"]
     for path, ops in doc["paths"].items():
         for op in ops.values():
             body = op.get("requestBody")

@@ -6,6 +6,8 @@ for dall-e-3, a `revised_prompt`, and no usage; gpt-image models always with `b6
 `size`, `quality` and `output_format` they used, and token usage as gpt-image-1 reports it
 (`input_tokens`, `output_tokens`, `total_tokens`, `input_tokens_details`). `Script(no_usage=True)`
 leaves the usage out; the scripts of `StandIn` (a 500, a cut answer) apply as everywhere.
+Edits and variations (`/v1/images/edits`, `/variations`, Azure's deployment `/images/edits`) take
+OpenAI's multipart form (`image` or `image[]`, an edit's `prompt`) and are answered the same way.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import base64
 import itertools
 import struct
 import zlib
+from email.parser import BytesParser
+from email.policy import HTTP
 from typing import Any
 
 from aiohttp import web
@@ -23,6 +27,7 @@ from tests.upstreams.standin import StandIn, _Call, count_words
 IMAGES_KEY = "img-key"
 # gpt-image-1's output tokens per image by quality, at 1024x1024 (OpenAI's published figures)
 OUTPUT_TOKENS = {"low": 272, "medium": 1056, "high": 4160}
+IMAGE_TOKENS = 323  # an edit's input tokens for each uploaded image (gpt-image-1 reports them apart)
 
 
 def png() -> bytes:
@@ -49,23 +54,58 @@ class ImageStandIn(StandIn):
     def __init__(self) -> None:
         super().__init__()
         self._ids = itertools.count(1)
+        self.uploads: list[tuple[str, dict[str, str], int]] = []  # edits and variations: (model, fields, images)
 
     def _add_routes(self, router: web.UrlDispatcher) -> None:
         router.add_post("/v1/images/generations", self._route(self._generate))
         router.add_post("/openai/deployments/{deployment}/images/generations", self._route(self._generate))
+        router.add_post("/v1/images/edits", self._route(self._upload))
+        router.add_post("/v1/images/variations", self._route(self._upload))
+        router.add_post("/openai/deployments/{deployment}/images/edits", self._route(self._upload))
         super()._add_routes(router)
 
     async def _generate(self, call: _Call) -> web.StreamResponse:
-        azure = (
-            call.record.deployment is not None
-        )  # Azure: its `api-key` header, an api-version, the deployment's model
+        refused = await self._refuse_key(call)
+        if refused is not None:
+            return refused
+        p = call.payload
+        model = str(call.record.deployment or p.get("model") or "dall-e-2")
+        return await self._draw(call, model, p.get("prompt"), p.get("n", 1), p, 0)
+
+    async def _upload(self, call: _Call) -> web.StreamResponse:
+        """An edit or a variation: a multipart form with its image(s) (`image`, or `image[]` for
+        several), an edit's `prompt`, and generation's options; answered as generation is, a
+        gpt-image model's input tokens counting `IMAGE_TOKENS` for each image."""
+        refused = await self._refuse_key(call)
+        if refused is not None:
+            return refused
+        kind = call.record.headers.get("content-type", "")
+        if not kind.startswith("multipart/form-data"):
+            return await self._json(call, _error("expected multipart/form-data", None, None), status=400)
+        parts = form_parts(kind, call.record.body)
+        images = [data for name, data, filename in parts if name in ("image", "image[]") and filename is not None]
+        if not images or not all(images):
+            return await self._json(call, _error("'image' is required.", "image", None), status=400)
+        fields = {name: data.decode() for name, data, filename in parts if filename is None}
+        edit = call.request.path.endswith("/edits")
+        if edit and "prompt" not in fields:
+            return await self._json(call, _error("'prompt' is required.", "prompt", None), status=400)
+        p: dict[str, Any] = {**fields, "n": int(fields.get("n", "1"))}
+        model = str(call.record.deployment or fields.get("model") or "dall-e-2")
+        self.uploads.append((model, fields, len(images)))
+        return await self._draw(call, model, fields.get("prompt", "a variation"), p["n"], p, len(images))
+
+    async def _refuse_key(self, call: _Call) -> web.StreamResponse | None:
+        azure = call.record.deployment is not None  # Azure: its `api-key` header, an api-version
         key = call.record.headers.get("api-key") if azure else call.record.headers.get("authorization")
         if key != (IMAGES_KEY if azure else f"Bearer {IMAGES_KEY}") or (azure and not call.record.api_version):
             body = _error("Incorrect API key provided.", None, "invalid_api_key")
             return await self._json(call, body, status=401)
-        p = call.payload
-        prompt, n = p.get("prompt"), p.get("n", 1)
-        model = str(call.record.deployment if azure else p.get("model") or "dall-e-2")
+        return None
+
+    async def _draw(
+        self, call: _Call, model: str, prompt: object, n: object, p: dict[str, Any], images: int
+    ) -> web.StreamResponse:
         if not isinstance(prompt, str) or not prompt:
             return await self._json(call, _error("'prompt' is required.", "prompt", None), status=400)
         if not isinstance(n, int) or not 1 <= n <= 10:
@@ -79,11 +119,12 @@ class ImageStandIn(StandIn):
             answer |= {"size": size, "quality": quality, "output_format": p.get("output_format") or "png"}
             text = count_words(prompt)
             output = OUTPUT_TOKENS[quality] * n
+            pictures = IMAGE_TOKENS * images
             usage = {
-                "input_tokens": text,
+                "input_tokens": text + pictures,
                 "output_tokens": output,
-                "total_tokens": text + output,
-                "input_tokens_details": {"text_tokens": text, "image_tokens": 0},
+                "total_tokens": text + pictures + output,
+                "input_tokens_details": {"text_tokens": text, "image_tokens": pictures},
             }
             if not (call.script is not None and call.script.no_usage):
                 answer["usage"] = usage
@@ -94,3 +135,15 @@ class ImageStandIn(StandIn):
                 item["revised_prompt"] = f"A detailed picture: {prompt}"
             answer["data"] = [dict(item) for _ in range(n)]
         return await self._json(call, answer, usage=usage)
+
+
+def form_parts(content_type: str, body: bytes) -> list[tuple[str, bytes, str | None]]:
+    """A multipart/form-data body's parts in order (name, data, filename), read by the standard library."""
+    message = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body)
+    parts: list[tuple[str, bytes, str | None]] = []
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if isinstance(name, str):
+            payload = part.get_payload(decode=True)
+            parts.append((name, payload if isinstance(payload, bytes) else b"", part.get_filename()))
+    return parts

@@ -23,6 +23,7 @@ import orjson
 
 from meterway import bounds
 from meterway.errors import BadRequest
+from meterway.ledger import pricing
 from meterway.providers import audio
 from meterway.providers import images as images_answer
 from meterway.providers.base import RequestHead, Units
@@ -531,51 +532,132 @@ _IMAGE_ENUMS = {
 _image = msgspec.json.Decoder(ImageRequest)
 
 
-def images(body: bytes) -> RequestHead:
-    """An image generation request: a non-empty prompt of at most `IMAGE_PROMPT_MAX` characters,
-    `n` from 1 to `IMAGES_MAX`, `size` one of OpenAI's or `WxH` (each side at most `IMAGE_SIDE_MAX`),
-    the other options from OpenAI's enumerations. Its units are its `n` images of its size (the
-    largest for `auto`), and its output cap `n` images' most tokens, so a budget reserves the
-    dearest outcome whether the model is priced per image, per pixel or per token."""
-    r = decode(_image, body)
-    model = r.model or DEFAULT_IMAGE_MODEL
+def _image_head(
+    model: str,
+    prompt: str | None,
+    n: int | None,
+    size: str | None,
+    options: dict[str, str | None],
+    user: str | None,
+    extras: Extras = _NONE,
+    prompt_tokens: int | None = None,
+) -> RequestHead:
+    """The checks generation, edits and variations share: a prompt (where sent) non-empty and at
+    most `IMAGE_PROMPT_MAX` characters, `n` from 1 to `IMAGES_MAX`, `size` one of OpenAI's or `WxH`
+    (each side at most `IMAGE_SIDE_MAX`), the `options` from OpenAI's enumerations. Its units are
+    its `n` images of its size (the largest for `auto`), and its output cap `n` images' most
+    tokens, so a budget reserves the dearest outcome whether the model is priced per image, per
+    pixel or per token."""
     _model(model)
-    if not r.prompt.strip():
-        raise BadRequest("'prompt' must not be empty.", param="prompt")
-    if len(r.prompt) > IMAGE_PROMPT_MAX:
-        raise BadRequest(
-            f"'prompt' has {len(r.prompt)} characters; at most {IMAGE_PROMPT_MAX} are allowed.",
-            param="prompt",
-            code="string_above_max_length",
-        )
-    n = 1 if r.n is None else r.n
+    if prompt is not None:
+        if not prompt.strip():
+            raise BadRequest("'prompt' must not be empty.", param="prompt")
+        if len(prompt) > IMAGE_PROMPT_MAX:
+            raise BadRequest(
+                f"'prompt' has {len(prompt)} characters; at most {IMAGE_PROMPT_MAX} are allowed.",
+                param="prompt",
+                code="string_above_max_length",
+            )
+    n = 1 if n is None else n
     if not 1 <= n <= IMAGES_MAX:
         raise BadRequest(f"'n' must be from 1 to {IMAGES_MAX}; it is {n}.", param="n", code="invalid_value")
-    pixels = IMAGE_AUTO_PIXELS if r.size in (None, "auto") else images_answer.image_pixels(r.size)
-    match = images_answer.SIZE.match(r.size or "")
-    if r.size is not None and r.size != "auto" and (match is None or max(map(int, match.groups())) > IMAGE_SIDE_MAX):
+    pixels = IMAGE_AUTO_PIXELS if size in (None, "auto") else images_answer.image_pixels(size)
+    match = images_answer.SIZE.match(size or "")
+    if size is not None and size != "auto" and (match is None or max(map(int, match.groups())) > IMAGE_SIDE_MAX):
         raise BadRequest(
-            f"Invalid value for 'size': '{r.size[:64]}'. Supported values are {', '.join(IMAGE_SIZES)}, "
+            f"Invalid value for 'size': '{size[:64]}'. Supported values are {', '.join(IMAGE_SIZES)}, "
             f"or WIDTHxHEIGHT with sides of at most {IMAGE_SIDE_MAX}.",
             param="size",
             code="invalid_value",
         )
-    for field, allowed in _IMAGE_ENUMS.items():
-        value = getattr(r, field)
+    for field, value in options.items():
+        allowed = _IMAGE_ENUMS[field]
         if value is not None and value not in allowed:
             raise BadRequest(
                 f"Invalid value for '{field}': '{value[:64]}'. Supported values are {', '.join(allowed)}.",
                 param=field,
                 code="invalid_value",
             )
+    tags, metadata = extras
+    most = Units(images=n, pixels=pixels or IMAGE_AUTO_PIXELS)
+    cap = n * IMAGE_OUTPUT_TOKENS_MAX
+    return RequestHead(model, False, False, user, cap, tags, metadata, most, prompt_tokens)
+
+
+def images(body: bytes) -> RequestHead:
+    """An image generation request, checked as `_image_head` says; `output_compression` from 0 to 100;
+    not streamed."""
+    r = decode(_image, body)
     if r.output_compression is not None and not 0 <= r.output_compression <= 100:
         raise BadRequest("'output_compression' must be from 0 to 100.", param="output_compression")
     if r.stream:
         raise BadRequest("Streamed image generation is not supported; leave 'stream' out.", param="stream")
-    tags, metadata = _extras(r.tags, r.metadata) if r.tags or r.metadata else _NONE
-    user = _named(_user(r.user), r.litellm_metadata, metadata, None)
-    most = Units(images=n, pixels=pixels or IMAGE_AUTO_PIXELS)
-    return RequestHead(model, False, False, user, n * IMAGE_OUTPUT_TOKENS_MAX, tags, metadata, most)
+    options = {field: getattr(r, field) for field in _IMAGE_ENUMS}
+    extras = _extras(r.tags, r.metadata) if r.tags or r.metadata else _NONE
+    user = _named(_user(r.user), r.litellm_metadata, extras[1], None)
+    return _image_head(r.model or DEFAULT_IMAGE_MODEL, r.prompt, r.n, r.size, options, user, extras)
+
+
+# the options of an edit (OpenAI's `images.edit`) and of a variation (`images.create_variation`)
+_EDIT_OPTIONS = ("quality", "response_format", "background", "output_format")
+_VARIATION_OPTIONS = ("response_format",)
+_EDIT_FILES = ("image", "image[]")  # one image, or several (gpt-image-1) as `image[]`
+# what a budget reserves for each uploaded image (and the mask) where the model bills its input in
+# tokens: gpt-image-1 reads an image as GPT-4o's vision does, at most 85 + 170 x 6 tiles; the
+# image's bytes are no measure of it
+IMAGE_INPUT_TOKENS_MAX = 85 + 170 * 6
+
+
+def _form_int(form: dict[str, str], field: str) -> int | None:
+    if field not in form:
+        return None
+    try:
+        return int(form[field].strip())
+    except ValueError:
+        raise BadRequest(
+            f"Invalid type for '{field}': expected an integer.", param=field, code="invalid_type"
+        ) from None
+
+
+def _image_upload(body: bytes, files: tuple[str, ...], options: tuple[str, ...], prompt: bool) -> RequestHead:
+    """An edit's or a variation's multipart upload (read whole within `max_image_upload_bytes`):
+    at least one non-empty file in `files`, an edit's `prompt` required, the rest checked as
+    generation's. Its prompt tokens are its prompt's and its images' most, never its bytes."""
+    parts = audio.parse_form(body)
+    form = audio.fields(parts)
+    uploads = [p for p in parts if p.filename is not None and p.name in (*files, "mask")]
+    images_sent = [p for p in uploads if p.name in files]
+    if not images_sent:
+        raise BadRequest("'image' is required: the image file to start from.", param="image")
+    if any(not p.data for p in uploads):
+        raise BadRequest("An uploaded image is empty.", param="image")
+    text = form.get("prompt")
+    if prompt and text is None:
+        raise BadRequest("Missing required parameter: 'prompt'.", param="prompt", code="missing_required_parameter")
+    if form.get("stream", "false").lower() not in ("false", ""):
+        raise BadRequest("Streamed image edits are not supported; leave 'stream' out.", param="stream")
+    compression = _form_int(form, "output_compression")
+    if compression is not None and not 0 <= compression <= 100:
+        raise BadRequest("'output_compression' must be from 0 to 100.", param="output_compression")
+    chosen = {field: form.get(field) for field in options}
+    text_tokens = pricing.prompt_tokens_upper_estimate(text.encode()) if text else 0
+    most_prompt = text_tokens + len(uploads) * IMAGE_INPUT_TOKENS_MAX
+    model = form.get("model") or DEFAULT_IMAGE_MODEL
+    user = _user(form.get("user"))
+    return _image_head(
+        model, text if prompt else None, _form_int(form, "n"), form.get("size"), chosen, user, _NONE, most_prompt
+    )
+
+
+def image_edit(body: bytes) -> RequestHead:
+    """An image edit (`POST /v1/images/edits`): `image` (or several as `image[]`), an optional
+    `mask`, a `prompt`, and generation's options."""
+    return _image_upload(body, _EDIT_FILES, _EDIT_OPTIONS, prompt=True)
+
+
+def image_variation(body: bytes) -> RequestHead:
+    """An image variation (`POST /v1/images/variations`, DALL·E 2's): one `image`, no prompt."""
+    return _image_upload(body, ("image",), _VARIATION_OPTIONS, prompt=False)
 
 
 _speech = msgspec.json.Decoder(SpeechRequest)

@@ -219,6 +219,34 @@ AUDIO_UPLOADS: list[tuple[str, str]] = [
 ]
 SPEECH_PATH = "/v1/audio/speech"
 
+_IMAGE_FILE: dict[str, Any] = {"type": "string", "format": "binary", "description": "A PNG, JPEG or WebP image"}
+_IMAGE_COMMON: dict[str, Any] = {
+    "image": _IMAGE_FILE,
+    "model": {"type": "string"},
+    "n": {"type": "integer", "minimum": 1, "maximum": h.IMAGES_MAX},
+    "size": {"type": "string", "pattern": r"^(auto|[1-9][0-9]{0,3}x[1-9][0-9]{0,3})$"},
+    "response_format": {"type": "string", "enum": ["url", "b64_json"]},
+    "user": {"type": "string"},
+}
+_IMAGE_EDIT: dict[str, Any] = {
+    "type": "object",
+    "required": ["image", "prompt"],
+    "properties": {
+        **_IMAGE_COMMON,
+        "mask": {**_IMAGE_FILE, "description": "A PNG whose transparent areas mark where to edit"},
+        "prompt": {"type": "string", "minLength": 1, "maxLength": h.IMAGE_PROMPT_MAX},
+        "quality": {"type": "string", "enum": ["auto", "standard", "hd", "low", "medium", "high"]},
+        "background": {"type": "string", "enum": ["auto", "transparent", "opaque"]},
+        "output_format": {"type": "string", "enum": ["png", "jpeg", "webp"]},
+    },
+}
+_IMAGE_VARIATION: dict[str, Any] = {"type": "object", "required": ["image"], "properties": _IMAGE_COMMON}
+# multipart/form-data image uploads (bounded by general_settings.max_image_upload_bytes), answered as generation is
+IMAGE_UPLOADS: list[tuple[str, str, dict[str, Any]]] = [
+    ("/v1/images/edits", "Images edited from uploaded ones and a prompt; billed as generation is", _IMAGE_EDIT),
+    ("/v1/images/variations", "Variations of an uploaded image (DALL·E 2); billed as generation is", _IMAGE_VARIATION),
+]
+
 
 def _audio_paths(paths: dict[str, dict[str, Any]], speech_ref: dict[str, Any]) -> None:
     errors = {
@@ -243,6 +271,22 @@ def _audio_paths(paths: dict[str, dict[str, Any]], speech_ref: dict[str, Any]) -
                     },
                     "413": {
                         "description": "The upload is past general_settings.max_audio_bytes",
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+                    },
+                    **errors,
+                },
+            }
+        }
+    for path, summary, schema in IMAGE_UPLOADS:
+        paths[path] = {
+            "post": {
+                "summary": summary,
+                "security": [{"bearer": []}],
+                "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}},
+                "responses": {
+                    "200": {"description": "OpenAI's image answer", "content": {"application/json": {"schema": {}}}},
+                    "413": {
+                        "description": "The upload is past general_settings.max_image_upload_bytes",
                         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
                     },
                     **errors,

@@ -44,6 +44,8 @@ log = logging.getLogger("meterway.proxy")
 HeadDecoder = Callable[[bytes], RequestHead]
 # audio uploads: their body (the file and its form fields) is bound by `max_audio_bytes` instead
 UPLOADS = frozenset({Api.TRANSCRIPTIONS, Api.TRANSLATIONS})
+# image uploads (edits, variations): bound by `max_image_upload_bytes`
+IMAGE_UPLOADS = frozenset({Api.IMAGE_EDITS, Api.IMAGE_VARIATIONS})
 
 
 async def handle(services: Services, api: Api, decode: HeadDecoder, scope: Scope, receive: Receive, send: Send) -> None:
@@ -64,7 +66,11 @@ async def handle(services: Services, api: Api, decode: HeadDecoder, scope: Scope
             bearer_token(incoming.authorization, incoming.x_api_key, incoming.api_key)
         )
         ctx.principal = principal
-        limit = services.settings.max_audio_bytes if api in UPLOADS else services.settings.max_body_bytes
+        limit = services.settings.max_body_bytes
+        if api in UPLOADS:
+            limit = services.settings.max_audio_bytes
+        elif api in IMAGE_UPLOADS:
+            limit = services.settings.max_image_upload_bytes
         body = await read_body(receive, incoming, limit)
         head = decode(body)
         settings = services.settings

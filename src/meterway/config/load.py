@@ -32,6 +32,7 @@ from meterway.config.settings import (
     DEFAULT_DATABASE_URL,
     DEFAULT_MAX_AUDIO_BYTES,
     DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_IMAGE_UPLOAD_BYTES,
     DEFAULT_MAX_UPSTREAM_BODY_BYTES,
     DEFAULT_MAX_UPSTREAM_EVENT_BYTES,
     DEFAULT_TIMEOUT_S,
@@ -103,6 +104,7 @@ GENERAL = {
     "max_upstream_event_bytes",
     "max_upstream_body_bytes",
     "max_audio_bytes",
+    "max_image_upload_bytes",
     "responses_ttl_days",
     "responses_background_max",
     "user_header_name",
@@ -328,6 +330,9 @@ def parse_config(
         general, env, "max_upstream_body_bytes", "METERWAY_MAX_UPSTREAM_BODY_BYTES", DEFAULT_MAX_UPSTREAM_BODY_BYTES
     )
     audio_bytes = _byte_bound(general, env, "max_audio_bytes", "METERWAY_MAX_AUDIO_BYTES", DEFAULT_MAX_AUDIO_BYTES)
+    image_upload_bytes = _byte_bound(
+        general, env, "max_image_upload_bytes", "METERWAY_MAX_IMAGE_UPLOAD_BYTES", DEFAULT_MAX_IMAGE_UPLOAD_BYTES
+    )
 
     ttl_days = general.get("responses_ttl_days")
     responses_ttl_days = (
@@ -403,6 +408,7 @@ def parse_config(
         max_upstream_event_bytes=event_bytes,
         max_upstream_body_bytes=body_bytes,
         max_audio_bytes=audio_bytes,
+        max_image_upload_bytes=image_upload_bytes,
         demo=demo,
         source=source,
         warnings=tuple(warnings),

@@ -28,6 +28,9 @@ DEFAULT_MAX_UPSTREAM_EVENT_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_UPSTREAM_BODY_BYTES = 64 * 1024 * 1024
 # One audio upload (POST /v1/audio/transcriptions, /translations): OpenAI's own bound on the file.
 DEFAULT_MAX_AUDIO_BYTES = 25 * 1024 * 1024
+# One image upload (POST /v1/images/edits, /variations: its images, mask and fields): OpenAI's own
+# bound on gpt-image-1's edits, 50 MB; DALL·E 2's 4 MB images fit well within it.
+DEFAULT_MAX_IMAGE_UPLOAD_BYTES = 50 * 1024 * 1024
 DEFAULT_TIMEOUT_S = 600.0
 DEFAULT_DATABASE_URL = "sqlite:///./meterway.db"
 
@@ -103,6 +106,7 @@ class Settings:
     max_upstream_event_bytes: int = DEFAULT_MAX_UPSTREAM_EVENT_BYTES  # past it a stream ends as an upstream error
     max_upstream_body_bytes: int = DEFAULT_MAX_UPSTREAM_BODY_BYTES  # past it an answer is a 502
     max_audio_bytes: int = DEFAULT_MAX_AUDIO_BYTES  # an audio upload past it is a 413
+    max_image_upload_bytes: int = DEFAULT_MAX_IMAGE_UPLOAD_BYTES  # an image edit's or variation's upload past it: 413
     demo: bool = False
     source: str | None = None  # the config file, for messages
     warnings: tuple[str, ...] = ()

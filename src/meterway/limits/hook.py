@@ -93,6 +93,8 @@ class LimitsHook:
     def _prompt_tokens(self, ctx: RequestContext) -> int:
         if ctx.api in _UPLOADS and ctx.head is not None:
             return -(-ctx.head.units.audio_ms * AUDIO_TOKENS_PER_SECOND // 1000)
+        if ctx.head is not None and ctx.head.prompt_tokens is not None:  # an image upload: its prompt, not its bytes
+            return ctx.head.prompt_tokens
         return pricing.prompt_tokens_upper_estimate(ctx.body)
 
     def _output_cap(self, ctx: RequestContext) -> int:
@@ -138,7 +140,7 @@ class LimitsHook:
 
 _NO_OUTPUT = frozenset({Api.EMBEDDINGS, Api.RERANK, Api.MODERATIONS})  # no output tokens to cap or reserve
 # output tokens reserved (an image's most) but no cap the upstream takes: never clamped, refused
-_NO_CAP = frozenset({Api.IMAGES})
+_NO_CAP = frozenset({Api.IMAGES, Api.IMAGE_EDITS, Api.IMAGE_VARIATIONS})
 _NO_OUTPUT |= {Api.SPEECH}  # speech: billed per input character, its audio is no tokens
 # An audio upload's prompt, where a model bills it in tokens (gpt-4o-transcribe): at most this many
 # a second of its most audio (OpenAI counts about 10), not its bytes, which would reserve thousands of times more.

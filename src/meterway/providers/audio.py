@@ -110,7 +110,7 @@ def parse_form(body: bytes) -> list[Part]:
     preamble), so the form is read from the bytes alone; anything else is the client's error."""
     first = body[: MAX_BOUNDARY + 4].split(b"\r\n", 1)[0]
     if not first.startswith(b"--") or len(first) < 3 or len(first) > MAX_BOUNDARY + 2 or b"\r\n" not in body:
-        raise BadRequest("The request body must be multipart/form-data (an audio file and its fields).")
+        raise BadRequest("The request body must be multipart/form-data (a file and its fields).")
     # imported here: only uploads need it, and a gateway that takes none never loads it
     from python_multipart.exceptions import MultipartParseError
     from python_multipart.multipart import MultipartParser
@@ -138,9 +138,12 @@ def upload(parts: list[Part]) -> Part | None:
 
 
 def form_body(parts: list[Part], model: str) -> tuple[bytes, str]:
-    """The form for the upstream, with its model name in `model`, and its Content-Type."""
+    """The form for the upstream, with its model name in `model` (added where the client left it
+    out and the gateway routed to a default), and its Content-Type."""
     boundary = "meterway-" + os.urandom(12).hex()
     out = io.BytesIO()
+    if not any(p.name == "model" and p.filename is None for p in parts):
+        parts = [*parts, Part("model", model.encode())]
     for p in parts:
         data = model.encode() if p.name == "model" and p.filename is None else p.data
         disposition = f'form-data; name="{_quoted(p.name)}"'

@@ -8,7 +8,8 @@ The Responses API lives apart from the deployments, in Azure's v1 API (`/openai/
 no api-version): its body's `model` names the deployment, which the OpenAI provider writes there
 anyway (the upstream model of `azure/<deployment>` is the deployment's name).
 
-Image generation is a deployment's route as chat is (`/openai/deployments/{d}/images/generations`).
+Image generation is a deployment's route as chat is (`/openai/deployments/{d}/images/generations`),
+and so are image edits (`/images/edits`, a multipart upload rebuilt with the deployment's name).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from meterway.providers.openai import PATHS, RESPONSES_PATH, OpenAIProvider
 DEFAULT_API_VERSION = "2024-10-21"  # the latest generally available data-plane version
 
 ENDPOINT = Endpoint(
-    {**PATHS, Api.IMAGES: "/images/generations"},  # images: DALL·E and gpt-image-1 deployments
+    # images: DALL·E and gpt-image-1 deployments; edits on gpt-image-1's (Azure has no variations)
+    {**PATHS, Api.IMAGES: "/images/generations", Api.IMAGE_EDITS: "/images/edits"},
     root="/openai/deployments/{model}",
     auth=("api-key", ""),
     query={"api-version": "{api_version}"},

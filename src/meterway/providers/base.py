@@ -35,6 +35,8 @@ class Api(enum.Enum):
     MODERATIONS = "moderations"  # OpenAI's moderations (POST /v1/moderations)
     # images
     IMAGES = "images"  # OpenAI's image generation (POST /v1/images/generations)
+    IMAGE_EDITS = "image_edits"  # POST /v1/images/edits: a multipart upload of images (and a mask) and a prompt
+    IMAGE_VARIATIONS = "image_variations"  # POST /v1/images/variations: a multipart upload of one image
     # audio (OpenAI's): a multipart upload in, text out; and JSON in, audio bytes out
     TRANSCRIPTIONS = "transcriptions"  # POST /v1/audio/transcriptions
     TRANSLATIONS = "translations"  # POST /v1/audio/translations
@@ -112,6 +114,9 @@ class RequestHead:
     tags: tuple[str, ...] = ()
     metadata: Mapping[str, Any] | None = None
     units: Units = Units()  # the most units it may be billed (rerank: search units)
+    # the most prompt tokens, where the body is an upload whose bytes are no prompt (an image edit's
+    # text only); None: estimated from the body's bytes
+    prompt_tokens: int | None = None
 
 
 @dataclass(slots=True)

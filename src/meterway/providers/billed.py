@@ -56,6 +56,8 @@ def body_with_usage(api: Api, body: bytes, usage: Usage) -> bytes:
         Api.RERANK,
         Api.MODERATIONS,
         Api.IMAGES,
+        Api.IMAGE_EDITS,
+        Api.IMAGE_VARIATIONS,
     ):  # their usage is their own shape
         return body
     if api is Api.MESSAGES:

@@ -140,6 +140,21 @@ def _images(body: dict[str, Any]) -> dict[str, Any]:
     return {"created": int(time.time()), "data": [{**image, "revised_prompt": prompt}] * int(n)}
 
 
+def _image_upload(body: bytes) -> dict[str, Any]:
+    """An edit or a variation, answered as generation is: its colour picked by the prompt and the
+    uploaded image together, so a different image or prompt gives a different picture."""
+    parts = audio.parse_form(body)
+    form = audio.fields(parts)
+    seed = b"".join(p.data for p in parts if p.filename is not None) + form.get("prompt", "").encode()
+    asked: dict[str, Any] = {"prompt": hashlib.sha256(seed).hexdigest()[:16], "n": int(form.get("n") or 1)}
+    if "response_format" in form:
+        asked["response_format"] = form["response_format"]
+    answer = _images(asked)
+    kept = {"revised_prompt": form["prompt"]} if "prompt" in form else {}
+    answer["data"] = [{**{k: v for k, v in d.items() if k != "revised_prompt"}, **kept} for d in answer["data"]]
+    return answer
+
+
 # ---------------------------------------------------------------- audio
 
 TRANSCRIPT = "This is the meterway demo model transcribing."
@@ -254,6 +269,8 @@ class MockUpstream:
     def _answer(self, api: Api, request: UpstreamRequest) -> MockAnswer:
         if api in (Api.TRANSCRIPTIONS, Api.TRANSLATIONS):
             return _transcription(request.body)
+        if api in (Api.IMAGE_EDITS, Api.IMAGE_VARIATIONS):
+            return MockAnswer(orjson.dumps(_image_upload(request.body)))
         body = orjson.loads(request.body)
         if api is Api.SPEECH:
             return _speech(body)

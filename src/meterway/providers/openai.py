@@ -334,6 +334,8 @@ MORE_PATHS: Mapping[Route, str] = {
     Api.RERANK: "/rerank",
     # images
     Api.IMAGES: "/images/generations",
+    Api.IMAGE_EDITS: "/images/edits",
+    Api.IMAGE_VARIATIONS: "/images/variations",
     # audio: OpenAI's transcriptions and translations (multipart uploads) and speech (audio bytes back)
     Api.TRANSCRIPTIONS: "/audio/transcriptions",
     Api.TRANSLATIONS: "/audio/translations",
@@ -344,6 +346,7 @@ MORE_PATHS: Mapping[Route, str] = {
 ENDPOINT = Endpoint({**PATHS, **MORE_PATHS, Api.RESPONSES: RESPONSES_PATH})
 _METERED_STREAMS = (Api.CHAT, Api.COMPLETIONS)
 _UPLOADS = (Api.TRANSCRIPTIONS, Api.TRANSLATIONS)
+_IMAGE_UPLOADS = (Api.IMAGE_EDITS, Api.IMAGE_VARIATIONS)
 
 
 class OpenAIProvider(HttpProvider):
@@ -373,9 +376,10 @@ class OpenAIProvider(HttpProvider):
         return call.api, self.upstream_body(call)
 
     def build_request(self, call: Call) -> UpstreamRequest:
-        """Audio's requests: an upload goes as the client's form rebuilt with the upstream's model
-        name (`providers.audio.form_body`); speech's answer is always relayed as a stream of bytes."""
-        if call.api in _UPLOADS:
+        """Uploads (audio's, image edits' and variations'): the client's form rebuilt with the
+        upstream's model name (`providers.audio.form_body`); speech's answer is always relayed as a
+        stream of bytes."""
+        if call.api in _UPLOADS or call.api in _IMAGE_UPLOADS:
             body, content_type = audio.form_body(audio.parse_form(call.body), self.upstream_model)
             headers = {**self.headers, "Content-Type": content_type}
             return UpstreamRequest(self.endpoint.method, self.urls[call.api], headers, body, call.head.stream)
@@ -396,8 +400,11 @@ class OpenAIProvider(HttpProvider):
             _object(self.label, body)
             return Parsed(body, Usage())
         # images
-        if call.api is Api.IMAGES:  # relayed as it came; its images, pixels and tokens read for the ledger
-            drawn = images.usage(_object(self.label, body), decode_object(call.body))
+        if call.api is Api.IMAGES or call.api in _IMAGE_UPLOADS:  # relayed as it came, read for the ledger
+            asked = (
+                audio.fields(audio.parse_form(call.body)) if call.api in _IMAGE_UPLOADS else decode_object(call.body)
+            )
+            drawn = images.usage(_object(self.label, body), asked)
             if drawn is None:
                 raise unreadable(self.label, body)
             return Parsed(body, drawn)

@@ -43,6 +43,8 @@ OPERATION = {
     Api.RERANK: "rerank",
     Api.MODERATIONS: "moderation",
     Api.IMAGES: "image_generation",
+    Api.IMAGE_EDITS: "image_edit",
+    Api.IMAGE_VARIATIONS: "image_variation",
     Api.TRANSCRIPTIONS: "transcription",
     Api.TRANSLATIONS: "translation",
     Api.SPEECH: "speech",
