@@ -127,8 +127,15 @@ COLUMNS: Mapping[str, tuple[str, ...]] = {
         "team_id",
         "end_user",
         "status",
+        "response",
+        "messages",
     ),
 }
+# Columns read only when small: what a request's units are read from (an image answer's `data`, a
+# transcription's `duration`, a speech's input), stored by LiteLLM only with
+# `store_prompts_in_spend_logs`; a larger one (base64 images) is read as NULL, its units unknown.
+_SMALL_ONLY = frozenset({"response", "messages"})
+SMALL_BYTES = 65_536
 # Tables without which there is nothing to import; the others may be absent (older releases).
 REQUIRED = ("LiteLLM_VerificationToken",)
 SPEND_LOGS = "LiteLLM_SpendLogs"
@@ -161,7 +168,16 @@ class LiteLLMSource:
 
     def _select(self, table: str) -> str:
         have = self._present[table]
-        parts = [f'"{c}"' if c in have else f'NULL AS "{c}"' for c in COLUMNS[table]]
+        parts = [
+            (
+                f'CASE WHEN octet_length("{c}"::text) <= {SMALL_BYTES} THEN "{c}" END AS "{c}"'
+                if c in _SMALL_ONLY
+                else f'"{c}"'
+            )
+            if c in have
+            else f'NULL AS "{c}"'
+            for c in COLUMNS[table]
+        ]
         return f'SELECT {", ".join(parts)} FROM "{table}"'
 
     async def _fetch(self, sql: str, *args: Any) -> list[dict[str, Any]]:

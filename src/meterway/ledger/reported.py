@@ -270,7 +270,7 @@ def _litellm(f: _Fields) -> Reported:
     requester = meta.mapping("requester_metadata") or {}
     usage = _usage_details(Usage(prompt, completion, total), meta.raw.get("usage_object") or hidden.get("usage_object"))
     endpoint = endpoint_of(call_type)
-    unbelieved = _read_units(usage, endpoint, f.raw)
+    unbelieved = read_units(usage, endpoint, f.raw)
     cache_hit = f.raw.get("cache_hit")
     return Reported(
         format="litellm",
@@ -310,7 +310,7 @@ def _litellm(f: _Fields) -> Reported:
     )
 
 
-def _read_units(usage: Usage, endpoint: str, raw: Mapping[str, Any]) -> bool:
+def read_units(usage: Usage, endpoint: str, raw: Mapping[str, Any]) -> bool:
     """The units a StandardLoggingPayload carries for its endpoint, set on `usage`, read where
     LiteLLM puts them: a rerank's `response.meta.billed_units.search_units` (Cohere's), an image
     answer's `response.data` (else the request's `model_parameters.n`) and its size
@@ -318,7 +318,8 @@ def _read_units(usage: Usage, endpoint: str, raw: Mapping[str, Any]) -> bool:
     (or gpt-4o-transcribe's `response.usage.seconds`), a speech request's input, which LiteLLM
     logs as the one user message of `messages`. Absent figures are 0 (the cost LiteLLM reported
     stands; without one such a row costs its tokens only). Returns whether a figure was there but
-    not believed (see `MOST_QUERIES`)."""
+    not believed (see `MOST_QUERIES`). The importer reads a spend log's `response` and `messages`
+    with it, which LiteLLM fills the same way when it stores them."""
     response = raw.get("response")
     response = response if isinstance(response, Mapping) else {}
     params = raw.get("model_parameters")
