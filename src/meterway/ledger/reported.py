@@ -80,6 +80,10 @@ _ENDPOINTS = {
     "speech": "speech",
     "aspeech": "speech",
 }
+# LiteLLM's call types whose payload (or stored spend log) carries units (`read_units`)
+UNIT_CALL_TYPES = tuple(
+    sorted(c for c, e in _ENDPOINTS.items() if e in ("rerank", "images", "image_edits", "transcriptions", "speech"))
+)
 # The most of each unit one reported request is believed to have used: a figure beyond it (or one
 # that is no whole, non-negative number) is no count of one request's use, so it is not recorded
 # and the row is flagged `usage_invalid`, as the gateway does with an upstream's garbled usage.
