@@ -577,3 +577,63 @@ def test_with_database_url_a_config_that_does_not_load_stops_only_the_stored_mod
     # everything else needs no key of the config's
     assert main([*args, "--without-models"]) == 0
     assert f"spend logs: {LOGS + 1} found, imported {LOGS}" in capsys.readouterr().out
+
+
+def test_imported_image_audio_speech_and_rerank_logs_land_under_their_endpoints_with_their_units(
+    second_pg_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """LiteLLM stores a request's response and input in its spend log with
+    `store_prompts_in_spend_logs`: the units are read from them as from its logging payload; a
+    response too large to read (base64 images) leaves them unknown, and a log without one has none."""
+    import sqlite3
+
+    logs = [
+        ("img-1", "aimage_generation", {"created": 1, "data": [{"url": "u1"}, {"url": "u2"}]}, {}),
+        ("img-big", "aimage_generation", {"data": [{"b64_json": "A" * 100_000}]}, {}),
+        ("edit-1", "aimage_edit", {"data": [{"url": "u1"}]}, {}),
+        ("stt-1", "atranscription", {"text": "hi", "duration": 3.5}, {}),
+        ("tts-1", "aspeech", {"object": "binary"}, [{"role": "user", "content": "Hello there"}]),
+        ("rr-1", "arerank", {"meta": {"billed_units": {"search_units": 2}}}, {}),
+        ("rr-plain", "arerank", {}, {}),
+        ("mod-1", "amoderation", {}, {}),
+        ("bad-1", "atranscription", {"duration": -4}, {}),
+    ]
+
+    async def fill() -> None:
+        await create_litellm_database(second_pg_url)
+        conn = await asyncpg.connect(second_pg_url)
+        try:
+            await conn.executemany(
+                'INSERT INTO "LiteLLM_SpendLogs" (request_id, call_type, api_key, spend, total_tokens, '
+                'prompt_tokens, completion_tokens, "startTime", "endTime", model, model_group, status, metadata, '
+                "response, messages) VALUES ($1, $2, '', 0.01, 0, 0, 0, $3, $3, 'm', 'm', 'success', '{}', $4, $5)",
+                [
+                    (rid, call, NOW - timedelta(hours=1), orjson.dumps(resp).decode(), orjson.dumps(msgs).decode())
+                    for rid, call, resp, msgs in logs
+                ],
+            )
+        finally:
+            await conn.close()
+
+    asyncio.run(fill())
+    target = f"sqlite:///{tmp_path}/meterway.db"
+    _import(second_pg_url, target, capsys, "--without-models")
+    with sqlite3.connect(tmp_path / "meterway.db") as db:
+        got = {
+            r[0]: r[1:]
+            for r in db.execute(
+                "SELECT request_id, endpoint, queries, images, audio_ms, characters, flags, cost FROM mw_ledger"
+            )
+        }
+    cost = 100_000_000  # LiteLLM's 0.01 USD, as it charged
+    assert got == {
+        "img-1": ("images", 0, 2, 0, 0, None, cost),
+        "img-big": ("images", 0, 0, 0, 0, None, cost),
+        "edit-1": ("image_edits", 0, 1, 0, 0, None, cost),
+        "stt-1": ("transcriptions", 0, 0, 3500, 0, None, cost),
+        "tts-1": ("speech", 0, 0, 0, 11, None, cost),
+        "rr-1": ("rerank", 2, 0, 0, 0, None, cost),
+        "rr-plain": ("rerank", 0, 0, 0, 0, None, cost),
+        "mod-1": ("moderations", 0, 0, 0, 0, None, cost),
+        "bad-1": ("transcriptions", 0, 0, 0, 0, "usage_invalid", cost),
+    }

@@ -279,3 +279,23 @@ def test_client_metadata_cannot_forge_who_a_row_is_attributed_to(traffic: Runnin
     assert psql(
         pg_url, """SELECT count(*) FROM "LiteLLM_SpendLogs" WHERE metadata->>'user_api_key_team_id' = 'victim'"""
     )[1] == ["0"]
+
+
+def test_litellm_call_types_reported_to_the_webhook_read_back_the_same_from_the_view(
+    upstream: StandIn, pg_url: str
+) -> None:
+    """SQL filtering on LiteLLM's call types finds the images, audio, speech, rerank and moderation
+    requests a LiteLLM proxy reported, under the names it reported them with."""
+    call_types = ["aimage_generation", "aimage_edit", "atranscription", "aspeech", "arerank", "amoderation"]
+    config = {"model_list": [priced(upstream.base_url)], "general_settings": {"database_url": pg_url}}
+    with run_gateway(config) as gw:
+        events = [
+            {"id": f"ct-{c}", "call_type": c, "model": "m", "prompt_tokens": 0, "completion_tokens": 0}
+            for c in call_types
+        ]
+        r = httpx.post(gw.url + "/webhooks/usage", json=events, headers={"Authorization": f"Bearer {gw.key}"})
+        assert r.status_code == 200, r.text
+    _header, *rows = psql(pg_url, 'SELECT request_id, call_type FROM "LiteLLM_SpendLogs" ORDER BY request_id')
+    assert sorted(rows) == sorted([f"ct-{c}", c] for c in call_types)
+    media = "SELECT count(*) FROM \"LiteLLM_SpendLogs\" WHERE call_type IN ('aimage_generation', 'aspeech')"
+    assert psql(pg_url, media)[1] == ["2"]

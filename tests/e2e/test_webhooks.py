@@ -182,6 +182,11 @@ def webhook_rows(gw: RunningGateway) -> list[dict[str, Any]]:
         "tags",
         "metadata",
         "ended_at",
+        "queries",
+        "images",
+        "audio_ms",
+        "characters",
+        "flags",
     ]
     found = sql(gw, f"SELECT {', '.join(columns)} FROM mw_ledger WHERE source = 'webhook' ORDER BY id")
     return [dict(zip(columns, row, strict=True)) for row in found]
@@ -365,6 +370,172 @@ def test_litellm_generic_logger_usage_is_stored_and_billed_to_its_end_user(
         settled(gw)
         assert lago.transaction_ids() == [uid_for(sent["id"])]
         assert lago.events[0].external_subscription_id == "acme"
+
+
+UNITS_CHILD = r"""
+import asyncio, http.server, io, json, sys, threading
+import litellm
+from litellm.integrations.generic_api.generic_api_callback import GenericAPILogger
+litellm.telemetry = False
+litellm.suppress_debug_info = True
+
+class Upstream(http.server.BaseHTTPRequestHandler):
+    # OpenAI's and Cohere's answers, as the real services give them
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        if self.path.endswith("/audio/speech"):
+            body, kind = b"ID3\x00mp3", "audio/mpeg"
+        else:
+            kind = "application/json"
+            body = json.dumps({
+                "/v1/images/generations": {"created": 1, "data": [{"url": "https://x/1.png"}, {"url": "https://x/2.png"}]},
+                "/v1/audio/transcriptions": {"text": "hello", "language": "en", "duration": 3.5},
+                "/v2/rerank": {"id": "r-1", "results": [{"index": 1, "relevance_score": 0.9}],
+                               "meta": {"billed_units": {"search_units": 2}}},
+            }[self.path.replace("/v1/rerank", "/v2/rerank")]).encode()
+        self.send_response(200)
+        self.send_header("content-type", kind)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+async def main(endpoint, secret):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_port}"
+    logger = GenericAPILogger(endpoint=endpoint, headers={"X-Webhook-Secret": secret})
+    litellm.callbacks = [logger]
+    meta = {"user_api_key_end_user_id": "acme"}
+    ids = {}
+    r = await litellm.aimage_generation(model="openai/dall-e-3", prompt="a lighthouse", n=2, size="1024x1024",
+                                        api_base=base + "/v1", api_key="sk-x", metadata=meta)
+    audio = io.BytesIO(b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(64))
+    audio.name = "note.wav"
+    await litellm.atranscription(model="openai/whisper-1", file=audio, api_base=base + "/v1", api_key="sk-x",
+                                 metadata=meta)
+    await litellm.aspeech(model="openai/tts-1", input="Hello from the gateway", voice="alloy",
+                          api_base=base + "/v1", api_key="sk-x", metadata=meta)
+    await litellm.arerank(model="cohere/rerank-english-v3.0", query="which", documents=["a", "b", "c"],
+                          api_base=base, api_key="sk-x", metadata=meta)
+    for _ in range(200):
+        if len(logger.log_queue) >= 4:
+            break
+        await asyncio.sleep(0.05)
+    queued = len(logger.log_queue)
+    await logger.async_send_batch()
+    server.shutdown()
+    print(json.dumps({"queued": queued}))
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+def test_litellm_image_transcription_speech_and_rerank_reports_carry_their_units(
+    lago: LagoStandIn, upstream: StandIn
+) -> None:
+    """LiteLLM's generic API logger, after real calls to OpenAI- and Cohere-shaped answers: each
+    row lands under meterway's endpoint with the units LiteLLM's payload carries."""
+    with run_gateway(config(lago, upstream)) as gw:
+        env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_TELEMETRY": "False"}
+        done = subprocess.run(
+            [sys.executable, "-c", UNITS_CHILD, gw.url + "/webhooks/usage", SECRET],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert orjson.loads(done.stdout.strip().splitlines()[-1])["queued"] == 4
+        rows = {row["endpoint"]: row for row in webhook_rows(gw)}
+        assert sorted(rows) == ["images", "rerank", "speech", "transcriptions"]
+        units = {e: (r["queries"], r["images"], r["audio_ms"], r["characters"]) for e, r in rows.items()}
+        assert units == {
+            "images": (0, 2, 0, 0),
+            "transcriptions": (0, 0, 3500, 0),
+            "speech": (0, 0, 0, 22),  # "Hello from the gateway"
+            "rerank": (2, 0, 0, 0),
+        }
+        assert all(r["flags"] is None and r["customer_id"] == "acme" for r in rows.values())
+        # LiteLLM's own response_cost stands: whisper-1 at 0.0001 USD a second, tts-1 0.000015 a
+        # character (LiteLLM counts 19, leaving out spaces; the row counts the input as the gateway does)
+        assert rows["transcriptions"]["cost"] == 3_500_000 and rows["speech"]["cost"] == 2_850_000
+
+
+def test_units_are_priced_here_when_litellm_could_not_and_unbelievable_ones_are_flagged(
+    lago: LagoStandIn, upstream: StandIn
+) -> None:
+    unpriced = {"response_cost": 0.0, "response_cost_failure_debug_info": {"error_str": "model not mapped"}}
+    zero = {
+        "prompt_tokens": 0,
+        "completion_tokens": 0,
+        "total_tokens": 0,
+        "metadata": {},
+        "model_group": None,
+        "hidden_params": {},
+    }
+    events = [
+        standard_logging_payload(
+            id="img-1", call_type="aimage_generation", model="dall-e-2", model_parameters={"n": 2}, response={}
+        ),
+        standard_logging_payload(
+            id="stt-1", call_type="atranscription", model="whisper-1", response={"text": "hi", "duration": 3.5}
+        ),
+        standard_logging_payload(
+            id="tts-1",
+            call_type="aspeech",
+            model="tts-1",
+            messages=[{"role": "user", "content": "x" * 18}],
+            response={"object": "binary", "content_type": "audio/mpeg", "num_bytes": 4},
+        ),
+        standard_logging_payload(
+            id="rr-1",
+            call_type="arerank",
+            model="rerank-english-v3.0",
+            response={"meta": {"billed_units": {"search_units": 2}}},
+        ),
+        standard_logging_payload(
+            id="bad-1",
+            call_type="aimage_generation",
+            model="dall-e-2",
+            model_parameters={"n": 10**9},
+            response={"data": None},
+        ),
+        standard_logging_payload(
+            id="bad-2", call_type="atranscription", model="whisper-1", response={"duration": "3.5"}
+        ),
+        standard_logging_payload(
+            id="redacted-1",
+            call_type="aspeech",
+            model="tts-1",
+            messages=[{"role": "user", "content": "redacted by litellm. 'litellm.turn_off_message_logging=True'"}],
+        ),
+    ]
+    with run_gateway(config(lago, upstream)) as gw:
+        r = post(gw, [{**event, **unpriced, **zero} for event in events])
+        assert r.status_code == 200, r.text
+        rows = {row["request_id"]: row for row in webhook_rows(gw)}
+        got = {
+            rid: (row["endpoint"], row["queries"], row["images"], row["audio_ms"], row["characters"], row["cost"])
+            for rid, row in rows.items()
+        }
+        # the bundled prices: dall-e-2 0.02 USD an image, whisper-1 0.0001 a second, tts-1 0.000015 a
+        # character, rerank-english-v3.0 0.002 a search unit
+        assert got == {
+            "img-1": ("images", 0, 2, 0, 0, 400_000_000),
+            "stt-1": ("transcriptions", 0, 0, 3500, 0, 3_500_000),
+            "tts-1": ("speech", 0, 0, 0, 18, 2_700_000),
+            "rr-1": ("rerank", 2, 0, 0, 0, 40_000_000),
+            "bad-1": ("images", 0, 0, 0, 0, 0),
+            "bad-2": ("transcriptions", 0, 0, 0, 0, 0),
+            "redacted-1": ("speech", 0, 0, 0, 0, 0),
+        }
+        assert {rid: row["flags"] for rid, row in rows.items() if row["flags"]} == {
+            "bad-1": "usage_invalid",
+            "bad-2": "usage_invalid",
+        }
 
 
 def test_standard_logging_payloads_map_end_user_key_team_tokens_and_cost(lago: LagoStandIn, upstream: StandIn) -> None:

@@ -247,3 +247,73 @@ def test_0013_adds_the_units_to_the_ledger_and_rollup_and_takes_them_away_again(
         assert asyncio.run(read(call_type)) == [("rerank",)]  # 0012's view again
     alembic("upgrade", "head")
     assert _drift(url) == []
+
+
+def test_0014_names_the_images_and_audio_endpoints_as_litellm_call_types_and_0013_names_them_again(
+    pg_url: str,
+) -> None:
+    """SQL written against LiteLLM's spend logs filters on its call types: after 0014 the view reads
+    the images and audio endpoints as LiteLLM names them; a downgrade restores 0013's view."""
+    from alembic import command
+    from alembic.config import Config
+
+    from meterway.store.migrate import MIGRATIONS
+
+    def alembic(action: str, target: str) -> None:
+        def run(connection: sa.Connection) -> None:
+            config = Config()
+            config.set_main_option("script_location", str(MIGRATIONS))
+            config.attributes["connection"] = connection
+            getattr(command, action)(config, target)
+
+        async def go() -> None:
+            engine = create_engine(parse(pg_url))
+            try:
+                async with engine.begin() as conn:
+                    await conn.run_sync(run)
+            finally:
+                await engine.dispose()
+
+        asyncio.run(go())
+
+    async def read(query: str) -> list[Any]:
+        engine = create_engine(parse(pg_url))
+        try:
+            async with engine.begin() as conn:
+                return list(await conn.execute(sa.text(query)))
+        finally:
+            await engine.dispose()
+
+    endpoints = {
+        "images": "aimage_generation",
+        "image_edits": "aimage_edit",
+        "images_edit": "aimage_edit",
+        "image_variations": "aimage_generation",
+        "transcriptions": "atranscription",
+        "translations": "atranscription",
+        "speech": "aspeech",
+        "rerank": "arerank",
+        "moderations": "amoderation",
+        "chat": "acompletion",
+        "batches": "batches",
+    }
+    alembic("upgrade", "0013")
+    for i, endpoint in enumerate(endpoints):
+        asyncio.run(
+            read(
+                "INSERT INTO mw_ledger (request_id, started_at, ended_at, endpoint, stream, prompt_tokens, "
+                "completion_tokens, cached_tokens, cache_write_tokens, reasoning_tokens, total_tokens, "
+                "tokens_estimated, status, http_status, latency_ms, tags, metadata, source, attempts, cache_hit) "
+                f"VALUES ('r-{i}', '2026-12-01 00:00:00+00', '2026-12-01 00:00:01+00', '{endpoint}', false, 0, 0, "
+                "0, 0, 0, 0, false, 'success', 200, 1.0, '[]', '{}', 'gateway', 1, false) RETURNING 1"
+            )
+        )
+    query = 'SELECT l.endpoint, v.call_type FROM mw_ledger l JOIN "LiteLLM_SpendLogs" v USING (request_id)'
+    before = dict(asyncio.run(read(query)))
+    assert before["images"] == "images" and before["rerank"] == "arerank"  # 0013's view
+    alembic("upgrade", "0014")
+    assert dict(asyncio.run(read(query))) == endpoints
+    alembic("downgrade", "0013")
+    assert dict(asyncio.run(read(query))) == before
+    alembic("upgrade", "head")
+    assert _drift(pg_url) == []

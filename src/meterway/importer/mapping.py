@@ -21,8 +21,10 @@ from meterway import bounds
 from meterway.config.durations import parse_duration
 from meterway.errors import BadRequest
 from meterway.ledger import Entry
-from meterway.ledger.reported import endpoint_of, reported_units, uid_for
+from meterway.ledger.reported import endpoint_of, read_units, reported_units, uid_for
 from meterway.ledger.row import IMPORTED, LedgerRow
+from meterway.ledger.usage_checks import INVALID
+from meterway.providers.base import Usage
 
 ROLES = ("proxy_admin", "proxy_admin_viewer", "internal_user", "internal_user_viewer")
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
@@ -421,13 +423,16 @@ def spend_log(src: SourceRow, aliases: Mapping[str, str]) -> Entry | Skipped:
     if not isinstance(alias, str) or not alias:
         alias = aliases.get(key_id or "")
     cost = reported_units(cost_usd)
+    endpoint = endpoint_of(str(src.get("call_type") or ""))
+    units = Usage()  # where LiteLLM stored the response and input (docs/migrating-from-litellm.md)
+    unbelieved = read_units(units, endpoint, {"response": src.get("response"), "messages": src.get("messages")})
     row = LedgerRow(
         uid=uid_for(request_id),
         source=IMPORTED,
         request_id=request_id,
         started_at=started,
         ended_at=ended,
-        endpoint=endpoint_of(str(src.get("call_type") or "")),
+        endpoint=endpoint,
         key_id=key_id,
         key_alias=alias[:_ID] if alias else None,
         user_id=_text(src.get("user")),
@@ -449,5 +454,10 @@ def spend_log(src: SourceRow, aliases: Mapping[str, str]) -> Entry | Skipped:
         metadata=extra,
         # LiteLLM's spend logs do not say how many upstream attempts a request took: one, by default
         cache_hit=str(src.get("cache_hit") or "").lower() == "true",  # LiteLLM stores "True"/"False"
+        flags=INVALID if unbelieved else None,
+        queries=units.queries,
+        images=units.images,
+        audio_ms=units.audio_ms,
+        characters=units.characters,
     )
     return Entry(row, cost, ())

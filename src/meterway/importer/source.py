@@ -20,6 +20,7 @@ import orjson
 from sqlalchemy.engine import URL
 
 from meterway.errors import MeterwayError
+from meterway.ledger.reported import UNIT_CALL_TYPES
 from meterway.store.url import parse, redact, where
 
 SourceRow = Mapping[str, Any]
@@ -127,8 +128,17 @@ COLUMNS: Mapping[str, tuple[str, ...]] = {
         "team_id",
         "end_user",
         "status",
+        "response",
+        "messages",
     ),
 }
+# Columns read only for the call types with units and only when small: what a request's units are
+# read from (an image answer's `data`, a transcription's `duration`, a speech's input), stored by
+# LiteLLM only with `store_prompts_in_spend_logs`; a chat's prompts are never pulled in, and a
+# larger one (base64 images) is read as NULL, its units unknown.
+_SMALL_ONLY = frozenset({"response", "messages"})
+SMALL_BYTES = 65_536
+_UNIT_CALLS = ", ".join(f"'{c}'" for c in UNIT_CALL_TYPES)
 # Tables without which there is nothing to import; the others may be absent (older releases).
 REQUIRED = ("LiteLLM_VerificationToken",)
 SPEND_LOGS = "LiteLLM_SpendLogs"
@@ -161,7 +171,7 @@ class LiteLLMSource:
 
     def _select(self, table: str) -> str:
         have = self._present[table]
-        parts = [f'"{c}"' if c in have else f'NULL AS "{c}"' for c in COLUMNS[table]]
+        parts = [_column(c, have) for c in COLUMNS[table]]
         return f'SELECT {", ".join(parts)} FROM "{table}"'
 
     async def _fetch(self, sql: str, *args: Any) -> list[dict[str, Any]]:
@@ -212,6 +222,16 @@ class LiteLLMSource:
             yield records
             last = records[-1]
             after = (last["startTime"], last["request_id"])
+
+
+def _column(name: str, have: frozenset[str]) -> str:
+    """One column of a SELECT: NULL where the table lacks it; `_SMALL_ONLY` ones bounded."""
+    if name not in have or (name in _SMALL_ONLY and "call_type" not in have):
+        return f'NULL AS "{name}"'
+    if name in _SMALL_ONLY:
+        small = f'call_type IN ({_UNIT_CALLS}) AND octet_length("{name}"::text) <= {SMALL_BYTES}'
+        return f'CASE WHEN {small} THEN "{name}" END AS "{name}"'
+    return f'"{name}"'
 
 
 def _connect_args(url: URL) -> dict[str, Any]:

@@ -37,6 +37,7 @@ from meterway.errors import BadRequest, Unprocessable
 from meterway.ledger import Entry, pricing
 from meterway.ledger.prices import PriceTable, is_priced
 from meterway.ledger.row import REPORTED, LedgerRow
+from meterway.ledger.usage_checks import INVALID
 from meterway.limits import Budget, SpendTarget
 from meterway.providers.base import Usage
 
@@ -70,7 +71,29 @@ _ENDPOINTS = {
     "arerank": "rerank",
     "moderation": "moderations",
     "amoderation": "moderations",
+    "image_generation": "images",
+    "aimage_generation": "images",
+    "image_edit": "image_edits",
+    "aimage_edit": "image_edits",
+    "transcription": "transcriptions",
+    "atranscription": "transcriptions",
+    "speech": "speech",
+    "aspeech": "speech",
 }
+# LiteLLM's call types whose payload (or stored spend log) carries units (`read_units`)
+UNIT_CALL_TYPES = tuple(
+    sorted(c for c, e in _ENDPOINTS.items() if e in ("rerank", "images", "image_edits", "transcriptions", "speech"))
+)
+# The most of each unit one reported request is believed to have used: a figure beyond it (or one
+# that is no whole, non-negative number) is no count of one request's use, so it is not recorded
+# and the row is flagged `usage_invalid`, as the gateway does with an upstream's garbled usage.
+MOST_QUERIES = 1_000_000  # rerank search units (Cohere bills one per 100 documents)
+MOST_IMAGES = 1_000  # OpenAI allows 10 a request
+MOST_AUDIO_MS = 24 * 3_600_000  # a day of audio (OpenAI takes 25 MB files: minutes to hours)
+MOST_CHARACTERS = 1_000_000  # speech input (OpenAI takes 4,096)
+MOST_PIXELS = 100_000_000  # one image's asked-for size (10,000 x 10,000)
+# what LiteLLM logs instead of the input when `turn_off_message_logging` is set: no speech input
+_REDACTED = "redacted by litellm"
 _HTTP_STATUS = re.compile(r"[1-5]\d\d")
 
 
@@ -100,6 +123,7 @@ class Reported:
     error_type: str | None
     tags: tuple[str, ...]
     metadata: Mapping[str, Any]
+    flags: str | None = None  # what was wrong with the report (`usage_invalid`: a unit not believed)
 
     @property
     def uid(self) -> str:
@@ -249,6 +273,8 @@ def _litellm(f: _Fields) -> Reported:
     hidden = f.mapping("hidden_params") or {}
     requester = meta.mapping("requester_metadata") or {}
     usage = _usage_details(Usage(prompt, completion, total), meta.raw.get("usage_object") or hidden.get("usage_object"))
+    endpoint = endpoint_of(call_type)
+    unbelieved = read_units(usage, endpoint, f.raw)
     cache_hit = f.raw.get("cache_hit")
     return Reported(
         format="litellm",
@@ -256,7 +282,7 @@ def _litellm(f: _Fields) -> Reported:
         started_at=started,
         ended_at=ended,
         ttft_ms=(first - started) * 1000 if first is not None and started <= first <= ended else None,
-        endpoint=endpoint_of(call_type),
+        endpoint=endpoint,
         customer_id=f.text("end_user") or meta.text("user_api_key_end_user_id"),
         user_id=meta.text("user_api_key_user_id"),
         team_id=meta.text("user_api_key_team_id") or meta.text("team_id"),
@@ -284,7 +310,70 @@ def _litellm(f: _Fields) -> Reported:
                 org_id=meta.text("user_api_key_org_id"),
             ),
         },
+        flags=INVALID if unbelieved else None,
     )
+
+
+def read_units(usage: Usage, endpoint: str, raw: Mapping[str, Any]) -> bool:
+    """The units a StandardLoggingPayload carries for its endpoint, set on `usage`, read where
+    LiteLLM puts them: a rerank's `response.meta.billed_units.search_units` (Cohere's), an image
+    answer's `response.data` (else the request's `model_parameters.n`) and its size
+    (`response.size`, for a price per pixel), a transcription's `response.duration` in seconds
+    (or gpt-4o-transcribe's `response.usage.seconds`), a speech request's input, which LiteLLM
+    logs as the one user message of `messages`. Absent figures are 0 (the cost LiteLLM reported
+    stands; without one such a row costs its tokens only). Returns whether a figure was there but
+    not believed (see `MOST_QUERIES`). The importer reads a spend log's `response` and `messages`
+    with it, which LiteLLM fills the same way when it stores them."""
+    response = raw.get("response")
+    response = response if isinstance(response, Mapping) else {}
+    params = raw.get("model_parameters")
+    params = params if isinstance(params, Mapping) else {}
+    bad = False
+
+    def count(value: Any, most: int, scale: int = 1) -> int:
+        nonlocal bad
+        if value is None:
+            return 0
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            bad = True
+            return 0
+        figure = round(value * scale) if scale != 1 else value
+        if value < 0 or figure > most or (scale == 1 and not float(value).is_integer()):
+            bad = True
+            return 0
+        return int(figure)
+
+    if endpoint == "rerank":
+        meta = response.get("meta")
+        billed = meta.get("billed_units") if isinstance(meta, Mapping) else None
+        usage.queries = count(billed.get("search_units") if isinstance(billed, Mapping) else None, MOST_QUERIES)
+    elif endpoint.startswith("image"):
+        data = response.get("data")
+        usage.images = count(len(data), MOST_IMAGES) if isinstance(data, list) else count(params.get("n"), MOST_IMAGES)
+        size = response.get("size") or params.get("size")
+        usage.pixels = _pixels(size) if isinstance(size, str) else 0
+    elif endpoint in ("transcriptions", "translations"):
+        seconds = response.get("duration")
+        reported = response.get("usage")
+        if seconds is None and isinstance(reported, Mapping) and reported.get("type") == "duration":
+            seconds = reported.get("seconds")
+        usage.audio_ms = count(seconds, MOST_AUDIO_MS, scale=1000)
+    elif endpoint == "speech":
+        messages = raw.get("messages")
+        if isinstance(messages, list) and len(messages) == 1 and isinstance(messages[0], Mapping):
+            text = messages[0].get("content")
+            if isinstance(text, str) and not text.startswith(_REDACTED):
+                usage.characters = count(len(text), MOST_CHARACTERS)
+    return bad
+
+
+def _pixels(size: str) -> int:
+    """One image's pixels from its size as OpenAI writes it (`1024x1536`); 0 for `auto` or any other."""
+    width, _, height = size.partition("x")
+    if not (width.isdigit() and height.isdigit() and len(width) <= 5 and len(height) <= 5):
+        return 0
+    pixels = int(width) * int(height)
+    return pixels if pixels <= MOST_PIXELS else 0
 
 
 def _usage_details(usage: Usage, reported: Any) -> Usage:
@@ -440,9 +529,14 @@ class Pricer:
             if is_priced(dep.prices):
                 self._groups.setdefault(dep.model_name, dep.prices)
         self._table = table
-        self._known: dict[tuple[str, str | None], pricing.UnitPrices | None] = {}
+        self._known: dict[tuple[str, str | None], tuple[pricing.UnitPrices, pricing.Rates] | None] = {}
 
     def unit_prices(self, model_group: str, upstream_model: str | None) -> pricing.UnitPrices | None:
+        found = self.prices(model_group, upstream_model)
+        return found[0] if found is not None else None
+
+    def prices(self, model_group: str, upstream_model: str | None) -> tuple[pricing.UnitPrices, pricing.Rates] | None:
+        """Per-token prices and the units' rates (an image, a second of audio...), or None."""
         key = (model_group, upstream_model)
         if key not in self._known:
             if len(self._known) > 10_000:  # names come from outside: keep the memo bounded
@@ -450,7 +544,10 @@ class Pricer:
             prices = self._groups.get(model_group) or self._table.find(
                 *(name for name in (upstream_model, model_group) if name)
             )
-            self._known[key] = pricing.unit_prices(prices) if prices is not None and is_priced(prices) else None
+            priced = prices is not None and is_priced(prices)
+            self._known[key] = (
+                (pricing.unit_prices(prices), pricing.rates(prices)) if prices is not None and priced else None
+            )
         return self._known[key]
 
 
@@ -492,17 +589,17 @@ def reported_units(usd: Decimal) -> int:
 
 def entry_for(reported: Reported, pricer: Pricer, spend: tuple[SpendTarget, ...]) -> Entry:
     """The ledger row of a reported request. A reported cost is taken as it is, with no per-token
-    prices since none were reported; without one, the tokens are priced as a gateway row's
-    would be."""
+    prices since none were reported; without one, the tokens and units are priced as a gateway
+    row's would be. The units are recorded either way (usage reports and Lago's unit metrics)."""
     usage = reported.usage
     unit: pricing.UnitPrices = (None, None, None, None)
     cost: int | None
     if reported.cost_usd is not None:
         cost = reported_units(reported.cost_usd)
     else:
-        found = pricer.unit_prices(reported.model_group, reported.upstream_model)
-        cost = pricing.cost_units(usage, found) if found is not None else None
-        unit = found or unit
+        found = pricer.prices(reported.model_group, reported.upstream_model)
+        cost = pricing.cost_units(usage, *found) if found is not None else None
+        unit = found[0] if found is not None else unit
     row = LedgerRow(
         uid=reported.uid,
         source=REPORTED,
@@ -537,5 +634,10 @@ def entry_for(reported: Reported, pricer: Pricer, spend: tuple[SpendTarget, ...]
         ttft_ms=reported.ttft_ms,
         tags=reported.tags,
         metadata=dict(reported.metadata),
+        flags=reported.flags,
+        queries=usage.queries,
+        images=usage.images,
+        audio_ms=usage.audio_ms,
+        characters=usage.characters,
     )  # one attempt: the reporting proxy's retries are its own
     return Entry(row, cost, spend if cost else ())

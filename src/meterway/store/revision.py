@@ -11,7 +11,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-HEAD = "0013"
+HEAD = "0014"
 
 
 async def current(engine: AsyncEngine) -> str | None:
