@@ -406,6 +406,9 @@ def test_a_form_of_many_parts_is_refused_at_once(gw: RunningGateway, upstream: A
     )
     r = _post_form(gw, body + b"--b0und--\r\n")
     assert r.status_code == 400 and "32 parts" in r.json()["error"]["message"]
+    unnamed = b"".join(b"--b0und\r\nContent-Type: text/plain\r\n\r\n\r\n" for _ in range(1000))
+    r = _post_form(gw, _part("file", CLIP, "clip.wav") + _part("model", b"whisper") + unnamed + b"--b0und--\r\n")
+    assert r.status_code == 400 and "32 parts" in r.json()["error"]["message"]
     long_header = b'--b0und\r\nContent-Disposition: form-data; name="model"\r\nX-Pad: ' + b"a" * 5000 + b"\r\n\r\nw\r\n"
     r = _post_form(gw, _part("file", CLIP, "clip.wav") + long_header + b"--b0und--\r\n")
     assert r.status_code == 400 and "header" in r.json()["error"]["message"]

@@ -56,6 +56,7 @@ class _Collector:
     def __init__(self) -> None:
         self.parts: list[Part] = []
         self._names: set[str] = set()
+        self._begun = 0  # parts begun, named or not
         self._headers: dict[bytes, bytes] = {}
         self._field = b""
         self._value = b""
@@ -72,7 +73,8 @@ class _Collector:
         }
 
     def _begin(self) -> None:
-        if len(self.parts) >= MAX_PARTS or len(self._names) >= MAX_PARTS:
+        self._begun += 1
+        if self._begun > MAX_PARTS:
             raise BadRequest(f"The form has more than {MAX_PARTS} parts.")
         self._headers, self._data = {}, []
 
@@ -101,7 +103,6 @@ class _Collector:
         _, options = parse_options_header(self._headers.get(b"content-disposition", b""))
         name = options.get(b"name")
         if name is None:
-            self._names.add("")  # counted against the bound all the same
             return  # a part without a name is no field of the form
         text = name.decode("utf-8", "replace")
         if text in self._names and not text.endswith(REPEATABLE):
