@@ -9,8 +9,9 @@ once `model` has come, and clients send it after the file as often as before.
 
 A transcription is priced per second of audio: the seconds the upstream reported (`usage` of type
 `duration`, or verbose_json's `duration`), else measured from the file's header (WAV with the
-standard library's `wave`, other formats with mutagen); by tokens where the upstream reported
-tokens (gpt-4o-transcribe). A speech request is priced per character of its `input`.
+standard library's `wave`, other formats with mutagen) where the bytes fit it, else the most the
+file's size may hold, flagged (`billed_ms`): an upload is never free; by tokens where the upstream
+reported tokens (gpt-4o-transcribe). A speech request is priced per character of its `input`.
 """
 
 from __future__ import annotations
