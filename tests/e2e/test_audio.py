@@ -17,16 +17,28 @@ import httpx
 import openai
 import pytest
 
+from meterway.ledger.tokens import TokenCounter
 from meterway.providers import mock
 from tests.e2e.test_rerank_moderations import UNIT, _row
 from tests.lago.standin import LagoStandIn, billing_ready
 from tests.support.gateway import RunningGateway, run_gateway
 from tests.support.wait import eventually
-from tests.upstreams.audio import AUDIO_KEY, AUDIO_TOKENS, TEXT_TOKENS, TRANSCRIPT, AudioStandIn, mp3, speech_bytes, wav
+from tests.upstreams.audio import (
+    AUDIO_KEY,
+    AUDIO_TOKENS,
+    TEXT_TOKENS,
+    TRANSCRIPT,
+    AudioStandIn,
+    forged_mp3,
+    mp3,
+    speech_bytes,
+    wav,
+)
 
 SECOND_PRICE = Decimal("0.0001")  # USD per second of audio, whisper-1's list price ($0.006 a minute)
 CHARACTER_PRICE = Decimal("0.000015")  # USD per character, tts-1's list price ($15 per million)
 TOKEN_PRICES = (Decimal("0.0000025"), Decimal("0.00001"))  # gpt-4o-transcribe's, per input and output token
+TTS_TOKEN_PRICE = Decimal("0.0000006")  # gpt-4o-mini-tts's, per input (text) token
 BOUND = 200_000  # bytes of one upload in this gateway
 CLIP = wav(2.5)  # 2.5 s: the stand-in reports 3 s for whisper-1 (rounded up), the header says 2500 ms
 
@@ -64,7 +76,9 @@ def gw(upstream: AudioStandIn, lago: LagoStandIn) -> Iterator[RunningGateway]:
                 output_cost_per_token=TOKEN_PRICES[1],
             ),
             _model("whisper-broken", "broken", base, input_cost_per_second=SECOND_PRICE),
+            _model("whisper-badusage", "bad-tokens", base, input_cost_per_second=SECOND_PRICE),
             _model("tts", "tts-1", base, input_cost_per_character=CHARACTER_PRICE),
+            _model("mini-tts", "gpt-4o-mini-tts", base, input_cost_per_token=TTS_TOKEN_PRICE),
             {"model_name": "demo", "litellm_params": {"model": "mock/demo"}},
         ],
         "general_settings": {"max_audio_bytes": BOUND},
@@ -320,4 +334,122 @@ def test_a_budget_reserves_the_most_audio_and_characters(gw: RunningGateway) -> 
             c.audio.transcriptions.create(file=("clip.wav", CLIP), model="whisper-selfhosted")
         with pytest.raises(openai.BadRequestError, match="Budget exceeded"):
             c.audio.speech.create(model="tts", voice="alloy", input="x" * 14)
-        assert c.audio.transcriptions.create(file=("clip.wav", wav(1)), model="whisper-selfhosted").text == TRANSCRIPT
+        # a header that reads 27 ms for 150 kB reserves what the bytes may hold (150 s at 8 kbit/s)
+        with pytest.raises(openai.BadRequestError, match="Budget exceeded"):
+            c.audio.transcriptions.create(file=("clip.mp3", forged_mp3(360)), model="whisper-selfhosted")
+        # 1.6 kB: never more than 1.7 s, whatever its header says
+        assert c.audio.transcriptions.create(file=("clip.wav", wav(0.1)), model="whisper-selfhosted").text == TRANSCRIPT
+
+
+def _flags(row: dict[str, Any]) -> list[str]:
+    return (row["flags"] or "").split(",")
+
+
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [
+        ("clip.webm", b"\x1aE\xdf\xa3" + bytes(range(256)) * 40),  # WebM: no header either reader knows
+        ("clip.mp3", forged_mp3(360)),  # its Xing tag says one frame: 27 ms for 150 kB
+    ],
+)
+def test_audio_no_header_can_be_trusted_on_is_billed_at_its_most_and_flagged(
+    gw: RunningGateway, client: openai.OpenAI, name: str, data: bytes
+) -> None:
+    # whisper-1 reports no usage for text, srt and vtt: the file itself is all there is to bill
+    raw = client.audio.transcriptions.with_raw_response.create(
+        file=(name, data), model="whisper", response_format="text"
+    )
+    assert raw.text.strip() == TRANSCRIPT
+    row = _row(gw, raw.headers["x-request-id"])
+    assert row["audio_ms"] == len(data)  # its size at 8 kbit/s: 1 ms a byte
+    assert "audio_estimated" in _flags(row)
+    assert row["cost"] == _units(len(data) * SECOND_PRICE / 1000) and row["cost"] > 0
+
+
+def test_a_readable_header_without_reported_usage_is_billed_unflagged(
+    gw: RunningGateway, client: openai.OpenAI
+) -> None:
+    raw = client.audio.transcriptions.with_raw_response.create(
+        file=("clip.mp3", mp3(100)), model="whisper", response_format="srt"
+    )
+    row = _row(gw, raw.headers["x-request-id"])
+    assert abs(row["audio_ms"] - 2612) < 20 and "audio_estimated" not in _flags(row)
+
+
+def test_token_usage_that_is_no_count_bills_the_audio_and_is_flagged(gw: RunningGateway, client: openai.OpenAI) -> None:
+    raw = client.audio.transcriptions.with_raw_response.create(file=("clip.wav", CLIP), model="whisper-badusage")
+    assert raw.parse().text == TRANSCRIPT
+    row = _row(gw, raw.headers["x-request-id"])
+    assert "usage_invalid" in _flags(row) and row["audio_ms"] == 2500
+    assert row["cost"] == _units(Decimal("2.5") * SECOND_PRICE)
+
+
+def _post_form(gw: RunningGateway, body: bytes, boundary: str = "b0und") -> httpx.Response:
+    return httpx.post(
+        gw.url + "/v1/audio/transcriptions",
+        content=body,
+        headers={"Authorization": f"Bearer {gw.key}", "Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
+
+
+def _part(name: str, data: bytes, filename: str | None = None) -> bytes:
+    disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+    return f"--b0und\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + data + b"\r\n"
+
+
+def test_a_form_of_many_parts_is_refused_at_once(gw: RunningGateway, upstream: AudioStandIn) -> None:
+    before = len(upstream.received)
+    body = (
+        _part("file", CLIP, "clip.wav")
+        + _part("model", b"whisper")
+        + b"".join(_part(f"x{i}", b"") for i in range(1000))
+    )
+    r = _post_form(gw, body + b"--b0und--\r\n")
+    assert r.status_code == 400 and "32 parts" in r.json()["error"]["message"]
+    unnamed = b"".join(b"--b0und\r\nContent-Type: text/plain\r\n\r\n\r\n" for _ in range(1000))
+    r = _post_form(gw, _part("file", CLIP, "clip.wav") + _part("model", b"whisper") + unnamed + b"--b0und--\r\n")
+    assert r.status_code == 400 and "32 parts" in r.json()["error"]["message"]
+    long_header = b'--b0und\r\nContent-Disposition: form-data; name="model"\r\nX-Pad: ' + b"a" * 5000 + b"\r\n\r\nw\r\n"
+    r = _post_form(gw, _part("file", CLIP, "clip.wav") + long_header + b"--b0und--\r\n")
+    assert r.status_code == 400 and "header" in r.json()["error"]["message"]
+    assert len(upstream.received) == before
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        (_part("file", wav(5), "long.wav"), "file"),  # measured one file, the upstream would read the other
+        (_part("model", b"whisper-selfhosted"), "model"),
+        (_part("response_format", b"text"), "response_format"),
+    ],
+)
+def test_a_field_sent_twice_is_a_400_naming_it(
+    gw: RunningGateway, upstream: AudioStandIn, extra: bytes, param: str
+) -> None:
+    before = len(upstream.received)
+    body = _part("file", wav(0.5), "clip.wav") + _part("model", b"whisper") + _part("response_format", b"json")
+    r = _post_form(gw, body + extra + b"--b0und--\r\n")
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == param and param in r.json()["error"]["message"]
+    assert len(upstream.received) == before
+
+
+def test_a_list_field_may_repeat(gw: RunningGateway, client: openai.OpenAI) -> None:
+    raw = client.audio.transcriptions.with_raw_response.create(
+        file=("clip.wav", CLIP),
+        model="whisper",
+        response_format="verbose_json",
+        timestamp_granularities=["word", "segment"],
+    )
+    assert raw.http_response.status_code == 200
+
+
+def test_token_priced_speech_is_billed_its_input_tokens(gw: RunningGateway, client: openai.OpenAI) -> None:
+    text = "Token-priced speech is billed by the tokens of its input."
+    with client.audio.speech.with_streaming_response.create(model="mini-tts", voice="alloy", input=text) as response:
+        rid = response.headers["x-request-id"]
+        assert response.read() == speech_bytes(text)
+    row = _row(gw, rid)
+    counted = TokenCounter().count(text)
+    assert row["characters"] == len(text) and row["prompt_tokens"] == counted > 0
+    assert row["cost"] == _units(counted * TTS_TOKEN_PRICE)

@@ -5,6 +5,7 @@ JSON) and answers as OpenAI does, its usage chosen by the model asked for:
 
 * `whisper-1`: `usage: {type: "duration", seconds}`, the file's WAV duration rounded up to a second;
 * `gpt-4o-transcribe`: token usage (`AUDIO_TOKENS` in, `TEXT_TOKENS` out);
+* `bad-tokens`: token usage whose figures are no counts (`"input_tokens": "12"`);
 * any other model (a self-hosted server): no usage at all;
 * `broken`: a 500 in OpenAI's error format.
 
@@ -45,6 +46,13 @@ def wav(seconds: float, rate: int = 8000) -> bytes:
 def mp3(frames: int) -> bytes:
     """An MP3 of silent frames (MPEG-1 Layer III, 128 kbit/s, 44.1 kHz: 1152 samples, 417 bytes each)."""
     return (bytes.fromhex("FFFB9064") + bytes(413)) * frames
+
+
+def forged_mp3(frames: int) -> bytes:
+    """`mp3(frames)` whose first frame carries a Xing tag claiming the file is one frame (26 ms)."""
+    tag = b"Xing" + (1).to_bytes(4, "big") + (1).to_bytes(4, "big")
+    first = bytes.fromhex("FFFB9064") + bytes(32) + tag
+    return (first + bytes(417 - len(first))) + mp3(frames - 1)
 
 
 def speech_bytes(text: str) -> bytes:
@@ -116,6 +124,8 @@ class AudioStandIn(StandIn):
                 "total_tokens": AUDIO_TOKENS + TEXT_TOKENS,
                 "input_token_details": {"audio_tokens": AUDIO_TOKENS, "text_tokens": 0},
             }
+        elif model == "bad-tokens":
+            answer["usage"] = {"type": "tokens", "input_tokens": "12", "output_tokens": "x", "total_tokens": None}
         return web.Response(body=orjson.dumps(answer), content_type="application/json")
 
     async def _transcript_stream(self, call: _Call) -> web.StreamResponse:

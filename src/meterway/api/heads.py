@@ -16,6 +16,7 @@ once more to check it (`str.isascii` decides that in a few nanoseconds per kilob
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Any, Literal, TypeVar
 
 import msgspec
@@ -644,9 +645,10 @@ def _image_upload(body: bytes, files: tuple[str, ...], options: tuple[str, ...],
     most_prompt = text_tokens + len(uploads) * IMAGE_INPUT_TOKENS_MAX
     model = form.get("model") or DEFAULT_IMAGE_MODEL
     user = _user(form.get("user"))
-    return _image_head(
+    head = _image_head(
         model, text if prompt else None, _form_int(form, "n"), form.get("size"), chosen, user, _NONE, most_prompt
     )
+    return replace(head, parts=tuple(parts))  # parsed once: the provider sends and reads these
 
 
 def image_edit(body: bytes) -> RequestHead:
@@ -694,8 +696,8 @@ def speech(body: bytes) -> RequestHead:
 def transcription(body: bytes) -> RequestHead:
     """A transcription or translation upload (multipart/form-data, read whole within the audio
     bound): `file` and `model` required, the other fields checked as OpenAI does. Its units are
-    the most audio it may be billed: the file's duration from its header, else its size at the
-    lowest bitrate (`providers.audio.most_ms`)."""
+    the most audio it may be billed: the file's duration from its header, and never less than its
+    size at the lowest bitrate (`providers.audio.most_ms`). Its parts ride on the head, parsed once."""
     parts = audio.parse_form(body)
     form = audio.fields(parts)
     file = audio.upload(parts)
@@ -730,4 +732,4 @@ def transcription(body: bytes) -> RequestHead:
         bounds.text(form["prompt"], "prompt", SPEECH_INPUT_MAX * 4)
     user = _user(form.get("user"))
     most = Units(audio_ms=audio.most_ms(file.data))
-    return RequestHead(model, stream == "true", False, user, units=most)
+    return RequestHead(model, stream == "true", False, user, units=most, parts=tuple(parts))

@@ -13,6 +13,8 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+import orjson
+
 from meterway.api import errors
 from meterway.errors import MeterwayError
 from meterway.ledger import usage_checks
@@ -175,6 +177,23 @@ async def fail_stream(
     await responder.end(errors.stream_error_event(err, call.api))
 
 
+async def speech_usage(services: Services, ctx: RequestContext, call: Call) -> Usage:
+    """What a speech request is billed: its input's characters, and, for a deployment priced per
+    token with no price per character (gpt-4o-mini-tts), its input's tokens as prompt tokens,
+    counted here (the upstream reports none), else a token-priced model would be free."""
+    usage = Usage(characters=call.head.units.characters)
+    dep = ctx.deployment
+    if dep is None or dep.prices.input_per_token is None or dep.prices.input_per_character is not None:
+        return usage
+    try:
+        text = orjson.loads(call.body).get("input")
+    except (orjson.JSONDecodeError, AttributeError):
+        text = None
+    if isinstance(text, str):
+        usage.prompt_tokens = usage.total_tokens = await asyncio.to_thread(services.ledger.counter.count, text)
+    return usage
+
+
 async def pipe(
     services: Services, ctx: RequestContext, call: Call, resp: UpstreamResponse, responder: Responder, receive: Receive
 ) -> None:
@@ -182,7 +201,7 @@ async def pipe(
     nothing of it kept. It is billed by what the request asked (its characters, known from its
     head), so the row is the same whether the client stays to the end or leaves; it is committed
     before the last bytes go out. A failure once bytes went out can only end the body short."""
-    usage = Usage(characters=call.head.units.characters)
+    usage = await speech_usage(services, ctx, call)
     watch: _Watch | None = None
     try:
         async for data in resp:

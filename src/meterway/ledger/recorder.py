@@ -372,6 +372,8 @@ class Ledger:
         reached the upstream: when it reported none, or figures that are no counts."""
         reported = ctx.usage
         units = reported  # units beside tokens (images, search units) stand even where tokens are no counts
+        if reported is not None:  # how the provider module reached its figures (`audio_estimated`)
+            ctx.flags.extend(f for f in reported.flags if f not in ctx.flags)
         if reported is not None and not usage_checks.believable(reported):
             ctx.flags.append(usage_checks.INVALID)
             reported = None  # not believed: counted below, as if none had come

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import orjson
@@ -64,6 +64,9 @@ class Usage:
     audio_ms: int = 0  # audio duration in milliseconds
     characters: int = 0  # speech input
     pixels: int = 0  # one image's pixels (its asked-for size), for a price per pixel; not stored
+    # what the row is flagged with for how these figures were reached (`audio_estimated`: the audio
+    # billed is the file's most, not what was reported or read from a trusted header)
+    flags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +103,16 @@ def not_counts() -> Usage:
 
 
 @dataclass(frozen=True, slots=True)
+class Part:
+    """One part of a multipart form: a field (`filename` None) or the uploaded file."""
+
+    name: str
+    data: bytes
+    filename: str | None = None
+    content_type: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class RequestHead:
     """The few fields of a request body the gateway itself needs. Everything else in the body
     passes through as bytes, undecoded."""
@@ -117,6 +130,9 @@ class RequestHead:
     # the most prompt tokens, where the body is an upload whose bytes are no prompt (an image edit's
     # text only); None: estimated from the body's bytes
     prompt_tokens: int | None = None
+    # an upload's parts (transcriptions, image edits), parsed once with the head and used by the
+    # provider as they are, so the upstream is sent the very file that was measured
+    parts: tuple[Part, ...] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(slots=True)

@@ -25,6 +25,7 @@ from meterway.providers.base import (
     Api,
     Call,
     Parsed,
+    Part,
     StreamRelay,
     UpstreamRequest,
     Usage,
@@ -349,6 +350,12 @@ _UPLOADS = (Api.TRANSCRIPTIONS, Api.TRANSLATIONS)
 _IMAGE_UPLOADS = (Api.IMAGE_EDITS, Api.IMAGE_VARIATIONS)
 
 
+def _parts(call: Call) -> tuple[Part, ...] | list[Part]:
+    """An upload's parts as its head parsed them (once, with the checks); parsed here only for a
+    head built elsewhere without them."""
+    return call.head.parts if call.head.parts is not None else audio.parse_form(call.body)
+
+
 class OpenAIProvider(HttpProvider):
     """One OpenAI-compatible deployment: the client's body passes through (`upstream_body`)."""
 
@@ -380,7 +387,7 @@ class OpenAIProvider(HttpProvider):
         upstream's model name (`providers.audio.form_body`); speech's answer is always relayed as a
         stream of bytes."""
         if call.api in _UPLOADS or call.api in _IMAGE_UPLOADS:
-            body, content_type = audio.form_body(audio.parse_form(call.body), self.upstream_model)
+            body, content_type = audio.form_body(_parts(call), self.upstream_model)
             headers = {**self.headers, "Content-Type": content_type}
             return UpstreamRequest(self.endpoint.method, self.urls[call.api], headers, body, call.head.stream)
         if call.api is Api.SPEECH:
@@ -391,7 +398,7 @@ class OpenAIProvider(HttpProvider):
 
     def parse_response(self, call: Call, body: bytes) -> Parsed:
         if call.api in _UPLOADS:
-            return audio.transcription_answer(call.body, body)
+            return audio.transcription_answer(_parts(call), body)
         if call.api is Api.RERANK:
             answer = _object(self.label, body)
             out, ranked = rerank.response(answer, decode_object(call.body))
@@ -401,9 +408,7 @@ class OpenAIProvider(HttpProvider):
             return Parsed(body, Usage())
         # images
         if call.api is Api.IMAGES or call.api in _IMAGE_UPLOADS:  # relayed as it came, read for the ledger
-            asked = (
-                audio.fields(audio.parse_form(call.body)) if call.api in _IMAGE_UPLOADS else decode_object(call.body)
-            )
+            asked = audio.fields(_parts(call)) if call.api in _IMAGE_UPLOADS else decode_object(call.body)
             drawn = images.usage(_object(self.label, body), asked)
             if drawn is None:
                 raise unreadable(self.label, body)
@@ -416,7 +421,7 @@ class OpenAIProvider(HttpProvider):
 
     def open_stream(self, call: Call) -> StreamRelay:
         if call.api in _UPLOADS:
-            file = audio.upload(audio.parse_form(call.body))
+            file = audio.upload(_parts(call))
             return audio.TranscriptionRelay(file.data if file is not None else b"")
         if call.api is Api.RESPONSES:
             return responses_native.ResponsesPassthroughRelay()
