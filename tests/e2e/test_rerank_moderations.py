@@ -234,3 +234,11 @@ def test_search_units_that_are_no_count_bill_the_requests_own(
     # 150 short documents: at most two search units, as reserved
     assert row["queries"] == 2 and row["cost"] == round(2 * QUERY_PRICE * UNIT)
     assert "usage_invalid" in (row["flags"] or "")
+
+
+def test_a_rerank_of_dense_documents_reserves_a_search_unit_per_500_bytes(gw: RunningGateway) -> None:
+    # 100 documents of 1,200 digits: a chunk of 500 tokens may be 500 bytes, so 300 chunks, 3 search
+    # units ($0.006): more than $0.005 pays for (at 3 bytes a token it reserved one)
+    key = _post(gw, "/key/generate", {"max_budget": 0.005}).json()["key"]
+    refused = _post(gw, "/v1/rerank", {"model": "rerank", "query": "q", "documents": ["7" * 1200] * 100}, key)
+    assert refused.status_code == 400 and "Budget exceeded" in refused.json()["error"]["message"], refused.text
