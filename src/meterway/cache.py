@@ -9,7 +9,11 @@ the client received them; streams as their events, replayed as a stream. An entr
 usage and the deployment that produced it, so a hit is metered (tokens recorded, priced at
 `hit_cost_ratio` of the normal price: zero unless configured) and the ledger names its source.
 
-Entries are `<header JSON>\\n<body bytes>`: one Redis string each, read with one GET.
+Entries are `<header JSON>\\n<body bytes>`: one Redis string each, read with one GET. The header's
+`v` is its format: 2 keeps the units beside tokens (queries, images, pixels, audio, characters), so a
+hit is metered in them too; an entry without `v` (written before) is read as before, its units zero.
+Images are never cached (large answers, and each call should make new pictures), nor is any answer
+bigger than `MAX_ENTRY_BYTES`: a local store is bounded by its entries, not by bytes.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from meterway.providers.base import Api, Usage
 
 IGNORED = ("user", "metadata", "tags", "cache")  # request fields that do not change the answer
 LOCAL_MAX_ENTRIES = 10_000
+MAX_ENTRY_BYTES = 1 << 20  # an answer bigger than this is not stored
+ENTRY_VERSION = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,8 +105,10 @@ class RedisStore:
         await self._redis.set(key, value, px=max(1, int(ttl_s * 1000)))
 
 
-# audio: bytes and uploads; image uploads (no JSON, and large)
-_UNCACHED = frozenset({Api.TRANSCRIPTIONS, Api.TRANSLATIONS, Api.SPEECH, Api.IMAGE_EDITS, Api.IMAGE_VARIATIONS})
+# audio: bytes and uploads; images: large answers (up to 64 MiB), and uploads (no JSON)
+_UNCACHED = frozenset(
+    {Api.TRANSCRIPTIONS, Api.TRANSLATIONS, Api.SPEECH, Api.IMAGES, Api.IMAGE_EDITS, Api.IMAGE_VARIATIONS}
+)
 
 
 class ResponseCache:
@@ -133,14 +141,21 @@ class ResponseCache:
         head, _, body = raw.partition(b"\n")
         try:
             meta = orjson.loads(head)
-            usage = Usage(*meta["u"]) if meta.get("u") is not None else None
+            figures = meta.get("u")
+            version = meta.get("v", 1)
+            if version not in (1, ENTRY_VERSION) or (figures is not None and len(figures) != _FIGURES[version]):
+                return None  # written by another version: a miss
+            usage = Usage(*figures) if figures is not None else None
             return Entry(body, bool(meta["s"]), str(meta["t"]), usage, meta.get("d"))
         except (orjson.JSONDecodeError, KeyError, TypeError):
             return None  # written by another version: a miss
 
     async def put(self, key: str, entry: Entry, ttl_s: float | None) -> None:
+        if len(entry.body) > MAX_ENTRY_BYTES:
+            return
         u = entry.usage
         meta = {
+            "v": ENTRY_VERSION,
             "s": entry.stream,
             "t": entry.content_type,
             "d": entry.deployment_id,
@@ -153,9 +168,17 @@ class ResponseCache:
                 u.cached_tokens,
                 u.cache_write_tokens,
                 u.reasoning_tokens,
+                u.queries,
+                u.images,
+                u.audio_ms,
+                u.characters,
+                u.pixels,
             ],
         }
         await self._store.set(key, orjson.dumps(meta) + b"\n" + entry.body, ttl_s or self.settings.ttl_s)
+
+
+_FIGURES = {1: 6, ENTRY_VERSION: 11}  # usage figures an entry of each format keeps
 
 
 def control(body: bytes, cache_control: bytes | None) -> Control:

@@ -116,3 +116,78 @@ def test_unsupported_cache_types_fail_at_start(upstream: StandIn, value: str) ->
 
     with pytest.raises(ConfigError, match="not supported"):
         parse_config(config(upstream, {"type": value}), source=None, env={})
+
+
+def test_a_hit_keeps_its_units_and_images_and_big_answers_are_not_stored() -> None:
+    """A rerank hit is metered in search units (priced at hit_cost_ratio of the normal price);
+    images are never stored (answers up to 64 MiB), nor any answer over the per-entry bound."""
+    import asyncio
+    import sqlite3
+
+    from meterway.cache import MAX_ENTRY_BYTES, CacheSettings, Entry, LocalStore, ResponseCache
+    from meterway.providers.base import Api
+    from tests.upstreams.images import IMAGES_KEY, ImageStandIn
+    from tests.upstreams.providers import ProviderStandIn
+
+    query_price, image_price, unit = 0.002, 0.04, 10**10
+    with ProviderStandIn() as providers, ImageStandIn() as images:
+        config = {
+            "model_list": [
+                {
+                    "model_name": "rerank",
+                    "litellm_params": {
+                        "model": "cohere/rerank-v3.5",
+                        "api_base": providers.base_url,
+                        "api_key": "co-key",
+                    },
+                    "model_info": {"input_cost_per_query": query_price},
+                },
+                {
+                    "model_name": "dalle",
+                    "litellm_params": {
+                        "model": "openai/dall-e-3",
+                        "api_base": images.base_url + "/v1",
+                        "api_key": IMAGES_KEY,
+                    },
+                    "model_info": {"output_cost_per_image": image_price},
+                },
+            ],
+            "litellm_settings": {"cache": True, "cache_params": {"type": "local", "hit_cost_ratio": 0.5}},
+        }
+        with run_gateway(config) as gw:
+
+            def send(path: str, body: dict[str, Any]) -> httpx.Response:
+                r = httpx.post(gw.url + path, json=body, headers={"Authorization": f"Bearer {gw.key}"}, timeout=30)
+                assert r.status_code == 200, r.text
+                return r
+
+            def row(r: httpx.Response) -> dict[str, Any]:
+                path = gw.settings.database_url.reveal().removeprefix("sqlite:///")
+                with sqlite3.connect(path) as db:
+                    db.row_factory = sqlite3.Row
+                    found = db.execute("SELECT * FROM mw_ledger WHERE request_id = ?", (r.headers["x-request-id"],))
+                    return dict(found.fetchone())
+
+            rerank = {"model": "rerank", "query": "q", "documents": ["a", "b", "c"]}
+            miss, hit = send("/v1/rerank", rerank), send("/v1/rerank", rerank)
+            assert miss.headers["x-meterway-cache"] == "miss" and hit.headers["x-meterway-cache"] == "hit"
+            assert row(miss)["queries"] == 1 and row(miss)["cost"] == round(query_price * unit)
+            hit_row = row(hit)
+            assert hit_row["cache_hit"] and hit_row["queries"] == 1 and hit_row["cost"] == round(query_price * unit / 2)
+
+            paint = {"model": "dalle", "prompt": "a lighthouse", "n": 3, "size": "1024x1024"}
+            first, second = send("/v1/images/generations", paint), send("/v1/images/generations", paint)
+            assert second.headers.get("x-meterway-cache", "miss") == "miss"
+            assert len(images.received) == 2  # both reached the upstream
+            assert row(first)["images"] == row(second)["images"] == 3
+            assert row(second)["cost"] == round(3 * image_price * unit)
+
+    async def bound() -> None:
+        cache = ResponseCache(CacheSettings(), LocalStore(), "t")
+        for size in (MAX_ENTRY_BYTES, MAX_ENTRY_BYTES + 1):
+            key = cache.key(Api.CHAT, "m", b'{"n": %d}' % size)
+            assert key is not None
+            await cache.put(key, Entry(b"x" * size, False, "application/json", None, None), None)
+            assert (await cache.get(key) is not None) == (size == MAX_ENTRY_BYTES)
+
+    asyncio.run(bound())

@@ -68,6 +68,11 @@ def gw(upstream: ImageStandIn, lago: LagoStandIn) -> Iterator[RunningGateway]:
                 },
             },
             {
+                "model_name": "gpt-image-per-image",
+                "litellm_params": {"model": "openai/gpt-image-1", "api_base": base, "api_key": IMAGES_KEY},
+                "model_info": {"output_cost_per_image": IMAGE_PRICE},
+            },
+            {
                 "model_name": "azure-dalle",
                 "litellm_params": {"model": "azure/dall-e-3", "api_base": upstream.base_url, "api_key": IMAGES_KEY},
                 "model_info": {"output_cost_per_image": IMAGE_PRICE},
@@ -301,3 +306,12 @@ def test_an_image_answer_past_the_body_bound_is_a_502_and_recorded(upstream: Ima
         assert row["status"] != "success" and row["images"] == 0
         one = _post(small, "/v1/images/generations", {**body, "prompt": "p", "n": 1})
         assert one.status_code == 200 and _row(small, one.headers["x-request-id"])["images"] == 1, one.text
+
+
+def test_a_configured_image_price_is_not_added_to_the_tables_token_prices(gw: RunningGateway) -> None:
+    # gpt-image-1 reports tokens (50 in, 4160 out); its deployment sets a price per image: billed by it alone
+    with _client(gw) as client:
+        raw = client.images.with_raw_response.generate(model="gpt-image-per-image", prompt="a red kite", quality="high")
+    row = _row(gw, raw.headers["x-request-id"])
+    assert row["images"] == 1 and row["completion_tokens"] == OUTPUT_TOKENS["high"]
+    assert row["cost"] == round(IMAGE_PRICE * UNIT)

@@ -22,6 +22,7 @@ from tests.support.cli import run_meterway
 from tests.support.gateway import RunningGateway, run_gateway
 from tests.support.wait import eventually
 from tests.upstreams.providers import ProviderStandIn
+from tests.upstreams.standin import Script
 
 QUERY_PRICE = 0.002  # USD per search unit, Cohere's list price for rerank-v3.5
 UNIT = 10**10  # the ledger's money units per USD
@@ -214,3 +215,30 @@ def test_the_demo_model_reranks_and_moderates() -> None:
         assert [x["index"] for x in ranked.json()["results"]] == [1, 0]
         with openai.OpenAI(base_url=demo.v1, api_key=demo.key, max_retries=0) as client:
             assert client.moderations.create(model="demo", input="hello").results[0].flagged is False
+
+
+@pytest.mark.parametrize("reported", ["3", -5, 2.5])
+def test_search_units_that_are_no_count_bill_the_requests_own(
+    gw: RunningGateway, providers: ProviderStandIn, reported: Any
+) -> None:
+    answer = {
+        "id": "rerank-bad-units",
+        "results": [{"index": 0, "relevance_score": 0.9}],
+        "meta": {"billed_units": {"search_units": reported}},
+    }
+    providers.script(Script(status=200, body=answer, path="/v2/rerank"))
+    r = _post(gw, "/v1/rerank", {"model": "rerank", "query": "q", "documents": ["d"] * 150})
+    assert r.status_code == 200, r.text
+    assert r.json()["meta"]["billed_units"]["search_units"] >= 0
+    row = _row(gw, r.headers["x-request-id"])
+    # 150 short documents: at most two search units, as reserved
+    assert row["queries"] == 2 and row["cost"] == round(2 * QUERY_PRICE * UNIT)
+    assert "usage_invalid" in (row["flags"] or "")
+
+
+def test_a_rerank_of_dense_documents_reserves_a_search_unit_per_500_bytes(gw: RunningGateway) -> None:
+    # 100 documents of 1,200 digits: a chunk of 500 tokens may be 500 bytes, so 300 chunks, 3 search
+    # units ($0.006): more than $0.005 pays for (at 3 bytes a token it reserved one)
+    key = _post(gw, "/key/generate", {"max_budget": 0.005}).json()["key"]
+    refused = _post(gw, "/v1/rerank", {"model": "rerank", "query": "q", "documents": ["7" * 1200] * 100}, key)
+    assert refused.status_code == 400 and "Budget exceeded" in refused.json()["error"]["message"], refused.text

@@ -142,7 +142,9 @@ class ModerationRequest(msgspec.Struct):
 
 RERANK_DOCUMENTS_MAX = 1000  # Cohere's own bound on one request's documents
 _SEARCH_UNIT_DOCUMENTS = 100  # Cohere bills a search unit per query over up to 100 documents...
-_CHUNK_BYTES = 1500  # ...each document split into chunks of 500 tokens (at most about 3 bytes a token)
+# ...each document split into chunks of 500 tokens: counted as 500 bytes, for a token is at least one
+# byte (digits and CJK text come near it): reserving at 3 bytes a token under-reserved such text 3x
+_CHUNK_BYTES = 500
 DEFAULT_MODERATION_MODEL = "omni-moderation-latest"
 
 _chat = msgspec.json.Decoder(_Chat)

@@ -64,17 +64,22 @@ def load() -> PriceTable:
 # An image's prices are one choice (per image, else per pixel): a deployment that sets any of them
 # takes none of the others from the table, or the table's price per image would override its own per pixel
 _IMAGE_FIELDS = ("output_per_image", "input_per_pixel", "output_per_pixel")
+_TOKEN_FIELDS = ("input_per_token", "output_per_token", "cache_read_per_token", "cache_write_per_token")
 
 
 def merged(configured: Prices, known: Prices | None) -> Prices:
-    """The configured prices, with each missing field taken from the table's (an image's prices as one)."""
+    """The configured prices, with each missing field taken from the table's (an image's prices as one).
+    A deployment that configures an image price (per image or per pixel) is billed by it: the table's
+    token prices are not added (gpt-image-1's would bill each image twice); token prices the config
+    sets itself still apply beside it."""
     if known is None:
         return configured
     own_image = any(getattr(configured, name) is not None for name in _IMAGE_FIELDS)
+    own = _IMAGE_FIELDS + _TOKEN_FIELDS if own_image else ()
     return Prices(
         **{
             f.name: mine
-            if (mine := getattr(configured, f.name)) is not None or (own_image and f.name in _IMAGE_FIELDS)
+            if (mine := getattr(configured, f.name)) is not None or f.name in own
             else getattr(known, f.name)
             for f in dataclasses.fields(Prices)
         }

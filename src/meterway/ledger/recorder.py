@@ -17,6 +17,7 @@ why. The contract is in docs/ledger.md.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import time
@@ -35,7 +36,7 @@ from meterway.ledger.prices import is_priced
 from meterway.ledger.row import GATEWAY, LedgerRow
 from meterway.ledger.tokens import TokenCounter
 from meterway.limits import SpendTarget
-from meterway.providers.base import Usage
+from meterway.providers.base import Units, Usage
 
 log = logging.getLogger("meterway.ledger")
 
@@ -371,11 +372,24 @@ class Ledger:
         """The provider's usage, checked (`usage_checks`), or tokens counted here for a request that
         reached the upstream: when it reported none, or figures that are no counts."""
         reported = ctx.usage
+        if reported is not None and not usage_checks.units_believable(reported):
+            # units that are no counts: the request's own most is billed (never nothing, never negative)
+            most = ctx.head.units if ctx.head is not None else Units()
+            reported = dataclasses.replace(
+                reported,
+                queries=most.queries,
+                images=most.images,
+                audio_ms=most.audio_ms,
+                characters=most.characters,
+                pixels=most.pixels,
+            )
+            ctx.flags.append(usage_checks.INVALID)
         units = reported  # units beside tokens (images, search units) stand even where tokens are no counts
         if reported is not None:  # how the provider module reached its figures (`audio_estimated`)
             ctx.flags.extend(f for f in reported.flags if f not in ctx.flags)
         if reported is not None and not usage_checks.believable(reported):
-            ctx.flags.append(usage_checks.INVALID)
+            if usage_checks.INVALID not in ctx.flags:
+                ctx.flags.append(usage_checks.INVALID)
             reported = None  # not believed: counted below, as if none had come
         elif reported is not None:
             dep = ctx.deployment

@@ -5,6 +5,10 @@ A provider's usage decides what a customer pays, so the ledger does not take it 
 * **Invalid** figures (negative, not a whole number, not a number at all: see `providers.base.tokens`)
   are no usage. The ledger counts the tokens itself, as for an answer that reported none, marks
   the row estimated and flags it `usage_invalid`. Negative usage can never lower spend.
+  Units beside tokens (search units, images, audio, characters) are checked the same way; where
+  they are no counts, the request's own most (`RequestHead.units`: a rerank's search units from its
+  documents, an image request's `n`) is billed instead, and the row flagged `usage_invalid`: a
+  broken figure never makes a request free.
 * **Absurd** figures are well formed but beyond what the request could have used: more completion
   tokens than it allowed (its `max_tokens` or `max_completion_tokens` for each of its `n`
   choices, else the deployment's `model_info.max_output_tokens`), more prompt tokens than the
@@ -34,7 +38,7 @@ ABSURD_TOKENS = 100_000_000
 
 
 def believable(usage: Usage) -> bool:
-    """Whether every figure is a count: a whole number, zero or more (and below `MAX_COUNT`)."""
+    """Whether every token figure is a count: a whole number, zero or more (and below `MAX_COUNT`)."""
     figures = (
         usage.prompt_tokens,
         usage.completion_tokens,
@@ -43,7 +47,16 @@ def believable(usage: Usage) -> bool:
         usage.cache_write_tokens,
         usage.reasoning_tokens,
     )
-    return min(figures) >= 0 and max(figures) < MAX_COUNT
+    return _counts(figures)
+
+
+def units_believable(usage: Usage) -> bool:
+    """Whether every unit beside tokens is a count, as `believable` asks of tokens."""
+    return _counts((usage.queries, usage.images, usage.audio_ms, usage.characters, usage.pixels))
+
+
+def _counts(figures: tuple[int, ...]) -> bool:
+    return all(type(f) is int for f in figures) and min(figures) >= 0 and max(figures) < MAX_COUNT
 
 
 def absurd(usage: Usage, head: RequestHead | None, model_info: Mapping[str, Any], body: bytes) -> bool:

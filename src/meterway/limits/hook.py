@@ -138,10 +138,10 @@ class LimitsHook:
         return True
 
 
-_NO_OUTPUT = frozenset({Api.EMBEDDINGS, Api.RERANK, Api.MODERATIONS})  # no output tokens to cap or reserve
+# no output tokens to cap or reserve; speech: billed per input character, its audio is no tokens
+_NO_OUTPUT = frozenset({Api.EMBEDDINGS, Api.RERANK, Api.MODERATIONS, Api.SPEECH})
 # output tokens reserved (an image's most) but no cap the upstream takes: never clamped, refused
 _NO_CAP = frozenset({Api.IMAGES, Api.IMAGE_EDITS, Api.IMAGE_VARIATIONS})
-_NO_OUTPUT |= {Api.SPEECH}  # speech: billed per input character, its audio is no tokens
 # An audio upload's prompt, where a model bills it in tokens (gpt-4o-transcribe): at most this many
 # a second of its most audio (OpenAI counts about 10), not its bytes, which would reserve thousands of times more.
 AUDIO_TOKENS_PER_SECOND = 25
