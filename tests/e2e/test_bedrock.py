@@ -476,3 +476,24 @@ def test_a_credentials_failure_is_logged_and_never_shown_to_the_client(
             assert "ParamValidationError" not in message
     logged = [r.getMessage() for r in caplog.records if "RoleSessionName" in r.getMessage()]
     assert len(logged) == 1 and SECRET_KEY not in logged[0]
+
+
+def test_a_stored_role_model_keeps_its_credentials_across_reloads(up: BedrockStandIn) -> None:
+    config = {
+        "model_list": [{"model_name": "demo", "litellm_params": {"model": "mock/demo"}}],
+        "general_settings": {"store_model_in_db": True},
+    }
+    params = _params(up, f"bedrock/{CLAUDE}", aws_role_name=ROLE, aws_sts_endpoint=up.base_url)
+    with run_gateway(config) as g, openai.OpenAI(base_url=g.v1, api_key=g.key, max_retries=0) as c:
+        admin = {"Authorization": f"Bearer {g.key}"}
+        start = len(up.assumed)
+        added = {"model_name": "stored-role", "litellm_params": params, "model_info": {"id": "stored-role-1"}}
+        assert httpx.post(g.url + "/model/new", json=added, headers=admin).status_code == 200
+        assert c.chat.completions.create(model="stored-role", messages=HI).choices[0].message.content  # at once
+        assert len(up.assumed) == start + 1
+        for n in range(2):  # each addition reloads every stored model
+            other = {"model_name": f"o{n}", "litellm_params": {"model": "mock/o"}, "model_info": {"id": f"o-{n}"}}
+            assert httpx.post(g.url + "/model/new", json=other, headers=admin).status_code == 200
+            assert c.chat.completions.create(model="stored-role", messages=HI).choices[0].message.content
+        time.sleep(0.3)  # a re-resolution, were there one, would have reached STS by now
+        assert len(up.assumed) == start + 1
