@@ -12,9 +12,9 @@ Credentials are read as LiteLLM users write them (`aws_access_key_id`, `aws_secr
 `aws_bedrock_runtime_endpoint`, `aws_sts_endpoint`), else from AWS's standard chain (environment,
 shared profile, web identity as on Kubernetes, container and instance roles). `AwsCredentials`
 holds them: keys given in the config are ready at once; anything that needs I/O (a profile, STS,
-the chain) is resolved by a thread started when the deployment is built, and temporary
-credentials are refreshed by a thread before they expire, so the request path only ever reads
-the credentials it holds.
+the chain) is resolved by a thread the worker starts with its services (`Refreshers`), and
+temporary credentials are refreshed by a thread before they expire, so the request path only
+ever reads the credentials it holds, and fails at once when there are none.
 """
 
 from __future__ import annotations
