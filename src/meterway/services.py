@@ -287,8 +287,9 @@ async def open_services(settings: Settings, hooks: tuple[Hook, ...] = ()) -> Asy
         )
         refreshers = Refreshers()
         stack.push_async_callback(refreshers.close)
-        # expiring credentials (vertex_ai/'s Google tokens) kept fresh; the first ones waited for,
-        # bounded: one that fails is logged and retried, its requests get a named 502 meanwhile
+        # expiring credentials (vertex_ai/'s Google tokens, Bedrock's AWS credentials) kept fresh off the
+        # request path; the first ones waited for, bounded: one that fails is logged and retried, its
+        # requests get a 502 at once meanwhile
         await first_tokens(refreshers.serve(d.provider for d in settings.deployments))
         runtime_models = await _runtime_models(settings, store, router, models, ledger, redis_client, refreshers)
         services = Services(

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
+import socket
 import time
 from collections.abc import Iterator
 from decimal import Decimal
@@ -418,3 +420,80 @@ def test_messages_api_is_served_over_converse(gw: RunningGateway, up: BedrockSta
     assert r.status_code == 200, r.text
     assert r.json()["content"][0]["text"] == REPLY_PREFIX + "hello there"
     assert up.last.path.endswith("/converse") and up.refused == []
+
+
+@pytest.fixture
+def silent_sts() -> Iterator[str]:
+    """An STS endpoint that accepts connections and never answers them."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(64)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def test_credentials_still_being_resolved_fail_a_request_at_once_and_never_block_the_worker(
+    up: BedrockStandIn, silent_sts: str
+) -> None:
+    config = {
+        "model_list": [
+            {
+                "model_name": "claude-stuck",
+                "litellm_params": _params(up, f"bedrock/{CLAUDE}", aws_role_name=ROLE, aws_sts_endpoint=silent_sts),
+            }
+        ]
+    }
+    with run_gateway(config) as g, openai.OpenAI(base_url=g.v1, api_key=g.key, max_retries=0, timeout=30) as c:
+        for _ in range(2):
+            started = time.monotonic()
+            with pytest.raises(openai.APIStatusError) as caught:
+                c.chat.completions.create(model="claude-stuck", messages=HI)
+            assert time.monotonic() - started < 1.0
+            assert caught.value.status_code == 502
+            assert "its AWS credentials are unavailable" in caught.value.message
+            started = time.monotonic()
+            assert httpx.get(f"{g.url}/health/liveliness", timeout=5).status_code == 200
+            assert time.monotonic() - started < 1.0
+    assert up.received_for("/converse") == []
+
+
+def test_a_credentials_failure_is_logged_and_never_shown_to_the_client(
+    up: BedrockStandIn, caplog: pytest.LogCaptureFixture
+) -> None:
+    # a one-letter session name: botocore refuses the AssumeRole call (RoleSessionName, and the role's ARN)
+    params = _params(up, f"bedrock/{CLAUDE}", aws_role_name=ROLE, aws_session_name="x", aws_sts_endpoint=up.base_url)
+    config = {"model_list": [{"model_name": "claude-broken", "litellm_params": params}]}
+    with (
+        caplog.at_level(logging.WARNING, logger="meterway"),
+        run_gateway(config) as g,
+        openai.OpenAI(base_url=g.v1, api_key=g.key, max_retries=0) as c,
+    ):
+        for _ in range(2):
+            with pytest.raises(openai.APIStatusError) as caught:
+                c.chat.completions.create(model="claude-broken", messages=HI)
+            message = caught.value.message
+            assert "its AWS credentials are unavailable (see the gateway's log)" in message
+            assert "RoleSessionName" not in message and "123456789012" not in message
+            assert "ParamValidationError" not in message
+    logged = [r.getMessage() for r in caplog.records if "RoleSessionName" in r.getMessage()]
+    assert len(logged) == 1 and SECRET_KEY not in logged[0]
+
+
+def test_a_stored_role_model_keeps_its_credentials_across_reloads(up: BedrockStandIn) -> None:
+    config = {
+        "model_list": [{"model_name": "demo", "litellm_params": {"model": "mock/demo"}}],
+        "general_settings": {"store_model_in_db": True},
+    }
+    params = _params(up, f"bedrock/{CLAUDE}", aws_role_name=ROLE, aws_sts_endpoint=up.base_url)
+    with run_gateway(config) as g, openai.OpenAI(base_url=g.v1, api_key=g.key, max_retries=0) as c:
+        admin = {"Authorization": f"Bearer {g.key}"}
+        start = len(up.assumed)
+        added = {"model_name": "stored-role", "litellm_params": params, "model_info": {"id": "stored-role-1"}}
+        assert httpx.post(g.url + "/model/new", json=added, headers=admin).status_code == 200
+        assert c.chat.completions.create(model="stored-role", messages=HI).choices[0].message.content  # at once
+        assert len(up.assumed) == start + 1
+        for n in range(2):  # each addition reloads every stored model
+            other = {"model_name": f"o{n}", "litellm_params": {"model": "mock/o"}, "model_info": {"id": f"o-{n}"}}
+            assert httpx.post(g.url + "/model/new", json=other, headers=admin).status_code == 200
+            assert c.chat.completions.create(model="stored-role", messages=HI).choices[0].message.content
+        time.sleep(0.3)  # a re-resolution, were there one, would have reached STS by now
+        assert len(up.assumed) == start + 1

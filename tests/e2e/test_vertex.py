@@ -18,6 +18,7 @@ import openai
 import pytest
 
 from meterway.errors import ConfigError
+from meterway.providers.base import Api
 from tests.support.gateway import RunningGateway, run_gateway, settings_for
 from tests.upstreams.standin import REPLY_PREFIX, TOOL_ARGUMENT_VALUE, count_words, embedding_for
 from tests.upstreams.vertex import VERTEX_ANTHROPIC_VERSION, VertexStandIn, unknown_private_key
@@ -319,7 +320,7 @@ def test_unreadable_credentials_are_a_config_error_naming_the_entry(tmp_path: Pa
             }
         )
     (tmp_path / "bad.json").write_text('{"type": "nonsense"}')
-    with pytest.raises(ConfigError, match="no Google credentials file"):
+    with pytest.raises(ConfigError, match="only 'service_account' and 'authorized_user'"):
         settings_for(
             {
                 "model_list": [
@@ -375,3 +376,70 @@ def test_project_location_and_credentials_from_the_environment(
     sent = model_calls(vertex)[-1]
     assert sent.path.startswith("/v1/projects/env-project/locations/europe-west4/publishers/google/")
     assert sent.headers["authorization"].removeprefix("Bearer ") in vertex.issued
+
+
+def _vertex_entry(**params: Any) -> dict[str, Any]:
+    return {"model_list": [{"model_name": "g", "litellm_params": {"model": "vertex_ai/gemini-2.5-flash", **params}}]}
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("vertex_location", "evil.example/#"),
+        ("vertex_location", "us-central1.evil.example"),
+        ("vertex_project", "evil.example/#"),
+        ("vertex_project", "p"),
+        ("vertex_project", "my-project/locations/x"),
+    ],
+)
+def test_a_location_or_project_that_is_not_googles_is_a_config_error_naming_it(
+    vertex: VertexStandIn, field: str, value: str
+) -> None:
+    params = {"vertex_project": PROJECT, "vertex_credentials": vertex.service_account(), field: value}
+    with pytest.raises(ConfigError, match=rf"model_list\[0\].*litellm_params\.{field}"):
+        settings_for(_vertex_entry(**params))
+
+
+def test_a_domain_scoped_project_is_taken_and_the_model_name_is_quoted_in_the_path(vertex: VertexStandIn) -> None:
+    settings = settings_for(
+        _vertex_entry(vertex_project="example.com:my-project", vertex_credentials=vertex.service_account())
+    )
+    assert "/projects/example.com:my-project/locations/us-central1/" in settings.deployments[0].provider.root  # type: ignore[attr-defined]
+    entry = _vertex_entry(vertex_project=PROJECT, vertex_credentials=vertex.service_account())
+    entry["model_list"][0]["litellm_params"]["model"] = "vertex_ai/gemini-2.5-flash#x/../y"
+    provider: Any = settings_for(entry).deployments[0].provider
+    assert provider.root.startswith(f"https://us-central1-aiplatform.googleapis.com/v1/projects/{PROJECT}/")
+    assert provider.root.endswith("/models/gemini-2.5-flash%23x%2F..%2Fy")
+    sent = provider.urls[Api.CHAT]  # the URL requests go to: still escaped, no fragment
+    assert sent.raw_path.endswith("/models/gemini-2.5-flash%23x%2F..%2Fy:generateContent") and not sent.fragment
+
+
+def test_external_account_credentials_are_refused(vertex: VertexStandIn) -> None:
+    # an identity pool's credentials would have google-auth read a host file and POST it to a URL of the config's
+    external = {
+        "type": "external_account",
+        "audience": "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/providers/x",
+        "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+        "token_url": vertex.base_url + "/token",
+        "credential_source": {"file": "/proc/self/environ"},
+    }
+    for credentials in (external, json.dumps(external), {**external, "type": "impersonated_service_account"}):
+        with pytest.raises(ConfigError, match=r"litellm_params\.vertex_credentials.*only 'service_account'"):
+            settings_for(_vertex_entry(vertex_project=PROJECT, vertex_credentials=credentials))
+
+
+def test_a_model_added_at_runtime_cannot_name_a_credentials_file(vertex: VertexStandIn, key_file: Path) -> None:
+    config = {
+        "model_list": [{"model_name": "demo", "litellm_params": {"model": "mock/demo"}}],
+        "general_settings": {"store_model_in_db": True},
+    }
+    params = {"model": "vertex_ai/gemini-2.5-flash", "vertex_project": PROJECT, "api_base": vertex.base_url}
+    with run_gateway(config) as g:
+        admin = {"Authorization": f"Bearer {g.key}"}
+        for credentials in (str(key_file), "os.environ/GOOGLE_APPLICATION_CREDENTIALS"):
+            added = {"model_name": "added", "litellm_params": {**params, "vertex_credentials": credentials}}
+            answer = httpx.post(g.url + "/model/new", json=added, headers=admin)
+            assert answer.status_code == 400, answer.text
+            assert "vertex_credentials" in answer.json()["error"]["message"]
+        inline = {"model_name": "added", "litellm_params": {**params, "vertex_credentials": key_file.read_text()}}
+        assert httpx.post(g.url + "/model/new", json=inline, headers=admin).status_code == 200

@@ -3,6 +3,8 @@ real frames (split anywhere, corrupted), the frame bound, and SigV4 as the stand
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -194,13 +196,19 @@ def test_requests_go_to_the_regions_host_with_the_model_id_escaped() -> None:
         provider.build_request(Call(Api.CHAT, b'{"messages":[{"role":"wizard","content":"hi"}]}', head, "r"))
 
 
-def test_credentials_that_cannot_be_had_make_the_deployment_unavailable_not_a_crash() -> None:
+def test_credentials_that_cannot_be_had_make_the_deployment_unavailable_not_a_crash(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     params = {"aws_profile_name": "no-such-profile-anywhere", "aws_region_name": "eu-west-3"}
     provider = build(label="d", upstream_model="anthropic.claude-v2:1", api_base=None, params=params, env={})
     call = Call(Api.CHAT, b'{"messages":[{"role":"user","content":"hi"}]}', RequestHead(model="claude"), "r")
-    with pytest.raises(UpstreamUnavailable, match="no-such-profile-anywhere") as caught:
+    with caplog.at_level(logging.WARNING, logger="meterway"):
+        asyncio.run(provider.credentials.attempted())  # as the worker does at start
+    with pytest.raises(UpstreamUnavailable, match="AWS credentials are unavailable") as caught:
         provider.build_request(call)
     assert caught.value.http_status() == 502 and "Deployment 'd'" in caught.value.message
+    assert "no-such-profile-anywhere" not in caught.value.message  # the reason is the log's
+    assert any("no-such-profile-anywhere" in r.getMessage() for r in caplog.records)
 
 
 def test_a_named_profile_of_the_shared_files_signs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -210,6 +218,7 @@ def test_a_named_profile_of_the_shared_files_signs(tmp_path: Path, monkeypatch: 
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
     params = {"aws_profile_name": "prod", "aws_region_name": "eu-west-3"}
     provider = build(label="d", upstream_model="anthropic.claude-v2:1", api_base=None, params=params, env={})
+    asyncio.run(provider.credentials.attempted())  # resolved off the request path, as the worker does at start
     call = Call(Api.CHAT, b'{"messages":[{"role":"user","content":"hi"}]}', RequestHead(model="claude"), "r")
     request = provider.build_request(call)
     assert request.headers["Authorization"].startswith("AWS4-HMAC-SHA256 Credential=AKIAPROFILE/")

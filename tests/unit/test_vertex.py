@@ -105,7 +105,7 @@ def test_check_config_honours_vertex_params() -> None:
                     "litellm_params": {
                         "model": "vertex_ai/gemini-2.5-pro",
                         "vertex_credentials": "os.environ/VERTEX_SA",
-                        "vertex_project": "p1",
+                        "vertex_project": "project-1",
                         "vertex_location": "europe-west4",
                     },
                 }

@@ -487,6 +487,15 @@ def _byte_bound(general: Mapping[str, Any], env: Mapping[str, str], key: str, va
 def runtime_deployment(entry: Mapping[str, Any], settings: Settings, where: str) -> Deployment:
     """A deployment added at runtime (`/model/new`), resolved and checked as a config entry is;
     its warnings (an ignored parameter, no known price) are returned to the caller, not logged."""
+    params = entry.get("litellm_params")
+    credentials = params.get("vertex_credentials") if isinstance(params, Mapping) else None
+    if isinstance(credentials, str) and credentials.strip() and not credentials.strip().startswith("{"):
+        # a file path would have the gateway read its own host's files for whoever may add models
+        raise ConfigError(
+            f"{where}: litellm_params.vertex_credentials must be the credentials' JSON; "
+            "a model added at runtime cannot name a file",
+            param="litellm_params.vertex_credentials",
+        )
     warnings: list[str] = []
     stream = settings.routing.stream_timeout_s
     dep = _deployment(dict(entry), 0, os.environ, settings.default_timeout_s, stream, {}, warnings)
@@ -757,6 +766,10 @@ def _vertex(
         text("vertex_location", "vertex_ai_location", env_names=("VERTEXAI_LOCATION", "VERTEX_LOCATION"))
         or vertex.DEFAULT_LOCATION
     )
+    if not vertex.PROJECT.fullmatch(project):
+        raise ConfigError(f"{where}: litellm_params.vertex_project {project!r} is not a Google Cloud project id")
+    if not vertex.LOCATION.fullmatch(location):
+        raise ConfigError(f"{where}: litellm_params.vertex_location {location!r} is not a Google Cloud location")
     api_base = params.get("api_base") or params.get("base_url")  # only when configured: Vertex's host is per location
     return vertex.build(
         label=label,

@@ -12,14 +12,16 @@ Credentials are read as LiteLLM users write them (`aws_access_key_id`, `aws_secr
 `aws_bedrock_runtime_endpoint`, `aws_sts_endpoint`), else from AWS's standard chain (environment,
 shared profile, web identity as on Kubernetes, container and instance roles). `AwsCredentials`
 holds them: keys given in the config are ready at once; anything that needs I/O (a profile, STS,
-the chain) is resolved by a thread started when the deployment is built, and temporary
-credentials are refreshed by a thread before they expire, so the request path only ever reads
-the credentials it holds.
+the chain) is resolved by a thread the worker starts with its services (`Refreshers`), and
+temporary credentials are refreshed by a thread before they expire, so the request path only
+ever reads the credentials it holds, and fails at once when there are none.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import logging
 import threading
 import time
 import uuid
@@ -54,6 +56,8 @@ if TYPE_CHECKING:  # botocore is imported where it is used: a gateway without Be
 
     from meterway.config.secret import Secret
 
+log = logging.getLogger("meterway")
+
 SERVICE = "bedrock"  # the SigV4 signing name of bedrock-runtime
 DEFAULT_REGION = "us-west-2"  # LiteLLM's, when nothing names one
 EVENT_STREAM = "application/vnd.amazon.eventstream"
@@ -69,11 +73,9 @@ PARAMS = (
     "aws_bedrock_runtime_endpoint",
     "aws_sts_endpoint",
 )
-# how long a request waits for credentials still being resolved at start (it blocks its worker: kept
-# short; resolving takes well under a second beside the gateway's own start, so it is nearly never met)
-RESOLVE_WAIT_S = 5.0
+FIRST_CREDENTIALS_WAIT_S = 10.0  # the longest a start (or a reload) waits for credentials being resolved
 ADVISORY_REFRESH_S = 15 * 60  # temporary credentials are refreshed (by a thread) this long before they expire
-MANDATORY_REFRESH_S = 60  # closer than this, a request waits for the refresh itself
+EXPIRY_MARGIN_S = 5  # credentials closer than this to their expiry are not signed with (the request would fail)
 
 
 # ---------------------------------------------------------------- credentials
@@ -163,78 +165,124 @@ def _resolve(options: AwsOptions, env: Mapping[str, str]) -> Credentials | None:
 
 
 class AwsCredentials:
-    """The credentials one deployment signs with. Reading them (`frozen`) does no I/O while they
-    are good: static keys always are; temporary ones (STS, web identity, a container role) are
-    renewed by a background thread from `ADVISORY_REFRESH_S` before they expire. Only a request
-    that finds them about to expire (after a long idle spell), or still being resolved at start,
-    waits."""
+    """The credentials one deployment signs with. Reading them (`frozen`) never waits and does no
+    I/O: it runs on the event loop, inside the synchronous `build_request`. Static keys are ready at
+    once; anything else (a profile, STS, web identity, a container role) is resolved by a thread
+    (`start`), and temporary credentials are renewed by a thread from `ADVISORY_REFRESH_S` before
+    they expire. Until they are resolved, or once they have expired unrenewed, a request to the
+    deployment fails at once with a 502 routing can fall back from; the reason, which may name
+    accounts and roles, goes to the gateway's log alone."""
 
-    __slots__ = ("_credentials", "_error", "_frozen", "_label", "_lock", "_ready", "_refreshing")
+    __slots__ = (
+        "_credentials",
+        "_env",
+        "_error",
+        "_frozen",
+        "_label",
+        "_lock",
+        "_logged",
+        "_options",
+        "_ready",
+        "_refreshing",
+        "_started",
+    )
 
     def __init__(self, options: AwsOptions, env: Mapping[str, str], label: str) -> None:
         self._label = label
+        self._options = options
+        self._env = dict(env)
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self._refreshing = False
+        self._started = False
         self._error: str | None = None
+        self._logged: str | None = None  # the failure last logged: each change is logged once
         self._credentials: Credentials | None = None
         self._frozen: ReadOnlyCredentials | None = None
         static = None if options.role_arn else _static(options)
         if static is not None:  # no I/O to do
             self._credentials, self._frozen = static, static.get_frozen_credentials()
+            self._started = True
             self._ready.set()
-        else:
-            threading.Thread(
-                target=self._start, args=(options, dict(env)), name=f"aws-credentials-{label}", daemon=True
-            ).start()
 
-    def _start(self, options: AwsOptions, env: Mapping[str, str]) -> None:
+    def identity(self) -> tuple[object, ...]:
+        """What makes two holders interchangeable: the deployment and its `aws_*` options (kept in
+        memory only, to carry a holder over a reload of the stored models)."""
+        o = self._options
+        secret = o.secret_access_key.reveal() if o.secret_access_key else None
+        token = o.session_token.reveal() if o.session_token else None
+        return (self._label, o.access_key_id, secret, token, o.region, o.role_arn, o.session_name, o.profile,
+                o.sts_endpoint)  # fmt: skip
+
+    def start(self) -> None:
+        """Starts resolving the credentials in a thread (once; the worker calls it at start)."""
+        with self._lock:
+            start, self._started = not self._started, True
+        if start:
+            threading.Thread(target=self._start, name=f"aws-credentials-{self._label}", daemon=True).start()
+
+    async def attempted(self) -> None:
+        """Returns once the first resolution has succeeded or failed (the worker waits, bounded)."""
+        self.start()
+        # in a thread of the loop's pool, bounded: the caller's own bound may give up sooner
+        await asyncio.to_thread(self._ready.wait, FIRST_CREDENTIALS_WAIT_S)
+
+    def _start(self) -> None:
         try:
-            credentials = _resolve(options, env)
+            credentials = _resolve(self._options, self._env)
             if credentials is None:
-                self._error = "no AWS credentials found (give aws_access_key_id and aws_secret_access_key, "
-                self._error += "aws_profile_name, or set up the standard AWS environment)"
+                self._fail("no AWS credentials found (give aws_access_key_id and aws_secret_access_key, "
+                           "aws_profile_name, or set up the standard AWS environment)")  # fmt: skip
             else:
                 self._credentials = credentials
                 self._frozen = credentials.get_frozen_credentials()
-        except Exception as e:  # a thread of its own: whatever stopped it is what requests are told
-            self._error = f"AWS credentials could not be obtained: {e.__class__.__name__}: {e}"
+                self._error = None
+        except Exception as e:  # a thread of its own: logged, and requests are told the credentials are unavailable
+            self._fail(f"could not be obtained: {e.__class__.__name__}: {e}")
         finally:
             self._ready.set()
+
+    def _fail(self, why: str) -> None:
+        """Logs a failure once per change (the detail may name accounts and roles, never a key)."""
+        self._error = why
+        if why != self._logged:
+            self._logged = why
+            log.warning("deployment %s: AWS credentials %s", self._label, why)
 
     def _refresh(self) -> None:
         try:
             credentials = self._credentials
             if credentials is not None:
                 self._frozen = credentials.get_frozen_credentials()  # botocore refreshes them when due
-        except Exception:  # kept: the next request tries again, and waits once they are nearly expired
-            pass
+                self._error = self._logged = None
+        except Exception as e:  # kept: the next request starts another try
+            self._fail(f"could not be renewed: {e.__class__.__name__}: {e}")
         finally:
             with self._lock:
                 self._refreshing = False
 
+    def _unavailable(self) -> UpstreamUnavailable:
+        return UpstreamUnavailable(
+            f"Deployment '{self._label}': its AWS credentials are unavailable (see the gateway's log).",
+            deployment=self._label,
+        )
+
     def frozen(self) -> ReadOnlyCredentials:
-        if not self._ready.is_set() and not self._ready.wait(RESOLVE_WAIT_S):
-            raise UpstreamUnavailable(
-                f"Deployment '{self._label}': its AWS credentials are still being resolved.", deployment=self._label
-            )
+        if not self._ready.is_set():
+            self.start()
+            raise self._unavailable()
         from botocore.credentials import RefreshableCredentials
 
         credentials, frozen = self._credentials, self._frozen
         if credentials is None or frozen is None:
-            raise UpstreamUnavailable(f"Deployment '{self._label}': {self._error}", deployment=self._label)
-        if isinstance(credentials, RefreshableCredentials):
-            if credentials.refresh_needed(MANDATORY_REFRESH_S):
-                try:
-                    frozen = self._frozen = credentials.get_frozen_credentials()
-                except Exception as e:  # STS or the chain failed: this deployment cannot sign now
-                    message = f"Deployment '{self._label}': its AWS credentials could not be renewed: {e}"
-                    raise UpstreamUnavailable(message, deployment=self._label) from None
-            elif credentials.refresh_needed(ADVISORY_REFRESH_S):
-                with self._lock:
-                    start, self._refreshing = not self._refreshing, True
-                if start:
-                    threading.Thread(target=self._refresh, name=f"aws-refresh-{self._label}", daemon=True).start()
+            raise self._unavailable()
+        if isinstance(credentials, RefreshableCredentials) and credentials.refresh_needed(ADVISORY_REFRESH_S):
+            with self._lock:
+                start, self._refreshing = not self._refreshing, True
+            if start:
+                threading.Thread(target=self._refresh, name=f"aws-refresh-{self._label}", daemon=True).start()
+            if credentials.refresh_needed(EXPIRY_MARGIN_S):  # expired (or about to): cannot sign now
+                raise self._unavailable()
         return frozen
 
 

@@ -20,11 +20,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import orjson
 
 from meterway.errors import ConfigError, UpstreamUnavailable
+
+if TYPE_CHECKING:
+    from meterway.providers.bedrock import AwsCredentials
 
 log = logging.getLogger("meterway")
 
@@ -94,8 +97,13 @@ def _checked(info: dict[str, Any], where: str) -> CredentialSource:
         missing = [k for k in ("client_email", "private_key", "token_uri") if not info.get(k)]
         if missing:
             raise ConfigError(f"vertex_credentials: {where} lacks {', '.join(missing)}")
-    elif kind not in ("authorized_user", "external_account", "impersonated_service_account"):
-        raise ConfigError(f"vertex_credentials: {where} is no Google credentials file (type {kind!r})")
+    elif kind != "authorized_user":
+        # other types (external_account, impersonated_service_account) make google-auth read files and
+        # call URLs the config names: a config must not turn the gateway into a reader of its host's files
+        raise ConfigError(
+            f"vertex_credentials: {where} has type {kind!r}; only 'service_account' and 'authorized_user' "
+            "credentials are accepted (use Application Default Credentials for the others)"
+        )
     return CredentialSource(info, where)
 
 
@@ -207,17 +215,35 @@ class Refreshers:
 
     def __init__(self) -> None:
         self._running: dict[int, tuple[GoogleToken, asyncio.Task[None]]] = {}
+        self._aws: dict[tuple[object, ...], AwsCredentials] = {}  # Bedrock's holders, by deployment and options
 
-    def serve(self, providers: Iterable[object]) -> list[GoogleToken]:
+    def serve(self, providers: Iterable[object]) -> list[GoogleToken | AwsCredentials]:
         """Keeps exactly `providers`' holders fresh; returns those started now. A new holder for a
-        deployment already served with the same credentials takes over the current token."""
+        deployment already served with the same credentials takes over the current token (Google)
+        or is replaced by the current one (AWS), so a reload of the stored models resolves nothing again."""
+        from meterway.providers.bedrock import BedrockProvider
+
+        providers = list(providers)
+        started: list[GoogleToken | AwsCredentials] = []
+        aws: dict[tuple[object, ...], AwsCredentials] = {}
+        for provider in providers:
+            if not isinstance(provider, BedrockProvider):
+                continue
+            ident = provider.credentials.identity()
+            current = aws.get(ident) or self._aws.get(ident)
+            if current is not None:
+                provider.credentials = current
+            else:
+                provider.credentials.start()
+                started.append(provider.credentials)
+            aws[ident] = provider.credentials
+        self._aws = aws
         # the protocol checks only that `credentials` exists: other families' (Bedrock's) are not Google's
         holders = [p.credentials for p in providers if isinstance(p, Refreshing)]
         wanted = {id(h): h for h in holders if isinstance(h, GoogleToken)}
         previous = {(h.label, _identity(h.source)): h for h, _ in self._running.values()}
         for key in self._running.keys() - wanted.keys():
             self._running.pop(key)[1].cancel()
-        started = []
         for key, holder in wanted.items():
             if key in self._running:
                 continue
@@ -236,8 +262,9 @@ class Refreshers:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def first_tokens(holders: Iterable[GoogleToken], wait_s: float = FIRST_TOKEN_WAIT_S) -> None:
-    """Waits (bounded) for each holder's first refresh, so the requests that follow find a token."""
+async def first_tokens(holders: Iterable[GoogleToken | AwsCredentials], wait_s: float = FIRST_TOKEN_WAIT_S) -> None:
+    """Waits (bounded) for each holder's first refresh (a Google token, AWS credentials), so the
+    requests that follow find one."""
     waits = [h.attempted() for h in holders]
     if waits:
         with contextlib.suppress(TimeoutError):

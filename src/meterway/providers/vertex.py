@@ -21,9 +21,11 @@ is appended to it after a colon.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Mapping
 from dataclasses import replace
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 from yarl import URL
@@ -40,6 +42,11 @@ from meterway.providers.token_input import embedding_texts
 ANTHROPIC_VERSION = "vertex-2023-10-16"  # what Vertex wants in the body (not a header)
 DEFAULT_LOCATION = "us-central1"  # LiteLLM's default when none is configured
 PLACEHOLDER_BASE = "https://aiplatform.googleapis.com"  # the registry's row; the real host is per location
+# what goes into the host and the path: a location is a region name (or `global`); a project id is
+# Google's (6-30 letters, digits and hyphens, starting with a letter), optionally domain-scoped
+# (`example.com:my-project`, legacy). Anything else could redirect the token to another host.
+LOCATION = re.compile(r"[a-z0-9-]+")
+PROJECT = re.compile(r"(?:[a-z0-9-]+(?:\.[a-z0-9-]+)+:)?[a-z][a-z0-9-]{4,28}[a-z0-9]")
 EMBEDDING_PREFIXES = ("text-embedding", "text-multilingual-embedding", "gemini-embedding", "multimodalembedding")
 
 
@@ -61,7 +68,7 @@ def model_root(api_base: str | None, project: str, location: str, model: str) ->
         return base
     return (
         f"{base or host(location)}/v1/projects/{project}/locations/{location}"
-        f"/publishers/{publisher(model)}/models/{model}"
+        f"/publishers/{publisher(model)}/models/{quote(model, safe='@')}"
     )
 
 

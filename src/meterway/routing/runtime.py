@@ -31,6 +31,7 @@ from meterway.store.models import ModelStore, StoredModel
 if TYPE_CHECKING:
     from meterway.api.models import ModelList
     from meterway.ledger.recorder import Ledger
+    from meterway.providers.bedrock import AwsCredentials
     from meterway.providers.google_auth import GoogleToken, Refreshers
     from meterway.routing import Router
 
@@ -117,7 +118,9 @@ class RuntimeModels:
         if started:  # a vertex_ai/ model just added: its first token, so its first request finds one
             await first_tokens(started)
 
-    def _apply(self, stored: dict[str, StoredModel], deployments: tuple[Deployment, ...]) -> list[GoogleToken]:
+    def _apply(
+        self, stored: dict[str, StoredModel], deployments: tuple[Deployment, ...]
+    ) -> list[GoogleToken | AwsCredentials]:
         """Serves `deployments` beside the config file's; returns the credentials now kept fresh
         that were not before."""
         every = self.settings.deployments + deployments
