@@ -183,6 +183,10 @@ class OutboxStore:
             .limit(limit)
         )
         async with self._engine.begin() as conn:
+            if conn.dialect.name == "sqlite":
+                # the write lock first: SQLite fails a transaction that read and then writes at once
+                # ("database is locked") when a sender wrote in between, where a first write waits
+                await conn.execute(billing_outbox.update().where(sa.false()).values(status=billing_outbox.c.status))
             groups = {(str(k) if k is not None else None): int(n) for k, n in (await conn.execute(counted)).all()}
             done = await conn.execute(billing_outbox.update().where(*where).values(**_AGAIN))
         return int(done.rowcount), groups
