@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import sqlite3
 from collections.abc import Iterator
+from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
 import httpx
@@ -27,6 +28,8 @@ IMAGE_PRICE = 0.04  # USD per image: DALL·E 3, standard 1024x1024
 PIXEL_PRICE = 2e-8  # USD per pixel
 INPUT_PRICE, OUTPUT_PRICE = 5e-6, 4e-5  # gpt-image-1's text input and image output tokens
 UNIT = 10**10  # the ledger's money units per USD
+# DALL·E 3's prices per pixel in the bundled table (LiteLLM's `hd/1024-x-1792/dall-e-3`, ...)
+HD_TALL_PIXEL, STANDARD_SQUARE_PIXEL = Decimal("7.19343e-08"), Decimal("4.19617e-08")
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +79,10 @@ def gw(upstream: ImageStandIn, lago: LagoStandIn) -> Iterator[RunningGateway]:
                 "model_name": "azure-dalle",
                 "litellm_params": {"model": "azure/dall-e-3", "api_base": upstream.base_url, "api_key": IMAGES_KEY},
                 "model_info": {"output_cost_per_image": IMAGE_PRICE},
+            },
+            {
+                "model_name": "dalle-table",  # no price of its own: the bundled table's, by quality and size
+                "litellm_params": {"model": "openai/dall-e-3", "api_base": base, "api_key": IMAGES_KEY},
             },
             {
                 "model_name": "dalle-wrong-key",
@@ -315,3 +322,29 @@ def test_a_configured_image_price_is_not_added_to_the_tables_token_prices(gw: Ru
     row = _row(gw, raw.headers["x-request-id"])
     assert row["images"] == 1 and row["completion_tokens"] == OUTPUT_TOKENS["high"]
     assert row["cost"] == round(IMAGE_PRICE * UNIT)
+
+
+def _ceil_units(usd: Decimal) -> int:
+    return int((usd * UNIT).to_integral_value(ROUND_CEILING))
+
+
+def test_the_tables_dall_e_3_price_follows_the_quality_and_size(gw: RunningGateway) -> None:
+    with _client(gw) as client:
+        hd = client.images.with_raw_response.generate(
+            model="dalle-table", prompt="a fox", quality="hd", size="1024x1792"
+        )
+        standard = client.images.with_raw_response.generate(model="dalle-table", prompt="a fox", size="1024x1024")
+    row = _row(gw, hd.headers["x-request-id"])
+    assert row["images"] == 1 and row["cost"] == _ceil_units(1024 * 1792 * HD_TALL_PIXEL)
+    row = _row(gw, standard.headers["x-request-id"])
+    assert row["images"] == 1 and row["cost"] == _ceil_units(1024 * 1024 * STANDARD_SQUARE_PIXEL)
+
+
+def test_a_budget_reserves_the_dearest_quality_and_size(gw: RunningGateway) -> None:
+    # an hd 1792x1024 image costs ~$0.132: a $0.10 budget pays a standard square one (~$0.044), not it
+    key = _post(gw, "/key/generate", {"max_budget": 0.1}).json()["key"]
+    with _client(gw, key) as client:
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.images.generate(model="dalle-table", prompt="a wide fox", quality="hd", size="1792x1024")
+        assert "Budget exceeded" in refused.value.message
+        assert len(client.images.generate(model="dalle-table", prompt="a fox", size="1024x1024").data or []) == 1

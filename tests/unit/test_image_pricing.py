@@ -43,3 +43,28 @@ def test_a_deployments_own_image_price_takes_none_from_the_table() -> None:
     assert dalle3 is not None and dalle3.input_per_pixel is not None
     gpt_image = table.load().find("gpt-image-1")
     assert gpt_image is not None and gpt_image.output_per_token == Decimal(40) / 1_000_000
+
+
+def test_the_tables_dall_e_3_rows_price_by_quality_and_size() -> None:
+    known = table.load().find("openai/dall-e-3")
+    assert known is not None
+    rates = pricing.rates(known)
+    tall, square = 1024 * 1792, 1024 * 1024
+    hd = pricing.cost_units(Usage(images=1, pixels=tall, quality="hd"), pricing.unit_prices(known), rates)
+    assert hd == pricing.units(Decimal("7.19343e-08") * tall)
+    plain = pricing.cost_units(Usage(images=1, pixels=square), pricing.unit_prices(known), rates)  # standard
+    assert plain == pricing.units(Decimal("4.19617e-08") * square)
+    odd = pricing.cost_units(Usage(images=1, pixels=512 * 512, quality="hd"), pricing.unit_prices(known), rates)
+    assert odd == pricing.units(Decimal("4.19617e-08") * 512 * 512)  # no such row: the plain price
+    # a reservation: the quality asked for (standard where none), every quality for `auto`
+    assert pricing.estimate(known, 0, 0, Units(images=1, pixels=tall)) == Decimal("4.79562e-08") * tall
+    assert pricing.estimate(known, 0, 0, Units(images=1, pixels=tall, quality="auto")) == Decimal("8.39233e-08") * tall
+
+
+def test_a_deployments_own_image_price_wins_over_the_tables_quality_rows() -> None:
+    known = table.load().find("openai/dall-e-3")
+    mine = table.merged(Prices(output_per_image=Decimal("0.04")), known)
+    assert mine.pixel_by_size == () and mine.input_per_pixel is None
+    usage = Usage(images=1, pixels=1024 * 1792, quality="hd")
+    assert pricing.cost_units(usage, pricing.unit_prices(mine), pricing.rates(mine)) == 400_000_000
+    assert table.merged(Prices(), known).pixel_by_size == known.pixel_by_size != ()

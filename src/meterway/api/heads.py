@@ -582,7 +582,7 @@ def _image_head(
                 code="invalid_value",
             )
     tags, metadata = extras
-    most = Units(images=n, pixels=pixels or IMAGE_AUTO_PIXELS)
+    most = Units(images=n, pixels=pixels or IMAGE_AUTO_PIXELS, quality=options.get("quality") or "")
     cap = n * IMAGE_OUTPUT_TOKENS_MAX
     return RequestHead(model, False, False, user, cap, tags, metadata, most, prompt_tokens)
 

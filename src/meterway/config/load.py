@@ -721,7 +721,7 @@ def _deployment(
             output_per_token=price("output_cost_per_token"),
             cache_read_per_token=price("cache_read_input_token_cost"),
             cache_write_per_token=price("cache_creation_input_token_cost"),
-            **{field: price(name) for name, field in prices.UNIT_PRICES.items()},
+            **dict[str, Any]({field: price(name) for name, field in prices.UNIT_PRICES.items()}),
         ),
         rpm=_count(params.get("rpm"), f"{where}: litellm_params.rpm"),
         tpm=_count(params.get("tpm"), f"{where}: litellm_params.tpm"),

@@ -51,6 +51,9 @@ class Prices:
     input_per_second: Decimal | None = None  # audio in (transcription)
     output_per_second: Decimal | None = None  # audio out (speech), where no input price is given
     input_per_character: Decimal | None = None  # speech input
+    # an image's price per pixel by its quality and pixels (`standard`, 1024*1792, price), where the
+    # price table keys it so (LiteLLM's `hd/1024-x-1792/dall-e-3`); the plain per-pixel price elsewhere
+    pixel_by_size: tuple[tuple[str, int, Decimal], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

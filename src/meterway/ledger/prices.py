@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass
 from decimal import Decimal
 from importlib import resources
+from typing import Any
 
 from meterway.config.settings import Prices
 
@@ -49,37 +51,56 @@ class PriceTable:
         return None
 
 
+def _decimals(fields: dict[str, Decimal]) -> dict[str, Any]:
+    """Price fields by name, typed for `Prices(**...)` (whose fields are not all decimals)."""
+    return dict(fields)
+
+
 def load() -> PriceTable:
     data = json.loads(resources.files("meterway.ledger").joinpath("prices.json").read_text(encoding="utf-8"))
     prices = {
-        model: Prices(**{_FIELDS[k]: Decimal(v) / _MILLION for k, v in row.items()})
+        model: Prices(**_decimals({_FIELDS[k]: Decimal(v) / _MILLION for k, v in row.items()}))
         for model, row in data["per_million_tokens"].items()
     }
-    for model, row in data.get("per_unit", {}).items():
-        per_unit = {UNIT_PRICES[k]: Decimal(v) for k, v in row.items()}
-        prices[model] = dataclasses.replace(prices.get(model, Prices()), **per_unit)
+    by_size: dict[str, list[tuple[str, int, Decimal]]] = {}
+    for key, row in data.get("per_unit", {}).items():
+        sized = _BY_SIZE.match(key)
+        if sized is not None:  # `hd/1024-x-1792/dall-e-3`: one quality and size of the model's images
+            quality, width, height, model = sized.groups()
+            price = Decimal(row["input_cost_per_pixel"])
+            by_size.setdefault(model, []).append((quality, int(width) * int(height), price))
+            continue
+        per_unit = _decimals({UNIT_PRICES[k]: Decimal(v) for k, v in row.items()})
+        prices[key] = dataclasses.replace(prices.get(key, Prices()), **per_unit)
+    for model, sizes in by_size.items():
+        prices[model] = dataclasses.replace(prices.get(model, Prices()), pixel_by_size=tuple(sizes))
     return PriceTable(str(data["taken"]), prices)
+
+
+# LiteLLM's key of an image price by quality and size: `<quality>/<W>-x-<H>/<model>`
+_BY_SIZE = re.compile(r"^([a-z]+)/([1-9][0-9]*)-x-([1-9][0-9]*)/(.+)$")
 
 
 # An image's prices are one choice (per image, else per pixel): a deployment that sets any of them
 # takes none of the others from the table, or the table's price per image would override its own per pixel
-_IMAGE_FIELDS = ("output_per_image", "input_per_pixel", "output_per_pixel")
+_IMAGE_FIELDS = ("output_per_image", "input_per_pixel", "output_per_pixel", "pixel_by_size")
 _TOKEN_FIELDS = ("input_per_token", "output_per_token", "cache_read_per_token", "cache_write_per_token")
 
 
 def merged(configured: Prices, known: Prices | None) -> Prices:
     """The configured prices, with each missing field taken from the table's (an image's prices as one).
     A deployment that configures an image price (per image or per pixel) is billed by it: the table's
-    token prices are not added (gpt-image-1's would bill each image twice); token prices the config
-    sets itself still apply beside it."""
+    token prices are not added (gpt-image-1's would bill each image twice), nor the table's prices by
+    quality and size (the configured price is the one price); token prices the config sets itself
+    still apply beside it."""
     if known is None:
         return configured
-    own_image = any(getattr(configured, name) is not None for name in _IMAGE_FIELDS)
+    own_image = any(getattr(configured, name) not in (None, ()) for name in _IMAGE_FIELDS)
     own = _IMAGE_FIELDS + _TOKEN_FIELDS if own_image else ()
     return Prices(
         **{
             f.name: mine
-            if (mine := getattr(configured, f.name)) is not None or f.name in own
+            if (mine := getattr(configured, f.name)) not in (None, ()) or f.name in own
             else getattr(known, f.name)
             for f in dataclasses.fields(Prices)
         }

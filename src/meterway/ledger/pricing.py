@@ -56,7 +56,7 @@ def estimate(prices: Prices, prompt_tokens: int, output_tokens: int, most: Units
         total += output_tokens * prices.output_per_token
     if most is not None:
         total += most.queries * (prices.input_per_query or 0)
-        total += most.images * _per_image(prices, most.pixels)
+        total += most.images * _per_image(prices, most.pixels, most.quality)
         total += most.audio_ms * _per_second(prices) / 1000
         total += most.characters * (prices.input_per_character or 0)
     return total
@@ -68,11 +68,29 @@ def _per_pixel(prices: Prices) -> Decimal:
     return (prices.input_per_pixel or Decimal(0)) + (prices.output_per_pixel or Decimal(0))
 
 
-def _per_image(prices: Prices, pixels: int) -> Decimal:
-    """One image's price: `output_cost_per_image` where set, else its pixels at the price per pixel."""
+def _per_image(prices: Prices, pixels: int, quality: str) -> Decimal:
+    """The most one image may cost: `output_cost_per_image` where set, else its pixels at the
+    dearest price per pixel it may be billed at (of the quality asked for, every quality for `auto`
+    or an unknown one), never below the plain one."""
     if prices.output_per_image is not None:
         return prices.output_per_image
-    return pixels * _per_pixel(prices)
+    asked = quality or DEFAULT_QUALITY
+    known = {q for q, _, _ in prices.pixel_by_size}
+    dearest = max(
+        (price for q, _, price in prices.pixel_by_size if q == asked or asked not in known),
+        default=Decimal(0),
+    )
+    return pixels * max(_per_pixel(prices), dearest)
+
+
+DEFAULT_QUALITY = "standard"  # DALL·E 3's quality where the request names none
+
+
+def pixel_price(by_size: tuple[tuple[str, int, Decimal], ...], quality: str, pixels: int) -> Decimal | None:
+    """The price per pixel of an image of `quality` (`standard` where none is named) and `pixels`,
+    where the table prices that pair; None elsewhere (the plain price per pixel applies)."""
+    asked = quality or DEFAULT_QUALITY
+    return next((price for q, p, price in by_size if q == asked and p == pixels), None)
 
 
 def _per_second(prices: Prices) -> Decimal:
@@ -93,6 +111,7 @@ class Rates:
     second: int = 0
     character: int = 0
     pixel: Decimal = Decimal(0)
+    pixel_by_size: tuple[tuple[str, int, Decimal], ...] = ()  # (quality, pixels, money units per pixel)
 
     def cost(self, usage: Usage) -> int:
         """The units' part of a cost: audio is counted in milliseconds, its price is per second
@@ -106,10 +125,13 @@ class Rates:
         )
 
     def _pixels(self, usage: Usage) -> int:
-        """Images priced by their pixels (no price per image): images x pixels x price, rounded up."""
-        if self.image or not self.pixel or usage.images <= 0 or usage.pixels <= 0:
+        """Images priced by their pixels (no price per image): images x pixels x price (the one of their
+        quality and size where the table has it), rounded up."""
+        if self.image or usage.images <= 0 or usage.pixels <= 0:
             return 0
-        return int((usage.images * usage.pixels * self.pixel).to_integral_value(ROUND_CEILING))
+        sized = pixel_price(self.pixel_by_size, usage.quality, usage.pixels)
+        price = self.pixel if sized is None else sized
+        return int((usage.images * usage.pixels * price).to_integral_value(ROUND_CEILING))
 
 
 def rates(prices: Prices) -> Rates:
@@ -119,6 +141,7 @@ def rates(prices: Prices) -> Rates:
         units(_per_second(prices)),
         units(prices.input_per_character),
         units_exact(_per_pixel(prices)),
+        tuple((q, p, units_exact(price)) for q, p, price in prices.pixel_by_size),
     )
 
 

@@ -382,6 +382,7 @@ class Ledger:
                 audio_ms=most.audio_ms,
                 characters=most.characters,
                 pixels=most.pixels,
+                quality=most.quality,
             )
             ctx.flags.append(usage_checks.INVALID)
         units = reported  # units beside tokens (images, search units) stand even where tokens are no counts
@@ -423,6 +424,7 @@ class Ledger:
         if units is not None:
             usage.queries, usage.images, usage.pixels = units.queries, units.images, units.pixels
             usage.audio_ms, usage.characters = units.audio_ms, units.characters
+            usage.quality = units.quality
         self.estimated_rows += 1
         dep_id = ctx.deployment.id
         if not ctx.client_aborted and dep_id not in self._warned:

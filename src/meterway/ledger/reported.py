@@ -352,6 +352,8 @@ def read_units(usage: Usage, endpoint: str, raw: Mapping[str, Any]) -> bool:
         usage.images = count(len(data), MOST_IMAGES) if isinstance(data, list) else count(params.get("n"), MOST_IMAGES)
         size = response.get("size") or params.get("size")
         usage.pixels = _pixels(size) if isinstance(size, str) else 0
+        quality = response.get("quality") or params.get("quality")
+        usage.quality = quality[:16] if isinstance(quality, str) else ""
     elif endpoint in ("transcriptions", "translations"):
         seconds = response.get("duration")
         reported = response.get("usage")

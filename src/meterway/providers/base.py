@@ -64,6 +64,7 @@ class Usage:
     audio_ms: int = 0  # audio duration in milliseconds
     characters: int = 0  # speech input
     pixels: int = 0  # one image's pixels (its asked-for size), for a price per pixel; not stored
+    quality: str = ""  # an image's quality (`hd`), for a price by quality; not stored
     # what the row is flagged with for how these figures were reached (`audio_estimated`: the audio
     # billed is the file's most, not what was reported or read from a trusted header)
     flags: tuple[str, ...] = ()
@@ -79,6 +80,7 @@ class Units:
     audio_ms: int = 0
     characters: int = 0
     pixels: int = 0  # one image's pixels, for a price per pixel (images' only)
+    quality: str = ""  # the image quality asked for (`auto` or none: the dearest is reserved)
 
 
 NOT_A_COUNT = -1  # a usage figure the provider sent that is not a whole number of tokens

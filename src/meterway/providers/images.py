@@ -4,7 +4,8 @@ servers share, passes to the client as it came.
 An answer is `{created, data: [{url | b64_json, revised_prompt?}], usage?}`. What it is billed
 for is read here: the images it returned (`data`'s length, not the `n` asked for: a model may
 return fewer), each image's pixels (the `size` the answer names, as gpt-image-1 reports it, else
-the size asked for, else OpenAI's default 1024x1024) for a price per pixel, and the tokens where
+the size asked for, else OpenAI's default 1024x1024) and its quality (the answer's, else the
+request's) for a price per pixel, and the tokens where
 the model reports them (gpt-image-1's `usage.input_tokens` and `output_tokens`, priced as tokens).
 """
 
@@ -36,9 +37,11 @@ def usage(answer: Mapping[str, Any], request: Mapping[str, Any]) -> Usage | None
     if pixels is None:
         asked = request.get("size")
         pixels = image_pixels(asked if isinstance(asked, str) else None) or DEFAULT_PIXELS
+    quality = answer.get("quality") or request.get("quality")
+    quality = quality[:16] if isinstance(quality, str) else ""
     reported = answer.get("usage")
     if reported is None:
-        return Usage(images=len(data), pixels=pixels)
+        return Usage(images=len(data), pixels=pixels, quality=quality)
     if not isinstance(reported, Mapping):
         counted = not_counts()
     else:
@@ -46,5 +49,5 @@ def usage(answer: Mapping[str, Any], request: Mapping[str, Any]) -> Usage | None
         completion = tokens(reported.get("output_tokens"))
         total = tokens(reported["total_tokens"]) if "total_tokens" in reported else prompt + completion
         counted = Usage(prompt, completion, total)
-    counted.images, counted.pixels = len(data), pixels
+    counted.images, counted.pixels, counted.quality = len(data), pixels, quality
     return counted
