@@ -138,12 +138,26 @@ def too_deep(body: bytes, limit: int = DEPTH_MAX) -> bool:
 
 def deep_error(exc: Exception, body: bytes) -> Exception:
     """`exc` as the client's 400 when it came from `body` nesting deeper than the JSON encoder
-    goes (254 levels): such a body passes the head decoders but fails wherever it is encoded
-    again. Told apart from a fault of ours (500) only once handling failed, `too_deep` costing too
+    goes (254 levels), or holding a number past a double's range: such a body passes the head
+    decoders but fails wherever it is encoded or read again. Told apart from a fault of ours (500) only once handling failed, `too_deep` costing too
     much to run on every body. A `BadRequest` or other named error is returned as it is."""
-    if not isinstance(exc, MeterwayError) and body and too_deep(body):
+    if isinstance(exc, MeterwayError) or not body:
+        return exc
+    if too_deep(body):
         return BadRequest(f"Request body is nested deeper than {DEPTH_MAX} levels.", code="nested_too_deep")
+    if isinstance(exc, orjson.JSONDecodeError) and body[:1] == b"{" and not _parses(body):
+        # the head decoders check the syntax, not the numbers: `1e400` is valid JSON that orjson
+        # refuses wherever the body is read again (Responses runs, token counts)
+        return BadRequest("Request body holds a number out of range (past a 64-bit float).", code="invalid_value")
     return exc
+
+
+def _parses(body: bytes) -> bool:
+    try:
+        orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return False
+    return True
 
 
 def _out_of_range(value: Any) -> Any:

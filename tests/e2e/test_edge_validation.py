@@ -162,6 +162,16 @@ def test_a_number_past_a_double_in_metadata_or_tags_is_400_naming_the_field(
         assert error["param"] == field and error["type"] == "invalid_request_error", error
 
 
+def test_a_number_past_a_double_anywhere_in_a_responses_body_is_400(http: httpx.Client) -> None:
+    # the Responses runs and the token count read the whole body again: it answered 500
+    for path in ("/v1/responses", "/v1/responses/input_tokens"):
+        for extra in (',"temperature":1e400', ',"x":-1e400'):
+            body = b'{"model":"demo","input":"hi"' + extra.encode() + b"}"
+            r = http.post(path, content=body, headers={"content-type": "application/json"})
+            assert r.status_code == 400, (path, r.text)
+            assert error_of(r)["code"] == "invalid_value" and "out of range" in error_of(r)["message"]
+
+
 def test_json_nested_a_hundred_thousand_deep_is_400(http: httpx.Client) -> None:
     deep = b"[" * 100_000 + b"]" * 100_000
     for body in (
