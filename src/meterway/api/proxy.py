@@ -74,7 +74,7 @@ async def handle(services: Services, api: Api, decode: HeadDecoder, scope: Scope
         body = await read_body(receive, incoming, limit)
         head = decode(body)
         settings = services.settings
-        named = customer_from_headers(scope["headers"], settings.customer_header_names) or head.user
+        named = named_customer(services, scope["headers"], head.user)
         ctx.model_group, ctx.stream, ctx.end_user = head.model, head.stream, named
         ctx.user = principal.customer(named, settings.require_customer_binding)
         ctx.body, ctx.head = body, head
@@ -174,9 +174,13 @@ def customer_of(
 ) -> str | None:
     """The customer a request is charged to, as the model routes find it: a header, else the
     body's `user`, unless the key is bound to one (`Principal.customer`)."""
-    settings = services.settings
-    named = customer_from_headers(headers, settings.customer_header_names) or user
-    return principal.customer(named, settings.require_customer_binding)
+    return principal.customer(named_customer(services, headers, user), services.settings.require_customer_binding)
+
+
+def named_customer(services: Services, headers: list[tuple[bytes, bytes]], user: str | None) -> str | None:
+    """The customer the request names: a customer header (LiteLLM's, or the configured ones) wins
+    over the body's fields (`user` and LiteLLM's others, already in `user`)."""
+    return customer_from_headers(headers, services.settings.customer_header_names) or user
 
 
 def may_call(principal: Principal, customer_models: tuple[str, ...]) -> Callable[[str], bool]:
