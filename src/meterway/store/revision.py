@@ -11,7 +11,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-HEAD = "0014"
+HEAD = "0016"
 
 
 async def current(engine: AsyncEngine) -> str | None:

@@ -18,6 +18,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
     func,
     text,
 )
@@ -329,4 +330,72 @@ responses = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("expires_at", DateTime(timezone=True), nullable=False),
     Index("ix_mw_responses_expires_at", "expires_at"),
+)
+
+# Budget and credit alerts waiting for, or delivered to, their receivers (migration 0015): one row
+# per alert and destination; the unique (dedupe, destination) makes each crossing alerted once
+# across replicas. Claimed and retried like billing exports; kept after delivery.
+alerts = Table(
+    "mw_alerts",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    Column("dedupe", String(600), nullable=False),  # scope, entity, period, event, threshold
+    Column("destination", String(16), nullable=False),  # webhook, slack
+    Column("event", String(64), nullable=False),
+    Column("payload", JSON, nullable=False),
+    Column("status", String(16), nullable=False, server_default="pending"),  # pending, sent
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=True),
+    Column("claimed_until", DateTime(timezone=True), nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("sent_at", DateTime(timezone=True), nullable=True),
+    Index("ix_mw_alerts_dedupe_destination", "dedupe", "destination", unique=True),
+    Index("ix_mw_alerts_status_next_attempt_at", "status", "next_attempt_at"),
+)
+
+# Prepaid credits (migration 0016): per charged entity, the last reading of its Lago wallets and
+# the Lago price of its ledger rows at that reading (money units of the plan's currency).
+prepaid_balances = Table(
+    "mw_prepaid_balances",
+    metadata,
+    Column("entity_id", String(255), primary_key=True),
+    Column("lago_customer_id", String(255), nullable=True, index=True),
+    Column("subscription_id", String(255), nullable=True),
+    Column("plan_code", String(255), nullable=True),
+    Column("currency", String(8), nullable=True),
+    Column("period_start", DateTime(timezone=True), nullable=True),
+    Column("has_wallets", Boolean, nullable=False, server_default=false()),
+    Column("balance_units", BigInteger, nullable=False, server_default="0"),  # active wallets' ongoing balance
+    Column("lago_usage_units", BigInteger, nullable=False, server_default="0"),  # usage Lago had counted
+    Column("priced_units", BigInteger, nullable=False, server_default="0"),  # Lago price of our rows then
+    Column("wallets", JSON, nullable=True),
+    Column("reason", String(32), nullable=True),  # what caused the reading: schedule, webhook, first_use...
+    Column("read_at", DateTime(timezone=True), nullable=True),  # last successful reading
+    Column("attempt_at", DateTime(timezone=True), nullable=True),  # last attempt, successful or not
+    Column("error", Text, nullable=True),  # why the last attempt failed, readable
+)
+
+prepaid_history = Table(
+    "mw_prepaid_history",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    Column("entity_id", String(255), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("reason", String(32), nullable=False),
+    Column("balance_units", BigInteger, nullable=False),
+    Column("lago_usage_units", BigInteger, nullable=False),
+    Column("priced_units", BigInteger, nullable=False),
+    Column("available_units", BigInteger, nullable=False),
+    Index("ix_mw_prepaid_history_entity_id_at", "entity_id", "at"),
+)
+
+# Lago webhooks already taken, by Lago's `X-Lago-Unique-Key`: a redelivery changes nothing.
+lago_webhooks = Table(
+    "mw_lago_webhooks",
+    metadata,
+    Column("unique_key", String(255), primary_key=True),
+    Column("webhook_type", String(100), nullable=False),
+    Column("lago_customer_id", String(255), nullable=True),
+    Column("received_at", DateTime(timezone=True), nullable=False, index=True),
 )
