@@ -4,7 +4,7 @@
 limits hook notes refused budgets on it, the prepaid module calls `enqueue`. Never a global.
 """
 
-from meterway.alerts.model import EVENT_GROUP, Alert, Event, Scope, budget_message
+from meterway.alerts.model import EVENT_GROUP, Alert, Event, Scope, budget_message, credits_alert
 from meterway.alerts.worker import Alerts
 
-__all__ = ["EVENT_GROUP", "Alert", "Alerts", "Event", "Scope", "budget_message"]
+__all__ = ["EVENT_GROUP", "Alert", "Alerts", "Event", "Scope", "budget_message", "credits_alert"]

@@ -103,3 +103,34 @@ def budget_message(scope: Scope, event: Event, max_budget: float | None, soft_bu
 
 def _percent(fraction: float) -> str:
     return f"{round(fraction * 100, 2):g}"
+
+
+def credits_alert(
+    event: Literal["credits_low", "credits_exhausted"],
+    customer_id: str,
+    dedupe: str,
+    *,
+    available: float,
+    funded: float | None = None,
+    currency: str = "USD",
+    low_balance: float | None = None,
+) -> Alert:
+    """A prepaid customer's credits running low or out (event_group "end_user", LiteLLM's name
+    for a customer). `dedupe` is the caller's: e.g. `customer:<id>:<wallet reading period>:credits_low`,
+    so each episode is alerted once across replicas. `spend` carries what is still available and
+    `max_budget` what the wallets funded, in the credits' currency."""
+    if event == "credits_low":
+        message = f"Customer Credits: Low Balance: {available:g} {currency} available"
+        if low_balance is not None:
+            message += f" (alert below {low_balance:g} {currency})"
+    else:
+        message = f"Customer Credits: Exhausted: {available:g} {currency} available; top up to be served again"
+    return Alert(
+        event=event,
+        scope="customer",
+        dedupe=f"credits:{dedupe}",
+        event_message=message,
+        spend=available,
+        max_budget=funded,
+        customer_id=customer_id,
+    )

@@ -71,11 +71,10 @@ class AlertOutbox:
             {"dedupe": d, "destination": dest, "event": e, "payload": p, "created_at": now, "status": "pending"}
             for d, dest, e, p in rows
         ]
-        insert = (postgresql.insert(alerts) if self._pg else sqlite.insert(alerts)).on_conflict_do_nothing(
-            index_elements=["dedupe", "destination"]
-        )
+        # one multi-row statement, so its rowcount is the rows inserted (an executemany's is not)
+        insert = (postgresql.insert(alerts) if self._pg else sqlite.insert(alerts)).values(values)
         async with self._engine.begin() as conn:
-            done = await conn.execute(insert, values)
+            done = await conn.execute(insert.on_conflict_do_nothing(index_elements=["dedupe", "destination"]))
         return max(int(done.rowcount), 0)
 
     async def known(self, dedupes: Sequence[str]) -> set[str]:

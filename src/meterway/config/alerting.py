@@ -76,10 +76,12 @@ def parse_alerting(general: Mapping[str, Any], env: Mapping[str, str], warnings:
             ("webhook_url", "WEBHOOK_URL") if name == "webhook" else ("slack_webhook_url", "SLACK_WEBHOOK_URL")
         )
         url = args.get(setting) or env.get(variable)
-        if not url:
-            raise ConfigError(
-                f"general_settings.alerting: '{name}' needs {variable} (or general_settings.alerting_args.{setting})"
+        if not url:  # LiteLLM starts without it too (and fails each alert); meterway says so once
+            warnings.append(
+                f"general_settings.alerting: '{name}' has no {variable} (nor general_settings.alerting_args."
+                f"{setting}); no {name} alerts are sent"
             )
+            continue
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise ConfigError(f"{variable} (general_settings.alerting_args.{setting}) must be an http(s) URL")
         destinations[name] = url
