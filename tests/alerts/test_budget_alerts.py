@@ -206,3 +206,30 @@ def test_one_sqlite_gateway_posts_each_budget_alert_once(standin: StandIn, recei
         _assert_budget_alerts(receiver, key, team)
         _scanned_twice_more(replicas)
         assert len(receiver.bodies("/hook")) == 2
+
+
+def test_teams_customers_and_soft_budgets_are_alerted_with_their_event_group(
+    standin: StandIn, receiver: Receiver, tmp_path: Any
+) -> None:
+    config = _config(standin.base_url, receiver, f"sqlite:///{tmp_path / 'scopes.db'}")
+    with _replicas(config, 1) as replicas:
+        gw = replicas[0]
+        team = _admin(gw, "/team/new", {"team_alias": "blue", "max_budget": BUDGET})["team_id"]
+        _admin(gw, "/customer/new", {"user_id": "globex", "soft_budget": 0.05})
+        body = {"soft_budget": 0.03, "team_id": team, "customer_id": "globex", "key_alias": "soft"}
+        key = _admin(gw, "/key/generate", body)["key"]
+        _spend_until_refused(replicas, key)
+        hooks = _delivered(receiver, "/hook", 4)
+        _scanned_twice_more(replicas)
+        got = sorted((b["event"], b["event_group"]) for b in receiver.bodies("/hook"))
+    assert got == [
+        ("budget_crossed", "team"),
+        ("soft_budget_crossed", "end_user"),
+        ("soft_budget_crossed", "key"),
+        ("threshold_crossed", "team"),
+    ]
+    by = {(b["event"], b["event_group"]): b for b in hooks}
+    assert by[("budget_crossed", "team")]["team_id"] == team and by[("budget_crossed", "team")]["team_alias"] == "blue"
+    assert by[("budget_crossed", "team")]["event_message"].startswith("Team Budget: Budget Crossed")
+    assert by[("soft_budget_crossed", "end_user")]["customer_id"] == "globex"
+    assert by[("soft_budget_crossed", "key")]["soft_budget"] == 0.03
