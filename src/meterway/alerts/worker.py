@@ -147,6 +147,15 @@ class Alerts:
         how many outbox rows were new."""
         assert self.alerting is not None
         refused, self._refused = self._refused, {}
+        try:
+            return await self._scan(refused)
+        except BaseException:
+            for counter in refused:  # noted again for the next scan: a database hiccup loses no crossing
+                self.budget_refused(counter)
+            raise
+
+    async def _scan(self, refused: Mapping[str, None]) -> int:
+        assert self.alerting is not None
         if self._dropped:
             log.warning("alert scan: %d refused budgets were not noted (more than %d)", self._dropped, REFUSALS_MAX)
             self._dropped = 0
