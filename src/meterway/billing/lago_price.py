@@ -261,24 +261,29 @@ def _model(kind: str, props: Any, where: str, wallet_group: bool) -> _Model:
 
 
 Values = Mapping[str, frozenset[str]]
+Frozen = tuple[tuple[str, frozenset[str]], ...]  # Values, kept hashable in the parsed plan
 
 
-def _matches(props: Mapping[str, Any], values: Values) -> bool:
+def _freeze(values: Values) -> Frozen:
+    return tuple(sorted(values.items()))
+
+
+def _matches(props: Mapping[str, Any], values: Frozen) -> bool:
     """Postgres' `properties->>key IN (values)` on every key (a missing key never matches)."""
-    return all(_text(props.get(key)) in wanted for key, wanted in values.items())
+    return all(_text(props.get(key)) in wanted for key, wanted in values)
 
 
-def _ignored_matches(props: Mapping[str, Any], values: Values) -> bool:
+def _ignored_matches(props: Mapping[str, Any], values: Frozen) -> bool:
     """Lago's exclusion clause: `coalesce(properties->>key, '') IN (values)` on every key with
     values; a clause with none excludes nothing."""
-    clauses = [(k, v) for k, v in values.items() if v]
+    clauses = [(k, v) for k, v in values if v]
     return bool(clauses) and all((_text(props.get(k)) or "") in v for k, v in clauses)
 
 
 @dataclass(frozen=True, slots=True)
 class _Filter:
-    values: Values  # ALL_FILTER_VALUES expanded to the metric's values
-    ignored: tuple[Values, ...]  # more specific filters whose events this one leaves to them
+    values: Frozen  # ALL_FILTER_VALUES expanded to the metric's values
+    ignored: tuple[Frozen, ...]  # more specific filters whose events this one leaves to them
     model: _Model
 
     def takes(self, props: Mapping[str, Any]) -> bool:
@@ -321,7 +326,8 @@ class _Charge:
         if not self.filters:
             return [-1]
         hit = [i for i, f in enumerate(self.filters) if f.takes(props)]
-        if not any(_matches(props, f.values) for f in self.filters):
+        # the charge's own fee ignores every filter's events, by the same exclusion clause
+        if not any(_ignored_matches(props, f.values) for f in self.filters):
             hit.append(-1)
         return hit
 
@@ -417,7 +423,7 @@ def _charge(raw: Any, metrics: Mapping[str, Mapping[str, Any]], where: str) -> _
         code,
         name,
         rounding,
-        tuple(_Filter(v, _ignored(i, pairs), m) for i, (v, _, m) in enumerate(parsed)),
+        tuple(_Filter(_freeze(v), tuple(map(_freeze, _ignored(i, pairs))), m) for i, (v, _, m) in enumerate(parsed)),
         default,
         rate,
     )
@@ -518,6 +524,7 @@ def _price(model: _Model, fee: _Fee, units: Decimal, summed: bool) -> Decimal:
         return units * model.amount
     if model.kind == "package":
         paid = units - model.free_units
+        # Lago divides in floats (`fdiv`); exact decimals here, equal below 2**53 units
         return _ZERO if paid < 0 else _ceil(paid / model.package_size) * model.amount
     if model.kind == "graduated":
         total = _ZERO
@@ -606,25 +613,31 @@ class PlanPrice:
         return Tally(self._charges)
 
 
-_Key = tuple[int, int, tuple[str | None, ...]]  # charge, fee (filter or -1), pricing group
+_Group = tuple[str | None, ...]  # the pricing group keys' values, as `properties->>key` reads them
 
 
 class Tally:
     """Events added up per fee, priced on demand. Cheap to copy (a few numbers per fee), so a
-    request's price is the difference a copy sees."""
+    request's price is the difference a copy sees. Fees are kept per charge, then per filter
+    (-1: the charge's own), then per pricing group."""
 
     __slots__ = ("_charges", "_fees")
 
-    def __init__(self, charges: tuple[_Charge, ...], fees: dict[_Key, _Fee] | None = None) -> None:
+    def __init__(self, charges: tuple[_Charge, ...], fees: list[dict[int, dict[_Group, _Fee]]] | None = None) -> None:
         self._charges = charges
-        self._fees: dict[_Key, _Fee] = fees if fees is not None else {}
+        self._fees = fees if fees is not None else [{} for _ in charges]
 
     def add(self, event: Mapping[str, Any], count: int = 1) -> None:
         """event: {"code": ..., "properties": {...}} as meterway sends it. `count` > 1: the event
         stands for `count` events whose summed properties it carries (a SQL GROUP BY of ledger
-        rows), so sums add and count_agg adds `count`."""
+        rows), so sums add and count_agg adds `count`. A count below 1 adds nothing."""
+        self._add(event, count)
+
+    def _add(self, event: Mapping[str, Any], count: int) -> set[int]:
+        """Add, and say which charges the event touched."""
+        touched: set[int] = set()
         if count <= 0:
-            return
+            return touched
         code = event.get("code")
         props = event.get("properties")
         if not isinstance(props, Mapping):
@@ -641,36 +654,45 @@ class Tally:
                 value = found
             for bucket in charge.buckets(props):
                 model = charge.model(bucket)
-                key = (ci, bucket, tuple(_text(props.get(k)) for k in model.group_keys))
-                fee = self._fees.get(key)
+                groups = self._fees[ci].setdefault(bucket, {})
+                group = tuple(_text(props.get(k)) for k in model.group_keys)
+                fee = groups.get(group)
                 if fee is None:
-                    fee = self._fees[key] = _Fee.new(model)
+                    fee = groups[group] = _Fee.new(model)
                 fee.add(value, count, model, charge.field is not None)
+                touched.add(ci)
+        return touched
+
+    def _charge_amount(self, ci: int) -> Decimal:
+        """One charge's fees. A fee with no events still owes its first tier's flat amount, as
+        in Lago's current usage (one empty group when the charge has pricing groups)."""
+        charge = self._charges[ci]
+        charged = _ZERO
+        for bucket in [-1, *range(len(charge.filters))]:
+            model = charge.model(bucket)
+            groups = self._fees[ci].get(bucket)
+            for fee in groups.values() if groups else [_Fee.new(model)]:
+                units = charge.round(fee.units)
+                amount = _price(model, fee, units, charge.field is not None)
+                if units >= 0 and amount >= 0:  # Lago zeroes a negative fee
+                    charged += amount
+        return charged * charge.rate
 
     def amount(self) -> Decimal:
-        """Lago's fee total for everything added: plan currency, before taxes, unrounded. A fee
-        with no events still owes its first tier's flat amount, as in Lago's current usage."""
-        total = _ZERO
-        for ci, charge in enumerate(self._charges):
-            charged = _ZERO
-            for bucket in [-1, *range(len(charge.filters))]:
-                model = charge.model(bucket)
-                fees = [f for (c, b, _), f in self._fees.items() if c == ci and b == bucket]
-                for fee in fees or [_Fee.new(model)]:
-                    units = charge.round(fee.units)
-                    amount = _price(model, fee, units, charge.field is not None)
-                    if units >= 0 and amount >= 0:  # Lago zeroes a negative fee
-                        charged += amount
-            total += charged * charge.rate
-        return total
+        """Lago's fee total for everything added: plan currency, before taxes, unrounded."""
+        return sum((self._charge_amount(ci) for ci in range(len(self._charges))), _ZERO)
 
     def extra(self, events: Iterable[Mapping[str, Any]]) -> Decimal:
         """What adding these events would add to amount(), without changing the tally (a
-        request's price)."""
+        request's price). Only the charges the events touch are priced again."""
         after = self.copy()
+        touched: set[int] = set()
         for e in events:
-            after.add(e)
-        return after.amount() - self.amount()
+            touched |= after._add(e, 1)
+        return sum((after._charge_amount(ci) - self._charge_amount(ci) for ci in sorted(touched)), _ZERO)
 
     def copy(self) -> Tally:
-        return Tally(self._charges, {k: f.copy() for k, f in self._fees.items()})
+        return Tally(
+            self._charges,
+            [{b: {g: f.copy() for g, f in groups.items()} for b, groups in fees.items()} for fees in self._fees],
+        )
