@@ -1,5 +1,6 @@
 """meterway prices its events as Lago's current usage prices them: each charge model's worked
-example from Lago's documentation (getlago.com/docs/guide/plans/charges/charge-models/*), the
+example from Lago's documentation (getlago.com/docs/guide/plans/charges/charge-models/<model>;
+where the docs give no figure, the figure follows lago-api's service, named beside it), the
 filter and aggregation rules of lago-api, grouped ledger rows priced as the rows one by one, a
 request's extra price as the difference it makes, and plans it cannot read refused by name."""
 
@@ -66,6 +67,11 @@ VOLUME = [  # Lago docs, volume: four tiers, each with a $10 fee
 
 
 def test_standard_charges_the_amount_per_unit_summed() -> None:
+    # Lago docs, standard: $0.05 per API call, 1,000 calls in the period = $50
+    p = PlanPrice.parse(plan(charge("calls", "standard", {"amount": "0.05"})), METRICS)
+    tally = p.tally()
+    tally.add(ev("calls"), count=1000)
+    assert tally.amount() == D(50)
     p = PlanPrice.parse(plan(charge("llm", "standard", {"amount": "0.000002"})), METRICS)
     assert price(p, [ev(tokens=1000), ev(tokens="500"), ev(tokens=2.5)]) == D("0.003005")
 
