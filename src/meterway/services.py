@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 
 from meterway.admin import Admin
+from meterway.alerts import Alerts
 from meterway.api.models import ModelList
 from meterway.api.response_meter import NativeMeter
 from meterway.api.response_runs import Responses
@@ -90,6 +91,7 @@ class Services:
     tracing: Tracing | None = None  # when traces are on
     cache: ResponseCache | None = None  # the response cache, when litellm_settings.cache is on
     customers: TTLCache[LimitSpec] | None = None  # a customer's id -> its limits and model list
+    alerts: Alerts | None = None  # budget and credit alerts: `enqueue` for other modules (a no-op when off)
 
 
 class State(enum.Enum):
@@ -225,12 +227,14 @@ async def open_services(settings: Settings, hooks: tuple[Hook, ...] = ()) -> Asy
         keys: KeyCache = TTLCache(partial(_principal_for, store))
         customers: TTLCache[LimitSpec] = TTLCache(partial(_customer_limits, store))
         changes = Changes(keys, customers, redis_client, settings.redis_prefix + "changes")
+        alerts = Alerts(settings.alerting, store.engine, session, metrics)
         limits = LimitsHook(
             limiter,
             default_output_tokens=settings.budget_default_output_tokens,
             clamp_max_tokens=settings.budget_clamp_max_tokens,
             require_customer_binding=settings.require_customer_binding,
             customers=customers,
+            alerts=alerts if alerts.enabled else None,
         )
         cache = None
         if settings.cache is not None:
@@ -322,6 +326,7 @@ async def open_services(settings: Settings, hooks: tuple[Hook, ...] = ()) -> Asy
             redis=redis_client,
             tracing=tracing,
             cache=cache,
+            alerts=alerts,
         )
         tasks: list[asyncio.Task[None]] = []
         stack.push_async_callback(_cancel, tasks)  # after the sender's stop (callbacks run in reverse)
@@ -336,6 +341,10 @@ async def open_services(settings: Settings, hooks: tuple[Hook, ...] = ()) -> Asy
             sending = asyncio.create_task(sender.run())
             tasks.append(sending)
             stack.push_async_callback(_stop_sender, sender, sending)
+        if alerts.enabled:
+            alerting = asyncio.create_task(alerts.run())
+            tasks.append(alerting)
+            stack.push_async_callback(_stop_alerts, alerts, alerting)
         # last in, first out: the rows queued at shutdown are written before anything closes
         stack.push_async_callback(ledger.flush, settings.shutdown_flush_s)
         stack.push_async_callback(responses.close)  # before that flush: background runs write their rows
@@ -389,6 +398,13 @@ async def _stop_sender(sender: Sender, sending: asyncio.Task[None]) -> None:
     sender.stop()
     with contextlib.suppress(TimeoutError, asyncio.CancelledError):
         await asyncio.wait_for(asyncio.shield(sending), SENDER_STOP_S)
+
+
+async def _stop_alerts(alerts: Alerts, running: asyncio.Task[None]) -> None:
+    """A post in flight is answered and marked, not left to its claim's expiry."""
+    alerts.stop()
+    with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+        await asyncio.wait_for(asyncio.shield(running), SENDER_STOP_S)
 
 
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:

@@ -234,6 +234,19 @@ class Metrics:
             registry=registry,
         )
 
+        self.alerts_sent = Counter(
+            "meterway_alerts_sent",
+            "Alerts delivered, by event and destination (webhook, slack)",
+            ["event", "destination"],
+            registry=registry,
+        )
+        self.alerts_pending = Gauge(
+            "meterway_alerts_pending",
+            "Alerts waiting to be delivered (in backoff while their receiver is down)",
+            multiprocess_mode="mostrecent",
+            registry=registry,
+        )
+
     def ledger_kept(self, how: str) -> None:
         """A row of a failed group written cut, or quarantined."""
         (self.ledger_cut if how == "cut" else self.ledger_quarantined).inc()
