@@ -206,7 +206,7 @@ def test_depleted_ongoing_balance_is_sent_once(lago: LagoStandIn, receiver: Rece
 
 
 def test_refresh_terminates_expired_wallets(lago: LagoStandIn) -> None:
-    soon = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
+    soon = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     wallet = prepaid_ready(lago, "acme", "1", expiration_at=soon)
     lago.wallets[wallet.lago_id].expiration_at = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
     lago.refresh_ongoing_balances()
