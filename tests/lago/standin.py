@@ -17,7 +17,36 @@ refer to the contract):
   (charges by metric lago_id, per-filter amounts as strings) and `current_usage` (§5): fees per
   filter, `units x amount` rounded half-up to cents per fee; events before a subscription's start
   or of an unknown code/subscription are stored (200) but never billed;
-* unrouted paths: 404 `resource_not_found`.
+* unrouted paths: 404 `resource_not_found`;
+* charge models (Lago's `app/services/charge_models/*`): `standard`, `package` (packages rounded up
+  after the free units), `graduated` (tiers, a tier's flat amount once it is entered), `volume` (all
+  units at the tier reached, plus its flat amount), `percentage` (rate, fixed amount per paid event,
+  free events / free units; per-transaction min/max only when `premium` is set, as Lago's licence
+  gate), per charge and per filter; charges keep `pay_in_advance`, and
+  `POST /events/estimate_fees` prices one event on them (the model's amount with it, less without);
+* `GET /subscriptions/{external_id}`; subscriptions carry `current_billing_period_started_at` /
+  `_ending_at` (monthly calendar periods, UTC, from the start when it is later). `current_usage`
+  still counts every event since the start (the contract tests stamp events in past months);
+* wallets (`shared/lago/wallets/`): create (with paid/granted credits), list (paginated, also
+  `GET /customers/{id}/wallets`), find, update (name, priority, expiration_at...), terminate
+  (`DELETE`); `POST /wallet_transactions` makes one transaction per kind given (paid, granted,
+  voided); granted and voided settle at once, paid too unless `invoice_requires_successful_payment`
+  (the transaction's, or the wallet's): pending until `settle_payment(id)`, or failed by
+  `fail_payment(id)`. The balance moves when a transaction settles;
+* ongoing balance as self-hosted Lago keeps it: unchanged until `refresh_ongoing_balances()` (Lago's
+  periodic job; `auto_refresh(interval)` runs it in the stand-in's loop), which terminates expired
+  wallets and sets each wallet's ongoing usage from the customer's current usage, spread over its
+  active wallets by priority;
+* webhooks: endpoints by `POST /webhook_endpoints` or `add_webhook(url, algo)`; each webhook is
+  POSTed to every endpoint with `X-Lago-Signature` (`hmac`: Base64 of HMAC-SHA256 of the body keyed
+  with the API key; `jwt`: RS256 over `{"data": <body>, "iss": <url>}`, key at
+  `GET /webhooks/public_key` and `/webhooks/json_public_key`), `X-Lago-Signature-Algorithm` and
+  `X-Lago-Unique-Key` (one per webhook and endpoint, the same on retries); a failed attempt is
+  retried (`WEBHOOK_ATTEMPTS` in all, short doubling backoff). Sent: `wallet_transaction.created`,
+  `.updated`, `.payment_failure`, `wallet.depleted_ongoing_balance` (ongoing balance from > 0 to
+  <= 0 on a refresh). `webhooks` keeps every payload, `deliveries` every attempt
+  (`wait_deliveries(n)`); `sign_hmac(body)` / `sign_jwt(body)` sign as the stand-in does, for
+  tests that forge or replay webhooks.
 
 Faults for tests (on event posts unless said otherwise):
 
@@ -304,6 +333,10 @@ class LagoStandIn:
         self._loop.run_until_complete(web.SockSite(runner, self._sock).start())
         self._ready.set()
         self._loop.run_forever()
+        pending = [t for t in (self._refresher, *self._deliveries) if t is not None]
+        for task in pending:
+            task.cancel()
+        self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         self._loop.run_until_complete(runner.cleanup())
         self._loop.close()
 
@@ -1068,7 +1101,21 @@ class LagoStandIn:
             t = self.transactions[transaction_id]
             if t.status != "pending":
                 return
-            failure = self._webhook_body("wallet_transaction.payment_failure", t)
+            customer = self.customers.get(self.wallets[t.wallet_id].external_customer_id) or {}
+            failure = {
+                "webhook_type": "wallet_transaction.payment_failure",
+                "object_type": "payment_provider_wallet_transaction_payment_error",
+                "organization_id": self.organization_id,
+                "payment_provider_wallet_transaction_payment_error": {
+                    "lago_wallet_transaction_id": t.lago_id,
+                    "lago_customer_id": customer.get("lago_id"),
+                    "external_customer_id": customer.get("external_id"),
+                    "provider_customer_id": f"cus_{customer.get('external_id')}",
+                    "payment_provider": "stripe",
+                    "payment_provider_code": "stripe",
+                    "provider_error": {"message": "Your card was declined.", "error_code": "card_declined"},
+                },
+            }
             t.status, t.failed_at = "failed", _second(datetime.now(UTC))
             updated = self._webhook_body("wallet_transaction.updated", t)
         self._emit(failure)

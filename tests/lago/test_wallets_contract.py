@@ -9,6 +9,7 @@ import hashlib
 import hmac
 import json
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -263,6 +264,9 @@ def test_jwt_webhooks_verify_with_the_public_key(lago: LagoStandIn, receiver: Re
         assert headers["X-Lago-Signature-Algorithm"] == "jwt"
         claims = jwt.decode(headers["X-Lago-Signature"], key, algorithms=["RS256"], issuer=lago.url)
         assert claims["data"] == body.decode()
+    failure = json.loads(receiver.received[2][1])
+    assert _webhook_required("wallet_transaction_payment_failure.yaml") <= set(failure)
+    assert failure["payment_provider_wallet_transaction_payment_error"]["lago_wallet_transaction_id"] == pending.lago_id
     updated = json.loads(receiver.received[-1][1])["wallet_transaction"]
     assert updated["status"] == "failed" and updated["failed_at"] is not None
     assert lago.sign_jwt(b"{}") and lago.sign_hmac(b"{}")
@@ -279,3 +283,20 @@ def test_subscriptions_carry_their_current_billing_period(lago: LagoStandIn) -> 
     assert listed["current_billing_period_ending_at"] == sub["current_billing_period_ending_at"]
     found = _client(lago).subscriptions.find("acme")
     assert found is not None and found.external_id == "acme"
+
+
+def test_auto_refresh_runs_the_refresh_in_the_background(lago: LagoStandIn) -> None:
+    wallet = prepaid_ready(lago, "acme", "10")
+    _usage_events(lago, "acme", 1000)  # 1.00 USD
+    lago.auto_refresh(0.02)
+    client = _client(lago)
+    seen = None
+    for _ in range(250):  # bounded: ~5 s at most
+        found = client.wallets.find(wallet.lago_id)
+        assert found is not None
+        seen = found.ongoing_usage_balance_cents
+        if seen == 100:
+            break
+        time.sleep(0.02)
+    lago.auto_refresh(None)
+    assert seen == 100
