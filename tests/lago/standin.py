@@ -616,7 +616,7 @@ class LagoStandIn:
         ]
         if not charges:
             return _invalid({"code": ["does_not_match_an_instant_charge"]})
-        properties = raw.get("properties") if isinstance(raw.get("properties"), dict) else {}
+        properties: dict[str, Any] = raw["properties"] if isinstance(raw.get("properties"), dict) else {}
         started = _epoch(_with_period(sub)["current_billing_period_started_at"]) or Decimal(0)
         with self._lock:
             events = [
@@ -886,8 +886,8 @@ class LagoStandIn:
         expiration = raw.get("expiration_at")
         if expiration is not None and _instant(expiration, future=True) is None:
             errors["expiration_at"] = ["invalid_date"]
-        name = raw.get("name")
-        code = raw.get("code") or (str(name).lower().replace(" ", "_") if name else "default")
+        label = raw.get("name")
+        code = str(raw.get("code") or (str(label).lower().replace(" ", "_") if label else "default"))
         with self._lock:
             if any(
                 w.code == code and w.status == "active" and w.external_customer_id == customer_id
@@ -902,7 +902,7 @@ class LagoStandIn:
             lago_id=str(uuid.uuid4()),
             external_customer_id=str(customer_id),
             currency=str(currency),
-            name=name,
+            name=label,
             code=code,
             priority=priority,
             rate_amount=rate,
