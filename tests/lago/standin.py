@@ -193,6 +193,7 @@ class Wallet:
     consumed_credits: Decimal = Decimal(0)
     ongoing_usage_cents: int = 0  # set only by `refresh_ongoing_balances`
     ongoing_usage_credits: Decimal = Decimal(0)
+    depleted: bool = False  # Lago's `depleted_ongoing_balance` flag: the webhook went, not sent again
     last_balance_sync_at: str | None = None
 
 
@@ -818,7 +819,9 @@ class LagoStandIn:
             "recurring_transaction_rules": [],
             "ongoing_balance_cents": w.balance_cents - w.ongoing_usage_cents,
             "ongoing_usage_balance_cents": w.ongoing_usage_cents,
-            "credits_ongoing_balance": _units(w.credits_balance - w.ongoing_usage_credits),
+            "credits_ongoing_balance": _units(
+                _credits(Decimal(w.balance_cents - w.ongoing_usage_cents) / 100 / w.rate_amount)
+            ),
             "credits_ongoing_usage_balance": _units(w.ongoing_usage_credits),
             "paid_top_up_min_amount_cents": None,
             "paid_top_up_max_amount_cents": None,
@@ -1124,11 +1127,15 @@ class LagoStandIn:
     # ---------------------------------------------------------------- ongoing balance
 
     def refresh_ongoing_balances(self, customer: str | None = None) -> None:
-        """Lago's periodic refresh (self-hosted, no real-time add-on): terminates expired wallets,
-        then sets each active wallet's ongoing usage from the customer's current usage (all active
-        subscriptions, as `current_usage` computes it), spread over its wallets by priority (1 first;
-        each takes what its balance covers, the last one the rest). A wallet whose ongoing balance
-        falls from > 0 to <= 0 sends `wallet.depleted_ongoing_balance`."""
+        """Lago's periodic refresh (self-hosted, without the real-time add-on): terminates expired
+        wallets, then sets each active wallet's ongoing usage from the customer's current usage (all
+        its active subscriptions, as `current_usage` prices them; pay-in-advance charges count too,
+        standing for the fees Lago would have billed to the wallet at once), allocated as Lago's
+        `AllocateOngoingUsageByWalletsService` does: per (metric, currency), largest first, over
+        the wallets that apply to it (same currency; `applies_to` empty, or naming `charge` or the
+        metric) in priority order, each up to its balance, the last one taking the rest. A wallet
+        whose ongoing balance reaches <= 0 sends `wallet.depleted_ongoing_balance` once, until it is
+        positive again."""
         now = datetime.now(UTC)
         with self._lock:
             for w in self.wallets.values():
@@ -1141,12 +1148,14 @@ class LagoStandIn:
             )
         depleted: list[dict[str, Any]] = []
         for customer_id in customers:
-            subs = [
-                s
-                for s in list(self.subscriptions.values())
-                if s["external_customer_id"] == customer_id and s["status"] == "active"
-            ]
-            usage = sum(self._usage(s)["total_amount_cents"] for s in subs)
+            amounts: dict[tuple[str, str], int] = {}  # (metric code, currency) -> cents
+            for sub in list(self.subscriptions.values()):
+                if sub["external_customer_id"] != customer_id or sub["status"] != "active":
+                    continue
+                usage = self._usage(sub)
+                for charge in usage["charges_usage"]:
+                    key = (charge["billable_metric"]["code"], usage["currency"])
+                    amounts[key] = amounts.get(key, 0) + charge["amount_cents"]
             with self._lock:
                 wallets = sorted(
                     (
@@ -1156,15 +1165,31 @@ class LagoStandIn:
                     ),
                     key=lambda w: (w.priority, w.created_at),
                 )
-                left = usage
-                for i, w in enumerate(wallets):
-                    before = w.balance_cents - w.ongoing_usage_cents
-                    share = left if i == len(wallets) - 1 else min(left, max(w.balance_cents, 0))
-                    left -= share
-                    w.ongoing_usage_cents = share
-                    w.ongoing_usage_credits = Decimal(share) / 100 / w.rate_amount
-                    if before > 0 >= w.balance_cents - share:
+                allocated = dict.fromkeys((w.lago_id for w in wallets), 0)
+                for (code, currency), amount in sorted(amounts.items(), key=lambda kv: (-kv[1], kv[0])):
+                    applicable = [w for w in wallets if w.currency == currency and _applies(w, code)]
+                    remaining = amount
+                    for i, w in enumerate(applicable):
+                        if remaining <= 0:
+                            break
+                        if i == len(applicable) - 1:
+                            take = remaining
+                        else:
+                            room = w.balance_cents - allocated[w.lago_id]
+                            if room <= 0:
+                                continue
+                            take = min(remaining, room)
+                        allocated[w.lago_id] += take
+                        remaining -= take
+                for w in wallets:
+                    w.ongoing_usage_cents = allocated[w.lago_id]
+                    w.ongoing_usage_credits = _credits(Decimal(w.ongoing_usage_cents) / 100 / w.rate_amount)
+                    ongoing = w.balance_cents - w.ongoing_usage_cents
+                    if ongoing <= 0 and not w.depleted:
+                        w.depleted = True
                         depleted.append(self._webhook_body("wallet.depleted_ongoing_balance", w))
+                    elif ongoing > 0:
+                        w.depleted = False
         for body in depleted:
             self._emit(body)
 
@@ -1745,6 +1770,17 @@ def _settle(wallet: Wallet, t: WalletTransaction) -> None:
     wallet.credits_balance += sign * t.credit_amount
     wallet.balance_cents += sign * int((t.amount * 100).quantize(Decimal(1), rounding=ROUND_HALF_UP))
     wallet.last_balance_sync_at = t.settled_at
+
+
+def _applies(wallet: Wallet, metric_code: str) -> bool:
+    """Whether a wallet pays for a charge fee of this metric (`applies_to`, Lago's FindApplicableOnFees)."""
+    types, codes = wallet.applies_to.get("fee_types") or [], wallet.applies_to.get("billable_metric_codes") or []
+    return (not types and not codes) or "charge" in types or metric_code in codes
+
+
+def _credits(value: Decimal) -> Decimal:
+    """Credits as Lago's decimal(30, 5) columns keep them."""
+    return value.quantize(Decimal("0.00001"), rounding=ROUND_HALF_UP)
 
 
 def _terminate(wallet: Wallet) -> None:

@@ -300,3 +300,34 @@ def test_auto_refresh_runs_the_refresh_in_the_background(lago: LagoStandIn) -> N
         time.sleep(0.02)
     lago.auto_refresh(None)
     assert seen == 100
+
+
+def test_a_wallet_limited_to_another_metric_takes_no_usage(lago: LagoStandIn) -> None:
+    from lago_python_client.models.wallet import AppliesTo
+
+    other = prepaid_ready(
+        lago, "acme", "5", priority=1, code="other", applies_to=AppliesTo(billable_metric_codes=["x"])
+    )
+    client = _client(lago)
+    general = client.wallets.create(
+        Wallet(external_customer_id="acme", rate_amount="1.0", currency="USD", granted_credits="5", code="general")
+    )
+    assert general is not None and other.applies_to is not None
+    _usage_events(lago, "acme", 1000)
+    lago.refresh_ongoing_balances("acme")
+    a, b = client.wallets.find(other.lago_id), client.wallets.find(general.lago_id)
+    assert a is not None and b is not None
+    assert (a.ongoing_usage_balance_cents, b.ongoing_usage_balance_cents) == (0, 100)
+
+
+def test_depleted_is_sent_again_after_a_top_up_brought_the_balance_back(lago: LagoStandIn) -> None:
+    wallet = prepaid_ready(lago, "acme", "1")
+    _usage_events(lago, "acme", 1000, prefix="a")  # 1.00: ongoing balance 0
+    lago.refresh_ongoing_balances()
+    _client(lago).wallet_transactions.create(WalletTransaction(wallet_id=wallet.lago_id, granted_credits="1"))
+    lago.refresh_ongoing_balances()  # 1.00 again: positive, the flag is cleared
+    _usage_events(lago, "acme", 1500, prefix="b")
+    lago.refresh_ongoing_balances()
+    lago.refresh_ongoing_balances()
+    depleted = [w for w in lago.webhooks if w["webhook_type"] == "wallet.depleted_ongoing_balance"]
+    assert [w["wallet"]["ongoing_balance_cents"] for w in depleted] == [0, -50]
