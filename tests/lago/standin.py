@@ -24,6 +24,8 @@ refer to the contract):
   free events / free units; per-transaction min/max only when `premium` is set, as Lago's licence
   gate), per charge and per filter; charges keep `pay_in_advance`, and
   `POST /events/estimate_fees` prices one event on them (the model's amount with it, less without);
+  an event of an invoiceable pay-in-advance charge is billed at once, paid from the customer's
+  wallets (an outbound `invoiced` transaction), and left out of the ongoing usage;
 * `GET /subscriptions/{external_id}`; subscriptions carry `current_billing_period_started_at` /
   `_ending_at` (monthly calendar periods, UTC, from the start when it is later). `current_usage`
   still counts every event since the start (the contract tests stamp events in past months);
@@ -195,6 +197,7 @@ class Wallet:
     ongoing_usage_credits: Decimal = Decimal(0)
     depleted: bool = False  # Lago's `depleted_ongoing_balance` flag: the webhook went, not sent again
     last_balance_sync_at: str | None = None
+    last_consumed_credit_at: str | None = None
 
 
 @dataclass
@@ -537,6 +540,7 @@ class LagoStandIn:
                 return _invalid({"transaction_id": ["value_already_exist"]})
             self._store([event])
             post.stored = True
+        self._bill_in_advance([event])
         return web.json_response({"event": event.serialize()})
 
     async def _batch(self, request: web.Request) -> web.Response:
@@ -567,6 +571,7 @@ class LagoStandIn:
                 return _invalid(taken)
             self._store(events)
             post.stored = True
+        self._bill_in_advance(events)
         return web.json_response({"events": [e.serialize() for e in events]})
 
     async def _events(self, request: web.Request) -> web.Response:
@@ -812,7 +817,7 @@ class LagoStandIn:
             "created_at": w.created_at,
             "expiration_at": w.expiration_at,
             "last_balance_sync_at": w.last_balance_sync_at,
-            "last_consumed_credit_at": None,
+            "last_consumed_credit_at": w.last_consumed_credit_at,
             "terminated_at": w.terminated_at,
             "invoice_requires_successful_payment": w.invoice_requires_successful_payment,
             "applies_to": w.applies_to,
@@ -1124,13 +1129,88 @@ class LagoStandIn:
         self._emit(failure)
         self._emit(updated)
 
+    def _bill_in_advance(self, events: list[StoredEvent]) -> None:
+        """Lago bills an invoiceable pay-in-advance charge when its event arrives: the fee (what
+        the charge model gives for the period's events with this one, less without) is invoiced
+        and paid from the customer's wallets first, in priority order, each down to zero at most:
+        an outbound `invoiced` transaction per wallet (`wallet_transaction.created`)."""
+        for event in events:
+            sub = self.subscriptions.get(event.external_subscription_id or "")
+            if sub is None or sub["status"] != "active":
+                continue
+            charges = [
+                c
+                for c in sub["plan"]["charges"]
+                if c.get("pay_in_advance") and c.get("invoiceable", True) and c["billable_metric_code"] == event.code
+            ]
+            start = _epoch(_with_period(sub)["current_billing_period_started_at"]) or Decimal(0)
+            if not charges or event.timestamp < start:
+                continue
+            with self._lock:
+                index = next((i for i, e in enumerate(self.events) if e is event), len(self.events))
+                prior = [
+                    e
+                    for e in self.events[:index]
+                    if e.external_subscription_id == sub["external_id"] and e.timestamp >= start
+                ]
+            fee = sum(
+                _charge_usage(c, self.metrics, [*prior, event], self.premium)["amount_cents"]
+                - _charge_usage(c, self.metrics, prior, self.premium)["amount_cents"]
+                for c in charges
+            )
+            if fee > 0:
+                self._pay_from_wallets(
+                    sub["external_customer_id"], str(event.code), sub["plan"]["amount_currency"], fee
+                )
+
+    def _pay_from_wallets(self, customer_id: str, metric_code: str, currency: str, cents: int) -> None:
+        made: list[dict[str, Any]] = []
+        now = _second(datetime.now(UTC))
+        with self._lock:
+            wallets = sorted(
+                (
+                    w
+                    for w in self.wallets.values()
+                    if w.external_customer_id == customer_id
+                    and w.status == "active"
+                    and w.currency == currency
+                    and _applies(w, metric_code)
+                ),
+                key=lambda w: (w.priority, w.created_at),
+            )
+            for w in wallets:
+                take = min(cents, max(w.balance_cents, 0))
+                if take <= 0:
+                    continue
+                cents -= take
+                t = WalletTransaction(
+                    lago_id=str(uuid.uuid4()),
+                    wallet_id=w.lago_id,
+                    transaction_status="invoiced",
+                    transaction_type="outbound",
+                    credit_amount=_credits(Decimal(take) / 100 / w.rate_amount),
+                    amount=Decimal(take) / 100,
+                    invoice_id=str(uuid.uuid4()),
+                    invoice_requires_successful_payment=False,
+                    created_at=now,
+                    name=None,
+                    metadata=[],
+                )
+                self.transactions[t.lago_id] = t
+                _settle(w, t)
+                w.consumed_credits += t.credit_amount
+                w.last_consumed_credit_at = now
+                made.append(self._webhook_body("wallet_transaction.created", t))
+        for body in made:
+            self._emit(body)
+
     # ---------------------------------------------------------------- ongoing balance
 
     def refresh_ongoing_balances(self, customer: str | None = None) -> None:
         """Lago's periodic refresh (self-hosted, without the real-time add-on): terminates expired
         wallets, then sets each active wallet's ongoing usage from the customer's current usage (all
-        its active subscriptions, as `current_usage` prices them; pay-in-advance charges count too,
-        standing for the fees Lago would have billed to the wallet at once), allocated as Lago's
+        its active subscriptions, as `current_usage` prices them, less pay-in-advance charges: those
+        were paid from the balance when their events came, `_bill_in_advance`), allocated as Lago's
         `AllocateOngoingUsageByWalletsService` does: per (metric, currency), largest first, over
         the wallets that apply to it (same currency; `applies_to` empty, or naming `charge` or the
         metric) in priority order, each up to its balance, the last one taking the rest. A wallet
@@ -1153,7 +1233,10 @@ class LagoStandIn:
                 if sub["external_customer_id"] != customer_id or sub["status"] != "active":
                     continue
                 usage = self._usage(sub)
+                in_advance = {c["lago_id"] for c in sub["plan"]["charges"] if c.get("pay_in_advance")}
                 for charge in usage["charges_usage"]:
+                    if charge["charge"]["lago_id"] in in_advance:  # billed when their events came
+                        continue
                     key = (charge["billable_metric"]["code"], usage["currency"])
                     amounts[key] = amounts.get(key, 0) + charge["amount_cents"]
             with self._lock:
@@ -1764,7 +1847,7 @@ def _page(root: str, items: list[dict[str, Any]], request: web.Request) -> web.R
 
 
 def _settle(wallet: Wallet, t: WalletTransaction) -> None:
-    """A transaction lands: inbound credits add to the balance, voided ones take from it."""
+    """A transaction lands: inbound credits add to the balance, outbound ones (voided, invoiced) take from it."""
     sign = 1 if t.transaction_type == "inbound" else -1
     t.status, t.settled_at = "settled", _second(datetime.now(UTC))
     wallet.credits_balance += sign * t.credit_amount

@@ -331,3 +331,42 @@ def test_depleted_is_sent_again_after_a_top_up_brought_the_balance_back(lago: La
     lago.refresh_ongoing_balances()
     depleted = [w for w in lago.webhooks if w["webhook_type"] == "wallet.depleted_ongoing_balance"]
     assert [w["wallet"]["ongoing_balance_cents"] for w in depleted] == [0, -50]
+
+
+def test_a_pay_in_advance_charge_is_paid_from_the_wallet_when_its_event_comes(lago: LagoStandIn) -> None:
+    from lago_python_client.models import Charge, Plan
+
+    if "llm_tokens" not in lago.metrics:
+        from tests.lago.standin import billing_ready
+
+        billing_ready(lago, [])
+    plan = Plan(
+        name="Instant",
+        code="instant",
+        interval="monthly",
+        amount_cents=0,
+        amount_currency="USD",
+        pay_in_advance=False,
+        charges=[
+            Charge(
+                billable_metric_id=lago.metrics["llm_tokens"]["lago_id"],
+                charge_model="standard",
+                pay_in_advance=True,
+                invoiceable=True,
+                properties={"amount": "0.001"},
+            )
+        ],
+    )
+    wallet = prepaid_ready(lago, "acme", "5", plan=plan)
+    _usage_events(lago, "acme", 1000)  # 1.00 billed at once
+    client = _client(lago)
+    found = client.wallets.find(wallet.lago_id)
+    assert found is not None and found.balance_cents == 400 and found.credits_balance == "4.0"
+    assert found.consumed_credits == "1.0" and found.ongoing_balance_cents == 400
+    lago.refresh_ongoing_balances()
+    found = client.wallets.find(wallet.lago_id)
+    assert found is not None and (found.ongoing_usage_balance_cents, found.ongoing_balance_cents) == (0, 400)
+    (invoiced,) = client.wallet_transactions.find_all(wallet.lago_id, {"transaction_status": "invoiced"})[
+        "wallet_transactions"
+    ]
+    assert (invoiced.transaction_type, invoiced.status, invoiced.amount) == ("outbound", "settled", "1.0")
