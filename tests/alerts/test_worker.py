@@ -159,9 +159,9 @@ async def test_a_stopping_worker_releases_its_claims_for_another_replica(
 ) -> None:
     stopping, other = (Alerts(_webhook(receiver), store.engine, session) for _ in range(2))
     await stopping.enqueue(credits_alert("credits_low", "acme", "acme:p1:low", available=1))
-    [claimed] = await stopping.outbox.claim(10, 30.0, "a token of the stopping replica's")
+    [claimed] = await stopping.outbox.claim(10, 30.0, stopping._token)  # as its send round does
     assert await other.send_round() == 0  # held for 30 s
-    await stopping.outbox.release("a token of the stopping replica's")
+    await stopping.finish()  # what `run` does once stopped (and services, if `run` must be cancelled)
     assert await other.send_round() == 1
     [row] = await other.outbox.rows()
     assert (row["id"], row["status"], row["claimed_by"], row["claimed_until"]) == (claimed.id, "sent", None, None)

@@ -293,8 +293,7 @@ class Alerts:
         self._state[destination] = state
         if state == "ok":
             log.info("alerts to %s are delivered again", destination)
-            if was == "failing":
-                await self.outbox.wake(destination)
+            await self.outbox.wake(destination)
         elif state == "failing":
             log.warning("alerts to %s are not delivered (%s); retried with backoff", destination, error)
         else:
