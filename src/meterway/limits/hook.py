@@ -50,7 +50,7 @@ class LimitsHook:
         self.clamp_max_tokens = clamp_max_tokens
         self.require_customer_binding = require_customer_binding
         self.customers = customers  # a customer's id -> its limits (from the store); None: no customer limits
-        self.alerts = alerts  # told of each budget that refuses a request (a crossing); None: alerting off
+        self.alerts = alerts  # told of each budget refusal (a crossing if it cannot fit alone); None: off
 
     async def before(self, ctx: RequestContext) -> None:
         p = ctx.principal
