@@ -36,6 +36,7 @@ import aiohttp
 
 from meterway.admin import Admin
 from meterway.alerts import Alerts
+from meterway.alerts.worker import STOP_WAIT_S
 from meterway.api.models import ModelList
 from meterway.api.response_meter import NativeMeter
 from meterway.api.response_runs import Responses
@@ -401,10 +402,20 @@ async def _stop_sender(sender: Sender, sending: asyncio.Task[None]) -> None:
 
 
 async def _stop_alerts(alerts: Alerts, running: asyncio.Task[None]) -> None:
-    """A post in flight is answered and marked, not left to its claim's expiry."""
+    """A post in flight is answered and marked (given its timeout and a margin), then the worker
+    scans once more and releases its claims; a worker that does not end by then is cancelled and
+    does that last step here, so no noted refusal is lost and no claim waits to run out."""
     alerts.stop()
-    with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-        await asyncio.wait_for(asyncio.shield(running), SENDER_STOP_S)
+    try:
+        await asyncio.wait_for(asyncio.shield(running), STOP_WAIT_S)
+    except (TimeoutError, asyncio.CancelledError):
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+        await alerts.finish()
+    except Exception:  # the worker failed; its claims still go
+        log.exception("alert worker failed")
+        await alerts.finish()
 
 
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:

@@ -1,5 +1,5 @@
 """A stand-in alert receiver: an aiohttp server on a loopback port, in its own thread, that records
-every POST it takes. It can answer the next posts with an error (503) or stop listening for a
+every POST it takes. It can answer the next posts with an error (503, or a status of the test's choosing) or stop listening for a
 while (connections refused), as a receiver in an outage does."""
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ class Receiver:
     posts: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (path, body) taken
     refused: int = 0  # posts answered with an error
     _fail: int = 0
+    _status: int = 503
     _loop: asyncio.AbstractEventLoop | None = None
     _runner: web.AppRunner | None = None
     _site: web.TCPSite | None = None
@@ -33,9 +34,9 @@ class Receiver:
     def bodies(self, path: str) -> list[dict[str, Any]]:
         return [body for p, body in list(self.posts) if p == path]
 
-    def fail_next(self, n: int) -> None:
-        """The next `n` posts are answered 503 (and not recorded as taken)."""
-        self._fail = n
+    def fail_next(self, n: int, status: int = 503) -> None:
+        """The next `n` posts are answered `status` (and not recorded as taken)."""
+        self._fail, self._status = n, status
 
     def down(self) -> None:
         """Stops listening: connections are refused until `up`."""
@@ -49,7 +50,7 @@ class Receiver:
         if self._fail > 0:
             self._fail -= 1
             self.refused += 1
-            return web.Response(status=503, text="receiver unavailable")
+            return web.Response(status=self._status, text=f"receiver says no ({self._status})")
         self.posts.append((request.path, body))
         return web.json_response({"ok": True})
 

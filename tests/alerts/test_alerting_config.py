@@ -3,10 +3,13 @@ their URLs, thresholds, and a readable error or warning naming the setting when 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from meterway.cli.main import main
 from meterway.config.alerting import DEFAULT_THRESHOLDS
 from meterway.config.load import parse_config
 from meterway.config.settings import Settings
@@ -28,7 +31,7 @@ def test_litellms_alerting_list_takes_its_urls_from_the_environment() -> None:
     }
     settings = _parse({"alerting": ["slack", "webhook"]}, env)
     assert settings.alerting is not None
-    assert dict(settings.alerting.destinations) == {
+    assert {n: u.reveal() for n, u in settings.alerting.destinations.items()} == {
         "slack": "https://hooks.slack.com/services/T/B/X",
         "webhook": "https://hooks.example.com/llm",
     }
@@ -48,10 +51,45 @@ def test_thresholds_and_urls_may_be_given_in_alerting_args_with_os_environ_refer
     settings = _parse(general, {"MY_HOOK": "http://127.0.0.1:9/alerts"})
     assert settings.alerting is not None
     assert settings.alerting.thresholds == (0.5, 0.8, 0.95)
-    assert dict(settings.alerting.destinations) == {"webhook": "http://127.0.0.1:9/alerts"}
+    assert {n: u.reveal() for n, u in settings.alerting.destinations.items()} == {
+        "webhook": "http://127.0.0.1:9/alerts"
+    }
     assert any(
         w.startswith("general_settings.alerting_args.daily_report_frequency: ignored") for w in settings.warnings
     )
+
+
+def test_alert_urls_are_secrets_no_repr_or_check_config_shows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env = {
+        "WEBHOOK_URL": "https://hk.example.com/llm",
+        "SLACK_WEBHOOK_URL": "https://hk.slack.com/services/T/B/X",
+    }
+    settings = _parse({"alerting": ["webhook", "slack"]}, env)
+    assert "hk." not in repr(settings.alerting) and "hk." not in repr(settings)
+    config = tmp_path / "config.yaml"
+    general = {"master_key": "sk-test-master-0123456789", "alerting": ["webhook", "slack"]}
+    model = {"model_name": "demo", "litellm_params": {"model": "mock/demo"}}
+    config.write_text(yaml.safe_dump({"model_list": [model], "general_settings": general}))
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in env.items():
+            mp.setenv(name, value)
+        assert main(["check-config", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "alerting: on, to webhook, slack (thresholds: 0.85, 0.95; scan every 1s)" in out
+    assert "hk." not in out and "services/T" not in out
+    config.write_text(yaml.safe_dump({"model_list": [model], "general_settings": {"master_key": "sk-0123456789abc"}}))
+    assert main(["check-config", "--config", str(config)]) == 0
+    assert "alerting: off" in capsys.readouterr().out
+
+
+def test_an_empty_threshold_list_sends_no_threshold_alerts() -> None:
+    settings = _parse(
+        {"alerting": ["webhook"], "alerting_args": {"budget_alert_thresholds": []}},
+        {"WEBHOOK_URL": "https://h.example.com/"},
+    )
+    assert settings.alerting is not None and settings.alerting.thresholds == ()
 
 
 def test_destinations_meterway_does_not_send_to_are_named_in_a_warning() -> None:

@@ -4,8 +4,11 @@ receiver on a loopback port taking the webhook and Slack posts.
 
 The stand-in answers "hi" with 4 prompt and 7 completion tokens: 0.018 USD a request at the prices
 below. A key with max_budget 0.2 and the threshold 0.5 crosses 0.1 on its sixth request and is
-refused before its spend reaches 0.2 (its reservations keep spend under the budget): the refusal
-is the budget crossing. Each is posted once, whichever replica saw it, however often it is seen.
+refused before its spend reaches 0.2 (its reservations keep spend under the budget). A refusal is
+the budget crossing when the request would not fit in what is left even with nothing in flight:
+`_refused_alone` asks for more than is left. (Two replicas lease shares of the budget ahead, so a
+request may be refused for what the other replica holds: that is no crossing.) Each alert is
+posted once, whichever replica saw it, however often it is seen.
 """
 
 from __future__ import annotations
@@ -107,6 +110,16 @@ def _spend_until_refused(replicas: list[RunningGateway], key: str) -> int:
             c.close()
 
 
+def _refused_alone(replicas: list[RunningGateway], key: str) -> None:
+    """A request on every replica that could not be paid for by what is left of the budget even
+    with nothing in flight (up to 0.2 USD of output alone): each is refused, a budget crossing."""
+    for gw in replicas:
+        with openai.OpenAI(base_url=gw.v1, api_key=key, max_retries=0) as client:
+            with pytest.raises(openai.BadRequestError) as e:
+                client.chat.completions.create(model="priced", messages=HI, max_tokens=100)
+            assert e.value.code == "budget_exceeded", e.value
+
+
 def _scanned_twice_more(replicas: list[RunningGateway]) -> None:
     """Every replica has scanned twice since now: whatever it would enqueue, it has."""
     marks = [(gw, _alerts(gw).scans) for gw in replicas]
@@ -152,7 +165,7 @@ def test_two_replicas_post_one_budget_crossed_and_one_threshold_crossed_for_a_ke
     with _replicas(config, 2) as replicas:
         key, team = _key(replicas[0])
         assert _spend_until_refused(replicas, key) >= 6
-        _spend_until_refused(list(reversed(replicas)), key)  # refused again, on both replicas
+        _refused_alone(replicas, key)  # refused again, on both replicas
         _assert_budget_alerts(receiver, key, team)
         _scanned_twice_more(replicas)
         assert len(receiver.bodies("/hook")) == 2 and len(receiver.bodies("/slack")) == 2
@@ -168,6 +181,7 @@ def test_alerts_queued_during_a_receiver_outage_arrive_once_it_is_back(
         key, team = _key(replicas[0])
         receiver.down()  # first a receiver that is not there at all ...
         _spend_until_refused(replicas, key)
+        _refused_alone(replicas, key)
         pending = eventually(
             lambda: r if len(r := _rows(pg_url)) == 4 and all(x["attempts"] > 0 for x in r) else None,
             30,

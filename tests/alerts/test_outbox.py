@@ -11,6 +11,7 @@ import pytest
 
 from meterway.alerts import Alerts, credits_alert
 from meterway.config.alerting import Alerting
+from meterway.config.secret import Secret
 from meterway.store.runtime import Store
 from tests.alerts.receiver import Receiver, running_receiver
 
@@ -31,7 +32,7 @@ async def store(pg_url: str) -> AsyncIterator[Store]:
 
 
 def _alerting(receiver: Receiver) -> Alerting:
-    return Alerting(destinations={"webhook": receiver.url + "/hook", "slack": receiver.url + "/slack"})
+    return Alerting(destinations={"webhook": Secret(receiver.url + "/hook"), "slack": Secret(receiver.url + "/slack")})
 
 
 async def _drain(*workers: Alerts) -> None:
@@ -59,10 +60,12 @@ async def test_credits_alerts_enqueued_by_two_replicas_are_posted_once(store: St
 
 async def test_a_claim_that_ran_out_is_taken_and_sent_by_another_worker(store: Store, receiver: Receiver) -> None:
     async with aiohttp.ClientSession() as session:
-        alerting = Alerting(destinations={"webhook": receiver.url + "/hook"})
+        alerting = Alerting(destinations={"webhook": Secret(receiver.url + "/hook")})
         dead, alive = Alerts(alerting, store.engine, session), Alerts(alerting, store.engine, session)
         await dead.enqueue(credits_alert("credits_exhausted", "acme", "acme:p1:out", available=0))
-        [claimed] = await dead.outbox.claim(10, hold_s=0.0)  # a worker that died holding it: its claim is over
+        [claimed] = await dead.outbox.claim(
+            10, hold_s=0.0, token="the dead replica's"
+        )  # a worker that died holding it: its claim is over
         assert await alive.send_round() == 1
         assert await alive.send_round() == 0
     [hook] = receiver.bodies("/hook")

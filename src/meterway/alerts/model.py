@@ -5,7 +5,8 @@ The webhook body is LiteLLM's `WebhookEvent` (litellm/proxy/_types.py): `spend`,
 `team_id`, `team_alias`, `user_email`, `key_alias`, `projected_exceeded_date`, `projected_spend`,
 `event`, `event_group`, `event_message`; so a receiver written for LiteLLM's budget alerts keeps
 working. meterway adds `alert_id`, the same on every delivery of one alert: a receiver drops a
-rare duplicate by it (see docs/alerts.md). Slack is sent `{"text": ...}`, readable.
+rare duplicate by it (see docs/alerts.md). Slack is sent `{"text": ...}`, readable, with `&`, `<`
+and `>` escaped as Slack asks (a key alias `<!channel>` is shown, not acted on).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 Event = Literal["budget_crossed", "threshold_crossed", "soft_budget_crossed", "credits_low", "credits_exhausted"]
+CREDIT_EVENTS: Final = frozenset({"credits_low", "credits_exhausted"})
 # the entity an alert is about, as meterway names it (the dedupe key's scope)
 Scope = Literal["key", "user", "team", "customer", "proxy"]
 # LiteLLM's Litellm_EntityType values: a customer (LiteLLM's end user) is "end_user" there, so a
@@ -75,7 +77,8 @@ class Alert:
 
     def slack_body(self) -> dict[str, Any]:
         """A message people read: what happened, then the entity's fields that are set."""
-        lines = [f"*Budget alert* `{self.event}`", self.event_message, ""]
+        title = "Credits alert" if self.event in CREDIT_EVENTS else "Budget alert"
+        lines = [f"*{title}* `{self.event}`", _slack_escape(self.event_message), ""]
         fields = (
             ("Spend", self.spend),
             ("Max budget", self.max_budget),
@@ -87,8 +90,13 @@ class Alert:
             ("Team", self.team_alias or self.team_id),
             ("Customer", self.customer_id),
         )
-        lines += [f"{name}: `{value}`" for name, value in fields if value is not None]
+        lines += [f"{name}: `{_slack_escape(str(value))}`" for name, value in fields if value is not None]
         return {"text": "\n".join(lines)}
+
+
+def _slack_escape(text: str) -> str:
+    """Slack's rule for message text: `&`, `<` and `>` as entities, so a value is never a link or mention."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def budget_message(scope: Scope, event: Event, max_budget: float | None, soft_budget: float | None, t: float) -> str:

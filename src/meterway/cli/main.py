@@ -16,6 +16,7 @@ from pathlib import Path
 
 from meterway import __version__
 from meterway.cli import admin, importer, output, reports
+from meterway.config.alerting import describe as describe_alerting
 from meterway.config.env_files import env_from_files
 from meterway.config.load import (
     config_path_from_env,
@@ -296,6 +297,7 @@ def check_config(args: argparse.Namespace) -> int:
     print(f"max request body: {settings.max_body_bytes} bytes")
     print(f"env files: {', '.join(map(str, args.env_files)) or '(none)'}")
     print(f"billing export: {settings.billing_export}")
+    print(f"alerting: {describe_alerting(settings.alerting)}")
     print(f"models: {len(settings.model_names())}, deployments: {len(settings.deployments)}")
     for d in settings.deployments:
         key = d.api_key.masked() if d.api_key else "(none)"

@@ -9,7 +9,8 @@
         slack_webhook_url: os.environ/SLACK_WEBHOOK_URL
 
 LiteLLM alerts at two fixed points, 15 % and 5 % of the budget left, and has no setting for them;
-`budget_alert_thresholds` is ours, put beside LiteLLM's other `alerting_args` where its users look.
+`budget_alert_thresholds` is ours, put beside LiteLLM's other `alerting_args` where its users look;
+an empty list turns threshold alerts off (budget and soft budget alerts are still sent).
 Destinations meterway does not send to (email, pagerduty, ...) and LiteLLM's other alerting_args
 (outage, daily reports) are warned about by name and ignored.
 """
@@ -20,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from meterway.config.secret import Secret
 from meterway.errors import ConfigError
 
 DESTINATIONS: Final = ("webhook", "slack")
@@ -37,9 +39,11 @@ OTHER_DESTINATIONS: Final = {
 
 @dataclass(frozen=True, slots=True)
 class Alerting:
-    """Where budget alerts go and when they fire. `destinations` maps `webhook`/`slack` to its URL."""
+    """Where budget alerts go and when they fire. `destinations` maps `webhook`/`slack` to its URL,
+    a `Secret` (a Slack incoming webhook URL is a credential: whoever has it can post), so a repr
+    or a log line never shows it. An empty `thresholds` sends no threshold_crossed alerts."""
 
-    destinations: Mapping[str, str]
+    destinations: Mapping[str, Secret]
     thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
     scan_interval_s: float = DEFAULT_SCAN_S
 
@@ -66,7 +70,7 @@ def parse_alerting(general: Mapping[str, Any], env: Mapping[str, str], warnings:
         raw = [raw]  # one name as well as a list, as LiteLLM's callbacks take it
     if not isinstance(raw, list) or not all(isinstance(d, str) for d in raw):
         raise ConfigError('general_settings.alerting must be a list of destinations, e.g. ["webhook", "slack"]')
-    destinations: dict[str, str] = {}
+    destinations: dict[str, Secret] = {}
     for name in dict.fromkeys(raw):
         if name not in DESTINATIONS:
             why = OTHER_DESTINATIONS.get(name, "meterway sends alerts to webhook and slack only")
@@ -84,10 +88,18 @@ def parse_alerting(general: Mapping[str, Any], env: Mapping[str, str], warnings:
             continue
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise ConfigError(f"{variable} (general_settings.alerting_args.{setting}) must be an http(s) URL")
-        destinations[name] = url
+        destinations[name] = Secret(url)
     if not destinations:
         return None
     return Alerting(destinations=destinations, thresholds=thresholds, scan_interval_s=float(scan))
+
+
+def describe(alerting: Alerting | None) -> str:
+    """What check-config says of alerting: on or off, and where to, never the URLs."""
+    if alerting is None:
+        return "off"
+    thresholds = ", ".join(f"{t:g}" for t in alerting.thresholds) or "none"
+    return f"on, to {', '.join(alerting.destinations)} (thresholds: {thresholds}; scan every {alerting.scan_interval_s:g}s)"
 
 
 def _thresholds(value: Any) -> tuple[float, ...]:

@@ -27,9 +27,11 @@ from meterway.providers.base import Api
 
 
 class RefusalSink(Protocol):
-    """Where a refused budget is noted for alerting (`alerts.Alerts`): at once, with no I/O."""
+    """Where a refused budget is noted for alerting (`alerts.Alerts`): at once, with no I/O. `used`
+    is the budget's spend, `amount` the refused request's most cost and `limit` the budget (money
+    units): the sink tells a budget that is broken from one only full of requests in flight."""
 
-    def budget_refused(self, counter: str) -> None: ...
+    def budget_refused(self, counter: str, *, used: int, amount: int, limit: int) -> None: ...
 
 
 class LimitsHook:
@@ -48,7 +50,7 @@ class LimitsHook:
         self.clamp_max_tokens = clamp_max_tokens
         self.require_customer_binding = require_customer_binding
         self.customers = customers  # a customer's id -> its limits (from the store); None: no customer limits
-        self.alerts = alerts  # told of each budget that refuses a request (a crossing); None: alerting off
+        self.alerts = alerts  # told of each budget refusal (a crossing if it cannot fit alone); None: off
 
     async def before(self, ctx: RequestContext) -> None:
         p = ctx.principal
@@ -81,7 +83,8 @@ class LimitsHook:
             clamped = attempt < 2 and result.ask.kind == "budget" and self.clamp_max_tokens and self._clamp(ctx, result)
             if not clamped:
                 if result.ask.kind == "budget" and self.alerts is not None:
-                    self.alerts.budget_refused(result.ask.counter)
+                    ask = result.ask
+                    self.alerts.budget_refused(ask.counter, used=result.used, amount=ask.amount, limit=ask.limit)
                 raise _refused(result)
 
     async def _refuse_unbound(self, user: str) -> None:

@@ -343,10 +343,11 @@ alerts = Table(
     Column("destination", String(16), nullable=False),  # webhook, slack
     Column("event", String(64), nullable=False),
     Column("payload", JSON, nullable=False),
-    Column("status", String(16), nullable=False, server_default="pending"),  # pending, sent
+    Column("status", String(16), nullable=False, server_default="pending"),  # pending, sent, failed
     Column("attempts", Integer, nullable=False, server_default="0"),
     Column("next_attempt_at", DateTime(timezone=True), nullable=True),
     Column("claimed_until", DateTime(timezone=True), nullable=True),
+    Column("claimed_by", String(64), nullable=True),  # the claiming replica's token: only it marks the row
     Column("last_error", Text, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("sent_at", DateTime(timezone=True), nullable=True),

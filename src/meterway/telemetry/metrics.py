@@ -240,6 +240,12 @@ class Metrics:
             ["event", "destination"],
             registry=registry,
         )
+        self.alerts_failed = Counter(
+            "meterway_alerts_failed",
+            "Alerts their receiver refused for good (400, 401, 403, 404, 410, 422), by event and destination",
+            ["event", "destination"],
+            registry=registry,
+        )
         self.alerts_pending = Gauge(
             "meterway_alerts_pending",
             "Alerts waiting to be delivered (in backoff while their receiver is down)",

@@ -4,8 +4,10 @@ One row per alert and destination (`webhook`, `slack`). `dedupe` names the cross
 entity, budget period, event, threshold): the unique index on (dedupe, destination) is what makes
 an alert exactly-once across replicas, since every replica that notices the same crossing inserts
 the same key and all but the first insert nothing. Rows are claimed like billing exports
-(`claimed_until`), retried with backoff, and kept after delivery (`sent_at`) so that a crossing
-already alerted is never alerted again in the same period.
+(`claimed_until`, and `claimed_by`, the claiming replica's token: a replica whose claim ran out
+and was taken by another marks nothing), retried with backoff, `failed` when the receiver refuses
+them for good (a 4xx), and kept after delivery (`sent_at`) so that a crossing already alerted is
+never alerted again in the same period.
 
 Revision ID: 0015
 Revises: 0014
@@ -35,6 +37,7 @@ def upgrade() -> None:
         sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
         sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("claimed_until", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("claimed_by", sa.String(64), nullable=True),
         sa.Column("last_error", sa.Text, nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("sent_at", sa.DateTime(timezone=True), nullable=True),
