@@ -56,6 +56,8 @@ from meterway.routing import Router
 from meterway.telemetry.metrics import Metrics
 
 if TYPE_CHECKING:
+    from meterway.api.lago_webhooks import LagoWebhooks
+    from meterway.billing.prepaid import AlertSink, Prepaid
     from meterway.billing.sender import Sender
     from meterway.billing.setup import BillingLink
     from meterway.cache import ResponseCache
@@ -90,6 +92,8 @@ class Services:
     tracing: Tracing | None = None  # when traces are on
     cache: ResponseCache | None = None  # the response cache, when litellm_settings.cache is on
     customers: TTLCache[LimitSpec] | None = None  # a customer's id -> its limits and model list
+    prepaid: Prepaid | None = None  # prepaid credits from Lago wallets, when billing.prepaid is not off
+    lago_webhooks: LagoWebhooks | None = None  # POST /webhooks/lago, with prepaid credits
 
 
 class State(enum.Enum):
@@ -180,9 +184,12 @@ class Lifecycle:
 
 
 @asynccontextmanager
-async def open_services(settings: Settings, hooks: tuple[Hook, ...] = ()) -> AsyncIterator[Services]:
+async def open_services(
+    settings: Settings, hooks: tuple[Hook, ...] = (), prepaid_alert: AlertSink | None = None
+) -> AsyncIterator[Services]:
     """Everything, in dependency order; closed in reverse. Raises `MeterwayError` (e.g.
-    `DatabaseUnavailable`) when the store cannot be opened."""
+    `DatabaseUnavailable`) when the store cannot be opened. `prepaid_alert`: where prepaid
+    credits_low / credits_exhausted alerts go (none: dropped)."""
     async with AsyncExitStack() as stack:
         session = new_session(settings.upstream_pool_size)
         stack.push_async_callback(session.close)
@@ -267,6 +274,18 @@ async def open_services(settings: Settings, hooks: tuple[Hook, ...] = ()) -> Asy
 
                 sender = Sender(settings.billing, store.outbox, session, metrics)
         webhooks = Webhooks(settings, store, session)
+        prepaid: Prepaid | None = None
+        lago_webhooks: LagoWebhooks | None = None
+        admission: tuple[Hook, ...] = (limits,)
+        if settings.billing is not None and settings.billing.prepaid.on:
+            from meterway.api.lago_webhooks import LagoWebhooks
+            from meterway.billing.prepaid import Prepaid, no_alerts
+            from meterway.limits.prepaid import PrepaidHook
+
+            prepaid = Prepaid(settings.billing, store, session, prepaid_alert or no_alerts, budget=limiter.budget)
+            lago_webhooks = LagoWebhooks(prepaid)
+            # after the limits: a request over its own budget or rate is refused before credits are held
+            admission = (limits, PrepaidHook(prepaid, limiter, limits, metrics))
         upstream = HttpUpstream(session)
         meter = NativeMeter(
             store.responses,
@@ -311,17 +330,20 @@ async def open_services(settings: Settings, hooks: tuple[Hook, ...] = ()) -> Asy
                 sender=sender,
                 webhooks=webhooks,
                 models=runtime_models,
+                prepaid=prepaid,
             ),
             webhooks=webhooks,
             responses=responses,
             customers=customers,
-            hooks=(limits, *hooks),
+            hooks=(*admission, *hooks),
             # POST /v1/responses only (no other request crosses it): after the limits, so a request
             # over budget is refused before a background one is answered
-            responses_hooks=(limits, responses, *hooks),
+            responses_hooks=(*admission, responses, *hooks),
             redis=redis_client,
             tracing=tracing,
             cache=cache,
+            prepaid=prepaid,
+            lago_webhooks=lago_webhooks,
         )
         tasks: list[asyncio.Task[None]] = []
         stack.push_async_callback(_cancel, tasks)  # after the sender's stop (callbacks run in reverse)
@@ -330,6 +352,8 @@ async def open_services(settings: Settings, hooks: tuple[Hook, ...] = ()) -> Asy
             if router.shares_cooldowns:  # takes in other replicas' cooldowns
                 tasks.append(asyncio.create_task(router.cooldowns.listen([d.id for d in settings.deployments])))
         tasks.append(asyncio.create_task(responses.purge()))
+        if prepaid is not None:  # readings of entities with wallets kept fresh, one replica each
+            tasks.append(asyncio.create_task(prepaid.run()))
         if runtime_models.writable:  # takes in other replicas' model changes
             tasks.append(asyncio.create_task(runtime_models.watch()))
         if sender is not None:

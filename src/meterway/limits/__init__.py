@@ -147,3 +147,8 @@ class Limiter(Protocol):
     async def settle(self, grant: Grant, tokens: int, cost: int) -> None:
         """Gives back the grant's slots and replaces its estimates by the tokens and cost used."""
         ...
+
+    async def budget(self, counter: str) -> tuple[int, int]:
+        """A budget counter as it stands: its spend (0 when never asked for) and what requests in
+        flight hold of it. For reading (`/customer/info`), never for admission."""
+        ...

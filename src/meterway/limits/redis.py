@@ -492,3 +492,12 @@ class RedisLimiter:
         value = await self._client.hget(key, "reserved")
         mine = held.free + held.spent if held is not None else 0
         return int(value or 0) - mine
+
+    async def budget(self, counter: str) -> tuple[int, int]:
+        """Redis's spend and reservations, with this worker's own share corrected: its settled
+        spend not yet reported counts as spent, its unused lease as not reserved."""
+        held = self._leases.get(counter)
+        spent, reserved = await self._client.hmget(self._prefix + counter, ["spent", "reserved"])
+        mine_spent = held.spent if held is not None else 0
+        mine_free = held.free if held is not None else 0
+        return int(spent or 0) + mine_spent, max(int(reserved or 0) - mine_free - mine_spent, 0)

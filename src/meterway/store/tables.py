@@ -364,7 +364,8 @@ prepaid_balances = Table(
     Column("subscription_id", String(255), nullable=True),
     Column("plan_code", String(255), nullable=True),
     Column("currency", String(8), nullable=True),
-    Column("period_start", DateTime(timezone=True), nullable=True),
+    Column("period_start", DateTime(timezone=True), nullable=True),  # the subscription's current billing period
+    Column("period_end", DateTime(timezone=True), nullable=True),
     Column("has_wallets", Boolean, nullable=False, server_default=false()),
     Column("balance_units", BigInteger, nullable=False, server_default="0"),  # active wallets' ongoing balance
     Column("lago_usage_units", BigInteger, nullable=False, server_default="0"),  # usage Lago had counted

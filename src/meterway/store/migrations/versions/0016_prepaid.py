@@ -33,6 +33,7 @@ def upgrade() -> None:
         sa.Column("plan_code", sa.String(255), nullable=True),
         sa.Column("currency", sa.String(8), nullable=True),
         sa.Column("period_start", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("period_end", sa.DateTime(timezone=True), nullable=True),
         sa.Column("has_wallets", sa.Boolean, nullable=False, server_default=sa.false()),
         sa.Column("balance_units", sa.BigInteger, nullable=False, server_default="0"),
         sa.Column("lago_usage_units", sa.BigInteger, nullable=False, server_default="0"),
