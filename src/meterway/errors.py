@@ -7,6 +7,7 @@ CLI and background tasks share the same vocabulary.
 
     MeterwayError                       500 internal_error
     ├── ConfigError                     (startup only; never reaches a client)
+    ├── LagoPlanInvalid                 a Lago plan meterway cannot price (also a ValueError)
     ├── BadRequest                      400 invalid_request_error
     │   ├── UnsupportedOperation        400 a deployment cannot serve this endpoint
     │   ├── BudgetExceeded              400 budget_exceeded (spend and limit in the message)
@@ -62,6 +63,14 @@ class ConfigError(MeterwayError):
     """The configuration cannot be used. The message names the entry and the field."""
 
     error_type = "config_error"
+
+
+class LagoPlanInvalid(MeterwayError, ValueError):
+    """A Lago plan (or one of its billable metrics) is not of the shape Lago's API documents, so
+    meterway cannot price events by it. The message names the charge and the field. Never a
+    client's fault: the prepaid reader treats it as a failed reading."""
+
+    error_type = "lago_plan_invalid"
 
 
 class BadRequest(MeterwayError):

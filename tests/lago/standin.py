@@ -41,20 +41,30 @@ test can tell a legitimate resend (the answer was lost) from a double delivery
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
+import json
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from decimal import ROUND_FLOOR, ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
-from aiohttp import web
+from aiohttp import ClientError, ClientSession, ClientTimeout, web
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.support.gateway import free_socket
 
 BATCH_MAX = 100
 ALL_VALUES = "__ALL_FILTER_VALUES__"
+WEBHOOK_ATTEMPTS = 4  # the first delivery and 3 retries, as Lago's LAGO_WEBHOOK_ATTEMPTS default
+WEBHOOK_BACKOFF_S = 0.05  # doubled on each retry (Lago waits executions**4 + 2 seconds)
+WEBHOOK_TIMEOUT_S = 2.0
 AGGREGATIONS = ("count_agg", "sum_agg", "max_agg", "unique_count_agg", "weighted_sum_agg", "latest_agg")
 
 
@@ -133,6 +143,65 @@ POST = web.RequestKey("post", Post)  # the record of an event post, for the midd
 
 
 @dataclass
+class Wallet:
+    lago_id: str
+    external_customer_id: str
+    currency: str
+    name: str | None
+    code: str
+    priority: int
+    rate_amount: Decimal
+    created_at: str
+    expiration_at: str | None
+    invoice_requires_successful_payment: bool
+    applies_to: dict[str, list[str]]
+    status: str = "active"
+    terminated_at: str | None = None
+    credits_balance: Decimal = Decimal(0)
+    balance_cents: int = 0
+    consumed_credits: Decimal = Decimal(0)
+    ongoing_usage_cents: int = 0  # set only by `refresh_ongoing_balances`
+    ongoing_usage_credits: Decimal = Decimal(0)
+    last_balance_sync_at: str | None = None
+
+
+@dataclass
+class WalletTransaction:
+    lago_id: str
+    wallet_id: str
+    transaction_status: str  # purchased | granted | voided
+    transaction_type: str  # inbound | outbound
+    credit_amount: Decimal
+    amount: Decimal  # credits x rate, in the currency
+    invoice_id: str | None
+    invoice_requires_successful_payment: bool
+    created_at: str
+    name: str | None
+    metadata: list[Any]
+    status: str = "pending"
+    settled_at: str | None = None
+    failed_at: str | None = None
+
+
+@dataclass
+class Delivery:
+    """One attempt to deliver a webhook."""
+
+    url: str
+    webhook_type: str
+    unique_key: str
+    body: bytes
+    headers: dict[str, str]
+    attempt: int
+    status: int | None  # None: no answer (connection refused, cut, timed out)
+    error: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300
+
+
+@dataclass
 class Stall:
     seconds: float
     after_commit: bool
@@ -164,6 +233,18 @@ class LagoStandIn:
         self.holding = 0  # event posts held by `stall_next` right now
         self.faults = Faults()
         self._event_posts = 0
+        self.organization_id = str(uuid.uuid4())
+        self.wallets: dict[str, Wallet] = {}
+        self.transactions: dict[str, WalletTransaction] = {}
+        self.webhook_endpoints: list[dict[str, Any]] = []
+        self.webhooks: list[dict[str, Any]] = []  # every webhook payload sent, in order
+        self.deliveries: list[Delivery] = []  # every delivery attempt
+        self._deliveries: set[asyncio.Task[None]] = set()
+        self._refresher: asyncio.Task[None] | None = None
+        self._private_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.public_pem = self._private_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
         self._lock = threading.Lock()
         self._sock = free_socket()
         self.port: int = self._sock.getsockname()[1]
@@ -201,6 +282,19 @@ class LagoStandIn:
         r.add_put("/api/v1/billable_metrics/{code}", self._update_metric)
         r.add_post("/api/v1/plans", self._plan)
         r.add_get("/api/v1/plans/{code}", self._get_plan)
+        r.add_get("/api/v1/subscriptions/{external_id}", self._get_subscription)
+        r.add_post("/api/v1/wallets", self._create_wallet)
+        r.add_get("/api/v1/wallets", self._wallets)
+        r.add_get("/api/v1/customers/{external_id}/wallets", self._wallets)
+        r.add_get("/api/v1/wallets/{lago_id}", self._get_wallet)
+        r.add_put("/api/v1/wallets/{lago_id}", self._update_wallet)
+        r.add_delete("/api/v1/wallets/{lago_id}", self._terminate_wallet)
+        r.add_get("/api/v1/wallets/{lago_id}/wallet_transactions", self._wallet_transactions)
+        r.add_post("/api/v1/wallet_transactions", self._create_wallet_transactions)
+        r.add_get("/api/v1/wallet_transactions/{lago_id}", self._get_wallet_transaction)
+        r.add_post("/api/v1/webhook_endpoints", self._create_webhook_endpoint)
+        r.add_get("/api/v1/webhooks/public_key", self._public_key)
+        r.add_get("/api/v1/webhooks/json_public_key", self._json_public_key)
         runner = web.AppRunner(app, handle_signals=False, access_log=None)
         self._loop.run_until_complete(runner.setup())
         self._loop.run_until_complete(web.SockSite(runner, self._sock).start())
@@ -509,7 +603,7 @@ class LagoStandIn:
             if existing["external_customer_id"] != customer_id:
                 return _invalid({"external_id": ["value_already_exist"]})
             if existing["plan_code"] == plan_code:
-                return web.json_response({"subscription": existing})
+                return web.json_response({"subscription": _with_period(existing)})
         if customer_id not in self.customers:
             self.customers[customer_id] = {"lago_id": str(uuid.uuid4()), "external_id": customer_id, "currency": None}
         started = raw.get("subscription_at") or _now()
@@ -526,7 +620,11 @@ class LagoStandIn:
             "plan": plan,
         }
         self.subscriptions[external_id] = sub
-        return web.json_response({"subscription": sub})
+        return web.json_response({"subscription": _with_period(sub)})
+
+    async def _get_subscription(self, request: web.Request) -> web.Response:
+        sub = self.subscriptions.get(request.match_info["external_id"])
+        return _found("subscription", _with_period(sub) if sub else None)
 
     async def _subscriptions(self, request: web.Request) -> web.Response:
         q = request.query
@@ -537,7 +635,514 @@ class LagoStandIn:
             and (not q.get("plan_code") or s["plan_code"] == q["plan_code"])
         ]
         meta = {"current_page": 1, "next_page": None, "prev_page": None, "total_pages": 1, "total_count": len(subs)}
-        return web.json_response({"subscriptions": subs, "meta": meta})
+        return web.json_response({"subscriptions": [_with_period(s) for s in subs], "meta": meta})
+
+    # ---------------------------------------------------------------- wallets
+
+    def _wallet_view(self, w: Wallet) -> dict[str, Any]:
+        """A wallet as Lago's `WalletObject` (under the lock)."""
+        customer = self.customers.get(w.external_customer_id) or {}
+        return {
+            "lago_id": w.lago_id,
+            "lago_customer_id": customer.get("lago_id"),
+            "external_customer_id": w.external_customer_id,
+            "billing_entity_code": "default",
+            "status": w.status,
+            "currency": w.currency,
+            "name": w.name,
+            "code": w.code,
+            "priority": w.priority,
+            "rate_amount": _units(w.rate_amount),
+            "credits_balance": _units(w.credits_balance),
+            # listed as required by WalletObject.yaml without a description (Lago's old, pre-cents
+            # field): the balance in the currency, as a decimal string
+            "balance": _units(Decimal(w.balance_cents) / 100),
+            "balance_cents": w.balance_cents,
+            "consumed_credits": _units(w.consumed_credits),
+            "created_at": w.created_at,
+            "expiration_at": w.expiration_at,
+            "last_balance_sync_at": w.last_balance_sync_at,
+            "last_consumed_credit_at": None,
+            "terminated_at": w.terminated_at,
+            "invoice_requires_successful_payment": w.invoice_requires_successful_payment,
+            "applies_to": w.applies_to,
+            "recurring_transaction_rules": [],
+            "ongoing_balance_cents": w.balance_cents - w.ongoing_usage_cents,
+            "ongoing_usage_balance_cents": w.ongoing_usage_cents,
+            "credits_ongoing_balance": _units(w.credits_balance - w.ongoing_usage_credits),
+            "credits_ongoing_usage_balance": _units(w.ongoing_usage_credits),
+            "paid_top_up_min_amount_cents": None,
+            "paid_top_up_max_amount_cents": None,
+            "applied_invoice_custom_sections": [],
+            "payment_method": {"payment_method_type": "provider", "payment_method_id": None},
+            "purchase_order_number": None,
+            "metadata": {},
+        }
+
+    def _transaction_view(self, t: WalletTransaction, *, with_wallet: bool = False) -> dict[str, Any]:
+        """A transaction as Lago's `WalletTransactionObject` (`...Extended`, with its wallet, in webhooks)."""
+        body = {
+            "lago_id": t.lago_id,
+            "lago_wallet_id": t.wallet_id,
+            "lago_invoice_id": t.invoice_id,
+            "lago_credit_note_id": None,
+            "lago_voided_invoice_id": None,
+            "status": t.status,
+            "source": "manual",
+            "transaction_status": t.transaction_status,
+            "transaction_type": t.transaction_type,
+            "amount": _units(t.amount),
+            "credit_amount": _units(t.credit_amount),
+            "remaining_amount_cents": None,
+            "remaining_credit_amount": None,
+            "priority": 50,
+            "invoice_requires_successful_payment": t.invoice_requires_successful_payment,
+            "settled_at": t.settled_at,
+            "failed_at": t.failed_at,
+            "created_at": t.created_at,
+            "metadata": t.metadata,
+            "name": t.name,
+            "applied_invoice_custom_sections": [],
+            "payment_method": {"payment_method_type": "provider", "payment_method_id": None},
+            "purchase_order_number": None,
+        }
+        if with_wallet:
+            body["wallet"] = self._wallet_view(self.wallets[t.wallet_id])
+        return body
+
+    async def _create_wallet(self, request: web.Request) -> web.Response:
+        raw = await self._body(request, "wallet")
+        if not isinstance(raw, dict):
+            return _missing("wallet")
+        customer_id = raw.get("external_customer_id")
+        customer = self.customers.get(str(customer_id))
+        if customer is None:
+            return _not_found("customer")
+        errors: dict[str, list[str]] = {}
+        rate = _decimal(raw.get("rate_amount"))
+        if rate is None or rate <= 0:
+            errors["rate_amount"] = ["invalid_amount"]
+        currency = raw.get("currency")
+        if not currency:
+            errors["currency"] = ["value_is_mandatory"]
+        elif customer.get("currency") and customer["currency"] != currency:
+            errors["currency"] = ["currencies_does_not_match"]
+        credits = {k: _decimal(raw.get(k) or "0") for k in ("paid_credits", "granted_credits")}
+        for name, value in credits.items():
+            if value is None or value < 0:
+                errors[name] = ["invalid_amount"]
+        priority = raw.get("priority", 50)
+        if isinstance(priority, bool) or not isinstance(priority, int) or not 1 <= priority <= 50:
+            errors["priority"] = ["value_is_invalid"]
+        expiration = raw.get("expiration_at")
+        if expiration is not None and _instant(expiration, future=True) is None:
+            errors["expiration_at"] = ["invalid_date"]
+        name = raw.get("name")
+        code = raw.get("code") or (str(name).lower().replace(" ", "_") if name else "default")
+        with self._lock:
+            if any(
+                w.code == code and w.status == "active" and w.external_customer_id == customer_id
+                for w in self.wallets.values()
+            ):
+                errors["code"] = ["value_already_exist"]
+        if errors or rate is None:
+            return _invalid(errors)
+        customer["currency"] = customer.get("currency") or currency
+        now = _second(datetime.now(UTC))
+        wallet = Wallet(
+            lago_id=str(uuid.uuid4()),
+            external_customer_id=str(customer_id),
+            currency=str(currency),
+            name=name,
+            code=code,
+            priority=priority,
+            rate_amount=rate,
+            created_at=now,
+            expiration_at=_second(_parse_time(expiration)) if expiration else None,
+            invoice_requires_successful_payment=bool(raw.get("invoice_requires_successful_payment", False)),
+            applies_to={
+                "fee_types": list((raw.get("applies_to") or {}).get("fee_types") or []),
+                "billable_metric_codes": list((raw.get("applies_to") or {}).get("billable_metric_codes") or []),
+            },
+        )
+        with self._lock:
+            self.wallets[wallet.lago_id] = wallet
+        self._top_up(
+            wallet,
+            paid=credits["paid_credits"] or Decimal(0),
+            granted=credits["granted_credits"] or Decimal(0),
+            voided=Decimal(0),
+            requires_payment=wallet.invoice_requires_successful_payment,
+            name=raw.get("transaction_name"),
+            metadata=list(raw.get("transaction_metadata") or []),
+        )
+        with self._lock:
+            return web.json_response({"wallet": self._wallet_view(wallet)})
+
+    async def _wallets(self, request: web.Request) -> web.Response:
+        customer_id = request.match_info.get("external_id") or request.query.get("external_customer_id")
+        if customer_id is not None and customer_id not in self.customers:
+            return _not_found("customer")
+        with self._lock:
+            found = [
+                self._wallet_view(w)
+                for w in self.wallets.values()
+                if (customer_id is None or w.external_customer_id == customer_id)
+                and (not request.query.get("currency") or w.currency == request.query["currency"])
+            ]
+        return _page("wallets", found, request)
+
+    async def _get_wallet(self, request: web.Request) -> web.Response:
+        with self._lock:
+            wallet = self.wallets.get(request.match_info["lago_id"])
+            return _found("wallet", self._wallet_view(wallet) if wallet else None)
+
+    async def _update_wallet(self, request: web.Request) -> web.Response:
+        """PUT: name, expiration_at, priority, applies_to, invoice_requires_successful_payment."""
+        wallet = self.wallets.get(request.match_info["lago_id"])
+        if wallet is None:
+            return _not_found("wallet")
+        raw = await self._body(request, "wallet")
+        if not isinstance(raw, dict):
+            return _missing("wallet")
+        errors: dict[str, list[str]] = {}
+        if "priority" in raw:
+            p = raw["priority"]
+            if isinstance(p, bool) or not isinstance(p, int) or not 1 <= p <= 50:
+                errors["priority"] = ["value_is_invalid"]
+        expiration = raw.get("expiration_at")
+        if expiration is not None and _instant(expiration, future=True) is None:
+            errors["expiration_at"] = ["invalid_date"]
+        if errors:
+            return _invalid(errors)
+        with self._lock:
+            if "name" in raw:
+                wallet.name = raw["name"]
+            if "priority" in raw:
+                wallet.priority = raw["priority"]
+            if "expiration_at" in raw:
+                wallet.expiration_at = _second(_parse_time(expiration)) if expiration else None
+            if "invoice_requires_successful_payment" in raw:
+                wallet.invoice_requires_successful_payment = bool(raw["invoice_requires_successful_payment"])
+            if isinstance(raw.get("applies_to"), dict):
+                wallet.applies_to = {
+                    "fee_types": list(raw["applies_to"].get("fee_types") or []),
+                    "billable_metric_codes": list(raw["applies_to"].get("billable_metric_codes") or []),
+                }
+            return web.json_response({"wallet": self._wallet_view(wallet)})
+
+    async def _terminate_wallet(self, request: web.Request) -> web.Response:
+        with self._lock:
+            wallet = self.wallets.get(request.match_info["lago_id"])
+            if wallet is None:
+                return _not_found("wallet")
+            _terminate(wallet)
+            return web.json_response({"wallet": self._wallet_view(wallet)})
+
+    async def _create_wallet_transactions(self, request: web.Request) -> web.Response:
+        raw = await self._body(request, "wallet_transaction")
+        if not isinstance(raw, dict):
+            return _missing("wallet_transaction")
+        wallet = self.wallets.get(str(raw.get("wallet_id")))
+        if wallet is None:
+            return _not_found("wallet")
+        errors: dict[str, list[str]] = {}
+        amounts = {k: _decimal(raw.get(k) or "0") for k in ("paid_credits", "granted_credits", "voided_credits")}
+        for name, value in amounts.items():
+            if value is None or value < 0:
+                errors[name] = ["invalid_amount"]
+        if wallet.status != "active":
+            errors["wallet_id"] = ["wallet_is_terminated"]
+        voided = amounts["voided_credits"] or Decimal(0)
+        if voided > wallet.credits_balance:
+            errors["voided_credits"] = ["insufficient_credits"]
+        if errors:
+            return _invalid(errors)
+        made = self._top_up(
+            wallet,
+            paid=amounts["paid_credits"] or Decimal(0),
+            granted=amounts["granted_credits"] or Decimal(0),
+            voided=voided,
+            # a null or false flag falls back to the wallet's (`||=` in Lago's CreateFromParamsService)
+            requires_payment=bool(raw.get("invoice_requires_successful_payment"))
+            or wallet.invoice_requires_successful_payment,
+            name=raw.get("name"),
+            metadata=list(raw.get("metadata") or []),
+        )
+        with self._lock:
+            return web.json_response({"wallet_transactions": [self._transaction_view(t) for t in made]})
+
+    async def _wallet_transactions(self, request: web.Request) -> web.Response:
+        lago_id = request.match_info["lago_id"]
+        if lago_id not in self.wallets:
+            return _not_found("wallet")
+        q = request.query
+        with self._lock:
+            found = [
+                self._transaction_view(t)
+                for t in self.transactions.values()
+                if t.wallet_id == lago_id
+                and all(
+                    not q.get(k) or getattr(t, k) == q[k] for k in ("status", "transaction_status", "transaction_type")
+                )
+            ]
+        return _page("wallet_transactions", found, request)
+
+    async def _get_wallet_transaction(self, request: web.Request) -> web.Response:
+        with self._lock:
+            t = self.transactions.get(request.match_info["lago_id"])
+            return _found("wallet_transaction", self._transaction_view(t) if t else None)
+
+    def _top_up(
+        self,
+        wallet: Wallet,
+        *,
+        paid: Decimal,
+        granted: Decimal,
+        voided: Decimal,
+        requires_payment: bool,
+        name: str | None,
+        metadata: list[Any],
+    ) -> list[WalletTransaction]:
+        """One transaction per kind given (paid, granted, voided, in Lago's order): granted and voided
+        settle at once, paid too unless the payment must succeed first (then `settle_payment`)."""
+        made: list[WalletTransaction] = []
+        now = _second(datetime.now(UTC))
+        kinds = (("purchased", "inbound", paid), ("granted", "inbound", granted), ("voided", "outbound", voided))
+        with self._lock:
+            for status, direction, credits in kinds:
+                if credits <= 0:
+                    continue
+                t = WalletTransaction(
+                    lago_id=str(uuid.uuid4()),
+                    wallet_id=wallet.lago_id,
+                    transaction_status=status,
+                    transaction_type=direction,
+                    credit_amount=credits.quantize(Decimal("0.00001"), rounding=ROUND_FLOOR),
+                    amount=credits.quantize(Decimal("0.00001"), rounding=ROUND_FLOOR) * wallet.rate_amount,
+                    invoice_id=str(uuid.uuid4()) if status == "purchased" else None,
+                    invoice_requires_successful_payment=requires_payment,
+                    created_at=now,
+                    name=name,
+                    metadata=metadata,
+                )
+                self.transactions[t.lago_id] = t
+                made.append(t)
+                if not (status == "purchased" and requires_payment):
+                    _settle(wallet, t)
+            created = [self._webhook_body("wallet_transaction.created", t) for t in made]
+        for body in created:
+            self._emit(body)
+        return made
+
+    def settle_payment(self, transaction_id: str) -> None:
+        """The payment of a pending paid top-up succeeded: its credits land (`wallet_transaction.updated`)."""
+        with self._lock:
+            t = self.transactions[transaction_id]
+            if t.status != "pending":
+                return
+            _settle(self.wallets[t.wallet_id], t)
+            body = self._webhook_body("wallet_transaction.updated", t)
+        self._emit(body)
+
+    def fail_payment(self, transaction_id: str) -> None:
+        """The payment of a pending paid top-up failed: `wallet_transaction.payment_failure`, then the
+        transaction is marked failed (`wallet_transaction.updated`)."""
+        with self._lock:
+            t = self.transactions[transaction_id]
+            if t.status != "pending":
+                return
+            failure = self._webhook_body("wallet_transaction.payment_failure", t)
+            t.status, t.failed_at = "failed", _second(datetime.now(UTC))
+            updated = self._webhook_body("wallet_transaction.updated", t)
+        self._emit(failure)
+        self._emit(updated)
+
+    # ---------------------------------------------------------------- ongoing balance
+
+    def refresh_ongoing_balances(self, customer: str | None = None) -> None:
+        """Lago's periodic refresh (self-hosted, no real-time add-on): terminates expired wallets,
+        then sets each active wallet's ongoing usage from the customer's current usage (all active
+        subscriptions, as `current_usage` computes it), spread over its wallets by priority (1 first;
+        each takes what its balance covers, the last one the rest). A wallet whose ongoing balance
+        falls from > 0 to <= 0 sends `wallet.depleted_ongoing_balance`."""
+        now = datetime.now(UTC)
+        with self._lock:
+            for w in self.wallets.values():
+                if w.status == "active" and w.expiration_at and _parse_time(w.expiration_at) <= now:
+                    _terminate(w)
+            customers = sorted(
+                {w.external_customer_id for w in self.wallets.values() if w.status == "active"}
+                if customer is None
+                else {customer}
+            )
+        depleted: list[dict[str, Any]] = []
+        for customer_id in customers:
+            subs = [
+                s
+                for s in list(self.subscriptions.values())
+                if s["external_customer_id"] == customer_id and s["status"] == "active"
+            ]
+            usage = sum(self._usage(s)["total_amount_cents"] for s in subs)
+            with self._lock:
+                wallets = sorted(
+                    (
+                        w
+                        for w in self.wallets.values()
+                        if w.external_customer_id == customer_id and w.status == "active"
+                    ),
+                    key=lambda w: (w.priority, w.created_at),
+                )
+                left = usage
+                for i, w in enumerate(wallets):
+                    before = w.balance_cents - w.ongoing_usage_cents
+                    share = left if i == len(wallets) - 1 else min(left, max(w.balance_cents, 0))
+                    left -= share
+                    w.ongoing_usage_cents = share
+                    w.ongoing_usage_credits = Decimal(share) / 100 / w.rate_amount
+                    if before > 0 >= w.balance_cents - share:
+                        depleted.append(self._webhook_body("wallet.depleted_ongoing_balance", w))
+        for body in depleted:
+            self._emit(body)
+
+    def auto_refresh(self, interval_s: float | None) -> None:
+        """Runs `refresh_ongoing_balances` every `interval_s` in the stand-in's loop (None: stops)."""
+
+        def switch() -> None:
+            if self._refresher is not None:
+                self._refresher.cancel()
+                self._refresher = None
+            if interval_s is not None:
+                self._refresher = self._loop.create_task(self._refresh_every(interval_s))
+
+        self._loop.call_soon_threadsafe(switch)
+
+    async def _refresh_every(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            await asyncio.to_thread(self.refresh_ongoing_balances)
+
+    # ---------------------------------------------------------------- webhooks
+
+    def add_webhook(self, url: str, algo: str = "hmac") -> dict[str, Any]:
+        """A webhook endpoint, as `POST /webhook_endpoints` makes it."""
+        endpoint = {
+            "lago_id": str(uuid.uuid4()),
+            "lago_organization_id": self.organization_id,
+            "webhook_url": url,
+            "signature_algo": algo,
+            "name": None,
+            "event_types": None,
+            "created_at": _second(datetime.now(UTC)),
+        }
+        with self._lock:
+            self.webhook_endpoints.append(endpoint)
+        return endpoint
+
+    async def _create_webhook_endpoint(self, request: web.Request) -> web.Response:
+        raw = await self._body(request, "webhook_endpoint")
+        if not isinstance(raw, dict):
+            return _missing("webhook_endpoint")
+        url, algo = raw.get("webhook_url"), raw.get("signature_algo", "jwt")
+        errors: dict[str, list[str]] = {}
+        if not url:
+            errors["webhook_url"] = ["value_is_mandatory"]
+        elif any(e["webhook_url"] == url for e in self.webhook_endpoints):
+            errors["webhook_url"] = ["value_already_exist"]
+        if algo not in ("jwt", "hmac"):
+            errors["signature_algo"] = ["value_is_invalid"]
+        if errors:
+            return _invalid(errors)
+        endpoint = self.add_webhook(str(url), str(algo))
+        endpoint["name"], endpoint["event_types"] = raw.get("name"), raw.get("event_types")
+        return web.json_response({"webhook_endpoint": endpoint})
+
+    async def _public_key(self, request: web.Request) -> web.Response:
+        """Deprecated text form: base64 of the PEM (line-wrapped, as Ruby's `Base64.encode64`)."""
+        return web.Response(text=base64.encodebytes(self.public_pem).decode(), content_type="text/plain")
+
+    async def _json_public_key(self, request: web.Request) -> web.Response:
+        return web.json_response({"webhook": {"public_key": base64.b64encode(self.public_pem).decode()}})
+
+    def sign_hmac(self, body: bytes) -> str:
+        """Lago's `hmac` signature: Base64 (strict) of HMAC-SHA256 over the body, keyed with the API key."""
+        return base64.b64encode(hmac.new(self.api_key.encode(), body, hashlib.sha256).digest()).decode()
+
+    def sign_jwt(self, body: bytes) -> str:
+        """Lago's `jwt` signature: RS256 over `{"data": <the body's JSON text>, "iss": LAGO_API_URL}`."""
+        import jwt
+
+        return jwt.encode({"data": body.decode(), "iss": self.url}, self._private_key, algorithm="RS256")
+
+    def _webhook_body(self, webhook_type: str, obj: Wallet | WalletTransaction) -> dict[str, Any]:
+        """A webhook's payload (under the lock): type, object type, organization, the object."""
+        if isinstance(obj, Wallet):
+            object_type, view = "wallet", self._wallet_view(obj)
+        else:
+            object_type, view = "wallet_transaction", self._transaction_view(obj, with_wallet=True)
+        return {
+            "webhook_type": webhook_type,
+            "object_type": object_type,
+            "organization_id": self.organization_id,
+            object_type: view,
+        }
+
+    def _emit(self, payload: dict[str, Any]) -> None:
+        """Sends a webhook to every endpoint, from the stand-in's loop (callable from any thread)."""
+        with self._lock:
+            endpoints = [
+                e for e in self.webhook_endpoints if not e["event_types"] or payload["webhook_type"] in e["event_types"]
+            ]
+            self.webhooks.append(payload)
+        body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+        for endpoint in endpoints:
+            key = str(uuid.uuid4())
+            self._loop.call_soon_threadsafe(self._spawn, endpoint, body, key)
+
+    def _spawn(self, endpoint: dict[str, Any], body: bytes, key: str) -> None:
+        task = self._loop.create_task(self._deliver(endpoint, body, key))
+        self._deliveries.add(task)
+        task.add_done_callback(self._deliveries.discard)
+
+    async def _deliver(self, endpoint: dict[str, Any], body: bytes, key: str) -> None:
+        """POSTs the body; a failed attempt (non-2xx or no answer) is retried after a short backoff,
+        `WEBHOOK_ATTEMPTS` attempts in all, the same unique key on each."""
+        algo = endpoint["signature_algo"]
+        headers = {
+            "Content-Type": "application/json",
+            "X-Lago-Signature": self.sign_hmac(body) if algo == "hmac" else self.sign_jwt(body),
+            "X-Lago-Signature-Algorithm": algo,
+            "X-Lago-Unique-Key": key,
+        }
+        webhook_type = json.loads(body)["webhook_type"]
+        timeout = ClientTimeout(total=WEBHOOK_TIMEOUT_S)
+        async with ClientSession(timeout=timeout) as session:
+            for attempt in range(1, WEBHOOK_ATTEMPTS + 1):
+                status: int | None = None
+                error: str | None = None
+                try:
+                    async with session.post(endpoint["webhook_url"], data=body, headers=headers) as response:
+                        status = response.status
+                except (ClientError, TimeoutError) as e:
+                    error = type(e).__name__
+                delivery = Delivery(endpoint["webhook_url"], webhook_type, key, body, headers, attempt, status, error)
+                with self._lock:
+                    self.deliveries.append(delivery)
+                if delivery.ok:
+                    return
+                if attempt < WEBHOOK_ATTEMPTS:
+                    await asyncio.sleep(WEBHOOK_BACKOFF_S * 2 ** (attempt - 1))
+
+    def wait_deliveries(self, count: int, timeout: float = 5.0) -> list[Delivery]:
+        """The delivery attempts once there are at least `count` (or when `timeout` has passed)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if len(self.deliveries) >= count:
+                    return list(self.deliveries)
+            time.sleep(0.01)
+        with self._lock:
+            return list(self.deliveries)
 
     # ---------------------------------------------------------------- metrics, plans, usage
 
@@ -645,6 +1250,10 @@ class LagoStandIn:
         sub = self.subscriptions.get(request.query.get("external_subscription_id", ""))
         if sub is None or sub["external_customer_id"] != customer_id or sub["status"] != "active":
             return _error(405, "Method Not Allowed", "no_active_subscription")
+        return web.json_response({"customer_usage": self._usage(sub)})
+
+    def _usage(self, sub: dict[str, Any]) -> dict[str, Any]:
+        """A subscription's `customer_usage` (section 5): its events since it started, priced."""
         started = Decimal(str(datetime.fromisoformat(str(sub["started_at"]).replace("Z", "+00:00")).timestamp()))
         with self._lock:
             events = [
@@ -652,21 +1261,17 @@ class LagoStandIn:
             ]
         usage = [_charge_usage(charge, self.metrics, events) for charge in sub["plan"]["charges"]]
         total = sum(c["amount_cents"] for c in usage)
-        return web.json_response(
-            {
-                "customer_usage": {
-                    "from_datetime": sub["started_at"],
-                    "to_datetime": _now(),
-                    "issuing_date": datetime.now(UTC).date().isoformat(),
-                    "currency": sub["plan"]["amount_currency"],
-                    "amount_cents": total,
-                    "taxes_amount_cents": 0,
-                    "total_amount_cents": total,
-                    "lago_invoice_id": None,
-                    "charges_usage": usage,
-                }
-            }
-        )
+        return {
+            "from_datetime": sub["started_at"],
+            "to_datetime": _now(),
+            "issuing_date": datetime.now(UTC).date().isoformat(),
+            "currency": sub["plan"]["amount_currency"],
+            "amount_cents": total,
+            "taxes_amount_cents": 0,
+            "total_amount_cents": total,
+            "lago_invoice_id": None,
+            "charges_usage": usage,
+        }
 
 
 def _charge_usage(charge: dict[str, Any], metrics: dict[str, Any], events: list[StoredEvent]) -> dict[str, Any]:
@@ -748,6 +1353,85 @@ def _cents(units: Decimal, amount: str) -> int:
     return int((units * Decimal(amount) * 100).quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
+def _decimal(value: Any) -> Decimal | None:
+    """A credit amount or rate as Lago takes it: a numeric string (or number); None if not one."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        number = Decimal(str(value))
+    except InvalidOperation:
+        return None
+    return number if number.is_finite() else None
+
+
+def _instant(value: Any, *, future: bool = False) -> datetime | None:
+    """An ISO 8601 time (in the future when asked), else None."""
+    try:
+        moment = _parse_time(str(value))
+    except ValueError:
+        return None
+    return None if future and moment <= datetime.now(UTC) else moment
+
+
+def _page(root: str, items: list[dict[str, Any]], request: web.Request) -> web.Response:
+    """`{root: [...], "meta": {...}}` as Lago paginates (`page`, `per_page` default 20)."""
+    try:
+        page = max(1, int(request.query.get("page", 1)))
+        per_page = max(1, int(request.query.get("per_page", 20)))
+    except ValueError:
+        page, per_page = 1, 20
+    pages = max(1, -(-len(items) // per_page))
+    meta = {
+        "current_page": page,
+        "next_page": page + 1 if page < pages else None,
+        "prev_page": page - 1 if page > 1 else None,
+        "total_pages": pages,
+        "total_count": len(items),
+    }
+    return web.json_response({root: items[(page - 1) * per_page : page * per_page], "meta": meta})
+
+
+def _settle(wallet: Wallet, t: WalletTransaction) -> None:
+    """A transaction lands: inbound credits add to the balance, voided ones take from it."""
+    sign = 1 if t.transaction_type == "inbound" else -1
+    t.status, t.settled_at = "settled", _second(datetime.now(UTC))
+    wallet.credits_balance += sign * t.credit_amount
+    wallet.balance_cents += sign * int((t.amount * 100).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+    wallet.last_balance_sync_at = t.settled_at
+
+
+def _terminate(wallet: Wallet) -> None:
+    if wallet.status != "terminated":
+        wallet.status, wallet.terminated_at = "terminated", _second(datetime.now(UTC))
+
+
+def _parse_time(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
+
+
+def _second(moment: datetime) -> str:
+    """A time as Lago's serializers print it: ISO 8601, whole seconds, `Z`."""
+    return moment.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def billing_period(started_at: str, now: datetime | None = None) -> tuple[datetime, datetime]:
+    """The current monthly calendar period of a subscription (UTC): from the first of the month,
+    or the start if later, to the month's last second."""
+    now = now or datetime.now(UTC)
+    first = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    following = (first + timedelta(days=32)).replace(day=1)
+    return max(first, _parse_time(started_at)), following - timedelta(seconds=1)
+
+
+def _with_period(sub: dict[str, Any]) -> dict[str, Any]:
+    start, end = billing_period(str(sub["started_at"]))
+    return {
+        **sub,
+        "current_billing_period_started_at": _second(start),
+        "current_billing_period_ending_at": _second(end),
+    }
+
+
 def _gone(request: web.Request) -> bool:
     transport = request.transport
     return transport is None or transport.is_closing()
@@ -804,3 +1488,40 @@ def billing_ready(
         client.subscriptions.create(
             Subscription(external_customer_id=customer, plan_code="payg", external_id=customer, subscription_at=started)
         )
+
+
+def prepaid_ready(
+    stand_in: LagoStandIn,
+    customer: str,
+    credits: str,
+    rate_amount: str = "1.0",
+    plan: Any = None,
+    **wallet: Any,
+) -> Any:
+    """`billing_ready` for one customer (or its subscription to `plan`, a lago-python-client `Plan`,
+    when given), then a wallet of `credits` granted credits at `rate_amount`, made with the real
+    client; `wallet` adds fields of the client's `Wallet` (name, code, priority, expiration_at...).
+    Returns the client's `WalletResponse`."""
+    from lago_python_client.client import Client
+    from lago_python_client.models import Customer, Subscription, Wallet
+
+    client = Client(api_key=stand_in.api_key, api_url=stand_in.url)
+    if plan is None:
+        billing_ready(stand_in, [customer], metric="llm_tokens" not in stand_in.metrics)
+    else:
+        if "llm_tokens" not in stand_in.metrics:
+            billing_ready(stand_in, [], metric=True)
+        client.plans.create(plan)
+        client.customers.create(Customer(external_id=customer, currency="USD"))
+        started = (datetime.now(UTC) - timedelta(days=1)).isoformat()
+        client.subscriptions.create(
+            Subscription(
+                external_customer_id=customer, plan_code=plan.code, external_id=customer, subscription_at=started
+            )
+        )
+    wallet.setdefault("currency", "USD")
+    made = client.wallets.create(
+        Wallet(external_customer_id=customer, rate_amount=rate_amount, granted_credits=credits, **wallet)
+    )
+    assert made is not None
+    return made
