@@ -31,6 +31,7 @@ import aiohttp
 from meterway.billing.events import CHARGED, Parked, events_for, grouping, subscription_for
 from meterway.billing.wallets import LagoUnavailable, Plan, Wallets, usable_sorted, wallet_view
 from meterway.config.billing import Billing
+from meterway.errors import LagoPlanInvalid
 from meterway.ledger import pricing
 from meterway.store.prepaid import Reading
 
@@ -157,7 +158,10 @@ class Prepaid:
         if reading.has_wallets:
             try:
                 priced = await self._with_tally(reading, REFRESH_TIMEOUT)
-            except LagoUnavailable as e:  # the plan cannot be read: prices fall back to the ledger's cost
+            except (
+                LagoUnavailable,
+                LagoPlanInvalid,
+            ) as e:  # the plan cannot be read: prices fall back to the ledger's cost
                 log.warning("prepaid: plan of %s not read (%s); pricing at the ledger's cost", entity, e)
                 priced.fallback = True
         if len(self._cache) > 100_000:
@@ -168,7 +172,7 @@ class Prepaid:
     async def _with_tally(self, reading: Reading, within: aiohttp.ClientTimeout) -> Priced:
         plan = await self.wallets.plan(reading.plan_code or "", within)
         price, tally, fallback = await self._tally(reading.entity_id, reading.subscription_id or "", plan, reading)
-        return Priced(reading, price, tally, self._clock(), fallback)
+        return Priced(reading, price, tally, self._clock(), fallback is not None)
 
     def forget(self, entity: str | None = None) -> None:
         """Drops this process's copies (all of them with no entity): the next request re-reads."""
@@ -190,7 +194,7 @@ class Prepaid:
         now = datetime.now(UTC)
         try:
             reading, priced = await self._read(entity, reason, now, within)
-        except (LagoUnavailable, TimeoutError, aiohttp.ClientError) as e:
+        except (LagoUnavailable, LagoPlanInvalid, TimeoutError, aiohttp.ClientError) as e:
             why = str(e) or e.__class__.__name__
             log.warning("prepaid: %s not read from Lago: %s", entity, why)
             await self.store.prepaid.failed(entity, why, now)
@@ -235,11 +239,9 @@ class Prepaid:
         if not usable:
             return reading, None
         price, tally, fallback = await self._tally(entity, sub.external_id, plan, reading)
-        priced_units = self.units(tally.amount()) if tally is not None else 0
-        if fallback:
-            priced_units += await self._fallback_cost(entity, reading)
+        priced_units = self.units(tally.amount()) + (fallback or 0)
         reading = replace(reading, priced=priced_units)
-        return reading, Priced(reading, price, tally, self._clock(), fallback)
+        return reading, Priced(reading, price, tally, self._clock(), fallback is not None)
 
     def units(self, amount: Decimal) -> int:
         """A price in the plan's currency, with Lago's taxes, as money units (rounded up)."""
@@ -247,15 +249,18 @@ class Prepaid:
 
     async def _tally(
         self, entity: str, subscription: str, plan: Plan, reading: Reading
-    ) -> tuple[PlanPrice | None, Tally | None, bool]:
-        """The plan's price model and the tally of the period's rows: one aggregation over the
-        ledger, grouped by what the events read that does not add up."""
+    ) -> tuple[PlanPrice, Tally, int | None]:
+        """The plan's price model, the tally of the period's rows (one aggregation over the
+        ledger, grouped by what the events read that does not add up) and, when the plan has
+        charges the model cannot price (`PlanPrice.unpriced`), the ledger's own cost of those
+        rows, which stands in for them (said in `status`)."""
         from meterway.billing.lago_price import PlanPrice
 
         price = PlanPrice.parse(plan.body, plan.metrics)
         tally = price.tally()
+        fallback = 0 if price.unpriced else None
         if reading.period_start is None:
-            return price, tally, False
+            return price, tally, fallback
         grouped, by_metadata = grouping(self.billing)
         rows = await self.store.prepaid.period_rows(
             CHARGED[self.billing.charge_by], entity, reading.period_start, grouped, by_metadata
@@ -263,14 +268,11 @@ class Prepaid:
         for row in rows:
             count = int(row.pop("count"))
             summed = _summed_row(row)
+            if fallback is not None:
+                fallback += pricing.units(summed.get("cost") or 0)
             for event in events_for(summed, subscription, self.billing):
                 tally.add(event, count)
-        return price, tally, bool(price.unpriced)
-
-    async def _fallback_cost(self, entity: str, reading: Reading) -> int:
-        """The ledger's own cost of the period's rows, for charges our price model cannot compute
-        (said in `status`); 0 when none."""
-        return 0
+        return price, tally, fallback
 
     # ------------------------------------------------------------------ prices of requests
 
@@ -283,7 +285,7 @@ class Prepaid:
         extra = priced.tally.extra(events)
         units = self.units(extra)
         if priced.fallback:
-            units = max(units, pricing.units(row.get("cost") or 0))
+            units += pricing.units(row.get("cost") or 0)  # the charges priced by Lago alone
         return units
 
     def settled(self, priced: Priced, row: Mapping[str, Any]) -> int:

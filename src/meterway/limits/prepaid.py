@@ -141,6 +141,7 @@ class PrepaidHook:
             amount,
             floor=reading.priced,
             expires=end.timestamp() if end is not None else None,
+            exact=True,
         )
         result = await self.limiter.reserve([ask], ctx.request_id)
         if isinstance(result, Grant):

@@ -273,7 +273,7 @@ class RedisLimiter:
         """The lease that can cover `ask` here, if any. A changed limit (or a higher stored spend)
         goes to Redis, so a lowered budget or rate applies from the next request on."""
         held = self._leases.get(ask.counter)
-        if held is None or held.kind != ask.kind or held.limit != ask.limit or ask.floor > held.floor:
+        if ask.exact or held is None or held.kind != ask.kind or held.limit != ask.limit or ask.floor > held.floor:
             return None
         if ask.kind in ("rpm", "tpm"):
             if held.window != window:
@@ -352,7 +352,7 @@ class RedisLimiter:
             for ask in asks:
                 give, spent = self._hand_back(ask.counter, window, now_ms)
                 cap = 0
-                if last[ask.counter] == i:
+                if last[ask.counter] == i and not ask.exact:
                     cap = LEASE_REQUESTS * asking[ask.counter] * (1 if ask.kind in ("rpm", "parallel") else ask.amount)
                 need = 1 if ask.kind in ("rpm", "parallel") else ask.amount
                 keys.append(self._key(ask.counter, ask.kind))
@@ -427,6 +427,20 @@ class RedisLimiter:
                 else:
                     held.free += hold[1] - cost
                     held.spent += cost
+        exact = [a for a in grant.asks if a.exact and a.counter in self._leases]
+        if exact:  # its spend and what it did not use go back now: no other replica waits for them
+            back = []
+            for ask in exact:
+                held = self._leases[ask.counter]
+                back.append(_GiveBack(ask.counter, ask.kind, held.free, held.spent))
+                held.free = held.spent = 0
+            try:
+                await self._take(back)
+            except RedisError:  # the flush reports them later
+                for ask, g in zip(exact, back, strict=True):
+                    held = self._leases[ask.counter]
+                    held.free += g.give
+                    held.spent += g.spent
         self._schedule_flush()
 
     def _schedule_flush(self) -> None:
