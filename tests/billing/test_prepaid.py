@@ -108,7 +108,9 @@ def top_up(lago: LagoStandIn, wallet_id: str, credits: str) -> None:
 
 
 def info(gw: RunningGateway, user: str = "acme") -> dict[str, Any]:
-    r = httpx.get(gw.url + "/customer/info", params={"end_user_id": user}, headers={"Authorization": f"Bearer {gw.key}"})
+    r = httpx.get(
+        gw.url + "/customer/info", params={"end_user_id": user}, headers={"Authorization": f"Bearer {gw.key}"}
+    )
     assert r.status_code == 200, r.text
     return r.json()  # type: ignore[no-any-return]
 
@@ -152,3 +154,204 @@ def test_a_wallet_pays_for_n_requests_then_402_until_a_signed_top_up_lets_both_r
         assert shown["funded"] == "0.08" and not shown["stale"]  # the wallets' 0.08 in all, counted or not
         assert [w["usable"] for w in shown["wallets"]] == [True]
         assert shown["history"][0]["reason"] in ("top_up", "webhook")
+
+
+def webhook_body(lago: LagoStandIn, wallet_id: str) -> bytes:
+    """A `wallet_transaction.created` payload about the wallet, as Lago sends it."""
+    view = lago._wallet_view(lago.wallets[wallet_id])
+    payload = {
+        "webhook_type": "wallet_transaction.created",
+        "object_type": "wallet_transaction",
+        "organization_id": lago.organization_id,
+        "wallet_transaction": {"lago_id": "t-1", "lago_wallet_id": wallet_id, "wallet": view},
+    }
+    return orjson.dumps(payload)
+
+
+def post_webhook(gw: RunningGateway, body: bytes, headers: dict[str, str]) -> httpx.Response:
+    return httpx.post(gw.url + "/webhooks/lago", content=body, headers={"Content-Type": "application/json", **headers})
+
+
+def test_forged_unsigned_and_almost_right_webhooks_are_refused_and_change_nothing(
+    lago: LagoStandIn, pg_url: str, redis_url: str, redis_prefix: str
+) -> None:
+    wallet = prepaid_ready(lago, "acme", CREDITS, plan=_plan(lago))
+    with gateways(config(lago, pg_url, redis_url, redis_prefix)) as (gw,):
+        customer(gw)
+        assert ask(gw) == 200
+        before = info(gw)["prepaid"]
+        reads = len(lago.requests)
+        body = webhook_body(lago, wallet.lago_id)
+        good = lago.sign_hmac(body)
+        almost = good[:-3] + ("A" if good[-3] != "A" else "B") + good[-2:]
+        tampered = body.replace(b"acme", b"acmf")
+        import jwt
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        other = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        foreign_jwt = jwt.encode({"data": body.decode(), "iss": lago.url}, other, algorithm="RS256")
+        wrong_iss = jwt.encode({"data": body.decode(), "iss": "http://evil"}, lago._private_key, algorithm="RS256")
+        other_body = lago.sign_jwt(body.replace(b"t-1", b"t-2"))
+        cases = [
+            ({}, 400),  # no signature headers at all
+            ({"X-Lago-Signature": good, "X-Lago-Unique-Key": "k1"}, 400),  # no algorithm
+            ({"X-Lago-Signature": good, "X-Lago-Signature-Algorithm": "md5", "X-Lago-Unique-Key": "k2"}, 401),
+            ({"X-Lago-Signature": almost, "X-Lago-Signature-Algorithm": "hmac", "X-Lago-Unique-Key": "k3"}, 401),
+            ({"X-Lago-Signature": "", "X-Lago-Signature-Algorithm": "hmac", "X-Lago-Unique-Key": "k4"}, 400),
+            ({"X-Lago-Signature": foreign_jwt, "X-Lago-Signature-Algorithm": "jwt", "X-Lago-Unique-Key": "k5"}, 401),
+            ({"X-Lago-Signature": wrong_iss, "X-Lago-Signature-Algorithm": "jwt", "X-Lago-Unique-Key": "k6"}, 401),
+            ({"X-Lago-Signature": other_body, "X-Lago-Signature-Algorithm": "jwt", "X-Lago-Unique-Key": "k7"}, 401),
+        ]
+        for headers, status in cases:
+            r = post_webhook(gw, body, headers)
+            assert r.status_code == status, (headers, r.text)
+            assert r.json()["error"]["type"] in ("invalid_request_error", "authentication_error")
+        r = post_webhook(
+            gw, tampered, {"X-Lago-Signature": good, "X-Lago-Signature-Algorithm": "hmac", "X-Lago-Unique-Key": "k8"}
+        )
+        assert r.status_code == 401
+        after = info(gw)["prepaid"]
+        assert after["read_at"] == before["read_at"] and after["history"] == before["history"]
+        assert not [p for m, p in lago.requests[reads:] if "/wallets" in p], "a refused webhook made a Lago call"
+
+
+def test_a_signed_webhook_is_taken_once_by_its_unique_key_with_hmac_or_jwt(
+    lago: LagoStandIn, pg_url: str, redis_url: str, redis_prefix: str
+) -> None:
+    wallet = prepaid_ready(lago, "acme", CREDITS, plan=_plan(lago))
+    with gateways(config(lago, pg_url, redis_url, redis_prefix)) as (gw,):
+        customer(gw)
+        assert ask(gw) == 200
+        body = webhook_body(lago, wallet.lago_id)
+        hmac_headers = {"X-Lago-Signature": lago.sign_hmac(body), "X-Lago-Signature-Algorithm": "hmac"}
+        first = post_webhook(gw, body, {**hmac_headers, "X-Lago-Unique-Key": "same"})
+        assert first.status_code == 200 and first.json()["refreshed"] == ["acme"]
+        read_at = info(gw)["prepaid"]["read_at"]
+        reads = len(lago.requests)
+        again = post_webhook(gw, body, {**hmac_headers, "X-Lago-Unique-Key": "same"})
+        assert again.status_code == 200 and again.json()["duplicate"] is True
+        assert len(lago.requests) == reads and info(gw)["prepaid"]["read_at"] == read_at
+        jwt_headers = {"X-Lago-Signature": lago.sign_jwt(body), "X-Lago-Signature-Algorithm": "jwt"}
+        signed = post_webhook(gw, body, {**jwt_headers, "X-Lago-Unique-Key": "other"})
+        assert signed.status_code == 200 and signed.json()["refreshed"] == ["acme"]
+        assert info(gw)["prepaid"]["read_at"] != read_at
+        ignored = orjson.dumps({"webhook_type": "invoice.created", "object_type": "invoice", "invoice": {}})
+        r = post_webhook(
+            gw,
+            ignored,
+            {
+                "X-Lago-Signature": lago.sign_hmac(ignored),
+                "X-Lago-Signature-Algorithm": "hmac",
+                "X-Lago-Unique-Key": "i",
+            },
+        )
+        assert r.status_code == 200 and r.json()["ignored"] == "invoice.created"
+
+
+def test_observe_mode_serves_everything_and_counts_what_it_would_have_refused(
+    lago: LagoStandIn, pg_url: str, redis_url: str, redis_prefix: str
+) -> None:
+    prepaid_ready(lago, "acme", CREDITS, plan=_plan(lago))
+    with gateways(config(lago, pg_url, redis_url, redis_prefix, mode="observe")) as (gw,):
+        for _ in range(N + 3):
+            assert ask(gw) == 200
+        metrics = httpx.get(gw.url + "/metrics").text
+        line = next(x for x in metrics.splitlines() if x.startswith('meterway_prepaid_refusals_total{mode="observe"}'))
+        assert float(line.split()[-1]) >= 2
+        assert 'meterway_prepaid_available{entity="acme"}' in metrics
+
+
+def test_a_customer_without_wallets_is_never_held_to_credits(
+    lago: LagoStandIn, pg_url: str, redis_url: str, redis_prefix: str
+) -> None:
+    prepaid_ready(lago, "acme", CREDITS, plan=_plan(lago))
+    from lago_python_client.client import Client
+    from lago_python_client.models import Customer, Subscription
+
+    client = Client(api_key=lago.api_key, api_url=lago.url)
+    client.customers.create(Customer(external_id="bob", currency="USD"))
+    client.subscriptions.create(Subscription(external_customer_id="bob", plan_code="prepaid", external_id="bob"))
+    with gateways(config(lago, pg_url, redis_url, redis_prefix)) as (gw,):
+        customer(gw, "bob")
+        for _ in range(N + 3):
+            assert ask(gw, "bob") == 200
+        assert ask(gw, "nobody-in-lago") == 200
+        import redis
+
+        keys = list(redis.Redis.from_url(redis_url).scan_iter(match=redis_prefix + "limits:prepaid:*"))
+        assert keys == []  # no ask was made for them
+        shown = info(gw, "bob")["prepaid"]
+        assert shown["wallets"] == [] and shown["funded"] == "0"
+
+
+@pytest.mark.parametrize("when_stale", ["open", "closed"])
+def test_lago_down_at_first_use_serves_or_refuses_as_when_stale_says(
+    lago: LagoStandIn, pg_url: str, redis_url: str, redis_prefix: str, when_stale: str
+) -> None:
+    prepaid_ready(lago, "acme", CREDITS, plan=_plan(lago))
+    lago.down()
+    with gateways(config(lago, pg_url, redis_url, redis_prefix, when_stale=when_stale)) as (gw,):
+        with openai.OpenAI(base_url=gw.v1, api_key=gw.key, max_retries=0) as client:
+            if when_stale == "open":
+                client.chat.completions.create(model="demo", messages=HI, user="acme")
+            else:
+                with pytest.raises(openai.APIStatusError) as e:
+                    client.chat.completions.create(model="demo", messages=HI, user="acme")
+                assert e.value.status_code == 503 and e.value.code == "credits_unknown"
+        lago.up()
+        # Lago is back: the next request reads the wallets (the failed first reading is retried)
+        eventually(lambda: ask(gw) == 200, 10, "served once Lago answers")
+
+
+@pytest.mark.parametrize("when_stale", ["open", "closed"])
+def test_a_reading_gone_stale_with_lago_down_serves_or_refuses_as_when_stale_says(
+    lago: LagoStandIn, pg_url: str, redis_url: str, redis_prefix: str, when_stale: str
+) -> None:
+    prepaid_ready(lago, "acme", "1.00", plan=_plan(lago))
+    cfg = config(lago, pg_url, redis_url, redis_prefix, when_stale=when_stale, refresh_interval=1, stale_after=1)
+    with gateways(cfg) as (gw,):
+        customer(gw)
+        assert ask(gw) == 200
+        lago.down()
+        eventually(lambda: info(gw)["prepaid"]["stale"], 15, "the reading to go stale")
+        assert info(gw)["prepaid"]["last_error"]
+        assert ask(gw) == (200 if when_stale == "open" else 503)
+
+
+def test_terminated_and_expired_wallets_are_ignored_and_several_wallets_are_summed(
+    lago: LagoStandIn, pg_url: str, redis_url: str, redis_prefix: str
+) -> None:
+    from lago_python_client.client import Client
+    from lago_python_client.models import Wallet
+
+    first = prepaid_ready(lago, "acme", "0.02", plan=_plan(lago), name="first", priority=2)
+    client = Client(api_key=lago.api_key, api_url=lago.url)
+    second = client.wallets.create(
+        Wallet(
+            external_customer_id="acme",
+            rate_amount="1.0",
+            granted_credits="0.03",
+            currency="USD",
+            priority=1,
+            code="second",
+        )
+    )
+    gone = client.wallets.create(
+        Wallet(external_customer_id="acme", rate_amount="1.0", granted_credits="5", currency="USD", code="gone")
+    )
+    client.wallets.destroy(gone.lago_id)
+    expired = client.wallets.create(
+        Wallet(external_customer_id="acme", rate_amount="1.0", granted_credits="5", currency="USD", code="expired")
+    )
+    lago.wallets[expired.lago_id].expiration_at = "2020-01-01T00:00:00Z"  # expired, not yet terminated by Lago's job
+    with gateways(config(lago, pg_url, redis_url, redis_prefix)) as (gw,):
+        customer(gw)
+        assert N <= served_until_refused([gw], N + 3) <= N + 1  # 0.02 + 0.03: the two active wallets
+        shown = info(gw)["prepaid"]
+        usable = {w["lago_id"]: w["usable"] for w in shown["wallets"]}
+        assert usable == {second.lago_id: True, first.lago_id: True, gone.lago_id: False, expired.lago_id: False}
+        assert [w["lago_id"] for w in shown["wallets"]][:2] == [second.lago_id, first.lago_id]  # Lago's priority
+        assert shown["funded"] == "0.05"

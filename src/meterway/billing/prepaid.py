@@ -44,6 +44,7 @@ log = logging.getLogger("meterway.prepaid")
 CACHE_TTL_S = 1.0  # a process re-reads an entity's reading from the store at most this often
 FIRST_USE_TIMEOUT = aiohttp.ClientTimeout(total=2.0)  # a first reading waits at most this for Lago
 REFRESH_TIMEOUT = aiohttp.ClientTimeout(total=10.0)
+FIRST_RETRY_S = 2.0  # a failed first reading is tried again on a request at most this often
 WITHOUT_WALLETS_FACTOR = 10  # entities without wallets are re-read this many intervals apart
 REASONS = ("first_use", "schedule", "webhook", "top_up")
 
@@ -145,7 +146,7 @@ class Prepaid:
 
     async def _load(self, entity: str, cached: Priced | None) -> Priced | None:
         reading = await self.store.prepaid.get(entity)
-        if reading is None or (reading.read_at is None and reading.error is None):
+        if reading is None or (reading.read_at is None and self._retry_first(reading)):
             reading = await self.refresh(entity, "first_use", FIRST_USE_TIMEOUT)
         if reading is None or reading.read_at is None:
             self._cache.pop(entity, None)
@@ -168,6 +169,13 @@ class Prepaid:
             self._cache.clear()
         self._cache[entity] = priced
         return priced
+
+    @staticmethod
+    def _retry_first(reading: Reading) -> bool:
+        """A first reading that failed is tried again on the request path, at most every
+        FIRST_RETRY_S (each try may hold a request up to FIRST_USE_TIMEOUT while Lago is away)."""
+        attempt = reading.attempt_at
+        return attempt is None or (datetime.now(UTC) - attempt).total_seconds() >= FIRST_RETRY_S
 
     async def _with_tally(self, reading: Reading, within: aiohttp.ClientTimeout) -> Priced:
         plan = await self.wallets.plan(reading.plan_code or "", within)
