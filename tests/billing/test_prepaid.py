@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -76,11 +77,11 @@ def gateways(cfg: dict[str, Any], n: int = 1) -> Iterator[list[RunningGateway]]:
         yield [stack.enter_context(run_gateway(cfg)) for _ in range(n)]
 
 
-def ask(gw: RunningGateway, user: str = "acme") -> int:
+def ask(gw: RunningGateway, user: str = "acme", **extra: Any) -> int:
     """One chat request for `user`: its HTTP status (200, or the error's)."""
     with openai.OpenAI(base_url=gw.v1, api_key=gw.key, max_retries=0) as client:
         try:
-            client.chat.completions.create(model="demo", messages=HI, user=user)
+            client.chat.completions.create(model="demo", messages=HI, user=user, **extra)
         except openai.APIStatusError as e:
             return e.status_code
     return 200
@@ -129,9 +130,11 @@ def test_a_wallet_pays_for_n_requests_then_402_until_a_signed_top_up_lets_both_r
         lago.add_webhook(a.url + "/webhooks/lago", "hmac")
         served = served_until_refused([a, b], N + 3)
         assert N <= served <= N + 1
-        with openai.OpenAI(base_url=b.v1, api_key=b.key, max_retries=0) as client:
-            with pytest.raises(openai.APIStatusError) as refused:
-                client.chat.completions.create(model="demo", messages=HI, user="acme")
+        with (
+            openai.OpenAI(base_url=b.v1, api_key=b.key, max_retries=0) as client,
+            pytest.raises(openai.APIStatusError) as refused,
+        ):
+            client.chat.completions.create(model="demo", messages=HI, user="acme")
         assert refused.value.status_code == 402
         assert refused.value.code == "insufficient_credits"
         assert refused.value.body["type"] == "insufficient_quota"  # type: ignore[index]
@@ -355,3 +358,25 @@ def test_terminated_and_expired_wallets_are_ignored_and_several_wallets_are_summ
         assert usable == {second.lago_id: True, first.lago_id: True, gone.lago_id: False, expired.lago_id: False}
         assert [w["lago_id"] for w in shown["wallets"]][:2] == [second.lago_id, first.lago_id]  # Lago's priority
         assert shown["funded"] == "0.05"
+
+
+def test_lagos_own_refresh_moves_usage_from_balance_to_counted_and_leaves_available_alone(
+    lago: LagoStandIn, pg_url: str, redis_url: str, redis_prefix: str
+) -> None:
+    prepaid_ready(lago, "acme", "1.00")  # pay as you go: 0.001 USD a token, summed by Lago
+    with gateways(config(lago, pg_url, redis_url, redis_prefix, refresh_interval=1)) as (gw,):
+        customer(gw)
+        for _ in range(3):
+            assert ask(gw, max_tokens=20) == 200
+        eventually(lambda: len(lago.transaction_ids()) == 3, 20, "the usage reached Lago")
+        before = eventually(lambda: (p := info(gw)["prepaid"])["priced_usage"] != "0" and p, 10, "priced")
+        assert before["lago_counted_usage"] == "0" and before["funded"] == "1"
+        lago.refresh_ongoing_balances()  # Lago's periodic job: B falls, U_L rises by as much
+        after = eventually(
+            lambda: (p := info(gw)["prepaid"])["lago_counted_usage"] != "0" and p, 15, "a reading after the refresh"
+        )
+        assert Decimal(after["lago_balance"]) < Decimal(before["lago_balance"])
+        # what Lago counted (rounded to cents per fee) replaces what we priced: the same, within a cent
+        assert abs(Decimal(after["available"]) - Decimal(before["available"])) < Decimal("0.01")
+        assert Decimal(after["uncounted"]) < Decimal("0.01")
+        assert ask(gw, max_tokens=20) == 200
