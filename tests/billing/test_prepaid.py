@@ -380,3 +380,19 @@ def test_lagos_own_refresh_moves_usage_from_balance_to_counted_and_leaves_availa
         assert abs(Decimal(after["available"]) - Decimal(before["available"])) < Decimal("0.01")
         assert Decimal(after["uncounted"]) < Decimal("0.01")
         assert ask(gw, max_tokens=20) == 200
+
+
+def test_on_sqlite_with_the_in_process_limiter_the_wallet_pays_for_n_requests(
+    lago: LagoStandIn, tmp_path: Any
+) -> None:
+    wallet = prepaid_ready(lago, "acme", CREDITS, plan=_plan(lago))
+    cfg = config(lago, f"sqlite:///{tmp_path / 'one.db'}", "", "")
+    cfg["general_settings"] = {"database_url": cfg["general_settings"]["database_url"]}
+    with gateways(cfg) as (gw,):
+        customer(gw)
+        lago.add_webhook(gw.url + "/webhooks/lago", "jwt")
+        assert N <= served_until_refused([gw], N + 3) <= N + 1
+        top_up(lago, wallet.lago_id, "0.02")
+        eventually(lambda: ask(gw) == 200, 10, "served after a jwt-signed top-up")
+        shown = info(gw)["prepaid"]
+        assert shown["reserved"] == "0" and Decimal(shown["available"]) <= Decimal("0.01")
