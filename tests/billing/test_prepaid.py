@@ -382,9 +382,7 @@ def test_lagos_own_refresh_moves_usage_from_balance_to_counted_and_leaves_availa
         assert ask(gw, max_tokens=20) == 200
 
 
-def test_on_sqlite_with_the_in_process_limiter_the_wallet_pays_for_n_requests(
-    lago: LagoStandIn, tmp_path: Any
-) -> None:
+def test_on_sqlite_with_the_in_process_limiter_the_wallet_pays_for_n_requests(lago: LagoStandIn, tmp_path: Any) -> None:
     wallet = prepaid_ready(lago, "acme", CREDITS, plan=_plan(lago))
     cfg = config(lago, f"sqlite:///{tmp_path / 'one.db'}", "", "")
     cfg["general_settings"] = {"database_url": cfg["general_settings"]["database_url"]}

@@ -267,6 +267,12 @@ class Prepaid:
         price = PlanPrice.parse(plan.body, plan.metrics)
         tally = price.tally()
         fallback = 0 if price.unpriced else None
+        if price.unpriced:
+            log.warning(
+                "prepaid: plan '%s' has charges meterway cannot price (%s): its rows' meterway cost stands in",
+                plan.code,
+                ", ".join(price.unpriced),
+            )
         if reading.period_start is None:
             return price, tally, fallback
         grouped, by_metadata = grouping(self.billing)
