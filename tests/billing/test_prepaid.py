@@ -394,3 +394,31 @@ def test_on_sqlite_with_the_in_process_limiter_the_wallet_pays_for_n_requests(la
         eventually(lambda: ask(gw) == 200, 10, "served after a jwt-signed top-up")
         shown = info(gw)["prepaid"]
         assert shown["reserved"] == "0" and Decimal(shown["available"]) <= Decimal("0.01")
+
+
+def test_charged_by_key_the_keys_wallet_holds_it_and_key_info_shows_it(
+    lago: LagoStandIn, pg_url: str, redis_url: str, redis_prefix: str
+) -> None:
+    prepaid_ready(lago, "acme", CREDITS, plan=_plan(lago))
+    cfg = config(lago, pg_url, redis_url, redis_prefix)
+    cfg["billing"]["charge_by"] = "key"
+    with gateways(cfg) as (gw,):
+        admin = {"Authorization": f"Bearer {gw.key}"}
+        made = httpx.post(
+            gw.url + "/key/generate", json={"billing_external_subscription_id": "acme"}, headers=admin
+        ).json()
+        key = made["key"]
+        with openai.OpenAI(base_url=gw.v1, api_key=key, max_retries=0) as client:
+            served = 0
+            for _ in range(N + 3):
+                try:
+                    client.chat.completions.create(model="demo", messages=HI)
+                except openai.APIStatusError as e:
+                    assert e.status_code == 402
+                    break
+                served += 1
+        assert N <= served <= N + 1
+        shown = httpx.get(gw.url + "/key/info", params={"key": key}, headers=admin).json()["info"]["prepaid"]
+        assert shown["charged_as"] == "key" and shown["entity_id"] == made["token"]
+        assert shown["lago_customer_id"] == "acme" and shown["funded"] == CREDITS
+        assert Decimal(shown["available"]) < Decimal(PRICE)
