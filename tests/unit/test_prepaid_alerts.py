@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 from meterway.billing.prepaid import Prepaid, PrepaidAlert, Priced
-from meterway.config.billing import Billing, Prepaid as PrepaidConfig
+from meterway.config.billing import Billing
+from meterway.config.billing import Prepaid as PrepaidConfig
 from meterway.config.secret import Secret
 from meterway.store.prepaid import Reading
 
