@@ -465,3 +465,33 @@ def test_pay_in_advance_fees_lago_takes_from_the_balance_are_not_counted_twice(
         )
         assert after["lago_counted_usage"] == "0"
         assert abs(Decimal(after["available"]) - Decimal(before["available"])) < Decimal("0.01")
+
+
+def test_credits_low_and_exhausted_reach_the_alert_webhook_once_each(
+    lago: LagoStandIn, pg_url: str, redis_url: str, redis_prefix: str
+) -> None:
+    from tests.alerts.receiver import running_receiver
+
+    prepaid_ready(lago, "acme", CREDITS, plan=_plan(lago))
+    cfg = config(lago, pg_url, redis_url, redis_prefix, low_balance=0.025)
+    cfg["general_settings"] |= {
+        "alerting": ["webhook"],
+        "alerting_args": {"webhook_url": "", "budget_alert_scan_interval": 0.2},
+    }
+    with running_receiver() as receiver:
+        cfg["general_settings"]["alerting_args"]["webhook_url"] = receiver.url + "/hook"
+        with gateways(cfg, 2) as (a, b):
+            served_until_refused([a, b], N + 3)
+            for gw in (a, b):
+                assert ask(gw) == 402
+            events = eventually(
+                lambda: (
+                    (e := sorted(x["event"] for x in receiver.bodies("/hook"))) == ["credits_exhausted", "credits_low"]
+                    and e
+                ),
+                15,
+                "one credits_low and one credits_exhausted",
+            )
+            assert events == ["credits_exhausted", "credits_low"]
+            body = next(x for x in receiver.bodies("/hook") if x["event"] == "credits_exhausted")
+            assert body["customer_id"] == "acme" and body["max_budget"] == pytest.approx(0.05)

@@ -148,6 +148,9 @@ class Prepaid:
         reading = await self.store.prepaid.get(entity)
         if reading is None or (reading.read_at is None and self._retry_first(reading)):
             reading = await self.refresh(entity, "first_use", FIRST_USE_TIMEOUT)
+        elif reading.period_end is not None and reading.period_end <= datetime.now(UTC) and self._retry_first(reading):
+            # the billing period the reading belongs to is over: the new one is read now, bounded
+            reading = await self.refresh(entity, "schedule", FIRST_USE_TIMEOUT) or reading
         if reading is None or reading.read_at is None:
             self._cache.pop(entity, None)
             return None

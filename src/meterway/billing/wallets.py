@@ -117,7 +117,6 @@ class Wallets:
         self.billing = billing
         self.lago = Lago(billing, session)
         self._plans: dict[str, tuple[float, Plan]] = {}  # plan code -> (read at, plan)
-        self._fees: dict[str, Decimal] = {}  # an estimated event -> the fee Lago estimated (see `estimate`)
 
     async def _get(self, path: str, within: aiohttp.ClientTimeout) -> Any:
         status, body = await self.lago.call("GET", path, within=within)
@@ -196,25 +195,6 @@ class Wallets:
         if not isinstance(key, str) or not key:
             raise LagoUnavailable("Lago sent no webhook public key")
         return key
-
-    async def estimate(self, event: dict[str, Any], within: aiohttp.ClientTimeout) -> Decimal | None:
-        """Lago's own fee for one pay-in-advance event (`POST /events/estimate_fees`), cached per
-        distinct event (its subscription, code and properties): what our price model cannot compute."""
-        key = repr((event.get("external_subscription_id"), event.get("code"), sorted(event["properties"].items())))
-        if key in self._fees:
-            return self._fees[key]
-        body = {"event": {k: event[k] for k in ("code", "external_subscription_id", "properties") if k in event}}
-        status, answer = await self.lago.call("POST", "/events/estimate_fees", body, within=within)
-        if status != 200 or not isinstance(answer, dict):
-            return None
-        total = Decimal(0)
-        for fee in answer.get("fees") or []:
-            if isinstance(fee, dict):
-                total += Decimal(str(fee.get("amount_cents") or 0)) / 100
-        if len(self._fees) > 10_000:
-            self._fees.clear()
-        self._fees[key] = total
-        return total
 
 
 def usable_sorted(views: list[WalletView]) -> list[WalletView]:
