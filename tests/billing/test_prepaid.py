@@ -238,7 +238,8 @@ def test_a_signed_webhook_is_taken_once_by_its_unique_key_with_hmac_or_jwt(
         reads = len(lago.requests)
         again = post_webhook(gw, body, {**hmac_headers, "X-Lago-Unique-Key": "same"})
         assert again.status_code == 200 and again.json()["duplicate"] is True
-        assert len(lago.requests) == reads and info(gw)["prepaid"]["read_at"] == read_at
+        assert not [p for _, p in lago.requests[reads:] if "/wallets" in p]  # no second reading
+        assert info(gw)["prepaid"]["read_at"] == read_at
         jwt_headers = {"X-Lago-Signature": lago.sign_jwt(body), "X-Lago-Signature-Algorithm": "jwt"}
         signed = post_webhook(gw, body, {**jwt_headers, "X-Lago-Unique-Key": "other"})
         assert signed.status_code == 200 and signed.json()["refreshed"] == ["acme"]
