@@ -117,7 +117,11 @@ class PrepaidHook:
         entity = charged_entity(ctx, self.charge_by)
         if not entity:
             return
-        priced = await self.prepaid.current(entity)
+        try:
+            priced = await self.prepaid.current(entity)
+        except Exception as e:  # the store is away: no reading to go by, as when Lago is
+            log.warning("prepaid: reading of %s not loaded: %s", entity, e.__class__.__name__)
+            priced = None
         if priced is None:  # never read: Lago did not answer the first reading in time
             self._unknown(entity, None)
             return
