@@ -242,6 +242,7 @@ class RedisLimiter:
         self._take_script = client.register_script(_TAKE)
         self._leases: dict[str, _Lease] = {}  # counter -> what this worker holds of it
         self._flusher: asyncio.Task[None] | None = None
+        self._returning: set[asyncio.Task[None]] = set()  # exact asks' give-backs on their way to Redis
         # Requests that miss their leases together share one script call (see meterway.coalesce).
         self._take = Coalescer(self._take_batch, orphan=self._give_back)
 
@@ -434,14 +435,22 @@ class RedisLimiter:
                 held = self._leases[ask.counter]
                 back.append(_GiveBack(ask.counter, ask.kind, held.free, held.spent))
                 held.free = held.spent = 0
-            try:
-                await self._take(back)
-            except RedisError:  # the flush reports them later
-                for ask, g in zip(exact, back, strict=True):
-                    held = self._leases[ask.counter]
+            # in the background (the request's answer does not wait for Redis), batched with others
+            task = asyncio.get_running_loop().create_task(self._give_back_now(back))
+            self._returning.add(task)
+            task.add_done_callback(self._returning.discard)
+        self._schedule_flush()
+
+    async def _give_back_now(self, back: list[_GiveBack]) -> None:
+        try:
+            await self._take(back)
+        except RedisError:  # kept here: the flush reports them later
+            for g in back:
+                held = self._leases.get(g.counter)
+                if held is not None:
                     held.free += g.give
                     held.spent += g.spent
-        self._schedule_flush()
+            self._schedule_flush()
 
     def _schedule_flush(self) -> None:
         if self._flusher is None and self._leases:
@@ -485,6 +494,8 @@ class RedisLimiter:
     async def aclose(self) -> None:
         """Gives back everything this worker holds, so a clean shutdown leaves no headroom leased
         until its expiry."""
+        if self._returning:  # exact asks' give-backs finish first
+            await asyncio.gather(*self._returning, return_exceptions=True)
         if self._flusher is not None:
             self._flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
