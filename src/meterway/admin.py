@@ -19,6 +19,7 @@ from meterway.errors import ServiceUnavailable
 
 if TYPE_CHECKING:
     from meterway.api.webhooks import Webhooks
+    from meterway.billing.prepaid import Prepaid
     from meterway.billing.sender import Sender
     from meterway.billing.setup import BillingLink
     from meterway.routing.runtime import RuntimeModels
@@ -34,6 +35,7 @@ class Admin:
     sender: Sender | None = None  # the billing sender of this process, when it runs one
     webhooks: Webhooks | None = None  # usage reported by other proxies (the gateway's, not the CLI's)
     models: RuntimeModels | None = None  # /model/*: deployments in the database
+    prepaid: Prepaid | None = None  # prepaid credits (billing.prepaid not off): shown by /customer/info
 
     def ingest(self) -> Webhooks:
         """The usage webhooks, or a 503 where this process has none."""

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 from urllib.parse import unquote
 
 from meterway.admin import Admin
-from meterway.api import count_tokens, errors, heads, health, management, proxy, responses, webhooks
+from meterway.api import count_tokens, errors, heads, health, lago_webhooks, management, proxy, responses, webhooks
 from meterway.api.admin_routes import ROUTES as ADMIN_ROUTES
 from meterway.api.asgi import Incoming, Receive, Responder, Scope, Send, request_id
 from meterway.api.errors import Endpoint
@@ -179,6 +179,7 @@ class Gateway:
             table[path] = route(partial(self._admin, handlers), tuple(handlers))
         for path in webhooks.INGEST:
             table[path] = route(self._ingest, ("POST",))
+        table[lago_webhooks.PATH] = route(self._lago_webhook, ("POST",))
         for path in _LIVE:
             table[path] = route(health.live, None, watch=False)  # sends two constant messages, raises nothing
         for path in _READY:
@@ -256,6 +257,9 @@ class Gateway:
 
     async def _ingest(self, scope: Scope, receive: Receive, send: Send) -> None:
         await webhooks.handle(self.lifecycle.now().webhooks, scope, receive, send)
+
+    async def _lago_webhook(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await lago_webhooks.handle(self.lifecycle.now().lago_webhooks, scope, receive, send)
 
     async def _ready(self, scope: Scope, receive: Receive, send: Send) -> None:
         await health.ready(self.readiness, self.lifecycle, send)

@@ -41,6 +41,7 @@ class RequestContext:
     error: MeterwayError | None = None
     client_aborted: bool = False
     limit_grant: object | None = None  # what the limits stage reserved, to give back after
+    prepaid_grant: object | None = None  # what the prepaid stage reserved (limits.prepaid.Held)
     charged: tuple[LimitSpec, ...] = ()  # the key, user, team and customer the cost is added to
     body: bytes = b""  # the request body as it will be sent on (a hook may rewrite it)
     head: RequestHead | None = None

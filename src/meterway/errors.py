@@ -14,6 +14,7 @@ CLI and background tasks share the same vocabulary.
     │   ├── BodyTooLarge                413
     │   └── Unprocessable               422 well-formed JSON, but a field's value is unusable (named)
     ├── AuthenticationFailed            401 authentication_error
+    ├── InsufficientCredits             402 insufficient_quota / insufficient_credits (prepaid wallets)
     ├── PermissionDenied                403 permission_error
     ├── ModelNotFound                   404 not_found_error (lists the models the caller may use)
     ├── RouteNotFound                   404 (503 while the gateway starts)
@@ -21,6 +22,7 @@ CLI and background tasks share the same vocabulary.
     ├── RateLimited                     429 rate_limit_error (retry_after)
     ├── NoDeploymentAvailable           429 every deployment of the group cools down or is at its rpm/tpm
     ├── ServiceUnavailable              503 (e.g. the gateway is not ready)
+    │   └── CreditsUnknown              503 credits_unknown: a stale prepaid balance, when_stale closed
     └── UpstreamError                   the upstream answered with an error: its 4xx, or 502
         ├── UpstreamTransient           another attempt may succeed: retried, then fallbacks
         │   ├── UpstreamUnavailable     the upstream's 5xx or 408, or an answer broken off (502)
@@ -109,6 +111,18 @@ class AuthenticationFailed(MeterwayError):
         super().__init__(message, code=code)
 
 
+class InsufficientCredits(MeterwayError):
+    """The charged entity's prepaid Lago wallets cannot pay for the request (`billing.prepaid:
+    enforce`). 402, not 429: waiting does not help until a top-up, and SDKs retry a 429. OpenAI's
+    own type for a spent balance, so clients that handle it already say the right thing."""
+
+    status = 402
+    error_type = "insufficient_quota"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="insufficient_credits")
+
+
 class PermissionDenied(MeterwayError):
     status = 403
     error_type = "permission_error"
@@ -190,6 +204,14 @@ class NoDeploymentAvailable(MeterwayError):
 class ServiceUnavailable(MeterwayError):
     status = 503
     error_type = "service_unavailable"
+
+
+class CreditsUnknown(ServiceUnavailable):
+    """The charged entity's prepaid balance could not be read from Lago for longer than
+    `billing.prepaid.stale_after`, and `when_stale` is closed."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="credits_unknown")
 
 
 class UpstreamError(MeterwayError):

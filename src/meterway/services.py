@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC
 from decimal import Decimal
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import aiohttp
 
@@ -58,9 +58,12 @@ from meterway.routing import Router
 from meterway.telemetry.metrics import Metrics
 
 if TYPE_CHECKING:
+    from meterway.api.lago_webhooks import LagoWebhooks
+    from meterway.billing.prepaid import AlertSink, Prepaid, PrepaidAlert
     from meterway.billing.sender import Sender
     from meterway.billing.setup import BillingLink
     from meterway.cache import ResponseCache
+    from meterway.config.billing import Prepaid as PrepaidConfig
     from meterway.routing.runtime import RuntimeModels
     from meterway.store.runtime import Store
     from meterway.telemetry.tracing import Tracing
@@ -92,6 +95,8 @@ class Services:
     tracing: Tracing | None = None  # when traces are on
     cache: ResponseCache | None = None  # the response cache, when litellm_settings.cache is on
     customers: TTLCache[LimitSpec] | None = None  # a customer's id -> its limits and model list
+    prepaid: Prepaid | None = None  # prepaid credits from Lago wallets, when billing.prepaid is not off
+    lago_webhooks: LagoWebhooks | None = None  # POST /webhooks/lago, with prepaid credits
     alerts: Alerts | None = None  # budget and credit alerts: `enqueue` for other modules (a no-op when off)
 
 
@@ -183,9 +188,12 @@ class Lifecycle:
 
 
 @asynccontextmanager
-async def open_services(settings: Settings, hooks: tuple[Hook, ...] = ()) -> AsyncIterator[Services]:
+async def open_services(
+    settings: Settings, hooks: tuple[Hook, ...] = (), prepaid_alert: AlertSink | None = None
+) -> AsyncIterator[Services]:
     """Everything, in dependency order; closed in reverse. Raises `MeterwayError` (e.g.
-    `DatabaseUnavailable`) when the store cannot be opened."""
+    `DatabaseUnavailable`) when the store cannot be opened. `prepaid_alert`: where prepaid
+    credits_low / credits_exhausted alerts go (none: dropped)."""
     async with AsyncExitStack() as stack:
         session = new_session(settings.upstream_pool_size)
         stack.push_async_callback(session.close)
@@ -272,6 +280,19 @@ async def open_services(settings: Settings, hooks: tuple[Hook, ...] = ()) -> Asy
 
                 sender = Sender(settings.billing, store.outbox, session, metrics)
         webhooks = Webhooks(settings, store, session)
+        prepaid: Prepaid | None = None
+        lago_webhooks: LagoWebhooks | None = None
+        admission: tuple[Hook, ...] = (limits,)
+        if settings.billing is not None and settings.billing.prepaid.on:
+            from meterway.api.lago_webhooks import LagoWebhooks
+            from meterway.billing.prepaid import Prepaid, no_alerts
+            from meterway.limits.prepaid import PrepaidHook
+
+            sink = prepaid_alert or (_credits_alerts(alerts, settings.billing.prepaid) if alerts.enabled else no_alerts)
+            prepaid = Prepaid(settings.billing, store, session, sink, budget=limiter.budget)
+            lago_webhooks = LagoWebhooks(prepaid)
+            # after the limits: a request over its own budget or rate is refused before credits are held
+            admission = (limits, PrepaidHook(prepaid, limiter, limits, metrics))
         upstream = HttpUpstream(session)
         meter = NativeMeter(
             store.responses,
@@ -316,17 +337,20 @@ async def open_services(settings: Settings, hooks: tuple[Hook, ...] = ()) -> Asy
                 sender=sender,
                 webhooks=webhooks,
                 models=runtime_models,
+                prepaid=prepaid,
             ),
             webhooks=webhooks,
             responses=responses,
             customers=customers,
-            hooks=(limits, *hooks),
+            hooks=(*admission, *hooks),
             # POST /v1/responses only (no other request crosses it): after the limits, so a request
             # over budget is refused before a background one is answered
-            responses_hooks=(limits, responses, *hooks),
+            responses_hooks=(*admission, responses, *hooks),
             redis=redis_client,
             tracing=tracing,
             cache=cache,
+            prepaid=prepaid,
+            lago_webhooks=lago_webhooks,
             alerts=alerts,
         )
         tasks: list[asyncio.Task[None]] = []
@@ -336,6 +360,8 @@ async def open_services(settings: Settings, hooks: tuple[Hook, ...] = ()) -> Asy
             if router.shares_cooldowns:  # takes in other replicas' cooldowns
                 tasks.append(asyncio.create_task(router.cooldowns.listen([d.id for d in settings.deployments])))
         tasks.append(asyncio.create_task(responses.purge()))
+        if prepaid is not None:  # readings of entities with wallets kept fresh, one replica each
+            tasks.append(asyncio.create_task(prepaid.run()))
         if runtime_models.writable:  # takes in other replicas' model changes
             tasks.append(asyncio.create_task(runtime_models.watch()))
         if sender is not None:
@@ -399,6 +425,32 @@ async def _stop_sender(sender: Sender, sending: asyncio.Task[None]) -> None:
     sender.stop()
     with contextlib.suppress(TimeoutError, asyncio.CancelledError):
         await asyncio.wait_for(asyncio.shield(sending), SENDER_STOP_S)
+
+
+def _credits_alerts(alerts: Alerts, config: PrepaidConfig) -> AlertSink:
+    """The prepaid stage's alert call-site, wired to the alerts outbox: credits_low and
+    credits_exhausted in LiteLLM's shape, once per dedupe key (which carries the funded amount)."""
+    from meterway.alerts.model import credits_alert
+
+    low = float(config.low_balance) if config.low_balance is not None else None
+
+    async def enqueue(alert: PrepaidAlert) -> None:
+        event: Literal["credits_low", "credits_exhausted"] = (
+            "credits_low" if alert.event == "credits_low" else "credits_exhausted"
+        )
+        await alerts.enqueue(
+            credits_alert(
+                event,
+                alert.entity_id,
+                alert.dedupe,
+                available=float(alert.available),
+                funded=float(alert.funded),
+                currency=alert.currency or "USD",
+                low_balance=low,
+            )
+        )
+
+    return enqueue
 
 
 async def _stop_alerts(alerts: Alerts, running: asyncio.Task[None]) -> None:

@@ -234,7 +234,16 @@ async def info(admin: Admin, body: bytes, query: dict[str, str]) -> dict[str, An
     if not ref:
         raise BadRequest("Pass the key (or its token) as ?key=.", param="key")
     record = await _get(admin, ref)
-    return {"key": ref, "info": key_info(record)}
+    prepaid = None
+    if admin.prepaid is not None:
+        entity = {
+            "customer": record.customer_id,
+            "user": record.user_id,
+            "team": record.team_id,
+            "key": record.token,
+        }[admin.prepaid.billing.charge_by]
+        prepaid = await admin.prepaid.status(entity) if entity else None
+    return {"key": ref, "info": {**key_info(record), "prepaid": prepaid}}
 
 
 async def update(admin: Admin, body: bytes, query: dict[str, str]) -> dict[str, Any]:

@@ -291,7 +291,10 @@ async def customer_info(r: Admin, body: bytes, query: dict[str, str]) -> dict[st
     row = await r.store.customers.get(customer_id)
     if row is None:
         raise RouteNotFound(f"Customer '{customer_id}' not found.")
-    return _customer(row)
+    prepaid = None
+    if r.prepaid is not None and r.prepaid.billing.charge_by == "customer":
+        prepaid = await r.prepaid.status(customer_id)
+    return {**_customer(row), "prepaid": prepaid}
 
 
 async def customer_update(r: Admin, body: bytes, query: dict[str, str]) -> dict[str, Any]:

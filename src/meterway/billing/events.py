@@ -171,3 +171,32 @@ def tokens_property(billing: Billing) -> str | None:
     if billing.split_by_token_type:
         return "tokens"
     return next((n for n, s in billing.event_properties().items() if s == "total_tokens"), None)
+
+
+# the ledger column a non-additive source is read from (the others are the row's summed figures)
+_COLUMN: Final = MappingProxyType(
+    {
+        "model": "model_group",
+        "customer": "customer_id",
+        "end_user": "end_user",
+        "user": "user_id",
+        "team": "team_id",
+        "key_alias": "key_alias",
+        "deployment": "deployment_id",
+        "upstream_model": "upstream_model",
+        "endpoint": "endpoint",
+        "request_id": "request_id",
+    }
+)
+
+
+def grouping(billing: Billing) -> tuple[tuple[str, ...], bool]:
+    """What rows must share to be priced as one summed row (`billing.prepaid`): the ledger
+    columns the events read that do not add up, and whether they read the request's metadata or
+    tags (then rows are told apart by those too)."""
+    sources = [s for _, s in billing.properties if s is not None]
+    if not billing.split_by_token_type:
+        sources += list(billing.event_properties().values())
+    columns = {"model_group"} | {_COLUMN[s] for s in sources if s in _COLUMN}
+    by_metadata = bool(billing.tags) or any(s == "tags" or s.startswith(METADATA) for s in sources)
+    return tuple(sorted(columns)), by_metadata

@@ -132,14 +132,16 @@ class Lago:
         self.session = session
         self.headers = {"Authorization": f"Bearer {billing.api_key.reveal()}", "Content-Type": "application/json"}
 
-    async def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    async def call(
+        self, method: str, path: str, body: Any = None, within: aiohttp.ClientTimeout = TIMEOUT
+    ) -> tuple[int, Any]:
         try:
             async with self.session.request(
                 method,
                 self.base + path,
                 data=orjson.dumps(body) if body is not None else None,
                 headers=self.headers,
-                timeout=TIMEOUT,
+                timeout=within,
             ) as resp:
                 raw = await resp.read()
                 try:

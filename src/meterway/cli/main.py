@@ -123,6 +123,13 @@ def _settings(config: str | None) -> Settings:
     return demo_settings()
 
 
+def prepaid_status(settings: Settings) -> str:
+    """`billing.prepaid` as `check-config` and the start-up log say it."""
+    if settings.billing is None:
+        return "off (no billing section)"
+    return settings.billing.prepaid.status()
+
+
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -135,6 +142,7 @@ def serve(args: argparse.Namespace) -> int:
     for env_file in args.env_files:
         log.info("read variables not already set from %s", env_file)
     log.info("billing export: %s", settings.billing_export)
+    log.info("prepaid credits: %s", prepaid_status(settings))
     master = settings.master_key
     if master is None:
         # Never serve open by accident: a config without a master key gets one for this run.
@@ -298,6 +306,7 @@ def check_config(args: argparse.Namespace) -> int:
     print(f"env files: {', '.join(map(str, args.env_files)) or '(none)'}")
     print(f"billing export: {settings.billing_export}")
     print(f"alerting: {describe_alerting(settings.alerting)}")
+    print(f"prepaid credits: {prepaid_status(settings)}")
     print(f"models: {len(settings.model_names())}, deployments: {len(settings.deployments)}")
     for d in settings.deployments:
         key = d.api_key.masked() if d.api_key else "(none)"

@@ -14,6 +14,14 @@
         response_cost: null                    #   drops a default property
       run_sender: true                         # send from `meterway serve` (else `meterway billing worker`)
       claim_timeout_seconds: 60                # how long a sender holds the rows it took (1 to 86400)
+      prepaid: enforce                         # off | observe | enforce (or LAGO_PREPAID_MODE), or a mapping:
+      prepaid:
+        mode: enforce                          #   held to the Lago wallets' balance (docs/billing.md)
+        refresh_interval: 60s                  #   scheduled re-read of entities with wallets
+        stale_after: 10m                       #   a reading older than this (Lago failing) is stale
+        when_stale: open                       #   open (serve) | closed (503 credits_unknown)
+        low_balance: 5.0                       #   alert below this (plan currency); unset: none
+        tax_rate: 0                            #   Lago's taxes on usage, a fraction (0.2 = 20 %)
 
 Every event carries `model`, `prompt_tokens`, `completion_tokens`, `total_tokens`, `cost` and
 `response_cost` (LiteLLM's Lago callback's name for the cost, so its users' metrics keep counting),
@@ -33,11 +41,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from types import MappingProxyType
 from typing import Any, Final
 
+from meterway.config.durations import parse_duration
 from meterway.config.secret import Secret
-from meterway.errors import ConfigError
+from meterway.errors import BadRequest, ConfigError
 
 # LiteLLM's names for who is charged, and meterway's
 CHARGE_BY: Final = MappingProxyType(
@@ -63,8 +73,11 @@ FIELDS: Final = frozenset(
         "run_sender",
         "claim_timeout_seconds",
         "properties",
+        "prepaid",
     }
 )
+PREPAID_FIELDS: Final = frozenset({"mode", "refresh_interval", "stale_after", "when_stale", "low_balance", "tax_rate"})
+PREPAID_MODES: Final = ("off", "observe", "enforce")
 # what an event property may be taken from: the ledger row's figures (billing.events reads them)
 SOURCES = (
     "model",
@@ -112,6 +125,33 @@ CLAIM_TIMEOUT_S = (1.0, 86_400.0)  # the bounds of claim_timeout_seconds
 
 
 @dataclass(frozen=True, slots=True)
+class Prepaid:
+    """`billing.prepaid`: whether requests are held to the charged entity's Lago wallets."""
+
+    mode: str = "off"  # off (not installed), observe (count would-be refusals), enforce (402)
+    refresh_interval_s: float = 60.0
+    stale_after_s: float = 600.0
+    when_stale: str = "open"  # open: serve as in observe; closed: 503 credits_unknown
+    low_balance: Decimal | None = None  # plan currency; None: no credits_low alert
+    tax_rate: Decimal = Decimal(0)
+
+    @property
+    def on(self) -> bool:
+        return self.mode != "off"
+
+    def status(self) -> str:
+        """One line for `check-config` and the start-up log."""
+        if not self.on:
+            return "off"
+        low = f", low balance alert below {self.low_balance}" if self.low_balance is not None else ""
+        tax = f", tax rate {self.tax_rate}" if self.tax_rate else ""
+        return (
+            f"{self.mode} (refresh every {self.refresh_interval_s:g}s, stale after {self.stale_after_s:g}s, "
+            f"when stale: {self.when_stale}{low}{tax})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Billing:
     api_base: str  # without /api/v1
     api_key: Secret
@@ -124,6 +164,7 @@ class Billing:
     claim_timeout_s: float = 60.0
     # `billing.properties` as given: property name -> source (None drops a default property)
     properties: tuple[tuple[str, str | None], ...] = ()
+    prepaid: Prepaid = Prepaid()
 
     def event_properties(self) -> dict[str, str]:
         """Every property an unsplit event carries, and its source: the defaults with the
@@ -188,6 +229,7 @@ def parse_billing(section: Mapping[str, Any], env: Mapping[str, str]) -> Billing
         raise ConfigError(f"billing.claim_timeout_seconds must be seconds from 1 to 86400; got {claim!r}")
     base = api_base.rstrip("/")
     base = base.removesuffix("/api/v1")
+    prepaid = parse_prepaid(section.get("prepaid"), env)
     return Billing(
         api_base=base,
         api_key=Secret(api_key),
@@ -199,6 +241,71 @@ def parse_billing(section: Mapping[str, Any], env: Mapping[str, str]) -> Billing
         run_sender=bool(section.get("run_sender", True)),
         claim_timeout_s=float(claim),
         properties=properties,
+        prepaid=prepaid,
+    )
+
+
+def _seconds(value: Any, key: str) -> float:
+    """A duration as `60s`, `10m`, or a number of seconds."""
+    if isinstance(value, bool):
+        raise ConfigError(f"billing.prepaid.{key} must be a duration such as 60s or 10m, got {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        try:
+            seconds = parse_duration(value, f"billing.prepaid.{key}").total_seconds()
+        except BadRequest:
+            raise ConfigError(f"billing.prepaid.{key} must be a duration such as 60s or 10m, got {value!r}") from None
+    if not 1 <= seconds <= 86_400 * 7:
+        raise ConfigError(f"billing.prepaid.{key} must be from 1s to 7d, got {value!r}")
+    return seconds
+
+
+def _decimal(value: Any, key: str, high: Decimal) -> Decimal:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ConfigError(f"billing.prepaid.{key} must be a number, got {value!r}")
+    try:
+        number = Decimal(str(value))
+    except InvalidOperation:
+        raise ConfigError(f"billing.prepaid.{key} must be a number, got {value!r}") from None
+    if not number.is_finite() or not 0 <= number <= high:
+        raise ConfigError(f"billing.prepaid.{key} must be from 0 to {high}, got {value!r}")
+    return number
+
+
+def parse_prepaid(given: Any, env: Mapping[str, str]) -> Prepaid:
+    """`billing.prepaid`: a mode (`enforce`), or a mapping; `LAGO_PREPAID_MODE` gives the mode
+    when the section does not."""
+    section: Mapping[str, Any]
+    if given is None:
+        section = {}
+    elif isinstance(given, str):
+        section = {"mode": given}
+    elif isinstance(given, Mapping):
+        section = given
+    else:
+        raise ConfigError(f"billing.prepaid must be off, observe, enforce or a mapping, got {given!r}")
+    unknown = sorted(set(section) - PREPAID_FIELDS)
+    if unknown:
+        raise ConfigError(
+            f"billing.prepaid.{unknown[0]}: not a prepaid setting; expected one of {', '.join(sorted(PREPAID_FIELDS))}"
+        )
+    mode = section.get("mode") or env.get("LAGO_PREPAID_MODE") or "off"
+    if mode is False:
+        mode = "off"
+    if mode not in PREPAID_MODES:
+        raise ConfigError(f"billing.prepaid.mode (or LAGO_PREPAID_MODE) must be off, observe or enforce, got {mode!r}")
+    when_stale = section.get("when_stale", "open")
+    if when_stale not in ("open", "closed"):
+        raise ConfigError(f"billing.prepaid.when_stale must be open or closed, got {when_stale!r}")
+    low = section.get("low_balance")
+    return Prepaid(
+        mode=str(mode),
+        refresh_interval_s=_seconds(section.get("refresh_interval", 60), "refresh_interval"),
+        stale_after_s=_seconds(section.get("stale_after", 600), "stale_after"),
+        when_stale=str(when_stale),
+        low_balance=_decimal(low, "low_balance", Decimal(10) ** 9) if low is not None else None,
+        tax_rate=_decimal(section.get("tax_rate", 0), "tax_rate", Decimal(10)),
     )
 
 

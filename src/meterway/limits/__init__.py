@@ -110,6 +110,10 @@ class Ask:
     amount: int = 1  # requests, estimated tokens, or estimated cost in money units
     floor: int = 0  # budgets: spend the store knows of; the counter is never below it
     expires: float | None = None  # budgets: when the period ends (epoch seconds)
+    # budgets: never leased ahead by a worker (each request asks Redis, and what it did not use
+    # goes back at settle), so no replica is refused while another holds unused headroom: for
+    # money whose last request must be served wherever it lands (prepaid credits)
+    exact: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,4 +150,9 @@ class Limiter(Protocol):
 
     async def settle(self, grant: Grant, tokens: int, cost: int) -> None:
         """Gives back the grant's slots and replaces its estimates by the tokens and cost used."""
+        ...
+
+    async def budget(self, counter: str) -> tuple[int, int]:
+        """A budget counter as it stands: its spend (0 when never asked for) and what requests in
+        flight hold of it. For reading (`/customer/info`), never for admission."""
         ...

@@ -120,6 +120,16 @@ class LimitsHook:
         cap = info.get("max_output_tokens") or info.get("max_tokens")
         return min(int(cap), self.default_output_tokens) if isinstance(cap, int) else self.default_output_tokens
 
+    def most(self, ctx: RequestContext) -> tuple[int, int, int]:
+        """The request's most expensive outcome: its prompt tokens, its output cap and their cost
+        (money units), as a budget reserves them (the prepaid stage prices the same outcome)."""
+        prompt = self._prompt_tokens(ctx)
+        output = self._output_cap(ctx)
+        if ctx.deployment is None:
+            return prompt, output, 0
+        most = ctx.head.units if ctx.head is not None else None
+        return prompt, output, pricing.units(pricing.estimate(ctx.deployment.prices, prompt, output, most))
+
     def _estimate(self, ctx: RequestContext) -> tuple[int, int]:
         """The most tokens and cost (money units) the request may use: its units (a rerank's search
         units, counted from its documents by its head) at their prices beside its tokens."""

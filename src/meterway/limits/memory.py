@@ -81,3 +81,6 @@ class MemoryLimiter:
         """Units held by requests in flight (slots, or budget reserved): zero when none leaked."""
         held = self._held(counter, self._clock())
         return sum(amount for _, amount in held.values())
+
+    async def budget(self, counter: str) -> tuple[int, int]:
+        return self._spent.get(counter, 0), self.reserved(counter)

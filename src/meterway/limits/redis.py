@@ -242,6 +242,7 @@ class RedisLimiter:
         self._take_script = client.register_script(_TAKE)
         self._leases: dict[str, _Lease] = {}  # counter -> what this worker holds of it
         self._flusher: asyncio.Task[None] | None = None
+        self._returning: set[asyncio.Task[None]] = set()  # exact asks' give-backs on their way to Redis
         # Requests that miss their leases together share one script call (see meterway.coalesce).
         self._take = Coalescer(self._take_batch, orphan=self._give_back)
 
@@ -273,7 +274,7 @@ class RedisLimiter:
         """The lease that can cover `ask` here, if any. A changed limit (or a higher stored spend)
         goes to Redis, so a lowered budget or rate applies from the next request on."""
         held = self._leases.get(ask.counter)
-        if held is None or held.kind != ask.kind or held.limit != ask.limit or ask.floor > held.floor:
+        if ask.exact or held is None or held.kind != ask.kind or held.limit != ask.limit or ask.floor > held.floor:
             return None
         if ask.kind in ("rpm", "tpm"):
             if held.window != window:
@@ -352,7 +353,7 @@ class RedisLimiter:
             for ask in asks:
                 give, spent = self._hand_back(ask.counter, window, now_ms)
                 cap = 0
-                if last[ask.counter] == i:
+                if last[ask.counter] == i and not ask.exact:
                     cap = LEASE_REQUESTS * asking[ask.counter] * (1 if ask.kind in ("rpm", "parallel") else ask.amount)
                 need = 1 if ask.kind in ("rpm", "parallel") else ask.amount
                 keys.append(self._key(ask.counter, ask.kind))
@@ -427,7 +428,29 @@ class RedisLimiter:
                 else:
                     held.free += hold[1] - cost
                     held.spent += cost
+        exact = [a for a in grant.asks if a.exact and a.counter in self._leases]
+        if exact:  # its spend and what it did not use go back now: no other replica waits for them
+            back = []
+            for ask in exact:
+                held = self._leases[ask.counter]
+                back.append(_GiveBack(ask.counter, ask.kind, held.free, held.spent))
+                held.free = held.spent = 0
+            # in the background (the request's answer does not wait for Redis), batched with others
+            task = asyncio.get_running_loop().create_task(self._give_back_now(back))
+            self._returning.add(task)
+            task.add_done_callback(self._returning.discard)
         self._schedule_flush()
+
+    async def _give_back_now(self, back: list[_GiveBack]) -> None:
+        try:
+            await self._take(back)
+        except RedisError:  # kept here: the flush reports them later
+            for g in back:
+                held = self._leases.get(g.counter)
+                if held is not None:
+                    held.free += g.give
+                    held.spent += g.spent
+            self._schedule_flush()
 
     def _schedule_flush(self) -> None:
         if self._flusher is None and self._leases:
@@ -471,6 +494,8 @@ class RedisLimiter:
     async def aclose(self) -> None:
         """Gives back everything this worker holds, so a clean shutdown leaves no headroom leased
         until its expiry."""
+        if self._returning:  # exact asks' give-backs finish first
+            await asyncio.gather(*self._returning, return_exceptions=True)
         if self._flusher is not None:
             self._flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -492,3 +517,12 @@ class RedisLimiter:
         value = await self._client.hget(key, "reserved")
         mine = held.free + held.spent if held is not None else 0
         return int(value or 0) - mine
+
+    async def budget(self, counter: str) -> tuple[int, int]:
+        """Redis's spend and reservations, with this worker's own share corrected: its settled
+        spend not yet reported counts as spent, its unused lease as not reserved."""
+        held = self._leases.get(counter)
+        spent, reserved = await self._client.hmget(self._prefix + counter, ["spent", "reserved"])
+        mine_spent = held.spent if held is not None else 0
+        mine_free = held.free if held is not None else 0
+        return int(spent or 0) + mine_spent, max(int(reserved or 0) - mine_free - mine_spent, 0)

@@ -23,6 +23,7 @@ from meterway.store.entities import customer_store, team_store, user_store
 from meterway.store.keys import KeyStore
 from meterway.store.ledger import LedgerStore
 from meterway.store.outbox import OutboxStore
+from meterway.store.prepaid import PrepaidStore
 from meterway.store.reports import Reports
 from meterway.store.responses import ResponseStore
 from meterway.store.url import named, parse, where
@@ -63,6 +64,7 @@ class Store:
         self.reports = Reports(engine)
         self.outbox = OutboxStore(engine)
         self.responses = ResponseStore(engine)
+        self.prepaid = PrepaidStore(engine)
 
     @classmethod
     async def open(cls, url: str, *, wait_s: float, run_migrations: bool, export: bool = False) -> Store:

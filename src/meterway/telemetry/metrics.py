@@ -233,6 +233,20 @@ class Metrics:
             multiprocess_mode="mostrecent",
             registry=registry,
         )
+        self.prepaid_refusals = Counter(
+            "meterway_prepaid_refusals",
+            "Requests refused (enforce) or that would have been (observe) for want of prepaid credits",
+            ["mode"],
+            registry=registry,
+        )
+        self.prepaid_entities = Bounded(max_label_values)
+        self.prepaid_available = Gauge(
+            "meterway_prepaid_available",
+            "Prepaid credits available to an entity with Lago wallets, in its plan's currency (last seen here)",
+            ["entity"],
+            multiprocess_mode="mostrecent",
+            registry=registry,
+        )
 
         self.alerts_sent = Counter(
             "meterway_alerts_sent",
@@ -252,6 +266,10 @@ class Metrics:
             multiprocess_mode="mostrecent",
             registry=registry,
         )
+
+    def prepaid_seen(self, entity: str, available: float) -> None:
+        """An entity's available prepaid credits (at most `max_label_values` entities, the rest `other`)."""
+        self.prepaid_available.labels(self.prepaid_entities(entity)).set(available)
 
     def ledger_kept(self, how: str) -> None:
         """A row of a failed group written cut, or quarantined."""

@@ -1,0 +1,215 @@
+"""The prepaid stage on the request path (installed when `billing.prepaid` is not off, after the
+limits stage): a request of an entity with usable Lago wallets reserves the Lago price of its
+most expensive outcome against the entity's funded credits, through the same limiter as budgets
+(one atomic reserve across replicas), and settles to the Lago price of what it used.
+
+    Ask(counter="prepaid:<entity>:<period start>", limit=funded = B + min(U_L, P_R),
+        floor=P_R, amount=<price of the most expensive outcome>)
+
+The counter's spend starts at P_R (the Lago price of the period's rows at the reading) and grows
+by what requests settle; so available = funded - spend - reserved, and the overdraft across
+replicas is bounded by one request's estimation error (docs/billing.md, "Prepaid credits").
+Entities without wallets are never asked for anything.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from meterway.billing.prepaid import Prepaid, Priced, money
+from meterway.context import RequestContext
+from meterway.errors import CreditsUnknown, InsufficientCredits
+from meterway.ledger import pricing
+from meterway.limits import Ask, Grant, Limiter
+from meterway.limits.hook import LimitsHook
+from meterway.providers.base import Units
+from meterway.telemetry.metrics import Metrics
+
+log = logging.getLogger("meterway.prepaid")
+
+NAME = "prepaid credits"
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """What the prepaid stage reserved for a request, to settle after it."""
+
+    priced: Priced
+    grant: Grant
+    charged_as: str
+
+
+def charged_entity(ctx: RequestContext, charge_by: str) -> str | None:
+    """The entity the request is charged to in Lago, as the ledger row will name it."""
+    p = ctx.principal
+    if charge_by == "customer":
+        return ctx.user
+    if p is None:
+        return None
+    if charge_by == "user":
+        return p.user_id
+    if charge_by == "team":
+        return p.team_id
+    return p.key_id
+
+
+def request_row(
+    ctx: RequestContext,
+    *,
+    prompt: int,
+    completion: int,
+    cost_units: int,
+    units: Units | None = None,
+    cached: int = 0,
+    cache_write: int = 0,
+    reasoning: int = 0,
+) -> dict[str, Any]:
+    """A request as the ledger row it makes (or may make): what `billing.events` reads."""
+    p = ctx.principal
+    dep = ctx.deployment
+    head = ctx.head
+    return {
+        "uid": ctx.ledger_uid or ctx.request_id,
+        "ended_at": datetime.now(UTC),
+        "model_group": ctx.model_group,
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "cached_tokens": cached,
+        "cache_write_tokens": cache_write,
+        "reasoning_tokens": reasoning,
+        "cost": pricing.usd(cost_units),
+        "customer_id": ctx.user,
+        "end_user": ctx.end_user if ctx.end_user != ctx.user else None,
+        "user_id": p.user_id if p is not None else None,
+        "team_id": p.team_id if p is not None else None,
+        "key_alias": p.key_alias if p is not None else None,
+        "tags": head.tags if head is not None else (),
+        "deployment_id": dep.id if dep is not None else None,
+        "upstream_model": dep.upstream_model if dep is not None else None,
+        "endpoint": ctx.api.value,
+        "request_id": ctx.request_id,
+        "queries": units.queries if units is not None else 0,
+        "images": units.images if units is not None else 0,
+        "audio_ms": units.audio_ms if units is not None else 0,
+        "characters": units.characters if units is not None else 0,
+        "metadata": dict(head.metadata) if head is not None and head.metadata is not None else {},
+    }
+
+
+class PrepaidHook:
+    def __init__(self, prepaid: Prepaid, limiter: Limiter, limits: LimitsHook, metrics: Metrics) -> None:
+        self.prepaid = prepaid
+        self.limiter = limiter
+        self.limits = limits
+        self.metrics = metrics
+        config = prepaid.config
+        self.enforce = config.mode == "enforce"
+        self.closed = config.when_stale == "closed"
+        self.low = pricing.units(config.low_balance) if config.low_balance is not None else None
+        self.charge_by = prepaid.billing.charge_by
+        self._refused = {mode: metrics.prepaid_refusals.labels(mode) for mode in ("enforce", "observe")}
+
+    async def before(self, ctx: RequestContext) -> None:
+        entity = charged_entity(ctx, self.charge_by)
+        if not entity:
+            return
+        try:
+            priced = await self.prepaid.current(entity)
+        except Exception as e:  # the store is away: no reading to go by, as when Lago is
+            log.warning("prepaid: reading of %s not loaded: %s", entity, e.__class__.__name__)
+            priced = None
+        if priced is None:  # never read: Lago did not answer the first reading in time
+            self._unknown(entity, None)
+            return
+        reading = priced.reading
+        if not reading.has_wallets:
+            return
+        stale = self.prepaid.stale(reading)
+        if stale:
+            self._unknown(entity, reading.read_at)
+        prompt, output, cost = self.limits.most(ctx)
+        most = ctx.head.units if ctx.head is not None else None
+        amount = self.prepaid.price_of(
+            priced, request_row(ctx, prompt=prompt, completion=output, cost_units=cost, units=most)
+        )
+        end = reading.period_end
+        ask = Ask(
+            priced.period_counter,
+            reading.funded,
+            "budget",
+            NAME,
+            amount,
+            floor=reading.priced,
+            expires=end.timestamp() if end is not None else None,
+            exact=True,
+        )
+        result = await self.limiter.reserve([ask], ctx.request_id)
+        if isinstance(result, Grant):
+            ctx.prepaid_grant = Held(priced, result, self.charge_by)
+            left = result.remaining.get(NAME, 0)
+            self.metrics.prepaid_seen(entity, float(pricing.usd(left)))
+            if self.low is not None and left < self.low:
+                await self.prepaid.warn("credits_low", self.charge_by, priced, left)
+            return
+        available = ask.limit - result.used - result.reserved
+        self.metrics.prepaid_seen(entity, float(pricing.usd(max(available, 0))))
+        await self.prepaid.warn("credits_exhausted", self.charge_by, priced, available)
+        if not self.enforce or stale:
+            self._refused["observe"].inc()
+            return
+        self._refused["enforce"].inc()
+        currency = reading.currency or ""
+        reserved = f" ({money(result.reserved)} {currency} held by requests in flight)" if result.reserved else ""
+        raise InsufficientCredits(
+            f"Insufficient prepaid credits: {self.charge_by} '{entity}' has {money(max(available, 0))} {currency} "
+            f"available{reserved}, and this request may cost up to {money(amount)} {currency}. "
+            "Top up the wallet in Lago (or lower max_tokens) to continue."
+        )
+
+    def _unknown(self, entity: str, read_at: datetime | None) -> None:
+        """No reading fresh enough: `when_stale` decides (closed refuses, open serves)."""
+        if not self.closed:
+            return
+        since = f"since {read_at.isoformat()}" if read_at is not None else "yet"
+        raise CreditsUnknown(
+            f"The prepaid balance of {self.charge_by} '{entity}' could not be read from Lago {since}; retry shortly."
+        )
+
+    async def after(self, ctx: RequestContext) -> None:
+        """Settles the reservation to the Lago price of what the ledger recorded."""
+        held = ctx.prepaid_grant
+        if not isinstance(held, Held):
+            return
+        ctx.prepaid_grant = None
+        used = ctx.counted
+        price = 0
+        if used is not None and ctx.cost_units is not None:
+            row = request_row(
+                ctx,
+                prompt=max(used.prompt_tokens, 0),
+                completion=max(used.completion_tokens, 0),
+                cost_units=ctx.cost_units or 0,
+                units=Units(
+                    queries=max(used.queries, 0),
+                    images=max(used.images, 0),
+                    audio_ms=max(used.audio_ms, 0),
+                    characters=max(used.characters, 0),
+                ),
+                cached=max(used.cached_tokens, 0),
+                cache_write=max(used.cache_write_tokens, 0),
+                reasoning=max(used.reasoning_tokens, 0),
+            )
+            billable = _billable(ctx, row)
+            price = self.prepaid.settled(held.priced, row) if billable else 0
+        await self.limiter.settle(held.grant, 0, price)
+
+
+def _billable(ctx: RequestContext, row: dict[str, Any]) -> bool:
+    """Whether the ledger exports the row (`LedgerRow.billable`): used, and served or cut short."""
+    used = row["total_tokens"] > 0 or any(row[u] > 0 for u in ("queries", "images", "audio_ms", "characters"))
+    served = ctx.client_aborted or (ctx.error is None and 200 <= ctx.status_code < 300)
+    return used and served
