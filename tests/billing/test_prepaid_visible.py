@@ -245,3 +245,33 @@ def test_cli_without_redis_prints_the_reading_and_says_what_it_cannot_count(
         assert done.returncode == 0, done.stderr
         assert "no Redis" in done.stdout
         assert any(line.split() == ["funded", "this", "period", funded] for line in done.stdout.splitlines())
+
+
+def test_on_sqlite_a_stale_reading_is_flagged_on_the_page_and_by_the_cli_with_lagos_error(
+    lago: LagoStandIn, tmp_path: Path
+) -> None:
+    two_wallets(lago)
+    cfg = config(lago, f"sqlite:///{tmp_path / 'one.db'}", "", "", refresh_interval=1, stale_after=1)
+    cfg["general_settings"] = {"database_url": cfg["general_settings"]["database_url"]}
+    with gateways(cfg) as (gw,), ui(gw) as browser:
+        customer(gw)
+        assert ask(gw) == 200
+        html = page(browser, "acme")
+        assert 'data-test="prepaid-stale"' not in html and shown_available(html) == info(gw)["prepaid"]["available"]
+        lago.down()
+        eventually(lambda: info(gw)["prepaid"]["stale"], 15, "the reading to go stale")
+        html = page(browser, "acme")
+        api = info(gw)["prepaid"]
+        assert 'data-test="prepaid-stale"' in html and "is stale" in html
+        assert api["last_error"] and api["last_error"].split(":")[0] in html
+        assert shown_available(html) == api["available"]  # the last reading's figure, still shown
+
+        path = tmp_path / "meterway.yaml"
+        path.write_bytes(orjson.dumps(cfg))
+        done = run_meterway(["customers", "info", "acme", "--config", str(path)])
+        assert done.returncode == 0, done.stderr
+        assert "STALE: Lago is not answering" in done.stdout
+        # the gateway counts the requests since the reading in its own process: the CLI shows the
+        # reading's own figure (funded less the usage priced then), and says what it leaves out
+        assert f"available: {api['history'][0]['available']} USD" in done.stdout
+        assert "no Redis" in done.stdout
