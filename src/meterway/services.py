@@ -30,11 +30,12 @@ from dataclasses import dataclass
 from datetime import UTC
 from decimal import Decimal
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import aiohttp
 
 from meterway.admin import Admin
+from meterway.alerts import Alerts
 from meterway.api.models import ModelList
 from meterway.api.response_meter import NativeMeter
 from meterway.api.response_runs import Responses
@@ -57,10 +58,11 @@ from meterway.telemetry.metrics import Metrics
 
 if TYPE_CHECKING:
     from meterway.api.lago_webhooks import LagoWebhooks
-    from meterway.billing.prepaid import AlertSink, Prepaid
+    from meterway.billing.prepaid import AlertSink, Prepaid, PrepaidAlert
     from meterway.billing.sender import Sender
     from meterway.billing.setup import BillingLink
     from meterway.cache import ResponseCache
+    from meterway.config.billing import Prepaid as PrepaidConfig
     from meterway.routing.runtime import RuntimeModels
     from meterway.store.runtime import Store
     from meterway.telemetry.tracing import Tracing
@@ -94,6 +96,7 @@ class Services:
     customers: TTLCache[LimitSpec] | None = None  # a customer's id -> its limits and model list
     prepaid: Prepaid | None = None  # prepaid credits from Lago wallets, when billing.prepaid is not off
     lago_webhooks: LagoWebhooks | None = None  # POST /webhooks/lago, with prepaid credits
+    alerts: Alerts | None = None  # budget and credit alerts: `enqueue` for other modules (a no-op when off)
 
 
 class State(enum.Enum):
@@ -232,12 +235,14 @@ async def open_services(
         keys: KeyCache = TTLCache(partial(_principal_for, store))
         customers: TTLCache[LimitSpec] = TTLCache(partial(_customer_limits, store))
         changes = Changes(keys, customers, redis_client, settings.redis_prefix + "changes")
+        alerts = Alerts(settings.alerting, store.engine, session, metrics)
         limits = LimitsHook(
             limiter,
             default_output_tokens=settings.budget_default_output_tokens,
             clamp_max_tokens=settings.budget_clamp_max_tokens,
             require_customer_binding=settings.require_customer_binding,
             customers=customers,
+            alerts=alerts if alerts.enabled else None,
         )
         cache = None
         if settings.cache is not None:
@@ -282,7 +287,8 @@ async def open_services(
             from meterway.billing.prepaid import Prepaid, no_alerts
             from meterway.limits.prepaid import PrepaidHook
 
-            prepaid = Prepaid(settings.billing, store, session, prepaid_alert or no_alerts, budget=limiter.budget)
+            sink = prepaid_alert or (_credits_alerts(alerts, settings.billing.prepaid) if alerts.enabled else no_alerts)
+            prepaid = Prepaid(settings.billing, store, session, sink, budget=limiter.budget)
             lago_webhooks = LagoWebhooks(prepaid)
             # after the limits: a request over its own budget or rate is refused before credits are held
             admission = (limits, PrepaidHook(prepaid, limiter, limits, metrics))
@@ -344,6 +350,7 @@ async def open_services(
             cache=cache,
             prepaid=prepaid,
             lago_webhooks=lago_webhooks,
+            alerts=alerts,
         )
         tasks: list[asyncio.Task[None]] = []
         stack.push_async_callback(_cancel, tasks)  # after the sender's stop (callbacks run in reverse)
@@ -360,6 +367,10 @@ async def open_services(
             sending = asyncio.create_task(sender.run())
             tasks.append(sending)
             stack.push_async_callback(_stop_sender, sender, sending)
+        if alerts.enabled:
+            alerting = asyncio.create_task(alerts.run())
+            tasks.append(alerting)
+            stack.push_async_callback(_stop_alerts, alerts, alerting)
         # last in, first out: the rows queued at shutdown are written before anything closes
         stack.push_async_callback(ledger.flush, settings.shutdown_flush_s)
         stack.push_async_callback(responses.close)  # before that flush: background runs write their rows
@@ -413,6 +424,39 @@ async def _stop_sender(sender: Sender, sending: asyncio.Task[None]) -> None:
     sender.stop()
     with contextlib.suppress(TimeoutError, asyncio.CancelledError):
         await asyncio.wait_for(asyncio.shield(sending), SENDER_STOP_S)
+
+
+def _credits_alerts(alerts: Alerts, config: PrepaidConfig) -> AlertSink:
+    """The prepaid stage's alert call-site, wired to the alerts outbox: credits_low and
+    credits_exhausted in LiteLLM's shape, once per dedupe key (which carries the funded amount)."""
+    from meterway.alerts.model import credits_alert
+
+    low = float(config.low_balance) if config.low_balance is not None else None
+
+    async def enqueue(alert: PrepaidAlert) -> None:
+        event: Literal["credits_low", "credits_exhausted"] = (
+            "credits_low" if alert.event == "credits_low" else "credits_exhausted"
+        )
+        await alerts.enqueue(
+            credits_alert(
+                event,
+                alert.entity_id,
+                alert.dedupe,
+                available=float(alert.available),
+                funded=float(alert.funded),
+                currency=alert.currency or "USD",
+                low_balance=low,
+            )
+        )
+
+    return enqueue
+
+
+async def _stop_alerts(alerts: Alerts, running: asyncio.Task[None]) -> None:
+    """A post in flight is answered and marked, not left to its claim's expiry."""
+    alerts.stop()
+    with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+        await asyncio.wait_for(asyncio.shield(running), SENDER_STOP_S)
 
 
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:

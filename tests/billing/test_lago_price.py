@@ -1,19 +1,26 @@
 """meterway prices its events as Lago's current usage prices them: each charge model's worked
-example from Lago's documentation (getlago.com/docs/guide/plans/charges/charge-models/*), the
+example from Lago's documentation (getlago.com/docs/guide/plans/charges/charge-models/<model>;
+where the docs give no figure, the figure follows lago-api's service, named beside it), the
 filter and aggregation rules of lago-api, grouped ledger rows priced as the rows one by one, a
 request's extra price as the difference it makes, and plans it cannot read refused by name."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from lago_python_client.client import Client
+from lago_python_client.models import BillableMetric, BillableMetricFilter, ChargeFilter, Customer, Subscription
+from lago_python_client.models import Event as LagoEvent
 
 from meterway.billing.lago_price import PlanPrice
 from meterway.errors import LagoPlanInvalid
+from tests.lago.standin import LagoStandIn, payg_plan
 
 D = Decimal
 
@@ -60,6 +67,11 @@ VOLUME = [  # Lago docs, volume: four tiers, each with a $10 fee
 
 
 def test_standard_charges_the_amount_per_unit_summed() -> None:
+    # Lago docs, standard: $0.05 per API call, 1,000 calls in the period = $50
+    p = PlanPrice.parse(plan(charge("calls", "standard", {"amount": "0.05"})), METRICS)
+    tally = p.tally()
+    tally.add(ev("calls"), count=1000)
+    assert tally.amount() == D(50)
     p = PlanPrice.parse(plan(charge("llm", "standard", {"amount": "0.000002"})), METRICS)
     assert price(p, [ev(tokens=1000), ev(tokens="500"), ev(tokens=2.5)]) == D("0.003005")
 
@@ -414,3 +426,73 @@ def test_a_malformed_plan_is_refused_by_name(bad: dict[str, Any], metrics: dict[
         PlanPrice.parse(bad, metrics)
     assert isinstance(caught.value, ValueError)
     assert caught.value.message.startswith("Lago plan:")
+
+
+# --- against the Lago stand-in, through the real client --------------------------------------
+
+
+def test_the_plan_lago_serves_prices_events_as_its_current_usage_does() -> None:
+    """The plan and metric read back as GET /plans/{code} and GET /billable_metrics/{code} give
+    the total the stand-in's current usage reports for the same events."""
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    with LagoStandIn() as lago:
+        client = Client(api_key=lago.api_key, api_url=lago.url)
+        made = client.billable_metrics.create(
+            BillableMetric(
+                name="LLM tokens",
+                code="llm_tokens",
+                aggregation_type="sum_agg",
+                field_name="tokens",
+                filters=[
+                    BillableMetricFilter(key="model", values=["gpt-4o", "gpt-4o-mini"]),
+                    BillableMetricFilter(key="type", values=["input", "output"]),
+                ],
+            )
+        )
+        assert made is not None
+        filters = [
+            ChargeFilter(values={"model": ["gpt-4o"], "type": ["input"]}, properties={"amount": "0.0025"}),
+            ChargeFilter(values={"model": ["gpt-4o"], "type": ["output"]}, properties={"amount": "0.01"}),
+            ChargeFilter(
+                values={"model": ["gpt-4o-mini"], "type": ["__ALL_FILTER_VALUES__"]}, properties={"amount": "0.0005"}
+            ),
+        ]
+        client.plans.create(payg_plan(made.lago_id, "0.001", filters))
+        client.customers.create(Customer(external_id="acme", name="Acme", currency="USD"))
+        client.subscriptions.create(
+            Subscription(
+                external_customer_id="acme", plan_code="payg", external_id="sub_1", subscription_at=start.isoformat()
+            )
+        )
+        headers = {"Authorization": f"Bearer {lago.api_key}"}
+        plan_body = httpx.get(f"{lago.url}/api/v1/plans/payg", headers=headers).json()["plan"]
+        metric_body = httpx.get(f"{lago.url}/api/v1/billable_metrics/llm_tokens", headers=headers).json()[
+            "billable_metric"
+        ]
+        p = PlanPrice.parse(plan_body, {"llm_tokens": metric_body})
+        tally = p.tally()
+        sent = [
+            ("gpt-4o", "input", 2000),
+            ("gpt-4o", "input", 1000),
+            ("gpt-4o", "output", 500),
+            ("gpt-4o-mini", "output", 4000),
+            ("gpt-4o-mini", "input", 2000),
+            ("llama-3", "input", 300),  # no filter: the charge's own price
+        ]
+        for i, (model, kind, tokens) in enumerate(sent):
+            props = {"tokens": tokens, "model": model, "type": kind}
+            client.events.create(
+                LagoEvent(
+                    transaction_id=f"t-{i}",
+                    external_subscription_id="sub_1",
+                    code="llm_tokens",
+                    timestamp=start.timestamp() + 60,
+                    properties=props,
+                )
+            )
+            tally.add({"code": "llm_tokens", "properties": props})
+        usage = client.customers.current_usage("acme", "sub_1")
+        assert usage is not None
+        # 3000 x 0.0025 + 500 x 0.01 + 6000 x 0.0005 + 300 x 0.001 = 7.5 + 5 + 3 + 0.3
+        assert tally.amount() == D("15.8")
+        assert usage.amount_cents == tally.amount() * 100

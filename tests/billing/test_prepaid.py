@@ -19,7 +19,7 @@ import openai
 import orjson
 import pytest
 
-from tests.lago.standin import LagoStandIn, prepaid_ready
+from tests.lago.standin import LagoStandIn, billing_ready, prepaid_ready
 from tests.support.gateway import RunningGateway, run_gateway
 from tests.support.wait import eventually
 
@@ -29,7 +29,7 @@ N = 5
 CREDITS = "0.05"  # N requests' worth
 
 
-def _plan(lago: LagoStandIn) -> Any:
+def _plan(lago: LagoStandIn, *, in_advance: bool = False) -> Any:
     from lago_python_client.client import Client
     from lago_python_client.models import BillableMetric, Charge, Plan
 
@@ -47,6 +47,8 @@ def _plan(lago: LagoStandIn) -> Any:
                 billable_metric_id=lago.metrics["llm_tokens"]["lago_id"],
                 charge_model="standard",
                 properties={"amount": PRICE},
+                pay_in_advance=in_advance,
+                invoiceable=True,
             )
         ],
     )
@@ -394,3 +396,72 @@ def test_on_sqlite_with_the_in_process_limiter_the_wallet_pays_for_n_requests(la
         eventually(lambda: ask(gw) == 200, 10, "served after a jwt-signed top-up")
         shown = info(gw)["prepaid"]
         assert shown["reserved"] == "0" and Decimal(shown["available"]) <= Decimal("0.01")
+
+
+def test_charged_by_key_the_keys_wallet_holds_it_and_key_info_shows_it(
+    lago: LagoStandIn, pg_url: str, redis_url: str, redis_prefix: str
+) -> None:
+    prepaid_ready(lago, "acme", CREDITS, plan=_plan(lago))
+    cfg = config(lago, pg_url, redis_url, redis_prefix)
+    cfg["billing"]["charge_by"] = "key"
+    with gateways(cfg) as (gw,):
+        admin = {"Authorization": f"Bearer {gw.key}"}
+        made = httpx.post(
+            gw.url + "/key/generate", json={"billing_external_subscription_id": "acme"}, headers=admin
+        ).json()
+        key = made["key"]
+        with openai.OpenAI(base_url=gw.v1, api_key=key, max_retries=0) as client:
+            served = 0
+            for _ in range(N + 3):
+                try:
+                    client.chat.completions.create(model="demo", messages=HI)
+                except openai.APIStatusError as e:
+                    assert e.status_code == 402
+                    break
+                served += 1
+        assert N <= served <= N + 1
+        shown = httpx.get(gw.url + "/key/info", params={"key": key}, headers=admin).json()["info"]["prepaid"]
+        assert shown["charged_as"] == "key" and shown["entity_id"] == made["token"]
+        assert shown["lago_customer_id"] == "acme" and shown["funded"] == CREDITS
+        assert Decimal(shown["available"]) < Decimal(PRICE)
+
+
+def test_pay_in_advance_fees_lago_takes_from_the_balance_are_not_counted_twice(
+    lago: LagoStandIn, pg_url: str, redis_url: str, redis_prefix: str
+) -> None:
+    from lago_python_client.models import Charge, Plan
+
+    billing_ready(lago, [])  # the token metric
+    plan = Plan(
+        name="In advance",
+        code="in_advance",
+        interval="monthly",
+        amount_cents=0,
+        amount_currency="USD",
+        pay_in_advance=False,
+        charges=[
+            Charge(
+                billable_metric_id=lago.metrics["llm_tokens"]["lago_id"],
+                charge_model="standard",
+                properties={"amount": "0.001"},
+                pay_in_advance=True,
+                invoiceable=True,
+            )
+        ],
+    )
+    wallet = prepaid_ready(lago, "acme", "1.00", plan=plan)
+    with gateways(config(lago, pg_url, redis_url, redis_prefix)) as (gw,):
+        customer(gw)
+        lago.add_webhook(gw.url + "/webhooks/lago", "hmac")
+        for _ in range(3):
+            assert ask(gw, max_tokens=20) == 200
+        before = info(gw)["prepaid"]
+        assert Decimal(before["priced_usage"]) > 0
+        # Lago receives the events and takes each fee from the wallet at once (not as ongoing usage);
+        # its webhook makes the gateway read the wallet again
+        eventually(lambda: lago.wallets[wallet.lago_id].balance_cents < 100, 20, "Lago debited the wallet")
+        after = eventually(
+            lambda: (p := info(gw)["prepaid"])["lago_balance"] != "1" and p, 10, "a reading after the debit"
+        )
+        assert after["lago_counted_usage"] == "0"
+        assert abs(Decimal(after["available"]) - Decimal(before["available"])) < Decimal("0.01")

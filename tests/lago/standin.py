@@ -17,7 +17,38 @@ refer to the contract):
   (charges by metric lago_id, per-filter amounts as strings) and `current_usage` (§5): fees per
   filter, `units x amount` rounded half-up to cents per fee; events before a subscription's start
   or of an unknown code/subscription are stored (200) but never billed;
-* unrouted paths: 404 `resource_not_found`.
+* unrouted paths: 404 `resource_not_found`;
+* charge models (Lago's `app/services/charge_models/*`): `standard`, `package` (packages rounded up
+  after the free units), `graduated` (tiers, a tier's flat amount once it is entered), `volume` (all
+  units at the tier reached, plus its flat amount), `percentage` (rate, fixed amount per paid event,
+  free events / free units; per-transaction min/max only when `premium` is set, as Lago's licence
+  gate), per charge and per filter; charges keep `pay_in_advance`, and
+  `POST /events/estimate_fees` prices one event on them (the model's amount with it, less without);
+  an event of an invoiceable pay-in-advance charge is billed at once, paid from the customer's
+  wallets (an outbound `invoiced` transaction), and left out of the ongoing usage;
+* `GET /subscriptions/{external_id}`; subscriptions carry `current_billing_period_started_at` /
+  `_ending_at` (monthly calendar periods, UTC, from the start when it is later). `current_usage`
+  still counts every event since the start (the contract tests stamp events in past months);
+* wallets (`shared/lago/wallets/`): create (with paid/granted credits), list (paginated, also
+  `GET /customers/{id}/wallets`), find, update (name, priority, expiration_at...), terminate
+  (`DELETE`); `POST /wallet_transactions` makes one transaction per kind given (paid, granted,
+  voided); granted and voided settle at once, paid too unless `invoice_requires_successful_payment`
+  (the transaction's, or the wallet's): pending until `settle_payment(id)`, or failed by
+  `fail_payment(id)`. The balance moves when a transaction settles;
+* ongoing balance as self-hosted Lago keeps it: unchanged until `refresh_ongoing_balances()` (Lago's
+  periodic job; `auto_refresh(interval)` runs it in the stand-in's loop), which terminates expired
+  wallets and sets each wallet's ongoing usage from the customer's current usage, spread over its
+  active wallets by priority;
+* webhooks: endpoints by `POST /webhook_endpoints` or `add_webhook(url, algo)`; each webhook is
+  POSTed to every endpoint with `X-Lago-Signature` (`hmac`: Base64 of HMAC-SHA256 of the body keyed
+  with the API key; `jwt`: RS256 over `{"data": <body>, "iss": <url>}`, key at
+  `GET /webhooks/public_key` and `/webhooks/json_public_key`), `X-Lago-Signature-Algorithm` and
+  `X-Lago-Unique-Key` (one per webhook and endpoint, the same on retries); a failed attempt is
+  retried (`WEBHOOK_ATTEMPTS` in all, short doubling backoff). Sent: `wallet_transaction.created`,
+  `.updated`, `.payment_failure`, `wallet.depleted_ongoing_balance` (ongoing balance from > 0 to
+  <= 0 on a refresh). `webhooks` keeps every payload, `deliveries` every attempt
+  (`wait_deliveries(n)`); `sign_hmac(body)` / `sign_jwt(body)` sign as the stand-in does, for
+  tests that forge or replay webhooks.
 
 Faults for tests (on event posts unless said otherwise):
 
@@ -51,7 +82,8 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from decimal import ROUND_FLOOR, ROUND_HALF_UP, Decimal, InvalidOperation
+from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal, InvalidOperation
+from itertools import pairwise
 from typing import Any
 
 from aiohttp import ClientError, ClientSession, ClientTimeout, web
@@ -65,6 +97,7 @@ ALL_VALUES = "__ALL_FILTER_VALUES__"
 WEBHOOK_ATTEMPTS = 4  # the first delivery and 3 retries, as Lago's LAGO_WEBHOOK_ATTEMPTS default
 WEBHOOK_BACKOFF_S = 0.05  # doubled on each retry (Lago waits executions**4 + 2 seconds)
 WEBHOOK_TIMEOUT_S = 2.0
+CHARGE_MODELS = ("standard", "package", "graduated", "volume", "percentage")
 AGGREGATIONS = ("count_agg", "sum_agg", "max_agg", "unique_count_agg", "weighted_sum_agg", "latest_agg")
 
 
@@ -162,7 +195,9 @@ class Wallet:
     consumed_credits: Decimal = Decimal(0)
     ongoing_usage_cents: int = 0  # set only by `refresh_ongoing_balances`
     ongoing_usage_credits: Decimal = Decimal(0)
+    depleted: bool = False  # Lago's `depleted_ongoing_balance` flag: the webhook went, not sent again
     last_balance_sync_at: str | None = None
+    last_consumed_credit_at: str | None = None
 
 
 @dataclass
@@ -234,6 +269,7 @@ class LagoStandIn:
         self.faults = Faults()
         self._event_posts = 0
         self.organization_id = str(uuid.uuid4())
+        self.premium = False  # Lago's premium licence: percentage charges' per-transaction min/max
         self.wallets: dict[str, Wallet] = {}
         self.transactions: dict[str, WalletTransaction] = {}
         self.webhook_endpoints: list[dict[str, Any]] = []
@@ -270,6 +306,7 @@ class LagoStandIn:
         r = app.router
         r.add_post("/api/v1/events", self._event)
         r.add_post("/api/v1/events/batch", self._batch)
+        r.add_post("/api/v1/events/estimate_fees", self._estimate_fees)
         r.add_get("/api/v1/events", self._events)
         r.add_get("/api/v1/events/{transaction_id}", self._find_event)
         r.add_post("/api/v1/customers", self._customer)
@@ -300,6 +337,10 @@ class LagoStandIn:
         self._loop.run_until_complete(web.SockSite(runner, self._sock).start())
         self._ready.set()
         self._loop.run_forever()
+        pending = [t for t in (self._refresher, *self._deliveries) if t is not None]
+        for task in pending:
+            task.cancel()
+        self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         self._loop.run_until_complete(runner.cleanup())
         self._loop.close()
 
@@ -370,7 +411,11 @@ class LagoStandIn:
         token = (request.headers.get("Authorization") or "").split(" ")
         if len(token) < 2 or token[1] != self.api_key:
             return _error(401, "Unauthorized")
-        posting = request.path.startswith("/api/v1/events") and request.method == "POST"
+        posting = (
+            request.path.startswith("/api/v1/events")
+            and request.method == "POST"
+            and not request.path.endswith("/estimate_fees")
+        )
         stall: Stall | None = None
         if posting:
             with self._lock:
@@ -495,6 +540,7 @@ class LagoStandIn:
                 return _invalid({"transaction_id": ["value_already_exist"]})
             self._store([event])
             post.stored = True
+        self._bill_in_advance([event])
         return web.json_response({"event": event.serialize()})
 
     async def _batch(self, request: web.Request) -> web.Response:
@@ -525,6 +571,7 @@ class LagoStandIn:
                 return _invalid(taken)
             self._store(events)
             post.stored = True
+        self._bill_in_advance(events)
         return web.json_response({"events": [e.serialize() for e in events]})
 
     async def _events(self, request: web.Request) -> web.Response:
@@ -557,6 +604,114 @@ class LagoStandIn:
         if found is None:
             return _not_found("event")
         return web.json_response({"event": found.serialize()})
+
+    async def _estimate_fees(self, request: web.Request) -> web.Response:
+        """The fees an event would make on the subscription's pay-in-advance charges of its metric:
+        per charge, what the charge model gives for the period's events with this one, less without."""
+        raw = await self._body(request, "event")
+        if not isinstance(raw, dict):
+            return _missing("event")
+        sub = self.subscriptions.get(str(raw.get("external_subscription_id")))
+        if sub is None:
+            return _not_found("subscription")
+        metric = self.metrics.get(str(raw.get("code")))
+        if metric is None:
+            return _not_found("billable_metric")
+        charges = [
+            c for c in sub["plan"]["charges"] if c["billable_metric_code"] == metric["code"] and c.get("pay_in_advance")
+        ]
+        if not charges:
+            return _invalid({"code": ["does_not_match_an_instant_charge"]})
+        properties: dict[str, Any] = raw["properties"] if isinstance(raw.get("properties"), dict) else {}
+        started = _epoch(_with_period(sub)["current_billing_period_started_at"]) or Decimal(0)
+        with self._lock:
+            events = [
+                e for e in self.events if e.external_subscription_id == sub["external_id"] and e.timestamp >= started
+            ]
+        now = datetime.now(UTC)
+        event = StoredEvent(
+            lago_id=str(uuid.uuid4()),
+            transaction_id=str(raw.get("transaction_id") or uuid.uuid4()),
+            external_subscription_id=sub["external_id"],
+            code=metric["code"],
+            timestamp=Decimal(str(now.timestamp())),
+            properties=properties,
+            precise_total_amount_cents=None,
+            created_at=_now(),
+        )
+        fees = []
+        customer = self.customers.get(sub["external_customer_id"]) or {}
+        currency = sub["plan"]["amount_currency"]
+        for charge in charges:
+            before = _charge_usage(charge, self.metrics, events, self.premium)
+            after = _charge_usage(charge, self.metrics, [*events, event], self.premium)
+            # the bucket (filter, or the charge's default) this event falls in
+            bucket = next(
+                (
+                    i
+                    for i, (a, b) in enumerate(zip(before["filters"], after["filters"], strict=True))
+                    if a["events_count"] != b["events_count"]
+                ),
+                len(after["filters"]) - 1,
+            )
+            cents = after["filters"][bucket]["amount_cents"] - before["filters"][bucket]["amount_cents"]
+            units = Decimal(after["filters"][bucket]["units"]) - Decimal(before["filters"][bucket]["units"])
+            matched = charge["filters"][bucket] if bucket < len(charge["filters"]) else None
+            fees.append(
+                {
+                    "lago_id": None,
+                    "lago_charge_id": charge["lago_id"],
+                    "lago_charge_filter_id": matched["lago_id"] if matched else None,
+                    "lago_invoice_id": None,
+                    "lago_true_up_fee_id": None,
+                    "lago_true_up_parent_fee_id": None,
+                    "lago_subscription_id": sub["lago_id"],
+                    "lago_customer_id": customer.get("lago_id"),
+                    "external_customer_id": sub["external_customer_id"],
+                    "external_subscription_id": sub["external_id"],
+                    "amount_cents": cents,
+                    "precise_amount": _units(Decimal(cents) / 100),
+                    "precise_total_amount": _units(Decimal(cents) / 100),
+                    "amount_currency": currency,
+                    "taxes_amount_cents": 0,
+                    "taxes_precise_amount": "0.0",
+                    "taxes_rate": 0.0,
+                    "units": _units(units),
+                    "precise_unit_amount": _units(Decimal(cents) / 100 / units) if units else "0.0",
+                    "total_aggregated_units": _units(units),
+                    "total_amount_cents": cents,
+                    "total_amount_currency": currency,
+                    "events_count": 1,
+                    "pay_in_advance": True,
+                    "invoiceable": charge.get("invoiceable", True),
+                    "from_date": None,
+                    "to_date": None,
+                    "payment_status": "pending",
+                    "created_at": None,
+                    "succeeded_at": None,
+                    "failed_at": None,
+                    "refunded_at": None,
+                    "event_transaction_id": event.transaction_id,
+                    "precise_coupons_amount_cents": "0.0",
+                    "sub_total_excluding_taxes_amount_cents": cents,
+                    "sub_total_excluding_taxes_precise_amount_cents": _units(Decimal(cents)),
+                    "amount_details": {},
+                    "self_billed": False,
+                    "item": {
+                        "type": "charge",
+                        "code": metric["code"],
+                        "name": metric["name"],
+                        "description": metric.get("description"),
+                        "invoice_display_name": charge.get("invoice_display_name") or metric["name"],
+                        "filter_invoice_display_name": None,
+                        "filters": matched["values"] if matched else None,
+                        "lago_item_id": metric["lago_id"],
+                        "item_type": "BillableMetric",
+                        "grouped_by": {},
+                    },
+                }
+            )
+        return web.json_response({"fees": fees})
 
     # ---------------------------------------------------------------- customers and subscriptions
 
@@ -662,14 +817,16 @@ class LagoStandIn:
             "created_at": w.created_at,
             "expiration_at": w.expiration_at,
             "last_balance_sync_at": w.last_balance_sync_at,
-            "last_consumed_credit_at": None,
+            "last_consumed_credit_at": w.last_consumed_credit_at,
             "terminated_at": w.terminated_at,
             "invoice_requires_successful_payment": w.invoice_requires_successful_payment,
             "applies_to": w.applies_to,
             "recurring_transaction_rules": [],
             "ongoing_balance_cents": w.balance_cents - w.ongoing_usage_cents,
             "ongoing_usage_balance_cents": w.ongoing_usage_cents,
-            "credits_ongoing_balance": _units(w.credits_balance - w.ongoing_usage_credits),
+            "credits_ongoing_balance": _units(
+                _credits(Decimal(w.balance_cents - w.ongoing_usage_cents) / 100 / w.rate_amount)
+            ),
             "credits_ongoing_usage_balance": _units(w.ongoing_usage_credits),
             "paid_top_up_min_amount_cents": None,
             "paid_top_up_max_amount_cents": None,
@@ -737,8 +894,8 @@ class LagoStandIn:
         expiration = raw.get("expiration_at")
         if expiration is not None and _instant(expiration, future=True) is None:
             errors["expiration_at"] = ["invalid_date"]
-        name = raw.get("name")
-        code = raw.get("code") or (str(name).lower().replace(" ", "_") if name else "default")
+        label = raw.get("name")
+        code = str(raw.get("code") or (str(label).lower().replace(" ", "_") if label else "default"))
         with self._lock:
             if any(
                 w.code == code and w.status == "active" and w.external_customer_id == customer_id
@@ -753,7 +910,7 @@ class LagoStandIn:
             lago_id=str(uuid.uuid4()),
             external_customer_id=str(customer_id),
             currency=str(currency),
-            name=name,
+            name=label,
             code=code,
             priority=priority,
             rate_amount=rate,
@@ -952,20 +1109,113 @@ class LagoStandIn:
             t = self.transactions[transaction_id]
             if t.status != "pending":
                 return
-            failure = self._webhook_body("wallet_transaction.payment_failure", t)
+            customer = self.customers.get(self.wallets[t.wallet_id].external_customer_id) or {}
+            failure = {
+                "webhook_type": "wallet_transaction.payment_failure",
+                "object_type": "payment_provider_wallet_transaction_payment_error",
+                "organization_id": self.organization_id,
+                "payment_provider_wallet_transaction_payment_error": {
+                    "lago_wallet_transaction_id": t.lago_id,
+                    "lago_customer_id": customer.get("lago_id"),
+                    "external_customer_id": customer.get("external_id"),
+                    "provider_customer_id": f"cus_{customer.get('external_id')}",
+                    "payment_provider": "stripe",
+                    "payment_provider_code": "stripe",
+                    "provider_error": {"message": "Your card was declined.", "error_code": "card_declined"},
+                },
+            }
             t.status, t.failed_at = "failed", _second(datetime.now(UTC))
             updated = self._webhook_body("wallet_transaction.updated", t)
         self._emit(failure)
         self._emit(updated)
 
+    def _bill_in_advance(self, events: list[StoredEvent]) -> None:
+        """Lago bills an invoiceable pay-in-advance charge when its event arrives: the fee (what
+        the charge model gives for the period's events with this one, less without) is invoiced
+        and paid from the customer's wallets first, in priority order, each down to zero at most:
+        an outbound `invoiced` transaction per wallet (`wallet_transaction.created`)."""
+        for event in events:
+            sub = self.subscriptions.get(event.external_subscription_id or "")
+            if sub is None or sub["status"] != "active":
+                continue
+            charges = [
+                c
+                for c in sub["plan"]["charges"]
+                if c.get("pay_in_advance") and c.get("invoiceable", True) and c["billable_metric_code"] == event.code
+            ]
+            start = _epoch(_with_period(sub)["current_billing_period_started_at"]) or Decimal(0)
+            if not charges or event.timestamp < start:
+                continue
+            with self._lock:
+                index = next((i for i, e in enumerate(self.events) if e is event), len(self.events))
+                prior = [
+                    e
+                    for e in self.events[:index]
+                    if e.external_subscription_id == sub["external_id"] and e.timestamp >= start
+                ]
+            fee = sum(
+                _charge_usage(c, self.metrics, [*prior, event], self.premium)["amount_cents"]
+                - _charge_usage(c, self.metrics, prior, self.premium)["amount_cents"]
+                for c in charges
+            )
+            if fee > 0:
+                self._pay_from_wallets(
+                    sub["external_customer_id"], str(event.code), sub["plan"]["amount_currency"], fee
+                )
+
+    def _pay_from_wallets(self, customer_id: str, metric_code: str, currency: str, cents: int) -> None:
+        made: list[dict[str, Any]] = []
+        now = _second(datetime.now(UTC))
+        with self._lock:
+            wallets = sorted(
+                (
+                    w
+                    for w in self.wallets.values()
+                    if w.external_customer_id == customer_id
+                    and w.status == "active"
+                    and w.currency == currency
+                    and _applies(w, metric_code)
+                ),
+                key=lambda w: (w.priority, w.created_at),
+            )
+            for w in wallets:
+                take = min(cents, max(w.balance_cents, 0))
+                if take <= 0:
+                    continue
+                cents -= take
+                t = WalletTransaction(
+                    lago_id=str(uuid.uuid4()),
+                    wallet_id=w.lago_id,
+                    transaction_status="invoiced",
+                    transaction_type="outbound",
+                    credit_amount=_credits(Decimal(take) / 100 / w.rate_amount),
+                    amount=Decimal(take) / 100,
+                    invoice_id=str(uuid.uuid4()),
+                    invoice_requires_successful_payment=False,
+                    created_at=now,
+                    name=None,
+                    metadata=[],
+                )
+                self.transactions[t.lago_id] = t
+                _settle(w, t)
+                w.consumed_credits += t.credit_amount
+                w.last_consumed_credit_at = now
+                made.append(self._webhook_body("wallet_transaction.created", t))
+        for body in made:
+            self._emit(body)
+
     # ---------------------------------------------------------------- ongoing balance
 
     def refresh_ongoing_balances(self, customer: str | None = None) -> None:
-        """Lago's periodic refresh (self-hosted, no real-time add-on): terminates expired wallets,
-        then sets each active wallet's ongoing usage from the customer's current usage (all active
-        subscriptions, as `current_usage` computes it), spread over its wallets by priority (1 first;
-        each takes what its balance covers, the last one the rest). A wallet whose ongoing balance
-        falls from > 0 to <= 0 sends `wallet.depleted_ongoing_balance`."""
+        """Lago's periodic refresh (self-hosted, without the real-time add-on): terminates expired
+        wallets, then sets each active wallet's ongoing usage from the customer's current usage (all
+        its active subscriptions, as `current_usage` prices them, less pay-in-advance charges: those
+        were paid from the balance when their events came, `_bill_in_advance`), allocated as Lago's
+        `AllocateOngoingUsageByWalletsService` does: per (metric, currency), largest first, over
+        the wallets that apply to it (same currency; `applies_to` empty, or naming `charge` or the
+        metric) in priority order, each up to its balance, the last one taking the rest. A wallet
+        whose ongoing balance reaches <= 0 sends `wallet.depleted_ongoing_balance` once, until it is
+        positive again."""
         now = datetime.now(UTC)
         with self._lock:
             for w in self.wallets.values():
@@ -978,12 +1228,17 @@ class LagoStandIn:
             )
         depleted: list[dict[str, Any]] = []
         for customer_id in customers:
-            subs = [
-                s
-                for s in list(self.subscriptions.values())
-                if s["external_customer_id"] == customer_id and s["status"] == "active"
-            ]
-            usage = sum(self._usage(s)["total_amount_cents"] for s in subs)
+            amounts: dict[tuple[str, str], int] = {}  # (metric code, currency) -> cents
+            for sub in list(self.subscriptions.values()):
+                if sub["external_customer_id"] != customer_id or sub["status"] != "active":
+                    continue
+                usage = self._usage(sub)
+                in_advance = {c["lago_id"] for c in sub["plan"]["charges"] if c.get("pay_in_advance")}
+                for charge in usage["charges_usage"]:
+                    if charge["charge"]["lago_id"] in in_advance:  # billed when their events came
+                        continue
+                    key = (charge["billable_metric"]["code"], usage["currency"])
+                    amounts[key] = amounts.get(key, 0) + charge["amount_cents"]
             with self._lock:
                 wallets = sorted(
                     (
@@ -993,15 +1248,31 @@ class LagoStandIn:
                     ),
                     key=lambda w: (w.priority, w.created_at),
                 )
-                left = usage
-                for i, w in enumerate(wallets):
-                    before = w.balance_cents - w.ongoing_usage_cents
-                    share = left if i == len(wallets) - 1 else min(left, max(w.balance_cents, 0))
-                    left -= share
-                    w.ongoing_usage_cents = share
-                    w.ongoing_usage_credits = Decimal(share) / 100 / w.rate_amount
-                    if before > 0 >= w.balance_cents - share:
+                allocated = dict.fromkeys((w.lago_id for w in wallets), 0)
+                for (code, currency), amount in sorted(amounts.items(), key=lambda kv: (-kv[1], kv[0])):
+                    applicable = [w for w in wallets if w.currency == currency and _applies(w, code)]
+                    remaining = amount
+                    for i, w in enumerate(applicable):
+                        if remaining <= 0:
+                            break
+                        if i == len(applicable) - 1:
+                            take = remaining
+                        else:
+                            room = w.balance_cents - allocated[w.lago_id]
+                            if room <= 0:
+                                continue
+                            take = min(remaining, room)
+                        allocated[w.lago_id] += take
+                        remaining -= take
+                for w in wallets:
+                    w.ongoing_usage_cents = allocated[w.lago_id]
+                    w.ongoing_usage_credits = _credits(Decimal(w.ongoing_usage_cents) / 100 / w.rate_amount)
+                    ongoing = w.balance_cents - w.ongoing_usage_cents
+                    if ongoing <= 0 and not w.depleted:
+                        w.depleted = True
                         depleted.append(self._webhook_body("wallet.depleted_ongoing_balance", w))
+                    elif ongoing > 0:
+                        w.depleted = False
         for body in depleted:
             self._emit(body)
 
@@ -1207,22 +1478,28 @@ class LagoStandIn:
             metric = by_id.get(charge.get("billable_metric_id"))
             if metric is None:
                 return _not_found("billable_metrics")
-            amount = (charge.get("properties") or {}).get("amount", "0")
-            if not isinstance(amount, str):
-                return _invalid({"amount": ["invalid_amount"]})
+            model = charge.get("charge_model", "standard")
+            if model not in CHARGE_MODELS:
+                return _invalid({"charge_model": ["value_is_invalid"]})
+            properties, errors = _charge_properties(model, charge.get("properties") or {})
+            if errors:
+                return _invalid(errors)
             filters = []
             for f in charge.get("filters") or []:
-                famount = (f.get("properties") or {}).get("amount")
-                if not isinstance(famount, str):
-                    return _invalid({"amount": ["invalid_amount"]})
-                filters.append({"lago_id": str(uuid.uuid4()), "values": f["values"], "properties": {"amount": famount}})
+                fproperties, errors = _charge_properties(model, f.get("properties") or {})
+                if errors:
+                    return _invalid(errors)
+                filters.append({"lago_id": str(uuid.uuid4()), "values": f["values"], "properties": fproperties})
             charges.append(
                 {
                     "lago_id": str(uuid.uuid4()),
                     "billable_metric_id": metric["lago_id"],
                     "billable_metric_code": metric["code"],
-                    "charge_model": charge.get("charge_model", "standard"),
-                    "properties": {"amount": amount},
+                    "charge_model": model,
+                    "pay_in_advance": bool(charge.get("pay_in_advance", False)),
+                    "invoiceable": bool(charge.get("invoiceable", True)),
+                    "invoice_display_name": charge.get("invoice_display_name"),
+                    "properties": properties,
                     "filters": filters,
                 }
             )
@@ -1259,7 +1536,7 @@ class LagoStandIn:
             events = [
                 e for e in self.events if e.external_subscription_id == sub["external_id"] and e.timestamp >= started
             ]
-        usage = [_charge_usage(charge, self.metrics, events) for charge in sub["plan"]["charges"]]
+        usage = [_charge_usage(charge, self.metrics, events, self.premium) for charge in sub["plan"]["charges"]]
         total = sum(c["amount_cents"] for c in usage)
         return {
             "from_datetime": sub["started_at"],
@@ -1274,7 +1551,9 @@ class LagoStandIn:
         }
 
 
-def _charge_usage(charge: dict[str, Any], metrics: dict[str, Any], events: list[StoredEvent]) -> dict[str, Any]:
+def _charge_usage(
+    charge: dict[str, Any], metrics: dict[str, Any], events: list[StoredEvent], premium: bool = False
+) -> dict[str, Any]:
     metric = metrics[charge["billable_metric_code"]]
     declared = {f["key"]: set(f["values"]) for f in metric["filters"]}
     mine = [e for e in events if e.code == metric["code"]]
@@ -1300,7 +1579,7 @@ def _charge_usage(charge: dict[str, Any], metrics: dict[str, Any], events: list[
         hit = [e for e in mine if matches(e, f["values"])]
         claimed.update(e.lago_id for e in hit)
         units = sum((value(e) for e in hit), Decimal(0))
-        cents = _cents(units, f["properties"]["amount"])
+        cents = _fee_cents(charge["charge_model"], f["properties"], [value(e) for e in hit], premium)
         filters_out.append(
             {
                 "values": f["values"],
@@ -1312,7 +1591,7 @@ def _charge_usage(charge: dict[str, Any], metrics: dict[str, Any], events: list[
         )
     rest = [e for e in mine if e.lago_id not in claimed]
     rest_units = sum((value(e) for e in rest), Decimal(0))
-    rest_cents = _cents(rest_units, charge["properties"]["amount"])
+    rest_cents = _fee_cents(charge["charge_model"], charge["properties"], [value(e) for e in rest], premium)
     filters_out.append(
         {
             "values": {},
@@ -1348,9 +1627,185 @@ def _units(units: Decimal) -> str:
     return text if "." in text else text + ".0"
 
 
-def _cents(units: Decimal, amount: str) -> int:
-    """One fee: units x amount, rounded half-up to whole cents."""
-    return int((units * Decimal(amount) * 100).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+def _fee_cents(model: str, properties: dict[str, Any], values: list[Decimal], premium: bool = False) -> int:
+    """One fee: the charge model's amount, rounded half-up to whole cents."""
+    amount = charge_amount(model, properties, values, premium=premium)
+    return int((amount * 100).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def _charge_properties(model: str, raw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """The properties a charge model keeps, and Lago's 422 details when they are wrong (amounts are
+    strings; a JSON number is `invalid_amount`, section 5)."""
+
+    def money(name: str, *, required: bool = True) -> bool:
+        value = raw.get(name)
+        if value is None:
+            return not required
+        return isinstance(value, str) and _decimal(value) is not None and Decimal(value) >= 0
+
+    def ranges(name: str) -> bool:
+        tiers = raw.get(name)
+        if not isinstance(tiers, list) or not tiers:
+            return False
+        return (
+            all(
+                isinstance(t, dict)
+                and isinstance(t.get("from_value"), int)
+                and (t.get("to_value") is None or isinstance(t.get("to_value"), int))
+                and isinstance(t.get("per_unit_amount"), str)
+                and isinstance(t.get("flat_amount"), str)
+                and _decimal(t["per_unit_amount"]) is not None
+                and _decimal(t["flat_amount"]) is not None
+                for t in tiers
+            )
+            and tiers[-1].get("to_value") is None
+        )
+
+    errors: dict[str, list[str]] = {}
+    if model == "standard":
+        amount = raw.get("amount", "0")
+        if not isinstance(amount, str):
+            errors["amount"] = ["invalid_amount"]
+        return {"amount": amount}, errors
+    if model == "package":
+        if not money("amount"):
+            errors["amount"] = ["invalid_amount"]
+        size, free = raw.get("package_size"), raw.get("free_units", 0)
+        if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+            errors["package_size"] = ["invalid_package_size"]
+        if isinstance(free, bool) or not isinstance(free, int) or free < 0:
+            errors["free_units"] = ["invalid_free_units"]
+        return {"amount": raw.get("amount"), "package_size": size, "free_units": free}, errors
+    if model in ("graduated", "volume"):
+        name = f"{model}_ranges"
+        if not ranges(name):
+            errors[name] = [f"invalid_{name}"]
+        return {name: raw.get(name)}, errors
+    # percentage
+    if not money("rate"):
+        errors["rate"] = ["invalid_rate"]
+    for name in ("fixed_amount", "free_units_per_total_aggregation", "per_transaction_min_amount"):
+        if not money(name, required=False):
+            errors[name] = [f"invalid_{name}"]
+    if not money("per_transaction_max_amount", required=False):
+        errors["per_transaction_max_amount"] = ["invalid_amount"]
+    events = raw.get("free_units_per_events")
+    if events is not None and (isinstance(events, bool) or not isinstance(events, int) or events < 0):
+        errors["free_units_per_events"] = ["invalid_free_units_per_events"]
+    kept = (
+        "rate",
+        "fixed_amount",
+        "free_units_per_events",
+        "free_units_per_total_aggregation",
+        "per_transaction_min_amount",
+        "per_transaction_max_amount",
+    )
+    return {k: raw.get(k) for k in kept}, errors
+
+
+def charge_amount(model: str, properties: dict[str, Any], values: list[Decimal], *, premium: bool = False) -> Decimal:
+    """What Lago's charge model (`app/services/charge_models/*_service.rb`) makes of a bucket of
+    events, given their values in the order they were received, in currency units (not rounded)."""
+    units = sum(values, Decimal(0))
+    if model == "standard":
+        return units * Decimal(properties["amount"])
+    if model == "package":
+        paid = units - Decimal(properties.get("free_units") or 0)
+        if paid < 0:
+            return Decimal(0)
+        # a package counts from its first unit: rounded up
+        packages = (paid / Decimal(properties["package_size"])).to_integral_value(rounding=ROUND_CEILING)
+        return packages * Decimal(properties["amount"])
+    if model == "graduated":
+        return _graduated(properties["graduated_ranges"], units)
+    if model == "volume":
+        tiers = sorted(properties["volume_ranges"], key=lambda t: t["from_value"])
+        ceiling = units.to_integral_value(rounding=ROUND_CEILING)
+        tier = next(
+            (t for t in tiers if t["from_value"] <= ceiling and (t["to_value"] is None or units <= t["to_value"])),
+            None,
+        )
+        if tier is None:
+            return Decimal(0)
+        return units * Decimal(tier["per_unit_amount"]) + Decimal(tier["flat_amount"])
+    return _percentage(properties, values, premium)
+
+
+def _graduated(tiers: list[dict[str, Any]], units: Decimal) -> Decimal:
+    """Each tier prices the units that fall in it, plus its flat amount once entered. Tiers are
+    inclusive (0-10, 11-20: a tier from N > 0 counts N too), or half-open when adjacent (0-10, 10-20)."""
+    adjacent = len(tiers) >= 2 and all(
+        Decimal(b["from_value"]) == Decimal(a["to_value"] or 0) for a, b in pairwise(tiers)
+    )
+    total = Decimal(0)
+    for tier in tiers:
+        low, high = Decimal(tier["from_value"]), tier["to_value"]
+        effective = Decimal(high) if high is not None and units >= high else units
+        inside = effective if low == 0 else (effective - low if adjacent else effective - low + 1)
+        if inside != 0:
+            total += inside * Decimal(tier["per_unit_amount"])
+            if units != 0:
+                total += Decimal(tier["flat_amount"])
+        if high is None or high >= units:
+            break
+    return total
+
+
+def _percentage(properties: dict[str, Any], values: list[Decimal], premium: bool) -> Decimal:
+    """`rate` % of the units beyond the free ones, plus `fixed_amount` per event beyond the free
+    events; per-transaction min/max only with a premium licence (Lago ignores them otherwise)."""
+    units = sum(values, Decimal(0))
+    rate = Decimal(str(properties["rate"]))
+    fixed = Decimal(str(properties.get("fixed_amount") or 0))
+    free_events = int(properties.get("free_units_per_events") or 0)
+    free_total = Decimal(str(properties.get("free_units_per_total_aggregation") or 0))
+    low, high = properties.get("per_transaction_min_amount"), properties.get("per_transaction_max_amount")
+    if premium and (low or high):
+        total = Decimal(0)
+        events_left, amount_left = free_events, free_total
+        for value in values:
+            if events_left > 0 or amount_left > 0:
+                events_left -= 1
+                if amount_left <= 0:
+                    continue
+                if amount_left > value:
+                    amount_left -= value
+                    continue
+                value -= amount_left
+                amount_left, events_left = Decimal(0), 0
+            amount = value * rate / 100 + fixed
+            if low and amount < Decimal(low):
+                amount = Decimal(low)
+            elif high and amount > Decimal(high):
+                amount = Decimal(high)
+            total += amount
+        return total
+    # the aggregation's running total (sum_service.rb): the first `free_units_per_events` events,
+    # else events up to and including the one that passes `free_units_per_total_aggregation`
+    running: list[Decimal] = []
+    acc = Decimal(0)
+    if free_events:
+        for value in values[:free_events]:
+            acc += value
+            running.append(acc)
+    elif free_total:
+        for value in values:
+            if free_total < acc:
+                break
+            acc += value
+            running.append(acc)
+    last = running[-1] if running else Decimal(0)
+    if last == 0:
+        free_units = Decimal(0)
+    elif free_total == 0 or last <= free_total:
+        free_units = last
+    else:
+        free_units = free_total
+    free_count = min([n for n in (free_events, sum(1 for r in running if r < free_total)) if n] or [0])
+    percentage = Decimal(0) if free_units > units else (units - free_units) * rate / 100
+    if units == 0 or free_count >= len(values):
+        return percentage
+    return percentage + (len(values) - free_count) * fixed
 
 
 def _decimal(value: Any) -> Decimal | None:
@@ -1392,12 +1847,23 @@ def _page(root: str, items: list[dict[str, Any]], request: web.Request) -> web.R
 
 
 def _settle(wallet: Wallet, t: WalletTransaction) -> None:
-    """A transaction lands: inbound credits add to the balance, voided ones take from it."""
+    """A transaction lands: inbound credits add to the balance, outbound ones (voided, invoiced) take from it."""
     sign = 1 if t.transaction_type == "inbound" else -1
     t.status, t.settled_at = "settled", _second(datetime.now(UTC))
     wallet.credits_balance += sign * t.credit_amount
     wallet.balance_cents += sign * int((t.amount * 100).quantize(Decimal(1), rounding=ROUND_HALF_UP))
     wallet.last_balance_sync_at = t.settled_at
+
+
+def _applies(wallet: Wallet, metric_code: str) -> bool:
+    """Whether a wallet pays for a charge fee of this metric (`applies_to`, Lago's FindApplicableOnFees)."""
+    types, codes = wallet.applies_to.get("fee_types") or [], wallet.applies_to.get("billable_metric_codes") or []
+    return (not types and not codes) or "charge" in types or metric_code in codes
+
+
+def _credits(value: Decimal) -> Decimal:
+    """Credits as Lago's decimal(30, 5) columns keep them."""
+    return value.quantize(Decimal("0.00001"), rounding=ROUND_HALF_UP)
 
 
 def _terminate(wallet: Wallet) -> None:

@@ -9,6 +9,7 @@ import hashlib
 import hmac
 import json
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -206,7 +207,7 @@ def test_depleted_ongoing_balance_is_sent_once(lago: LagoStandIn, receiver: Rece
 
 
 def test_refresh_terminates_expired_wallets(lago: LagoStandIn) -> None:
-    soon = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
+    soon = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     wallet = prepaid_ready(lago, "acme", "1", expiration_at=soon)
     lago.wallets[wallet.lago_id].expiration_at = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
     lago.refresh_ongoing_balances()
@@ -249,8 +250,8 @@ def test_jwt_webhooks_verify_with_the_public_key(lago: LagoStandIn, receiver: Re
     pending = paid["wallet_transactions"][0]
     lago.fail_payment(pending.lago_id)
     lago.wait_deliveries(4)
-    kinds = [json.loads(body)["webhook_type"] for _, body in receiver.received]
-    assert kinds == [
+    payloads = [json.loads(body) for _, body in receiver.received]  # concurrent deliveries: any order
+    assert sorted(p["webhook_type"] for p in payloads) == [
         "wallet_transaction.created",
         "wallet_transaction.created",
         "wallet_transaction.payment_failure",
@@ -263,7 +264,10 @@ def test_jwt_webhooks_verify_with_the_public_key(lago: LagoStandIn, receiver: Re
         assert headers["X-Lago-Signature-Algorithm"] == "jwt"
         claims = jwt.decode(headers["X-Lago-Signature"], key, algorithms=["RS256"], issuer=lago.url)
         assert claims["data"] == body.decode()
-    updated = json.loads(receiver.received[-1][1])["wallet_transaction"]
+    (failure,) = [p for p in payloads if p["webhook_type"] == "wallet_transaction.payment_failure"]
+    assert _webhook_required("wallet_transaction_payment_failure.yaml") <= set(failure)
+    assert failure["payment_provider_wallet_transaction_payment_error"]["lago_wallet_transaction_id"] == pending.lago_id
+    (updated,) = [p["wallet_transaction"] for p in payloads if p["webhook_type"] == "wallet_transaction.updated"]
     assert updated["status"] == "failed" and updated["failed_at"] is not None
     assert lago.sign_jwt(b"{}") and lago.sign_hmac(b"{}")
 
@@ -279,3 +283,90 @@ def test_subscriptions_carry_their_current_billing_period(lago: LagoStandIn) -> 
     assert listed["current_billing_period_ending_at"] == sub["current_billing_period_ending_at"]
     found = _client(lago).subscriptions.find("acme")
     assert found is not None and found.external_id == "acme"
+
+
+def test_auto_refresh_runs_the_refresh_in_the_background(lago: LagoStandIn) -> None:
+    wallet = prepaid_ready(lago, "acme", "10")
+    _usage_events(lago, "acme", 1000)  # 1.00 USD
+    lago.auto_refresh(0.02)
+    client = _client(lago)
+    seen = None
+    for _ in range(250):  # bounded: ~5 s at most
+        found = client.wallets.find(wallet.lago_id)
+        assert found is not None
+        seen = found.ongoing_usage_balance_cents
+        if seen == 100:
+            break
+        time.sleep(0.02)
+    lago.auto_refresh(None)
+    assert seen == 100
+
+
+def test_a_wallet_limited_to_another_metric_takes_no_usage(lago: LagoStandIn) -> None:
+    from lago_python_client.models.wallet import AppliesTo
+
+    other = prepaid_ready(
+        lago, "acme", "5", priority=1, code="other", applies_to=AppliesTo(billable_metric_codes=["x"])
+    )
+    client = _client(lago)
+    general = client.wallets.create(
+        Wallet(external_customer_id="acme", rate_amount="1.0", currency="USD", granted_credits="5", code="general")
+    )
+    assert general is not None and other.applies_to is not None
+    _usage_events(lago, "acme", 1000)
+    lago.refresh_ongoing_balances("acme")
+    a, b = client.wallets.find(other.lago_id), client.wallets.find(general.lago_id)
+    assert a is not None and b is not None
+    assert (a.ongoing_usage_balance_cents, b.ongoing_usage_balance_cents) == (0, 100)
+
+
+def test_depleted_is_sent_again_after_a_top_up_brought_the_balance_back(lago: LagoStandIn) -> None:
+    wallet = prepaid_ready(lago, "acme", "1")
+    _usage_events(lago, "acme", 1000, prefix="a")  # 1.00: ongoing balance 0
+    lago.refresh_ongoing_balances()
+    _client(lago).wallet_transactions.create(WalletTransaction(wallet_id=wallet.lago_id, granted_credits="1"))
+    lago.refresh_ongoing_balances()  # 1.00 again: positive, the flag is cleared
+    _usage_events(lago, "acme", 1500, prefix="b")
+    lago.refresh_ongoing_balances()
+    lago.refresh_ongoing_balances()
+    depleted = [w for w in lago.webhooks if w["webhook_type"] == "wallet.depleted_ongoing_balance"]
+    assert [w["wallet"]["ongoing_balance_cents"] for w in depleted] == [0, -50]
+
+
+def test_a_pay_in_advance_charge_is_paid_from_the_wallet_when_its_event_comes(lago: LagoStandIn) -> None:
+    from lago_python_client.models import Charge, Plan
+
+    if "llm_tokens" not in lago.metrics:
+        from tests.lago.standin import billing_ready
+
+        billing_ready(lago, [])
+    plan = Plan(
+        name="Instant",
+        code="instant",
+        interval="monthly",
+        amount_cents=0,
+        amount_currency="USD",
+        pay_in_advance=False,
+        charges=[
+            Charge(
+                billable_metric_id=lago.metrics["llm_tokens"]["lago_id"],
+                charge_model="standard",
+                pay_in_advance=True,
+                invoiceable=True,
+                properties={"amount": "0.001"},
+            )
+        ],
+    )
+    wallet = prepaid_ready(lago, "acme", "5", plan=plan)
+    _usage_events(lago, "acme", 1000)  # 1.00 billed at once
+    client = _client(lago)
+    found = client.wallets.find(wallet.lago_id)
+    assert found is not None and found.balance_cents == 400 and found.credits_balance == "4.0"
+    assert found.consumed_credits == "1.0" and found.ongoing_balance_cents == 400
+    lago.refresh_ongoing_balances()
+    found = client.wallets.find(wallet.lago_id)
+    assert found is not None and (found.ongoing_usage_balance_cents, found.ongoing_balance_cents) == (0, 400)
+    (invoiced,) = client.wallet_transactions.find_all(wallet.lago_id, {"transaction_status": "invoiced"})[
+        "wallet_transactions"
+    ]
+    assert (invoiced.transaction_type, invoiced.status, invoiced.amount) == ("outbound", "settled", "1.0")

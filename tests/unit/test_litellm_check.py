@@ -34,7 +34,7 @@ def test_quick_start_serves_bedrock_refuses_wildcards_and_names_ignored_settings
     assert v["model_list[4] (vllm-models)"] == "honoured"
     assert v["model_list[4] (vllm-models).model_info.version"] == "ignored"
     assert v["general_settings.master_key"] == "honoured"
-    assert v["general_settings.alerting"] == "ignored"
+    assert v["general_settings.alerting"] == "honoured"
     assert v["litellm_settings.drop_params"] == "ignored"
     assert v["litellm_settings.success_callback: langfuse"] == "ignored"
     assert found.starts, found.problem  # Bedrock takes its credentials from the standard AWS chain

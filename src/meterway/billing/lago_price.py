@@ -28,6 +28,12 @@ Left out on purpose: taxes (the caller applies `billing.prepaid.tax_rate`), `min
 (a true-up Lago adds only when it invoices, never in current usage), and rounding to cents (Lago
 rounds each fee; the budget keeps the exact figure, the difference is under a cent per fee).
 
+For the caller comparing with a wallet: Lago's ongoing usage (`Wallets::Balance::
+AllocateOngoingUsageByWalletsService`) is current usage with each fee rounded to cents plus its
+taxes, minus the fees of pay_in_advance charges already invoiced (those debit the balance at
+once); this module prices a pay_in_advance charge as current usage does, so it is the caller's
+to net it out.
+
 Approximations, all for grouped events (`Tally.add(event, count > 1)`, a SQL GROUP BY of ledger
 rows) under a percentage charge with free units or per-transaction bounds, which need each
 event's own value: the group is taken as `count` events of its mean value, in the order added.

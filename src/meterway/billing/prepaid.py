@@ -179,7 +179,7 @@ class Prepaid:
 
     async def _with_tally(self, reading: Reading, within: aiohttp.ClientTimeout) -> Priced:
         plan = await self.wallets.plan(reading.plan_code or "", within)
-        price, tally, fallback = await self._tally(reading.entity_id, reading.subscription_id or "", plan, reading)
+        price, tally, fallback, _ = await self._tally(reading.entity_id, reading.subscription_id or "", plan, reading)
         return Priced(reading, price, tally, self._clock(), fallback is not None)
 
     def forget(self, entity: str | None = None) -> None:
@@ -246,9 +246,9 @@ class Prepaid:
         )
         if not usable:
             return reading, None
-        price, tally, fallback = await self._tally(entity, sub.external_id, plan, reading)
+        price, tally, fallback, (advance, paid) = await self._tally(entity, sub.external_id, plan, reading)
         priced_units = self.units(tally.amount()) + (fallback or 0)
-        reading = replace(reading, priced=priced_units)
+        reading = replace(reading, priced=priced_units, advance=min(advance, priced_units), advance_paid=paid)
         return reading, Priced(reading, price, tally, self._clock(), fallback is not None)
 
     def units(self, amount: Decimal) -> int:
@@ -257,11 +257,13 @@ class Prepaid:
 
     async def _tally(
         self, entity: str, subscription: str, plan: Plan, reading: Reading
-    ) -> tuple[PlanPrice, Tally, int | None]:
+    ) -> tuple[PlanPrice, Tally, int | None, tuple[int, int]]:
         """The plan's price model, the tally of the period's rows (one aggregation over the
         ledger, grouped by what the events read that does not add up) and, when the plan has
         charges the model cannot price (`PlanPrice.unpriced`), the ledger's own cost of those
-        rows, which stands in for them (said in `status`)."""
+        rows, which stands in for them (said in the log); and, of the period's price, the part of
+        invoiceable pay-in-advance charges and what of it Lago had already taken from the
+        balance (the rows whose export was sent), in money units."""
         from meterway.billing.lago_price import PlanPrice
 
         price = PlanPrice.parse(plan.body, plan.metrics)
@@ -273,8 +275,13 @@ class Prepaid:
                 plan.code,
                 ", ".join(price.unpriced),
             )
+        charges = [c for c in plan.body.get("charges") or [] if isinstance(c, dict)]
+        in_advance = [c for c in charges if c.get("pay_in_advance") and c.get("invoiceable", True) is not False]
+        advance = PlanPrice.parse({**plan.body, "charges": in_advance}, plan.metrics) if in_advance else None
+        advance_all = advance.tally() if advance is not None else None
+        advance_sent = advance.tally() if advance is not None else None
         if reading.period_start is None:
-            return price, tally, fallback
+            return price, tally, fallback, (0, 0)
         grouped, by_metadata = grouping(self.billing)
         rows = await self.store.prepaid.period_rows(
             CHARGED[self.billing.charge_by], entity, reading.period_start, grouped, by_metadata
@@ -284,9 +291,19 @@ class Prepaid:
             summed = _summed_row(row)
             if fallback is not None:
                 fallback += pricing.units(summed.get("cost") or 0)
+            sent = bool(summed.pop("sent", 0))
             for event in events_for(summed, subscription, self.billing):
                 tally.add(event, count)
-        return price, tally, fallback
+                if advance_all is not None and advance_sent is not None:
+                    advance_all.add(event, count)
+                    if sent:
+                        advance_sent.add(event, count)
+        paid = (
+            (self.units(advance_all.amount()), self.units(advance_sent.amount()))
+            if advance_all is not None and advance_sent is not None
+            else (0, 0)
+        )
+        return price, tally, fallback, paid
 
     # ------------------------------------------------------------------ prices of requests
 

@@ -97,6 +97,8 @@ _GENERAL_WHY = {
     "store_model_in_db": "/model/new, /model/update, /model/delete store deployments, credentials encrypted",
     "user_header_name": "the header naming the request's customer (docs/billing.md)",
     "user_header_mappings": "headers of role customer name the request's customer (docs/billing.md)",
+    "alerting": "budget alerts to webhook (WEBHOOK_URL) and slack (SLACK_WEBHOOK_URL) (docs/alerts.md)",
+    "alerting_args": "budget_alert_thresholds and the alert URLs; LiteLLM's other args are ignored",
 }
 _LITELLM_WHY = {
     "request_timeout": "the default timeout of every deployment",

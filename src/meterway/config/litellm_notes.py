@@ -8,8 +8,10 @@ path, so a warning about `success_callback` never reads as one about `callbacks`
 from __future__ import annotations
 
 GENERAL = {
-    "alerting": "meterway sends no Slack or email alerts; alert on /metrics (Prometheus) instead",
-    "alerting_threshold": "no alerting; see /metrics",
+    "alerting": "meterway sends budget and credit alerts to webhook and slack only (docs/alerts.md)",
+    "alerting_threshold": "meterway alerts on budgets, not on slow or hanging requests; see /metrics",
+    "alert_types": "meterway sends budget and credit alerts only (docs/alerts.md)",
+    "alert_to_webhook_url": "set WEBHOOK_URL and SLACK_WEBHOOK_URL (or alerting_args.webhook_url, slack_webhook_url)",
     "proxy_batch_write_at": "every request's row is committed before its response completes; nothing waits for a batch",
     "database_connection_pool_limit": "the pool is sized by meterway",
     "disable_spend_logs": "the ledger is always written: it is what budgets and billing read",

@@ -24,6 +24,7 @@ import yaml
 
 from meterway import bounds
 from meterway.cache import CacheSettings
+from meterway.config.alerting import parse_alerting
 from meterway.config.billing import export_status, parse_billing
 from meterway.config.litellm_notes import callback_ignored, ignored
 from meterway.config.routing import ROUTER_KEYS, parse_routing
@@ -109,6 +110,8 @@ GENERAL = {
     "responses_background_max",
     "user_header_name",
     "user_header_mappings",
+    "alerting",
+    "alerting_args",
 }
 # LiteLLM reads these headers for the end user whatever the config says (its STANDARD_CUSTOMER_ID_HEADERS)
 STANDARD_CUSTOMER_HEADERS = ("x-litellm-customer-id", "x-litellm-end-user-id")
@@ -348,6 +351,7 @@ def parse_config(
     if webhook_secret is not None and (not isinstance(webhook_secret, str) or len(webhook_secret) < 16):
         raise ConfigError("general_settings.webhook_secret must be a string of at least 16 characters")
 
+    alerting = parse_alerting(general, env, warnings)
     billing = parse_billing(_section(data, "billing", env), env)
     billing_export = export_status(billing, env)
     if billing is None and billing_export.startswith("off: LAGO_"):
@@ -381,6 +385,7 @@ def parse_config(
         default_timeout_s=default_timeout,
         billing=billing,
         billing_export=billing_export,
+        alerting=alerting,
         telemetry=telemetry,
         webhook_secret=Secret(webhook_secret) if webhook_secret else None,
         ui_username=env.get("UI_USERNAME") or None,

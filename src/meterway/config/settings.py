@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 
 from meterway.cache import CacheSettings
+from meterway.config.alerting import Alerting
 from meterway.config.billing import Billing
 from meterway.config.routing import RoutingPolicy
 from meterway.config.secret import Secret
@@ -138,6 +139,7 @@ class Settings:
     responses_background_max: int = 64
     unpriced_models: tuple[str, ...] = ()  # deployments with no known price: their cost is NULL
     billing: Billing | None = None  # usage export to Lago, when configured
+    alerting: Alerting | None = None  # general_settings.alerting: budget and credit alerts, when on
     billing_export: str = "off"  # whether usage goes to Lago, where, or why not (for people to read)
     telemetry: Telemetry = field(default_factory=Telemetry)  # traces and metrics settings
     routing: RoutingPolicy = field(default_factory=RoutingPolicy)  # router_settings: strategy, retries, fallbacks

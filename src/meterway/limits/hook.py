@@ -14,6 +14,7 @@ import math
 import time
 from dataclasses import replace
 from datetime import UTC, datetime
+from typing import Protocol
 
 import orjson
 
@@ -25,6 +26,12 @@ from meterway.limits import Grant, Limiter, LimitSpec, Refusal
 from meterway.providers.base import Api
 
 
+class RefusalSink(Protocol):
+    """Where a refused budget is noted for alerting (`alerts.Alerts`): at once, with no I/O."""
+
+    def budget_refused(self, counter: str) -> None: ...
+
+
 class LimitsHook:
     def __init__(
         self,
@@ -34,12 +41,14 @@ class LimitsHook:
         clamp_max_tokens: bool = False,
         require_customer_binding: bool = False,
         customers: TTLCache[LimitSpec] | None = None,
+        alerts: RefusalSink | None = None,
     ) -> None:
         self.limiter = limiter
         self.default_output_tokens = default_output_tokens
         self.clamp_max_tokens = clamp_max_tokens
         self.require_customer_binding = require_customer_binding
         self.customers = customers  # a customer's id -> its limits (from the store); None: no customer limits
+        self.alerts = alerts  # told of each budget that refuses a request (a crossing); None: alerting off
 
     async def before(self, ctx: RequestContext) -> None:
         p = ctx.principal
@@ -71,6 +80,8 @@ class LimitsHook:
                 return
             clamped = attempt < 2 and result.ask.kind == "budget" and self.clamp_max_tokens and self._clamp(ctx, result)
             if not clamped:
+                if result.ask.kind == "budget" and self.alerts is not None:
+                    self.alerts.budget_refused(result.ask.counter)
                 raise _refused(result)
 
     async def _refuse_unbound(self, user: str) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from meterway.store.tables import lago_webhooks, ledger, prepaid_balances, prepaid_history
+from meterway.store.tables import billing_outbox, lago_webhooks, ledger, prepaid_balances, prepaid_history
 
 HISTORY_KEPT = 200  # readings kept per entity
 HISTORY_SHOWN = 50
@@ -139,12 +139,16 @@ class Reading:
     read_at: datetime | None
     attempt_at: datetime | None = None
     error: str | None = None
+    advance: int = 0  # of P_R, the invoiceable pay-in-advance charges'
+    advance_paid: int = 0  # of those, what Lago had already taken from the balance (rows it had received)
 
     @property
     def funded(self) -> int:
         """What the entity may spend in the period, counted as the limiter counts its spend
-        (from the period's start): B + min(U_L, P_R)."""
-        return self.balance + min(self.lago_usage, self.priced)
+        (from the period's start): B + min(U_L, P_R), where pay-in-advance fees (which Lago
+        takes from the balance when it receives the event, never as ongoing usage) count as
+        counted once Lago has them: B + A_R + min(U_L, P_R - P_adv)."""
+        return self.balance + self.advance_paid + min(self.lago_usage, self.priced - self.advance)
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +192,8 @@ class PrepaidStore:
             "balance_units": reading.balance,
             "lago_usage_units": reading.lago_usage,
             "priced_units": reading.priced,
+            "advance_units": reading.advance,
+            "advance_paid_units": reading.advance_paid,
             "wallets": [w.as_json() for w in reading.wallets],
             "reason": reading.reason,
             "read_at": reading.read_at,
@@ -340,6 +346,8 @@ class PrepaidStore:
                 sa.cast(ledger.c.metadata, sa.Text).label("metadata_text"),
                 sa.cast(ledger.c.tags, sa.Text).label("tags_text"),
             ]
+        # whether Lago has the row (its export was sent): a pay-in-advance fee is then paid already
+        sent = sa.case((billing_outbox.c.status == "sent", 1), else_=0).label("sent")
         sums = [sa.func.coalesce(sa.func.sum(ledger.c[name]), 0).label(name) for name in _SUMMED if name != "cost"]
         query = (
             sa.select(
@@ -349,9 +357,11 @@ class PrepaidStore:
                 sa.func.sum(ledger.c.cost).label("cost"),
                 sa.func.count().label("count"),
                 sa.func.max(ledger.c.ended_at).label("ended_at"),
+                sent,
             )
+            .select_from(ledger.outerjoin(billing_outbox, billing_outbox.c.ledger_uid == ledger.c.uid))
             .where(ledger.c[column] == entity_id, ledger.c.started_at >= since, _BILLABLE)
-            .group_by(*keys, *[e for e in extra])
+            .group_by(*keys, *extra, sent)
         )
         async with self._engine.connect() as conn:
             rows = (await conn.execute(query)).mappings().all()
@@ -377,4 +387,6 @@ def _reading(row: Any) -> Reading:
         read_at=_utc(row["read_at"]),
         attempt_at=_utc(row["attempt_at"]),
         error=row["error"],
+        advance=int(row["advance_units"] or 0),
+        advance_paid=int(row["advance_paid_units"] or 0),
     )

@@ -370,6 +370,10 @@ prepaid_balances = Table(
     Column("balance_units", BigInteger, nullable=False, server_default="0"),  # active wallets' ongoing balance
     Column("lago_usage_units", BigInteger, nullable=False, server_default="0"),  # usage Lago had counted
     Column("priced_units", BigInteger, nullable=False, server_default="0"),  # Lago price of our rows then
+    # of which invoiceable pay-in-advance charges, and the part of those Lago had taken from the
+    # balance already (the rows it had received): Lago debits such fees at once, not as ongoing usage
+    Column("advance_units", BigInteger, nullable=False, server_default="0"),
+    Column("advance_paid_units", BigInteger, nullable=False, server_default="0"),
     Column("wallets", JSON, nullable=True),
     Column("reason", String(32), nullable=True),  # what caused the reading: schedule, webhook, first_use...
     Column("read_at", DateTime(timezone=True), nullable=True),  # last successful reading

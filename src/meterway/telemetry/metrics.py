@@ -248,6 +248,19 @@ class Metrics:
             registry=registry,
         )
 
+        self.alerts_sent = Counter(
+            "meterway_alerts_sent",
+            "Alerts delivered, by event and destination (webhook, slack)",
+            ["event", "destination"],
+            registry=registry,
+        )
+        self.alerts_pending = Gauge(
+            "meterway_alerts_pending",
+            "Alerts waiting to be delivered (in backoff while their receiver is down)",
+            multiprocess_mode="mostrecent",
+            registry=registry,
+        )
+
     def prepaid_seen(self, entity: str, available: float) -> None:
         """An entity's available prepaid credits (at most `max_label_values` entities, the rest `other`)."""
         self.prepaid_available.labels(self.prepaid_entities(entity)).set(available)

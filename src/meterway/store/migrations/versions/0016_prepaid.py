@@ -38,6 +38,8 @@ def upgrade() -> None:
         sa.Column("balance_units", sa.BigInteger, nullable=False, server_default="0"),
         sa.Column("lago_usage_units", sa.BigInteger, nullable=False, server_default="0"),
         sa.Column("priced_units", sa.BigInteger, nullable=False, server_default="0"),
+        sa.Column("advance_units", sa.BigInteger, nullable=False, server_default="0"),
+        sa.Column("advance_paid_units", sa.BigInteger, nullable=False, server_default="0"),
         sa.Column("wallets", sa.JSON, nullable=True),
         sa.Column("reason", sa.String(32), nullable=True),
         sa.Column("read_at", sa.DateTime(timezone=True), nullable=True),
