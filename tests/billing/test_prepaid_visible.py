@@ -23,7 +23,7 @@ import pytest
 from tests.billing.test_prepaid import CREDITS, _plan, ask, config, customer, gateways, info, top_up
 from tests.lago.standin import LagoStandIn, prepaid_ready
 from tests.support.cli import run_meterway
-from tests.support.gateway import RunningGateway
+from tests.support.gateway import RunningGateway, free_socket
 from tests.support.wait import eventually
 
 HOSTILE = '<script>alert("wallet")</script>[bold]<img src=x onerror=alert(1)>[/]'
@@ -175,6 +175,11 @@ def cli_config(lago: LagoStandIn, pg_url: str, redis_url: str | None, redis_pref
     return str(path)
 
 
+def cfg_of(path: str) -> dict[str, Any]:
+    loaded: dict[str, Any] = orjson.loads(Path(path).read_bytes())
+    return loaded
+
+
 def test_cli_customers_and_keys_info_print_the_balance_its_parts_and_wallets_and_the_stored_reading_when_lago_is_down(
     lago: LagoStandIn, pg_url: str, redis_url: str, redis_prefix: str
 ) -> None:
@@ -222,6 +227,21 @@ def test_cli_customers_and_keys_info_print_the_balance_its_parts_and_wallets_and
         assert re.search(r"read at \S+ \S+ UTC, (\d+ min )?\d+ s ago", down.stdout)
         assert "last attempt failed" in down.stdout  # the error stored with the reading
         lago.up()
+
+        # a Lago that takes the connection and never answers: --refresh gives up within its bound
+        with free_socket() as silent:
+            silent.listen()
+            hanging = {
+                **cfg_of(path),
+                "billing": {**cfg_of(path)["billing"], "api_base": f"http://127.0.0.1:{silent.getsockname()[1]}"},
+            }
+            stalled_path = Path(scratch) / "stalled.yaml"
+            stalled_path.write_bytes(orjson.dumps(hanging))
+            stalled = run_meterway(
+                ["customers", "info", "acme", "--config", str(stalled_path), "--refresh"], timeout=40
+            )
+        assert stalled.returncode == 0, stalled.stderr
+        assert "Lago was not read" in stalled.stdout and f"available: {api['available']} USD" in stalled.stdout
 
         # Lago back: --refresh takes a reading (the history says the CLI took it)
         top_up(lago, main.lago_id, "0.10")
