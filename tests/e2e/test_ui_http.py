@@ -22,7 +22,19 @@ from tests.support.models import priced
 from tests.support.wait import eventually
 from tests.upstreams.standin import StandIn
 
-PAGES = ("overview", "keys", "teams", "users", "customers", "usage", "logs", "billing", "models", "usage.csv")
+PAGES = (
+    "overview",
+    "keys",
+    "teams",
+    "users",
+    "customers",
+    "customers/view?customer_id=cust-v",
+    "usage",
+    "logs",
+    "billing",
+    "models",
+    "usage.csv",
+)
 POSTS = (
     "keys/new",
     "keys/action",
@@ -179,6 +191,7 @@ def test_an_internal_user_sees_only_its_own_keys_and_no_admin_pages(gw: RunningG
             assert "ivan-key" in page and "someone-else" not in page
             assert user.get("/ui/teams").status_code == 403
             assert user.get("/ui/billing").status_code == 403
+            assert user.get("/ui/customers/view", params={"customer_id": "ivan"}).status_code == 403
             assert ">Teams<" not in page
 
 

@@ -7,12 +7,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import sys
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from meterway.cli import output
+from meterway.cli import prepaid as credits
 from meterway.config.load import config_path_from_env, load_settings
 from meterway.config.settings import DEFAULT_DATABASE_URL
 
@@ -37,7 +39,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     create = _command(keys, "create", "make a key (shown once)", limits=True)
     _key_fields(create)
     _command(keys, "list", "list keys (their digests and names)", paged=True)
-    _command(keys, "info", "one key's settings").add_argument("key", help=_KEY_HELP)
+    key_info = _command(keys, "info", "one key's settings")
+    key_info.add_argument("key", help=_KEY_HELP)
+    _refresh_flag(key_info)
     update = _command(keys, "update", "change a key's settings", limits=True)
     update.add_argument("key", help=_KEY_HELP)
     _key_fields(update)
@@ -68,8 +72,20 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         if group == "customers":
             new.add_argument("--alias")
         _command(g, "list", f"list {group}")
-        _command(g, "info", f"one of the {group}").add_argument("id")
+        info = _command(g, "info", f"one of the {group}")
+        info.add_argument("id")
+        if group == "customers":
+            _refresh_flag(info)
         _command(g, "delete", f"delete one of the {group}").add_argument("id")
+
+
+def _refresh_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--refresh",
+        action="store_true",
+        help="with prepaid credits on: read the wallets from Lago first (at most 10 s); "
+        "without it, or when Lago does not answer, the last stored reading is shown",
+    )
 
 
 def _group(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, what: str) -> Any:
@@ -118,22 +134,38 @@ def _limits(args: argparse.Namespace) -> Body:
 
 
 def run(args: argparse.Namespace) -> int:
-    result = asyncio.run(_run(args))
+    notes: list[str] = []  # what the prepaid figures could not include, said under them
+    result = asyncio.run(_run(args, notes))
+    shown = credits.of(result, args.command) if args.action == "info" else None
+    if shown is None or not (shown.get("wallets") or shown.get("last_error")):
+        notes.clear()  # nothing the notes would qualify
     if args.json:
         print(output.dumps(result))
-    else:
-        _table(result)
+        for note in notes:  # stdout stays the API's JSON
+            print(f"meterway: note: {note}", file=sys.stderr)
+        return 0
+    _table(result)
+    if shown is not None:
+        credits.show(shown, notes)
     return 0
 
 
-async def _run(args: argparse.Namespace) -> Any:
+async def _run(args: argparse.Namespace, notes: list[str]) -> Any:
     from meterway.api import management, tenancy
 
-    async with open_admin(args) as admin:
+    with_prepaid = args.action == "info" and args.command in ("keys", "customers")
+    async with open_admin(args, prepaid_notes=notes if with_prepaid else None) as admin:
         if args.command == "keys" and args.action in _KEY_ACTIONS:
             args.key = await resolve_key(admin, args.key)
         handler, body, query = _call(args, management, tenancy)
-        return await handler(admin, orjson.dumps(body), query)
+        result = await handler(admin, orjson.dumps(body), query)
+        prepaid = admin.prepaid
+        if prepaid is not None and getattr(args, "refresh", False):
+            entity = credits.charged_entity(result, args.command, prepaid.billing.charge_by)
+            if entity:
+                await credits.refresh(prepaid, entity, notes)
+                result = await handler(admin, orjson.dumps(body), query)
+        return result
 
 
 async def resolve_key(admin: Admin, ref: str, *, unknown_ok: bool = False) -> str:
@@ -161,11 +193,18 @@ async def resolve_key(admin: Admin, ref: str, *, unknown_ok: bool = False) -> st
 
 @contextlib.asynccontextmanager
 async def open_admin(
-    args: argparse.Namespace, *, export: bool = False, billing: Billing | None = None, models: tuple[str, ...] = ()
+    args: argparse.Namespace,
+    *,
+    export: bool = False,
+    billing: Billing | None = None,
+    models: tuple[str, ...] = (),
+    prepaid_notes: list[str] | None = None,
 ) -> AsyncIterator[Admin]:
     """The one admin service, as the gateway builds it (`services.open_services`), over the store
     named by --database-url, the config or DATABASE_URL. `export`: rows written now enqueue
-    their export to Lago; `billing`: the commands that talk to Lago get a session and its link."""
+    their export to Lago; `billing`: the commands that talk to Lago get a session and its link;
+    `prepaid_notes` (the info commands): with the config's `billing.prepaid` on, the prepaid
+    reader, whose figures leave out what `prepaid_notes` then says."""
     import aiohttp
 
     from meterway.admin import Admin
@@ -186,14 +225,28 @@ async def open_admin(
         if redis_url:  # running gateways hear of the change at once, not when their caches expire
             import redis.asyncio
 
-            client = redis.asyncio.Redis.from_url(redis_url, socket_connect_timeout=2)
+            # bounded: a Redis that accepts and never answers does not hang the command
+            client = redis.asyncio.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=5)
             stack.push_async_callback(client.aclose)
         link = None
         if billing is not None:
             session = await stack.enter_async_context(aiohttp.ClientSession())
             link = BillingLink(billing, session, models)
+        prepaid = None
+        wanted = settings.billing if settings is not None else None
+        if wanted is not None and wanted.prepaid.on and prepaid_notes is not None:
+            from meterway.billing.prepaid import Prepaid
+
+            session = await stack.enter_async_context(aiohttp.ClientSession())
+            budget = credits.redis_budget(client, prefix, prepaid_notes) if client is not None else None
+            if budget is None:
+                prepaid_notes.append(
+                    "no Redis: the gateway counts requests since the reading in its own process, not shown here."
+                )
+            prepaid = Prepaid(wanted, store, session, budget=budget)
         secret = settings.salt_key or settings.master_key if settings is not None else None
-        yield Admin(store, Changes(redis=client, channel=prefix + "changes"), secret=secret, billing=link)
+        changes = Changes(redis=client, channel=prefix + "changes")
+        yield Admin(store, changes, secret=secret, billing=link, prepaid=prepaid)
 
 
 def _env_redis() -> str | None:

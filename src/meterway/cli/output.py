@@ -72,6 +72,7 @@ def table(columns: Sequence[str], rows: Sequence[Sequence[str]], *, numeric: Seq
     from rich import box
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     console = Console(highlight=False)
     terminal = console.is_terminal
@@ -88,8 +89,8 @@ def table(columns: Sequence[str], rows: Sequence[Sequence[str]], *, numeric: Seq
         else:  # headers wrap between words, and long ids fold, rather than anything being cut
             words = name.replace("_", " ")
             grid.add_column(words, justify="right" if name in numeric else "left", overflow="fold")
-    for row in rows:
-        grid.add_row(*row)
+    for row in rows:  # cells are data (a name may hold "[/]"), never rich markup
+        grid.add_row(*(Text(cell) for cell in row))
     if terminal:
         console.print(grid)
         return

@@ -16,7 +16,7 @@ from meterway.api.params import Reply
 from meterway.errors import PermissionDenied, RouteNotFound
 from meterway.ledger import DIMENSIONS, TIMES
 from meterway.ledger.row import UNITS
-from meterway.ui import values
+from meterway.ui import prepaid, values
 from meterway.ui.routes import UnknownPage
 from meterway.ui.web import Request, redirect, respond, with_query
 
@@ -252,6 +252,28 @@ async def customers(ui: AdminUI, request: Request, viewer: Viewer, ctx: Context)
         unrecorded=unrecorded,
         notice=request.query.get("notice"),
         period=datetime.now(UTC).strftime("%Y-%m"),
+    )
+
+
+async def customer_view(ui: AdminUI, request: Request, viewer: Viewer, ctx: Context) -> None:
+    """One customer: its settings, this month's spend and, with prepaid credits on, its Lago
+    wallets and balance as `/customer/info` gives them."""
+    _admins_only(viewer)
+    customer_id = request.query.get("customer_id", "")
+    if not customer_id:
+        raise RouteNotFound("Choose a customer.")
+    row = await ui.call(ctx, viewer, "GET", "/customer/info", {"end_user_id": customer_id})
+    today = datetime.now(UTC).date()
+    month = {"start": today.replace(day=1).isoformat(), "end": today.isoformat(), "customer_id": customer_id}
+    usage = await ui.call(ctx, viewer, "GET", "/usage", month)
+    await ui.page(
+        ctx,
+        "customers_view.html",
+        viewer,
+        c=row,
+        month=usage["totals"],
+        prepaid=prepaid.panel(row.get("prepaid")),
+        period=today.strftime("%Y-%m"),
     )
 
 
@@ -514,6 +536,7 @@ PAGES: dict[tuple[str, str], Page] = {
     ("POST", "/users/save"): user_save,
     ("POST", "/users/delete"): user_delete,
     ("GET", "/customers"): customers,
+    ("GET", "/customers/view"): customer_view,
     ("POST", "/customers/save"): customer_save,
     ("POST", "/customers/delete"): customer_delete,
     ("GET", "/usage"): usage,

@@ -31,7 +31,7 @@ from meterway.api.asgi import Incoming, Receive, Scope, Send, read_body, request
 from meterway.auth import MASTER, Principal
 from meterway.auth.keys import digest
 from meterway.errors import AuthenticationFailed, MeterwayError, RouteNotFound
-from meterway.ui import values
+from meterway.ui import prepaid, values
 from meterway.ui.session import COOKIE, CsrfFailed, Session, SessionInvalid, Sessions
 from meterway.ui.throttle import Attempt, LoginThrottle
 from meterway.ui.web import Request, cookie_header, parse_request, redirect, respond, with_query
@@ -113,6 +113,7 @@ class AdminUI:
         self.env.filters["money"] = values.money
         self.env.filters["num"] = values.count
         self.env.filters["when"] = values.when
+        self.env.filters["amount"] = prepaid.amount
         vendor = self.static_dir / "vendor"
         self.scripts_missing = [n for n in VENDOR_FILES if not (vendor / n).is_file()]  # installed offline
         if self.scripts_missing:
