@@ -3,8 +3,10 @@ limits stage): a request of an entity with usable Lago wallets reserves the Lago
 most expensive outcome against the entity's funded credits, through the same limiter as budgets
 (one atomic reserve across replicas), and settles to the Lago price of what it used.
 
-    Ask(counter="prepaid:<entity>:<period start>", limit=funded = B + min(U_L, P_R),
-        floor=P_R, amount=<price of the most expensive outcome>)
+    Ask(counter="prepaid:<Lago customer>:<period start>", limit=funded = B + min(U_L, ΣP_R),
+        floor=ΣP_R, amount=<price of the most expensive outcome, at least 0>)
+
+(ΣP_R: over every entity charged through that Lago customer, `Prepaid.pool`.)
 
 The counter's spend starts at P_R (the Lago price of the period's rows at the reading) and grows
 by what requests settle; so available = funded - spend - reserved, and the overdraft across
