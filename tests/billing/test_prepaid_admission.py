@@ -152,3 +152,62 @@ def test_concurrent_per_token_requests_whose_estimate_exceeds_the_price_never_ov
         shown = info(a)["prepaid"]
         assert shown["reserved"] == "0"
         assert Decimal(shown["priced_usage"]) <= Decimal(shown["funded"])  # estimates are upper bounds: no overdraft
+
+
+@pytest.mark.parametrize("limiter", ["redis", "memory"])
+def test_on_a_volume_plan_a_request_crossing_into_a_cheaper_tier_reserves_and_settles_nothing_below_zero(
+    lago: LagoStandIn, pg_url: str, redis_url: str, redis_prefix: str, limiter: str, tmp_path: Any
+) -> None:
+    """Volume tiers price the whole period at the tier reached: the request that crosses into the
+    cheaper one lowers the period's price (its margin is negative). It reserves and settles 0:
+    the counter never goes down and no reservation is given back by it."""
+    from lago_python_client.models import Charge, Plan
+
+    from tests.lago.standin import billing_ready
+
+    billing_ready(lago, [])  # the token metric (sum of total_tokens)
+    volume = [
+        {"from_value": 0, "to_value": 30, "per_unit_amount": "0.01", "flat_amount": "0"},
+        {"from_value": 31, "to_value": None, "per_unit_amount": "0.0001", "flat_amount": "0"},
+    ]
+    plan = Plan(
+        name="Volume",
+        code="volume",
+        interval="monthly",
+        amount_cents=0,
+        amount_currency="USD",
+        pay_in_advance=False,
+        charges=[
+            Charge(
+                billable_metric_id=lago.metrics["llm_tokens"]["lago_id"],
+                charge_model="volume",
+                properties={"volume_ranges": volume},
+            )
+        ],
+    )
+    prepaid_ready(lago, "acme", "1.00", plan=plan)
+    with StandIn() as upstream:
+        cfg = config(lago, pg_url, redis_url, redis_prefix)
+        if limiter == "memory":  # one gateway on SQLite, the in-process limiter
+            cfg["general_settings"] = {"database_url": f"sqlite:///{tmp_path / 'one.db'}"}
+        cfg["model_list"] = [
+            {
+                "model_name": "demo",
+                "litellm_params": {
+                    "model": "openai/standin-model",
+                    "api_base": upstream.base_url + "/v1",
+                    "api_key": "k",
+                },
+            }
+        ]
+        upstream.script(Script(usage_raw=b'{"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20}'), 4)
+        with gateways(cfg) as (gw,):
+            customer(gw)
+            assert ask(gw, max_tokens=20) == 200  # 20 tokens in the first tier: 0.20
+            first = info(gw)["prepaid"]
+            assert Decimal(first["priced_usage"]) == Decimal("0.2")
+            for _ in range(3):  # 40 tokens: the whole period at 0.0001 (margin -0.196); then +0.002 each
+                assert ask(gw, max_tokens=20) == 200
+            shown = info(gw)["prepaid"]
+            assert shown["reserved"] == "0"
+            assert Decimal(shown["priced_usage"]) == Decimal("0.204")  # the crossing settled 0, not -0.196
