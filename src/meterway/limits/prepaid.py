@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from meterway.billing.prepaid import Pool, Prepaid, Priced, money
+from meterway.billing.prepaid import Pool, Prepaid, Priced, money, pool_of
 from meterway.context import RequestContext
 from meterway.errors import CreditsUnknown, InsufficientCredits
 from meterway.ledger import pricing
@@ -148,7 +148,11 @@ class PrepaidHook:
             ),
             0,
         )
-        pool = await self.prepaid.pool(reading)  # every entity of the Lago customer: one counter
+        try:
+            pool = await self.prepaid.pool(reading)  # every entity of the Lago customer: one counter
+        except Exception as e:  # the store is away: the same counter, with this entity's own floor
+            log.warning("prepaid: entities sharing %s not read: %s", reading.lago_customer_id, e.__class__.__name__)
+            pool = pool_of([reading])
         end = reading.period_end
         ask = Ask(
             pool.counter,
