@@ -256,3 +256,27 @@ async def test_what_a_worker_leased_goes_back_when_it_is_idle(two_workers: tuple
         assert time.monotonic() < deadline, held
         await asyncio.sleep(0.05)
     assert int(await client.hget(prefix + budget.counter, "spent")) == 40
+
+
+async def test_a_negative_budget_ask_or_cost_never_gives_back_other_requests_holds(
+    limiter: MemoryLimiter | RedisLimiter,
+) -> None:
+    """A volume tier can price a request's margin below zero: neither its reservation nor its
+    settled cost may lower what others hold or what was spent (prepaid credits, exact asks)."""
+    ask = Ask("k9:budget:all", 100, "budget", "prepaid credits", amount=60, exact=True)
+    held = await limiter.reserve([ask], "a")
+    assert isinstance(held, Grant)
+    negative = await limiter.reserve([Ask(ask.counter, 100, "budget", "prepaid credits", amount=-500, exact=True)], "b")
+    assert isinstance(negative, Grant)
+    assert await _reserved(limiter, ask.counter) == 60, "the negative ask wiped the other request's hold"
+    refused = await limiter.reserve([Ask(ask.counter, 100, "budget", "prepaid credits", amount=50, exact=True)], "c")
+    assert isinstance(refused, Refusal)
+    await limiter.settle(held, 0, 60)
+    await limiter.settle(negative, 0, -500)
+    if isinstance(limiter, RedisLimiter):
+        await asyncio.gather(*limiter._returning)
+    spent, reserved = await limiter.budget(ask.counter)
+    assert (spent, reserved) == (60, 0)
+    assert isinstance(
+        await limiter.reserve([Ask(ask.counter, 100, "budget", "n", amount=41, exact=True)], "d"), Refusal
+    )

@@ -87,6 +87,38 @@ class Priced:
         return f"prepaid:{self.reading.entity_id}:{int(start.timestamp()) if start else 0}"
 
 
+@dataclass(frozen=True, slots=True)
+class Pool:
+    """What one Lago customer's wallets pay for, shared by every entity charged through it (two
+    keys of one customer, users mapped to one Lago customer): one counter, whose floor is the sum
+    of their P_R and whose limit is B + A_R + min(U_L, ΣP_R - ΣP_adv), B and U_L from the newest
+    of their readings (docs/billing.md, "Prepaid credits", "Entities sharing a Lago customer")."""
+
+    counter: str
+    funded: int
+    floor: int  # ΣP_R: the Lago price of all their rows of the period, at their readings
+    credited: int  # Σ balance_cents of the usable wallets: moves with top-ups, not with Lago's refresh
+    entities: tuple[str, ...]
+
+
+def pool_of(readings: list[Reading]) -> Pool:
+    """The pool of readings of one Lago customer (the first is the entity asking)."""
+    newest = max(readings, key=lambda r: r.read_at or datetime.min.replace(tzinfo=UTC))
+    priced = sum(r.priced for r in readings)
+    advance = sum(r.advance for r in readings)
+    paid = sum(r.advance_paid for r in readings)
+    starts = [int(r.period_start.timestamp()) for r in readings if r.period_start is not None]
+    first = readings[0]
+    owner = first.lago_customer_id or first.entity_id
+    return Pool(
+        counter=f"prepaid:{owner}:{max(starts, default=0)}",
+        funded=newest.balance + paid + min(newest.lago_usage, priced - advance),
+        floor=priced,
+        credited=sum(w.balance for w in newest.wallets if w.usable),
+        entities=tuple(r.entity_id for r in readings),
+    )
+
+
 def money(units: int) -> str:
     """Money units as a decimal string of the currency."""
     return format(pricing.usd(units), "f")
@@ -117,6 +149,7 @@ class Prepaid:
         self._cache: dict[str, Priced] = {}
         self._pending: dict[str, asyncio.Future[Priced | None]] = {}
         self._alerted: set[str] = set()  # dedupe keys this process has handed to `alert`
+        self._members: dict[str, tuple[float, list[str]]] = {}  # Lago customer -> (read at, entities)
         self.tax = Decimal(1) + self.config.tax_rate
 
     # ------------------------------------------------------------------ readings
@@ -239,7 +272,7 @@ class Prepaid:
             currency=plan.currency,
             period_start=sub.period_start,
             period_end=sub.period_end,
-            has_wallets=bool(usable),
+            has_wallets=bool(views),  # any wallet, usable or not: held (to 0 when none is usable)
             balance=sum(w.ongoing_balance for w in usable),
             lago_usage=sum(w.ongoing_usage for w in usable),
             priced=0,
@@ -308,6 +341,42 @@ class Prepaid:
         )
         return price, tally, fallback, paid
 
+    # ------------------------------------------------------------------ one Lago customer, one pool
+
+    async def pool(self, reading: Reading, *, fresh: bool = False) -> Pool:
+        """The pool the entity's requests are held to: its own reading and those of every other
+        entity read as charged through the same Lago customer (with wallets, in the same
+        currency), so that together they never spend more than the customer's wallets. They
+        share one counter at once; which entities belong is re-read from the store at most every
+        CACHE_TTL_S (`fresh`: now), so a newcomer's earlier rows join the floor within that."""
+        customer = reading.lago_customer_id
+        if not customer:
+            return pool_of([reading])
+        now = self._clock()
+        known = self._members.get(customer)
+        if fresh or known is None or now - known[0] >= CACHE_TTL_S:
+            if len(self._members) > 100_000:
+                self._members.clear()
+            known = (now, await self.store.prepaid.entities_of(customer))
+            self._members[customer] = known
+        readings = [reading]
+        for other in known[1]:
+            if other == reading.entity_id:
+                continue
+            cached = self._cache.get(other)
+            peer = cached.reading if cached is not None and now - cached.loaded < CACHE_TTL_S else None
+            if peer is None:
+                peer = await self.store.prepaid.get(other)
+            if (
+                peer is not None
+                and peer.read_at is not None
+                and peer.has_wallets
+                and peer.lago_customer_id == customer
+                and peer.currency == reading.currency
+            ):
+                readings.append(peer)
+        return pool_of(readings)
+
     # ------------------------------------------------------------------ prices of requests
 
     def price_of(self, priced: Priced, row: Mapping[str, Any]) -> int:
@@ -332,10 +401,13 @@ class Prepaid:
 
     # ------------------------------------------------------------------ alerts
 
-    async def warn(self, event: str, charged_as: str, priced: Priced, available: int) -> None:
-        """Hands a credits_low / credits_exhausted alert to the sink once per funded amount."""
+    async def warn(self, event: str, charged_as: str, priced: Priced, available: int, pool: Pool | None = None) -> None:
+        """Hands a credits_low / credits_exhausted alert to the sink once per amount credited to
+        the usable wallets (Σ balance_cents, which Lago's refresh of the ongoing balance does not
+        move): only a top-up (or a new wallet) re-arms it."""
         reading = priced.reading
-        dedupe = f"{event}:{charged_as}:{reading.entity_id}:{priced.period_counter}:{reading.funded}"
+        pool = pool or pool_of([reading])
+        dedupe = f"{event}:{charged_as}:{reading.entity_id}:{pool.counter}:{pool.credited}"
         if dedupe in self._alerted:
             return
         if len(self._alerted) > 10_000:
@@ -347,7 +419,7 @@ class Prepaid:
             reading.entity_id,
             reading.currency or "",
             pricing.usd(available),
-            pricing.usd(reading.funded),
+            pricing.usd(pool.funded),
             dedupe,
         )
         try:
@@ -402,11 +474,11 @@ class Prepaid:
             return None
         charged_as = self.billing.charge_by
         spent, reserved = 0, 0
+        pool = await self.pool(reading, fresh=True) if reading.has_wallets else pool_of([reading])
         if self.budget is not None and reading.has_wallets:
-            start = reading.period_start
-            spent, reserved = await self.budget(f"prepaid:{entity}:{int(start.timestamp()) if start else 0}")
-        used = max(spent, reading.priced)
-        available = reading.funded - used - reserved
+            spent, reserved = await self.budget(pool.counter)
+        used = max(spent, pool.floor)
+        available = pool.funded - used - reserved
         history = await self.store.prepaid.history(entity)
         now = datetime.now(UTC)
         return {
@@ -435,10 +507,11 @@ class Prepaid:
             "lago_balance": money(reading.balance),
             "lago_counted_usage": money(reading.lago_usage),
             "priced_usage": money(used),
-            "uncounted": money(used - min(reading.lago_usage, reading.priced)),
+            "uncounted": money(used - min(reading.lago_usage, pool.floor)),
             "reserved": money(reserved),
             "available": money(available),
-            "funded": money(reading.funded),
+            "funded": money(pool.funded),
+            "shared_with": [e for e in pool.entities if e != entity],
             "period_start": reading.period_start.isoformat() if reading.period_start else None,
             "read_at": reading.read_at.isoformat() if reading.read_at else None,
             "reading_age_s": round((now - reading.read_at).total_seconds(), 3) if reading.read_at else None,

@@ -111,20 +111,28 @@ class LimitsHook:
             return ctx.head.prompt_tokens
         return pricing.prompt_tokens_upper_estimate(ctx.body)
 
-    def _output_cap(self, ctx: RequestContext) -> int:
+    def _output_cap(self, ctx: RequestContext, *, model_max: bool = False) -> int:
+        """The most output tokens the request may be billed for: its own cap, else the model's
+        known maximum (`model_info` max_output_tokens / max_tokens), bounded for budgets by
+        `default_output_tokens`; `model_max`: not bounded (prepaid credits, where the upstream's
+        own maximum is what it may really produce). No known maximum: `default_output_tokens`."""
         if ctx.api in _NO_OUTPUT:
             return 0
         if ctx.head is not None and ctx.head.max_tokens is not None:
             return ctx.head.max_tokens
         info = ctx.deployment.model_info if ctx.deployment is not None else {}
         cap = info.get("max_output_tokens") or info.get("max_tokens")
-        return min(int(cap), self.default_output_tokens) if isinstance(cap, int) else self.default_output_tokens
+        if not isinstance(cap, int) or isinstance(cap, bool) or cap <= 0:
+            return self.default_output_tokens
+        return cap if model_max else min(cap, self.default_output_tokens)
 
-    def most(self, ctx: RequestContext) -> tuple[int, int, int]:
+    def most(self, ctx: RequestContext, *, prepaid: bool = False) -> tuple[int, int, int]:
         """The request's most expensive outcome: its prompt tokens, its output cap and their cost
-        (money units), as a budget reserves them (the prepaid stage prices the same outcome)."""
+        (money units), as a budget reserves them. `prepaid`: a request naming no cap is taken at
+        the model's known maximum output, not at `default_output_tokens` (a wallet must not pay
+        for more than one request beyond its balance)."""
         prompt = self._prompt_tokens(ctx)
-        output = self._output_cap(ctx)
+        output = self._output_cap(ctx, model_max=prepaid)
         if ctx.deployment is None:
             return prompt, output, 0
         most = ctx.head.units if ctx.head is not None else None

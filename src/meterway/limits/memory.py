@@ -55,14 +55,16 @@ class MemoryLimiter:
                 spent = max(self._spent.get(ask.counter, 0), ask.floor)
                 self._spent[ask.counter] = spent
                 reserved = sum(amount for _, amount in self._held(ask.counter, now).values())
-                if spent >= ask.limit or spent + reserved + ask.amount > ask.limit:
+                need = max(ask.amount, 0)  # a negative cost would give back other requests' reservations
+                if spent >= ask.limit or spent + reserved + need > ask.limit:
                     return Refusal(ask, None, spent, reserved)
-                remaining[ask.name] = ask.limit - spent - reserved - ask.amount
+                remaining[ask.name] = ask.limit - spent - reserved - need
         for ask in asks:
             if ask.kind in ("rpm", "tpm"):
                 self._windows[ask.counter] = (window, self._used(ask.counter, window) + ask.amount)
             else:
-                self._leases[ask.counter][lease] = (now + self._lease_ttl, ask.amount)
+                amount = 1 if ask.kind == "parallel" else max(ask.amount, 0)
+                self._leases[ask.counter][lease] = (now + self._lease_ttl, amount)
         return Grant(lease, tuple(asks), int(window * 1000), remaining)
 
     async def settle(self, grant: Grant, tokens: int, cost: int) -> None:
@@ -75,7 +77,7 @@ class MemoryLimiter:
                     self._windows[ask.counter] = (start, max(used + tokens - ask.amount, 0))
             elif ask.kind == "budget":
                 self._leases.get(ask.counter, {}).pop(grant.lease, None)
-                self._spent[ask.counter] = max(self._spent.get(ask.counter, 0), ask.floor) + cost
+                self._spent[ask.counter] = max(self._spent.get(ask.counter, 0), ask.floor) + max(cost, 0)
 
     def reserved(self, counter: str) -> int:
         """Units held by requests in flight (slots, or budget reserved): zero when none leaked."""

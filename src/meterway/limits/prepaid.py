@@ -3,23 +3,28 @@ limits stage): a request of an entity with usable Lago wallets reserves the Lago
 most expensive outcome against the entity's funded credits, through the same limiter as budgets
 (one atomic reserve across replicas), and settles to the Lago price of what it used.
 
-    Ask(counter="prepaid:<entity>:<period start>", limit=funded = B + min(U_L, P_R),
-        floor=P_R, amount=<price of the most expensive outcome>)
+    Ask(counter="prepaid:<Lago customer>:<period start>", limit=funded = B + min(U_L, ΣP_R),
+        floor=ΣP_R, amount=<price of the most expensive outcome, at least 0>)
+
+(ΣP_R: over every entity charged through that Lago customer, `Prepaid.pool`.)
 
 The counter's spend starts at P_R (the Lago price of the period's rows at the reading) and grows
 by what requests settle; so available = funded - spend - reserved, and the overdraft across
 replicas is bounded by one request's estimation error (docs/billing.md, "Prepaid credits").
-Entities without wallets are never asked for anything.
+Entities whose Lago customer never had a wallet are never asked for anything; one whose wallets
+are all spent, expired or terminated is held to what is left (nothing: 402). Every entity charged
+through one Lago customer shares one counter (`Prepaid.pool`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from meterway.billing.prepaid import Prepaid, Priced, money
+from meterway.billing.prepaid import Pool, Prepaid, Priced, money, pool_of
 from meterway.context import RequestContext
 from meterway.errors import CreditsUnknown, InsufficientCredits
 from meterway.ledger import pricing
@@ -31,6 +36,7 @@ from meterway.telemetry.metrics import Metrics
 log = logging.getLogger("meterway.prepaid")
 
 NAME = "prepaid credits"
+ALERTS_IN_FLIGHT = 64  # credits alerts handed to the sink and not yet done, at most
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +118,7 @@ class PrepaidHook:
         self.low = pricing.units(config.low_balance) if config.low_balance is not None else None
         self.charge_by = prepaid.billing.charge_by
         self._refused = {mode: metrics.prepaid_refusals.labels(mode) for mode in ("enforce", "observe")}
+        self._alerting: set[asyncio.Task[None]] = set()  # alerts on their way to the sink
 
     async def before(self, ctx: RequestContext) -> None:
         entity = charged_entity(ctx, self.charge_by)
@@ -131,19 +138,29 @@ class PrepaidHook:
         stale = self.prepaid.stale(reading)
         if stale:
             self._unknown(entity, reading.read_at)
-        prompt, output, cost = self.limits.most(ctx)
+        prompt, output, cost = self.limits.most(ctx, prepaid=True)
         most = ctx.head.units if ctx.head is not None else None
-        amount = self.prepaid.price_of(
-            priced, request_row(ctx, prompt=prompt, completion=output, cost_units=cost, units=most)
+        # a volume tier can make a request's margin negative (crossing to a cheaper tier): a
+        # reservation or a settled price below zero would give back other requests' holds
+        amount = max(
+            self.prepaid.price_of(
+                priced, request_row(ctx, prompt=prompt, completion=output, cost_units=cost, units=most)
+            ),
+            0,
         )
+        try:
+            pool = await self.prepaid.pool(reading)  # every entity of the Lago customer: one counter
+        except Exception as e:  # the store is away: the same counter, with this entity's own floor
+            log.warning("prepaid: entities sharing %s not read: %s", reading.lago_customer_id, e.__class__.__name__)
+            pool = pool_of([reading])
         end = reading.period_end
         ask = Ask(
-            priced.period_counter,
-            reading.funded,
+            pool.counter,
+            pool.funded,
             "budget",
             NAME,
             amount,
-            floor=reading.priced,
+            floor=pool.floor,
             expires=end.timestamp() if end is not None else None,
             exact=True,
         )
@@ -153,11 +170,11 @@ class PrepaidHook:
             left = result.remaining.get(NAME, 0)
             self.metrics.prepaid_seen(entity, float(pricing.usd(left)))
             if self.low is not None and left < self.low:
-                await self.prepaid.warn("credits_low", self.charge_by, priced, left)
+                self._alert("credits_low", priced, left, pool)
             return
         available = ask.limit - result.used - result.reserved
         self.metrics.prepaid_seen(entity, float(pricing.usd(max(available, 0))))
-        await self.prepaid.warn("credits_exhausted", self.charge_by, priced, available)
+        self._alert("credits_exhausted", priced, available, pool)
         if not self.enforce or stale:
             self._refused["observe"].inc()
             return
@@ -169,6 +186,19 @@ class PrepaidHook:
             f"available{reserved}, and this request may cost up to {money(amount)} {currency}. "
             "Top up the wallet in Lago (or lower max_tokens) to continue."
         )
+
+    def _alert(self, event: str, priced: Priced, available: int, pool: Pool) -> None:
+        """Hands the alert to the sink in the background: the request does not wait for the
+        outbox, and a cancelled request cannot skip its settle for it. At most ALERTS_IN_FLIGHT
+        at once; past that one is dropped (logged), and the next request asks again."""
+        if len(self._alerting) >= ALERTS_IN_FLIGHT:
+            log.warning(
+                "prepaid: %s alert for %s dropped (%d in flight)", event, priced.reading.entity_id, ALERTS_IN_FLIGHT
+            )
+            return
+        task = asyncio.get_running_loop().create_task(self.prepaid.warn(event, self.charge_by, priced, available, pool))
+        self._alerting.add(task)
+        task.add_done_callback(self._alerting.discard)
 
     def _unknown(self, entity: str, read_at: datetime | None) -> None:
         """No reading fresh enough: `when_stale` decides (closed refuses, open serves)."""
@@ -185,6 +215,16 @@ class PrepaidHook:
         if not isinstance(held, Held):
             return
         ctx.prepaid_grant = None
+        # settled whatever happens below: a price that cannot be computed settles at the reserved
+        # most (never less than the request may have cost), and never leaves the hold in Redis
+        price = max(held.grant.asks[0].amount, 0) if held.grant.asks else 0
+        try:
+            price = self._price(ctx, held)
+        finally:
+            await self.limiter.settle(held.grant, 0, max(price, 0))
+
+    def _price(self, ctx: RequestContext, held: Held) -> int:
+        """The Lago price of what the ledger recorded for the request (0 when it is not billed)."""
         used = ctx.counted
         price = 0
         if used is not None and ctx.cost_units is not None:
@@ -205,7 +245,7 @@ class PrepaidHook:
             )
             billable = _billable(ctx, row)
             price = self.prepaid.settled(held.priced, row) if billable else 0
-        await self.limiter.settle(held.grant, 0, price)
+        return price
 
 
 def _billable(ctx: RequestContext, row: dict[str, Any]) -> bool:

@@ -299,6 +299,8 @@ class RedisLimiter:
         remaining: dict[str, int] = {}
         for ask, held in zip(asks, covering, strict=True):
             amount = 1 if ask.kind in ("rpm", "parallel") else ask.amount
+            if ask.kind == "budget":
+                amount = max(amount, 0)
             held.free -= amount
             if ask.kind in ("parallel", "budget"):
                 held.hold(lease, now_ms + self._lease_ttl_ms, amount)
@@ -356,6 +358,8 @@ class RedisLimiter:
                 if last[ask.counter] == i and not ask.exact:
                     cap = LEASE_REQUESTS * asking[ask.counter] * (1 if ask.kind in ("rpm", "parallel") else ask.amount)
                 need = 1 if ask.kind in ("rpm", "parallel") else ask.amount
+                if ask.kind == "budget":  # a negative cost would give back other requests' reservations
+                    need = max(need, 0)
                 keys.append(self._key(ask.counter, ask.kind))
                 argv += [ask.kind, ask.limit, need, ask.floor, int((ask.expires or 0) * 1000), cap, give, spent]
         replies = await self._take_script(keys=keys, args=argv)
@@ -381,7 +385,7 @@ class RedisLimiter:
                 held.remaining = left
                 held.used_at = used_at
                 if ask.kind in ("parallel", "budget"):
-                    held.hold(lease, now_ms + self._lease_ttl_ms, 1 if ask.kind == "parallel" else ask.amount)
+                    held.hold(lease, now_ms + self._lease_ttl_ms, 1 if ask.kind == "parallel" else max(ask.amount, 0))
                     held.expires_ms = now_ms + self._lease_ttl_ms + self._grace_ms
                 remaining[ask.name] = left
             results[i] = Grant(lease, tuple(asks), window, remaining)
@@ -412,6 +416,7 @@ class RedisLimiter:
         and, budgets, its cost to the spend the next call (at most FLUSH_S later) reports."""
         if not grant.unsettled:
             return
+        cost = max(cost, 0)  # a budget's spend never goes down: a negative cost is none
         for ask in grant.asks:
             held = self._leases.get(ask.counter)
             if held is None:
