@@ -1,0 +1,114 @@
+"""Prepaid readings under load and faults: what the request path asks of Lago (entities without
+wallets or without a subscription cost no Lago call per request, and invented ids are not
+stored), forged jwt webhooks that cannot make the gateway fetch Lago's key each, and a client
+that leaves while its entity is being read, which must not abort the others' requests."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from meterway.billing.prepaid import Prepaid
+from meterway.config.billing import Billing
+from meterway.config.billing import Prepaid as PrepaidConfig
+from meterway.config.secret import Secret
+from meterway.store.runtime import Store
+from tests.billing.test_prepaid import CREDITS, _plan, ask, config, customer, gateways, info, post_webhook, webhook_body
+from tests.lago.standin import LagoStandIn, prepaid_ready
+
+
+@pytest.fixture
+def lago() -> Iterator[LagoStandIn]:
+    with LagoStandIn() as stand_in:
+        yield stand_in
+
+
+def reads(lago: LagoStandIn) -> list[str]:
+    """The readings' calls to Lago (the sender's event posts and look-ups aside)."""
+    kinds = ("/api/v1/subscriptions/", "/api/v1/plans/", "/api/v1/billable_metrics/", "/api/v1/wallets")
+    return [p for m, p in list(lago.requests) if m == "GET" and p.startswith(kinds)]
+
+
+def test_entities_without_wallets_or_subscription_cost_at_most_their_first_reading(
+    lago: LagoStandIn, pg_url: str, redis_url: str, redis_prefix: str
+) -> None:
+    prepaid_ready(lago, "acme", CREDITS, plan=_plan(lago))
+    from lago_python_client.client import Client
+    from lago_python_client.models import Customer, Subscription
+
+    client = Client(api_key=lago.api_key, api_url=lago.url)
+    client.customers.create(Customer(external_id="bob", currency="USD"))
+    client.subscriptions.create(Subscription(external_customer_id="bob", plan_code="prepaid", external_id="bob"))
+    with gateways(config(lago, pg_url, redis_url, redis_prefix)) as (gw,):
+        customer(gw, "bob")
+        for user in ("bob", "invented-id"):
+            before = len(reads(lago))
+            assert ask(gw, user) == 200
+            first = len(reads(lago))
+            assert first > before  # its first reading
+            for _ in range(19):
+                assert ask(gw, user) == 200
+            assert len(reads(lago)) == first, reads(lago)[first:]
+
+        assert info(gw, "bob")["prepaid"]["wallets"] == []  # stored
+
+        async def stored(entity: str) -> bool:
+            opened = await Store.open(pg_url, wait_s=10, run_migrations=False)
+            try:
+                return await opened.prepaid.get(entity) is not None
+            finally:
+                await opened.close()
+
+        assert asyncio.run(stored("bob")) and not asyncio.run(stored("invented-id"))  # never stored
+
+
+def test_forged_jwt_webhooks_fetch_lagos_key_at_most_once(
+    lago: LagoStandIn, pg_url: str, redis_url: str, redis_prefix: str
+) -> None:
+    wallet = prepaid_ready(lago, "acme", CREDITS, plan=_plan(lago))
+    with gateways(config(lago, pg_url, redis_url, redis_prefix)) as (gw,):
+        body = webhook_body(lago, wallet.lago_id)
+        for i in range(5):
+            r = post_webhook(
+                gw,
+                body,
+                {"X-Lago-Signature": "e30.e30.bad", "X-Lago-Signature-Algorithm": "jwt", "X-Lago-Unique-Key": f"f{i}"},
+            )
+            assert r.status_code == 401
+        assert len([p for _, p in lago.requests if p.endswith("/json_public_key")]) == 1
+        lago.down()
+        for i in range(5):
+            r = post_webhook(
+                gw,
+                body,
+                {"X-Lago-Signature": "e30.e30.bad", "X-Lago-Signature-Algorithm": "jwt", "X-Lago-Unique-Key": f"g{i}"},
+            )
+            assert r.status_code == 401
+        assert len([p for _, p in lago.requests if p.endswith("/json_public_key")]) == 1
+
+
+async def test_a_caller_that_leaves_does_not_abort_the_others_reading(lago: LagoStandIn, tmp_path: Path) -> None:
+    await asyncio.to_thread(prepaid_ready, lago, "acme", CREDITS, plan=_plan(lago))
+    billing = Billing(
+        api_base=lago.url, api_key=Secret(lago.api_key), charge_by="customer", prepaid=PrepaidConfig(mode="enforce")
+    )
+    store = await Store.open(f"sqlite:///{tmp_path / 'p.db'}", wait_s=10, run_migrations=True, export=True)
+    try:
+        async with aiohttp.ClientSession() as session:
+            prepaid = Prepaid(billing, store, session)
+            leaving = asyncio.create_task(prepaid.current("acme"))
+            staying = asyncio.create_task(prepaid.current("acme"))
+            for _ in range(100):  # both are waiting on the one reading
+                await asyncio.sleep(0)
+                if "acme" in prepaid._pending and not leaving.done():
+                    break
+            leaving.cancel()
+            priced = await staying
+            assert priced is not None and priced.reading.has_wallets
+            assert leaving.cancelled()
+    finally:
+        await store.close()
