@@ -24,6 +24,7 @@ import orjson
 from meterway.config.billing import Billing
 
 REFETCH_S = 30.0  # a failing jwt fetches Lago's public key again at most this often
+NO_KEY_RETRY_S = 5.0  # while no key was ever read (Lago away), it is asked for at most this often
 
 
 class Forged(Exception):
@@ -96,7 +97,7 @@ class Verifier:
         async with self._lock:
             if self._pem is not known:
                 return
-            if self._clock() - self._fetched < REFETCH_S:
+            if self._clock() - self._fetched < (REFETCH_S if known is not None else NO_KEY_RETRY_S):
                 if self._pem is None:
                     raise KeyUnavailable("Lago's public key was not read (asked for a moment ago)")
                 return
