@@ -92,11 +92,7 @@ def test_forged_jwt_webhooks_fetch_lagos_key_at_most_once_even_with_lago_away(
 
 
 async def test_a_caller_that_leaves_does_not_abort_the_others_reading(lago: LagoStandIn, tmp_path: Path) -> None:
-    await asyncio.to_thread(prepaid_ready, lago, "acme", CREDITS, plan=_plan(lago))
-    billing = Billing(
-        api_base=lago.url, api_key=Secret(lago.api_key), charge_by="customer", prepaid=PrepaidConfig(mode="enforce")
-    )
-    store = await Store.open(f"sqlite:///{tmp_path / 'p.db'}", wait_s=10, run_migrations=True, export=True)
+    billing, store = await _opened(lago, tmp_path)
     try:
         async with aiohttp.ClientSession() as session:
             prepaid = Prepaid(billing, store, session)
@@ -110,5 +106,47 @@ async def test_a_caller_that_leaves_does_not_abort_the_others_reading(lago: Lago
             priced = await staying
             assert priced is not None and priced.reading.has_wallets
             assert leaving.cancelled()
+    finally:
+        await store.close()
+
+
+async def _opened(lago: LagoStandIn, tmp_path: Path) -> tuple[Billing, Store]:
+    await asyncio.to_thread(prepaid_ready, lago, "acme", CREDITS, plan=_plan(lago))
+    billing = Billing(
+        api_base=lago.url, api_key=Secret(lago.api_key), charge_by="customer", prepaid=PrepaidConfig(mode="enforce")
+    )
+    return billing, await Store.open(f"sqlite:///{tmp_path / 'p.db'}", wait_s=10, run_migrations=True, export=True)
+
+
+async def test_webhooks_about_one_customer_coalesce_into_at_most_two_rereads(lago: LagoStandIn, tmp_path: Path) -> None:
+    billing, store = await _opened(lago, tmp_path)
+    try:
+        async with aiohttp.ClientSession() as session:
+            prepaid = Prepaid(billing, store, session)
+            assert await prepaid.current("acme") is not None
+            before = len([p for p in reads(lago) if p.startswith("/api/v1/wallets")])
+            answers = await asyncio.gather(*(prepaid.customer_changed("acme", "webhook") for _ in range(6)))
+            assert answers == [["acme"]] * 6
+            wallet_reads = len([p for p in reads(lago) if p.startswith("/api/v1/wallets")]) - before
+            assert 1 <= wallet_reads <= 2  # the one in flight, and one after it for those that came meanwhile
+    finally:
+        await store.close()
+
+
+async def test_a_failed_first_reading_is_not_stored_and_not_retried_by_every_request(
+    lago: LagoStandIn, tmp_path: Path
+) -> None:
+    billing, store = await _opened(lago, tmp_path)
+    try:
+        async with aiohttp.ClientSession() as session:
+            prepaid = Prepaid(billing, store, session)
+            lago.down()
+            assert await prepaid.current("acme") is None
+            asked = len(reads(lago))
+            for _ in range(10):
+                prepaid._cache.pop("acme", None)
+                assert await prepaid.current("acme") is None
+            assert len(reads(lago)) == asked  # remembered for NEGATIVE_RETRY_S: no Lago call
+            assert await store.prepaid.get("acme") is None  # nothing stored for an id never read
     finally:
         await store.close()
