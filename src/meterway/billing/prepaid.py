@@ -60,6 +60,7 @@ NEGATIVE_MAX = 10_000  # ids without a subscription, or whose first reading fail
 IDLE_S = 86_400.0  # entities no request asked for in this long are not read on the schedule
 TOUCH_S = 3_600.0  # a request's use of an entity is written at most this often
 SCHEDULE_CONCURRENCY = 8  # scheduled readings at once, per replica
+SCHEDULE_BATCH = 200  # readings claimed at a time (another batch at once when it was full)
 WEBHOOK_SPACING_S = 1.0  # re-reads of one Lago customer on webhooks at most this often
 WEBHOOKS_KEPT_S = 7 * 86_400.0  # webhook keys are forgotten after this long
 PRUNE_EVERY_S = 3_600.0
@@ -501,12 +502,27 @@ class Prepaid:
         """Re-reads, every refresh interval, the entities whose reading is due (claimed in the
         store, so each is read by one replica), SCHEDULE_CONCURRENCY at once; prunes old webhook
         keys hourly."""
+        try:
+            await self._schedule()
+        finally:  # stopping: the background readings end with it
+            others = [*self._tasks, *self._plan_reads.values(), *self._pending.values()]
+            for task in others:
+                task.cancel()
+            await asyncio.gather(*others, return_exceptions=True)
+
+    async def _schedule(self) -> None:
         interval = self.config.refresh_interval_s
+        full = False
         while True:
-            await asyncio.sleep(min(max(interval / 4, 0.5), 15.0))
+            if not full:  # a full batch: more are due, claimed at once
+                await asyncio.sleep(min(max(interval / 4, 0.5), 15.0))
+            full = False
             try:
                 now = datetime.now(UTC)
-                due = await self.store.prepaid.claim_due(now, interval, interval * WITHOUT_WALLETS_FACTOR, IDLE_S)
+                due = await self.store.prepaid.claim_due(
+                    now, interval, interval * WITHOUT_WALLETS_FACTOR, IDLE_S, SCHEDULE_BATCH
+                )
+                full = len(due) >= SCHEDULE_BATCH
                 gate = asyncio.Semaphore(SCHEDULE_CONCURRENCY)
 
                 async def one(entity: str, gate: asyncio.Semaphore = gate) -> None:
