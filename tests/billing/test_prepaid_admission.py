@@ -124,11 +124,6 @@ def test_concurrent_requests_over_two_replicas_are_served_at_most_n_plus_one(
         assert Decimal(info(a)["prepaid"]["reserved"]) == 0
 
 
-@pytest.mark.xfail(
-    strict=False,  # a race: it does not always show
-    reason="first readings raced on two replicas: store.prepaid.save selects then inserts, the loser's "
-    "IntegrityError is taken as an unknown balance and when_stale=open serves it (store/prepaid.py, i20-pfixb)",
-)
 def test_concurrent_first_use_over_two_replicas_is_served_at_most_n_plus_one(
     lago: LagoStandIn, pg_url: str, redis_url: str, redis_prefix: str
 ) -> None:

@@ -76,3 +76,31 @@ async def test_the_periods_rows_are_summed_per_model_with_their_count(store: Sto
     got = await store.prepaid.period_rows("customer_id", "acme", NOW - timedelta(days=1), ("model_group",), False)
     summed = {r["model_group"]: (int(r["prompt_tokens"]), int(r["count"]), int(r["sent"])) for r in got}
     assert summed == {"a": (3, 2, 0), "b": (5, 1, 0)}
+
+
+async def test_an_older_reading_never_overwrites_a_newer_one_nor_makes_history(store: Store) -> None:
+    await store.prepaid.save(_reading("acme", NOW, balance=500), 500)  # the top-up's reading
+    late = _reading("acme", NOW - timedelta(seconds=5), balance=100)  # a slow read begun before it
+    assert not await store.prepaid.save(late, 100)
+    got = await store.prepaid.get("acme")
+    assert got is not None and got.balance == 500 and got.read_at == NOW
+    assert [h.balance for h in await store.prepaid.history("acme")] == [500]
+
+
+async def test_ids_never_stored_stay_out_and_idle_entities_are_not_scheduled(store: Store) -> None:
+    assert not await store.prepaid.save(_reading("nobody", NOW, wallets=False), 0, create=False)
+    await store.prepaid.failed("nobody", "Lago did not answer", NOW)
+    assert await store.prepaid.get("nobody") is None
+    await store.prepaid.save(_reading("used", NOW - timedelta(days=3)), 100)
+    await store.prepaid.save(_reading("idle", NOW - timedelta(days=3)), 100)
+    await store.prepaid.touch("used", NOW)
+    assert await store.prepaid.claim_due(NOW, 60, 600, idle_s=86_400) == ["used"]
+
+
+async def test_webhook_keys_are_recorded_when_applied_and_pruned_after_a_while(store: Store) -> None:
+    assert not await store.prepaid.webhook_taken("k")
+    assert await store.prepaid.take_webhook("k", "wallet.updated", "acme", NOW - timedelta(days=8))
+    assert await store.prepaid.take_webhook("j", "wallet.updated", "acme", NOW)
+    assert await store.prepaid.webhook_taken("k")
+    assert await store.prepaid.prune_webhooks(NOW - timedelta(days=7)) == 1
+    assert not await store.prepaid.webhook_taken("k") and await store.prepaid.webhook_taken("j")

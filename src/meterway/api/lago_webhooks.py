@@ -3,9 +3,12 @@ once (a top-up is honoured within a second on every replica).
 
 No key: the caller is Lago, and its signature is the authentication (`billing.signature`). A
 webhook without its headers is a 400; one whose signature is unknown, forged or made for another
-body is a 401, and changes nothing. Each is taken once, by `X-Lago-Unique-Key` (a redelivery is
-answered 200 `{"duplicate": true}`). The answer is 200 only once the new reading is stored; when
-Lago does not answer the re-read, the webhook is let go (503) so that Lago delivers it again.
+body is a 401, and changes nothing. Each is applied once, by `X-Lago-Unique-Key`: the key is
+recorded only once the new reading is stored, so a redelivery that reaches another replica while
+the first is still reading is read too (never answered `duplicate` for a webhook not applied), and
+one that comes after is answered 200 `{"duplicate": true}`. When Lago does not answer the re-read,
+the webhook is let go (503) so that Lago delivers it again. Re-reads of one customer are
+coalesced (`Prepaid.customer_changed`); keys older than a week are pruned by the schedule.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import orjson
 from meterway.api.asgi import Incoming, Receive, Responder, Scope, Send, read_body, request_id
 from meterway.billing.prepaid import REFRESH_TIMEOUT as _TIMEOUT
 from meterway.billing.prepaid import Prepaid
-from meterway.billing.signature import Forged, Verifier
+from meterway.billing.signature import Forged, KeyUnavailable, Verifier
 from meterway.billing.wallets import LagoUnavailable
 from meterway.errors import AuthenticationFailed, BadRequest, ServiceUnavailable
 
@@ -62,7 +65,7 @@ class LagoWebhooks:
             raise AuthenticationFailed(
                 f"The webhook's signature is not Lago's ({e}).", code="invalid_lago_signature"
             ) from None
-        except LagoUnavailable:
+        except (LagoUnavailable, KeyUnavailable):
             raise ServiceUnavailable(
                 "Lago's public key could not be read to check the signature; send again."
             ) from None
@@ -75,19 +78,21 @@ class LagoWebhooks:
         kind = str(payload.get("webhook_type") or "")
         if not kind.startswith(_WALLET_TYPES):
             return {"ok": True, "ignored": kind}
-        customer = await self._customer(payload)
         store = self.prepaid.store.prepaid
-        if not await store.take_webhook(unique_key, kind, customer, datetime.now(UTC)):
+        if await store.webhook_taken(unique_key):
             return {"ok": True, "duplicate": True}
+        customer = await self._customer(payload)
         if customer is None:
+            await store.take_webhook(unique_key, kind, None, datetime.now(UTC))
             return {"ok": True, "ignored": kind, "reason": "no customer in the webhook"}
         reason = "top_up" if kind == "wallet_transaction.created" else "webhook"
         try:
             entities = await self.prepaid.customer_changed(customer, reason)
-        except Exception as e:
-            await store.forget_webhook(unique_key)  # Lago's redelivery is taken again
+        except Exception as e:  # not recorded: Lago's redelivery is applied
             log.warning("Lago webhook %s for %s not applied (%s); Lago will send it again", kind, customer, e)
             raise ServiceUnavailable("The wallets could not be read from Lago now; send the webhook again.") from None
+        # recorded once the reading is stored: a redelivery meanwhile was read too, harmlessly
+        await store.take_webhook(unique_key, kind, customer, datetime.now(UTC))
         return {"ok": True, "webhook_type": kind, "refreshed": entities}
 
     async def _customer(self, payload: dict[str, Any]) -> str | None:

@@ -8,10 +8,15 @@ period's start by the limiter (`limits.prepaid`), whose spend starts at P_R and 
 price of each request settled since. When Lago later counts those rows, B falls and U_L rises by
 as much: funded minus spend does not move. A top-up raises B at once.
 
-Readings are taken on first use (synchronously, bounded), on a schedule (claimed in the store,
-so replicas do not all call Lago), and on Lago's webhooks; each process keeps them about a
-second (`CACHE_TTL_S`), so every replica sees a top-up within a second or two and the request
-path reads the database at most once a second per entity.
+Readings are taken on first use (synchronously, `REQUEST_PATH_S` in all), on a schedule
+(claimed in the store, so replicas do not all call Lago; a few at once), and on Lago's webhooks
+(coalesced per customer); each process keeps them about a second (`CACHE_TTL_S`, least recently
+used evicted first), so every replica sees a top-up within a second or two and the request path
+reads the database at most once a second per entity. A reading is stored only when it is newer
+than the stored one (taken when Lago answered the wallets call). The request path makes no Lago
+call past the first reading: the plan is the last one read (fetched again in the background).
+Ids with no Lago subscription are kept only in the process (`NO_SUBSCRIPTION_TTL_S`), never
+stored; a failed first reading is retried at most every `NEGATIVE_RETRY_S`, in the background.
 """
 
 from __future__ import annotations
@@ -20,9 +25,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -44,7 +50,20 @@ log = logging.getLogger("meterway.prepaid")
 CACHE_TTL_S = 1.0  # a process re-reads an entity's reading from the store at most this often
 FIRST_USE_TIMEOUT = aiohttp.ClientTimeout(total=2.0)  # a first reading waits at most this for Lago
 REFRESH_TIMEOUT = aiohttp.ClientTimeout(total=10.0)
-FIRST_RETRY_S = 2.0  # a failed first reading is tried again on a request at most this often
+FIRST_RETRY_S = 2.0  # a reading of an ended period is tried again on a request at most this often
+REQUEST_PATH_S = 2.0  # all of a reading made for a request (every Lago call of it) within this
+REFRESH_S = 20.0  # all of a reading made by the schedule or a webhook within this
+NEGATIVE_RETRY_S = 5.0  # a failed first reading is tried again (in the background) at most this often
+NO_SUBSCRIPTION_TTL_S = 300.0  # an id Lago has no subscription for is asked about again after this
+CACHE_MAX = 100_000  # readings kept in the process (least recently used go first)
+NEGATIVE_MAX = 10_000  # ids without a subscription, or whose first reading failed, kept in the process
+IDLE_S = 86_400.0  # entities no request asked for in this long are not read on the schedule
+TOUCH_S = 3_600.0  # a request's use of an entity is written at most this often
+SCHEDULE_CONCURRENCY = 8  # scheduled readings at once, per replica
+SCHEDULE_BATCH = 200  # readings claimed at a time (another batch at once when it was full)
+WEBHOOK_SPACING_S = 1.0  # re-reads of one Lago customer on webhooks at most this often
+WEBHOOKS_KEPT_S = 7 * 86_400.0  # webhook keys are forgotten after this long
+PRUNE_EVERY_S = 3_600.0
 WITHOUT_WALLETS_FACTOR = 10  # entities without wallets are re-read this many intervals apart
 REASONS = ("first_use", "schedule", "webhook", "top_up")
 
@@ -119,6 +138,18 @@ def pool_of(readings: list[Reading]) -> Pool:
     )
 
 
+@dataclass(slots=True)
+class _Gate:
+    """Webhook re-reads of one Lago customer: tickets in order of arrival, the last one a
+    finished re-read covered, and when the last re-read began."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    arrived: int = 0
+    covered: int = 0
+    started: float = float("-inf")
+    entities: list[str] = field(default_factory=list)
+
+
 def money(units: int) -> str:
     """Money units as a decimal string of the currency."""
     return format(pricing.usd(units), "f")
@@ -146,8 +177,15 @@ class Prepaid:
         self.wallets = Wallets(billing, session)
         self.alert = alert
         self._clock = clock
-        self._cache: dict[str, Priced] = {}
-        self._pending: dict[str, asyncio.Future[Priced | None]] = {}
+        self._cache: OrderedDict[str, Priced] = OrderedDict()
+        self._pending: dict[str, asyncio.Task[Priced | None]] = {}
+        self._unbilled: OrderedDict[str, Priced] = OrderedDict()  # ids Lago has no subscription for
+        self._failed: OrderedDict[str, float] = OrderedDict()  # first readings that failed: when
+        self._tasks: set[asyncio.Task[Any]] = set()  # background reads, held until done
+        self._plan_reads: dict[str, asyncio.Task[Plan | None]] = {}  # plans being read, by code
+        self._plan_failed: dict[str, float] = {}  # plans whose last read failed: when
+        self._gates: dict[str, _Gate] = {}  # webhook re-reads per Lago customer
+        self._pruned = float("-inf")
         self._alerted: set[str] = set()  # dedupe keys this process has handed to `alert`
         self._members: dict[str, tuple[float, list[str]]] = {}  # Lago customer -> (read at, entities)
         self.tax = Decimal(1) + self.config.tax_rate
@@ -156,74 +194,160 @@ class Prepaid:
 
     async def current(self, entity: str) -> Priced | None:
         """The entity's reading, from this process (at most CACHE_TTL_S old), else the store, else
-        Lago at once (first use, bounded). None: it was never read successfully."""
-        cached = self._cache.get(entity)
+        Lago at once (first use, REQUEST_PATH_S in all). None: it was never read successfully.
+
+        The load runs in its own task, shared by the entity's concurrent requests and shielded
+        from each: a client that leaves cancels its own wait, never the others' reading."""
         now = self._clock()
+        cached = self._cache.get(entity)
         if cached is not None and now - cached.loaded < CACHE_TTL_S:
+            self._cache.move_to_end(entity)
             return cached
-        pending = self._pending.get(entity)
-        if pending is not None:
-            return await pending
-        future: asyncio.Future[Priced | None] = asyncio.get_running_loop().create_future()
-        self._pending[entity] = future
-        try:
-            found = await self._load(entity, cached)
-        except BaseException as e:
-            future.set_exception(e)
-            future.exception()
-            raise
-        finally:
+        unbilled = self._unbilled.get(entity)
+        if unbilled is not None:
+            if now - unbilled.loaded < NO_SUBSCRIPTION_TTL_S:
+                return unbilled
+            del self._unbilled[entity]
+        task = self._pending.get(entity)
+        if task is None:
+            task = asyncio.create_task(self._load(entity, cached))
+            self._pending[entity] = task
+            task.add_done_callback(lambda done: self._done_loading(entity, done))
+        return await asyncio.shield(task)
+
+    def _done_loading(self, entity: str, task: asyncio.Task[Priced | None]) -> None:
+        if self._pending.get(entity) is task:
             del self._pending[entity]
-        future.set_result(found)
-        return found
+        if not task.cancelled():
+            task.exception()  # retrieved: every waiter got it already
+
+    def _remember(self, entity: str, priced: Priced) -> None:
+        self._cache[entity] = priced
+        self._cache.move_to_end(entity)
+        while len(self._cache) > CACHE_MAX:
+            self._cache.popitem(last=False)
+
+    def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _load(self, entity: str, cached: Priced | None) -> Priced | None:
         reading = await self.store.prepaid.get(entity)
-        if reading is None or (reading.read_at is None and self._retry_first(reading)):
-            reading = await self.refresh(entity, "first_use", FIRST_USE_TIMEOUT)
-        elif reading.period_end is not None and reading.period_end <= datetime.now(UTC) and self._retry_first(reading):
-            # the billing period the reading belongs to is over: the new one is read now, bounded
-            reading = await self.refresh(entity, "schedule", FIRST_USE_TIMEOUT) or reading
+        now = datetime.now(UTC)
+        reason = None
+        if reading is None or reading.read_at is None:
+            reason = "first_use"
+        elif reading.period_end is not None and reading.period_end <= now and self._retry_first(reading):
+            reason = "schedule"  # the billing period the reading belongs to is over: the new one is read now
+        elif reading.has_wallets and self.stale(reading) and self._retry_first(reading):
+            reason = "first_use"  # idle for long (no longer on the schedule), or Lago was away
+        if reason is not None:
+            failed = self._failed.get(entity)
+            if failed is not None and self._clock() - failed < NEGATIVE_RETRY_S:
+                pass  # tried a moment ago: the request goes by what there is
+            elif failed is not None:  # tried again, in the background: no request waits for it
+                self._failed[entity] = self._clock()
+                self._spawn(self._first_read(entity, reason))
+            else:
+                fresh = await self._first_read(entity, reason)
+                if fresh is not None and fresh.entity_id in self._unbilled:
+                    return self._unbilled[entity]
+                reading = fresh or reading
         if reading is None or reading.read_at is None:
             self._cache.pop(entity, None)
+            if entity in self._unbilled:
+                return self._unbilled[entity]
             return None
-        if cached is not None and cached.reading.read_at == reading.read_at and cached.reading.priced == reading.priced:
+        if reading.last_used_at is None or (now - reading.last_used_at).total_seconds() >= TOUCH_S:
+            await self.store.prepaid.touch(entity, now)
+        if (
+            cached is not None
+            and cached.reading.read_at == reading.read_at
+            and cached.reading.priced == reading.priced
+            and (cached.price is not None or not reading.has_wallets)  # not a stand-in for an unread plan
+        ):
             cached.reading = reading
             cached.loaded = self._clock()
+            self._remember(entity, cached)
             return cached
         priced = Priced(reading, None, None, self._clock())
         if reading.has_wallets:
-            try:
-                priced = await self._with_tally(reading, REFRESH_TIMEOUT)
-            except (
-                LagoUnavailable,
-                LagoPlanInvalid,
-            ) as e:  # the plan cannot be read: prices fall back to the ledger's cost
-                log.warning("prepaid: plan of %s not read (%s); pricing at the ledger's cost", entity, e)
-                priced.fallback = True
-        if len(self._cache) > 100_000:
-            self._cache.clear()
-        self._cache[entity] = priced
+            priced = await self._with_tally(reading)
+        self._remember(entity, priced)
         return priced
 
-    @staticmethod
-    def _retry_first(reading: Reading) -> bool:
-        """A first reading that failed is tried again on the request path, at most every
-        FIRST_RETRY_S (each try may hold a request up to FIRST_USE_TIMEOUT while Lago is away)."""
+    async def _first_read(self, entity: str, reason: str) -> Reading | None:
+        """A reading for a request: bounded, and its failure remembered in the process."""
+        fresh = await self.refresh(entity, reason, FIRST_USE_TIMEOUT, REQUEST_PATH_S)
+        if fresh is None:
+            self._failed[entity] = self._clock()
+            self._failed.move_to_end(entity)
+            while len(self._failed) > NEGATIVE_MAX:
+                self._failed.popitem(last=False)
+        else:
+            self._failed.pop(entity, None)
+        return fresh
+
+    def _retry_first(self, reading: Reading) -> bool:
+        """A reading tried again on the request path, at most every FIRST_RETRY_S."""
         attempt = reading.attempt_at
         return attempt is None or (datetime.now(UTC) - attempt).total_seconds() >= FIRST_RETRY_S
 
-    async def _with_tally(self, reading: Reading, within: aiohttp.ClientTimeout) -> Priced:
-        plan = await self.wallets.plan(reading.plan_code or "", within)
-        price, tally, fallback, _ = await self._tally(reading.entity_id, reading.subscription_id or "", plan, reading)
+    async def _with_tally(self, reading: Reading) -> Priced:
+        """The reading with its price model, from the plan this process last read (no Lago call
+        when it knows one, however old: an old one is read again in the background). A plan this
+        process never read is read once for all its entities, within REQUEST_PATH_S; failing
+        that, prices fall back to the ledger's cost until it is read (retried in the background
+        at most every NEGATIVE_RETRY_S)."""
+        plan = await self._plan(reading.plan_code or "")
+        if plan is None:
+            return Priced(reading, None, None, self._clock(), True)
+        try:
+            price, tally, fallback, _ = await self._tally(
+                reading.entity_id, reading.subscription_id or "", plan, reading
+            )
+        except LagoPlanInvalid as e:  # the plan cannot be priced: prices fall back to the ledger's cost
+            log.warning("prepaid: plan of %s not priced (%s); pricing at the ledger's cost", reading.entity_id, e)
+            return Priced(reading, None, None, self._clock(), True)
         return Priced(reading, price, tally, self._clock(), fallback is not None)
+
+    async def _plan(self, code: str) -> Plan | None:
+        plan, due = self.wallets.known_plan(code)
+        task = self._plan_reads.get(code)
+        failed = self._plan_failed.get(code)
+        if due and task is None and (failed is None or self._clock() - failed >= NEGATIVE_RETRY_S):
+            task = self._plan_reads[code] = asyncio.create_task(self._read_plan(code))
+            task.add_done_callback(lambda _: self._plan_reads.pop(code, None))
+        if plan is not None or task is None:
+            return plan
+        try:
+            async with asyncio.timeout(REQUEST_PATH_S):
+                return await asyncio.shield(task)
+        except TimeoutError:
+            return None
+
+    async def _read_plan(self, code: str) -> Plan | None:
+        try:
+            async with asyncio.timeout(REFRESH_S):
+                plan = await self.wallets.plan(code, REFRESH_TIMEOUT)
+        except (LagoUnavailable, LagoPlanInvalid, TimeoutError, aiohttp.ClientError) as e:
+            log.warning("prepaid: plan '%s' not read from Lago: %s", code, str(e) or e.__class__.__name__)
+            self._plan_failed[code] = self._clock()
+            return None
+        self._plan_failed.pop(code, None)
+        return plan
 
     def forget(self, entity: str | None = None) -> None:
         """Drops this process's copies (all of them with no entity): the next request re-reads."""
         if entity is None:
             self._cache.clear()
+            self._unbilled.clear()
+            self._failed.clear()
         else:
             self._cache.pop(entity, None)
+            self._unbilled.pop(entity, None)
+            self._failed.pop(entity, None)
 
     async def subscription_of(self, entity: str) -> str | None:
         mapped = await self.store.outbox.subscriptions(self.billing.charge_by, [entity])
@@ -231,37 +355,53 @@ class Prepaid:
         return None if isinstance(sub, Parked) else sub
 
     async def refresh(
-        self, entity: str, reason: str, within: aiohttp.ClientTimeout = REFRESH_TIMEOUT
+        self,
+        entity: str,
+        reason: str,
+        within: aiohttp.ClientTimeout = REFRESH_TIMEOUT,
+        bound: float = REFRESH_S,
     ) -> Reading | None:
-        """Reads the entity's subscription, plan and wallets from Lago and prices its period's
-        rows; stores the reading (or, when Lago fails, why) and returns it (None on failure)."""
-        now = datetime.now(UTC)
+        """Reads the entity's subscription, plan and wallets from Lago (all of it within `bound`
+        seconds) and prices its period's rows; stores the reading unless a newer one is stored
+        already (or, when Lago fails, why) and returns what is stored (None on failure). An id
+        Lago has no subscription for is not stored (unless it was before): kept in the process."""
         try:
-            reading, priced = await self._read(entity, reason, now, within)
+            async with asyncio.timeout(bound):
+                reading, priced = await self._read(entity, reason, within)
         except (LagoUnavailable, LagoPlanInvalid, TimeoutError, aiohttp.ClientError) as e:
             why = str(e) or e.__class__.__name__
             log.warning("prepaid: %s not read from Lago: %s", entity, why)
-            await self.store.prepaid.failed(entity, why, now)
+            await self.store.prepaid.failed(entity, why, datetime.now(UTC))
             return None
-        await self.store.prepaid.save(reading, reading.funded - reading.priced)
+        bare = reading.lago_customer_id is None
+        if not await self.store.prepaid.save(reading, reading.funded - reading.priced, create=not bare):
+            if bare:  # never stored: no subscription in Lago, remembered here only
+                self._unbilled[entity] = Priced(reading, None, None, self._clock())
+                self._unbilled.move_to_end(entity)
+                while len(self._unbilled) > NEGATIVE_MAX:
+                    self._unbilled.popitem(last=False)
+                self._cache.pop(entity, None)
+                return reading
+            self._cache.pop(entity, None)  # a newer reading is stored: the next request loads it
+            return await self.store.prepaid.get(entity)
+        self._unbilled.pop(entity, None)
         if priced is not None:
-            self._cache[entity] = priced
+            self._remember(entity, priced)
         else:
             self._cache.pop(entity, None)
         return reading
 
-    async def _read(
-        self, entity: str, reason: str, now: datetime, within: aiohttp.ClientTimeout
-    ) -> tuple[Reading, Priced | None]:
+    async def _read(self, entity: str, reason: str, within: aiohttp.ClientTimeout) -> tuple[Reading, Priced | None]:
         sub_id = await self.subscription_of(entity)
         sub = await self.wallets.subscription(sub_id, within) if sub_id else None
         if sub is None or sub.status not in ("active", "") or not sub.external_customer_id:
             empty = Reading(
-                entity, None, sub_id, None, None, None, None, False, 0, 0, 0, (), reason, now
+                entity, None, sub_id, None, None, None, None, False, 0, 0, 0, (), reason, datetime.now(UTC)
             )  # charged through no Lago subscription: nothing to hold it to
             return empty, None
         plan = await self.wallets.plan(sub.plan_code, within)
         raw = await self.wallets.wallets(sub.external_customer_id, within)
+        now = datetime.now(UTC)  # the reading's time: when Lago answered for the wallets
         views = usable_sorted([wallet_view(w, plan.currency, self.billing.event_code, now) for w in raw])
         usable = [w for w in views if w.usable]
         reading = Reading(
@@ -432,14 +572,41 @@ class Prepaid:
 
     async def run(self) -> None:
         """Re-reads, every refresh interval, the entities whose reading is due (claimed in the
-        store, so each is read by one replica)."""
+        store, so each is read by one replica), SCHEDULE_CONCURRENCY at once; prunes old webhook
+        keys hourly."""
+        try:
+            await self._schedule()
+        finally:  # stopping: the background readings end with it
+            others = [*self._tasks, *self._plan_reads.values(), *self._pending.values()]
+            for task in others:
+                task.cancel()
+            await asyncio.gather(*others, return_exceptions=True)
+
+    async def _schedule(self) -> None:
         interval = self.config.refresh_interval_s
+        full = False
         while True:
-            await asyncio.sleep(min(max(interval / 4, 0.5), 15.0))
+            if not full:  # a full batch: more are due, claimed at once
+                await asyncio.sleep(min(max(interval / 4, 0.5), 15.0))
+            full = False
             try:
-                due = await self.store.prepaid.claim_due(datetime.now(UTC), interval, interval * WITHOUT_WALLETS_FACTOR)
-                for entity in due:
-                    await self.refresh(entity, "schedule")
+                now = datetime.now(UTC)
+                due = await self.store.prepaid.claim_due(
+                    now, interval, interval * WITHOUT_WALLETS_FACTOR, IDLE_S, SCHEDULE_BATCH
+                )
+                full = len(due) >= SCHEDULE_BATCH
+                gate = asyncio.Semaphore(SCHEDULE_CONCURRENCY)
+
+                async def one(entity: str, gate: asyncio.Semaphore = gate) -> None:
+                    async with gate:
+                        await self.refresh(entity, "schedule")
+
+                for failed in await asyncio.gather(*(one(e) for e in due), return_exceptions=True):
+                    if isinstance(failed, Exception):
+                        log.warning("prepaid: scheduled reading failed: %s", failed.__class__.__name__)
+                if self._clock() - self._pruned >= PRUNE_EVERY_S:
+                    self._pruned = self._clock()
+                    await self.store.prepaid.prune_webhooks(now - timedelta(seconds=WEBHOOKS_KEPT_S))
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -447,7 +614,29 @@ class Prepaid:
 
     async def customer_changed(self, lago_customer: str, reason: str) -> list[str]:
         """A webhook about a Lago customer's wallets: every entity charged through that customer
-        is read again now (raises LagoUnavailable when one cannot be)."""
+        is read again (raises LagoUnavailable when one cannot be). Coalesced per customer: one
+        re-read at a time, at most one per WEBHOOK_SPACING_S, and a webhook whose change a re-read
+        begun after it arrived has already seen returns that re-read's answer."""
+        gate = self._gates.get(lago_customer)
+        if gate is None:
+            if len(self._gates) > NEGATIVE_MAX:
+                self._gates = {k: g for k, g in self._gates.items() if g.lock.locked()}
+            gate = self._gates[lago_customer] = _Gate()
+        gate.arrived += 1
+        ticket = gate.arrived
+        async with gate.lock:
+            if gate.covered >= ticket:
+                return gate.entities
+            wait = gate.started + WEBHOOK_SPACING_S - self._clock()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            covers = gate.arrived  # every webhook arrived before this re-read begins
+            gate.started = self._clock()
+            entities = await self._reread(lago_customer, reason)
+            gate.covered, gate.entities = covers, entities
+            return entities
+
+    async def _reread(self, lago_customer: str, reason: str) -> list[str]:
         entities = await self.store.prepaid.entities_of(lago_customer)
         if not entities:  # never read, or charged by its own id: the customer id may be the entity's
             entities = [lago_customer]
@@ -465,7 +654,7 @@ class Prepaid:
         if reading.read_at is None:
             return True
         age = (datetime.now(UTC) - reading.read_at).total_seconds()
-        return age > self.config.stale_after_s and reading.error is not None
+        return age > self.config.stale_after_s  # by age alone: a reading not retried is as old
 
     async def status(self, entity: str) -> dict[str, Any] | None:
         """The `prepaid` object of `/customer/info` and `/key/info` (None: never read)."""

@@ -3,12 +3,14 @@
 `hmac`: `X-Lago-Signature` is the strict Base64 of HMAC-SHA256 over the raw body, keyed with the
 organization's API key (ours, `billing.api_key`). `jwt`: an RS256 JWT of `{data: <the body>,
 iss: <Lago's API URL>}`, signed with Lago's private key; the public key is fetched once from
-`GET /api/v1/webhooks/json_public_key` and kept, and fetched again (at most every
-`REFETCH_S`) when a signature does not verify, in case Lago's key was rotated.
+`GET /api/v1/webhooks/json_public_key` and kept, and fetched again when a signature does not
+verify, in case Lago's key was rotated. Every fetch, failed or not, is at most one per
+`REFETCH_S` (one at a time): forged jwt webhooks cannot make the gateway call Lago for each.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -22,10 +24,16 @@ import orjson
 from meterway.config.billing import Billing
 
 REFETCH_S = 30.0  # a failing jwt fetches Lago's public key again at most this often
+NO_KEY_RETRY_S = 5.0  # while no key was ever read (Lago away), it is asked for at most this often
 
 
 class Forged(Exception):
     """The signature does not match the body: the webhook did not come from our Lago."""
+
+
+class KeyUnavailable(Exception):
+    """Lago's public key is not known and was asked for less than `REFETCH_S` ago: a jwt cannot
+    be checked now (the webhook is let go, to be sent again)."""
 
 
 def check_hmac(body: bytes, signature: str, api_key: str) -> None:
@@ -62,6 +70,7 @@ class Verifier:
         self._clock = clock
         self._pem: bytes | None = None
         self._fetched = float("-inf")
+        self._lock = asyncio.Lock()
 
     async def check(self, algorithm: str, signature: str, body: bytes) -> None:
         """Raises Forged unless `signature` is Lago's for `body`; LagoUnavailable (from the key's
@@ -72,17 +81,30 @@ class Verifier:
         if algorithm != "jwt":
             raise Forged(f"unknown signature algorithm {algorithm[:20]!r}")
         if self._pem is None:
-            await self._refresh()
+            await self._refresh(None)
         try:
             self._check_jwt(signature, body)
         except Forged:
-            if self._clock() - self._fetched < REFETCH_S:
+            known = self._pem
+            await self._refresh(known)  # the key may have been rotated: once more with Lago's current one
+            if self._pem is known:
                 raise
-            await self._refresh()  # the key may have been rotated: once more with Lago's current one
             self._check_jwt(signature, body)
 
-    async def _refresh(self) -> None:
-        self._fetched = self._clock()
+    async def _refresh(self, known: bytes | None) -> None:
+        """Fetches Lago's key unless another caller replaced `known` meanwhile or a fetch was made
+        in the last REFETCH_S; raises KeyUnavailable when there is still no key."""
+        async with self._lock:
+            if self._pem is not known:
+                return
+            if self._clock() - self._fetched < (REFETCH_S if known is not None else NO_KEY_RETRY_S):
+                if self._pem is None:
+                    raise KeyUnavailable("Lago's public key was not read (asked for a moment ago)")
+                return
+            self._fetched = self._clock()
+            await self._load()
+
+    async def _load(self) -> None:
         encoded = await self._fetch()
         try:
             pem = base64.b64decode(encoded, validate=False)

@@ -164,6 +164,14 @@ class Wallets:
         self._plans[code] = (time.monotonic(), plan)
         return plan
 
+    def known_plan(self, code: str) -> tuple[Plan | None, bool]:
+        """The plan as last read, however old (no Lago call: the request path), and whether it is
+        due to be read again (older than PLAN_TTL_S, or never read)."""
+        cached = self._plans.get(code)
+        if cached is None:
+            return None, True
+        return cached[1], time.monotonic() - cached[0] >= PLAN_TTL_S
+
     def forget_plans(self) -> None:
         self._plans.clear()
 

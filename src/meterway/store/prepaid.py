@@ -141,6 +141,7 @@ class Reading:
     error: str | None = None
     advance: int = 0  # of P_R, the invoiceable pay-in-advance charges'
     advance_paid: int = 0  # of those, what Lago had already taken from the balance (rows it had received)
+    last_used_at: datetime | None = None  # a request last asked for it (written at most hourly)
 
     @property
     def funded(self) -> int:
@@ -178,9 +179,12 @@ class PrepaidStore:
             row = (await conn.execute(query)).mappings().first()
         return _reading(row) if row is not None else None
 
-    async def save(self, reading: Reading, available: int) -> None:
-        """The reading, and a history entry when it differs from the last one (a reading that
-        changed nothing is not history); the oldest entries past HISTORY_KEPT go."""
+    async def save(self, reading: Reading, available: int, *, create: bool = True) -> bool:
+        """The reading, only when it is newer than the stored one (a slow read begun before a
+        top-up's must not undo it), and then a history entry when it differs from the last one
+        (a reading that changed nothing is not history); the oldest entries past HISTORY_KEPT go.
+        `create=False`: only an entity already stored is updated (ids with no Lago subscription
+        are not kept). False when nothing was written."""
         values = {
             "lago_customer_id": reading.lago_customer_id,
             "subscription_id": reading.subscription_id,
@@ -200,25 +204,27 @@ class PrepaidStore:
             "attempt_at": reading.read_at,
             "error": None,
         }
+        t = prepaid_balances.c
         async with self._engine.begin() as conn:
             before = (
                 await conn.execute(
-                    sa.select(
-                        prepaid_balances.c.balance_units,
-                        prepaid_balances.c.lago_usage_units,
-                        prepaid_balances.c.priced_units,
-                        prepaid_balances.c.has_wallets,
-                    ).where(prepaid_balances.c.entity_id == reading.entity_id)
+                    sa.select(t.balance_units, t.lago_usage_units, t.priced_units, t.has_wallets).where(
+                        t.entity_id == reading.entity_id
+                    )
                 )
             ).first()
-            if before is None:
-                await conn.execute(sa.insert(prepaid_balances).values(entity_id=reading.entity_id, **values))
-            else:
-                await conn.execute(
-                    sa.update(prepaid_balances)
-                    .where(prepaid_balances.c.entity_id == reading.entity_id)
-                    .values(**values)
+            written = 0
+            if before is None and create:
+                insert = self._insert(
+                    entity_id=reading.entity_id, last_used_at=reading.last_used_at or reading.read_at, **values
                 )
+                written = (await conn.execute(insert)).rowcount
+            if not written:
+                newer = sa.or_(t.read_at.is_(None), t.read_at < reading.read_at) if reading.read_at else sa.true()
+                update = sa.update(prepaid_balances).where(t.entity_id == reading.entity_id, newer).values(**values)
+                written = (await conn.execute(update)).rowcount
+            if not written:
+                return False
             changed = before is None or tuple(before) != (
                 reading.balance,
                 reading.lago_usage,
@@ -250,24 +256,43 @@ class PrepaidStore:
                         prepaid_history.c.entity_id == reading.entity_id, prepaid_history.c.id <= cutoff
                     )
                 )
+        return True
+
+    def _insert(self, **values: Any) -> Any:
+        """An INSERT of one balance row that does nothing when the row exists (another replica's)."""
+        if self._pg:
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            return pg_insert(prepaid_balances).values(**values).on_conflict_do_nothing()
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(prepaid_balances).values(**values).on_conflict_do_nothing()
+
+    async def touch(self, entity_id: str, now: datetime) -> None:
+        """The entity was asked for by a request: the schedule keeps reading it (`claim_due`)."""
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                sa.update(prepaid_balances).where(prepaid_balances.c.entity_id == entity_id).values(last_used_at=now)
+            )
 
     async def failed(self, entity_id: str, error: str, now: datetime) -> None:
-        """A reading that could not be taken: the last good one stays, with why this one failed."""
+        """A reading that could not be taken: the last good one stays, with why this one failed.
+        An entity never read is not stored (ids chosen by clients would fill the table): its
+        failure is kept in the process (`billing.prepaid`)."""
         async with self._engine.begin() as conn:
-            done = await conn.execute(
+            await conn.execute(
                 sa.update(prepaid_balances)
                 .where(prepaid_balances.c.entity_id == entity_id)
                 .values(attempt_at=now, error=error[:1000])
             )
-            if done.rowcount == 0:
-                await conn.execute(
-                    sa.insert(prepaid_balances).values(entity_id=entity_id, attempt_at=now, error=error[:1000])
-                )
 
-    async def claim_due(self, now: datetime, wallets_s: float, others_s: float, limit: int = 50) -> list[str]:
+    async def claim_due(
+        self, now: datetime, wallets_s: float, others_s: float, idle_s: float = 86_400.0, limit: int = 50
+    ) -> list[str]:
         """Entities whose reading is older than `wallets_s` (with wallets) or `others_s` (without),
         and whose last attempt is too (so a failing Lago is not called in a loop), claimed by
-        stamping `attempt_at`: another replica does not take them before the interval passes again."""
+        stamping `attempt_at`: another replica does not take them before the interval passes again.
+        Entities no request asked for in `idle_s` are left alone (a request reads them again)."""
         fresh_w, fresh_o = now - timedelta(seconds=wallets_s), now - timedelta(seconds=others_s)
         t = prepaid_balances.c
         due = sa.or_(
@@ -275,7 +300,8 @@ class PrepaidStore:
             sa.and_(sa.not_(t.has_wallets), sa.or_(t.read_at.is_(None), t.read_at < fresh_o)),
         )
         attempted = sa.or_(t.attempt_at.is_(None), t.attempt_at < fresh_w)
-        pick = sa.select(t.entity_id).where(due, attempted).order_by(t.read_at).limit(limit)
+        used = t.last_used_at >= now - timedelta(seconds=idle_s)
+        pick = sa.select(t.entity_id).where(due, attempted, used).order_by(t.read_at).limit(limit)
         if self._pg:
             pick = pick.with_for_update(skip_locked=True)
         claim = (
@@ -309,8 +335,20 @@ class PrepaidStore:
             for r in rows
         ]
 
+    async def webhook_taken(self, unique_key: str) -> bool:
+        """Whether a webhook of this key was applied already (its reading stored)."""
+        query = sa.select(lago_webhooks.c.unique_key).where(lago_webhooks.c.unique_key == unique_key[:255])
+        async with self._engine.connect() as conn:
+            return (await conn.execute(query)).first() is not None
+
+    async def prune_webhooks(self, before: datetime) -> int:
+        """Forgets the webhooks received before `before` (Lago redelivers for hours, not days)."""
+        async with self._engine.begin() as conn:
+            done = await conn.execute(sa.delete(lago_webhooks).where(lago_webhooks.c.received_at < before))
+        return int(done.rowcount or 0)
+
     async def take_webhook(self, unique_key: str, webhook_type: str, customer: str | None, now: datetime) -> bool:
-        """Whether this webhook is new (then it is recorded as taken); False for a redelivery."""
+        """Records the webhook as applied (called once its reading is stored); False when it was."""
         values = {
             "unique_key": unique_key[:255],
             "webhook_type": webhook_type[:100],
@@ -389,4 +427,5 @@ def _reading(row: Any) -> Reading:
         error=row["error"],
         advance=int(row["advance_units"] or 0),
         advance_paid=int(row["advance_paid_units"] or 0),
+        last_used_at=_utc(row["last_used_at"]),
     )

@@ -11,7 +11,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-HEAD = "0016"
+HEAD = "0017"
 
 
 async def current(engine: AsyncEngine) -> str | None:

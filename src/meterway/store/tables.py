@@ -380,6 +380,8 @@ prepaid_balances = Table(
     Column("read_at", DateTime(timezone=True), nullable=True),  # last successful reading
     Column("attempt_at", DateTime(timezone=True), nullable=True),  # last attempt, successful or not
     Column("error", Text, nullable=True),  # why the last attempt failed, readable
+    # a request last asked for it (0017): the schedule stops reading entities idle for long
+    Column("last_used_at", DateTime(timezone=True), nullable=True),
 )
 
 prepaid_history = Table(
