@@ -18,6 +18,7 @@ def test_openapi_describes_every_management_route(gateway: RunningGateway) -> No
     served = {route for route in ROUTES if not route[1].startswith("/end_user/")}
     served.add(("GET", "/customer/{customer_id}/invoice-preview"))  # the one route with an id in its path
     served |= {("POST", path) for path in webhooks.INGEST}  # served apart: they take the webhook secret
+    served.add(("POST", openapi.LAGO_WEBHOOK[0]))  # Lago's signed wallet webhooks
     served |= {(method, path) for method, path, _, _ in openapi.RESPONSES}  # OpenAI's Responses API
     served |= {("POST", path) for path, _, _ in openapi.MODEL_ENDPOINTS}  # rerank, moderations
     served |= {("POST", path) for path, _ in openapi.AUDIO_UPLOADS} | {("POST", openapi.SPEECH_PATH)}  # audio
@@ -43,3 +44,14 @@ def test_openapi_describes_every_management_route(gateway: RunningGateway) -> No
             if body and "$ref" in body["content"].get("application/json", {}).get("schema", {}):
                 ref = body["content"]["application/json"]["schema"]["$ref"]
                 assert ref.rsplit("/", 1)[1] in schemas, path
+
+
+def test_the_lago_webhook_is_not_found_while_prepaid_credits_are_off(gateway: RunningGateway) -> None:
+    """Documented always, taken only with prepaid credits on: otherwise a clear 404, never a 5xx."""
+    r = httpx.post(
+        gateway.url + openapi.LAGO_WEBHOOK[0],
+        content=b'{"webhook_type": "wallet_transaction.created"}',
+        headers={"X-Lago-Signature": "x", "X-Lago-Signature-Algorithm": "hmac", "X-Lago-Unique-Key": "k"},
+    )
+    assert r.status_code == 404
+    assert "billing.prepaid" in r.json()["error"]["message"]

@@ -24,7 +24,7 @@ from meterway.billing.prepaid import REFRESH_TIMEOUT as _TIMEOUT
 from meterway.billing.prepaid import Prepaid
 from meterway.billing.signature import Forged, KeyUnavailable, Verifier
 from meterway.billing.wallets import LagoUnavailable
-from meterway.errors import AuthenticationFailed, BadRequest, ServiceUnavailable
+from meterway.errors import AuthenticationFailed, BadRequest, RouteNotFound, ServiceUnavailable
 
 log = logging.getLogger("meterway.prepaid")
 
@@ -122,7 +122,7 @@ class LagoWebhooks:
 async def handle(hooks: LagoWebhooks | None, scope: Scope, receive: Receive, send: Send) -> None:
     """Errors go to the boundary (`api.errors.boundary`), in OpenAI's error shape."""
     if hooks is None:
-        raise ServiceUnavailable("Prepaid credits are off (billing.prepaid): Lago webhooks are not taken.")
+        raise RouteNotFound("Prepaid credits are off (billing.prepaid): Lago webhooks are not taken here.")
     incoming = Incoming(scope["headers"])
     signature, algorithm, unique = (_header(scope, h) for h in (_SIGNATURE, _ALGORITHM, _UNIQUE))
     missing = [n for n, v in (("X-Lago-Signature", signature), ("X-Lago-Signature-Algorithm", algorithm)) if not v]

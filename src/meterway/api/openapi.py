@@ -113,6 +113,12 @@ INGEST: list[tuple[str, str]] = [
     ("/webhooks/usage", "Usage of one request (or a list) reported by another proxy; a single event is answered alone"),
     ("/webhooks/usage/batch", 'Usage of many requests: a list or {"events": [...]}, stored whole or not at all'),
 ]
+# Lago's wallet webhooks (prepaid credits): authenticated by Lago's signature, not a key; 404 when
+# prepaid credits are off (docs/billing.md, "Keeping readings fresh").
+LAGO_WEBHOOK = (
+    "/webhooks/lago",
+    "Lago's webhooks (wallet transactions, depleted balances): a signed one re-reads the customer's wallets",
+)
 # OpenAI's Responses API (also without /v1): bodies and answers in OpenAI's shapes, described by
 # OpenAI's own spec (openai/openai-openapi), so only named here. A key sees only its own responses.
 RESPONSES: list[tuple[str, str, str, Query]] = [
@@ -412,6 +418,32 @@ def document() -> bytes:
             }
         }
     _audio_paths(paths, ref_of[Speech])
+    paths[LAGO_WEBHOOK[0]] = {
+        "post": {
+            "summary": LAGO_WEBHOOK[1],
+            "parameters": [
+                {"name": name, "in": "header", "required": True, "schema": {"type": "string"}}
+                for name in ("X-Lago-Signature", "X-Lago-Signature-Algorithm", "X-Lago-Unique-Key")
+            ],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}},
+            "responses": {
+                "200": {"description": "Taken (the customer re-read), a duplicate, or a type that is ignored"},
+                **{
+                    code: {
+                        "description": text,
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+                    }
+                    for code, text in (
+                        ("400", "Signature headers missing, or a body that is not a JSON object"),
+                        ("401", "An unknown algorithm or a signature that is not Lago's; nothing changed"),
+                        ("404", "Prepaid credits are off"),
+                        ("413", "Body too large"),
+                        ("503", "Lago did not answer the re-read; send it again"),
+                    )
+                },
+            },
+        }
+    }
     for path, summary in INGEST:
         paths[path] = {
             "post": {
