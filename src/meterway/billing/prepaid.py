@@ -33,12 +33,14 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
+import orjson
 
 from meterway.billing.events import CHARGED, Parked, events_for, grouping, subscription_for
 from meterway.billing.wallets import LagoUnavailable, Plan, Wallets, usable_sorted, wallet_view
 from meterway.config.billing import Billing
 from meterway.errors import LagoPlanInvalid
 from meterway.ledger import pricing
+from meterway.ledger.row import UNITS
 from meterway.store.prepaid import Reading
 
 if TYPE_CHECKING:
@@ -720,28 +722,26 @@ class Prepaid:
         }
 
 
+# the token figures a group of ledger rows sums (its units beside them: `ledger.row.UNITS`)
+_TOKEN_SUMS = (
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "cached_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+)
+
+
 def _summed_row(row: dict[str, Any]) -> dict[str, Any]:
     """A group of ledger rows as one row `events_for` can read: its sums as the row's figures."""
-    import orjson
-
     out = dict(row)
-    for name in (
-        "prompt_tokens",
-        "completion_tokens",
-        "total_tokens",
-        "cached_tokens",
-        "cache_write_tokens",
-        "reasoning_tokens",
-        "queries",
-        "images",
-        "audio_ms",
-        "characters",
-    ):
+    for name in (*_TOKEN_SUMS, *UNITS):
         out[name] = int(out.get(name) or 0)
     meta = out.pop("metadata_text", None)
     tags = out.pop("tags_text", None)
-    out["metadata"] = _json(orjson, meta, {})
-    out["tags"] = _json(orjson, tags, [])
+    out["metadata"] = _json(meta, {})
+    out["tags"] = _json(tags, [])
     out.setdefault("uid", "period")
     for name in ("customer_id", "end_user", "user_id", "team_id", "key_alias", "deployment_id"):
         out.setdefault(name, None)
@@ -753,7 +753,7 @@ def _summed_row(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _json(orjson: Any, text: Any, default: Any) -> Any:
+def _json(text: Any, default: Any) -> Any:
     if not isinstance(text, str):
         return default
     with contextlib.suppress(orjson.JSONDecodeError):
