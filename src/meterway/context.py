@@ -58,6 +58,7 @@ class RequestContext:
     counted: Usage | None = None  # set by the ledger: the usage it recorded (reported or counted)
     estimated: bool = False  # set by the ledger: `counted` is its own count (none, or none believable, reported)
     ledger_uid: str | None = None  # set by the ledger: its row's uid
+    billable: bool = False  # set by the ledger: its row is exported to billing (`LedgerRow.billable`)
     upstream_status: int = 0  # the upstream's HTTP status, once it answered
     span: Span | None = None  # the request's server span, when traces are on
     attempts: int = 1  # upstream attempts made (retries and fallbacks add to it)

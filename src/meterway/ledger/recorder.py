@@ -354,6 +354,7 @@ class Ledger:
             audio_ms=max(usage.audio_ms, 0) if usage else 0,
             characters=max(usage.characters, 0) if usage else 0,
         )
+        ctx.billable = row.billable
         spend: tuple[SpendTarget, ...] = ()
         if cost_units:
             spend = tuple(

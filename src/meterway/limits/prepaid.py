@@ -224,32 +224,24 @@ class PrepaidHook:
             await self.limiter.settle(held.grant, 0, max(price, 0))
 
     def _price(self, ctx: RequestContext, held: Held) -> int:
-        """The Lago price of what the ledger recorded for the request (0 when it is not billed)."""
+        """The Lago price of what the ledger recorded for the request (0 when the ledger does not
+        export its row: nothing used, or not served)."""
         used = ctx.counted
-        price = 0
-        if used is not None and ctx.cost_units is not None:
-            row = request_row(
-                ctx,
-                prompt=max(used.prompt_tokens, 0),
-                completion=max(used.completion_tokens, 0),
-                cost_units=ctx.cost_units or 0,
-                units=Units(
-                    queries=max(used.queries, 0),
-                    images=max(used.images, 0),
-                    audio_ms=max(used.audio_ms, 0),
-                    characters=max(used.characters, 0),
-                ),
-                cached=max(used.cached_tokens, 0),
-                cache_write=max(used.cache_write_tokens, 0),
-                reasoning=max(used.reasoning_tokens, 0),
-            )
-            billable = _billable(ctx, row)
-            price = self.prepaid.settled(held.priced, row) if billable else 0
-        return price
-
-
-def _billable(ctx: RequestContext, row: dict[str, Any]) -> bool:
-    """Whether the ledger exports the row (`LedgerRow.billable`): used, and served or cut short."""
-    used = row["total_tokens"] > 0 or any(row[u] > 0 for u in ("queries", "images", "audio_ms", "characters"))
-    served = ctx.client_aborted or (ctx.error is None and 200 <= ctx.status_code < 300)
-    return used and served
+        if not ctx.billable or used is None:
+            return 0
+        row = request_row(
+            ctx,
+            prompt=max(used.prompt_tokens, 0),
+            completion=max(used.completion_tokens, 0),
+            cost_units=ctx.cost_units or 0,
+            units=Units(
+                queries=max(used.queries, 0),
+                images=max(used.images, 0),
+                audio_ms=max(used.audio_ms, 0),
+                characters=max(used.characters, 0),
+            ),
+            cached=max(used.cached_tokens, 0),
+            cache_write=max(used.cache_write_tokens, 0),
+            reasoning=max(used.reasoning_tokens, 0),
+        )
+        return self.prepaid.settled(held.priced, row)
