@@ -209,6 +209,8 @@ def test_forged_unsigned_and_almost_right_webhooks_are_refused_and_change_nothin
             ({"X-Lago-Signature": foreign_jwt, "X-Lago-Signature-Algorithm": "jwt", "X-Lago-Unique-Key": "k5"}, 401),
             ({"X-Lago-Signature": wrong_iss, "X-Lago-Signature-Algorithm": "jwt", "X-Lago-Unique-Key": "k6"}, 401),
             ({"X-Lago-Signature": other_body, "X-Lago-Signature-Algorithm": "jwt", "X-Lago-Unique-Key": "k7"}, 401),
+            # signed, but a unique key longer than any Lago sends (and than its column): 400, not a 5xx
+            ({"X-Lago-Signature": good, "X-Lago-Signature-Algorithm": "hmac", "X-Lago-Unique-Key": "k" * 256}, 400),
         ]
         for headers, status in cases:
             r = post_webhook(gw, body, headers)

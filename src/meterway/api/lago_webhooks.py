@@ -30,6 +30,7 @@ log = logging.getLogger("meterway.prepaid")
 
 PATH = "/webhooks/lago"
 MAX_BODY = 256 * 1024  # Lago's wallet webhooks are a few kilobytes
+MAX_KEY = 255  # the longest unique key, webhook type or customer id kept (their columns' length)
 _SIGNATURE = b"x-lago-signature"
 _ALGORITHM = b"x-lago-signature-algorithm"
 _UNIQUE = b"x-lago-unique-key"
@@ -82,8 +83,10 @@ class LagoWebhooks:
         if await store.webhook_taken(unique_key):
             return {"ok": True, "duplicate": True}
         customer = await self._customer(payload)
+        if customer is not None and len(customer) > MAX_KEY:  # no meterway entity has so long an id
+            customer = None
         if customer is None:
-            await store.take_webhook(unique_key, kind, None, datetime.now(UTC))
+            await store.take_webhook(unique_key, kind[:100], None, datetime.now(UTC))
             return {"ok": True, "ignored": kind, "reason": "no customer in the webhook"}
         reason = "top_up" if kind == "wallet_transaction.created" else "webhook"
         try:
@@ -92,7 +95,7 @@ class LagoWebhooks:
             log.warning("Lago webhook %s for %s not applied (%s); Lago will send it again", kind, customer, e)
             raise ServiceUnavailable("The wallets could not be read from Lago now; send the webhook again.") from None
         # recorded once the reading is stored: a redelivery meanwhile was read too, harmlessly
-        await store.take_webhook(unique_key, kind, customer, datetime.now(UTC))
+        await store.take_webhook(unique_key, kind[:100], customer, datetime.now(UTC))
         return {"ok": True, "webhook_type": kind, "refreshed": entities}
 
     async def _customer(self, payload: dict[str, Any]) -> str | None:
@@ -131,6 +134,8 @@ async def handle(hooks: LagoWebhooks | None, scope: Scope, receive: Receive, sen
     body = await read_body(receive, incoming, MAX_BODY)
     if not unique:
         raise BadRequest("A Lago webhook carries X-Lago-Unique-Key; this request does not.")
+    if len(unique) > MAX_KEY:
+        raise BadRequest(f"X-Lago-Unique-Key is longer than {MAX_KEY} characters; Lago's are UUIDs.")
     assert signature is not None and algorithm is not None
     answer = await hooks.take(algorithm, signature, unique, body)
     await Responder(send, request_id(scope)).whole(200, orjson.dumps(answer))
