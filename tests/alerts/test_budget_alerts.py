@@ -24,7 +24,7 @@ import httpx
 import openai
 import pytest
 
-from tests.alerts.receiver import Receiver, running_receiver
+from tests.alerts.receiver import Receiver
 from tests.support.gateway import RunningGateway, run_gateway
 from tests.support.wait import eventually
 from tests.upstreams.standin import StandIn
@@ -37,12 +37,6 @@ BUDGET = 0.2
 def standin() -> Iterator[StandIn]:
     with StandIn() as s:
         yield s
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    with running_receiver() as r:
-        yield r
 
 
 def _config(base: str, receiver: Receiver, database_url: str, **general: Any) -> dict[str, Any]:

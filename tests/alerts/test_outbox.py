@@ -4,31 +4,14 @@ two workers over one database enqueuing and sending the same alert, and a claim 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
-import pytest
 
 from meterway.alerts import Alerts, credits_alert
 from meterway.config.alerting import Alerting
 from meterway.config.secret import Secret
 from meterway.store.runtime import Store
-from tests.alerts.receiver import Receiver, running_receiver
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    with running_receiver() as r:
-        yield r
-
-
-@pytest.fixture
-async def store(pg_url: str) -> AsyncIterator[Store]:
-    opened = await Store.open(pg_url, wait_s=10, run_migrations=True)
-    try:
-        yield opened
-    finally:
-        await opened.close()
+from tests.alerts.receiver import Receiver
 
 
 def _alerting(receiver: Receiver) -> Alerting:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -23,23 +23,8 @@ from meterway.store.runtime import Store
 from meterway.store.tables import alerts, users
 from meterway.store.types import MONEY_UNIT
 from meterway.telemetry.metrics import Metrics
-from tests.alerts.receiver import Receiver, running_receiver
+from tests.alerts.receiver import Receiver
 from tests.support.wait import eventually_async
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    with running_receiver() as r:
-        yield r
-
-
-@pytest.fixture
-async def store(pg_url: str) -> AsyncIterator[Store]:
-    opened = await Store.open(pg_url, wait_s=10, run_migrations=True)
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 @pytest.fixture
